@@ -1,0 +1,128 @@
+"""Frozen configuration built once from user arguments and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from splitspec.errors import SplitspecError
+
+SPECULATION_METHODS = ("ngram", "draft_model")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """How drafts are proposed. `method` is "ngram" or "draft_model"."""
+
+    method: str
+    num_speculative_tokens: int
+    prompt_lookup_max: int = 4
+    prompt_lookup_min: int = 1
+    draft_model: str | None = None
+    draft_top_k: int = 16
+    """A sampling draft model draws from its own top-k; that truncated distribution is the exact q."""
+
+    def __post_init__(self) -> None:
+        if self.method not in SPECULATION_METHODS:
+            raise SplitspecError(
+                f"speculative method {self.method!r} is not supported; use one of {', '.join(SPECULATION_METHODS)}"
+            )
+        if not isinstance(self.num_speculative_tokens, int) or self.num_speculative_tokens < 1:
+            raise SplitspecError(
+                f"num_speculative_tokens must be a positive integer, got {self.num_speculative_tokens!r}"
+            )
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise SplitspecError(
+                "need 1 <= prompt_lookup_min <= prompt_lookup_max, got "
+                f"min={self.prompt_lookup_min}, max={self.prompt_lookup_max}"
+            )
+        if self.method == "draft_model" and not self.draft_model:
+            raise SplitspecError('speculative method "draft_model" needs "model": a draft checkpoint path')
+        if self.draft_top_k < 1:
+            raise SplitspecError(f"draft_top_k must be >= 1, got {self.draft_top_k}")
+
+
+_SPEC_CONFIG_KEYS = {
+    "method",
+    "model",
+    "num_speculative_tokens",
+    "prompt_lookup_max",
+    "prompt_lookup_min",
+    "draft_tensor_parallel_size",
+    "draft_top_k",
+}
+
+
+def build_speculative_config(
+    speculative_config: dict[str, Any] | None,
+    *,
+    speculative_model: str | None = None,
+    num_speculative_tokens: int | None = None,
+    ngram_prompt_lookup_max: int | None = None,
+    ngram_prompt_lookup_min: int | None = None,
+    speculative_draft_tensor_parallel_size: int | None = None,
+) -> SpeculativeConfig | None:
+    """Merge the `speculative_config` dict and the older vLLM/Aphrodite keyword spellings."""
+    spec = dict(speculative_config or {})
+    unknown = set(spec) - _SPEC_CONFIG_KEYS
+    if unknown:
+        raise SplitspecError(
+            f"unknown speculative_config keys {sorted(unknown)}; known keys are {sorted(_SPEC_CONFIG_KEYS)}"
+        )
+    legacy = {
+        "model": speculative_model,
+        "num_speculative_tokens": num_speculative_tokens,
+        "prompt_lookup_max": ngram_prompt_lookup_max,
+        "prompt_lookup_min": ngram_prompt_lookup_min,
+        "draft_tensor_parallel_size": speculative_draft_tensor_parallel_size,
+    }
+    for key, value in legacy.items():
+        if value is not None:
+            spec.setdefault(key, value)
+    if not spec or (set(spec) <= {"draft_tensor_parallel_size"}):
+        return None
+
+    draft_tp = spec.get("draft_tensor_parallel_size")
+    if draft_tp not in (None, 1):
+        raise SplitspecError(
+            f"draft tensor parallel size {draft_tp} is not supported: the draft runs on one device; use 1"
+        )
+    model = spec.get("model")
+    method = spec.get("method")
+    if model == "[ngram]":
+        method, model = method or "ngram", None
+    if method is None:
+        method = "draft_model" if model else "ngram"
+    if method == "ngram" and model:
+        raise SplitspecError('speculative method "ngram" takes no "model"; drop it or use "draft_model"')
+    if "num_speculative_tokens" not in spec:
+        raise SplitspecError("speculation needs num_speculative_tokens (how many tokens to draft per round)")
+
+    prompt_lookup_max = spec.get("prompt_lookup_max")
+    prompt_lookup_min = spec.get("prompt_lookup_min")
+    if prompt_lookup_max is None:
+        prompt_lookup_max = max(4, prompt_lookup_min or 1)
+    if prompt_lookup_min is None:
+        prompt_lookup_min = 1
+    return SpeculativeConfig(
+        method=method,
+        num_speculative_tokens=spec["num_speculative_tokens"],
+        prompt_lookup_max=prompt_lookup_max,
+        prompt_lookup_min=prompt_lookup_min,
+        draft_model=model,
+        draft_top_k=spec.get("draft_top_k", 16),
+    )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the in-process engine needs, resolved from `LLM(...)` arguments."""
+
+    model_path: str
+    speculative: SpeculativeConfig | None
+    max_model_len: int | None = None
+    block_size: int = 16
+    kv_cache_memory_bytes: int = 1 << 30
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 4096
+    seed: int = 0

@@ -1,0 +1,9 @@
+"""Errors meant for users: each message says what was wrong and what to do."""
+
+
+class SplitspecError(ValueError):
+    """A problem with user input or the environment, reported without a traceback by the CLI."""
+
+
+class OutOfKVBlocks(RuntimeError):
+    """The paged KV cache has too few free blocks for a step; the engine preempts and retries."""

@@ -1,0 +1,73 @@
+"""Generic transformers backend for causal LMs the native runner does not cover (OPT, GPT-2, ...).
+
+Each sequence keeps its own transformers cache; rollback crops it. No paging, so sequences run one
+at a time inside a batch: correct everywhere, fast nowhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from splitspec.models.runner import ForwardInput
+
+
+class HFRunner:
+    def __init__(self, path: Path, config, *, dtype: torch.dtype = torch.float32, max_model_len: int | None = None) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        limit = (
+            getattr(config, "max_position_embeddings", None)
+            or getattr(config, "n_positions", None)
+            or 2048
+        )
+        self.max_model_len = min(max_model_len or limit, limit)
+        self._caches: dict[str, object] = {}
+        self._lengths: dict[str, int] = {}
+
+    def cached_length(self, seq_id: str) -> int:
+        return self._lengths.get(seq_id, 0)
+
+    def truncate(self, seq_id: str, length: int) -> None:
+        current = self.cached_length(seq_id)
+        if not 0 <= length <= current:
+            raise ValueError(f"cannot truncate sequence {seq_id} of length {current} to {length}")
+        if length == 0:
+            self.free(seq_id)
+            return
+        self._caches[seq_id].crop(length)
+        self._lengths[seq_id] = length
+
+    def free(self, seq_id: str) -> None:
+        self._caches.pop(seq_id, None)
+        self._lengths.pop(seq_id, None)
+
+    def can_fit(self, inputs: list[ForwardInput]) -> bool:
+        return True
+
+    @torch.inference_mode()
+    def forward(self, inputs: list[ForwardInput]) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        rows = []
+        for inp in inputs:
+            start = self.cached_length(inp.seq_id)
+            n = len(inp.token_ids)
+            if start + n > self.max_model_len:
+                raise ValueError(f"sequence {inp.seq_id} would exceed max_model_len={self.max_model_len}")
+            cache = self._caches.get(inp.seq_id) or DynamicCache(config=self.model.config)
+            out = self.model(
+                input_ids=torch.tensor([inp.token_ids]),
+                past_key_values=cache,
+                use_cache=True,
+                position_ids=torch.arange(start, start + n)[None],
+                cache_position=torch.arange(start, start + n),
+                logits_to_keep=inp.num_logits,
+            )
+            self._caches[inp.seq_id] = out.past_key_values
+            self._lengths[inp.seq_id] = start + n
+            rows.append(out.logits[0, -inp.num_logits :] if inp.num_logits else out.logits[0, :0])
+        return torch.cat(rows).to(torch.float32)

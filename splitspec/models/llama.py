@@ -1,0 +1,248 @@
+"""Native runner for the Llama family (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, Granite, SmolLM).
+
+Weights come straight from the checkpoint's safetensors; attention reads and writes a paged KV cache,
+so a sequence's rejected positions are rolled back by shortening it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from splitspec.errors import OutOfKVBlocks, SplitspecError
+from splitspec.models.block_allocator import BlockAllocator
+from splitspec.models.paged_attention import AttentionBatch, paged_attention, write_kv_cache
+from splitspec.models.runner import ForwardInput
+
+NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite")
+_NATIVE_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+def supports_natively(config) -> bool:
+    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    return (
+        config.model_type in NATIVE_MODEL_TYPES
+        and rope_type in _NATIVE_ROPE_TYPES
+        and getattr(config, "hidden_act", "silu") == "silu"
+    )
+
+
+@dataclass
+class _Layer:
+    input_norm: torch.Tensor  # [hidden]
+    qkv: torch.Tensor  # [(q_heads + 2 * kv_heads) * head_dim, hidden]
+    qkv_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None  # [head_dim] (Qwen3)
+    k_norm: torch.Tensor | None
+    o: torch.Tensor  # [hidden, q_heads * head_dim]
+    o_bias: torch.Tensor | None
+    post_norm: torch.Tensor  # [hidden]
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    down: torch.Tensor  # [hidden, intermediate]
+
+
+def _read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+    if not files:
+        raise SplitspecError(f"{path} has no *.safetensors weights; only safetensors checkpoints are supported")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        with safe_open(str(path / name), framework="pt") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key).to(dtype)
+    return tensors
+
+
+def _rope_inv_freq(config, head_dim: int) -> tuple[torch.Tensor, float]:
+    params = getattr(config, "rope_parameters", None) or {}
+    rope_type = params.get("rope_type", "default")
+    if rope_type == "default":
+        base = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+        return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)), 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
+    return inv_freq.to(torch.float32), float(scaling)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.to(torch.float32)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [tokens, heads, head_dim]; cos, sin [tokens, 1, head_dim]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaRunner:
+    def __init__(
+        self,
+        path: Path,
+        config,
+        *,
+        dtype: torch.dtype = torch.float32,
+        block_size: int = 16,
+        kv_cache_memory_bytes: int = 1 << 30,
+        max_model_len: int | None = None,
+    ) -> None:
+        self.config = config
+        self.dtype = dtype
+        self.hidden = config.hidden_size
+        self.q_heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.q_heads
+        self.head_dim = getattr(config, "head_dim", None) or self.hidden // self.q_heads
+        self.eps = config.rms_norm_eps
+        self.vocab_size = config.vocab_size
+        limit = getattr(config, "max_position_embeddings", None) or 4096
+        self.max_model_len = min(max_model_len or limit, limit)
+        self.embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0) or 1.0)
+        self.residual_multiplier = float(getattr(config, "residual_multiplier", 1.0) or 1.0)
+        self.logits_scaling = float(getattr(config, "logits_scaling", 1.0) or 1.0)
+        granite_scale = getattr(config, "attention_multiplier", None) if config.model_type == "granite" else None
+        self.attn_scale = float(granite_scale) if granite_scale else 1.0 / math.sqrt(self.head_dim)
+        window = getattr(config, "sliding_window", None)
+        uses_window = config.model_type == "mistral" or getattr(config, "use_sliding_window", False)
+        self.sliding_window = window if (window and uses_window and window < self.max_model_len) else None
+
+        weights = _read_safetensors(path, dtype)
+        self._load(weights, config)
+        inv_freq, self.rope_scaling = _rope_inv_freq(config, self.head_dim)
+        self.inv_freq = inv_freq  # [head_dim / 2]
+
+        bytes_per_block = (
+            config.num_hidden_layers * 2 * block_size * self.kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
+        )
+        num_blocks = max(1, kv_cache_memory_bytes // bytes_per_block)
+        self.allocator = BlockAllocator(num_blocks, block_size)
+        shape = (num_blocks, block_size, self.kv_heads, self.head_dim)
+        self.key_cache = [torch.zeros(shape, dtype=dtype) for _ in self.layers]
+        self.value_cache = [torch.zeros(shape, dtype=dtype) for _ in self.layers]
+
+    def _load(self, w: dict[str, torch.Tensor], config) -> None:
+        def take(name: str) -> torch.Tensor:
+            if name not in w:
+                raise SplitspecError(f"checkpoint is missing tensor {name!r}; is it a {config.model_type} model?")
+            return w.pop(name)
+
+        self.embed = take("model.embed_tokens.weight")  # [vocab, hidden]
+        self.norm = take("model.norm.weight")
+        tied = getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in w
+        self.lm_head = self.embed if tied else take("lm_head.weight")  # [vocab, hidden]
+        self.layers: list[_Layer] = []
+        for i in range(config.num_hidden_layers):
+            p = f"model.layers.{i}."
+            q, k, v = (take(p + f"self_attn.{n}_proj.weight") for n in "qkv")
+            bias_names = [p + f"self_attn.{n}_proj.bias" for n in "qkv"]
+            qkv_bias = torch.cat([take(n) for n in bias_names]) if bias_names[0] in w else None
+            self.layers.append(
+                _Layer(
+                    input_norm=take(p + "input_layernorm.weight"),
+                    qkv=torch.cat([q, k, v]).contiguous(),
+                    qkv_bias=qkv_bias,
+                    q_norm=w.pop(p + "self_attn.q_norm.weight", None),
+                    k_norm=w.pop(p + "self_attn.k_norm.weight", None),
+                    o=take(p + "self_attn.o_proj.weight"),
+                    o_bias=w.pop(p + "self_attn.o_proj.bias", None),
+                    post_norm=take(p + "post_attention_layernorm.weight"),
+                    gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]).contiguous(),
+                    down=take(p + "mlp.down_proj.weight"),
+                )
+            )
+
+    # -- cache bookkeeping -------------------------------------------------------------------------
+
+    def cached_length(self, seq_id: str) -> int:
+        return self.allocator.length(seq_id)
+
+    def truncate(self, seq_id: str, length: int) -> None:
+        self.allocator.truncate(seq_id, length)
+
+    def free(self, seq_id: str) -> None:
+        self.allocator.free(seq_id)
+
+    def can_fit(self, inputs: list[ForwardInput]) -> bool:
+        needed = sum(self.allocator.blocks_needed(i.seq_id, len(i.token_ids)) for i in inputs)
+        return needed <= self.allocator.num_free_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.allocator.num_free_blocks
+
+    # -- forward -----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward(self, inputs: list[ForwardInput]) -> torch.Tensor:
+        if not self.can_fit(inputs):
+            raise OutOfKVBlocks(f"batch of {len(inputs)} sequences does not fit in {self.num_free_blocks} free blocks")
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logit_rows: list[int] = []
+        for inp in inputs:
+            start = self.allocator.length(inp.seq_id)
+            n = len(inp.token_ids)
+            if n == 0 or not 0 <= inp.num_logits <= n:
+                raise ValueError(f"sequence {inp.seq_id}: {n} new tokens, {inp.num_logits} logits requested")
+            if start + n > self.max_model_len:
+                raise ValueError(f"sequence {inp.seq_id} would exceed max_model_len={self.max_model_len}")
+            logit_rows.extend(range(len(tokens) + n - inp.num_logits, len(tokens) + n))
+            tokens.extend(inp.token_ids)
+            positions.extend(range(start, start + n))
+            slots.extend(self.allocator.append(inp.seq_id, n))
+        batch = AttentionBatch.build(
+            [self.allocator.block_table(i.seq_id) for i in inputs],
+            [self.allocator.length(i.seq_id) for i in inputs],
+            [len(i.token_ids) for i in inputs],
+            slots,
+            self.sliding_window,
+        )
+        hidden = self._hidden_states(torch.tensor(tokens), torch.tensor(positions), batch)  # [tokens, hidden]
+        hidden = _rms_norm(hidden[logit_rows], self.norm, self.eps)
+        logits = F.linear(hidden, self.lm_head)  # [num_logits, vocab]
+        if self.logits_scaling != 1.0:
+            logits = logits / self.logits_scaling
+        return logits.to(torch.float32)
+
+    def _hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+        freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [tokens, 1, head_dim]
+        cos = (angles.cos() * self.rope_scaling).to(self.dtype)
+        sin = (angles.sin() * self.rope_scaling).to(self.dtype)
+        x = F.embedding(tokens, self.embed)  # [tokens, hidden]
+        if self.embedding_multiplier != 1.0:
+            x = x * self.embedding_multiplier
+        num_tokens = tokens.shape[0]
+        q_size, kv_size = self.q_heads * self.head_dim, self.kv_heads * self.head_dim
+        for i, layer in enumerate(self.layers):
+            h = _rms_norm(x, layer.input_norm, self.eps)
+            qkv = F.linear(h, layer.qkv, layer.qkv_bias)  # [tokens, (q_heads + 2 * kv_heads) * head_dim]
+            q = qkv[:, :q_size].view(num_tokens, self.q_heads, self.head_dim)
+            k = qkv[:, q_size : q_size + kv_size].view(num_tokens, self.kv_heads, self.head_dim)
+            v = qkv[:, q_size + kv_size :].view(num_tokens, self.kv_heads, self.head_dim)
+            if layer.q_norm is not None:
+                q = _rms_norm(q, layer.q_norm, self.eps)
+                k = _rms_norm(k, layer.k_norm, self.eps)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            write_kv_cache(k, v, self.key_cache[i], self.value_cache[i], batch.slot_mapping)
+            attn = paged_attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
+            out = F.linear(attn.reshape(num_tokens, q_size), layer.o, layer.o_bias)
+            x = x + out * self.residual_multiplier if self.residual_multiplier != 1.0 else x + out
+            h = _rms_norm(x, layer.post_norm, self.eps)
+            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
+            out = F.linear(F.silu(gate) * up, layer.down)
+            x = x + out * self.residual_multiplier if self.residual_multiplier != 1.0 else x + out
+        return x

@@ -1,0 +1,63 @@
+"""Pick the runner for a checkpoint: native paged Llama-family runner, or the transformers backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from splitspec.errors import SplitspecError
+from splitspec.models.runner import ModelRunner
+
+
+def load_config(path: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except Exception as exc:
+        raise SplitspecError(f"cannot read {path / 'config.json'}: {exc}") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype, config) -> torch.dtype:
+    """'auto' means float32 on the CPU (half precision matmuls are slow there)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
+    if dtype == "auto":
+        return torch.float32
+    if dtype not in names:
+        raise SplitspecError(f"dtype {dtype!r} is not supported; use auto, float32, bfloat16 or float16")
+    return names[dtype]
+
+
+def load_runner(
+    path: Path,
+    *,
+    dtype: str | torch.dtype = "auto",
+    block_size: int = 16,
+    kv_cache_memory_bytes: int = 1 << 30,
+    max_model_len: int | None = None,
+    backend: str = "auto",
+) -> ModelRunner:
+    """backend: "auto" (native when supported), "native" or "transformers"."""
+    from splitspec.models.hf_backend import HFRunner
+    from splitspec.models.llama import LlamaRunner, supports_natively
+
+    config = load_config(path)
+    torch_dtype = resolve_dtype(dtype, config)
+    native = supports_natively(config)
+    if backend == "native" and not native:
+        raise SplitspecError(f"{path}: model type {config.model_type!r} has no native runner; use backend='transformers'")
+    if backend not in ("auto", "native", "transformers"):
+        raise SplitspecError(f"backend must be auto, native or transformers, got {backend!r}")
+    if native and backend != "transformers":
+        return LlamaRunner(
+            path,
+            config,
+            dtype=torch_dtype,
+            block_size=block_size,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            max_model_len=max_model_len,
+        )
+    return HFRunner(path, config, dtype=torch_dtype, max_model_len=max_model_len)

@@ -1,0 +1,56 @@
+"""Per-request sampling parameters, shaped like vLLM's `SamplingParams`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from splitspec.errors import SplitspecError
+
+
+@dataclass
+class SamplingParams:
+    """How to pick each token of one request.
+
+    temperature 0 means greedy. top_k <= 0 (or -1, vLLM's spelling) disables top-k; top_p 1 disables
+    top-p. With a seed, sampled output is reproducible whatever else is in the batch.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int | None = 16
+    stop: list[str] | str | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    seed: int | None = None
+    include_stop_str_in_output: bool = False
+    _stop_strings: list[str] = field(init=False, repr=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.temperature, (int, float)) or math.isnan(self.temperature) or self.temperature < 0:
+            raise SplitspecError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or math.isnan(self.top_p) or not 0 < self.top_p <= 1:
+            raise SplitspecError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool):
+            raise SplitspecError(f"top_k must be an integer (-1 or 0 disables it), got {self.top_k!r}")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            raise SplitspecError(f"max_tokens must be a positive integer or None, got {self.max_tokens!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise SplitspecError(f"seed must be an integer, got {self.seed!r}")
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise SplitspecError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
+        self._stop_strings = stop
+        ids = list(self.stop_token_ids or [])
+        if any(not isinstance(t, int) or t < 0 for t in ids):
+            raise SplitspecError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
+        self.stop_token_ids = ids
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return self._stop_strings

@@ -1,0 +1,96 @@
+"""Lossless verification of a round of drafts against the target's logits.
+
+Greedy rows accept drafts while they equal the target's argmax, then append the target's argmax.
+Sampled rows follow Leviathan et al. / Chen et al.: draft x drawn from q is accepted with probability
+min(1, p(x)/q(x)); at the first rejection the token is drawn from normalize(max(0, p - q)); when every
+draft passes, a bonus token is drawn from p.
+
+A draft with one-hot q (n-gram, argmax drafters) is verified by drawing the target's own sample y with
+the position's TARGET stream and accepting iff y equals the draft. That is the same rule in
+distribution (accept with probability p(x); on rejection y is distributed as p without x, renormalized,
+which is exactly normalize(max(0, p - onehot(x)))), and it makes seeded output identical with and
+without speculation, because non-speculative decoding draws y from the same stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from splitspec import seeded_noise
+from splitspec.logits_processing import target_probs
+from splitspec.sparse_distribution import SparseDistribution
+
+
+@dataclass
+class VerifyRequest:
+    """One sequence's share of a verify pass.
+
+    `logits` has one row per draft plus one: row i scores the token at absolute position
+    `first_position + i`. `draft_q[i]` is None for a one-hot (deterministic) draft.
+    """
+
+    logits: torch.Tensor  # [num_drafts + 1, vocab]
+    draft_token_ids: list[int]
+    draft_q: list[SparseDistribution | None]
+    first_position: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+
+
+@dataclass
+class VerifyResult:
+    num_accepted: int
+    token_ids: list[int]  # the accepted drafts followed by one correction or bonus token
+
+
+def verify(request: VerifyRequest) -> VerifyResult:
+    drafts = request.draft_token_ids
+    if request.temperature == 0:
+        return _verify_greedy(request.logits, drafts)
+    probs = target_probs(request.logits, request.temperature, request.top_k, request.top_p)
+    out: list[int] = []
+    for i, draft in enumerate(drafts):
+        position = request.first_position + i
+        q = request.draft_q[i]
+        if q is None:
+            y = sample_target(probs[i], request.seed, position)
+            out.append(y)
+            if y != draft:
+                return VerifyResult(i, out)
+            continue
+        q_dense = q.dense(probs.shape[-1])
+        q_x = q_dense[draft].item()
+        p_x = probs[i, draft].item()
+        if q_x <= 0:
+            raise ValueError(f"draft token {draft} has zero probability under its own q")
+        if seeded_noise.uniform(request.seed, position, seeded_noise.ACCEPT) * q_x < p_x:
+            out.append(draft)
+            continue
+        residual = torch.clamp(probs[i] - q_dense, min=0.0)
+        out.append(_race(residual, request.seed, position, seeded_noise.RESIDUAL))
+        return VerifyResult(i, out)
+    out.append(sample_target(probs[len(drafts)], request.seed, request.first_position + len(drafts)))
+    return VerifyResult(len(drafts), out)
+
+
+def sample_target(probs: torch.Tensor, seed: int, position: int) -> int:
+    """The target's own sample at a position: what non-speculative decoding emits there."""
+    return _race(probs, seed, position, seeded_noise.TARGET)
+
+
+def _race(weights: torch.Tensor, seed: int, position: int, purpose: int) -> int:
+    """Exact sample from normalize(weights) (weights need not sum to one)."""
+    noise = seeded_noise.exponentials(seed, position, purpose, weights.shape[-1])
+    return int(torch.argmax(weights.to(torch.float64) / noise).item())
+
+
+def _verify_greedy(logits: torch.Tensor, drafts: list[int]) -> VerifyResult:
+    best = torch.argmax(logits, dim=-1).tolist()  # [num_drafts + 1]
+    accepted = 0
+    while accepted < len(drafts) and drafts[accepted] == best[accepted]:
+        accepted += 1
+    return VerifyResult(accepted, drafts[:accepted] + [best[accepted]])
