@@ -1,0 +1,1 @@
+"""Proposers: drafters that guess the next K tokens of many sequences at once."""

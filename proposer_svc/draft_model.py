@@ -1,0 +1,79 @@
+"""Drafting with a smaller causal LM that shares the target's tokenizer.
+
+The draft model keeps its own KV cache per sequence. Each round it rolls its cache back to the longest
+prefix it shares with the committed context, feeds the rest, then drafts token by token for the whole
+batch at once. A sampling request draws each draft from the draft's temperature-scaled distribution
+truncated to its top-k; that truncated distribution is sent as q, so verification stays exact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from proposer_svc.proposer import Draft, DraftRequest, Proposer
+from splitspec import seeded_noise
+from splitspec.errors import OutOfKVBlocks
+from splitspec.logits_processing import target_probs
+from splitspec.models.runner import ForwardInput, ModelRunner
+from splitspec.sparse_distribution import SparseDistribution
+
+
+class DraftModelProposer(Proposer):
+    def __init__(self, runner: ModelRunner, *, target_vocab_size: int, draft_top_k: int = 16) -> None:
+        self.runner = runner
+        self.target_vocab_size = target_vocab_size
+        self.draft_top_k = draft_top_k
+        self._cached_tokens: dict[str, list[int]] = {}  # tokens whose KV the draft cache holds
+
+    def release(self, seq_id: str) -> None:
+        self.runner.free(seq_id)
+        self._cached_tokens.pop(seq_id, None)
+
+    def propose(self, requests: list[DraftRequest]) -> list[Draft]:
+        drafts = [Draft() for _ in requests]
+        active = [
+            i
+            for i, r in enumerate(requests)
+            if r.num_tokens > 0 and len(r.token_ids) + r.num_tokens <= self.runner.max_model_len
+        ]
+        feeds: dict[int, list[int]] = {i: self._catch_up(requests[i]) for i in active}
+        for step in range(max((requests[i].num_tokens for i in active), default=0)):
+            active = [i for i in active if requests[i].num_tokens > step]
+            inputs = [ForwardInput(requests[i].seq_id, feeds[i], 1) for i in active]
+            try:
+                logits = self.runner.forward(inputs)[:, : self.target_vocab_size]  # [len(active), vocab]
+            except OutOfKVBlocks:
+                for i in active:  # out of draft cache: stop drafting this round, lose no output
+                    self.release(requests[i].seq_id)
+                break
+            for row, i in enumerate(active):
+                req = requests[i]
+                self._cached_tokens[req.seq_id].extend(feeds[i])
+                token, q = self._draw(logits[row], req, position=len(req.token_ids) + step)
+                drafts[i].token_ids.append(token)
+                drafts[i].q.append(q)
+                feeds[i] = [token]
+        return drafts
+
+    def _catch_up(self, req: DraftRequest) -> list[int]:
+        """Roll the draft cache back to the prefix it shares with the context; return what to feed."""
+        cached = self._cached_tokens.setdefault(req.seq_id, [])
+        common = 0
+        limit = min(len(cached), len(req.token_ids) - 1)  # always re-feed at least the last token
+        while common < limit and cached[common] == req.token_ids[common]:
+            common += 1
+        if self.runner.cached_length(req.seq_id) > common:
+            self.runner.truncate(req.seq_id, common)
+        del cached[common:]
+        return req.token_ids[common:]
+
+    def _draw(self, logits: torch.Tensor, req: DraftRequest, position: int) -> tuple[int, SparseDistribution | None]:
+        if req.temperature == 0:
+            return int(torch.argmax(logits).item()), None
+        top_k = self.draft_top_k if req.top_k <= 0 else min(req.top_k, self.draft_top_k)
+        probs = target_probs(logits[None], req.temperature, top_k, 1.0)[0]  # [vocab] float64
+        support = torch.nonzero(probs > 0).flatten()
+        q = SparseDistribution(support, probs[support])
+        noise = seeded_noise.exponentials(req.seed, position, seeded_noise.DRAFT, probs.shape[-1])
+        token = int(torch.argmax(probs / noise).item())
+        return token, q

@@ -1,0 +1,42 @@
+"""The one small interface every drafter offers, in-process and behind the proposer service."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from splitspec.sparse_distribution import SparseDistribution
+
+
+@dataclass
+class DraftRequest:
+    """Draft up to `num_tokens` tokens after the committed `token_ids` of `seq_id`.
+
+    `temperature` 0 asks for deterministic (argmax) drafts; otherwise a drafter that samples uses the
+    request's `seed` streams so drafts are reproducible.
+    """
+
+    seq_id: str
+    token_ids: list[int]
+    num_tokens: int
+    temperature: float = 0.0
+    top_k: int = -1
+    seed: int = 0
+
+
+@dataclass
+class Draft:
+    """Proposed tokens; `q[i]` is the exact distribution token i was drawn from, None for one-hot."""
+
+    token_ids: list[int] = field(default_factory=list)
+    q: list[SparseDistribution | None] = field(default_factory=list)
+
+
+class Proposer(ABC):
+    @abstractmethod
+    def propose(self, requests: list[DraftRequest]) -> list[Draft]:
+        """One draft per request, in order. State per sequence is updated from the committed tokens."""
+
+    @abstractmethod
+    def release(self, seq_id: str) -> None:
+        """Forget a finished or cancelled sequence."""

@@ -1,0 +1,15 @@
+"""splitspec: lossless speculative decoding, in-process or split into proposer, verifier and gateway services."""
+
+from splitspec.outputs import CompletionOutput, RequestOutput, SpeculationStats
+from splitspec.sampling_params import SamplingParams
+
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "SpeculationStats"]
+
+
+def __getattr__(name: str):
+    # LLM pulls in torch and the runners; import it only when asked for.
+    if name == "LLM":
+        from splitspec.llm import LLM
+
+        return LLM
+    raise AttributeError(f"module 'splitspec' has no attribute {name!r}")

@@ -1,0 +1,168 @@
+"""The in-process speculative decoding loop: propose, verify all sequences in one target pass, commit.
+
+Every round each running sequence feeds the target its not-yet-cached committed tokens (the whole
+prompt on the first round, one token afterwards) followed by its drafts, so prefill, verification and
+re-prefill after preemption are the same ragged batch. The KV cache holds every committed token but
+the last; rejected drafts are rolled back by truncating to that length.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from proposer_svc.proposer import Draft, DraftRequest, Proposer
+from splitspec.errors import SplitspecError
+from splitspec.models.runner import ForwardInput, ModelRunner
+from splitspec.sampling_params import SamplingParams
+from splitspec.sequence import Sequence
+from splitspec.stop_checker import StopChecker
+from verifier_svc.rejection_sampler import VerifyRequest, verify
+
+
+@dataclass(frozen=True)
+class SchedulerLimits:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 4096
+
+
+class Engine:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        proposer: Proposer | None,
+        num_speculative_tokens: int,
+        stop_checker: StopChecker,
+        limits: SchedulerLimits = SchedulerLimits(),
+        seed: int = 0,
+    ) -> None:
+        self.runner = runner
+        self.proposer = proposer
+        self.num_speculative_tokens = num_speculative_tokens if proposer else 0
+        self.stop_checker = stop_checker
+        self.limits = limits
+        self._rng = random.Random(seed)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add_request(self, seq_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
+        if not prompt_token_ids:
+            raise SplitspecError(f"request {seq_id}: the prompt is empty")
+        if len(prompt_token_ids) >= self.runner.max_model_len:
+            raise SplitspecError(
+                f"request {seq_id}: prompt has {len(prompt_token_ids)} tokens, the model's context is "
+                f"{self.runner.max_model_len}; shorten the prompt"
+            )
+        vocab = self.runner.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise SplitspecError(f"request {seq_id}: prompt token ids must be in [0, {vocab})")
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        seq = Sequence(seq_id, prompt, list(prompt_token_ids), params, seed)
+        self.waiting.append(seq)
+        return seq
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def step(self) -> list[Sequence]:
+        """Run one round for every running sequence; return the sequences that finished in it."""
+        self._admit()
+        drafts = self._propose()
+        inputs = self._make_inputs(drafts)
+        while not self.runner.can_fit(inputs):
+            if len(self.running) == 1:
+                seq = self.running[0]
+                raise SplitspecError(
+                    f"request {seq.seq_id} needs more KV cache than exists; raise kv_cache_memory_bytes"
+                )
+            self._preempt(self.running[-1])
+            drafts = drafts[: len(self.running)]
+            inputs = inputs[: len(self.running)]
+        logits = self.runner.forward(inputs)
+        finished = []
+        row = 0
+        for seq, draft in zip(self.running, drafts):
+            k = len(draft.token_ids)
+            result = verify(
+                VerifyRequest(
+                    logits=logits[row : row + k + 1],
+                    draft_token_ids=draft.token_ids,
+                    draft_q=draft.q,
+                    first_position=len(seq.tokens),
+                    temperature=seq.params.temperature,
+                    top_k=seq.params.top_k,
+                    top_p=seq.params.top_p,
+                    seed=seq.seed,
+                )
+            )
+            row += k + 1
+            seq.stats.record_round(k, result.num_accepted)
+            self.stop_checker.commit(seq, result.token_ids)
+            if seq.finished:
+                finished.append(seq)
+            else:
+                self.runner.truncate(seq.seq_id, len(seq.tokens) - 1)
+        for seq in finished:
+            self.running.remove(seq)
+            self._release(seq)
+        return finished
+
+    def abort(self, seq_id: str) -> None:
+        for seq in list(self.running):
+            if seq.seq_id == seq_id:
+                self.running.remove(seq)
+                self._release(seq)
+        self.waiting = deque(s for s in self.waiting if s.seq_id != seq_id)
+
+    def _admit(self) -> None:
+        budget = self.limits.max_num_batched_tokens - sum(1 + self.num_speculative_tokens for _ in self.running)
+        while self.waiting and len(self.running) < self.limits.max_num_seqs:
+            cost = len(self.waiting[0].tokens) - self.runner.cached_length(self.waiting[0].seq_id)
+            if self.running and cost > budget:
+                break
+            budget -= cost
+            self.running.append(self.waiting.popleft())
+
+    def _num_drafts(self, seq: Sequence) -> int:
+        k = min(self.num_speculative_tokens, self.runner.max_model_len - len(seq.tokens))
+        if seq.params.max_tokens is not None:
+            k = min(k, seq.params.max_tokens - seq.num_output_tokens - 1)
+        return max(0, k)
+
+    def _propose(self) -> list[Draft]:
+        if self.proposer is None:
+            return [Draft() for _ in self.running]
+        requests = [
+            DraftRequest(
+                seq_id=seq.seq_id,
+                token_ids=seq.tokens,
+                num_tokens=self._num_drafts(seq),
+                temperature=seq.params.temperature,
+                top_k=seq.params.top_k,
+                seed=seq.seed,
+            )
+            for seq in self.running
+        ]
+        drafts = self.proposer.propose(requests)
+        return [Draft(d.token_ids[: r.num_tokens], d.q[: r.num_tokens]) for d, r in zip(drafts, requests)]
+
+    def _make_inputs(self, drafts: list[Draft]) -> list[ForwardInput]:
+        inputs = []
+        for seq, draft in zip(self.running, drafts):
+            cached = self.runner.cached_length(seq.seq_id)
+            inputs.append(ForwardInput(seq.seq_id, seq.tokens[cached:] + draft.token_ids, len(draft.token_ids) + 1))
+        return inputs
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Drop a sequence's KV blocks; it re-prefills from its committed tokens when readmitted."""
+        self.running.remove(seq)
+        self._release(seq)
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _release(self, seq: Sequence) -> None:
+        self.runner.free(seq.seq_id)
+        if self.proposer is not None:
+            self.proposer.release(seq.seq_id)

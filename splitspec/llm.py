@@ -1,0 +1,209 @@
+"""`LLM`: the vLLM-shaped Python API over the in-process engine."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Sequence as SequenceType
+
+from splitspec.checkpoint import resolve_checkpoint
+from splitspec.config import EngineConfig, SpeculativeConfig, build_speculative_config
+from splitspec.engine import Engine, SchedulerLimits
+from splitspec.errors import SplitspecError
+from splitspec.outputs import CompletionOutput, RequestOutput
+from splitspec.sampling_params import SamplingParams
+from splitspec.sequence import Sequence
+from splitspec.stop_checker import StopChecker
+
+# vLLM engine arguments that are accepted for compatibility and change nothing here.
+_ACCEPTED_NO_EFFECT = {"use_v2_block_manager", "enforce_eager", "trust_remote_code", "gpu_memory_utilization", "disable_log_stats"}
+
+
+class LLM:
+    """Load a target model (and a drafter) and generate, batched, in this process.
+
+    model: a Hugging Face checkpoint directory, a hub id, or "default" (the bundled SmolLM2-135M-Instruct).
+    speculative_config: {"method": "ngram" | "draft_model", "num_speculative_tokens": K, ...}; None for
+    plain decoding. The older vLLM/Aphrodite keywords (speculative_model, num_speculative_tokens,
+    ngram_prompt_lookup_max/min, speculative_draft_tensor_parallel_size) mean the same.
+    """
+
+    def __init__(
+        self,
+        model: str = "default",
+        speculative_config: dict[str, Any] | None = None,
+        *,
+        tokenizer: str | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        block_size: int = 16,
+        kv_cache_memory_bytes: int = 1 << 30,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 4096,
+        tensor_parallel_size: int = 1,
+        speculative_model: str | None = None,
+        num_speculative_tokens: int | None = None,
+        ngram_prompt_lookup_max: int | None = None,
+        ngram_prompt_lookup_min: int | None = None,
+        speculative_draft_tensor_parallel_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        unknown = set(kwargs) - _ACCEPTED_NO_EFFECT
+        if unknown:
+            raise SplitspecError(f"LLM() got unsupported arguments: {', '.join(sorted(unknown))}")
+        if tensor_parallel_size != 1:
+            raise SplitspecError(
+                f"tensor_parallel_size={tensor_parallel_size} is not supported: splitspec runs the target on one "
+                "device; use tensor_parallel_size=1"
+            )
+        spec = build_speculative_config(
+            speculative_config,
+            speculative_model=speculative_model,
+            num_speculative_tokens=num_speculative_tokens,
+            ngram_prompt_lookup_max=ngram_prompt_lookup_max,
+            ngram_prompt_lookup_min=ngram_prompt_lookup_min,
+            speculative_draft_tensor_parallel_size=speculative_draft_tensor_parallel_size,
+        )
+        path = resolve_checkpoint(model)
+        self.config = EngineConfig(
+            model_path=str(path),
+            speculative=spec,
+            max_model_len=max_model_len,
+            block_size=block_size,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            seed=seed,
+        )
+        from splitspec.models.loader import load_runner
+
+        self.runner = load_runner(
+            path, dtype=dtype, block_size=block_size, kv_cache_memory_bytes=kv_cache_memory_bytes, max_model_len=max_model_len
+        )
+        self.tokenizer = _load_tokenizer(Path(tokenizer) if tokenizer else path)
+        proposer = _build_proposer(spec, self.runner.vocab_size, dtype)
+        stop_checker = StopChecker(_eos_token_ids(path, self.tokenizer), self.runner.max_model_len, self._detokenize)
+        self.engine = Engine(
+            self.runner,
+            proposer,
+            spec.num_speculative_tokens if spec else 0,
+            stop_checker,
+            SchedulerLimits(max_num_seqs, max_num_batched_tokens),
+            seed=seed,
+        )
+        self._request_counter = itertools.count()
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def generate(
+        self,
+        prompts: str | dict | SequenceType[str | dict],
+        sampling_params: SamplingParams | SequenceType[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (strings or {"prompt_token_ids": [...]}), batched; outputs in prompt order."""
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params = [sampling_params] * len(prompts) if isinstance(sampling_params, SamplingParams) else list(sampling_params)
+        if len(params) != len(prompts):
+            raise SplitspecError(f"got {len(prompts)} prompts but {len(params)} sampling params")
+        sequences = [self._add(prompt, p) for prompt, p in zip(prompts, params)]
+        progress = _progress(len(sequences), use_tqdm)
+        try:
+            while self.engine.has_unfinished():
+                finished = self.engine.step()
+                if progress is not None and finished:
+                    progress.update(len(finished))
+        except BaseException:
+            for seq in sequences:
+                self.engine.abort(seq.seq_id)
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+        return [self._output(seq) for seq in sequences]
+
+    def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
+        """Apply the tokenizer's chat template to each conversation, then generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [self.apply_chat_template(conv) for conv in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise SplitspecError("this model's tokenizer has no chat template; pass a plain prompt instead")
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _add(self, prompt: str | dict, params: SamplingParams) -> Sequence:
+        seq_id = str(next(self._request_counter))
+        if isinstance(prompt, dict):
+            if set(prompt) - {"prompt_token_ids", "prompt"} or "prompt_token_ids" not in prompt:
+                raise SplitspecError('a token prompt is a dict {"prompt_token_ids": [...]}')
+            ids = [int(t) for t in prompt["prompt_token_ids"]]
+            return self.engine.add_request(seq_id, prompt.get("prompt"), ids, params)
+        if not isinstance(prompt, str):
+            raise SplitspecError(f"a prompt is a string or a token prompt dict, got {type(prompt).__name__}")
+        if self.tokenizer is None:
+            raise SplitspecError(f"{self.config.model_path} has no tokenizer files; pass token prompts instead")
+        return self.engine.add_request(seq_id, prompt, self.tokenizer.encode(prompt), params)
+
+    def _detokenize(self, token_ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        text = seq.text if seq.stop_reason in seq.params.stop_strings else self._detokenize(seq.output_token_ids)
+        completion = CompletionOutput(0, text, seq.output_token_ids, seq.finish_reason, seq.stop_reason)
+        return RequestOutput(seq.seq_id, seq.prompt, seq.prompt_token_ids, [completion], seq.finished, seq.stats)
+
+
+def _build_proposer(spec: SpeculativeConfig | None, target_vocab_size: int, dtype: str):
+    if spec is None:
+        return None
+    if spec.method == "ngram":
+        from proposer_svc.ngram import NgramProposer
+
+        return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+    from proposer_svc.draft_model import DraftModelProposer
+    from splitspec.models.loader import load_runner
+
+    draft_runner = load_runner(resolve_checkpoint(spec.draft_model), dtype=dtype, kv_cache_memory_bytes=256 << 20)
+    return DraftModelProposer(draft_runner, target_vocab_size=target_vocab_size, draft_top_k=spec.draft_top_k)
+
+
+def _load_tokenizer(path: Path):
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _eos_token_ids(path: Path, tokenizer) -> set[int]:
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    try:
+        eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
+    except OSError:
+        from splitspec.models.loader import load_config
+
+        eos = getattr(load_config(path), "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Processed prompts", unit="req")
