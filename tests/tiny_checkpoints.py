@@ -53,3 +53,32 @@ def write_tiny_checkpoint(
                 param.normal_(0.0, init_std)
     model.save_pretrained(str(path))
     return Path(path)
+
+
+def write_perturbed_copy(src: Path, dst: Path, *, scale: float, seed: int = 1) -> Path:
+    """A draft model for `src`: the same weights plus Gaussian noise, so it agrees often but not always."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in Path(src).iterdir():
+        if item.suffix != ".safetensors":
+            shutil.copy(item, dst / item.name)
+    gen = torch.Generator().manual_seed(seed)
+    for shard in Path(src).glob("*.safetensors"):
+        tensors = load_file(str(shard))
+        noisy = {k: v + scale * v.std() * torch.randn(v.shape, generator=gen) for k, v in tensors.items()}
+        save_file(noisy, str(dst / shard.name), metadata={"format": "pt"})
+    return dst
+
+
+def write_tiny_gpt2(path: Path, *, vocab_size: int = 256, seed: int = 0) -> Path:
+    """A model type the native runner does not cover, to exercise the transformers backend."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    config = GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=512, initializer_range=0.25)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(path))
+    return Path(path)

@@ -6,6 +6,7 @@ at a time inside a batch: correct everywhere, fast nowhere.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -25,6 +26,9 @@ class HFRunner:
             or 2048
         )
         self.max_model_len = min(max_model_len or limit, limit)
+        # newer transformers name the cache argument `cache`, older ones `past_key_values`
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._caches: dict[str, object] = {}
         self._lengths: dict[str, int] = {}
 
@@ -38,7 +42,7 @@ class HFRunner:
         if length == 0:
             self.free(seq_id)
             return
-        self._caches[seq_id].crop(length)
+        self._caches[seq_id].crop(length - current)  # a negative count drops that many from the end
         self._lengths[seq_id] = length
 
     def free(self, seq_id: str) -> None:
@@ -58,16 +62,18 @@ class HFRunner:
             n = len(inp.token_ids)
             if start + n > self.max_model_len:
                 raise ValueError(f"sequence {inp.seq_id} would exceed max_model_len={self.max_model_len}")
-            cache = self._caches.get(inp.seq_id) or DynamicCache(config=self.model.config)
+            cache = self._caches.get(inp.seq_id)
+            if cache is None:
+                cache = DynamicCache(config=self.model.config)
             out = self.model(
                 input_ids=torch.tensor([inp.token_ids]),
-                past_key_values=cache,
                 use_cache=True,
                 position_ids=torch.arange(start, start + n)[None],
                 cache_position=torch.arange(start, start + n),
                 logits_to_keep=inp.num_logits,
+                **{self._cache_arg: cache},
             )
-            self._caches[inp.seq_id] = out.past_key_values
+            self._caches[inp.seq_id] = cache
             self._lengths[inp.seq_id] = start + n
             rows.append(out.logits[0, -inp.num_logits :] if inp.num_logits else out.logits[0, :0])
         return torch.cat(rows).to(torch.float32)

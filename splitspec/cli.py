@@ -1,0 +1,92 @@
+"""The `splitspec` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from splitspec.errors import SplitspecError
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text in-process (default model unless --model)")
+    p.add_argument("prompt", help="the prompt text")
+    p.add_argument("--model", default="default", help="checkpoint directory, hub id, or 'default' (SmolLM2-135M-Instruct)")
+    p.add_argument("--method", choices=["ngram", "draft_model", "none"], default="ngram", help="speculation method")
+    p.add_argument("--num-speculative-tokens", "-k", type=int, default=5, help="draft tokens per round")
+    p.add_argument("--draft-model", help="draft checkpoint for --method draft_model")
+    p.add_argument("--prompt-lookup-max", type=int, default=4)
+    p.add_argument("--prompt-lookup-min", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=-1)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--raw", action="store_true", help="send the prompt as is, without the model's chat template")
+    p.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from splitspec import LLM, SamplingParams
+
+    spec = None
+    if args.method != "none":
+        spec = {"method": args.method, "num_speculative_tokens": args.num_speculative_tokens}
+        if args.method == "ngram":
+            spec.update(prompt_lookup_max=args.prompt_lookup_max, prompt_lookup_min=args.prompt_lookup_min)
+        elif args.draft_model:
+            spec["model"] = args.draft_model
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        stop=args.stop,
+    )
+    llm = LLM(args.model, speculative_config=spec)
+    tokenizer = llm.get_tokenizer()
+    prompt = args.prompt
+    if not args.raw and tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        prompt = llm.apply_chat_template([{"role": "user", "content": prompt}])
+    start = time.perf_counter()
+    out = llm.generate([prompt], params, use_tqdm=False)[0]
+    elapsed = time.perf_counter() - start
+    completion = out.outputs[0]
+    print(completion.text)
+    stats = out.spec_stats
+    n = len(completion.token_ids)
+    print(
+        f"[{n} tokens in {elapsed:.2f} s, {n / elapsed:.1f} tokens/s, method={args.method}, "
+        f"finish_reason={completion.finish_reason}, target passes={stats.num_rounds}, "
+        f"mean tokens per pass={stats.mean_accepted_tokens_per_round:.2f}, "
+        f"acceptance={stats.acceptance_rate:.2f}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="splitspec", description="Lossless speculative decoding")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SplitspecError as exc:
+        print(f"splitspec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("splitspec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

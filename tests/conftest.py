@@ -1,0 +1,46 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tiny_checkpoints import write_perturbed_copy, write_tiny_checkpoint, write_tiny_gpt2  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_llama"), "llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen2"), "qwen2", seed=1, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_llama, tiny_qwen2) -> dict[str, Path]:
+    return {"llama": tiny_llama, "qwen2": tiny_qwen2}
+
+
+@pytest.fixture(scope="session")
+def tiny_drafts(tmp_path_factory, tiny_checkpoints) -> dict[str, Path]:
+    """Per target: a noisy copy of it, so drafts are right often but not always."""
+    return {
+        arch: write_perturbed_copy(path, tmp_path_factory.mktemp(f"draft_{arch}"), scale=0.3)
+        for arch, path in tiny_checkpoints.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return write_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> Path:
+    from splitspec.default_model import ensure_default_model
+
+    return ensure_default_model()
