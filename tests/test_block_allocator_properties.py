@@ -126,7 +126,7 @@ class AllocatorMachine(RuleBasedStateMachine):
 
 
 TestAllocatorMachine = AllocatorMachine.TestCase
-TestAllocatorMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+TestAllocatorMachine.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
 
 
 class PagedKVMachine(RuleBasedStateMachine):
@@ -192,8 +192,9 @@ class PagedKVMachine(RuleBasedStateMachine):
             empty = torch.empty(0, self.kv_heads, self.HEAD_DIM)
             self.keys[seq] = torch.cat((self.keys.get(seq, empty), new_keys[row : row + n]))
             self.values[seq] = torch.cat((self.values.get(seq, empty), new_values[row : row + n]))
-            expected = self._contiguous_attention(queries[row : row + n], self.keys[seq], self.values[seq], start, scale)
-            torch.testing.assert_close(out[row : row + n], expected, msg=f"sequence {seq}, positions {start}..{start + n - 1}")
+            rows = slice(row, row + n)
+            expected = self._contiguous_attention(queries[rows], self.keys[seq], self.values[seq], start, scale)
+            torch.testing.assert_close(out[rows], expected, msg=f"sequence {seq}, positions {start}..{start + n - 1}")
             row += n
 
     def _contiguous_attention(
@@ -245,4 +246,4 @@ class PagedKVMachine(RuleBasedStateMachine):
 
 
 TestPagedKVMachine = PagedKVMachine.TestCase
-TestPagedKVMachine.settings = settings(max_examples=60, stateful_step_count=20, deadline=None)
+TestPagedKVMachine.settings = settings(max_examples=100, stateful_step_count=25, deadline=None)
