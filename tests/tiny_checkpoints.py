@@ -21,9 +21,10 @@ def write_tiny_checkpoint(
     init_std: float = 0.25,
     rope_parameters: dict | None = None,
     max_position_embeddings: int = 512,
+    **extra_config,
 ) -> Path:
     """Write config.json + model.safetensors. init_std is large so that logits are far from flat."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import AutoModelForCausalLM, GraniteConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size,
@@ -39,9 +40,16 @@ def write_tiny_checkpoint(
         eos_token_id=2,
         pad_token_id=0,
     )
+    common.update(extra_config)
     if rope_parameters is not None:
         common["rope_parameters"] = rope_parameters
-    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch]
+    config_cls = {
+        "llama": LlamaConfig,
+        "qwen2": Qwen2Config,
+        "qwen3": Qwen3Config,
+        "mistral": MistralConfig,
+        "granite": GraniteConfig,
+    }[arch]
     config = config_cls(**common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
