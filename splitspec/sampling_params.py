@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from splitspec.errors import SplitspecError
@@ -38,12 +39,14 @@ class SamplingParams:
             raise SplitspecError(f"max_tokens must be a positive integer or None, got {self.max_tokens!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise SplitspecError(f"seed must be an integer, got {self.seed!r}")
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if any(not isinstance(s, str) or not s for s in stop):
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop if self.stop is not None else []
+        stop = list(stop) if isinstance(stop, Iterable) else stop
+        if not isinstance(stop, list) or any(not isinstance(s, str) or not s for s in stop):
             raise SplitspecError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
         self._stop_strings = stop
-        ids = list(self.stop_token_ids or [])
-        if any(not isinstance(t, int) or t < 0 for t in ids):
+        ids = self.stop_token_ids if self.stop_token_ids is not None else []
+        ids = list(ids) if isinstance(ids, Iterable) else ids
+        if not isinstance(ids, list) or any(not isinstance(t, int) or t < 0 for t in ids):
             raise SplitspecError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
         self.stop_token_ids = ids
 
