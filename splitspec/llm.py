@@ -79,10 +79,15 @@ class LLM:
         from splitspec.models.loader import load_runner
 
         self.runner = load_runner(
-            path, dtype=dtype, block_size=block_size, kv_cache_memory_bytes=kv_cache_memory_bytes, max_model_len=max_model_len
+            path,
+            dtype=dtype,
+            block_size=block_size,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
         )
         self.tokenizer = _load_tokenizer(Path(tokenizer) if tokenizer else path)
-        proposer = _build_proposer(spec, self.runner.vocab_size, dtype)
+        proposer = _build_proposer(spec, self.runner.vocab_size, dtype, max_num_seqs)
         stop_checker = StopChecker(_eos_token_ids(path, self.tokenizer), self.runner.max_model_len, self._detokenize)
         self.engine = Engine(
             self.runner,
@@ -112,7 +117,14 @@ class LLM:
         params = [sampling_params] * len(prompts) if isinstance(sampling_params, SamplingParams) else list(sampling_params)
         if len(params) != len(prompts):
             raise SplitspecError(f"got {len(prompts)} prompts but {len(params)} sampling params")
-        sequences = [self._add(prompt, p) for prompt, p in zip(prompts, params)]
+        sequences: list[Sequence] = []
+        try:
+            for prompt, p in zip(prompts, params):
+                sequences.append(self._add(prompt, p))
+        except BaseException:
+            for seq in sequences:  # a rejected prompt must not leave the earlier ones queued for the next call
+                self.engine.abort(seq.seq_id)
+            raise
         progress = _progress(len(sequences), use_tqdm)
         try:
             while self.engine.has_unfinished():
@@ -163,7 +175,7 @@ class LLM:
         return RequestOutput(seq.seq_id, seq.prompt, seq.prompt_token_ids, [completion], seq.finished, seq.stats)
 
 
-def _build_proposer(spec: SpeculativeConfig | None, target_vocab_size: int, dtype: str):
+def _build_proposer(spec: SpeculativeConfig | None, target_vocab_size: int, dtype: str, max_num_seqs: int):
     if spec is None:
         return None
     if spec.method == "ngram":
@@ -173,7 +185,9 @@ def _build_proposer(spec: SpeculativeConfig | None, target_vocab_size: int, dtyp
     from proposer_svc.draft_model import DraftModelProposer
     from splitspec.models.loader import load_runner
 
-    draft_runner = load_runner(resolve_checkpoint(spec.draft_model), dtype=dtype, kv_cache_memory_bytes=256 << 20)
+    draft_runner = load_runner(
+        resolve_checkpoint(spec.draft_model), dtype=dtype, kv_cache_memory_bytes=256 << 20, max_num_seqs=max_num_seqs
+    )
     return DraftModelProposer(draft_runner, target_vocab_size=target_vocab_size, draft_top_k=spec.draft_top_k)
 
 
