@@ -1,0 +1,56 @@
+"""The `splitspec` command reports user mistakes as one clear line and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def splitspec(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "splitspec.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("splitspec: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert result.stdout == ""
+
+
+def test_nonexistent_model_directory(tmp_path):
+    missing = tmp_path / "no-such-checkpoint"
+    assert_one_line_error(splitspec("generate", "hi", "--model", str(missing)), str(missing), "not a checkpoint directory")
+
+
+def test_directory_without_config_json(tmp_path):
+    assert_one_line_error(splitspec("generate", "hi", "--model", str(tmp_path)), "has no config.json")
+
+
+def test_unreachable_hub_id_fails_fast_and_says_how_to_download_it():
+    start = time.monotonic()
+    result = splitspec("generate", "hi", "--model", "some-org/some-model")
+    assert time.monotonic() - start < 10
+    assert_one_line_error(result, "could not fetch 'some-org/some-model'", "huggingface-cli download")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--temperature", "-1"], "temperature must be a number >= 0, got -1.0"),
+        (["-k", "0"], "num_speculative_tokens must be a positive integer"),
+        (["--method", "draft_model"], "needs \"model\": a draft checkpoint path"),
+    ],
+)
+def test_bad_generation_flags(tiny_llama, flags, message):
+    assert_one_line_error(splitspec("generate", "hi", "--model", str(tiny_llama), *flags), message)
+
+
+def test_text_prompt_for_a_checkpoint_without_tokenizer(tiny_llama):
+    assert_one_line_error(splitspec("generate", "hi", "--model", str(tiny_llama), "--method", "none"), "has no tokenizer files")
