@@ -98,6 +98,7 @@ class LlamaRunner:
         block_size: int = 16,
         kv_cache_memory_bytes: int = 1 << 30,
         max_model_len: int | None = None,
+        max_num_seqs: int = 64,
     ) -> None:
         self.config = config
         self.dtype = dtype
@@ -126,7 +127,9 @@ class LlamaRunner:
         bytes_per_block = (
             config.num_hidden_layers * 2 * block_size * self.kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
         )
-        num_blocks = max(1, kv_cache_memory_bytes // bytes_per_block)
+        # never more than max_num_seqs full-length sequences can use
+        blocks_per_seq = -(-self.max_model_len // block_size)
+        num_blocks = max(1, min(kv_cache_memory_bytes // bytes_per_block, max_num_seqs * blocks_per_seq))
         self.allocator = BlockAllocator(num_blocks, block_size)
         shape = (num_blocks, block_size, self.kv_heads, self.head_dim)
         self.key_cache = [torch.zeros(shape, dtype=dtype) for _ in self.layers]

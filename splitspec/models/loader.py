@@ -38,6 +38,7 @@ def load_runner(
     block_size: int = 16,
     kv_cache_memory_bytes: int = 1 << 30,
     max_model_len: int | None = None,
+    max_num_seqs: int = 64,
     backend: str = "auto",
 ) -> ModelRunner:
     """backend: "auto" (native when supported), "native" or "transformers"."""
@@ -59,5 +60,6 @@ def load_runner(
             block_size=block_size,
             kv_cache_memory_bytes=kv_cache_memory_bytes,
             max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
         )
     return HFRunner(path, config, dtype=torch_dtype, max_model_len=max_model_len)
