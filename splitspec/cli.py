@@ -31,12 +31,18 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from splitspec import LLM, SamplingParams
 
+    if args.method == "draft_model" and not args.draft_model:
+        raise SplitspecError("--method draft_model needs --draft-model DIR (a smaller checkpoint sharing the tokenizer)")
+    if args.method != "none" and args.num_speculative_tokens < 1:
+        raise SplitspecError("--num-speculative-tokens must be at least 1 (or use --method none)")
+    if args.max_tokens < 1:
+        raise SplitspecError("--max-tokens must be at least 1")
     spec = None
     if args.method != "none":
         spec = {"method": args.method, "num_speculative_tokens": args.num_speculative_tokens}
         if args.method == "ngram":
             spec.update(prompt_lookup_max=args.prompt_lookup_max, prompt_lookup_min=args.prompt_lookup_min)
-        elif args.draft_model:
+        else:
             spec["model"] = args.draft_model
     params = SamplingParams(
         temperature=args.temperature,

@@ -44,8 +44,9 @@ def test_unreachable_hub_id_fails_fast_and_says_how_to_download_it():
     "flags, message",
     [
         (["--temperature", "-1"], "temperature must be a number >= 0, got -1.0"),
-        (["-k", "0"], "num_speculative_tokens must be a positive integer"),
-        (["--method", "draft_model"], "needs \"model\": a draft checkpoint path"),
+        (["-k", "0"], "--num-speculative-tokens must be at least 1"),
+        (["--method", "draft_model"], "--method draft_model needs --draft-model DIR"),
+        (["--max-tokens", "0"], "--max-tokens must be at least 1"),
     ],
 )
 def test_bad_generation_flags(tiny_llama, flags, message):
