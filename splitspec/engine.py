@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from proposer_svc.proposer import Draft, DraftRequest, Proposer
 from splitspec.errors import SplitspecError
-from splitspec.models.runner import ForwardInput, ModelRunner
+from splitspec.models.runner import ModelRunner
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
 from splitspec.stop_checker import StopChecker
-from verifier_svc.rejection_sampler import VerifyRequest, verify
+from verifier_svc.verifier import Verifier
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Engine:
         seed: int = 0,
     ) -> None:
         self.runner = runner
+        self.verifier = Verifier(runner)
         self.proposer = proposer
         self.num_speculative_tokens = num_speculative_tokens if proposer else 0
         self.stop_checker = stop_checker
@@ -69,41 +70,22 @@ class Engine:
     def step(self) -> list[Sequence]:
         """Run one round for every running sequence; return the sequences that finished in it."""
         self._admit()
-        drafts = self._propose()
-        inputs = self._make_inputs(drafts)
-        while not self.runner.can_fit(inputs):
+        steps = list(zip(self.running, self._propose()))
+        while not self.verifier.fits(steps):
             if len(self.running) == 1:
-                seq = self.running[0]
                 raise SplitspecError(
-                    f"request {seq.seq_id} needs more KV cache than exists; raise kv_cache_memory_bytes"
+                    f"request {self.running[0].seq_id} needs more KV cache than exists; raise kv_cache_memory_bytes"
                 )
             self._preempt(self.running[-1])
-            drafts = drafts[: len(self.running)]
-            inputs = inputs[: len(self.running)]
-        logits = self.runner.forward(inputs)
+            steps = steps[: len(self.running)]
         finished = []
-        row = 0
-        for seq, draft in zip(self.running, drafts):
-            k = len(draft.token_ids)
-            result = verify(
-                VerifyRequest(
-                    logits=logits[row : row + k + 1],
-                    draft_token_ids=draft.token_ids,
-                    draft_q=draft.q,
-                    first_position=len(seq.tokens),
-                    temperature=seq.params.temperature,
-                    top_k=seq.params.top_k,
-                    top_p=seq.params.top_p,
-                    seed=seq.seed,
-                )
-            )
-            row += k + 1
-            seq.stats.record_round(k, result.num_accepted)
+        for (seq, draft), result in zip(steps, self.verifier.verify(steps)):
+            seq.stats.record_round(len(draft.token_ids), result.num_accepted)
             self.stop_checker.commit(seq, result.token_ids)
             if seq.finished:
                 finished.append(seq)
             else:
-                self.runner.truncate(seq.seq_id, len(seq.tokens) - 1)
+                self.verifier.rollback(seq)
         for seq in finished:
             self.running.remove(seq)
             self._release(seq)
@@ -147,13 +129,6 @@ class Engine:
         ]
         drafts = self.proposer.propose(requests)
         return [Draft(d.token_ids[: r.num_tokens], d.q[: r.num_tokens]) for d, r in zip(drafts, requests)]
-
-    def _make_inputs(self, drafts: list[Draft]) -> list[ForwardInput]:
-        inputs = []
-        for seq, draft in zip(self.running, drafts):
-            cached = self.runner.cached_length(seq.seq_id)
-            inputs.append(ForwardInput(seq.seq_id, seq.tokens[cached:] + draft.token_ids, len(draft.token_ids) + 1))
-        return inputs
 
     def _preempt(self, seq: Sequence) -> None:
         """Drop a sequence's KV blocks; it re-prefills from its committed tokens when readmitted."""

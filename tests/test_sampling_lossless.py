@@ -13,7 +13,7 @@ import torch
 from scipy.stats import chisquare
 from transformers import AutoModelForCausalLM
 
-import splitspec.engine
+import verifier_svc.verifier
 from splitspec import LLM, SamplingParams
 from tiny_checkpoints import write_perturbed_copy, write_tiny_checkpoint
 from verifier_svc.rejection_sampler import VerifyResult, verify
@@ -108,7 +108,7 @@ def _accept_every_draft(request) -> VerifyResult:
 
 
 def test_distribution_test_catches_a_broken_verifier(monkeypatch, tiny_vocab_target, tiny_vocab_draft, exact_law):
-    monkeypatch.setattr(splitspec.engine, "verify", _accept_every_draft)
+    monkeypatch.setattr(verifier_svc.verifier, "verify", _accept_every_draft)
     llm = LLM(str(tiny_vocab_target), speculative_config=_spec("draft_model", tiny_vocab_draft), max_num_seqs=256)
     assert _p_value(_sample(llm)[0], exact_law) < ALPHA
 

@@ -1,0 +1,67 @@
+"""One verify pass: the target scores every sequence's uncached tokens plus its drafts at once.
+
+The caller owns the sequences (their committed tokens and sampling parameters) and commits what
+this returns; `rollback` then cuts the KV cache back to every committed token but the last, which
+discards the rejected drafts' positions.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from proposer_svc.proposer import Draft
+from splitspec.models.runner import ForwardInput, ModelRunner
+from splitspec.sampling_params import SamplingParams
+from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, verify
+
+
+class VerifiableSequence(Protocol):
+    seq_id: str
+    tokens: list[int]
+    params: SamplingParams
+    seed: int
+
+
+class Verifier:
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
+
+    def forward_inputs(self, steps: list[tuple[VerifiableSequence, Draft]]) -> list[ForwardInput]:
+        inputs = []
+        for seq, draft in steps:
+            cached = self.runner.cached_length(seq.seq_id)
+            inputs.append(ForwardInput(seq.seq_id, seq.tokens[cached:] + draft.token_ids, len(draft.token_ids) + 1))
+        return inputs
+
+    def fits(self, steps: list[tuple[VerifiableSequence, Draft]]) -> bool:
+        return self.runner.can_fit(self.forward_inputs(steps))
+
+    def verify(self, steps: list[tuple[VerifiableSequence, Draft]]) -> list[VerifyResult]:
+        """Accepted drafts plus one correction or bonus token per sequence, in order."""
+        logits = self.runner.forward(self.forward_inputs(steps))  # [sum(k + 1), vocab]
+        results, row = [], 0
+        for seq, draft in steps:
+            k = len(draft.token_ids)
+            results.append(
+                verify(
+                    VerifyRequest(
+                        logits=logits[row : row + k + 1],
+                        draft_token_ids=draft.token_ids,
+                        draft_q=draft.q,
+                        first_position=len(seq.tokens),
+                        temperature=seq.params.temperature,
+                        top_k=seq.params.top_k,
+                        top_p=seq.params.top_p,
+                        seed=seq.seed,
+                    )
+                )
+            )
+            row += k + 1
+        return results
+
+    def rollback(self, seq: VerifiableSequence) -> None:
+        """Keep KV for every committed token but the last (it is fed again with the next drafts)."""
+        self.runner.truncate(seq.seq_id, len(seq.tokens) - 1)
+
+    def free(self, seq_id: str) -> None:
+        self.runner.free(seq_id)
