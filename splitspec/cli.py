@@ -25,12 +25,15 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the model's chat template")
+    p.add_argument("--gateway", metavar="HOST:PORT", help="stream from a running gateway instead of running in-process")
     p.set_defaults(func=_generate)
 
 
 def _generate(args: argparse.Namespace) -> int:
     from splitspec import LLM, SamplingParams
 
+    if args.gateway:
+        return _generate_via_gateway(args)
     if args.method == "draft_model" and not args.draft_model:
         raise SplitspecError("--method draft_model needs --draft-model DIR (a smaller checkpoint sharing the tokenizer)")
     if args.method != "none" and args.num_speculative_tokens < 1:
@@ -74,10 +77,50 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_via_gateway(args: argparse.Namespace) -> int:
+    """Streams text deltas as the gateway sends them. The gateway applies no chat template."""
+    import grpc
+
+    from splitspec.client import build_request, stream_generate
+
+    request = build_request(
+        args.prompt,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        stop=args.stop,
+        seed=args.seed,
+        num_speculative_tokens=0 if args.method == "none" else args.num_speculative_tokens,
+    )
+    start = time.perf_counter()
+    count = 0
+    try:
+        for response in stream_generate(args.gateway, request):
+            count += len(response.token_ids)
+            print(response.text, end="", flush=True)
+            last = response
+    except grpc.RpcError as exc:
+        raise SplitspecError(f"gateway {args.gateway}: {exc.code().name}: {exc.details()}") from None
+    elapsed = time.perf_counter() - start
+    print()
+    spec = last.speculation
+    print(
+        f"[{count} tokens in {elapsed:.2f} s, {count / elapsed:.1f} tokens/s via {args.gateway}, "
+        f"finish_reason={last.finish_reason}, target passes={spec.num_rounds}, "
+        f"mean tokens per pass={spec.mean_accepted_tokens_per_round:.2f}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitspec", description="Lossless speculative decoding")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    from splitspec.cli_services import add_service_commands
+
+    add_service_commands(sub)
     return parser
 
 

@@ -7,3 +7,12 @@ class SplitspecError(ValueError):
 
 class OutOfKVBlocks(RuntimeError):
     """The paged KV cache has too few free blocks for a step; the engine preempts and retries."""
+
+
+class ServiceError(Exception):
+    """A refusal a service reports to its caller; `code` is a grpc.StatusCode name such as "INVALID_ARGUMENT"."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

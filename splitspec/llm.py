@@ -14,6 +14,7 @@ from splitspec.outputs import CompletionOutput, RequestOutput
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
 from splitspec.stop_checker import StopChecker
+from splitspec.tokenizer import eos_token_ids, load_tokenizer
 
 # vLLM engine arguments that are accepted for compatibility and change nothing here.
 _ACCEPTED_NO_EFFECT = {"use_v2_block_manager", "enforce_eager", "trust_remote_code", "gpu_memory_utilization", "disable_log_stats"}
@@ -86,9 +87,9 @@ class LLM:
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
         )
-        self.tokenizer = _load_tokenizer(Path(tokenizer) if tokenizer else path)
+        self.tokenizer = load_tokenizer(Path(tokenizer) if tokenizer else path)
         proposer = _build_proposer(spec, self.runner.vocab_size, dtype, max_num_seqs)
-        stop_checker = StopChecker(_eos_token_ids(path, self.tokenizer), self.runner.max_model_len, self._detokenize)
+        stop_checker = StopChecker(eos_token_ids(path, self.tokenizer), self.runner.max_model_len, self._detokenize)
         self.engine = Engine(
             self.runner,
             proposer,
@@ -189,30 +190,6 @@ def _build_proposer(spec: SpeculativeConfig | None, target_vocab_size: int, dtyp
         resolve_checkpoint(spec.draft_model), dtype=dtype, kv_cache_memory_bytes=256 << 20, max_num_seqs=max_num_seqs
     )
     return DraftModelProposer(draft_runner, target_vocab_size=target_vocab_size, draft_top_k=spec.draft_top_k)
-
-
-def _load_tokenizer(path: Path):
-    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
-
-
-def _eos_token_ids(path: Path, tokenizer) -> set[int]:
-    from transformers import GenerationConfig
-
-    ids: set[int] = set()
-    try:
-        eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
-    except OSError:
-        from splitspec.models.loader import load_config
-
-        eos = getattr(load_config(path), "eos_token_id", None)
-    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
 
 
 def _progress(total: int, enabled: bool):

@@ -1,0 +1,111 @@
+"""The gateway's view of one verifier or proposer process: a multiplexed stream plus liveness."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from proposer_svc.proposer import Draft
+from protos import splitspec_v1_pb2 as pb
+from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec import wire
+from splitspec.errors import ServiceError
+from splitspec.grpc_server import channel_options
+from splitspec.multiplexed_stream import MultiplexedStream
+from splitspec.sampling_params import SamplingParams
+
+
+def _raise_if_error(response) -> None:
+    if response.WhichOneof("kind") == "error":
+        status = next((s for s in grpc.StatusCode if s.value[0] == response.error.code), grpc.StatusCode.UNKNOWN)
+        raise ServiceError(status.name, response.error.message)
+
+
+class VerifierBackend:
+    def __init__(self, address: str, max_message_bytes: int = 64 << 20) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+        self.stub = pb_grpc.VerifierStub(self.channel)
+        self.stream = MultiplexedStream(self.stub.Verify, f"verifier {address}")
+        self.info: pb.VerifierInfo | None = None
+        self.num_sequences = 0
+
+    async def refresh_info(self, timeout: float = 2.0) -> pb.VerifierInfo | None:
+        try:
+            self.info = await self.stub.GetInfo(pb.InfoRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            self.info = None
+        return self.info
+
+    async def start(self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int) -> None:
+        request = pb.VerifierRequest(seq_id=seq_id)
+        request.start.token_ids.extend(token_ids)
+        request.start.temperature = params.temperature
+        request.start.top_k = params.top_k
+        request.start.top_p = params.top_p
+        request.start.seed = seed
+        _raise_if_error(await self.stream.call(request))
+
+    async def step(self, seq_id: str, committed_len: int, draft: Draft) -> pb.StepResult:
+        request = pb.VerifierRequest(seq_id=seq_id)
+        request.step.committed_len = committed_len
+        request.step.drafts.extend(wire.draft_to_proto(draft))
+        response = await self.stream.call(request)
+        _raise_if_error(response)
+        return response.result
+
+    async def release(self, seq_id: str) -> None:
+        request = pb.VerifierRequest(seq_id=seq_id)
+        request.release.SetInParent()
+        await self.stream.call(request, timeout=5.0)
+
+    async def close(self) -> None:
+        await self.stream.close()
+        await self.channel.close()
+
+
+class ProposerBackend:
+    """A proposer and what it holds of each sequence's context (how many committed tokens it has seen)."""
+
+    RETRY_AFTER_S = 2.0
+
+    def __init__(self, address: str, max_message_bytes: int = 64 << 20) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+        self.stub = pb_grpc.ProposerStub(self.channel)
+        self.stream = MultiplexedStream(self.stub.Propose, f"proposer {address}")
+        self.down_until = 0.0
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def mark_down(self) -> None:
+        self.down_until = time.monotonic() + self.RETRY_AFTER_S
+
+    async def draft(
+        self, seq_id: str, tokens: list[int], sent: int, num_tokens: int, params: SamplingParams, seed: int,
+        timeout: float,
+    ) -> pb.DraftResult:
+        request = pb.ProposerRequest(seq_id=seq_id)
+        step = request.draft
+        step.committed_len = len(tokens)
+        step.start = sent
+        step.token_ids.extend(tokens[sent:])
+        step.num_tokens = num_tokens
+        step.temperature = params.temperature
+        step.top_k = params.top_k
+        step.seed = seed
+        response = await self.stream.call(request, timeout=timeout)
+        _raise_if_error(response)
+        return response.draft
+
+    async def release(self, seq_id: str) -> None:
+        request = pb.ProposerRequest(seq_id=seq_id)
+        request.release.SetInParent()
+        await self.stream.call(request, timeout=5.0)
+
+    async def close(self) -> None:
+        await self.stream.close()
+        await self.channel.close()

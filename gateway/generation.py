@@ -1,0 +1,150 @@
+"""The per-request loop: propose on a proposer, verify on the sequence's verifier, stream, repeat.
+
+Losing a proposer loses no output: the gateway moves the sequence to another proposer (sending it the
+whole context) or, with none left, verifies with no drafts (K=0) — the same tokens, more slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from gateway.backends import ProposerBackend, VerifierBackend
+from gateway.detokenizer import IncrementalDetokenizer
+from proposer_svc.proposer import Draft
+from splitspec import wire
+from splitspec.errors import ServiceError
+from splitspec.outputs import SpeculationStats
+from splitspec.sampling_params import SamplingParams
+from splitspec.sequence import Sequence
+from splitspec.stop_checker import StopChecker
+
+
+@dataclass
+class Delta:
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    stats: SpeculationStats | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class _ProposerSlot:
+    backend: ProposerBackend | None = None
+    sent: int = 0  # committed tokens the proposer already holds
+
+
+@dataclass
+class GatewayCore:
+    verifiers: list[VerifierBackend]
+    proposers: list[ProposerBackend]
+    tokenizer: object
+    eos_token_ids: set[int]
+    max_model_len: int
+    num_speculative_tokens: int
+    proposer_timeout_s: float = 5.0
+    _round_robin: itertools.count = field(default_factory=itertools.count)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer is not None else ""
+
+    def pick_verifier(self) -> VerifierBackend:
+        live = [v for v in self.verifiers if v.info is not None]
+        if not live:
+            raise ServiceError("UNAVAILABLE", "no verifier is reachable; start one (splitspec serve-verifier) and retry")
+        return min(live, key=lambda v: v.num_sequences)
+
+    def _next_proposer(self, exclude: ProposerBackend | None = None) -> ProposerBackend | None:
+        candidates = [p for p in self.proposers if p.available and p is not exclude]
+        if not candidates:
+            return None
+        return candidates[next(self._round_robin) % len(candidates)]
+
+    async def generate(
+        self, prompt: str | None, prompt_ids: list[int], params: SamplingParams, num_speculative_tokens: int
+    ) -> AsyncIterator[Delta]:
+        seq_id = uuid.uuid4().hex
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        seq = Sequence(seq_id, prompt, list(prompt_ids), params, seed)
+        stop_checker = StopChecker(self.eos_token_ids, self.max_model_len, self.decode)
+        detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings)
+        verifier = self.pick_verifier()
+        slot = _ProposerSlot(self._next_proposer() if num_speculative_tokens > 0 else None)
+        try:
+            await verifier.start(seq_id, prompt_ids, params, seed)
+        except ConnectionError as exc:
+            raise ServiceError("UNAVAILABLE", f"verifier {verifier.address} is unreachable: {exc}") from None
+        verifier.num_sequences += 1
+        try:
+            while not seq.finished:
+                k = self._num_drafts(seq, num_speculative_tokens)
+                draft = await self._draft(seq, slot, k) if k > 0 else Draft()
+                try:
+                    result = await verifier.step(seq_id, len(seq.tokens), draft)
+                except ConnectionError as exc:
+                    raise ServiceError("UNAVAILABLE", f"verifier {verifier.address} went away: {exc}") from None
+                seq.stats.record_round(len(draft.token_ids), result.num_accepted)
+                before = seq.num_output_tokens
+                stop_checker.commit(seq, list(result.token_ids))
+                new_tokens = seq.output_token_ids[before:]
+                if seq.finished:
+                    final = seq.text if seq.stop_reason in params.stop_strings else self.decode(seq.output_token_ids)
+                    yield Delta(
+                        new_tokens,
+                        detokenizer.delta(seq.output_token_ids, final_text=final),
+                        seq.finish_reason,
+                        seq.stop_reason,
+                        seq.stats,
+                        len(prompt_ids),
+                        seq.num_output_tokens,
+                    )
+                else:
+                    yield Delta(new_tokens, detokenizer.delta(seq.output_token_ids))
+        finally:
+            verifier.num_sequences -= 1
+            asyncio.get_running_loop().create_task(self._release(seq_id, verifier, slot.backend))
+
+    def _num_drafts(self, seq: Sequence, k: int) -> int:
+        k = min(k, self.max_model_len - len(seq.tokens))
+        if seq.params.max_tokens is not None:
+            k = min(k, seq.params.max_tokens - seq.num_output_tokens - 1)
+        return max(0, k)
+
+    async def _draft(self, seq: Sequence, slot: _ProposerSlot, k: int) -> Draft:
+        """Drafts from the sequence's proposer, failing over to another; no drafts if none answers."""
+        for _ in range(len(self.proposers)):
+            if slot.backend is None or not slot.backend.available:
+                replacement = self._next_proposer(exclude=slot.backend)
+                if replacement is None:
+                    return Draft()
+                slot.backend, slot.sent = replacement, 0
+            try:
+                result = await slot.backend.draft(
+                    seq.seq_id, seq.tokens, slot.sent, k, seq.params, seq.seed, self.proposer_timeout_s
+                )
+                if result.needs_full_context:
+                    slot.sent = 0
+                    result = await slot.backend.draft(
+                        seq.seq_id, seq.tokens, 0, k, seq.params, seq.seed, self.proposer_timeout_s
+                    )
+                slot.sent = len(seq.tokens)
+                return wire.draft_from_proto(result.drafts[:k])
+            except (ConnectionError, asyncio.TimeoutError, ServiceError):
+                slot.backend.mark_down()
+        return Draft()
+
+    async def _release(self, seq_id: str, verifier: VerifierBackend, proposer: ProposerBackend | None) -> None:
+        for backend in (verifier, proposer):
+            if backend is None:
+                continue
+            try:
+                await backend.release(seq_id)
+            except (ConnectionError, asyncio.TimeoutError, ServiceError):
+                pass  # a backend that is gone has dropped the sequence with its stream

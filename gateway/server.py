@@ -1,0 +1,112 @@
+"""gRPC front of the gateway: the public Generate stream, model info, and health that tracks verifiers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from gateway.backends import ProposerBackend, VerifierBackend
+from gateway.generation import Delta, GatewayCore
+from gateway.validation import validate
+from protos import splitspec_v1_pb2 as pb
+from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec.errors import ServiceError
+from splitspec.grpc_server import CONTRACT_VERSION
+
+
+class GatewayServicer(pb_grpc.GatewayServicer):
+    def __init__(self, core: GatewayCore, model_name: str, method: str, max_concurrent_requests: int) -> None:
+        self.core = core
+        self.model_name = model_name
+        self.method = method
+        self.max_concurrent_requests = max_concurrent_requests
+        self.active = 0
+
+    async def GetModelInfo(self, request, context) -> pb.ModelInfo:
+        verifier = next((v for v in self.core.verifiers if v.info is not None), None)
+        return pb.ModelInfo(
+            model=self.model_name,
+            vocab_size=verifier.info.vocab_size if verifier else 0,
+            max_model_len=self.core.max_model_len,
+            method=self.method,
+            num_speculative_tokens=self.core.num_speculative_tokens,
+            contract_version=CONTRACT_VERSION,
+        )
+
+    async def Generate(self, request: pb.GenerateRequest, context):
+        async for response in self._generate(request, context):
+            yield response
+
+    async def GenerateUnary(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        total = pb.GenerateResponse(request_id=request.request_id)
+        async for response in self._generate(request, context):
+            total.token_ids.extend(response.token_ids)
+            total.text += response.text
+            if response.finish_reason:
+                total.finish_reason = response.finish_reason
+                total.stop_reason = response.stop_reason
+                total.usage.CopyFrom(response.usage)
+                total.speculation.CopyFrom(response.speculation)
+        return total
+
+    async def _generate(self, request: pb.GenerateRequest, context):
+        core = self.core
+        if not any(v.info is not None for v in core.verifiers):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no verifier is reachable; retry once one is up")
+        vocab = next(v.info.vocab_size for v in core.verifiers if v.info is not None)
+        try:
+            valid = validate(request, core.tokenizer, vocab, core.max_model_len, core.num_speculative_tokens)
+        except ServiceError as exc:
+            await context.abort(grpc.StatusCode[exc.code], exc.message)
+        if self.active >= self.max_concurrent_requests:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"the gateway is at {self.max_concurrent_requests} requests; retry later"
+            )
+        self.active += 1
+        try:
+            async for delta in core.generate(valid.prompt, valid.prompt_token_ids, valid.params, valid.num_speculative_tokens):
+                yield _response(delta, request.request_id)
+        except ServiceError as exc:
+            await context.abort(grpc.StatusCode[exc.code], exc.message)
+        finally:
+            self.active -= 1
+
+
+def _response(delta: Delta, request_id: str) -> pb.GenerateResponse:
+    response = pb.GenerateResponse(token_ids=delta.token_ids, text=delta.text, request_id=request_id)
+    if delta.finish_reason is not None:
+        response.finish_reason = delta.finish_reason
+        response.stop_reason = "" if delta.stop_reason is None else str(delta.stop_reason)
+        response.usage.prompt_tokens = delta.prompt_tokens
+        response.usage.completion_tokens = delta.completion_tokens
+        stats = delta.stats
+        response.speculation.num_rounds = stats.num_rounds
+        response.speculation.num_draft_tokens = stats.num_draft_tokens
+        response.speculation.num_accepted_tokens = stats.num_accepted_tokens
+        response.speculation.mean_accepted_tokens_per_round = stats.mean_accepted_tokens_per_round
+        response.speculation.drafted_per_position.extend(stats.drafted_per_position)
+        response.speculation.accepted_per_position.extend(stats.accepted_per_position)
+    return response
+
+
+async def watch_verifiers(core: GatewayCore, health_servicer, interval_s: float = 1.0) -> None:
+    """Health is SERVING only while some verifier answers; learn the model's limits from it."""
+    while True:
+        infos = await asyncio.gather(*(v.refresh_info() for v in core.verifiers))
+        live = [i for i in infos if i is not None]
+        if live:
+            core.max_model_len = min(i.max_model_len for i in live)
+            core.eos_token_ids = set(live[0].eos_token_ids)
+        status = health_pb2.HealthCheckResponse.SERVING if live else health_pb2.HealthCheckResponse.NOT_SERVING
+        await health_servicer.set("", status)
+        await health_servicer.set("splitspec.v1.Gateway", status)
+        await asyncio.sleep(interval_s)
+
+
+def make_backends(verifier_addresses: list[str], proposer_addresses: list[str], max_message_bytes: int):
+    return (
+        [VerifierBackend(a, max_message_bytes) for a in verifier_addresses],
+        [ProposerBackend(a, max_message_bytes) for a in proposer_addresses],
+    )

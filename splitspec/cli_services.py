@@ -1,0 +1,201 @@
+"""`splitspec serve-verifier | serve-proposer | serve-gateway | up`: flags, with environment defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from splitspec.grpc_server import ServerOptions
+
+
+def _env(name: str, default):
+    value = os.environ.get(f"SPLITSPEC_{name}")
+    if value is None:
+        return default
+    return type(default)(value) if default is not None and not isinstance(default, tuple) else value
+
+
+def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to listen on (env SPLITSPEC_HOST)")
+    p.add_argument("--port", type=int, default=_env("PORT", default_port), help="port (env SPLITSPEC_PORT)")
+    p.add_argument("--max-message-bytes", type=int, default=_env("MAX_MESSAGE_BYTES", 64 << 20))
+    p.add_argument("--keepalive-time-ms", type=int, default=_env("KEEPALIVE_TIME_MS", 20_000))
+    p.add_argument("--keepalive-timeout-ms", type=int, default=_env("KEEPALIVE_TIMEOUT_MS", 10_000))
+    p.add_argument("--grace-seconds", type=float, default=_env("GRACE_SECONDS", 10.0), help="drain time on SIGTERM")
+
+
+def _server_options(args: argparse.Namespace) -> ServerOptions:
+    return ServerOptions(
+        host=args.host,
+        port=args.port,
+        max_message_bytes=args.max_message_bytes,
+        keepalive_time_ms=args.keepalive_time_ms,
+        keepalive_timeout_ms=args.keepalive_timeout_ms,
+        grace_seconds=args.grace_seconds,
+    )
+
+
+def _addresses(text: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in text.split(",") if a.strip())
+
+
+def add_service_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve-verifier", help="serve the target model (Verifier service)")
+    _server_flags(p, 50052)
+    p.add_argument("--model", default=_env("MODEL", "default"), help="target checkpoint (env SPLITSPEC_MODEL)")
+    p.add_argument("--max-num-seqs", type=int, default=_env("MAX_NUM_SEQS", 64))
+    p.add_argument("--kv-cache-memory-bytes", type=int, default=_env("KV_CACHE_MEMORY_BYTES", 1 << 30))
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--batch-window-ms", type=float, default=_env("BATCH_WINDOW_MS", 2.0))
+    p.set_defaults(func=_serve_verifier)
+
+    p = sub.add_parser("serve-proposer", help="serve a drafter (Proposer service)")
+    _server_flags(p, 50053)
+    _proposer_flags(p)
+    p.add_argument("--batch-window-ms", type=float, default=_env("BATCH_WINDOW_MS", 1.0))
+    p.set_defaults(func=_serve_proposer)
+
+    p = sub.add_parser("serve-gateway", help="serve the public Gateway service")
+    _server_flags(p, 50051)
+    p.add_argument("--model", default=_env("MODEL", "default"), help="checkpoint whose tokenizer to use (env SPLITSPEC_MODEL)")
+    p.add_argument("--verifiers", default=_env("VERIFIERS", "127.0.0.1:50052"), help="comma-separated verifier addresses")
+    p.add_argument("--proposers", default=_env("PROPOSERS", "127.0.0.1:50053"), help="comma-separated proposer addresses ('' for none)")
+    p.add_argument("--method", default=_env("METHOD", "ngram"), help="the proposers' method, for model info")
+    p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", 5))
+    p.add_argument("--max-concurrent-requests", type=int, default=_env("MAX_CONCURRENT_REQUESTS", 256))
+    p.add_argument("--proposer-timeout-s", type=float, default=_env("PROPOSER_TIMEOUT_S", 5.0))
+    p.set_defaults(func=_serve_gateway)
+
+    p = sub.add_parser("up", help="start verifier, proposer and gateway locally as separate processes")
+    p.add_argument("--model", default=_env("MODEL", "default"))
+    p.add_argument("--port", type=int, default=50051, help="gateway port")
+    p.add_argument("--verifier-port", type=int, default=50052)
+    p.add_argument("--proposer-port", type=int, default=50053)
+    p.add_argument("--host", default="127.0.0.1")
+    _proposer_flags(p)
+    p.set_defaults(func=_up)
+
+
+def _proposer_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["ngram", "draft_model"], default=_env("METHOD", "ngram"))
+    p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", 5))
+    p.add_argument("--draft-model", default=_env("DRAFT_MODEL", None), help="draft checkpoint for --method draft_model")
+    p.add_argument("--prompt-lookup-max", type=int, default=4)
+    p.add_argument("--prompt-lookup-min", type=int, default=1)
+    p.add_argument("--draft-top-k", type=int, default=16)
+
+
+def _serve_verifier(args: argparse.Namespace) -> int:
+    from splitspec.serve import VerifierSettings, run_verifier
+
+    run_verifier(
+        VerifierSettings(
+            server=_server_options(args),
+            model=args.model,
+            max_num_seqs=args.max_num_seqs,
+            kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+            max_model_len=args.max_model_len,
+            batch_window_ms=args.batch_window_ms,
+        )
+    )
+    return 0
+
+
+def _serve_proposer(args: argparse.Namespace) -> int:
+    from splitspec.errors import SplitspecError
+    from splitspec.serve import ProposerSettings, run_proposer
+
+    if args.method == "draft_model" and not args.draft_model:
+        raise SplitspecError("--method draft_model needs --draft-model DIR")
+    run_proposer(
+        ProposerSettings(
+            server=_server_options(args),
+            method=args.method,
+            num_speculative_tokens=args.num_speculative_tokens,
+            draft_model=args.draft_model,
+            prompt_lookup_max=args.prompt_lookup_max,
+            prompt_lookup_min=args.prompt_lookup_min,
+            draft_top_k=args.draft_top_k,
+            batch_window_ms=args.batch_window_ms,
+        )
+    )
+    return 0
+
+
+def _serve_gateway(args: argparse.Namespace) -> int:
+    from splitspec.serve import GatewaySettings, run_gateway
+
+    run_gateway(
+        GatewaySettings(
+            server=_server_options(args),
+            model=args.model,
+            verifiers=_addresses(args.verifiers),
+            proposers=_addresses(args.proposers),
+            method=args.method,
+            num_speculative_tokens=args.num_speculative_tokens,
+            max_concurrent_requests=args.max_concurrent_requests,
+            proposer_timeout_s=args.proposer_timeout_s,
+        )
+    )
+    return 0
+
+
+def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The three processes `splitspec up` starts (docker-compose.yml mirrors these)."""
+    base = [sys.executable, "-m", "splitspec.cli"]
+    proposer = ["serve-proposer", "--host", args.host, "--port", str(args.proposer_port), "--method", args.method, "-k", str(args.num_speculative_tokens)]
+    if args.draft_model:
+        proposer += ["--draft-model", args.draft_model]
+    return {
+        "verifier": base + ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model],
+        "proposer": base + proposer,
+        "gateway": base
+        + [
+            "serve-gateway", "--host", args.host, "--port", str(args.port), "--model", args.model,
+            "--verifiers", f"{args.host}:{args.verifier_port}", "--proposers", f"{args.host}:{args.proposer_port}",
+            "--method", args.method, "-k", str(args.num_speculative_tokens),
+        ],
+    }
+
+
+def _up(args: argparse.Namespace) -> int:
+    from splitspec.errors import SplitspecError
+
+    if args.method == "draft_model" and not args.draft_model:
+        raise SplitspecError("--method draft_model needs --draft-model DIR")
+    if args.model == "default":
+        from splitspec.default_model import ensure_default_model
+
+        ensure_default_model()  # convert once here rather than in two processes at the same time
+    procs = {name: subprocess.Popen(cmd) for name, cmd in up_commands(args).items()}
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"splitspec up: gateway on {args.host}:{args.port} (Ctrl-C stops all three)", file=sys.stderr, flush=True)
+    failed = None
+    while not stopping and failed is None:
+        time.sleep(0.2)
+        failed = next((n for n, p in procs.items() if p.poll() is not None), None)
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if failed is not None and not stopping:
+        print(f"splitspec up: {failed} exited with status {procs[failed].returncode}; stopped the others", file=sys.stderr)
+        return 1
+    return 0

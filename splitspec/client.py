@@ -1,0 +1,48 @@
+"""A small synchronous client of the Gateway service, used by `splitspec generate --gateway`."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import grpc
+from google.protobuf.struct_pb2 import Struct
+
+from protos import splitspec_v1_pb2 as pb
+from protos import splitspec_v1_pb2_grpc as pb_grpc
+
+
+def build_request(
+    prompt: str | list[int],
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    max_tokens: int | None = None,
+    stop: list[str] | None = None,
+    stop_token_ids: list[int] | None = None,
+    ignore_eos: bool = False,
+    seed: int | None = None,
+    num_speculative_tokens: int | None = None,
+) -> pb.GenerateRequest:
+    request = pb.GenerateRequest()
+    if isinstance(prompt, str):
+        request.prompt = prompt
+    else:
+        request.prompt_token_ids.extend(prompt)
+    s = request.sampling
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("max_tokens", max_tokens), ("seed", seed)):
+        if value is not None:
+            setattr(s, name, value)
+    s.stop.extend(stop or [])
+    s.stop_token_ids.extend(stop_token_ids or [])
+    s.ignore_eos = ignore_eos
+    if num_speculative_tokens is not None:
+        overrides = Struct()
+        overrides.update({"num_speculative_tokens": num_speculative_tokens})
+        request.speculation.CopyFrom(overrides)
+    return request
+
+
+def stream_generate(address: str, request: pb.GenerateRequest, timeout: float | None = None) -> Iterator[pb.GenerateResponse]:
+    with grpc.insecure_channel(address) as channel:
+        yield from pb_grpc.GatewayStub(channel).Generate(request, timeout=timeout)

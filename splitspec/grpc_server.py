@@ -1,0 +1,81 @@
+"""What every splitspec gRPC server has: health checking, reflection, limits, keepalive, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+CONTRACT_VERSION = "splitspec.v1/1"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_message_bytes: int = 64 << 20
+    keepalive_time_ms: int = 20_000
+    keepalive_timeout_ms: int = 10_000
+    grace_seconds: float = 10.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def channel_options(max_message_bytes: int = 64 << 20, keepalive_time_ms: int = 20_000, keepalive_timeout_ms: int = 10_000) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+async def serve(
+    options: ServerOptions,
+    service_names: list[str],
+    register: Callable[[grpc.aio.Server, health.aio.HealthServicer], Awaitable[None]],
+    name: str,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run a server until SIGTERM or SIGINT, then stop taking calls and drain in-flight streams.
+
+    `register` adds the servicers and sets the health status once the service can do its job.
+    """
+    server = grpc.aio.server(
+        options=channel_options(options.max_message_bytes, options.keepalive_time_ms, options.keepalive_timeout_ms)
+        + [("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
+    )
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        service_names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(options.address)
+    if port == 0:
+        raise SystemExit(f"splitspec {name}: cannot listen on {options.address} (is the port in use?)")
+    await server.start()
+    await register(server, health_servicer)
+    print(f"splitspec {name}: listening on {options.host}:{port}", file=sys.stderr, flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print(f"splitspec {name}: draining (up to {options.grace_seconds:.0f} s)", file=sys.stderr, flush=True)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(options.grace_seconds)
+    if on_stop is not None:
+        await on_stop()
+    print(f"splitspec {name}: stopped", file=sys.stderr, flush=True)

@@ -1,0 +1,82 @@
+"""Gather calls that arrive within a short window and run them as one batch on one worker thread.
+
+The worker thread is the only one that touches the model and its cache, so `run_exclusive` work
+(releasing a sequence, say) is serialized with the batches and never races them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+RETRY = object()
+"""What run_batch returns for a call that did not fit this batch: it joins the next one."""
+
+
+class MicroBatcher(Generic[Item, Result]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[Item]], list[Result | BaseException]],
+        window_s: float = 0.002,
+        expected: Callable[[], int] | None = None,
+        name: str = "batcher",
+    ) -> None:
+        """`expected()` says how many calls could join a batch; once that many are waiting, go at once."""
+        self._run_batch = run_batch
+        self._window_s = window_s
+        self._expected = expected
+        self._pending: list[tuple[Item, asyncio.Future]] = []
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(RuntimeError("server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, item: Item) -> Result:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._wakeup.set()
+        return await future
+
+    async def run_exclusive(self, fn: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            deadline = loop.time() + self._window_s
+            while loop.time() < deadline and (self._expected is None or len(self._pending) < self._expected()):
+                await asyncio.sleep(min(0.0005, max(0.0, deadline - loop.time())))
+            batch, self._pending = self._pending, []
+            self._wakeup.clear()
+            live = [(item, future) for item, future in batch if not future.cancelled()]
+            if not live:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, [item for item, _ in live])
+            except Exception as exc:  # a failed batch fails its calls, not the server
+                results = [exc] * len(live)
+            for (item, future), result in zip(live, results):
+                if future.done():
+                    continue
+                if result is RETRY:
+                    self._pending.append((item, future))
+                    self._wakeup.set()
+                elif isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)

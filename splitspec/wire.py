@@ -1,0 +1,49 @@
+"""Conversions between core objects and splitspec.v1 messages, in one place for every service."""
+
+from __future__ import annotations
+
+import torch
+
+from proposer_svc.proposer import Draft
+from protos import splitspec_v1_pb2 as pb
+from splitspec.sparse_distribution import SparseDistribution
+
+
+def draft_to_proto(draft: Draft) -> list[pb.DraftToken]:
+    tokens = []
+    for token, q in zip(draft.token_ids, draft.q):
+        msg = pb.DraftToken(token_id=token)
+        if q is not None:
+            msg.q.token_ids.extend(q.token_ids.tolist())
+            msg.q.probs.extend(q.probs.tolist())
+        tokens.append(msg)
+    return tokens
+
+
+def draft_from_proto(tokens) -> Draft:
+    draft = Draft()
+    for msg in tokens:
+        draft.token_ids.append(msg.token_id)
+        if msg.HasField("q"):
+            draft.q.append(
+                SparseDistribution(
+                    torch.tensor(list(msg.q.token_ids), dtype=torch.int64),
+                    torch.tensor(list(msg.q.probs), dtype=torch.float64),
+                )
+            )
+        else:
+            draft.q.append(None)
+    return draft
+
+
+def tensor_to_proto(tensor: torch.Tensor) -> pb.HiddenStates:
+    """Raw bytes plus dtype and shape: bit-exact for every dtype, bfloat16 included."""
+    t = tensor.detach().contiguous().cpu()
+    raw = t.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    return pb.HiddenStates(data=raw.numpy().tobytes(), dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape))
+
+
+def tensor_from_proto(msg: pb.HiddenStates) -> torch.Tensor:
+    dtype = getattr(torch, msg.dtype)
+    data = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8) if msg.data else torch.empty(0, dtype=torch.uint8)
+    return data.view(dtype).reshape(tuple(msg.shape))

@@ -1,0 +1,82 @@
+"""gRPC front of the verifier: translates splitspec.v1 messages to VerifierService calls."""
+
+from __future__ import annotations
+
+import grpc
+
+from protos import splitspec_v1_pb2 as pb
+from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec import wire
+from splitspec.errors import ServiceError
+from splitspec.grpc_server import CONTRACT_VERSION
+from splitspec.sampling_params import SamplingParams
+from splitspec.stream_dispatch import dispatch_stream
+from verifier_svc.service import VerifierService
+
+
+class VerifierServicer(pb_grpc.VerifierServicer):
+    def __init__(self, service: VerifierService, model_name: str, eos_token_ids: list[int]) -> None:
+        self.service = service
+        self.model_name = model_name
+        self.eos_token_ids = eos_token_ids
+
+    async def GetInfo(self, request: pb.InfoRequest, context) -> pb.VerifierInfo:
+        runner = self.service.runner
+        allocator = getattr(runner, "allocator", None)
+        return pb.VerifierInfo(
+            model=self.model_name,
+            vocab_size=runner.vocab_size,
+            max_model_len=runner.max_model_len,
+            eos_token_ids=self.eos_token_ids,
+            num_free_blocks=self.service.num_free_blocks,
+            num_total_blocks=allocator.num_blocks if allocator else 0,
+            num_sequences=len(self.service.sequences),
+            max_num_seqs=self.service.max_num_seqs,
+            contract_version=CONTRACT_VERSION,
+        )
+
+    async def Verify(self, request_iterator, context):
+        opened: set[str] = set()
+
+        async def handle(request: pb.VerifierRequest) -> pb.VerifierResponse:
+            response = pb.VerifierResponse(call_id=request.call_id, seq_id=request.seq_id)
+            try:
+                kind = request.WhichOneof("kind")
+                if kind == "start":
+                    self.service.add(request.seq_id, list(request.start.token_ids), _params(request.start), request.start.seed)
+                    opened.add(request.seq_id)
+                    response.ack.SetInParent()
+                elif kind == "step":
+                    outcome = await self.service.step(
+                        request.seq_id, request.step.committed_len, wire.draft_from_proto(request.step.drafts)
+                    )
+                    response.result.committed_len = outcome.committed_len
+                    response.result.num_accepted = outcome.num_accepted
+                    response.result.token_ids.extend(outcome.token_ids)
+                elif kind == "release":
+                    opened.discard(request.seq_id)
+                    await self.service.release(request.seq_id)
+                    response.ack.SetInParent()
+                else:
+                    raise ServiceError("INVALID_ARGUMENT", "empty VerifierRequest: set start, step or release")
+            except ServiceError as exc:
+                response.error.code = grpc.StatusCode[exc.code].value[0]
+                response.error.message = exc.message
+            except Exception as exc:  # report, keep the stream and the server alive
+                response.error.code = grpc.StatusCode.INTERNAL.value[0]
+                response.error.message = f"{type(exc).__name__}: {exc}"
+            return response
+
+        async def release_all() -> None:
+            for seq_id in list(opened):
+                await self.service.release(seq_id)
+
+        async for response in dispatch_stream(request_iterator, handle, release_all):
+            yield response
+
+
+def _params(start: pb.StartSequence) -> SamplingParams:
+    try:
+        return SamplingParams(temperature=start.temperature, top_k=start.top_k, top_p=start.top_p or 1.0, max_tokens=None)
+    except ValueError as exc:
+        raise ServiceError("INVALID_ARGUMENT", str(exc)) from None

@@ -1,0 +1,143 @@
+"""The verifier's core, without gRPC: sequences from many streams, verified in shared batches.
+
+Steps that arrive within a short window go through the target in one forward pass. When the KV cache
+is short, idle sequences lose their cached blocks first (they re-prefill from the token history the
+verifier keeps); a step that still does not fit waits for the next batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proposer_svc.proposer import Draft
+from splitspec.errors import ServiceError
+from splitspec.micro_batcher import RETRY, MicroBatcher
+from splitspec.models.runner import ModelRunner
+from splitspec.sampling_params import SamplingParams
+from verifier_svc.verifier import Verifier
+
+
+@dataclass
+class RemoteSequence:
+    seq_id: str
+    tokens: list[int]
+    params: SamplingParams
+    seed: int
+
+
+@dataclass
+class _StepCall:
+    seq: RemoteSequence
+    committed_len: int
+    draft: Draft
+
+
+@dataclass
+class StepOutcome:
+    committed_len: int
+    num_accepted: int
+    token_ids: list[int]
+
+
+class VerifierService:
+    def __init__(self, runner: ModelRunner, *, max_num_seqs: int = 64, batch_window_s: float = 0.002) -> None:
+        self.runner = runner
+        self.verifier = Verifier(runner)
+        self.max_num_seqs = max_num_seqs
+        self.sequences: dict[str, RemoteSequence] = {}
+        self.batcher: MicroBatcher[_StepCall, StepOutcome] = MicroBatcher(
+            self._run_batch, batch_window_s, expected=lambda: len(self.sequences), name="verifier"
+        )
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    def add(self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int) -> None:
+        if seq_id in self.sequences:
+            raise ServiceError("ALREADY_EXISTS", f"sequence {seq_id} is already running on this verifier")
+        if not token_ids:
+            raise ServiceError("INVALID_ARGUMENT", "the prompt is empty")
+        if len(token_ids) >= self.runner.max_model_len:
+            raise ServiceError(
+                "INVALID_ARGUMENT",
+                f"the prompt has {len(token_ids)} tokens; the model's context is {self.runner.max_model_len}",
+            )
+        if any(not 0 <= t < self.runner.vocab_size for t in token_ids):
+            raise ServiceError("INVALID_ARGUMENT", f"token ids must be in [0, {self.runner.vocab_size})")
+        if len(self.sequences) >= self.max_num_seqs:
+            raise ServiceError("RESOURCE_EXHAUSTED", f"verifier is full ({self.max_num_seqs} sequences); retry later")
+        self.sequences[seq_id] = RemoteSequence(seq_id, list(token_ids), params, seed)
+
+    async def step(self, seq_id: str, committed_len: int, draft: Draft) -> StepOutcome:
+        seq = self.sequences.get(seq_id)
+        if seq is None:
+            raise ServiceError("NOT_FOUND", f"sequence {seq_id} is not running on this verifier")
+        return await self.batcher.submit(_StepCall(seq, committed_len, draft))
+
+    async def release(self, seq_id: str) -> None:
+        if self.sequences.pop(seq_id, None) is not None:
+            await self.batcher.run_exclusive(self.verifier.free, seq_id)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return getattr(self.runner, "num_free_blocks", 0)
+
+    # -- worker thread -----------------------------------------------------------------------------
+
+    def _run_batch(self, calls: list[_StepCall]) -> list[StepOutcome | BaseException | object]:
+        outcomes: list[StepOutcome | BaseException | object] = [None] * len(calls)
+        ready: list[int] = []
+        for i, call in enumerate(calls):
+            problem = self._check(call)
+            if problem is not None:
+                outcomes[i] = problem
+            else:
+                ready.append(i)
+        steps = [(calls[i].seq, calls[i].draft) for i in ready]
+        self._evict_idle_until_fits(steps, {calls[i].seq.seq_id for i in ready})
+        while steps and not self.verifier.fits(steps):
+            if len(steps) == 1:
+                outcomes[ready[0]] = ServiceError(
+                    "RESOURCE_EXHAUSTED", "the sequence no longer fits in the verifier's KV cache"
+                )
+                steps, ready = [], []
+                break
+            outcomes[ready.pop()] = RETRY
+            steps.pop()
+        if steps:
+            for i, result in zip(ready, self.verifier.verify(steps)):
+                seq = calls[i].seq
+                base = len(seq.tokens)
+                seq.tokens.extend(result.token_ids)
+                self.verifier.rollback(seq)
+                outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids)
+        return outcomes
+
+    def _check(self, call: _StepCall) -> ServiceError | None:
+        seq = call.seq
+        if self.sequences.get(seq.seq_id) is not seq:
+            return ServiceError("NOT_FOUND", f"sequence {seq.seq_id} was released")
+        if call.committed_len != len(seq.tokens):
+            return ServiceError(
+                "FAILED_PRECONDITION",
+                f"stale step for {seq.seq_id}: built on {call.committed_len} tokens, verifier has {len(seq.tokens)}",
+            )
+        k = len(call.draft.token_ids)
+        if len(seq.tokens) + k > self.runner.max_model_len:
+            return ServiceError("INVALID_ARGUMENT", f"{k} drafts would run past the model's context")
+        if any(not 0 <= t < self.runner.vocab_size for t in call.draft.token_ids):
+            return ServiceError("INVALID_ARGUMENT", "draft token ids out of the vocabulary")
+        return None
+
+    def _evict_idle_until_fits(self, steps, busy: set[str]) -> None:
+        """Drop the cached blocks of sequences that are not stepping now, largest first."""
+        if self.verifier.fits(steps):
+            return
+        idle = [s for s in list(self.sequences.values()) if s.seq_id not in busy and self.runner.cached_length(s.seq_id)]
+        for seq in sorted(idle, key=lambda s: self.runner.cached_length(s.seq_id), reverse=True):
+            self.verifier.free(seq.seq_id)
+            if self.verifier.fits(steps):
+                return
