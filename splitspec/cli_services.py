@@ -148,6 +148,7 @@ def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     """The three processes `splitspec up` starts (docker-compose.yml mirrors these)."""
     base = [sys.executable, "-m", "splitspec.cli"]
     proposer = ["serve-proposer", "--host", args.host, "--port", str(args.proposer_port), "--method", args.method, "-k", str(args.num_speculative_tokens)]
+    proposer += ["--prompt-lookup-max", str(args.prompt_lookup_max), "--prompt-lookup-min", str(args.prompt_lookup_min), "--draft-top-k", str(args.draft_top_k)]
     if args.draft_model:
         proposer += ["--draft-model", args.draft_model]
     return {

@@ -55,3 +55,13 @@ def test_bad_generation_flags(tiny_llama, flags, message):
 
 def test_text_prompt_for_a_checkpoint_without_tokenizer(tiny_llama):
     assert_one_line_error(splitspec("generate", "hi", "--model", str(tiny_llama), "--method", "none"), "has no tokenizer files")
+
+
+def test_up_passes_every_proposer_flag_on_to_the_proposer():
+    from splitspec.cli import build_parser
+    from splitspec.cli_services import up_commands
+
+    flags = ["--prompt-lookup-max", "7", "--prompt-lookup-min", "2", "--draft-top-k", "3"]
+    proposer = up_commands(build_parser().parse_args(["up", *flags]))["proposer"]
+    served = build_parser().parse_args(proposer[proposer.index("serve-proposer") :])
+    assert (served.prompt_lookup_max, served.prompt_lookup_min, served.draft_top_k) == (7, 2, 3)
