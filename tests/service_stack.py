@@ -1,0 +1,133 @@
+"""Start real service processes on free loopback ports, and always stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import splitspec_v1_pb2 as pb
+from protos import splitspec_v1_pb2_grpc as pb_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    address: str
+    proc: subprocess.Popen
+    log: Path
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_service(name: str, args: list[str], log_dir: Path, *, wait: bool = True, timeout: float = 180.0) -> ServiceProcess:
+    port = free_port()
+    log = log_dir / f"{name}-{port}.log"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "splitspec.cli", *args, "--host", "127.0.0.1", "--port", str(port), "--grace-seconds", "5"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    service = ServiceProcess(name, f"127.0.0.1:{port}", proc, log)
+    if wait:
+        try:
+            wait_serving(service, timeout)
+        except BaseException:
+            service.stop(signal.SIGKILL)
+            raise
+    return service
+
+
+def health_status(address: str, service: str = "") -> int | None:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
+        except grpc.RpcError:
+            return None
+
+
+def wait_serving(service: ServiceProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with {service.proc.returncode}:\n{service.logs()}")
+        if health_status(service.address) == health_pb2.HealthCheckResponse.SERVING:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{service.name} not SERVING after {timeout} s:\n{service.logs()}")
+
+
+@dataclass
+class Stack:
+    verifier: ServiceProcess
+    proposers: list[ServiceProcess]
+    gateway: ServiceProcess
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    def verifier_info(self) -> pb.VerifierInfo:
+        with grpc.insecure_channel(self.verifier.address) as channel:
+            return pb_grpc.VerifierStub(channel).GetInfo(pb.InfoRequest(), timeout=5)
+
+
+@contextmanager
+def running_stack(
+    model: Path | str,
+    log_dir: Path,
+    *,
+    method: str = "ngram",
+    k: int = 3,
+    draft_model: Path | str | None = None,
+    num_proposers: int = 1,
+    verifier_args: tuple[str, ...] = (),
+    gateway_args: tuple[str, ...] = (),
+):
+    """Verifier, proposer(s) and gateway as separate processes; all stopped on exit, even on failure."""
+    with ExitStack() as cleanup:
+        verifier = start_service("verifier", ["serve-verifier", "--model", str(model), *verifier_args], log_dir)
+        cleanup.callback(verifier.stop)
+        proposers = []
+        for i in range(num_proposers):
+            args = ["serve-proposer", "--method", method, "-k", str(k)]
+            if draft_model is not None:
+                args += ["--draft-model", str(draft_model)]
+            proposer = start_service(f"proposer{i}", args, log_dir)
+            cleanup.callback(proposer.stop)
+            proposers.append(proposer)
+        gateway = start_service(
+            "gateway",
+            [
+                "serve-gateway", "--model", str(model), "--verifiers", verifier.address,
+                "--proposers", ",".join(p.address for p in proposers), "-k", str(k), "--method", method, *gateway_args,
+            ],
+            log_dir,
+        )
+        cleanup.callback(gateway.stop)
+        yield Stack(verifier, proposers, gateway, [verifier, *proposers, gateway])

@@ -1,0 +1,210 @@
+"""The three services as real processes on loopback: same output as in-process, failures lose nothing."""
+
+from __future__ import annotations
+
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from protos import splitspec_v1_pb2 as pb
+from protos import splitspec_v1_pb2_grpc as pb_grpc
+from service_stack import free_port, health_status, running_stack, start_service
+from splitspec import LLM, SamplingParams
+from splitspec.client import build_request
+
+PROMPTS = [
+    [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6],
+    [17, 3],
+    list(range(30, 90)) + list(range(30, 50)),
+    [100, 101, 102, 100, 101, 102, 100, 101, 102, 100, 101, 102, 100, 101],
+]
+MAX_TOKENS = 24
+
+
+def generate(address: str, request: pb.GenerateRequest, timeout: float = 60) -> list[pb.GenerateResponse]:
+    with grpc.insecure_channel(address) as channel:
+        return list(pb_grpc.GatewayStub(channel).Generate(request, timeout=timeout))
+
+
+def token_ids(responses: list[pb.GenerateResponse]) -> list[int]:
+    return [t for r in responses for t in r.token_ids]
+
+
+def generate_concurrently(address: str, requests: list[pb.GenerateRequest]) -> list[list[int]]:
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return [token_ids(r) for r in pool.map(lambda req: generate(address, req), requests)]
+
+
+def greedy_request(prompt: list[int], max_tokens: int = MAX_TOKENS, **kw) -> pb.GenerateRequest:
+    return build_request(prompt, temperature=0, max_tokens=max_tokens, ignore_eos=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def plain_greedy(tiny_llama) -> list[list[int]]:
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    return [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)]
+
+
+@pytest.fixture(scope="module")
+def ngram_stack(tiny_llama, tmp_path_factory):
+    with running_stack(tiny_llama, tmp_path_factory.mktemp("ngram_logs"), method="ngram", k=3) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def draft_stack(tiny_llama, tiny_drafts, tmp_path_factory):
+    with running_stack(tiny_llama, tmp_path_factory.mktemp("draft_logs"), method="draft_model", k=3, draft_model=tiny_drafts["llama"]) as stack:
+        yield stack
+
+
+def test_greedy_through_gateway_equals_in_process_and_plain_ngram(ngram_stack, tiny_llama, plain_greedy):
+    got = generate_concurrently(ngram_stack.gateway.address, [greedy_request(p) for p in PROMPTS])
+    in_process = LLM(str(tiny_llama), speculative_config={"method": "ngram", "num_speculative_tokens": 3}).generate(
+        [{"prompt_token_ids": p} for p in PROMPTS], SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True), use_tqdm=False
+    )
+    assert got == [o.outputs[0].token_ids for o in in_process] == plain_greedy
+
+
+def test_greedy_through_gateway_equals_plain_draft_model(draft_stack, plain_greedy):
+    responses = [generate(draft_stack.gateway.address, greedy_request(p)) for p in PROMPTS[:1]]
+    got = generate_concurrently(draft_stack.gateway.address, [greedy_request(p) for p in PROMPTS])
+    assert got == plain_greedy
+    stats = responses[0][-1].speculation
+    assert stats.num_draft_tokens > 0 and stats.num_accepted_tokens > 0
+
+
+@pytest.mark.parametrize("stack_name, spec_of", [("ngram_stack", "ngram"), ("draft_stack", "draft_model")])
+def test_seeded_sampling_through_gateway_equals_in_process(stack_name, spec_of, request, tiny_llama, tiny_drafts):
+    stack = request.getfixturevalue(stack_name)
+    spec = {"method": spec_of, "num_speculative_tokens": 3}
+    if spec_of == "draft_model":
+        spec["model"] = str(tiny_drafts["llama"])
+    seeds = [11, 12, 13, 14]
+    sampled = [build_request(p, temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for p, s in zip(PROMPTS, seeds)]
+    got = generate_concurrently(stack.gateway.address, sampled)
+    params = [SamplingParams(temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for s in seeds]
+    expected = LLM(str(tiny_llama), speculative_config=spec).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    assert got == [o.outputs[0].token_ids for o in expected]
+
+
+def test_speculation_override_zero_gives_the_same_tokens_without_drafts(ngram_stack, plain_greedy):
+    responses = generate(ngram_stack.gateway.address, greedy_request(PROMPTS[0], num_speculative_tokens=0))
+    assert token_ids(responses) == plain_greedy[0]
+    assert responses[-1].speculation.num_draft_tokens == 0
+    assert responses[-1].finish_reason == "length" and responses[-1].usage.completion_tokens == MAX_TOKENS
+
+
+def _wait_for(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_cancelled_stream_frees_every_kv_block(ngram_stack):
+    initial = ngram_stack.verifier_info()
+    with grpc.insecure_channel(ngram_stack.gateway.address) as channel:
+        call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[2], max_tokens=400), timeout=60)
+        first = next(call)
+        assert first.token_ids
+        assert ngram_stack.verifier_info().num_free_blocks < initial.num_free_blocks
+        call.cancel()
+    assert _wait_for(lambda: ngram_stack.verifier_info().num_free_blocks == initial.num_free_blocks)
+    assert ngram_stack.verifier_info().num_sequences == 0
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, code",
+    [
+        (dict(prompt=""), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(prompt="hello", prompt_token_ids=[1, 2]), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(temperature=-0.5)), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(temperature=float("nan"))), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(top_p=0.0)), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(top_p=1.5)), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(prompt_token_ids=[1] * 600), grpc.StatusCode.INVALID_ARGUMENT),
+        (dict(prompt_token_ids=[100000]), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_bad_input_is_refused_and_the_server_keeps_serving(ngram_stack, plain_greedy, request_kwargs, code):
+    with pytest.raises(grpc.RpcError) as err:
+        generate(ngram_stack.gateway.address, pb.GenerateRequest(**request_kwargs))
+    assert err.value.code() == code and err.value.details()
+    assert token_ids(generate(ngram_stack.gateway.address, greedy_request(PROMPTS[1]))) == plain_greedy[1]
+
+
+def test_unknown_speculation_override_is_invalid_argument(ngram_stack):
+    request = greedy_request(PROMPTS[1])
+    request.speculation.update({"num_speculative_tokenz": 3})
+    with pytest.raises(grpc.RpcError) as err:
+        generate(ngram_stack.gateway.address, request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "num_speculative_tokenz" in err.value.details()
+
+
+def test_generic_reflection_client_can_call_the_gateway(ngram_stack, plain_greedy):
+    from grpc_requests import Client
+
+    client = Client.get_by_endpoint(ngram_stack.gateway.address)
+    assert "splitspec.v1.Gateway" in client.service_names
+    result = client.request(
+        "splitspec.v1.Gateway",
+        "GenerateUnary",
+        {"prompt_token_ids": PROMPTS[0], "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS, "ignore_eos": True}},
+    )
+    assert [int(t) for t in result["token_ids"]] == plain_greedy[0]
+    assert result["finish_reason"] == "length"
+
+
+def test_killing_the_proposer_mid_generation_loses_no_output(tiny_llama, tmp_path):
+    plain = LLM(str(tiny_llama)).generate(
+        [{"prompt_token_ids": PROMPTS[0]}], SamplingParams(temperature=0, max_tokens=300, ignore_eos=True), use_tqdm=False
+    )[0].outputs[0].token_ids
+    with running_stack(tiny_llama, tmp_path, method="ngram", k=3) as stack:
+        with grpc.insecure_channel(stack.gateway.address) as channel:
+            call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[0], max_tokens=300), timeout=120)
+            received = list(next(call).token_ids)
+            stack.proposers[0].stop(signal.SIGKILL)
+            for response in call:
+                received.extend(response.token_ids)
+    assert received == plain
+
+
+def test_full_verifier_answers_resource_exhausted(tiny_llama, tmp_path):
+    with running_stack(tiny_llama, tmp_path, verifier_args=("--max-num-seqs", "1")) as stack:
+        with grpc.insecure_channel(stack.gateway.address) as channel:
+            long_call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[0], max_tokens=400), timeout=60)
+            next(long_call)
+            with pytest.raises(grpc.RpcError) as err:
+                generate(stack.gateway.address, greedy_request(PROMPTS[1]))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            long_call.cancel()
+
+
+def test_gateway_without_a_reachable_verifier_is_not_serving_and_unavailable(tiny_llama, tmp_path):
+    dead = f"127.0.0.1:{free_port()}"
+    gateway = start_service("gateway", ["serve-gateway", "--model", str(tiny_llama), "--verifiers", dead, "--proposers", ""], tmp_path, wait=False)
+    try:
+        assert _wait_for(lambda: health_status(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 60)
+        with pytest.raises(grpc.RpcError) as err:
+            generate(gateway.address, greedy_request(PROMPTS[1]))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        gateway.stop()
+
+
+def test_sigterm_drains_an_in_flight_stream(tiny_llama, tmp_path, plain_greedy):
+    with running_stack(tiny_llama, tmp_path) as stack:
+        with grpc.insecure_channel(stack.gateway.address) as channel:
+            call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[0]), timeout=60)
+            received = list(next(call).token_ids)
+            stack.gateway.proc.send_signal(signal.SIGTERM)
+            for response in call:
+                received.extend(response.token_ids)
+        assert received == plain_greedy[0]
+        stack.gateway.proc.wait(timeout=30)
