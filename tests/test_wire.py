@@ -1,0 +1,112 @@
+"""splitspec.wire: drafts and tensors survive a real protobuf encode/decode bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from proposer_svc.proposer import Draft
+from protos import splitspec_v1_pb2 as pb
+from splitspec.sparse_distribution import SparseDistribution
+from splitspec.wire import draft_from_proto, draft_to_proto, tensor_from_proto, tensor_to_proto
+
+BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.int64: torch.int64}
+# signalling NaN with payload 1, and a negative quiet NaN with a payload, as raw bits
+NAN_PAYLOAD_BITS = {
+    torch.float32: [0x7F800001, -0x003FFFFF],
+    torch.float16: [0x7C01, -0x01FF],
+    torch.bfloat16: [0x7F81, -0x003F],
+}
+
+
+def over_the_wire_draft(draft: Draft) -> Draft:
+    sent = pb.VerifyStep(committed_len=3, drafts=draft_to_proto(draft)).SerializeToString()
+    return draft_from_proto(pb.VerifyStep.FromString(sent).drafts)
+
+
+def over_the_wire_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor_from_proto(pb.HiddenStates.FromString(tensor_to_proto(tensor).SerializeToString()))
+
+
+def sparse_q(generator: torch.Generator, k: int, vocab: int = 50_000) -> SparseDistribution:
+    token_ids = torch.randperm(vocab, generator=generator)[:k]  # [k] int64
+    probs = torch.softmax(torch.randn(k, generator=generator, dtype=torch.float64) * 3, dim=0)  # [k] float64
+    return SparseDistribution(token_ids, probs)
+
+
+def random_bits(dtype: torch.dtype, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Every bit pattern is possible, so NaNs with payloads, infinities, -0.0 and subnormals all turn up."""
+    bits = BITS[dtype]
+    info = torch.iinfo(bits)
+    raw = torch.randint(info.min, info.max, shape, generator=generator, dtype=torch.int64).to(bits)
+    return raw.view(dtype)
+
+
+def assert_bit_exact(received: torch.Tensor, sent: torch.Tensor) -> None:
+    assert received.dtype == sent.dtype
+    assert received.shape == sent.shape
+    assert torch.equal(received.view(BITS[sent.dtype]), sent.view(BITS[sent.dtype]))
+
+
+def test_one_hot_draft_round_trips_with_q_left_unset():
+    draft = Draft(token_ids=[5, 0, 49_151], q=[None, None, None])
+    received = over_the_wire_draft(draft)
+    assert received.token_ids == [5, 0, 49_151]
+    assert received.q == [None, None, None]
+
+
+def test_sparse_q_round_trips_bit_exact_as_float64():
+    generator = torch.Generator().manual_seed(0)
+    qs = [sparse_q(generator, 16), None, sparse_q(generator, 1), sparse_q(generator, 7)]
+    draft = Draft(token_ids=[int(q.token_ids[0]) if q is not None else 11 for q in qs], q=qs)
+    received = over_the_wire_draft(draft)
+    assert received.token_ids == draft.token_ids
+    for got, want in zip(received.q, qs):
+        if want is None:
+            assert got is None
+            continue
+        assert got.token_ids.dtype == torch.int64 and torch.equal(got.token_ids, want.token_ids)
+        assert got.probs.dtype == torch.float64
+        assert torch.equal(got.probs.view(torch.int64), want.probs.view(torch.int64))
+
+
+def test_empty_draft_round_trips():
+    received = over_the_wire_draft(Draft())
+    assert received.token_ids == [] and received.q == []
+
+
+@pytest.mark.parametrize("dtype", list(BITS), ids=lambda d: str(d).removeprefix("torch."))
+def test_tensor_round_trips_bit_exact(dtype):
+    sent = random_bits(dtype, (3, 7, 5), torch.Generator().manual_seed(1))
+    assert_bit_exact(over_the_wire_tensor(sent), sent)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d).removeprefix("torch."))
+def test_nan_payloads_infinities_and_signed_zeros_survive(dtype):
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0], dtype=dtype)
+    bits = BITS[dtype]
+    payload_nans = torch.tensor(NAN_PAYLOAD_BITS[dtype], dtype=bits).view(dtype)
+    sent = torch.cat([specials, payload_nans])
+    assert_bit_exact(over_the_wire_tensor(sent), sent)
+
+
+def test_int64_extremes_survive():
+    sent = torch.tensor([torch.iinfo(torch.int64).min, -1, 0, torch.iinfo(torch.int64).max])
+    assert_bit_exact(over_the_wire_tensor(sent), sent)
+
+
+@pytest.mark.parametrize("dtype", list(BITS), ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("shape", [(0,), (2, 0, 3), (0, 4)])
+def test_empty_tensor_keeps_dtype_and_shape(dtype, shape):
+    sent = torch.empty(shape, dtype=dtype)
+    assert_bit_exact(over_the_wire_tensor(sent), sent)
+
+
+@pytest.mark.parametrize("dtype", list(BITS), ids=lambda d: str(d).removeprefix("torch."))
+def test_non_contiguous_tensor_arrives_with_its_logical_layout(dtype):
+    base = random_bits(dtype, (6, 8), torch.Generator().manual_seed(2))
+    for sent in (base.t(), base[:, ::3], base[1:5:2].t()[::2]):
+        assert not sent.is_contiguous()
+        received = over_the_wire_tensor(sent)
+        assert_bit_exact(received, sent)
+        assert received.is_contiguous()
