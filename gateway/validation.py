@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from google.protobuf.json_format import MessageToDict
-
 from protos import splitspec_v1_pb2 as pb
 from splitspec.errors import ServiceError, SplitspecError
 from splitspec.sampling_params import SamplingParams
@@ -65,13 +63,13 @@ def validate(request: pb.GenerateRequest, tokenizer, vocab_size: int, max_model_
 
     k = default_k
     if request.HasField("speculation"):
-        overrides = MessageToDict(request.speculation)
+        overrides = dict(request.speculation.items())  # numbers arrive as floats, NaN and infinity included
         unknown = set(overrides) - SPECULATION_OVERRIDE_KEYS
         if unknown:
             raise _invalid(f"unknown speculation overrides {sorted(unknown)}; known: {sorted(SPECULATION_OVERRIDE_KEYS)}")
         if "num_speculative_tokens" in overrides:
             value = overrides["num_speculative_tokens"]
-            if not isinstance(value, (int, float)) or value != int(value) or not 0 <= value <= 64:
+            if not isinstance(value, float) or not value.is_integer() or not 0 <= value <= 64:
                 raise _invalid(f"speculation.num_speculative_tokens must be an integer in [0, 64], got {value!r}")
             k = int(value)
     return ValidRequest(request.prompt or None, prompt_ids, params, k)
