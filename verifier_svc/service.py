@@ -45,6 +45,7 @@ class VerifierService:
         self.verifier = Verifier(runner)
         self.max_num_seqs = max_num_seqs
         self.sequences: dict[str, RemoteSequence] = {}
+        self.num_evictions = 0
         self.batcher: MicroBatcher[_StepCall, StepOutcome] = MicroBatcher(
             self._run_batch, batch_window_s, expected=lambda: len(self.sequences), name="verifier"
         )
@@ -139,5 +140,6 @@ class VerifierService:
         idle = [s for s in list(self.sequences.values()) if s.seq_id not in busy and self.runner.cached_length(s.seq_id)]
         for seq in sorted(idle, key=lambda s: self.runner.cached_length(s.seq_id), reverse=True):
             self.verifier.free(seq.seq_id)
+            self.num_evictions += 1
             if self.verifier.fits(steps):
                 return

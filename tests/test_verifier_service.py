@@ -1,0 +1,97 @@
+"""The verifier's core without gRPC: shared batches, stale steps refused, eviction, release."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proposer_svc.proposer import Draft
+from splitspec import LLM, SamplingParams
+from splitspec.errors import ServiceError
+from splitspec.models.loader import load_runner
+from verifier_svc.service import VerifierService
+
+GREEDY = SamplingParams(temperature=0, max_tokens=None)
+PROMPTS = {"a": [5, 6, 7, 8, 9, 5, 6], "b": [17, 3], "c": list(range(30, 70))}
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+async def _decode(service: VerifierService, seq_id: str, steps: int) -> list[int]:
+    out = []
+    for _ in range(steps):
+        seq = service.sequences[seq_id]
+        outcome = await service.step(seq_id, len(seq.tokens), Draft())
+        out.extend(outcome.token_ids)
+    return out
+
+
+def _plain(tiny_llama, prompt: list[int], n: int) -> list[int]:
+    params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+    return LLM(str(tiny_llama), kv_cache_memory_bytes=1 << 20).generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0].token_ids
+
+
+def test_concurrent_sequences_share_batches_and_match_plain_decoding(tiny_llama):
+    async def main():
+        service = VerifierService(load_runner(tiny_llama, kv_cache_memory_bytes=1 << 20), batch_window_s=0.005)
+        service.start()
+        for seq_id, prompt in PROMPTS.items():
+            service.add(seq_id, prompt, GREEDY, seed=0)
+        outputs = await asyncio.gather(*(_decode(service, s, 10) for s in PROMPTS))
+        await service.close()
+        return outputs
+
+    outputs = _run(main())
+    assert outputs == [_plain(tiny_llama, p, 10) for p in PROMPTS.values()]
+
+
+def test_stale_step_is_refused_not_applied(tiny_llama):
+    async def main():
+        service = VerifierService(load_runner(tiny_llama, kv_cache_memory_bytes=1 << 20))
+        service.start()
+        service.add("a", PROMPTS["a"], GREEDY, seed=0)
+        await service.step("a", len(PROMPTS["a"]), Draft())
+        before = list(service.sequences["a"].tokens)
+        with pytest.raises(ServiceError) as err:
+            await service.step("a", len(PROMPTS["a"]), Draft([1, 2], [None, None]))
+        await service.close()
+        return before, service.sequences["a"].tokens, err.value
+
+    before, after, error = _run(main())
+    assert error.code == "FAILED_PRECONDITION" and "stale" in error.message
+    assert after == before
+
+
+def test_idle_sequences_are_evicted_when_the_cache_is_short_and_output_is_unchanged(tiny_llama):
+    async def main():
+        # 16 blocks of 4 tokens: the three prompts plus growth do not fit at once
+        runner = load_runner(tiny_llama, block_size=4, kv_cache_memory_bytes=2 * 2 * 4 * 2 * 16 * 4 * 16)
+        service = VerifierService(runner, batch_window_s=0.0)
+        service.start()
+        for seq_id, prompt in PROMPTS.items():
+            service.add(seq_id, prompt, GREEDY, seed=0)
+        outputs = {}
+        for seq_id in ("c", "a", "b", "c", "a"):  # interleaved: each step may need another's blocks
+            outputs.setdefault(seq_id, []).extend(await _decode(service, seq_id, 6))
+        for seq_id in list(service.sequences):
+            await service.release(seq_id)
+        free, total = runner.num_free_blocks, runner.allocator.num_blocks
+        await service.close()
+        return outputs, free, total, service.num_evictions
+
+    outputs, free, total, evictions = _run(main())
+    assert evictions > 0
+    for seq_id, tokens in outputs.items():
+        assert tokens == _plain(tiny_llama, PROMPTS[seq_id], len(tokens))
+    assert free == total
+
+
+def test_admission_is_refused_when_full(tiny_llama):
+    service = VerifierService(load_runner(tiny_llama, kv_cache_memory_bytes=1 << 20), max_num_seqs=1)
+    service.add("a", [1, 2, 3], GREEDY, seed=0)
+    with pytest.raises(ServiceError) as err:
+        service.add("b", [1, 2, 3], GREEDY, seed=0)
+    assert err.value.code == "RESOURCE_EXHAUSTED"
