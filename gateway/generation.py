@@ -77,11 +77,15 @@ class GatewayCore:
         detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings)
         verifier = self.pick_verifier()
         slot = _ProposerSlot(self._next_proposer() if num_speculative_tokens > 0 else None)
+        verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
         try:
             await verifier.start(seq_id, prompt_ids, params, seed)
         except ConnectionError as exc:
+            verifier.num_sequences -= 1
             raise ServiceError("UNAVAILABLE", f"verifier {verifier.address} is unreachable: {exc}") from None
-        verifier.num_sequences += 1
+        except BaseException:
+            verifier.num_sequences -= 1
+            raise
         try:
             while not seq.finished:
                 k = self._num_drafts(seq, num_speculative_tokens)

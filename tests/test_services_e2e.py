@@ -208,3 +208,37 @@ def test_sigterm_drains_an_in_flight_stream(tiny_llama, tmp_path, plain_greedy):
                 received.extend(response.token_ids)
         assert received == plain_greedy[0]
         stack.gateway.proc.wait(timeout=30)
+
+
+def test_sequences_spread_over_verifiers_and_survive_losing_one_of_two_proposers(tiny_llama, tmp_path, plain_greedy):
+    from contextlib import ExitStack
+
+    with ExitStack() as cleanup:
+        verifiers = [start_service(f"verifier{i}", ["serve-verifier", "--model", str(tiny_llama)], tmp_path) for i in range(2)]
+        proposers = [start_service(f"proposer{i}", ["serve-proposer", "-k", "3"], tmp_path) for i in range(2)]
+        for service in verifiers + proposers:
+            cleanup.callback(service.stop)
+        gateway = start_service(
+            "gateway",
+            ["serve-gateway", "--model", str(tiny_llama), "-k", "3",
+             "--verifiers", ",".join(v.address for v in verifiers), "--proposers", ",".join(p.address for p in proposers)],
+            tmp_path,
+        )
+        cleanup.callback(gateway.stop)
+        channel = grpc.insecure_channel(gateway.address)
+        cleanup.callback(channel.close)
+        stub = pb_grpc.GatewayStub(channel)
+        calls = [stub.Generate(greedy_request(PROMPTS[i], max_tokens=400), timeout=60) for i in range(2)]
+        for call in calls:
+            next(call)
+
+        def sequences(address: str) -> int:
+            with grpc.insecure_channel(address) as c:
+                return pb_grpc.VerifierStub(c).GetInfo(pb.InfoRequest(), timeout=5).num_sequences
+
+        assert sorted(sequences(v.address) for v in verifiers) == [1, 1]
+        for call in calls:
+            call.cancel()
+        proposers[0].stop(signal.SIGKILL)
+        got = generate_concurrently(gateway.address, [greedy_request(p) for p in PROMPTS])
+        assert got == plain_greedy
