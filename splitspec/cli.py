@@ -114,10 +114,51 @@ def _generate_via_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="side-by-side benchmark: K=0, speculation, gateway, transformers")
+    p.add_argument("--model", default="default")
+    p.add_argument("--draft-model", help="also benchmark draft_model speculation (and HF assistant_model)")
+    p.add_argument("--workloads", default="humaneval,code_edit,summarise,chat")
+    p.add_argument("--prompts-per-workload", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--num-speculative-tokens", "-k", type=int, default=5)
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels for the sweep")
+    p.add_argument("--no-gateway", action="store_true", help="skip the three-process configurations")
+    p.add_argument("--no-hf", action="store_true", help="skip Hugging Face transformers")
+    p.add_argument("--seed", type=int, default=0, help="selects the prompts")
+    p.add_argument("--output", default="bench.json", help="where to write the JSON report")
+    p.add_argument("--quick", action="store_true", help="a small run: 1 prompt each of code_edit and summarise, 32 tokens")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from splitspec.bench.run import BenchSettings, run_bench
+
+    settings = BenchSettings(
+        model=args.model,
+        draft_model=args.draft_model,
+        workloads=tuple(w for w in args.workloads.split(",") if w),
+        prompts_per_workload=args.prompts_per_workload,
+        max_tokens=args.max_tokens,
+        num_speculative_tokens=args.num_speculative_tokens,
+        concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
+        gateway=not args.no_gateway,
+        hf=not args.no_hf,
+        seed=args.seed,
+        output=args.output,
+    )
+    if args.quick:
+        settings = BenchSettings(**{**settings.__dict__, "workloads": ("code_edit", "summarise"), "prompts_per_workload": 1,
+                                    "max_tokens": 32, "concurrency": (1, 4)})
+    run_bench(settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitspec", description="Lossless speculative decoding")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_bench(sub)
     from splitspec.cli_services import add_service_commands
 
     add_service_commands(sub)

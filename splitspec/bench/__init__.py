@@ -1,0 +1,1 @@
+"""`splitspec bench`: side-by-side benchmarks, interleaved in one process run."""

@@ -1,0 +1,190 @@
+"""Run every configuration over the same prompts, interleaved, and report one table plus JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from splitspec.bench.runners import BenchPrompt, HFGenerate, SplitspecGateway, SplitspecInProcess
+from splitspec.bench.timing import RequestTiming, Summary, summarise
+from splitspec.bench.workloads import build_prompts
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    model: str = "default"
+    draft_model: str | None = None
+    workloads: tuple[str, ...] = ("humaneval", "code_edit", "summarise", "chat")
+    prompts_per_workload: int = 3
+    max_tokens: int = 128
+    num_speculative_tokens: int = 5
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    gateway: bool = True
+    hf: bool = True
+    seed: int = 0
+    output: str = "bench.json"
+    configs_only: tuple[str, ...] = field(default=())
+
+
+def _log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_stack(model: str, k: int) -> tuple[subprocess.Popen, str]:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    ports = [_free_port() for _ in range(3)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splitspec.cli", "up", "--model", model, "-k", str(k), "--port", str(ports[0]),
+         "--verifier-port", str(ports[1]), "--proposer-port", str(ports[2])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
+    )
+    address = f"127.0.0.1:{ports[0]}"
+    deadline = time.monotonic() + 300
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return proc, address
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the gateway stack did not become ready")
+
+
+def run_bench(settings: BenchSettings) -> dict:
+    import torch
+    import transformers
+
+    from splitspec import LLM
+    from splitspec.checkpoint import resolve_checkpoint
+
+    k = settings.num_speculative_tokens
+    path = resolve_checkpoint(settings.model)
+    _log(f"loading {settings.model} ({path})")
+    plain = LLM(str(path))
+    tokenizer = plain.get_tokenizer()
+    prompts = build_prompts(list(settings.workloads), settings.prompts_per_workload, settings.seed)
+    bench_prompts = []
+    for p in prompts:
+        text = plain.apply_chat_template([{"role": "user", "content": p.text}]) if getattr(tokenizer, "chat_template", None) else p.text
+        bench_prompts.append(BenchPrompt(p, tokenizer.encode(text)))
+
+    configs = [SplitspecInProcess("splitspec K=0", plain)]
+    configs.append(SplitspecInProcess(f"splitspec ngram K={k}", LLM(str(path), speculative_config={"method": "ngram", "num_speculative_tokens": k})))
+    if settings.draft_model:
+        configs.append(
+            SplitspecInProcess(
+                f"splitspec draft K={k}",
+                LLM(str(path), speculative_config={"method": "draft_model", "model": settings.draft_model, "num_speculative_tokens": k}),
+            )
+        )
+    stack = None
+    if settings.gateway:
+        _log("starting the gateway stack (splitspec up)")
+        stack, address = _start_stack(str(path), k)
+        configs.append(SplitspecGateway("gateway K=0", address, num_speculative_tokens=0))
+        configs.append(SplitspecGateway(f"gateway ngram K={k}", address))
+    if settings.hf:
+        from transformers import AutoModelForCausalLM
+
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+        eos = sorted(plain.engine.stop_checker.eos_token_ids)
+        configs.append(HFGenerate("HF generate", hf_model, eos))
+        configs.append(HFGenerate(f"HF prompt lookup K={k}", hf_model, eos, prompt_lookup_num_tokens=k))
+        if settings.draft_model:
+            draft = AutoModelForCausalLM.from_pretrained(str(resolve_checkpoint(settings.draft_model)), dtype=torch.float32).eval()
+            configs.append(HFGenerate(f"HF assistant K={k}", hf_model, eos, assistant_model=draft, num_assistant_tokens=k))
+    if settings.configs_only:
+        configs = [c for c in configs if c.name in settings.configs_only or c.name == "splitspec K=0"]
+
+    timings: dict[str, list[RequestTiming]] = {c.name: [] for c in configs}
+    sweep: list[dict] = []
+    try:
+        for c in configs:  # warm-up: first calls pay one-time costs
+            c.run(bench_prompts[:1], 4)
+        for i, bp in enumerate(bench_prompts):
+            _log(f"prompt {i + 1}/{len(bench_prompts)} ({bp.prompt.workload}: {bp.prompt.name})")
+            reference = None
+            for c in configs:  # interleaved: machine noise hits every configuration alike
+                (timing,) = c.run([bp], settings.max_tokens)
+                if c.name == "splitspec K=0":
+                    reference = timing.token_ids
+                timing.matches_reference = timing.token_ids == reference
+                timings[c.name].append(timing)
+        in_process = [c for c in configs if isinstance(c, SplitspecInProcess)] + [c for c in configs if isinstance(c, SplitspecGateway)]
+        for level in settings.concurrency:
+            batch = [bench_prompts[i % len(bench_prompts)] for i in range(level)]
+            for c in in_process:
+                _log(f"concurrency {level}: {c.name}")
+                start = time.perf_counter()
+                results = c.run(batch, settings.max_tokens)
+                wall = time.perf_counter() - start
+                tokens = sum(t.num_tokens for t in results)
+                sweep.append(
+                    {
+                        "config": c.name,
+                        "concurrency": level,
+                        "tokens": tokens,
+                        "wall_s": wall,
+                        "throughput_tokens_per_s": tokens / wall if wall else 0.0,
+                        "mean_latency_s": sum(t.elapsed for t in results) / len(results),
+                    }
+                )
+    finally:
+        if stack is not None:
+            stack.send_signal(signal.SIGTERM)
+            stack.wait(timeout=60)
+
+    summaries = [summarise(name, ts) for name, ts in timings.items()]
+    report = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "settings": {k_: (list(v) if isinstance(v, tuple) else v) for k_, v in settings.__dict__.items()},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "summary": [s.__dict__ | {"tokens_per_s": s.tokens_per_s} for s in summaries],
+        "concurrency": sweep,
+        "requests": [t.to_json() for ts in timings.values() for t in ts],
+    }
+    Path(settings.output).write_text(json.dumps(report, indent=2))
+    print(format_table(summaries, sweep))
+    _log(f"wrote {settings.output}")
+    return report
+
+
+def format_table(summaries: list[Summary], sweep: list[dict]) -> str:
+    base = next((s for s in summaries if s.config == "splitspec K=0"), None)
+    hf = next((s for s in summaries if s.config == "HF generate"), None)
+    header = f"{'configuration':<26}{'tok/s':>8}{'x K=0':>7}{'x HF':>7}{'TTFT ms':>9}{'ITL p50':>9}{'ITL p99':>9}{'tok/pass':>9}  {'greedy=K0':>9}  acceptance by position"
+    lines = [header, "-" * len(header)]
+    for s in summaries:
+        ratio_base = s.tokens_per_s / base.tokens_per_s if base and base.tokens_per_s else 0.0
+        ratio_hf = s.tokens_per_s / hf.tokens_per_s if hf and hf.tokens_per_s else 0.0
+        per_round = f"{s.mean_tokens_per_round:.2f}" if s.mean_tokens_per_round else "-"
+        acceptance = " ".join(f"{a:.2f}" for a in s.acceptance_per_position[:8]) or "-"
+        lines.append(
+            f"{s.config:<26}{s.tokens_per_s:>8.1f}{ratio_base:>7.2f}{ratio_hf if hf else float('nan'):>7.2f}"
+            f"{s.ttft_mean * 1000:>9.0f}{s.itl_p50 * 1000:>9.1f}{s.itl_p99 * 1000:>9.1f}{per_round:>9}  {s.matches:>9}  {acceptance}"
+        )
+    if sweep:
+        lines += ["", f"{'concurrency':<26}{'requests':>9}{'tok/s':>9}{'mean latency s':>16}"]
+        for row in sweep:
+            lines.append(f"{row['config']:<26}{row['concurrency']:>9}{row['throughput_tokens_per_s']:>9.1f}{row['mean_latency_s']:>16.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""The configurations a benchmark compares, each timing every token's arrival the same way."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+from splitspec.bench.timing import RequestTiming
+from splitspec.bench.workloads import Prompt
+from splitspec.sampling_params import SamplingParams
+
+_ids = itertools.count()
+
+
+@dataclass
+class BenchPrompt:
+    prompt: Prompt
+    token_ids: list[int]
+
+
+class SplitspecInProcess:
+    """Drives the engine step by step, so token arrival times are exact at any concurrency."""
+
+    def __init__(self, name: str, llm) -> None:
+        self.name = name
+        self.llm = llm
+
+    def run(self, prompts: list[BenchPrompt], max_tokens: int) -> list[RequestTiming]:
+        engine = self.llm.engine
+        params = SamplingParams(temperature=0, max_tokens=max_tokens)
+        start = time.perf_counter()
+        seqs = [engine.add_request(f"bench-{next(_ids)}", None, p.token_ids, params) for p in prompts]
+        timings = [RequestTiming(self.name, p.prompt.name, p.prompt.workload, start) for p in prompts]
+        while engine.has_unfinished():
+            before = [s.num_output_tokens for s in seqs]
+            engine.step()
+            now = time.perf_counter()
+            for seq, timing, n0 in zip(seqs, timings, before):
+                if seq.num_output_tokens > n0:
+                    timing.arrivals.append((now, seq.num_output_tokens - n0))
+        for seq, timing in zip(seqs, timings):
+            timing.token_ids = seq.output_token_ids
+            stats = seq.stats
+            timing.rounds = stats.num_rounds
+            timing.drafted, timing.accepted = stats.num_draft_tokens, stats.num_accepted_tokens
+            timing.drafted_per_position = list(stats.drafted_per_position)
+            timing.accepted_per_position = list(stats.accepted_per_position)
+        return timings
+
+
+class _ArrivalStreamer:
+    """transformers streamer: the first put is the prompt, each later put is newly generated tokens."""
+
+    def __init__(self, timing: RequestTiming) -> None:
+        self.timing = timing
+        self.seen_prompt = False
+
+    def put(self, value) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        tokens = value.reshape(-1).tolist()
+        self.timing.arrivals.append((time.perf_counter(), len(tokens)))
+        self.timing.token_ids.extend(tokens)
+
+    def end(self) -> None:
+        pass
+
+
+class HFGenerate:
+    """Hugging Face transformers `generate` on the same checkpoint, one prompt at a time."""
+
+    def __init__(self, name: str, model, eos_token_ids: list[int], **generate_kwargs) -> None:
+        self.name = name
+        self.model = model
+        self.eos_token_ids = eos_token_ids
+        self.kwargs = generate_kwargs
+
+    def run(self, prompts: list[BenchPrompt], max_tokens: int) -> list[RequestTiming]:
+        import torch
+
+        timings = []
+        for p in prompts:
+            timing = RequestTiming(self.name, p.prompt.name, p.prompt.workload, time.perf_counter())
+            with torch.inference_mode():
+                self.model.generate(
+                    torch.tensor([p.token_ids]),
+                    attention_mask=torch.ones(1, len(p.token_ids), dtype=torch.long),
+                    max_new_tokens=max_tokens,
+                    do_sample=False,
+                    eos_token_id=self.eos_token_ids,
+                    pad_token_id=self.eos_token_ids[0],
+                    streamer=_ArrivalStreamer(timing),
+                    **self.kwargs,
+                )
+            timings.append(timing)
+        return timings
+
+
+class SplitspecGateway:
+    """The same engine behind `splitspec up`: three processes, streamed over gRPC."""
+
+    def __init__(self, name: str, address: str, num_speculative_tokens: int | None = None) -> None:
+        self.name = name
+        self.address = address
+        self.num_speculative_tokens = num_speculative_tokens
+
+    def run(self, prompts: list[BenchPrompt], max_tokens: int) -> list[RequestTiming]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+
+        from protos import splitspec_v1_pb2_grpc as pb_grpc
+        from splitspec.client import build_request
+
+        def one(p: BenchPrompt) -> RequestTiming:
+            request = build_request(p.token_ids, temperature=0, max_tokens=max_tokens, num_speculative_tokens=self.num_speculative_tokens)
+            timing = RequestTiming(self.name, p.prompt.name, p.prompt.workload, time.perf_counter())
+            for response in stub.Generate(request):
+                if response.token_ids:
+                    timing.arrivals.append((time.perf_counter(), len(response.token_ids)))
+                    timing.token_ids.extend(response.token_ids)
+                if response.finish_reason:
+                    spec = response.speculation
+                    timing.rounds, timing.drafted, timing.accepted = spec.num_rounds, spec.num_draft_tokens, spec.num_accepted_tokens
+                    timing.drafted_per_position = list(spec.drafted_per_position)
+                    timing.accepted_per_position = list(spec.accepted_per_position)
+            return timing
+
+        with grpc.insecure_channel(self.address) as channel:
+            stub = pb_grpc.GatewayStub(channel)
+            with ThreadPoolExecutor(max(1, len(prompts))) as pool:
+                return list(pool.map(one, prompts))

@@ -1,0 +1,37 @@
+"""Benchmark prompts come from real text on the machine and are chosen deterministically by seed."""
+
+from __future__ import annotations
+
+import pytest
+
+from splitspec.bench.timing import RequestTiming, percentile, summarise
+from splitspec.bench.workloads import WORKLOADS, build_prompts
+from splitspec.errors import SplitspecError
+
+
+def test_same_seed_gives_the_same_prompts_and_another_seed_does_not():
+    a = build_prompts(list(WORKLOADS), 3, seed=0)
+    assert a == build_prompts(list(WORKLOADS), 3, seed=0)
+    assert a != build_prompts(list(WORKLOADS), 3, seed=1)
+
+
+def test_every_workload_yields_nonempty_prompts():
+    prompts = build_prompts(list(WORKLOADS), 2, seed=0)
+    assert {p.workload for p in prompts} == set(WORKLOADS)
+    assert all(len(p.text) > 40 for p in prompts)
+    code = [p for p in prompts if p.workload == "code_edit"]
+    assert all("def " in p.text for p in code)
+
+
+def test_unknown_workload_is_a_clear_error():
+    with pytest.raises(SplitspecError, match="unknown workload"):
+        build_prompts(["poetry"], 1, seed=0)
+
+
+def test_chunked_arrivals_spread_latency_over_their_tokens():
+    timing = RequestTiming("c", "p", "w", start=0.0, arrivals=[(0.5, 1), (0.7, 4), (0.8, 1)], rounds=3)
+    assert timing.num_tokens == 6 and timing.ttft == 0.5 and timing.elapsed == 0.8
+    assert timing.inter_token_latencies() == pytest.approx([0.05] * 4 + [0.1])
+    summary = summarise("c", [timing])
+    assert summary.tokens_per_s == pytest.approx(6 / 0.8) and summary.mean_tokens_per_round == 2.0
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0
