@@ -28,6 +28,13 @@ def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--grace-seconds", type=float, default=_env("GRACE_SECONDS", 10.0), help="drain time on SIGTERM")
 
 
+def _yield_idle_cores() -> None:
+    """Service processes share the cores: OpenMP threads that spin after each op (the default) take
+    CPU that the gateway and proposer need between verify passes. Must run before torch loads; a
+    user's own OMP_WAIT_POLICY wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _server_options(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(
         host=args.host,
@@ -90,6 +97,7 @@ def _proposer_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_verifier(args: argparse.Namespace) -> int:
+    _yield_idle_cores()
     from splitspec.serve import VerifierSettings, run_verifier
 
     run_verifier(
@@ -106,6 +114,7 @@ def _serve_verifier(args: argparse.Namespace) -> int:
 
 
 def _serve_proposer(args: argparse.Namespace) -> int:
+    _yield_idle_cores()
     from splitspec.errors import SplitspecError
     from splitspec.serve import ProposerSettings, run_proposer
 
@@ -127,6 +136,7 @@ def _serve_proposer(args: argparse.Namespace) -> int:
 
 
 def _serve_gateway(args: argparse.Namespace) -> int:
+    _yield_idle_cores()
     from splitspec.serve import GatewaySettings, run_gateway
 
     run_gateway(
