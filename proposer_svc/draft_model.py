@@ -19,6 +19,8 @@ from splitspec.sparse_distribution import SparseDistribution
 
 
 class DraftModelProposer(Proposer):
+    samples_drafts = True
+
     def __init__(self, runner: ModelRunner, *, target_vocab_size: int, draft_top_k: int = 16) -> None:
         self.runner = runner
         self.target_vocab_size = target_vocab_size

@@ -33,6 +33,9 @@ class Draft:
 
 
 class Proposer(ABC):
+    samples_drafts: bool = False
+    """True when sampled requests get drafts drawn from a q that is not one-hot (a draft model)."""
+
     @abstractmethod
     def propose(self, requests: list[DraftRequest]) -> list[Draft]:
         """One draft per request, in order. State per sequence is updated from the committed tokens."""

@@ -21,6 +21,8 @@ class SpeculativeConfig:
     draft_model: str | None = None
     draft_top_k: int = 16
     """A sampling draft model draws from its own top-k; that truncated distribution is the exact q."""
+    adaptive: bool = True
+    """Draft fewer tokens (down to none) per sequence when measured acceptance says more would cost time."""
 
     def __post_init__(self) -> None:
         if self.method not in SPECULATION_METHODS:
@@ -50,6 +52,7 @@ _SPEC_CONFIG_KEYS = {
     "prompt_lookup_min",
     "draft_tensor_parallel_size",
     "draft_top_k",
+    "adaptive",
 }
 
 
@@ -111,6 +114,7 @@ def build_speculative_config(
         prompt_lookup_min=prompt_lookup_min,
         draft_model=model,
         draft_top_k=spec.get("draft_top_k", 16),
+        adaptive=bool(spec.get("adaptive", True)),
     )
 
 

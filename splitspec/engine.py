@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from proposer_svc.proposer import Draft, DraftRequest, Proposer
+from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, choose_num_drafts
 from splitspec.errors import SplitspecError
 from splitspec.models.runner import ModelRunner
 from splitspec.sampling_params import SamplingParams
@@ -36,7 +37,9 @@ class Engine:
         stop_checker: StopChecker,
         limits: SchedulerLimits = SchedulerLimits(),
         seed: int = 0,
+        cost_model: PassCostModel | None = None,
     ) -> None:
+        """cost_model: when given, the number of drafts adapts per sequence (see adaptive_k.py)."""
         self.runner = runner
         self.verifier = Verifier(runner)
         self.proposer = proposer
@@ -47,6 +50,8 @@ class Engine:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.cost_model = cost_model
+        self._acceptance: dict[str, AcceptanceEstimate] = {}
 
     def add_request(self, seq_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
         if not prompt_token_ids:
@@ -81,6 +86,8 @@ class Engine:
         finished = []
         for (seq, draft), result in zip(steps, self.verifier.verify(steps)):
             seq.stats.record_round(len(draft.token_ids), result.num_accepted)
+            if self.cost_model is not None:
+                self._acceptance.setdefault(seq.seq_id, AcceptanceEstimate()).update(len(draft.token_ids), result.num_accepted)
             self.stop_checker.commit(seq, result.token_ids)
             if seq.finished:
                 finished.append(seq)
@@ -113,6 +120,25 @@ class Engine:
             k = min(k, seq.params.max_tokens - seq.num_output_tokens - 1)
         return max(0, k)
 
+    def _draft_budget(self) -> list[int]:
+        """Drafts per running sequence: adaptive where that cannot change a seeded sample.
+
+        A sampled request drafting from a non-one-hot q keeps a fixed K: which positions get drafted
+        changes its individual samples (never their distribution), and a seed must reproduce them.
+        """
+        limits = [self._num_drafts(seq) for seq in self.running]
+        if self.cost_model is None:
+            return limits
+        fixed = [self.proposer.samples_drafts and not seq.params.greedy for seq in self.running]
+        adaptive = [i for i, f in enumerate(fixed) if not f]
+        base_rows = sum(len(seq.tokens) - self.runner.cached_length(seq.seq_id) for seq in self.running)
+        base_rows += sum(limit for limit, f in zip(limits, fixed) if f)
+        rates = [self._acceptance.get(self.running[i].seq_id, AcceptanceEstimate()).rate for i in adaptive]
+        chosen = choose_num_drafts(rates, [limits[i] for i in adaptive], base_rows, self.cost_model)
+        for i, k in zip(adaptive, chosen):
+            limits[i] = k
+        return limits
+
     def _propose(self) -> list[Draft]:
         if self.proposer is None:
             return [Draft() for _ in self.running]
@@ -120,12 +146,12 @@ class Engine:
             DraftRequest(
                 seq_id=seq.seq_id,
                 token_ids=seq.tokens,
-                num_tokens=self._num_drafts(seq),
+                num_tokens=budget,
                 temperature=seq.params.temperature,
                 top_k=seq.params.top_k,
                 seed=seq.seed,
             )
-            for seq in self.running
+            for seq, budget in zip(self.running, self._draft_budget())
         ]
         drafts = self.proposer.propose(requests)
         return [Draft(d.token_ids[: r.num_tokens], d.q[: r.num_tokens]) for d, r in zip(drafts, requests)]
@@ -139,5 +165,6 @@ class Engine:
 
     def _release(self, seq: Sequence) -> None:
         self.runner.free(seq.seq_id)
+        self._acceptance.pop(seq.seq_id, None)
         if self.proposer is not None:
             self.proposer.release(seq.seq_id)

@@ -90,6 +90,12 @@ class LLM:
         self.tokenizer = load_tokenizer(Path(tokenizer) if tokenizer else path)
         proposer = _build_proposer(spec, self.runner.vocab_size, dtype, max_num_seqs)
         stop_checker = StopChecker(eos_token_ids(path, self.tokenizer), self.runner.max_model_len, self._detokenize)
+        cost_model = None
+        if spec is not None and spec.adaptive:
+            from splitspec.adaptive_k import PassCostModel
+
+            max_rows = min(max_num_batched_tokens, max_num_seqs * (spec.num_speculative_tokens + 1))
+            cost_model = PassCostModel.calibrate(self.runner, max_rows)
         self.engine = Engine(
             self.runner,
             proposer,
@@ -97,6 +103,7 @@ class LLM:
             stop_checker,
             SchedulerLimits(max_num_seqs, max_num_batched_tokens),
             seed=seed,
+            cost_model=cost_model,
         )
         self._request_counter = itertools.count()
 

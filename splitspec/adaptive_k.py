@@ -1,0 +1,124 @@
+"""Choose how many tokens to draft per sequence so that speculation never costs more than it wins.
+
+A verify pass with n tokens costs t(n), measured once on the engine's own runner (so the choices,
+and with them a sampling draft model's individual samples, can differ between machines; greedy and
+n-gram output never do). A sequence whose
+drafts are accepted with probability a per position yields, with k drafts, E(k) = 1 + a + ... + a^k
+tokens per pass. Each round the controller starts every sequence at k = 0 and hands out one more
+draft at a time, to the sequence with the largest expected gain, while that raises the batch's
+expected tokens per second; at low acceptance it therefore drafts nothing at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from splitspec.models.runner import ForwardInput, ModelRunner
+
+_CALIBRATION_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
+class PassCostModel:
+    """Seconds per forward pass as a function of the tokens in it, interpolated between measurements."""
+
+    def __init__(self, points: dict[int, float]) -> None:
+        self.rows = sorted(points)
+        self.seconds = [points[n] for n in self.rows]
+
+    @staticmethod
+    def calibrate(runner: ModelRunner, max_rows: int, repeats: int = 3) -> "PassCostModel | None":
+        """None when the context is too short to measure even a one-token pass."""
+        seq_id = "__calibration__"
+        context = [1] * min(32, runner.max_model_len // 4)
+        if not context:
+            return None
+        points = {}
+        for n in [r for r in _CALIBRATION_ROWS if r <= max_rows]:
+            if len(context) + n > runner.max_model_len:
+                break
+            samples = []
+            for _ in range(repeats + 1):
+                runner.forward([ForwardInput(seq_id, context, 1)])
+                start = time.perf_counter()
+                runner.forward([ForwardInput(seq_id, [1] * n, n)])
+                samples.append(time.perf_counter() - start)
+                runner.free(seq_id)
+            points[n] = sorted(samples[1:])[len(samples[1:]) // 2]
+        return PassCostModel(_monotone(points)) if points else None
+
+    def cost(self, rows: int) -> float:
+        if rows <= self.rows[0]:
+            return self.seconds[0]
+        for (n0, t0), (n1, t1) in zip(zip(self.rows, self.seconds), zip(self.rows[1:], self.seconds[1:])):
+            if rows <= n1:
+                return t0 + (t1 - t0) * (rows - n0) / (n1 - n0)
+        if len(self.rows) == 1:
+            return self.seconds[0] * rows
+        (n0, t0), (n1, t1) = (self.rows[-2], self.seconds[-2]), (self.rows[-1], self.seconds[-1])
+        return t1 + (t1 - t0) / (n1 - n0) * (rows - n1)
+
+
+def _monotone(points: dict[int, float]) -> dict[int, float]:
+    """A pass with more tokens never costs less: smooth out timing noise."""
+    out, best = {}, 0.0
+    for n in sorted(points):
+        best = max(best, points[n])
+        out[n] = best
+    return out
+
+
+@dataclass
+class AcceptanceEstimate:
+    """Per-position acceptance with an optimistic Beta(3, 1) prior and exponential forgetting.
+
+    Optimistic so that a new sequence tries drafting; rounds without drafts also forget, so a
+    sequence that stopped drafting drifts back to the prior and probes again now and then.
+    """
+
+    accepted: float = 0.0
+    drafted: float = 0.0
+    decay: float = 0.9
+    prior_accepted: float = 3.0
+    prior_rejected: float = 1.0
+
+    @property
+    def rate(self) -> float:
+        return (self.accepted + self.prior_accepted) / (self.drafted + self.prior_accepted + self.prior_rejected)
+
+    def update(self, drafted: int, accepted: int) -> None:
+        self.accepted *= self.decay
+        self.drafted *= self.decay
+        if drafted:
+            # a rejection ends the round: positions after it were never tested
+            self.accepted += accepted
+            self.drafted += min(drafted, accepted + 1)
+
+
+def choose_num_drafts(rates: list[float], limits: list[int], base_rows: int, cost: PassCostModel) -> list[int]:
+    """Drafts per sequence maximizing expected tokens per second of one pass.
+
+    rates: acceptance estimates; limits: most drafts each sequence may take; base_rows: tokens the
+    pass carries anyway (one per sequence plus any prefill). Each step gives some sequence j more
+    drafts at once (the first draft may cost more than later ones), choosing the best such move.
+    """
+    k = [0] * len(rates)
+    gains = list(rates)  # expected extra tokens from each sequence's next draft: rate^(k+1)
+    expected = float(len(rates))
+    rows = base_rows
+    while True:
+        best_rate = expected / cost.cost(rows)
+        best_move = None
+        for i in range(len(k)):
+            e, g = expected, gains[i]
+            for j in range(1, limits[i] - k[i] + 1):
+                e += g
+                g *= rates[i]
+                rate = e / cost.cost(rows + j)
+                if rate > best_rate * (1 + 1e-9):
+                    best_rate, best_move = rate, (i, j, e, g)
+        if best_move is None:
+            return k
+        i, j, expected, gains[i] = best_move
+        k[i] += j
+        rows += j

@@ -1,0 +1,70 @@
+"""Adaptive draft length: draft only while expected tokens per second go up."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, choose_num_drafts
+
+# shaped like the default model on 2 CPU cores: the first extra token is dear, later ones cheap
+CPU_LIKE = PassCostModel({1: 0.040, 2: 0.062, 3: 0.074, 4: 0.088, 6: 0.093, 8: 0.094, 16: 0.10, 32: 0.14, 64: 0.20})
+FLAT = PassCostModel({1: 0.05, 64: 0.05})
+
+
+def test_low_acceptance_drafts_nothing():
+    assert choose_num_drafts([0.3], [5], 1, CPU_LIKE) == [0]
+
+
+def test_high_acceptance_drafts_the_maximum():
+    assert choose_num_drafts([0.8], [5], 1, CPU_LIKE) == [5]
+
+
+def test_several_drafts_are_chosen_even_when_the_first_alone_would_not_pay():
+    steep_then_flat = PassCostModel({1: 1.0, 2: 2.0, 6: 2.05})
+    assert (1 + 0.9) / 2.0 < 1.0  # one draft alone loses ...
+    assert choose_num_drafts([0.9], [5], 1, steep_then_flat) == [5]  # ... five together win
+
+
+def test_free_extra_tokens_are_always_used():
+    assert choose_num_drafts([0.2, 0.9], [4, 4], 2, FLAT) == [4, 4]
+
+
+def test_limits_are_respected():
+    assert choose_num_drafts([0.99, 0.99], [2, 0], 2, FLAT) == [2, 0]
+
+
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=8), st.integers(0, 6))
+def test_chosen_drafts_never_lower_expected_throughput(rates, limit):
+    ks = choose_num_drafts(rates, [limit] * len(rates), len(rates), CPU_LIKE)
+    expected = sum(sum(r**j for j in range(k + 1)) for r, k in zip(rates, ks))
+    assert all(0 <= k <= limit for k in ks)
+    assert expected / CPU_LIKE.cost(len(rates) + sum(ks)) >= len(rates) / CPU_LIKE.cost(len(rates)) - 1e-12
+
+
+def test_cost_interpolates_and_extrapolates():
+    model = PassCostModel({1: 1.0, 3: 2.0})
+    assert model.cost(1) == 1.0 and model.cost(2) == pytest.approx(1.5) and model.cost(5) == pytest.approx(3.0)
+
+
+def test_estimate_drops_after_rejections_and_drifts_back_when_idle():
+    estimate = AcceptanceEstimate()
+    prior = estimate.rate
+    for _ in range(3):
+        estimate.update(drafted=5, accepted=0)
+    low = estimate.rate
+    assert low < 0.5 < prior
+    for _ in range(30):
+        estimate.update(drafted=0, accepted=0)
+    assert estimate.rate > 0.7
+
+
+def test_calibration_measures_a_real_runner(tiny_llama):
+    from splitspec.models.loader import load_runner
+
+    runner = load_runner(tiny_llama, kv_cache_memory_bytes=1 << 20)
+    model = PassCostModel.calibrate(runner, max_rows=8, repeats=1)
+    assert model.rows[0] == 1 and model.rows[-1] == 8
+    assert all(a <= b for a, b in zip(model.seconds, model.seconds[1:]))
+    assert runner.num_free_blocks == runner.allocator.num_blocks
