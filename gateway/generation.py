@@ -17,6 +17,7 @@ from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.detokenizer import IncrementalDetokenizer
 from proposer_svc.proposer import Draft
 from splitspec import wire
+from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, choose_num_drafts
 from splitspec.errors import ServiceError
 from splitspec.outputs import SpeculationStats
 from splitspec.sampling_params import SamplingParams
@@ -50,6 +51,8 @@ class GatewayCore:
     max_model_len: int
     num_speculative_tokens: int
     proposer_timeout_s: float = 5.0
+    adaptive: bool = True
+    drafts_are_sampled: bool = False  # the proposers draw sampled drafts from a non-one-hot q
     _round_robin: itertools.count = field(default_factory=itertools.count)
 
     def decode(self, token_ids: list[int]) -> str:
@@ -87,14 +90,16 @@ class GatewayCore:
             verifier.num_sequences -= 1
             raise
         try:
+            acceptance = AcceptanceEstimate()
             while not seq.finished:
-                k = self._num_drafts(seq, num_speculative_tokens)
+                k = self._num_drafts(seq, num_speculative_tokens, verifier, acceptance)
                 draft = await self._draft(seq, slot, k) if k > 0 else Draft()
                 try:
                     result = await verifier.step(seq_id, len(seq.tokens), draft)
                 except ConnectionError as exc:
                     raise ServiceError("UNAVAILABLE", f"verifier {verifier.address} went away: {exc}") from None
                 seq.stats.record_round(len(draft.token_ids), result.num_accepted)
+                acceptance.update(len(draft.token_ids), result.num_accepted)
                 before = seq.num_output_tokens
                 stop_checker.commit(seq, list(result.token_ids))
                 new_tokens = seq.output_token_ids[before:]
@@ -115,11 +120,23 @@ class GatewayCore:
             verifier.num_sequences -= 1
             asyncio.get_running_loop().create_task(self._release(seq_id, verifier, slot.backend))
 
-    def _num_drafts(self, seq: Sequence, k: int) -> int:
+    def _num_drafts(self, seq: Sequence, k: int, verifier: VerifierBackend, acceptance: AcceptanceEstimate) -> int:
+        """At most k, and with the verifier's measured pass costs, only as many as pay for themselves.
+
+        Sampled requests drafting from a non-one-hot q keep the fixed k so that seeds reproduce.
+        """
         k = min(k, self.max_model_len - len(seq.tokens))
         if seq.params.max_tokens is not None:
             k = min(k, seq.params.max_tokens - seq.num_output_tokens - 1)
-        return max(0, k)
+        k = max(0, k)
+        info = verifier.info
+        if k == 0 or not self.adaptive or not info or not info.cost_rows:
+            return k
+        if self.drafts_are_sampled and not seq.params.greedy:
+            return k
+        cost = PassCostModel(dict(zip(info.cost_rows, info.cost_seconds)))
+        # the verifier batches this sequence with the others it holds: one row each at least
+        return choose_num_drafts([acceptance.rate], [k], max(1, verifier.num_sequences), cost)[0]
 
     async def _draft(self, seq: Sequence, slot: _ProposerSlot, k: int) -> Draft:
         """Drafts from the sequence's proposer, failing over to another; no drafts if none answers."""

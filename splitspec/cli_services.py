@@ -75,6 +75,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", 5))
     p.add_argument("--max-concurrent-requests", type=int, default=_env("MAX_CONCURRENT_REQUESTS", 256))
     p.add_argument("--proposer-timeout-s", type=float, default=_env("PROPOSER_TIMEOUT_S", 5.0))
+    p.add_argument("--fixed-k", action="store_true", help="always draft -k tokens (no adaptive draft length)")
     p.set_defaults(func=_serve_gateway)
 
     p = sub.add_parser("up", help="start verifier, proposer and gateway locally as separate processes")
@@ -149,6 +150,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
             num_speculative_tokens=args.num_speculative_tokens,
             max_concurrent_requests=args.max_concurrent_requests,
             proposer_timeout_s=args.proposer_timeout_s,
+            adaptive=not args.fixed_k,
         )
     )
     return 0

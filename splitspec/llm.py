@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence as SequenceType
 
 from splitspec.checkpoint import resolve_checkpoint
-from splitspec.config import EngineConfig, SpeculativeConfig, build_speculative_config
+from splitspec.config import EngineConfig, build_speculative_config
 from splitspec.engine import Engine, SchedulerLimits
 from splitspec.errors import SplitspecError
 from splitspec.outputs import CompletionOutput, RequestOutput
@@ -88,7 +88,11 @@ class LLM:
             max_num_seqs=max_num_seqs,
         )
         self.tokenizer = load_tokenizer(Path(tokenizer) if tokenizer else path)
-        proposer = _build_proposer(spec, self.runner.vocab_size, dtype, max_num_seqs)
+        proposer = None
+        if spec is not None:
+            from proposer_svc.factory import build_proposer
+
+            proposer = build_proposer(spec, target_vocab_size=self.runner.vocab_size, dtype=dtype, max_num_seqs=max_num_seqs)
         stop_checker = StopChecker(eos_token_ids(path, self.tokenizer), self.runner.max_model_len, self._detokenize)
         cost_model = None
         if spec is not None and spec.adaptive:
@@ -181,22 +185,6 @@ class LLM:
         text = seq.text if seq.stop_reason in seq.params.stop_strings else self._detokenize(seq.output_token_ids)
         completion = CompletionOutput(0, text, seq.output_token_ids, seq.finish_reason, seq.stop_reason)
         return RequestOutput(seq.seq_id, seq.prompt, seq.prompt_token_ids, [completion], seq.finished, seq.stats)
-
-
-def _build_proposer(spec: SpeculativeConfig | None, target_vocab_size: int, dtype: str, max_num_seqs: int):
-    if spec is None:
-        return None
-    if spec.method == "ngram":
-        from proposer_svc.ngram import NgramProposer
-
-        return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
-    from proposer_svc.draft_model import DraftModelProposer
-    from splitspec.models.loader import load_runner
-
-    draft_runner = load_runner(
-        resolve_checkpoint(spec.draft_model), dtype=dtype, kv_cache_memory_bytes=256 << 20, max_num_seqs=max_num_seqs
-    )
-    return DraftModelProposer(draft_runner, target_vocab_size=target_vocab_size, draft_top_k=spec.draft_top_k)
 
 
 def _progress(total: int, enabled: bool):

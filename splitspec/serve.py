@@ -41,6 +41,7 @@ class GatewaySettings:
     num_speculative_tokens: int = 5
     max_concurrent_requests: int = 256
     proposer_timeout_s: float = 5.0
+    adaptive: bool = True
 
 
 def run_verifier(settings: VerifierSettings) -> None:
@@ -60,9 +61,13 @@ def run_verifier(settings: VerifierSettings) -> None:
         max_num_seqs=settings.max_num_seqs,
     )
     eos = sorted(eos_token_ids(path, load_tokenizer(path)))
+    from splitspec.adaptive_k import PassCostModel
+
+    cost_model = PassCostModel.calibrate(runner, max_rows=128)
 
     async def main() -> None:
         service = VerifierService(runner, max_num_seqs=settings.max_num_seqs, batch_window_s=settings.batch_window_ms / 1000)
+        service.cost_model = cost_model
 
         async def register(server, health) -> None:
             service.start()
@@ -103,6 +108,7 @@ def run_proposer(settings: ProposerSettings) -> None:
 
 
 def _build_proposer(settings: ProposerSettings):
+    from proposer_svc.factory import build_proposer
     from splitspec.config import SpeculativeConfig
 
     spec = SpeculativeConfig(
@@ -113,16 +119,7 @@ def _build_proposer(settings: ProposerSettings):
         draft_model=settings.draft_model,
         draft_top_k=settings.draft_top_k,
     )
-    if spec.method == "ngram":
-        from proposer_svc.ngram import NgramProposer
-
-        return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
-    from proposer_svc.draft_model import DraftModelProposer
-    from splitspec.checkpoint import resolve_checkpoint
-    from splitspec.models.loader import load_runner
-
-    runner = load_runner(resolve_checkpoint(spec.draft_model), kv_cache_memory_bytes=256 << 20)
-    return DraftModelProposer(runner, target_vocab_size=settings.target_vocab_size or runner.vocab_size, draft_top_k=spec.draft_top_k)
+    return build_proposer(spec, target_vocab_size=settings.target_vocab_size)
 
 
 def run_gateway(settings: GatewaySettings) -> None:
@@ -145,6 +142,8 @@ def run_gateway(settings: GatewaySettings) -> None:
             max_model_len=1 << 30,
             num_speculative_tokens=settings.num_speculative_tokens if proposers else 0,
             proposer_timeout_s=settings.proposer_timeout_s,
+            adaptive=settings.adaptive,
+            drafts_are_sampled=settings.method == "draft_model",
         )
         watcher: asyncio.Task | None = None
 

@@ -57,7 +57,10 @@ def ngram_stack(tiny_llama, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def draft_stack(tiny_llama, tiny_drafts, tmp_path_factory):
-    with running_stack(tiny_llama, tmp_path_factory.mktemp("draft_logs"), method="draft_model", k=3, draft_model=tiny_drafts["llama"]) as stack:
+    with running_stack(
+        tiny_llama, tmp_path_factory.mktemp("draft_logs"), method="draft_model", k=3, draft_model=tiny_drafts["llama"],
+        gateway_args=("--fixed-k",),  # every round drafts: the test must see drafts accepted
+    ) as stack:
         yield stack
 
 

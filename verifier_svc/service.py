@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proposer_svc.proposer import Draft
+from splitspec.adaptive_k import PassCostModel
 from splitspec.errors import ServiceError
 from splitspec.micro_batcher import RETRY, MicroBatcher
 from splitspec.models.runner import ModelRunner
@@ -46,6 +47,7 @@ class VerifierService:
         self.max_num_seqs = max_num_seqs
         self.sequences: dict[str, RemoteSequence] = {}
         self.num_evictions = 0
+        self.cost_model: PassCostModel | None = None  # measured pass costs, published for the gateway
         self.batcher: MicroBatcher[_StepCall, StepOutcome] = MicroBatcher(
             self._run_batch, batch_window_s, expected=lambda: len(self.sequences), name="verifier"
         )
