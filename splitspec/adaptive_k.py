@@ -79,6 +79,8 @@ class AcceptanceEstimate:
     accepted: float = 0.0
     drafted: float = 0.0
     decay: float = 0.9
+    idle_decay: float = 0.98
+    """Forgetting per round without drafts: slow, so that probing a poor drafter again is rare."""
     prior_accepted: float = 3.0
     prior_rejected: float = 1.0
 
@@ -87,8 +89,9 @@ class AcceptanceEstimate:
         return (self.accepted + self.prior_accepted) / (self.drafted + self.prior_accepted + self.prior_rejected)
 
     def update(self, drafted: int, accepted: int) -> None:
-        self.accepted *= self.decay
-        self.drafted *= self.decay
+        decay = self.decay if drafted else self.idle_decay
+        self.accepted *= decay
+        self.drafted *= decay
         if drafted:
             # a rejection ends the round: positions after it were never tested
             self.accepted += accepted

@@ -55,9 +55,12 @@ def test_estimate_drops_after_rejections_and_drifts_back_when_idle():
         estimate.update(drafted=5, accepted=0)
     low = estimate.rate
     assert low < 0.5 < prior
-    for _ in range(30):
+    for _ in range(10):
         estimate.update(drafted=0, accepted=0)
-    assert estimate.rate > 0.7
+    assert estimate.rate < 0.6  # probing a poor drafter again is rare ...
+    for _ in range(150):
+        estimate.update(drafted=0, accepted=0)
+    assert estimate.rate > 0.7  # ... but it happens
 
 
 def test_calibration_measures_a_real_runner(tiny_llama):
