@@ -10,6 +10,8 @@ import asyncio
 import itertools
 from typing import Any, Callable
 
+import grpc
+
 
 class MultiplexedStream:
     def __init__(self, open_stream: Callable[[Any], Any], name: str) -> None:
@@ -52,8 +54,10 @@ class MultiplexedStream:
                 future = self._pending.get(response.call_id)
                 if future is not None and not future.done():
                     future.set_result(response)
+        except grpc.aio.AioRpcError as exc:
+            error = ConnectionError(f"{self._name}: {exc.code().name}: {exc.details()}")
         except Exception as exc:
-            error = ConnectionError(f"{self._name}: {getattr(exc, 'details', lambda: exc)()}")
+            error = ConnectionError(f"{self._name}: {exc}")
         finally:
             if self._outgoing is queue:
                 self._outgoing = None
