@@ -49,9 +49,9 @@ def test_default_model_plain_engine_matches_transformers(references):
 @pytest.mark.parametrize(
     "spec",
     [
-        {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 1},
-        {"method": "ngram", "num_speculative_tokens": 1},
-        {"method": "draft_model", "model": "default", "num_speculative_tokens": 3},
+        {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 1, "adaptive": False},
+        {"method": "ngram", "num_speculative_tokens": 1, "adaptive": False},
+        {"method": "draft_model", "model": "default", "num_speculative_tokens": 3, "adaptive": False},
     ],
     ids=["ngram-k5", "ngram-k1", "draft_model-k3"],
 )

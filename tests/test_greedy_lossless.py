@@ -47,7 +47,7 @@ def test_plain_engine_matches_transformers_generate(arch, references):
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_speculative_greedy_equals_plain_and_transformers(arch, method, k, batch_size, references, tiny_checkpoints, tiny_drafts):
     hf, hf_outputs, plain = references[arch]
-    spec = {"method": method, "num_speculative_tokens": k}
+    spec = {"method": method, "num_speculative_tokens": k, "adaptive": False}  # K exactly as given
     if method == "draft_model":
         spec["model"] = str(tiny_drafts[arch])
     llm = LLM(str(tiny_checkpoints[arch]), speculative_config=spec)
@@ -66,7 +66,8 @@ def test_speculative_greedy_equals_plain_and_transformers(arch, method, k, batch
 def test_draft_model_through_transformers_backend_is_lossless(tiny_llama, tiny_gpt2, references):
     """A draft model of a type the native runner does not cover (GPT-2) runs on the transformers backend."""
     hf, hf_outputs, plain = references["llama"]
-    llm = LLM(str(tiny_llama), speculative_config={"method": "draft_model", "model": str(tiny_gpt2), "num_speculative_tokens": 3})
+    spec = {"method": "draft_model", "model": str(tiny_gpt2), "num_speculative_tokens": 3, "adaptive": False}
+    llm = LLM(str(tiny_llama), speculative_config=spec)
     outputs = llm.generate(_token_prompts(PROMPTS), GREEDY, use_tqdm=False)
     for prompt, out, own in zip(PROMPTS, outputs, plain):
         assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
@@ -87,3 +88,16 @@ def test_preemption_when_kv_cache_is_short_loses_nothing(tiny_llama, references)
     for prompt, out, own in zip(PROMPTS, outputs, plain):
         assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
     assert llm.runner.num_free_blocks == llm.runner.allocator.num_blocks
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_adaptive_draft_length_is_lossless(method, references, tiny_checkpoints, tiny_drafts):
+    """Adaptive K changes how many tokens are drafted each round, never which tokens come out."""
+    hf, _, plain = references["llama"]
+    spec = {"method": method, "num_speculative_tokens": 5}
+    if method == "draft_model":
+        spec["model"] = str(tiny_drafts["llama"])
+    llm = LLM(str(tiny_checkpoints["llama"]), speculative_config=spec)
+    assert llm.engine.cost_model is not None
+    for prompt, out, own in zip(PROMPTS, llm.generate(_token_prompts(PROMPTS), GREEDY, use_tqdm=False), plain):
+        assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)

@@ -79,8 +79,8 @@ def _p_value(samples: list[tuple[int, int]], law: dict[tuple[int, int], float]) 
 
 def _spec(method: str, draft) -> dict:
     if method == "ngram":
-        return {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2}
-    return {"method": "draft_model", "model": str(draft), "num_speculative_tokens": 2, "draft_top_k": 3}
+        return {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2, "adaptive": False}
+    return {"method": "draft_model", "model": str(draft), "num_speculative_tokens": 2, "draft_top_k": 3, "adaptive": False}
 
 
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
