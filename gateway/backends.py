@@ -10,6 +10,7 @@ from proposer_svc.proposer import Draft
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import wire
+from splitspec.adaptive_k import PassCostModel
 from splitspec.errors import ServiceError
 from splitspec.grpc_server import channel_options
 from splitspec.multiplexed_stream import MultiplexedStream
@@ -29,6 +30,7 @@ class VerifierBackend:
         self.stub = pb_grpc.VerifierStub(self.channel)
         self.stream = MultiplexedStream(self.stub.Verify, f"verifier {address}")
         self.info: pb.VerifierInfo | None = None
+        self.cost_model: PassCostModel | None = None  # the verifier's measured pass costs
         self.num_sequences = 0
 
     async def refresh_info(self, timeout: float = 2.0) -> pb.VerifierInfo | None:
@@ -36,6 +38,9 @@ class VerifierBackend:
             self.info = await self.stub.GetInfo(pb.InfoRequest(), timeout=timeout)
         except grpc.aio.AioRpcError:
             self.info = None
+            return None
+        if self.info.cost_rows and self.cost_model is None:
+            self.cost_model = PassCostModel(dict(zip(self.info.cost_rows, self.info.cost_seconds)))
         return self.info
 
     async def start(self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int) -> None:

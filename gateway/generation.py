@@ -17,7 +17,7 @@ from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.detokenizer import IncrementalDetokenizer
 from proposer_svc.proposer import Draft
 from splitspec import wire
-from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, choose_num_drafts
+from splitspec.adaptive_k import AcceptanceEstimate, choose_num_drafts
 from splitspec.errors import ServiceError
 from splitspec.outputs import SpeculationStats
 from splitspec.sampling_params import SamplingParams
@@ -129,14 +129,12 @@ class GatewayCore:
         if seq.params.max_tokens is not None:
             k = min(k, seq.params.max_tokens - seq.num_output_tokens - 1)
         k = max(0, k)
-        info = verifier.info
-        if k == 0 or not self.adaptive or not info or not info.cost_rows:
+        if k == 0 or not self.adaptive or verifier.cost_model is None:
             return k
         if self.drafts_are_sampled and not seq.params.greedy:
             return k
-        cost = PassCostModel(dict(zip(info.cost_rows, info.cost_seconds)))
         # the verifier batches this sequence with the others it holds: one row each at least
-        return choose_num_drafts([acceptance.rate], [k], max(1, verifier.num_sequences), cost)[0]
+        return choose_num_drafts([acceptance.rate], [k], max(1, verifier.num_sequences), verifier.cost_model)[0]
 
     async def _draft(self, seq: Sequence, slot: _ProposerSlot, k: int) -> Draft:
         """Drafts from the sequence's proposer, failing over to another; no drafts if none answers."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
-
 from proposer_svc.service import ProposerService
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import wire
+from splitspec.errors import ServiceError
 from splitspec.grpc_server import CONTRACT_VERSION
-from splitspec.stream_dispatch import dispatch_stream
+from splitspec.stream_dispatch import serve_sequence_stream
 
 
 class ProposerServicer(pb_grpc.ProposerServicer):
@@ -24,43 +23,26 @@ class ProposerServicer(pb_grpc.ProposerServicer):
         )
 
     async def Propose(self, request_iterator, context):
-        opened: set[str] = set()
+        async def handle(request: pb.ProposerRequest, response: pb.ProposerResponse) -> None:
+            if request.WhichOneof("kind") != "draft":
+                raise ServiceError("INVALID_ARGUMENT", "empty ProposerRequest: set draft or release")
+            step = request.draft
+            outcome = await self.service.draft(
+                request.seq_id,
+                committed_len=step.committed_len,
+                start=step.start,
+                token_ids=list(step.token_ids),
+                num_tokens=step.num_tokens,
+                temperature=step.temperature,
+                top_k=step.top_k,
+                seed=step.seed,
+            )
+            response.draft.committed_len = step.committed_len
+            response.draft.needs_full_context = outcome.needs_full_context
+            response.draft.drafts.extend(wire.draft_to_proto(outcome.draft))
 
-        async def handle(request: pb.ProposerRequest) -> pb.ProposerResponse:
-            response = pb.ProposerResponse(call_id=request.call_id, seq_id=request.seq_id)
-            try:
-                kind = request.WhichOneof("kind")
-                if kind == "draft":
-                    step = request.draft
-                    opened.add(request.seq_id)
-                    outcome = await self.service.draft(
-                        request.seq_id,
-                        committed_len=step.committed_len,
-                        start=step.start,
-                        token_ids=list(step.token_ids),
-                        num_tokens=step.num_tokens,
-                        temperature=step.temperature,
-                        top_k=step.top_k,
-                        seed=step.seed,
-                    )
-                    response.draft.committed_len = step.committed_len
-                    response.draft.needs_full_context = outcome.needs_full_context
-                    response.draft.drafts.extend(wire.draft_to_proto(outcome.draft))
-                elif kind == "release":
-                    opened.discard(request.seq_id)
-                    await self.service.release(request.seq_id)
-                    response.ack.SetInParent()
-                else:
-                    response.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-                    response.error.message = "empty ProposerRequest: set draft or release"
-            except Exception as exc:  # report, keep the stream and the server alive
-                response.error.code = grpc.StatusCode.INTERNAL.value[0]
-                response.error.message = f"{type(exc).__name__}: {exc}"
-            return response
+        def new_response(request: pb.ProposerRequest) -> pb.ProposerResponse:
+            return pb.ProposerResponse(call_id=request.call_id, seq_id=request.seq_id)
 
-        async def release_all() -> None:
-            for seq_id in list(opened):
-                await self.service.release(seq_id)
-
-        async for response in dispatch_stream(request_iterator, handle, release_all):
+        async for response in serve_sequence_stream(request_iterator, new_response, handle, self.service.release):
             yield response

@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
+import grpc
+
+from splitspec.errors import ServiceError
+
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 
@@ -46,3 +50,40 @@ async def dispatch_stream(
         for task in list(in_flight):
             task.cancel()
         await on_close()
+
+
+async def serve_sequence_stream(
+    requests: AsyncIterator[Request],
+    new_response: Callable[[Request], Response],
+    handle: Callable[[Request, Response], Awaitable[None]],
+    release: Callable[[str], Awaitable[None]],
+) -> AsyncIterator[Response]:
+    """The verifier's and proposer's streams: a `release` message or the end of the stream frees a
+    sequence; any other message goes to `handle`. A refusal is answered in the message (a
+    ServiceError keeps its code, anything else is INTERNAL) and the stream stays open."""
+    opened: set[str] = set()
+
+    async def answer(request: Request) -> Response:
+        response = new_response(request)
+        try:
+            if request.WhichOneof("kind") == "release":
+                opened.discard(request.seq_id)
+                await release(request.seq_id)
+                response.ack.SetInParent()
+            else:
+                await handle(request, response)
+                opened.add(request.seq_id)
+        except ServiceError as exc:
+            response.error.code = grpc.StatusCode[exc.code].value[0]
+            response.error.message = exc.message
+        except Exception as exc:
+            response.error.code = grpc.StatusCode.INTERNAL.value[0]
+            response.error.message = f"{type(exc).__name__}: {exc}"
+        return response
+
+    async def release_all() -> None:
+        for seq_id in list(opened):
+            await release(seq_id)
+
+    async for response in dispatch_stream(requests, answer, release_all):
+        yield response

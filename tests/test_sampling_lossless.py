@@ -91,6 +91,13 @@ def test_speculative_sampling_matches_exact_target_distribution(method, tiny_voc
     assert _p_value(samples, exact_law) > ALPHA
 
 
+def test_adaptive_draft_length_keeps_the_exact_distribution(tiny_vocab_target, tiny_vocab_draft, exact_law):
+    spec = dict(_spec("ngram", tiny_vocab_draft), adaptive=True, num_speculative_tokens=4)
+    llm = LLM(str(tiny_vocab_target), speculative_config=spec, max_num_seqs=256)
+    assert llm.engine.cost_model is not None
+    assert _p_value(_sample(llm)[0], exact_law) > ALPHA
+
+
 def test_draft_q_is_sparse_and_drafts_get_accepted(tiny_vocab_target, tiny_vocab_draft):
     llm = LLM(str(tiny_vocab_target), speculative_config=_spec("draft_model", tiny_vocab_draft))
     outs = llm.generate([{"prompt_token_ids": PROMPT}] * 50, [SamplingParams(temperature=1.0, max_tokens=6, ignore_eos=True, seed=s) for s in range(50)], use_tqdm=False)

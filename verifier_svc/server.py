@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
-
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import wire
 from splitspec.errors import ServiceError
 from splitspec.grpc_server import CONTRACT_VERSION
 from splitspec.sampling_params import SamplingParams
-from splitspec.stream_dispatch import dispatch_stream
+from splitspec.stream_dispatch import serve_sequence_stream
 from verifier_svc.service import VerifierService
 
 
@@ -39,42 +37,25 @@ class VerifierServicer(pb_grpc.VerifierServicer):
         )
 
     async def Verify(self, request_iterator, context):
-        opened: set[str] = set()
+        async def handle(request: pb.VerifierRequest, response: pb.VerifierResponse) -> None:
+            kind = request.WhichOneof("kind")
+            if kind == "start":
+                self.service.add(request.seq_id, list(request.start.token_ids), _params(request.start), request.start.seed)
+                response.ack.SetInParent()
+            elif kind == "step":
+                outcome = await self.service.step(
+                    request.seq_id, request.step.committed_len, wire.draft_from_proto(request.step.drafts)
+                )
+                response.result.committed_len = outcome.committed_len
+                response.result.num_accepted = outcome.num_accepted
+                response.result.token_ids.extend(outcome.token_ids)
+            else:
+                raise ServiceError("INVALID_ARGUMENT", "empty VerifierRequest: set start, step or release")
 
-        async def handle(request: pb.VerifierRequest) -> pb.VerifierResponse:
-            response = pb.VerifierResponse(call_id=request.call_id, seq_id=request.seq_id)
-            try:
-                kind = request.WhichOneof("kind")
-                if kind == "start":
-                    self.service.add(request.seq_id, list(request.start.token_ids), _params(request.start), request.start.seed)
-                    opened.add(request.seq_id)
-                    response.ack.SetInParent()
-                elif kind == "step":
-                    outcome = await self.service.step(
-                        request.seq_id, request.step.committed_len, wire.draft_from_proto(request.step.drafts)
-                    )
-                    response.result.committed_len = outcome.committed_len
-                    response.result.num_accepted = outcome.num_accepted
-                    response.result.token_ids.extend(outcome.token_ids)
-                elif kind == "release":
-                    opened.discard(request.seq_id)
-                    await self.service.release(request.seq_id)
-                    response.ack.SetInParent()
-                else:
-                    raise ServiceError("INVALID_ARGUMENT", "empty VerifierRequest: set start, step or release")
-            except ServiceError as exc:
-                response.error.code = grpc.StatusCode[exc.code].value[0]
-                response.error.message = exc.message
-            except Exception as exc:  # report, keep the stream and the server alive
-                response.error.code = grpc.StatusCode.INTERNAL.value[0]
-                response.error.message = f"{type(exc).__name__}: {exc}"
-            return response
+        def new_response(request: pb.VerifierRequest) -> pb.VerifierResponse:
+            return pb.VerifierResponse(call_id=request.call_id, seq_id=request.seq_id)
 
-        async def release_all() -> None:
-            for seq_id in list(opened):
-                await self.service.release(seq_id)
-
-        async for response in dispatch_stream(request_iterator, handle, release_all):
+        async for response in serve_sequence_stream(request_iterator, new_response, handle, self.service.release):
             yield response
 
 
