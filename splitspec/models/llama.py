@@ -17,6 +17,7 @@ from safetensors import safe_open
 
 from splitspec.errors import OutOfKVBlocks, SplitspecError
 from splitspec.models.block_allocator import BlockAllocator
+from splitspec.models.linear import Linear
 from splitspec.models.paged_attention import AttentionBatch, paged_attention, write_kv_cache
 from splitspec.models.runner import ForwardInput
 
@@ -36,15 +37,13 @@ def supports_natively(config) -> bool:
 @dataclass
 class _Layer:
     input_norm: torch.Tensor  # [hidden]
-    qkv: torch.Tensor  # [hidden, (q_heads + 2 * kv_heads) * head_dim]  (weights are stored transposed)
-    qkv_bias: torch.Tensor | None
+    qkv: Linear  # hidden -> (q_heads + 2 * kv_heads) * head_dim
     q_norm: torch.Tensor | None  # [head_dim] (Qwen3)
     k_norm: torch.Tensor | None
-    o: torch.Tensor  # [q_heads * head_dim, hidden]
-    o_bias: torch.Tensor | None
+    o: Linear  # q_heads * head_dim -> hidden
     post_norm: torch.Tensor  # [hidden]
-    gate_up: torch.Tensor  # [hidden, 2 * intermediate]
-    down: torch.Tensor  # [intermediate, hidden]
+    gate_up: Linear  # hidden -> 2 * intermediate
+    down: Linear  # intermediate -> hidden
 
 
 def _read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -73,13 +72,6 @@ def _rope_inv_freq(config, head_dim: int) -> tuple[torch.Tensor, float]:
 
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
     return inv_freq.to(torch.float32), float(scaling)
-
-
-def _project(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [tokens, in] @ weight_t [in, out]. Weights are stored transposed: on the CPU, matmul against
-    [in, out] runs the few-row products of decode and verify passes much faster than F.linear does."""
-    out = torch.matmul(x, weight_t)
-    return out + bias if bias is not None else out
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -151,7 +143,7 @@ class LlamaRunner:
         self.embed = take("model.embed_tokens.weight")  # [vocab, hidden]
         self.norm = take("model.norm.weight")
         tied = getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in w
-        self.lm_head_t = (self.embed if tied else take("lm_head.weight")).t().contiguous()  # [hidden, vocab]
+        self.lm_head = Linear(self.embed if tied else take("lm_head.weight"))
         self.layers: list[_Layer] = []
         for i in range(config.num_hidden_layers):
             p = f"model.layers.{i}."
@@ -161,15 +153,13 @@ class LlamaRunner:
             self.layers.append(
                 _Layer(
                     input_norm=take(p + "input_layernorm.weight"),
-                    qkv=torch.cat([q, k, v]).t().contiguous(),
-                    qkv_bias=qkv_bias,
+                    qkv=Linear(torch.cat([q, k, v]), qkv_bias),
                     q_norm=w.pop(p + "self_attn.q_norm.weight", None),
                     k_norm=w.pop(p + "self_attn.k_norm.weight", None),
-                    o=take(p + "self_attn.o_proj.weight").t().contiguous(),
-                    o_bias=w.pop(p + "self_attn.o_proj.bias", None),
+                    o=Linear(take(p + "self_attn.o_proj.weight"), w.pop(p + "self_attn.o_proj.bias", None)),
                     post_norm=take(p + "post_attention_layernorm.weight"),
-                    gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]).t().contiguous(),
-                    down=take(p + "mlp.down_proj.weight").t().contiguous(),
+                    gate_up=Linear(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])),
+                    down=Linear(take(p + "mlp.down_proj.weight")),
                 )
             )
 
@@ -222,7 +212,7 @@ class LlamaRunner:
         )
         hidden = self._hidden_states(torch.tensor(tokens), torch.tensor(positions), batch)  # [tokens, hidden]
         hidden = _rms_norm(hidden[logit_rows], self.norm, self.eps)
-        logits = _project(hidden, self.lm_head_t)  # [num_logits, vocab]
+        logits = self.lm_head(hidden)  # [num_logits, vocab]
         if self.logits_scaling != 1.0:
             logits = logits / self.logits_scaling
         return logits.to(torch.float32)
@@ -239,7 +229,7 @@ class LlamaRunner:
         q_size, kv_size = self.q_heads * self.head_dim, self.kv_heads * self.head_dim
         for i, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.input_norm, self.eps)
-            qkv = _project(h, layer.qkv, layer.qkv_bias)  # [tokens, (q_heads + 2 * kv_heads) * head_dim]
+            qkv = layer.qkv(h)  # [tokens, (q_heads + 2 * kv_heads) * head_dim]
             q = qkv[:, :q_size].view(num_tokens, self.q_heads, self.head_dim)
             k = qkv[:, q_size : q_size + kv_size].view(num_tokens, self.kv_heads, self.head_dim)
             v = qkv[:, q_size + kv_size :].view(num_tokens, self.kv_heads, self.head_dim)
@@ -249,10 +239,10 @@ class LlamaRunner:
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             write_kv_cache(k, v, self.key_cache[i], self.value_cache[i], batch.slot_mapping)
             attn = paged_attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
-            out = _project(attn.reshape(num_tokens, q_size), layer.o, layer.o_bias)
+            out = layer.o(attn.reshape(num_tokens, q_size))
             x = x + out * self.residual_multiplier if self.residual_multiplier != 1.0 else x + out
             h = _rms_norm(x, layer.post_norm, self.eps)
-            gate, up = _project(h, layer.gate_up).chunk(2, dim=-1)
-            out = _project(F.silu(gate) * up, layer.down)
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            out = layer.down(F.silu(gate) * up)
             x = x + out * self.residual_multiplier if self.residual_multiplier != 1.0 else x + out
         return x

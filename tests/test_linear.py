@@ -1,0 +1,37 @@
+"""The device-tuned Linear computes x @ W.T + b for any number of rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from splitspec.models.linear import Linear, onednn_available
+
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 2, 6, 9, 64])
+def test_matches_f_linear(dtype: torch.dtype, with_bias: bool, rows: int) -> None:
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(96, 80, generator=generator).to(dtype)
+    bias = torch.randn(96, generator=generator).to(dtype) if with_bias else None
+    x = torch.randn(rows, 80, generator=generator).to(dtype)
+    got = Linear(weight, bias)(x)
+    want = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    assert got.shape == (rows, 96) and got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * 10)
+
+
+def test_cpu_weights_are_packed_when_onednn_is_there() -> None:
+    linear = Linear(torch.randn(8, 4))
+    assert linear.packed == onednn_available()
+
+
+def test_float64_falls_back_to_f_linear() -> None:
+    weight, x = torch.randn(8, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    linear = Linear(weight)
+    assert not linear.packed
+    assert torch.equal(linear(x), F.linear(x, weight))
