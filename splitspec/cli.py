@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
 from splitspec.errors import SplitspecError
 
 
@@ -14,7 +15,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", help="the prompt text")
     p.add_argument("--model", default="default", help="checkpoint directory, hub id, or 'default' (SmolLM2-135M-Instruct)")
     p.add_argument("--method", choices=["ngram", "draft_model", "none"], default="ngram", help="speculation method")
-    p.add_argument("--num-speculative-tokens", "-k", type=int, default=5, help="draft tokens per round")
+    p.add_argument(
+        "--num-speculative-tokens", "-k", type=int, default=DEFAULT_NUM_SPECULATIVE_TOKENS, help="most draft tokens per round"
+    )
     p.add_argument("--draft-model", help="draft checkpoint for --method draft_model")
     p.add_argument("--prompt-lookup-max", type=int, default=4)
     p.add_argument("--prompt-lookup-min", type=int, default=1)
@@ -121,7 +124,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workloads", default="humaneval,code_edit,summarise,chat")
     p.add_argument("--prompts-per-workload", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--num-speculative-tokens", "-k", type=int, default=5)
+    p.add_argument("--num-speculative-tokens", "-k", type=int, default=DEFAULT_NUM_SPECULATIVE_TOKENS)
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels for the sweep")
     p.add_argument("--no-gateway", action="store_true", help="skip the three-process configurations")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face transformers")

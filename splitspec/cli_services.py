@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
 from splitspec.grpc_server import ServerOptions
 
 
@@ -72,7 +73,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verifiers", default=_env("VERIFIERS", "127.0.0.1:50052"), help="comma-separated verifier addresses")
     p.add_argument("--proposers", default=_env("PROPOSERS", "127.0.0.1:50053"), help="comma-separated proposer addresses ('' for none)")
     p.add_argument("--method", default=_env("METHOD", "ngram"), help="the proposers' method, for model info")
-    p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", 5))
+    p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS))
     p.add_argument("--max-concurrent-requests", type=int, default=_env("MAX_CONCURRENT_REQUESTS", 256))
     p.add_argument("--proposer-timeout-s", type=float, default=_env("PROPOSER_TIMEOUT_S", 5.0))
     p.add_argument("--fixed-k", action="store_true", help="always draft -k tokens (no adaptive draft length)")
@@ -90,7 +91,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
 def _proposer_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["ngram", "draft_model"], default=_env("METHOD", "ngram"))
-    p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", 5))
+    p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS))
     p.add_argument("--draft-model", default=_env("DRAFT_MODEL", None), help="draft checkpoint for --method draft_model")
     p.add_argument("--prompt-lookup-max", type=int, default=4)
     p.add_argument("--prompt-lookup-min", type=int, default=1)

@@ -8,6 +8,9 @@ from typing import Any
 from splitspec.errors import SplitspecError
 
 SPECULATION_METHODS = ("ngram", "draft_model")
+DEFAULT_NUM_SPECULATIVE_TOKENS = 10
+"""The commands' default K: an upper bound, since adaptive K drafts fewer where more would not pay
+(10 is also the prompt_lookup_num_tokens of transformers' documented example)."""
 
 
 @dataclass(frozen=True)

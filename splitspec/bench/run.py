@@ -16,6 +16,7 @@ from pathlib import Path
 from splitspec.bench.runners import BenchPrompt, HFGenerate, SplitspecGateway, SplitspecInProcess
 from splitspec.bench.timing import RequestTiming, Summary, summarise
 from splitspec.bench.workloads import build_prompts
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class BenchSettings:
     workloads: tuple[str, ...] = ("humaneval", "code_edit", "summarise", "chat")
     prompts_per_workload: int = 3
     max_tokens: int = 128
-    num_speculative_tokens: int = 5
+    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
     concurrency: tuple[int, ...] = (1, 4, 16)
     gateway: bool = True
     hf: bool = True
