@@ -21,7 +21,7 @@ class ProposerService:
         self.num_speculative_tokens = num_speculative_tokens
         self.contexts: dict[str, list[int]] = {}
         self.batcher: MicroBatcher[DraftRequest, Draft] = MicroBatcher(
-            self.proposer.propose, batch_window_s, expected=lambda: len(self.contexts), name="proposer"
+            self.proposer.propose, batch_window_s, expected=lambda: len(self.contexts)
         )
 
     def start(self) -> None:

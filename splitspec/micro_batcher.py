@@ -1,14 +1,15 @@
-"""Gather calls that arrive within a short window and run them as one batch on one worker thread.
+"""Gather calls that arrive within a short window and run them as one batch on the compute thread.
 
-The worker thread is the only one that touches the model and its cache, so `run_exclusive` work
-(releasing a sequence, say) is serialized with the batches and never races them.
+The process's compute thread is the only one that touches the model and its cache, so
+`run_exclusive` work (releasing a sequence, say) is serialized with the batches and never races them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Generic, TypeVar
+
+from splitspec.compute_thread import compute_executor
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -23,7 +24,6 @@ class MicroBatcher(Generic[Item, Result]):
         run_batch: Callable[[list[Item]], list[Result | BaseException]],
         window_s: float = 0.002,
         expected: Callable[[], int] | None = None,
-        name: str = "batcher",
     ) -> None:
         """`expected()` says how many calls could join a batch; once that many are waiting, go at once."""
         self._run_batch = run_batch
@@ -31,7 +31,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._expected = expected
         self._pending: list[tuple[Item, asyncio.Future]] = []
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._executor = compute_executor()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -43,7 +43,7 @@ class MicroBatcher(Generic[Item, Result]):
         for _, future in self._pending:
             if not future.done():
                 future.set_exception(RuntimeError("server is shutting down"))
-        self._executor.shutdown(wait=True)
+        await self.run_exclusive(lambda: None)  # the batch in flight, if any, has finished
 
     async def submit(self, item: Item) -> Result:
         future = asyncio.get_running_loop().create_future()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from splitspec.compute_thread import run_on_compute_thread
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
 from splitspec.grpc_server import ServerOptions, serve
 
 
@@ -22,7 +24,7 @@ class VerifierSettings:
 class ProposerSettings:
     server: ServerOptions
     method: str = "ngram"
-    num_speculative_tokens: int = 5
+    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
     draft_model: str | None = None
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 1
@@ -38,7 +40,7 @@ class GatewaySettings:
     verifiers: tuple[str, ...] = ("127.0.0.1:50052",)
     proposers: tuple[str, ...] = field(default=("127.0.0.1:50053",))
     method: str = "ngram"
-    num_speculative_tokens: int = 5
+    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
     max_concurrent_requests: int = 256
     proposer_timeout_s: float = 5.0
     adaptive: bool = True
@@ -47,23 +49,27 @@ class GatewaySettings:
 def run_verifier(settings: VerifierSettings) -> None:
     from protos import splitspec_v1_pb2 as pb
     from protos import splitspec_v1_pb2_grpc as pb_grpc
+    from splitspec.adaptive_k import PassCostModel
     from splitspec.checkpoint import resolve_checkpoint
     from splitspec.models.loader import load_runner
+    from splitspec.models.runner import ModelRunner
     from splitspec.tokenizer import eos_token_ids, load_tokenizer
     from verifier_svc.server import VerifierServicer
     from verifier_svc.service import VerifierService
 
     path = resolve_checkpoint(settings.model)
-    runner = load_runner(
-        path,
-        kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
-        max_model_len=settings.max_model_len,
-        max_num_seqs=settings.max_num_seqs,
-    )
-    eos = sorted(eos_token_ids(path, load_tokenizer(path)))
-    from splitspec.adaptive_k import PassCostModel
 
-    cost_model = PassCostModel.calibrate(runner, max_rows=128)
+    def load() -> tuple[ModelRunner, PassCostModel | None]:
+        runner = load_runner(
+            path,
+            kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+        )
+        return runner, PassCostModel.calibrate(runner, max_rows=128)
+
+    runner, cost_model = run_on_compute_thread(load)
+    eos = sorted(eos_token_ids(path, load_tokenizer(path)))
 
     async def main() -> None:
         service = VerifierService(runner, max_num_seqs=settings.max_num_seqs, batch_window_s=settings.batch_window_ms / 1000)
@@ -86,7 +92,7 @@ def run_proposer(settings: ProposerSettings) -> None:
     from protos import splitspec_v1_pb2 as pb
     from protos import splitspec_v1_pb2_grpc as pb_grpc
 
-    proposer = _build_proposer(settings)
+    proposer = run_on_compute_thread(_build_proposer, settings)
 
     async def main() -> None:
         service = ProposerService(

@@ -49,7 +49,7 @@ class VerifierService:
         self.num_evictions = 0
         self.cost_model: PassCostModel | None = None  # measured pass costs, published for the gateway
         self.batcher: MicroBatcher[_StepCall, StepOutcome] = MicroBatcher(
-            self._run_batch, batch_window_s, expected=lambda: len(self.sequences), name="verifier"
+            self._run_batch, batch_window_s, expected=lambda: len(self.sequences)
         )
 
     def start(self) -> None:

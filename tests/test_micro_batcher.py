@@ -1,0 +1,74 @@
+"""MicroBatcher: calls within a window form one batch, run on the process's one compute thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from splitspec.compute_thread import run_on_compute_thread
+from splitspec.micro_batcher import RETRY, MicroBatcher
+
+
+def test_batches_run_on_the_compute_thread_that_loaded_the_model() -> None:
+    loading_thread = run_on_compute_thread(threading.get_ident)
+    batch_threads: list[int] = []
+
+    def run_batch(items: list[int]) -> list[int]:
+        batch_threads.append(threading.get_ident())
+        return [i * 2 for i in items]
+
+    async def main() -> list[int]:
+        batcher = MicroBatcher(run_batch, window_s=0.05, expected=lambda: 3)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(3)))
+        await batcher.close()
+        return results
+
+    assert asyncio.run(main()) == [0, 2, 4]
+    assert batch_threads == [loading_thread]  # one batch, on the same thread
+    assert loading_thread != threading.get_ident()
+
+
+def test_retry_joins_the_next_batch_and_errors_fail_only_their_call() -> None:
+    batches: list[list[str]] = []
+
+    def run_batch(items: list[str]) -> list:
+        batches.append(list(items))
+        out: list = []
+        for item in items:
+            if item == "late" and len(batches) == 1:
+                out.append(RETRY)
+            elif item == "bad":
+                out.append(ValueError("bad item"))
+            else:
+                out.append(item.upper())
+        return out
+
+    async def main() -> tuple:
+        batcher = MicroBatcher(run_batch, window_s=0.05, expected=lambda: 3)
+        batcher.start()
+        results = await asyncio.gather(
+            batcher.submit("ok"), batcher.submit("late"), batcher.submit("bad"), return_exceptions=True
+        )
+        await batcher.close()
+        return results
+
+    ok, late, bad = asyncio.run(main())
+    assert (ok, late) == ("OK", "LATE")
+    assert isinstance(bad, ValueError)
+    assert batches[0] == ["ok", "late", "bad"] and batches[1] == ["late"]
+
+
+def test_close_fails_waiting_calls() -> None:
+    async def main() -> None:
+        batcher = MicroBatcher(lambda items: items, window_s=10.0, expected=lambda: 2)
+        batcher.start()
+        waiting = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.01)
+        await batcher.close()
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await waiting
+
+    asyncio.run(main())
