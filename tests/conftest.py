@@ -3,9 +3,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton kernels run on the CPU through Triton's interpreter; the switch is read when a kernel is
+# defined, so it must be set before anything imports kernels/.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tiny_checkpoints import write_perturbed_copy, write_tiny_checkpoint, write_tiny_gpt2  # noqa: E402
 

@@ -17,7 +17,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from splitspec.errors import OutOfKVBlocks
 from splitspec.models.block_allocator import BlockAllocator
-from splitspec.models.paged_attention import AttentionBatch, paged_attention, write_kv_cache
+from kernels.paged_attention import AttentionBatch
+from kernels.paged_attention import paged_attention_reference as paged_attention
+from kernels.paged_attention import write_kv_cache_reference as write_kv_cache
 
 SEQ_IDS = st.sampled_from(["a", "b", "c"])
 

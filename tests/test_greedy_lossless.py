@@ -6,6 +6,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from greedy_reference import assert_same_or_near_tie, hf_greedy
+from kernels.triton_support import triton_available
 from splitspec import LLM, SamplingParams
 
 MAX_TOKENS = 40
@@ -101,3 +102,20 @@ def test_adaptive_draft_length_is_lossless(method, references, tiny_checkpoints,
     assert llm.engine.cost_model is not None
     for prompt, out, own in zip(PROMPTS, llm.generate(_token_prompts(PROMPTS), GREEDY, use_tqdm=False), plain):
         assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_triton_attention_path_is_lossless(batch_size, references, tiny_checkpoints):
+    """The engine with the Triton attention and KV-write kernels forced on (the interpreter on the CPU)."""
+    hf, hf_outputs, plain = references["llama"]
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}
+    llm = LLM(str(tiny_checkpoints["llama"]), speculative_config=spec, attention_backend="triton")
+    assert llm.runner.kernels.name == "triton"
+    outputs = []
+    for start in range(0, len(PROMPTS), batch_size):
+        outputs += llm.generate(_token_prompts(PROMPTS[start : start + batch_size]), GREEDY, use_tqdm=False)
+    for prompt, out, own, reference in zip(PROMPTS, outputs, plain, hf_outputs):
+        assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
+        assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, reference)
+    assert sum(o.spec_stats.num_accepted_tokens for o in outputs) > 0

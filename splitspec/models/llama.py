@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from kernels.dispatch import KernelUnavailable, attention_kernels
+from kernels.paged_attention import AttentionBatch
 from splitspec.errors import OutOfKVBlocks, SplitspecError
 from splitspec.models.block_allocator import BlockAllocator
 from splitspec.models.linear import Linear
-from splitspec.models.paged_attention import AttentionBatch, paged_attention, write_kv_cache
 from splitspec.models.runner import ForwardInput
 
 NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite")
@@ -98,8 +99,14 @@ class LlamaRunner:
         kv_cache_memory_bytes: int = 1 << 30,
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
+        attention_backend: str = "auto",
     ) -> None:
+        """attention_backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or "triton"."""
         self.config = config
+        try:
+            self.kernels = attention_kernels(attention_backend, "cpu")
+        except KernelUnavailable as exc:
+            raise SplitspecError(str(exc)) from None
         self.dtype = dtype
         self.hidden = config.hidden_size
         self.q_heads = config.num_attention_heads
@@ -237,8 +244,8 @@ class LlamaRunner:
                 q = _rms_norm(q, layer.q_norm, self.eps)
                 k = _rms_norm(k, layer.k_norm, self.eps)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            write_kv_cache(k, v, self.key_cache[i], self.value_cache[i], batch.slot_mapping)
-            attn = paged_attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
+            self.kernels.write_kv_cache(k, v, self.key_cache[i], self.value_cache[i], batch.slot_mapping)
+            attn = self.kernels.paged_attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
             out = layer.o(attn.reshape(num_tokens, q_size))
             x = x + out * self.residual_multiplier if self.residual_multiplier != 1.0 else x + out
             h = _rms_norm(x, layer.post_norm, self.eps)

@@ -1,0 +1,48 @@
+"""Which implementation of each kernel a runner uses: Triton on CUDA, the PyTorch reference elsewhere,
+or whichever the caller names ("triton" on the CPU runs under TRITON_INTERPRET=1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from kernels.paged_attention import (
+    paged_attention_reference,
+    paged_attention_triton,
+    write_kv_cache_reference,
+    write_kv_cache_triton,
+)
+from kernels.triton_support import interpreting, triton_available
+
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+
+
+class KernelUnavailable(ValueError):
+    """The requested kernel backend cannot run here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class AttentionKernels:
+    name: str  # "torch" or "triton"
+    paged_attention: Callable
+    write_kv_cache: Callable
+
+
+def attention_kernels(backend: str, device: torch.device | str) -> AttentionKernels:
+    device = torch.device(device)
+    if backend not in ATTENTION_BACKENDS:
+        raise KernelUnavailable(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        backend = "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "torch":
+        return AttentionKernels("torch", paged_attention_reference, write_kv_cache_reference)
+    if not triton_available():
+        raise KernelUnavailable("attention backend 'triton' needs Triton: pip install triton")
+    if device.type == "cpu" and not interpreting():
+        raise KernelUnavailable(
+            "attention backend 'triton' on the CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
+            "(slow; meant for tests) or use the 'torch' backend"
+        )
+    return AttentionKernels("triton", paged_attention_triton, write_kv_cache_triton)

@@ -1,0 +1,265 @@
+"""Attention of ragged multi-token queries against a paged KV cache, and the KV cache write.
+
+Each operation has a plain-PyTorch reference and a Triton kernel with the same signature:
+`paged_attention_reference` / `paged_attention_triton` and `write_kv_cache_reference` /
+`write_kv_cache_triton`. `kernels.dispatch` picks one per device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+
+from kernels.triton_support import interpreting, tl, triton
+
+
+@dataclass
+class AttentionBatch:
+    """Layout of one forward pass, shared by every layer.
+
+    Sequence b owns query rows [query_start[b], query_start[b + 1]) of the flattened tokens; its
+    keys are the first seq_lens[b] slots reached through block_tables[b], the last query_lens[b] of
+    which are the new tokens themselves (so attention is causal inside the new tokens and full over
+    the cached context).
+    """
+
+    block_tables: torch.Tensor  # [batch, max_blocks] int64, padded with 0
+    seq_lens: torch.Tensor  # [batch] int64: context length including the new tokens
+    query_start: torch.Tensor  # [batch + 1] int64: cumulative query lengths
+    query_lens: list[int]
+    slot_mapping: torch.Tensor  # [num_tokens] int64 flat cache slot of each new token
+    sliding_window: int | None = None
+
+    @staticmethod
+    def build(
+        block_tables: list[list[int]],
+        seq_lens: list[int],
+        query_lens: list[int],
+        slot_mapping: list[int],
+        sliding_window: int | None = None,
+        device: torch.device | str = "cpu",
+    ) -> "AttentionBatch":
+        max_blocks = max(len(t) for t in block_tables)
+        tables = torch.zeros(len(seq_lens), max_blocks, dtype=torch.int64)
+        for b, table in enumerate(block_tables):
+            tables[b, : len(table)] = torch.tensor(table, dtype=torch.int64)
+        query_start = torch.tensor([0] + query_lens, dtype=torch.int64).cumsum(0)
+        return AttentionBatch(
+            block_tables=tables.to(device),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int64, device=device),
+            query_start=query_start.to(device),
+            query_lens=list(query_lens),
+            slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64, device=device),
+            sliding_window=sliding_window,
+        )
+
+    @property
+    def max_query_len(self) -> int:
+        return max(self.query_lens)
+
+    # The reference's padded layout, built once per pass and reused by every layer.
+
+    @cached_property
+    def query_valid(self) -> torch.Tensor:  # [batch, max_query_len] bool
+        rows = torch.arange(self.max_query_len, device=self.seq_lens.device)
+        lens_q = torch.tensor(self.query_lens, dtype=torch.int64, device=self.seq_lens.device)
+        return rows[None, :] < lens_q[:, None]
+
+    @cached_property
+    def query_index(self) -> torch.Tensor:  # [batch, max_query_len] row of each padded query
+        rows = torch.arange(self.max_query_len, device=self.seq_lens.device)
+        index = self.query_start[:-1, None] + rows[None, :]
+        return torch.where(self.query_valid, index, torch.zeros_like(index))
+
+    @cached_property
+    def mask(self) -> torch.Tensor:  # [batch, 1, max_query_len, max_seq_len] bool, True = may attend
+        device = self.seq_lens.device
+        lens_q = torch.tensor(self.query_lens, dtype=torch.int64, device=device)
+        q_pos = (self.seq_lens - lens_q)[:, None] + torch.arange(self.max_query_len, device=device)[None, :]
+        k_pos = torch.arange(int(self.seq_lens.max()), device=device)
+        mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < self.seq_lens[:, None, None])
+        if self.sliding_window is not None:
+            mask &= k_pos[None, None, :] > q_pos[:, :, None] - self.sliding_window
+        return mask[:, None]
+
+
+# -- KV cache write --------------------------------------------------------------------------------
+
+
+def write_kv_cache_reference(
+    key: torch.Tensor,  # [num_tokens, kv_heads, head_dim]
+    value: torch.Tensor,  # [num_tokens, kv_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, kv_heads, head_dim]
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,  # [num_tokens] flat slot (block * block_size + offset) of each token
+) -> None:
+    key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, slot_mapping, key)
+    value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, slot_mapping, value)
+
+
+def write_kv_cache_triton(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    num_tokens, kv_heads, head_dim = key.shape
+    if num_tokens == 0:
+        return
+    key, value = key.contiguous(), value.contiguous()
+    _write_kv_kernel[(num_tokens, kv_heads)](
+        key, value, key_cache, value_cache, slot_mapping,
+        kv_heads * head_dim, head_dim,
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+    )  # fmt: skip
+
+
+if triton is not None:
+
+    @triton.jit
+    def _write_kv_kernel(
+        key_ptr, value_ptr, key_cache_ptr, value_cache_ptr, slot_ptr,
+        token_stride, head_stride,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        token = tl.program_id(0)
+        head = tl.program_id(1)
+        slot = tl.load(slot_ptr + token).to(tl.int64)
+        d = tl.arange(0, BLOCK_D)
+        in_dim = d < HEAD_DIM
+        src = token.to(tl.int64) * token_stride + head * head_stride + d
+        dst = slot * token_stride + head * head_stride + d
+        tl.store(key_cache_ptr + dst, tl.load(key_ptr + src, mask=in_dim), mask=in_dim)
+        tl.store(value_cache_ptr + dst, tl.load(value_ptr + src, mask=in_dim), mask=in_dim)
+
+
+# -- attention -------------------------------------------------------------------------------------
+
+
+def paged_attention_reference(
+    query: torch.Tensor,  # [num_tokens, q_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, kv_heads, head_dim]
+    value_cache: torch.Tensor,
+    batch: AttentionBatch,
+    scale: float,
+    out: torch.Tensor | None = None,  # [num_tokens, q_heads, head_dim], written when given
+) -> torch.Tensor:  # [num_tokens, q_heads, head_dim]
+    """Gather each sequence's blocks into a padded tensor and run masked SDPA."""
+    num_seqs, max_blocks = batch.block_tables.shape
+    block_size = key_cache.shape[1]
+    max_kv = int(batch.mask.shape[-1])
+    keys = key_cache[batch.block_tables].reshape(num_seqs, max_blocks * block_size, *key_cache.shape[2:])
+    values = value_cache[batch.block_tables].reshape(num_seqs, max_blocks * block_size, *value_cache.shape[2:])
+    keys = keys[:, :max_kv].transpose(1, 2)  # [batch, kv_heads, max_kv, head_dim]
+    values = values[:, :max_kv].transpose(1, 2)
+    queries = query[batch.query_index].transpose(1, 2)  # [batch, q_heads, max_q, head_dim]
+    attended = F.scaled_dot_product_attention(
+        queries, keys, values, attn_mask=batch.mask, scale=scale, enable_gqa=True
+    )  # [batch, q_heads, max_q, head_dim]
+    result = attended.transpose(1, 2)[batch.query_valid]
+    return result if out is None else out.copy_(result)
+
+
+_BLOCK_M = 16  # query rows per program
+_BLOCK_N = 32  # keys per inner step
+
+
+def paged_attention_triton(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    batch: AttentionBatch,
+    scale: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One program per (sequence, query head, tile of 16 query rows); online softmax in fp32 over the
+    sequence's keys, 32 at a time, each key found through the block table."""
+    num_tokens, q_heads, head_dim = query.shape
+    _, block_size, kv_heads, _ = key_cache.shape
+    query = query.contiguous()
+    out = torch.empty_like(query) if out is None else out
+    # Triton's interpreter computes bf16 dot products wrongly (3.9.0); there both sides go up to fp32
+    dot_in_fp32 = query.dtype == torch.bfloat16 and interpreting()
+    num_seqs = batch.seq_lens.shape[0]
+    grid = (num_seqs, q_heads, triton.cdiv(batch.max_query_len, _BLOCK_M))
+    _paged_attention_kernel[grid](
+        query, key_cache, value_cache, out,
+        batch.block_tables, batch.seq_lens, batch.query_start,
+        scale, batch.block_tables.stride(0), block_size, q_heads // kv_heads,
+        batch.sliding_window or 0,
+        q_heads * head_dim, head_dim, kv_heads * head_dim,
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
+        PRECISION="ieee" if query.dtype == torch.float32 or dot_in_fp32 else "tf32",  # no TF32 rounding of fp32
+        DOT_IN_FP32=dot_in_fp32,
+    )  # fmt: skip
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _paged_attention_kernel(
+        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
+        block_tables_ptr, seq_lens_ptr, query_start_ptr,
+        scale, table_stride, block_size, group_size,
+        window,
+        q_token_stride, q_head_stride, kv_slot_stride,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    ):  # fmt: skip
+        seq = tl.program_id(0)
+        head = tl.program_id(1)
+        tile = tl.program_id(2)
+        q_begin = tl.load(query_start_ptr + seq)
+        q_len = tl.load(query_start_ptr + seq + 1) - q_begin
+        if tile * BLOCK_M < q_len:
+            seq_len = tl.load(seq_lens_ptr + seq)
+            kv_head = head // group_size
+            rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+            row_ok = rows < q_len
+            q_pos = seq_len - q_len + rows  # absolute position of each query row
+            d = tl.arange(0, BLOCK_D)
+            d_ok = d < HEAD_DIM
+            q_off = (q_begin + rows).to(tl.int64)[:, None] * q_token_stride + head * q_head_stride + d[None, :]
+            q = tl.load(q_ptr + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            if DOT_IN_FP32:
+                q = q.to(tl.float32)
+
+            m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            s = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+            last_pos = tl.minimum(seq_len, seq_len - q_len + (tile + 1) * BLOCK_M)  # causal: no key past the tile
+            first_pos = seq_len * 0
+            if window > 0:
+                first_pos = tl.maximum(0, (seq_len - q_len + tile * BLOCK_M - window + 1) // BLOCK_N * BLOCK_N)
+            for start in range(first_pos, last_pos, BLOCK_N):
+                k_pos = start + tl.arange(0, BLOCK_N)
+                k_ok = k_pos < seq_len
+                block = tl.load(block_tables_ptr + seq * table_stride + k_pos // block_size, mask=k_ok, other=0)
+                slot = block.to(tl.int64) * block_size + k_pos % block_size
+                kv_off = slot[:, None] * kv_slot_stride + kv_head * HEAD_DIM + d[None, :]
+                kv_mask = k_ok[:, None] & d_ok[None, :]
+                k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+                v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+                if DOT_IN_FP32:
+                    k = k.to(tl.float32)
+                    v = v.to(tl.float32)
+                scores = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=tl.float32) * scale  # [BLOCK_M, BLOCK_N]
+                allowed = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
+                if window > 0:
+                    allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
+                scores = tl.where(allowed, scores, float("-inf"))
+                m_new = tl.maximum(m, tl.max(scores, axis=1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+                p = tl.exp(scores - m_safe[:, None])
+                correction = tl.exp(m - m_safe)
+                s = s * correction + tl.sum(p, axis=1)
+                acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION, out_dtype=tl.float32)
+                m = m_new
+            out = acc / tl.where(row_ok, s, 1.0)[:, None]  # padding rows summed nothing
+            tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
