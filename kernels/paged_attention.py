@@ -63,6 +63,37 @@ class AttentionBatch:
     # The reference's padded layout, built once per pass and reused by every layer.
 
     @cached_property
+    def reference_groups(self) -> list[tuple[torch.Tensor | None, "AttentionBatch"]]:
+        """Sequences the reference attends together, with their query rows (None: all of them).
+
+        The reference pads every sequence of a group to the group's longest query, so one prefill
+        chunk beside many decodes would cost as many prefills: decodes (one query) form one group,
+        verify steps (2-16 queries) another, and each longer chunk is a group of its own.
+        """
+        keys = [0 if n == 1 else 1 if n <= 16 else 2 + b for b, n in enumerate(self.query_lens)]
+        if len(set(keys)) == 1:
+            return [(None, self)]
+        members: dict[int, list[int]] = {}
+        for b, key in enumerate(keys):
+            members.setdefault(key, []).append(b)
+        starts = self.query_start.tolist()
+        groups = []
+        for seqs in members.values():
+            rows = torch.cat([torch.arange(starts[b], starts[b + 1]) for b in seqs]).to(self.seq_lens.device)
+            lens = [self.query_lens[b] for b in seqs]
+            index = torch.tensor(seqs, device=self.seq_lens.device)
+            sub = AttentionBatch(
+                block_tables=self.block_tables[index],
+                seq_lens=self.seq_lens[index],
+                query_start=torch.tensor([0] + lens, dtype=torch.int64).cumsum(0).to(self.seq_lens.device),
+                query_lens=lens,
+                slot_mapping=self.slot_mapping[rows],
+                sliding_window=self.sliding_window,
+            )
+            groups.append((rows, sub))
+        return groups
+
+    @cached_property
     def query_valid(self) -> torch.Tensor:  # [batch, max_query_len] bool
         rows = torch.arange(self.max_query_len, device=self.seq_lens.device)
         lens_q = torch.tensor(self.query_lens, dtype=torch.int64, device=self.seq_lens.device)
@@ -148,20 +179,34 @@ def paged_attention_reference(
     scale: float,
     out: torch.Tensor | None = None,  # [num_tokens, q_heads, head_dim], written when given
 ) -> torch.Tensor:  # [num_tokens, q_heads, head_dim]
-    """Gather each sequence's blocks into a padded tensor and run masked SDPA."""
+    """Per group of similar query lengths: gather each sequence's blocks into a padded tensor and
+    run masked SDPA."""
+    groups = batch.reference_groups
+    if len(groups) == 1:
+        result = _padded_attention(query, key_cache, value_cache, batch, scale)
+    else:
+        result = query.new_empty(query.shape)
+        for rows, group in groups:
+            result[rows] = _padded_attention(query[rows], key_cache, value_cache, group, scale)
+    return result if out is None else out.copy_(result)
+
+
+def _padded_attention(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, batch: AttentionBatch, scale: float
+) -> torch.Tensor:
     num_seqs, max_blocks = batch.block_tables.shape
     block_size = key_cache.shape[1]
     max_kv = int(batch.mask.shape[-1])
-    keys = key_cache[batch.block_tables].reshape(num_seqs, max_blocks * block_size, *key_cache.shape[2:])
-    values = value_cache[batch.block_tables].reshape(num_seqs, max_blocks * block_size, *value_cache.shape[2:])
+    blocks = batch.block_tables.flatten()  # index_select copies whole blocks: ~5x faster than indexing
+    keys = key_cache.index_select(0, blocks).view(num_seqs, max_blocks * block_size, *key_cache.shape[2:])
+    values = value_cache.index_select(0, blocks).view(num_seqs, max_blocks * block_size, *value_cache.shape[2:])
     keys = keys[:, :max_kv].transpose(1, 2)  # [batch, kv_heads, max_kv, head_dim]
     values = values[:, :max_kv].transpose(1, 2)
     queries = query[batch.query_index].transpose(1, 2)  # [batch, q_heads, max_q, head_dim]
     attended = F.scaled_dot_product_attention(
         queries, keys, values, attn_mask=batch.mask, scale=scale, enable_gqa=True
     )  # [batch, q_heads, max_q, head_dim]
-    result = attended.transpose(1, 2)[batch.query_valid]
-    return result if out is None else out.copy_(result)
+    return attended.transpose(1, 2)[batch.query_valid]
 
 
 _BLOCK_M = 16  # query rows per program
