@@ -32,6 +32,20 @@ class VerifierBackend:
         self.info: pb.VerifierInfo | None = None
         self.cost_model: PassCostModel | None = None  # the verifier's measured pass costs
         self.num_sequences = 0
+        self._round_plan: dict[str, tuple[int, float]] = {}  # seq_id -> (rows, expected tokens) of its last step
+
+    def others_in_pass(self, seq_id: str) -> tuple[int, float]:
+        """Rows and expected tokens the other sequences on this verifier last brought to a pass:
+        what a pass carries besides this sequence, since the verifier batches their steps together."""
+        rows = sum(r for s, (r, _) in self._round_plan.items() if s != seq_id)
+        tokens = sum(t for s, (_, t) in self._round_plan.items() if s != seq_id)
+        return rows, tokens
+
+    def plan_step(self, seq_id: str, rows: int, expected_tokens: float) -> None:
+        self._round_plan[seq_id] = (rows, expected_tokens)
+
+    def forget(self, seq_id: str) -> None:
+        self._round_plan.pop(seq_id, None)
 
     async def refresh_info(self, timeout: float = 2.0) -> pb.VerifierInfo | None:
         try:

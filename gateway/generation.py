@@ -93,6 +93,7 @@ class GatewayCore:
             acceptance = AcceptanceEstimate()
             while not seq.finished:
                 k = self._num_drafts(seq, num_speculative_tokens, verifier, acceptance)
+                verifier.plan_step(seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
                 draft = await self._draft(seq, slot, k) if k > 0 else Draft()
                 try:
                     result = await verifier.step(seq_id, len(seq.tokens), draft)
@@ -118,6 +119,7 @@ class GatewayCore:
                     yield Delta(new_tokens, detokenizer.delta(seq.output_token_ids))
         finally:
             verifier.num_sequences -= 1
+            verifier.forget(seq_id)
             asyncio.get_running_loop().create_task(self._release(seq_id, verifier, slot.backend))
 
     def _num_drafts(self, seq: Sequence, k: int, verifier: VerifierBackend, acceptance: AcceptanceEstimate) -> int:
@@ -133,8 +135,10 @@ class GatewayCore:
             return k
         if self.drafts_are_sampled and not seq.params.greedy:
             return k
-        # the verifier batches this sequence with the others it holds: one row each at least
-        return choose_num_drafts([acceptance.rate], [k], max(1, verifier.num_sequences), verifier.cost_model)[0]
+        # the verifier batches this step with the other sequences' steps: draft only what raises the
+        # whole pass's tokens per second, given the rows and tokens the others last brought
+        rows, tokens = verifier.others_in_pass(seq.seq_id)
+        return choose_num_drafts([acceptance.rate], [k], rows + 1, verifier.cost_model, base_tokens=tokens)[0]
 
     async def _draft(self, seq: Sequence, slot: _ProposerSlot, k: int) -> Draft:
         """Drafts from the sequence's proposer, failing over to another; no drafts if none answers."""

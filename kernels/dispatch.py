@@ -14,9 +14,10 @@ from kernels.paged_attention import (
     write_kv_cache_reference,
     write_kv_cache_triton,
 )
+from kernels.rejection_sampling import rejection_sample_reference, rejection_sample_triton
 from kernels.triton_support import interpreting, triton_available
 
-ATTENTION_BACKENDS = ("auto", "torch", "triton")
+KERNEL_BACKENDS = ("auto", "torch", "triton")
 
 
 class KernelUnavailable(ValueError):
@@ -24,25 +25,30 @@ class KernelUnavailable(ValueError):
 
 
 @dataclass(frozen=True)
-class AttentionKernels:
+class Kernels:
     name: str  # "torch" or "triton"
     paged_attention: Callable
     write_kv_cache: Callable
+    rejection_sample: Callable
 
 
-def attention_kernels(backend: str, device: torch.device | str) -> AttentionKernels:
+REFERENCE = Kernels("torch", paged_attention_reference, write_kv_cache_reference, rejection_sample_reference)
+TRITON = Kernels("triton", paged_attention_triton, write_kv_cache_triton, rejection_sample_triton)
+
+
+def select_kernels(backend: str, device: torch.device | str) -> Kernels:
     device = torch.device(device)
-    if backend not in ATTENTION_BACKENDS:
-        raise KernelUnavailable(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {backend!r}")
+    if backend not in KERNEL_BACKENDS:
+        raise KernelUnavailable(f"kernel backend must be one of {', '.join(KERNEL_BACKENDS)}, got {backend!r}")
     if backend == "auto":
         backend = "triton" if device.type == "cuda" and triton_available() else "torch"
     if backend == "torch":
-        return AttentionKernels("torch", paged_attention_reference, write_kv_cache_reference)
+        return REFERENCE
     if not triton_available():
-        raise KernelUnavailable("attention backend 'triton' needs Triton: pip install triton")
+        raise KernelUnavailable("kernel backend 'triton' needs Triton: pip install triton")
     if device.type == "cpu" and not interpreting():
         raise KernelUnavailable(
-            "attention backend 'triton' on the CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
+            "kernel backend 'triton' on the CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
             "(slow; meant for tests) or use the 'torch' backend"
         )
-    return AttentionKernels("triton", paged_attention_triton, write_kv_cache_triton)
+    return TRITON

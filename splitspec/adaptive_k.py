@@ -98,16 +98,20 @@ class AcceptanceEstimate:
             self.drafted += min(drafted, accepted + 1)
 
 
-def choose_num_drafts(rates: list[float], limits: list[int], base_rows: int, cost: PassCostModel) -> list[int]:
+def choose_num_drafts(
+    rates: list[float], limits: list[int], base_rows: int, cost: PassCostModel, base_tokens: float = 0.0
+) -> list[int]:
     """Drafts per sequence maximizing expected tokens per second of one pass.
 
     rates: acceptance estimates; limits: most drafts each sequence may take; base_rows: tokens the
-    pass carries anyway (one per sequence plus any prefill). Each step gives some sequence j more
-    drafts at once (the first draft may cost more than later ones), choosing the best such move.
+    pass carries anyway (one per sequence plus any prefill, plus whatever other sequences whose
+    drafts are already decided bring); base_tokens: the tokens those other sequences are expected to
+    yield. Each step gives some sequence j more drafts at once (the first draft may cost more than
+    later ones), choosing the best such move.
     """
     k = [0] * len(rates)
     gains = list(rates)  # expected extra tokens from each sequence's next draft: rate^(k+1)
-    expected = float(len(rates))
+    expected = float(len(rates)) + base_tokens
     rows = base_rows
     while True:
         best_rate = expected / cost.cost(rows)

@@ -42,7 +42,7 @@ class LLM:
         kv_cache_memory_bytes: int = 1 << 30,
         max_num_seqs: int = 64,
         max_num_batched_tokens: int = 4096,
-        attention_backend: str = "auto",
+        kernel_backend: str = "auto",
         tensor_parallel_size: int = 1,
         speculative_model: str | None = None,
         num_speculative_tokens: int | None = None,
@@ -87,7 +87,7 @@ class LLM:
             kv_cache_memory_bytes=kv_cache_memory_bytes,
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
-            attention_backend=attention_backend,
+            kernel_backend=kernel_backend,
         )
         self.tokenizer = load_tokenizer(Path(tokenizer) if tokenizer else path)
         proposer = None

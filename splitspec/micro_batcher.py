@@ -14,6 +14,9 @@ from splitspec.compute_thread import compute_executor
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
+WAIT_FRACTION = 0.25
+"""Longest wait for stragglers, as a share of the last batch's run time."""
+
 RETRY = object()
 """What run_batch returns for a call that did not fit this batch: it joins the next one."""
 
@@ -25,9 +28,13 @@ class MicroBatcher(Generic[Item, Result]):
         window_s: float = 0.002,
         expected: Callable[[], int] | None = None,
     ) -> None:
-        """`expected()` says how many calls could join a batch; once that many are waiting, go at once."""
+        """`expected()` says how many calls could join a batch; once that many are waiting, go at once.
+        Until then wait the window, or a quarter of the last batch's run time if that is longer: calls
+        that miss a batch fall out of step with the others and get batches of their own from then on,
+        which costs far more than the wait."""
         self._run_batch = run_batch
         self._window_s = window_s
+        self._last_batch_s = 0.0
         self._expected = expected
         self._pending: list[tuple[Item, asyncio.Future]] = []
         self._wakeup = asyncio.Event()
@@ -58,7 +65,7 @@ class MicroBatcher(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
-            deadline = loop.time() + self._window_s
+            deadline = loop.time() + max(self._window_s, WAIT_FRACTION * self._last_batch_s)
             while loop.time() < deadline and (self._expected is None or len(self._pending) < self._expected()):
                 await asyncio.sleep(min(0.0005, max(0.0, deadline - loop.time())))
             batch, self._pending = self._pending, []
@@ -66,10 +73,12 @@ class MicroBatcher(Generic[Item, Result]):
             live = [(item, future) for item, future in batch if not future.cancelled()]
             if not live:
                 continue
+            started = loop.time()
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch, [item for item, _ in live])
             except Exception as exc:  # a failed batch fails its calls, not the server
                 results = [exc] * len(live)
+            self._last_batch_s = loop.time() - started
             for (item, future), result in zip(live, results):
                 if future.done():
                     continue

@@ -110,7 +110,7 @@ def test_triton_attention_path_is_lossless(batch_size, references, tiny_checkpoi
     """The engine with the Triton attention and KV-write kernels forced on (the interpreter on the CPU)."""
     hf, hf_outputs, plain = references["llama"]
     spec = {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}
-    llm = LLM(str(tiny_checkpoints["llama"]), speculative_config=spec, attention_backend="triton")
+    llm = LLM(str(tiny_checkpoints["llama"]), speculative_config=spec, kernel_backend="triton")
     assert llm.runner.kernels.name == "triton"
     outputs = []
     for start in range(0, len(PROMPTS), batch_size):

@@ -13,7 +13,7 @@ import random
 import pytest
 import torch
 
-from kernels.dispatch import KernelUnavailable, attention_kernels
+from kernels.dispatch import KernelUnavailable, select_kernels
 from kernels.paged_attention import (
     AttentionBatch,
     paged_attention_reference,
@@ -119,15 +119,15 @@ def test_write_kv_cache_matches_reference(dtype: torch.dtype, kv_heads: int, hea
 
 
 def test_dispatch_picks_reference_on_cpu_and_refuses_unknown_backends() -> None:
-    assert attention_kernels("auto", "cpu").name == "torch"
-    assert attention_kernels("torch", "cpu").paged_attention is paged_attention_reference
-    with pytest.raises(KernelUnavailable, match="attention backend must be one of"):
-        attention_kernels("flash", "cpu")
+    assert select_kernels("auto", "cpu").name == "torch"
+    assert select_kernels("torch", "cpu").paged_attention is paged_attention_reference
+    with pytest.raises(KernelUnavailable, match="kernel backend must be one of"):
+        select_kernels("flash", "cpu")
 
 
 def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(KernelUnavailable, match="TRITON_INTERPRET=1"):
-        attention_kernels("triton", "cpu")
+        select_kernels("triton", "cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert attention_kernels("triton", "cpu").paged_attention is paged_attention_triton
+    assert select_kernels("triton", "cpu").paged_attention is paged_attention_triton

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.rejection_sampling import RejectionBatch
 from splitspec import seeded_noise
 from splitspec.logits_processing import target_probs
 from splitspec.sparse_distribution import SparseDistribution
@@ -94,3 +95,56 @@ def _verify_greedy(logits: torch.Tensor, drafts: list[int]) -> VerifyResult:
     while accepted < len(drafts) and drafts[accepted] == best[accepted]:
         accepted += 1
     return VerifyResult(accepted, drafts[:accepted] + [best[accepted]])
+
+
+def build_rejection_batch(requests: list[VerifyRequest]) -> RejectionBatch:
+    """The batched kernels' input for these requests, with every random draw verify() would make
+    (and the ones it would not need), taken from the same seeded streams."""
+    vocab = requests[0].logits.shape[-1]
+    max_drafts = max((len(r.draft_token_ids) for r in requests), default=0)
+    q_width = max([1] + [len(q.token_ids) for r in requests for q in r.draft_q if q is not None])
+    num_seqs = len(requests)
+    rows = sum(len(r.draft_token_ids) + 1 for r in requests)
+    target = torch.empty(rows, vocab, dtype=torch.float64)
+    target_noise = torch.ones(rows, vocab, dtype=torch.float64)
+    residual_noise = torch.ones(rows, vocab, dtype=torch.float64)
+    draft_tokens = torch.zeros(num_seqs, max_drafts, dtype=torch.int64)
+    q_ids = torch.zeros(num_seqs, max_drafts, q_width, dtype=torch.int64)
+    q_probs = torch.zeros(num_seqs, max_drafts, q_width, dtype=torch.float64)
+    q_count = torch.zeros(num_seqs, max_drafts, dtype=torch.int64)
+    accept_uniform = torch.zeros(num_seqs, max_drafts, dtype=torch.float64)
+    row_start, row = [], 0
+    for b, r in enumerate(requests):
+        k = len(r.draft_token_ids)
+        row_start.append(row)
+        greedy = r.temperature == 0
+        target[row : row + k + 1] = (
+            r.logits.to(torch.float64) if greedy else target_probs(r.logits, r.temperature, r.top_k, r.top_p)
+        )
+        draft_tokens[b, :k] = torch.tensor(r.draft_token_ids, dtype=torch.int64)
+        for i in range(k + 1):
+            position = r.first_position + i
+            if not greedy:
+                target_noise[row + i] = seeded_noise.exponentials(r.seed, position, seeded_noise.TARGET, vocab)
+            if i == k or greedy:
+                continue
+            q = r.draft_q[i]
+            if q is not None:
+                n = len(q.token_ids)
+                q_ids[b, i, :n], q_probs[b, i, :n], q_count[b, i] = q.token_ids, q.probs.to(torch.float64), n
+                accept_uniform[b, i] = seeded_noise.uniform(r.seed, position, seeded_noise.ACCEPT)
+                residual_noise[row + i] = seeded_noise.exponentials(r.seed, position, seeded_noise.RESIDUAL, vocab)
+        row += k + 1
+    return RejectionBatch(
+        target=target,
+        row_start=torch.tensor(row_start, dtype=torch.int64),
+        num_drafts=torch.tensor([len(r.draft_token_ids) for r in requests], dtype=torch.int64),
+        draft_tokens=draft_tokens,
+        greedy=torch.tensor([r.temperature == 0 for r in requests]),
+        q_ids=q_ids,
+        q_probs=q_probs,
+        q_count=q_count,
+        accept_uniform=accept_uniform,
+        target_noise=target_noise,
+        residual_noise=residual_noise,
+    )

@@ -12,7 +12,7 @@ from typing import Protocol
 from proposer_svc.proposer import Draft
 from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
-from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, verify
+from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, build_rejection_batch, verify
 
 
 class VerifiableSequence(Protocol):
@@ -37,27 +37,34 @@ class Verifier:
         return self.runner.can_fit(self.forward_inputs(steps))
 
     def verify(self, steps: list[tuple[VerifiableSequence, Draft]]) -> list[VerifyResult]:
-        """Accepted drafts plus one correction or bonus token per sequence, in order."""
+        """Accepted drafts plus one correction or bonus token per sequence, in order.
+
+        With Triton kernels the whole batch goes through one rejection-sampling kernel; otherwise
+        each sequence is verified on its own, drawing only the random numbers it needs (the batched
+        kernel's reference is checked to make the same decisions).
+        """
         logits = self.runner.forward(self.forward_inputs(steps))  # [sum(k + 1), vocab]
-        results, row = [], 0
+        requests, row = [], 0
         for seq, draft in steps:
             k = len(draft.token_ids)
-            results.append(
-                verify(
-                    VerifyRequest(
-                        logits=logits[row : row + k + 1],
-                        draft_token_ids=draft.token_ids,
-                        draft_q=draft.q,
-                        first_position=len(seq.tokens),
-                        temperature=seq.params.temperature,
-                        top_k=seq.params.top_k,
-                        top_p=seq.params.top_p,
-                        seed=seq.seed,
-                    )
+            requests.append(
+                VerifyRequest(
+                    logits=logits[row : row + k + 1],
+                    draft_token_ids=draft.token_ids,
+                    draft_q=draft.q,
+                    first_position=len(seq.tokens),
+                    temperature=seq.params.temperature,
+                    top_k=seq.params.top_k,
+                    top_p=seq.params.top_p,
+                    seed=seq.seed,
                 )
             )
             row += k + 1
-        return results
+        kernels = self.runner.kernels
+        if kernels.name == "torch":
+            return [verify(request) for request in requests]
+        accepted, tokens = kernels.rejection_sample(build_rejection_batch(requests))
+        return [VerifyResult(int(n), out[: int(n) + 1].tolist()) for n, out in zip(accepted, tokens)]
 
     def rollback(self, seq: VerifiableSequence) -> None:
         """Keep KV for every committed token but the last (it is fed again with the next drafts)."""

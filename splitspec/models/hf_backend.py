@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from kernels.dispatch import REFERENCE
+
 from splitspec.models.runner import ForwardInput
 
 
@@ -19,6 +21,7 @@ class HFRunner:
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+        self.kernels = REFERENCE  # attention is transformers' own; sampling uses the reference
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         limit = (
             getattr(config, "max_position_embeddings", None)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from kernels.dispatch import KernelUnavailable, attention_kernels
+from kernels.dispatch import KernelUnavailable, select_kernels
 from kernels.paged_attention import AttentionBatch
 from splitspec.errors import OutOfKVBlocks, SplitspecError
 from splitspec.models.block_allocator import BlockAllocator
@@ -91,20 +91,25 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class LlamaRunner:
     def __init__(
         self,
-        path: Path,
+        path: Path | None,
         config,
         *,
+        weights: dict[str, torch.Tensor] | None = None,
+        device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         block_size: int = 16,
         kv_cache_memory_bytes: int = 1 << 30,
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
-        attention_backend: str = "auto",
+        kernel_backend: str = "auto",
     ) -> None:
-        """attention_backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or "triton"."""
+        """Weights come from the safetensors under `path`, or from `weights` (checkpoint names and
+        layout) when given. kernel_backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or
+        "triton". Logits come back on the CPU."""
         self.config = config
+        self.device = torch.device(device)
         try:
-            self.kernels = attention_kernels(attention_backend, "cpu")
+            self.kernels = select_kernels(kernel_backend, self.device)
         except KernelUnavailable as exc:
             raise SplitspecError(str(exc)) from None
         self.dtype = dtype
@@ -125,10 +130,11 @@ class LlamaRunner:
         uses_window = config.model_type == "mistral" or getattr(config, "use_sliding_window", False)
         self.sliding_window = window if (window and uses_window and window < self.max_model_len) else None
 
-        weights = _read_safetensors(path, dtype)
-        self._load(weights, config)
+        if weights is None:
+            weights = _read_safetensors(path, dtype)
+        self._load({name: w.to(self.device, dtype) for name, w in weights.items()}, config)
         inv_freq, self.rope_scaling = _rope_inv_freq(config, self.head_dim)
-        self.inv_freq = inv_freq  # [head_dim / 2]
+        self.inv_freq = inv_freq.to(self.device)  # [head_dim / 2]
 
         bytes_per_block = (
             config.num_hidden_layers * 2 * block_size * self.kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
@@ -138,8 +144,8 @@ class LlamaRunner:
         num_blocks = max(1, min(kv_cache_memory_bytes // bytes_per_block, max_num_seqs * blocks_per_seq))
         self.allocator = BlockAllocator(num_blocks, block_size)
         shape = (num_blocks, block_size, self.kv_heads, self.head_dim)
-        self.key_cache = [torch.zeros(shape, dtype=dtype) for _ in self.layers]
-        self.value_cache = [torch.zeros(shape, dtype=dtype) for _ in self.layers]
+        self.key_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers]
+        self.value_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers]
 
     def _load(self, w: dict[str, torch.Tensor], config) -> None:
         def take(name: str) -> torch.Tensor:
@@ -216,13 +222,15 @@ class LlamaRunner:
             [len(i.token_ids) for i in inputs],
             slots,
             self.sliding_window,
+            self.device,
         )
-        hidden = self._hidden_states(torch.tensor(tokens), torch.tensor(positions), batch)  # [tokens, hidden]
-        hidden = _rms_norm(hidden[logit_rows], self.norm, self.eps)
+        tokens_t = torch.tensor(tokens, device=self.device)
+        hidden = self._hidden_states(tokens_t, torch.tensor(positions, device=self.device), batch)  # [tokens, hidden]
+        hidden = _rms_norm(hidden[torch.tensor(logit_rows, device=self.device)], self.norm, self.eps)
         logits = self.lm_head(hidden)  # [num_logits, vocab]
         if self.logits_scaling != 1.0:
             logits = logits / self.logits_scaling
-        return logits.to(torch.float32)
+        return logits.to("cpu", torch.float32)
 
     def _hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]

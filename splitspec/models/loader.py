@@ -40,10 +40,10 @@ def load_runner(
     max_model_len: int | None = None,
     max_num_seqs: int = 64,
     backend: str = "auto",
-    attention_backend: str = "auto",
+    kernel_backend: str = "auto",
 ) -> ModelRunner:
     """backend: "auto" (native when supported), "native" or "transformers".
-    attention_backend (native runner): "auto", "torch" or "triton" (kernels.dispatch)."""
+    kernel_backend (native runner): "auto", "torch" or "triton" (kernels.dispatch)."""
     from splitspec.models.hf_backend import HFRunner
     from splitspec.models.llama import LlamaRunner, supports_natively
 
@@ -63,6 +63,6 @@ def load_runner(
             kv_cache_memory_bytes=kv_cache_memory_bytes,
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
-            attention_backend=attention_backend,
+            kernel_backend=kernel_backend,
         )
     return HFRunner(path, config, dtype=torch_dtype, max_model_len=max_model_len)

@@ -7,6 +7,8 @@ from typing import Protocol
 
 import torch
 
+from kernels.dispatch import Kernels
+
 
 @dataclass
 class ForwardInput:
@@ -20,6 +22,7 @@ class ForwardInput:
 class ModelRunner(Protocol):
     vocab_size: int
     max_model_len: int
+    kernels: Kernels  # the attention and sampling kernels this runner's device uses
 
     def forward(self, inputs: list[ForwardInput]) -> torch.Tensor:
         """Logits [sum(num_logits), vocab] float32, in input order. Raises OutOfKVBlocks before changing anything."""

@@ -1,0 +1,175 @@
+"""Verification of a whole batch of drafts in one call: greedy and sampled rows mixed.
+
+`rejection_sample_reference` (plain PyTorch) and `rejection_sample_triton` (one program per
+sequence) take the same `RejectionBatch`, including every random draw, and return the same result
+bit for bit. The rules are those of verifier_svc/rejection_sampler.py (tests/test_kernels.py checks
+the reference against it with that module's seeded draws):
+
+- greedy sequence: accept drafts while they equal the argmax of the target logits, then emit the
+  argmax at the first mismatch (or the bonus position);
+- sampled sequence, one-hot draft (n-gram): the target's own sample y = argmax(p / E_target) is
+  emitted; the draft is accepted iff y equals it;
+- sampled sequence, draft with sparse q: accept x if u * q(x) < p(x); otherwise emit
+  argmax(max(0, p - q) / E_residual) and stop;
+- after every accepted draft, the bonus token argmax(p / E_target) at the last row.
+
+argmax always returns the first of equal maxima, as torch.argmax does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.triton_support import tl, triton
+
+
+@dataclass
+class RejectionBatch:
+    target: torch.Tensor  # [rows, vocab] float64: logits for greedy sequences, probabilities for sampled
+    row_start: torch.Tensor  # [batch] int64: sequence b owns rows row_start[b] .. row_start[b] + num_drafts[b]
+    num_drafts: torch.Tensor  # [batch] int64
+    draft_tokens: torch.Tensor  # [batch, max_drafts] int64, padded
+    greedy: torch.Tensor  # [batch] bool
+    q_ids: torch.Tensor  # [batch, max_drafts, q_width] int64: the tokens of each draft's sparse q
+    q_probs: torch.Tensor  # [batch, max_drafts, q_width] float64: their probabilities (0 = padding)
+    q_count: torch.Tensor  # [batch, max_drafts] int64: entries of q in use; 0 = one-hot draft
+    accept_uniform: torch.Tensor  # [batch, max_drafts] float64: U(0, 1) per draft (ACCEPT stream)
+    target_noise: torch.Tensor  # [rows, vocab] float64: Exp(1) per row (TARGET stream)
+    residual_noise: torch.Tensor  # [rows, vocab] float64: Exp(1) per row (RESIDUAL stream)
+
+
+def rejection_sample_reference(batch: RejectionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (num_accepted [batch] int64, tokens [batch, max_drafts + 1] int64 padded with -1)."""
+    num_seqs, max_drafts = batch.draft_tokens.shape
+    accepted = torch.zeros(num_seqs, dtype=torch.int64)
+    tokens = torch.full((num_seqs, max_drafts + 1), -1, dtype=torch.int64)
+    for b in range(num_seqs):
+        start, k = int(batch.row_start[b]), int(batch.num_drafts[b])
+        for i in range(k + 1):
+            row = start + i
+            p = batch.target[row]
+            if bool(batch.greedy[b]) or i == k or int(batch.q_count[b, i]) == 0:
+                y = int(torch.argmax(p if bool(batch.greedy[b]) else p / batch.target_noise[row]))
+                tokens[b, i] = y
+                if i == k or y != int(batch.draft_tokens[b, i]):
+                    break
+                accepted[b] += 1
+                continue
+            x = int(batch.draft_tokens[b, i])
+            n = int(batch.q_count[b, i])
+            q = torch.zeros_like(p)
+            q[batch.q_ids[b, i, :n]] = batch.q_probs[b, i, :n]
+            if float(batch.accept_uniform[b, i]) * float(q[x]) < float(p[x]):
+                tokens[b, i] = x
+                accepted[b] += 1
+                continue
+            residual = torch.clamp(p - q, min=0.0)
+            tokens[b, i] = int(torch.argmax(residual / batch.residual_noise[row]))
+            break
+    return accepted, tokens
+
+
+_BLOCK_V = 1024
+
+
+def rejection_sample_triton(batch: RejectionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    num_seqs, max_drafts = batch.draft_tokens.shape
+    vocab = batch.target.shape[1]
+    q_width = batch.q_ids.shape[2]
+    device = batch.target.device
+    accepted = torch.zeros(num_seqs, dtype=torch.int64, device=device)
+    tokens = torch.full((num_seqs, max_drafts + 1), -1, dtype=torch.int64, device=device)
+    if num_seqs == 0:
+        return accepted, tokens
+    _rejection_kernel[(num_seqs,)](
+        batch.target.contiguous(), batch.target_noise.contiguous(), batch.residual_noise.contiguous(),
+        batch.row_start, batch.num_drafts, batch.draft_tokens.contiguous(), batch.greedy.to(torch.int8),
+        batch.q_ids.contiguous(), batch.q_probs.contiguous(), batch.q_count.contiguous(),
+        batch.accept_uniform.contiguous(), accepted, tokens,
+        vocab, max_drafts, q_width,
+        BLOCK_V=min(_BLOCK_V, triton.next_power_of_2(vocab)), BLOCK_Q=max(2, triton.next_power_of_2(q_width)),
+    )  # fmt: skip
+    return accepted, tokens
+
+
+if triton is not None:
+
+    @triton.jit
+    def _first_argmax(values_ptr, weights_ptr, q_ids_ptr, q_probs_ptr, q_count, vocab,
+                      MODE: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_Q: tl.constexpr):  # fmt: skip
+        """First index of the maximum over the vocab of
+        MODE 0: values; MODE 1: values / weights; MODE 2: max(0, values - q) / weights."""
+        best = -float("inf")
+        best_index = 0
+        for start in range(0, vocab, BLOCK_V):
+            v = start + tl.arange(0, BLOCK_V)
+            in_vocab = v < vocab
+            x = tl.load(values_ptr + v, mask=in_vocab, other=0.0)
+            if MODE == 2:
+                j = tl.arange(0, BLOCK_Q)
+                j_ok = j < q_count
+                ids = tl.load(q_ids_ptr + j, mask=j_ok, other=-1)
+                probs = tl.load(q_probs_ptr + j, mask=j_ok, other=0.0)
+                q = tl.sum(tl.where(ids[None, :] == v[:, None], probs[None, :], 0.0), axis=1)
+                x = tl.maximum(x - q, 0.0)
+            if MODE >= 1:
+                x = x / tl.load(weights_ptr + v, mask=in_vocab, other=1.0)
+            x = tl.where(in_vocab, x, -float("inf"))
+            chunk_best = tl.max(x, axis=0)
+            chunk_index = tl.min(tl.where(x == chunk_best, v, vocab), axis=0)
+            if chunk_best > best:  # strictly greater: an earlier chunk keeps its tie
+                best = chunk_best
+                best_index = chunk_index
+        return best_index
+
+    @triton.jit
+    def _rejection_kernel(
+        target_ptr, target_noise_ptr, residual_noise_ptr,
+        row_start_ptr, num_drafts_ptr, draft_ptr, greedy_ptr,
+        q_ids_ptr, q_probs_ptr, q_count_ptr, uniform_ptr, accepted_ptr, tokens_ptr,
+        vocab, max_drafts, q_width,
+        BLOCK_V: tl.constexpr, BLOCK_Q: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        start = tl.load(row_start_ptr + b)
+        k = tl.load(num_drafts_ptr + b)
+        greedy = tl.load(greedy_ptr + b) != 0
+        done = False
+        accepted = 0
+        for i in range(0, k + 1):
+            if not done:
+                row = (start + i).to(tl.int64) * vocab
+                draft = tl.load(draft_ptr + b * max_drafts + i, mask=i < k, other=-1)
+                q_base = (b * max_drafts + i) * q_width
+                n = tl.load(q_count_ptr + b * max_drafts + i, mask=i < k, other=0)
+                if greedy or i == k or n == 0:
+                    if greedy:
+                        y = _first_argmax(target_ptr + row, target_noise_ptr + row, q_ids_ptr, q_probs_ptr, 0, vocab,
+                                          MODE=0, BLOCK_V=BLOCK_V, BLOCK_Q=BLOCK_Q)  # fmt: skip
+                    else:
+                        y = _first_argmax(target_ptr + row, target_noise_ptr + row, q_ids_ptr, q_probs_ptr, 0, vocab,
+                                          MODE=1, BLOCK_V=BLOCK_V, BLOCK_Q=BLOCK_Q)  # fmt: skip
+                    tl.store(tokens_ptr + b * (max_drafts + 1) + i, y)
+                    if y == draft:
+                        accepted += 1
+                    else:
+                        done = True
+                else:
+                    j = tl.arange(0, BLOCK_Q)
+                    j_ok = j < n
+                    ids = tl.load(q_ids_ptr + q_base + j, mask=j_ok, other=-1)
+                    q_x = tl.sum(tl.where(ids == draft, tl.load(q_probs_ptr + q_base + j, mask=j_ok, other=0.0), 0.0))
+                    p_x = tl.load(target_ptr + row + draft)
+                    u = tl.load(uniform_ptr + b * max_drafts + i)
+                    if u * q_x < p_x:
+                        tl.store(tokens_ptr + b * (max_drafts + 1) + i, draft)
+                        accepted += 1
+                    else:
+                        y = _first_argmax(target_ptr + row, residual_noise_ptr + row, q_ids_ptr + q_base,
+                                          q_probs_ptr + q_base, n, vocab,
+                                          MODE=2, BLOCK_V=BLOCK_V, BLOCK_Q=BLOCK_Q)  # fmt: skip
+                        tl.store(tokens_ptr + b * (max_drafts + 1) + i, y)
+                        done = True
+        tl.store(accepted_ptr + b, accepted)
