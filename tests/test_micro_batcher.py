@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -72,3 +73,26 @@ def test_close_fails_waiting_calls() -> None:
             await waiting
 
     asyncio.run(main())
+
+
+def test_a_straggler_joins_the_batch_instead_of_falling_out_of_step() -> None:
+    """After a 0.4 s batch, a call arriving 20 ms after another (window 2 ms) still joins its batch:
+    the batcher waits up to a quarter of the last batch's run time for every expected call."""
+    batches: list[list[str]] = []
+
+    def run_batch(items: list[str]) -> list[str]:
+        batches.append(list(items))
+        time.sleep(0.4)
+        return items
+
+    async def main() -> None:
+        batcher = MicroBatcher(run_batch, window_s=0.002, expected=lambda: 2)
+        batcher.start()
+        await asyncio.gather(batcher.submit("a0"), batcher.submit("b0"))
+        first = asyncio.ensure_future(batcher.submit("a1"))
+        await asyncio.sleep(0.02)
+        await asyncio.gather(first, batcher.submit("b1"))
+        await batcher.close()
+
+    asyncio.run(main())
+    assert batches == [["a0", "b0"], ["a1", "b1"]]

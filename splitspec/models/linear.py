@@ -4,7 +4,7 @@ On the CPU, PyTorch's default fp32 matmul goes to MKL, which on this project's r
 EPYC) runs a product with 2-8 rows at 2-5x the cost of a one-row product, so a verify pass of K+1
 tokens cost far more than a decode step. oneDNN's linear, with the weight packed once for a few-row
 batch, runs 1-16 rows at about the cost of one: the weight is streamed once either way
-(`python benchmarks/pass_cost.py`, docs/benchmarks.md "Pass cost"). Elsewhere (CUDA, or a PyTorch
+(`python benchmarks/pass_cost.py`; docs/benchmarks.md, "What changed the numbers"). Elsewhere (CUDA, or a PyTorch
 built without oneDNN) the weight stays as it is and F.linear is used.
 """
 
