@@ -1,0 +1,136 @@
+"""IBM's MLP speculator ("accelerator" checkpoints, arXiv 2404.19124), read in its published format.
+
+A checkpoint is a folder with config.json (model_type "mlp_speculator": emb_dim, inner_dim (0 means
+emb_dim), vocab_size, n_predict, tie_weights, scale_input) and safetensors holding, per head i,
+emb.{i}.weight [vocab, inner], proj.{i}.weight [inner, emb_dim for i = 0 else inner],
+ln.{i}.weight and ln.{i}.bias [inner], head.{i}.weight [vocab, inner]; names may carry a
+"speculator." prefix. With tie_weights every head shares emb.0, ln.0 and head.0, and heads after the
+first share proj.1.
+
+Head i turns the state s (at first the target's last hidden state h, RMS-normalised and divided by
+sqrt(2) when scale_input) and the previous token t into
+    s' = GELU(ln_i(proj_i(s) + (emb_weight / state_weight) * emb_i(t)))
+and scores the next token with head_i(s'); s' and the chosen token feed head i + 1. Here
+state_weight = 0.5 ** (0.5 / n_predict), emb_weight = sqrt((1 - state_weight^2) * inner / 2), and
+ln_i(x) = x / sqrt(mean(x^2) + 1e-6) * weight + bias.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from splitspec.errors import SplitspecError
+
+MODEL_TYPE = "mlp_speculator"
+_EPS = 1e-6
+
+
+def is_mlp_speculator(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    data = json.loads(config.read_text())
+    return data.get("model_type") == MODEL_TYPE or "MLPSpeculatorPreTrainedModel" in (data.get("architectures") or [])
+
+
+@dataclass(frozen=True)
+class MLPSpeculatorConfig:
+    emb_dim: int
+    inner_dim: int
+    vocab_size: int
+    n_predict: int
+    tie_weights: bool = False
+    scale_input: bool = False
+
+    @staticmethod
+    def read(path: Path) -> "MLPSpeculatorConfig":
+        data = json.loads((path / "config.json").read_text())
+        try:
+            return MLPSpeculatorConfig(
+                emb_dim=int(data["emb_dim"]),
+                inner_dim=int(data.get("inner_dim") or data["emb_dim"]),
+                vocab_size=int(data["vocab_size"]),
+                n_predict=int(data["n_predict"]),
+                tie_weights=bool(data.get("tie_weights", False)),
+                scale_input=bool(data.get("scale_input", False)),
+            )
+        except KeyError as exc:
+            raise SplitspecError(f"{path / 'config.json'} lacks {exc.args[0]!r}; is it an MLP speculator?") from None
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _EPS)
+
+
+class MLPSpeculator:
+    def __init__(self, path: Path, dtype: torch.dtype = torch.float32) -> None:
+        self.config = c = MLPSpeculatorConfig.read(path)
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise SplitspecError(f"{path} has no *.safetensors weights")
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            for name, tensor in load_file(str(f)).items():
+                weights[name.removeprefix("speculator.")] = tensor.to(dtype)
+
+        def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+            if name not in weights:
+                raise SplitspecError(f"MLP speculator checkpoint {path} is missing {name!r}")
+            if tuple(weights[name].shape) != shape:
+                raise SplitspecError(f"{name} in {path} has shape {tuple(weights[name].shape)}, expected {shape}")
+            return weights[name]
+
+        def head_index(kind: str, i: int) -> int:
+            if not c.tie_weights:
+                return i
+            return min(i, 1) if kind == "proj" else 0
+
+        self.emb, self.proj, self.ln_weight, self.ln_bias, self.head = [], [], [], [], []
+        for i in range(c.n_predict):
+            e, p, h = head_index("emb", i), head_index("proj", i), head_index("head", i)
+            self.emb.append(take(f"emb.{e}.weight", (c.vocab_size, c.inner_dim)))
+            self.proj.append(take(f"proj.{p}.weight", (c.inner_dim, c.emb_dim if p == 0 else c.inner_dim)))
+            self.ln_weight.append(take(f"ln.{e}.weight", (c.inner_dim,)))
+            self.ln_bias.append(take(f"ln.{e}.bias", (c.inner_dim,)))
+            self.head.append(take(f"head.{h}.weight", (c.vocab_size, c.inner_dim)))
+        self.state_weight = 0.5 ** (0.5 / c.n_predict)
+        self.emb_weight = math.sqrt((1 - self.state_weight**2) * (c.inner_dim / 2))
+
+    @property
+    def n_predict(self) -> int:
+        return self.config.n_predict
+
+    def greedy_drafts(self, hidden: torch.Tensor, last_tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """hidden [batch, emb_dim]: the target's final (normed) hidden state that produced each
+        sequence's last token; last_tokens [batch]. Returns [batch, num_tokens] argmax drafts."""
+        return self.run_heads(hidden, last_tokens, num_tokens)[0]
+
+    @torch.inference_mode()
+    def run_heads(
+        self, hidden: torch.Tensor, last_tokens: torch.Tensor, num_tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (argmax tokens [batch, num_tokens], logits [batch, num_tokens, vocab]); each head is fed
+        the previous head's argmax token."""
+        if num_tokens > self.n_predict:
+            raise ValueError(f"the speculator predicts at most {self.n_predict} tokens, {num_tokens} asked")
+        state = hidden.to(self.proj[0].dtype)
+        if self.config.scale_input:
+            state = _rms(state) / math.sqrt(2)
+        tokens = last_tokens
+        drafts, logits = [], []
+        for i in range(num_tokens):
+            state = state @ self.proj[i].t() + (self.emb_weight / self.state_weight) * F.embedding(tokens, self.emb[i])
+            state = F.gelu(_rms(state) * self.ln_weight[i] + self.ln_bias[i])
+            logits.append(state @ self.head[i].t())
+            tokens = torch.argmax(logits[-1], dim=-1)
+            drafts.append(tokens)
+        if not drafts:
+            return last_tokens.new_zeros(len(last_tokens), 0), state.new_zeros(len(last_tokens), 0, self.config.vocab_size)
+        return torch.stack(drafts, dim=1), torch.stack(logits, dim=1)
