@@ -4,16 +4,39 @@ from __future__ import annotations
 
 from proposer_svc.proposer import Proposer
 from splitspec.config import SpeculativeConfig
+from splitspec.errors import SplitspecError
 
 
 def build_proposer(
-    spec: SpeculativeConfig, *, target_vocab_size: int | None, dtype: str = "auto", max_num_seqs: int = 64
+    spec: SpeculativeConfig,
+    *,
+    target_vocab_size: int | None,
+    target_hidden_size: int | None = None,
+    dtype: str = "auto",
+    max_num_seqs: int = 64,
 ) -> Proposer:
-    """target_vocab_size: drafts are restricted to the target's vocabulary (None: the draft's own)."""
+    """target_vocab_size: drafts are restricted to the target's vocabulary (None: the draft's own).
+    target_hidden_size: checked against drafters that read the target's hidden state (None: unknown)."""
     if spec.method == "ngram":
         from proposer_svc.ngram import NgramProposer
 
         return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+    if spec.method == "mlp_speculator":
+        from proposer_svc.mlp_speculator import MLPSpeculator, MLPSpeculatorProposer
+        from splitspec.checkpoint import resolve_checkpoint
+
+        speculator = MLPSpeculator(resolve_checkpoint(spec.draft_model))
+        if target_vocab_size is not None and speculator.config.vocab_size != target_vocab_size:
+            raise SplitspecError(
+                f"MLP speculator {spec.draft_model} predicts over {speculator.config.vocab_size} tokens, the target "
+                f"has {target_vocab_size}: it was trained for another model"
+            )
+        if target_hidden_size is not None and speculator.config.emb_dim != target_hidden_size:
+            raise SplitspecError(
+                f"MLP speculator {spec.draft_model} reads hidden states of size {speculator.config.emb_dim}, the "
+                f"target's are {target_hidden_size}: it was trained for another model"
+            )
+        return MLPSpeculatorProposer(speculator)
     from proposer_svc.draft_model import DraftModelProposer
     from splitspec.checkpoint import resolve_checkpoint
     from splitspec.models.loader import load_runner

@@ -26,18 +26,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from proposer_svc.proposer import Draft, DraftRequest, Proposer
 from splitspec.errors import SplitspecError
 
-MODEL_TYPE = "mlp_speculator"
 _EPS = 1e-6
-
-
-def is_mlp_speculator(path: Path) -> bool:
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    data = json.loads(config.read_text())
-    return data.get("model_type") == MODEL_TYPE or "MLPSpeculatorPreTrainedModel" in (data.get("architectures") or [])
 
 
 @dataclass(frozen=True)
@@ -134,3 +126,30 @@ class MLPSpeculator:
         if not drafts:
             return last_tokens.new_zeros(len(last_tokens), 0), state.new_zeros(len(last_tokens), 0, self.config.vocab_size)
         return torch.stack(drafts, dim=1), torch.stack(logits, dim=1)
+
+
+class MLPSpeculatorProposer(Proposer):
+    """Argmax drafts from the speculator's heads (one-hot q, so sampled requests stay exact). A
+    sequence without the target's hidden state gets no drafts rather than drafts from garbage."""
+
+    needs_hidden_states = True
+
+    def __init__(self, speculator: MLPSpeculator) -> None:
+        self.speculator = speculator
+
+    def propose(self, requests: list[DraftRequest]) -> list[Draft]:
+        drafts = [Draft() for _ in requests]
+        ready = [i for i, r in enumerate(requests) if r.hidden_state is not None and r.num_tokens > 0 and r.token_ids]
+        if not ready:
+            return drafts
+        n = min(self.speculator.n_predict, max(requests[i].num_tokens for i in ready))
+        hidden = torch.stack([requests[i].hidden_state for i in ready])
+        last = torch.tensor([requests[i].token_ids[-1] for i in ready])
+        tokens = self.speculator.greedy_drafts(hidden, last, n).tolist()
+        for i, row in zip(ready, tokens):
+            k = min(requests[i].num_tokens, n)
+            drafts[i] = Draft(row[:k], [None] * k)
+        return drafts
+
+    def release(self, seq_id: str) -> None:
+        """Nothing per sequence: the hidden state comes with each request."""

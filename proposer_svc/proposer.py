@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+import torch
+
 from splitspec.sparse_distribution import SparseDistribution
 
 
@@ -22,6 +24,9 @@ class DraftRequest:
     temperature: float = 0.0
     top_k: int = -1
     seed: int = 0
+    hidden_state: torch.Tensor | None = None
+    """The target's final hidden state at the position that produced the last of `token_ids`, for
+    drafters that read it; None when the target has not produced one for this sequence yet."""
 
 
 @dataclass
@@ -35,6 +40,8 @@ class Draft:
 class Proposer(ABC):
     samples_drafts: bool = False
     """True when sampled requests get drafts drawn from a q that is not one-hot (a draft model)."""
+    needs_hidden_states: bool = False
+    """True when drafts are computed from the target's hidden state (DraftRequest.hidden_state)."""
 
     @abstractmethod
     def propose(self, requests: list[DraftRequest]) -> list[Draft]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from splitspec.errors import SplitspecError
 
-SPECULATION_METHODS = ("ngram", "draft_model")
+SPECULATION_METHODS = ("ngram", "draft_model", "mlp_speculator")
 DEFAULT_NUM_SPECULATIVE_TOKENS = 10
 """The commands' default K: an upper bound, since adaptive K drafts fewer where more would not pay
 (10 is also the prompt_lookup_num_tokens of transformers' documented example)."""
@@ -15,7 +17,7 @@ DEFAULT_NUM_SPECULATIVE_TOKENS = 10
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """How drafts are proposed. `method` is "ngram" or "draft_model"."""
+    """How drafts are proposed: "ngram", "draft_model" or "mlp_speculator" (the last two read `draft_model`)."""
 
     method: str
     num_speculative_tokens: int
@@ -41,8 +43,8 @@ class SpeculativeConfig:
                 "need 1 <= prompt_lookup_min <= prompt_lookup_max, got "
                 f"min={self.prompt_lookup_min}, max={self.prompt_lookup_max}"
             )
-        if self.method == "draft_model" and not self.draft_model:
-            raise SplitspecError('speculative method "draft_model" needs "model": a draft checkpoint path')
+        if self.method in ("draft_model", "mlp_speculator") and not self.draft_model:
+            raise SplitspecError(f'speculative method "{self.method}" needs "model": a checkpoint path')
         if self.draft_top_k < 1:
             raise SplitspecError(f"draft_top_k must be >= 1, got {self.draft_top_k}")
 
@@ -98,7 +100,7 @@ def build_speculative_config(
     if model == "[ngram]":
         method, model = method or "ngram", None
     if method is None:
-        method = "draft_model" if model else "ngram"
+        method = ("mlp_speculator" if is_mlp_speculator_dir(model) else "draft_model") if model else "ngram"
     if method == "ngram" and model:
         raise SplitspecError('speculative method "ngram" takes no "model"; drop it or use "draft_model"')
     if "num_speculative_tokens" not in spec:
@@ -133,3 +135,12 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 4096
     seed: int = 0
+
+
+def is_mlp_speculator_dir(model: str | Path) -> bool:
+    """A local checkpoint whose config.json says it is an MLP speculator (IBM accelerator format)."""
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return False
+    data = json.loads(config.read_text())
+    return data.get("model_type") == "mlp_speculator" or "MLPSpeculatorPreTrainedModel" in (data.get("architectures") or [])

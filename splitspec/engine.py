@@ -12,6 +12,8 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
+import torch
+
 from proposer_svc.proposer import Draft, DraftRequest, Proposer
 from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, choose_num_drafts
 from splitspec.errors import SplitspecError
@@ -41,7 +43,7 @@ class Engine:
     ) -> None:
         """cost_model: when given, the number of drafts adapts per sequence (see adaptive_k.py)."""
         self.runner = runner
-        self.verifier = Verifier(runner)
+        self.verifier = Verifier(runner, keep_hidden_states=bool(proposer and proposer.needs_hidden_states))
         self.proposer = proposer
         self.num_speculative_tokens = num_speculative_tokens if proposer else 0
         self.stop_checker = stop_checker
@@ -52,6 +54,7 @@ class Engine:
         self.num_preemptions = 0
         self.cost_model = cost_model
         self._acceptance: dict[str, AcceptanceEstimate] = {}
+        self._hidden: dict[str, torch.Tensor] = {}  # the target's state behind each sequence's last token
 
     def add_request(self, seq_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
         if not prompt_token_ids:
@@ -89,6 +92,8 @@ class Engine:
             if self.cost_model is not None:
                 self._acceptance.setdefault(seq.seq_id, AcceptanceEstimate()).update(len(draft.token_ids), result.num_accepted)
             self.stop_checker.commit(seq, result.token_ids)
+            if result.hidden_state is not None:
+                self._hidden[seq.seq_id] = result.hidden_state
             if seq.finished:
                 finished.append(seq)
             else:
@@ -150,6 +155,7 @@ class Engine:
                 temperature=seq.params.temperature,
                 top_k=seq.params.top_k,
                 seed=seq.seed,
+                hidden_state=self._hidden.get(seq.seq_id),
             )
             for seq, budget in zip(self.running, self._draft_budget())
         ]
@@ -166,5 +172,6 @@ class Engine:
     def _release(self, seq: Sequence) -> None:
         self.runner.free(seq.seq_id)
         self._acceptance.pop(seq.seq_id, None)
+        self._hidden.pop(seq.seq_id, None)
         if self.proposer is not None:
             self.proposer.release(seq.seq_id)

@@ -94,7 +94,13 @@ class LLM:
         if spec is not None:
             from proposer_svc.factory import build_proposer
 
-            proposer = build_proposer(spec, target_vocab_size=self.runner.vocab_size, dtype=dtype, max_num_seqs=max_num_seqs)
+            proposer = build_proposer(
+                spec,
+                target_vocab_size=self.runner.vocab_size,
+                target_hidden_size=getattr(self.runner, "hidden", None),
+                dtype=dtype,
+                max_num_seqs=max_num_seqs,
+            )
         stop_checker = StopChecker(eos_token_ids(path, self.tokenizer), self.runner.max_model_len, self._detokenize)
         cost_model = None
         if spec is not None and spec.adaptive:

@@ -8,48 +8,20 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from proposer_svc.mlp_speculator import MLPSpeculator, is_mlp_speculator
+from proposer_svc.mlp_speculator import MLPSpeculator
+from tiny_checkpoints import write_mlp_speculator
+from splitspec.config import is_mlp_speculator_dir as is_mlp_speculator
 from splitspec.errors import SplitspecError
 
 EMB, INNER, VOCAB, N_PREDICT = 24, 32, 50, 3
-
-
-def write_mlp_speculator(folder: Path, *, tied: bool, scale_input: bool, seed: int = 0, prefix: str = "") -> Path:
-    """A checkpoint laid out as IBM publishes them: config.json and model.safetensors. A tied one
-    holds only the shared tensors (emb.0, proj.0, proj.1, ln.0, head.0)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "architectures": ["MLPSpeculatorPreTrainedModel"],
-        "model_type": "mlp_speculator",
-        "emb_dim": EMB,
-        "inner_dim": INNER,
-        "vocab_size": VOCAB,
-        "n_predict": N_PREDICT,
-        "top_k_tokens_per_head": [1] * N_PREDICT,
-        "n_candidates": 1,
-        "tie_weights": tied,
-        "scale_input": scale_input,
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    heads = 1 if tied else N_PREDICT
-    for i in range(heads):
-        tensors[f"emb.{i}.weight"] = torch.randn(VOCAB, INNER, generator=g)
-        tensors[f"ln.{i}.weight"] = 1 + 0.1 * torch.randn(INNER, generator=g)
-        tensors[f"ln.{i}.bias"] = 0.1 * torch.randn(INNER, generator=g)
-        tensors[f"head.{i}.weight"] = torch.randn(VOCAB, INNER, generator=g) / math.sqrt(INNER)
-    for i in range(2 if tied else N_PREDICT):
-        tensors[f"proj.{i}.weight"] = torch.randn(INNER, EMB if i == 0 else INNER, generator=g) / math.sqrt(INNER)
-    save_file({prefix + name: t for name, t in tensors.items()}, str(folder / "model.safetensors"))
-    return folder
+write_mlp_speculator = partial(write_mlp_speculator, emb_dim=EMB, inner_dim=INNER, vocab_size=VOCAB, n_predict=N_PREDICT)
 
 
 def reference_heads(folder: Path, hidden: np.ndarray, last_token: int, n: int) -> tuple[list[int], list[np.ndarray]]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 
 def write_tiny_checkpoint(
@@ -90,3 +93,45 @@ def write_tiny_gpt2(path: Path, *, vocab_size: int = 256, seed: int = 0) -> Path
     torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(config).save_pretrained(str(path))
     return Path(path)
+
+
+def write_mlp_speculator(
+    folder: Path,
+    *,
+    emb_dim: int,
+    inner_dim: int,
+    vocab_size: int,
+    n_predict: int,
+    tied: bool,
+    scale_input: bool,
+    seed: int = 0,
+    prefix: str = "",
+) -> Path:
+    """A checkpoint laid out as IBM publishes them: config.json and model.safetensors. A tied one
+    holds only the shared tensors (emb.0, proj.0, proj.1, ln.0, head.0)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "architectures": ["MLPSpeculatorPreTrainedModel"],
+        "model_type": "mlp_speculator",
+        "emb_dim": emb_dim,
+        "inner_dim": inner_dim,
+        "vocab_size": vocab_size,
+        "n_predict": n_predict,
+        "top_k_tokens_per_head": [1] * n_predict,
+        "n_candidates": 1,
+        "tie_weights": tied,
+        "scale_input": scale_input,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    heads = 1 if tied else n_predict
+    for i in range(heads):
+        tensors[f"emb.{i}.weight"] = torch.randn(vocab_size, inner_dim, generator=g)
+        tensors[f"ln.{i}.weight"] = 1 + 0.1 * torch.randn(inner_dim, generator=g)
+        tensors[f"ln.{i}.bias"] = 0.1 * torch.randn(inner_dim, generator=g)
+        tensors[f"head.{i}.weight"] = torch.randn(vocab_size, inner_dim, generator=g) / math.sqrt(inner_dim)
+    for i in range(2 if tied else n_predict):
+        tensors[f"proj.{i}.weight"] = torch.randn(inner_dim, emb_dim if i == 0 else inner_dim, generator=g) / math.sqrt(inner_dim)
+    save_file({prefix + name: t for name, t in tensors.items()}, str(folder / "model.safetensors"))
+    return folder

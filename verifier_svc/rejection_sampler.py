@@ -46,6 +46,8 @@ class VerifyRequest:
 class VerifyResult:
     num_accepted: int
     token_ids: list[int]  # the accepted drafts followed by one correction or bonus token
+    hidden_state: torch.Tensor | None = None
+    """The target's final hidden state at the row that produced the last token (when asked for)."""
 
 
 def verify(request: VerifyRequest) -> VerifyResult:

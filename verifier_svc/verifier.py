@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
+
 from proposer_svc.proposer import Draft
 from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
@@ -23,8 +25,10 @@ class VerifiableSequence(Protocol):
 
 
 class Verifier:
-    def __init__(self, runner: ModelRunner) -> None:
+    def __init__(self, runner: ModelRunner, keep_hidden_states: bool = False) -> None:
+        """keep_hidden_states: results carry the target's hidden state for drafters that read it."""
         self.runner = runner
+        self.keep_hidden_states = keep_hidden_states
 
     def forward_inputs(self, steps: list[tuple[VerifiableSequence, Draft]]) -> list[ForwardInput]:
         inputs = []
@@ -43,7 +47,20 @@ class Verifier:
         each sequence is verified on its own, drawing only the random numbers it needs (the batched
         kernel's reference is checked to make the same decisions).
         """
-        logits = self.runner.forward(self.forward_inputs(steps))  # [sum(k + 1), vocab]
+        inputs = self.forward_inputs(steps)
+        if self.keep_hidden_states:
+            logits, hidden = self.runner.forward_with_hidden(inputs)  # [sum(k + 1), vocab], [sum(k + 1), hidden]
+        else:
+            logits, hidden = self.runner.forward(inputs), None
+        results = self._sample(steps, logits)
+        if hidden is not None:
+            row = 0
+            for (_, draft), result in zip(steps, results):
+                result.hidden_state = hidden[row + result.num_accepted].clone()
+                row += len(draft.token_ids) + 1
+        return results
+
+    def _sample(self, steps: list[tuple[VerifiableSequence, Draft]], logits: torch.Tensor) -> list[VerifyResult]:
         requests, row = [], 0
         for seq, draft in steps:
             k = len(draft.token_ids)

@@ -55,11 +55,17 @@ class HFRunner:
     def can_fit(self, inputs: list[ForwardInput]) -> bool:
         return True
 
-    @torch.inference_mode()
     def forward(self, inputs: list[ForwardInput]) -> torch.Tensor:
+        return self._forward(inputs, with_hidden=False)[0]
+
+    def forward_with_hidden(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(inputs, with_hidden=True)
+
+    @torch.inference_mode()
+    def _forward(self, inputs: list[ForwardInput], with_hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         from transformers import DynamicCache
 
-        rows = []
+        rows, hidden_rows = [], []
         for inp in inputs:
             start = self.cached_length(inp.seq_id)
             n = len(inp.token_ids)
@@ -74,9 +80,14 @@ class HFRunner:
                 position_ids=torch.arange(start, start + n)[None],
                 cache_position=torch.arange(start, start + n),
                 logits_to_keep=inp.num_logits,
+                output_hidden_states=with_hidden,
                 **{self._cache_arg: cache},
             )
             self._caches[inp.seq_id] = cache
             self._lengths[inp.seq_id] = start + n
             rows.append(out.logits[0, -inp.num_logits :] if inp.num_logits else out.logits[0, :0])
-        return torch.cat(rows).to(torch.float32)
+            if with_hidden:  # the last entry is the final layer's output after the model's final norm
+                last = out.hidden_states[-1][0]
+                hidden_rows.append(last[last.shape[0] - inp.num_logits :])
+        hidden = torch.cat(hidden_rows).to(torch.float32) if with_hidden else None
+        return torch.cat(rows).to(torch.float32), hidden

@@ -28,6 +28,11 @@ class ModelRunner(Protocol):
         """Logits [sum(num_logits), vocab] float32, in input order. Raises OutOfKVBlocks before changing anything."""
         ...
 
+    def forward_with_hidden(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """As forward, plus the final (normed) hidden states [sum(num_logits), hidden] of the same rows:
+        what drafters that read the target's state (MLP speculator, EAGLE) consume."""
+        ...
+
     def cached_length(self, seq_id: str) -> int: ...
 
     def truncate(self, seq_id: str, length: int) -> None:

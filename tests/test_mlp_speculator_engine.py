@@ -1,0 +1,86 @@
+"""The MLP speculator in the engine: it reads the target's hidden state, and output stays lossless."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from greedy_reference import assert_same_or_near_tie
+from proposer_svc.mlp_speculator import MLPSpeculator, MLPSpeculatorProposer
+from proposer_svc.proposer import DraftRequest
+from splitspec import LLM, SamplingParams
+from splitspec.errors import SplitspecError
+from tiny_checkpoints import write_mlp_speculator
+
+PROMPTS = [[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6], [17, 3], list(range(30, 90)), [100, 101, 102, 100, 101]]
+GREEDY = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def speculator(tmp_path_factory) -> Path:
+    """Random weights for the tiny Llama (hidden 64, vocabulary 256), written in IBM's format."""
+    return write_mlp_speculator(
+        tmp_path_factory.mktemp("mlp_speculator"), emb_dim=64, inner_dim=48, vocab_size=256, n_predict=3,
+        tied=False, scale_input=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_greedy_output_is_the_target_s_own(tiny_llama, speculator, batch_size) -> None:
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    plain = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)]
+    llm = LLM(str(tiny_llama), speculative_config={"model": str(speculator), "num_speculative_tokens": 3, "adaptive": False})
+    assert llm.config.speculative.method == "mlp_speculator"  # detected from the checkpoint's config
+    outputs = []
+    for start in range(0, len(PROMPTS), batch_size):
+        chunk = [{"prompt_token_ids": p} for p in PROMPTS[start : start + batch_size]]
+        outputs += llm.generate(chunk, GREEDY, use_tqdm=False)
+    for prompt, out, own in zip(PROMPTS, outputs, plain):
+        assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
+    assert sum(o.spec_stats.num_draft_tokens for o in outputs) > 0
+
+
+def test_the_speculator_reads_the_hidden_state_behind_the_last_token(tiny_llama, speculator) -> None:
+    """Each request carries the target's final normed hidden state at the position that produced the
+    sequence's last token: what transformers computes for the same tokens."""
+    llm = LLM(str(tiny_llama), speculative_config={"model": str(speculator), "num_speculative_tokens": 2, "adaptive": False})
+    seen: list[DraftRequest] = []
+    proposer = llm.engine.proposer
+    original = proposer.propose
+
+    def recording(requests: list[DraftRequest]):
+        seen.extend(DraftRequest(r.seq_id, list(r.token_ids), r.num_tokens, hidden_state=r.hidden_state) for r in requests)
+        return original(requests)
+
+    proposer.propose = recording
+    llm.generate([{"prompt_token_ids": PROMPTS[0]}], GREEDY, use_tqdm=False)
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    assert seen[0].hidden_state is None  # before the first pass there is none: no drafts then
+    checked = 0
+    for request in seen[1:]:
+        with torch.no_grad():
+            out = hf(torch.tensor([request.token_ids[:-1]]), output_hidden_states=True)
+        torch.testing.assert_close(request.hidden_state, out.hidden_states[-1][0, -1], rtol=1e-4, atol=1e-4)
+        checked += 1
+    assert checked >= 5
+
+
+def test_no_hidden_state_means_no_drafts(speculator) -> None:
+    proposer = MLPSpeculatorProposer(MLPSpeculator(speculator))
+    drafts = proposer.propose(
+        [
+            DraftRequest("a", [1, 2, 3], 3),
+            DraftRequest("b", [1, 2, 3], 5, hidden_state=torch.randn(64)),
+        ]
+    )
+    assert drafts[0].token_ids == []
+    assert len(drafts[1].token_ids) == 3 and drafts[1].q == [None] * 3  # at most n_predict, one-hot
+
+
+def test_a_speculator_for_another_model_is_refused(tmp_path, tiny_llama) -> None:
+    other = write_mlp_speculator(tmp_path / "other", emb_dim=32, inner_dim=32, vocab_size=256, n_predict=2, tied=False, scale_input=False)
+    with pytest.raises(SplitspecError, match="hidden states of size 32"):
+        LLM(str(tiny_llama), speculative_config={"model": str(other), "num_speculative_tokens": 2})
