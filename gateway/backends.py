@@ -57,8 +57,11 @@ class VerifierBackend:
             self.cost_model = PassCostModel(dict(zip(self.info.cost_rows, self.info.cost_seconds)))
         return self.info
 
-    async def start(self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int) -> None:
+    async def start(
+        self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, return_hidden_states: bool = False
+    ) -> None:
         request = pb.VerifierRequest(seq_id=seq_id)
+        request.start.return_hidden_states = return_hidden_states
         request.start.token_ids.extend(token_ids)
         request.start.temperature = params.temperature
         request.start.top_k = params.top_k
@@ -105,7 +108,7 @@ class ProposerBackend:
 
     async def draft(
         self, seq_id: str, tokens: list[int], sent: int, num_tokens: int, params: SamplingParams, seed: int,
-        timeout: float,
+        timeout: float, hidden_state: pb.HiddenStates | None = None,
     ) -> pb.DraftResult:
         request = pb.ProposerRequest(seq_id=seq_id)
         step = request.draft
@@ -116,6 +119,8 @@ class ProposerBackend:
         step.temperature = params.temperature
         step.top_k = params.top_k
         step.seed = seed
+        if hidden_state is not None:
+            step.hidden_state.CopyFrom(hidden_state)
         response = await self.stream.call(request, timeout=timeout)
         _raise_if_error(response)
         return response.draft

@@ -16,6 +16,7 @@ from typing import AsyncIterator
 from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.detokenizer import IncrementalDetokenizer
 from proposer_svc.proposer import Draft
+from protos import splitspec_v1_pb2 as pb
 from splitspec import wire
 from splitspec.adaptive_k import AcceptanceEstimate, choose_num_drafts
 from splitspec.errors import ServiceError
@@ -40,6 +41,7 @@ class Delta:
 class _ProposerSlot:
     backend: ProposerBackend | None = None
     sent: int = 0  # committed tokens the proposer already holds
+    hidden_state: pb.HiddenStates | None = None  # the verifier's latest, passed on as it came
 
 
 @dataclass
@@ -53,6 +55,7 @@ class GatewayCore:
     proposer_timeout_s: float = 5.0
     adaptive: bool = True
     drafts_are_sampled: bool = False  # the proposers draw sampled drafts from a non-one-hot q
+    drafts_need_hidden_states: bool = False  # the proposers draft from the target's hidden state
     _round_robin: itertools.count = field(default_factory=itertools.count)
 
     def decode(self, token_ids: list[int]) -> str:
@@ -82,7 +85,7 @@ class GatewayCore:
         slot = _ProposerSlot(self._next_proposer() if num_speculative_tokens > 0 else None)
         verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
         try:
-            await verifier.start(seq_id, prompt_ids, params, seed)
+            await verifier.start(seq_id, prompt_ids, params, seed, return_hidden_states=self.drafts_need_hidden_states)
         except ConnectionError as exc:
             verifier.num_sequences -= 1
             raise ServiceError("UNAVAILABLE", f"verifier {verifier.address} is unreachable: {exc}") from None
@@ -100,6 +103,8 @@ class GatewayCore:
                 except ConnectionError as exc:
                     raise ServiceError("UNAVAILABLE", f"verifier {verifier.address} went away: {exc}") from None
                 seq.stats.record_round(len(draft.token_ids), result.num_accepted)
+                if result.HasField("hidden_states"):
+                    slot.hidden_state = result.hidden_states
                 acceptance.update(len(draft.token_ids), result.num_accepted)
                 before = seq.num_output_tokens
                 stop_checker.commit(seq, list(result.token_ids))
@@ -150,12 +155,13 @@ class GatewayCore:
                 slot.backend, slot.sent = replacement, 0
             try:
                 result = await slot.backend.draft(
-                    seq.seq_id, seq.tokens, slot.sent, k, seq.params, seq.seed, self.proposer_timeout_s
-                )
+                    seq.seq_id, seq.tokens, slot.sent, k, seq.params, seq.seed, self.proposer_timeout_s,
+                    slot.hidden_state,
+                )  # fmt: skip
                 if result.needs_full_context:
                     slot.sent = 0
                     result = await slot.backend.draft(
-                        seq.seq_id, seq.tokens, 0, k, seq.params, seq.seed, self.proposer_timeout_s
+                        seq.seq_id, seq.tokens, 0, k, seq.params, seq.seed, self.proposer_timeout_s, slot.hidden_state
                     )
                 slot.sent = len(seq.tokens)
                 return wire.draft_from_proto(result.drafts[:k])

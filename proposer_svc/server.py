@@ -20,6 +20,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
             method=self.service.method,
             num_speculative_tokens=self.service.num_speculative_tokens,
             contract_version=CONTRACT_VERSION,
+            needs_hidden_states=self.service.proposer.needs_hidden_states,
         )
 
     async def Propose(self, request_iterator, context):
@@ -36,6 +37,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
                 temperature=step.temperature,
                 top_k=step.top_k,
                 seed=step.seed,
+                hidden_state=wire.tensor_from_proto(step.hidden_state) if step.HasField("hidden_state") else None,
             )
             response.draft.committed_len = step.committed_len
             response.draft.needs_full_context = outcome.needs_full_context

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from proposer_svc.proposer import Draft, DraftRequest, Proposer
 from splitspec.micro_batcher import MicroBatcher
 
@@ -32,7 +34,7 @@ class ProposerService:
 
     async def draft(
         self, seq_id: str, *, committed_len: int, start: int, token_ids: list[int], num_tokens: int,
-        temperature: float, top_k: int, seed: int,
+        temperature: float, top_k: int, seed: int, hidden_state: torch.Tensor | None = None,
     ) -> DraftOutcome:
         """Append committed tokens [start, committed_len) and draft; ask for everything if out of step."""
         context = self.contexts.get(seq_id, [])
@@ -45,7 +47,7 @@ class ProposerService:
         self.contexts[seq_id] = context
         if num_tokens <= 0:
             return DraftOutcome(Draft())
-        request = DraftRequest(seq_id, context, num_tokens, temperature, top_k, seed)
+        request = DraftRequest(seq_id, context, num_tokens, temperature, top_k, seed, hidden_state)
         return DraftOutcome(await self.batcher.submit(request))
 
     async def release(self, seq_id: str) -> None:

@@ -240,7 +240,7 @@ class VerifierInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., num_free_blocks: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_sequences: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., contract_version: _Optional[str] = ..., cost_rows: _Optional[_Iterable[int]] = ..., cost_seconds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DraftStep(_message.Message):
-    __slots__ = ("committed_len", "start", "token_ids", "num_tokens", "temperature", "top_k", "seed")
+    __slots__ = ("committed_len", "start", "token_ids", "num_tokens", "temperature", "top_k", "seed", "hidden_state")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +248,7 @@ class DraftStep(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     start: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -255,7 +256,8 @@ class DraftStep(_message.Message):
     temperature: float
     top_k: int
     seed: int
-    def __init__(self, committed_len: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    hidden_state: HiddenStates
+    def __init__(self, committed_len: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., hidden_state: _Optional[_Union[HiddenStates, _Mapping]] = ...) -> None: ...
 
 class ProposerRequest(_message.Message):
     __slots__ = ("call_id", "seq_id", "draft", "release")
@@ -294,11 +296,13 @@ class ProposerResponse(_message.Message):
     def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., draft: _Optional[_Union[DraftResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class ProposerInfo(_message.Message):
-    __slots__ = ("method", "num_speculative_tokens", "contract_version")
+    __slots__ = ("method", "num_speculative_tokens", "contract_version", "needs_hidden_states")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     method: str
     num_speculative_tokens: int
     contract_version: str
-    def __init__(self, method: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., contract_version: _Optional[str] = ...) -> None: ...
+    needs_hidden_states: bool
+    def __init__(self, method: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., contract_version: _Optional[str] = ..., needs_hidden_states: _Optional[bool] = ...) -> None: ...

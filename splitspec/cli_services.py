@@ -94,9 +94,11 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _proposer_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["ngram", "draft_model"], default=_env("METHOD", "ngram"))
+    p.add_argument("--method", choices=["ngram", "draft_model", "mlp_speculator"], default=_env("METHOD", "ngram"))
     p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS))
-    p.add_argument("--draft-model", default=_env("DRAFT_MODEL", None), help="draft checkpoint for --method draft_model")
+    p.add_argument(
+        "--draft-model", default=_env("DRAFT_MODEL", None), help="draft or speculator checkpoint (draft_model, mlp_speculator)"
+    )
     p.add_argument("--prompt-lookup-max", type=int, default=4)
     p.add_argument("--prompt-lookup-min", type=int, default=1)
     p.add_argument("--draft-top-k", type=int, default=16)
@@ -124,8 +126,8 @@ def _serve_proposer(args: argparse.Namespace) -> int:
     from splitspec.errors import SplitspecError
     from splitspec.serve import ProposerSettings, run_proposer
 
-    if args.method == "draft_model" and not args.draft_model:
-        raise SplitspecError("--method draft_model needs --draft-model DIR")
+    if args.method in ("draft_model", "mlp_speculator") and not args.draft_model:
+        raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
     run_proposer(
         ProposerSettings(
             server=_server_options(args),
@@ -183,8 +185,8 @@ def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
 def _up(args: argparse.Namespace) -> int:
     from splitspec.errors import SplitspecError
 
-    if args.method == "draft_model" and not args.draft_model:
-        raise SplitspecError("--method draft_model needs --draft-model DIR")
+    if args.method in ("draft_model", "mlp_speculator") and not args.draft_model:
+        raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
     if args.model == "default":
         from splitspec.default_model import ensure_default_model
 

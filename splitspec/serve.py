@@ -150,6 +150,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             proposer_timeout_s=settings.proposer_timeout_s,
             adaptive=settings.adaptive,
             drafts_are_sampled=settings.method == "draft_model",
+            drafts_need_hidden_states=settings.method == "mlp_speculator",
         )
         watcher: asyncio.Task | None = None
 

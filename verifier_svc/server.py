@@ -40,7 +40,10 @@ class VerifierServicer(pb_grpc.VerifierServicer):
         async def handle(request: pb.VerifierRequest, response: pb.VerifierResponse) -> None:
             kind = request.WhichOneof("kind")
             if kind == "start":
-                self.service.add(request.seq_id, list(request.start.token_ids), _params(request.start), request.start.seed)
+                start = request.start
+                self.service.add(
+                    request.seq_id, list(start.token_ids), _params(start), start.seed, start.return_hidden_states
+                )
                 response.ack.SetInParent()
             elif kind == "step":
                 outcome = await self.service.step(
@@ -49,6 +52,8 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                 response.result.committed_len = outcome.committed_len
                 response.result.num_accepted = outcome.num_accepted
                 response.result.token_ids.extend(outcome.token_ids)
+                if outcome.hidden_state is not None:
+                    response.result.hidden_states.CopyFrom(wire.tensor_to_proto(outcome.hidden_state))
             else:
                 raise ServiceError("INVALID_ARGUMENT", "empty VerifierRequest: set start, step or release")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from proposer_svc.proposer import Draft
 from splitspec.adaptive_k import PassCostModel
 from splitspec.errors import ServiceError
@@ -24,6 +26,7 @@ class RemoteSequence:
     tokens: list[int]
     params: SamplingParams
     seed: int
+    return_hidden_states: bool = False
 
 
 @dataclass
@@ -38,6 +41,7 @@ class StepOutcome:
     committed_len: int
     num_accepted: int
     token_ids: list[int]
+    hidden_state: torch.Tensor | None = None  # when the sequence asked for it
 
 
 class VerifierService:
@@ -58,7 +62,9 @@ class VerifierService:
     async def close(self) -> None:
         await self.batcher.close()
 
-    def add(self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int) -> None:
+    def add(
+        self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, return_hidden_states: bool = False
+    ) -> None:
         if seq_id in self.sequences:
             raise ServiceError("ALREADY_EXISTS", f"sequence {seq_id} is already running on this verifier")
         if not token_ids:
@@ -72,7 +78,7 @@ class VerifierService:
             raise ServiceError("INVALID_ARGUMENT", f"token ids must be in [0, {self.runner.vocab_size})")
         if len(self.sequences) >= self.max_num_seqs:
             raise ServiceError("RESOURCE_EXHAUSTED", f"verifier is full ({self.max_num_seqs} sequences); retry later")
-        self.sequences[seq_id] = RemoteSequence(seq_id, list(token_ids), params, seed)
+        self.sequences[seq_id] = RemoteSequence(seq_id, list(token_ids), params, seed, return_hidden_states)
 
     async def step(self, seq_id: str, committed_len: int, draft: Draft) -> StepOutcome:
         seq = self.sequences.get(seq_id)
@@ -111,12 +117,14 @@ class VerifierService:
             outcomes[ready.pop()] = RETRY
             steps.pop()
         if steps:
+            self.verifier.keep_hidden_states = any(calls[i].seq.return_hidden_states for i in ready)
             for i, result in zip(ready, self.verifier.verify(steps)):
                 seq = calls[i].seq
                 base = len(seq.tokens)
                 seq.tokens.extend(result.token_ids)
                 self.verifier.rollback(seq)
-                outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids)
+                hidden = result.hidden_state if seq.return_hidden_states else None
+                outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids, hidden)
         return outcomes
 
     def _check(self, call: _StepCall) -> ServiceError | None:
