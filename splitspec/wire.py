@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from proposer_svc.proposer import Draft
 from protos import splitspec_v1_pb2 as pb
+from splitspec.errors import ServiceError
 from splitspec.sparse_distribution import SparseDistribution
 
 
@@ -39,11 +42,20 @@ def draft_from_proto(tokens) -> Draft:
 def tensor_to_proto(tensor: torch.Tensor) -> pb.HiddenStates:
     """Raw bytes plus dtype and shape: bit-exact for every dtype, bfloat16 included."""
     t = tensor.detach().contiguous().cpu()
-    raw = t.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
     return pb.HiddenStates(data=raw.numpy().tobytes(), dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape))
 
 
 def tensor_from_proto(msg: pb.HiddenStates) -> torch.Tensor:
-    dtype = getattr(torch, msg.dtype)
+    """Raises ServiceError(INVALID_ARGUMENT) for an unknown dtype or bytes that do not fill the shape."""
+    dtype = getattr(torch, msg.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ServiceError("INVALID_ARGUMENT", f"hidden states: unknown dtype {msg.dtype!r}")
+    shape = tuple(msg.shape)
+    expected = math.prod(shape) * dtype.itemsize
+    if any(n < 0 for n in shape) or len(msg.data) != expected:
+        raise ServiceError(
+            "INVALID_ARGUMENT", f"hidden states: {len(msg.data)} bytes do not make a {msg.dtype} tensor of shape {list(shape)}"
+        )
     data = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8) if msg.data else torch.empty(0, dtype=torch.uint8)
-    return data.view(dtype).reshape(tuple(msg.shape))
+    return data.view(dtype).reshape(shape)

@@ -7,6 +7,7 @@ import torch
 
 from proposer_svc.proposer import Draft
 from protos import splitspec_v1_pb2 as pb
+from splitspec.errors import ServiceError
 from splitspec.sparse_distribution import SparseDistribution
 from splitspec.wire import draft_from_proto, draft_to_proto, tensor_from_proto, tensor_to_proto
 
@@ -110,3 +111,24 @@ def test_non_contiguous_tensor_arrives_with_its_logical_layout(dtype):
         received = over_the_wire_tensor(sent)
         assert_bit_exact(received, sent)
         assert received.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", list(BITS), ids=lambda d: str(d).removeprefix("torch."))
+def test_zero_dim_tensor_round_trips(dtype):
+    sent = random_bits(dtype, (), torch.Generator().manual_seed(3))
+    assert_bit_exact(over_the_wire_tensor(sent), sent)
+
+
+@pytest.mark.parametrize(
+    "msg, problem",
+    [
+        (pb.HiddenStates(data=b"\0" * 8, dtype="float33", shape=[2]), "unknown dtype"),
+        (pb.HiddenStates(data=b"\0" * 8, dtype="Tensor", shape=[2]), "unknown dtype"),
+        (pb.HiddenStates(data=b"\0" * 7, dtype="float32", shape=[2]), "do not make"),
+        (pb.HiddenStates(data=b"\0" * 8, dtype="float32", shape=[3]), "do not make"),
+    ],
+)
+def test_malformed_hidden_states_are_invalid_argument(msg, problem):
+    with pytest.raises(ServiceError, match=problem) as info:
+        tensor_from_proto(msg)
+    assert info.value.code == "INVALID_ARGUMENT"
