@@ -33,9 +33,9 @@ def _yield_idle_cores() -> None:
     """Service processes share the cores. By default OpenMP threads spin for a long while after each
     op, taking CPU that the gateway and proposer need between verify passes; never spinning
     (OMP_WAIT_POLICY=PASSIVE) makes each of a pass's hundred-odd parallel ops wake sleeping threads,
-    about 10 ms more per pass. A short spin (libgomp's GOMP_SPINCOUNT, about a tenth of a
-    millisecond) keeps the threads awake within a pass and asleep between passes. Must run before
-    torch loads; a user's own setting wins."""
+    about 10 ms more per pass (docs/benchmarks.md). A short spin (libgomp's GOMP_SPINCOUNT=10000)
+    keeps the threads awake within a pass and asleep between passes. Must run before torch loads; a
+    user's own setting wins."""
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 

@@ -2,8 +2,8 @@
 
 PyTorch's CPU ops run on an OpenMP thread team that belongs to the calling thread. Once a second
 thread of the process has run parallel ops, there are more OpenMP threads than cores, and libgomp
-then stops spinning between ops: every op wakes sleeping threads. For the default model that cost
-about 10 ms more per verify pass (35 -> 45 ms, the verify pass timed inside a running verifier).
+then stops spinning between ops: every op wakes sleeping threads, which costs about 10 ms per verify
+pass of the default model (docs/benchmarks.md, "What changed the numbers").
 So model loading, calibration and every batch of a service run on this one thread.
 """
 

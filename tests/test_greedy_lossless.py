@@ -42,22 +42,29 @@ def test_plain_engine_matches_transformers_generate(arch, references):
         assert_same_or_near_tie(hf, prompt, got, expected)
 
 
+def _assert_matches_plain_and_transformers(llm: LLM, batch_size: int, reference) -> list:
+    """Generate PROMPTS in batches of batch_size; each output must be the engine's plain output and
+    transformers' greedy output (but for near ties). Returns the request outputs."""
+    hf, hf_outputs, plain = reference
+    outputs = []
+    for start in range(0, len(PROMPTS), batch_size):
+        outputs += llm.generate(_token_prompts(PROMPTS[start : start + batch_size]), GREEDY, use_tqdm=False)
+    for prompt, out, own, expected in zip(PROMPTS, outputs, plain, hf_outputs):
+        assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
+        assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, expected)
+    return outputs
+
+
 @pytest.mark.parametrize("batch_size", [1, 4])
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_speculative_greedy_equals_plain_and_transformers(arch, method, k, batch_size, references, tiny_checkpoints, tiny_drafts):
-    hf, hf_outputs, plain = references[arch]
     spec = {"method": method, "num_speculative_tokens": k, "adaptive": False}  # K exactly as given
     if method == "draft_model":
         spec["model"] = str(tiny_drafts[arch])
     llm = LLM(str(tiny_checkpoints[arch]), speculative_config=spec)
-    outputs = []
-    for start in range(0, len(PROMPTS), batch_size):
-        outputs += llm.generate(_token_prompts(PROMPTS[start : start + batch_size]), GREEDY, use_tqdm=False)
-    for prompt, out, own, reference in zip(PROMPTS, outputs, plain, hf_outputs):
-        assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
-        assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, reference)
+    outputs = _assert_matches_plain_and_transformers(llm, batch_size, references[arch])
     accepted = sum(o.spec_stats.num_accepted_tokens for o in outputs)
     drafted = sum(o.spec_stats.num_draft_tokens for o in outputs)
     assert drafted > 0 and accepted > 0, "speculation never drafted or never accepted: the test would prove nothing"
@@ -108,14 +115,8 @@ def test_adaptive_draft_length_is_lossless(method, references, tiny_checkpoints,
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_triton_attention_path_is_lossless(batch_size, references, tiny_checkpoints):
     """The engine with the Triton attention and KV-write kernels forced on (the interpreter on the CPU)."""
-    hf, hf_outputs, plain = references["llama"]
     spec = {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}
     llm = LLM(str(tiny_checkpoints["llama"]), speculative_config=spec, kernel_backend="triton")
     assert llm.runner.kernels.name == "triton"
-    outputs = []
-    for start in range(0, len(PROMPTS), batch_size):
-        outputs += llm.generate(_token_prompts(PROMPTS[start : start + batch_size]), GREEDY, use_tqdm=False)
-    for prompt, out, own, reference in zip(PROMPTS, outputs, plain, hf_outputs):
-        assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
-        assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, reference)
+    outputs = _assert_matches_plain_and_transformers(llm, batch_size, references["llama"])
     assert sum(o.spec_stats.num_accepted_tokens for o in outputs) > 0

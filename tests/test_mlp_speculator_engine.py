@@ -84,3 +84,21 @@ def test_a_speculator_for_another_model_is_refused(tmp_path, tiny_llama) -> None
     other = write_mlp_speculator(tmp_path / "other", emb_dim=32, inner_dim=32, vocab_size=256, n_predict=2, tied=False, scale_input=False)
     with pytest.raises(SplitspecError, match="hidden states of size 32"):
         LLM(str(tiny_llama), speculative_config={"model": str(other), "num_speculative_tokens": 2})
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_seeded_sampling_is_the_target_s_own_samples(tiny_llama, speculator, batch_size) -> None:
+    """Argmax drafts are one-hot: each is verified by drawing the target's own seeded sample, so seeded
+    sampled output is exactly plain decoding's."""
+    params = [
+        SamplingParams(temperature=t, top_p=p, seed=s, max_tokens=30, ignore_eos=True)
+        for t, p, s in ((0.3, 1.0, 1), (0.8, 0.95, 2), (1.0, 1.0, 3), (0.1, 0.9, 4))
+    ]
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    plain = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate(prompts, params, use_tqdm=False)]
+    llm = LLM(str(tiny_llama), speculative_config={"model": str(speculator), "num_speculative_tokens": 3, "adaptive": False})
+    outputs = []
+    for start in range(0, len(PROMPTS), batch_size):
+        outputs += llm.generate(prompts[start : start + batch_size], params[start : start + batch_size], use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == plain
+    assert sum(o.spec_stats.num_draft_tokens for o in outputs) > 0

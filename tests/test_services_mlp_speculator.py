@@ -39,6 +39,17 @@ def test_greedy_through_the_services_is_the_target_s_own(speculator_stack, tiny_
     assert last.speculation.drafted_per_position[0] == last.speculation.num_rounds - 2
 
 
+def test_seeded_sampling_through_the_services_is_plain_decoding_s(speculator_stack, tiny_llama) -> None:
+    seeds = [21, 22, 23, 24]
+    requests = [
+        build_request(p, temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s)
+        for p, s in zip(PROMPTS, seeds)
+    ]
+    params = [SamplingParams(temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for s in seeds]
+    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    assert generate_concurrently(speculator_stack.gateway.address, requests) == [o.outputs[0].token_ids for o in plain]
+
+
 def test_the_proposer_says_it_needs_hidden_states(speculator_stack) -> None:
     with grpc.insecure_channel(speculator_stack.proposers[0].address) as channel:
         info = pb_grpc.ProposerStub(channel).GetInfo(pb.InfoRequest(), timeout=10)

@@ -1,7 +1,7 @@
 """Linear projections tuned for the few-row products of decode and verify passes.
 
 On the CPU, PyTorch's default fp32 matmul goes to MKL, which on this project's reference machine (AMD
-EPYC) runs a product with 2-8 rows at 2-5x the cost of a one-row product, so a verify pass of K+1
+EPYC) runs a product with 2-8 rows at several times the cost of a one-row product, so a verify pass of K+1
 tokens cost far more than a decode step. oneDNN's linear, with the weight packed once for a few-row
 batch, runs 1-16 rows at about the cost of one: the weight is streamed once either way
 (`python benchmarks/pass_cost.py`; docs/benchmarks.md, "What changed the numbers"). Elsewhere (CUDA, or a PyTorch

@@ -198,10 +198,15 @@ class LlamaRunner:
     # -- forward -----------------------------------------------------------------------------------
 
     def forward(self, inputs: list[ForwardInput]) -> torch.Tensor:
-        return self.forward_with_hidden(inputs)[0]
+        return self._forward(inputs)[0].to("cpu", torch.float32)
+
+    def forward_with_hidden(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, hidden = self._forward(inputs)
+        return logits.to("cpu", torch.float32), hidden.to("cpu", torch.float32)
 
     @torch.inference_mode()
-    def forward_with_hidden(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, final normed hidden states) of the logit rows, on the runner's device."""
         if not self.can_fit(inputs):
             raise OutOfKVBlocks(f"batch of {len(inputs)} sequences does not fit in {self.num_free_blocks} free blocks")
         tokens: list[int] = []
@@ -233,7 +238,7 @@ class LlamaRunner:
         logits = self.lm_head(hidden)  # [num_logits, vocab]
         if self.logits_scaling != 1.0:
             logits = logits / self.logits_scaling
-        return logits.to("cpu", torch.float32), hidden.to("cpu", torch.float32)
+        return logits, hidden
 
     def _hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]
