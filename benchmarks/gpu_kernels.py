@@ -20,6 +20,7 @@ import inspect
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -105,10 +106,11 @@ def bench_kernels(shapes: Shapes, device: torch.device, bandwidth: float) -> Non
                 if batch * context <= 64 * 2048:  # the reference pads and gathers: keep its memory in bounds
                     want = paged_attention_reference(query.float(), key_cache.float(), value_cache.float(), layout, scale)
                     torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
-                seconds = timer(lambda: paged_attention_triton(query, key_cache, value_cache, layout, scale))
+                attend = partial(paged_attention_triton, query, key_cache, value_cache, layout, scale)
+                seconds = timer(attend)
                 moved = 2 * batch * (context + k + 1) * shapes.kv_heads * shapes.head_dim * element + 2 * query.numel() * element
                 print(f"  {batch:>4} {k:>2} {context:>6}  {seconds * 1e6:9.1f} us  {moved / seconds / 1e9:8.1f} GB/s  {moved / seconds / bandwidth:6.1%}")
-                del key_cache, value_cache
+                del key_cache, value_cache, attend  # free this size's cache before the next is made
     print("\nKV cache write (bf16): tokens -> time, bandwidth")
     for tokens in (1, 32, 288, 2304):
         key = torch.randn(tokens, shapes.kv_heads, shapes.head_dim, dtype=dtype, device=device)
