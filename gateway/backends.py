@@ -11,6 +11,7 @@ from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import wire
 from splitspec.adaptive_k import PassCostModel
+from splitspec.config import HIDDEN_STATES_ALL, HIDDEN_STATES_NONE
 from splitspec.errors import ServiceError
 from splitspec.grpc_server import channel_options
 from splitspec.multiplexed_stream import MultiplexedStream
@@ -58,10 +59,11 @@ class VerifierBackend:
         return self.info
 
     async def start(
-        self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, return_hidden_states: bool = False
+        self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, hidden_states: str = HIDDEN_STATES_NONE
     ) -> None:
         request = pb.VerifierRequest(seq_id=seq_id)
-        request.start.return_hidden_states = return_hidden_states
+        request.start.return_hidden_states = hidden_states != HIDDEN_STATES_NONE
+        request.start.return_all_hidden_states = hidden_states == HIDDEN_STATES_ALL
         request.start.token_ids.extend(token_ids)
         request.start.temperature = params.temperature
         request.start.top_k = params.top_k

@@ -19,6 +19,7 @@ from proposer_svc.proposer import Draft
 from protos import splitspec_v1_pb2 as pb
 from splitspec import wire
 from splitspec.adaptive_k import AcceptanceEstimate, choose_num_drafts
+from splitspec.config import HIDDEN_STATES_ALL, HIDDEN_STATES_NONE
 from splitspec.errors import ServiceError
 from splitspec.outputs import SpeculationStats
 from splitspec.sampling_params import SamplingParams
@@ -39,9 +40,18 @@ class Delta:
 
 @dataclass
 class _ProposerSlot:
+    """The sequence's proposer, what it holds, and the hidden states it has yet to receive."""
+
     backend: ProposerBackend | None = None
     sent: int = 0  # committed tokens the proposer already holds
-    hidden_state: pb.HiddenStates | None = None  # the verifier's latest, passed on as it came
+    hidden_state: pb.HiddenStates | None = None  # what the verifier sent since the last draft, passed on
+
+    def receive(self, hidden: pb.HiddenStates, mode: str) -> None:
+        """"last": keep the newest state; "all": append the rows, none may be skipped."""
+        if mode == HIDDEN_STATES_ALL and self.hidden_state is not None:
+            self.hidden_state = wire.concat_rows(self.hidden_state, hidden)
+        else:
+            self.hidden_state = hidden
 
 
 @dataclass
@@ -55,7 +65,7 @@ class GatewayCore:
     proposer_timeout_s: float = 5.0
     adaptive: bool = True
     drafts_are_sampled: bool = False  # the proposers draw sampled drafts from a non-one-hot q
-    drafts_need_hidden_states: bool = False  # the proposers draft from the target's hidden state
+    hidden_states: str = HIDDEN_STATES_NONE  # what the proposers read of the target's hidden states
     _round_robin: itertools.count = field(default_factory=itertools.count)
 
     def decode(self, token_ids: list[int]) -> str:
@@ -85,7 +95,7 @@ class GatewayCore:
         slot = _ProposerSlot(self._next_proposer() if num_speculative_tokens > 0 else None)
         verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
         try:
-            await verifier.start(seq_id, prompt_ids, params, seed, return_hidden_states=self.drafts_need_hidden_states)
+            await verifier.start(seq_id, prompt_ids, params, seed, hidden_states=self.hidden_states)
         except ConnectionError as exc:
             verifier.num_sequences -= 1
             raise ServiceError("UNAVAILABLE", f"verifier {verifier.address} is unreachable: {exc}") from None
@@ -104,7 +114,7 @@ class GatewayCore:
                     raise ServiceError("UNAVAILABLE", f"verifier {verifier.address} went away: {exc}") from None
                 seq.stats.record_round(len(draft.token_ids), result.num_accepted)
                 if result.HasField("hidden_states"):
-                    slot.hidden_state = result.hidden_states
+                    slot.receive(result.hidden_states, self.hidden_states)
                 acceptance.update(len(draft.token_ids), result.num_accepted)
                 before = seq.num_output_tokens
                 stop_checker.commit(seq, list(result.token_ids))
@@ -164,6 +174,8 @@ class GatewayCore:
                         seq.seq_id, seq.tokens, 0, k, seq.params, seq.seed, self.proposer_timeout_s, slot.hidden_state
                     )
                 slot.sent = len(seq.tokens)
+                if self.hidden_states == HIDDEN_STATES_ALL:
+                    slot.hidden_state = None  # delivered; the next draft carries only newer rows
                 return wire.draft_from_proto(result.drafts[:k])
             except (ConnectionError, asyncio.TimeoutError, ServiceError):
                 slot.backend.mark_down()

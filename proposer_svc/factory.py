@@ -12,11 +12,14 @@ def build_proposer(
     *,
     target_vocab_size: int | None,
     target_hidden_size: int | None = None,
+    target_model: str | None = None,
     dtype: str = "auto",
     max_num_seqs: int = 64,
 ) -> Proposer:
     """target_vocab_size: drafts are restricted to the target's vocabulary (None: the draft's own).
-    target_hidden_size: checked against drafters that read the target's hidden state (None: unknown)."""
+    target_hidden_size: checked against drafters that read the target's hidden state (None: unknown).
+    target_model: the target checkpoint, whose output head (and embedding, unless the head has its
+    own) an EAGLE head uses."""
     if spec.method == "ngram":
         from proposer_svc.ngram import NgramProposer
 
@@ -37,6 +40,19 @@ def build_proposer(
                 f"target's are {target_hidden_size}: it was trained for another model"
             )
         return MLPSpeculatorProposer(speculator)
+    if spec.method == "eagle":
+        from proposer_svc.eagle import EagleProposer, EagleRunner
+        from splitspec.checkpoint import resolve_checkpoint
+
+        if target_model is None:
+            raise SplitspecError("an EAGLE head scores drafts with the target's output head: give the target model too")
+        runner = EagleRunner(
+            resolve_checkpoint(spec.draft_model),
+            resolve_checkpoint(target_model),
+            kv_cache_memory_bytes=256 << 20,
+            max_num_seqs=max_num_seqs,
+        )
+        return EagleProposer(runner)
     from proposer_svc.draft_model import DraftModelProposer
     from splitspec.checkpoint import resolve_checkpoint
     from splitspec.models.loader import load_runner

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from proposer_svc.proposer import Draft, DraftRequest, Proposer
+from splitspec.config import HIDDEN_STATES_LAST
 from splitspec.errors import SplitspecError
+from splitspec.models.linear import Linear
 
 _EPS = 1e-6
 
@@ -61,6 +63,29 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _EPS)
 
 
+def mixing_weights(inner_dim: int, n_predict: int) -> tuple[float, float]:
+    """(state_weight, emb_weight) of the head recurrence, fixed by the architecture."""
+    state_weight = 0.5 ** (0.5 / n_predict)
+    return state_weight, math.sqrt((1 - state_weight**2) * (inner_dim / 2))
+
+
+def input_state(hidden: torch.Tensor, scale_input: bool) -> torch.Tensor:
+    """The first head's state from the target's hidden state."""
+    return _rms(hidden) / math.sqrt(2) if scale_input else hidden
+
+
+def head_state(
+    projected: torch.Tensor,
+    embedded: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    emb_scale: float,
+) -> torch.Tensor:
+    """s' = GELU(ln(proj(s) + emb_scale * emb(t))), given proj(s) and emb(t); emb_scale is
+    emb_weight / state_weight. Shared by inference and training so both compute one formula."""
+    return F.gelu(_rms(projected + emb_scale * embedded) * ln_weight + ln_bias)
+
+
 class MLPSpeculator:
     def __init__(self, path: Path, dtype: torch.dtype = torch.float32) -> None:
         self.config = c = MLPSpeculatorConfig.read(path)
@@ -92,8 +117,10 @@ class MLPSpeculator:
             self.ln_weight.append(take(f"ln.{e}.weight", (c.inner_dim,)))
             self.ln_bias.append(take(f"ln.{e}.bias", (c.inner_dim,)))
             self.head.append(take(f"head.{h}.weight", (c.vocab_size, c.inner_dim)))
-        self.state_weight = 0.5 ** (0.5 / c.n_predict)
-        self.emb_weight = math.sqrt((1 - self.state_weight**2) * (c.inner_dim / 2))
+        self.state_weight, self.emb_weight = mixing_weights(c.inner_dim, c.n_predict)
+        packed: dict[int, Linear] = {}  # tied heads share one packed copy of each weight
+        self.proj_linear = [packed.setdefault(id(w), Linear(w)) for w in self.proj]
+        self.head_linear = [packed.setdefault(id(w), Linear(w)) for w in self.head]
 
     @property
     def n_predict(self) -> int:
@@ -112,15 +139,14 @@ class MLPSpeculator:
         the previous head's argmax token."""
         if num_tokens > self.n_predict:
             raise ValueError(f"the speculator predicts at most {self.n_predict} tokens, {num_tokens} asked")
-        state = hidden.to(self.proj[0].dtype)
-        if self.config.scale_input:
-            state = _rms(state) / math.sqrt(2)
+        state = input_state(hidden.to(self.proj[0].dtype), self.config.scale_input)
         tokens = last_tokens
         drafts, logits = [], []
+        emb_scale = self.emb_weight / self.state_weight
         for i in range(num_tokens):
-            state = state @ self.proj[i].t() + (self.emb_weight / self.state_weight) * F.embedding(tokens, self.emb[i])
-            state = F.gelu(_rms(state) * self.ln_weight[i] + self.ln_bias[i])
-            logits.append(state @ self.head[i].t())
+            embedded = F.embedding(tokens, self.emb[i])
+            state = head_state(self.proj_linear[i](state), embedded, self.ln_weight[i], self.ln_bias[i], emb_scale)
+            logits.append(self.head_linear[i](state))
             tokens = torch.argmax(logits[-1], dim=-1)
             drafts.append(tokens)
         if not drafts:
@@ -132,7 +158,7 @@ class MLPSpeculatorProposer(Proposer):
     """Argmax drafts from the speculator's heads (one-hot q, so sampled requests stay exact). A
     sequence without the target's hidden state gets no drafts rather than drafts from garbage."""
 
-    needs_hidden_states = True
+    hidden_states = HIDDEN_STATES_LAST
 
     def __init__(self, speculator: MLPSpeculator) -> None:
         self.speculator = speculator

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from splitspec.config import HIDDEN_STATES_NONE
 from splitspec.sparse_distribution import SparseDistribution
 
 
@@ -25,8 +26,10 @@ class DraftRequest:
     top_k: int = -1
     seed: int = 0
     hidden_state: torch.Tensor | None = None
-    """The target's final hidden state at the position that produced the last of `token_ids`, for
-    drafters that read it; None when the target has not produced one for this sequence yet."""
+    """For drafters that read the target's final hidden states (Proposer.hidden_states): "last", the
+    state [hidden] at the position that produced the last of `token_ids`; "all", the states [n, hidden]
+    of the positions that produced the last n of `token_ids` not given before. None when the target has
+    produced none for this sequence since the last request."""
 
 
 @dataclass
@@ -40,8 +43,13 @@ class Draft:
 class Proposer(ABC):
     samples_drafts: bool = False
     """True when sampled requests get drafts drawn from a q that is not one-hot (a draft model)."""
-    needs_hidden_states: bool = False
-    """True when drafts are computed from the target's hidden state (DraftRequest.hidden_state)."""
+    hidden_states: str = HIDDEN_STATES_NONE
+    """What the drafter reads of the target's hidden states (DraftRequest.hidden_state): see
+    splitspec.config.HIDDEN_STATES_*."""
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return self.hidden_states != HIDDEN_STATES_NONE
 
     @abstractmethod
     def propose(self, requests: list[DraftRequest]) -> list[Draft]:

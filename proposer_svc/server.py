@@ -6,6 +6,7 @@ from proposer_svc.service import ProposerService
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import wire
+from splitspec.config import HIDDEN_STATES_ALL
 from splitspec.errors import ServiceError
 from splitspec.grpc_server import CONTRACT_VERSION
 from splitspec.stream_dispatch import serve_sequence_stream
@@ -21,6 +22,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
             num_speculative_tokens=self.service.num_speculative_tokens,
             contract_version=CONTRACT_VERSION,
             needs_hidden_states=self.service.proposer.needs_hidden_states,
+            needs_all_hidden_states=self.service.proposer.hidden_states == HIDDEN_STATES_ALL,
         )
 
     async def Propose(self, request_iterator, context):

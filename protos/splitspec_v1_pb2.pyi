@@ -150,20 +150,22 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StartSequence(_message.Message):
-    __slots__ = ("token_ids", "temperature", "top_k", "top_p", "seed", "return_hidden_states")
+    __slots__ = ("token_ids", "temperature", "top_k", "top_p", "seed", "return_hidden_states", "return_all_hidden_states")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     RETURN_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
+    RETURN_ALL_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     temperature: float
     top_k: int
     top_p: float
     seed: int
     return_hidden_states: bool
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., return_hidden_states: _Optional[bool] = ...) -> None: ...
+    return_all_hidden_states: bool
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., return_hidden_states: _Optional[bool] = ..., return_all_hidden_states: _Optional[bool] = ...) -> None: ...
 
 class VerifyStep(_message.Message):
     __slots__ = ("committed_len", "drafts")
@@ -296,13 +298,15 @@ class ProposerResponse(_message.Message):
     def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., draft: _Optional[_Union[DraftResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class ProposerInfo(_message.Message):
-    __slots__ = ("method", "num_speculative_tokens", "contract_version", "needs_hidden_states")
+    __slots__ = ("method", "num_speculative_tokens", "contract_version", "needs_hidden_states", "needs_all_hidden_states")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_VERSION_FIELD_NUMBER: _ClassVar[int]
     NEEDS_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_ALL_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     method: str
     num_speculative_tokens: int
     contract_version: str
     needs_hidden_states: bool
-    def __init__(self, method: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., contract_version: _Optional[str] = ..., needs_hidden_states: _Optional[bool] = ...) -> None: ...
+    needs_all_hidden_states: bool
+    def __init__(self, method: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., contract_version: _Optional[str] = ..., needs_hidden_states: _Optional[bool] = ..., needs_all_hidden_states: _Optional[bool] = ...) -> None: ...

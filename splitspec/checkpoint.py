@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from splitspec.errors import SplitspecError
 
 DEFAULT_MODEL_ALIASES = ("default", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -42,3 +44,41 @@ def _from_hub(repo_id: str) -> Path:
             "the hub is reachable (`huggingface-cli download "
             f"{repo_id} --local-dir DIR`) and pass model=DIR, or use model='default' for the bundled model"
         ) from None
+
+
+def tensor_names(path: Path) -> list[str]:
+    """Names of the tensors in a checkpoint folder's safetensors (headers only) or pytorch_model.bin."""
+    return list(read_tensors(path, names_only=True))
+
+
+def read_tensors(path: Path, *, names_only: bool = False) -> dict[str, torch.Tensor | None]:
+    """Every tensor of a checkpoint folder: its *.safetensors, or else pytorch_model.bin (how EAGLE
+    heads are often published; read with weights_only, so no code runs). names_only: values are None."""
+    from safetensors import safe_open
+
+    tensors: dict[str, torch.Tensor | None] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                tensors[name] = None if names_only else f.get_tensor(name)
+    if not tensors and (path / "pytorch_model.bin").is_file():
+        loaded = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
+        tensors = {name: None if names_only else t for name, t in loaded.items()}
+    return tensors
+
+
+def read_embedding_and_head(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Llama-family checkpoint's input embedding and output head [vocab, hidden] as float32, read
+    alone from its safetensors (the head is the embedding when the model ties them)."""
+    from safetensors import safe_open
+
+    found: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in ("model.embed_tokens.weight", "lm_head.weight"):
+                if name in f.keys():
+                    found[name] = f.get_tensor(name).float()
+    if "model.embed_tokens.weight" not in found:
+        raise SplitspecError(f"{path} has no model.embed_tokens.weight in its safetensors; is it a Llama-family model?")
+    embedding = found["model.embed_tokens.weight"]
+    return embedding, found.get("lm_head.weight", embedding)

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
 from splitspec.errors import SplitspecError
 
 
@@ -14,11 +14,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text in-process (default model unless --model)")
     p.add_argument("prompt", help="the prompt text")
     p.add_argument("--model", default="default", help="checkpoint directory, hub id, or 'default' (SmolLM2-135M-Instruct)")
-    p.add_argument("--method", choices=["ngram", "draft_model", "none"], default="ngram", help="speculation method")
+    p.add_argument("--method", choices=[*SPECULATION_METHODS, "none"], default="ngram", help="speculation method")
     p.add_argument(
         "--num-speculative-tokens", "-k", type=int, default=DEFAULT_NUM_SPECULATIVE_TOKENS, help="most draft tokens per round"
     )
-    p.add_argument("--draft-model", help="draft checkpoint for --method draft_model")
+    p.add_argument("--draft-model", help="draft, MLP speculator or EAGLE checkpoint for the methods other than ngram")
     p.add_argument("--prompt-lookup-max", type=int, default=4)
     p.add_argument("--prompt-lookup-min", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=200)
@@ -37,8 +37,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.gateway:
         return _generate_via_gateway(args)
-    if args.method == "draft_model" and not args.draft_model:
-        raise SplitspecError("--method draft_model needs --draft-model DIR (a smaller checkpoint sharing the tokenizer)")
+    if args.method not in ("ngram", "none") and not args.draft_model:
+        raise SplitspecError(f"--method {args.method} needs --draft-model DIR (a checkpoint made for this target)")
     if args.method != "none" and args.num_speculative_tokens < 1:
         raise SplitspecError("--num-speculative-tokens must be at least 1 (or use --method none)")
     if args.max_tokens < 1:
@@ -50,6 +50,7 @@ def _generate(args: argparse.Namespace) -> int:
             spec.update(prompt_lookup_max=args.prompt_lookup_max, prompt_lookup_min=args.prompt_lookup_min)
         else:
             spec["model"] = args.draft_model
+            spec["method"] = args.method
     params = SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
 from splitspec.grpc_server import ServerOptions
 
 
@@ -68,6 +68,9 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve-proposer", help="serve a drafter (Proposer service)")
     _server_flags(p, 50053)
     _proposer_flags(p)
+    p.add_argument(
+        "--target-model", default=_env("TARGET_MODEL", None), help="the verifier's checkpoint, for --method eagle (env SPLITSPEC_TARGET_MODEL)"
+    )
     p.add_argument("--batch-window-ms", type=float, default=_env("BATCH_WINDOW_MS", 1.0))
     p.set_defaults(func=_serve_proposer)
 
@@ -94,10 +97,10 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _proposer_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["ngram", "draft_model", "mlp_speculator"], default=_env("METHOD", "ngram"))
+    p.add_argument("--method", choices=list(SPECULATION_METHODS), default=_env("METHOD", "ngram"))
     p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS))
     p.add_argument(
-        "--draft-model", default=_env("DRAFT_MODEL", None), help="draft or speculator checkpoint (draft_model, mlp_speculator)"
+        "--draft-model", default=_env("DRAFT_MODEL", None), help="draft, speculator or EAGLE checkpoint (all methods but ngram)"
     )
     p.add_argument("--prompt-lookup-max", type=int, default=4)
     p.add_argument("--prompt-lookup-min", type=int, default=1)
@@ -126,8 +129,10 @@ def _serve_proposer(args: argparse.Namespace) -> int:
     from splitspec.errors import SplitspecError
     from splitspec.serve import ProposerSettings, run_proposer
 
-    if args.method in ("draft_model", "mlp_speculator") and not args.draft_model:
+    if args.method != "ngram" and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
+    if args.method == "eagle" and not args.target_model:
+        raise SplitspecError("--method eagle needs --target-model (the verifier's model), whose output head it drafts with")
     run_proposer(
         ProposerSettings(
             server=_server_options(args),
@@ -137,6 +142,7 @@ def _serve_proposer(args: argparse.Namespace) -> int:
             prompt_lookup_max=args.prompt_lookup_max,
             prompt_lookup_min=args.prompt_lookup_min,
             draft_top_k=args.draft_top_k,
+            target_model=args.target_model,
             batch_window_ms=args.batch_window_ms,
         )
     )
@@ -170,6 +176,8 @@ def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     proposer += ["--prompt-lookup-max", str(args.prompt_lookup_max), "--prompt-lookup-min", str(args.prompt_lookup_min), "--draft-top-k", str(args.draft_top_k)]
     if args.draft_model:
         proposer += ["--draft-model", args.draft_model]
+    if args.method == "eagle":
+        proposer += ["--target-model", args.model]
     return {
         "verifier": base + ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model],
         "proposer": base + proposer,
@@ -185,7 +193,7 @@ def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
 def _up(args: argparse.Namespace) -> int:
     from splitspec.errors import SplitspecError
 
-    if args.method in ("draft_model", "mlp_speculator") and not args.draft_model:
+    if args.method != "ngram" and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
     if args.model == "default":
         from splitspec.default_model import ensure_default_model

@@ -9,7 +9,11 @@ from typing import Any
 
 from splitspec.errors import SplitspecError
 
-SPECULATION_METHODS = ("ngram", "draft_model", "mlp_speculator")
+SPECULATION_METHODS = ("ngram", "draft_model", "mlp_speculator", "eagle")
+HIDDEN_STATES_NONE, HIDDEN_STATES_LAST, HIDDEN_STATES_ALL = "none", "last", "all"
+"""What a drafter reads of the target's final hidden states: nothing; the one behind each sequence's
+last token (MLP speculator); or the one behind every committed token (EAGLE, which attends over them)."""
+HIDDEN_STATES_BY_METHOD = {"mlp_speculator": HIDDEN_STATES_LAST, "eagle": HIDDEN_STATES_ALL}
 DEFAULT_NUM_SPECULATIVE_TOKENS = 10
 """The commands' default K: an upper bound, since adaptive K drafts fewer where more would not pay
 (10 is also the prompt_lookup_num_tokens of transformers' documented example)."""
@@ -17,7 +21,8 @@ DEFAULT_NUM_SPECULATIVE_TOKENS = 10
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """How drafts are proposed: "ngram", "draft_model" or "mlp_speculator" (the last two read `draft_model`)."""
+    """How drafts are proposed: "ngram", "draft_model", "mlp_speculator" or "eagle" (all but ngram read
+    `draft_model`)."""
 
     method: str
     num_speculative_tokens: int
@@ -43,7 +48,7 @@ class SpeculativeConfig:
                 "need 1 <= prompt_lookup_min <= prompt_lookup_max, got "
                 f"min={self.prompt_lookup_min}, max={self.prompt_lookup_max}"
             )
-        if self.method in ("draft_model", "mlp_speculator") and not self.draft_model:
+        if self.method != "ngram" and not self.draft_model:
             raise SplitspecError(f'speculative method "{self.method}" needs "model": a checkpoint path')
         if self.draft_top_k < 1:
             raise SplitspecError(f"draft_top_k must be >= 1, got {self.draft_top_k}")
@@ -100,7 +105,7 @@ def build_speculative_config(
     if model == "[ngram]":
         method, model = method or "ngram", None
     if method is None:
-        method = ("mlp_speculator" if is_mlp_speculator_dir(model) else "draft_model") if model else "ngram"
+        method = detect_method(model) if model else "ngram"
     if method == "ngram" and model:
         raise SplitspecError('speculative method "ngram" takes no "model"; drop it or use "draft_model"')
     if "num_speculative_tokens" not in spec:
@@ -135,6 +140,32 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 4096
     seed: int = 0
+
+
+def detect_method(model: str | Path) -> str:
+    """The drafter a checkpoint holds, from its config and tensor names, as vLLM guesses it when the
+    user gives only "model": an MLP speculator, an EAGLE head, or else a draft model."""
+    if is_mlp_speculator_dir(model):
+        return "mlp_speculator"
+    if is_eagle_dir(model):
+        return "eagle"
+    return "draft_model"
+
+
+def is_eagle_dir(model: str | Path) -> bool:
+    """An EAGLE head: a one-layer Llama config whose weights hold the `fc` that mixes token embedding
+    and target state, or whose name or architecture says EAGLE."""
+    path = Path(model)
+    if "eagle" in path.name.lower():
+        return True
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    if any("eagle" in a.lower() for a in json.loads(config.read_text()).get("architectures") or []):
+        return True
+    from splitspec.checkpoint import tensor_names
+
+    return any(name.removeprefix("model.") == "fc.weight" for name in tensor_names(path))
 
 
 def is_mlp_speculator_dir(model: str | Path) -> bool:

@@ -16,6 +16,7 @@ import torch
 
 from proposer_svc.proposer import Draft, DraftRequest, Proposer
 from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, choose_num_drafts
+from splitspec.config import HIDDEN_STATES_NONE
 from splitspec.errors import SplitspecError
 from splitspec.models.runner import ModelRunner
 from splitspec.sampling_params import SamplingParams
@@ -43,7 +44,7 @@ class Engine:
     ) -> None:
         """cost_model: when given, the number of drafts adapts per sequence (see adaptive_k.py)."""
         self.runner = runner
-        self.verifier = Verifier(runner, keep_hidden_states=bool(proposer and proposer.needs_hidden_states))
+        self.verifier = Verifier(runner, proposer.hidden_states if proposer else HIDDEN_STATES_NONE)
         self.proposer = proposer
         self.num_speculative_tokens = num_speculative_tokens if proposer else 0
         self.stop_checker = stop_checker
@@ -54,7 +55,7 @@ class Engine:
         self.num_preemptions = 0
         self.cost_model = cost_model
         self._acceptance: dict[str, AcceptanceEstimate] = {}
-        self._hidden: dict[str, torch.Tensor] = {}  # the target's state behind each sequence's last token
+        self._hidden: dict[str, torch.Tensor] = {}  # the target's states not yet handed to the proposer
 
     def add_request(self, seq_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
         if not prompt_token_ids:
@@ -155,7 +156,7 @@ class Engine:
                 temperature=seq.params.temperature,
                 top_k=seq.params.top_k,
                 seed=seq.seed,
-                hidden_state=self._hidden.get(seq.seq_id),
+                hidden_state=self._hidden.pop(seq.seq_id, None),
             )
             for seq, budget in zip(self.running, self._draft_budget())
         ]

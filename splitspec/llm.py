@@ -24,7 +24,8 @@ class LLM:
     """Load a target model (and a drafter) and generate, batched, in this process.
 
     model: a Hugging Face checkpoint directory, a hub id, or "default" (the bundled SmolLM2-135M-Instruct).
-    speculative_config: {"method": "ngram" | "draft_model", "num_speculative_tokens": K, ...}; None for
+    speculative_config: {"method": "ngram" | "draft_model" | "mlp_speculator" | "eagle",
+    "num_speculative_tokens": K, ...} ("model" alone says which of the last three it holds); None for
     plain decoding. The older vLLM/Aphrodite keywords (speculative_model, num_speculative_tokens,
     ngram_prompt_lookup_max/min, speculative_draft_tensor_parallel_size) mean the same.
     """
@@ -98,6 +99,7 @@ class LLM:
                 spec,
                 target_vocab_size=self.runner.vocab_size,
                 target_hidden_size=getattr(self.runner, "hidden", None),
+                target_model=str(path),
                 dtype=dtype,
                 max_num_seqs=max_num_seqs,
             )

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from splitspec.compute_thread import run_on_compute_thread
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, HIDDEN_STATES_BY_METHOD, HIDDEN_STATES_NONE
 from splitspec.grpc_server import ServerOptions, serve
 
 
@@ -30,6 +30,8 @@ class ProposerSettings:
     prompt_lookup_min: int = 1
     draft_top_k: int = 16
     target_vocab_size: int | None = None
+    target_model: str | None = None
+    """The target checkpoint, for drafters that use its output head (eagle)."""
     batch_window_ms: float = 1.0
 
 
@@ -125,7 +127,7 @@ def _build_proposer(settings: ProposerSettings):
         draft_model=settings.draft_model,
         draft_top_k=settings.draft_top_k,
     )
-    return build_proposer(spec, target_vocab_size=settings.target_vocab_size)
+    return build_proposer(spec, target_vocab_size=settings.target_vocab_size, target_model=settings.target_model)
 
 
 def run_gateway(settings: GatewaySettings) -> None:
@@ -150,7 +152,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             proposer_timeout_s=settings.proposer_timeout_s,
             adaptive=settings.adaptive,
             drafts_are_sampled=settings.method == "draft_model",
-            drafts_need_hidden_states=settings.method == "mlp_speculator",
+            hidden_states=HIDDEN_STATES_BY_METHOD.get(settings.method, HIDDEN_STATES_NONE),
         )
         watcher: asyncio.Task | None = None
 

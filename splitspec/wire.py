@@ -59,3 +59,14 @@ def tensor_from_proto(msg: pb.HiddenStates) -> torch.Tensor:
         )
     data = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8) if msg.data else torch.empty(0, dtype=torch.uint8)
     return data.view(dtype).reshape(shape)
+
+
+def concat_rows(first: pb.HiddenStates, second: pb.HiddenStates) -> pb.HiddenStates:
+    """[n, hidden] and [m, hidden] -> [n + m, hidden], bytes untouched (row-major tensors append)."""
+    if first.dtype != second.dtype or list(first.shape[1:]) != list(second.shape[1:]) or not first.shape:
+        raise ServiceError(
+            "INVALID_ARGUMENT", f"hidden states {first.dtype}{list(first.shape)} and {second.dtype}{list(second.shape)} do not stack"
+        )
+    return pb.HiddenStates(
+        data=first.data + second.data, dtype=first.dtype, shape=[first.shape[0] + second.shape[0], *first.shape[1:]]
+    )

@@ -118,6 +118,8 @@ def running_stack(
             args = ["serve-proposer", "--method", method, "-k", str(k)]
             if draft_model is not None:
                 args += ["--draft-model", str(draft_model)]
+            if method == "eagle":
+                args += ["--target-model", str(model)]
             proposer = start_service(f"proposer{i}", args, log_dir)
             cleanup.callback(proposer.stop)
             proposers.append(proposer)

@@ -135,3 +135,62 @@ def write_mlp_speculator(
         tensors[f"proj.{i}.weight"] = torch.randn(inner_dim, emb_dim if i == 0 else inner_dim, generator=g) / math.sqrt(inner_dim)
     save_file({prefix + name: t for name, t in tensors.items()}, str(folder / "model.safetensors"))
     return folder
+
+
+def write_eagle(
+    folder: Path,
+    *,
+    hidden_size: int,
+    vocab_size: int,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    seed: int = 0,
+    with_embedding: bool = False,
+    fc_bias: bool = False,
+    prefix: str = "",
+    as_bin: bool = False,
+) -> Path:
+    """An EAGLE head laid out as published: a one-layer Llama config.json and fc / layers.0.* weights
+    (no input_layernorm in layer 0, no norm, no lm_head), in safetensors or pytorch_model.bin."""
+    from transformers import LlamaConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=512,
+        architectures=["LlamaForCausalLM"],
+    )
+    config.save_pretrained(str(folder))
+    g = torch.Generator().manual_seed(seed)
+    head_dim = hidden_size // num_heads
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) / math.sqrt(shape[-1])
+
+    p = "layers.0."
+    tensors = {
+        "fc.weight": rand(hidden_size, 2 * hidden_size),
+        p + "self_attn.q_proj.weight": rand(num_heads * head_dim, hidden_size),
+        p + "self_attn.k_proj.weight": rand(num_kv_heads * head_dim, hidden_size),
+        p + "self_attn.v_proj.weight": rand(num_kv_heads * head_dim, hidden_size),
+        p + "self_attn.o_proj.weight": rand(hidden_size, num_heads * head_dim),
+        p + "mlp.gate_proj.weight": rand(2 * hidden_size, hidden_size),
+        p + "mlp.up_proj.weight": rand(2 * hidden_size, hidden_size),
+        p + "mlp.down_proj.weight": rand(hidden_size, 2 * hidden_size),
+        p + "post_attention_layernorm.weight": 1 + 0.1 * torch.randn(hidden_size, generator=g),
+    }
+    if fc_bias:
+        tensors["fc.bias"] = 0.1 * torch.randn(hidden_size, generator=g)
+    if with_embedding:
+        tensors["embed_tokens.weight"] = torch.randn(vocab_size, hidden_size, generator=g)
+    tensors = {prefix + name: t.contiguous() for name, t in tensors.items()}
+    if as_bin:
+        torch.save(tensors, folder / "pytorch_model.bin")
+    else:
+        save_file(tensors, str(folder / "model.safetensors"))
+    return folder

@@ -47,7 +47,8 @@ class VerifyResult:
     num_accepted: int
     token_ids: list[int]  # the accepted drafts followed by one correction or bonus token
     hidden_state: torch.Tensor | None = None
-    """The target's final hidden state at the row that produced the last token (when asked for)."""
+    """When asked for: the target's final hidden state at the row that produced the last token [hidden],
+    or at every row that produced a token committed in this step [n, hidden] (see Verifier.verify)."""
 
 
 def verify(request: VerifyRequest) -> VerifyResult:

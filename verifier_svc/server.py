@@ -5,6 +5,7 @@ from __future__ import annotations
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import wire
+from splitspec.config import HIDDEN_STATES_ALL, HIDDEN_STATES_LAST, HIDDEN_STATES_NONE
 from splitspec.errors import ServiceError
 from splitspec.grpc_server import CONTRACT_VERSION
 from splitspec.sampling_params import SamplingParams
@@ -41,9 +42,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
             kind = request.WhichOneof("kind")
             if kind == "start":
                 start = request.start
-                self.service.add(
-                    request.seq_id, list(start.token_ids), _params(start), start.seed, start.return_hidden_states
-                )
+                self.service.add(request.seq_id, list(start.token_ids), _params(start), start.seed, _hidden_states(start))
                 response.ack.SetInParent()
             elif kind == "step":
                 outcome = await self.service.step(
@@ -69,3 +68,9 @@ def _params(start: pb.StartSequence) -> SamplingParams:
         return SamplingParams(temperature=start.temperature, top_k=start.top_k, top_p=start.top_p or 1.0, max_tokens=None)
     except ValueError as exc:
         raise ServiceError("INVALID_ARGUMENT", str(exc)) from None
+
+
+def _hidden_states(start: pb.StartSequence) -> str:
+    if start.return_all_hidden_states:
+        return HIDDEN_STATES_ALL
+    return HIDDEN_STATES_LAST if start.return_hidden_states else HIDDEN_STATES_NONE

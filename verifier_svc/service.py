@@ -17,6 +17,7 @@ from splitspec.errors import ServiceError
 from splitspec.micro_batcher import RETRY, MicroBatcher
 from splitspec.models.runner import ModelRunner
 from splitspec.sampling_params import SamplingParams
+from splitspec.config import HIDDEN_STATES_NONE
 from verifier_svc.verifier import Verifier
 
 
@@ -26,7 +27,7 @@ class RemoteSequence:
     tokens: list[int]
     params: SamplingParams
     seed: int
-    return_hidden_states: bool = False
+    hidden_states: str = HIDDEN_STATES_NONE  # what results carry for the sequence's drafter
 
 
 @dataclass
@@ -63,7 +64,7 @@ class VerifierService:
         await self.batcher.close()
 
     def add(
-        self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, return_hidden_states: bool = False
+        self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, hidden_states: str = HIDDEN_STATES_NONE
     ) -> None:
         if seq_id in self.sequences:
             raise ServiceError("ALREADY_EXISTS", f"sequence {seq_id} is already running on this verifier")
@@ -78,7 +79,7 @@ class VerifierService:
             raise ServiceError("INVALID_ARGUMENT", f"token ids must be in [0, {self.runner.vocab_size})")
         if len(self.sequences) >= self.max_num_seqs:
             raise ServiceError("RESOURCE_EXHAUSTED", f"verifier is full ({self.max_num_seqs} sequences); retry later")
-        self.sequences[seq_id] = RemoteSequence(seq_id, list(token_ids), params, seed, return_hidden_states)
+        self.sequences[seq_id] = RemoteSequence(seq_id, list(token_ids), params, seed, hidden_states)
 
     async def step(self, seq_id: str, committed_len: int, draft: Draft) -> StepOutcome:
         seq = self.sequences.get(seq_id)
@@ -117,14 +118,12 @@ class VerifierService:
             outcomes[ready.pop()] = RETRY
             steps.pop()
         if steps:
-            self.verifier.keep_hidden_states = any(calls[i].seq.return_hidden_states for i in ready)
-            for i, result in zip(ready, self.verifier.verify(steps)):
+            for i, result in zip(ready, self.verifier.verify(steps, [calls[i].seq.hidden_states for i in ready])):
                 seq = calls[i].seq
                 base = len(seq.tokens)
                 seq.tokens.extend(result.token_ids)
                 self.verifier.rollback(seq)
-                hidden = result.hidden_state if seq.return_hidden_states else None
-                outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids, hidden)
+                outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids, result.hidden_state)
         return outcomes
 
     def _check(self, call: _StepCall) -> ServiceError | None:

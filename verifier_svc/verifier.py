@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from proposer_svc.proposer import Draft
+from splitspec.config import HIDDEN_STATES_ALL, HIDDEN_STATES_LAST, HIDDEN_STATES_NONE
 from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
 from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, build_rejection_batch, verify
@@ -25,39 +26,55 @@ class VerifiableSequence(Protocol):
 
 
 class Verifier:
-    def __init__(self, runner: ModelRunner, keep_hidden_states: bool = False) -> None:
-        """keep_hidden_states: results carry the target's hidden state for drafters that read it."""
+    def __init__(self, runner: ModelRunner, hidden_states: str = HIDDEN_STATES_NONE) -> None:
+        """hidden_states: which of the target's hidden states results carry, for drafters that read
+        them (splitspec.config.HIDDEN_STATES_*); verify() can also choose per sequence."""
         self.runner = runner
-        self.keep_hidden_states = keep_hidden_states
+        self.hidden_states = hidden_states
 
-    def forward_inputs(self, steps: list[tuple[VerifiableSequence, Draft]]) -> list[ForwardInput]:
+    def forward_inputs(
+        self, steps: list[tuple[VerifiableSequence, Draft]], hidden_states: list[str] | None = None
+    ) -> list[ForwardInput]:
         inputs = []
-        for seq, draft in steps:
+        for i, (seq, draft) in enumerate(steps):
             cached = self.runner.cached_length(seq.seq_id)
-            inputs.append(ForwardInput(seq.seq_id, seq.tokens[cached:] + draft.token_ids, len(draft.token_ids) + 1))
+            fed = seq.tokens[cached:] + draft.token_ids
+            every_row = hidden_states is not None and hidden_states[i] == HIDDEN_STATES_ALL
+            inputs.append(ForwardInput(seq.seq_id, fed, len(draft.token_ids) + 1, len(fed) if every_row else None))
         return inputs
 
     def fits(self, steps: list[tuple[VerifiableSequence, Draft]]) -> bool:
         return self.runner.can_fit(self.forward_inputs(steps))
 
-    def verify(self, steps: list[tuple[VerifiableSequence, Draft]]) -> list[VerifyResult]:
+    def verify(
+        self, steps: list[tuple[VerifiableSequence, Draft]], hidden_states: list[str] | None = None
+    ) -> list[VerifyResult]:
         """Accepted drafts plus one correction or bonus token per sequence, in order.
+
+        hidden_states: per sequence, which hidden states its result carries ("last": the state behind
+        its last committed token; "all": those behind every token committed in this step, the
+        prompt's included); None: this verifier's setting for all.
 
         With Triton kernels the whole batch goes through one rejection-sampling kernel; otherwise
         each sequence is verified on its own, drawing only the random numbers it needs (the batched
         kernel's reference is checked to make the same decisions).
         """
-        inputs = self.forward_inputs(steps)
-        if self.keep_hidden_states:
-            logits, hidden = self.runner.forward_with_hidden(inputs)  # [sum(k + 1), vocab], [sum(k + 1), hidden]
+        modes = hidden_states if hidden_states is not None else [self.hidden_states] * len(steps)
+        inputs = self.forward_inputs(steps, modes)
+        if any(mode != HIDDEN_STATES_NONE for mode in modes):
+            logits, hidden = self.runner.forward_with_hidden(inputs)  # [sum(k + 1), vocab], [sum(hidden_rows), hidden]
         else:
             logits, hidden = self.runner.forward(inputs), None
         results = self._sample(steps, logits)
         if hidden is not None:
             row = 0
-            for (_, draft), result in zip(steps, results):
-                result.hidden_state = hidden[row + result.num_accepted].clone()
-                row += len(draft.token_ids) + 1
+            for inp, mode, result in zip(inputs, modes, results):
+                if mode == HIDDEN_STATES_LAST:  # rows are the k + 1 logit rows
+                    result.hidden_state = hidden[row + result.num_accepted].clone()
+                elif mode == HIDDEN_STATES_ALL:  # rows are every fed token's; keep the committed ones
+                    committed = len(inp.token_ids) - inp.num_logits + 1 + result.num_accepted
+                    result.hidden_state = hidden[row : row + committed].clone()
+                row += inp.hidden_rows
         return results
 
     def _sample(self, steps: list[tuple[VerifiableSequence, Draft]], logits: torch.Tensor) -> list[VerifyResult]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import gzip
 import importlib.util
+import itertools
 import json
 import random
 import sysconfig
@@ -56,9 +57,10 @@ def _stdlib_file(module: str) -> Path:
     return Path(sysconfig.get_paths()["stdlib"]) / f"{module}.py"
 
 
-def code_edit(n: int, rng: random.Random) -> list[Prompt]:
+def _functions(modules: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(module.name, source) of short public functions without a return annotation."""
     functions = []
-    for module in _CODE_MODULES:
+    for module in modules:
         path = _stdlib_file(module)
         if not path.is_file():
             continue
@@ -68,24 +70,37 @@ def code_edit(n: int, rng: random.Random) -> list[Prompt]:
                 text = ast.get_source_segment(source, node)
                 if text and 6 <= text.count("\n") <= 30 and node.returns is None:
                     functions.append((f"{module}.{node.name}", text))
-    chosen = rng.sample(functions, min(n, len(functions)))
-    return [
-        Prompt("code_edit", name, f"Add type hints to this function and return the whole function:\n\n```python\n{code}\n```")
-        for name, code in chosen
-    ]
+    return functions
 
 
-def summarise(n: int, rng: random.Random) -> list[Prompt]:
+def _docs(modules: tuple[str, ...]) -> list[tuple[str, str]]:
     docs = []
-    for module in _DOC_MODULES:
+    for module in modules:
         path = _stdlib_file(module)
         if not path.is_file():
             continue
         doc = ast.get_docstring(ast.parse(path.read_text()))
         if doc and len(doc) > 400:
             docs.append((module, doc[:2500]))
-    chosen = rng.sample(docs, min(n, len(docs)))
-    return [Prompt("summarise", name, f"Summarise this document in a few sentences:\n\n{doc}") for name, doc in chosen]
+    return docs
+
+
+def _code_edit_prompt(name: str, code: str) -> Prompt:
+    return Prompt("code_edit", name, f"Add type hints to this function and return the whole function:\n\n```python\n{code}\n```")
+
+
+def _summarise_prompt(name: str, doc: str) -> Prompt:
+    return Prompt("summarise", name, f"Summarise this document in a few sentences:\n\n{doc}")
+
+
+def code_edit(n: int, rng: random.Random) -> list[Prompt]:
+    functions = _functions(_CODE_MODULES)
+    return [_code_edit_prompt(name, code) for name, code in rng.sample(functions, min(n, len(functions)))]
+
+
+def summarise(n: int, rng: random.Random) -> list[Prompt]:
+    docs = _docs(_DOC_MODULES)
+    return [_summarise_prompt(name, doc) for name, doc in rng.sample(docs, min(n, len(docs)))]
 
 
 def chat(n: int, rng: random.Random) -> list[Prompt]:
@@ -100,3 +115,33 @@ def build_prompts(workloads: list[str], per_workload: int, seed: int) -> list[Pr
             raise SplitspecError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
         prompts += builders[name](per_workload, random.Random(f"{seed}-{name}"))
     return prompts
+
+
+_TRAINING_MODULES = _CODE_MODULES + _DOC_MODULES + (
+    "abc", "ast", "base64", "contextlib", "copy", "dataclasses", "datetime", "decimal", "enum", "fractions",
+    "functools", "getopt", "gettext", "gzip", "hashlib", "inspect", "ipaddress", "json/__init__", "locale",
+    "mimetypes", "numbers", "operator", "optparse", "os", "pathlib", "pprint", "queue", "random", "re/__init__",
+    "sched", "secrets", "shutil", "socket", "string", "subprocess", "tempfile", "threading", "timeit", "tokenize",
+    "trace", "traceback", "types", "typing", "uuid", "warnings", "wave", "weakref", "zipimport",
+)
+
+
+def training_prompts(n: int, seed: int, exclude: set[str]) -> list[Prompt]:
+    """Up to n prompts for training a drafter: the bench's kinds of task over more of the standard
+    library and all of HumanEval, without the prompts named in `exclude` (held out for measuring),
+    interleaved by kind so that any n is a mix."""
+    rng = random.Random(f"{seed}-training")
+    modules = tuple(dict.fromkeys(_TRAINING_MODULES))
+    functions = _functions(modules)
+    kinds = [
+        humaneval(10_000, rng),
+        [_code_edit_prompt(name, code) for name, code in functions],
+        [Prompt("explain", name, f"Explain what this function does, step by step:\n\n```python\n{code}\n```") for name, code in functions],
+        [_summarise_prompt(name, doc) for name, doc in _docs(modules)],
+        [Prompt("chat", f"module-{m}", f"What is the Python module `{m.split('/')[0]}` for? Give a short example.") for m in modules],
+    ]
+    for prompts in kinds:
+        rng.shuffle(prompts)
+    pools = [[p for p in prompts if p.name not in exclude] for prompts in kinds]
+    mixed = [p for group in itertools.zip_longest(*pools) for p in group if p is not None]
+    return mixed[:n]

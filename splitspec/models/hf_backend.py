@@ -88,6 +88,6 @@ class HFRunner:
             rows.append(out.logits[0, -inp.num_logits :] if inp.num_logits else out.logits[0, :0])
             if with_hidden:  # the last entry is the final layer's output after the model's final norm
                 last = out.hidden_states[-1][0]
-                hidden_rows.append(last[last.shape[0] - inp.num_logits :])
+                hidden_rows.append(last[last.shape[0] - inp.hidden_rows :])
         hidden = torch.cat(hidden_rows).to(torch.float32) if with_hidden else None
         return torch.cat(rows).to(torch.float32), hidden

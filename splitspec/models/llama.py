@@ -37,7 +37,7 @@ def supports_natively(config) -> bool:
 
 @dataclass
 class _Layer:
-    input_norm: torch.Tensor  # [hidden]
+    input_norm: torch.Tensor | None  # [hidden]; None in an EAGLE drafter's first layer
     qkv: Linear  # hidden -> (q_heads + 2 * kv_heads) * head_dim
     q_norm: torch.Tensor | None  # [head_dim] (Qwen3)
     k_norm: torch.Tensor | None
@@ -165,7 +165,7 @@ class LlamaRunner:
             qkv_bias = torch.cat([take(n) for n in bias_names]) if bias_names[0] in w else None
             self.layers.append(
                 _Layer(
-                    input_norm=take(p + "input_layernorm.weight"),
+                    input_norm=self._input_norm(w, p, i),
                     qkv=Linear(torch.cat([q, k, v]), qkv_bias),
                     q_norm=w.pop(p + "self_attn.q_norm.weight", None),
                     k_norm=w.pop(p + "self_attn.k_norm.weight", None),
@@ -175,6 +175,12 @@ class LlamaRunner:
                     down=Linear(take(p + "mlp.down_proj.weight")),
                 )
             )
+
+    def _input_norm(self, w: dict[str, torch.Tensor], prefix: str, index: int) -> torch.Tensor | None:
+        name = prefix + "input_layernorm.weight"
+        if name not in w:
+            raise SplitspecError(f"checkpoint is missing tensor {name!r}; is it a {self.config.model_type} model?")
+        return w.pop(name)
 
     # -- cache bookkeeping -------------------------------------------------------------------------
 
@@ -205,22 +211,25 @@ class LlamaRunner:
         return logits.to("cpu", torch.float32), hidden.to("cpu", torch.float32)
 
     @torch.inference_mode()
-    def _forward(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, final normed hidden states) of the logit rows, on the runner's device."""
+    def _forward(self, inputs: list[ForwardInput], extra_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of the logit rows, final hidden states of the hidden rows), on the runner's device.
+        extra_input: one row per fed token for runners whose input is more than the token (EAGLE)."""
         if not self.can_fit(inputs):
             raise OutOfKVBlocks(f"batch of {len(inputs)} sequences does not fit in {self.num_free_blocks} free blocks")
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         logit_rows: list[int] = []
+        hidden_rows: list[int] = []
         for inp in inputs:
             start = self.allocator.length(inp.seq_id)
             n = len(inp.token_ids)
-            if n == 0 or not 0 <= inp.num_logits <= n:
+            if n == 0 or not 0 <= inp.num_logits <= n or not 0 <= inp.hidden_rows <= n:
                 raise ValueError(f"sequence {inp.seq_id}: {n} new tokens, {inp.num_logits} logits requested")
             if start + n > self.max_model_len:
                 raise ValueError(f"sequence {inp.seq_id} would exceed max_model_len={self.max_model_len}")
             logit_rows.extend(range(len(tokens) + n - inp.num_logits, len(tokens) + n))
+            hidden_rows.extend(range(len(tokens) + n - inp.hidden_rows, len(tokens) + n))
             tokens.extend(inp.token_ids)
             positions.extend(range(start, start + n))
             slots.extend(self.allocator.append(inp.seq_id, n))
@@ -232,26 +241,35 @@ class LlamaRunner:
             self.sliding_window,
             self.device,
         )
-        tokens_t = torch.tensor(tokens, device=self.device)
-        hidden = self._hidden_states(tokens_t, torch.tensor(positions, device=self.device), batch)  # [tokens, hidden]
-        hidden = _rms_norm(hidden[torch.tensor(logit_rows, device=self.device)], self.norm, self.eps)
-        logits = self.lm_head(hidden)  # [num_logits, vocab]
+        x = self._input_embeddings(torch.tensor(tokens, device=self.device), extra_input)  # [tokens, hidden]
+        x = self._decoder(x, torch.tensor(positions, device=self.device), batch)
+        if hidden_rows == logit_rows:
+            hidden = self._final_hidden(x[torch.tensor(logit_rows, device=self.device)])
+            logits = self.lm_head(hidden)  # [num_logits, vocab]
+        else:
+            hidden = self._final_hidden(x[torch.tensor(hidden_rows, device=self.device)])
+            logits = self.lm_head(self._final_hidden(x[torch.tensor(logit_rows, device=self.device)]))
         if self.logits_scaling != 1.0:
             logits = logits / self.logits_scaling
         return logits, hidden
 
-    def _hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+    def _input_embeddings(self, tokens: torch.Tensor, extra_input: torch.Tensor | None) -> torch.Tensor:
+        x = F.embedding(tokens, self.embed)
+        return x * self.embedding_multiplier if self.embedding_multiplier != 1.0 else x
+
+    def _final_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """What the output head reads: the last layer's output after the final norm."""
+        return _rms_norm(x, self.norm, self.eps)
+
+    def _decoder(self, x: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]
         angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [tokens, 1, head_dim]
         cos = (angles.cos() * self.rope_scaling).to(self.dtype)
         sin = (angles.sin() * self.rope_scaling).to(self.dtype)
-        x = F.embedding(tokens, self.embed)  # [tokens, hidden]
-        if self.embedding_multiplier != 1.0:
-            x = x * self.embedding_multiplier
-        num_tokens = tokens.shape[0]
+        num_tokens = x.shape[0]
         q_size, kv_size = self.q_heads * self.head_dim, self.kv_heads * self.head_dim
         for i, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.input_norm, self.eps)
+            h = x if layer.input_norm is None else _rms_norm(x, layer.input_norm, self.eps)
             qkv = layer.qkv(h)  # [tokens, (q_heads + 2 * kv_heads) * head_dim]
             q = qkv[:, :q_size].view(num_tokens, self.q_heads, self.head_dim)
             k = qkv[:, q_size : q_size + kv_size].view(num_tokens, self.kv_heads, self.head_dim)

@@ -12,11 +12,17 @@ from kernels.dispatch import Kernels
 
 @dataclass
 class ForwardInput:
-    """Feed `token_ids` after the `seq_id`'s cached tokens; return logits for the last `num_logits` of them."""
+    """Feed `token_ids` after the `seq_id`'s cached tokens; return logits for the last `num_logits` of them
+    (and, from forward_with_hidden, hidden states for the last `num_hidden`; None: the logit rows)."""
 
     seq_id: str
     token_ids: list[int]
     num_logits: int
+    num_hidden: int | None = None
+
+    @property
+    def hidden_rows(self) -> int:
+        return self.num_logits if self.num_hidden is None else self.num_hidden
 
 
 class ModelRunner(Protocol):
@@ -29,8 +35,8 @@ class ModelRunner(Protocol):
         ...
 
     def forward_with_hidden(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
-        """As forward, plus the final (normed) hidden states [sum(num_logits), hidden] of the same rows:
-        what drafters that read the target's state (MLP speculator, EAGLE) consume."""
+        """As forward, plus the final (normed) hidden states [sum(hidden_rows), hidden] of each input's
+        last `hidden_rows` rows: what drafters that read the target's state (MLP speculator, EAGLE) consume."""
         ...
 
     def cached_length(self, seq_id: str) -> int: ...

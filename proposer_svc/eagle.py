@@ -1,0 +1,138 @@
+"""EAGLE drafters (Li et al. 2024, arXiv 2401.15077), read from published checkpoints as they are.
+
+A checkpoint is a Llama config (usually one decoder layer) and weights (safetensors or
+pytorch_model.bin) named fc.weight [hidden, 2 * hidden] (fc.bias optional), layers.{i}.* as in Llama
+(the first layer without input_layernorm) and optionally embed_tokens.weight; names may carry a
+"model." prefix. It has no output head: drafts are scored with the target's.
+
+At position j the drafter reads fc(concat(embed(x_{j+1}), f_j)), where f_j is the target's final
+hidden state at j (the one that produced x_{j+1}); its decoder runs causally over those inputs with
+its own KV cache, and its last layer's output (no final norm) predicts f_{j+1}, so that the target's
+head on it scores x_{j+2}. Drafting continues from predicted states: the next input pairs the drafted
+token with the output that chose it. As in vLLM's llama_eagle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from proposer_svc.proposer import Draft, DraftRequest, Proposer
+from splitspec.checkpoint import read_embedding_and_head, read_tensors
+from splitspec.config import HIDDEN_STATES_ALL
+from splitspec.errors import SplitspecError
+from splitspec.models.linear import Linear
+from splitspec.models.llama import LlamaRunner
+from splitspec.models.loader import load_config
+from splitspec.models.runner import ForwardInput
+
+
+class EagleRunner(LlamaRunner):
+    """The drafter's decoder on a paged KV cache; its input rows are (token, target state) pairs."""
+
+    def __init__(self, path: Path, target_path: Path, *, dtype: torch.dtype = torch.float32, **cache) -> None:
+        config = load_config(path)
+        weights = {name.removeprefix("model."): t for name, t in read_tensors(path).items()}
+        if any(name.startswith("midlayer.") for name in weights):
+            raise SplitspecError(f"{path} is an EAGLE-3 head; only EAGLE(-1/2) heads are supported (method 'eagle')")
+        if "fc.weight" not in weights:
+            raise SplitspecError(f"{path} has no fc.weight: it is not an EAGLE head")
+        embedding, head = read_embedding_and_head(target_path)
+        if head.shape[1] != config.hidden_size:
+            raise SplitspecError(
+                f"EAGLE head {path} has hidden size {config.hidden_size}, the target {target_path} has {head.shape[1]}: "
+                "it was trained for another model"
+            )
+        fc_weight, fc_bias = weights.pop("fc.weight"), weights.pop("fc.bias", None)
+        tensors = {f"model.{name}": t for name, t in weights.items() if name.startswith("layers.")}
+        tensors["model.embed_tokens.weight"] = weights.get("embed_tokens.weight", embedding)
+        tensors["model.norm.weight"] = torch.ones(config.hidden_size)  # unused: see _final_hidden
+        tensors["lm_head.weight"] = head
+        config.tie_word_embeddings = False
+        config.vocab_size = head.shape[0]
+        super().__init__(None, config, weights=tensors, dtype=dtype, **cache)
+        self.fc = Linear(fc_weight.to(dtype), None if fc_bias is None else fc_bias.to(dtype))
+
+    def _input_norm(self, w: dict[str, torch.Tensor], prefix: str, index: int) -> torch.Tensor | None:
+        if index == 0:
+            return w.pop(prefix + "input_layernorm.weight", None)
+        return super()._input_norm(w, prefix, index)
+
+    def _input_embeddings(self, tokens: torch.Tensor, extra_input: torch.Tensor | None) -> torch.Tensor:
+        return self.fc(torch.cat((super()._input_embeddings(tokens, None), extra_input.to(self.dtype)), dim=-1))
+
+    def _final_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def step(self, inputs: list[ForwardInput], states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """states [sum(len(token_ids)), hidden]: the target state paired with each fed token. ->
+        (argmax token, predicted next state) of each input's last row."""
+        logits, predicted = self._forward(inputs, states.to(self.device))
+        return logits.argmax(-1).cpu(), predicted
+
+
+@dataclass
+class _SequenceState:
+    fed: int = 0
+    """Positions 0..fed-1 hold true inputs (committed token, the target's state) in the cache."""
+
+
+class EagleProposer(Proposer):
+    """Argmax drafts (one-hot q). Each request brings the target's states behind the tokens committed
+    since the last one; the drafter feeds them, then drafts from its own predicted states. A
+    sequence whose states have a gap (a proposer that missed a step) gets no drafts rather than
+    drafts from garbage, until the verifier resends them all (a re-prefill)."""
+
+    hidden_states = HIDDEN_STATES_ALL
+
+    def __init__(self, runner: EagleRunner) -> None:
+        self.runner = runner
+        self._sequences: dict[str, _SequenceState] = {}
+
+    def propose(self, requests: list[DraftRequest]) -> list[Draft]:
+        drafts = [Draft() for _ in requests]
+        new = [(i, caught) for i, r in enumerate(requests) if (caught := self._catch_up(r)) is not None]
+        if not new:
+            return drafts
+        inputs = [inp for _, (inp, _) in new]
+        if not self.runner.can_fit(inputs):
+            for inp in inputs:  # no room: these sequences start over when the verifier resends their states
+                self.release(inp.seq_id)
+            return drafts
+        tokens, states = self.runner.step(inputs, torch.cat([rows for _, (_, rows) in new]))
+        chains = [[t] for t in tokens.tolist()]
+        wanted = [requests[i].num_tokens for i, _ in new]
+        for step in range(1, max(wanted)):
+            active = [a for a, k in enumerate(wanted) if k > step]
+            step_inputs = [ForwardInput(inputs[a].seq_id, [chains[a][-1]], 1) for a in active]
+            if not active or not self.runner.can_fit(step_inputs):
+                break
+            rows = torch.tensor(active)
+            tokens, predicted = self.runner.step(step_inputs, states[rows])
+            states = states.index_copy(0, rows.to(states.device), predicted)
+            for a, t in zip(active, tokens.tolist()):
+                chains[a].append(t)
+        for (i, _), chain, k in zip(new, chains, wanted):
+            drafts[i] = Draft(chain[:k], [None] * min(k, len(chain)))
+        return drafts
+
+    def _catch_up(self, r: DraftRequest) -> tuple[ForwardInput, torch.Tensor] | None:
+        """The true (token, state) inputs this request adds, after cutting the cache back to the
+        positions known to be true; None when there is nothing to feed or the states have a gap."""
+        state = self._sequences.setdefault(r.seq_id, _SequenceState())
+        if r.hidden_state is None or r.hidden_state.dim() != 2 or len(r.hidden_state) == 0:
+            return None
+        start = len(r.token_ids) - 1 - len(r.hidden_state)  # the first position the rows belong to
+        if start < 0 or start > state.fed:
+            self.release(r.seq_id)  # a gap: wait for the verifier to resend everything
+            return None
+        if self.runner.cached_length(r.seq_id) > start:
+            self.runner.truncate(r.seq_id, start)
+        state.fed = len(r.token_ids) - 1
+        return ForwardInput(r.seq_id, r.token_ids[start + 1 :], 1), r.hidden_state
+
+    def release(self, seq_id: str) -> None:
+        self._sequences.pop(seq_id, None)
+        self.runner.free(seq_id)
