@@ -158,11 +158,46 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_speculator(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-speculator", help="fit an MLP speculator to text the target writes; saved in IBM's published format"
+    )
+    p.add_argument("--model", default="default", help="the target checkpoint (Llama family)")
+    p.add_argument("--output", help="where to save it (default: the cache, where `splitspec bench` looks)")
+    p.add_argument("--n-predict", type=int, default=2, help="heads, i.e. the most tokens it drafts per round")
+    p.add_argument("--num-prompts", type=int, default=128, help="training prompts the target answers")
+    p.add_argument("--max-tokens", type=int, default=256, help="tokens the target writes per training prompt")
+    p.add_argument("--ridge", type=float, default=1e-3, help="L2 penalty of the least-squares fit")
+    p.add_argument("--seed", type=int, default=0, help="selects the prompts (the bench's held-out ones never train)")
+    p.add_argument("--quick", action="store_true", help="a small run: 8 prompts, 48 tokens, 1 held-out prompt per workload")
+    p.set_defaults(func=_train_speculator)
+
+
+def _train_speculator(args: argparse.Namespace) -> int:
+    import json
+
+    from splitspec.train_speculator import TrainSpeculatorSettings, train_speculator
+
+    settings = TrainSpeculatorSettings(
+        model=args.model,
+        output=args.output,
+        n_predict=args.n_predict,
+        num_prompts=8 if args.quick else args.num_prompts,
+        max_tokens=48 if args.quick else args.max_tokens,
+        ridge=args.ridge,
+        held_out_per_workload=1 if args.quick else 3,
+        seed=args.seed,
+    )
+    print(json.dumps(train_speculator(settings), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitspec", description="Lossless speculative decoding")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_bench(sub)
+    _add_train_speculator(sub)
     from splitspec.cli_services import add_service_commands
 
     add_service_commands(sub)
