@@ -122,6 +122,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="side-by-side benchmark: K=0, speculation, gateway, transformers")
     p.add_argument("--model", default="default")
     p.add_argument("--draft-model", help="also benchmark draft_model speculation (and HF assistant_model)")
+    p.add_argument(
+        "--speculator", default="auto",
+        help="MLP speculator to benchmark: a checkpoint, 'auto' (the one train-speculator saved for --model) or 'none'",
+    )  # fmt: skip
     p.add_argument("--workloads", default="humaneval,code_edit,summarise,chat")
     p.add_argument("--prompts-per-workload", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=128)
@@ -141,6 +145,7 @@ def _bench(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         model=args.model,
         draft_model=args.draft_model,
+        speculator=None if args.speculator == "none" else args.speculator,
         workloads=tuple(w for w in args.workloads.split(",") if w),
         prompts_per_workload=args.prompts_per_workload,
         max_tokens=args.max_tokens,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from splitspec.bench.timing import RequestTiming, percentile, summarise
-from splitspec.bench.workloads import WORKLOADS, build_prompts
+from splitspec.bench.workloads import WORKLOADS, build_prompts, training_prompts
 from splitspec.errors import SplitspecError
 
 
@@ -21,6 +21,16 @@ def test_every_workload_yields_nonempty_prompts():
     assert all(len(p.text) > 40 for p in prompts)
     code = [p for p in prompts if p.workload == "code_edit"]
     assert all("def " in p.text for p in code)
+
+
+def test_training_prompts_mix_kinds_and_never_include_the_held_out_ones():
+    held_out = build_prompts(list(WORKLOADS), 3, seed=0)
+    names = {p.name for p in held_out}
+    training = training_prompts(400, seed=0, exclude=names)
+    assert len(training) == 400 and not names & {p.name for p in training}
+    assert not {p.text for p in held_out} & {p.text for p in training}
+    assert {p.workload for p in training[:10]} >= {"humaneval", "code_edit", "explain", "summarise", "chat"}
+    assert training == training_prompts(400, seed=0, exclude=names)
 
 
 def test_unknown_workload_is_a_clear_error():

@@ -60,9 +60,14 @@ def test_unknown_speculative_config_key_is_named_with_the_known_ones():
 
 
 def test_unknown_method_lists_the_supported_ones():
-    with pytest.raises(SplitspecError, match="'eagle' is not supported") as err:
+    with pytest.raises(SplitspecError, match="'eagle3' is not supported") as err:
+        build_speculative_config({"method": "eagle3", "num_speculative_tokens": 3})
+    assert all(m in str(err.value) for m in ("ngram", "draft_model", "mlp_speculator", "eagle"))
+
+
+def test_eagle_needs_its_head_checkpoint():
+    with pytest.raises(SplitspecError, match='"eagle" needs "model"'):
         build_speculative_config({"method": "eagle", "num_speculative_tokens": 3})
-    assert "ngram" in str(err.value) and "draft_model" in str(err.value)
 
 
 def test_missing_num_speculative_tokens_is_an_error():

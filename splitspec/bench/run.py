@@ -23,6 +23,9 @@ from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
 class BenchSettings:
     model: str = "default"
     draft_model: str | None = None
+    speculator: str | None = "auto"
+    """An MLP speculator to bench too: a checkpoint, "auto" (the one `splitspec train-speculator` saved
+    for this model, if any) or None."""
     workloads: tuple[str, ...] = ("humaneval", "code_edit", "summarise", "chat")
     prompts_per_workload: int = 3
     max_tokens: int = 128
@@ -70,6 +73,21 @@ def _start_stack(model: str, k: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the gateway stack did not become ready")
 
 
+def _speculator(settings: BenchSettings) -> Path | None:
+    if settings.speculator is None:
+        return None
+    if settings.speculator != "auto":
+        return Path(settings.speculator)
+    from splitspec.train_speculator import default_speculator_dir
+
+    trained = default_speculator_dir(settings.model)
+    if (trained / "config.json").is_file():
+        _log(f"benching the trained MLP speculator {trained}")
+        return trained
+    _log("no trained MLP speculator for this model (`splitspec train-speculator` makes one); skipping it")
+    return None
+
+
 def run_bench(settings: BenchSettings) -> dict:
     import torch
     import transformers
@@ -95,6 +113,15 @@ def run_bench(settings: BenchSettings) -> dict:
             SplitspecInProcess(
                 f"splitspec draft K={k}",
                 LLM(str(path), speculative_config={"method": "draft_model", "model": settings.draft_model, "num_speculative_tokens": k}),
+            )
+        )
+    speculator = _speculator(settings)
+    if speculator is not None:
+        n_predict = json.loads((speculator / "config.json").read_text())["n_predict"]
+        configs.append(
+            SplitspecInProcess(
+                f"splitspec mlp_spec K={n_predict}",
+                LLM(str(path), speculative_config={"model": str(speculator), "num_speculative_tokens": n_predict}),
             )
         )
     stack = None
@@ -172,16 +199,18 @@ def run_bench(settings: BenchSettings) -> dict:
 
 def format_table(summaries: list[Summary], sweep: list[dict]) -> str:
     base = next((s for s in summaries if s.config == "splitspec K=0"), None)
+    ngram = next((s for s in summaries if s.config.startswith("splitspec ngram")), None)
     hf = next((s for s in summaries if s.config == "HF generate"), None)
-    header = f"{'configuration':<26}{'tok/s':>8}{'x K=0':>7}{'x HF':>7}{'TTFT ms':>9}{'ITL p50':>9}{'ITL p99':>9}{'tok/pass':>9}  {'greedy=K0':>9}  acceptance by position"
+    header = f"{'configuration':<26}{'tok/s':>8}{'x K=0':>7}{'x ngram':>8}{'x HF':>7}{'TTFT ms':>9}{'ITL p50':>9}{'ITL p99':>9}{'tok/pass':>9}  {'greedy=K0':>9}  acceptance by position"
     lines = [header, "-" * len(header)]
     for s in summaries:
         ratio_base = s.tokens_per_s / base.tokens_per_s if base and base.tokens_per_s else 0.0
+        ratio_ngram = s.tokens_per_s / ngram.tokens_per_s if ngram and ngram.tokens_per_s else float("nan")
         ratio_hf = s.tokens_per_s / hf.tokens_per_s if hf and hf.tokens_per_s else 0.0
         per_round = f"{s.mean_tokens_per_round:.2f}" if s.mean_tokens_per_round else "-"
         acceptance = " ".join(f"{a:.2f}" for a in s.acceptance_per_position[:8]) or "-"
         lines.append(
-            f"{s.config:<26}{s.tokens_per_s:>8.1f}{ratio_base:>7.2f}{ratio_hf if hf else float('nan'):>7.2f}"
+            f"{s.config:<26}{s.tokens_per_s:>8.1f}{ratio_base:>7.2f}{ratio_ngram:>8.2f}{ratio_hf if hf else float('nan'):>7.2f}"
             f"{s.ttft_mean * 1000:>9.0f}{s.itl_p50 * 1000:>9.1f}{s.itl_p99 * 1000:>9.1f}{per_round:>9}  {s.matches:>9}  {acceptance}"
         )
     if sweep:
