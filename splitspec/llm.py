@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Sequence as SequenceType
+from typing import Any
+from typing import Sequence as SequenceType
 
 from splitspec.checkpoint import resolve_checkpoint
 from splitspec.config import EngineConfig, build_speculative_config

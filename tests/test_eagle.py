@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from greedy_reference import assert_same_or_near_tie
+from tiny_checkpoints import write_eagle
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaModel
 
-from greedy_reference import assert_same_or_near_tie
 from proposer_svc.eagle import EagleProposer, EagleRunner
 from proposer_svc.proposer import DraftRequest
 from splitspec import LLM, SamplingParams
 from splitspec.checkpoint import read_embedding_and_head, read_tensors
 from splitspec.config import detect_method
 from splitspec.errors import SplitspecError
-from tiny_checkpoints import write_eagle
 
 PROMPTS = [[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6], [17, 3], list(range(30, 90)), [100, 101, 102, 100, 101]]
 GREEDY = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)

@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from service_stack import free_port, health_status, running_stack, start_service
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
-from service_stack import free_port, health_status, running_stack, start_service
 from splitspec import LLM, SamplingParams
 from splitspec.client import build_request
 
@@ -37,6 +37,17 @@ def token_ids(responses: list[pb.GenerateResponse]) -> list[int]:
 def generate_concurrently(address: str, requests: list[pb.GenerateRequest]) -> list[list[int]]:
     with ThreadPoolExecutor(len(requests)) as pool:
         return [token_ids(r) for r in pool.map(lambda req: generate(address, req), requests)]
+
+
+def assert_seeded_samples_are_plain_decoding_s(address: str, model, seeds: list[int]) -> None:
+    """Seeded sampled requests, four at once through the gateway, give plain in-process decoding's tokens."""
+    requests = [
+        build_request(p, temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s)
+        for p, s in zip(PROMPTS, seeds)
+    ]
+    params = [SamplingParams(temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for s in seeds]
+    plain = LLM(str(model)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    assert generate_concurrently(address, requests) == [o.outputs[0].token_ids for o in plain]
 
 
 def greedy_request(prompt: list[int], max_tokens: int = MAX_TOKENS, **kw) -> pb.GenerateRequest:

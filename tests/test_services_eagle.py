@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from service_stack import running_stack
+from test_services_e2e import MAX_TOKENS, PROMPTS, assert_seeded_samples_are_plain_decoding_s, generate, generate_concurrently
+from tiny_checkpoints import write_eagle
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
-from service_stack import running_stack
 from splitspec import LLM, SamplingParams
 from splitspec.client import build_request
-from test_services_e2e import MAX_TOKENS, PROMPTS, generate, generate_concurrently
-from tiny_checkpoints import write_eagle
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +46,7 @@ def test_greedy_batch_of_four_is_the_target_s_own(eagle_stack, plain_greedy) -> 
 
 
 def test_seeded_sampling_through_the_services_is_plain_decoding_s(eagle_stack, tiny_llama) -> None:
-    seeds = [31, 32, 33, 34]
-    requests = [
-        build_request(p, temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s)
-        for p, s in zip(PROMPTS, seeds)
-    ]
-    params = [SamplingParams(temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for s in seeds]
-    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
-    assert generate_concurrently(eagle_stack.gateway.address, requests) == [o.outputs[0].token_ids for o in plain]
+    assert_seeded_samples_are_plain_decoding_s(eagle_stack.gateway.address, tiny_llama, [31, 32, 33, 34])
 
 
 def test_the_proposer_says_it_needs_every_hidden_state(eagle_stack) -> None:

@@ -13,11 +13,11 @@ import torch
 
 from proposer_svc.proposer import Draft
 from splitspec.adaptive_k import PassCostModel
+from splitspec.config import HIDDEN_STATES_NONE
 from splitspec.errors import ServiceError
 from splitspec.micro_batcher import RETRY, MicroBatcher
 from splitspec.models.runner import ModelRunner
 from splitspec.sampling_params import SamplingParams
-from splitspec.config import HIDDEN_STATES_NONE
 from verifier_svc.verifier import Verifier
 
 

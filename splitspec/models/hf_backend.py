@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from kernels.dispatch import REFERENCE
-
 from splitspec.models.runner import ForwardInput
 
 
