@@ -45,7 +45,8 @@ class SpeculatorExamples:
         """hidden [len(token_ids) - 1, emb]: row j is the state that produced token_ids[j + 1].
         Positions from `first` on become examples."""
         last = len(token_ids) - 1 - n_predict  # the last p with n_predict + 1 tokens after it
-        rows = torch.arange(max(first, 0), max(last, max(first, 0)))
+        start = max(first, 0)
+        rows = torch.arange(start, max(last, start))
         ids = torch.tensor(token_ids)
         offsets = torch.arange(n_predict + 1)
         hidden = hidden.float()

@@ -170,7 +170,7 @@ def _add_train_speculator(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="default", help="the target checkpoint (Llama family)")
     p.add_argument("--output", help="where to save it (default: the cache, where `splitspec bench` looks)")
     p.add_argument("--n-predict", type=int, default=2, help="heads, i.e. the most tokens it drafts per round")
-    p.add_argument("--num-prompts", type=int, default=128, help="training prompts the target answers")
+    p.add_argument("--num-prompts", type=int, default=256, help="training prompts the target answers")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens the target writes per training prompt")
     p.add_argument("--ridge", type=float, default=1e-3, help="L2 penalty of the least-squares fit")
     p.add_argument("--seed", type=int, default=0, help="selects the prompts (the bench's held-out ones never train)")

@@ -28,7 +28,7 @@ class TrainSpeculatorSettings:
     output: str | None = None
     """Where the checkpoint goes; None: default_speculator_dir(model)."""
     n_predict: int = 2
-    num_prompts: int = 128
+    num_prompts: int = 256
     max_tokens: int = 256
     ridge: float = 1e-3
     held_out_per_workload: int = 3
