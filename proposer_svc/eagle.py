@@ -122,16 +122,18 @@ class EagleProposer(Proposer):
         """The true (token, state) inputs this request adds, after cutting the cache back to the
         positions known to be true; None when there is nothing to feed or the states have a gap."""
         state = self._sequences.setdefault(r.seq_id, _SequenceState())
-        if r.hidden_state is None or r.hidden_state.dim() != 2 or len(r.hidden_state) == 0:
+        positions = len(r.token_ids) - 1  # each committed token but the first has a state behind it
+        if r.hidden_state is None or r.hidden_state.dim() != 2 or len(r.hidden_state) == 0 or positions < 1:
             return None
-        start = len(r.token_ids) - 1 - len(r.hidden_state)  # the first position the rows belong to
-        if start < 0 or start > state.fed:
+        rows = r.hidden_state[-positions:]  # more rows than positions: a resend after rows never delivered
+        start = positions - len(rows)  # the first position the rows belong to
+        if start > state.fed:
             self.release(r.seq_id)  # a gap: wait for the verifier to resend everything
             return None
         if self.runner.cached_length(r.seq_id) > start:
             self.runner.truncate(r.seq_id, start)
-        state.fed = len(r.token_ids) - 1
-        return ForwardInput(r.seq_id, r.token_ids[start + 1 :], 1), r.hidden_state
+        state.fed = positions
+        return ForwardInput(r.seq_id, r.token_ids[start + 1 :], 1), rows
 
     def release(self, seq_id: str) -> None:
         self._sequences.pop(seq_id, None)

@@ -98,9 +98,13 @@ def test_missing_or_gapped_states_mean_no_drafts(eagle, tiny_llama) -> None:
     longer = tokens + [1, 2, 3]
     gap = target_states(tiny_llama, longer)[-1:]
     assert proposer.propose([DraftRequest("b", longer, 3, hidden_state=gap)])[0].token_ids == []
-    # everything resent from the start (as after a re-prefill): drafting resumes
+    # everything resent from the start (as after a re-prefill), behind rows it never got: drafting
+    # resumes from the resent rows
     full = target_states(tiny_llama, longer)
-    assert len(proposer.propose([DraftRequest("b", longer, 3, hidden_state=full)])[0].token_ids) == 3
+    late = torch.cat([gap, full])
+    resumed = proposer.propose([DraftRequest("b", longer, 3, hidden_state=late)])[0]
+    fresh = EagleProposer(EagleRunner(eagle, tiny_llama)).propose([DraftRequest("b", longer, 3, hidden_state=full)])[0]
+    assert len(resumed.token_ids) == 3 and resumed.token_ids == fresh.token_ids
 
 
 def test_heads_for_other_models_and_eagle3_are_refused(tmp_path, tiny_llama) -> None:
