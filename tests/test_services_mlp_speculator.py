@@ -28,15 +28,18 @@ def speculator_stack(tiny_llama, tmp_path_factory):
         yield stack
 
 
-def test_greedy_through_the_services_is_the_target_s_own(speculator_stack, tiny_llama) -> None:
+def test_greedy_through_the_services_is_the_target_s_own_batch_1_and_4(speculator_stack, tiny_llama) -> None:
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     requests = [build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True) for p in PROMPTS]
     assert generate_concurrently(speculator_stack.gateway.address, requests) == [o.outputs[0].token_ids for o in plain]
-    last = generate(speculator_stack.gateway.address, requests[0])[-1]
-    # every round drafts from the state that crossed the wire, but the first (no hidden state yet)
-    # and the last (max_tokens leaves no room for drafts)
-    assert last.speculation.drafted_per_position[0] == last.speculation.num_rounds - 2
+    for request, own in zip(requests, plain):  # batch of one
+        responses = generate(speculator_stack.gateway.address, request)
+        assert [t for r in responses for t in r.token_ids] == own.outputs[0].token_ids
+        # every round drafts from the state that crossed the wire, but the first (no hidden state yet)
+        # and the last (max_tokens leaves no room for drafts)
+        spec = responses[-1].speculation
+        assert spec.drafted_per_position[0] == spec.num_rounds - 2
 
 
 def test_seeded_sampling_through_the_services_is_plain_decoding_s(speculator_stack, tiny_llama) -> None:
