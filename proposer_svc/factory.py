@@ -13,8 +13,8 @@ from splitspec.models.linear import onednn_available
 def drafting_dtype() -> torch.dtype:
     """bfloat16 where this CPU multiplies it natively: a speculator's vocabulary-sized heads then
     stream half the bytes (2.2x faster for one draft token, 3.6x for two, on the reference machine;
-    benchmarks/speculator_cost.py, docs/benchmarks.md). Drafts
-    are only proposals, so their precision cannot change a token of the output."""
+    benchmarks/speculator_cost.py, docs/benchmarks.md). Drafts are only proposals, so their precision
+    cannot change a token of the output."""
     return torch.bfloat16 if onednn_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
