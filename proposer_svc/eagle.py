@@ -14,7 +14,6 @@ token with the output that chose it. As in vLLM's llama_eagle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -73,12 +72,6 @@ class EagleRunner(LlamaRunner):
         return logits.argmax(-1).cpu(), predicted
 
 
-@dataclass
-class _SequenceState:
-    fed: int = 0
-    """Positions 0..fed-1 hold true inputs (committed token, the target's state) in the cache."""
-
-
 class EagleProposer(Proposer):
     """Argmax drafts (one-hot q). Each request brings the target's states behind the tokens committed
     since the last one; the drafter feeds them, then drafts from its own predicted states. A
@@ -89,7 +82,7 @@ class EagleProposer(Proposer):
 
     def __init__(self, runner: EagleRunner) -> None:
         self.runner = runner
-        self._sequences: dict[str, _SequenceState] = {}
+        self._fed: dict[str, int] = {}  # positions 0..fed-1 of a sequence's cache hold true inputs
 
     def propose(self, requests: list[DraftRequest]) -> list[Draft]:
         drafts = [Draft() for _ in requests]
@@ -121,20 +114,19 @@ class EagleProposer(Proposer):
     def _catch_up(self, r: DraftRequest) -> tuple[ForwardInput, torch.Tensor] | None:
         """The true (token, state) inputs this request adds, after cutting the cache back to the
         positions known to be true; None when there is nothing to feed or the states have a gap."""
-        state = self._sequences.setdefault(r.seq_id, _SequenceState())
         positions = len(r.token_ids) - 1  # each committed token but the first has a state behind it
         if r.hidden_state is None or r.hidden_state.dim() != 2 or len(r.hidden_state) == 0 or positions < 1:
             return None
         rows = r.hidden_state[-positions:]  # more rows than positions: a resend after rows never delivered
         start = positions - len(rows)  # the first position the rows belong to
-        if start > state.fed:
+        if start > self._fed.get(r.seq_id, 0):
             self.release(r.seq_id)  # a gap: wait for the verifier to resend everything
             return None
         if self.runner.cached_length(r.seq_id) > start:
             self.runner.truncate(r.seq_id, start)
-        state.fed = positions
+        self._fed[r.seq_id] = positions
         return ForwardInput(r.seq_id, r.token_ids[start + 1 :], 1), rows
 
     def release(self, seq_id: str) -> None:
-        self._sequences.pop(seq_id, None)
+        self._fed.pop(seq_id, None)
         self.runner.free(seq_id)

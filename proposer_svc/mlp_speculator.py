@@ -64,26 +64,10 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
 
 
 def mixing_weights(inner_dim: int, n_predict: int) -> tuple[float, float]:
-    """(state_weight, emb_weight) of the head recurrence, fixed by the architecture."""
+    """(state_weight, emb_weight) of the head recurrence, fixed by the architecture (the fit in
+    mlp_speculator_training.py scales its embedding tables by them)."""
     state_weight = 0.5 ** (0.5 / n_predict)
     return state_weight, math.sqrt((1 - state_weight**2) * (inner_dim / 2))
-
-
-def input_state(hidden: torch.Tensor, scale_input: bool) -> torch.Tensor:
-    """The first head's state from the target's hidden state."""
-    return _rms(hidden) / math.sqrt(2) if scale_input else hidden
-
-
-def head_state(
-    projected: torch.Tensor,
-    embedded: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    emb_scale: float,
-) -> torch.Tensor:
-    """s' = GELU(ln(proj(s) + emb_scale * emb(t))), given proj(s) and emb(t); emb_scale is
-    emb_weight / state_weight. Shared by inference and training so both compute one formula."""
-    return F.gelu(_rms(projected + emb_scale * embedded) * ln_weight + ln_bias)
 
 
 class MLPSpeculator:
@@ -139,13 +123,15 @@ class MLPSpeculator:
         the previous head's argmax token."""
         if num_tokens > self.n_predict:
             raise ValueError(f"the speculator predicts at most {self.n_predict} tokens, {num_tokens} asked")
-        state = input_state(hidden.to(self.proj[0].dtype), self.config.scale_input)
+        state = hidden.to(self.proj[0].dtype)
+        if self.config.scale_input:
+            state = _rms(state) / math.sqrt(2)
         tokens = last_tokens
         drafts, logits = [], []
         emb_scale = self.emb_weight / self.state_weight
         for i in range(num_tokens):
-            embedded = F.embedding(tokens, self.emb[i])
-            state = head_state(self.proj_linear[i](state), embedded, self.ln_weight[i], self.ln_bias[i], emb_scale)
+            state = self.proj_linear[i](state) + emb_scale * F.embedding(tokens, self.emb[i])
+            state = F.gelu(_rms(state) * self.ln_weight[i] + self.ln_bias[i])
             logits.append(self.head_linear[i](state))
             tokens = torch.argmax(logits[-1], dim=-1)
             drafts.append(tokens)

@@ -12,8 +12,7 @@ The fit is linear least squares in closed form, written exactly into the archite
 - the layer norm (weight 1, bias 0) only rescales, which no argmax sees.
 So head 0 computes u = A0 h_p + B embed(x_{p+1}) + b, heads after it u' = A1 rms(u) + B embed(t) + b
 (one A1 and one B for all, as tie_weights shares them), and every head scores tokens with the
-target's head on P u. The fit takes seconds on a CPU, where IBM's recipe (SGD over the vocabulary-sized
-tables) takes GPU-hours.
+target's head on P u. The fit takes seconds on a CPU; IBM trains these heads by SGD instead.
 """
 
 from __future__ import annotations

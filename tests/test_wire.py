@@ -9,7 +9,7 @@ from proposer_svc.proposer import Draft
 from protos import splitspec_v1_pb2 as pb
 from splitspec.errors import ServiceError
 from splitspec.sparse_distribution import SparseDistribution
-from splitspec.wire import draft_from_proto, draft_to_proto, tensor_from_proto, tensor_to_proto
+from splitspec.wire import concat_rows, draft_from_proto, draft_to_proto, tensor_from_proto, tensor_to_proto
 
 BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.int64: torch.int64}
 # signalling NaN with payload 1, and a negative quiet NaN with a payload, as raw bits
@@ -132,3 +132,18 @@ def test_malformed_hidden_states_are_invalid_argument(msg, problem):
     with pytest.raises(ServiceError, match=problem) as info:
         tensor_from_proto(msg)
     assert info.value.code == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_from_several_steps_stack_bit_exact(dtype):
+    first, second = torch.randn(3, 8).to(dtype), torch.randn(2, 8).to(dtype)
+    stacked = tensor_from_proto(concat_rows(tensor_to_proto(first), tensor_to_proto(second)))
+    assert stacked.dtype == dtype and stacked.shape == (5, 8)
+    assert tensor_to_proto(stacked).data == tensor_to_proto(torch.cat([first, second])).data
+
+
+@pytest.mark.parametrize("other", [torch.randn(2, 4), torch.randn(2, 8).double(), torch.randn(8)])
+def test_rows_that_do_not_stack_are_invalid_argument(other):
+    with pytest.raises(ServiceError) as err:
+        concat_rows(tensor_to_proto(torch.randn(3, 8)), tensor_to_proto(other))
+    assert err.value.code == "INVALID_ARGUMENT" and "do not stack" in str(err.value)
