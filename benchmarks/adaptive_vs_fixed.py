@@ -9,7 +9,7 @@ import argparse
 import time
 
 from splitspec import LLM, SamplingParams
-from splitspec.bench.workloads import WORKLOADS, build_prompts
+from splitspec.entrypoints.bench.workloads import WORKLOADS, build_prompts
 
 
 def main() -> None:
@@ -23,7 +23,9 @@ def main() -> None:
     configs = {
         "K=0": LLM(args.model),
         "adaptive": LLM(args.model, speculative_config={"method": "ngram", "num_speculative_tokens": args.k}),
-        "fixed": LLM(args.model, speculative_config={"method": "ngram", "num_speculative_tokens": args.k, "adaptive": False}),
+        "fixed": LLM(
+            args.model, speculative_config={"method": "ngram", "num_speculative_tokens": args.k, "adaptive": False}
+        ),
     }
     base = configs["K=0"]
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
-from splitspec.client import build_request
+from splitspec.entrypoints.client import build_request
 
 QUESTIONS = [
     "Write a Python function to calculate fibonacci numbers.",
@@ -42,7 +42,10 @@ def _wait_serving(address: str, proc: subprocess.Popen, timeout: float = 300) ->
             if proc.poll() is not None:
                 raise SystemExit("splitspec up exited early")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -64,9 +67,26 @@ def main() -> None:
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     ports = [_free_port() for _ in range(3)]
     up = subprocess.Popen(
-        [sys.executable, "-m", "splitspec.cli", "up", "--model", args.model, "--method", args.method, "-k", str(args.k),
-         "--port", str(ports[0]), "--verifier-port", str(ports[1]), "--proposer-port", str(ports[2])],
-        stderr=subprocess.DEVNULL, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
+        [
+            sys.executable,
+            "-m",
+            "splitspec",
+            "up",
+            "--model",
+            args.model,
+            "--method",
+            args.method,
+            "-k",
+            str(args.k),
+            "--port",
+            str(ports[0]),
+            "--verifier-port",
+            str(ports[1]),
+            "--proposer-port",
+            str(ports[2]),
+        ],
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
     )
     address = f"127.0.0.1:{ports[0]}"
     totals = {"in-process": [0, 0.0], "gateway": [0, 0.0]}
@@ -81,7 +101,11 @@ def main() -> None:
                     totals["in-process"][0] += len(local)
                     totals["in-process"][1] += time.perf_counter() - start
                     start = time.perf_counter()
-                    remote = [t for r in stub.Generate(build_request(prompt, temperature=0, max_tokens=args.max_tokens)) for t in r.token_ids]
+                    remote = [
+                        t
+                        for r in stub.Generate(build_request(prompt, temperature=0, max_tokens=args.max_tokens))
+                        for t in r.token_ids
+                    ]
                     totals["gateway"][0] += len(remote)
                     totals["gateway"][1] += time.perf_counter() - start
                     assert remote == local, "gateway output differs from in-process output"

@@ -49,7 +49,9 @@ class Shapes:
     runner_context: int
 
 
-FULL = Shapes(32, 8, 128, 16, 128256, (1, 8, 32, 128, 256), (0, 2, 4, 8), (512, 2048, 8192, 32768), 24 << 30, (1, 32), 1024)
+FULL = Shapes(
+    32, 8, 128, 16, 128256, (1, 8, 32, 128, 256), (0, 2, 4, 8), (512, 2048, 8192, 32768), 24 << 30, (1, 32), 1024
+)
 SMOKE = Shapes(4, 2, 32, 16, 512, (1, 3), (0, 2), (40, 100), 1 << 30, (1, 2), 24)
 
 
@@ -58,11 +60,13 @@ def _timer(device: torch.device):
         from triton.testing import do_bench
 
         return lambda fn: do_bench(fn, warmup=5, rep=40) / 1000  # seconds
+
     def cpu_time(fn) -> float:
         fn()
         start = time.perf_counter()
         fn()
         return time.perf_counter() - start
+
     return cpu_time
 
 
@@ -104,12 +108,19 @@ def bench_kernels(shapes: Shapes, device: torch.device, bandwidth: float) -> Non
                 scale = shapes.head_dim**-0.5
                 got = paged_attention_triton(query, key_cache, value_cache, layout, scale)
                 if batch * context <= 64 * 2048:  # the reference pads and gathers: keep its memory in bounds
-                    want = paged_attention_reference(query.float(), key_cache.float(), value_cache.float(), layout, scale)
+                    want = paged_attention_reference(
+                        query.float(), key_cache.float(), value_cache.float(), layout, scale
+                    )
                     torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
                 attend = partial(paged_attention_triton, query, key_cache, value_cache, layout, scale)
                 seconds = timer(attend)
-                moved = 2 * batch * (context + k + 1) * shapes.kv_heads * shapes.head_dim * element + 2 * query.numel() * element
-                print(f"  {batch:>4} {k:>2} {context:>6}  {seconds * 1e6:9.1f} us  {moved / seconds / 1e9:8.1f} GB/s  {moved / seconds / bandwidth:6.1%}")
+                moved = (
+                    2 * batch * (context + k + 1) * shapes.kv_heads * shapes.head_dim * element
+                    + 2 * query.numel() * element
+                )
+                print(
+                    f"  {batch:>4} {k:>2} {context:>6}  {seconds * 1e6:9.1f} us  {moved / seconds / 1e9:8.1f} GB/s  {moved / seconds / bandwidth:6.1%}"
+                )
                 del key_cache, value_cache, attend  # free this size's cache before the next is made
     print("\nKV cache write (bf16): tokens -> time, bandwidth")
     for tokens in (1, 32, 288, 2304):
@@ -195,7 +206,9 @@ def bench_verify_pass(shapes: Shapes, device: torch.device, bandwidth: float, sm
     max_batch = max(shapes.runner_batches)
     head_dim = config.hidden_size // config.num_attention_heads
     element = torch.finfo(dtype).bits // 8
-    kv_bytes = 2 * config.num_hidden_layers * max_batch * (context + 32) * config.num_key_value_heads * head_dim * element
+    kv_bytes = (
+        2 * config.num_hidden_layers * max_batch * (context + 32) * config.num_key_value_heads * head_dim * element
+    )
     runner = LlamaRunner(None, config, weights=weights, device=device, dtype=dtype, kv_cache_memory_bytes=kv_bytes,
                          max_num_seqs=max_batch, kernel_backend="triton")  # fmt: skip
     print(f"\nverify pass, {'tiny (smoke)' if smoke else 'Llama-3.1-8B'} shapes, {dtype}, context {context}, kernels={runner.kernels.name}; "

@@ -41,7 +41,9 @@ def main() -> None:
         speculator = MLPSpeculator(args.speculator, dtype=dtype)
         for n in range(1, speculator.n_predict + 1):
             ms = _milliseconds(lambda: speculator.greedy_drafts(hidden, last, n))
-            print(f"{str(dtype).removeprefix('torch.'):>9}, {n} draft tokens, batch {args.batch}: {ms:6.2f} ms ({ms / step:.2f} of a step)")
+            print(
+                f"{str(dtype).removeprefix('torch.'):>9}, {n} draft tokens, batch {args.batch}: {ms:6.2f} ms ({ms / step:.2f} of a step)"
+            )
 
 
 if __name__ == "__main__":

@@ -6,22 +6,21 @@ import time
 
 import grpc
 
-from proposer_svc.proposer import Draft
+from gateway.multiplexed_stream import MultiplexedStream
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
-from splitspec import wire
 from splitspec.adaptive_k import PassCostModel
-from splitspec.config import HIDDEN_STATES_ALL, HIDDEN_STATES_NONE
+from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
-from splitspec.grpc_server import channel_options
-from splitspec.multiplexed_stream import MultiplexedStream
+from splitspec.rpc import wire
+from splitspec.rpc.grpc_server import channel_options
 from splitspec.sampling_params import SamplingParams
 
 
 def _raise_if_error(response) -> None:
     if response.WhichOneof("kind") == "error":
         status = next((s for s in grpc.StatusCode if s.value[0] == response.error.code), grpc.StatusCode.UNKNOWN)
-        raise ServiceError(status.name, response.error.message)
+        raise ServiceError(status, response.error.message)
 
 
 class VerifierBackend:
@@ -59,11 +58,16 @@ class VerifierBackend:
         return self.info
 
     async def start(
-        self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, hidden_states: str = HIDDEN_STATES_NONE
+        self,
+        seq_id: str,
+        token_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        hidden_states: HiddenStates = HiddenStates.NONE,
     ) -> None:
         request = pb.VerifierRequest(seq_id=seq_id)
-        request.start.return_hidden_states = hidden_states != HIDDEN_STATES_NONE
-        request.start.return_all_hidden_states = hidden_states == HIDDEN_STATES_ALL
+        request.start.return_hidden_states = hidden_states != HiddenStates.NONE
+        request.start.return_all_hidden_states = hidden_states == HiddenStates.ALL
         request.start.token_ids.extend(token_ids)
         request.start.temperature = params.temperature
         request.start.top_k = params.top_k
@@ -109,8 +113,15 @@ class ProposerBackend:
         self.down_until = time.monotonic() + self.RETRY_AFTER_S
 
     async def draft(
-        self, seq_id: str, tokens: list[int], sent: int, num_tokens: int, params: SamplingParams, seed: int,
-        timeout: float, hidden_state: pb.HiddenStates | None = None,
+        self,
+        seq_id: str,
+        tokens: list[int],
+        sent: int,
+        num_tokens: int,
+        params: SamplingParams,
+        seed: int,
+        timeout: float,
+        hidden_state: pb.HiddenStates | None = None,
     ) -> pb.DraftResult:
         request = pb.ProposerRequest(seq_id=seq_id)
         step = request.draft

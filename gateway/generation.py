@@ -13,17 +13,19 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+import grpc
+
 from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.detokenizer import IncrementalDetokenizer
-from proposer_svc.proposer import Draft
 from protos import splitspec_v1_pb2 as pb
-from splitspec import wire
 from splitspec.adaptive_k import AcceptanceEstimate, choose_num_drafts
-from splitspec.config import HIDDEN_STATES_ALL, HIDDEN_STATES_NONE
+from splitspec.draft_limits import keeps_fixed_k, max_drafts
+from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.outputs import SpeculationStats
+from splitspec.rpc import wire
 from splitspec.sampling_params import SamplingParams
-from splitspec.sequence import Sequence
+from splitspec.sequence import Sequence, request_seed
 from splitspec.stop_checker import StopChecker
 
 
@@ -46,9 +48,9 @@ class _ProposerSlot:
     sent: int = 0  # committed tokens the proposer already holds
     hidden_state: pb.HiddenStates | None = None  # what the verifier sent since the last draft, passed on
 
-    def receive(self, hidden: pb.HiddenStates, mode: str) -> None:
-        """"last": keep the newest state; "all": append the rows, none may be skipped."""
-        if mode == HIDDEN_STATES_ALL and self.hidden_state is not None:
+    def receive(self, hidden: pb.HiddenStates, mode: HiddenStates) -> None:
+        """ "last": keep the newest state; "all": append the rows, none may be skipped."""
+        if mode == HiddenStates.ALL and self.hidden_state is not None:
             self.hidden_state = wire.concat_rows(self.hidden_state, hidden)
         else:
             self.hidden_state = hidden
@@ -65,8 +67,9 @@ class GatewayCore:
     proposer_timeout_s: float = 5.0
     adaptive: bool = True
     drafts_are_sampled: bool = False  # the proposers draw sampled drafts from a non-one-hot q
-    hidden_states: str = HIDDEN_STATES_NONE  # what the proposers read of the target's hidden states
+    hidden_states: HiddenStates = HiddenStates.NONE  # what the proposers read of the target's hidden states
     _round_robin: itertools.count = field(default_factory=itertools.count)
+    _rng: random.Random = field(default_factory=random.Random)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer is not None else ""
@@ -74,7 +77,9 @@ class GatewayCore:
     def pick_verifier(self) -> VerifierBackend:
         live = [v for v in self.verifiers if v.info is not None]
         if not live:
-            raise ServiceError("UNAVAILABLE", "no verifier is reachable; start one (splitspec serve-verifier) and retry")
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, "no verifier is reachable; start one (splitspec serve-verifier) and retry"
+            )
         return min(live, key=lambda v: v.num_sequences)
 
     def _next_proposer(self, exclude: ProposerBackend | None = None) -> ProposerBackend | None:
@@ -87,7 +92,7 @@ class GatewayCore:
         self, prompt: str | None, prompt_ids: list[int], params: SamplingParams, num_speculative_tokens: int
     ) -> AsyncIterator[Delta]:
         seq_id = uuid.uuid4().hex
-        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        seed = request_seed(params, self._rng)
         seq = Sequence(seq_id, prompt, list(prompt_ids), params, seed)
         stop_checker = StopChecker(self.eos_token_ids, self.max_model_len, self.decode)
         detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings)
@@ -98,7 +103,9 @@ class GatewayCore:
             await verifier.start(seq_id, prompt_ids, params, seed, hidden_states=self.hidden_states)
         except ConnectionError as exc:
             verifier.num_sequences -= 1
-            raise ServiceError("UNAVAILABLE", f"verifier {verifier.address} is unreachable: {exc}") from None
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, f"verifier {verifier.address} is unreachable: {exc}"
+            ) from None
         except BaseException:
             verifier.num_sequences -= 1
             raise
@@ -111,7 +118,9 @@ class GatewayCore:
                 try:
                     result = await verifier.step(seq_id, len(seq.tokens), draft)
                 except ConnectionError as exc:
-                    raise ServiceError("UNAVAILABLE", f"verifier {verifier.address} went away: {exc}") from None
+                    raise ServiceError(
+                        grpc.StatusCode.UNAVAILABLE, f"verifier {verifier.address} went away: {exc}"
+                    ) from None
                 seq.stats.record_round(len(draft.token_ids), result.num_accepted)
                 if result.HasField("hidden_states"):
                     slot.receive(result.hidden_states, self.hidden_states)
@@ -138,17 +147,11 @@ class GatewayCore:
             asyncio.get_running_loop().create_task(self._release(seq_id, verifier, slot.backend))
 
     def _num_drafts(self, seq: Sequence, k: int, verifier: VerifierBackend, acceptance: AcceptanceEstimate) -> int:
-        """At most k, and with the verifier's measured pass costs, only as many as pay for themselves.
-
-        Sampled requests drafting from a non-one-hot q keep the fixed k so that seeds reproduce.
-        """
-        k = min(k, self.max_model_len - len(seq.tokens))
-        if seq.params.max_tokens is not None:
-            k = min(k, seq.params.max_tokens - seq.num_output_tokens - 1)
-        k = max(0, k)
+        """At most k, and with the verifier's measured pass costs, only as many as pay for themselves."""
+        k = max_drafts(seq, k, self.max_model_len)
         if k == 0 or not self.adaptive or verifier.cost_model is None:
             return k
-        if self.drafts_are_sampled and not seq.params.greedy:
+        if keeps_fixed_k(self.drafts_are_sampled, seq.params):
             return k
         # the verifier batches this step with the other sequences' steps: draft only what raises the
         # whole pass's tokens per second, given the rows and tokens the others last brought
@@ -174,7 +177,7 @@ class GatewayCore:
                         seq.seq_id, seq.tokens, 0, k, seq.params, seq.seed, self.proposer_timeout_s, slot.hidden_state
                     )
                 slot.sent = len(seq.tokens)
-                if self.hidden_states == HIDDEN_STATES_ALL:
+                if self.hidden_states == HiddenStates.ALL:
                     slot.hidden_state = None  # delivered; the next draft carries only newer rows
                 return wire.draft_from_proto(result.drafts[:k])
             except (ConnectionError, asyncio.TimeoutError, ServiceError):

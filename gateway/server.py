@@ -1,8 +1,10 @@
-"""gRPC front of the gateway: the public Generate stream, model info, and health that tracks verifiers."""
+"""gRPC front of the gateway: the public Generate stream, model info, and health that tracks verifiers;
+`run_gateway` serves it until SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -12,8 +14,10 @@ from gateway.generation import Delta, GatewayCore
 from gateway.validation import validate
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, HIDDEN_STATES_BY_METHOD
+from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
-from splitspec.grpc_server import CONTRACT_VERSION
+from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
@@ -59,17 +63,20 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         try:
             valid = validate(request, core.tokenizer, vocab, core.max_model_len, core.num_speculative_tokens)
         except ServiceError as exc:
-            await context.abort(grpc.StatusCode[exc.code], exc.message)
+            await context.abort(exc.code, exc.message)
         if self.active >= self.max_concurrent_requests:
             await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"the gateway is at {self.max_concurrent_requests} requests; retry later"
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the gateway is at {self.max_concurrent_requests} requests; retry later",
             )
         self.active += 1
         try:
-            async for delta in core.generate(valid.prompt, valid.prompt_token_ids, valid.params, valid.num_speculative_tokens):
+            async for delta in core.generate(
+                valid.prompt, valid.prompt_token_ids, valid.params, valid.num_speculative_tokens
+            ):
                 yield _response(delta, request.request_id)
         except ServiceError as exc:
-            await context.abort(grpc.StatusCode[exc.code], exc.message)
+            await context.abort(exc.code, exc.message)
         finally:
             self.active -= 1
 
@@ -110,3 +117,57 @@ def make_backends(verifier_addresses: list[str], proposer_addresses: list[str], 
         [VerifierBackend(a, max_message_bytes) for a in verifier_addresses],
         [ProposerBackend(a, max_message_bytes) for a in proposer_addresses],
     )
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    server: ServerOptions
+    model: str = "default"
+    verifiers: tuple[str, ...] = ("127.0.0.1:50052",)
+    proposers: tuple[str, ...] = field(default=("127.0.0.1:50053",))
+    method: str = "ngram"
+    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
+    max_concurrent_requests: int = 256
+    proposer_timeout_s: float = 5.0
+    adaptive: bool = True
+
+
+def run_gateway(settings: GatewaySettings) -> None:
+    from splitspec.checkpoint import resolve_checkpoint
+    from splitspec.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_checkpoint(settings.model))
+
+    async def main() -> None:
+        verifiers, proposers = make_backends(
+            list(settings.verifiers), list(settings.proposers), settings.server.max_message_bytes
+        )
+        core = GatewayCore(
+            verifiers=verifiers,
+            proposers=proposers,
+            tokenizer=tokenizer,
+            eos_token_ids=set(),
+            max_model_len=1 << 30,
+            num_speculative_tokens=settings.num_speculative_tokens if proposers else 0,
+            proposer_timeout_s=settings.proposer_timeout_s,
+            adaptive=settings.adaptive,
+            drafts_are_sampled=settings.method == "draft_model",
+            hidden_states=HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE),
+        )
+        watcher: asyncio.Task | None = None
+
+        async def register(server, health) -> None:
+            nonlocal watcher
+            servicer = GatewayServicer(core, settings.model, settings.method, settings.max_concurrent_requests)
+            pb_grpc.add_GatewayServicer_to_server(servicer, server)
+            watcher = asyncio.get_running_loop().create_task(watch_verifiers(core, health))
+
+        async def stop() -> None:
+            if watcher is not None:
+                watcher.cancel()
+            for backend in verifiers + proposers:
+                await backend.close()
+
+        await serve(settings.server, [pb.DESCRIPTOR.services_by_name["Gateway"].full_name], register, "gateway", stop)
+
+    asyncio.run(main())

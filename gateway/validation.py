@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import grpc
+
 from protos import splitspec_v1_pb2 as pb
 from splitspec.errors import ServiceError, SplitspecError
 from splitspec.sampling_params import SamplingParams
+from splitspec.sequence import check_prompt
 
 SPECULATION_OVERRIDE_KEYS = {"num_speculative_tokens"}
 
@@ -21,10 +24,12 @@ class ValidRequest:
 
 
 def _invalid(message: str) -> ServiceError:
-    return ServiceError("INVALID_ARGUMENT", message)
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def validate(request: pb.GenerateRequest, tokenizer, vocab_size: int, max_model_len: int, default_k: int) -> ValidRequest:
+def validate(
+    request: pb.GenerateRequest, tokenizer, vocab_size: int, max_model_len: int, default_k: int
+) -> ValidRequest:
     if request.prompt and request.prompt_token_ids:
         raise _invalid("set either prompt or prompt_token_ids, not both")
     if not request.prompt and not request.prompt_token_ids:
@@ -33,15 +38,12 @@ def validate(request: pb.GenerateRequest, tokenizer, vocab_size: int, max_model_
         if tokenizer is None:
             raise _invalid("this model has no tokenizer; send prompt_token_ids")
         prompt_ids = tokenizer.encode(request.prompt)
-        if not prompt_ids:
-            raise _invalid("the prompt is empty after tokenization")
     else:
         prompt_ids = list(request.prompt_token_ids)
-        bad = [t for t in prompt_ids if not 0 <= t < vocab_size]
-        if bad:
-            raise _invalid(f"prompt_token_ids must be in [0, {vocab_size}); got {bad[0]}")
-    if len(prompt_ids) >= max_model_len:
-        raise _invalid(f"the prompt has {len(prompt_ids)} tokens; the model's context is {max_model_len} (leave room to generate)")
+    try:
+        check_prompt(prompt_ids, vocab_size, max_model_len)
+    except SplitspecError as exc:
+        raise _invalid(str(exc)) from None
 
     s = request.sampling
     for name in ("temperature", "top_p"):
@@ -66,7 +68,9 @@ def validate(request: pb.GenerateRequest, tokenizer, vocab_size: int, max_model_
         overrides = dict(request.speculation.items())  # numbers arrive as floats, NaN and infinity included
         unknown = set(overrides) - SPECULATION_OVERRIDE_KEYS
         if unknown:
-            raise _invalid(f"unknown speculation overrides {sorted(unknown)}; known: {sorted(SPECULATION_OVERRIDE_KEYS)}")
+            raise _invalid(
+                f"unknown speculation overrides {sorted(unknown)}; known: {sorted(SPECULATION_OVERRIDE_KEYS)}"
+            )
         if "num_speculative_tokens" in overrides:
             value = overrides["num_speculative_tokens"]
             if not isinstance(value, float) or not value.is_integer() or not 0 <= value <= 64:

@@ -294,7 +294,9 @@ if triton is not None:
                 if DOT_IN_FP32:
                     k = k.to(tl.float32)
                     v = v.to(tl.float32)
-                scores = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=tl.float32) * scale  # [BLOCK_M, BLOCK_N]
+                scores = (
+                    tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=tl.float32) * scale
+                )  # [BLOCK_M, BLOCK_N]
                 allowed = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
                 if window > 0:
                     allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
@@ -304,7 +306,9 @@ if triton is not None:
                 p = tl.exp(scores - m_safe[:, None])
                 correction = tl.exp(m - m_safe)
                 s = s * correction + tl.sum(p, axis=1)
-                acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION, out_dtype=tl.float32)
+                acc = acc * correction[:, None] + tl.dot(
+                    p.to(v.dtype), v, input_precision=PRECISION, out_dtype=tl.float32
+                )
                 m = m_new
             out = acc / tl.where(row_ok, s, 1.0)[:, None]  # padding rows summed nothing
             tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from proposer_svc.proposer import Draft, DraftRequest, Proposer
+from proposer_svc.proposer import Proposer
 from splitspec import seeded_noise
+from splitspec.drafts import Draft, DraftRequest
 from splitspec.errors import OutOfKVBlocks
 from splitspec.logits_processing import target_probs
 from splitspec.models.runner import ForwardInput, ModelRunner

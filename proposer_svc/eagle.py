@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from proposer_svc.proposer import Draft, DraftRequest, Proposer
+from proposer_svc.proposer import Proposer
 from splitspec.checkpoint import read_embedding_and_head, read_tensors
-from splitspec.config import HIDDEN_STATES_ALL
+from splitspec.drafts import Draft, DraftRequest, HiddenStates
 from splitspec.errors import SplitspecError
 from splitspec.models.linear import Linear
 from splitspec.models.llama import LlamaRunner
@@ -78,7 +78,7 @@ class EagleProposer(Proposer):
     sequence whose states have a gap (a proposer that missed a step) gets no drafts rather than
     drafts from garbage, until the verifier resends them all (a re-prefill)."""
 
-    hidden_states = HIDDEN_STATES_ALL
+    hidden_states = HiddenStates.ALL
 
     def __init__(self, runner: EagleRunner) -> None:
         self.runner = runner

@@ -66,9 +66,13 @@ def build_proposer(
         return EagleProposer(runner)
     from proposer_svc.draft_model import DraftModelProposer
     from splitspec.checkpoint import resolve_checkpoint
+    from splitspec.config import RunnerConfig
     from splitspec.models.loader import load_runner
 
     runner = load_runner(
-        resolve_checkpoint(spec.draft_model), dtype=dtype, kv_cache_memory_bytes=256 << 20, max_num_seqs=max_num_seqs
+        resolve_checkpoint(spec.draft_model),
+        RunnerConfig(dtype=dtype, kv_cache_memory_bytes=256 << 20, max_num_seqs=max_num_seqs),
     )
-    return DraftModelProposer(runner, target_vocab_size=target_vocab_size or runner.vocab_size, draft_top_k=spec.draft_top_k)
+    return DraftModelProposer(
+        runner, target_vocab_size=target_vocab_size or runner.vocab_size, draft_top_k=spec.draft_top_k
+    )

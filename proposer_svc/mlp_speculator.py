@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from proposer_svc.proposer import Draft, DraftRequest, Proposer
-from splitspec.config import HIDDEN_STATES_LAST
+from proposer_svc.proposer import Proposer
+from splitspec.drafts import Draft, DraftRequest, HiddenStates
 from splitspec.errors import SplitspecError
 from splitspec.models.linear import Linear
 
@@ -136,7 +136,9 @@ class MLPSpeculator:
             tokens = torch.argmax(logits[-1], dim=-1)
             drafts.append(tokens)
         if not drafts:
-            return last_tokens.new_zeros(len(last_tokens), 0), state.new_zeros(len(last_tokens), 0, self.config.vocab_size)
+            return last_tokens.new_zeros(len(last_tokens), 0), state.new_zeros(
+                len(last_tokens), 0, self.config.vocab_size
+            )
         return torch.stack(drafts, dim=1), torch.stack(logits, dim=1)
 
 
@@ -144,7 +146,7 @@ class MLPSpeculatorProposer(Proposer):
     """Argmax drafts from the speculator's heads (one-hot q, so sampled requests stay exact). A
     sequence without the target's hidden state gets no drafts rather than drafts from garbage."""
 
-    hidden_states = HIDDEN_STATES_LAST
+    hidden_states = HiddenStates.LAST
 
     def __init__(self, speculator: MLPSpeculator) -> None:
         self.speculator = speculator

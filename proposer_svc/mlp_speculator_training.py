@@ -49,11 +49,15 @@ class SpeculatorExamples:
         ids = torch.tensor(token_ids)
         offsets = torch.arange(n_predict + 1)
         hidden = hidden.float()
-        return SpeculatorExamples(hidden[rows], ids[rows[:, None] + 1 + offsets], hidden[rows[:, None] + 1 + offsets[:-1]])
+        return SpeculatorExamples(
+            hidden[rows], ids[rows[:, None] + 1 + offsets], hidden[rows[:, None] + 1 + offsets[:-1]]
+        )
 
     @staticmethod
     def concat(parts: list["SpeculatorExamples"]) -> "SpeculatorExamples":
-        return SpeculatorExamples(*(torch.cat([getattr(p, f) for p in parts]) for f in ("hidden", "tokens", "next_hidden")))
+        return SpeculatorExamples(
+            *(torch.cat([getattr(p, f) for p in parts]) for f in ("hidden", "tokens", "next_hidden"))
+        )
 
 
 def _rms_normalise(x: torch.Tensor) -> torch.Tensor:

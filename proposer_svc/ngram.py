@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from proposer_svc.proposer import Draft, DraftRequest, Proposer
+from proposer_svc.proposer import Proposer
+from splitspec.drafts import Draft, DraftRequest
 
 
 class _NgramIndex:

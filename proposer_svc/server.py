@@ -1,15 +1,25 @@
-"""gRPC front of the proposer: translates splitspec.v1 messages to ProposerService calls."""
+"""gRPC front of the proposer: translates splitspec.v1 messages to ProposerService calls, and
+`run_proposer`, which builds the drafter and serves it until SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
+import grpc
+
+from proposer_svc.factory import build_proposer
+from proposer_svc.proposer import Proposer
 from proposer_svc.service import ProposerService
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
-from splitspec import wire
-from splitspec.config import HIDDEN_STATES_ALL
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SpeculativeConfig
+from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
-from splitspec.grpc_server import CONTRACT_VERSION
-from splitspec.stream_dispatch import serve_sequence_stream
+from splitspec.rpc import wire
+from splitspec.rpc.compute_thread import run_on_compute_thread
+from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
+from splitspec.rpc.stream_dispatch import serve_sequence_stream
 
 
 class ProposerServicer(pb_grpc.ProposerServicer):
@@ -22,13 +32,13 @@ class ProposerServicer(pb_grpc.ProposerServicer):
             num_speculative_tokens=self.service.num_speculative_tokens,
             contract_version=CONTRACT_VERSION,
             needs_hidden_states=self.service.proposer.needs_hidden_states,
-            needs_all_hidden_states=self.service.proposer.hidden_states == HIDDEN_STATES_ALL,
+            needs_all_hidden_states=self.service.proposer.hidden_states == HiddenStates.ALL,
         )
 
     async def Propose(self, request_iterator, context):
         async def handle(request: pb.ProposerRequest, response: pb.ProposerResponse) -> None:
             if request.WhichOneof("kind") != "draft":
-                raise ServiceError("INVALID_ARGUMENT", "empty ProposerRequest: set draft or release")
+                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "empty ProposerRequest: set draft or release")
             step = request.draft
             outcome = await self.service.draft(
                 request.seq_id,
@@ -50,3 +60,54 @@ class ProposerServicer(pb_grpc.ProposerServicer):
 
         async for response in serve_sequence_stream(request_iterator, new_response, handle, self.service.release):
             yield response
+
+
+@dataclass(frozen=True)
+class ProposerSettings:
+    server: ServerOptions
+    method: str = "ngram"
+    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
+    draft_model: str | None = None
+    prompt_lookup_max: int = 4
+    prompt_lookup_min: int = 1
+    draft_top_k: int = 16
+    target_vocab_size: int | None = None
+    target_model: str | None = None
+    """The target checkpoint, for drafters that use its output head (eagle)."""
+    batch_window_ms: float = 1.0
+
+
+def run_proposer(settings: ProposerSettings) -> None:
+    proposer = run_on_compute_thread(_build_proposer, settings)
+
+    async def main() -> None:
+        service = ProposerService(
+            proposer,
+            method=settings.method,
+            num_speculative_tokens=settings.num_speculative_tokens,
+            batch_window_s=settings.batch_window_ms / 1000,
+        )
+
+        async def register(server, health) -> None:
+            service.start()
+            pb_grpc.add_ProposerServicer_to_server(ProposerServicer(service), server)
+            await health.set("", 1)
+            await health.set("splitspec.v1.Proposer", 1)
+
+        await serve(
+            settings.server, [pb.DESCRIPTOR.services_by_name["Proposer"].full_name], register, "proposer", service.close
+        )
+
+    asyncio.run(main())
+
+
+def _build_proposer(settings: ProposerSettings) -> Proposer:
+    spec = SpeculativeConfig(
+        method=settings.method,
+        num_speculative_tokens=settings.num_speculative_tokens,
+        prompt_lookup_max=settings.prompt_lookup_max,
+        prompt_lookup_min=settings.prompt_lookup_min,
+        draft_model=settings.draft_model,
+        draft_top_k=settings.draft_top_k,
+    )
+    return build_proposer(spec, target_vocab_size=settings.target_vocab_size, target_model=settings.target_model)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from proposer_svc.proposer import Draft, DraftRequest, Proposer
-from splitspec.micro_batcher import MicroBatcher
+from proposer_svc.proposer import Proposer
+from splitspec.drafts import Draft, DraftRequest
+from splitspec.rpc.micro_batcher import MicroBatcher
 
 
 @dataclass
@@ -17,7 +18,9 @@ class DraftOutcome:
 
 
 class ProposerService:
-    def __init__(self, proposer: Proposer, *, method: str, num_speculative_tokens: int, batch_window_s: float = 0.001) -> None:
+    def __init__(
+        self, proposer: Proposer, *, method: str, num_speculative_tokens: int, batch_window_s: float = 0.001
+    ) -> None:
         self.proposer = proposer
         self.method = method
         self.num_speculative_tokens = num_speculative_tokens
@@ -33,8 +36,17 @@ class ProposerService:
         await self.batcher.close()
 
     async def draft(
-        self, seq_id: str, *, committed_len: int, start: int, token_ids: list[int], num_tokens: int,
-        temperature: float, top_k: int, seed: int, hidden_state: torch.Tensor | None = None,
+        self,
+        seq_id: str,
+        *,
+        committed_len: int,
+        start: int,
+        token_ids: list[int],
+        num_tokens: int,
+        temperature: float,
+        top_k: int,
+        seed: int,
+        hidden_state: torch.Tensor | None = None,
     ) -> DraftOutcome:
         """Append committed tokens [start, committed_len) and draft; ask for everything if out of step."""
         context = self.contexts.get(seq_id, [])

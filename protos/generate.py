@@ -20,12 +20,22 @@ def generate(out_dir: Path) -> None:
     from grpc_tools import protoc
 
     include = str(Path(grpc_tools.__file__).parent / "_proto")
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", str(PROTO_DIR / PROTO)]
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        str(PROTO_DIR / PROTO),
+    ]
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {PROTO}")
     grpc_file = out_dir / "splitspec_v1_pb2_grpc.py"
     # protoc writes a top-level import; the stubs live in the `protos` package
-    text = re.sub(r"^import splitspec_v1_pb2 as", "from protos import splitspec_v1_pb2 as", grpc_file.read_text(), flags=re.M)
+    text = re.sub(
+        r"^import splitspec_v1_pb2 as", "from protos import splitspec_v1_pb2 as", grpc_file.read_text(), flags=re.M
+    )
     grpc_file.write_text(text)
 
 

@@ -9,7 +9,7 @@ __all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Specul
 def __getattr__(name: str):
     # LLM pulls in torch and the runners; import it only when asked for.
     if name == "LLM":
-        from splitspec.llm import LLM
+        from splitspec.entrypoints.llm import LLM
 
         return LLM
     raise AttributeError(f"module 'splitspec' has no attribute {name!r}")

@@ -7,13 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitspec.drafts import HiddenStates
 from splitspec.errors import SplitspecError
 
 SPECULATION_METHODS = ("ngram", "draft_model", "mlp_speculator", "eagle")
-HIDDEN_STATES_NONE, HIDDEN_STATES_LAST, HIDDEN_STATES_ALL = "none", "last", "all"
-"""What a drafter reads of the target's final hidden states: nothing; the one behind each sequence's
-last token (MLP speculator); or the one behind every committed token (EAGLE, which attends over them)."""
-HIDDEN_STATES_BY_METHOD = {"mlp_speculator": HIDDEN_STATES_LAST, "eagle": HIDDEN_STATES_ALL}
+HIDDEN_STATES_BY_METHOD = {"mlp_speculator": HiddenStates.LAST, "eagle": HiddenStates.ALL}
 DEFAULT_NUM_SPECULATIVE_TOKENS = 10
 """The commands' default K: an upper bound, since adaptive K drafts fewer where more would not pay
 (10 is also the prompt_lookup_num_tokens of transformers' documented example)."""
@@ -129,16 +127,39 @@ def build_speculative_config(
 
 
 @dataclass(frozen=True)
-class EngineConfig:
-    """Everything the in-process engine needs, resolved from `LLM(...)` arguments."""
+class RunnerConfig:
+    """How a model is loaded and how much KV cache it gets."""
 
-    model_path: str
-    speculative: SpeculativeConfig | None
-    max_model_len: int | None = None
+    dtype: str = "auto"
+    """"auto" (float32 on the CPU), "float32", "bfloat16" or "float16"."""
     block_size: int = 16
     kv_cache_memory_bytes: int = 1 << 30
+    max_model_len: int | None = None
+    """None: the checkpoint's own context length."""
+    max_num_seqs: int = 64
+    backend: str = "auto"
+    """"auto" (native when supported), "native" or "transformers"."""
+    kernel_backend: str = "auto"
+    """Native runner: "auto", "torch" or "triton" (kernels.dispatch)."""
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """How much the in-process engine puts into one target pass."""
+
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 4096
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the in-process engine needs, resolved once from `LLM(...)` arguments and passed down."""
+
+    model_path: str
+    tokenizer_path: str
+    runner: RunnerConfig
+    scheduler: SchedulerConfig
+    speculative: SpeculativeConfig | None
     seed: int = 0
 
 
@@ -174,4 +195,6 @@ def is_mlp_speculator_dir(model: str | Path) -> bool:
     if not config.is_file():
         return False
     data = json.loads(config.read_text())
-    return data.get("model_type") == "mlp_speculator" or "MLPSpeculatorPreTrainedModel" in (data.get("architectures") or [])
+    return data.get("model_type") == "mlp_speculator" or "MLPSpeculatorPreTrainedModel" in (
+        data.get("architectures") or []
+    )

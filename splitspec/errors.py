@@ -1,5 +1,7 @@
 """Errors meant for users: each message says what was wrong and what to do."""
 
+import grpc
+
 
 class SplitspecError(ValueError):
     """A problem with user input or the environment, reported without a traceback by the CLI."""
@@ -10,9 +12,9 @@ class OutOfKVBlocks(RuntimeError):
 
 
 class ServiceError(Exception):
-    """A refusal a service reports to its caller; `code` is a grpc.StatusCode name such as "INVALID_ARGUMENT"."""
+    """A refusal a service reports to its caller, with the gRPC status it crosses the wire as."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

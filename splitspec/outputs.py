@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+
+
+class FinishReason(str, Enum):
+    """Why a sequence stopped, as vLLM and the OpenAI API spell it: an EOS token, a stop token or stop
+    string ("stop"), or max_tokens or the model's context ("length")."""
+
+    STOP = "stop"
+    LENGTH = "length"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -53,7 +65,7 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    finish_reason: str | None
+    finish_reason: FinishReason | None
     stop_reason: int | str | None = None
 
 

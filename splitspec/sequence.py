@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
-from splitspec.outputs import SpeculationStats
+from splitspec.errors import SplitspecError
+from splitspec.outputs import FinishReason, SpeculationStats
 from splitspec.sampling_params import SamplingParams
+
+SEED_BITS = 63
+"""Requests without a seed get a random one this wide: it travels as an int64 in the engine and on the
+wire."""
 
 
 @dataclass
@@ -17,7 +23,7 @@ class Sequence:
     seed: int
     tokens: list[int] = field(default_factory=list)  # prompt followed by every committed output token
     stats: SpeculationStats = field(default_factory=SpeculationStats)
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
     text: str = ""
 
@@ -36,3 +42,22 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+def check_prompt(prompt_token_ids: list[int], vocab_size: int, max_model_len: int) -> None:
+    """Raise SplitspecError unless the prompt is non-empty, in the vocabulary, and leaves room in the
+    context for at least one generated token."""
+    if not prompt_token_ids:
+        raise SplitspecError("the prompt is empty")
+    if len(prompt_token_ids) >= max_model_len:
+        raise SplitspecError(
+            f"the prompt has {len(prompt_token_ids)} tokens, the model's context is {max_model_len}; shorten the prompt"
+        )
+    bad = next((t for t in prompt_token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise SplitspecError(f"prompt_token_ids must be in [0, {vocab_size}); got {bad}")
+
+
+def request_seed(params: SamplingParams, rng: random.Random) -> int:
+    """The request's own seed, or a fresh one: seeded noise is keyed by it, so every sequence has one."""
+    return params.seed if params.seed is not None else rng.getrandbits(SEED_BITS)

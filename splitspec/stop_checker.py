@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+from splitspec.outputs import FinishReason
 from splitspec.sequence import Sequence
 
 
 class StopChecker:
-    def __init__(self, eos_token_ids: set[int], max_model_len: int, detokenize: Callable[[list[int]], str] | None) -> None:
+    def __init__(
+        self, eos_token_ids: set[int], max_model_len: int, detokenize: Callable[[list[int]], str] | None
+    ) -> None:
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self.detokenize = detokenize
@@ -19,15 +22,15 @@ class StopChecker:
         for count, token in enumerate(new_tokens, start=1):
             seq.tokens.append(token)
             if not params.ignore_eos and token in self.eos_token_ids:
-                seq.finish_reason = "stop"
+                seq.finish_reason = FinishReason.STOP
             elif token in params.stop_token_ids:
-                seq.finish_reason, seq.stop_reason = "stop", token
+                seq.finish_reason, seq.stop_reason = FinishReason.STOP, token
             elif params.stop_strings and self._hit_stop_string(seq):
                 pass
             elif params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
-                seq.finish_reason = "length"
+                seq.finish_reason = FinishReason.LENGTH
             elif len(seq.tokens) >= self.max_model_len:
-                seq.finish_reason = "length"
+                seq.finish_reason = FinishReason.LENGTH
             if seq.finished:
                 return count
         return len(new_tokens)
@@ -37,7 +40,7 @@ class StopChecker:
         for stop in seq.params.stop_strings:
             at = text.find(stop)
             if at >= 0:
-                seq.finish_reason, seq.stop_reason = "stop", stop
+                seq.finish_reason, seq.stop_reason = FinishReason.STOP, stop
                 seq.text = text[: at + len(stop)] if seq.params.include_stop_str_in_output else text[:at]
                 return True
         return False

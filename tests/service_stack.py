@@ -45,13 +45,26 @@ class ServiceProcess:
                 self.proc.wait()
 
 
-def start_service(name: str, args: list[str], log_dir: Path, *, wait: bool = True, timeout: float = 180.0) -> ServiceProcess:
+def start_service(
+    name: str, args: list[str], log_dir: Path, *, wait: bool = True, timeout: float = 180.0
+) -> ServiceProcess:
     port = free_port()
     log = log_dir / f"{name}-{port}.log"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "splitspec.cli", *args, "--host", "127.0.0.1", "--port", str(port), "--grace-seconds", "5"],
+            [
+                sys.executable,
+                "-m",
+                "splitspec",
+                *args,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--grace-seconds",
+                "5",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -69,7 +82,11 @@ def start_service(name: str, args: list[str], log_dir: Path, *, wait: bool = Tru
 def health_status(address: str, service: str = "") -> int | None:
     with grpc.insecure_channel(address) as channel:
         try:
-            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
+            return (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                .status
+            )
         except grpc.RpcError:
             return None
 
@@ -126,8 +143,18 @@ def running_stack(
         gateway = start_service(
             "gateway",
             [
-                "serve-gateway", "--model", str(model), "--verifiers", verifier.address,
-                "--proposers", ",".join(p.address for p in proposers), "-k", str(k), "--method", method, *gateway_args,
+                "serve-gateway",
+                "--model",
+                str(model),
+                "--verifiers",
+                verifier.address,
+                "--proposers",
+                ",".join(p.address for p in proposers),
+                "-k",
+                str(k),
+                "--method",
+                method,
+                *gateway_args,
             ],
             log_dir,
         )

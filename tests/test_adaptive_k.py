@@ -64,9 +64,10 @@ def test_estimate_drops_after_rejections_and_drifts_back_when_idle():
 
 
 def test_calibration_measures_a_real_runner(tiny_llama):
+    from splitspec.config import RunnerConfig
     from splitspec.models.loader import load_runner
 
-    runner = load_runner(tiny_llama, kv_cache_memory_bytes=1 << 20)
+    runner = load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20))
     model = PassCostModel.calibrate(runner, max_rows=8, repeats=1)
     assert model.rows[0] == 1 and model.rows[-1] == 8
     assert all(a <= b for a, b in zip(model.seconds, model.seconds[1:]))

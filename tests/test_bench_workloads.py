@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from splitspec.bench.timing import RequestTiming, percentile, summarise
-from splitspec.bench.workloads import WORKLOADS, build_prompts, training_prompts
+from splitspec.entrypoints.bench.timing import RequestTiming, percentile, summarise
+from splitspec.entrypoints.bench.workloads import WORKLOADS, build_prompts, training_prompts
 from splitspec.errors import SplitspecError
 
 

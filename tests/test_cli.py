@@ -10,7 +10,7 @@ import pytest
 
 
 def splitspec(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "splitspec.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "splitspec", *args], capture_output=True, text=True, timeout=120)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -26,7 +26,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 def test_nonexistent_model_directory(tmp_path):
     missing = tmp_path / "no-such-checkpoint"
-    assert_one_line_error(splitspec("generate", "hi", "--model", str(missing)), str(missing), "not a checkpoint directory")
+    assert_one_line_error(
+        splitspec("generate", "hi", "--model", str(missing)), str(missing), "not a checkpoint directory"
+    )
 
 
 def test_directory_without_config_json(tmp_path):
@@ -54,12 +56,14 @@ def test_bad_generation_flags(tiny_llama, flags, message):
 
 
 def test_text_prompt_for_a_checkpoint_without_tokenizer(tiny_llama):
-    assert_one_line_error(splitspec("generate", "hi", "--model", str(tiny_llama), "--method", "none"), "has no tokenizer files")
+    assert_one_line_error(
+        splitspec("generate", "hi", "--model", str(tiny_llama), "--method", "none"), "has no tokenizer files"
+    )
 
 
 def test_up_passes_every_proposer_flag_on_to_the_proposer():
-    from splitspec.cli import build_parser
-    from splitspec.cli_services import up_commands
+    from splitspec.entrypoints.cli import build_parser
+    from splitspec.entrypoints.cli_services import up_commands
 
     flags = ["--prompt-lookup-max", "7", "--prompt-lookup-min", "2", "--draft-top-k", "3"]
     proposer = up_commands(build_parser().parse_args(["up", *flags]))["proposer"]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from greedy_reference import assert_same_or_near_tie, hf_greedy
 from transformers import AutoModelForCausalLM
 
-from greedy_reference import assert_same_or_near_tie, hf_greedy
 from splitspec import LLM, SamplingParams
 
 pytestmark = pytest.mark.default_model
@@ -49,7 +49,13 @@ def test_default_model_plain_engine_matches_transformers(references):
 @pytest.mark.parametrize(
     "spec",
     [
-        {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 1, "adaptive": False},
+        {
+            "method": "ngram",
+            "num_speculative_tokens": 5,
+            "prompt_lookup_max": 4,
+            "prompt_lookup_min": 1,
+            "adaptive": False,
+        },
         {"method": "ngram", "num_speculative_tokens": 1, "adaptive": False},
         {"method": "draft_model", "model": "default", "num_speculative_tokens": 3, "adaptive": False},
     ],
@@ -66,7 +72,9 @@ def test_default_model_speculative_greedy_is_lossless(spec, default_model_path, 
 
 
 def test_default_model_text_and_stop_string(plain_llm, prompts):
-    out = plain_llm.generate(prompts[0], SamplingParams(temperature=0, max_tokens=60, stop=["fibonacci("]), use_tqdm=False)[0]
+    out = plain_llm.generate(
+        prompts[0], SamplingParams(temperature=0, max_tokens=60, stop=["fibonacci("]), use_tqdm=False
+    )[0]
     completion = out.outputs[0]
     assert completion.finish_reason == "stop" and completion.stop_reason == "fibonacci("
     assert "fibonacci(" not in completion.text and completion.text.strip()

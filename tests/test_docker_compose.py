@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splitspec.cli import build_parser
-from splitspec.cli_services import up_commands
+from splitspec.entrypoints.cli import build_parser
+from splitspec.entrypoints.cli_services import up_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_ADDRESS_FLAGS = {"--verifiers": "verifier", "--proposers": "proposer"}
@@ -25,7 +25,9 @@ SERVICE_ADDRESS_FLAGS = {"--verifiers": "verifier", "--proposers": "proposer"}
 def _interpolate_unset(value):
     """Compose's variable substitution with every variable unset: ${VAR:-x} and ${VAR-x} give x, ${VAR} gives ''."""
     if isinstance(value, str):
-        return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value).replace("$$", "$")
+        return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value).replace(
+            "$$", "$"
+        )
     if isinstance(value, list):
         return [_interpolate_unset(v) for v in value]
     if isinstance(value, dict):
@@ -40,12 +42,12 @@ def compose() -> dict:
 
 @pytest.fixture(scope="module")
 def up() -> dict[str, list[str]]:
-    """`splitspec up`'s commands for its default flags, without the `python -m splitspec.cli` prefix."""
+    """`splitspec up`'s commands for its default flags, without the `python -m splitspec` prefix."""
     with pytest.MonkeyPatch.context() as mp:
         for name in [n for n in os.environ if n.startswith("SPLITSPEC_")]:
             mp.delenv(name)  # the parser reads SPLITSPEC_* for its defaults
         commands = up_commands(build_parser().parse_args(["up"]))
-    prefix = [sys.executable, "-m", "splitspec.cli"]
+    prefix = [sys.executable, "-m", "splitspec"]
     assert all(cmd[: len(prefix)] == prefix for cmd in commands.values())
     return {name: cmd[len(prefix) :] for name, cmd in commands.items()}
 
@@ -102,6 +104,7 @@ def test_the_gateway_reaches_each_service_by_name_on_its_up_port(compose, up):
         assert [_host_port(a) for a in ours[flag].split(",")] == [(service, up_port)], flag
         # and that port is the one the service itself listens on
         assert _flags(_command(compose["services"][service]))["--port"] == str(up_port)
+
 
 def test_only_the_gateway_publishes_a_port_and_it_is_the_gateway_port(compose, up):
     published = {name: s.get("ports") for name, s in compose["services"].items() if s.get("ports")}

@@ -16,10 +16,10 @@ from tiny_checkpoints import write_eagle
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaModel
 
 from proposer_svc.eagle import EagleProposer, EagleRunner
-from proposer_svc.proposer import DraftRequest
 from splitspec import LLM, SamplingParams
 from splitspec.checkpoint import read_embedding_and_head, read_tensors
 from splitspec.config import detect_method
+from splitspec.drafts import DraftRequest
 from splitspec.errors import SplitspecError
 
 PROMPTS = [[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6], [17, 3], list(range(30, 90)), [100, 101, 102, 100, 101]]
@@ -68,7 +68,15 @@ def test_drafts_match_transformers_decoder_layer(tmp_path, tiny_llama, layout) -
         head = write_eagle(tmp_path / "eagle", hidden_size=64, vocab_size=256, fc_bias=True, seed=3)
         embedding = target_embedding
     else:  # the head's own embedding replaces the target's
-        head = write_eagle(tmp_path / "eagle", hidden_size=64, vocab_size=256, seed=4, prefix="model.", with_embedding=True, as_bin=True)
+        head = write_eagle(
+            tmp_path / "eagle",
+            hidden_size=64,
+            vocab_size=256,
+            seed=4,
+            prefix="model.",
+            with_embedding=True,
+            as_bin=True,
+        )
         embedding = read_tensors(head)["model.embed_tokens.weight"]
         assert not torch.equal(embedding, target_embedding)
     assert detect_method(head) == "eagle"
@@ -90,9 +98,7 @@ def test_missing_or_gapped_states_mean_no_drafts(eagle, tiny_llama) -> None:
     proposer = EagleProposer(EagleRunner(eagle, tiny_llama))
     tokens = [5, 9, 44, 17, 200]
     states = target_states(tiny_llama, tokens)
-    none, first = proposer.propose(
-        [DraftRequest("a", tokens, 3), DraftRequest("b", tokens, 3, hidden_state=states)]
-    )
+    none, first = proposer.propose([DraftRequest("a", tokens, 3), DraftRequest("b", tokens, 3, hidden_state=states)])
     assert none.token_ids == [] and len(first.token_ids) == 3
     # "b" skips a step: the rows it gets next start after a position it never saw
     longer = tokens + [1, 2, 3]
@@ -119,12 +125,17 @@ def test_heads_for_other_models_and_eagle3_are_refused(tmp_path, tiny_llama) -> 
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_greedy_output_is_the_target_s_own(tiny_llama, eagle, batch_size) -> None:
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
-    plain = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)]
+    plain = [
+        o.outputs[0].token_ids
+        for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)
+    ]
     llm = LLM(str(tiny_llama), speculative_config={"model": str(eagle), "num_speculative_tokens": 3, "adaptive": False})
     assert llm.config.speculative.method == "eagle"  # detected from the checkpoint
     outputs = []
     for start in range(0, len(PROMPTS), batch_size):
-        outputs += llm.generate([{"prompt_token_ids": p} for p in PROMPTS[start : start + batch_size]], GREEDY, use_tqdm=False)
+        outputs += llm.generate(
+            [{"prompt_token_ids": p} for p in PROMPTS[start : start + batch_size]], GREEDY, use_tqdm=False
+        )
     for prompt, out, own in zip(PROMPTS, outputs, plain):
         assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
     # every round drafts 3 but the first (no states yet) and the last three (max_tokens leaves room
@@ -138,7 +149,9 @@ def test_the_drafter_receives_the_state_behind_every_committed_token(tiny_llama,
     original = llm.engine.proposer.propose
 
     def recording(requests: list[DraftRequest]):
-        seen.extend(DraftRequest(r.seq_id, list(r.token_ids), r.num_tokens, hidden_state=r.hidden_state) for r in requests)
+        seen.extend(
+            DraftRequest(r.seq_id, list(r.token_ids), r.num_tokens, hidden_state=r.hidden_state) for r in requests
+        )
         return original(requests)
 
     llm.engine.proposer.propose = recording
@@ -157,7 +170,10 @@ def test_seeded_sampling_is_the_target_s_own_samples(tiny_llama, eagle, batch_si
     ]
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
     plain = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate(prompts, params, use_tqdm=False)]
-    llm = LLM(str(tiny_llama), speculative_config={"method": "eagle", "model": str(eagle), "num_speculative_tokens": 3, "adaptive": False})
+    llm = LLM(
+        str(tiny_llama),
+        speculative_config={"method": "eagle", "model": str(eagle), "num_speculative_tokens": 3, "adaptive": False},
+    )
     outputs = []
     for start in range(0, len(PROMPTS), batch_size):
         outputs += llm.generate(prompts[start : start + batch_size], params[start : start + batch_size], use_tqdm=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import grpc
 import pytest
 from google.protobuf.struct_pb2 import Struct
 from tokenizers import ByteLevelBPETokenizer
@@ -99,7 +100,9 @@ def test_text_after_a_stop_string_in_the_same_round_is_dropped(tokenizer):
 
 
 def request(prompt="hello world", prompt_token_ids=(), speculation=None, **sampling) -> pb.GenerateRequest:
-    msg = pb.GenerateRequest(prompt=prompt, prompt_token_ids=list(prompt_token_ids), sampling=pb.SamplingParameters(**sampling))
+    msg = pb.GenerateRequest(
+        prompt=prompt, prompt_token_ids=list(prompt_token_ids), sampling=pb.SamplingParameters(**sampling)
+    )
     if speculation is not None:
         msg.speculation.CopyFrom(_struct(speculation))
     return msg
@@ -130,7 +133,10 @@ INVALID = {
     "boolean num_speculative_tokens": (dict(speculation={"num_speculative_tokens": True}), "num_speculative_tokens"),
     "negative num_speculative_tokens": (dict(speculation={"num_speculative_tokens": -1}), "num_speculative_tokens"),
     "NaN num_speculative_tokens": (dict(speculation={"num_speculative_tokens": math.nan}), "num_speculative_tokens"),
-    "infinite num_speculative_tokens": (dict(speculation={"num_speculative_tokens": math.inf}), "num_speculative_tokens"),
+    "infinite num_speculative_tokens": (
+        dict(speculation={"num_speculative_tokens": math.inf}),
+        "num_speculative_tokens",
+    ),
     "prompt ids as long as the context": (dict(prompt="", prompt_token_ids=[7] * MAX_MODEL_LEN), "prompt"),
     "text prompt longer than the context": (dict(prompt="hello " * MAX_MODEL_LEN), "prompt"),
     "token id past the vocabulary": (dict(prompt="", prompt_token_ids=[1, 300]), "prompt_token_ids"),
@@ -142,14 +148,14 @@ INVALID = {
 def test_invalid_requests_are_refused_naming_the_field(tokenizer, fields, named):
     with pytest.raises(ServiceError) as info:
         run_validate(tokenizer, request(**fields))
-    assert info.value.code == "INVALID_ARGUMENT"
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert named in info.value.message
 
 
 def test_a_text_prompt_without_a_tokenizer_asks_for_token_ids(tokenizer):
     with pytest.raises(ServiceError) as info:
         validate(request(), None, len(tokenizer), MAX_MODEL_LEN, DEFAULT_K)
-    assert info.value.code == "INVALID_ARGUMENT"
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "prompt_token_ids" in info.value.message
 
 

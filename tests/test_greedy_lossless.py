@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from greedy_reference import assert_same_or_near_tie, hf_greedy
 from transformers import AutoModelForCausalLM
 
-from greedy_reference import assert_same_or_near_tie, hf_greedy
 from kernels.triton_support import triton_available
 from splitspec import LLM, SamplingParams
 
@@ -59,7 +59,9 @@ def _assert_matches_plain_and_transformers(llm: LLM, batch_size: int, reference)
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_speculative_greedy_equals_plain_and_transformers(arch, method, k, batch_size, references, tiny_checkpoints, tiny_drafts):
+def test_speculative_greedy_equals_plain_and_transformers(
+    arch, method, k, batch_size, references, tiny_checkpoints, tiny_drafts
+):
     spec = {"method": method, "num_speculative_tokens": k, "adaptive": False}  # K exactly as given
     if method == "draft_model":
         spec["model"] = str(tiny_drafts[arch])

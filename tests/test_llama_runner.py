@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_checkpoints import write_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
-from splitspec.models.loader import load_runner
+from splitspec.config import RunnerConfig
 from splitspec.models.llama import LlamaRunner
+from splitspec.models.loader import load_runner
 from splitspec.models.runner import ForwardInput
-from tiny_checkpoints import write_tiny_checkpoint
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -48,7 +49,7 @@ def _chunked_logits(runner, tokens: list[int], cuts: list[int]) -> torch.Tensor:
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_native_runner_logits_match_transformers(name, tmp_path):
     path = _write_variant(tmp_path, name)
-    runner = load_runner(path, block_size=4, kv_cache_memory_bytes=1 << 20)
+    runner = load_runner(path, RunnerConfig(block_size=4, kv_cache_memory_bytes=1 << 20))
     assert isinstance(runner, LlamaRunner)
     hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
     tokens = torch.randint(0, 256, (90,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -59,7 +60,7 @@ def test_native_runner_logits_match_transformers(name, tmp_path):
 
 
 def test_rolled_back_positions_are_recomputed_from_new_tokens(tiny_llama):
-    runner = load_runner(tiny_llama, block_size=4, kv_cache_memory_bytes=1 << 20)
+    runner = load_runner(tiny_llama, RunnerConfig(block_size=4, kv_cache_memory_bytes=1 << 20))
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
     prefix, rejected, accepted = [5, 9, 11, 3, 8, 1, 7], [40, 41, 42, 43, 44], [60, 61, 62]
     runner.forward([ForwardInput("s", prefix + rejected, 1)])
@@ -71,7 +72,7 @@ def test_rolled_back_positions_are_recomputed_from_new_tokens(tiny_llama):
 
 
 def test_ragged_batch_equals_each_sequence_alone(tiny_qwen2):
-    runner = load_runner(tiny_qwen2, block_size=4, kv_cache_memory_bytes=1 << 20)
+    runner = load_runner(tiny_qwen2, RunnerConfig(block_size=4, kv_cache_memory_bytes=1 << 20))
     seqs = {"a": list(range(10, 47)), "b": [3, 4], "c": list(range(100, 109))}
     alone = {k: runner.forward([ForwardInput(f"alone-{k}", v, len(v))]) for k, v in seqs.items()}
     together = runner.forward([ForwardInput(k, v, len(v)) for k, v in seqs.items()])
@@ -83,8 +84,10 @@ def test_sharded_checkpoint_loads_like_a_single_file(tmp_path, tiny_llama):
     AutoModelForCausalLM.from_pretrained(str(tiny_llama)).save_pretrained(str(sharded), max_shard_size="100KB")
     assert (sharded / "model.safetensors.index.json").is_file()
     tokens = list(range(20, 40))
-    single = load_runner(tiny_llama, kv_cache_memory_bytes=1 << 20).forward([ForwardInput("s", tokens, 20)])
-    multi = load_runner(sharded, kv_cache_memory_bytes=1 << 20).forward([ForwardInput("s", tokens, 20)])
+    single = load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)).forward(
+        [ForwardInput("s", tokens, 20)]
+    )
+    multi = load_runner(sharded, RunnerConfig(kv_cache_memory_bytes=1 << 20)).forward([ForwardInput("s", tokens, 20)])
     torch.testing.assert_close(single, multi)
 
 
@@ -95,7 +98,9 @@ def test_other_model_types_use_the_transformers_backend(tiny_gpt2):
     assert isinstance(runner, HFRunner)
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_gpt2)).eval()
     tokens = list(range(50, 80))
-    got = torch.cat([runner.forward([ForwardInput("s", tokens[:20], 20)]), runner.forward([ForwardInput("s", tokens[20:], 10)])])
+    got = torch.cat(
+        [runner.forward([ForwardInput("s", tokens[:20], 20)]), runner.forward([ForwardInput("s", tokens[20:], 10)])]
+    )
     with torch.no_grad():
         expected = hf(torch.tensor([tokens])).logits[0]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

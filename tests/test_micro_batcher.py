@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from splitspec.compute_thread import run_on_compute_thread
-from splitspec.micro_batcher import RETRY, MicroBatcher
+from splitspec.rpc.compute_thread import run_on_compute_thread
+from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
 
 
 def test_batches_run_on_the_compute_thread_that_loaded_the_model() -> None:

@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_checkpoints import write_mlp_speculator
 
 from proposer_svc.mlp_speculator import MLPSpeculator
-from tiny_checkpoints import write_mlp_speculator
 from splitspec.config import is_mlp_speculator_dir as is_mlp_speculator
 from splitspec.errors import SplitspecError
 
 EMB, INNER, VOCAB, N_PREDICT = 24, 32, 50, 3
-write_mlp_speculator = partial(write_mlp_speculator, emb_dim=EMB, inner_dim=INNER, vocab_size=VOCAB, n_predict=N_PREDICT)
+write_mlp_speculator = partial(
+    write_mlp_speculator, emb_dim=EMB, inner_dim=INNER, vocab_size=VOCAB, n_predict=N_PREDICT
+)
 
 
 def reference_heads(folder: Path, hidden: np.ndarray, last_token: int, n: int) -> tuple[list[int], list[np.ndarray]]:
@@ -29,7 +31,10 @@ def reference_heads(folder: Path, hidden: np.ndarray, last_token: int, n: int) -
     config = json.loads((folder / "config.json").read_text())
     from safetensors.numpy import load_file
 
-    w = {k.removeprefix("speculator."): v.astype(np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    w = {
+        k.removeprefix("speculator."): v.astype(np.float64)
+        for k, v in load_file(str(folder / "model.safetensors")).items()
+    }
     tied = config["tie_weights"]
 
     def param(kind: str, i: int) -> np.ndarray:
@@ -62,7 +67,9 @@ def reference_heads(folder: Path, hidden: np.ndarray, last_token: int, n: int) -
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("scale_input", [False, True])
 def test_forward_matches_the_documented_formula(tmp_path: Path, tied: bool, scale_input: bool) -> None:
-    folder = write_mlp_speculator(tmp_path / "spec", tied=tied, scale_input=scale_input, seed=int(tied) * 2 + int(scale_input))
+    folder = write_mlp_speculator(
+        tmp_path / "spec", tied=tied, scale_input=scale_input, seed=int(tied) * 2 + int(scale_input)
+    )
     assert is_mlp_speculator(folder)
     spec = MLPSpeculator(folder)
     g = torch.Generator().manual_seed(7)

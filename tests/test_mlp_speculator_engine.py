@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from greedy_reference import assert_same_or_near_tie
+from tiny_checkpoints import write_mlp_speculator
 from transformers import AutoModelForCausalLM
 
-from greedy_reference import assert_same_or_near_tie
 from proposer_svc.mlp_speculator import MLPSpeculator, MLPSpeculatorProposer
-from proposer_svc.proposer import DraftRequest
 from splitspec import LLM, SamplingParams
+from splitspec.drafts import DraftRequest
 from splitspec.errors import SplitspecError
-from tiny_checkpoints import write_mlp_speculator
 
 PROMPTS = [[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6], [17, 3], list(range(30, 90)), [100, 101, 102, 100, 101]]
 GREEDY = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
@@ -31,8 +31,13 @@ def speculator(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_greedy_output_is_the_target_s_own(tiny_llama, speculator, batch_size) -> None:
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
-    plain = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)]
-    llm = LLM(str(tiny_llama), speculative_config={"model": str(speculator), "num_speculative_tokens": 3, "adaptive": False})
+    plain = [
+        o.outputs[0].token_ids
+        for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)
+    ]
+    llm = LLM(
+        str(tiny_llama), speculative_config={"model": str(speculator), "num_speculative_tokens": 3, "adaptive": False}
+    )
     assert llm.config.speculative.method == "mlp_speculator"  # detected from the checkpoint's config
     outputs = []
     for start in range(0, len(PROMPTS), batch_size):
@@ -46,13 +51,17 @@ def test_greedy_output_is_the_target_s_own(tiny_llama, speculator, batch_size) -
 def test_the_speculator_reads_the_hidden_state_behind_the_last_token(tiny_llama, speculator) -> None:
     """Each request carries the target's final normed hidden state at the position that produced the
     sequence's last token: what transformers computes for the same tokens."""
-    llm = LLM(str(tiny_llama), speculative_config={"model": str(speculator), "num_speculative_tokens": 2, "adaptive": False})
+    llm = LLM(
+        str(tiny_llama), speculative_config={"model": str(speculator), "num_speculative_tokens": 2, "adaptive": False}
+    )
     seen: list[DraftRequest] = []
     proposer = llm.engine.proposer
     original = proposer.propose
 
     def recording(requests: list[DraftRequest]):
-        seen.extend(DraftRequest(r.seq_id, list(r.token_ids), r.num_tokens, hidden_state=r.hidden_state) for r in requests)
+        seen.extend(
+            DraftRequest(r.seq_id, list(r.token_ids), r.num_tokens, hidden_state=r.hidden_state) for r in requests
+        )
         return original(requests)
 
     proposer.propose = recording
@@ -81,7 +90,9 @@ def test_no_hidden_state_means_no_drafts(speculator) -> None:
 
 
 def test_a_speculator_for_another_model_is_refused(tmp_path, tiny_llama) -> None:
-    other = write_mlp_speculator(tmp_path / "other", emb_dim=32, inner_dim=32, vocab_size=256, n_predict=2, tied=False, scale_input=False)
+    other = write_mlp_speculator(
+        tmp_path / "other", emb_dim=32, inner_dim=32, vocab_size=256, n_predict=2, tied=False, scale_input=False
+    )
     with pytest.raises(SplitspecError, match="hidden states of size 32"):
         LLM(str(tiny_llama), speculative_config={"model": str(other), "num_speculative_tokens": 2})
 
@@ -96,7 +107,9 @@ def test_seeded_sampling_is_the_target_s_own_samples(tiny_llama, speculator, bat
     ]
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
     plain = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate(prompts, params, use_tqdm=False)]
-    llm = LLM(str(tiny_llama), speculative_config={"model": str(speculator), "num_speculative_tokens": 3, "adaptive": False})
+    llm = LLM(
+        str(tiny_llama), speculative_config={"model": str(speculator), "num_speculative_tokens": 3, "adaptive": False}
+    )
     outputs = []
     for start in range(0, len(PROMPTS), batch_size):
         outputs += llm.generate(prompts[start : start + batch_size], params[start : start + batch_size], use_tqdm=False)

@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from proposer_svc.mlp_speculator import MLPSpeculator
-from proposer_svc.mlp_speculator_training import SpeculatorExamples, chain_agreement, fit_mlp_speculator, save_mlp_speculator
+from proposer_svc.mlp_speculator_training import (
+    SpeculatorExamples,
+    chain_agreement,
+    fit_mlp_speculator,
+    save_mlp_speculator,
+)
 from splitspec.config import detect_method
 
 DIM, VOCAB, N = 16, 40, 2
@@ -32,7 +37,7 @@ def _linear_world(n: int, seed: int = 0, weights_seed: int = 0):
     hidden = torch.randn(n, DIM, generator=g)
     tokens = [torch.randint(0, VOCAB, (n,), generator=g)]
     following, q = [], None
-    for i in range(N):
+    for _ in range(N):
         if q is None:
             q = hidden @ a0.T
         else:
@@ -64,7 +69,7 @@ def test_chain_agreement_counts_only_unbroken_prefixes() -> None:
 def test_train_speculator_command_saves_a_speculator_that_serves_losslessly(tmp_path: Path) -> None:
     out = tmp_path / "spec"
     done = subprocess.run(
-        [sys.executable, "-m", "splitspec.cli", "train-speculator", "--quick", "--output", str(out)],
+        [sys.executable, "-m", "splitspec", "train-speculator", "--quick", "--output", str(out)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

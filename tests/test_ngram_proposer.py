@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proposer_svc.ngram import NgramProposer
-from proposer_svc.proposer import DraftRequest
+from splitspec.drafts import DraftRequest
 
 
 def propose(proposer: NgramProposer, tokens: list[int], k: int, seq_id: str = "s") -> list[int]:
@@ -88,7 +88,9 @@ def test_every_proposed_token_is_one_hot():
 
 def test_one_draft_per_request_in_order():
     proposer = NgramProposer(1, 2)
-    drafts = proposer.propose([DraftRequest("a", [1, 2, 1], 1), DraftRequest("b", [5, 6, 7], 2), DraftRequest("c", [4, 9, 4], 1)])
+    drafts = proposer.propose(
+        [DraftRequest("a", [1, 2, 1], 1), DraftRequest("b", [5, 6, 7], 2), DraftRequest("c", [4, 9, 4], 1)]
+    )
     assert [d.token_ids for d in drafts] == [[2], [], [9]]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from protos import generate
 from protos import splitspec_v1_pb2 as pb
-from splitspec.grpc_server import CONTRACT_VERSION
+from splitspec.rpc.grpc_server import CONTRACT_VERSION
 
 
 @pytest.fixture(scope="module")

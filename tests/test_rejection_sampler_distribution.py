@@ -190,7 +190,9 @@ def _every_position_p_values(sampler: Sampler, case: dict, n: int = 20000) -> di
     """p-values for each position's marginal and the first two tokens' joint, after completion."""
     p = target_probs(LOGITS[: len(case["drafts"]) + 1], case["temperature"], case["top_k"], case["top_p"])
     sequences = _complete(_run(sampler, n=n, **case), p)
-    p_values = {f"position {i}": _p_value([s[i : i + 1] for s in sequences], _product_law(p[i])) for i in range(p.shape[0])}
+    p_values = {
+        f"position {i}": _p_value([s[i : i + 1] for s in sequences], _product_law(p[i])) for i in range(p.shape[0])
+    }
     p_values["first two jointly"] = _p_value([s[:2] for s in sequences], _product_law(p[0], p[1]))
     return p_values
 

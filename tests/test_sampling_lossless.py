@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 from scipy.stats import chisquare
+from tiny_checkpoints import write_perturbed_copy, write_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
 import verifier_svc.verifier
 from splitspec import LLM, SamplingParams
-from tiny_checkpoints import write_perturbed_copy, write_tiny_checkpoint
 from verifier_svc.rejection_sampler import VerifyResult, verify
 
 ALPHA = 1e-3
@@ -26,7 +26,15 @@ PROMPT = [3, 5, 3, 5, 3]  # repeats, so prompt lookup drafts too
 
 @pytest.fixture(scope="module")
 def tiny_vocab_target(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("vocab8"), vocab_size=VOCAB, hidden_size=32, num_heads=2, num_kv_heads=1, seed=3, init_std=0.15)
+    return write_tiny_checkpoint(
+        tmp_path_factory.mktemp("vocab8"),
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_heads=2,
+        num_kv_heads=1,
+        seed=3,
+        init_std=0.15,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +88,13 @@ def _p_value(samples: list[tuple[int, int]], law: dict[tuple[int, int], float]) 
 def _spec(method: str, draft) -> dict:
     if method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2, "adaptive": False}
-    return {"method": "draft_model", "model": str(draft), "num_speculative_tokens": 2, "draft_top_k": 3, "adaptive": False}
+    return {
+        "method": "draft_model",
+        "model": str(draft),
+        "num_speculative_tokens": 2,
+        "draft_top_k": 3,
+        "adaptive": False,
+    }
 
 
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
@@ -100,7 +114,11 @@ def test_adaptive_draft_length_keeps_the_exact_distribution(tiny_vocab_target, t
 
 def test_draft_q_is_sparse_and_drafts_get_accepted(tiny_vocab_target, tiny_vocab_draft):
     llm = LLM(str(tiny_vocab_target), speculative_config=_spec("draft_model", tiny_vocab_draft))
-    outs = llm.generate([{"prompt_token_ids": PROMPT}] * 50, [SamplingParams(temperature=1.0, max_tokens=6, ignore_eos=True, seed=s) for s in range(50)], use_tqdm=False)
+    outs = llm.generate(
+        [{"prompt_token_ids": PROMPT}] * 50,
+        [SamplingParams(temperature=1.0, max_tokens=6, ignore_eos=True, seed=s) for s in range(50)],
+        use_tqdm=False,
+    )
     stats = [o.spec_stats for o in outs]
     accepted = sum(s.num_accepted_tokens for s in stats)
     drafted = sum(s.num_draft_tokens for s in stats)
@@ -121,15 +139,23 @@ def test_distribution_test_catches_a_broken_verifier(monkeypatch, tiny_vocab_tar
 
 
 def _seeded_outputs(llm: LLM, prompts: list[list[int]], seeds: list[int]) -> list[list[int]]:
-    params = [SamplingParams(temperature=0.9, top_p=0.95, top_k=50, max_tokens=24, ignore_eos=True, seed=s) for s in seeds]
-    return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)]
+    params = [
+        SamplingParams(temperature=0.9, top_p=0.95, top_k=50, max_tokens=24, ignore_eos=True, seed=s) for s in seeds
+    ]
+    return [
+        o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    ]
 
 
 SEEDED_PROMPTS = [[5, 6, 7, 5, 6, 7, 5], [9, 10], list(range(40, 70)), [11, 12, 11, 12, 11, 12]]
 
 
 def test_seeded_sampling_is_identical_across_batch_compositions(tiny_llama, tiny_drafts):
-    for spec in (None, {"method": "ngram", "num_speculative_tokens": 3}, {"method": "draft_model", "model": str(tiny_drafts["llama"]), "num_speculative_tokens": 3}):
+    for spec in (
+        None,
+        {"method": "ngram", "num_speculative_tokens": 3},
+        {"method": "draft_model", "model": str(tiny_drafts["llama"]), "num_speculative_tokens": 3},
+    ):
         llm = LLM(str(tiny_llama), speculative_config=spec)
         together = _seeded_outputs(llm, SEEDED_PROMPTS, [1, 2, 3, 4])
         alone = [_seeded_outputs(llm, [p], [s])[0] for p, s in zip(SEEDED_PROMPTS, [1, 2, 3, 4])]

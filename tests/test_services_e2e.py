@@ -14,7 +14,7 @@ from service_stack import free_port, health_status, running_stack, start_service
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
-from splitspec.client import build_request
+from splitspec.entrypoints.client import build_request
 
 PROMPTS = [
     [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6],
@@ -45,7 +45,9 @@ def assert_seeded_samples_are_plain_decoding_s(address: str, model, seeds: list[
         build_request(p, temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s)
         for p, s in zip(PROMPTS, seeds)
     ]
-    params = [SamplingParams(temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for s in seeds]
+    params = [
+        SamplingParams(temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for s in seeds
+    ]
     plain = LLM(str(model)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     assert generate_concurrently(address, requests) == [o.outputs[0].token_ids for o in plain]
 
@@ -57,7 +59,10 @@ def greedy_request(prompt: list[int], max_tokens: int = MAX_TOKENS, **kw) -> pb.
 @pytest.fixture(scope="module")
 def plain_greedy(tiny_llama) -> list[list[int]]:
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    return [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)]
+    return [
+        o.outputs[0].token_ids
+        for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +74,11 @@ def ngram_stack(tiny_llama, tmp_path_factory):
 @pytest.fixture(scope="module")
 def draft_stack(tiny_llama, tiny_drafts, tmp_path_factory):
     with running_stack(
-        tiny_llama, tmp_path_factory.mktemp("draft_logs"), method="draft_model", k=3, draft_model=tiny_drafts["llama"],
+        tiny_llama,
+        tmp_path_factory.mktemp("draft_logs"),
+        method="draft_model",
+        k=3,
+        draft_model=tiny_drafts["llama"],
         gateway_args=("--fixed-k",),  # every round drafts: the test must see drafts accepted
     ) as stack:
         yield stack
@@ -78,7 +87,9 @@ def draft_stack(tiny_llama, tiny_drafts, tmp_path_factory):
 def test_greedy_through_gateway_equals_in_process_and_plain_ngram(ngram_stack, tiny_llama, plain_greedy):
     got = generate_concurrently(ngram_stack.gateway.address, [greedy_request(p) for p in PROMPTS])
     in_process = LLM(str(tiny_llama), speculative_config={"method": "ngram", "num_speculative_tokens": 3}).generate(
-        [{"prompt_token_ids": p} for p in PROMPTS], SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True), use_tqdm=False
+        [{"prompt_token_ids": p} for p in PROMPTS],
+        SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True),
+        use_tqdm=False,
     )
     assert got == [o.outputs[0].token_ids for o in in_process] == plain_greedy
 
@@ -98,10 +109,17 @@ def test_seeded_sampling_through_gateway_equals_in_process(stack_name, spec_of, 
     if spec_of == "draft_model":
         spec["model"] = str(tiny_drafts["llama"])
     seeds = [11, 12, 13, 14]
-    sampled = [build_request(p, temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for p, s in zip(PROMPTS, seeds)]
+    sampled = [
+        build_request(p, temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s)
+        for p, s in zip(PROMPTS, seeds)
+    ]
     got = generate_concurrently(stack.gateway.address, sampled)
-    params = [SamplingParams(temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for s in seeds]
-    expected = LLM(str(tiny_llama), speculative_config=spec).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    params = [
+        SamplingParams(temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for s in seeds
+    ]
+    expected = LLM(str(tiny_llama), speculative_config=spec).generate(
+        [{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False
+    )
     assert got == [o.outputs[0].token_ids for o in expected]
 
 
@@ -138,8 +156,14 @@ def test_cancelled_stream_frees_every_kv_block(ngram_stack):
     [
         (dict(prompt=""), grpc.StatusCode.INVALID_ARGUMENT),
         (dict(prompt="hello", prompt_token_ids=[1, 2]), grpc.StatusCode.INVALID_ARGUMENT),
-        (dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(temperature=-0.5)), grpc.StatusCode.INVALID_ARGUMENT),
-        (dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(temperature=float("nan"))), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(temperature=-0.5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(temperature=float("nan"))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
         (dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(top_p=0.0)), grpc.StatusCode.INVALID_ARGUMENT),
         (dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(top_p=1.5)), grpc.StatusCode.INVALID_ARGUMENT),
         (dict(prompt_token_ids=[1] * 600), grpc.StatusCode.INVALID_ARGUMENT),
@@ -176,9 +200,16 @@ def test_generic_reflection_client_can_call_the_gateway(ngram_stack, plain_greed
 
 
 def test_killing_the_proposer_mid_generation_loses_no_output(tiny_llama, tmp_path):
-    plain = LLM(str(tiny_llama)).generate(
-        [{"prompt_token_ids": PROMPTS[0]}], SamplingParams(temperature=0, max_tokens=300, ignore_eos=True), use_tqdm=False
-    )[0].outputs[0].token_ids
+    plain = (
+        LLM(str(tiny_llama))
+        .generate(
+            [{"prompt_token_ids": PROMPTS[0]}],
+            SamplingParams(temperature=0, max_tokens=300, ignore_eos=True),
+            use_tqdm=False,
+        )[0]
+        .outputs[0]
+        .token_ids
+    )
     with running_stack(tiny_llama, tmp_path, method="ngram", k=3) as stack:
         with grpc.insecure_channel(stack.gateway.address) as channel:
             call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[0], max_tokens=300), timeout=120)
@@ -202,7 +233,12 @@ def test_full_verifier_answers_resource_exhausted(tiny_llama, tmp_path):
 
 def test_gateway_without_a_reachable_verifier_is_not_serving_and_unavailable(tiny_llama, tmp_path):
     dead = f"127.0.0.1:{free_port()}"
-    gateway = start_service("gateway", ["serve-gateway", "--model", str(tiny_llama), "--verifiers", dead, "--proposers", ""], tmp_path, wait=False)
+    gateway = start_service(
+        "gateway",
+        ["serve-gateway", "--model", str(tiny_llama), "--verifiers", dead, "--proposers", ""],
+        tmp_path,
+        wait=False,
+    )
     try:
         assert _wait_for(lambda: health_status(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 60)
         with pytest.raises(grpc.RpcError) as err:
@@ -228,14 +264,25 @@ def test_sequences_spread_over_verifiers_and_survive_losing_one_of_two_proposers
     from contextlib import ExitStack
 
     with ExitStack() as cleanup:
-        verifiers = [start_service(f"verifier{i}", ["serve-verifier", "--model", str(tiny_llama)], tmp_path) for i in range(2)]
+        verifiers = [
+            start_service(f"verifier{i}", ["serve-verifier", "--model", str(tiny_llama)], tmp_path) for i in range(2)
+        ]
         proposers = [start_service(f"proposer{i}", ["serve-proposer", "-k", "3"], tmp_path) for i in range(2)]
         for service in verifiers + proposers:
             cleanup.callback(service.stop)
         gateway = start_service(
             "gateway",
-            ["serve-gateway", "--model", str(tiny_llama), "-k", "3",
-             "--verifiers", ",".join(v.address for v in verifiers), "--proposers", ",".join(p.address for p in proposers)],
+            [
+                "serve-gateway",
+                "--model",
+                str(tiny_llama),
+                "-k",
+                "3",
+                "--verifiers",
+                ",".join(v.address for v in verifiers),
+                "--proposers",
+                ",".join(p.address for p in proposers),
+            ],
             tmp_path,
         )
         cleanup.callback(gateway.stop)

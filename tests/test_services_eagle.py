@@ -6,20 +6,30 @@ from __future__ import annotations
 import grpc
 import pytest
 from service_stack import running_stack
-from test_services_e2e import MAX_TOKENS, PROMPTS, assert_seeded_samples_are_plain_decoding_s, generate, generate_concurrently
+from test_services_e2e import (
+    MAX_TOKENS,
+    PROMPTS,
+    assert_seeded_samples_are_plain_decoding_s,
+    generate,
+    generate_concurrently,
+)
 from tiny_checkpoints import write_eagle
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
-from splitspec.client import build_request
+from splitspec.entrypoints.client import build_request
 
 
 @pytest.fixture(scope="module")
 def eagle_stack(tiny_llama, tmp_path_factory):
     head = write_eagle(tmp_path_factory.mktemp("eagle") / "head", hidden_size=64, vocab_size=256, fc_bias=True)
     with running_stack(
-        tiny_llama, tmp_path_factory.mktemp("eagle_logs"), method="eagle", k=3, draft_model=head,
+        tiny_llama,
+        tmp_path_factory.mktemp("eagle_logs"),
+        method="eagle",
+        k=3,
+        draft_model=head,
         gateway_args=("--fixed-k",),  # every round drafts
     ) as stack:
         yield stack
@@ -28,12 +38,17 @@ def eagle_stack(tiny_llama, tmp_path_factory):
 @pytest.fixture(scope="module")
 def plain_greedy(tiny_llama) -> list[list[int]]:
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    return [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)]
+    return [
+        o.outputs[0].token_ids
+        for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    ]
 
 
 def test_greedy_batch_of_one_is_the_target_s_own(eagle_stack, plain_greedy) -> None:
     for prompt, own in zip(PROMPTS, plain_greedy):
-        responses = generate(eagle_stack.gateway.address, build_request(prompt, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True))
+        responses = generate(
+            eagle_stack.gateway.address, build_request(prompt, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+        )
         assert [t for r in responses for t in r.token_ids] == own
         spec = responses[-1].speculation
         # every round drafts but the first (no states yet) and those max_tokens leaves no room in

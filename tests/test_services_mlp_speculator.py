@@ -6,13 +6,19 @@ from __future__ import annotations
 import grpc
 import pytest
 from service_stack import running_stack
-from test_services_e2e import MAX_TOKENS, PROMPTS, assert_seeded_samples_are_plain_decoding_s, generate, generate_concurrently
+from test_services_e2e import (
+    MAX_TOKENS,
+    PROMPTS,
+    assert_seeded_samples_are_plain_decoding_s,
+    generate,
+    generate_concurrently,
+)
 from tiny_checkpoints import write_mlp_speculator
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
-from splitspec.client import build_request
+from splitspec.entrypoints.client import build_request
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +28,11 @@ def speculator_stack(tiny_llama, tmp_path_factory):
         tied=True, scale_input=True,
     )  # fmt: skip
     with running_stack(
-        tiny_llama, tmp_path_factory.mktemp("speculator_logs"), method="mlp_speculator", k=3, draft_model=speculator,
+        tiny_llama,
+        tmp_path_factory.mktemp("speculator_logs"),
+        method="mlp_speculator",
+        k=3,
+        draft_model=speculator,
         gateway_args=("--fixed-k",),  # every round drafts
     ) as stack:
         yield stack

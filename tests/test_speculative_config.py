@@ -44,12 +44,24 @@ def test_legacy_ngram_keywords_mean_the_same_as_the_dict():
 
 def test_legacy_speculative_model_path_means_draft_model():
     legacy = build_speculative_config(None, speculative_model="/ckpt/draft", num_speculative_tokens=4)
-    assert legacy == build_speculative_config({"method": "draft_model", "model": "/ckpt/draft", "num_speculative_tokens": 4})
+    assert legacy == build_speculative_config(
+        {"method": "draft_model", "model": "/ckpt/draft", "num_speculative_tokens": 4}
+    )
 
 
 def test_only_one_lookup_bound_given_keeps_the_other_consistent():
-    assert build_speculative_config({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 6}).prompt_lookup_max == 6
-    assert build_speculative_config({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2}).prompt_lookup_min == 1
+    assert (
+        build_speculative_config(
+            {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 6}
+        ).prompt_lookup_max
+        == 6
+    )
+    assert (
+        build_speculative_config(
+            {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2}
+        ).prompt_lookup_min
+        == 1
+    )
 
 
 def test_unknown_speculative_config_key_is_named_with_the_known_ones():
@@ -108,7 +120,14 @@ def test_ngram_with_a_model_is_an_error():
     "spec, legacy",
     [
         ({"model": "/ckpt/draft", "num_speculative_tokens": 3, "draft_tensor_parallel_size": 2}, {}),
-        (None, {"speculative_model": "/ckpt/draft", "num_speculative_tokens": 3, "speculative_draft_tensor_parallel_size": 2}),
+        (
+            None,
+            {
+                "speculative_model": "/ckpt/draft",
+                "num_speculative_tokens": 3,
+                "speculative_draft_tensor_parallel_size": 2,
+            },
+        ),
     ],
 )
 def test_draft_tensor_parallel_size_two_is_an_error_that_says_use_one(spec, legacy):
@@ -137,14 +156,18 @@ def test_llm_legacy_ngram_keywords_mean_the_same_as_the_dict(tiny_llama):
 
 
 def test_llm_legacy_speculative_model_path_loads_a_draft_model(tiny_llama):
-    llm = LLM(str(tiny_llama), speculative_model=str(tiny_llama), num_speculative_tokens=3, kv_cache_memory_bytes=SMALL_KV)
+    llm = LLM(
+        str(tiny_llama), speculative_model=str(tiny_llama), num_speculative_tokens=3, kv_cache_memory_bytes=SMALL_KV
+    )
     assert llm.config.speculative.method == "draft_model"
     assert llm.config.speculative.draft_model == str(tiny_llama)
     assert llm.engine.num_speculative_tokens == 3
 
 
 def test_llm_use_v2_block_manager_is_accepted_and_changes_nothing(tiny_llama):
-    with_flag = LLM(str(tiny_llama), speculative_config=NGRAM_DICT, use_v2_block_manager=True, kv_cache_memory_bytes=SMALL_KV)
+    with_flag = LLM(
+        str(tiny_llama), speculative_config=NGRAM_DICT, use_v2_block_manager=True, kv_cache_memory_bytes=SMALL_KV
+    )
     without = LLM(str(tiny_llama), speculative_config=NGRAM_DICT, kv_cache_memory_bytes=SMALL_KV)
     assert with_flag.config == without.config
 

@@ -73,7 +73,9 @@ def test_max_tokens_is_exact_when_rounds_accept_every_draft(self_drafting, max_t
 
 
 def test_self_drafting_accepts_every_draft(self_drafting):
-    stats = self_drafting.generate([token_prompt(PROMPT)], greedy(max_tokens=4 * K, ignore_eos=True), use_tqdm=False)[0].spec_stats
+    stats = self_drafting.generate([token_prompt(PROMPT)], greedy(max_tokens=4 * K, ignore_eos=True), use_tqdm=False)[
+        0
+    ].spec_stats
     assert stats.num_draft_tokens > 0
     assert stats.acceptance_rate == 1.0
 
@@ -110,7 +112,12 @@ def test_ignore_eos_generates_past_eos(eos_case, llm):
 
 
 def test_generation_stops_at_max_model_len(tiny_llama):
-    llm = LLM(str(tiny_llama), max_model_len=16, kv_cache_memory_bytes=SMALL_KV, speculative_config={"method": "ngram", "num_speculative_tokens": K})
+    llm = LLM(
+        str(tiny_llama),
+        max_model_len=16,
+        kv_cache_memory_bytes=SMALL_KV,
+        speculative_config={"method": "ngram", "num_speculative_tokens": K},
+    )
     out = generate_one(llm, list(range(10, 22)), greedy(max_tokens=None, ignore_eos=True))
     assert len(out.token_ids) == 16 - 12
     assert out.finish_reason == "length"

@@ -10,10 +10,10 @@ import time
 
 import grpc
 from grpc_health.v1 import health_pb2
+from service_stack import free_port, health_status
 
 from protos import splitspec_v1_pb2_grpc as pb_grpc
-from service_stack import free_port, health_status
-from splitspec.client import build_request
+from splitspec.entrypoints.client import build_request
 
 
 def _children(pid: int) -> list[int]:
@@ -25,9 +25,25 @@ def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path):
     ports = [free_port(), free_port(), free_port()]
     log = open(tmp_path / "up.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "splitspec.cli", "up", "--model", str(tiny_llama), "--port", str(ports[0]),
-         "--verifier-port", str(ports[1]), "--proposer-port", str(ports[2]), "-k", "3"],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
+        [
+            sys.executable,
+            "-m",
+            "splitspec",
+            "up",
+            "--model",
+            str(tiny_llama),
+            "--port",
+            str(ports[0]),
+            "--verifier-port",
+            str(ports[1]),
+            "--proposer-port",
+            str(ports[2]),
+            "-k",
+            "3",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
     )
     gateway = f"127.0.0.1:{ports[0]}"
     try:
@@ -38,7 +54,11 @@ def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path):
         children = _children(proc.pid)
         assert len(children) == 3
         with grpc.insecure_channel(gateway) as channel:
-            responses = list(pb_grpc.GatewayStub(channel).Generate(build_request([5, 6, 7, 5, 6], temperature=0, max_tokens=8, ignore_eos=True)))
+            responses = list(
+                pb_grpc.GatewayStub(channel).Generate(
+                    build_request([5, 6, 7, 5, 6], temperature=0, max_tokens=8, ignore_eos=True)
+                )
+            )
         assert sum(len(r.token_ids) for r in responses) == 8
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
-from proposer_svc.proposer import Draft
 from splitspec import LLM, SamplingParams
+from splitspec.config import RunnerConfig
+from splitspec.drafts import Draft
 from splitspec.errors import ServiceError
 from splitspec.models.loader import load_runner
 from verifier_svc.service import VerifierService
@@ -31,12 +33,19 @@ async def _decode(service: VerifierService, seq_id: str, steps: int) -> list[int
 
 def _plain(tiny_llama, prompt: list[int], n: int) -> list[int]:
     params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
-    return LLM(str(tiny_llama), kv_cache_memory_bytes=1 << 20).generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0].token_ids
+    return (
+        LLM(str(tiny_llama), kv_cache_memory_bytes=1 << 20)
+        .generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0]
+        .outputs[0]
+        .token_ids
+    )
 
 
 def test_concurrent_sequences_share_batches_and_match_plain_decoding(tiny_llama):
     async def main():
-        service = VerifierService(load_runner(tiny_llama, kv_cache_memory_bytes=1 << 20), batch_window_s=0.005)
+        service = VerifierService(
+            load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)), batch_window_s=0.005
+        )
         service.start()
         for seq_id, prompt in PROMPTS.items():
             service.add(seq_id, prompt, GREEDY, seed=0)
@@ -50,7 +59,7 @@ def test_concurrent_sequences_share_batches_and_match_plain_decoding(tiny_llama)
 
 def test_stale_step_is_refused_not_applied(tiny_llama):
     async def main():
-        service = VerifierService(load_runner(tiny_llama, kv_cache_memory_bytes=1 << 20))
+        service = VerifierService(load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)))
         service.start()
         service.add("a", PROMPTS["a"], GREEDY, seed=0)
         await service.step("a", len(PROMPTS["a"]), Draft())
@@ -61,14 +70,14 @@ def test_stale_step_is_refused_not_applied(tiny_llama):
         return before, service.sequences["a"].tokens, err.value
 
     before, after, error = _run(main())
-    assert error.code == "FAILED_PRECONDITION" and "stale" in error.message
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "stale" in error.message
     assert after == before
 
 
 def test_idle_sequences_are_evicted_when_the_cache_is_short_and_output_is_unchanged(tiny_llama):
     async def main():
         # 16 blocks of 4 tokens: the three prompts plus growth do not fit at once
-        runner = load_runner(tiny_llama, block_size=4, kv_cache_memory_bytes=2 * 2 * 4 * 2 * 16 * 4 * 16)
+        runner = load_runner(tiny_llama, RunnerConfig(block_size=4, kv_cache_memory_bytes=2 * 2 * 4 * 2 * 16 * 4 * 16))
         service = VerifierService(runner, batch_window_s=0.0)
         service.start()
         for seq_id, prompt in PROMPTS.items():
@@ -90,8 +99,8 @@ def test_idle_sequences_are_evicted_when_the_cache_is_short_and_output_is_unchan
 
 
 def test_admission_is_refused_when_full(tiny_llama):
-    service = VerifierService(load_runner(tiny_llama, kv_cache_memory_bytes=1 << 20), max_num_seqs=1)
+    service = VerifierService(load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)), max_num_seqs=1)
     service.add("a", [1, 2, 3], GREEDY, seed=0)
     with pytest.raises(ServiceError) as err:
         service.add("b", [1, 2, 3], GREEDY, seed=0)
-    assert err.value.code == "RESOURCE_EXHAUSTED"
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED

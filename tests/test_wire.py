@@ -1,15 +1,16 @@
-"""splitspec.wire: drafts and tensors survive a real protobuf encode/decode bit for bit."""
+"""splitspec.rpc.wire: drafts and tensors survive a real protobuf encode/decode bit for bit."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 import torch
 
-from proposer_svc.proposer import Draft
 from protos import splitspec_v1_pb2 as pb
+from splitspec.drafts import Draft
 from splitspec.errors import ServiceError
+from splitspec.rpc.wire import concat_rows, draft_from_proto, draft_to_proto, tensor_from_proto, tensor_to_proto
 from splitspec.sparse_distribution import SparseDistribution
-from splitspec.wire import concat_rows, draft_from_proto, draft_to_proto, tensor_from_proto, tensor_to_proto
 
 BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.int64: torch.int64}
 # signalling NaN with payload 1, and a negative quiet NaN with a payload, as raw bits
@@ -82,7 +83,9 @@ def test_tensor_round_trips_bit_exact(dtype):
     assert_bit_exact(over_the_wire_tensor(sent), sent)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d).removeprefix("torch.")
+)
 def test_nan_payloads_infinities_and_signed_zeros_survive(dtype):
     specials = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0], dtype=dtype)
     bits = BITS[dtype]
@@ -131,7 +134,7 @@ def test_zero_dim_tensor_round_trips(dtype):
 def test_malformed_hidden_states_are_invalid_argument(msg, problem):
     with pytest.raises(ServiceError, match=problem) as info:
         tensor_from_proto(msg)
-    assert info.value.code == "INVALID_ARGUMENT"
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -146,4 +149,4 @@ def test_rows_from_several_steps_stack_bit_exact(dtype):
 def test_rows_that_do_not_stack_are_invalid_argument(other):
     with pytest.raises(ServiceError) as err:
         concat_rows(tensor_to_proto(torch.randn(3, 8)), tensor_to_proto(other))
-    assert err.value.code == "INVALID_ARGUMENT" and "do not stack" in str(err.value)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "do not stack" in str(err.value)

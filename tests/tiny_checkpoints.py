@@ -132,7 +132,9 @@ def write_mlp_speculator(
         tensors[f"ln.{i}.bias"] = 0.1 * torch.randn(inner_dim, generator=g)
         tensors[f"head.{i}.weight"] = torch.randn(vocab_size, inner_dim, generator=g) / math.sqrt(inner_dim)
     for i in range(2 if tied else n_predict):
-        tensors[f"proj.{i}.weight"] = torch.randn(inner_dim, emb_dim if i == 0 else inner_dim, generator=g) / math.sqrt(inner_dim)
+        tensors[f"proj.{i}.weight"] = torch.randn(inner_dim, emb_dim if i == 0 else inner_dim, generator=g) / math.sqrt(
+            inner_dim
+        )
     save_file({prefix + name: t for name, t in tensors.items()}, str(folder / "model.safetensors"))
     return folder
 

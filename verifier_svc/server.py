@@ -1,15 +1,23 @@
-"""gRPC front of the verifier: translates splitspec.v1 messages to VerifierService calls."""
+"""gRPC front of the verifier: translates splitspec.v1 messages to VerifierService calls, and
+`run_verifier`, which loads the target and serves it until SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
+import grpc
+
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
-from splitspec import wire
-from splitspec.config import HIDDEN_STATES_ALL, HIDDEN_STATES_LAST, HIDDEN_STATES_NONE
+from splitspec.config import RunnerConfig
+from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
-from splitspec.grpc_server import CONTRACT_VERSION
+from splitspec.rpc import wire
+from splitspec.rpc.compute_thread import run_on_compute_thread
+from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
+from splitspec.rpc.stream_dispatch import serve_sequence_stream
 from splitspec.sampling_params import SamplingParams
-from splitspec.stream_dispatch import serve_sequence_stream
 from verifier_svc.service import VerifierService
 
 
@@ -42,7 +50,9 @@ class VerifierServicer(pb_grpc.VerifierServicer):
             kind = request.WhichOneof("kind")
             if kind == "start":
                 start = request.start
-                self.service.add(request.seq_id, list(start.token_ids), _params(start), start.seed, _hidden_states(start))
+                self.service.add(
+                    request.seq_id, list(start.token_ids), _params(start), start.seed, _hidden_states(start)
+                )
                 response.ack.SetInParent()
             elif kind == "step":
                 outcome = await self.service.step(
@@ -54,7 +64,9 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                 if outcome.hidden_state is not None:
                     response.result.hidden_states.CopyFrom(wire.tensor_to_proto(outcome.hidden_state))
             else:
-                raise ServiceError("INVALID_ARGUMENT", "empty VerifierRequest: set start, step or release")
+                raise ServiceError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "empty VerifierRequest: set start, step or release"
+                )
 
         def new_response(request: pb.VerifierRequest) -> pb.VerifierResponse:
             return pb.VerifierResponse(call_id=request.call_id, seq_id=request.seq_id)
@@ -65,12 +77,58 @@ class VerifierServicer(pb_grpc.VerifierServicer):
 
 def _params(start: pb.StartSequence) -> SamplingParams:
     try:
-        return SamplingParams(temperature=start.temperature, top_k=start.top_k, top_p=start.top_p or 1.0, max_tokens=None)
+        return SamplingParams(
+            temperature=start.temperature, top_k=start.top_k, top_p=start.top_p or 1.0, max_tokens=None
+        )
     except ValueError as exc:
-        raise ServiceError("INVALID_ARGUMENT", str(exc)) from None
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
-def _hidden_states(start: pb.StartSequence) -> str:
+def _hidden_states(start: pb.StartSequence) -> HiddenStates:
     if start.return_all_hidden_states:
-        return HIDDEN_STATES_ALL
-    return HIDDEN_STATES_LAST if start.return_hidden_states else HIDDEN_STATES_NONE
+        return HiddenStates.ALL
+    return HiddenStates.LAST if start.return_hidden_states else HiddenStates.NONE
+
+
+@dataclass(frozen=True)
+class VerifierSettings:
+    server: ServerOptions
+    model: str = "default"
+    runner: RunnerConfig = RunnerConfig()
+    """max_num_seqs also caps the sequences the service admits."""
+    batch_window_ms: float = 2.0
+
+
+def run_verifier(settings: VerifierSettings) -> None:
+    from splitspec.adaptive_k import PassCostModel
+    from splitspec.checkpoint import resolve_checkpoint
+    from splitspec.models.loader import load_runner
+    from splitspec.models.runner import ModelRunner
+    from splitspec.tokenizer import eos_token_ids, load_tokenizer
+
+    path = resolve_checkpoint(settings.model)
+
+    def load() -> tuple[ModelRunner, PassCostModel | None]:
+        runner = load_runner(path, settings.runner)
+        return runner, PassCostModel.calibrate(runner, max_rows=128)
+
+    runner, cost_model = run_on_compute_thread(load)
+    eos = sorted(eos_token_ids(path, load_tokenizer(path)))
+
+    async def main() -> None:
+        service = VerifierService(
+            runner, max_num_seqs=settings.runner.max_num_seqs, batch_window_s=settings.batch_window_ms / 1000
+        )
+        service.cost_model = cost_model
+
+        async def register(server, health) -> None:
+            service.start()
+            pb_grpc.add_VerifierServicer_to_server(VerifierServicer(service, settings.model, eos), server)
+            await health.set("", 1)
+            await health.set("splitspec.v1.Verifier", 1)
+
+        await serve(
+            settings.server, [pb.DESCRIPTOR.services_by_name["Verifier"].full_name], register, "verifier", service.close
+        )
+
+    asyncio.run(main())

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import grpc
 import torch
 
-from proposer_svc.proposer import Draft
 from splitspec.adaptive_k import PassCostModel
-from splitspec.config import HIDDEN_STATES_NONE
-from splitspec.errors import ServiceError
-from splitspec.micro_batcher import RETRY, MicroBatcher
+from splitspec.drafts import Draft, HiddenStates
+from splitspec.errors import ServiceError, SplitspecError
 from splitspec.models.runner import ModelRunner
+from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
 from splitspec.sampling_params import SamplingParams
+from splitspec.sequence import check_prompt
 from verifier_svc.verifier import Verifier
 
 
@@ -27,7 +28,7 @@ class RemoteSequence:
     tokens: list[int]
     params: SamplingParams
     seed: int
-    hidden_states: str = HIDDEN_STATES_NONE  # what results carry for the sequence's drafter
+    hidden_states: HiddenStates = HiddenStates.NONE  # what results carry for the sequence's drafter
 
 
 @dataclass
@@ -64,27 +65,29 @@ class VerifierService:
         await self.batcher.close()
 
     def add(
-        self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, hidden_states: str = HIDDEN_STATES_NONE
+        self,
+        seq_id: str,
+        token_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        hidden_states: HiddenStates = HiddenStates.NONE,
     ) -> None:
         if seq_id in self.sequences:
-            raise ServiceError("ALREADY_EXISTS", f"sequence {seq_id} is already running on this verifier")
-        if not token_ids:
-            raise ServiceError("INVALID_ARGUMENT", "the prompt is empty")
-        if len(token_ids) >= self.runner.max_model_len:
-            raise ServiceError(
-                "INVALID_ARGUMENT",
-                f"the prompt has {len(token_ids)} tokens; the model's context is {self.runner.max_model_len}",
-            )
-        if any(not 0 <= t < self.runner.vocab_size for t in token_ids):
-            raise ServiceError("INVALID_ARGUMENT", f"token ids must be in [0, {self.runner.vocab_size})")
+            raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"sequence {seq_id} is already running on this verifier")
+        try:
+            check_prompt(token_ids, self.runner.vocab_size, self.runner.max_model_len)
+        except SplitspecError as exc:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if len(self.sequences) >= self.max_num_seqs:
-            raise ServiceError("RESOURCE_EXHAUSTED", f"verifier is full ({self.max_num_seqs} sequences); retry later")
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"verifier is full ({self.max_num_seqs} sequences); retry later"
+            )
         self.sequences[seq_id] = RemoteSequence(seq_id, list(token_ids), params, seed, hidden_states)
 
     async def step(self, seq_id: str, committed_len: int, draft: Draft) -> StepOutcome:
         seq = self.sequences.get(seq_id)
         if seq is None:
-            raise ServiceError("NOT_FOUND", f"sequence {seq_id} is not running on this verifier")
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} is not running on this verifier")
         return await self.batcher.submit(_StepCall(seq, committed_len, draft))
 
     async def release(self, seq_id: str) -> None:
@@ -111,7 +114,7 @@ class VerifierService:
         while steps and not self.verifier.fits(steps):
             if len(steps) == 1:
                 outcomes[ready[0]] = ServiceError(
-                    "RESOURCE_EXHAUSTED", "the sequence no longer fits in the verifier's KV cache"
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "the sequence no longer fits in the verifier's KV cache"
                 )
                 steps, ready = [], []
                 break
@@ -129,24 +132,26 @@ class VerifierService:
     def _check(self, call: _StepCall) -> ServiceError | None:
         seq = call.seq
         if self.sequences.get(seq.seq_id) is not seq:
-            return ServiceError("NOT_FOUND", f"sequence {seq.seq_id} was released")
+            return ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq.seq_id} was released")
         if call.committed_len != len(seq.tokens):
             return ServiceError(
-                "FAILED_PRECONDITION",
+                grpc.StatusCode.FAILED_PRECONDITION,
                 f"stale step for {seq.seq_id}: built on {call.committed_len} tokens, verifier has {len(seq.tokens)}",
             )
         k = len(call.draft.token_ids)
         if len(seq.tokens) + k > self.runner.max_model_len:
-            return ServiceError("INVALID_ARGUMENT", f"{k} drafts would run past the model's context")
+            return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{k} drafts would run past the model's context")
         if any(not 0 <= t < self.runner.vocab_size for t in call.draft.token_ids):
-            return ServiceError("INVALID_ARGUMENT", "draft token ids out of the vocabulary")
+            return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "draft token ids out of the vocabulary")
         return None
 
     def _evict_idle_until_fits(self, steps, busy: set[str]) -> None:
         """Drop the cached blocks of sequences that are not stepping now, largest first."""
         if self.verifier.fits(steps):
             return
-        idle = [s for s in list(self.sequences.values()) if s.seq_id not in busy and self.runner.cached_length(s.seq_id)]
+        idle = [
+            s for s in list(self.sequences.values()) if s.seq_id not in busy and self.runner.cached_length(s.seq_id)
+        ]
         for seq in sorted(idle, key=lambda s: self.runner.cached_length(s.seq_id), reverse=True):
             self.verifier.free(seq.seq_id)
             self.num_evictions += 1

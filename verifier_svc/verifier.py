@@ -11,8 +11,7 @@ from typing import Protocol
 
 import torch
 
-from proposer_svc.proposer import Draft
-from splitspec.config import HIDDEN_STATES_ALL, HIDDEN_STATES_LAST, HIDDEN_STATES_NONE
+from splitspec.drafts import Draft, HiddenStates
 from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
 from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, build_rejection_batch, verify
@@ -26,20 +25,20 @@ class VerifiableSequence(Protocol):
 
 
 class Verifier:
-    def __init__(self, runner: ModelRunner, hidden_states: str = HIDDEN_STATES_NONE) -> None:
+    def __init__(self, runner: ModelRunner, hidden_states: HiddenStates = HiddenStates.NONE) -> None:
         """hidden_states: which of the target's hidden states results carry, for drafters that read
-        them (splitspec.config.HIDDEN_STATES_*); verify() can also choose per sequence."""
+        them; verify() can also choose per sequence."""
         self.runner = runner
         self.hidden_states = hidden_states
 
     def forward_inputs(
-        self, steps: list[tuple[VerifiableSequence, Draft]], hidden_states: list[str] | None = None
+        self, steps: list[tuple[VerifiableSequence, Draft]], hidden_states: list[HiddenStates] | None = None
     ) -> list[ForwardInput]:
         inputs = []
         for i, (seq, draft) in enumerate(steps):
             cached = self.runner.cached_length(seq.seq_id)
             fed = seq.tokens[cached:] + draft.token_ids
-            every_row = hidden_states is not None and hidden_states[i] == HIDDEN_STATES_ALL
+            every_row = hidden_states is not None and hidden_states[i] == HiddenStates.ALL
             inputs.append(ForwardInput(seq.seq_id, fed, len(draft.token_ids) + 1, len(fed) if every_row else None))
         return inputs
 
@@ -47,7 +46,7 @@ class Verifier:
         return self.runner.can_fit(self.forward_inputs(steps))
 
     def verify(
-        self, steps: list[tuple[VerifiableSequence, Draft]], hidden_states: list[str] | None = None
+        self, steps: list[tuple[VerifiableSequence, Draft]], hidden_states: list[HiddenStates] | None = None
     ) -> list[VerifyResult]:
         """Accepted drafts plus one correction or bonus token per sequence, in order.
 
@@ -61,7 +60,7 @@ class Verifier:
         """
         modes = hidden_states if hidden_states is not None else [self.hidden_states] * len(steps)
         inputs = self.forward_inputs(steps, modes)
-        if any(mode != HIDDEN_STATES_NONE for mode in modes):
+        if any(mode != HiddenStates.NONE for mode in modes):
             logits, hidden = self.runner.forward_with_hidden(inputs)  # [sum(k + 1), vocab], [sum(hidden_rows), hidden]
         else:
             logits, hidden = self.runner.forward(inputs), None
@@ -69,9 +68,9 @@ class Verifier:
         if hidden is not None:
             row = 0
             for inp, mode, result in zip(inputs, modes, results):
-                if mode == HIDDEN_STATES_LAST:  # rows are the k + 1 logit rows
+                if mode == HiddenStates.LAST:  # rows are the k + 1 logit rows
                     result.hidden_state = hidden[row + result.num_accepted].clone()
-                elif mode == HIDDEN_STATES_ALL:  # rows are every fed token's; keep the committed ones
+                elif mode == HiddenStates.ALL:  # rows are every fed token's; keep the committed ones
                     committed = len(inp.token_ids) - inp.num_logits + 1 + result.num_accepted
                     result.hidden_state = hidden[row : row + committed].clone()
                 row += inp.hidden_rows

@@ -16,17 +16,15 @@ from splitspec.models.runner import ForwardInput
 
 
 class HFRunner:
-    def __init__(self, path: Path, config, *, dtype: torch.dtype = torch.float32, max_model_len: int | None = None) -> None:
+    def __init__(
+        self, path: Path, config, *, dtype: torch.dtype = torch.float32, max_model_len: int | None = None
+    ) -> None:
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
         self.kernels = REFERENCE  # attention is transformers' own; sampling uses the reference
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
-        limit = (
-            getattr(config, "max_position_embeddings", None)
-            or getattr(config, "n_positions", None)
-            or 2048
-        )
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
         self.max_model_len = min(max_model_len or limit, limit)
         # newer transformers name the cache argument `cache`, older ones `past_key_values`
         params = inspect.signature(self.model.forward).parameters

@@ -211,7 +211,9 @@ class LlamaRunner:
         return logits.to("cpu", torch.float32), hidden.to("cpu", torch.float32)
 
     @torch.inference_mode()
-    def _forward(self, inputs: list[ForwardInput], extra_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(
+        self, inputs: list[ForwardInput], extra_input: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits of the logit rows, final hidden states of the hidden rows), on the runner's device.
         extra_input: one row per fed token for runners whose input is more than the token (EAGLE)."""
         if not self.can_fit(inputs):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from splitspec.config import RunnerConfig
 from splitspec.errors import SplitspecError
 from splitspec.models.runner import ModelRunner
 
@@ -23,7 +24,13 @@ def resolve_dtype(dtype: str | torch.dtype, config) -> torch.dtype:
     """'auto' means float32 on the CPU (half precision matmuls are slow there)."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "float": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "half": torch.float16,
+    }
     if dtype == "auto":
         return torch.float32
     if dtype not in names:
@@ -31,38 +38,30 @@ def resolve_dtype(dtype: str | torch.dtype, config) -> torch.dtype:
     return names[dtype]
 
 
-def load_runner(
-    path: Path,
-    *,
-    dtype: str | torch.dtype = "auto",
-    block_size: int = 16,
-    kv_cache_memory_bytes: int = 1 << 30,
-    max_model_len: int | None = None,
-    max_num_seqs: int = 64,
-    backend: str = "auto",
-    kernel_backend: str = "auto",
-) -> ModelRunner:
-    """backend: "auto" (native when supported), "native" or "transformers".
-    kernel_backend (native runner): "auto", "torch" or "triton" (kernels.dispatch)."""
+def load_runner(path: Path, config: RunnerConfig = RunnerConfig()) -> ModelRunner:
+    """The native paged runner where the architecture has one (unless config.backend says
+    "transformers"), else the transformers backend."""
     from splitspec.models.hf_backend import HFRunner
     from splitspec.models.llama import LlamaRunner, supports_natively
 
-    config = load_config(path)
-    torch_dtype = resolve_dtype(dtype, config)
-    native = supports_natively(config)
-    if backend == "native" and not native:
-        raise SplitspecError(f"{path}: model type {config.model_type!r} has no native runner; use backend='transformers'")
-    if backend not in ("auto", "native", "transformers"):
-        raise SplitspecError(f"backend must be auto, native or transformers, got {backend!r}")
-    if native and backend != "transformers":
+    model_config = load_config(path)
+    torch_dtype = resolve_dtype(config.dtype, model_config)
+    native = supports_natively(model_config)
+    if config.backend == "native" and not native:
+        raise SplitspecError(
+            f"{path}: model type {model_config.model_type!r} has no native runner; use backend='transformers'"
+        )
+    if config.backend not in ("auto", "native", "transformers"):
+        raise SplitspecError(f"backend must be auto, native or transformers, got {config.backend!r}")
+    if native and config.backend != "transformers":
         return LlamaRunner(
             path,
-            config,
+            model_config,
             dtype=torch_dtype,
-            block_size=block_size,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            kernel_backend=kernel_backend,
+            block_size=config.block_size,
+            kv_cache_memory_bytes=config.kv_cache_memory_bytes,
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            kernel_backend=config.kernel_backend,
         )
-    return HFRunner(path, config, dtype=torch_dtype, max_model_len=max_model_len)
+    return HFRunner(path, model_config, dtype=torch_dtype, max_model_len=config.max_model_len)

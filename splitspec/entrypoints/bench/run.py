@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splitspec.bench.runners import BenchPrompt, HFGenerate, SplitspecGateway, SplitspecInProcess
-from splitspec.bench.timing import RequestTiming, Summary, summarise
-from splitspec.bench.workloads import build_prompts
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
+from splitspec.entrypoints.bench.runners import BenchPrompt, HFGenerate, SplitspecGateway, SplitspecInProcess
+from splitspec.entrypoints.bench.timing import RequestTiming, Summary, summarise
+from splitspec.entrypoints.bench.workloads import build_prompts
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,25 @@ def _start_stack(model: str, k: int) -> tuple[subprocess.Popen, str]:
 
     ports = [_free_port() for _ in range(3)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "splitspec.cli", "up", "--model", model, "-k", str(k), "--port", str(ports[0]),
-         "--verifier-port", str(ports[1]), "--proposer-port", str(ports[2])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
+        [
+            sys.executable,
+            "-m",
+            "splitspec",
+            "up",
+            "--model",
+            model,
+            "-k",
+            str(k),
+            "--port",
+            str(ports[0]),
+            "--verifier-port",
+            str(ports[1]),
+            "--proposer-port",
+            str(ports[2]),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
     )
     address = f"127.0.0.1:{ports[0]}"
     deadline = time.monotonic() + 300
@@ -64,7 +80,10 @@ def _start_stack(model: str, k: int) -> tuple[subprocess.Popen, str]:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return proc, address
             except grpc.RpcError:
                 pass
@@ -78,7 +97,7 @@ def _speculator(settings: BenchSettings) -> Path | None:
         return None
     if settings.speculator != "auto":
         return Path(settings.speculator)
-    from splitspec.train_speculator import default_speculator_dir
+    from splitspec.entrypoints.train_speculator import default_speculator_dir
 
     trained = default_speculator_dir(settings.model)
     if (trained / "config.json").is_file():
@@ -103,16 +122,32 @@ def run_bench(settings: BenchSettings) -> dict:
     prompts = build_prompts(list(settings.workloads), settings.prompts_per_workload, settings.seed)
     bench_prompts = []
     for p in prompts:
-        text = plain.apply_chat_template([{"role": "user", "content": p.text}]) if getattr(tokenizer, "chat_template", None) else p.text
+        text = (
+            plain.apply_chat_template([{"role": "user", "content": p.text}])
+            if getattr(tokenizer, "chat_template", None)
+            else p.text
+        )
         bench_prompts.append(BenchPrompt(p, tokenizer.encode(text)))
 
     configs = [SplitspecInProcess("splitspec K=0", plain)]
-    configs.append(SplitspecInProcess(f"splitspec ngram K={k}", LLM(str(path), speculative_config={"method": "ngram", "num_speculative_tokens": k})))
+    configs.append(
+        SplitspecInProcess(
+            f"splitspec ngram K={k}",
+            LLM(str(path), speculative_config={"method": "ngram", "num_speculative_tokens": k}),
+        )
+    )
     if settings.draft_model:
         configs.append(
             SplitspecInProcess(
                 f"splitspec draft K={k}",
-                LLM(str(path), speculative_config={"method": "draft_model", "model": settings.draft_model, "num_speculative_tokens": k}),
+                LLM(
+                    str(path),
+                    speculative_config={
+                        "method": "draft_model",
+                        "model": settings.draft_model,
+                        "num_speculative_tokens": k,
+                    },
+                ),
             )
         )
     speculator = _speculator(settings)
@@ -138,8 +173,12 @@ def run_bench(settings: BenchSettings) -> dict:
         configs.append(HFGenerate("HF generate", hf_model, eos))
         configs.append(HFGenerate(f"HF prompt lookup K={k}", hf_model, eos, prompt_lookup_num_tokens=k))
         if settings.draft_model:
-            draft = AutoModelForCausalLM.from_pretrained(str(resolve_checkpoint(settings.draft_model)), dtype=torch.float32).eval()
-            configs.append(HFGenerate(f"HF assistant K={k}", hf_model, eos, assistant_model=draft, num_assistant_tokens=k))
+            draft = AutoModelForCausalLM.from_pretrained(
+                str(resolve_checkpoint(settings.draft_model)), dtype=torch.float32
+            ).eval()
+            configs.append(
+                HFGenerate(f"HF assistant K={k}", hf_model, eos, assistant_model=draft, num_assistant_tokens=k)
+            )
     if settings.configs_only:
         configs = [c for c in configs if c.name in settings.configs_only or c.name == "splitspec K=0"]
 
@@ -157,7 +196,9 @@ def run_bench(settings: BenchSettings) -> dict:
                     reference = timing.token_ids
                 timing.matches_reference = timing.token_ids == reference
                 timings[c.name].append(timing)
-        in_process = [c for c in configs if isinstance(c, SplitspecInProcess)] + [c for c in configs if isinstance(c, SplitspecGateway)]
+        in_process = [c for c in configs if isinstance(c, SplitspecInProcess)] + [
+            c for c in configs if isinstance(c, SplitspecGateway)
+        ]
         for level in settings.concurrency:
             batch = [bench_prompts[i % len(bench_prompts)] for i in range(level)]
             for c in in_process:
@@ -216,5 +257,7 @@ def format_table(summaries: list[Summary], sweep: list[dict]) -> str:
     if sweep:
         lines += ["", f"{'concurrency':<26}{'requests':>9}{'tok/s':>9}{'mean latency s':>16}"]
         for row in sweep:
-            lines.append(f"{row['config']:<26}{row['concurrency']:>9}{row['throughput_tokens_per_s']:>9.1f}{row['mean_latency_s']:>16.2f}")
+            lines.append(
+                f"{row['config']:<26}{row['concurrency']:>9}{row['throughput_tokens_per_s']:>9.1f}{row['mean_latency_s']:>16.2f}"
+            )
     return "\n".join(lines)

@@ -29,7 +29,9 @@ class ServerOptions:
         return f"{self.host}:{self.port}"
 
 
-def channel_options(max_message_bytes: int = 64 << 20, keepalive_time_ms: int = 20_000, keepalive_timeout_ms: int = 10_000) -> list[tuple[str, int]]:
+def channel_options(
+    max_message_bytes: int = 64 << 20, keepalive_time_ms: int = 20_000, keepalive_timeout_ms: int = 10_000
+) -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),

@@ -6,8 +6,8 @@ import itertools
 import time
 from dataclasses import dataclass
 
-from splitspec.bench.timing import RequestTiming
-from splitspec.bench.workloads import Prompt
+from splitspec.entrypoints.bench.timing import RequestTiming
+from splitspec.entrypoints.bench.workloads import Prompt
 from splitspec.sampling_params import SamplingParams
 
 _ids = itertools.count()
@@ -112,10 +112,12 @@ class SplitspecGateway:
         import grpc
 
         from protos import splitspec_v1_pb2_grpc as pb_grpc
-        from splitspec.client import build_request
+        from splitspec.entrypoints.client import build_request
 
         def one(p: BenchPrompt) -> RequestTiming:
-            request = build_request(p.token_ids, temperature=0, max_tokens=max_tokens, num_speculative_tokens=self.num_speculative_tokens)
+            request = build_request(
+                p.token_ids, temperature=0, max_tokens=max_tokens, num_speculative_tokens=self.num_speculative_tokens
+            )
             timing = RequestTiming(self.name, p.prompt.name, p.prompt.workload, time.perf_counter())
             for response in stub.Generate(request):
                 if response.token_ids:
@@ -123,7 +125,11 @@ class SplitspecGateway:
                     timing.token_ids.extend(response.token_ids)
                 if response.finish_reason:
                     spec = response.speculation
-                    timing.rounds, timing.drafted, timing.accepted = spec.num_rounds, spec.num_draft_tokens, spec.num_accepted_tokens
+                    timing.rounds, timing.drafted, timing.accepted = (
+                        spec.num_rounds,
+                        spec.num_draft_tokens,
+                        spec.num_accepted_tokens,
+                    )
                     timing.drafted_per_position = list(spec.drafted_per_position)
                     timing.accepted_per_position = list(spec.accepted_per_position)
             return timing

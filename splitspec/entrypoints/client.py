@@ -30,7 +30,13 @@ def build_request(
     else:
         request.prompt_token_ids.extend(prompt)
     s = request.sampling
-    for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("max_tokens", max_tokens), ("seed", seed)):
+    for name, value in (
+        ("temperature", temperature),
+        ("top_p", top_p),
+        ("top_k", top_k),
+        ("max_tokens", max_tokens),
+        ("seed", seed),
+    ):
         if value is not None:
             setattr(s, name, value)
     s.stop.extend(stop or [])
@@ -43,6 +49,8 @@ def build_request(
     return request
 
 
-def stream_generate(address: str, request: pb.GenerateRequest, timeout: float | None = None) -> Iterator[pb.GenerateResponse]:
+def stream_generate(
+    address: str, request: pb.GenerateRequest, timeout: float | None = None
+) -> Iterator[pb.GenerateResponse]:
     with grpc.insecure_channel(address) as channel:
         yield from pb_grpc.GatewayStub(channel).Generate(request, timeout=timeout)

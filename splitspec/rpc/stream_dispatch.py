@@ -74,7 +74,7 @@ async def serve_sequence_stream(
                 await handle(request, response)
                 opened.add(request.seq_id)
         except ServiceError as exc:
-            response.error.code = grpc.StatusCode[exc.code].value[0]
+            response.error.code = exc.code.value[0]
             response.error.message = exc.message
         except Exception as exc:
             response.error.code = grpc.StatusCode.INTERNAL.value[0]

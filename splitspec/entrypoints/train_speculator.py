@@ -57,7 +57,9 @@ def _progress(total: int, desc: str, unit: str):
 def _generate(llm, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
     from splitspec.sampling_params import SamplingParams
 
-    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=max_tokens))
+    outputs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=max_tokens)
+    )
     return [o.outputs[0].token_ids for o in outputs]
 
 
@@ -96,9 +98,9 @@ def train_speculator(settings: TrainSpeculatorSettings) -> dict:
     from proposer_svc.mlp_speculator import MLPSpeculator
     from proposer_svc.mlp_speculator_training import chain_agreement, fit_mlp_speculator, save_mlp_speculator
     from splitspec import LLM
-    from splitspec.bench.workloads import WORKLOADS, build_prompts, training_prompts
     from splitspec.checkpoint import read_embedding_and_head, resolve_checkpoint
     from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
+    from splitspec.entrypoints.bench.workloads import WORKLOADS, build_prompts, training_prompts
     from splitspec.sampling_params import SamplingParams
 
     if settings.n_predict < 1 or settings.num_prompts < 1 or settings.max_tokens <= settings.n_predict:
@@ -107,14 +109,20 @@ def train_speculator(settings: TrainSpeculatorSettings) -> dict:
     path = resolve_checkpoint(settings.model)
     output = Path(settings.output) if settings.output else default_speculator_dir(settings.model)
     _log(f"target {settings.model} ({path}); the speculator goes to {output}")
-    llm = LLM(str(path), speculative_config={"method": "ngram", "num_speculative_tokens": DEFAULT_NUM_SPECULATIVE_TOKENS})
+    llm = LLM(
+        str(path), speculative_config={"method": "ngram", "num_speculative_tokens": DEFAULT_NUM_SPECULATIVE_TOKENS}
+    )
     if getattr(llm.runner, "hidden", None) is None:
         raise SplitspecError("train-speculator needs a Llama-family target (one the native runner loads)")
 
     held_out = build_prompts(list(WORKLOADS), settings.held_out_per_workload, settings.seed)
-    train_prompts = _chat_prompts(llm, training_prompts(settings.num_prompts, settings.seed, {p.name for p in held_out}))
+    train_prompts = _chat_prompts(
+        llm, training_prompts(settings.num_prompts, settings.seed, {p.name for p in held_out})
+    )
     test_prompts = _chat_prompts(llm, held_out)
-    _log(f"the target writes {len(train_prompts)} training and {len(test_prompts)} held-out texts of up to {settings.max_tokens} tokens")
+    _log(
+        f"the target writes {len(train_prompts)} training and {len(test_prompts)} held-out texts of up to {settings.max_tokens} tokens"
+    )
     train_outputs = _generate(llm, train_prompts, settings.max_tokens)
     test_outputs = _generate(llm, test_prompts, settings.max_tokens)
     train = _examples(llm, train_prompts, train_outputs, settings.n_predict, "training texts")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Sequence as SequenceType
 
 from splitspec.checkpoint import resolve_checkpoint
-from splitspec.config import EngineConfig, build_speculative_config
-from splitspec.engine import Engine, SchedulerLimits
+from splitspec.config import EngineConfig, RunnerConfig, SchedulerConfig, build_speculative_config
+from splitspec.drafts import HiddenStates
+from splitspec.engine import Engine
 from splitspec.errors import SplitspecError
 from splitspec.outputs import CompletionOutput, RequestOutput
 from splitspec.sampling_params import SamplingParams
@@ -17,8 +18,18 @@ from splitspec.sequence import Sequence
 from splitspec.stop_checker import StopChecker
 from splitspec.tokenizer import eos_token_ids, load_tokenizer
 
+if TYPE_CHECKING:
+    from proposer_svc.proposer import Proposer
+    from splitspec.models.runner import ModelRunner
+
 # vLLM engine arguments that are accepted for compatibility and change nothing here.
-_ACCEPTED_NO_EFFECT = {"use_v2_block_manager", "enforce_eager", "trust_remote_code", "gpu_memory_utilization", "disable_log_stats"}
+_ACCEPTED_NO_EFFECT = {
+    "use_v2_block_manager",
+    "enforce_eager",
+    "trust_remote_code",
+    "gpu_memory_utilization",
+    "disable_log_stats",
+}
 
 
 class LLM:
@@ -72,55 +83,69 @@ class LLM:
         path = resolve_checkpoint(model)
         self.config = EngineConfig(
             model_path=str(path),
+            tokenizer_path=tokenizer or str(path),
+            runner=RunnerConfig(
+                dtype=dtype,
+                block_size=block_size,
+                kv_cache_memory_bytes=kv_cache_memory_bytes,
+                max_model_len=max_model_len,
+                max_num_seqs=max_num_seqs,
+                kernel_backend=kernel_backend,
+            ),
+            scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens),
             speculative=spec,
-            max_model_len=max_model_len,
-            block_size=block_size,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
             seed=seed,
         )
+        self.runner = self._load_target()
+        self.tokenizer = load_tokenizer(Path(self.config.tokenizer_path))
+        self.engine = self._build_engine(self._build_proposer())
+        self._request_counter = itertools.count()
+
+    def _load_target(self) -> ModelRunner:
         from splitspec.models.loader import load_runner
 
-        self.runner = load_runner(
-            path,
-            dtype=dtype,
-            block_size=block_size,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            kernel_backend=kernel_backend,
-        )
-        self.tokenizer = load_tokenizer(Path(tokenizer) if tokenizer else path)
-        proposer = None
-        if spec is not None:
-            from proposer_svc.factory import build_proposer
+        return load_runner(Path(self.config.model_path), self.config.runner)
 
-            proposer = build_proposer(
-                spec,
-                target_vocab_size=self.runner.vocab_size,
-                target_hidden_size=getattr(self.runner, "hidden", None),
-                target_model=str(path),
-                dtype=dtype,
-                max_num_seqs=max_num_seqs,
-            )
-        stop_checker = StopChecker(eos_token_ids(path, self.tokenizer), self.runner.max_model_len, self._detokenize)
+    def _build_proposer(self) -> Proposer | None:
+        spec = self.config.speculative
+        if spec is None:
+            return None
+        from proposer_svc.factory import build_proposer
+
+        return build_proposer(
+            spec,
+            target_vocab_size=self.runner.vocab_size,
+            target_hidden_size=getattr(self.runner, "hidden", None),
+            target_model=self.config.model_path,
+            dtype=self.config.runner.dtype,
+            max_num_seqs=self.config.runner.max_num_seqs,
+        )
+
+    def _build_engine(self, proposer: Proposer | None) -> Engine:
+        """The verify pass returns the hidden states the drafter reads; adaptive K measures the
+        target's pass costs first."""
+        from verifier_svc.verifier import Verifier
+
+        spec = self.config.speculative
+        eos = eos_token_ids(Path(self.config.model_path), self.tokenizer)
+        stop_checker = StopChecker(eos, self.runner.max_model_len, self._detokenize)
         cost_model = None
         if spec is not None and spec.adaptive:
             from splitspec.adaptive_k import PassCostModel
 
-            max_rows = min(max_num_batched_tokens, max_num_seqs * (spec.num_speculative_tokens + 1))
+            scheduler = self.config.scheduler
+            max_rows = min(scheduler.max_num_batched_tokens, scheduler.max_num_seqs * (spec.num_speculative_tokens + 1))
             cost_model = PassCostModel.calibrate(self.runner, max_rows)
-        self.engine = Engine(
-            self.runner,
+        verifier = Verifier(self.runner, proposer.hidden_states if proposer else HiddenStates.NONE)
+        return Engine(
+            verifier,
             proposer,
             spec.num_speculative_tokens if spec else 0,
             stop_checker,
-            SchedulerLimits(max_num_seqs, max_num_batched_tokens),
-            seed=seed,
+            self.config.scheduler,
+            seed=self.config.seed,
             cost_model=cost_model,
         )
-        self._request_counter = itertools.count()
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -137,7 +162,9 @@ class LLM:
         prompts = list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
-        params = [sampling_params] * len(prompts) if isinstance(sampling_params, SamplingParams) else list(sampling_params)
+        params = (
+            [sampling_params] * len(prompts) if isinstance(sampling_params, SamplingParams) else list(sampling_params)
+        )
         if len(params) != len(prompts):
             raise SplitspecError(f"got {len(prompts)} prompts but {len(params)} sampling params")
         sequences: list[Sequence] = []
@@ -163,7 +190,12 @@ class LLM:
                 progress.close()
         return [self._output(seq) for seq in sequences]
 
-    def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
+    def chat(
+        self,
+        messages: list[dict] | list[list[dict]],
+        sampling_params: SamplingParams | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
         """Apply the tokenizer's chat template to each conversation, then generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = [self.apply_chat_template(conv) for conv in conversations]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import grpc
 import torch
 
-from proposer_svc.proposer import Draft
 from protos import splitspec_v1_pb2 as pb
+from splitspec.drafts import Draft
 from splitspec.errors import ServiceError
 from splitspec.sparse_distribution import SparseDistribution
 
@@ -50,12 +51,13 @@ def tensor_from_proto(msg: pb.HiddenStates) -> torch.Tensor:
     """Raises ServiceError(INVALID_ARGUMENT) for an unknown dtype or bytes that do not fill the shape."""
     dtype = getattr(torch, msg.dtype, None)
     if not isinstance(dtype, torch.dtype):
-        raise ServiceError("INVALID_ARGUMENT", f"hidden states: unknown dtype {msg.dtype!r}")
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"hidden states: unknown dtype {msg.dtype!r}")
     shape = tuple(msg.shape)
     expected = math.prod(shape) * dtype.itemsize
     if any(n < 0 for n in shape) or len(msg.data) != expected:
         raise ServiceError(
-            "INVALID_ARGUMENT", f"hidden states: {len(msg.data)} bytes do not make a {msg.dtype} tensor of shape {list(shape)}"
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"hidden states: {len(msg.data)} bytes do not make a {msg.dtype} tensor of shape {list(shape)}",
         )
     data = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8) if msg.data else torch.empty(0, dtype=torch.uint8)
     return data.view(dtype).reshape(shape)
@@ -65,7 +67,8 @@ def concat_rows(first: pb.HiddenStates, second: pb.HiddenStates) -> pb.HiddenSta
     """[n, hidden] and [m, hidden] -> [n + m, hidden], bytes untouched (row-major tensors append)."""
     if first.dtype != second.dtype or list(first.shape[1:]) != list(second.shape[1:]) or not first.shape:
         raise ServiceError(
-            "INVALID_ARGUMENT", f"hidden states {first.dtype}{list(first.shape)} and {second.dtype}{list(second.shape)} do not stack"
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"hidden states {first.dtype}{list(first.shape)} and {second.dtype}{list(second.shape)} do not stack",
         )
     return pb.HiddenStates(
         data=first.data + second.data, dtype=first.dtype, shape=[first.shape[0] + second.shape[0], *first.shape[1:]]

@@ -31,8 +31,32 @@ _CHAT = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
     "Compare trains and planes for a 500 km trip.",
 ]
-_CODE_MODULES = ("textwrap", "shlex", "fnmatch", "glob", "calendar", "colorsys", "difflib", "bisect", "heapq", "statistics")
-_DOC_MODULES = ("argparse", "difflib", "heapq", "textwrap", "pickle", "shlex", "bisect", "calendar", "tarfile", "zipfile", "logging", "csv")
+_CODE_MODULES = (
+    "textwrap",
+    "shlex",
+    "fnmatch",
+    "glob",
+    "calendar",
+    "colorsys",
+    "difflib",
+    "bisect",
+    "heapq",
+    "statistics",
+)
+_DOC_MODULES = (
+    "argparse",
+    "difflib",
+    "heapq",
+    "textwrap",
+    "pickle",
+    "shlex",
+    "bisect",
+    "calendar",
+    "tarfile",
+    "zipfile",
+    "logging",
+    "csv",
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +110,9 @@ def _docs(modules: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def _code_edit_prompt(name: str, code: str) -> Prompt:
-    return Prompt("code_edit", name, f"Add type hints to this function and return the whole function:\n\n```python\n{code}\n```")
+    return Prompt(
+        "code_edit", name, f"Add type hints to this function and return the whole function:\n\n```python\n{code}\n```"
+    )
 
 
 def _summarise_prompt(name: str, doc: str) -> Prompt:
@@ -117,12 +143,59 @@ def build_prompts(workloads: list[str], per_workload: int, seed: int) -> list[Pr
     return prompts
 
 
-_TRAINING_MODULES = _CODE_MODULES + _DOC_MODULES + (
-    "abc", "ast", "base64", "contextlib", "copy", "dataclasses", "datetime", "decimal", "enum", "fractions",
-    "functools", "getopt", "gettext", "gzip", "hashlib", "inspect", "ipaddress", "json/__init__", "locale",
-    "mimetypes", "numbers", "operator", "optparse", "os", "pathlib", "pprint", "queue", "random", "re/__init__",
-    "sched", "secrets", "shutil", "socket", "string", "subprocess", "tempfile", "threading", "timeit", "tokenize",
-    "trace", "traceback", "types", "typing", "uuid", "warnings", "wave", "weakref", "zipimport",
+_TRAINING_MODULES = (
+    _CODE_MODULES
+    + _DOC_MODULES
+    + (
+        "abc",
+        "ast",
+        "base64",
+        "contextlib",
+        "copy",
+        "dataclasses",
+        "datetime",
+        "decimal",
+        "enum",
+        "fractions",
+        "functools",
+        "getopt",
+        "gettext",
+        "gzip",
+        "hashlib",
+        "inspect",
+        "ipaddress",
+        "json/__init__",
+        "locale",
+        "mimetypes",
+        "numbers",
+        "operator",
+        "optparse",
+        "os",
+        "pathlib",
+        "pprint",
+        "queue",
+        "random",
+        "re/__init__",
+        "sched",
+        "secrets",
+        "shutil",
+        "socket",
+        "string",
+        "subprocess",
+        "tempfile",
+        "threading",
+        "timeit",
+        "tokenize",
+        "trace",
+        "traceback",
+        "types",
+        "typing",
+        "uuid",
+        "warnings",
+        "wave",
+        "weakref",
+        "zipimport",
+    )
 )
 
 
@@ -136,9 +209,15 @@ def training_prompts(n: int, seed: int, exclude: set[str]) -> list[Prompt]:
     kinds = [
         humaneval(10_000, rng),
         [_code_edit_prompt(name, code) for name, code in functions],
-        [Prompt("explain", name, f"Explain what this function does, step by step:\n\n```python\n{code}\n```") for name, code in functions],
+        [
+            Prompt("explain", name, f"Explain what this function does, step by step:\n\n```python\n{code}\n```")
+            for name, code in functions
+        ],
         [_summarise_prompt(name, doc) for name, doc in _docs(modules)],
-        [Prompt("chat", f"module-{m}", f"What is the Python module `{m.split('/')[0]}` for? Give a short example.") for m in modules],
+        [
+            Prompt("chat", f"module-{m}", f"What is the Python module `{m.split('/')[0]}` for? Give a short example.")
+            for m in modules
+        ],
     ]
     for prompts in kinds:
         rng.shuffle(prompts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, Generic, TypeVar
 
-from splitspec.compute_thread import compute_executor
+from splitspec.rpc.compute_thread import compute_executor
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
-from splitspec.grpc_server import ServerOptions
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS, RunnerConfig
+from splitspec.rpc.grpc_server import ServerOptions
 
 
 def _env(name: str, default):
@@ -69,18 +69,33 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     _server_flags(p, 50053)
     _proposer_flags(p)
     p.add_argument(
-        "--target-model", default=_env("TARGET_MODEL", None), help="the verifier's checkpoint, for --method eagle (env SPLITSPEC_TARGET_MODEL)"
+        "--target-model",
+        default=_env("TARGET_MODEL", None),
+        help="the verifier's checkpoint, for --method eagle (env SPLITSPEC_TARGET_MODEL)",
     )
     p.add_argument("--batch-window-ms", type=float, default=_env("BATCH_WINDOW_MS", 1.0))
     p.set_defaults(func=_serve_proposer)
 
     p = sub.add_parser("serve-gateway", help="serve the public Gateway service")
     _server_flags(p, 50051)
-    p.add_argument("--model", default=_env("MODEL", "default"), help="checkpoint whose tokenizer to use (env SPLITSPEC_MODEL)")
-    p.add_argument("--verifiers", default=_env("VERIFIERS", "127.0.0.1:50052"), help="comma-separated verifier addresses")
-    p.add_argument("--proposers", default=_env("PROPOSERS", "127.0.0.1:50053"), help="comma-separated proposer addresses ('' for none)")
+    p.add_argument(
+        "--model", default=_env("MODEL", "default"), help="checkpoint whose tokenizer to use (env SPLITSPEC_MODEL)"
+    )
+    p.add_argument(
+        "--verifiers", default=_env("VERIFIERS", "127.0.0.1:50052"), help="comma-separated verifier addresses"
+    )
+    p.add_argument(
+        "--proposers",
+        default=_env("PROPOSERS", "127.0.0.1:50053"),
+        help="comma-separated proposer addresses ('' for none)",
+    )
     p.add_argument("--method", default=_env("METHOD", "ngram"), help="the proposers' method, for model info")
-    p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS))
+    p.add_argument(
+        "--num-speculative-tokens",
+        "-k",
+        type=int,
+        default=_env("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS),
+    )
     p.add_argument("--max-concurrent-requests", type=int, default=_env("MAX_CONCURRENT_REQUESTS", 256))
     p.add_argument("--proposer-timeout-s", type=float, default=_env("PROPOSER_TIMEOUT_S", 5.0))
     p.add_argument("--fixed-k", action="store_true", help="always draft -k tokens (no adaptive draft length)")
@@ -98,9 +113,16 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
 def _proposer_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=list(SPECULATION_METHODS), default=_env("METHOD", "ngram"))
-    p.add_argument("--num-speculative-tokens", "-k", type=int, default=_env("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS))
     p.add_argument(
-        "--draft-model", default=_env("DRAFT_MODEL", None), help="draft, speculator or EAGLE checkpoint (all methods but ngram)"
+        "--num-speculative-tokens",
+        "-k",
+        type=int,
+        default=_env("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS),
+    )
+    p.add_argument(
+        "--draft-model",
+        default=_env("DRAFT_MODEL", None),
+        help="draft, speculator or EAGLE checkpoint (all methods but ngram)",
     )
     p.add_argument("--prompt-lookup-max", type=int, default=4)
     p.add_argument("--prompt-lookup-min", type=int, default=1)
@@ -109,15 +131,17 @@ def _proposer_flags(p: argparse.ArgumentParser) -> None:
 
 def _serve_verifier(args: argparse.Namespace) -> int:
     _yield_idle_cores()
-    from splitspec.serve import VerifierSettings, run_verifier
+    from verifier_svc.server import VerifierSettings, run_verifier
 
     run_verifier(
         VerifierSettings(
             server=_server_options(args),
             model=args.model,
-            max_num_seqs=args.max_num_seqs,
-            kv_cache_memory_bytes=args.kv_cache_memory_bytes,
-            max_model_len=args.max_model_len,
+            runner=RunnerConfig(
+                kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+                max_model_len=args.max_model_len,
+                max_num_seqs=args.max_num_seqs,
+            ),
             batch_window_ms=args.batch_window_ms,
         )
     )
@@ -126,13 +150,15 @@ def _serve_verifier(args: argparse.Namespace) -> int:
 
 def _serve_proposer(args: argparse.Namespace) -> int:
     _yield_idle_cores()
+    from proposer_svc.server import ProposerSettings, run_proposer
     from splitspec.errors import SplitspecError
-    from splitspec.serve import ProposerSettings, run_proposer
 
     if args.method != "ngram" and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
     if args.method == "eagle" and not args.target_model:
-        raise SplitspecError("--method eagle needs --target-model (the verifier's model), whose output head it drafts with")
+        raise SplitspecError(
+            "--method eagle needs --target-model (the verifier's model), whose output head it drafts with"
+        )
     run_proposer(
         ProposerSettings(
             server=_server_options(args),
@@ -151,7 +177,7 @@ def _serve_proposer(args: argparse.Namespace) -> int:
 
 def _serve_gateway(args: argparse.Namespace) -> int:
     _yield_idle_cores()
-    from splitspec.serve import GatewaySettings, run_gateway
+    from gateway.server import GatewaySettings, run_gateway
 
     run_gateway(
         GatewaySettings(
@@ -171,21 +197,51 @@ def _serve_gateway(args: argparse.Namespace) -> int:
 
 def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     """The three processes `splitspec up` starts (docker-compose.yml mirrors these)."""
-    base = [sys.executable, "-m", "splitspec.cli"]
-    proposer = ["serve-proposer", "--host", args.host, "--port", str(args.proposer_port), "--method", args.method, "-k", str(args.num_speculative_tokens)]
-    proposer += ["--prompt-lookup-max", str(args.prompt_lookup_max), "--prompt-lookup-min", str(args.prompt_lookup_min), "--draft-top-k", str(args.draft_top_k)]
+    base = [sys.executable, "-m", "splitspec"]
+    proposer = [
+        "serve-proposer",
+        "--host",
+        args.host,
+        "--port",
+        str(args.proposer_port),
+        "--method",
+        args.method,
+        "-k",
+        str(args.num_speculative_tokens),
+    ]
+    proposer += [
+        "--prompt-lookup-max",
+        str(args.prompt_lookup_max),
+        "--prompt-lookup-min",
+        str(args.prompt_lookup_min),
+        "--draft-top-k",
+        str(args.draft_top_k),
+    ]
     if args.draft_model:
         proposer += ["--draft-model", args.draft_model]
     if args.method == "eagle":
         proposer += ["--target-model", args.model]
     return {
-        "verifier": base + ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model],
+        "verifier": base
+        + ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model],
         "proposer": base + proposer,
         "gateway": base
         + [
-            "serve-gateway", "--host", args.host, "--port", str(args.port), "--model", args.model,
-            "--verifiers", f"{args.host}:{args.verifier_port}", "--proposers", f"{args.host}:{args.proposer_port}",
-            "--method", args.method, "-k", str(args.num_speculative_tokens),
+            "serve-gateway",
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+            "--model",
+            args.model,
+            "--verifiers",
+            f"{args.host}:{args.verifier_port}",
+            "--proposers",
+            f"{args.host}:{args.proposer_port}",
+            "--method",
+            args.method,
+            "-k",
+            str(args.num_speculative_tokens),
         ],
     }
 
@@ -224,6 +280,8 @@ def _up(args: argparse.Namespace) -> int:
             proc.kill()
             proc.wait()
     if failed is not None and not stopping:
-        print(f"splitspec up: {failed} exited with status {procs[failed].returncode}; stopped the others", file=sys.stderr)
+        print(
+            f"splitspec up: {failed} exited with status {procs[failed].returncode}; stopped the others", file=sys.stderr
+        )
         return 1
     return 0

@@ -13,10 +13,16 @@ from splitspec.errors import SplitspecError
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text in-process (default model unless --model)")
     p.add_argument("prompt", help="the prompt text")
-    p.add_argument("--model", default="default", help="checkpoint directory, hub id, or 'default' (SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model", default="default", help="checkpoint directory, hub id, or 'default' (SmolLM2-135M-Instruct)"
+    )
     p.add_argument("--method", choices=[*SPECULATION_METHODS, "none"], default="ngram", help="speculation method")
     p.add_argument(
-        "--num-speculative-tokens", "-k", type=int, default=DEFAULT_NUM_SPECULATIVE_TOKENS, help="most draft tokens per round"
+        "--num-speculative-tokens",
+        "-k",
+        type=int,
+        default=DEFAULT_NUM_SPECULATIVE_TOKENS,
+        help="most draft tokens per round",
     )
     p.add_argument("--draft-model", help="draft, MLP speculator or EAGLE checkpoint for the methods other than ngram")
     p.add_argument("--prompt-lookup-max", type=int, default=4)
@@ -85,7 +91,7 @@ def _generate_via_gateway(args: argparse.Namespace) -> int:
     """Streams text deltas as the gateway sends them. The gateway applies no chat template."""
     import grpc
 
-    from splitspec.client import build_request, stream_generate
+    from splitspec.entrypoints.client import build_request, stream_generate
 
     request = build_request(
         args.prompt,
@@ -135,12 +141,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face transformers")
     p.add_argument("--seed", type=int, default=0, help="selects the prompts")
     p.add_argument("--output", default="bench.json", help="where to write the JSON report")
-    p.add_argument("--quick", action="store_true", help="a small run: 1 prompt each of code_edit and summarise, 32 tokens")
+    p.add_argument(
+        "--quick", action="store_true", help="a small run: 1 prompt each of code_edit and summarise, 32 tokens"
+    )
     p.set_defaults(func=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from splitspec.bench.run import BenchSettings, run_bench
+    from splitspec.entrypoints.bench.run import BenchSettings, run_bench
 
     settings = BenchSettings(
         model=args.model,
@@ -157,8 +165,15 @@ def _bench(args: argparse.Namespace) -> int:
         output=args.output,
     )
     if args.quick:
-        settings = BenchSettings(**{**settings.__dict__, "workloads": ("code_edit", "summarise"), "prompts_per_workload": 1,
-                                    "max_tokens": 32, "concurrency": (1, 4)})
+        settings = BenchSettings(
+            **{
+                **settings.__dict__,
+                "workloads": ("code_edit", "summarise"),
+                "prompts_per_workload": 1,
+                "max_tokens": 32,
+                "concurrency": (1, 4),
+            }
+        )
     run_bench(settings)
     return 0
 
@@ -174,14 +189,16 @@ def _add_train_speculator(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=256, help="tokens the target writes per training prompt")
     p.add_argument("--ridge", type=float, default=1e-3, help="L2 penalty of the least-squares fit")
     p.add_argument("--seed", type=int, default=0, help="selects the prompts (the bench's held-out ones never train)")
-    p.add_argument("--quick", action="store_true", help="a small run: 8 prompts, 48 tokens, 1 held-out prompt per workload")
+    p.add_argument(
+        "--quick", action="store_true", help="a small run: 8 prompts, 48 tokens, 1 held-out prompt per workload"
+    )
     p.set_defaults(func=_train_speculator)
 
 
 def _train_speculator(args: argparse.Namespace) -> int:
     import json
 
-    from splitspec.train_speculator import TrainSpeculatorSettings, train_speculator
+    from splitspec.entrypoints.train_speculator import TrainSpeculatorSettings, train_speculator
 
     settings = TrainSpeculatorSettings(
         model=args.model,
@@ -203,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_bench(sub)
     _add_train_speculator(sub)
-    from splitspec.cli_services import add_service_commands
+    from splitspec.entrypoints.cli_services import add_service_commands
 
     add_service_commands(sub)
     return parser
@@ -220,7 +237,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("splitspec: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

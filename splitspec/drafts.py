@@ -1,0 +1,53 @@
+"""The vocabulary drafters and the verify pass share: what is asked for, what is proposed, and which
+of the target's hidden states a drafter reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from splitspec.sparse_distribution import SparseDistribution
+
+
+class HiddenStates(str, Enum):
+    """What a drafter reads of the target's final hidden states: nothing; the one behind each
+    sequence's last token (MLP speculator); or the one behind every committed token (EAGLE, which
+    attends over them)."""
+
+    NONE = "none"
+    LAST = "last"
+    ALL = "all"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class DraftRequest:
+    """Draft up to `num_tokens` tokens after the committed `token_ids` of `seq_id`.
+
+    `temperature` 0 asks for deterministic (argmax) drafts; otherwise a drafter that samples uses the
+    request's `seed` streams so drafts are reproducible.
+    """
+
+    seq_id: str
+    token_ids: list[int]
+    num_tokens: int
+    temperature: float = 0.0
+    top_k: int = -1
+    seed: int = 0
+    hidden_state: torch.Tensor | None = None
+    """For drafters that read the target's final hidden states (Proposer.hidden_states): LAST, the
+    state [hidden] at the position that produced the last of `token_ids`; ALL, the states [n, hidden]
+    of the positions that produced the last n of `token_ids` not given before. None when the target has
+    produced none for this sequence since the last request."""
+
+
+@dataclass
+class Draft:
+    """Proposed tokens; `q[i]` is the exact distribution token i was drawn from, None for one-hot."""
+
+    token_ids: list[int] = field(default_factory=list)
+    q: list[SparseDistribution | None] = field(default_factory=list)

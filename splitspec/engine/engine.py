@@ -1,0 +1,151 @@
+"""The in-process speculative decoding loop: schedule, propose and verify in one target pass, commit.
+
+Every round each running sequence feeds the target its not-yet-cached committed tokens (the whole
+prompt on the first round, one token afterwards) followed by its drafts, so prefill, verification and
+re-prefill after preemption are the same ragged batch. The KV cache holds every committed token but
+the last; rejected drafts are rolled back by truncating to that length.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from proposer_svc.proposer import Proposer
+from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, choose_num_drafts
+from splitspec.config import SchedulerConfig
+from splitspec.draft_limits import keeps_fixed_k, max_drafts
+from splitspec.drafts import Draft, DraftRequest
+from splitspec.engine.scheduler import Scheduler
+from splitspec.errors import SplitspecError
+from splitspec.sampling_params import SamplingParams
+from splitspec.sequence import Sequence, check_prompt, request_seed
+from splitspec.stop_checker import StopChecker
+from verifier_svc.rejection_sampler import VerifyResult
+from verifier_svc.verifier import Verifier
+
+Step = tuple[Sequence, Draft]
+
+
+class Engine:
+    def __init__(
+        self,
+        verifier: Verifier,
+        proposer: Proposer | None,
+        num_speculative_tokens: int,
+        stop_checker: StopChecker,
+        config: SchedulerConfig = SchedulerConfig(),
+        seed: int = 0,
+        cost_model: PassCostModel | None = None,
+    ) -> None:
+        """cost_model: when given, the number of drafts adapts per sequence (see adaptive_k.py)."""
+        self.verifier = verifier
+        self.runner = verifier.runner
+        self.proposer = proposer
+        self.num_speculative_tokens = num_speculative_tokens if proposer else 0
+        self.stop_checker = stop_checker
+        self.scheduler = Scheduler(config, self.runner, self.num_speculative_tokens)
+        self.cost_model = cost_model
+        self._rng = random.Random(seed)
+        self._acceptance: dict[str, AcceptanceEstimate] = {}
+        self._hidden: dict[str, torch.Tensor] = {}  # the target's states not yet handed to the proposer
+
+    @property
+    def num_preemptions(self) -> int:
+        return self.scheduler.num_preemptions
+
+    def add_request(
+        self, seq_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams
+    ) -> Sequence:
+        try:
+            check_prompt(prompt_token_ids, self.runner.vocab_size, self.runner.max_model_len)
+        except SplitspecError as exc:
+            raise SplitspecError(f"request {seq_id}: {exc}") from None
+        seq = Sequence(seq_id, prompt, list(prompt_token_ids), params, request_seed(params, self._rng))
+        self.scheduler.add(seq)
+        return seq
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[Sequence]:
+        """Run one round for every running sequence; return the sequences that finished in it."""
+        running = self.scheduler.schedule()
+        steps = self._fit(list(zip(running, self._propose(running))))
+        return self._commit(steps, self.verifier.verify(steps))
+
+    def abort(self, seq_id: str) -> None:
+        for seq in self.scheduler.abort(seq_id):
+            self._release(seq)
+
+    def _fit(self, steps: list[Step]) -> list[Step]:
+        """Preempt the newest sequences until the round fits the KV cache."""
+        while not self.verifier.fits(steps):
+            if len(steps) == 1:
+                raise SplitspecError(
+                    f"request {steps[0][0].seq_id} needs more KV cache than exists; raise kv_cache_memory_bytes"
+                )
+            self._release(self.scheduler.preempt_newest())
+            steps = steps[:-1]
+        return steps
+
+    def _commit(self, steps: list[Step], results: list[VerifyResult]) -> list[Sequence]:
+        finished = []
+        for (seq, draft), result in zip(steps, results):
+            seq.stats.record_round(len(draft.token_ids), result.num_accepted)
+            if self.cost_model is not None:
+                self._acceptance.setdefault(seq.seq_id, AcceptanceEstimate()).update(
+                    len(draft.token_ids), result.num_accepted
+                )
+            self.stop_checker.commit(seq, result.token_ids)
+            if result.hidden_state is not None:
+                self._hidden[seq.seq_id] = result.hidden_state
+            if seq.finished:
+                finished.append(seq)
+            else:
+                self.verifier.rollback(seq)
+        for seq in finished:
+            self.scheduler.finish(seq)
+            self._release(seq)
+        return finished
+
+    def _draft_budget(self, running: list[Sequence]) -> list[int]:
+        """Drafts per running sequence: adaptive where that cannot change a seeded sample."""
+        limits = [max_drafts(seq, self.num_speculative_tokens, self.runner.max_model_len) for seq in running]
+        if self.cost_model is None:
+            return limits
+        fixed = [keeps_fixed_k(self.proposer.samples_drafts, seq.params) for seq in running]
+        adaptive = [i for i, f in enumerate(fixed) if not f]
+        base_rows = sum(len(seq.tokens) - self.runner.cached_length(seq.seq_id) for seq in running)
+        base_rows += sum(limit for limit, f in zip(limits, fixed) if f)
+        rates = [self._acceptance.get(running[i].seq_id, AcceptanceEstimate()).rate for i in adaptive]
+        chosen = choose_num_drafts(rates, [limits[i] for i in adaptive], base_rows, self.cost_model)
+        for i, k in zip(adaptive, chosen):
+            limits[i] = k
+        return limits
+
+    def _propose(self, running: list[Sequence]) -> list[Draft]:
+        if self.proposer is None:
+            return [Draft() for _ in running]
+        requests = [
+            DraftRequest(
+                seq_id=seq.seq_id,
+                token_ids=seq.tokens,
+                num_tokens=budget,
+                temperature=seq.params.temperature,
+                top_k=seq.params.top_k,
+                seed=seq.seed,
+                hidden_state=self._hidden.pop(seq.seq_id, None),
+            )
+            for seq, budget in zip(running, self._draft_budget(running))
+        ]
+        drafts = self.proposer.propose(requests)
+        return [Draft(d.token_ids[: r.num_tokens], d.q[: r.num_tokens]) for d, r in zip(drafts, requests)]
+
+    def _release(self, seq: Sequence) -> None:
+        self.runner.free(seq.seq_id)
+        self._acceptance.pop(seq.seq_id, None)
+        self._hidden.pop(seq.seq_id, None)
+        if self.proposer is not None:
+            self.proposer.release(seq.seq_id)

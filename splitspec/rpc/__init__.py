@@ -1,0 +1,1 @@
+"""RPC plumbing every service shares: proto conversions, server start-up, stream dispatch, batching."""

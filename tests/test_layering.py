@@ -1,0 +1,105 @@
+"""Imports point down only: leaves, core, rpc plumbing, services, entry points (README, Layout).
+
+Every `import` and `from ... import` in the packages is read with `ast`, lazy imports inside functions
+and TYPE_CHECKING blocks included, and each edge between two of our modules is checked against the
+layer table below.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("kernels", "protos", "splitspec", "proposer_svc", "verifier_svc", "gateway")
+ENTRY_POINTS = ("splitspec.engine", "splitspec.entrypoints")
+"""The top of `splitspec`: they compose the services; the package's own __init__ (the public
+`from splitspec import LLM`) and __main__ belong here too."""
+
+MAY_IMPORT = {
+    "kernels": {"kernels"},
+    "protos": {"protos"},
+    "core": {"core", "kernels"},
+    "rpc": {"rpc", "core", "protos"},
+    "proposer_svc": {"proposer_svc", "rpc", "core", "protos", "kernels"},
+    "verifier_svc": {"verifier_svc", "rpc", "core", "protos", "kernels"},
+    "gateway": {"gateway", "rpc", "core", "protos"},
+    "entry": {"entry", "gateway", "proposer_svc", "verifier_svc", "rpc", "core", "protos", "kernels"},
+}
+
+
+def layer_of(module: str) -> str:
+    top = module.split(".")[0]
+    if top != "splitspec":
+        return top
+    if module in ("splitspec", "splitspec.__main__") or any(
+        module == p or module.startswith(p + ".") for p in ENTRY_POINTS
+    ):
+        return "entry"
+    return "rpc" if module == "splitspec.rpc" or module.startswith("splitspec.rpc.") else "core"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(name: str) -> bool:
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imported_modules(source: str) -> set[str]:
+    """Our modules a source imports; `from pkg import sub` counts as pkg.sub when sub is a module."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if is_module(submodule) else node.module)
+    return {m for m in found if m.split(".")[0] in PACKAGES}
+
+
+def upward_edges(sources: dict[str, str]) -> list[str]:
+    edges = []
+    for importer, source in sorted(sources.items()):
+        for imported in sorted(imported_modules(source)):
+            if layer_of(imported) not in MAY_IMPORT[layer_of(importer)]:
+                edges.append(f"{importer} ({layer_of(importer)}) imports {imported} ({layer_of(imported)})")
+    return edges
+
+
+def repository_sources() -> dict[str, str]:
+    return {
+        module_name(path): path.read_text()
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if "_pb2" not in path.name
+    }
+
+
+def test_imports_point_down_only() -> None:
+    assert upward_edges(repository_sources()) == []
+
+
+@pytest.mark.parametrize(
+    "importer, planted",
+    [
+        ("splitspec.config", "from verifier_svc.verifier import Verifier"),
+        ("splitspec.models.runner", "import gateway.server"),
+        ("splitspec.rpc.wire", "from proposer_svc.proposer import Proposer"),
+        ("verifier_svc.service", "from proposer_svc.ngram import NgramProposer"),
+        ("gateway.generation", "from verifier_svc.rejection_sampler import verify"),
+        ("proposer_svc.ngram", "from splitspec.entrypoints.llm import LLM"),
+        ("kernels.dispatch", "from splitspec.errors import SplitspecError"),
+        ("splitspec.sequence", "from splitspec import LLM"),
+    ],
+)
+def test_a_planted_upward_import_is_caught(importer: str, planted: str) -> None:
+    sources = repository_sources()
+    sources[importer] += f"\n\ndef _planted():\n    {planted}\n"
+    assert len(upward_edges(sources)) == 1
