@@ -14,7 +14,7 @@ from gateway.generation import Delta, GatewayCore
 from gateway.validation import validate
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, HIDDEN_STATES_BY_METHOD
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, HIDDEN_STATES_BY_METHOD, SpeculationMethod
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
@@ -151,7 +151,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             num_speculative_tokens=settings.num_speculative_tokens if proposers else 0,
             proposer_timeout_s=settings.proposer_timeout_s,
             adaptive=settings.adaptive,
-            drafts_are_sampled=settings.method == "draft_model",
+            drafts_are_sampled=settings.method == SpeculationMethod.DRAFT_MODEL,
             hidden_states=HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE),
         )
         watcher: asyncio.Task | None = None

@@ -2,16 +2,17 @@
 
 `rejection_sample_reference` (plain PyTorch) and `rejection_sample_triton` (one program per
 sequence) take the same `RejectionBatch`, including every random draw, and return the same result
-bit for bit. The rules are those of verifier_svc/rejection_sampler.py (tests/test_kernels.py checks
-the reference against it with that module's seeded draws):
+bit for bit. The rules, and the words accepted, correction and bonus, are those of
+verifier_svc/rejection_sampler.py (tests/test_rejection_sampling_kernel.py checks the reference
+against it with that module's seeded draws):
 
-- greedy sequence: accept drafts while they equal the argmax of the target logits, then emit the
-  argmax at the first mismatch (or the bonus position);
+- greedy sequence: drafts are accepted while they equal the argmax of the target logits; the argmax
+  at the first mismatch is the correction (at the last row, the bonus);
 - sampled sequence, one-hot draft (n-gram): the target's own sample y = argmax(p / E_target) is
-  emitted; the draft is accepted iff y equals it;
-- sampled sequence, draft with sparse q: accept x if u * q(x) < p(x); otherwise emit
-  argmax(max(0, p - q) / E_residual) and stop;
-- after every accepted draft, the bonus token argmax(p / E_target) at the last row.
+  emitted; the draft is accepted iff y equals it (otherwise y is the correction);
+- sampled sequence, draft with sparse q: x is accepted if u * q(x) < p(x); otherwise the correction
+  argmax(max(0, p - q) / E_residual) is emitted and the row stops;
+- after every draft was accepted, the bonus token argmax(p / E_target) at the last row.
 
 argmax always returns the first of equal maxima, as torch.argmax does.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from proposer_svc.proposer import Proposer
-from splitspec.config import SpeculativeConfig
+from splitspec.config import SpeculationMethod, SpeculativeConfig
 from splitspec.errors import SplitspecError
 from splitspec.models.linear import onednn_available
 
@@ -31,11 +31,11 @@ def build_proposer(
     target_hidden_size: checked against drafters that read the target's hidden state (None: unknown).
     target_model: the target checkpoint, whose output head (and embedding, unless the head has its
     own) an EAGLE head uses."""
-    if spec.method == "ngram":
+    if spec.method == SpeculationMethod.NGRAM:
         from proposer_svc.ngram import NgramProposer
 
         return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
-    if spec.method == "mlp_speculator":
+    if spec.method == SpeculationMethod.MLP_SPECULATOR:
         from proposer_svc.mlp_speculator import MLPSpeculator, MLPSpeculatorProposer
         from splitspec.checkpoint import resolve_checkpoint
 
@@ -51,7 +51,7 @@ def build_proposer(
                 f"target's are {target_hidden_size}: it was trained for another model"
             )
         return MLPSpeculatorProposer(speculator)
-    if spec.method == "eagle":
+    if spec.method == SpeculationMethod.EAGLE:
         from proposer_svc.eagle import EagleProposer, EagleRunner
         from splitspec.checkpoint import resolve_checkpoint
 

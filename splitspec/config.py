@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from splitspec.drafts import HiddenStates
 from splitspec.errors import SplitspecError
 
-SPECULATION_METHODS = ("ngram", "draft_model", "mlp_speculator", "eagle")
-HIDDEN_STATES_BY_METHOD = {"mlp_speculator": HiddenStates.LAST, "eagle": HiddenStates.ALL}
+
+class SpeculationMethod(str, Enum):
+    """How drafts are proposed: prompt lookup, a smaller causal LM, IBM's MLP speculator, or an EAGLE
+    head (the last two read the target's hidden states)."""
+
+    NGRAM = "ngram"
+    DRAFT_MODEL = "draft_model"
+    MLP_SPECULATOR = "mlp_speculator"
+    EAGLE = "eagle"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SPECULATION_METHODS = tuple(m.value for m in SpeculationMethod)
+HIDDEN_STATES_BY_METHOD = {
+    SpeculationMethod.MLP_SPECULATOR: HiddenStates.LAST,
+    SpeculationMethod.EAGLE: HiddenStates.ALL,
+}
 DEFAULT_NUM_SPECULATIVE_TOKENS = 10
 """The commands' default K: an upper bound, since adaptive K drafts fewer where more would not pay
 (10 is also the prompt_lookup_num_tokens of transformers' documented example)."""
@@ -22,7 +40,7 @@ class SpeculativeConfig:
     """How drafts are proposed: "ngram", "draft_model", "mlp_speculator" or "eagle" (all but ngram read
     `draft_model`)."""
 
-    method: str
+    method: SpeculationMethod
     num_speculative_tokens: int
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 1
@@ -37,6 +55,7 @@ class SpeculativeConfig:
             raise SplitspecError(
                 f"speculative method {self.method!r} is not supported; use one of {', '.join(SPECULATION_METHODS)}"
             )
+        object.__setattr__(self, "method", SpeculationMethod(self.method))
         if not isinstance(self.num_speculative_tokens, int) or self.num_speculative_tokens < 1:
             raise SplitspecError(
                 f"num_speculative_tokens must be a positive integer, got {self.num_speculative_tokens!r}"
@@ -46,7 +65,7 @@ class SpeculativeConfig:
                 "need 1 <= prompt_lookup_min <= prompt_lookup_max, got "
                 f"min={self.prompt_lookup_min}, max={self.prompt_lookup_max}"
             )
-        if self.method != "ngram" and not self.draft_model:
+        if self.method != SpeculationMethod.NGRAM and not self.draft_model:
             raise SplitspecError(f'speculative method "{self.method}" needs "model": a checkpoint path')
         if self.draft_top_k < 1:
             raise SplitspecError(f"draft_top_k must be >= 1, got {self.draft_top_k}")
@@ -103,8 +122,8 @@ def build_speculative_config(
     if model == "[ngram]":
         method, model = method or "ngram", None
     if method is None:
-        method = detect_method(model) if model else "ngram"
-    if method == "ngram" and model:
+        method = detect_method(model) if model else SpeculationMethod.NGRAM
+    if method == SpeculationMethod.NGRAM and model:
         raise SplitspecError('speculative method "ngram" takes no "model"; drop it or use "draft_model"')
     if "num_speculative_tokens" not in spec:
         raise SplitspecError("speculation needs num_speculative_tokens (how many tokens to draft per round)")
@@ -163,14 +182,14 @@ class EngineConfig:
     seed: int = 0
 
 
-def detect_method(model: str | Path) -> str:
+def detect_method(model: str | Path) -> SpeculationMethod:
     """The drafter a checkpoint holds, from its config and tensor names, as vLLM guesses it when the
     user gives only "model": an MLP speculator, an EAGLE head, or else a draft model."""
     if is_mlp_speculator_dir(model):
-        return "mlp_speculator"
+        return SpeculationMethod.MLP_SPECULATOR
     if is_eagle_dir(model):
-        return "eagle"
-    return "draft_model"
+        return SpeculationMethod.EAGLE
+    return SpeculationMethod.DRAFT_MODEL
 
 
 def is_eagle_dir(model: str | Path) -> bool:

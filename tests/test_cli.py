@@ -24,6 +24,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert result.stdout == ""
 
 
+@pytest.mark.e2e
 def test_nonexistent_model_directory(tmp_path):
     missing = tmp_path / "no-such-checkpoint"
     assert_one_line_error(
@@ -31,10 +32,12 @@ def test_nonexistent_model_directory(tmp_path):
     )
 
 
+@pytest.mark.e2e
 def test_directory_without_config_json(tmp_path):
     assert_one_line_error(splitspec("generate", "hi", "--model", str(tmp_path)), "has no config.json")
 
 
+@pytest.mark.e2e
 def test_unreachable_hub_id_fails_fast_and_says_how_to_download_it():
     start = time.monotonic()
     result = splitspec("generate", "hi", "--model", "some-org/some-model")
@@ -42,6 +45,7 @@ def test_unreachable_hub_id_fails_fast_and_says_how_to_download_it():
     assert_one_line_error(result, "could not fetch 'some-org/some-model'", "huggingface-cli download")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -55,6 +59,7 @@ def test_bad_generation_flags(tiny_llama, flags, message):
     assert_one_line_error(splitspec("generate", "hi", "--model", str(tiny_llama), *flags), message)
 
 
+@pytest.mark.e2e
 def test_text_prompt_for_a_checkpoint_without_tokenizer(tiny_llama):
     assert_one_line_error(
         splitspec("generate", "hi", "--model", str(tiny_llama), "--method", "none"), "has no tokenizer files"

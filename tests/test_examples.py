@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.default_model
+pytestmark = [pytest.mark.default_model, pytest.mark.e2e]
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -12,6 +12,8 @@ import pytest
 
 from kernels.triton_support import triton_available
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -66,6 +66,7 @@ def test_chain_agreement_counts_only_unbroken_prefixes() -> None:
 
 
 @pytest.mark.default_model
+@pytest.mark.e2e
 def test_train_speculator_command_saves_a_speculator_that_serves_losslessly(tmp_path: Path) -> None:
     out = tmp_path / "spec"
     done = subprocess.run(

@@ -20,6 +20,8 @@ from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def eagle_stack(tiny_llama, tmp_path_factory):

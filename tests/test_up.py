@@ -9,11 +9,14 @@ import sys
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2
 from service_stack import free_port, health_status
 
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.entrypoints.client import build_request
+
+pytestmark = pytest.mark.e2e
 
 
 def _children(pid: int) -> list[int]:

@@ -1,15 +1,38 @@
 """Lossless verification of a round of drafts against the target's logits.
 
-Greedy rows accept drafts while they equal the target's argmax, then append the target's argmax.
-Sampled rows follow Leviathan et al. / Chen et al.: draft x drawn from q is accepted with probability
-min(1, p(x)/q(x)); at the first rejection the token is drawn from normalize(max(0, p - q)); when every
-draft passes, a bonus token is drawn from p.
+Speculative sampling as in Leviathan et al. 2022 ("Fast Inference from Transformers via Speculative
+Decoding") and Chen et al. 2023 ("Accelerating Large Language Model Decoding with Speculative
+Sampling"). Words used for it here and everywhere else in splitspec:
 
-A draft with one-hot q (n-gram, argmax drafters) is verified by drawing the target's own sample y with
-the position's TARGET stream and accepting iff y equals the draft. That is the same rule in
-distribution (accept with probability p(x); on rejection y is distributed as p without x, renormalized,
-which is exactly normalize(max(0, p - onehot(x)))), and it makes seeded output identical with and
-without speculation, because non-speculative decoding draws y from the same stream.
+- draft: a token the proposer guessed, with q, the exact distribution it was drawn from (None for a
+  one-hot draft: n-gram, argmax drafters).
+- p: the target's distribution at a position after temperature, top-k and top-p.
+- accepted: a draft the rule keeps. Accepted drafts are always a prefix of the round's drafts.
+- correction: the target's token at the first rejected position (vLLM calls it "recovered"): greedy,
+  the target's argmax; sampled, a draw from the residual normalize(max(0, p - q)).
+- bonus: the target's token after all K drafts were accepted, drawn from p at position K + 1.
+
+A round commits its accepted drafts followed by exactly one correction or bonus token.
+
+Greedy rows accept drafts while they equal the target's argmax. Sampled rows accept draft x with
+probability min(1, p(x)/q(x)).
+
+A draft with one-hot q is verified by drawing the target's own sample y with the position's TARGET
+stream and accepting iff y equals the draft. That is the same rule in distribution (accept with
+probability p(x); on rejection y is distributed as p without x, renormalized, which is exactly
+normalize(max(0, p - onehot(x)))), and it makes seeded output identical with and without speculation,
+because non-speculative decoding draws y from the same stream.
+
+The rule has three implementations, each for a reason:
+- `verify` (here): one sequence at a time, drawing only the random numbers that sequence needs. The
+  CPU path, and the one a reader checks against the papers.
+- `kernels.rejection_sampling.rejection_sample_reference`: the whole batch at once in plain PyTorch,
+  every random draw made beforehand by `build_rejection_batch` from the same seeded streams. It is
+  the specification of the device kernel.
+- `kernels.rejection_sampling.rejection_sample_triton`: the same on the device, one program per
+  sequence, so that logits never leave it.
+tests/test_rejection_sampling_kernel.py checks that the reference makes `verify`'s decisions and that
+the Triton kernel equals the reference bit for bit.
 """
 
 from __future__ import annotations
@@ -45,7 +68,7 @@ class VerifyRequest:
 @dataclass
 class VerifyResult:
     num_accepted: int
-    token_ids: list[int]  # the accepted drafts followed by one correction or bonus token
+    token_ids: list[int]  # the accepted drafts followed by the correction or bonus token
     hidden_state: torch.Tensor | None = None
     """When asked for: the target's final hidden state at the row that produced the last token [hidden],
     or at every row that produced a token committed in this step [n, hidden] (see Verifier.verify)."""
@@ -75,10 +98,10 @@ def verify(request: VerifyRequest) -> VerifyResult:
             out.append(draft)
             continue
         residual = torch.clamp(probs[i] - q_dense, min=0.0)
-        out.append(_race(residual, request.seed, position, seeded_noise.RESIDUAL))
-        return VerifyResult(i, out)
-    out.append(sample_target(probs[len(drafts)], request.seed, request.first_position + len(drafts)))
-    return VerifyResult(len(drafts), out)
+        correction = _race(residual, request.seed, position, seeded_noise.RESIDUAL)
+        return VerifyResult(i, out + [correction])
+    bonus = sample_target(probs[len(drafts)], request.seed, request.first_position + len(drafts))
+    return VerifyResult(len(drafts), out + [bonus])
 
 
 def sample_target(probs: torch.Tensor, seed: int, position: int) -> int:

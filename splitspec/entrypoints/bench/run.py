@@ -108,27 +108,53 @@ def _speculator(settings: BenchSettings) -> Path | None:
 
 
 def run_bench(settings: BenchSettings) -> dict:
-    import torch
-    import transformers
-
+    """Load every configuration, time them prompt by prompt, interleaved, then sweep concurrency."""
     from splitspec import LLM
     from splitspec.checkpoint import resolve_checkpoint
 
-    k = settings.num_speculative_tokens
     path = resolve_checkpoint(settings.model)
     _log(f"loading {settings.model} ({path})")
     plain = LLM(str(path))
+    bench_prompts = _bench_prompts(plain, settings)
+    configs = _in_process_configs(plain, path, settings)
+    stack = None
+    if settings.gateway:
+        _log("starting the gateway stack (splitspec up)")
+        stack, address = _start_stack(str(path), settings.num_speculative_tokens)
+        configs.append(SplitspecGateway("gateway K=0", address, num_speculative_tokens=0))
+        configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens}", address))
+    if settings.hf:
+        configs += _hf_configs(plain, path, settings)
+    if settings.configs_only:
+        configs = [c for c in configs if c.name in settings.configs_only or c.name == "splitspec K=0"]
+    try:
+        timings = _run_interleaved(configs, bench_prompts, settings.max_tokens)
+        sweep = _concurrency_sweep(configs, bench_prompts, settings)
+    finally:
+        if stack is not None:
+            stack.send_signal(signal.SIGTERM)
+            stack.wait(timeout=60)
+    return _report(settings, timings, sweep)
+
+
+def _bench_prompts(plain, settings: BenchSettings) -> list[BenchPrompt]:
+    """The workloads' prompts, chat-templated where the model has a template, as token ids."""
     tokenizer = plain.get_tokenizer()
-    prompts = build_prompts(list(settings.workloads), settings.prompts_per_workload, settings.seed)
     bench_prompts = []
-    for p in prompts:
+    for p in build_prompts(list(settings.workloads), settings.prompts_per_workload, settings.seed):
         text = (
             plain.apply_chat_template([{"role": "user", "content": p.text}])
             if getattr(tokenizer, "chat_template", None)
             else p.text
         )
         bench_prompts.append(BenchPrompt(p, tokenizer.encode(text)))
+    return bench_prompts
 
+
+def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
+    from splitspec import LLM
+
+    k = settings.num_speculative_tokens
     configs = [SplitspecInProcess("splitspec K=0", plain)]
     configs.append(
         SplitspecInProcess(
@@ -137,19 +163,8 @@ def run_bench(settings: BenchSettings) -> dict:
         )
     )
     if settings.draft_model:
-        configs.append(
-            SplitspecInProcess(
-                f"splitspec draft K={k}",
-                LLM(
-                    str(path),
-                    speculative_config={
-                        "method": "draft_model",
-                        "model": settings.draft_model,
-                        "num_speculative_tokens": k,
-                    },
-                ),
-            )
-        )
+        spec = {"method": "draft_model", "model": settings.draft_model, "num_speculative_tokens": k}
+        configs.append(SplitspecInProcess(f"splitspec draft K={k}", LLM(str(path), speculative_config=spec)))
     speculator = _speculator(settings)
     if speculator is not None:
         n_predict = json.loads((speculator / "config.json").read_text())["n_predict"]
@@ -159,68 +174,77 @@ def run_bench(settings: BenchSettings) -> dict:
                 LLM(str(path), speculative_config={"model": str(speculator), "num_speculative_tokens": n_predict}),
             )
         )
-    stack = None
-    if settings.gateway:
-        _log("starting the gateway stack (splitspec up)")
-        stack, address = _start_stack(str(path), k)
-        configs.append(SplitspecGateway("gateway K=0", address, num_speculative_tokens=0))
-        configs.append(SplitspecGateway(f"gateway ngram K={k}", address))
-    if settings.hf:
-        from transformers import AutoModelForCausalLM
+    return configs
 
-        hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-        eos = sorted(plain.engine.stop_checker.eos_token_ids)
-        configs.append(HFGenerate("HF generate", hf_model, eos))
-        configs.append(HFGenerate(f"HF prompt lookup K={k}", hf_model, eos, prompt_lookup_num_tokens=k))
-        if settings.draft_model:
-            draft = AutoModelForCausalLM.from_pretrained(
-                str(resolve_checkpoint(settings.draft_model)), dtype=torch.float32
-            ).eval()
-            configs.append(
-                HFGenerate(f"HF assistant K={k}", hf_model, eos, assistant_model=draft, num_assistant_tokens=k)
-            )
-    if settings.configs_only:
-        configs = [c for c in configs if c.name in settings.configs_only or c.name == "splitspec K=0"]
 
+def _hf_configs(plain, path: Path, settings: BenchSettings) -> list[HFGenerate]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from splitspec.checkpoint import resolve_checkpoint
+
+    k = settings.num_speculative_tokens
+    hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    eos = sorted(plain.engine.stop_checker.eos_token_ids)
+    configs = [
+        HFGenerate("HF generate", hf_model, eos),
+        HFGenerate(f"HF prompt lookup K={k}", hf_model, eos, prompt_lookup_num_tokens=k),
+    ]
+    if settings.draft_model:
+        draft_path = str(resolve_checkpoint(settings.draft_model))
+        draft = AutoModelForCausalLM.from_pretrained(draft_path, dtype=torch.float32).eval()
+        configs.append(HFGenerate(f"HF assistant K={k}", hf_model, eos, assistant_model=draft, num_assistant_tokens=k))
+    return configs
+
+
+def _run_interleaved(
+    configs: list, bench_prompts: list[BenchPrompt], max_tokens: int
+) -> dict[str, list[RequestTiming]]:
+    """Each prompt through every configuration in turn, so machine noise hits them alike."""
     timings: dict[str, list[RequestTiming]] = {c.name: [] for c in configs}
-    sweep: list[dict] = []
-    try:
-        for c in configs:  # warm-up: first calls pay one-time costs
-            c.run(bench_prompts[:1], 4)
-        for i, bp in enumerate(bench_prompts):
-            _log(f"prompt {i + 1}/{len(bench_prompts)} ({bp.prompt.workload}: {bp.prompt.name})")
-            reference = None
-            for c in configs:  # interleaved: machine noise hits every configuration alike
-                (timing,) = c.run([bp], settings.max_tokens)
-                if c.name == "splitspec K=0":
-                    reference = timing.token_ids
-                timing.matches_reference = timing.token_ids == reference
-                timings[c.name].append(timing)
-        in_process = [c for c in configs if isinstance(c, SplitspecInProcess)] + [
-            c for c in configs if isinstance(c, SplitspecGateway)
-        ]
-        for level in settings.concurrency:
-            batch = [bench_prompts[i % len(bench_prompts)] for i in range(level)]
-            for c in in_process:
-                _log(f"concurrency {level}: {c.name}")
-                start = time.perf_counter()
-                results = c.run(batch, settings.max_tokens)
-                wall = time.perf_counter() - start
-                tokens = sum(t.num_tokens for t in results)
-                sweep.append(
-                    {
-                        "config": c.name,
-                        "concurrency": level,
-                        "tokens": tokens,
-                        "wall_s": wall,
-                        "throughput_tokens_per_s": tokens / wall if wall else 0.0,
-                        "mean_latency_s": sum(t.elapsed for t in results) / len(results),
-                    }
-                )
-    finally:
-        if stack is not None:
-            stack.send_signal(signal.SIGTERM)
-            stack.wait(timeout=60)
+    for c in configs:  # warm-up: first calls pay one-time costs
+        c.run(bench_prompts[:1], 4)
+    for i, bp in enumerate(bench_prompts):
+        _log(f"prompt {i + 1}/{len(bench_prompts)} ({bp.prompt.workload}: {bp.prompt.name})")
+        reference = None
+        for c in configs:
+            (timing,) = c.run([bp], max_tokens)
+            if c.name == "splitspec K=0":
+                reference = timing.token_ids
+            timing.matches_reference = timing.token_ids == reference
+            timings[c.name].append(timing)
+    return timings
+
+
+def _concurrency_sweep(configs: list, bench_prompts: list[BenchPrompt], settings: BenchSettings) -> list[dict]:
+    """Throughput of splitspec's own configurations (in-process, then gateway) at each concurrency."""
+    ours = [c for c in configs if isinstance(c, SplitspecInProcess)]
+    ours += [c for c in configs if isinstance(c, SplitspecGateway)]
+    sweep = []
+    for level in settings.concurrency:
+        batch = [bench_prompts[i % len(bench_prompts)] for i in range(level)]
+        for c in ours:
+            _log(f"concurrency {level}: {c.name}")
+            start = time.perf_counter()
+            results = c.run(batch, settings.max_tokens)
+            wall = time.perf_counter() - start
+            tokens = sum(t.num_tokens for t in results)
+            sweep.append(
+                {
+                    "config": c.name,
+                    "concurrency": level,
+                    "tokens": tokens,
+                    "wall_s": wall,
+                    "throughput_tokens_per_s": tokens / wall if wall else 0.0,
+                    "mean_latency_s": sum(t.elapsed for t in results) / len(results),
+                }
+            )
+    return sweep
+
+
+def _report(settings: BenchSettings, timings: dict[str, list[RequestTiming]], sweep: list[dict]) -> dict:
+    import torch
+    import transformers
 
     summaries = [summarise(name, ts) for name, ts in timings.items()]
     report = {

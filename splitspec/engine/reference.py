@@ -1,0 +1,71 @@
+"""The whole algorithm on one screen: one sequence, no batching, no scheduling, a fixed K.
+
+Each round drafts up to K tokens, scores the uncached committed tokens and the drafts in one target
+pass, keeps the accepted drafts plus the correction or bonus token (verifier_svc/rejection_sampler.py
+says what those are), and cuts the KV cache back to every committed token but the last. The batched
+engine must commit exactly what this loop commits for the same seed (tests/test_reference_loop.py).
+"""
+
+from __future__ import annotations
+
+from proposer_svc.proposer import Proposer
+from splitspec.draft_limits import max_drafts
+from splitspec.drafts import Draft, DraftRequest, HiddenStates
+from splitspec.models.runner import ForwardInput, ModelRunner
+from splitspec.sampling_params import SamplingParams
+from splitspec.sequence import Sequence
+from splitspec.stop_checker import StopChecker
+from verifier_svc.rejection_sampler import VerifyRequest, verify
+
+
+def generate_one(
+    runner: ModelRunner,
+    proposer: Proposer | None,
+    prompt_token_ids: list[int],
+    params: SamplingParams,
+    seed: int,
+    num_speculative_tokens: int,
+    stop_checker: StopChecker,
+) -> Sequence:
+    seq = Sequence("reference", None, list(prompt_token_ids), params, seed)
+    reads = proposer.hidden_states if proposer else HiddenStates.NONE
+    hidden = None  # the target's states the drafter has not seen yet
+    try:
+        while not seq.finished:
+            # propose
+            k = max_drafts(seq, num_speculative_tokens if proposer else 0, runner.max_model_len)
+            draft = Draft()
+            if proposer is not None:
+                request = DraftRequest(seq.seq_id, seq.tokens, k, params.temperature, params.top_k, seed, hidden)
+                draft = proposer.propose([request])[0]
+                draft = Draft(draft.token_ids[:k], draft.q[:k])
+            # verify: one target pass over the tokens the cache lacks, then the drafts
+            k = len(draft.token_ids)
+            fed = seq.tokens[runner.cached_length(seq.seq_id) :] + draft.token_ids
+            step = ForwardInput(seq.seq_id, fed, k + 1, len(fed) if reads == HiddenStates.ALL else None)
+            logits, states = runner.forward_with_hidden([step])  # [k + 1, vocab], [hidden_rows, hidden]
+            result = verify(
+                VerifyRequest(
+                    logits,
+                    draft.token_ids,
+                    draft.q,
+                    len(seq.tokens),
+                    params.temperature,
+                    params.top_k,
+                    params.top_p,
+                    seed,
+                )
+            )
+            if reads == HiddenStates.LAST:
+                hidden = states[result.num_accepted]
+            elif reads == HiddenStates.ALL:
+                hidden = states[: len(fed) - k + result.num_accepted]
+            # commit, and roll the rejected drafts out of the cache
+            seq.stats.record_round(k, result.num_accepted)
+            stop_checker.commit(seq, result.token_ids)
+            runner.truncate(seq.seq_id, len(seq.tokens) - 1)
+    finally:
+        runner.free(seq.seq_id)
+        if proposer is not None:
+            proposer.release(seq.seq_id)
+    return seq
