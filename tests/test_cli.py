@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -9,8 +10,14 @@ import time
 import pytest
 
 
-def splitspec(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "splitspec", *args], capture_output=True, text=True, timeout=120)
+def splitspec(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "splitspec", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -74,3 +81,30 @@ def test_up_passes_every_proposer_flag_on_to_the_proposer():
     proposer = up_commands(build_parser().parse_args(["up", *flags]))["proposer"]
     served = build_parser().parse_args(proposer[proposer.index("serve-proposer") :])
     assert (served.prompt_lookup_max, served.prompt_lookup_min, served.draft_top_k) == (7, 2, 3)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("command", ["serve-verifier", "serve-proposer", "serve-gateway"])
+def test_a_bad_environment_value_is_reported_like_a_bad_flag(command):
+    result = splitspec(command, env={"SPLITSPEC_PORT": "abc", "SPLITSPEC_GRACE_SECONDS": "soon"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"splitspec {command}: error: argument --port: invalid int value: 'abc'"
+    )
+
+
+@pytest.mark.e2e
+def test_a_bad_environment_value_for_a_service_leaves_other_subcommands_alone(tmp_path):
+    missing = tmp_path / "no-such-checkpoint"
+    result = splitspec("generate", "hi", "--model", str(missing), env={"SPLITSPEC_PORT": "abc"})
+    assert_one_line_error(result, "is not a checkpoint directory")
+
+
+def test_environment_values_become_typed_defaults(monkeypatch):
+    from splitspec.entrypoints.cli import build_parser
+
+    monkeypatch.setenv("SPLITSPEC_PORT", "6123")
+    monkeypatch.setenv("SPLITSPEC_BATCH_WINDOW_MS", "0.5")
+    args = build_parser().parse_args(["serve-verifier"])
+    assert (args.port, args.batch_window_ms) == (6123, 0.5)

@@ -14,10 +14,9 @@ from splitspec.rpc.grpc_server import ServerOptions
 
 
 def _env(name: str, default):
-    value = os.environ.get(f"SPLITSPEC_{name}")
-    if value is None:
-        return default
-    return type(default)(value) if default is not None and not isinstance(default, tuple) else value
+    """SPLITSPEC_<name> as the flag's default. It stays a string: argparse converts it with the flag's
+    type only for the subcommand that runs, and reports a bad value as it would a bad flag."""
+    return os.environ.get(f"SPLITSPEC_{name}", default)
 
 
 def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:

@@ -52,6 +52,11 @@ class MicroBatcher(Generic[Item, Result]):
                 future.set_exception(RuntimeError("server is shutting down"))
         await self.run_exclusive(lambda: None)  # the batch in flight, if any, has finished
 
+    @property
+    def num_pending(self) -> int:
+        """Calls waiting for the next batch."""
+        return len(self._pending)
+
     async def submit(self, item: Item) -> Result:
         future = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
@@ -61,13 +66,25 @@ class MicroBatcher(Generic[Item, Result]):
     async def run_exclusive(self, fn: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _gather_stragglers(self, deadline: float) -> None:
+        """Sleep until the deadline or until every expected call is waiting, waking only when a call
+        arrives (no polling: on two cores a spinning wait takes time from the model)."""
+        loop = asyncio.get_running_loop()
+        while self._expected is None or len(self._pending) < self._expected():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
-            deadline = loop.time() + max(self._window_s, WAIT_FRACTION * self._last_batch_s)
-            while loop.time() < deadline and (self._expected is None or len(self._pending) < self._expected()):
-                await asyncio.sleep(min(0.0005, max(0.0, deadline - loop.time())))
+            await self._gather_stragglers(loop.time() + max(self._window_s, WAIT_FRACTION * self._last_batch_s))
             batch, self._pending = self._pending, []
             self._wakeup.clear()
             live = [(item, future) for item, future in batch if not future.cancelled()]
