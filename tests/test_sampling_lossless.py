@@ -1,12 +1,17 @@
 """Speculative sampling through the whole engine has exactly the target's distribution, and seeds reproduce.
 
-The distribution test enumerates every two-token continuation of a tiny-vocabulary target (8 tokens,
-64 outcomes), computes each one's exact probability from transformers' forward pass, and compares
-the engine's samples with a chi-square goodness-of-fit test at false-alarm rate ALPHA = 1e-3 (cells
-with expected count under 5 are pooled). Seeds are fixed, so the outcome is deterministic per run.
+The distribution test enumerates every three-token continuation of a tiny-vocabulary target (8
+tokens, 512 outcomes), computes each one's exact probability from transformers' forward pass, and
+compares the engine's samples with a chi-square goodness-of-fit test at false-alarm rate ALPHA = 1e-3
+(cells with expected count under 5 are pooled). Seeds are fixed, so the outcome is deterministic per
+run. Three tokens leave room for K = 2 drafts in the first round (the token after the drafts counts
+against max_tokens too), so both draft positions are proposed, and rounds that accept the first draft
+and reject the second roll a partial acceptance back.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -15,13 +20,14 @@ from tiny_checkpoints import write_perturbed_copy, write_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
 import verifier_svc.verifier
-from splitspec import LLM, SamplingParams
+from splitspec import LLM, SamplingParams, SpeculationStats
 from verifier_svc.rejection_sampler import VerifyResult, verify
 
 ALPHA = 1e-3
 VOCAB = 8
-NUM_SAMPLES = 3000
-PROMPT = [3, 5, 3, 5, 3]  # repeats, so prompt lookup drafts too
+NUM_SAMPLES = 4000
+LENGTH = 3
+PROMPT = [3, 5, 3, 5, 3]  # repeats, so prompt lookup drafts two tokens too
 
 
 @pytest.fixture(scope="module")
@@ -43,28 +49,52 @@ def tiny_vocab_draft(tmp_path_factory, tiny_vocab_target):
 
 
 @pytest.fixture(scope="module")
-def exact_law(tiny_vocab_target) -> dict[tuple[int, int], float]:
+def exact_law(tiny_vocab_target) -> dict[tuple[int, ...], float]:
     model = AutoModelForCausalLM.from_pretrained(str(tiny_vocab_target)).eval()
     with torch.no_grad():
-        first = torch.softmax(model(torch.tensor([PROMPT])).logits[0, -1].double(), -1)
-        law = {}
-        for a in range(VOCAB):
-            second = torch.softmax(model(torch.tensor([PROMPT + [a]])).logits[0, -1].double(), -1)
-            for b in range(VOCAB):
-                law[(a, b)] = (first[a] * second[b]).item()
+
+        def next_token(prefix: tuple[int, ...]) -> torch.Tensor:
+            return torch.softmax(model(torch.tensor([PROMPT + list(prefix)])).logits[0, -1].double(), -1)
+
+        conditionals = {
+            prefix: next_token(prefix) for n in range(LENGTH) for prefix in itertools.product(range(VOCAB), repeat=n)
+        }
+    law = {}
+    for outcome in itertools.product(range(VOCAB), repeat=LENGTH):
+        p = 1.0
+        for i in range(LENGTH):
+            p *= conditionals[outcome[:i]][outcome[i]].item()
+        law[outcome] = p
     return law
 
 
-def _sample(llm: LLM, n: int = NUM_SAMPLES) -> tuple[list[tuple[int, int]], int, int]:
-    """Samples, and how many drafts were proposed and accepted while drawing them."""
-    params = [SamplingParams(temperature=1.0, max_tokens=2, ignore_eos=True, seed=s) for s in range(n)]
+def _sample(llm: LLM, n: int = NUM_SAMPLES) -> tuple[list[tuple[int, ...]], SpeculationStats]:
+    """Samples, and the speculation counters of all the requests that drew them together."""
+    params = [SamplingParams(temperature=1.0, max_tokens=LENGTH, ignore_eos=True, seed=s) for s in range(n)]
     outs = llm.generate([{"prompt_token_ids": PROMPT}] * n, params, use_tqdm=False)
-    drafted = sum(o.spec_stats.num_draft_tokens for o in outs)
-    accepted = sum(o.spec_stats.num_accepted_tokens for o in outs)
-    return [tuple(o.outputs[0].token_ids) for o in outs], drafted, accepted
+    total = SpeculationStats()
+    for o in outs:
+        stats = o.spec_stats
+        total.num_draft_tokens += stats.num_draft_tokens
+        total.num_accepted_tokens += stats.num_accepted_tokens
+        for i, (d, a) in enumerate(zip(stats.drafted_per_position, stats.accepted_per_position)):
+            if i == len(total.drafted_per_position):
+                total.drafted_per_position.append(0)
+                total.accepted_per_position.append(0)
+            total.drafted_per_position[i] += d
+            total.accepted_per_position[i] += a
+    return [tuple(o.outputs[0].token_ids) for o in outs], total
 
 
-def _p_value(samples: list[tuple[int, int]], law: dict[tuple[int, int], float]) -> float:
+def _assert_both_positions_drafted_and_partly_accepted(stats: SpeculationStats) -> None:
+    """Both draft positions were proposed; some rounds accepted both, some accepted the first and
+    rejected the second (a partial acceptance rolled back), some rejected the first."""
+    drafted, accepted = stats.drafted_per_position, stats.accepted_per_position
+    assert len(drafted) == 2 and drafted[1] > 0, f"no second draft position was proposed: {drafted}"
+    assert 0 < accepted[1] < accepted[0] < drafted[0], f"drafted {drafted}, accepted {accepted}"
+
+
+def _p_value(samples: list[tuple[int, ...]], law: dict[tuple[int, ...], float]) -> float:
     n = len(samples)
     counts = {k: 0 for k in law}
     for s in samples:
@@ -100,8 +130,8 @@ def _spec(method: str, draft) -> dict:
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
 def test_speculative_sampling_matches_exact_target_distribution(method, tiny_vocab_target, tiny_vocab_draft, exact_law):
     llm = LLM(str(tiny_vocab_target), speculative_config=_spec(method, tiny_vocab_draft), max_num_seqs=256)
-    samples, drafted, accepted = _sample(llm)
-    assert 0 < accepted < drafted, "the test needs drafts that are accepted and drafts that are rejected"
+    samples, stats = _sample(llm)
+    _assert_both_positions_drafted_and_partly_accepted(stats)
     assert _p_value(samples, exact_law) > ALPHA
 
 
@@ -109,7 +139,9 @@ def test_adaptive_draft_length_keeps_the_exact_distribution(tiny_vocab_target, t
     spec = dict(_spec("ngram", tiny_vocab_draft), adaptive=True, num_speculative_tokens=4)
     llm = LLM(str(tiny_vocab_target), speculative_config=spec, max_num_seqs=256)
     assert llm.engine.cost_model is not None
-    assert _p_value(_sample(llm)[0], exact_law) > ALPHA
+    samples, stats = _sample(llm)
+    _assert_both_positions_drafted_and_partly_accepted(stats)
+    assert _p_value(samples, exact_law) > ALPHA
 
 
 def test_draft_q_is_sparse_and_drafts_get_accepted(tiny_vocab_target, tiny_vocab_draft):
