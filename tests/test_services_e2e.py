@@ -69,7 +69,13 @@ def plain_greedy(tiny_llama) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def ngram_stack(tiny_llama, tmp_path_factory):
-    with running_stack(tiny_llama, tmp_path_factory.mktemp("ngram_logs"), method="ngram", k=3) as stack:
+    with running_stack(
+        tiny_llama,
+        tmp_path_factory.mktemp("ngram_logs"),
+        method="ngram",
+        k=3,
+        gateway_args=("--fixed-k",),  # adaptive K may draft nothing; these tests must see drafts
+    ) as stack:
         yield stack
 
 
@@ -86,14 +92,23 @@ def draft_stack(tiny_llama, tiny_drafts, tmp_path_factory):
         yield stack
 
 
+def generate_all_concurrently(address: str, requests: list[pb.GenerateRequest]) -> list[list[pb.GenerateResponse]]:
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(lambda req: generate(address, req), requests))
+
+
 def test_greedy_through_gateway_equals_in_process_and_plain_ngram(ngram_stack, tiny_llama, plain_greedy):
-    got = generate_concurrently(ngram_stack.gateway.address, [greedy_request(p) for p in PROMPTS])
-    in_process = LLM(str(tiny_llama), speculative_config={"method": "ngram", "num_speculative_tokens": 3}).generate(
+    streams = generate_all_concurrently(ngram_stack.gateway.address, [greedy_request(p) for p in PROMPTS])
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}
+    in_process = LLM(str(tiny_llama), speculative_config=spec).generate(
         [{"prompt_token_ids": p} for p in PROMPTS],
         SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True),
         use_tqdm=False,
     )
-    assert got == [o.outputs[0].token_ids for o in in_process] == plain_greedy
+    assert [token_ids(s) for s in streams] == [o.outputs[0].token_ids for o in in_process] == plain_greedy
+    drafted = sum(s[-1].speculation.num_draft_tokens for s in streams)
+    accepted = sum(s[-1].speculation.num_accepted_tokens for s in streams)
+    assert 0 < accepted < drafted, "the comparison must cover accepted and rejected drafts"
 
 
 def test_greedy_through_gateway_equals_plain_draft_model(draft_stack, plain_greedy):
@@ -149,6 +164,7 @@ def test_cancelled_stream_frees_every_kv_block(ngram_stack):
         assert first.token_ids
         assert ngram_stack.verifier_info().num_free_blocks < initial.num_free_blocks
         call.cancel()
+        assert call.code() == grpc.StatusCode.CANCELLED
     assert _wait_for(lambda: ngram_stack.verifier_info().num_free_blocks == initial.num_free_blocks)
     assert ngram_stack.verifier_info().num_sequences == 0
 
@@ -201,25 +217,39 @@ def test_generic_reflection_client_can_call_the_gateway(ngram_stack, plain_greed
     assert result["finish_reason"] == "length"
 
 
-def test_killing_the_proposer_mid_generation_loses_no_output(tiny_llama, tmp_path):
+def test_killing_the_proposer_mid_generation_loses_no_output(tiny_llama, tiny_drafts, tmp_path):
+    """A draft model with K pinned drafts every round, so a draftless round (but the last, which has
+    no room for drafts) can only come from the gateway verifying alone after the proposer died."""
+    max_tokens = 300
     plain = (
         LLM(str(tiny_llama))
         .generate(
             [{"prompt_token_ids": PROMPTS[0]}],
-            SamplingParams(temperature=0, max_tokens=300, ignore_eos=True),
+            SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True),
             use_tqdm=False,
         )[0]
         .outputs[0]
         .token_ids
     )
-    with running_stack(tiny_llama, tmp_path, method="ngram", k=3) as stack:
+    with running_stack(
+        tiny_llama, tmp_path, method="draft_model", k=3, draft_model=tiny_drafts["llama"], gateway_args=("--fixed-k",)
+    ) as stack:
         with grpc.insecure_channel(stack.gateway.address) as channel:
-            call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[0], max_tokens=300), timeout=120)
-            received = list(next(call).token_ids)
+            call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[0], max_tokens=max_tokens), timeout=120)
+            before = []
+            for response in call:  # until a round has accepted drafts
+                before.append(response)
+                if len(response.token_ids) > 1:
+                    break
+            assert len(before[-1].token_ids) > 1 and not before[-1].finish_reason, "drafts were in use"
             stack.proposers[0].stop(signal.SIGKILL)
-            for response in call:
-                received.extend(response.token_ids)
+            after = list(call)
+    received = token_ids(before) + token_ids(after)
     assert received == plain
+    stats = after[-1].speculation
+    draftless_rounds = stats.num_rounds - stats.drafted_per_position[0]
+    assert draftless_rounds >= 2, "rounds ran after the kill, verified without drafts"
+    assert after[-1].finish_reason == "length" and after[-1].usage.completion_tokens == max_tokens
 
 
 def test_full_verifier_answers_resource_exhausted(tiny_llama, tmp_path):
@@ -250,16 +280,36 @@ def test_gateway_without_a_reachable_verifier_is_not_serving_and_unavailable(tin
         gateway.stop()
 
 
-def test_sigterm_drains_an_in_flight_stream(tiny_llama, tmp_path, plain_greedy):
+def test_sigterm_drains_an_in_flight_stream(tiny_llama, tmp_path):
+    """One token per round (speculation off for the request) keeps the stream running for a while:
+    SIGTERM then refuses new calls, the stream in flight completes, and the gateway exits cleanly."""
+    max_tokens = 400
+    plain = (
+        LLM(str(tiny_llama))
+        .generate(
+            [{"prompt_token_ids": PROMPTS[0]}],
+            SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True),
+            use_tqdm=False,
+        )[0]
+        .outputs[0]
+        .token_ids
+    )
     with running_stack(tiny_llama, tmp_path) as stack:
         with grpc.insecure_channel(stack.gateway.address) as channel:
-            call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[0]), timeout=60)
+            slow = greedy_request(PROMPTS[0], max_tokens=max_tokens, num_speculative_tokens=0)
+            call = pb_grpc.GatewayStub(channel).Generate(slow, timeout=60)
             received = list(next(call).token_ids)
             stack.gateway.proc.send_signal(signal.SIGTERM)
-            for response in call:
-                received.extend(response.token_ids)
-        assert received == plain_greedy[0]
-        stack.gateway.proc.wait(timeout=30)
+            assert _wait_for(lambda: health_status(stack.gateway.address) != health_pb2.HealthCheckResponse.SERVING)
+            with pytest.raises(grpc.RpcError) as refused:
+                generate(stack.gateway.address, greedy_request(PROMPTS[1]), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert stack.gateway.proc.poll() is None, "the gateway waits for the stream in flight"
+            responses = list(call)
+        received += token_ids(responses)
+        assert received == plain
+        assert responses[-1].finish_reason == "length"
+        assert stack.gateway.proc.wait(timeout=30) == 0
 
 
 def test_sequences_spread_over_verifiers_and_survive_losing_one_of_two_proposers(tiny_llama, tmp_path, plain_greedy):
