@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from greedy_reference import assert_same_or_near_tie, hf_greedy
+from tiny_checkpoints import write_perturbed_copy
 from transformers import AutoModelForCausalLM
 
 from splitspec import LLM, SamplingParams
@@ -24,6 +25,14 @@ GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
 @pytest.fixture(scope="module")
 def plain_llm(default_model_path):
     return LLM(str(default_model_path))
+
+
+@pytest.fixture(scope="module")
+def noisy_draft(default_model_path, tmp_path_factory):
+    """A draft sharing the tokenizer that agrees with the target often but not always: the default
+    model with Gaussian noise (10% of each tensor's spread) on every weight. Drafting with the target
+    itself would have every draft accepted, and the test would not see a rejection."""
+    return write_perturbed_copy(default_model_path, tmp_path_factory.mktemp("noisy_default"), scale=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +66,22 @@ def test_default_model_plain_engine_matches_transformers(references):
             "adaptive": False,
         },
         {"method": "ngram", "num_speculative_tokens": 1, "adaptive": False},
-        {"method": "draft_model", "model": "default", "num_speculative_tokens": 3, "adaptive": False},
+        {"method": "draft_model", "model": "noisy_draft", "num_speculative_tokens": 3, "adaptive": False},
     ],
     ids=["ngram-k5", "ngram-k1", "draft_model-k3"],
 )
-def test_default_model_speculative_greedy_is_lossless(spec, default_model_path, prompts, references):
+def test_default_model_speculative_greedy_is_lossless(spec, default_model_path, prompts, references, request):
     hf, ids, hf_outputs, plain = references
+    if spec.get("model") == "noisy_draft":
+        spec = dict(spec, model=str(request.getfixturevalue("noisy_draft")))
     outputs = LLM(str(default_model_path), speculative_config=spec).generate(prompts, GREEDY, use_tqdm=False)
     for prompt_ids, out, own, reference in zip(ids, outputs, plain, hf_outputs):
         assert out.prompt_token_ids == prompt_ids
         assert_same_or_near_tie(hf, prompt_ids, out.outputs[0].token_ids, own)
         assert_same_or_near_tie(hf, prompt_ids, out.outputs[0].token_ids, reference)
-    assert sum(o.spec_stats.num_accepted_tokens for o in outputs) > 0
+    drafted = sum(o.spec_stats.num_draft_tokens for o in outputs)
+    accepted = sum(o.spec_stats.num_accepted_tokens for o in outputs)
+    assert 0 < accepted < drafted, "the comparison must cover accepted and rejected drafts"
 
 
 def test_default_model_text_and_stop_string(plain_llm, prompts):
