@@ -20,17 +20,16 @@ from kernels.paged_attention import AttentionBatch
 from splitspec.errors import OutOfKVBlocks, SplitspecError
 from splitspec.models.block_allocator import BlockAllocator
 from splitspec.models.linear import Linear
+from splitspec.models.rope import NATIVE_ROPE_TYPES, inverse_frequencies, rope_parameters
 from splitspec.models.runner import ForwardInput
 
 NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite")
-_NATIVE_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 def supports_natively(config) -> bool:
-    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
     return (
         config.model_type in NATIVE_MODEL_TYPES
-        and rope_type in _NATIVE_ROPE_TYPES
+        and rope_parameters(config)["rope_type"] in NATIVE_ROPE_TYPES
         and getattr(config, "hidden_act", "silu") == "silu"
     )
 
@@ -61,18 +60,6 @@ def _read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]
             for key in f.keys():
                 tensors[key] = f.get_tensor(key).to(dtype)
     return tensors
-
-
-def _rope_inv_freq(config, head_dim: int) -> tuple[torch.Tensor, float]:
-    params = getattr(config, "rope_parameters", None) or {}
-    rope_type = params.get("rope_type", "default")
-    if rope_type == "default":
-        base = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
-        return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)), 1.0
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
-    return inv_freq.to(torch.float32), float(scaling)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -133,7 +120,7 @@ class LlamaRunner:
         if weights is None:
             weights = _read_safetensors(path, dtype)
         self._load({name: w.to(self.device, dtype) for name, w in weights.items()}, config)
-        inv_freq, self.rope_scaling = _rope_inv_freq(config, self.head_dim)
+        inv_freq, self.rope_attention_factor = inverse_frequencies(rope_parameters(config), self.head_dim)
         self.inv_freq = inv_freq.to(self.device)  # [head_dim / 2]
 
         bytes_per_block = (
@@ -266,8 +253,8 @@ class LlamaRunner:
     def _decoder(self, x: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]
         angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [tokens, 1, head_dim]
-        cos = (angles.cos() * self.rope_scaling).to(self.dtype)
-        sin = (angles.sin() * self.rope_scaling).to(self.dtype)
+        cos = (angles.cos() * self.rope_attention_factor).to(self.dtype)
+        sin = (angles.sin() * self.rope_attention_factor).to(self.dtype)
         num_tokens = x.shape[0]
         q_size, kv_size = self.q_heads * self.head_dim, self.kv_heads * self.head_dim
         for i, layer in enumerate(self.layers):
