@@ -7,7 +7,7 @@ import torch
 from proposer_svc.proposer import Proposer
 from splitspec.config import SpeculationMethod, SpeculativeConfig
 from splitspec.errors import SplitspecError
-from splitspec.models.linear import onednn_available
+from splitspec.models.linear import packs
 
 
 def drafting_dtype() -> torch.dtype:
@@ -15,7 +15,7 @@ def drafting_dtype() -> torch.dtype:
     stream half the bytes (2.2x faster for one draft token, 3.6x for two, on the reference machine;
     benchmarks/speculator_cost.py, docs/benchmarks.md). Drafts are only proposals, so their precision
     cannot change a token of the output."""
-    return torch.bfloat16 if onednn_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    return torch.bfloat16 if packs(torch.bfloat16) else torch.float32
 
 
 def build_proposer(

@@ -45,11 +45,21 @@ def test_directory_without_config_json(tmp_path):
 
 
 @pytest.mark.e2e
-def test_unreachable_hub_id_fails_fast_and_says_how_to_download_it():
-    start = time.monotonic()
+def test_unreachable_hub_id_says_how_to_download_it():
     result = splitspec("generate", "hi", "--model", "some-org/some-model")
-    assert time.monotonic() - start < 10
     assert_one_line_error(result, "could not fetch 'some-org/some-model'", "huggingface-cli download")
+
+
+def test_unreachable_hub_id_fails_fast():
+    """Measured in this process, so the interpreter's and torch's start-up (seconds under load) do not
+    count: only the hub lookup, which must give up instead of retrying for long."""
+    from splitspec.checkpoint import resolve_checkpoint
+    from splitspec.errors import SplitspecError
+
+    start = time.monotonic()
+    with pytest.raises(SplitspecError, match="could not fetch"):
+        resolve_checkpoint("some-org/some-model")
+    assert time.monotonic() - start < 10
 
 
 @pytest.mark.e2e

@@ -18,6 +18,7 @@ from proposer_svc.mlp_speculator_training import (
     fit_mlp_speculator,
     save_mlp_speculator,
 )
+from splitspec import LLM, SamplingParams
 from splitspec.config import detect_method
 
 DIM, VOCAB, N = 16, 40, 2
@@ -67,7 +68,9 @@ def test_chain_agreement_counts_only_unbroken_prefixes() -> None:
 
 @pytest.mark.default_model
 @pytest.mark.e2e
-def test_train_speculator_command_saves_a_speculator_that_serves_losslessly(tmp_path: Path) -> None:
+def test_train_speculator_command_saves_a_speculator_that_serves_losslessly(tmp_path: Path, default_model_path) -> None:
+    """The command's own verdict is not trusted: the saved speculator is served here and its greedy
+    output compared with plain decoding, and it must emit more than one token per target pass."""
     out = tmp_path / "spec"
     done = subprocess.run(
         [sys.executable, "-m", "splitspec", "train-speculator", "--quick", "--output", str(out)],
@@ -75,7 +78,20 @@ def test_train_speculator_command_saves_a_speculator_that_serves_losslessly(tmp_
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
-    assert report["held_out_served_output_is_the_target_s"] is True
     assert report["training_positions"] > 100 and len(report["held_out_acceptance_per_position"]) == 2
+    assert report["held_out_served_mean_tokens_per_round"] > 1
     assert (out / "config.json").is_file() and (out / "training_report.json").is_file()
-    assert "fitting 2 heads" in done.stderr and "%|" in done.stderr  # progress is shown
+
+    plain = LLM(str(default_model_path))
+    served = LLM(str(default_model_path), speculative_config={"model": str(out), "num_speculative_tokens": 2})
+    prompts = [
+        plain.apply_chat_template([{"role": "user", "content": q}])
+        for q in ("Write a Python function that reverses a string.", "Name three rivers in Europe.")
+    ]
+    greedy = SamplingParams(temperature=0, max_tokens=48)
+    expected = [o.outputs[0].token_ids for o in plain.generate(prompts, greedy, use_tqdm=False)]
+    outputs = served.generate(prompts, greedy, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == expected
+    rounds = sum(o.spec_stats.num_rounds for o in outputs)
+    emitted = sum(len(o.outputs[0].token_ids) for o in outputs)
+    assert emitted / rounds > 1, "the speculator's drafts are accepted"

@@ -210,7 +210,10 @@ def _train_speculator(args: argparse.Namespace) -> int:
         held_out_per_workload=1 if args.quick else 3,
         seed=args.seed,
     )
-    print(json.dumps(train_speculator(settings), indent=2))
+    report = train_speculator(settings)
+    print(json.dumps(report, indent=2))
+    if not report["held_out_served_output_is_the_target_s"]:
+        raise SplitspecError("serving with the new speculator changed the target's greedy output: that is a bug")
     return 0
 
 

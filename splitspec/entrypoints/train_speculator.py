@@ -124,7 +124,8 @@ def train_speculator(settings: TrainSpeculatorSettings) -> dict:
         f"the target writes {len(train_prompts)} training and {len(test_prompts)} held-out texts of up to {settings.max_tokens} tokens"
     )
     train_outputs = _generate(llm, train_prompts, settings.max_tokens)
-    test_outputs = _generate(llm, test_prompts, settings.max_tokens)
+    # the held-out answers are also the reference the served output is checked against: plain decoding
+    test_outputs = _generate(LLM(str(path)), test_prompts, settings.max_tokens)
     train = _examples(llm, train_prompts, train_outputs, settings.n_predict, "training texts")
     test = _examples(llm, test_prompts, test_outputs, settings.n_predict, "held-out texts")
     _log(f"fitting {settings.n_predict} heads to {len(train)} positions")

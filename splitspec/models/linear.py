@@ -23,6 +23,14 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
+def packs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can pack a CPU weight of this dtype here: bfloat16 needs a CPU that multiplies it
+    natively (AVX512-BF16 or AVX-NE-CONVERT); oneDNN refuses to pack it elsewhere."""
+    if dtype not in _ONEDNN_DTYPES or not onednn_available():
+        return False
+    return dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 class Linear:
     """y = x @ weight.T + bias for a [out, in] weight, with the weight laid out for the device."""
 
@@ -31,7 +39,7 @@ class Linear:
     ) -> None:
         self.out_features, self.in_features = weight.shape
         self.bias = bias
-        self.packed = weight.device.type == "cpu" and weight.dtype in _ONEDNN_DTYPES and onednn_available()
+        self.packed = weight.device.type == "cpu" and packs(weight.dtype)
         if self.packed:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows_hint)
         else:
