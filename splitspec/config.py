@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from splitspec.drafts import HiddenStates
 from splitspec.errors import SplitspecError
+from splitspec.str_enum import StrEnum
 
 
-class SpeculationMethod(str, Enum):
+class SpeculationMethod(StrEnum):
     """How drafts are proposed: prompt lookup, a smaller causal LM, IBM's MLP speculator, or an EAGLE
     head (the last two read the target's hidden states)."""
 
@@ -20,9 +20,6 @@ class SpeculationMethod(str, Enum):
     DRAFT_MODEL = "draft_model"
     MLP_SPECULATOR = "mlp_speculator"
     EAGLE = "eagle"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 SPECULATION_METHODS = tuple(m.value for m in SpeculationMethod)

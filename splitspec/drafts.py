@@ -4,14 +4,14 @@ of the target's hidden states a drafter reads."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 
 import torch
 
 from splitspec.sparse_distribution import SparseDistribution
+from splitspec.str_enum import StrEnum
 
 
-class HiddenStates(str, Enum):
+class HiddenStates(StrEnum):
     """What a drafter reads of the target's final hidden states: nothing; the one behind each
     sequence's last token (MLP speculator); or the one behind every committed token (EAGLE, which
     attends over them)."""
@@ -19,9 +19,6 @@ class HiddenStates(str, Enum):
     NONE = "none"
     LAST = "last"
     ALL = "all"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+
+from splitspec.str_enum import StrEnum
 
 
-class FinishReason(str, Enum):
+class FinishReason(StrEnum):
     """Why a sequence stopped, as vLLM and the OpenAI API spell it: an EOS token, a stop token or stop
     string ("stop"), or max_tokens or the model's context ("length")."""
 
     STOP = "stop"
     LENGTH = "length"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass

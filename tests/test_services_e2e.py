@@ -54,6 +54,11 @@ def assert_seeded_samples_are_plain_decoding_s(address: str, model, seeds: list[
     assert generate_concurrently(address, requests) == [o.outputs[0].token_ids for o in plain]
 
 
+def plain_greedy_tokens(model, prompt: list[int], max_tokens: int) -> list[int]:
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    return LLM(str(model)).generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0].token_ids
+
+
 def greedy_request(prompt: list[int], max_tokens: int = MAX_TOKENS, **kw) -> pb.GenerateRequest:
     return build_request(prompt, temperature=0, max_tokens=max_tokens, ignore_eos=True, **kw)
 
@@ -221,16 +226,7 @@ def test_killing_the_proposer_mid_generation_loses_no_output(tiny_llama, tiny_dr
     """A draft model with K pinned drafts every round, so a draftless round (but the last, which has
     no room for drafts) can only come from the gateway verifying alone after the proposer died."""
     max_tokens = 300
-    plain = (
-        LLM(str(tiny_llama))
-        .generate(
-            [{"prompt_token_ids": PROMPTS[0]}],
-            SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True),
-            use_tqdm=False,
-        )[0]
-        .outputs[0]
-        .token_ids
-    )
+    plain = plain_greedy_tokens(tiny_llama, PROMPTS[0], max_tokens)
     with running_stack(
         tiny_llama, tmp_path, method="draft_model", k=3, draft_model=tiny_drafts["llama"], gateway_args=("--fixed-k",)
     ) as stack:
@@ -284,16 +280,7 @@ def test_sigterm_drains_an_in_flight_stream(tiny_llama, tmp_path):
     """One token per round (speculation off for the request) keeps the stream running for a while:
     SIGTERM then refuses new calls, the stream in flight completes, and the gateway exits cleanly."""
     max_tokens = 400
-    plain = (
-        LLM(str(tiny_llama))
-        .generate(
-            [{"prompt_token_ids": PROMPTS[0]}],
-            SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True),
-            use_tqdm=False,
-        )[0]
-        .outputs[0]
-        .token_ids
-    )
+    plain = plain_greedy_tokens(tiny_llama, PROMPTS[0], max_tokens)
     with running_stack(tiny_llama, tmp_path) as stack:
         with grpc.insecure_channel(stack.gateway.address) as channel:
             slow = greedy_request(PROMPTS[0], max_tokens=max_tokens, num_speculative_tokens=0)
