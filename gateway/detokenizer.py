@@ -4,28 +4,33 @@ from __future__ import annotations
 
 from typing import Callable
 
+from splitspec.incremental_decoder import IncrementalDecoder
+
 
 class IncrementalDetokenizer:
-    """Decodes the whole output each time and emits only the stable new suffix.
+    """The new text of each round, decoded a few tokens at a time (splitspec/incremental_decoder.py).
 
-    Text ending in U+FFFD is an incomplete UTF-8 sequence and is held back; so are the last
+    Text ending in U+FFFD is an incomplete UTF-8 character and is held back; so are the last
     (longest stop string - 1) characters, which might turn out to be the start of a stop string.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], stop_strings: list[str]) -> None:
-        self.decode = decode
+    def __init__(self, decode: Callable[[list[int]], str], stop_strings: list[str], num_prompt_tokens: int) -> None:
+        self.decoder = IncrementalDecoder(decode, num_prompt_tokens)
         self.holdback = max((len(s) for s in stop_strings), default=1) - 1
         self.emitted = 0
 
-    def delta(self, token_ids: list[int], final_text: str | None = None) -> str:
-        """The new text for output `token_ids`; pass `final_text` on the last call to flush the rest."""
-        if final_text is not None:
-            text = final_text
-        else:
-            text = self.decode(token_ids)
-            if text.endswith("\ufffd"):
-                text = text.rstrip("\ufffd")
-            text = text[: max(self.emitted, len(text) - self.holdback)]
-        new = text[self.emitted :]
-        self.emitted = max(self.emitted, len(text))
+    def delta(self, tokens: list[int]) -> str:
+        """The new text for `tokens` (prompt and output) as they grow, holding back what may still change."""
+        self.decoder.catch_up(tokens)
+        end = self.decoder.complete_length - self.holdback
+        if end <= self.emitted:
+            return ""
+        new = self.decoder.text_from(self.emitted)[: end - self.emitted]
+        self.emitted = end
+        return new
+
+    def final_delta(self, final_text: str) -> str:
+        """The rest of the finished output's text."""
+        new = final_text[self.emitted :]
+        self.emitted = len(final_text)
         return new

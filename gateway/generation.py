@@ -95,7 +95,7 @@ class GatewayCore:
         seed = request_seed(params, self._rng)
         seq = Sequence(seq_id, prompt, list(prompt_ids), params, seed)
         stop_checker = StopChecker(self.eos_token_ids, self.max_model_len, self.decode)
-        detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings)
+        detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings, len(prompt_ids))
         verifier = self.pick_verifier()
         slot = _ProposerSlot(self._next_proposer() if num_speculative_tokens > 0 else None)
         verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
@@ -125,14 +125,12 @@ class GatewayCore:
                 if result.HasField("hidden_states"):
                     slot.receive(result.hidden_states, self.hidden_states)
                 acceptance.update(len(draft.token_ids), result.num_accepted)
-                before = seq.num_output_tokens
-                stop_checker.commit(seq, list(result.token_ids))
-                new_tokens = seq.output_token_ids[before:]
+                round_tokens = list(result.token_ids)
+                new_tokens = round_tokens[: stop_checker.commit(seq, round_tokens)]
                 if seq.finished:
-                    final = seq.text if seq.stop_reason in params.stop_strings else self.decode(seq.output_token_ids)
                     yield Delta(
                         new_tokens,
-                        detokenizer.delta(seq.output_token_ids, final_text=final),
+                        detokenizer.final_delta(stop_checker.output_text(seq)),
                         seq.finish_reason,
                         seq.stop_reason,
                         seq.stats,
@@ -140,7 +138,7 @@ class GatewayCore:
                         seq.num_output_tokens,
                     )
                 else:
-                    yield Delta(new_tokens, detokenizer.delta(seq.output_token_ids))
+                    yield Delta(new_tokens, detokenizer.delta(seq.tokens))
         finally:
             verifier.num_sequences -= 1
             verifier.forget(seq_id)

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from splitspec.errors import SplitspecError
+from splitspec.incremental_decoder import IncrementalDecoder
 from splitspec.outputs import FinishReason, SpeculationStats
 from splitspec.sampling_params import SamplingParams
 
@@ -25,7 +26,9 @@ class Sequence:
     stats: SpeculationStats = field(default_factory=SpeculationStats)
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
-    text: str = ""
+    text: str = ""  # the output's text up to the stop string that stopped it, set when one does
+    # the StopChecker's running decode of the output, kept while the request has stop strings
+    decoded_output: IncrementalDecoder | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.tokens:

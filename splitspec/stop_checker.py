@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+from splitspec.incremental_decoder import IncrementalDecoder
 from splitspec.outputs import FinishReason
 from splitspec.sequence import Sequence
 
 
 class StopChecker:
+    """`detokenize` decodes output tokens as the user sees them (skipping special tokens); without one,
+    stop strings never match."""
+
     def __init__(
         self, eos_token_ids: set[int], max_model_len: int, detokenize: Callable[[list[int]], str] | None
     ) -> None:
@@ -35,12 +39,35 @@ class StopChecker:
                 return count
         return len(new_tokens)
 
+    def output_text(self, seq: Sequence) -> str:
+        """A finished output's text: cut at the stop string that stopped it, else the whole output decoded."""
+        if seq.stop_reason in seq.params.stop_strings:
+            return seq.text
+        return self.detokenize(seq.output_token_ids) if self.detokenize is not None else ""
+
     def _hit_stop_string(self, seq: Sequence) -> bool:
-        text = self.detokenize(seq.output_token_ids) if self.detokenize else ""
-        for stop in seq.params.stop_strings:
-            at = text.find(stop)
+        """Search the text the newest token changed for a stop string; the first in `stop` order wins.
+
+        Checked after every token, so a stop string that is there now and was not before ends in the
+        text this token changed (everything past what was released before it), and starts at most
+        len(stop) - 1 characters earlier: only that stretch is searched, so the check costs the same
+        at any output length.
+        """
+        if self.detokenize is None:
+            return False
+        if seq.decoded_output is None:
+            seq.decoded_output = IncrementalDecoder(self.detokenize, len(seq.prompt_token_ids))
+        decoder = seq.decoded_output
+        unchanged = decoder.released_length
+        decoder.catch_up(seq.tokens)
+        stops = seq.params.stop_strings
+        searched_from = max(0, unchanged - max(len(s) for s in stops) + 1)
+        searched = decoder.text_from(searched_from)
+        for stop in stops:
+            at = searched.find(stop)
             if at >= 0:
+                end = searched_from + at + (len(stop) if seq.params.include_stop_str_in_output else 0)
                 seq.finish_reason, seq.stop_reason = FinishReason.STOP, stop
-                seq.text = text[: at + len(stop)] if seq.params.include_stop_str_in_output else text[:at]
+                seq.text = decoder.text[:end]
                 return True
         return False

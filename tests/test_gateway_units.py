@@ -1,34 +1,47 @@
-"""The gateway's request validation and streaming detokenizer, with a real byte-level BPE tokenizer.
+"""The gateway's request validation and streaming text, with real tokenizers.
 
-The tokenizer is trained here on a few sentences, so characters it never saw (✓, 日, 本) are spelled
-as single bytes and every multi-byte character is split across tokens, as real tokenizers do with
-rare characters.
+The streaming tests drive GatewayCore.generate, the gateway's own per-request loop, against a verifier
+that replays a fixed output in rounds of given sizes. A byte-level BPE tokenizer is trained here on a
+few sentences, so characters it never saw (✓, 日, 本) are spelled as single bytes and every
+multi-byte character is split across tokens, as real tokenizers do with rare characters; the tests
+marked default_model use the default model's real tokenizer.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import math
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from decoding_reference import (
+    CountingTokenizer,
+    decode_cost_per_token,
+    in_rounds,
+    long_output,
+    stop_by_full_decoding,
+    token_pool,
+)
 from google.protobuf.struct_pb2 import Struct
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 
-from gateway.detokenizer import IncrementalDetokenizer
+from gateway.generation import Delta, GatewayCore
 from gateway.validation import validate
 from protos import splitspec_v1_pb2 as pb
 from splitspec.errors import ServiceError
 from splitspec.sampling_params import SamplingParams
-from splitspec.sequence import Sequence
-from splitspec.stop_checker import StopChecker
+from splitspec.tokenizer import load_tokenizer
 
 CORPUS = ["hello world, hello there.", "the quick brown fox jumps over the lazy dog.", "héllo wörld", "here and there"]
 TEXT = "héllo wörld ✓ 日本, hello there ✓✓ the lazy dög 日本語"
 MAX_MODEL_LEN = 64
 DEFAULT_K = 5
 ROUND_SIZES = {"one at a time": [1], "pairs": [2], "uneven rounds": [3, 1, 4, 1, 5]}
+PROMPT = [1, 2, 3]
 
 
 @pytest.fixture(scope="module")
@@ -38,26 +51,63 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<eos>")
 
 
+@pytest.fixture(scope="module")
+def default_tokenizer(default_model_path):
+    return load_tokenizer(default_model_path)
+
+
 def decoder(tokenizer):
     return lambda token_ids: tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
-def stream(tokenizer, output_ids: list[int], stop: list[str], round_sizes: list[int]) -> list[str]:
-    """The text deltas a client receives, produced the way gateway.generation drives the detokenizer."""
-    decode = decoder(tokenizer)
-    params = SamplingParams(stop=stop, max_tokens=len(output_ids), ignore_eos=True)
-    seq = Sequence("seq", None, [0], params, seed=0)
-    stop_checker = StopChecker(set(), MAX_MODEL_LEN * 100, decode)
-    detokenizer = IncrementalDetokenizer(decode, params.stop_strings)
-    deltas, at = [], 0
-    for size in itertools.cycle(round_sizes):
-        stop_checker.commit(seq, output_ids[at : at + size])
-        at += size
-        if seq.finished:
-            final = seq.text if seq.stop_reason in params.stop_strings else decode(seq.output_token_ids)
-            return deltas + [detokenizer.delta(seq.output_token_ids, final_text=final)]
-        deltas.append(detokenizer.delta(seq.output_token_ids))
-    raise AssertionError("unreachable")
+@dataclass
+class ReplayingVerifier:
+    """Stands where the gateway's VerifierBackend stands and answers each step with the next round of a
+    fixed output, as a verifier accepting drafts would."""
+
+    rounds: list[list[int]]
+    address: str = "replay"
+    info: pb.VerifierInfo = field(default_factory=pb.VerifierInfo)
+    cost_model: None = None
+    num_sequences: int = 0
+
+    def plan_step(self, seq_id: str, rows: int, expected_tokens: float) -> None:
+        pass
+
+    def forget(self, seq_id: str) -> None:
+        pass
+
+    async def start(self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, **kwargs) -> None:
+        pass
+
+    async def step(self, seq_id: str, committed_len: int, draft) -> pb.StepResult:
+        return pb.StepResult(committed_len=committed_len, token_ids=self.rounds.pop(0))
+
+    async def release(self, seq_id: str) -> None:
+        pass
+
+
+def stream(tokenizer, output_ids: list[int], stop: list[str], round_sizes: list[int], **sampling) -> list[Delta]:
+    """What GatewayCore.generate yields while the verifier commits `output_ids` in rounds of `round_sizes`."""
+    sampling = {"max_tokens": len(output_ids), "ignore_eos": True} | sampling
+    params = SamplingParams(temperature=0, stop=stop, **sampling)
+    core = GatewayCore(
+        [ReplayingVerifier(in_rounds(output_ids, round_sizes))],
+        [],
+        tokenizer,
+        {tokenizer.eos_token_id},
+        max_model_len=1 << 20,
+        num_speculative_tokens=0,
+    )
+
+    async def collect() -> list[Delta]:
+        return [delta async for delta in core.generate(None, PROMPT, params, 0)]
+
+    return asyncio.run(collect())
+
+
+def texts(deltas: list[Delta]) -> list[str]:
+    return [d.text for d in deltas]
 
 
 def test_the_tokenizer_splits_multi_byte_characters_across_tokens(tokenizer):
@@ -70,12 +120,15 @@ def test_the_tokenizer_splits_multi_byte_characters_across_tokens(tokenizer):
 @pytest.mark.parametrize("round_sizes", ROUND_SIZES.values(), ids=ROUND_SIZES.keys())
 def test_concatenated_deltas_equal_the_decoded_text(tokenizer, round_sizes):
     ids = tokenizer.encode(TEXT)
-    assert "".join(stream(tokenizer, ids, [], round_sizes)) == TEXT
+    deltas = stream(tokenizer, ids, [], round_sizes)
+    assert "".join(texts(deltas)) == TEXT
+    assert [t for d in deltas for t in d.token_ids] == ids
+    assert deltas[-1].finish_reason == "length"
 
 
 @pytest.mark.parametrize("round_sizes", ROUND_SIZES.values(), ids=ROUND_SIZES.keys())
 def test_no_delta_carries_a_replacement_character(tokenizer, round_sizes):
-    deltas = stream(tokenizer, tokenizer.encode(TEXT), [], round_sizes)
+    deltas = texts(stream(tokenizer, tokenizer.encode(TEXT), [], round_sizes))
     assert not any("\ufffd" in d for d in deltas), deltas
 
 
@@ -84,16 +137,89 @@ def test_no_delta_carries_a_replacement_character(tokenizer, round_sizes):
 def test_a_stop_string_is_never_streamed_and_the_text_ends_before_it(tokenizer, round_sizes, stop):
     deltas = stream(tokenizer, tokenizer.encode(TEXT), stop, round_sizes)
     cut = min(TEXT.find(s) for s in stop if s in TEXT)
-    assert "".join(deltas) == TEXT[:cut]
+    assert "".join(texts(deltas)) == TEXT[:cut]
     for s in stop:
-        assert not any(s in d for d in deltas), deltas
-    assert not any("\ufffd" in d for d in deltas), deltas
+        assert not any(s in d for d in texts(deltas)), deltas
+    assert not any("\ufffd" in d for d in texts(deltas)), deltas
+    assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", next(s for s in stop if s in TEXT))
+
+
+def test_text_that_could_start_a_stop_string_is_held_back_until_it_cannot(tokenizer):
+    ids = tokenizer.encode(TEXT)
+    stop = "the lazy cat"  # "the lazy " occurs, the whole never does
+    deltas = stream(tokenizer, ids, [stop], [1])
+    decode = decoder(tokenizer)
+    streamed = ""
+    for n, delta in enumerate(deltas[:-1], start=1):
+        streamed += delta.text
+        decoded = decode(ids[:n]).rstrip("\ufffd")
+        assert len(streamed) == max(0, len(decoded) - (len(stop) - 1)), (streamed, decoded)
+    assert streamed + deltas[-1].text == TEXT
 
 
 def test_text_after_a_stop_string_in_the_same_round_is_dropped(tokenizer):
     ids = tokenizer.encode(TEXT)
     deltas = stream(tokenizer, ids, ["hello there"], [len(ids)])
-    assert deltas == [TEXT[: TEXT.find("hello there")]]
+    assert texts(deltas) == [TEXT[: TEXT.find("hello there")]]
+
+
+def test_include_stop_str_in_output_streams_the_stop_string_last(tokenizer):
+    deltas = stream(tokenizer, tokenizer.encode(TEXT), ["✓✓"], [2], include_stop_str_in_output=True)
+    assert "".join(texts(deltas)) == TEXT[: TEXT.find("✓✓") + 2]
+    assert deltas[-1].text.endswith("✓✓")
+
+
+def test_eos_ends_the_stream_at_that_token_and_adds_no_text(tokenizer):
+    ids = tokenizer.encode(TEXT)
+    output = ids + [tokenizer.eos_token_id] + tokenizer.encode(" more")
+    deltas = stream(tokenizer, output, [], [3], ignore_eos=False)
+    assert [t for d in deltas for t in d.token_ids] == ids + [tokenizer.eos_token_id]
+    assert "".join(texts(deltas)) == TEXT
+    assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", None)
+    assert deltas[-1].completion_tokens == len(ids) + 1
+
+
+@pytest.mark.default_model
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_streamed_text_is_what_decoding_the_whole_output_after_every_token_gives(default_tokenizer, data):
+    decode = decoder(default_tokenizer)
+    output = data.draw(st.lists(st.sampled_from(token_pool(default_tokenizer)), min_size=1, max_size=40))
+    text = decode(output)
+    stops = [text[i : i + n] for i, n in data.draw(st.lists(st.tuples(st.integers(0, 80), st.integers(1, 12))))]
+    stops = [s for s in dict.fromkeys(stops) if s]
+    include = data.draw(st.booleans(), label="include_stop_str_in_output")
+    round_sizes = data.draw(st.lists(st.integers(1, 8), min_size=1, max_size=5), label="round sizes")
+
+    deltas = stream(default_tokenizer, output, stops, round_sizes, include_stop_str_in_output=include)
+    kept, stop, expected = stop_by_full_decoding(decode, output, stops, include)
+    assert "".join(texts(deltas)) == expected
+    assert [t for d in deltas for t in d.token_ids] == output[:kept]
+    assert deltas[-1].stop_reason == stop
+    if "\ufffd" not in text:
+        assert not any("\ufffd" in d for d in texts(deltas)), deltas
+
+
+@pytest.mark.default_model
+def test_streaming_decodes_as_few_tokens_per_token_at_4000_tokens_as_at_the_start(default_tokenizer):
+    """Counted for every round but the last, whose text is the whole output decoded once."""
+    output = long_output(default_tokenizer, 4000)
+    counting = CountingTokenizer(default_tokenizer)
+    params = SamplingParams(temperature=0, max_tokens=len(output), stop=["日本語のテキスト!"], ignore_eos=True)
+    core = GatewayCore([ReplayingVerifier(in_rounds(output, [1, 3, 6, 2, 5]))], [], counting, set(), 1 << 20, 0)
+
+    async def round_costs() -> list[tuple[int, int]]:
+        costs, before = [], 0
+        async for delta in core.generate(None, PROMPT, params, 0):
+            if delta.finish_reason is None:
+                costs.append((len(delta.token_ids), counting.num_decoded - before))
+            before = counting.num_decoded
+        return costs
+
+    per_token = decode_cost_per_token(asyncio.run(round_costs()))
+    first, last = sum(per_token[:200]), sum(per_token[-200:])
+    assert last <= 2 * first, (first, last)
+    assert last <= 10 * 200, last
 
 
 # ---------------------------------------------------------------- validation

@@ -225,7 +225,7 @@ class LLM:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def _output(self, seq: Sequence) -> RequestOutput:
-        text = seq.text if seq.stop_reason in seq.params.stop_strings else self._detokenize(seq.output_token_ids)
+        text = self.engine.stop_checker.output_text(seq)
         completion = CompletionOutput(0, text, seq.output_token_ids, seq.finish_reason, seq.stop_reason)
         return RequestOutput(seq.seq_id, seq.prompt, seq.prompt_token_ids, [completion], seq.finished, seq.stats)
 

@@ -1,0 +1,154 @@
+"""Text through the three services: chat prompts, multi-byte answers, stop strings and EOS, streamed by the
+gateway exactly as the in-process `LLM` writes them.
+
+The default model (SmolLM2-135M-Instruct) runs as verifier, ngram proposer and gateway processes. Both
+sides draft a fixed K, so the rounds, and with them every verify pass, are the same in and out of process.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Iterator
+
+import grpc
+import pytest
+from service_stack import start_service
+
+from protos import splitspec_v1_pb2 as pb
+from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec import LLM, SamplingParams
+from splitspec.entrypoints.client import build_request
+
+pytestmark = [pytest.mark.e2e, pytest.mark.default_model]
+
+K = 3
+SMALL_KV = 64 << 20
+ESSAY = "Write a short paragraph about the history of tea."
+JAPANESE = "Translate into Japanese: Good morning, my friend. How are you today?"
+ONE_WORD = "What is the capital of France? Answer with one word."
+MAX_TOKENS = {
+    ESSAY: 48,
+    JAPANESE: 25,
+    ONE_WORD: 64,
+}  # each kana of the Japanese answer is two tokens: 25 ends on a whole one
+TIMEOUT_S = 300
+VERIFIER_STARTUP_S = 900  # it measures its pass costs before serving: minutes on a busy two-core machine
+
+
+@dataclass
+class Streamed:
+    token_ids: list[int]
+    deltas: list[str]
+    finish_reason: str
+    stop_reason: str
+
+    @property
+    def text(self) -> str:
+        return "".join(self.deltas)
+
+
+def stream(address: str, prompt: str, params: SamplingParams) -> Streamed:
+    request = build_request(
+        prompt, temperature=0, max_tokens=params.max_tokens, stop=params.stop_strings, ignore_eos=params.ignore_eos
+    )
+    with grpc.insecure_channel(address) as channel:
+        responses = list(pb_grpc.GatewayStub(channel).Generate(request, timeout=TIMEOUT_S))
+    last: pb.GenerateResponse = responses[-1]
+    return Streamed(
+        [t for r in responses for t in r.token_ids], [r.text for r in responses], last.finish_reason, last.stop_reason
+    )
+
+
+def greedy(prompt: str, **kwargs) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=MAX_TOKENS[prompt], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def gateway(default_model_path, tmp_path_factory) -> Iterator[str]:
+    """Verifier, ngram proposer and gateway processes (service_stack.running_stack's, with a longer wait
+    for the verifier); the gateway's address. All are stopped on exit, even on failure."""
+    logs = tmp_path_factory.mktemp("text_logs")
+    model = str(default_model_path)
+    with ExitStack() as cleanup:
+        verifier_args = ["serve-verifier", "--model", model, "--kv-cache-memory-bytes", str(SMALL_KV)]
+        verifier = start_service("verifier", verifier_args, logs, timeout=VERIFIER_STARTUP_S)
+        cleanup.callback(verifier.stop)
+        proposer = start_service("proposer", ["serve-proposer", "--method", "ngram", "-k", str(K)], logs)
+        cleanup.callback(proposer.stop)
+        gateway_args = ["--verifiers", verifier.address, "--proposers", proposer.address, "-k", str(K), "--fixed-k"]
+        gateway = start_service("gateway", ["serve-gateway", "--model", model, *gateway_args], logs)
+        cleanup.callback(gateway.stop)
+        yield gateway.address
+
+
+@pytest.fixture(scope="module")
+def plain(default_model_path) -> LLM:
+    return LLM(str(default_model_path), kv_cache_memory_bytes=SMALL_KV)
+
+
+@pytest.fixture(scope="module")
+def ngram(default_model_path) -> LLM:
+    spec = {"method": "ngram", "num_speculative_tokens": K, "adaptive": False}
+    return LLM(str(default_model_path), speculative_config=spec, kv_cache_memory_bytes=SMALL_KV)
+
+
+@pytest.fixture(scope="module")
+def prompts(plain) -> dict[str, str]:
+    return {q: plain.apply_chat_template([{"role": "user", "content": q}]) for q in MAX_TOKENS}
+
+
+@pytest.fixture(scope="module")
+def in_process(plain, ngram, prompts):
+    """Each question's completion from plain decoding and from in-process ngram speculation."""
+    questions = list(MAX_TOKENS)
+    params = [greedy(q) for q in questions]
+    chats = [prompts[q] for q in questions]
+    plain_out = plain.generate(chats, params, use_tqdm=False)
+    ngram_out = ngram.generate(chats, params, use_tqdm=False)
+    return {q: (p.outputs[0], n.outputs[0]) for q, p, n in zip(questions, plain_out, ngram_out)}
+
+
+def test_a_chat_prompt_streams_the_tokens_and_text_of_in_process_and_plain_decoding(gateway, prompts, in_process):
+    plain_completion, ngram_completion = in_process[ESSAY]
+    got = stream(gateway, prompts[ESSAY], greedy(ESSAY))
+    assert got.token_ids == ngram_completion.token_ids == plain_completion.token_ids
+    assert got.text == ngram_completion.text == plain_completion.text
+    assert got.finish_reason == ngram_completion.finish_reason
+
+
+def test_multi_byte_characters_stream_whole(gateway, plain, prompts, in_process):
+    _, expected = in_process[JAPANESE]
+    decode = plain.get_tokenizer().decode
+    split = [n for n in range(1, len(expected.token_ids)) if decode(expected.token_ids[:n]).endswith("\ufffd")]
+    assert any(ord(c) > 0x2FFF for c in expected.text), expected.text  # CJK, kana or emoji, not just accents
+    assert split, "no character of the answer is split across tokens: the test would prove nothing"
+    got = stream(gateway, prompts[JAPANESE], greedy(JAPANESE))
+    assert got.token_ids == expected.token_ids
+    assert got.text == expected.text
+    assert not any("\ufffd" in d for d in got.deltas), got.deltas
+
+
+def test_a_stop_string_cuts_the_streamed_text_where_in_process_does(gateway, ngram, prompts, in_process):
+    plain_completion, _ = in_process[ESSAY]
+    text = plain_completion.text
+    stop = text[len(text) // 2 : len(text) // 2 + 12]  # a dozen characters from the middle: several tokens
+    params = greedy(ESSAY, stop=[stop])
+    expected = ngram.generate(prompts[ESSAY], params, use_tqdm=False)[0].outputs[0]
+    got = stream(gateway, prompts[ESSAY], params)
+    assert (got.finish_reason, got.stop_reason) == ("stop", stop)
+    assert (expected.finish_reason, expected.stop_reason) == ("stop", stop)
+    assert got.text == expected.text == text[: text.find(stop)]
+    assert got.token_ids == expected.token_ids
+    assert not any(stop in d for d in got.deltas)
+
+
+def test_eos_ends_a_short_answer_before_max_tokens(gateway, ngram, prompts, in_process):
+    plain_completion, expected = in_process[ONE_WORD]
+    eos = ngram.engine.stop_checker.eos_token_ids
+    assert expected.finish_reason == "stop" and expected.token_ids[-1] in eos
+    assert len(expected.token_ids) < MAX_TOKENS[ONE_WORD]
+    got = stream(gateway, prompts[ONE_WORD], greedy(ONE_WORD))
+    assert (got.finish_reason, got.stop_reason) == ("stop", "")
+    assert got.token_ids == expected.token_ids == plain_completion.token_ids
+    assert got.text == expected.text and "Paris" in got.text
