@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fitted_heads import assert_drafts_pass_often_but_not_always, write_fitted_eagle
 from greedy_reference import assert_same_or_near_tie
 from tiny_checkpoints import write_eagle
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaModel
@@ -27,9 +28,10 @@ GREEDY = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def eagle(tmp_path_factory) -> Path:
-    """Random weights for the tiny Llama (hidden 64, vocabulary 256), as EAGLE heads are published."""
-    return write_eagle(tmp_path_factory.mktemp("eagle") / "head", hidden_size=64, vocab_size=256, fc_bias=True)
+def eagle(tmp_path_factory, tiny_llama) -> Path:
+    """A head for the tiny Llama fitted to its greedy text on PROMPTS, as EAGLE heads are published: on
+    that text it drafts runs of right tokens, and wrong ones too."""
+    return write_fitted_eagle(tmp_path_factory.mktemp("eagle") / "head", tiny_llama, PROMPTS, GREEDY)
 
 
 def reference_drafts(
@@ -138,12 +140,15 @@ def test_greedy_output_is_the_target_s_own(tiny_llama, eagle, batch_size) -> Non
         )
     for prompt, out, own in zip(PROMPTS, outputs, plain):
         assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
-    # every round drafts 3 but the first (no states yet) and the last three (max_tokens leaves room
-    # for 2, 1, 0): the states of every committed token reach the drafter
-    assert all(o.spec_stats.num_draft_tokens == 3 * o.spec_stats.num_rounds - 9 for o in outputs)
+    assert_drafts_pass_often_but_not_always([o.spec_stats for o in outputs])
+    # every round drafts but the first (no states yet) and one that max_tokens leaves no room in: the
+    # states of every committed token reach the drafter, which stops drafting at a gap
+    assert all(o.spec_stats.drafted_per_position[0] >= o.spec_stats.num_rounds - 2 for o in outputs)
 
 
 def test_the_drafter_receives_the_state_behind_every_committed_token(tiny_llama, eagle) -> None:
+    """One row per token committed since the last request, several after a round that accepted
+    drafts, and together the states transformers computes for the whole text."""
     llm = LLM(str(tiny_llama), speculative_config={"model": str(eagle), "num_speculative_tokens": 3, "adaptive": False})
     seen: list[DraftRequest] = []
     original = llm.engine.proposer.propose
@@ -160,6 +165,10 @@ def test_the_drafter_receives_the_state_behind_every_committed_token(tiny_llama,
     everything = PROMPTS[0] + out.outputs[0].token_ids
     covered = len(seen[-1].token_ids) - 1
     torch.testing.assert_close(rows, target_states(tiny_llama, everything[: covered + 1]), rtol=1e-4, atol=1e-4)
+    assert len(seen[1].hidden_state) == len(PROMPTS[0])  # the prefill's: one per prompt token
+    committed = [len(b.token_ids) - len(a.token_ids) for a, b in zip(seen[1:], seen[2:])]
+    assert [len(r.hidden_state) for r in seen[2:]] == committed
+    assert max(committed) > 2  # a round accepted two drafts or more, and its rows all arrived
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
@@ -178,4 +187,4 @@ def test_seeded_sampling_is_the_target_s_own_samples(tiny_llama, eagle, batch_si
     for start in range(0, len(PROMPTS), batch_size):
         outputs += llm.generate(prompts[start : start + batch_size], params[start : start + batch_size], use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == plain
-    assert sum(o.spec_stats.num_draft_tokens for o in outputs) > 0
+    assert_drafts_pass_often_but_not_always([o.spec_stats for o in outputs])

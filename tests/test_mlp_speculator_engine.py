@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fitted_heads import assert_drafts_pass_often_but_not_always, write_fitted_mlp_speculator
 from greedy_reference import assert_same_or_near_tie
 from tiny_checkpoints import write_mlp_speculator
 from transformers import AutoModelForCausalLM
@@ -20,12 +21,10 @@ GREEDY = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def speculator(tmp_path_factory) -> Path:
-    """Random weights for the tiny Llama (hidden 64, vocabulary 256), written in IBM's format."""
-    return write_mlp_speculator(
-        tmp_path_factory.mktemp("mlp_speculator"), emb_dim=64, inner_dim=48, vocab_size=256, n_predict=3,
-        tied=False, scale_input=True,
-    )  # fmt: skip
+def speculator(tmp_path_factory, tiny_llama) -> Path:
+    """Three heads fitted to the tiny Llama's greedy text on PROMPTS, in IBM's format: on that text
+    they draft runs of right tokens, and wrong ones too."""
+    return write_fitted_mlp_speculator(tmp_path_factory.mktemp("mlp_speculator"), tiny_llama, PROMPTS, GREEDY)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
@@ -45,12 +44,13 @@ def test_greedy_output_is_the_target_s_own(tiny_llama, speculator, batch_size) -
         outputs += llm.generate(chunk, GREEDY, use_tqdm=False)
     for prompt, out, own in zip(PROMPTS, outputs, plain):
         assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
-    assert sum(o.spec_stats.num_draft_tokens for o in outputs) > 0
+    assert_drafts_pass_often_but_not_always([o.spec_stats for o in outputs])
 
 
 def test_the_speculator_reads_the_hidden_state_behind_the_last_token(tiny_llama, speculator) -> None:
     """Each request carries the target's final normed hidden state at the position that produced the
-    sequence's last token: what transformers computes for the same tokens."""
+    sequence's last token: what transformers computes for the same tokens, also after rounds that
+    accepted drafts (the state is then a later row of the verify pass than the first)."""
     llm = LLM(
         str(tiny_llama), speculative_config={"model": str(speculator), "num_speculative_tokens": 2, "adaptive": False}
     )
@@ -75,6 +75,8 @@ def test_the_speculator_reads_the_hidden_state_behind_the_last_token(tiny_llama,
         torch.testing.assert_close(request.hidden_state, out.hidden_states[-1][0, -1], rtol=1e-4, atol=1e-4)
         checked += 1
     assert checked >= 5
+    committed = [len(b.token_ids) - len(a.token_ids) for a, b in zip(seen, seen[1:])]
+    assert max(committed) > 2  # some round accepted two drafts or more
 
 
 def test_no_hidden_state_means_no_drafts(speculator) -> None:
@@ -114,4 +116,4 @@ def test_seeded_sampling_is_the_target_s_own_samples(tiny_llama, speculator, bat
     for start in range(0, len(PROMPTS), batch_size):
         outputs += llm.generate(prompts[start : start + batch_size], params[start : start + batch_size], use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == plain
-    assert sum(o.spec_stats.num_draft_tokens for o in outputs) > 0
+    assert_drafts_pass_often_but_not_always([o.spec_stats for o in outputs])

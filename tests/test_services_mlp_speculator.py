@@ -3,17 +3,13 @@ from them in its own process. Output stays the target's own."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 import pytest
+from fitted_heads import assert_drafts_pass_often_but_not_always, write_fitted_mlp_speculator
 from service_stack import running_stack
-from test_services_e2e import (
-    MAX_TOKENS,
-    PROMPTS,
-    assert_seeded_samples_are_plain_decoding_s,
-    generate,
-    generate_concurrently,
-)
-from tiny_checkpoints import write_mlp_speculator
+from test_services_e2e import MAX_TOKENS, PROMPTS, assert_seeded_samples_are_plain_decoding_s, generate, token_ids
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
@@ -22,13 +18,13 @@ from splitspec.entrypoints.client import build_request
 
 pytestmark = pytest.mark.e2e
 
+GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
 
 @pytest.fixture(scope="module")
 def speculator_stack(tiny_llama, tmp_path_factory):
-    speculator = write_mlp_speculator(
-        tmp_path_factory.mktemp("speculator"), emb_dim=64, inner_dim=48, vocab_size=256, n_predict=3,
-        tied=True, scale_input=True,
-    )  # fmt: skip
+    # fitted to the target's greedy text on PROMPTS: drafts there pass often, not always
+    speculator = write_fitted_mlp_speculator(tmp_path_factory.mktemp("speculator"), tiny_llama, PROMPTS, GREEDY)
     with running_stack(
         tiny_llama,
         tmp_path_factory.mktemp("speculator_logs"),
@@ -41,17 +37,20 @@ def speculator_stack(tiny_llama, tmp_path_factory):
 
 
 def test_greedy_through_the_services_is_the_target_s_own_batch_1_and_4(speculator_stack, tiny_llama) -> None:
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)
+    own = [o.outputs[0].token_ids for o in plain]
     requests = [build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True) for p in PROMPTS]
-    assert generate_concurrently(speculator_stack.gateway.address, requests) == [o.outputs[0].token_ids for o in plain]
-    for request, own in zip(requests, plain):  # batch of one
-        responses = generate(speculator_stack.gateway.address, request)
-        assert [t for r in responses for t in r.token_ids] == own.outputs[0].token_ids
+    with ThreadPoolExecutor(len(requests)) as pool:
+        batched = list(pool.map(lambda r: generate(speculator_stack.gateway.address, r), requests))
+    one_by_one = [generate(speculator_stack.gateway.address, r) for r in requests]
+    for responses in (batched, one_by_one):
+        assert [token_ids(r) for r in responses] == own
+        assert_drafts_pass_often_but_not_always([r[-1].speculation for r in responses])
+    for responses in one_by_one:
         # every round drafts from the state that crossed the wire, but the first (no hidden state yet)
-        # and the last (max_tokens leaves no room for drafts)
+        # and one that max_tokens leaves no room for drafts in
         spec = responses[-1].speculation
-        assert spec.drafted_per_position[0] == spec.num_rounds - 2
+        assert spec.drafted_per_position[0] >= spec.num_rounds - 2
 
 
 def test_seeded_sampling_through_the_services_is_plain_decoding_s(speculator_stack, tiny_llama) -> None:
