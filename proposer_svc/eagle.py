@@ -52,7 +52,7 @@ class EagleRunner(LlamaRunner):
         config.tie_word_embeddings = False
         config.vocab_size = head.shape[0]
         super().__init__(None, config, weights=tensors, dtype=dtype, **cache)
-        self.fc = Linear(fc_weight.to(dtype), None if fc_bias is None else fc_bias.to(dtype))
+        self.fc = Linear(fc_weight.to(self.device, dtype), None if fc_bias is None else fc_bias.to(self.device, dtype))
 
     def _input_norm(self, w: dict[str, torch.Tensor], prefix: str, index: int) -> torch.Tensor | None:
         if index == 0:

@@ -6,15 +6,18 @@ import torch
 
 from proposer_svc.proposer import Proposer
 from splitspec.config import SpeculationMethod, SpeculativeConfig
+from splitspec.devices import auto_dtype, resolve_device
 from splitspec.errors import SplitspecError
 from splitspec.models.linear import packs
 
 
-def drafting_dtype() -> torch.dtype:
-    """bfloat16 where this CPU multiplies it natively: a speculator's vocabulary-sized heads then
-    stream half the bytes (2.2x faster for one draft token, 3.6x for two, on the reference machine;
-    benchmarks/speculator_cost.py, docs/benchmarks.md). Drafts are only proposals, so their precision
-    cannot change a token of the output."""
+def drafting_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on a GPU, and where this CPU multiplies it natively: a speculator's vocabulary-sized
+    heads then stream half the bytes (2.2x faster for one draft token, 3.6x for two, on the reference
+    machine; benchmarks/speculator_cost.py, docs/benchmarks.md). Drafts are only proposals, so their
+    precision cannot change a token of the output."""
+    if device.type == "cuda":
+        return auto_dtype(None, device)
     return torch.bfloat16 if packs(torch.bfloat16) else torch.float32
 
 
@@ -25,12 +28,14 @@ def build_proposer(
     target_hidden_size: int | None = None,
     target_model: str | None = None,
     dtype: str = "auto",
+    device: str = "auto",
     max_num_seqs: int = 64,
 ) -> Proposer:
     """target_vocab_size: drafts are restricted to the target's vocabulary (None: the draft's own).
     target_hidden_size: checked against drafters that read the target's hidden state (None: unknown).
     target_model: the target checkpoint, whose output head (and embedding, unless the head has its
-    own) an EAGLE head uses."""
+    own) an EAGLE head uses. device: the drafter's own, which need not be the target's."""
+    placement = resolve_device(device)
     if spec.method == SpeculationMethod.NGRAM:
         from proposer_svc.ngram import NgramProposer
 
@@ -39,7 +44,9 @@ def build_proposer(
         from proposer_svc.mlp_speculator import MLPSpeculator, MLPSpeculatorProposer
         from splitspec.checkpoint import resolve_checkpoint
 
-        speculator = MLPSpeculator(resolve_checkpoint(spec.draft_model), dtype=drafting_dtype())
+        speculator = MLPSpeculator(
+            resolve_checkpoint(spec.draft_model), dtype=drafting_dtype(placement), device=placement
+        )
         if target_vocab_size is not None and speculator.config.vocab_size != target_vocab_size:
             raise SplitspecError(
                 f"MLP speculator {spec.draft_model} predicts over {speculator.config.vocab_size} tokens, the target "
@@ -60,6 +67,8 @@ def build_proposer(
         runner = EagleRunner(
             resolve_checkpoint(spec.draft_model),
             resolve_checkpoint(target_model),
+            device=placement,
+            dtype=auto_dtype(None, placement),
             kv_cache_memory_bytes=256 << 20,
             max_num_seqs=max_num_seqs,
         )
@@ -71,7 +80,7 @@ def build_proposer(
 
     runner = load_runner(
         resolve_checkpoint(spec.draft_model),
-        RunnerConfig(dtype=dtype, kv_cache_memory_bytes=256 << 20, max_num_seqs=max_num_seqs),
+        RunnerConfig(device=str(placement), dtype=dtype, kv_cache_memory_bytes=256 << 20, max_num_seqs=max_num_seqs),
     )
     return DraftModelProposer(
         runner, target_vocab_size=target_vocab_size or runner.vocab_size, draft_top_k=spec.draft_top_k

@@ -71,7 +71,7 @@ def mixing_weights(inner_dim: int, n_predict: int) -> tuple[float, float]:
 
 
 class MLPSpeculator:
-    def __init__(self, path: Path, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, path: Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
         self.config = c = MLPSpeculatorConfig.read(path)
         files = sorted(path.glob("*.safetensors"))
         if not files:
@@ -79,7 +79,7 @@ class MLPSpeculator:
         weights: dict[str, torch.Tensor] = {}
         for f in files:
             for name, tensor in load_file(str(f)).items():
-                weights[name.removeprefix("speculator.")] = tensor.to(dtype)
+                weights[name.removeprefix("speculator.")] = tensor.to(device, dtype)
 
         def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
             if name not in weights:
@@ -123,10 +123,10 @@ class MLPSpeculator:
         the previous head's argmax token."""
         if num_tokens > self.n_predict:
             raise ValueError(f"the speculator predicts at most {self.n_predict} tokens, {num_tokens} asked")
-        state = hidden.to(self.proj[0].dtype)
+        state = hidden.to(self.proj[0].device, self.proj[0].dtype)
         if self.config.scale_input:
             state = _rms(state) / math.sqrt(2)
-        tokens = last_tokens
+        tokens = last_tokens.to(state.device)
         drafts, logits = [], []
         emb_scale = self.emb_weight / self.state_weight
         for i in range(num_tokens):

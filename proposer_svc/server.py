@@ -74,6 +74,8 @@ class ProposerSettings:
     target_vocab_size: int | None = None
     target_model: str | None = None
     """The target checkpoint, for drafters that use its output head (eagle)."""
+    device: str = "auto"
+    """The drafter's own device (draft_model, mlp_speculator, eagle); ngram needs none."""
     batch_window_ms: float = 1.0
 
 
@@ -110,4 +112,9 @@ def _build_proposer(settings: ProposerSettings) -> Proposer:
         draft_model=settings.draft_model,
         draft_top_k=settings.draft_top_k,
     )
-    return build_proposer(spec, target_vocab_size=settings.target_vocab_size, target_model=settings.target_model)
+    return build_proposer(
+        spec,
+        target_vocab_size=settings.target_vocab_size,
+        target_model=settings.target_model,
+        device=settings.device,
+    )

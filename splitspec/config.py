@@ -146,8 +146,10 @@ def build_speculative_config(
 class RunnerConfig:
     """How a model is loaded and how much KV cache it gets."""
 
+    device: str = "auto"
+    """"auto" (the first CUDA device, else the CPU), "cpu", "cuda" or "cuda:N"."""
     dtype: str = "auto"
-    """"auto" (float32 on the CPU), "float32", "bfloat16" or "float16"."""
+    """"auto" (the checkpoint's on CUDA, float32 on the CPU), "float32", "bfloat16" or "float16"."""
     block_size: int = 16
     kv_cache_memory_bytes: int = 1 << 30
     max_model_len: int | None = None

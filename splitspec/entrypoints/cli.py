@@ -7,6 +7,7 @@ import sys
 import time
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
+from splitspec.entrypoints.cli_flags import add_device_flag
 from splitspec.errors import SplitspecError
 
 
@@ -35,6 +36,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the model's chat template")
     p.add_argument("--gateway", metavar="HOST:PORT", help="stream from a running gateway instead of running in-process")
+    add_device_flag(p, "the model (in-process)")
     p.set_defaults(func=_generate)
 
 
@@ -65,7 +67,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=args.stop,
     )
-    llm = LLM(args.model, speculative_config=spec)
+    llm = LLM(args.model, speculative_config=spec, device=args.device)
     tokenizer = llm.get_tokenizer()
     prompt = args.prompt
     if not args.raw and tokenizer is not None and getattr(tokenizer, "chat_template", None):
@@ -141,6 +143,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face transformers")
     p.add_argument("--seed", type=int, default=0, help="selects the prompts")
     p.add_argument("--output", default="bench.json", help="where to write the JSON report")
+    add_device_flag(p, "every configuration's target (transformers' too)")
     p.add_argument(
         "--quick", action="store_true", help="a small run: 1 prompt each of code_edit and summarise, 32 tokens"
     )
@@ -148,8 +151,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from splitspec.devices import resolve_device
     from splitspec.entrypoints.bench.run import BenchSettings, run_bench
 
+    resolve_device(args.device)
     settings = BenchSettings(
         model=args.model,
         draft_model=args.draft_model,
@@ -163,6 +168,7 @@ def _bench(args: argparse.Namespace) -> int:
         hf=not args.no_hf,
         seed=args.seed,
         output=args.output,
+        device=args.device,
     )
     if args.quick:
         settings = BenchSettings(
@@ -189,6 +195,7 @@ def _add_train_speculator(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=256, help="tokens the target writes per training prompt")
     p.add_argument("--ridge", type=float, default=1e-3, help="L2 penalty of the least-squares fit")
     p.add_argument("--seed", type=int, default=0, help="selects the prompts (the bench's held-out ones never train)")
+    add_device_flag(p, "the target")
     p.add_argument(
         "--quick", action="store_true", help="a small run: 8 prompts, 48 tokens, 1 held-out prompt per workload"
     )
@@ -209,6 +216,7 @@ def _train_speculator(args: argparse.Namespace) -> int:
         ridge=args.ridge,
         held_out_per_workload=1 if args.quick else 3,
         seed=args.seed,
+        device=args.device,
     )
     report = train_speculator(settings)
     print(json.dumps(report, indent=2))

@@ -10,22 +10,20 @@ import sys
 import time
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS, RunnerConfig
+from splitspec.devices import resolve_device
+from splitspec.entrypoints.cli_flags import add_device_flag, env_default
 from splitspec.rpc.grpc_server import ServerOptions
 
 
-def _env(name: str, default):
-    """SPLITSPEC_<name> as the flag's default. It stays a string: argparse converts it with the flag's
-    type only for the subcommand that runs, and reports a bad value as it would a bad flag."""
-    return os.environ.get(f"SPLITSPEC_{name}", default)
-
-
 def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
-    p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to listen on (env SPLITSPEC_HOST)")
-    p.add_argument("--port", type=int, default=_env("PORT", default_port), help="port (env SPLITSPEC_PORT)")
-    p.add_argument("--max-message-bytes", type=int, default=_env("MAX_MESSAGE_BYTES", 64 << 20))
-    p.add_argument("--keepalive-time-ms", type=int, default=_env("KEEPALIVE_TIME_MS", 20_000))
-    p.add_argument("--keepalive-timeout-ms", type=int, default=_env("KEEPALIVE_TIMEOUT_MS", 10_000))
-    p.add_argument("--grace-seconds", type=float, default=_env("GRACE_SECONDS", 10.0), help="drain time on SIGTERM")
+    p.add_argument("--host", default=env_default("HOST", "127.0.0.1"), help="address to listen on (env SPLITSPEC_HOST)")
+    p.add_argument("--port", type=int, default=env_default("PORT", default_port), help="port (env SPLITSPEC_PORT)")
+    p.add_argument("--max-message-bytes", type=int, default=env_default("MAX_MESSAGE_BYTES", 64 << 20))
+    p.add_argument("--keepalive-time-ms", type=int, default=env_default("KEEPALIVE_TIME_MS", 20_000))
+    p.add_argument("--keepalive-timeout-ms", type=int, default=env_default("KEEPALIVE_TIMEOUT_MS", 10_000))
+    p.add_argument(
+        "--grace-seconds", type=float, default=env_default("GRACE_SECONDS", 10.0), help="drain time on SIGTERM"
+    )
 
 
 def _yield_idle_cores() -> None:
@@ -57,11 +55,12 @@ def _addresses(text: str) -> tuple[str, ...]:
 def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve-verifier", help="serve the target model (Verifier service)")
     _server_flags(p, 50052)
-    p.add_argument("--model", default=_env("MODEL", "default"), help="target checkpoint (env SPLITSPEC_MODEL)")
-    p.add_argument("--max-num-seqs", type=int, default=_env("MAX_NUM_SEQS", 64))
-    p.add_argument("--kv-cache-memory-bytes", type=int, default=_env("KV_CACHE_MEMORY_BYTES", 1 << 30))
+    p.add_argument("--model", default=env_default("MODEL", "default"), help="target checkpoint (env SPLITSPEC_MODEL)")
+    p.add_argument("--max-num-seqs", type=int, default=env_default("MAX_NUM_SEQS", 64))
+    p.add_argument("--kv-cache-memory-bytes", type=int, default=env_default("KV_CACHE_MEMORY_BYTES", 1 << 30))
     p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--batch-window-ms", type=float, default=_env("BATCH_WINDOW_MS", 2.0))
+    p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 2.0))
+    add_device_flag(p, "the target")
     p.set_defaults(func=_serve_verifier)
 
     p = sub.add_parser("serve-proposer", help="serve a drafter (Proposer service)")
@@ -69,58 +68,63 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     _proposer_flags(p)
     p.add_argument(
         "--target-model",
-        default=_env("TARGET_MODEL", None),
+        default=env_default("TARGET_MODEL", None),
         help="the verifier's checkpoint, for --method eagle (env SPLITSPEC_TARGET_MODEL)",
     )
-    p.add_argument("--batch-window-ms", type=float, default=_env("BATCH_WINDOW_MS", 1.0))
+    p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 1.0))
+    add_device_flag(p, "the drafter (draft_model, mlp_speculator, eagle)")
     p.set_defaults(func=_serve_proposer)
 
     p = sub.add_parser("serve-gateway", help="serve the public Gateway service")
     _server_flags(p, 50051)
     p.add_argument(
-        "--model", default=_env("MODEL", "default"), help="checkpoint whose tokenizer to use (env SPLITSPEC_MODEL)"
+        "--model",
+        default=env_default("MODEL", "default"),
+        help="checkpoint whose tokenizer to use (env SPLITSPEC_MODEL)",
     )
     p.add_argument(
-        "--verifiers", default=_env("VERIFIERS", "127.0.0.1:50052"), help="comma-separated verifier addresses"
+        "--verifiers", default=env_default("VERIFIERS", "127.0.0.1:50052"), help="comma-separated verifier addresses"
     )
     p.add_argument(
         "--proposers",
-        default=_env("PROPOSERS", "127.0.0.1:50053"),
+        default=env_default("PROPOSERS", "127.0.0.1:50053"),
         help="comma-separated proposer addresses ('' for none)",
     )
-    p.add_argument("--method", default=_env("METHOD", "ngram"), help="the proposers' method, for model info")
+    p.add_argument("--method", default=env_default("METHOD", "ngram"), help="the proposers' method, for model info")
     p.add_argument(
         "--num-speculative-tokens",
         "-k",
         type=int,
-        default=_env("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS),
+        default=env_default("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS),
     )
-    p.add_argument("--max-concurrent-requests", type=int, default=_env("MAX_CONCURRENT_REQUESTS", 256))
-    p.add_argument("--proposer-timeout-s", type=float, default=_env("PROPOSER_TIMEOUT_S", 5.0))
+    p.add_argument("--max-concurrent-requests", type=int, default=env_default("MAX_CONCURRENT_REQUESTS", 256))
+    p.add_argument("--proposer-timeout-s", type=float, default=env_default("PROPOSER_TIMEOUT_S", 5.0))
     p.add_argument("--fixed-k", action="store_true", help="always draft -k tokens (no adaptive draft length)")
     p.set_defaults(func=_serve_gateway)
 
     p = sub.add_parser("up", help="start verifier, proposer and gateway locally as separate processes")
-    p.add_argument("--model", default=_env("MODEL", "default"))
+    p.add_argument("--model", default=env_default("MODEL", "default"))
     p.add_argument("--port", type=int, default=50051, help="gateway port")
     p.add_argument("--verifier-port", type=int, default=50052)
     p.add_argument("--proposer-port", type=int, default=50053)
     p.add_argument("--host", default="127.0.0.1")
     _proposer_flags(p)
+    add_device_flag(p, "the verifier's target")
+    p.add_argument("--proposer-device", help="where the proposer's drafter runs (default: --device)")
     p.set_defaults(func=_up)
 
 
 def _proposer_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=list(SPECULATION_METHODS), default=_env("METHOD", "ngram"))
+    p.add_argument("--method", choices=list(SPECULATION_METHODS), default=env_default("METHOD", "ngram"))
     p.add_argument(
         "--num-speculative-tokens",
         "-k",
         type=int,
-        default=_env("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS),
+        default=env_default("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS),
     )
     p.add_argument(
         "--draft-model",
-        default=_env("DRAFT_MODEL", None),
+        default=env_default("DRAFT_MODEL", None),
         help="draft, speculator or EAGLE checkpoint (all methods but ngram)",
     )
     p.add_argument("--prompt-lookup-max", type=int, default=4)
@@ -130,6 +134,7 @@ def _proposer_flags(p: argparse.ArgumentParser) -> None:
 
 def _serve_verifier(args: argparse.Namespace) -> int:
     _yield_idle_cores()
+    resolve_device(args.device)
     from verifier_svc.server import VerifierSettings, run_verifier
 
     run_verifier(
@@ -140,6 +145,7 @@ def _serve_verifier(args: argparse.Namespace) -> int:
                 kv_cache_memory_bytes=args.kv_cache_memory_bytes,
                 max_model_len=args.max_model_len,
                 max_num_seqs=args.max_num_seqs,
+                device=args.device,
             ),
             batch_window_ms=args.batch_window_ms,
         )
@@ -154,6 +160,7 @@ def _serve_proposer(args: argparse.Namespace) -> int:
 
     if args.method != "ngram" and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
+    resolve_device(args.device)
     if args.method == "eagle" and not args.target_model:
         raise SplitspecError(
             "--method eagle needs --target-model (the verifier's model), whose output head it drafts with"
@@ -168,6 +175,7 @@ def _serve_proposer(args: argparse.Namespace) -> int:
             prompt_lookup_min=args.prompt_lookup_min,
             draft_top_k=args.draft_top_k,
             target_model=args.target_model,
+            device=args.device,
             batch_window_ms=args.batch_window_ms,
         )
     )
@@ -220,9 +228,11 @@ def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         proposer += ["--draft-model", args.draft_model]
     if args.method == "eagle":
         proposer += ["--target-model", args.model]
+    proposer += ["--device", args.proposer_device or args.device]
+    verifier = ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model]
+    verifier += ["--device", args.device]
     return {
-        "verifier": base
-        + ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model],
+        "verifier": base + verifier,
         "proposer": base + proposer,
         "gateway": base
         + [
@@ -250,6 +260,8 @@ def _up(args: argparse.Namespace) -> int:
 
     if args.method != "ngram" and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
+    resolve_device(args.device)
+    resolve_device(args.proposer_device or args.device)
     if args.model == "default":
         from splitspec.default_model import ensure_default_model
 

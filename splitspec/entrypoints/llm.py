@@ -9,6 +9,7 @@ from typing import Sequence as SequenceType
 
 from splitspec.checkpoint import resolve_checkpoint
 from splitspec.config import EngineConfig, RunnerConfig, SchedulerConfig, build_speculative_config
+from splitspec.devices import resolve_device
 from splitspec.drafts import HiddenStates
 from splitspec.engine import Engine
 from splitspec.errors import SplitspecError
@@ -40,6 +41,8 @@ class LLM:
     "num_speculative_tokens": K, ...} ("model" alone says which of the last three it holds); None for
     plain decoding. The older vLLM/Aphrodite keywords (speculative_model, num_speculative_tokens,
     ngram_prompt_lookup_max/min, speculative_draft_tensor_parallel_size) mean the same.
+    device: "auto" (the first CUDA device when there is one, else the CPU), "cpu", "cuda" or "cuda:N";
+    the target and an in-process drafter both run there.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class LLM:
         speculative_config: dict[str, Any] | None = None,
         *,
         tokenizer: str | None = None,
+        device: str = "auto",
         dtype: str = "auto",
         seed: int = 0,
         max_model_len: int | None = None,
@@ -72,6 +76,7 @@ class LLM:
                 f"tensor_parallel_size={tensor_parallel_size} is not supported: splitspec runs the target on one "
                 "device; use tensor_parallel_size=1"
             )
+        resolve_device(device)  # refuse an unusable device before loading anything
         spec = build_speculative_config(
             speculative_config,
             speculative_model=speculative_model,
@@ -85,6 +90,7 @@ class LLM:
             model_path=str(path),
             tokenizer_path=tokenizer or str(path),
             runner=RunnerConfig(
+                device=device,
                 dtype=dtype,
                 block_size=block_size,
                 kv_cache_memory_bytes=kv_cache_memory_bytes,
@@ -118,6 +124,7 @@ class LLM:
             target_hidden_size=getattr(self.runner, "hidden", None),
             target_model=self.config.model_path,
             dtype=self.config.runner.dtype,
+            device=self.config.runner.device,
             max_num_seqs=self.config.runner.max_num_seqs,
         )
 

@@ -33,6 +33,7 @@ class TrainSpeculatorSettings:
     ridge: float = 1e-3
     held_out_per_workload: int = 3
     seed: int = 0
+    device: str = "auto"
 
 
 def default_speculator_dir(model: str) -> Path:
@@ -100,18 +101,19 @@ def train_speculator(settings: TrainSpeculatorSettings) -> dict:
     from splitspec import LLM
     from splitspec.checkpoint import read_embedding_and_head, resolve_checkpoint
     from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
+    from splitspec.devices import resolve_device
     from splitspec.entrypoints.bench.workloads import WORKLOADS, build_prompts, training_prompts
     from splitspec.sampling_params import SamplingParams
 
     if settings.n_predict < 1 or settings.num_prompts < 1 or settings.max_tokens <= settings.n_predict:
         raise SplitspecError("need --n-predict >= 1, --num-prompts >= 1 and --max-tokens > --n-predict")
+    resolve_device(settings.device)
     started = time.perf_counter()
     path = resolve_checkpoint(settings.model)
     output = Path(settings.output) if settings.output else default_speculator_dir(settings.model)
     _log(f"target {settings.model} ({path}); the speculator goes to {output}")
-    llm = LLM(
-        str(path), speculative_config={"method": "ngram", "num_speculative_tokens": DEFAULT_NUM_SPECULATIVE_TOKENS}
-    )
+    ngram = {"method": "ngram", "num_speculative_tokens": DEFAULT_NUM_SPECULATIVE_TOKENS}
+    llm = LLM(str(path), speculative_config=ngram, device=settings.device)
     if getattr(llm.runner, "hidden", None) is None:
         raise SplitspecError("train-speculator needs a Llama-family target (one the native runner loads)")
 
@@ -125,7 +127,7 @@ def train_speculator(settings: TrainSpeculatorSettings) -> dict:
     )
     train_outputs = _generate(llm, train_prompts, settings.max_tokens)
     # the held-out answers are also the reference the served output is checked against: plain decoding
-    test_outputs = _generate(LLM(str(path)), test_prompts, settings.max_tokens)
+    test_outputs = _generate(LLM(str(path), device=settings.device), test_prompts, settings.max_tokens)
     train = _examples(llm, train_prompts, train_outputs, settings.n_predict, "training texts")
     test = _examples(llm, test_prompts, test_outputs, settings.n_predict, "held-out texts")
     _log(f"fitting {settings.n_predict} heads to {len(train)} positions")
@@ -137,7 +139,8 @@ def train_speculator(settings: TrainSpeculatorSettings) -> dict:
     drafts = MLPSpeculator(output).greedy_drafts(test.hidden, test.tokens[:, 0], settings.n_predict)
     agreement = chain_agreement(drafts, test.tokens[:, 1:])
     _log("serving the held-out prompts with it (greedy)")
-    served = LLM(str(path), speculative_config={"model": str(output), "num_speculative_tokens": settings.n_predict})
+    speculator = {"model": str(output), "num_speculative_tokens": settings.n_predict}
+    served = LLM(str(path), speculative_config=speculator, device=settings.device)
     results = served.generate(
         [{"prompt_token_ids": p} for p in test_prompts], SamplingParams(temperature=0, max_tokens=settings.max_tokens)
     )

@@ -17,11 +17,20 @@ from splitspec.models.runner import ForwardInput
 
 class HFRunner:
     def __init__(
-        self, path: Path, config, *, dtype: torch.dtype = torch.float32, max_model_len: int | None = None
+        self,
+        path: Path,
+        config,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_model_len: int | None = None,
     ) -> None:
+        """Logits and hidden states come back on the CPU in float32."""
         from transformers import AutoModelForCausalLM
 
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(self.device).eval()
         self.kernels = REFERENCE  # attention is transformers' own; sampling uses the reference
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
@@ -71,11 +80,12 @@ class HFRunner:
             cache = self._caches.get(inp.seq_id)
             if cache is None:
                 cache = DynamicCache(config=self.model.config)
+            positions = torch.arange(start, start + n, device=self.device)
             out = self.model(
-                input_ids=torch.tensor([inp.token_ids]),
+                input_ids=torch.tensor([inp.token_ids], device=self.device),
                 use_cache=True,
-                position_ids=torch.arange(start, start + n)[None],
-                cache_position=torch.arange(start, start + n),
+                position_ids=positions[None],
+                cache_position=positions,
                 logits_to_keep=inp.num_logits,
                 output_hidden_states=with_hidden,
                 **{self._cache_arg: cache},
@@ -86,5 +96,5 @@ class HFRunner:
             if with_hidden:  # the last entry is the final layer's output after the model's final norm
                 last = out.hidden_states[-1][0]
                 hidden_rows.append(last[last.shape[0] - inp.hidden_rows :])
-        hidden = torch.cat(hidden_rows).to(torch.float32) if with_hidden else None
-        return torch.cat(rows).to(torch.float32), hidden
+        hidden = torch.cat(hidden_rows).to("cpu", torch.float32) if with_hidden else None
+        return torch.cat(rows).to("cpu", torch.float32), hidden

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from splitspec.config import RunnerConfig
+from splitspec.devices import auto_dtype, resolve_device
 from splitspec.errors import SplitspecError
 from splitspec.models.runner import ModelRunner
 
@@ -20,8 +21,8 @@ def load_config(path: Path):
         raise SplitspecError(f"cannot read {path / 'config.json'}: {exc}") from None
 
 
-def resolve_dtype(dtype: str | torch.dtype, config) -> torch.dtype:
-    """'auto' means float32 on the CPU (half precision matmuls are slow there)."""
+def resolve_dtype(dtype: str | torch.dtype, config, device: torch.device) -> torch.dtype:
+    """'auto': the checkpoint's dtype on CUDA, float32 on the CPU (splitspec.devices.auto_dtype)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     names = {
@@ -32,7 +33,7 @@ def resolve_dtype(dtype: str | torch.dtype, config) -> torch.dtype:
         "half": torch.float16,
     }
     if dtype == "auto":
-        return torch.float32
+        return auto_dtype(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None), device)
     if dtype not in names:
         raise SplitspecError(f"dtype {dtype!r} is not supported; use auto, float32, bfloat16 or float16")
     return names[dtype]
@@ -45,7 +46,8 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig()) -> ModelRunne
     from splitspec.models.llama import LlamaRunner, supports_natively
 
     model_config = load_config(path)
-    torch_dtype = resolve_dtype(config.dtype, model_config)
+    device = resolve_device(config.device)
+    torch_dtype = resolve_dtype(config.dtype, model_config, device)
     native = supports_natively(model_config)
     if config.backend == "native" and not native:
         raise SplitspecError(
@@ -57,6 +59,7 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig()) -> ModelRunne
         return LlamaRunner(
             path,
             model_config,
+            device=device,
             dtype=torch_dtype,
             block_size=config.block_size,
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
@@ -64,4 +67,4 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig()) -> ModelRunne
             max_num_seqs=config.max_num_seqs,
             kernel_backend=config.kernel_backend,
         )
-    return HFRunner(path, model_config, dtype=torch_dtype, max_model_len=config.max_model_len)
+    return HFRunner(path, model_config, device=device, dtype=torch_dtype, max_model_len=config.max_model_len)

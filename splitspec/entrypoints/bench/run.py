@@ -35,6 +35,7 @@ class BenchSettings:
     hf: bool = True
     seed: int = 0
     output: str = "bench.json"
+    device: str = "auto"
     configs_only: tuple[str, ...] = field(default=())
 
 
@@ -48,7 +49,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_stack(model: str, k: int) -> tuple[subprocess.Popen, str]:
+def _start_stack(model: str, k: int, device: str) -> tuple[subprocess.Popen, str]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -69,6 +70,8 @@ def _start_stack(model: str, k: int) -> tuple[subprocess.Popen, str]:
             str(ports[1]),
             "--proposer-port",
             str(ports[2]),
+            "--device",
+            device,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -114,13 +117,13 @@ def run_bench(settings: BenchSettings) -> dict:
 
     path = resolve_checkpoint(settings.model)
     _log(f"loading {settings.model} ({path})")
-    plain = LLM(str(path))
+    plain = LLM(str(path), device=settings.device)
     bench_prompts = _bench_prompts(plain, settings)
     configs = _in_process_configs(plain, path, settings)
     stack = None
     if settings.gateway:
         _log("starting the gateway stack (splitspec up)")
-        stack, address = _start_stack(str(path), settings.num_speculative_tokens)
+        stack, address = _start_stack(str(path), settings.num_speculative_tokens, settings.device)
         configs.append(SplitspecGateway("gateway K=0", address, num_speculative_tokens=0))
         configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens}", address))
     if settings.hf:
@@ -159,32 +162,37 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
     configs.append(
         SplitspecInProcess(
             f"splitspec ngram K={k}",
-            LLM(str(path), speculative_config={"method": "ngram", "num_speculative_tokens": k}),
+            LLM(str(path), speculative_config={"method": "ngram", "num_speculative_tokens": k}, device=settings.device),
         )
     )
     if settings.draft_model:
         spec = {"method": "draft_model", "model": settings.draft_model, "num_speculative_tokens": k}
-        configs.append(SplitspecInProcess(f"splitspec draft K={k}", LLM(str(path), speculative_config=spec)))
+        draft = LLM(str(path), speculative_config=spec, device=settings.device)
+        configs.append(SplitspecInProcess(f"splitspec draft K={k}", draft))
     speculator = _speculator(settings)
     if speculator is not None:
         n_predict = json.loads((speculator / "config.json").read_text())["n_predict"]
         configs.append(
             SplitspecInProcess(
                 f"splitspec mlp_spec K={n_predict}",
-                LLM(str(path), speculative_config={"model": str(speculator), "num_speculative_tokens": n_predict}),
+                LLM(
+                    str(path),
+                    speculative_config={"model": str(speculator), "num_speculative_tokens": n_predict},
+                    device=settings.device,
+                ),
             )
         )
     return configs
 
 
 def _hf_configs(plain, path: Path, settings: BenchSettings) -> list[HFGenerate]:
-    import torch
     from transformers import AutoModelForCausalLM
 
     from splitspec.checkpoint import resolve_checkpoint
 
     k = settings.num_speculative_tokens
-    hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    device, dtype = plain.runner.device, plain.runner.dtype  # the same as splitspec's target
+    hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
     eos = sorted(plain.engine.stop_checker.eos_token_ids)
     configs = [
         HFGenerate("HF generate", hf_model, eos),
@@ -192,7 +200,7 @@ def _hf_configs(plain, path: Path, settings: BenchSettings) -> list[HFGenerate]:
     ]
     if settings.draft_model:
         draft_path = str(resolve_checkpoint(settings.draft_model))
-        draft = AutoModelForCausalLM.from_pretrained(draft_path, dtype=torch.float32).eval()
+        draft = AutoModelForCausalLM.from_pretrained(draft_path, dtype=dtype).to(device).eval()
         configs.append(HFGenerate(f"HF assistant K={k}", hf_model, eos, assistant_model=draft, num_assistant_tokens=k))
     return configs
 

@@ -85,8 +85,8 @@ class HFGenerate:
             timing = RequestTiming(self.name, p.prompt.name, p.prompt.workload, time.perf_counter())
             with torch.inference_mode():
                 self.model.generate(
-                    torch.tensor([p.token_ids]),
-                    attention_mask=torch.ones(1, len(p.token_ids), dtype=torch.long),
+                    torch.tensor([p.token_ids], device=self.model.device),
+                    attention_mask=torch.ones(1, len(p.token_ids), dtype=torch.long, device=self.model.device),
                     max_new_tokens=max_tokens,
                     do_sample=False,
                     eos_token_id=self.eos_token_ids,

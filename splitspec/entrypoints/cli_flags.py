@@ -1,0 +1,22 @@
+"""Flags more than one subcommand takes, with their environment defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from splitspec.devices import DEVICE_HELP
+
+
+def env_default(name: str, default):
+    """SPLITSPEC_<name> as the flag's default. It stays a string: argparse converts it with the flag's
+    type only for the subcommand that runs, and reports a bad value as it would a bad flag."""
+    return os.environ.get(f"SPLITSPEC_{name}", default)
+
+
+def add_device_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--device",
+        default=env_default("DEVICE", "auto"),
+        help=f"where {what} runs: {DEVICE_HELP} (env SPLITSPEC_DEVICE)",
+    )

@@ -1,0 +1,100 @@
+"""On a CUDA device: the target on the GPU keeps every output token (run with `pytest -m gpu`).
+
+In float32 the near-tie rule is the CPU tests' (top-2 logits within 1e-4). In bfloat16 a pass of K+1
+tokens and a pass of one token round differently: bfloat16 keeps 8 bits of mantissa, so a logit near
+10 moves by up to about 0.04 per rounding; a difference passes only where the float32 target's top-2
+logits lie within BF16_NEAR_TIE.
+"""
+
+from __future__ import annotations
+
+import pytest
+from greedy_reference import NEAR_TIE, assert_same_or_near_tie
+from transformers import AutoModelForCausalLM
+
+from splitspec import LLM, SamplingParams
+
+pytestmark = pytest.mark.gpu
+
+BF16_NEAR_TIE = 0.25
+PROMPTS = [
+    [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6],
+    [17, 3],
+    list(range(30, 90)) + list(range(30, 50)),
+    [100, 101, 102, 100, 101, 102, 100, 101, 102, 100, 101],
+]
+GREEDY = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+
+
+def _token_ids(llm: LLM, prompts, params) -> list[list[int]]:
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+@pytest.mark.parametrize("dtype, near_tie", [("float32", NEAR_TIE), ("bfloat16", BF16_NEAR_TIE)])
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_greedy_on_the_gpu_is_plain_decoding(tiny_llama, tiny_drafts, method, dtype, near_tie):
+    spec = {"method": method, "num_speculative_tokens": 3, "adaptive": False}
+    if method == "draft_model":
+        spec["model"] = str(tiny_drafts["llama"])
+    plain = LLM(str(tiny_llama), device="cuda", dtype=dtype)
+    speculative = LLM(str(tiny_llama), speculative_config=spec, device="cuda", dtype=dtype)
+    assert speculative.runner.device.type == "cuda" and str(speculative.runner.dtype) == f"torch.{dtype}"
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    for prompt, got, expected in zip(
+        PROMPTS, _token_ids(speculative, PROMPTS, GREEDY), _token_ids(plain, PROMPTS, GREEDY)
+    ):
+        assert_same_or_near_tie(hf, prompt, got, expected, near_tie)
+
+
+def test_the_default_model_on_the_gpu_in_its_own_dtype(default_model_path):
+    hf = AutoModelForCausalLM.from_pretrained(str(default_model_path)).eval()
+    plain = LLM(str(default_model_path), device="cuda")
+    spec = {"method": "ngram", "num_speculative_tokens": 5, "adaptive": False}
+    speculative = LLM(str(default_model_path), speculative_config=spec, device="cuda")
+    tokenizer = plain.get_tokenizer()
+    questions = ["Write a Python function to calculate fibonacci numbers.", "List three primary colors."]
+    prompts = [tokenizer.encode(plain.apply_chat_template([{"role": "user", "content": q}])) for q in questions]
+    for prompt, got, expected in zip(
+        prompts, _token_ids(speculative, prompts, GREEDY), _token_ids(plain, prompts, GREEDY)
+    ):
+        assert_same_or_near_tie(hf, prompt, got, expected, BF16_NEAR_TIE)
+
+
+def test_seeded_sampling_on_the_gpu_ignores_batching_and_ngram_drafts(tiny_llama):
+    params = [SamplingParams(temperature=0.9, top_p=0.95, max_tokens=24, ignore_eos=True, seed=s) for s in (1, 2, 3, 4)]
+    plain = LLM(str(tiny_llama), device="cuda", dtype="float32")
+    together = _token_ids(plain, PROMPTS, params)
+    alone = [_token_ids(plain, [p], [s])[0] for p, s in zip(PROMPTS, params)]
+    spec = {"method": "ngram", "num_speculative_tokens": 3}
+    ngram = _token_ids(LLM(str(tiny_llama), speculative_config=spec, device="cuda", dtype="float32"), PROMPTS, params)
+    assert together == alone == ngram
+
+
+@pytest.mark.e2e
+def test_the_services_with_the_verifier_on_the_gpu(tiny_llama, tmp_path):
+    from service_stack import running_stack
+    from test_services_e2e import MAX_TOKENS, generate, greedy_request, token_ids
+
+    expected = _token_ids(
+        LLM(str(tiny_llama), device="cuda", dtype="float32"),
+        PROMPTS[:1],
+        SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True),
+    )[0]
+    with running_stack(tiny_llama, tmp_path, verifier_args=("--device", "cuda")) as stack:
+        assert token_ids(generate(stack.gateway.address, greedy_request(PROMPTS[0]))) == expected
+
+
+def test_triton_kernels_on_the_gpu_give_the_pytorch_references_output(tiny_llama):
+    """Attention, KV-cache writes and batched rejection sampling through Triton, natively compiled."""
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}
+    outputs = {}
+    for backend in ("triton", "torch"):
+        llm = LLM(str(tiny_llama), speculative_config=spec, device="cuda", dtype="float32", kernel_backend=backend)
+        assert llm.runner.kernels.name == backend
+        sampled = [SamplingParams(temperature=0.8, max_tokens=24, ignore_eos=True, seed=s) for s in range(4)]
+        outputs[backend] = (_token_ids(llm, PROMPTS, GREEDY), _token_ids(llm, PROMPTS, sampled))
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    for prompt, got, expected in zip(PROMPTS, outputs["triton"][0], outputs["torch"][0]):
+        assert_same_or_near_tie(hf, prompt, got, expected)
+    assert outputs["triton"][1] == outputs["torch"][1]
