@@ -83,7 +83,8 @@ def test_train_speculator_command_saves_a_speculator_that_serves_losslessly(tmp_
     assert (out / "config.json").is_file() and (out / "training_report.json").is_file()
 
     plain = LLM(str(default_model_path))
-    served = LLM(str(default_model_path), speculative_config={"model": str(out), "num_speculative_tokens": 2})
+    spec = {"model": str(out), "num_speculative_tokens": 2, "adaptive": False}
+    served = LLM(str(default_model_path), speculative_config=spec)
     prompts = [
         plain.apply_chat_template([{"role": "user", "content": q}])
         for q in ("Write a Python function that reverses a string.", "Name three rivers in Europe.")

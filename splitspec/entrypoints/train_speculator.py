@@ -139,7 +139,8 @@ def train_speculator(settings: TrainSpeculatorSettings) -> dict:
     drafts = MLPSpeculator(output).greedy_drafts(test.hidden, test.tokens[:, 0], settings.n_predict)
     agreement = chain_agreement(drafts, test.tokens[:, 1:])
     _log("serving the held-out prompts with it (greedy)")
-    speculator = {"model": str(output), "num_speculative_tokens": settings.n_predict}
+    # K fixed: the report measures the speculator, not whether adaptive K finds drafting worth its cost here
+    speculator = {"model": str(output), "num_speculative_tokens": settings.n_predict, "adaptive": False}
     served = LLM(str(path), speculative_config=speculator, device=settings.device)
     results = served.generate(
         [{"prompt_token_ids": p} for p in test_prompts], SamplingParams(temperature=0, max_tokens=settings.max_tokens)
