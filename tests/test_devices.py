@@ -104,3 +104,19 @@ def test_every_command_refuses_cuda_without_cuda_in_one_line(command):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("splitspec: error: device 'cuda' needs CUDA, but ")
     assert line.endswith("; run on the CPU with device='cpu' (--device cpu)")
+
+
+def test_running_out_of_gpu_memory_at_load_names_the_settings_to_change(tiny_llama, monkeypatch):
+    import splitspec.models.llama
+    from splitspec.config import RunnerConfig
+    from splitspec.models.loader import load_runner
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(splitspec.models.llama.LlamaRunner, "__init__", out_of_memory)
+    with pytest.raises(SplitspecError) as error:
+        load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 30))
+    message = str(error.value)
+    assert "KV cache of 1024 MiB" in message
+    assert all(name in message for name in ("kv_cache_memory_bytes", "max_model_len", "max_num_seqs"))

@@ -55,16 +55,23 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig()) -> ModelRunne
         )
     if config.backend not in ("auto", "native", "transformers"):
         raise SplitspecError(f"backend must be auto, native or transformers, got {config.backend!r}")
-    if native and config.backend != "transformers":
-        return LlamaRunner(
-            path,
-            model_config,
-            device=device,
-            dtype=torch_dtype,
-            block_size=config.block_size,
-            kv_cache_memory_bytes=config.kv_cache_memory_bytes,
-            max_model_len=config.max_model_len,
-            max_num_seqs=config.max_num_seqs,
-            kernel_backend=config.kernel_backend,
-        )
-    return HFRunner(path, model_config, device=device, dtype=torch_dtype, max_model_len=config.max_model_len)
+    try:
+        if native and config.backend != "transformers":
+            return LlamaRunner(
+                path,
+                model_config,
+                device=device,
+                dtype=torch_dtype,
+                block_size=config.block_size,
+                kv_cache_memory_bytes=config.kv_cache_memory_bytes,
+                max_model_len=config.max_model_len,
+                max_num_seqs=config.max_num_seqs,
+                kernel_backend=config.kernel_backend,
+            )
+        return HFRunner(path, model_config, device=device, dtype=torch_dtype, max_model_len=config.max_model_len)
+    except torch.cuda.OutOfMemoryError:
+        raise SplitspecError(
+            f"{path} does not fit on {device} in {str(torch_dtype).removeprefix('torch.')} with a KV cache of "
+            f"{config.kv_cache_memory_bytes >> 20} MiB: lower kv_cache_memory_bytes, max_model_len or max_num_seqs, "
+            "use a smaller dtype, or a device with more free memory"
+        ) from None
