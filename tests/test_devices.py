@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -73,7 +75,9 @@ def test_the_services_run_where_device_says(tiny_llama, tiny_drafts, tmp_path):
         proposer_args=("--device", "cpu"),
     ) as stack:
         responses = generate(stack.gateway.address, greedy_request(PROMPTS[0]))
+        log = stack.verifier.logs()
     assert token_ids(responses) == expected[0].outputs[0].token_ids
+    assert re.search(r"KV cache: \d+ blocks of 16 tokens \(\d+ tokens, \d+ MiB of float32\) on cpu", log), log
     assert responses[-1].speculation.num_draft_tokens > 0
 
 

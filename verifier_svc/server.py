@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -113,6 +114,8 @@ def run_verifier(settings: VerifierSettings) -> None:
         return runner, PassCostModel.calibrate(runner, max_rows=128)
 
     runner, cost_model = run_on_compute_thread(load)
+    if hasattr(runner, "describe_kv_cache"):  # the transformers backend has no paged cache
+        print(f"splitspec verifier: {runner.describe_kv_cache()}", file=sys.stderr, flush=True)
     eos = sorted(eos_token_ids(path, load_tokenizer(path)))
 
     async def main() -> None:

@@ -130,9 +130,18 @@ class LlamaRunner:
         blocks_per_seq = -(-self.max_model_len // block_size)
         num_blocks = max(1, min(kv_cache_memory_bytes // bytes_per_block, max_num_seqs * blocks_per_seq))
         self.allocator = BlockAllocator(num_blocks, block_size)
+        self.kv_cache_bytes = num_blocks * bytes_per_block
         shape = (num_blocks, block_size, self.kv_heads, self.head_dim)
         self.key_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers]
         self.value_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers]
+
+    def describe_kv_cache(self) -> str:
+        """What the KV cache holds, for start-up logs."""
+        blocks, size = self.allocator.num_blocks, self.allocator.block_size
+        return (
+            f"KV cache: {blocks} blocks of {size} tokens ({blocks * size} tokens, "
+            f"{self.kv_cache_bytes / (1 << 20):.0f} MiB of {str(self.dtype).removeprefix('torch.')}) on {self.device}"
+        )
 
     def _load(self, w: dict[str, torch.Tensor], config) -> None:
         def take(name: str) -> torch.Tensor:
