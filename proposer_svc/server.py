@@ -13,7 +13,7 @@ from proposer_svc.proposer import Proposer
 from proposer_svc.service import ProposerService
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SpeculativeConfig
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SpeculationMethod, SpeculativeConfig
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.rpc import wire
@@ -65,12 +65,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
 @dataclass(frozen=True)
 class ProposerSettings:
     server: ServerOptions
-    method: str = "ngram"
-    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
-    draft_model: str | None = None
-    prompt_lookup_max: int = 4
-    prompt_lookup_min: int = 1
-    draft_top_k: int = 16
+    speculative: SpeculativeConfig = SpeculativeConfig(SpeculationMethod.NGRAM, DEFAULT_NUM_SPECULATIVE_TOKENS)
     target_vocab_size: int | None = None
     target_model: str | None = None
     """The target checkpoint, for drafters that use its output head (eagle)."""
@@ -85,8 +80,8 @@ def run_proposer(settings: ProposerSettings) -> None:
     async def main() -> None:
         service = ProposerService(
             proposer,
-            method=settings.method,
-            num_speculative_tokens=settings.num_speculative_tokens,
+            method=settings.speculative.method,
+            num_speculative_tokens=settings.speculative.num_speculative_tokens,
             batch_window_s=settings.batch_window_ms / 1000,
         )
 
@@ -104,16 +99,8 @@ def run_proposer(settings: ProposerSettings) -> None:
 
 
 def _build_proposer(settings: ProposerSettings) -> Proposer:
-    spec = SpeculativeConfig(
-        method=settings.method,
-        num_speculative_tokens=settings.num_speculative_tokens,
-        prompt_lookup_max=settings.prompt_lookup_max,
-        prompt_lookup_min=settings.prompt_lookup_min,
-        draft_model=settings.draft_model,
-        draft_top_k=settings.draft_top_k,
-    )
     return build_proposer(
-        spec,
+        settings.speculative,
         target_vocab_size=settings.target_vocab_size,
         target_model=settings.target_model,
         device=settings.device,

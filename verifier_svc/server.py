@@ -114,8 +114,7 @@ def run_verifier(settings: VerifierSettings) -> None:
         return runner, PassCostModel.calibrate(runner, max_rows=128)
 
     runner, cost_model = run_on_compute_thread(load)
-    if hasattr(runner, "describe_kv_cache"):  # the transformers backend has no paged cache
-        print(f"splitspec verifier: {runner.describe_kv_cache()}", file=sys.stderr, flush=True)
+    print(f"splitspec verifier: {runner.describe_kv_cache()}", file=sys.stderr, flush=True)
     eos = sorted(eos_token_ids(path, load_tokenizer(path)))
 
     async def main() -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS, RunnerConfig
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS, RunnerConfig, SpeculativeConfig
 from splitspec.devices import resolve_device
 from splitspec.entrypoints.cli_flags import add_device_flag, env_default
 from splitspec.rpc.grpc_server import ServerOptions
@@ -168,12 +168,14 @@ def _serve_proposer(args: argparse.Namespace) -> int:
     run_proposer(
         ProposerSettings(
             server=_server_options(args),
-            method=args.method,
-            num_speculative_tokens=args.num_speculative_tokens,
-            draft_model=args.draft_model,
-            prompt_lookup_max=args.prompt_lookup_max,
-            prompt_lookup_min=args.prompt_lookup_min,
-            draft_top_k=args.draft_top_k,
+            speculative=SpeculativeConfig(
+                method=args.method,
+                num_speculative_tokens=args.num_speculative_tokens,
+                prompt_lookup_max=args.prompt_lookup_max,
+                prompt_lookup_min=args.prompt_lookup_min,
+                draft_model=args.draft_model,
+                draft_top_k=args.draft_top_k,
+            ),
             target_model=args.target_model,
             device=args.device,
             batch_window_ms=args.batch_window_ms,

@@ -41,6 +41,9 @@ class HFRunner:
         self._caches: dict[str, object] = {}
         self._lengths: dict[str, int] = {}
 
+    def describe_kv_cache(self) -> str:
+        return f"KV cache: transformers' own, one per sequence and unpaged, on {self.device}"
+
     def cached_length(self, seq_id: str) -> int:
         return self._lengths.get(seq_id, 0)
 

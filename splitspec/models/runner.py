@@ -41,6 +41,10 @@ class ModelRunner(Protocol):
 
     def cached_length(self, seq_id: str) -> int: ...
 
+    def describe_kv_cache(self) -> str:
+        """What the KV cache holds, for start-up logs."""
+        ...
+
     def truncate(self, seq_id: str, length: int) -> None:
         """Drop cached positions at or after `length` (rollback of rejected drafts)."""
         ...
