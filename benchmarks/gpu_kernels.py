@@ -244,7 +244,7 @@ def bench_verify_pass(shapes: Shapes, device: torch.device, bandwidth: float, sm
                 with torch.no_grad():
                     reference = hf(new.to(device), use_cache=True, **{cache_arg: cache}).logits.float().cpu()
                 cache.crop(context - cache.get_seq_length())
-                same = (logits.argmax(-1) == reference.reshape(-1, reference.shape[-1]).argmax(-1)).float().mean()
+                same = (logits.argmax(-1).cpu() == reference.reshape(-1, reference.shape[-1]).argmax(-1)).float().mean()
                 line += f"   (argmax agrees with transformers on {same:.1%} of rows)"
             print(line)
         for i in ids:

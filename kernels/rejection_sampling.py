@@ -42,34 +42,41 @@ class RejectionBatch:
 
 
 def rejection_sample_reference(batch: RejectionBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (num_accepted [batch] int64, tokens [batch, max_drafts + 1] int64 padded with -1)."""
+    """-> (num_accepted [batch] int64, tokens [batch, max_drafts + 1] int64 padded with -1).
+
+    Every row is decided at once, including rows after a sequence's first rejection (their results
+    are dropped), so the whole batch runs on the tensors' device without a host sync.
+    """
     num_seqs, max_drafts = batch.draft_tokens.shape
-    accepted = torch.zeros(num_seqs, dtype=torch.int64)
-    tokens = torch.full((num_seqs, max_drafts + 1), -1, dtype=torch.int64)
-    for b in range(num_seqs):
-        start, k = int(batch.row_start[b]), int(batch.num_drafts[b])
-        for i in range(k + 1):
-            row = start + i
-            p = batch.target[row]
-            if bool(batch.greedy[b]) or i == k or int(batch.q_count[b, i]) == 0:
-                y = int(torch.argmax(p if bool(batch.greedy[b]) else p / batch.target_noise[row]))
-                tokens[b, i] = y
-                if i == k or y != int(batch.draft_tokens[b, i]):
-                    break
-                accepted[b] += 1
-                continue
-            x = int(batch.draft_tokens[b, i])
-            n = int(batch.q_count[b, i])
-            q = torch.zeros_like(p)
-            q[batch.q_ids[b, i, :n]] = batch.q_probs[b, i, :n]
-            if float(batch.accept_uniform[b, i]) * float(q[x]) < float(p[x]):
-                tokens[b, i] = x
-                accepted[b] += 1
-                continue
-            residual = torch.clamp(p - q, min=0.0)
-            tokens[b, i] = int(torch.argmax(residual / batch.residual_noise[row]))
-            break
-    return accepted, tokens
+    rows = batch.target.shape[0]
+    device = batch.target.device
+    seq = torch.repeat_interleave(torch.arange(num_seqs, device=device), batch.num_drafts + 1, output_size=rows)
+    index = torch.arange(rows, device=device) - batch.row_start[seq]  # [rows]: position within its sequence
+    is_draft = index < batch.num_drafts[seq]
+
+    def per_row(per_draft: torch.Tensor, pad: float) -> torch.Tensor:
+        """[batch, max_drafts, ...] -> [rows, ...]; the bonus row (index k) reads the padding."""
+        padding = per_draft.new_full((num_seqs, 1, *per_draft.shape[2:]), pad)
+        return torch.cat([per_draft, padding], dim=1)[seq, index]
+
+    draft = per_row(batch.draft_tokens, -1)
+    sparse = ~batch.greedy[seq] & (per_row(batch.q_count, 0) > 0)  # only draft rows have q
+    # greedy rows: argmax of the logits (their noise is all ones); the others: the target's own sample
+    own = torch.argmax(batch.target / batch.target_noise, dim=-1)
+    q = torch.zeros_like(batch.target).scatter_add_(-1, per_row(batch.q_ids, 0), per_row(batch.q_probs, 0.0))
+    x = draft.clamp(min=0)[:, None]
+    passes = per_row(batch.accept_uniform, 0.0) * q.gather(-1, x)[:, 0] < batch.target.gather(-1, x)[:, 0]
+    residual = torch.argmax(torch.clamp(batch.target - q, min=0.0) / batch.residual_noise, dim=-1)
+    row_token = torch.where(sparse, torch.where(passes, draft, residual), own)
+    row_accepted = torch.where(sparse, passes, is_draft & (own == draft))
+
+    grid_accepted = torch.zeros(num_seqs, max_drafts + 1, dtype=torch.int64, device=device)
+    grid_accepted[seq, index] = row_accepted.to(torch.int64)
+    accepted = torch.cumprod(grid_accepted, dim=1).sum(dim=1)  # leading accepted drafts
+    tokens = torch.full((num_seqs, max_drafts + 1), -1, dtype=torch.int64, device=device)
+    tokens[seq, index] = row_token
+    kept = torch.arange(max_drafts + 1, device=device)[None, :] <= accepted[:, None]
+    return accepted, torch.where(kept, tokens, -1)
 
 
 _BLOCK_V = 1024

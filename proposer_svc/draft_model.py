@@ -44,7 +44,7 @@ class DraftModelProposer(Proposer):
             active = [i for i in active if requests[i].num_tokens > step]
             inputs = [ForwardInput(requests[i].seq_id, feeds[i], 1) for i in active]
             try:
-                logits = self.runner.forward(inputs)[:, : self.target_vocab_size]  # [len(active), vocab]
+                logits = self.runner.forward(inputs)[:, : self.target_vocab_size].cpu()  # [len(active), vocab]
             except OutOfKVBlocks:
                 for i in active:  # out of draft cache: stop drafting this round, lose no output
                     self.release(requests[i].seq_id)

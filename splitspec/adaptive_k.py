@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from splitspec.devices import synchronize
 from splitspec.models.runner import ForwardInput, ModelRunner
 
 _CALIBRATION_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -40,8 +41,10 @@ class PassCostModel:
             samples = []
             for _ in range(repeats + 1):
                 runner.forward([ForwardInput(seq_id, context, 1)])
+                synchronize(runner.device)
                 start = time.perf_counter()
                 runner.forward([ForwardInput(seq_id, [1] * n, n)])
+                synchronize(runner.device)
                 samples.append(time.perf_counter() - start)
                 runner.free(seq_id)
             points[n] = sorted(samples[1:])[len(samples[1:]) // 2]

@@ -151,7 +151,11 @@ class RunnerConfig:
     dtype: str = "auto"
     """"auto" (the checkpoint's on CUDA, float32 on the CPU), "float32", "bfloat16" or "float16"."""
     block_size: int = 16
-    kv_cache_memory_bytes: int = 1 << 30
+    kv_cache_memory_bytes: int | None = None
+    """None: on CUDA, what gpu_memory_utilization leaves after the weights and a profiling pass; on
+    the CPU, 1 GiB."""
+    gpu_memory_utilization: float = 0.9
+    """The fraction of the GPU's memory the runner may use in all (weights, activations, KV cache)."""
     max_model_len: int | None = None
     """None: the checkpoint's own context length."""
     max_num_seqs: int = 64

@@ -48,3 +48,9 @@ def auto_dtype(checkpoint_dtype: torch.dtype | str | None, device: torch.device)
     if checkpoint_dtype in (torch.bfloat16, torch.float16):
         return checkpoint_dtype
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a host clock measures it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -7,17 +7,34 @@ import torch
 
 def target_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """logits [n, vocab] -> probabilities [n, vocab] in float64 (temperature must be > 0)."""
-    scaled = logits.to(torch.float64) / temperature
+    n = logits.shape[0]
+    return batched_target_probs(
+        logits,
+        torch.full((n,), float(temperature), dtype=torch.float64, device=logits.device),
+        torch.full((n,), int(top_k), dtype=torch.int64, device=logits.device),
+        torch.full((n,), float(top_p), dtype=torch.float64, device=logits.device),
+    )
+
+
+def batched_target_probs(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
+    """Each row with its own parameters, on the logits' device, with no host sync.
+
+    logits [n, vocab]; temperature [n] float64 (> 0); top_k [n] int64 (<= 0 or >= vocab: off);
+    top_p [n] float64 (1.0: off) -> probabilities [n, vocab] float64.
+    """
+    scaled = logits.to(torch.float64) / temperature[:, None]
     vocab = scaled.shape[-1]
-    if 0 < top_k < vocab:
-        kth = torch.topk(scaled, top_k, dim=-1).values[..., -1:]
-        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    ordered = torch.sort(scaled, dim=-1, descending=True).values
+    k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+    kth = ordered.gather(-1, (k - 1)[:, None])  # [n, 1]: the k-th largest, as topk(...).values[-1]
+    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        drop_sorted = mass_before >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    nucleus = top_p[:, None] < 1.0
+    drop_sorted = (mass_before >= top_p[:, None]) & nucleus
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    probs = probs.masked_fill(drop, 0.0)
+    return torch.where(nucleus, probs / probs.sum(dim=-1, keepdim=True), probs)

@@ -33,7 +33,7 @@ def target_texts(
     texts = []
     for i, (prompt, out) in enumerate(zip(prompts, outputs)):
         tokens = prompt + out.outputs[0].token_ids
-        _, states = llm.runner.forward_with_hidden([ForwardInput(f"fit-{i}", tokens[:-1], 1, len(tokens) - 1)])
+        states = llm.runner.forward_with_hidden([ForwardInput(f"fit-{i}", tokens[:-1], 1, len(tokens) - 1)])[1].cpu()
         llm.runner.free(f"fit-{i}")
         texts.append((len(prompt), tokens, states))
     return texts

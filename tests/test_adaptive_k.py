@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -69,6 +70,7 @@ class SleepingRunner:
     """A runner whose pass of n tokens takes a known 20 ms + 5 ms * n, to check what calibration reads."""
 
     max_model_len = 512
+    device = torch.device("cpu")
 
     def forward(self, inputs):
         time.sleep(0.020 + 0.005 * sum(len(i.token_ids) for i in inputs))

@@ -123,4 +123,5 @@ def test_running_out_of_gpu_memory_at_load_names_the_settings_to_change(tiny_lla
         load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 30))
     message = str(error.value)
     assert "KV cache of 1024 MiB" in message
-    assert all(name in message for name in ("kv_cache_memory_bytes", "max_model_len", "max_num_seqs"))
+    names = ("gpu_memory_utilization", "kv_cache_memory_bytes", "max_model_len", "max_num_seqs")
+    assert all(name in message for name in names)

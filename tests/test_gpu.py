@@ -98,3 +98,47 @@ def test_triton_kernels_on_the_gpu_give_the_pytorch_references_output(tiny_llama
     for prompt, got, expected in zip(PROMPTS, outputs["triton"][0], outputs["torch"][0]):
         assert_same_or_near_tie(hf, prompt, got, expected)
     assert outputs["triton"][1] == outputs["torch"][1]
+
+
+@pytest.mark.parametrize("kernel_backend", ["triton", "torch"])
+def test_the_device_sampler_never_waits_for_the_gpu(kernel_backend):
+    """Building the batch and sampling it queue work on the GPU without one host sync; the copy of
+    the committed ids is the pass's only one. Decisions equal the CPU sampler's."""
+    import torch
+    from verify_requests import random_verify_requests
+
+    from kernels.dispatch import select_kernels
+    from verifier_svc.rejection_sampler import build_rejection_batch, verify
+
+    requests = random_verify_requests(0, vocab=4099, num_seqs=16, max_drafts=6)
+    expected = [(r.num_accepted, r.token_ids) for r in map(verify, requests)]
+    logits = torch.cat([r.logits for r in requests]).cuda()
+    row = 0
+    for r in requests:
+        r.logits, row = logits[row : row + len(r.draft_token_ids) + 1], row + len(r.draft_token_ids) + 1
+    rejection_sample = select_kernels(kernel_backend, "cuda").rejection_sample
+    rejection_sample(build_rejection_batch(requests))  # warm-up: compilation may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        accepted, tokens = rejection_sample(build_rejection_batch(requests))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    got = [(int(a), [t for t in row.tolist() if t >= 0]) for a, row in zip(accepted.cpu(), tokens.cpu())]
+    assert got == expected
+
+
+def test_gpu_memory_utilization_sizes_the_kv_cache(default_model_path):
+    import torch
+
+    total = torch.cuda.mem_get_info()[1]
+    small = LLM(str(default_model_path), device="cuda", gpu_memory_utilization=0.3, max_model_len=2048)
+    small_bytes = small.runner.kv_cache_bytes
+    assert 0 < small_bytes < 0.3 * total
+    del small
+    torch.cuda.empty_cache()
+    large = LLM(
+        str(default_model_path), device="cuda", gpu_memory_utilization=0.6, max_model_len=2048, max_num_seqs=1024
+    )
+    assert large.runner.kv_cache_bytes > small_bytes + 0.25 * total
+    assert torch.cuda.memory_reserved() < 0.6 * total

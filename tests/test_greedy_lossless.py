@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from kernels.triton_support import triton_available
 from splitspec import LLM, SamplingParams
+from splitspec.adaptive_k import PassCostModel
 
 MAX_TOKENS = 40
 # different lengths, some with repeated n-grams so that prompt lookup finds matches
@@ -109,6 +110,8 @@ def test_adaptive_draft_length_is_lossless(method, references, tiny_checkpoints,
         spec["model"] = str(tiny_drafts["llama"])
     llm = LLM(str(tiny_checkpoints["llama"]), speculative_config=spec)
     assert llm.engine.cost_model is not None
+    # shaped as measured on an idle machine: calibrated under load, drafting can look too dear to try
+    llm.engine.cost_model = PassCostModel({1: 1.0, 2: 1.05, 4: 1.1, 8: 1.2, 16: 1.6})
     outputs = llm.generate(_token_prompts(PROMPTS), GREEDY, use_tqdm=False)
     for prompt, out, own in zip(PROMPTS, outputs, plain):
         assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)

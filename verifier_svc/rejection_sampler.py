@@ -43,7 +43,7 @@ import torch
 
 from kernels.rejection_sampling import RejectionBatch
 from splitspec import seeded_noise
-from splitspec.logits_processing import target_probs
+from splitspec.logits_processing import batched_target_probs, target_probs
 from splitspec.sparse_distribution import SparseDistribution
 
 
@@ -124,16 +124,20 @@ def _verify_greedy(logits: torch.Tensor, drafts: list[int]) -> VerifyResult:
 
 
 def build_rejection_batch(requests: list[VerifyRequest]) -> RejectionBatch:
-    """The batched kernels' input for these requests, with every random draw verify() would make
-    (and the ones it would not need), taken from the same seeded streams."""
-    vocab = requests[0].logits.shape[-1]
-    max_drafts = max((len(r.draft_token_ids) for r in requests), default=0)
+    """The batched kernels' input for these requests, on their logits' device, with every random
+    draw verify() would make (and the ones it would not need), taken from the same seeded streams.
+
+    The target rows are computed where the logits are (no host sync); the random draws are made on
+    the host, as verify() makes them, and copied to the device without waiting for it.
+    """
+    device = requests[0].logits.device
+    logits = torch.cat([r.logits for r in requests])  # [rows, vocab]
+    rows, vocab = logits.shape
+    max_drafts = max(len(r.draft_token_ids) for r in requests)
     q_width = max([1] + [len(q.token_ids) for r in requests for q in r.draft_q if q is not None])
     num_seqs = len(requests)
-    rows = sum(len(r.draft_token_ids) + 1 for r in requests)
-    target = torch.empty(rows, vocab, dtype=torch.float64)
-    target_noise = torch.ones(rows, vocab, dtype=torch.float64)
-    residual_noise = torch.ones(rows, vocab, dtype=torch.float64)
+    greedy_row, temperature, top_k, top_p = [], [], [], []
+    sampled_rows, sampled_noise, residual_rows, residual_noise = [], [], [], []
     draft_tokens = torch.zeros(num_seqs, max_drafts, dtype=torch.int64)
     q_ids = torch.zeros(num_seqs, max_drafts, q_width, dtype=torch.int64)
     q_probs = torch.zeros(num_seqs, max_drafts, q_width, dtype=torch.float64)
@@ -144,33 +148,51 @@ def build_rejection_batch(requests: list[VerifyRequest]) -> RejectionBatch:
         k = len(r.draft_token_ids)
         row_start.append(row)
         greedy = r.temperature == 0
-        target[row : row + k + 1] = (
-            r.logits.to(torch.float64) if greedy else target_probs(r.logits, r.temperature, r.top_k, r.top_p)
-        )
+        greedy_row += [greedy] * (k + 1)
+        temperature += [1.0 if greedy else r.temperature] * (k + 1)
+        top_k += [r.top_k] * (k + 1)
+        top_p += [r.top_p] * (k + 1)
         draft_tokens[b, :k] = torch.tensor(r.draft_token_ids, dtype=torch.int64)
         for i in range(k + 1):
             position = r.first_position + i
-            if not greedy:
-                target_noise[row + i] = seeded_noise.exponentials(r.seed, position, seeded_noise.TARGET, vocab)
-            if i == k or greedy:
+            if greedy:
                 continue
-            q = r.draft_q[i]
+            sampled_rows.append(row + i)
+            sampled_noise.append(seeded_noise.exponentials(r.seed, position, seeded_noise.TARGET, vocab))
+            q = r.draft_q[i] if i < k else None
             if q is not None:
                 n = len(q.token_ids)
                 q_ids[b, i, :n], q_probs[b, i, :n], q_count[b, i] = q.token_ids, q.probs.to(torch.float64), n
                 accept_uniform[b, i] = seeded_noise.uniform(r.seed, position, seeded_noise.ACCEPT)
-                residual_noise[row + i] = seeded_noise.exponentials(r.seed, position, seeded_noise.RESIDUAL, vocab)
+                residual_rows.append(row + i)
+                residual_noise.append(seeded_noise.exponentials(r.seed, position, seeded_noise.RESIDUAL, vocab))
         row += k + 1
+
+    def to_device(values: torch.Tensor | list, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        host = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+        return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+
+    def noise(indices: list[int], draws: list[torch.Tensor]) -> torch.Tensor:
+        """Exp(1) draws at `indices`, ones elsewhere (rows that draw nothing from that stream)."""
+        full = torch.ones(rows, vocab, dtype=torch.float64, device=device)
+        if indices:
+            full[to_device(indices)] = to_device(torch.stack(draws))
+        return full
+
+    greedy = to_device(greedy_row, torch.bool)[:, None]
+    probs = batched_target_probs(
+        logits, to_device(temperature, torch.float64), to_device(top_k), to_device(top_p, torch.float64)
+    )
     return RejectionBatch(
-        target=target,
-        row_start=torch.tensor(row_start, dtype=torch.int64),
-        num_drafts=torch.tensor([len(r.draft_token_ids) for r in requests], dtype=torch.int64),
-        draft_tokens=draft_tokens,
-        greedy=torch.tensor([r.temperature == 0 for r in requests]),
-        q_ids=q_ids,
-        q_probs=q_probs,
-        q_count=q_count,
-        accept_uniform=accept_uniform,
-        target_noise=target_noise,
-        residual_noise=residual_noise,
+        target=torch.where(greedy, logits.to(torch.float64), probs),
+        row_start=to_device(row_start),
+        num_drafts=to_device([len(r.draft_token_ids) for r in requests]),
+        draft_tokens=to_device(draft_tokens),
+        greedy=to_device([r.temperature == 0 for r in requests], torch.bool),
+        q_ids=to_device(q_ids),
+        q_probs=to_device(q_probs),
+        q_count=to_device(q_count),
+        accept_uniform=to_device(accept_uniform),
+        target_noise=noise(sampled_rows, sampled_noise),
+        residual_noise=noise(residual_rows, residual_noise),
     )

@@ -43,7 +43,7 @@ def generate_one(
             k = len(draft.token_ids)
             fed = seq.tokens[runner.cached_length(seq.seq_id) :] + draft.token_ids
             step = ForwardInput(seq.seq_id, fed, k + 1, len(fed) if reads == HiddenStates.ALL else None)
-            logits, states = runner.forward_with_hidden([step])  # [k + 1, vocab], [hidden_rows, hidden]
+            logits, states = (t.cpu() for t in runner.forward_with_hidden([step]))  # [k + 1, vocab], [rows, hidden]
             result = verify(
                 VerifyRequest(
                     logits,

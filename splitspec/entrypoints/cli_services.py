@@ -57,7 +57,19 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     _server_flags(p, 50052)
     p.add_argument("--model", default=env_default("MODEL", "default"), help="target checkpoint (env SPLITSPEC_MODEL)")
     p.add_argument("--max-num-seqs", type=int, default=env_default("MAX_NUM_SEQS", 64))
-    p.add_argument("--kv-cache-memory-bytes", type=int, default=env_default("KV_CACHE_MEMORY_BYTES", 1 << 30))
+    p.add_argument(
+        "--kv-cache-memory-bytes",
+        type=int,
+        default=env_default("KV_CACHE_MEMORY_BYTES", None),
+        help="KV cache size; default: what --gpu-memory-utilization leaves on CUDA, 1 GiB on the CPU "
+        "(env SPLITSPEC_KV_CACHE_MEMORY_BYTES)",
+    )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=env_default("GPU_MEMORY_UTILIZATION", 0.9),
+        help="fraction of the GPU the target may use in all (env SPLITSPEC_GPU_MEMORY_UTILIZATION)",
+    )
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 2.0))
     add_device_flag(p, "the target")
@@ -143,6 +155,7 @@ def _serve_verifier(args: argparse.Namespace) -> int:
             model=args.model,
             runner=RunnerConfig(
                 kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+                gpu_memory_utilization=args.gpu_memory_utilization,
                 max_model_len=args.max_model_len,
                 max_num_seqs=args.max_num_seqs,
                 device=args.device,

@@ -28,7 +28,6 @@ _ACCEPTED_NO_EFFECT = {
     "use_v2_block_manager",
     "enforce_eager",
     "trust_remote_code",
-    "gpu_memory_utilization",
     "disable_log_stats",
 }
 
@@ -43,6 +42,9 @@ class LLM:
     ngram_prompt_lookup_max/min, speculative_draft_tensor_parallel_size) mean the same.
     device: "auto" (the first CUDA device when there is one, else the CPU), "cpu", "cuda" or "cuda:N";
     the target and an in-process drafter both run there.
+    gpu_memory_utilization: on CUDA, the fraction of the device the target may use; the KV cache gets
+    what the weights and a profiling pass leave of it, unless kv_cache_memory_bytes says (the only
+    setting on the CPU, default 1 GiB there).
     """
 
     def __init__(
@@ -56,7 +58,8 @@ class LLM:
         seed: int = 0,
         max_model_len: int | None = None,
         block_size: int = 16,
-        kv_cache_memory_bytes: int = 1 << 30,
+        kv_cache_memory_bytes: int | None = None,
+        gpu_memory_utilization: float = 0.9,
         max_num_seqs: int = 64,
         max_num_batched_tokens: int = 4096,
         kernel_backend: str = "auto",
@@ -94,6 +97,7 @@ class LLM:
                 dtype=dtype,
                 block_size=block_size,
                 kv_cache_memory_bytes=kv_cache_memory_bytes,
+                gpu_memory_utilization=gpu_memory_utilization,
                 max_model_len=max_model_len,
                 max_num_seqs=max_num_seqs,
                 kernel_backend=kernel_backend,

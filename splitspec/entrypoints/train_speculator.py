@@ -76,7 +76,7 @@ def _examples(llm, prompts: list[list[int]], outputs: list[list[int]], n_predict
         tokens = prompt + output
         seq_id = f"train-speculator-{i}"
         try:
-            _, hidden = llm.runner.forward_with_hidden([ForwardInput(seq_id, tokens[:-1], 1, len(tokens) - 1)])
+            hidden = llm.runner.forward_with_hidden([ForwardInput(seq_id, tokens[:-1], 1, len(tokens) - 1)])[1].cpu()
         finally:
             llm.runner.free(seq_id)
         parts.append(SpeculatorExamples.from_sequence(hidden, tokens, len(prompt) - 1, n_predict))

@@ -25,7 +25,7 @@ class HFRunner:
         dtype: torch.dtype = torch.float32,
         max_model_len: int | None = None,
     ) -> None:
-        """Logits and hidden states come back on the CPU in float32."""
+        """Logits and hidden states come back in float32 on the device."""
         from transformers import AutoModelForCausalLM
 
         self.device = torch.device(device)
@@ -99,5 +99,5 @@ class HFRunner:
             if with_hidden:  # the last entry is the final layer's output after the model's final norm
                 last = out.hidden_states[-1][0]
                 hidden_rows.append(last[last.shape[0] - inp.hidden_rows :])
-        hidden = torch.cat(hidden_rows).to("cpu", torch.float32) if with_hidden else None
-        return torch.cat(rows).to("cpu", torch.float32), hidden
+        hidden = torch.cat(hidden_rows).to(torch.float32) if with_hidden else None
+        return torch.cat(rows).to(torch.float32), hidden

@@ -19,6 +19,7 @@ from kernels.dispatch import KernelUnavailable, select_kernels
 from kernels.paged_attention import AttentionBatch
 from splitspec.errors import OutOfKVBlocks, SplitspecError
 from splitspec.models.block_allocator import BlockAllocator
+from splitspec.models.kv_budget import CPU_KV_CACHE_BYTES, kv_cache_budget, profile_inputs, sampling_workspace_bytes
 from splitspec.models.linear import Linear
 from splitspec.models.rope import NATIVE_ROPE_TYPES, inverse_frequencies, rope_parameters
 from splitspec.models.runner import ForwardInput
@@ -85,14 +86,17 @@ class LlamaRunner:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         block_size: int = 16,
-        kv_cache_memory_bytes: int = 1 << 30,
+        kv_cache_memory_bytes: int | None = None,
+        gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         kernel_backend: str = "auto",
     ) -> None:
         """Weights come from the safetensors under `path`, or from `weights` (checkpoint names and
-        layout) when given. kernel_backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or
-        "triton". Logits come back on the CPU."""
+        layout) when given. kv_cache_memory_bytes None: on CUDA, what gpu_memory_utilization leaves
+        after the weights and a profiling pass (splitspec.models.kv_budget); on the CPU, 1 GiB.
+        kernel_backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or
+        "triton". Logits and hidden states stay on the device."""
         self.config = config
         self.device = torch.device(device)
         try:
@@ -123,17 +127,67 @@ class LlamaRunner:
         inv_freq, self.rope_attention_factor = inverse_frequencies(rope_parameters(config), self.head_dim)
         self.inv_freq = inv_freq.to(self.device)  # [head_dim / 2]
 
-        bytes_per_block = (
+        self.block_size = block_size
+        self.bytes_per_block = (
             config.num_hidden_layers * 2 * block_size * self.kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
         )
+        if kv_cache_memory_bytes is None:
+            kv_cache_memory_bytes = (
+                self._profiled_kv_budget(gpu_memory_utilization, max_num_seqs)
+                if self.device.type == "cuda"
+                else CPU_KV_CACHE_BYTES
+            )
         # never more than max_num_seqs full-length sequences can use
         blocks_per_seq = -(-self.max_model_len // block_size)
-        num_blocks = max(1, min(kv_cache_memory_bytes // bytes_per_block, max_num_seqs * blocks_per_seq))
-        self.allocator = BlockAllocator(num_blocks, block_size)
-        self.kv_cache_bytes = num_blocks * bytes_per_block
-        shape = (num_blocks, block_size, self.kv_heads, self.head_dim)
-        self.key_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers]
-        self.value_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers]
+        num_blocks = max(1, min(kv_cache_memory_bytes // self.bytes_per_block, max_num_seqs * blocks_per_seq))
+        self._allocate_kv_cache(num_blocks)
+
+    def _allocate_kv_cache(self, num_blocks: int) -> None:
+        self.allocator = BlockAllocator(num_blocks, self.block_size)
+        self.kv_cache_bytes = num_blocks * self.bytes_per_block
+        shape = (num_blocks, self.block_size, self.kv_heads, self.head_dim)
+        self.key_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.value_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+
+    def profile_pass(self, max_num_seqs: int) -> int:
+        """Run the largest pass the limits allow (kv_budget.profile_inputs) and hold the sampler's
+        workspace, in a KV cache made for it and dropped after; the runner's own cache is untouched.
+        -> the peak bytes the pass allocated beyond that cache (0 on the CPU, which does not count)."""
+        inputs = profile_inputs(self.max_model_len, max_num_seqs)
+        saved = {
+            name: getattr(self, name, None) for name in ("allocator", "kv_cache_bytes", "key_cache", "value_cache")
+        }
+        counts = self.device.type == "cuda"
+        try:
+            self._allocate_kv_cache(sum(-(-len(i.token_ids) // self.block_size) for i in inputs))
+            if counts:
+                torch.cuda.synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+                base = torch.cuda.memory_allocated(self.device)
+            logits, _ = self._forward(inputs)
+            workspace = torch.empty(
+                sampling_workspace_bytes(inputs, self.vocab_size), dtype=torch.uint8, device=self.device
+            )
+            del logits, workspace
+            if not counts:
+                return 0
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - base
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    def _profiled_kv_budget(self, utilization: float, max_num_seqs: int) -> int:
+        activation_peak = self.profile_pass(max_num_seqs)
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        return kv_cache_budget(
+            total=total,
+            utilization=utilization,
+            in_use=total - free,
+            activation_peak=activation_peak,
+            bytes_per_block=self.bytes_per_block,
+        )
 
     def describe_kv_cache(self) -> str:
         """What the KV cache holds, for start-up logs."""
@@ -200,11 +254,11 @@ class LlamaRunner:
     # -- forward -----------------------------------------------------------------------------------
 
     def forward(self, inputs: list[ForwardInput]) -> torch.Tensor:
-        return self._forward(inputs)[0].to("cpu", torch.float32)
+        return self._forward(inputs)[0].to(torch.float32)
 
     def forward_with_hidden(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
         logits, hidden = self._forward(inputs)
-        return logits.to("cpu", torch.float32), hidden.to("cpu", torch.float32)
+        return logits.to(torch.float32), hidden.to(torch.float32)
 
     @torch.inference_mode()
     def _forward(

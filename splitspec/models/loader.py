@@ -64,14 +64,20 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig()) -> ModelRunne
                 dtype=torch_dtype,
                 block_size=config.block_size,
                 kv_cache_memory_bytes=config.kv_cache_memory_bytes,
+                gpu_memory_utilization=config.gpu_memory_utilization,
                 max_model_len=config.max_model_len,
                 max_num_seqs=config.max_num_seqs,
                 kernel_backend=config.kernel_backend,
             )
         return HFRunner(path, model_config, device=device, dtype=torch_dtype, max_model_len=config.max_model_len)
     except torch.cuda.OutOfMemoryError:
+        cache = (
+            f"a KV cache of {config.kv_cache_memory_bytes >> 20} MiB"
+            if config.kv_cache_memory_bytes is not None
+            else f"gpu_memory_utilization={config.gpu_memory_utilization}"
+        )
         raise SplitspecError(
-            f"{path} does not fit on {device} in {str(torch_dtype).removeprefix('torch.')} with a KV cache of "
-            f"{config.kv_cache_memory_bytes >> 20} MiB: lower kv_cache_memory_bytes, max_model_len or max_num_seqs, "
-            "use a smaller dtype, or a device with more free memory"
+            f"{path} does not fit on {device} in {str(torch_dtype).removeprefix('torch.')} with {cache}: lower "
+            "gpu_memory_utilization (or kv_cache_memory_bytes), max_model_len or max_num_seqs, use a smaller "
+            "dtype, or a device with more free memory"
         ) from None

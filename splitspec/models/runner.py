@@ -26,12 +26,14 @@ class ForwardInput:
 
 
 class ModelRunner(Protocol):
+    device: torch.device  # where its weights, KV cache, logits and hidden states live
     vocab_size: int
     max_model_len: int
     kernels: Kernels  # the attention and sampling kernels this runner's device uses
 
     def forward(self, inputs: list[ForwardInput]) -> torch.Tensor:
-        """Logits [sum(num_logits), vocab] float32, in input order. Raises OutOfKVBlocks before changing anything."""
+        """Logits [sum(num_logits), vocab] float32 on the runner's device, in input order. Raises
+        OutOfKVBlocks before changing anything."""
         ...
 
     def forward_with_hidden(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,91 @@
+"""The verify pass's device path (the whole batch sampled where the logits are, one host copy of the
+committed ids) makes exactly the decisions of the per-sequence CPU sampler, here on CPU tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from verify_requests import random_verify_requests
+
+from kernels.rejection_sampling import rejection_sample_reference, rejection_sample_triton
+from kernels.triton_support import triton_available
+from splitspec.config import RunnerConfig
+from splitspec.drafts import Draft, HiddenStates
+from splitspec.logits_processing import batched_target_probs, target_probs
+from splitspec.models.loader import load_runner
+from splitspec.sampling_params import SamplingParams
+from splitspec.sequence import Sequence
+from verifier_svc.rejection_sampler import verify
+from verifier_svc.verifier import Verifier, sample_on_device
+
+KERNELS = [pytest.param(rejection_sample_reference, id="torch")] + [
+    pytest.param(
+        rejection_sample_triton,
+        id="triton",
+        marks=pytest.mark.skipif(not triton_available(), reason="Triton is not installed"),
+    )
+]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("num_seqs,seed", [(1, s) for s in range(8)] + [(16, s) for s in range(3)])
+def test_device_path_makes_the_cpu_sampler_s_decisions(kernel, num_seqs: int, seed: int) -> None:
+    requests = random_verify_requests(seed, vocab=257, num_seqs=num_seqs, max_drafts=6)
+    got = [(r.num_accepted, r.token_ids) for r in sample_on_device(requests, kernel)]
+    assert got == [(r.num_accepted, r.token_ids) for r in map(verify, requests)]
+
+
+def test_every_kind_of_row_is_exercised() -> None:
+    """The requests above mix greedy and sampled sequences, one-hot and sparse-q drafts, and each is
+    accepted somewhere and rejected somewhere: otherwise the comparison proves less than it says."""
+    requests = [r for s in range(3) for r in random_verify_requests(s, vocab=257, num_seqs=16, max_drafts=6)]
+    results = [verify(r) for r in requests]
+    kinds = set()
+    for request, result in zip(requests, results):
+        for i, q in enumerate(request.draft_q):
+            kind = "greedy" if request.temperature == 0 else ("one-hot" if q is None else "sparse")
+            kinds.add((kind, "accepted" if i < result.num_accepted else "rejected"))
+            if i >= result.num_accepted:
+                break
+    assert kinds == {(k, outcome) for k in ("greedy", "one-hot", "sparse") for outcome in ("accepted", "rejected")}
+
+
+def test_batched_target_probs_equal_per_request_ones_bit_for_bit() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 500, generator=generator) * 4
+    settings = [(1.0, -1, 1.0), (0.7, 40, 1.0), (1.3, 0, 0.9), (0.5, 10, 0.5), (2.0, 500, 0.99), (1.0, 1, 1.0)]
+    batched = batched_target_probs(
+        logits,
+        torch.tensor([t for t, _, _ in settings], dtype=torch.float64),
+        torch.tensor([k for _, k, _ in settings]),
+        torch.tensor([p for _, _, p in settings], dtype=torch.float64),
+    )
+    for row, (t, k, p) in enumerate(settings):
+        assert torch.equal(batched[row], target_probs(logits[row : row + 1], t, k, p)[0])
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_hidden_states_from_the_device_path_equal_the_cpu_path(tiny_llama, temperature: float) -> None:
+    """The batched path gathers every sequence's hidden states in one copy; each result gets exactly
+    the rows the per-sequence path gives it ("last": one state, "all": every committed token's)."""
+    prompts = [[5, 6, 7, 8, 9, 5, 6], [17, 3, 4], list(range(30, 50))]
+    drafts = [[5, 6, 7], [9], [50, 51]]
+    modes = [HiddenStates.LAST, HiddenStates.ALL, HiddenStates.NONE]
+    params = SamplingParams(temperature=temperature, max_tokens=8)
+    results = {}
+    for backend in ("torch", "triton"):
+        verifier = Verifier(load_runner(tiny_llama, RunnerConfig(kernel_backend=backend)))
+        steps = [(Sequence(f"s{i}", None, p, params, seed=i), Draft(d, [None] * len(d))) for i, (p, d) in
+                 enumerate(zip(prompts, drafts))]  # fmt: skip
+        results[backend] = verifier.verify(steps, modes)
+    for cpu, device in zip(results["torch"], results["triton"]):
+        assert (device.num_accepted, device.token_ids) == (cpu.num_accepted, cpu.token_ids)
+        if cpu.hidden_state is None:
+            assert device.hidden_state is None
+        else:
+            assert device.hidden_state.shape == cpu.hidden_state.shape
+            torch.testing.assert_close(device.hidden_state, cpu.hidden_state)
+    last, every, _ = results["triton"]
+    assert last.hidden_state.shape == (64,)
+    assert every.hidden_state.shape == (len(prompts[1]) + every.num_accepted, 64)
