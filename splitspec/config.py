@@ -163,6 +163,8 @@ class RunnerConfig:
     """"auto" (native when supported), "native" or "transformers"."""
     kernel_backend: str = "auto"
     """Native runner: "auto", "torch" or "triton" (kernels.dispatch)."""
+    tensor_parallel_size: int = 1
+    """Ranks the native runner's weights and KV heads are split over, one process and device each."""
 
 
 @dataclass(frozen=True)

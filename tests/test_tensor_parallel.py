@@ -76,7 +76,9 @@ def test_greedy_with_two_ranks_is_one_rank_and_transformers(arch, method, tiny_c
 def test_four_ranks_replicate_kv_heads_and_keep_the_output(tiny_llama):
     """The tiny Llama has 2 KV heads: at four ranks each is held by two."""
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
-    llm = LLM(str(tiny_llama), speculative_config={"method": "ngram", "num_speculative_tokens": 3}, tensor_parallel_size=4)
+    llm = LLM(
+        str(tiny_llama), speculative_config={"method": "ngram", "num_speculative_tokens": 3}, tensor_parallel_size=4
+    )
     try:
         assert llm.runner.kv_heads == 1
         for prompt, got in zip(PROMPTS, _token_ids(llm, PROMPTS, GREEDY, batch_size=4)):

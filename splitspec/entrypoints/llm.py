@@ -74,11 +74,6 @@ class LLM:
         unknown = set(kwargs) - _ACCEPTED_NO_EFFECT
         if unknown:
             raise SplitspecError(f"LLM() got unsupported arguments: {', '.join(sorted(unknown))}")
-        if tensor_parallel_size != 1:
-            raise SplitspecError(
-                f"tensor_parallel_size={tensor_parallel_size} is not supported: splitspec runs the target on one "
-                "device; use tensor_parallel_size=1"
-            )
         resolve_device(device)  # refuse an unusable device before loading anything
         spec = build_speculative_config(
             speculative_config,
@@ -101,6 +96,7 @@ class LLM:
                 max_model_len=max_model_len,
                 max_num_seqs=max_num_seqs,
                 kernel_backend=kernel_backend,
+                tensor_parallel_size=tensor_parallel_size,
             ),
             scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens),
             speculative=spec,
@@ -157,6 +153,11 @@ class LLM:
             seed=self.config.seed,
             cost_model=cost_model,
         )
+
+    def close(self) -> None:
+        """Stop a tensor-parallel target's worker processes now (garbage collection and the process's
+        exit stop them too); the LLM cannot generate after."""
+        self.runner.close()
 
     def get_tokenizer(self):
         return self.tokenizer

@@ -64,6 +64,12 @@ class HFRunner:
     def can_fit(self, inputs: list[ForwardInput]) -> bool:
         return True
 
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
     def forward(self, inputs: list[ForwardInput]) -> torch.Tensor:
         return self._forward(inputs, with_hidden=False)[0]
 

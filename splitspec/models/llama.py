@@ -21,8 +21,11 @@ from splitspec.errors import OutOfKVBlocks, SplitspecError
 from splitspec.models.block_allocator import BlockAllocator
 from splitspec.models.kv_budget import CPU_KV_CACHE_BYTES, kv_cache_budget, profile_inputs, sampling_workspace_bytes
 from splitspec.models.linear import Linear
+from splitspec.models.pass_layout import PassLayout
 from splitspec.models.rope import NATIVE_ROPE_TYPES, inverse_frequencies, rope_parameters
 from splitspec.models.runner import ForwardInput
+from splitspec.models.tensor_parallel import ShardPlan, TensorParallel, all_reduce, embed, gather_logits, min_over_ranks
+from splitspec.models.tp_workers import TensorParallelWorkerLost, WorkerGroup, broadcast_layout
 
 NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite")
 
@@ -47,7 +50,8 @@ class _Layer:
     down: Linear  # intermediate -> hidden
 
 
-def _read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, dtype: torch.dtype, plan: ShardPlan | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor, or with a plan only this rank's part of each (the rest is never read)."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -59,7 +63,8 @@ def _read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]
     for name in files:
         with safe_open(str(path / name), framework="pt") as f:
             for key in f.keys():
-                tensors[key] = f.get_tensor(key).to(dtype)
+                tensor = f.get_tensor(key) if plan is None else plan.take(key, f.get_slice(key))
+                tensors[key] = tensor.to(dtype)
     return tensors
 
 
@@ -91,12 +96,15 @@ class LlamaRunner:
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         kernel_backend: str = "auto",
+        tp: TensorParallel | None = None,
     ) -> None:
         """Weights come from the safetensors under `path`, or from `weights` (checkpoint names and
         layout) when given. kv_cache_memory_bytes None: on CUDA, what gpu_memory_utilization leaves
         after the weights and a profiling pass (splitspec.models.kv_budget); on the CPU, 1 GiB.
         kernel_backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or
-        "triton". Logits and hidden states stay on the device."""
+        "triton". Logits and hidden states stay on the device.
+        tp: this process's rank in a tensor-parallel group; it then holds its shard of every weight
+        and of the KV heads (splitspec.models.tensor_parallel)."""
         self.config = config
         self.device = torch.device(device)
         try:
@@ -104,10 +112,16 @@ class LlamaRunner:
         except KernelUnavailable as exc:
             raise SplitspecError(str(exc)) from None
         self.dtype = dtype
+        self.tp = tp
+        self.workers: WorkerGroup | None = None  # the driver's; set by the loader
         self.hidden = config.hidden_size
         self.q_heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.q_heads
         self.head_dim = getattr(config, "head_dim", None) or self.hidden // self.q_heads
+        plan = ShardPlan(config, tp) if tp is not None else None
+        self.vocab_shard = plan.vocab if plan is not None else (0, config.vocab_size)
+        if plan is not None:
+            self.q_heads, self.kv_heads = plan.q_heads, plan.kv_heads
         self.eps = config.rms_norm_eps
         self.vocab_size = config.vocab_size
         limit = getattr(config, "max_position_embeddings", None) or 4096
@@ -122,7 +136,9 @@ class LlamaRunner:
         self.sliding_window = window if (window and uses_window and window < self.max_model_len) else None
 
         if weights is None:
-            weights = _read_safetensors(path, dtype)
+            weights = _read_safetensors(path, dtype, plan)
+        elif plan is not None:
+            weights = {name: plan.take(name, w) for name, w in weights.items()}
         self._load({name: w.to(self.device, dtype) for name, w in weights.items()}, config)
         inv_freq, self.rope_attention_factor = inverse_frequencies(rope_parameters(config), self.head_dim)
         self.inv_freq = inv_freq.to(self.device)  # [head_dim / 2]
@@ -140,6 +156,8 @@ class LlamaRunner:
         # never more than max_num_seqs full-length sequences can use
         blocks_per_seq = -(-self.max_model_len // block_size)
         num_blocks = max(1, min(kv_cache_memory_bytes // self.bytes_per_block, max_num_seqs * blocks_per_seq))
+        if tp is not None:  # the driver's allocator decides for all: every rank needs as many blocks
+            num_blocks = min_over_ranks(num_blocks, self.device)
         self._allocate_kv_cache(num_blocks)
 
     def _allocate_kv_cache(self, num_blocks: int) -> None:
@@ -164,7 +182,7 @@ class LlamaRunner:
                 torch.cuda.synchronize(self.device)
                 torch.cuda.reset_peak_memory_stats(self.device)
                 base = torch.cuda.memory_allocated(self.device)
-            logits, _ = self._forward(inputs)
+            logits, _ = self.compute(self._layout(inputs))
             workspace = torch.empty(
                 sampling_workspace_bytes(inputs, self.vocab_size), dtype=torch.uint8, device=self.device
             )
@@ -219,12 +237,19 @@ class LlamaRunner:
                     qkv=Linear(torch.cat([q, k, v]), qkv_bias),
                     q_norm=w.pop(p + "self_attn.q_norm.weight", None),
                     k_norm=w.pop(p + "self_attn.k_norm.weight", None),
-                    o=Linear(take(p + "self_attn.o_proj.weight"), w.pop(p + "self_attn.o_proj.bias", None)),
+                    o=Linear(
+                        take(p + "self_attn.o_proj.weight"),
+                        self._row_parallel_bias(w.pop(p + "self_attn.o_proj.bias", None)),
+                    ),
                     post_norm=take(p + "post_attention_layernorm.weight"),
                     gate_up=Linear(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])),
                     down=Linear(take(p + "mlp.down_proj.weight")),
                 )
             )
+
+    def _row_parallel_bias(self, bias: torch.Tensor | None) -> torch.Tensor | None:
+        """A row-parallel layer's bias is added once: by rank 0, before the all-reduce sums the ranks."""
+        return bias if self.tp is None or self.tp.is_driver else None
 
     def _input_norm(self, w: dict[str, torch.Tensor], prefix: str, index: int) -> torch.Tensor | None:
         name = prefix + "input_layernorm.weight"
@@ -260,7 +285,15 @@ class LlamaRunner:
         logits, hidden = self._forward(inputs)
         return logits.to(torch.float32), hidden.to(torch.float32)
 
-    @torch.inference_mode()
+    def healthy(self) -> bool:
+        """False once a tensor-parallel worker is gone: no pass can run any more."""
+        return self.workers is None or not self.workers.lost()
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers (nothing to do for one process)."""
+        if self.workers is not None:
+            self.workers.close()
+
     def _forward(
         self, inputs: list[ForwardInput], extra_input: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,11 +301,23 @@ class LlamaRunner:
         extra_input: one row per fed token for runners whose input is more than the token (EAGLE)."""
         if not self.can_fit(inputs):
             raise OutOfKVBlocks(f"batch of {len(inputs)} sequences does not fit in {self.num_free_blocks} free blocks")
-        tokens: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        logit_rows: list[int] = []
-        hidden_rows: list[int] = []
+        if self.workers is None:
+            return self.compute(self._layout(inputs), extra_input)
+        if lost := self.workers.lost():
+            raise TensorParallelWorkerLost(f"tensor-parallel rank {lost[0]} has exited; restart the model")
+        layout = self._layout(inputs)
+        try:
+            broadcast_layout(layout, self.device)
+            return self.compute(layout, extra_input)
+        except RuntimeError as exc:  # a collective failed: a rank went away mid-pass
+            lost = self.workers.wait_for_loss()
+            self.workers.close(graceful=False)
+            who = f"rank {lost[0]} exited" if lost else f"a collective failed ({exc})"
+            raise TensorParallelWorkerLost(f"tensor-parallel {who}; restart the model") from None
+
+    def _layout(self, inputs: list[ForwardInput]) -> PassLayout:
+        """Give the inputs their cache slots and say which rows come back."""
+        layout = PassLayout([], [], [], [], [], [], [], [])
         for inp in inputs:
             start = self.allocator.length(inp.seq_id)
             n = len(inp.token_ids)
@@ -280,33 +325,45 @@ class LlamaRunner:
                 raise ValueError(f"sequence {inp.seq_id}: {n} new tokens, {inp.num_logits} logits requested")
             if start + n > self.max_model_len:
                 raise ValueError(f"sequence {inp.seq_id} would exceed max_model_len={self.max_model_len}")
-            logit_rows.extend(range(len(tokens) + n - inp.num_logits, len(tokens) + n))
-            hidden_rows.extend(range(len(tokens) + n - inp.hidden_rows, len(tokens) + n))
-            tokens.extend(inp.token_ids)
-            positions.extend(range(start, start + n))
-            slots.extend(self.allocator.append(inp.seq_id, n))
+            row = len(layout.tokens)
+            layout.logit_rows.extend(range(row + n - inp.num_logits, row + n))
+            layout.hidden_rows.extend(range(row + n - inp.hidden_rows, row + n))
+            layout.tokens.extend(inp.token_ids)
+            layout.positions.extend(range(start, start + n))
+            layout.slots.extend(self.allocator.append(inp.seq_id, n))
+        for inp in inputs:
+            layout.block_tables.append(self.allocator.block_table(inp.seq_id))
+            layout.seq_lens.append(self.allocator.length(inp.seq_id))
+            layout.query_lens.append(len(inp.token_ids))
+        return layout
+
+    @torch.inference_mode()
+    def compute(self, layout: PassLayout, extra_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one laid-out pass: writes the new tokens' KV, returns (logits, hidden) of the asked rows.
+        Every rank of a tensor-parallel group runs it with the same layout."""
         batch = AttentionBatch.build(
-            [self.allocator.block_table(i.seq_id) for i in inputs],
-            [self.allocator.length(i.seq_id) for i in inputs],
-            [len(i.token_ids) for i in inputs],
-            slots,
-            self.sliding_window,
-            self.device,
+            layout.block_tables, layout.seq_lens, layout.query_lens, layout.slots, self.sliding_window, self.device
         )
-        x = self._input_embeddings(torch.tensor(tokens, device=self.device), extra_input)  # [tokens, hidden]
-        x = self._decoder(x, torch.tensor(positions, device=self.device), batch)
-        if hidden_rows == logit_rows:
-            hidden = self._final_hidden(x[torch.tensor(logit_rows, device=self.device)])
-            logits = self.lm_head(hidden)  # [num_logits, vocab]
+        x = self._input_embeddings(torch.tensor(layout.tokens, device=self.device), extra_input)  # [tokens, hidden]
+        x = self._decoder(x, torch.tensor(layout.positions, device=self.device), batch)
+        logit_rows = torch.tensor(layout.logit_rows, device=self.device)
+        if layout.hidden_rows == layout.logit_rows:
+            hidden = self._final_hidden(x[logit_rows])
+            logits = self._lm_head(hidden)  # [num_logits, vocab]
         else:
-            hidden = self._final_hidden(x[torch.tensor(hidden_rows, device=self.device)])
-            logits = self.lm_head(self._final_hidden(x[torch.tensor(logit_rows, device=self.device)]))
+            hidden = self._final_hidden(x[torch.tensor(layout.hidden_rows, device=self.device)])
+            logits = self._lm_head(self._final_hidden(x[logit_rows]))
         if self.logits_scaling != 1.0:
             logits = logits / self.logits_scaling
         return logits, hidden
 
+    def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.tp is None:
+            return self.lm_head(hidden)
+        return gather_logits(self.lm_head(hidden), self.vocab_size, self.tp)
+
     def _input_embeddings(self, tokens: torch.Tensor, extra_input: torch.Tensor | None) -> torch.Tensor:
-        x = F.embedding(tokens, self.embed)
+        x = F.embedding(tokens, self.embed) if self.tp is None else embed(tokens, self.embed, self.vocab_shard)
         return x * self.embedding_multiplier if self.embedding_multiplier != 1.0 else x
 
     def _final_hidden(self, x: torch.Tensor) -> torch.Tensor:
@@ -332,10 +389,14 @@ class LlamaRunner:
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             self.kernels.write_kv_cache(k, v, self.key_cache[i], self.value_cache[i], batch.slot_mapping)
             attn = self.kernels.paged_attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
-            out = layer.o(attn.reshape(num_tokens, q_size))
+            out = self._reduce(layer.o(attn.reshape(num_tokens, q_size)))
             x = x + out * self.residual_multiplier if self.residual_multiplier != 1.0 else x + out
             h = _rms_norm(x, layer.post_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            out = layer.down(F.silu(gate) * up)
+            out = self._reduce(layer.down(F.silu(gate) * up))
             x = x + out * self.residual_multiplier if self.residual_multiplier != 1.0 else x + out
         return x
+
+    def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
+        """A row-parallel layer's output: the sum of every rank's part."""
+        return partial if self.tp is None else all_reduce(partial)

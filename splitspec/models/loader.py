@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -10,6 +12,8 @@ from splitspec.config import RunnerConfig
 from splitspec.devices import auto_dtype, resolve_device
 from splitspec.errors import SplitspecError
 from splitspec.models.runner import ModelRunner
+from splitspec.models.tensor_parallel import TensorParallel, check_divisible
+from splitspec.models.tp_workers import WorkerGroup, rank_device
 
 
 def load_config(path: Path):
@@ -39,9 +43,11 @@ def resolve_dtype(dtype: str | torch.dtype, config, device: torch.device) -> tor
     return names[dtype]
 
 
-def load_runner(path: Path, config: RunnerConfig = RunnerConfig()) -> ModelRunner:
+def load_runner(path: Path, config: RunnerConfig = RunnerConfig(), tp: TensorParallel | None = None) -> ModelRunner:
     """The native paged runner where the architecture has one (unless config.backend says
-    "transformers"), else the transformers backend."""
+    "transformers"), else the transformers backend. With config.tensor_parallel_size > 1 this
+    process becomes rank 0 and starts the other ranks (splitspec.models.tp_workers); a worker passes
+    its own `tp`."""
     from splitspec.models.hf_backend import HFRunner
     from splitspec.models.llama import LlamaRunner, supports_natively
 
@@ -49,6 +55,10 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig()) -> ModelRunne
     device = resolve_device(config.device)
     torch_dtype = resolve_dtype(config.dtype, model_config, device)
     native = supports_natively(model_config)
+    if config.tensor_parallel_size != 1 and tp is None:
+        return _load_tensor_parallel(path, config, model_config, device, native)
+    if tp is not None:
+        device = rank_device(device, tp.rank)
     if config.backend == "native" and not native:
         raise SplitspecError(
             f"{path}: model type {model_config.model_type!r} has no native runner; use backend='transformers'"
@@ -68,6 +78,7 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig()) -> ModelRunne
                 max_model_len=config.max_model_len,
                 max_num_seqs=config.max_num_seqs,
                 kernel_backend=config.kernel_backend,
+                tp=tp,
             )
         return HFRunner(path, model_config, device=device, dtype=torch_dtype, max_model_len=config.max_model_len)
     except torch.cuda.OutOfMemoryError:
@@ -81,3 +92,32 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig()) -> ModelRunne
             "gpu_memory_utilization (or kv_cache_memory_bytes), max_model_len or max_num_seqs, use a smaller "
             "dtype, or a device with more free memory"
         ) from None
+
+
+def _load_tensor_parallel(path: Path, config: RunnerConfig, model_config, device: torch.device, native: bool):
+    """Rank 0 here, ranks 1..N-1 in worker processes this one owns."""
+
+    size = config.tensor_parallel_size
+    if not isinstance(size, int) or size < 1:
+        raise SplitspecError(f"tensor_parallel_size must be a positive integer, got {size!r}")
+    if not native or config.backend == "transformers":
+        raise SplitspecError(
+            f"tensor_parallel_size={size} needs the native runner; {model_config.model_type!r} models run on "
+            "the transformers backend, on one device"
+        )
+    check_divisible(model_config, size)
+    if device.type == "cuda" and device.index + size > torch.cuda.device_count():
+        raise SplitspecError(
+            f"tensor_parallel_size={size} from {device} needs CUDA devices {device.index} to "
+            f"{device.index + size - 1}, but there are {torch.cuda.device_count()}"
+        )
+    if device.type == "cpu":  # the ranks share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
+    workers = WorkerGroup(size, path, replace(config, device=str(device)), device)
+    try:
+        runner = load_runner(path, config, tp=TensorParallel(0, size))
+    except BaseException:
+        workers.close(graceful=False)
+        raise
+    runner.workers = workers
+    return runner

@@ -53,6 +53,14 @@ class ModelRunner(Protocol):
 
     def free(self, seq_id: str) -> None: ...
 
+    def healthy(self) -> bool:
+        """False when the runner can run no more passes (a tensor-parallel worker died)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the runner started (tensor-parallel workers)."""
+        ...
+
     def can_fit(self, inputs: list[ForwardInput]) -> bool:
         """Whether the cache has room for all of `inputs` at once."""
         ...

@@ -64,7 +64,9 @@ def receive_layout(device: torch.device) -> PassLayout | None:
     op, tokens, seqs, max_blocks, logit_rows, hidden_rows = header.tolist()
     if op == _STOP:
         return None
-    payload = torch.empty(3 * tokens + seqs * (max_blocks + 3) + logit_rows + hidden_rows, dtype=torch.int64, device=device)
+    payload = torch.empty(
+        3 * tokens + seqs * (max_blocks + 3) + logit_rows + hidden_rows, dtype=torch.int64, device=device
+    )
     dist.broadcast(payload, src=0)
     values = payload.tolist()
     parts, at = [], 0
@@ -101,9 +103,23 @@ class WorkerGroup:
         config = json.dumps(asdict(runner_config))
         self.processes = [
             subprocess.Popen(
-                [sys.executable, "-m", "splitspec.models.tp_workers", "--rank", str(rank), "--size", str(size),
-                 "--address", address, "--model", str(model_path), "--runner-config", config,
-                 "--driver-pid", str(os.getpid())],  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "splitspec.models.tp_workers",
+                    "--rank",
+                    str(rank),
+                    "--size",
+                    str(size),
+                    "--address",
+                    address,
+                    "--model",
+                    str(model_path),
+                    "--runner-config",
+                    config,
+                    "--driver-pid",
+                    str(os.getpid()),
+                ],  # fmt: skip
             )
             for rank in range(1, size)
         ]
