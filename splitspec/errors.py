@@ -7,6 +7,10 @@ class SplitspecError(ValueError):
     """A problem with user input or the environment, reported without a traceback by the CLI."""
 
 
+class RunnerLost(SplitspecError):
+    """The model runner can run no more passes (a tensor-parallel worker died): restart the model."""
+
+
 class OutOfKVBlocks(RuntimeError):
     """The paged KV cache has too few free blocks for a step; the engine preempts and retries."""
 

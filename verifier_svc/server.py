@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
@@ -100,6 +101,16 @@ class VerifierSettings:
     batch_window_ms: float = 2.0
 
 
+async def _not_serving_when_the_runner_fails(runner, health, interval_s: float = 0.5) -> None:
+    """Health goes NOT_SERVING for good once the runner cannot run passes (a tensor-parallel worker
+    died); in-flight steps already fail with UNAVAILABLE."""
+    while runner.healthy():
+        await asyncio.sleep(interval_s)
+    print("splitspec verifier: the model runner failed; health is NOT_SERVING", file=sys.stderr, flush=True)
+    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health.set("splitspec.v1.Verifier", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
 def run_verifier(settings: VerifierSettings) -> None:
     from splitspec.adaptive_k import PassCostModel
     from splitspec.checkpoint import resolve_checkpoint
@@ -117,6 +128,8 @@ def run_verifier(settings: VerifierSettings) -> None:
     print(f"splitspec verifier: {runner.describe_kv_cache()}", file=sys.stderr, flush=True)
     eos = sorted(eos_token_ids(path, load_tokenizer(path)))
 
+    watchers: set[asyncio.Task] = set()
+
     async def main() -> None:
         service = VerifierService(
             runner, max_num_seqs=settings.runner.max_num_seqs, batch_window_s=settings.batch_window_ms / 1000
@@ -126,8 +139,9 @@ def run_verifier(settings: VerifierSettings) -> None:
         async def register(server, health) -> None:
             service.start()
             pb_grpc.add_VerifierServicer_to_server(VerifierServicer(service, settings.model, eos), server)
-            await health.set("", 1)
-            await health.set("splitspec.v1.Verifier", 1)
+            await health.set("", health_pb2.HealthCheckResponse.SERVING)
+            await health.set("splitspec.v1.Verifier", health_pb2.HealthCheckResponse.SERVING)
+            watchers.add(asyncio.create_task(_not_serving_when_the_runner_fails(runner, health)))
 
         await serve(
             settings.server, [pb.DESCRIPTOR.services_by_name["Verifier"].full_name], register, "verifier", service.close

@@ -14,7 +14,7 @@ import torch
 
 from splitspec.adaptive_k import PassCostModel
 from splitspec.drafts import Draft, HiddenStates
-from splitspec.errors import ServiceError, SplitspecError
+from splitspec.errors import RunnerLost, ServiceError, SplitspecError
 from splitspec.models.runner import ModelRunner
 from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
 from splitspec.sampling_params import SamplingParams
@@ -72,6 +72,8 @@ class VerifierService:
         seed: int,
         hidden_states: HiddenStates = HiddenStates.NONE,
     ) -> None:
+        if not self.runner.healthy():
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "this verifier's model has failed; use another verifier")
         if seq_id in self.sequences:
             raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"sequence {seq_id} is already running on this verifier")
         try:
@@ -121,7 +123,11 @@ class VerifierService:
             outcomes[ready.pop()] = RETRY
             steps.pop()
         if steps:
-            for i, result in zip(ready, self.verifier.verify(steps, [calls[i].seq.hidden_states for i in ready])):
+            try:
+                results = self.verifier.verify(steps, [calls[i].seq.hidden_states for i in ready])
+            except RunnerLost as exc:  # every call of the batch fails with it: another verifier can go on
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            for i, result in zip(ready, results):
                 seq = calls[i].seq
                 base = len(seq.tokens)
                 seq.tokens.extend(result.token_ids)

@@ -7,7 +7,7 @@ import sys
 import time
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
-from splitspec.entrypoints.cli_flags import add_device_flag
+from splitspec.entrypoints.cli_flags import add_device_flag, add_tensor_parallel_flag
 from splitspec.errors import SplitspecError
 
 
@@ -37,6 +37,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the model's chat template")
     p.add_argument("--gateway", metavar="HOST:PORT", help="stream from a running gateway instead of running in-process")
     add_device_flag(p, "the model (in-process)")
+    add_tensor_parallel_flag(p)
     p.set_defaults(func=_generate)
 
 
@@ -67,7 +68,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=args.stop,
     )
-    llm = LLM(args.model, speculative_config=spec, device=args.device)
+    llm = LLM(args.model, speculative_config=spec, device=args.device, tensor_parallel_size=args.tensor_parallel_size)
     tokenizer = llm.get_tokenizer()
     prompt = args.prompt
     if not args.raw and tokenizer is not None and getattr(tokenizer, "chat_template", None):

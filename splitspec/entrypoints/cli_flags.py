@@ -20,3 +20,13 @@ def add_device_flag(p: argparse.ArgumentParser, what: str) -> None:
         default=env_default("DEVICE", "auto"),
         help=f"where {what} runs: {DEVICE_HELP} (env SPLITSPEC_DEVICE)",
     )
+
+
+def add_tensor_parallel_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        type=int,
+        default=env_default("TENSOR_PARALLEL_SIZE", 1),
+        help="split the target over this many processes, one device each (env SPLITSPEC_TENSOR_PARALLEL_SIZE)",
+    )

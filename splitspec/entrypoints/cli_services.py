@@ -11,7 +11,7 @@ import time
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS, RunnerConfig, SpeculativeConfig
 from splitspec.devices import resolve_device
-from splitspec.entrypoints.cli_flags import add_device_flag, env_default
+from splitspec.entrypoints.cli_flags import add_device_flag, add_tensor_parallel_flag, env_default
 from splitspec.rpc.grpc_server import ServerOptions
 
 
@@ -73,6 +73,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 2.0))
     add_device_flag(p, "the target")
+    add_tensor_parallel_flag(p)
     p.set_defaults(func=_serve_verifier)
 
     p = sub.add_parser("serve-proposer", help="serve a drafter (Proposer service)")
@@ -123,6 +124,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     _proposer_flags(p)
     add_device_flag(p, "the verifier's target")
     p.add_argument("--proposer-device", help="where the proposer's drafter runs (default: --device)")
+    add_tensor_parallel_flag(p)
     p.set_defaults(func=_up)
 
 
@@ -159,6 +161,7 @@ def _serve_verifier(args: argparse.Namespace) -> int:
                 max_model_len=args.max_model_len,
                 max_num_seqs=args.max_num_seqs,
                 device=args.device,
+                tensor_parallel_size=args.tensor_parallel_size,
             ),
             batch_window_ms=args.batch_window_ms,
         )
@@ -245,7 +248,7 @@ def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         proposer += ["--target-model", args.model]
     proposer += ["--device", args.proposer_device or args.device]
     verifier = ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model]
-    verifier += ["--device", args.device]
+    verifier += ["--device", args.device, "--tensor-parallel-size", str(args.tensor_parallel_size)]
     return {
         "verifier": base + verifier,
         "proposer": base + proposer,

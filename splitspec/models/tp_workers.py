@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from splitspec.errors import SplitspecError
+from splitspec.errors import RunnerLost, SplitspecError
 from splitspec.models.pass_layout import PassLayout
 
 _FORWARD, _STOP = 1, 0
@@ -35,7 +35,7 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=5)
 """A collective that waits longer than this fails; a worker that died fails it at once."""
 
 
-class TensorParallelWorkerLost(SplitspecError):
+class TensorParallelWorkerLost(RunnerLost):
     """A worker process of the tensor-parallel group died; the runner cannot run another pass."""
 
 
