@@ -142,3 +142,18 @@ def test_gpu_memory_utilization_sizes_the_kv_cache(default_model_path):
     )
     assert large.runner.kv_cache_bytes > small_bytes + 0.25 * total
     assert torch.cuda.memory_reserved() < 0.6 * total
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.device_count() >= 2", reason="needs two CUDA devices")
+def test_two_ranks_over_nccl_give_one_rank_s_output(tiny_llama):
+    """Tensor parallelism on CUDA: NCCL between cuda:0 and cuda:1, in float32 so that only near-ties
+    may differ."""
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}
+    one = _token_ids(LLM(str(tiny_llama), speculative_config=spec, device="cuda", dtype="float32"), PROMPTS, GREEDY)
+    two = LLM(str(tiny_llama), speculative_config=spec, device="cuda", dtype="float32", tensor_parallel_size=2)
+    try:
+        for prompt, got, expected in zip(PROMPTS, _token_ids(two, PROMPTS, GREEDY), one):
+            assert_same_or_near_tie(hf, prompt, got, expected)
+    finally:
+        two.close()

@@ -24,7 +24,9 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path):
+@pytest.mark.parametrize("tensor_parallel_size", [1, 2])
+def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path, tensor_parallel_size):
+    """With two ranks the verifier owns one worker process; it stops with the rest."""
     ports = [free_port(), free_port(), free_port()]
     log = open(tmp_path / "up.log", "w")
     proc = subprocess.Popen(
@@ -45,6 +47,8 @@ def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path):
             "3",
             "--device",
             "cpu",
+            "--tensor-parallel-size",
+            str(tensor_parallel_size),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -58,6 +62,8 @@ def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path):
             time.sleep(0.2)
         children = _children(proc.pid)
         assert len(children) == 3
+        workers = [w for child in children for w in _children(child)]
+        assert len(workers) == tensor_parallel_size - 1
         with grpc.insecure_channel(gateway) as channel:
             responses = list(
                 pb_grpc.GatewayStub(channel).Generate(
@@ -67,7 +73,7 @@ def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path):
         assert sum(len(r.token_ids) for r in responses) == 8
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
-        for child in children:
+        for child in children + workers:
             assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z"
     finally:
         if proc.poll() is None:

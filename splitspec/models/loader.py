@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -111,11 +110,17 @@ def _load_tensor_parallel(path: Path, config: RunnerConfig, model_config, device
             f"tensor_parallel_size={size} from {device} needs CUDA devices {device.index} to "
             f"{device.index + size - 1}, but there are {torch.cuda.device_count()}"
         )
-    if device.type == "cpu":  # the ranks share the cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
     workers = WorkerGroup(size, path, replace(config, device=str(device)), device)
     try:
         runner = load_runner(path, config, tp=TensorParallel(0, size))
+    except RuntimeError as exc:  # a collective failed: a worker could not load its shard
+        lost = workers.wait_for_loss()
+        workers.close(graceful=False)
+        if not lost:
+            raise
+        raise SplitspecError(
+            f"tensor-parallel rank {lost[0]} failed while loading (its message is above): {exc}"
+        ) from None
     except BaseException:
         workers.close(graceful=False)
         raise

@@ -123,7 +123,7 @@ class WorkerGroup:
             )
             for rank in range(1, size)
         ]
-        self._finalizer = weakref.finalize(self, _stop_processes, self.processes)
+        self._finalizer = weakref.finalize(self, _kill, self.processes)  # collected or at exit: nobody waits
         try:
             dist.init_process_group(
                 "nccl" if device.type == "cuda" else "gloo",
@@ -135,6 +135,9 @@ class WorkerGroup:
         except Exception as exc:
             self._finalizer()
             raise SplitspecError(f"tensor-parallel workers did not start: {exc}") from None
+        self._threads = torch.get_num_threads()
+        if device.type == "cpu":  # the ranks share the cores; close() gives them back
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
 
     def lost(self) -> list[int]:
         """Ranks whose process has exited."""
@@ -152,26 +155,32 @@ class WorkerGroup:
         graceful False: the group is broken (a rank died, or a pass failed half-way); kill them."""
         if not self._finalizer.alive:
             return
-        if not graceful:
-            for p in self.processes:
-                p.kill()
-        elif not self.lost():
+        if graceful and not self.lost():
             try:
                 broadcast_stop(self.device)
-            except Exception:  # a worker died meanwhile: the processes are stopped below either way
+                _wait(self.processes, seconds=10)
+            except Exception:  # a worker died meanwhile: the rest are killed below
                 pass
         self._finalizer()
         if dist.is_initialized():
             dist.destroy_process_group()
+        torch.set_num_threads(self._threads)
 
 
-def _stop_processes(processes: list[subprocess.Popen]) -> None:
+def _wait(processes: list[subprocess.Popen], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
     for p in processes:
         try:
-            p.wait(timeout=10)
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            return
+
+
+def _kill(processes: list[subprocess.Popen]) -> None:
+    for p in processes:
+        if p.poll() is None:
             p.kill()
-            p.wait()
+        p.wait()
 
 
 def _die_with_parent(driver_pid: int) -> None:
