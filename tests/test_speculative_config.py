@@ -172,11 +172,6 @@ def test_llm_use_v2_block_manager_is_accepted_and_changes_nothing(tiny_llama):
     assert with_flag.config == without.config
 
 
-def test_llm_tensor_parallel_size_two_says_use_one(tiny_llama):
-    with pytest.raises(SplitspecError, match="tensor_parallel_size=2 is not supported.*use tensor_parallel_size=1"):
-        LLM(str(tiny_llama), tensor_parallel_size=2)
-
-
 def test_llm_unknown_keyword_is_named(tiny_llama):
     with pytest.raises(SplitspecError, match="unsupported arguments: swap_space"):
         LLM(str(tiny_llama), swap_space=4)

@@ -188,6 +188,20 @@ def test_a_dead_worker_fails_the_next_pass_instead_of_hanging(tiny_llama):
     assert not _children(os.getpid()), "the group left a process behind"
 
 
+def test_a_model_dropped_without_close_leaves_nothing_behind(tiny_llama):
+    """Collecting a tensor-parallel LLM kills its workers, and the next one can start."""
+    llm = LLM(str(tiny_llama), tensor_parallel_size=2)
+    workers = [p.pid for p in llm.runner.workers.processes]
+    del llm
+    gc.collect()
+    assert not any(_alive(w) for w in workers)
+    again = LLM(str(tiny_llama), tensor_parallel_size=2)
+    try:
+        assert len(_token_ids(again, PROMPTS[:1], GREEDY, batch_size=1)[0]) == MAX_TOKENS
+    finally:
+        _close(again)
+
+
 def test_the_seed_example_runs_at_four_ranks(tmp_path, default_model_path):
     """examples/tensor_parallel.py as the seeds write it (tensor_parallel_size=4), on a local checkpoint:
     random weights with the default model's tokenizer, and heads that four ranks divide."""

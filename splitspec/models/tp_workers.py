@@ -85,6 +85,10 @@ def rank_device(device: torch.device, rank: int) -> torch.device:
     return torch.device("cuda", (device.index or 0) + rank)
 
 
+_active: weakref.ref[WorkerGroup] | None = None
+"""The group whose process group this process joined, while it lives."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,8 +99,14 @@ class WorkerGroup:
     """Ranks 1..size-1, started as child processes; the caller becomes rank 0 of the default group."""
 
     def __init__(self, size: int, model_path: Path, runner_config, device: torch.device) -> None:
+        global _active
         if dist.is_initialized():
-            raise SplitspecError("this process already runs a tensor-parallel model; one per process")
+            previous = _active() if _active is not None else None
+            if _active is None or (previous is not None and previous._finalizer.alive):
+                raise SplitspecError(
+                    "this process already runs a tensor-parallel model (one per process); close() it first"
+                )
+            dist.destroy_process_group()  # left by a model that was dropped without close()
         self.size = size
         self.device = device
         address = f"tcp://127.0.0.1:{_free_port()}"
@@ -135,6 +145,7 @@ class WorkerGroup:
         except Exception as exc:
             self._finalizer()
             raise SplitspecError(f"tensor-parallel workers did not start: {exc}") from None
+        _active = weakref.ref(self)
         self._threads = torch.get_num_threads()
         if device.type == "cpu":  # the ranks share the cores; close() gives them back
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
