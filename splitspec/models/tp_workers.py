@@ -134,6 +134,8 @@ class WorkerGroup:
             for rank in range(1, size)
         ]
         self._finalizer = weakref.finalize(self, _kill, self.processes)  # collected or at exit: nobody waits
+        if device.type == "cuda":  # NCCL binds each rank to the current device
+            torch.cuda.set_device(device)
         try:
             dist.init_process_group(
                 "nccl" if device.type == "cuda" else "gloo",
@@ -220,6 +222,8 @@ def _worker_main() -> None:
     if config.device == "cpu":  # the ranks share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.size))
     backend = "nccl" if config.device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(rank_device(torch.device(config.device), args.rank))
     dist.init_process_group(
         backend, init_method=args.address, rank=args.rank, world_size=args.size, timeout=COLLECTIVE_TIMEOUT
     )
