@@ -27,3 +27,15 @@ def test_gpu_benchmark_smoke_run() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "copy bandwidth" in proc.stdout
     assert "argmax agrees with transformers on 100.0% of rows" in proc.stdout
+
+
+def test_verify_pass_profile_smoke_run(tiny_llama) -> None:
+    """benchmarks/profile_verify.py, which a GPU session runs to decide on CUDA graphs, here on the CPU."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_verify.py"), "--model", str(tiny_llama),
+         "--device", "cpu", "--batches", "1,3", "-k", "4", "--passes", "2", "--temperature", "0.8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "batch   1, K=4:" in proc.stdout and "batch   3, K=4:" in proc.stdout
+    assert "Self CPU time total" in proc.stdout
