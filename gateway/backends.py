@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.multiplexed_stream import MultiplexedStream
 from protos import splitspec_v1_pb2 as pb
@@ -15,6 +16,8 @@ from splitspec.errors import ServiceError
 from splitspec.rpc import wire
 from splitspec.rpc.grpc_server import channel_options
 from splitspec.sampling_params import SamplingParams
+
+VERIFIER_SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 
 
 def _raise_if_error(response) -> None:
@@ -28,6 +31,7 @@ class VerifierBackend:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
         self.stub = pb_grpc.VerifierStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
         self.stream = MultiplexedStream(self.stub.Verify, f"verifier {address}")
         self.info: pb.VerifierInfo | None = None
         self.cost_model: PassCostModel | None = None  # the verifier's measured pass costs
@@ -47,8 +51,18 @@ class VerifierBackend:
     def forget(self, seq_id: str) -> None:
         self._round_plan.pop(seq_id, None)
 
+    def mark_down(self) -> None:
+        """Take no new sequences until the gateway's watcher hears from it again (refresh_info)."""
+        self.info = None
+
     async def refresh_info(self, timeout: float = 2.0) -> pb.VerifierInfo | None:
+        """Its info while it is SERVING; None (take no sequences) when it is unreachable, draining or
+        its model failed."""
         try:
+            health = await self.health.Check(health_pb2.HealthCheckRequest(service=VERIFIER_SERVICE), timeout=timeout)
+            if health.status != health_pb2.HealthCheckResponse.SERVING:
+                self.info = None
+                return None
             self.info = await self.stub.GetInfo(pb.InfoRequest(), timeout=timeout)
         except grpc.aio.AioRpcError:
             self.info = None

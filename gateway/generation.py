@@ -2,6 +2,10 @@
 
 Losing a proposer loses no output: the gateway moves the sequence to another proposer (sending it the
 whole context) or, with none left, verifies with no drafts (K=0) — the same tokens, more slowly.
+Losing a verifier loses none either: the gateway holds every committed token, so it starts the
+sequence again on another verifier from that history and redoes the round. Seeded randomness is keyed
+by position, so the tokens are those an uninterrupted run gives. With no verifier left it retries
+with backoff until the request's deadline.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -65,6 +70,8 @@ class GatewayCore:
     max_model_len: int
     num_speculative_tokens: int
     proposer_timeout_s: float = 5.0
+    verifier_wait_s: float = 30.0
+    """How long a request waits for a verifier when none is reachable (unless its deadline is sooner)."""
     adaptive: bool = True
     drafts_are_sampled: bool = False  # the proposers draw sampled drafts from a non-one-hot q
     hidden_states: HiddenStates = HiddenStates.NONE  # what the proposers read of the target's hidden states
@@ -74,13 +81,38 @@ class GatewayCore:
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer is not None else ""
 
-    def pick_verifier(self) -> VerifierBackend:
-        live = [v for v in self.verifiers if v.info is not None]
-        if not live:
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, "no verifier is reachable; start one (splitspec serve-verifier) and retry"
-            )
-        return min(live, key=lambda v: v.num_sequences)
+    async def _start_on_a_verifier(self, seq: Sequence, deadline: float) -> VerifierBackend:
+        """Start the sequence, with its committed tokens so far, on the least loaded live verifier;
+        verifiers that fail are marked down and the next is tried, with backoff while none is left."""
+        delay = 0.05
+        while True:
+            full: list[ServiceError] = []
+            for verifier in sorted((v for v in self.verifiers if v.info is not None), key=lambda v: v.num_sequences):
+                verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
+                try:
+                    await verifier.start(seq.seq_id, seq.tokens, seq.params, seq.seed, hidden_states=self.hidden_states)
+                    return verifier
+                except (ConnectionError, ServiceError) as exc:
+                    verifier.num_sequences -= 1
+                    if isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        full.append(exc)
+                    elif not _verifier_lost(exc):
+                        raise
+                    else:
+                        verifier.mark_down()
+                except BaseException:
+                    verifier.num_sequences -= 1
+                    raise
+            if full:  # every live verifier is full: that is the answer, not an outage
+                raise full[0]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "no verifier is reachable; start one (splitspec serve-verifier) and retry",
+                )
+            await asyncio.sleep(min(delay, left))
+            delay = min(2 * delay, 1.0)
 
     def _next_proposer(self, exclude: ProposerBackend | None = None) -> ProposerBackend | None:
         candidates = [p for p in self.proposers if p.available and p is not exclude]
@@ -89,38 +121,44 @@ class GatewayCore:
         return candidates[next(self._round_robin) % len(candidates)]
 
     async def generate(
-        self, prompt: str | None, prompt_ids: list[int], params: SamplingParams, num_speculative_tokens: int
+        self,
+        prompt: str | None,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        num_speculative_tokens: int,
+        deadline: float | None = None,
     ) -> AsyncIterator[Delta]:
+        """deadline: the request's, as time.monotonic(); waiting for a verifier ends there or after
+        `verifier_wait_s`, whichever comes first."""
         seq_id = uuid.uuid4().hex
         seed = request_seed(params, self._rng)
         seq = Sequence(seq_id, prompt, list(prompt_ids), params, seed)
         stop_checker = StopChecker(self.eos_token_ids, self.max_model_len, self.decode)
         detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings, len(prompt_ids))
-        verifier = self.pick_verifier()
+        deadline = float("inf") if deadline is None else deadline
         slot = _ProposerSlot(self._next_proposer() if num_speculative_tokens > 0 else None)
-        verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
-        try:
-            await verifier.start(seq_id, prompt_ids, params, seed, hidden_states=self.hidden_states)
-        except ConnectionError as exc:
-            verifier.num_sequences -= 1
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, f"verifier {verifier.address} is unreachable: {exc}"
-            ) from None
-        except BaseException:
-            verifier.num_sequences -= 1
-            raise
+        verifier: VerifierBackend | None = await self._start_on_a_verifier(
+            seq, min(deadline, time.monotonic() + self.verifier_wait_s)
+        )
         try:
             acceptance = AcceptanceEstimate()
             while not seq.finished:
+                if verifier.info is None and any(v.info is not None for v in self.verifiers if v is not verifier):
+                    # its health says draining (or it stopped answering): move at this round, not at the end
+                    leaving, verifier = verifier, None  # counted off by _move, even if no other answers
+                    verifier = await self._move(seq, leaving, slot, deadline)
                 k = self._num_drafts(seq, num_speculative_tokens, verifier, acceptance)
                 verifier.plan_step(seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
                 draft = await self._draft(seq, slot, k) if k > 0 else Draft()
                 try:
                     result = await verifier.step(seq_id, len(seq.tokens), draft)
-                except ConnectionError as exc:
-                    raise ServiceError(
-                        grpc.StatusCode.UNAVAILABLE, f"verifier {verifier.address} went away: {exc}"
-                    ) from None
+                except (ConnectionError, ServiceError) as exc:
+                    if not _verifier_lost(exc):
+                        raise
+                    verifier.mark_down()
+                    leaving, verifier = verifier, None  # counted off by _move, even if no other answers
+                    verifier = await self._move(seq, leaving, slot, deadline)
+                    continue  # the round again, on the new verifier
                 seq.stats.record_round(len(draft.token_ids), result.num_accepted)
                 if result.HasField("hidden_states"):
                     slot.receive(result.hidden_states, self.hidden_states)
@@ -140,9 +178,23 @@ class GatewayCore:
                 else:
                     yield Delta(new_tokens, detokenizer.delta(seq.tokens))
         finally:
+            self._leave(seq_id, verifier, slot.backend)
+
+    async def _move(
+        self, seq: Sequence, leaving: VerifierBackend, slot: _ProposerSlot, deadline: float
+    ) -> VerifierBackend:
+        """Release the sequence on one verifier and start it, from its committed tokens, on another.
+        Hidden states not yet passed on are dropped: the new verifier sends them all again."""
+        self._leave(seq.seq_id, leaving, None)
+        slot.hidden_state = None
+        return await self._start_on_a_verifier(seq, min(deadline, time.monotonic() + self.verifier_wait_s))
+
+    def _leave(self, seq_id: str, verifier: VerifierBackend | None, proposer: ProposerBackend | None) -> None:
+        """Stop counting the sequence on its verifier and release it there and on its proposer."""
+        if verifier is not None:
             verifier.num_sequences -= 1
             verifier.forget(seq_id)
-            asyncio.get_running_loop().create_task(self._release(seq_id, verifier, slot.backend))
+        asyncio.get_running_loop().create_task(self._release(seq_id, verifier, proposer))
 
     def _num_drafts(self, seq: Sequence, k: int, verifier: VerifierBackend, acceptance: AcceptanceEstimate) -> int:
         """At most k, and with the verifier's measured pass costs, only as many as pay for themselves."""
@@ -190,3 +242,11 @@ class GatewayCore:
                 await backend.release(seq_id)
             except (ConnectionError, asyncio.TimeoutError, ServiceError):
                 pass  # a backend that is gone has dropped the sequence with its stream
+
+
+def _verifier_lost(exc: BaseException) -> bool:
+    """Whether a verifier's failure means "try another": its stream broke, it is unavailable, or it no
+    longer knows the sequence (it restarted)."""
+    if isinstance(exc, ConnectionError):
+        return True
+    return isinstance(exc, ServiceError) and exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -71,8 +72,10 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             )
         self.active += 1
         try:
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
             async for delta in core.generate(
-                valid.prompt, valid.prompt_token_ids, valid.params, valid.num_speculative_tokens
+                valid.prompt, valid.prompt_token_ids, valid.params, valid.num_speculative_tokens, deadline
             ):
                 yield _response(delta, request.request_id)
         except ServiceError as exc:
@@ -129,6 +132,7 @@ class GatewaySettings:
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
     max_concurrent_requests: int = 256
     proposer_timeout_s: float = 5.0
+    verifier_wait_s: float = 30.0
     adaptive: bool = True
 
 
@@ -150,6 +154,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             max_model_len=1 << 30,
             num_speculative_tokens=settings.num_speculative_tokens if proposers else 0,
             proposer_timeout_s=settings.proposer_timeout_s,
+            verifier_wait_s=settings.verifier_wait_s,
             adaptive=settings.adaptive,
             drafts_are_sampled=settings.method == SpeculationMethod.DRAFT_MODEL,
             hidden_states=HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE),

@@ -52,7 +52,12 @@ def test_two_ranks_through_the_gateway_equal_in_process(tiny_llama, tmp_path, pl
 
 
 def test_a_dead_worker_fails_in_flight_requests_unavailable_and_the_verifier_not_serving(tiny_llama, tmp_path):
-    with running_stack(tiny_llama, tmp_path, verifier_args=("--tensor-parallel-size", "2")) as stack:
+    """The only verifier: the gateway has nowhere to move the stream (--verifier-wait-s 0), so the
+    client gets the verifier's UNAVAILABLE."""
+    verifier_args = ("--tensor-parallel-size", "2")
+    with running_stack(
+        tiny_llama, tmp_path, verifier_args=verifier_args, gateway_args=("--verifier-wait-s", "0")
+    ) as stack:
         [worker] = _children(stack.verifier.proc.pid)
         with grpc.insecure_channel(stack.gateway.address) as channel:
             call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[0], max_tokens=400), timeout=60)

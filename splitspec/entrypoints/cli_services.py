@@ -112,6 +112,13 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-concurrent-requests", type=int, default=env_default("MAX_CONCURRENT_REQUESTS", 256))
     p.add_argument("--proposer-timeout-s", type=float, default=env_default("PROPOSER_TIMEOUT_S", 5.0))
+    p.add_argument(
+        "--verifier-wait-s",
+        type=float,
+        default=env_default("VERIFIER_WAIT_S", 30.0),
+        help="how long a request whose verifier failed waits for another (or its deadline, if sooner) "
+        "before UNAVAILABLE (env SPLITSPEC_VERIFIER_WAIT_S)",
+    )
     p.add_argument("--fixed-k", action="store_true", help="always draft -k tokens (no adaptive draft length)")
     p.set_defaults(func=_serve_gateway)
 
@@ -214,6 +221,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
             num_speculative_tokens=args.num_speculative_tokens,
             max_concurrent_requests=args.max_concurrent_requests,
             proposer_timeout_s=args.proposer_timeout_s,
+            verifier_wait_s=args.verifier_wait_s,
             adaptive=not args.fixed_k,
         )
     )
