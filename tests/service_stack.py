@@ -46,7 +46,7 @@ class ServiceProcess:
 
 
 def start_service(
-    name: str, args: list[str], log_dir: Path, *, wait: bool = True, timeout: float = 180.0
+    name: str, args: list[str], log_dir: Path, *, wait: bool = True, timeout: float = 180.0, grace_seconds: float = 5
 ) -> ServiceProcess:
     port = free_port()
     log = log_dir / f"{name}-{port}.log"
@@ -63,7 +63,7 @@ def start_service(
                 "--port",
                 str(port),
                 "--grace-seconds",
-                "5",
+                str(grace_seconds),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

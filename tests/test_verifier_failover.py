@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from contextlib import ExitStack
 
 import grpc
@@ -30,8 +31,11 @@ MAX_TOKENS = 300
 SEEDS = [11, 12, 13, 14]
 
 
-def _two_verifier_stack(model, log_dir, cleanup: ExitStack):
-    verifiers = [start_service(f"verifier{i}", ["serve-verifier", "--model", str(model)], log_dir) for i in range(2)]
+def _two_verifier_stack(model, log_dir, cleanup: ExitStack, grace_seconds: float = 5):
+    verifiers = [
+        start_service(f"verifier{i}", ["serve-verifier", "--model", str(model)], log_dir, grace_seconds=grace_seconds)
+        for i in range(2)
+    ]
     for v in verifiers:
         cleanup.callback(v.stop)
     proposer = start_service("proposer", ["serve-proposer", "-k", "3"], log_dir)
@@ -118,3 +122,42 @@ def test_killing_a_verifier_mid_stream_loses_no_token(tiny_llama, tmp_path):
     for prompt, stream, want in zip(PROMPTS, streams[:4], expected_greedy):
         assert_same_or_near_tie(hf, prompt, stream.token_ids, want)
     assert [s.token_ids for s in streams[4:]] == expected_sampled
+
+
+def test_sigterm_moves_a_verifier_s_sequences_and_it_exits_once_empty(tiny_llama, tmp_path):
+    """Draining: health NOT_SERVING, the gateway moves each sequence at its next round, and the verifier
+    exits as soon as it holds none, long before its grace period; no stream notices."""
+    llm = LLM(str(tiny_llama))
+    greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    expected = [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy,
+                                                            use_tqdm=False)]  # fmt: skip
+    requests = [
+        build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, num_speculative_tokens=0)
+        for p in PROMPTS * 2
+    ]
+    with ExitStack() as cleanup:
+        verifiers, gateway = _two_verifier_stack(tiny_llama, tmp_path, cleanup, grace_seconds=120)
+        channel = grpc.insecure_channel(gateway.address)
+        cleanup.callback(channel.close)
+        streams = [_Stream(pb_grpc.GatewayStub(channel), r) for r in requests]
+        for s in streams:
+            s.start()
+        for s in streams:
+            assert s.first.wait(60)
+        with grpc.insecure_channel(verifiers[0].address) as c:
+            on_drained = pb_grpc.VerifierStub(c).GetInfo(pb.InfoRequest(), timeout=5).num_sequences
+        started = time.monotonic()
+        verifiers[0].proc.send_signal(signal.SIGTERM)
+        assert verifiers[0].proc.wait(timeout=60) == 0
+        drained_after = time.monotonic() - started
+        still_running = sum(s.is_alive() for s in streams)
+        for s in streams:
+            s.join(120)
+    assert on_drained > 0, "the drained verifier was serving some of the streams"
+    assert drained_after < 30, f"exited {drained_after:.1f} s after SIGTERM; its grace period is 120 s"
+    assert still_running > 0, "streams were still running when it exited: they had moved"
+    assert "drained" in verifiers[0].logs()
+    assert all(s.error is None for s in streams), [s.error for s in streams if s.error]
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    for prompt, stream, want in zip(PROMPTS * 2, streams, expected * 2):
+        assert_same_or_near_tie(hf, prompt, stream.token_ids, want)

@@ -144,7 +144,12 @@ def run_verifier(settings: VerifierSettings) -> None:
             watchers.add(asyncio.create_task(_not_serving_when_the_runner_fails(runner, health)))
 
         await serve(
-            settings.server, [pb.DESCRIPTOR.services_by_name["Verifier"].full_name], register, "verifier", service.close
+            settings.server,
+            [pb.DESCRIPTOR.services_by_name["Verifier"].full_name],
+            register,
+            "verifier",
+            service.close,
+            idle=lambda: not service.sequences,
         )
 
     asyncio.run(main())

@@ -48,10 +48,13 @@ async def serve(
     register: Callable[[grpc.aio.Server, health.aio.HealthServicer], Awaitable[None]],
     name: str,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    idle: Callable[[], bool] | None = None,
 ) -> None:
     """Run a server until SIGTERM or SIGINT, then stop taking calls and drain in-flight streams.
 
     `register` adds the servicers and sets the health status once the service can do its job.
+    `idle`: whether the service holds no more work; while draining, the server stops as soon as it
+    says so (callers have moved their work away) rather than at the end of the grace period.
     """
     server = grpc.aio.server(
         options=channel_options(options.max_message_bytes, options.keepalive_time_ms, options.keepalive_timeout_ms)
@@ -77,7 +80,14 @@ async def serve(
     await stop.wait()
     print(f"splitspec {name}: draining (up to {options.grace_seconds:.0f} s)", file=sys.stderr, flush=True)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(options.grace_seconds)
+    draining = asyncio.create_task(server.stop(options.grace_seconds))
+    if idle is not None:
+        while not draining.done() and not idle():
+            await asyncio.sleep(0.1)
+        if not draining.done():
+            print(f"splitspec {name}: drained", file=sys.stderr, flush=True)
+            await server.stop(0)
+    await draining
     if on_stop is not None:
         await on_stop()
     print(f"splitspec {name}: stopped", file=sys.stderr, flush=True)
