@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def _children(pid: int) -> list[int]:

@@ -20,6 +20,8 @@ from transformers import AutoModelForCausalLM
 from splitspec import LLM, SamplingParams
 from splitspec.errors import SplitspecError
 
+pytestmark = pytest.mark.slow
+
 MAX_TOKENS = 24
 PROMPTS = [
     [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6],
