@@ -7,30 +7,42 @@ import torch
 
 def target_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """logits [n, vocab] -> probabilities [n, vocab] in float64 (temperature must be > 0)."""
-    n = logits.shape[0]
+    n, vocab = logits.shape
     return batched_target_probs(
         logits,
         torch.full((n,), float(temperature), dtype=torch.float64, device=logits.device),
         torch.full((n,), int(top_k), dtype=torch.int64, device=logits.device),
         torch.full((n,), float(top_p), dtype=torch.float64, device=logits.device),
+        uses_top_k=0 < top_k < vocab,
+        uses_top_p=top_p < 1.0,
     )
 
 
 def batched_target_probs(
-    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    *,
+    uses_top_k: bool = True,
+    uses_top_p: bool = True,
 ) -> torch.Tensor:
     """Each row with its own parameters, on the logits' device, with no host sync.
 
     logits [n, vocab]; temperature [n] float64 (> 0); top_k [n] int64 (<= 0 or >= vocab: off);
-    top_p [n] float64 (1.0: off) -> probabilities [n, vocab] float64.
+    top_p [n] float64 (1.0: off) -> probabilities [n, vocab] float64. uses_top_k / uses_top_p: False
+    when the caller knows no row has that filter on, which skips its sort (the result is the same).
     """
     scaled = logits.to(torch.float64) / temperature[:, None]
     vocab = scaled.shape[-1]
-    ordered = torch.sort(scaled, dim=-1, descending=True).values
-    k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)
-    kth = ordered.gather(-1, (k - 1)[:, None])  # [n, 1]: the k-th largest, as topk(...).values[-1]
-    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if uses_top_k:
+        ordered = torch.sort(scaled, dim=-1, descending=True).values
+        k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+        kth = ordered.gather(-1, (k - 1)[:, None])  # [n, 1]: the k-th largest, as topk(...).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
+    if not uses_top_p:
+        return probs
     sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     nucleus = top_p[:, None] < 1.0

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from service_stack import free_port, health_status, running_stack, start_service
+from service_stack import free_port, health_status, running_stack, start_service, wait_for
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
@@ -152,15 +151,6 @@ def test_speculation_override_zero_gives_the_same_tokens_without_drafts(ngram_st
     assert responses[-1].finish_reason == "length" and responses[-1].usage.completion_tokens == MAX_TOKENS
 
 
-def _wait_for(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def test_cancelled_stream_frees_every_kv_block(ngram_stack):
     initial = ngram_stack.verifier_info()
     with grpc.insecure_channel(ngram_stack.gateway.address) as channel:
@@ -170,7 +160,7 @@ def test_cancelled_stream_frees_every_kv_block(ngram_stack):
         assert ngram_stack.verifier_info().num_free_blocks < initial.num_free_blocks
         call.cancel()
         assert call.code() == grpc.StatusCode.CANCELLED
-    assert _wait_for(lambda: ngram_stack.verifier_info().num_free_blocks == initial.num_free_blocks)
+    assert wait_for(lambda: ngram_stack.verifier_info().num_free_blocks == initial.num_free_blocks)
     assert ngram_stack.verifier_info().num_sequences == 0
 
 
@@ -268,7 +258,7 @@ def test_gateway_without_a_reachable_verifier_is_not_serving_and_unavailable(tin
         wait=False,
     )
     try:
-        assert _wait_for(lambda: health_status(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 60)
+        assert wait_for(lambda: health_status(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 60)
         with pytest.raises(grpc.RpcError) as err:
             generate(gateway.address, greedy_request(PROMPTS[1]))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -287,7 +277,7 @@ def test_sigterm_drains_an_in_flight_stream(tiny_llama, tmp_path):
             call = pb_grpc.GatewayStub(channel).Generate(slow, timeout=60)
             received = list(next(call).token_ids)
             stack.gateway.proc.send_signal(signal.SIGTERM)
-            assert _wait_for(lambda: health_status(stack.gateway.address) != health_pb2.HealthCheckResponse.SERVING)
+            assert wait_for(lambda: health_status(stack.gateway.address) != health_pb2.HealthCheckResponse.SERVING)
             with pytest.raises(grpc.RpcError) as refused:
                 generate(stack.gateway.address, greedy_request(PROMPTS[1]), timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from greedy_reference import assert_same_or_near_tie, hf_greedy
+from service_stack import child_pids, process_gone
 from tiny_checkpoints import write_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
@@ -135,20 +136,6 @@ def test_draft_tensor_parallel_size_other_than_one_is_refused(tiny_llama):
             speculative_draft_tensor_parallel_size=2)  # fmt: skip
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
 def test_workers_die_with_a_killed_driver(tiny_llama, tmp_path):
     """SIGKILL the process that owns the workers: none of them is left behind."""
     script = (
@@ -159,14 +146,14 @@ def test_workers_die_with_a_killed_driver(tiny_llama, tmp_path):
     driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert driver.stdout.readline().strip() == "ready"
-        workers = _children(driver.pid)
+        workers = child_pids(driver.pid)
         assert len(workers) == 1
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         deadline = time.monotonic() + 30
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while not all(process_gone(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(w) for w in workers), "a worker outlived its driver"
+        assert all(process_gone(w) for w in workers), "a worker outlived its driver"
     finally:
         driver.kill()
         driver.wait()
@@ -187,7 +174,7 @@ def test_a_dead_worker_fails_the_next_pass_instead_of_hanging(tiny_llama):
         assert not llm.runner.healthy()
     finally:
         _close(llm)
-    assert not _children(os.getpid()), "the group left a process behind"
+    assert not child_pids(os.getpid()), "the group left a process behind"
 
 
 def test_a_model_dropped_without_close_leaves_nothing_behind(tiny_llama):
@@ -196,7 +183,7 @@ def test_a_model_dropped_without_close_leaves_nothing_behind(tiny_llama):
     workers = [p.pid for p in llm.runner.workers.processes]
     del llm
     gc.collect()
-    assert not any(_alive(w) for w in workers)
+    assert all(process_gone(w) for w in workers)
     again = LLM(str(tiny_llama), tensor_parallel_size=2)
     try:
         assert len(_token_ids(again, PROMPTS[:1], GREEDY, batch_size=1)[0]) == MAX_TOKENS

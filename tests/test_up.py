@@ -11,17 +11,12 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from service_stack import free_port, health_status
+from service_stack import child_pids, free_port, health_status
 
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.entrypoints.client import build_request
 
 pytestmark = pytest.mark.e2e
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 @pytest.mark.parametrize("tensor_parallel_size", [1, 2])
@@ -60,9 +55,9 @@ def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path, tensor_paral
         while health_status(gateway) != health_pb2.HealthCheckResponse.SERVING:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()
             time.sleep(0.2)
-        children = _children(proc.pid)
+        children = child_pids(proc.pid)
         assert len(children) == 3
-        workers = [w for child in children for w in _children(child)]
+        workers = [w for child in children for w in child_pids(child)]
         assert len(workers) == tensor_parallel_size - 1
         with grpc.insecure_channel(gateway) as channel:
             responses = list(
@@ -79,6 +74,6 @@ def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path, tensor_paral
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for child in _children(proc.pid):
+        for child in child_pids(proc.pid):
             os.kill(child, signal.SIGKILL)
         log.close()

@@ -83,6 +83,21 @@ class _Stream(threading.Thread):
         return [t for r in self.responses for t in r.token_ids]
 
 
+def _all_streaming(stub, requests: list[pb.GenerateRequest]) -> list[_Stream]:
+    """Start every request and return once each has streamed its first message."""
+    streams = [_Stream(stub, r) for r in requests]
+    for s in streams:
+        s.start()
+    for s in streams:
+        assert s.first.wait(60)
+    return streams
+
+
+def _num_sequences(verifier_address: str) -> int:
+    with grpc.insecure_channel(verifier_address) as channel:
+        return pb_grpc.VerifierStub(channel).GetInfo(pb.InfoRequest(), timeout=5).num_sequences
+
+
 def test_killing_a_verifier_mid_stream_loses_no_token(tiny_llama, tmp_path):
     """Eight streams, greedy and seeded sampling, spread over two verifiers; one is SIGKILLed while
     all are running. Every stream completes with the tokens an uninterrupted in-process run gives."""
@@ -103,13 +118,8 @@ def test_killing_a_verifier_mid_stream_loses_no_token(tiny_llama, tmp_path):
         channel = grpc.insecure_channel(gateway.address)
         cleanup.callback(channel.close)
         stub = pb_grpc.GatewayStub(channel)
-        streams = [_Stream(stub, r) for r in requests]
-        for s in streams:
-            s.start()
-        for s in streams:
-            assert s.first.wait(60)
-        with grpc.insecure_channel(verifiers[0].address) as c:
-            on_victim = pb_grpc.VerifierStub(c).GetInfo(pb.InfoRequest(), timeout=5).num_sequences
+        streams = _all_streaming(stub, requests)
+        on_victim = _num_sequences(verifiers[0].address)
         verifiers[0].stop(signal.SIGKILL)
         for s in streams:
             s.join(120)
@@ -139,13 +149,8 @@ def test_sigterm_moves_a_verifier_s_sequences_and_it_exits_once_empty(tiny_llama
         verifiers, gateway = _two_verifier_stack(tiny_llama, tmp_path, cleanup, grace_seconds=120)
         channel = grpc.insecure_channel(gateway.address)
         cleanup.callback(channel.close)
-        streams = [_Stream(pb_grpc.GatewayStub(channel), r) for r in requests]
-        for s in streams:
-            s.start()
-        for s in streams:
-            assert s.first.wait(60)
-        with grpc.insecure_channel(verifiers[0].address) as c:
-            on_drained = pb_grpc.VerifierStub(c).GetInfo(pb.InfoRequest(), timeout=5).num_sequences
+        streams = _all_streaming(pb_grpc.GatewayStub(channel), requests)
+        on_drained = _num_sequences(verifiers[0].address)
         started = time.monotonic()
         verifiers[0].proc.send_signal(signal.SIGTERM)
         assert verifiers[0].proc.wait(timeout=60) == 0

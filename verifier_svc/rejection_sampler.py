@@ -179,12 +179,20 @@ def build_rejection_batch(requests: list[VerifyRequest]) -> RejectionBatch:
             full[to_device(indices)] = to_device(torch.stack(draws))
         return full
 
-    greedy = to_device(greedy_row, torch.bool)[:, None]
-    probs = batched_target_probs(
-        logits, to_device(temperature, torch.float64), to_device(top_k), to_device(top_p, torch.float64)
-    )
+    target = logits.to(torch.float64)  # greedy rows compare logits
+    if not all(greedy_row):
+        sampled = [not g for g in greedy_row]
+        probs = batched_target_probs(
+            logits,
+            to_device(temperature, torch.float64),
+            to_device(top_k),
+            to_device(top_p, torch.float64),
+            uses_top_k=any(s and 0 < k < vocab for s, k in zip(sampled, top_k)),
+            uses_top_p=any(s and p < 1.0 for s, p in zip(sampled, top_p)),
+        )
+        target = torch.where(to_device(greedy_row, torch.bool)[:, None], target, probs)
     return RejectionBatch(
-        target=torch.where(greedy, logits.to(torch.float64), probs),
+        target=target,
         row_start=to_device(row_start),
         num_drafts=to_device([len(r.draft_token_ids) for r in requests]),
         draft_tokens=to_device(draft_tokens),
