@@ -1,4 +1,8 @@
-"""The gateway's view of one verifier or proposer process: a multiplexed stream plus liveness."""
+"""The gateway's view of one verifier or proposer process: a multiplexed stream, liveness and load.
+
+A backend is *retired* when discovery no longer lists its address: it takes no new sequences, the
+ones it holds move away at their next round, and it is closed once it holds none.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,10 @@ from splitspec.adaptive_k import PassCostModel
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.rpc import wire
-from splitspec.rpc.grpc_server import channel_options
 from splitspec.sampling_params import SamplingParams
 
 VERIFIER_SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
+PROPOSER_SERVICE = pb.DESCRIPTOR.services_by_name["Proposer"].full_name
 
 
 def _raise_if_error(response) -> None:
@@ -27,15 +31,18 @@ def _raise_if_error(response) -> None:
 
 
 class VerifierBackend:
-    def __init__(self, address: str, max_message_bytes: int = 64 << 20) -> None:
+    def __init__(self, address: str, options: list[tuple[str, int]]) -> None:
+        """options: the channel's (message limits, keepalive: how soon a silent peer counts as gone)."""
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+        self.channel = grpc.aio.insecure_channel(address, options=options)
         self.stub = pb_grpc.VerifierStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.stream = MultiplexedStream(self.stub.Verify, f"verifier {address}")
         self.info: pb.VerifierInfo | None = None
         self.cost_model: PassCostModel | None = None  # the verifier's measured pass costs
-        self.num_sequences = 0
+        self.num_sequences = 0  # this gateway's sequences on it
+        self.retired = False
+        self._own_at_refresh = 0  # num_sequences when info was last read
         self._round_plan: dict[str, tuple[int, float]] = {}  # seq_id -> (rows, expected tokens) of its last step
 
     def others_in_pass(self, seq_id: str) -> tuple[int, float]:
@@ -55,18 +62,37 @@ class VerifierBackend:
         """Take no new sequences until the gateway's watcher hears from it again (refresh_info)."""
         self.info = None
 
+    @property
+    def load(self) -> float:
+        """The share of its sequence slots in use, from every gateway that shares it: what it reported
+        at the last refresh, plus what this gateway started or ended on it since."""
+        if self.info is None or self.info.max_num_seqs == 0:
+            return float(self.num_sequences)
+        reported = self.info.num_sequences + self.num_sequences - self._own_at_refresh
+        return max(reported, self.num_sequences) / self.info.max_num_seqs
+
+    def retire(self) -> None:
+        self.retired = True
+        self.info = None
+
     async def refresh_info(self, timeout: float = 2.0) -> pb.VerifierInfo | None:
-        """Its info while it is SERVING; None (take no sequences) when it is unreachable, draining or
-        its model failed."""
+        """Its info while it is SERVING; None (take no sequences) when it is unreachable, draining,
+        retired or its model failed."""
+        if self.retired:
+            return None
         try:
             health = await self.health.Check(health_pb2.HealthCheckRequest(service=VERIFIER_SERVICE), timeout=timeout)
             if health.status != health_pb2.HealthCheckResponse.SERVING:
                 self.info = None
                 return None
-            self.info = await self.stub.GetInfo(pb.InfoRequest(), timeout=timeout)
+            own = self.num_sequences
+            info = await self.stub.GetInfo(pb.InfoRequest(), timeout=timeout)
         except grpc.aio.AioRpcError:
             self.info = None
             return None
+        if self.retired:  # retired while the call was out
+            return None
+        self.info, self._own_at_refresh = info, own
         if self.info.cost_rows and self.cost_model is None:
             self.cost_model = PassCostModel(dict(zip(self.info.cost_rows, self.info.cost_seconds)))
         return self.info
@@ -108,23 +134,39 @@ class VerifierBackend:
 
 
 class ProposerBackend:
-    """A proposer and what it holds of each sequence's context (how many committed tokens it has seen)."""
+    """A proposer, whether it takes sequences, and how many of this gateway's it serves."""
 
     RETRY_AFTER_S = 2.0
 
-    def __init__(self, address: str, max_message_bytes: int = 64 << 20) -> None:
+    def __init__(self, address: str, options: list[tuple[str, int]]) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+        self.channel = grpc.aio.insecure_channel(address, options=options)
         self.stub = pb_grpc.ProposerStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
         self.stream = MultiplexedStream(self.stub.Propose, f"proposer {address}")
         self.down_until = 0.0
+        self.serving = True  # its health, as last checked: False while it drains or does not answer
+        self.retired = False
+        self.num_sequences = 0
 
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self.down_until
+        return self.serving and not self.retired and time.monotonic() >= self.down_until
 
     def mark_down(self) -> None:
         self.down_until = time.monotonic() + self.RETRY_AFTER_S
+
+    def retire(self) -> None:
+        self.retired = True
+
+    async def refresh_health(self, timeout: float = 2.0) -> bool:
+        """Whether it is SERVING; a draining proposer says NOT_SERVING and gets no more drafts."""
+        try:
+            health = await self.health.Check(health_pb2.HealthCheckRequest(service=PROPOSER_SERVICE), timeout=timeout)
+            self.serving = health.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError:
+            self.serving = False
+        return self.serving
 
     async def draft(
         self,

@@ -11,7 +11,6 @@ with backoff until the request's deadline.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import time
 import uuid
@@ -53,6 +52,15 @@ class _ProposerSlot:
     sent: int = 0  # committed tokens the proposer already holds
     hidden_state: pb.HiddenStates | None = None  # what the verifier sent since the last draft, passed on
 
+    def use(self, backend: ProposerBackend | None) -> ProposerBackend | None:
+        """Move to another proposer (which holds nothing of the sequence yet); the one left, if any."""
+        left, self.backend, self.sent = self.backend, backend, 0
+        if left is not None:
+            left.num_sequences -= 1
+        if backend is not None:
+            backend.num_sequences += 1
+        return left
+
     def receive(self, hidden: pb.HiddenStates, mode: HiddenStates) -> None:
         """ "last": keep the newest state; "all": append the rows, none may be skipped."""
         if mode == HiddenStates.ALL and self.hidden_state is not None:
@@ -75,19 +83,19 @@ class GatewayCore:
     adaptive: bool = True
     drafts_are_sampled: bool = False  # the proposers draw sampled drafts from a non-one-hot q
     hidden_states: HiddenStates = HiddenStates.NONE  # what the proposers read of the target's hidden states
-    _round_robin: itertools.count = field(default_factory=itertools.count)
     _rng: random.Random = field(default_factory=random.Random)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer is not None else ""
 
     async def _start_on_a_verifier(self, seq: Sequence, deadline: float) -> VerifierBackend:
-        """Start the sequence, with its committed tokens so far, on the least loaded live verifier;
-        verifiers that fail are marked down and the next is tried, with backoff while none is left."""
+        """Start the sequence, with its committed tokens so far, on the least loaded live verifier (by
+        what it reports, so that gateways sharing it spread out too); one that is full or fails is
+        passed over for the next, with backoff while none is left."""
         delay = 0.05
         while True:
             full: list[ServiceError] = []
-            for verifier in sorted((v for v in self.verifiers if v.info is not None), key=lambda v: v.num_sequences):
+            for verifier in sorted((v for v in self.verifiers if v.info is not None), key=lambda v: v.load):
                 verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
                 try:
                     await verifier.start(seq.seq_id, seq.tokens, seq.params, seq.seed, hidden_states=self.hidden_states)
@@ -115,10 +123,9 @@ class GatewayCore:
             delay = min(2 * delay, 1.0)
 
     def _next_proposer(self, exclude: ProposerBackend | None = None) -> ProposerBackend | None:
+        """The available proposer serving the fewest of this gateway's sequences."""
         candidates = [p for p in self.proposers if p.available and p is not exclude]
-        if not candidates:
-            return None
-        return candidates[next(self._round_robin) % len(candidates)]
+        return min(candidates, key=lambda p: p.num_sequences, default=None)
 
     async def generate(
         self,
@@ -136,7 +143,9 @@ class GatewayCore:
         stop_checker = StopChecker(self.eos_token_ids, self.max_model_len, self.decode)
         detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings, len(prompt_ids))
         deadline = float("inf") if deadline is None else deadline
-        slot = _ProposerSlot(self._next_proposer() if num_speculative_tokens > 0 else None)
+        slot = _ProposerSlot()
+        if num_speculative_tokens > 0:
+            slot.use(self._next_proposer())
         verifier: VerifierBackend | None = await self._start_on_a_verifier(
             seq, min(deadline, time.monotonic() + self.verifier_wait_s)
         )
@@ -178,7 +187,7 @@ class GatewayCore:
                 else:
                     yield Delta(new_tokens, detokenizer.delta(seq.tokens))
         finally:
-            self._leave(seq_id, verifier, slot.backend)
+            self._leave(seq_id, verifier, slot.use(None))
 
     async def _move(
         self, seq: Sequence, leaving: VerifierBackend, slot: _ProposerSlot, deadline: float
@@ -215,7 +224,9 @@ class GatewayCore:
                 replacement = self._next_proposer(exclude=slot.backend)
                 if replacement is None:
                     return Draft()
-                slot.backend, slot.sent = replacement, 0
+                left = slot.use(replacement)
+                if left is not None:  # a draining proposer exits once every sequence has left it
+                    self._leave(seq.seq_id, None, left)
             try:
                 result = await slot.backend.draft(
                     seq.seq_id, seq.tokens, slot.sent, k, seq.params, seq.seed, self.proposer_timeout_s,
@@ -234,7 +245,7 @@ class GatewayCore:
                 slot.backend.mark_down()
         return Draft()
 
-    async def _release(self, seq_id: str, verifier: VerifierBackend, proposer: ProposerBackend | None) -> None:
+    async def _release(self, seq_id: str, verifier: VerifierBackend | None, proposer: ProposerBackend | None) -> None:
         for backend in (verifier, proposer):
             if backend is None:
                 continue

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from gateway.backends import ProposerBackend, VerifierBackend
+from gateway.discovery import BackendPool, Target, keep_resolving
 from gateway.generation import Delta, GatewayCore
 from gateway.validation import validate
 from protos import splitspec_v1_pb2 as pb
@@ -18,7 +19,7 @@ from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, HIDDEN_STATES_BY_METHOD, SpeculationMethod
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
-from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
+from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
@@ -101,10 +102,14 @@ def _response(delta: Delta, request_id: str) -> pb.GenerateResponse:
     return response
 
 
-async def watch_verifiers(core: GatewayCore, health_servicer, interval_s: float = 1.0) -> None:
-    """Health is SERVING only while some verifier answers; learn the model's limits from it."""
+async def watch_backends(core: GatewayCore, health_servicer, interval_s: float = 1.0) -> None:
+    """Health is SERVING only while some verifier answers; learn the model's limits from it. Proposers
+    that stop answering or start draining get no more drafts to make."""
     while True:
-        infos = await asyncio.gather(*(v.refresh_info() for v in core.verifiers))
+        infos, _ = await asyncio.gather(
+            asyncio.gather(*(v.refresh_info() for v in core.verifiers)),
+            asyncio.gather(*(p.refresh_health() for p in core.proposers)),
+        )
         live = [i for i in infos if i is not None]
         if live:
             core.max_model_len = min(i.max_model_len for i in live)
@@ -115,19 +120,14 @@ async def watch_verifiers(core: GatewayCore, health_servicer, interval_s: float 
         await asyncio.sleep(interval_s)
 
 
-def make_backends(verifier_addresses: list[str], proposer_addresses: list[str], max_message_bytes: int):
-    return (
-        [VerifierBackend(a, max_message_bytes) for a in verifier_addresses],
-        [ProposerBackend(a, max_message_bytes) for a in proposer_addresses],
-    )
-
-
 @dataclass(frozen=True)
 class GatewaySettings:
     server: ServerOptions
     model: str = "default"
-    verifiers: tuple[str, ...] = ("127.0.0.1:50052",)
-    proposers: tuple[str, ...] = field(default=("127.0.0.1:50053",))
+    verifiers: tuple[Target, ...] = (Target("127.0.0.1", 50052, resolve=False),)
+    proposers: tuple[Target, ...] = field(default=(Target("127.0.0.1", 50053, resolve=False),))
+    resolve_interval_s: float = 5.0
+    """How often dns:/// targets are resolved again."""
     method: str = "ngram"
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
     max_concurrent_requests: int = 256
@@ -143,33 +143,42 @@ def run_gateway(settings: GatewaySettings) -> None:
     tokenizer = load_tokenizer(resolve_checkpoint(settings.model))
 
     async def main() -> None:
-        verifiers, proposers = make_backends(
-            list(settings.verifiers), list(settings.proposers), settings.server.max_message_bytes
+        options = channel_options(
+            settings.server.max_message_bytes, settings.server.keepalive_time_ms, settings.server.keepalive_timeout_ms
         )
+        verifiers: list[VerifierBackend] = []
+        proposers: list[ProposerBackend] = []
+        pools = [
+            BackendPool(settings.verifiers, lambda a: VerifierBackend(a, options), verifiers, "verifier"),
+            BackendPool(settings.proposers, lambda a: ProposerBackend(a, options), proposers, "proposer"),
+        ]
+        for pool in pools:
+            await pool.refresh()
         core = GatewayCore(
             verifiers=verifiers,
             proposers=proposers,
             tokenizer=tokenizer,
             eos_token_ids=set(),
             max_model_len=1 << 30,
-            num_speculative_tokens=settings.num_speculative_tokens if proposers else 0,
+            num_speculative_tokens=settings.num_speculative_tokens if settings.proposers else 0,
             proposer_timeout_s=settings.proposer_timeout_s,
             verifier_wait_s=settings.verifier_wait_s,
             adaptive=settings.adaptive,
             drafts_are_sampled=settings.method == SpeculationMethod.DRAFT_MODEL,
             hidden_states=HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE),
         )
-        watcher: asyncio.Task | None = None
+        tasks: list[asyncio.Task] = []
 
         async def register(server, health) -> None:
-            nonlocal watcher
             servicer = GatewayServicer(core, settings.model, settings.method, settings.max_concurrent_requests)
             pb_grpc.add_GatewayServicer_to_server(servicer, server)
-            watcher = asyncio.get_running_loop().create_task(watch_verifiers(core, health))
+            loop = asyncio.get_running_loop()
+            tasks.append(loop.create_task(watch_backends(core, health)))
+            tasks.append(loop.create_task(keep_resolving(pools, settings.resolve_interval_s)))
 
         async def stop() -> None:
-            if watcher is not None:
-                watcher.cancel()
+            for task in tasks:
+                task.cancel()
             for backend in verifiers + proposers:
                 await backend.close()
 

@@ -92,7 +92,12 @@ def run_proposer(settings: ProposerSettings) -> None:
             await health.set("splitspec.v1.Proposer", 1)
 
         await serve(
-            settings.server, [pb.DESCRIPTOR.services_by_name["Proposer"].full_name], register, "proposer", service.close
+            settings.server,
+            [pb.DESCRIPTOR.services_by_name["Proposer"].full_name],
+            register,
+            "proposer",
+            service.close,
+            idle=lambda: not service.contexts,  # every gateway has moved its sequences to another proposer
         )
 
     asyncio.run(main())

@@ -70,6 +70,7 @@ class ReplayingVerifier:
     info: pb.VerifierInfo = field(default_factory=pb.VerifierInfo)
     cost_model: None = None
     num_sequences: int = 0
+    load: float = 0.0
 
     def plan_step(self, seq_id: str, rows: int, expected_tokens: float) -> None:
         pass

@@ -48,8 +48,14 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
     )
 
 
-def _addresses(text: str) -> tuple[str, ...]:
-    return tuple(a.strip() for a in text.split(",") if a.strip())
+def _targets(text: str) -> tuple:
+    """An argparse type: comma-separated host:port and dns:///name:port entries."""
+    from gateway.discovery import parse_targets
+
+    try:
+        return parse_targets(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_service_commands(sub: argparse._SubParsersAction) -> None:
@@ -96,12 +102,24 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         help="checkpoint whose tokenizer to use (env SPLITSPEC_MODEL)",
     )
     p.add_argument(
-        "--verifiers", default=env_default("VERIFIERS", "127.0.0.1:50052"), help="comma-separated verifier addresses"
+        "--verifiers",
+        type=_targets,
+        default=env_default("VERIFIERS", "127.0.0.1:50052"),
+        help="comma-separated verifier addresses: host:port, or dns:///name:port for every address the name "
+        "resolves to, re-resolved every --resolve-interval-s (env SPLITSPEC_VERIFIERS)",
     )
     p.add_argument(
         "--proposers",
+        type=_targets,
         default=env_default("PROPOSERS", "127.0.0.1:50053"),
-        help="comma-separated proposer addresses ('' for none)",
+        help="comma-separated proposer addresses, as --verifiers ('' for none; env SPLITSPEC_PROPOSERS)",
+    )
+    p.add_argument(
+        "--resolve-interval-s",
+        type=float,
+        default=env_default("RESOLVE_INTERVAL_S", 5.0),
+        help="how often dns:/// names are resolved again: new addresses join, vanished ones are drained "
+        "(env SPLITSPEC_RESOLVE_INTERVAL_S)",
     )
     p.add_argument("--method", default=env_default("METHOD", "ngram"), help="the proposers' method, for model info")
     p.add_argument(
@@ -215,8 +233,9 @@ def _serve_gateway(args: argparse.Namespace) -> int:
         GatewaySettings(
             server=_server_options(args),
             model=args.model,
-            verifiers=_addresses(args.verifiers),
-            proposers=_addresses(args.proposers),
+            verifiers=args.verifiers,
+            proposers=args.proposers,
+            resolve_interval_s=args.resolve_interval_s,
             method=args.method,
             num_speculative_tokens=args.num_speculative_tokens,
             max_concurrent_requests=args.max_concurrent_requests,

@@ -1,0 +1,124 @@
+"""Where the gateway's verifiers and proposers are: fixed addresses, and DNS names re-resolved on a timer.
+
+`dns:///name:port` stands for every address `name` resolves to, as a Kubernetes headless Service
+lists one address per ready pod. Names go through the system resolver (getaddrinfo: /etc/hosts,
+then DNS), so the gateway sees what any program on its host sees. A name that fails to resolve keeps
+its last addresses: a resolver hiccup must not drain every pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Callable, Generic, Protocol, TypeVar
+
+DNS_SCHEME = "dns:///"
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    resolve: bool
+    """A dns:/// name (every address it resolves to, re-resolved) rather than one fixed address."""
+
+    @property
+    def address(self) -> str:
+        return join_host_port(self.host, self.port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_targets(text: str) -> tuple[Target, ...]:
+    """Comma-separated `host:port` and `dns:///name:port` entries; ValueError naming the bad one."""
+    targets = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        resolve = entry.startswith(DNS_SCHEME)
+        hostport = entry[len(DNS_SCHEME) :] if resolve else entry
+        host, sep, port = hostport.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry!r} is not host:port or dns:///name:port")
+        targets.append(Target(host, int(port), resolve))
+    return tuple(targets)
+
+
+async def resolve_target(target: Target) -> set[str]:
+    """The addresses a target stands for now; socket.gaierror when its name does not resolve."""
+    if not target.resolve:
+        return {target.address}
+    infos = await asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    return {join_host_port(info[4][0], target.port) for info in infos}
+
+
+class Backend(Protocol):
+    address: str
+    num_sequences: int
+    retired: bool
+
+    def retire(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+B = TypeVar("B", bound=Backend)
+
+
+class BackendPool(Generic[B]):
+    """Keeps `backends` (the very list the gateway routes over) equal to what the targets resolve to:
+    new addresses join, vanished ones are retired and closed once they hold no sequence."""
+
+    def __init__(self, targets: tuple[Target, ...], make: Callable[[str], B], backends: list[B], kind: str) -> None:
+        self.targets = targets
+        self.make = make
+        self.backends = backends
+        self.kind = kind
+        self._last: dict[Target, set[str]] = {}
+
+    @property
+    def dynamic(self) -> bool:
+        return any(t.resolve for t in self.targets)
+
+    async def refresh(self) -> None:
+        """Resolve every target once and apply the result."""
+        for target in self.targets:
+            try:
+                self._last[target] = await resolve_target(target)
+            except OSError as exc:
+                print(f"splitspec gateway: cannot resolve {target.host} ({exc}); keeping its last addresses",
+                      file=sys.stderr, flush=True)  # fmt: skip
+        self.apply(set().union(*self._last.values()))
+
+    def apply(self, addresses: set[str]) -> None:
+        known = {b.address: b for b in self.backends}
+        for address in sorted(addresses - known.keys()):
+            self.backends.append(self.make(address))
+            print(f"splitspec gateway: {self.kind} {address} joined", file=sys.stderr, flush=True)
+        for address, backend in known.items():
+            if address in addresses:
+                backend.retired = False  # listed again before it was closed
+            elif not backend.retired:
+                backend.retire()
+                print(f"splitspec gateway: {self.kind} {address} left; draining it", file=sys.stderr, flush=True)
+
+    async def close_drained(self) -> None:
+        """Close and drop the retired backends that hold no sequence any more."""
+        for backend in [b for b in self.backends if b.retired and b.num_sequences == 0]:
+            self.backends.remove(backend)
+            await backend.close()
+
+
+async def keep_resolving(pools: list[BackendPool], interval_s: float) -> None:
+    """Re-resolve the pools' names every interval_s; close what has drained in between."""
+    while True:
+        await asyncio.sleep(interval_s)
+        for pool in pools:
+            await pool.close_drained()
+            if pool.dynamic:
+                await pool.refresh()

@@ -1,0 +1,149 @@
+"""The gateway's view of its pods: targets as flags give them, the pool that follows what names resolve
+to, and the choice of a verifier by the load every gateway puts on it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from gateway.backends import VerifierBackend
+from gateway.discovery import BackendPool, Target, parse_targets, resolve_target
+from gateway.generation import GatewayCore
+from protos import splitspec_v1_pb2 as pb
+from splitspec.errors import ServiceError
+from splitspec.rpc.grpc_server import channel_options
+from splitspec.sampling_params import SamplingParams
+
+
+def test_targets_are_fixed_addresses_or_names_to_resolve():
+    assert parse_targets("10.0.0.1:50052, dns:///splitspec-verifier.prod.svc:50052,[fd00::7]:9,") == (
+        Target("10.0.0.1", 50052, resolve=False),
+        Target("splitspec-verifier.prod.svc", 50052, resolve=True),
+        Target("fd00::7", 9, resolve=False),
+    )
+    assert Target("fd00::7", 9, resolve=False).address == "[fd00::7]:9"
+    assert parse_targets("") == ()
+
+
+@pytest.mark.parametrize("bad", ["verifier", "dns:///verifier", "dns:///:50052", "host:0", "host:65536", "host:x"])
+def test_a_target_without_a_usable_port_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match=repr(bad).replace("[", r"\[")):
+        parse_targets(f"127.0.0.1:1,{bad}")
+
+
+def test_a_name_resolves_through_the_system_resolver():
+    addresses = asyncio.run(resolve_target(Target("localhost", 7000, resolve=True)))
+    assert "127.0.0.1:7000" in addresses
+    assert asyncio.run(resolve_target(Target("10.9.8.7", 1, resolve=False))) == {"10.9.8.7:1"}
+
+
+@dataclass
+class FakeBackend:
+    address: str
+    num_sequences: int = 0
+    retired: bool = False
+    closed: bool = False
+
+    def retire(self) -> None:
+        self.retired = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_the_pool_adds_new_addresses_and_drains_vanished_ones_before_closing_them():
+    backends: list[FakeBackend] = []
+    pool = BackendPool((Target("pods", 1, resolve=True),), FakeBackend, backends, "verifier")
+    pool.apply({"10.0.0.1:1", "10.0.0.2:1"})
+    a, b = sorted(backends, key=lambda x: x.address)
+    a.num_sequences = 2
+    pool.apply({"10.0.0.2:1", "10.0.0.3:1"})
+    assert a.retired and not b.retired and [x.address for x in backends][-1] == "10.0.0.3:1"
+    asyncio.run(pool.close_drained())
+    assert a in backends and not a.closed, "a retired backend still holding sequences stays until they move"
+    a.num_sequences = 0
+    asyncio.run(pool.close_drained())
+    assert a not in backends and a.closed
+    b.retire()
+    pool.apply({"10.0.0.2:1", "10.0.0.3:1"})
+    assert not b.retired, "listed again before it closed: it serves again"
+
+
+def test_a_name_that_stops_resolving_keeps_its_last_addresses():
+    backends: list[FakeBackend] = []
+    pool = BackendPool(
+        (Target("localhost", 5, resolve=True), Target("no-such-name.invalid", 6, resolve=True)),
+        FakeBackend,
+        backends,
+        "proposer",
+    )
+    pool._last[Target("no-such-name.invalid", 6, resolve=True)] = {"10.1.1.1:6"}
+    asyncio.run(pool.refresh())
+    addresses = {b.address for b in backends}
+    assert "127.0.0.1:5" in addresses and "10.1.1.1:6" in addresses
+    assert not any(b.retired for b in backends)
+
+
+def _verifier_reporting(address: str, num_sequences: int, max_num_seqs: int = 8) -> VerifierBackend:
+    backend = VerifierBackend(address, channel_options())
+    backend.info = pb.VerifierInfo(num_sequences=num_sequences, max_num_seqs=max_num_seqs)
+    return backend
+
+
+def test_load_counts_other_gateways_sequences_and_this_gateway_s_since_the_last_report():
+    async def check() -> None:
+        busy = _verifier_reporting("127.0.0.1:1", num_sequences=6)  # six from other gateways
+        idle = _verifier_reporting("127.0.0.1:2", num_sequences=0)
+        assert busy.load == 6 / 8 and idle.load == 0
+        idle.num_sequences = 3  # started here since the report
+        assert idle.load == 3 / 8
+        busy._own_at_refresh = busy.num_sequences = 2  # two of the six reported are this gateway's
+        busy.num_sequences = 0  # and they have ended since
+        assert busy.load == 4 / 8
+        await busy.close()
+        await idle.close()
+
+    asyncio.run(check())
+
+
+@dataclass
+class StartOnly:
+    """A verifier as _start_on_a_verifier sees it: its load, and an answer to StartSequence."""
+
+    address: str
+    load: float
+    answer: ServiceError | None = None
+    started: list[str] = field(default_factory=list)
+    num_sequences: int = 0
+    info: pb.VerifierInfo = field(default_factory=pb.VerifierInfo)
+
+    def mark_down(self) -> None:
+        self.info = None
+
+    async def start(self, seq_id, token_ids, params, seed, **kwargs) -> None:
+        if self.answer is not None:
+            raise self.answer
+        self.started.append(seq_id)
+
+
+def _start(verifiers) -> StartOnly:
+    from splitspec.sequence import Sequence
+
+    core = GatewayCore(verifiers, [], None, set(), 1 << 20, 0)
+    seq = Sequence("s", None, [1, 2, 3], SamplingParams(temperature=0), 0)
+    return asyncio.run(core._start_on_a_verifier(seq, deadline=0))
+
+
+def test_a_sequence_starts_on_the_least_loaded_verifier_and_passes_over_full_or_lost_ones():
+    full = ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "no free KV blocks")
+    lost = ServiceError(grpc.StatusCode.UNAVAILABLE, "going away")
+    assert _start([StartOnly("a", 0.5), StartOnly("b", 0.25), StartOnly("c", 0.75)]).address == "b"
+    assert _start([StartOnly("a", 0.5), StartOnly("b", 0.25, full), StartOnly("c", 0.75)]).address == "a"
+    down = StartOnly("b", 0.0, lost)
+    assert _start([StartOnly("a", 0.5), down]).address == "a" and down.info is None
+    with pytest.raises(ServiceError) as raised:
+        _start([StartOnly("a", 0.5, full), StartOnly("b", 0.25, full)])
+    assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
