@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from separate_hosts import SeparateHosts  # noqa: E402
 from tiny_checkpoints import write_perturbed_copy, write_tiny_checkpoint, write_tiny_gpt2  # noqa: E402
 
 REQUIRE_TRITON = "SPLITSPEC_REQUIRE_TRITON"
@@ -36,6 +37,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(no_gpu)
+
+
+@pytest.fixture
+def hosts():
+    """Separate hosts (network namespaces on a bridge) for the test's pods; skipped where impossible."""
+    with SeparateHosts() as made:
+        yield made
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from separate_hosts import Host
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
@@ -71,30 +72,25 @@ class ServiceProcess:
 
 
 def start_service(
-    name: str, args: list[str], log_dir: Path, *, wait: bool = True, timeout: float = 180.0, grace_seconds: float = 5
+    name: str,
+    args: list[str],
+    log_dir: Path,
+    *,
+    wait: bool = True,
+    timeout: float = 180.0,
+    grace_seconds: float = 5,
+    on: Host | None = None,
 ) -> ServiceProcess:
+    """The service on a free loopback port, or on its own host (`on`, from separate_hosts)."""
     port = free_port()
+    host_ip = "127.0.0.1" if on is None else on.ip
     log = log_dir / f"{name}-{port}.log"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    argv = [sys.executable, "-m", "splitspec", *args, "--host", host_ip, "--port", str(port)]
+    argv += ["--grace-seconds", str(grace_seconds)]
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "splitspec",
-                *args,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--grace-seconds",
-                str(grace_seconds),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    service = ServiceProcess(name, f"127.0.0.1:{port}", proc, log)
+        proc = subprocess.Popen(argv if on is None else on.command(argv), stdout=out, stderr=subprocess.STDOUT, env=env)
+    service = ServiceProcess(name, f"{host_ip}:{port}", proc, log)
     if wait:
         try:
             wait_serving(service, timeout)

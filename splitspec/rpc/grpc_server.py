@@ -58,7 +58,9 @@ async def serve(
     """
     server = grpc.aio.server(
         options=channel_options(options.max_message_bytes, options.keepalive_time_ms, options.keepalive_timeout_ms)
-        + [("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
+        # clients (the gateway) ping at their keepalive interval to notice a cut link within seconds:
+        # never answer their pings with GOAWAY "too_many_pings", which would break every stream
+        + [("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.http2.max_ping_strikes", 0)]
     )
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
