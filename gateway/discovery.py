@@ -99,7 +99,8 @@ class BackendPool(Generic[B]):
         known = {b.address: b for b in self.backends}
         for address in sorted(addresses - known.keys()):
             self.backends.append(self.make(address))
-            print(f"splitspec gateway: {self.kind} {address} joined", file=sys.stderr, flush=True)
+            if self.dynamic:
+                print(f"splitspec gateway: {self.kind} {address} joined", file=sys.stderr, flush=True)
         for address, backend in known.items():
             if address in addresses:
                 backend.retired = False  # listed again before it was closed

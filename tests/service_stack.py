@@ -80,9 +80,10 @@ def start_service(
     timeout: float = 180.0,
     grace_seconds: float = 5,
     on: Host | None = None,
+    port: int | None = None,
 ) -> ServiceProcess:
-    """The service on a free loopback port, or on its own host (`on`, from separate_hosts)."""
-    port = free_port()
+    """The service on a free loopback port, or on its own host (`on`, from separate_hosts) and `port`."""
+    port = port or free_port()
     host_ip = "127.0.0.1" if on is None else on.ip
     log = log_dir / f"{name}-{port}.log"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")

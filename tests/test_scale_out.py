@@ -1,0 +1,159 @@
+"""Scaling out with nothing lost: pods found by name and dropped from it, gateways sharing pods, and a
+proposer drained mid-stream. Every pod runs on its own host (`hosts`); names resolve through each
+host's own /etc/hosts, which the tests edit, the resolver path a Kubernetes headless Service takes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import ExitStack
+
+import pytest
+from pod_streams import (
+    PROMPTS,
+    all_streaming,
+    assert_lossless,
+    greedy_and_seeded_requests,
+    in_process_outputs,
+    join_all,
+    num_sequences,
+)
+from service_stack import start_service, wait_for
+from tiny_checkpoints import write_tiny_checkpoint
+
+from splitspec.entrypoints.client import build_request
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+VERIFIER_PORT = 50052
+PROPOSER_PORT = 50053
+
+
+def _verifiers(model, hosts, log_dir, cleanup: ExitStack, count: int):
+    verifiers = []
+    for i in range(count):
+        verifier = start_service(
+            f"verifier{i}", ["serve-verifier", "--model", str(model)], log_dir, on=hosts.add(f"verifier{i}"),
+            port=VERIFIER_PORT,
+        )  # fmt: skip
+        cleanup.callback(verifier.stop)
+        verifiers.append(verifier)
+    return verifiers
+
+
+def _proposers(hosts, log_dir, cleanup: ExitStack, count: int, grace_seconds: float = 5):
+    proposers = []
+    for i in range(count):
+        proposer = start_service(
+            f"proposer{i}", ["serve-proposer", "-k", "3"], log_dir, on=hosts.add(f"proposer{i}"), port=PROPOSER_PORT,
+            grace_seconds=grace_seconds,
+        )  # fmt: skip
+        cleanup.callback(proposer.stop)
+        proposers.append(proposer)
+    return proposers
+
+
+def _gateway(model, host, log_dir, cleanup: ExitStack, verifiers: str, proposers: str, *extra: str):
+    gateway = start_service(
+        f"gateway-{host.name}",
+        ["serve-gateway", "--model", str(model), "-k", "3", "--verifiers", verifiers, "--proposers", proposers, *extra],
+        log_dir,
+        on=host,
+    )
+    cleanup.callback(gateway.stop)
+    return gateway
+
+
+def _ip(service) -> str:
+    return service.address.rsplit(":", 1)[0]
+
+
+def test_pods_named_in_dns_join_when_listed_and_drain_when_unlisted(tiny_llama, hosts, tmp_path):
+    """The gateway knows the verifiers only as dns:///verifiers. A second verifier added to the name
+    takes the next requests; the first, removed from it, is drained: its sequences move while they
+    run, and every stream ends with the in-process tokens."""
+    expected = in_process_outputs(tiny_llama)
+    requests = greedy_and_seeded_requests(num_speculative_tokens=0)
+    with ExitStack() as cleanup:
+        first, second = _verifiers(tiny_llama, hosts, tmp_path, cleanup, 2)
+        (proposer,) = _proposers(hosts, tmp_path, cleanup, 1)
+        gateway_host = hosts.add("gateway")
+        gateway_host.write_hosts({"verifiers": [_ip(first)], "proposers": [_ip(proposer)]})
+        gateway = _gateway(
+            tiny_llama, gateway_host, tmp_path, cleanup, f"dns:///verifiers:{VERIFIER_PORT}",
+            f"dns:///proposers:{PROPOSER_PORT}", "--resolve-interval-s", "0.2",
+        )  # fmt: skip
+        before = all_streaming(gateway.address, requests[:4], cleanup)
+        assert num_sequences(first.address) == 4 and num_sequences(second.address) == 0
+
+        gateway_host.write_hosts({"verifiers": [_ip(first), _ip(second)], "proposers": [_ip(proposer)]})
+        time.sleep(1.5)  # a resolve (0.2 s) and a health check of the new verifier (every 1 s)
+        after = all_streaming(gateway.address, requests[4:], cleanup)
+        on_second = num_sequences(second.address)
+
+        gateway_host.write_hosts({"verifiers": [_ip(second)], "proposers": [_ip(proposer)]})
+        drained = wait_for(lambda: num_sequences(first.address) == 0, timeout=10)
+        still_running = sum(s.is_alive() for s in before + after)
+        join_all(before + after)
+    assert on_second == 4, "the verifier that joined took the new requests (it had the least load)"
+    assert drained, "the verifier removed from the name still holds sequences"
+    assert still_running > 0, "the streams were still running when the removed verifier emptied"
+    assert "verifier" in gateway.logs() and "left; draining it" in gateway.logs()
+    assert_lossless(tiny_llama, before + after, expected[:4] + expected[4:])
+
+
+@pytest.fixture(scope="module")
+def long_context_llama(tmp_path_factory):
+    """The tiny target with room for streams that last seconds."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("long_llama"), "llama", seed=0, max_position_embeddings=4096)
+
+
+def test_two_gateways_share_verifiers_by_the_load_they_report(long_context_llama, hosts, tmp_path):
+    """Gateway A's first request goes to one verifier; gateway B, which has started nothing, sends its
+    first to the other, because it reads the load A put there. Then both serve greedy and seeded
+    streams at once, all equal to in-process."""
+    model = long_context_llama
+    expected = in_process_outputs(model)
+    requests = greedy_and_seeded_requests()
+    with ExitStack() as cleanup:
+        verifiers = _verifiers(model, hosts, tmp_path, cleanup, 2)
+        proposers = _proposers(hosts, tmp_path, cleanup, 2)
+        pods = (",".join(v.address for v in verifiers), ",".join(p.address for p in proposers))
+        a, b = (_gateway(model, hosts.add(name), tmp_path, cleanup, *pods) for name in ("a", "b"))
+        long = build_request(PROMPTS[1], temperature=0, max_tokens=1200, ignore_eos=True, num_speculative_tokens=0)
+        first_on_a = all_streaming(a.address, [long], cleanup)
+        time.sleep(1.5)  # B's health check reads the verifiers' load (every 1 s)
+        first_on_b = all_streaming(b.address, [long], cleanup)
+        spread = [num_sequences(v.address) for v in verifiers]
+        a_was_running = first_on_a[0].is_alive()
+        streams = all_streaming(a.address, requests[::2], cleanup) + all_streaming(b.address, requests[1::2], cleanup)
+        join_all(first_on_a + first_on_b + streams)
+    assert a_was_running, "A's first stream ended before B started one: nothing to read the load of"
+    assert spread == [1, 1], f"sequences per verifier after one request on each gateway: {spread}"
+    assert first_on_a[0].token_ids == first_on_b[0].token_ids
+    assert_lossless(model, streams, expected[::2] + expected[1::2])
+
+
+def test_sigterm_moves_a_proposer_s_sequences_and_it_exits_once_empty(tiny_llama, hosts, tmp_path):
+    """Draining a proposer: health NOT_SERVING, the gateway drafts each of its sequences on the other
+    proposer from the next round (sending it the whole context), and it exits long before its grace
+    period; no stream notices."""
+    expected = in_process_outputs(tiny_llama)
+    with ExitStack() as cleanup:
+        (verifier,) = _verifiers(tiny_llama, hosts, tmp_path, cleanup, 1)
+        proposers = _proposers(hosts, tmp_path, cleanup, 2, grace_seconds=120)
+        gateway = _gateway(
+            tiny_llama, hosts.add("gateway"), tmp_path, cleanup, verifier.address,
+            ",".join(p.address for p in proposers),
+        )  # fmt: skip
+        streams = all_streaming(gateway.address, greedy_and_seeded_requests(), cleanup)
+        started = time.monotonic()
+        proposers[0].proc.send_signal(signal.SIGTERM)
+        assert proposers[0].proc.wait(timeout=60) == 0
+        drained_after = time.monotonic() - started
+        still_running = sum(s.is_alive() for s in streams)
+        join_all(streams)
+    assert drained_after < 30, f"exited {drained_after:.1f} s after SIGTERM; its grace period is 120 s"
+    assert still_running > 0, "streams were still running when it exited: they had moved"
+    assert "drained" in proposers[0].logs()
+    assert_lossless(tiny_llama, streams, expected)
