@@ -251,8 +251,8 @@ class GatewayCore:
                 continue
             try:
                 await backend.release(seq_id)
-            except (ConnectionError, asyncio.TimeoutError, ServiceError):
-                pass  # a backend that is gone has dropped the sequence with its stream
+            except (ConnectionError, asyncio.TimeoutError, ServiceError, grpc.aio.UsageError):
+                pass  # a backend that is gone (or closed by discovery) has dropped the sequence with its stream
 
 
 def _verifier_lost(exc: BaseException) -> bool:
