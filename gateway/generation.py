@@ -26,6 +26,7 @@ from splitspec.adaptive_k import AcceptanceEstimate, choose_num_drafts
 from splitspec.draft_limits import keeps_fixed_k, max_drafts
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
+from splitspec.metrics import RequestMetrics, no_meter
 from splitspec.outputs import SpeculationStats
 from splitspec.rpc import wire
 from splitspec.sampling_params import SamplingParams
@@ -83,6 +84,7 @@ class GatewayCore:
     adaptive: bool = True
     drafts_are_sampled: bool = False  # the proposers draw sampled drafts from a non-one-hot q
     hidden_states: HiddenStates = HiddenStates.NONE  # what the proposers read of the target's hidden states
+    metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(no_meter()))
     _rng: random.Random = field(default_factory=random.Random)
 
     def decode(self, token_ids: list[int]) -> str:
@@ -195,6 +197,7 @@ class GatewayCore:
         """Release the sequence on one verifier and start it, from its committed tokens, on another.
         Hidden states not yet passed on are dropped: the new verifier sends them all again."""
         self._leave(seq.seq_id, leaving, None)
+        self.metrics.verifier_failovers.add(1)
         slot.hidden_state = None
         return await self._start_on_a_verifier(seq, min(deadline, time.monotonic() + self.verifier_wait_s))
 
@@ -227,6 +230,7 @@ class GatewayCore:
                 left = slot.use(replacement)
                 if left is not None:  # a draining proposer exits once every sequence has left it
                     self._leave(seq.seq_id, None, left)
+                    self.metrics.proposer_failovers.add(1)
             try:
                 result = await slot.backend.draft(
                     seq.seq_id, seq.tokens, slot.sent, k, seq.params, seq.seed, self.proposer_timeout_s,

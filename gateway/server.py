@@ -19,6 +19,7 @@ from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, HIDDEN_STATES_BY_METHOD, SpeculationMethod
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
+from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
 
 
@@ -58,29 +59,43 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         return total
 
     async def _generate(self, request: pb.GenerateRequest, context):
+        metrics = self.core.metrics
+        metrics.running.add(1)
+        try:
+            async for response in self._validated_generate(request, context):
+                yield response
+        except ServiceError as exc:
+            metrics.failure.add(1, {"reason": exc.code.name.lower()})
+            await context.abort(exc.code, exc.message)
+        except asyncio.CancelledError:
+            metrics.failure.add(1, {"reason": "cancelled"})
+            raise
+        finally:
+            metrics.running.add(-1)
+
+    async def _validated_generate(self, request: pb.GenerateRequest, context):
         core = self.core
         if not any(v.info is not None for v in core.verifiers):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no verifier is reachable; retry once one is up")
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "no verifier is reachable; retry once one is up")
         vocab = next(v.info.vocab_size for v in core.verifiers if v.info is not None)
-        try:
-            valid = validate(request, core.tokenizer, vocab, core.max_model_len, core.num_speculative_tokens)
-        except ServiceError as exc:
-            await context.abort(exc.code, exc.message)
+        valid = validate(request, core.tokenizer, vocab, core.max_model_len, core.num_speculative_tokens)
         if self.active >= self.max_concurrent_requests:
-            await context.abort(
+            raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the gateway is at {self.max_concurrent_requests} requests; retry later",
             )
         self.active += 1
+        timer = RequestTimer()
         try:
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             async for delta in core.generate(
                 valid.prompt, valid.prompt_token_ids, valid.params, valid.num_speculative_tokens, deadline
             ):
+                core.metrics.tokens(timer, len(delta.token_ids))
+                if delta.finish_reason is not None:
+                    core.metrics.finished(timer, delta.finish_reason, delta.prompt_tokens, delta.stats)
                 yield _response(delta, request.request_id)
-        except ServiceError as exc:
-            await context.abort(exc.code, exc.message)
         finally:
             self.active -= 1
 
@@ -166,6 +181,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             adaptive=settings.adaptive,
             drafts_are_sampled=settings.method == SpeculationMethod.DRAFT_MODEL,
             hidden_states=HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE),
+            metrics=RequestMetrics(service_meter("gateway", settings.server)),
         )
         tasks: list[asyncio.Task] = []
 

@@ -16,6 +16,7 @@ from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SpeculationMethod, SpeculativeConfig
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
+from splitspec.metrics import service_meter
 from splitspec.rpc import wire
 from splitspec.rpc.compute_thread import run_on_compute_thread
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
@@ -83,6 +84,7 @@ def run_proposer(settings: ProposerSettings) -> None:
             method=settings.speculative.method,
             num_speculative_tokens=settings.speculative.num_speculative_tokens,
             batch_window_s=settings.batch_window_ms / 1000,
+            meter=service_meter("proposer", settings.server),
         )
 
         async def register(server, health) -> None:

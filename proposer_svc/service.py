@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
+from opentelemetry.metrics import Meter, Observation
 
 from proposer_svc.proposer import Proposer
 from splitspec.drafts import Draft, DraftRequest
+from splitspec.metrics import no_meter
 from splitspec.rpc.micro_batcher import MicroBatcher
 
 
@@ -19,15 +22,36 @@ class DraftOutcome:
 
 class ProposerService:
     def __init__(
-        self, proposer: Proposer, *, method: str, num_speculative_tokens: int, batch_window_s: float = 0.001
+        self,
+        proposer: Proposer,
+        *,
+        method: str,
+        num_speculative_tokens: int,
+        batch_window_s: float = 0.001,
+        meter: Meter | None = None,
     ) -> None:
         self.proposer = proposer
         self.method = method
         self.num_speculative_tokens = num_speculative_tokens
         self.contexts: dict[str, list[int]] = {}
         self.batcher: MicroBatcher[DraftRequest, Draft] = MicroBatcher(
-            self.proposer.propose, batch_window_s, expected=lambda: len(self.contexts)
+            self._propose, batch_window_s, expected=lambda: len(self.contexts)
         )
+        meter = meter or no_meter()
+        meter.create_observable_gauge(
+            "splitspec_proposer_sequences", [lambda _: [Observation(len(self.contexts))]], description="Sequences held"
+        )
+        self._draft_seconds = meter.create_histogram("splitspec_draft", unit="s", description="Draft batch time")
+        self._batch_sequences = meter.create_histogram(
+            "splitspec_draft_batch_sequences", unit="1", description="Sequences drafted in one batch"
+        )
+
+    def _propose(self, requests: list[DraftRequest]) -> list[Draft]:
+        started = time.perf_counter()
+        drafts = self.proposer.propose(requests)
+        self._draft_seconds.record(time.perf_counter() - started)
+        self._batch_sequences.record(len(requests))
+        return drafts
 
     def start(self) -> None:
         self.batcher.start()

@@ -93,6 +93,21 @@ def test_up_passes_every_proposer_flag_on_to_the_proposer():
     assert (served.prompt_lookup_max, served.prompt_lookup_min, served.draft_top_k) == (7, 2, 3)
 
 
+def test_up_metrics_port_gives_the_gateway_p_the_verifier_p_plus_1_and_the_proposer_p_plus_2():
+    from splitspec.entrypoints.cli import build_parser
+    from splitspec.entrypoints.cli_services import up_commands
+
+    commands = up_commands(build_parser().parse_args(["up", "--metrics-port", "9400"]))
+    served = {name: build_parser().parse_args(cmd[cmd.index(f"serve-{name}") :]) for name, cmd in commands.items()}
+    assert {name: args.metrics_port for name, args in served.items()} == {
+        "gateway": 9400,
+        "verifier": 9401,
+        "proposer": 9402,
+    }
+    plain = up_commands(build_parser().parse_args(["up"]))
+    assert not any("--metrics-port" in cmd for cmd in plain.values())
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("command", ["serve-verifier", "serve-proposer", "serve-gateway"])
 def test_a_bad_environment_value_is_reported_like_a_bad_flag(command):

@@ -15,6 +15,7 @@ from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.config import RunnerConfig
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
+from splitspec.metrics import service_meter
 from splitspec.rpc import wire
 from splitspec.rpc.compute_thread import run_on_compute_thread
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
@@ -132,7 +133,10 @@ def run_verifier(settings: VerifierSettings) -> None:
 
     async def main() -> None:
         service = VerifierService(
-            runner, max_num_seqs=settings.runner.max_num_seqs, batch_window_s=settings.batch_window_ms / 1000
+            runner,
+            max_num_seqs=settings.runner.max_num_seqs,
+            batch_window_s=settings.batch_window_ms / 1000,
+            meter=service_meter("verifier", settings.server),
         )
         service.cost_model = cost_model
 

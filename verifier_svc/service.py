@@ -7,14 +7,17 @@ verifier keeps); a step that still does not fit waits for the next batch.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import grpc
 import torch
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from splitspec.adaptive_k import PassCostModel
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import RunnerLost, ServiceError, SplitspecError
+from splitspec.metrics import no_meter
 from splitspec.models.runner import ModelRunner
 from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
 from splitspec.sampling_params import SamplingParams
@@ -46,8 +49,35 @@ class StepOutcome:
     hidden_state: torch.Tensor | None = None  # when the sequence asked for it
 
 
+class VerifierMetrics:
+    """The verifier's series: what it holds, and what each batched pass costs and carries."""
+
+    def __init__(self, meter: Meter, service: VerifierService) -> None:
+        meter.create_observable_gauge(
+            "splitspec_num_requests_running",
+            [lambda _: [Observation(len(service.sequences))]],
+            description="Sequences held",
+        )
+        meter.create_observable_gauge(
+            "splitspec_kv_cache_usage_perc", [service.observe_kv_usage], description="KV cache blocks in use, 0-1"
+        )
+        self.preemptions = meter.create_counter(
+            "splitspec_num_preemptions", description="Idle sequences whose KV blocks were evicted to make room"
+        )
+        self.preemptions.add(0)
+        self.pass_seconds = meter.create_histogram("splitspec_verify_pass", unit="s", description="Verify pass time")
+        self.batch_tokens = meter.create_histogram(
+            "splitspec_verify_batch_tokens", unit="1", description="Tokens through the target in one pass"
+        )
+        self.batch_sequences = meter.create_histogram(
+            "splitspec_verify_batch_sequences", unit="1", description="Sequences in one pass"
+        )
+
+
 class VerifierService:
-    def __init__(self, runner: ModelRunner, *, max_num_seqs: int = 64, batch_window_s: float = 0.002) -> None:
+    def __init__(
+        self, runner: ModelRunner, *, max_num_seqs: int = 64, batch_window_s: float = 0.002, meter: Meter | None = None
+    ) -> None:
         self.runner = runner
         self.verifier = Verifier(runner)
         self.max_num_seqs = max_num_seqs
@@ -57,6 +87,7 @@ class VerifierService:
         self.batcher: MicroBatcher[_StepCall, StepOutcome] = MicroBatcher(
             self._run_batch, batch_window_s, expected=lambda: len(self.sequences)
         )
+        self.metrics = VerifierMetrics(meter or no_meter(), self)
 
     def start(self) -> None:
         self.batcher.start()
@@ -100,6 +131,12 @@ class VerifierService:
     def num_free_blocks(self) -> int:
         return getattr(self.runner, "num_free_blocks", 0)
 
+    def observe_kv_usage(self, options: CallbackOptions) -> list[Observation]:
+        allocator = getattr(self.runner, "allocator", None)
+        if allocator is None or allocator.num_blocks == 0:
+            return []
+        return [Observation(1 - self.num_free_blocks / allocator.num_blocks)]
+
     # -- worker thread -----------------------------------------------------------------------------
 
     def _run_batch(self, calls: list[_StepCall]) -> list[StepOutcome | BaseException | object]:
@@ -123,10 +160,15 @@ class VerifierService:
             outcomes[ready.pop()] = RETRY
             steps.pop()
         if steps:
+            tokens = sum(len(seq.tokens) - self.runner.cached_length(seq.seq_id) + len(d.token_ids) for seq, d in steps)
+            started = time.perf_counter()
             try:
                 results = self.verifier.verify(steps, [calls[i].seq.hidden_states for i in ready])
             except RunnerLost as exc:  # every call of the batch fails with it: another verifier can go on
                 raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            self.metrics.pass_seconds.record(time.perf_counter() - started)
+            self.metrics.batch_tokens.record(tokens)
+            self.metrics.batch_sequences.record(len(steps))
             for i, result in zip(ready, results):
                 seq = calls[i].seq
                 base = len(seq.tokens)
@@ -161,5 +203,6 @@ class VerifierService:
         for seq in sorted(idle, key=lambda s: self.runner.cached_length(s.seq_id), reverse=True):
             self.verifier.free(seq.seq_id)
             self.num_evictions += 1
+            self.metrics.preemptions.add(1)
             if self.verifier.fits(steps):
                 return

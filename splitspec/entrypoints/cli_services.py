@@ -24,6 +24,12 @@ def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument(
         "--grace-seconds", type=float, default=env_default("GRACE_SECONDS", 10.0), help="drain time on SIGTERM"
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env_default("METRICS_PORT", None),
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (env SPLITSPEC_METRICS_PORT; default: none)",
+    )
 
 
 def _yield_idle_cores() -> None:
@@ -45,6 +51,7 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
         keepalive_time_ms=args.keepalive_time_ms,
         keepalive_timeout_ms=args.keepalive_timeout_ms,
         grace_seconds=args.grace_seconds,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -150,6 +157,12 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     add_device_flag(p, "the verifier's target")
     p.add_argument("--proposer-device", help="where the proposer's drafter runs (default: --device)")
     add_tensor_parallel_flag(p)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus metrics: the gateway's on this port, the verifier's on the next, the proposer's on the one after",
+    )
     p.set_defaults(func=_up)
 
 
@@ -276,28 +289,34 @@ def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     proposer += ["--device", args.proposer_device or args.device]
     verifier = ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model]
     verifier += ["--device", args.device, "--tensor-parallel-size", str(args.tensor_parallel_size)]
-    return {
-        "verifier": base + verifier,
-        "proposer": base + proposer,
-        "gateway": base
-        + [
-            "serve-gateway",
-            "--host",
-            args.host,
-            "--port",
-            str(args.port),
-            "--model",
-            args.model,
-            "--verifiers",
-            f"{args.host}:{args.verifier_port}",
-            "--proposers",
-            f"{args.host}:{args.proposer_port}",
-            "--method",
-            args.method,
-            "-k",
-            str(args.num_speculative_tokens),
-        ],
-    }
+    gateway = [
+        "serve-gateway",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--model",
+        args.model,
+        "--verifiers",
+        f"{args.host}:{args.verifier_port}",
+        "--proposers",
+        f"{args.host}:{args.proposer_port}",
+        "--method",
+        args.method,
+        "-k",
+        str(args.num_speculative_tokens),
+    ]
+    commands = {"verifier": verifier, "proposer": proposer, "gateway": gateway}
+    for name, port in metrics_ports(args).items():
+        commands[name] += ["--metrics-port", str(port)]
+    return {name: base + command for name, command in commands.items()}
+
+
+def metrics_ports(args: argparse.Namespace) -> dict[str, int]:
+    """`up --metrics-port P`: the gateway's metrics on P, the verifier's on P+1, the proposer's on P+2."""
+    if args.metrics_port is None:
+        return {}
+    return {name: args.metrics_port + i for i, name in enumerate(("gateway", "verifier", "proposer"))}
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -321,6 +340,8 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"splitspec up: gateway on {args.host}:{args.port} (Ctrl-C stops all three)", file=sys.stderr, flush=True)
+    for name, port in metrics_ports(args).items():
+        print(f"splitspec up: {name} metrics at http://{args.host}:{port}/metrics", file=sys.stderr, flush=True)
     failed = None
     while not stopping and failed is None:
         time.sleep(0.2)

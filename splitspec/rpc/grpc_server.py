@@ -23,6 +23,8 @@ class ServerOptions:
     keepalive_time_ms: int = 20_000
     keepalive_timeout_ms: int = 10_000
     grace_seconds: float = 10.0
+    metrics_port: int | None = None
+    """Where Prometheus scrapes /metrics (on `host`); None: no metrics."""
 
     @property
     def address(self) -> str:

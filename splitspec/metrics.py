@@ -1,0 +1,133 @@
+"""Metrics through OpenTelemetry, read by Prometheus: one MeterProvider per process.
+
+Names are vLLM's with our prefix and without the colon, which Prometheus reserves for recording
+rules. Instruments are created with base names; the Prometheus reader appends `_total` to counters
+and `_seconds` to histograms in seconds, so `splitspec_time_to_first_token` with unit "s" is scraped
+as `splitspec_time_to_first_token_seconds`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from opentelemetry.metrics import Meter, NoOpMeterProvider
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+
+from splitspec.outputs import SpeculationStats
+
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                   10.0, 20.0, 40.0, 80.0, 160.0, 640.0)  # fmt: skip
+COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def meter_provider(service: str, readers: list[MetricReader]) -> MeterProvider:
+    """A provider whose histograms have buckets fit for serving: seconds from 1 ms to minutes, and
+    batch sizes in powers of two."""
+    views = [
+        View(instrument_type=Histogram, instrument_unit="s",
+             aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS)),
+        View(instrument_type=Histogram, instrument_unit="1", aggregation=ExplicitBucketHistogramAggregation(COUNT_BUCKETS)),
+    ]  # fmt: skip
+    return MeterProvider(
+        metric_readers=readers, views=views, resource=Resource.create({"service.name": f"splitspec-{service}"})
+    )
+
+
+def serve_metrics(service: str, host: str, port: int) -> Meter:
+    """A meter whose instruments Prometheus scrapes at http://host:port/metrics."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    provider = meter_provider(service, [PrometheusMetricReader()])
+    start_http_server(port, addr=host)
+    return provider.get_meter("splitspec")
+
+
+def service_meter(service: str, options) -> Meter:
+    """The meter of a service started with ServerOptions `options`: served on its metrics port, if any."""
+    if options.metrics_port is None:
+        return no_meter()
+    return serve_metrics(service, options.host, options.metrics_port)
+
+
+def no_meter() -> Meter:
+    """Instruments that record nothing, for a process started without --metrics-port."""
+    return NoOpMeterProvider().get_meter("splitspec")
+
+
+@dataclass
+class RequestTimer:
+    """One request's clock: time to first token, time between token-bearing messages, end to end."""
+
+    started: float = field(default_factory=time.monotonic)
+    last: float | None = None
+
+
+class RequestMetrics:
+    """What serving requests records: the gateway's series, and the in-process engine's."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.success = meter.create_counter("splitspec_request_success", description="Finished requests")
+        self.failure = meter.create_counter("splitspec_request_failure", description="Requests ended by an error")
+        self.running = meter.create_up_down_counter("splitspec_num_requests_running", description="Requests running")
+        self.ttft = meter.create_histogram("splitspec_time_to_first_token", unit="s", description="Time to first token")
+        self.itl = meter.create_histogram(
+            "splitspec_inter_token_latency", unit="s", description="Time between a request's token-bearing messages"
+        )
+        self.e2e = meter.create_histogram("splitspec_e2e_request_latency", unit="s", description="Request latency")
+        self.prompt_tokens = meter.create_counter("splitspec_prompt_tokens", description="Prompt tokens processed")
+        self.generation_tokens = meter.create_counter("splitspec_generation_tokens", description="Tokens generated")
+        self.num_drafts = meter.create_counter(
+            "splitspec_spec_decode_num_drafts", description="Rounds that verified at least one draft token"
+        )
+        self.num_draft_tokens = meter.create_counter(
+            "splitspec_spec_decode_num_draft_tokens", description="Draft tokens verified"
+        )
+        self.num_accepted_tokens = meter.create_counter(
+            "splitspec_spec_decode_num_accepted_tokens", description="Draft tokens accepted"
+        )
+        self.accepted_per_pos = meter.create_counter(
+            "splitspec_spec_decode_num_accepted_tokens_per_pos", description="Draft tokens accepted, by draft position"
+        )
+        self.proposer_failovers = meter.create_counter(
+            "splitspec_proposer_failovers", description="Sequences moved to another proposer"
+        )
+        self.verifier_failovers = meter.create_counter(
+            "splitspec_verifier_failovers", description="Sequences moved to another verifier"
+        )
+        for counter in (self.proposer_failovers, self.verifier_failovers):
+            counter.add(0)  # a series from the start, so that rate() and dashboards see the first one
+        for reason in ("stop", "length"):
+            self.success.add(0, {"finished_reason": reason})
+
+    def tokens(self, timer: RequestTimer, count: int) -> None:
+        """A message with `count` new tokens went out now."""
+        if count == 0:
+            return
+        now = time.monotonic()
+        if timer.last is None:
+            self.ttft.record(now - timer.started)
+        else:
+            self.itl.record(now - timer.last)
+        timer.last = now
+        self.generation_tokens.add(count)
+
+    def finished(self, timer: RequestTimer, finish_reason: str, prompt_tokens: int, stats: SpeculationStats) -> None:
+        self.success.add(1, {"finished_reason": finish_reason})
+        self.e2e.record(time.monotonic() - timer.started)
+        self.prompt_tokens.add(prompt_tokens)
+        self.speculation(stats)
+
+    def speculation(self, stats: SpeculationStats) -> None:
+        """A request's speculation counters, added when it ends."""
+        if not stats.drafted_per_position:
+            return
+        self.num_drafts.add(stats.drafted_per_position[0])
+        self.num_draft_tokens.add(stats.num_draft_tokens)
+        self.num_accepted_tokens.add(stats.num_accepted_tokens)
+        for position, accepted in enumerate(stats.accepted_per_position):
+            self.accepted_per_pos.add(accepted, {"position": str(position)})
