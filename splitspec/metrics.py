@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from opentelemetry.metrics import Meter, NoOpMeterProvider
-from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
@@ -28,9 +30,9 @@ def meter_provider(service: str, readers: list[MetricReader]) -> MeterProvider:
     """A provider whose histograms have buckets fit for serving: seconds from 1 ms to minutes, and
     batch sizes in powers of two."""
     views = [
-        View(instrument_type=Histogram, instrument_unit="s",
+        View(instrument_type=HistogramInstrument, instrument_unit="s",
              aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS)),
-        View(instrument_type=Histogram, instrument_unit="1", aggregation=ExplicitBucketHistogramAggregation(COUNT_BUCKETS)),
+        View(instrument_type=HistogramInstrument, instrument_unit="1", aggregation=ExplicitBucketHistogramAggregation(COUNT_BUCKETS)),
     ]  # fmt: skip
     return MeterProvider(
         metric_readers=readers, views=views, resource=Resource.create({"service.name": f"splitspec-{service}"})
@@ -131,3 +133,72 @@ class RequestMetrics:
         self.num_accepted_tokens.add(stats.num_accepted_tokens)
         for position, accepted in enumerate(stats.accepted_per_position):
             self.accepted_per_pos.add(accepted, {"position": str(position)})
+
+
+# -- reading them back in-process (LLM.get_metrics), shaped as vLLM's reader shapes them ------------
+
+SCOPE_LABELS = ("otel_scope_name", "otel_scope_version", "otel_scope_schema_url")
+PER_POSITION = "splitspec_spec_decode_num_accepted_tokens_per_pos"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Counter(Metric):
+    value: float
+
+
+@dataclass(frozen=True)
+class Gauge(Metric):
+    value: float
+
+
+@dataclass(frozen=True)
+class Histogram(Metric):
+    count: float
+    sum: float
+    buckets: dict[str, float]
+    """Cumulative counts by upper bound ("le"), "+Inf" last."""
+
+
+@dataclass(frozen=True)
+class Vector(Metric):
+    values: list[float]
+    """A counter by draft position: values[i] is position i's."""
+
+
+def read_metrics(families: Iterable) -> list[Metric]:
+    """prometheus_client metric families (a registry's collect()) as Counter, Gauge, Histogram and
+    Vector records, under the names Prometheus shows (counters without `_total`)."""
+    metrics: list[Metric] = []
+    for family in families:
+        if not family.name.startswith("splitspec_"):
+            continue
+        series: dict[tuple, list] = {}
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if k not in SCOPE_LABELS and k != "le"}
+            series.setdefault(tuple(sorted(labels.items())), []).append(sample)
+        if family.name == PER_POSITION:
+            by_position = {int(dict(key)["position"]): samples[0].value for key, samples in series.items()}
+            values = [by_position.get(i, 0.0) for i in range(max(by_position, default=-1) + 1)]
+            metrics.append(Vector(family.name, {}, values))
+            continue
+        for key, samples in series.items():
+            labels = dict(key)
+            if family.type == "counter":
+                metrics.append(Counter(family.name, labels, sum(s.value for s in samples if s.name.endswith("_total"))))
+            elif family.type == "gauge":
+                metrics.append(Gauge(family.name, labels, samples[0].value))
+            elif family.type == "histogram":
+                by_name = {s.name: s.value for s in samples if not s.name.endswith("_bucket")}
+                buckets = {s.labels["le"]: s.value for s in samples if s.name.endswith("_bucket")}
+                metrics.append(
+                    Histogram(
+                        family.name, labels, by_name[family.name + "_count"], by_name[family.name + "_sum"], buckets
+                    )
+                )
+    return metrics

@@ -12,7 +12,9 @@ from splitspec.config import EngineConfig, RunnerConfig, SchedulerConfig, build_
 from splitspec.devices import resolve_device
 from splitspec.drafts import HiddenStates
 from splitspec.engine import Engine
+from splitspec.entrypoints.llm_metrics import InProcessMetrics
 from splitspec.errors import SplitspecError
+from splitspec.metrics import Metric
 from splitspec.outputs import CompletionOutput, RequestOutput
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
@@ -106,6 +108,7 @@ class LLM:
         self.tokenizer = load_tokenizer(Path(self.config.tokenizer_path))
         self.engine = self._build_engine(self._build_proposer())
         self._request_counter = itertools.count()
+        self._metrics = InProcessMetrics(self.engine, self.runner)
 
     def _load_target(self) -> ModelRunner:
         from splitspec.models.loader import load_runner
@@ -159,6 +162,13 @@ class LLM:
         exit stop them too); the LLM cannot generate after."""
         self.runner.close()
 
+    def get_metrics(self) -> list[Metric]:
+        """This LLM's counters, gauges and histograms so far, under the names the services serve to
+        Prometheus (vLLM's `LLM.get_metrics()`): requests by finish reason, prompt and generated
+        tokens, time to first token, time between steps that gave a request tokens, request latency,
+        speculation counters (accepted by draft position as a Vector), KV usage, preemptions."""
+        return self._metrics.read()
+
     def get_tokenizer(self):
         return self.tokenizer
 
@@ -188,14 +198,17 @@ class LLM:
                 self.engine.abort(seq.seq_id)
             raise
         progress = _progress(len(sequences), use_tqdm)
+        self._metrics.started(sequences)
         try:
             while self.engine.has_unfinished():
                 finished = self.engine.step()
+                self._metrics.stepped()
                 if progress is not None and finished:
                     progress.update(len(finished))
         except BaseException:
             for seq in sequences:
                 self.engine.abort(seq.seq_id)
+            self._metrics.aborted()
             raise
         finally:
             if progress is not None:
