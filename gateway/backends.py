@@ -104,8 +104,10 @@ class VerifierBackend:
         params: SamplingParams,
         seed: int,
         hidden_states: HiddenStates = HiddenStates.NONE,
+        trace: pb.TraceContext | None = None,
     ) -> None:
-        request = pb.VerifierRequest(seq_id=seq_id)
+        """trace: the client request's context, which the verifier's spans for the sequence continue."""
+        request = pb.VerifierRequest(seq_id=seq_id, trace_context=trace)
         request.start.return_hidden_states = hidden_states != HiddenStates.NONE
         request.start.return_all_hidden_states = hidden_states == HiddenStates.ALL
         request.start.token_ids.extend(token_ids)
@@ -178,8 +180,9 @@ class ProposerBackend:
         seed: int,
         timeout: float,
         hidden_state: pb.HiddenStates | None = None,
+        trace: pb.TraceContext | None = None,
     ) -> pb.DraftResult:
-        request = pb.ProposerRequest(seq_id=seq_id)
+        request = pb.ProposerRequest(seq_id=seq_id, trace_context=trace)
         step = request.draft
         step.committed_len = len(tokens)
         step.start = sent

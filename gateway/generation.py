@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import grpc
+from opentelemetry import trace
 
 from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.detokenizer import IncrementalDetokenizer
@@ -32,6 +33,7 @@ from splitspec.rpc import wire
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence, request_seed
 from splitspec.stop_checker import StopChecker
+from splitspec.tracing import carrier_of
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Delta:
     stats: SpeculationStats | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    failovers: int = 0  # times the sequence moved to another verifier or proposer
 
 
 @dataclass
@@ -51,6 +54,7 @@ class _ProposerSlot:
 
     backend: ProposerBackend | None = None
     sent: int = 0  # committed tokens the proposer already holds
+    moves: int = 0  # times it left a proposer for another
     hidden_state: pb.HiddenStates | None = None  # what the verifier sent since the last draft, passed on
 
     def use(self, backend: ProposerBackend | None) -> ProposerBackend | None:
@@ -90,7 +94,9 @@ class GatewayCore:
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer is not None else ""
 
-    async def _start_on_a_verifier(self, seq: Sequence, deadline: float) -> VerifierBackend:
+    async def _start_on_a_verifier(
+        self, seq: Sequence, deadline: float, trace_context: pb.TraceContext | None
+    ) -> VerifierBackend:
         """Start the sequence, with its committed tokens so far, on the least loaded live verifier (by
         what it reports, so that gateways sharing it spread out too); one that is full or fails is
         passed over for the next, with backoff while none is left."""
@@ -100,7 +106,9 @@ class GatewayCore:
             for verifier in sorted((v for v in self.verifiers if v.info is not None), key=lambda v: v.load):
                 verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
                 try:
-                    await verifier.start(seq.seq_id, seq.tokens, seq.params, seq.seed, hidden_states=self.hidden_states)
+                    await verifier.start(
+                        seq.seq_id, seq.tokens, seq.params, seq.seed, self.hidden_states, trace_context
+                    )
                     return verifier
                 except (ConnectionError, ServiceError) as exc:
                     verifier.num_sequences -= 1
@@ -136,12 +144,15 @@ class GatewayCore:
         params: SamplingParams,
         num_speculative_tokens: int,
         deadline: float | None = None,
+        span: trace.Span = trace.INVALID_SPAN,
     ) -> AsyncIterator[Delta]:
         """deadline: the request's, as time.monotonic(); waiting for a verifier ends there or after
-        `verifier_wait_s`, whichever comes first."""
+        `verifier_wait_s`, whichever comes first. span: the request's, whose context the verifier's
+        and proposer's spans continue, and which hears of failovers."""
         seq_id = uuid.uuid4().hex
         seed = request_seed(params, self._rng)
         seq = Sequence(seq_id, prompt, list(prompt_ids), params, seed)
+        trace_context = pb.TraceContext(**carrier_of(span)) if span.is_recording() else None
         stop_checker = StopChecker(self.eos_token_ids, self.max_model_len, self.decode)
         detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings, len(prompt_ids))
         deadline = float("inf") if deadline is None else deadline
@@ -149,18 +160,20 @@ class GatewayCore:
         if num_speculative_tokens > 0:
             slot.use(self._next_proposer())
         verifier: VerifierBackend | None = await self._start_on_a_verifier(
-            seq, min(deadline, time.monotonic() + self.verifier_wait_s)
+            seq, min(deadline, time.monotonic() + self.verifier_wait_s), trace_context
         )
+        verifier_moves = 0
         try:
             acceptance = AcceptanceEstimate()
             while not seq.finished:
                 if verifier.info is None and any(v.info is not None for v in self.verifiers if v is not verifier):
                     # its health says draining (or it stopped answering): move at this round, not at the end
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers
-                    verifier = await self._move(seq, leaving, slot, deadline)
+                    verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
+                    verifier_moves += 1
                 k = self._num_drafts(seq, num_speculative_tokens, verifier, acceptance)
                 verifier.plan_step(seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
-                draft = await self._draft(seq, slot, k) if k > 0 else Draft()
+                draft = await self._draft(seq, slot, k, trace_context, span) if k > 0 else Draft()
                 try:
                     result = await verifier.step(seq_id, len(seq.tokens), draft)
                 except (ConnectionError, ServiceError) as exc:
@@ -168,7 +181,8 @@ class GatewayCore:
                         raise
                     verifier.mark_down()
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers
-                    verifier = await self._move(seq, leaving, slot, deadline)
+                    verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
+                    verifier_moves += 1
                     continue  # the round again, on the new verifier
                 seq.stats.record_round(len(draft.token_ids), result.num_accepted)
                 if result.HasField("hidden_states"):
@@ -185,6 +199,7 @@ class GatewayCore:
                         seq.stats,
                         len(prompt_ids),
                         seq.num_output_tokens,
+                        verifier_moves + slot.moves,
                     )
                 else:
                     yield Delta(new_tokens, detokenizer.delta(seq.tokens))
@@ -192,14 +207,23 @@ class GatewayCore:
             self._leave(seq_id, verifier, slot.use(None))
 
     async def _move(
-        self, seq: Sequence, leaving: VerifierBackend, slot: _ProposerSlot, deadline: float
+        self,
+        seq: Sequence,
+        leaving: VerifierBackend,
+        slot: _ProposerSlot,
+        deadline: float,
+        trace_context: pb.TraceContext | None,
+        span: trace.Span,
     ) -> VerifierBackend:
         """Release the sequence on one verifier and start it, from its committed tokens, on another.
         Hidden states not yet passed on are dropped: the new verifier sends them all again."""
         self._leave(seq.seq_id, leaving, None)
         self.metrics.verifier_failovers.add(1)
+        span.add_event("verifier failover", {"splitspec.from": leaving.address, "splitspec.tokens": len(seq.tokens)})
         slot.hidden_state = None
-        return await self._start_on_a_verifier(seq, min(deadline, time.monotonic() + self.verifier_wait_s))
+        return await self._start_on_a_verifier(
+            seq, min(deadline, time.monotonic() + self.verifier_wait_s), trace_context
+        )
 
     def _leave(self, seq_id: str, verifier: VerifierBackend | None, proposer: ProposerBackend | None) -> None:
         """Stop counting the sequence on its verifier and release it there and on its proposer."""
@@ -220,7 +244,9 @@ class GatewayCore:
         rows, tokens = verifier.others_in_pass(seq.seq_id)
         return choose_num_drafts([acceptance.rate], [k], rows + 1, verifier.cost_model, base_tokens=tokens)[0]
 
-    async def _draft(self, seq: Sequence, slot: _ProposerSlot, k: int) -> Draft:
+    async def _draft(
+        self, seq: Sequence, slot: _ProposerSlot, k: int, trace_context: pb.TraceContext | None, span: trace.Span
+    ) -> Draft:
         """Drafts from the sequence's proposer, failing over to another; no drafts if none answers."""
         for _ in range(len(self.proposers)):
             if slot.backend is None or not slot.backend.available:
@@ -231,16 +257,19 @@ class GatewayCore:
                 if left is not None:  # a draining proposer exits once every sequence has left it
                     self._leave(seq.seq_id, None, left)
                     self.metrics.proposer_failovers.add(1)
+                    slot.moves += 1
+                    span.add_event("proposer failover", {"splitspec.from": left.address})
             try:
                 result = await slot.backend.draft(
                     seq.seq_id, seq.tokens, slot.sent, k, seq.params, seq.seed, self.proposer_timeout_s,
-                    slot.hidden_state,
+                    slot.hidden_state, trace_context,
                 )  # fmt: skip
                 if result.needs_full_context:
                     slot.sent = 0
                     result = await slot.backend.draft(
-                        seq.seq_id, seq.tokens, 0, k, seq.params, seq.seed, self.proposer_timeout_s, slot.hidden_state
-                    )
+                        seq.seq_id, seq.tokens, 0, k, seq.params, seq.seed, self.proposer_timeout_s, slot.hidden_state,
+                        trace_context,
+                    )  # fmt: skip
                 slot.sent = len(seq.tokens)
                 if self.hidden_states == HiddenStates.ALL:
                     slot.hidden_state = None  # delivered; the next draft carries only newer rows

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.discovery import BackendPool, Target, keep_resolving
@@ -21,15 +23,24 @@ from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
+from splitspec.tracing import PROPAGATOR, Tracing, start_tracing, traces_endpoint
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
-    def __init__(self, core: GatewayCore, model_name: str, method: str, max_concurrent_requests: int) -> None:
+    def __init__(
+        self,
+        core: GatewayCore,
+        model_name: str,
+        method: str,
+        max_concurrent_requests: int,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.core = core
         self.model_name = model_name
         self.method = method
         self.max_concurrent_requests = max_concurrent_requests
         self.active = 0
+        self.tracing = tracing or Tracing()
 
     async def GetModelInfo(self, request, context) -> pb.ModelInfo:
         verifier = next((v for v in self.core.verifiers if v.info is not None), None)
@@ -61,19 +72,43 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def _generate(self, request: pb.GenerateRequest, context):
         metrics = self.core.metrics
         metrics.running.add(1)
+        span = self._request_span(request, context)
         try:
-            async for response in self._validated_generate(request, context):
+            async for response in self._validated_generate(request, context, span):
                 yield response
         except ServiceError as exc:
             metrics.failure.add(1, {"reason": exc.code.name.lower()})
+            span.set_status(Status(StatusCode.ERROR, f"{exc.code.name}: {exc.message}"))
             await context.abort(exc.code, exc.message)
         except asyncio.CancelledError:
             metrics.failure.add(1, {"reason": "cancelled"})
+            span.set_status(Status(StatusCode.ERROR, "CANCELLED"))
             raise
         finally:
             metrics.running.add(-1)
+            span.end()
 
-    async def _validated_generate(self, request: pb.GenerateRequest, context):
+    def _request_span(self, request: pb.GenerateRequest, context) -> trace.Span:
+        """The request's span, child of the client's `traceparent` when it sends one; a span that
+        records nothing while tracing is off."""
+        if not self.tracing.enabled:
+            return trace.INVALID_SPAN
+        parent = PROPAGATOR.extract(dict(context.invocation_metadata() or ()))
+        sampling = request.sampling
+        attributes = {
+            "gen_ai.operation.name": "text_completion",
+            "gen_ai.request.model": self.model_name,
+            "gen_ai.request.temperature": sampling.temperature if sampling.HasField("temperature") else 1.0,
+            "splitspec.method": self.method,
+        }
+        for name in ("max_tokens", "top_p", "top_k", "seed"):
+            if sampling.HasField(name):
+                attributes[f"gen_ai.request.{name}"] = getattr(sampling, name)
+        return self.tracing.tracer.start_span(
+            f"generate {self.model_name}", context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+        )
+
+    async def _validated_generate(self, request: pb.GenerateRequest, context, span: trace.Span):
         core = self.core
         if not any(v.info is not None for v in core.verifiers):
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "no verifier is reachable; retry once one is up")
@@ -90,14 +125,31 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             async for delta in core.generate(
-                valid.prompt, valid.prompt_token_ids, valid.params, valid.num_speculative_tokens, deadline
+                valid.prompt, valid.prompt_token_ids, valid.params, valid.num_speculative_tokens, deadline, span
             ):
                 core.metrics.tokens(timer, len(delta.token_ids))
                 if delta.finish_reason is not None:
                     core.metrics.finished(timer, delta.finish_reason, delta.prompt_tokens, delta.stats)
+                    if span.is_recording():
+                        span.set_attributes(_outcome_attributes(delta, timer))
                 yield _response(delta, request.request_id)
         finally:
             self.active -= 1
+
+
+def _outcome_attributes(delta: Delta, timer: RequestTimer) -> dict:
+    stats = delta.stats
+    return {
+        "gen_ai.usage.input_tokens": delta.prompt_tokens,
+        "gen_ai.usage.output_tokens": delta.completion_tokens,
+        "gen_ai.response.finish_reasons": [str(delta.finish_reason)],
+        "gen_ai.server.time_to_first_token": (timer.first or timer.started) - timer.started,
+        "splitspec.rounds": stats.num_rounds,
+        "splitspec.drafted": stats.num_draft_tokens,
+        "splitspec.accepted": stats.num_accepted_tokens,
+        "splitspec.mean_tokens_per_round": stats.mean_accepted_tokens_per_round,
+        "splitspec.failovers": delta.failovers,
+    }
 
 
 def _response(delta: Delta, request_id: str) -> pb.GenerateResponse:
@@ -184,9 +236,10 @@ def run_gateway(settings: GatewaySettings) -> None:
             metrics=RequestMetrics(service_meter("gateway", settings.server)),
         )
         tasks: list[asyncio.Task] = []
+        tracing = start_tracing("gateway", traces_endpoint(settings.server.otlp_traces_endpoint))
 
         async def register(server, health) -> None:
-            servicer = GatewayServicer(core, settings.model, settings.method, settings.max_concurrent_requests)
+            servicer = GatewayServicer(core, settings.model, settings.method, settings.max_concurrent_requests, tracing)
             pb_grpc.add_GatewayServicer_to_server(servicer, server)
             loop = asyncio.get_running_loop()
             tasks.append(loop.create_task(watch_backends(core, health)))
@@ -197,6 +250,7 @@ def run_gateway(settings: GatewaySettings) -> None:
                 task.cancel()
             for backend in verifiers + proposers:
                 await backend.close()
+            tracing.shutdown()
 
         await serve(settings.server, [pb.DESCRIPTOR.services_by_name["Gateway"].full_name], register, "gateway", stop)
 

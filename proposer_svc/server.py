@@ -21,6 +21,7 @@ from splitspec.rpc import wire
 from splitspec.rpc.compute_thread import run_on_compute_thread
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
 from splitspec.rpc.stream_dispatch import serve_sequence_stream
+from splitspec.tracing import start_tracing, traces_endpoint
 
 
 class ProposerServicer(pb_grpc.ProposerServicer):
@@ -51,6 +52,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
                 top_k=step.top_k,
                 seed=step.seed,
                 hidden_state=wire.tensor_from_proto(step.hidden_state) if step.HasField("hidden_state") else None,
+                trace_context=(request.trace_context.traceparent, request.trace_context.tracestate),
             )
             response.draft.committed_len = step.committed_len
             response.draft.needs_full_context = outcome.needs_full_context
@@ -79,13 +81,19 @@ def run_proposer(settings: ProposerSettings) -> None:
     proposer = run_on_compute_thread(_build_proposer, settings)
 
     async def main() -> None:
+        tracing = start_tracing("proposer", traces_endpoint(settings.server.otlp_traces_endpoint))
         service = ProposerService(
             proposer,
             method=settings.speculative.method,
             num_speculative_tokens=settings.speculative.num_speculative_tokens,
             batch_window_s=settings.batch_window_ms / 1000,
             meter=service_meter("proposer", settings.server),
+            tracing=tracing,
         )
+
+        async def stop() -> None:
+            await service.close()
+            tracing.shutdown()
 
         async def register(server, health) -> None:
             service.start()
@@ -98,7 +106,7 @@ def run_proposer(settings: ProposerSettings) -> None:
             [pb.DESCRIPTOR.services_by_name["Proposer"].full_name],
             register,
             "proposer",
-            service.close,
+            stop,
             idle=lambda: not service.contexts,  # every gateway has moved its sequences to another proposer
         )
 

@@ -6,12 +6,14 @@ import time
 from dataclasses import dataclass
 
 import torch
+from opentelemetry import trace
 from opentelemetry.metrics import Meter, Observation
 
 from proposer_svc.proposer import Proposer
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.metrics import no_meter
 from splitspec.rpc.micro_batcher import MicroBatcher
+from splitspec.tracing import Tracing, context_of
 
 
 @dataclass
@@ -29,8 +31,11 @@ class ProposerService:
         num_speculative_tokens: int,
         batch_window_s: float = 0.001,
         meter: Meter | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.proposer = proposer
+        self.tracing = tracing or Tracing()
+        self.spans: dict[str, tuple[trace.Span, trace.SpanContext]] = {}  # seq_id -> its span, the request's
         self.method = method
         self.num_speculative_tokens = num_speculative_tokens
         self.contexts: dict[str, list[int]] = {}
@@ -48,7 +53,16 @@ class ProposerService:
 
     def _propose(self, requests: list[DraftRequest]) -> list[Draft]:
         started = time.perf_counter()
-        drafts = self.proposer.propose(requests)
+        span = trace.INVALID_SPAN
+        if self.tracing.enabled:  # one span per batch, linked to the requests it drafts for
+            links = [trace.Link(entry[1]) for r in requests if (entry := self.spans.get(r.seq_id))]
+            span = self.tracing.tracer.start_span(
+                "draft batch", links=links, attributes={"splitspec.rows": len(requests)}
+            )
+        try:
+            drafts = self.proposer.propose(requests)
+        finally:
+            span.end()
         self._draft_seconds.record(time.perf_counter() - started)
         self._batch_sequences.record(len(requests))
         return drafts
@@ -71,8 +85,13 @@ class ProposerService:
         top_k: int,
         seed: int,
         hidden_state: torch.Tensor | None = None,
+        trace_context: tuple[str, str] = ("", ""),
     ) -> DraftOutcome:
-        """Append committed tokens [start, committed_len) and draft; ask for everything if out of step."""
+        """Append committed tokens [start, committed_len) and draft; ask for everything if out of step.
+        trace_context: the client request's traceparent and tracestate, continued by a span per sequence."""
+        if self.tracing.enabled and seq_id not in self.spans and (parent := context_of(*trace_context)) is not None:
+            span = self.tracing.tracer.start_span("proposer sequence", context=parent)
+            self.spans[seq_id] = (span, trace.get_current_span(parent).get_span_context())
         context = self.contexts.get(seq_id, [])
         if start != len(context) or start + len(token_ids) != committed_len:
             if start != 0:
@@ -87,5 +106,7 @@ class ProposerService:
         return DraftOutcome(await self.batcher.submit(request))
 
     async def release(self, seq_id: str) -> None:
+        span, _ = self.spans.pop(seq_id, (trace.INVALID_SPAN, None))
+        span.end()
         if self.contexts.pop(seq_id, None) is not None:
             await self.batcher.run_exclusive(self.proposer.release, seq_id)

@@ -175,19 +175,29 @@ class VerifyStep(_message.Message):
     drafts: _containers.RepeatedCompositeFieldContainer[DraftToken]
     def __init__(self, committed_len: _Optional[int] = ..., drafts: _Optional[_Iterable[_Union[DraftToken, _Mapping]]] = ...) -> None: ...
 
+class TraceContext(_message.Message):
+    __slots__ = ("traceparent", "tracestate")
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TRACESTATE_FIELD_NUMBER: _ClassVar[int]
+    traceparent: str
+    tracestate: str
+    def __init__(self, traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
+
 class VerifierRequest(_message.Message):
-    __slots__ = ("call_id", "seq_id", "start", "step", "release")
+    __slots__ = ("call_id", "seq_id", "start", "step", "release", "trace_context")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     seq_id: str
     start: StartSequence
     step: VerifyStep
     release: ReleaseSequence
-    def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., start: _Optional[_Union[StartSequence, _Mapping]] = ..., step: _Optional[_Union[VerifyStep, _Mapping]] = ..., release: _Optional[_Union[ReleaseSequence, _Mapping]] = ...) -> None: ...
+    trace_context: TraceContext
+    def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., start: _Optional[_Union[StartSequence, _Mapping]] = ..., step: _Optional[_Union[VerifyStep, _Mapping]] = ..., release: _Optional[_Union[ReleaseSequence, _Mapping]] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ...) -> None: ...
 
 class StepResult(_message.Message):
     __slots__ = ("committed_len", "num_accepted", "token_ids", "hidden_states")
@@ -262,16 +272,18 @@ class DraftStep(_message.Message):
     def __init__(self, committed_len: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., hidden_state: _Optional[_Union[HiddenStates, _Mapping]] = ...) -> None: ...
 
 class ProposerRequest(_message.Message):
-    __slots__ = ("call_id", "seq_id", "draft", "release")
+    __slots__ = ("call_id", "seq_id", "draft", "release", "trace_context")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     DRAFT_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     seq_id: str
     draft: DraftStep
     release: ReleaseSequence
-    def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., draft: _Optional[_Union[DraftStep, _Mapping]] = ..., release: _Optional[_Union[ReleaseSequence, _Mapping]] = ...) -> None: ...
+    trace_context: TraceContext
+    def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., draft: _Optional[_Union[DraftStep, _Mapping]] = ..., release: _Optional[_Union[ReleaseSequence, _Mapping]] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ...) -> None: ...
 
 class DraftResult(_message.Message):
     __slots__ = ("committed_len", "drafts", "needs_full_context")

@@ -66,6 +66,7 @@ class RequestTimer:
     """One request's clock: time to first token, time between token-bearing messages, end to end."""
 
     started: float = field(default_factory=time.monotonic)
+    first: float | None = None
     last: float | None = None
 
 
@@ -112,6 +113,7 @@ class RequestMetrics:
             return
         now = time.monotonic()
         if timer.last is None:
+            timer.first = now
             self.ttft.record(now - timer.started)
         else:
             self.itl.record(now - timer.last)

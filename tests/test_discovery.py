@@ -123,7 +123,7 @@ class StartOnly:
     def mark_down(self) -> None:
         self.info = None
 
-    async def start(self, seq_id, token_ids, params, seed, **kwargs) -> None:
+    async def start(self, seq_id, token_ids, params, seed, *args) -> None:
         if self.answer is not None:
             raise self.answer
         self.started.append(seq_id)
@@ -134,7 +134,7 @@ def _start(verifiers) -> StartOnly:
 
     core = GatewayCore(verifiers, [], None, set(), 1 << 20, 0)
     seq = Sequence("s", None, [1, 2, 3], SamplingParams(temperature=0), 0)
-    return asyncio.run(core._start_on_a_verifier(seq, deadline=0))
+    return asyncio.run(core._start_on_a_verifier(seq, deadline=0, trace_context=None))
 
 
 def test_a_sequence_starts_on_the_least_loaded_verifier_and_passes_over_full_or_lost_ones():

@@ -78,7 +78,7 @@ class ReplayingVerifier:
     def forget(self, seq_id: str) -> None:
         pass
 
-    async def start(self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, **kwargs) -> None:
+    async def start(self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, *args) -> None:
         pass
 
     async def step(self, seq_id: str, committed_len: int, draft) -> pb.StepResult:

@@ -21,6 +21,7 @@ from splitspec.rpc.compute_thread import run_on_compute_thread
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
 from splitspec.rpc.stream_dispatch import serve_sequence_stream
 from splitspec.sampling_params import SamplingParams
+from splitspec.tracing import start_tracing, traces_endpoint
 from verifier_svc.service import VerifierService
 
 
@@ -54,7 +55,12 @@ class VerifierServicer(pb_grpc.VerifierServicer):
             if kind == "start":
                 start = request.start
                 self.service.add(
-                    request.seq_id, list(start.token_ids), _params(start), start.seed, _hidden_states(start)
+                    request.seq_id,
+                    list(start.token_ids),
+                    _params(start),
+                    start.seed,
+                    _hidden_states(start),
+                    (request.trace_context.traceparent, request.trace_context.tracestate),
                 )
                 response.ack.SetInParent()
             elif kind == "step":
@@ -132,13 +138,19 @@ def run_verifier(settings: VerifierSettings) -> None:
     watchers: set[asyncio.Task] = set()
 
     async def main() -> None:
+        tracing = start_tracing("verifier", traces_endpoint(settings.server.otlp_traces_endpoint))
         service = VerifierService(
             runner,
             max_num_seqs=settings.runner.max_num_seqs,
             batch_window_s=settings.batch_window_ms / 1000,
             meter=service_meter("verifier", settings.server),
+            tracing=tracing,
         )
         service.cost_model = cost_model
+
+        async def stop() -> None:
+            await service.close()
+            tracing.shutdown()
 
         async def register(server, health) -> None:
             service.start()
@@ -152,7 +164,7 @@ def run_verifier(settings: VerifierSettings) -> None:
             [pb.DESCRIPTOR.services_by_name["Verifier"].full_name],
             register,
             "verifier",
-            service.close,
+            stop,
             idle=lambda: not service.sequences,
         )
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 import torch
+from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from splitspec.adaptive_k import PassCostModel
@@ -22,6 +23,7 @@ from splitspec.models.runner import ModelRunner
 from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
+from splitspec.tracing import Tracing, context_of
 from verifier_svc.verifier import Verifier
 
 
@@ -32,6 +34,8 @@ class RemoteSequence:
     params: SamplingParams
     seed: int
     hidden_states: HiddenStates = HiddenStates.NONE  # what results carry for the sequence's drafter
+    span: trace.Span = trace.INVALID_SPAN  # its time here, in the client request's trace
+    request_span: trace.SpanContext | None = None  # the client request's span at the gateway
 
 
 @dataclass
@@ -76,9 +80,16 @@ class VerifierMetrics:
 
 class VerifierService:
     def __init__(
-        self, runner: ModelRunner, *, max_num_seqs: int = 64, batch_window_s: float = 0.002, meter: Meter | None = None
+        self,
+        runner: ModelRunner,
+        *,
+        max_num_seqs: int = 64,
+        batch_window_s: float = 0.002,
+        meter: Meter | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.runner = runner
+        self.tracing = tracing or Tracing()
         self.verifier = Verifier(runner)
         self.max_num_seqs = max_num_seqs
         self.sequences: dict[str, RemoteSequence] = {}
@@ -102,7 +113,9 @@ class VerifierService:
         params: SamplingParams,
         seed: int,
         hidden_states: HiddenStates = HiddenStates.NONE,
+        trace_context: tuple[str, str] = ("", ""),
     ) -> None:
+        """trace_context: the client request's traceparent and tracestate, which its span here continues."""
         if not self.runner.healthy():
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "this verifier's model has failed; use another verifier")
         if seq_id in self.sequences:
@@ -115,7 +128,13 @@ class VerifierService:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"verifier is full ({self.max_num_seqs} sequences); retry later"
             )
-        self.sequences[seq_id] = RemoteSequence(seq_id, list(token_ids), params, seed, hidden_states)
+        seq = RemoteSequence(seq_id, list(token_ids), params, seed, hidden_states)
+        if self.tracing.enabled and (parent := context_of(*trace_context)) is not None:
+            seq.request_span = trace.get_current_span(parent).get_span_context()
+            seq.span = self.tracing.tracer.start_span(
+                "verifier sequence", context=parent, attributes={"splitspec.start_tokens": len(token_ids)}
+            )
+        self.sequences[seq_id] = seq
 
     async def step(self, seq_id: str, committed_len: int, draft: Draft) -> StepOutcome:
         seq = self.sequences.get(seq_id)
@@ -124,7 +143,10 @@ class VerifierService:
         return await self.batcher.submit(_StepCall(seq, committed_len, draft))
 
     async def release(self, seq_id: str) -> None:
-        if self.sequences.pop(seq_id, None) is not None:
+        seq = self.sequences.pop(seq_id, None)
+        if seq is not None:
+            seq.span.set_attribute("splitspec.end_tokens", len(seq.tokens))
+            seq.span.end()
             await self.batcher.run_exclusive(self.verifier.free, seq_id)
 
     @property
@@ -162,11 +184,16 @@ class VerifierService:
         if steps:
             tokens = sum(len(seq.tokens) - self.runner.cached_length(seq.seq_id) + len(d.token_ids) for seq, d in steps)
             started = time.perf_counter()
+            span = self._pass_span(steps, tokens)
             try:
                 results = self.verifier.verify(steps, [calls[i].seq.hidden_states for i in ready])
             except RunnerLost as exc:  # every call of the batch fails with it: another verifier can go on
+                span.end()
                 raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
-            self.metrics.pass_seconds.record(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            span.set_attribute("splitspec.seconds", seconds)
+            span.end()
+            self.metrics.pass_seconds.record(seconds)
             self.metrics.batch_tokens.record(tokens)
             self.metrics.batch_sequences.record(len(steps))
             for i, result in zip(ready, results):
@@ -176,6 +203,15 @@ class VerifierService:
                 self.verifier.rollback(seq)
                 outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids, result.hidden_state)
         return outcomes
+
+    def _pass_span(self, steps: list[tuple[RemoteSequence, Draft]], tokens: int) -> trace.Span:
+        """A span for one batched pass, linked to the request spans of the sequences it serves."""
+        if not self.tracing.enabled:
+            return trace.INVALID_SPAN
+        links = [trace.Link(seq.request_span) for seq, _ in steps if seq.request_span is not None]
+        return self.tracing.tracer.start_span(
+            "verify pass", links=links, attributes={"splitspec.rows": len(steps), "splitspec.tokens": tokens}
+        )
 
     def _check(self, call: _StepCall) -> ServiceError | None:
         seq = call.seq

@@ -30,6 +30,12 @@ def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
         default=env_default("METRICS_PORT", None),
         help="serve Prometheus metrics at http://HOST:PORT/metrics (env SPLITSPEC_METRICS_PORT; default: none)",
     )
+    p.add_argument(
+        "--otlp-traces-endpoint",
+        default=None,
+        help="send OpenTelemetry traces by OTLP to this endpoint (default: the OTEL_EXPORTER_OTLP_TRACES_ENDPOINT "
+        "or OTEL_EXPORTER_OTLP_ENDPOINT environment; off when neither is set)",
+    )
 
 
 def _yield_idle_cores() -> None:
@@ -52,6 +58,7 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
         keepalive_timeout_ms=args.keepalive_timeout_ms,
         grace_seconds=args.grace_seconds,
         metrics_port=args.metrics_port,
+        otlp_traces_endpoint=args.otlp_traces_endpoint,
     )
 
 

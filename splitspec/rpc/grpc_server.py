@@ -25,6 +25,8 @@ class ServerOptions:
     grace_seconds: float = 10.0
     metrics_port: int | None = None
     """Where Prometheus scrapes /metrics (on `host`); None: no metrics."""
+    otlp_traces_endpoint: str | None = None
+    """Where spans go by OTLP; None: as the OTEL_EXPORTER_OTLP_* environment says (off when unset)."""
 
     @property
     def address(self) -> str:
