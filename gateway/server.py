@@ -23,7 +23,7 @@ from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
-from splitspec.tracing import PROPAGATOR, Tracing, start_tracing, traces_endpoint
+from splitspec.tracing import Tracing, start_tracing, traces_endpoint
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
@@ -89,11 +89,10 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             span.end()
 
     def _request_span(self, request: pb.GenerateRequest, context) -> trace.Span:
-        """The request's span, child of the client's `traceparent` when it sends one; a span that
-        records nothing while tracing is off."""
+        """The request's span, a child of the gRPC server span (which continues the client's
+        `traceparent`); a span that records nothing while tracing is off."""
         if not self.tracing.enabled:
             return trace.INVALID_SPAN
-        parent = PROPAGATOR.extract(dict(context.invocation_metadata() or ()))
         sampling = request.sampling
         attributes = {
             "gen_ai.operation.name": "text_completion",
@@ -105,7 +104,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             if sampling.HasField(name):
                 attributes[f"gen_ai.request.{name}"] = getattr(sampling, name)
         return self.tracing.tracer.start_span(
-            f"generate {self.model_name}", context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+            f"generate {self.model_name}", kind=trace.SpanKind.INTERNAL, attributes=attributes
         )
 
     async def _validated_generate(self, request: pb.GenerateRequest, context, span: trace.Span):
@@ -252,6 +251,13 @@ def run_gateway(settings: GatewaySettings) -> None:
                 await backend.close()
             tracing.shutdown()
 
-        await serve(settings.server, [pb.DESCRIPTOR.services_by_name["Gateway"].full_name], register, "gateway", stop)
+        await serve(
+            settings.server,
+            [pb.DESCRIPTOR.services_by_name["Gateway"].full_name],
+            register,
+            "gateway",
+            stop,
+            interceptors=tracing.server_interceptors(),
+        )
 
     asyncio.run(main())

@@ -36,6 +36,15 @@ class Tracing:
     def enabled(self) -> bool:
         return self.provider is not None
 
+    def server_interceptors(self) -> list:
+        """gRPC server spans (opentelemetry-instrumentation-grpc), each the child of its caller's
+        `traceparent` metadata; health checks make none."""
+        if self.provider is None:
+            return []
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+        return [aio_server_interceptor(tracer_provider=self.provider, filter_=filters.negate(filters.health_check()))]
+
     def shutdown(self) -> None:
         """Export what is still buffered; call once, when the process stops."""
         if self.provider is not None:

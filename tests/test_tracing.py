@@ -66,8 +66,12 @@ def test_one_request_is_one_trace_across_the_three_services(tiny_llama, tmp_path
         by_service.setdefault(service, []).append(span)
     assert {"splitspec-gateway", "splitspec-verifier", "splitspec-proposer"} <= set(by_service)
 
-    (root,) = [s for s in by_service["splitspec-gateway"] if s.trace_id.hex() == trace_id]
-    assert root.name.startswith("generate ") and root.parent_span_id.hex() == client_span
+    in_trace = {s.name: s for s in by_service["splitspec-gateway"] if s.trace_id.hex() == trace_id}
+    assert len(in_trace) == 2, list(in_trace)
+    server_span = in_trace.pop("/splitspec.v1.Gateway/Generate")  # opentelemetry-instrumentation-grpc's
+    assert server_span.parent_span_id.hex() == client_span
+    ((name, root),) = in_trace.items()
+    assert name.startswith("generate ") and root.parent_span_id == server_span.span_id
     attributes = {a.key: a.value for a in root.attributes}
     assert attributes["gen_ai.usage.output_tokens"].int_value == final.usage.completion_tokens == 24
     assert attributes["gen_ai.usage.input_tokens"].int_value == len(prompt)
@@ -87,4 +91,5 @@ def test_one_request_is_one_trace_across_the_three_services(tiny_llama, tmp_path
         linked = [s for s in batches if any(link.span_id == root.span_id for link in s.links)]
         assert linked and all(s.trace_id.hex() != trace_id for s in linked), f"{name} spans link to the request"
     others = [s for s in by_service["splitspec-gateway"] if s.name.startswith("generate ") and s is not root]
-    assert len(others) == 1 and others[0].trace_id.hex() != trace_id and not others[0].parent_span_id
+    assert len(others) == 1 and others[0].trace_id.hex() != trace_id
+    assert not any("Health" in s.name for s in by_service["splitspec-gateway"]), "health checks make no spans"

@@ -53,6 +53,7 @@ async def serve(
     name: str,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     idle: Callable[[], bool] | None = None,
+    interceptors: list | None = None,
 ) -> None:
     """Run a server until SIGTERM or SIGINT, then stop taking calls and drain in-flight streams.
 
@@ -61,10 +62,11 @@ async def serve(
     says so (callers have moved their work away) rather than at the end of the grace period.
     """
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=channel_options(options.max_message_bytes, options.keepalive_time_ms, options.keepalive_timeout_ms)
         # clients (the gateway) ping at their keepalive interval to notice a cut link within seconds:
         # never answer their pings with GOAWAY "too_many_pings", which would break every stream
-        + [("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.http2.max_ping_strikes", 0)]
+        + [("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.http2.max_ping_strikes", 0)],
     )
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
