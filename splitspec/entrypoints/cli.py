@@ -142,6 +142,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels for the sweep")
     p.add_argument("--no-gateway", action="store_true", help="skip the three-process configurations")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face transformers")
+    p.add_argument(
+        "--traced-gateway",
+        action="store_true",
+        help="add a second gateway stack with OpenTelemetry tracing on (every span exported to a local OTLP "
+        "receiver), to measure what tracing costs",
+    )
     p.add_argument("--seed", type=int, default=0, help="selects the prompts")
     p.add_argument("--output", default="bench.json", help="where to write the JSON report")
     add_device_flag(p, "every configuration's target (transformers' too)")
@@ -166,6 +172,7 @@ def _bench(args: argparse.Namespace) -> int:
         num_speculative_tokens=args.num_speculative_tokens,
         concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
         gateway=not args.no_gateway,
+        traced_gateway=args.traced_gateway,
         hf=not args.no_hf,
         seed=args.seed,
         output=args.output,

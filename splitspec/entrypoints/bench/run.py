@@ -32,6 +32,8 @@ class BenchSettings:
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
     concurrency: tuple[int, ...] = (1, 4, 16)
     gateway: bool = True
+    traced_gateway: bool = False
+    """Also a second stack with OpenTelemetry tracing on, exporting every span to a local OTLP receiver."""
     hf: bool = True
     seed: int = 0
     output: str = "bench.json"
@@ -49,7 +51,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_stack(model: str, k: int, device: str) -> tuple[subprocess.Popen, str]:
+def _start_stack(model: str, k: int, device: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -75,7 +77,7 @@ def _start_stack(model: str, k: int, device: str) -> tuple[subprocess.Popen, str
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
+        env=dict(os.environ, TOKENIZERS_PARALLELISM="false", **(env or {})),
     )
     address = f"127.0.0.1:{ports[0]}"
     deadline = time.monotonic() + 300
@@ -126,6 +128,15 @@ def run_bench(settings: BenchSettings) -> dict:
         stack, address = _start_stack(str(path), settings.num_speculative_tokens, settings.device)
         configs.append(SplitspecGateway("gateway K=0", address, num_speculative_tokens=0))
         configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens}", address))
+    traced, sink = None, None
+    if settings.traced_gateway:
+        from splitspec.entrypoints.bench.otlp_sink import start_otlp_sink
+
+        sink, endpoint, spans = start_otlp_sink()
+        _log(f"starting a second stack with tracing on, exporting to {endpoint}")
+        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint}
+        traced, address = _start_stack(str(path), settings.num_speculative_tokens, settings.device, env)
+        configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens} traced", address))
     if settings.hf:
         configs += _hf_configs(plain, path, settings)
     if settings.configs_only:
@@ -134,9 +145,13 @@ def run_bench(settings: BenchSettings) -> dict:
         timings = _run_interleaved(configs, bench_prompts, settings.max_tokens)
         sweep = _concurrency_sweep(configs, bench_prompts, settings)
     finally:
-        if stack is not None:
-            stack.send_signal(signal.SIGTERM)
-            stack.wait(timeout=60)
+        for process in (stack, traced):
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
+        if sink is not None:
+            _log(f"the traced stack exported {spans.spans} spans")
+            sink.stop(0)
     return _report(settings, timings, sweep)
 
 
