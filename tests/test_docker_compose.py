@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from command_flags import flags_of
 
 from splitspec.entrypoints.cli import build_parser
 from splitspec.entrypoints.cli_services import up_commands
@@ -57,15 +58,6 @@ def _command(service: dict) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
 
 
-def _flags(argv: list[str]) -> dict[str, str]:
-    """`serve-x --a 1 -k 5` -> {"--a": "1", "-k": "5"}; every flag of these commands takes a value."""
-    pairs = argv[1:]
-    assert len(pairs) % 2 == 0 and all(f.startswith("-") for f in pairs[::2]), argv
-    flags = dict(zip(pairs[::2], pairs[1::2]))
-    assert len(flags) == len(pairs) // 2, f"a flag is given twice in {argv}"
-    return flags
-
-
 def _host_port(address: str) -> tuple[str, int]:
     host, _, port = address.removeprefix("dns:///").rpartition(":")
     return host, int(port)
@@ -82,7 +74,7 @@ def test_each_service_runs_the_same_subcommand(compose, up, name):
 
 @pytest.mark.parametrize("name", ["verifier", "proposer", "gateway"])
 def test_each_service_has_the_same_flags_and_values(compose, up, name):
-    ours, theirs = _flags(_command(compose["services"][name])), _flags(up[name])
+    ours, theirs = flags_of(_command(compose["services"][name])), flags_of(up[name])
     assert set(ours) == set(theirs), f"{name}: docker-compose.yml and `splitspec up` pass different flags"
     for flag, value in theirs.items():
         if flag == "--host" or flag in SERVICE_ADDRESS_FLAGS:
@@ -93,23 +85,23 @@ def test_each_service_has_the_same_flags_and_values(compose, up, name):
 @pytest.mark.parametrize("name", ["verifier", "proposer", "gateway"])
 def test_each_service_listens_on_all_interfaces_inside_its_container(compose, name):
     service = compose["services"][name]
-    assert _flags(_command(service))["--host"] == "0.0.0.0"
+    assert flags_of(_command(service))["--host"] == "0.0.0.0"
     assert service["environment"]["SPLITSPEC_HOST"] == "0.0.0.0"
 
 
 def test_the_gateway_reaches_each_service_by_name_on_its_up_port(compose, up):
-    ours, theirs = _flags(_command(compose["services"]["gateway"])), _flags(up["gateway"])
+    ours, theirs = flags_of(_command(compose["services"]["gateway"])), flags_of(up["gateway"])
     for flag, service in SERVICE_ADDRESS_FLAGS.items():
         [(_, up_port)] = [_host_port(a) for a in theirs[flag].split(",")]
         assert [_host_port(a) for a in ours[flag].split(",")] == [(service, up_port)], flag
         # and that port is the one the service itself listens on
-        assert _flags(_command(compose["services"][service]))["--port"] == str(up_port)
+        assert flags_of(_command(compose["services"][service]))["--port"] == str(up_port)
 
 
 def test_only_the_gateway_publishes_a_port_and_it_is_the_gateway_port(compose, up):
     published = {name: s.get("ports") for name, s in compose["services"].items() if s.get("ports")}
     assert set(published) == {"gateway"}
-    gateway_port = _flags(up["gateway"])["--port"]
+    gateway_port = flags_of(up["gateway"])["--port"]
     assert [str(p).rpartition(":")[2] for p in published["gateway"]] == [gateway_port]
     assert str(published["gateway"][0]).partition(":")[0] == gateway_port
 
@@ -120,14 +112,14 @@ def test_each_healthcheck_probes_its_own_port(compose, name):
     test = service["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"]
     compile(test[3], f"{name} healthcheck", "exec")
-    assert re.findall(r"127\.0\.0\.1:(\d+)", test[3]) == [_flags(_command(service))["--port"]]
+    assert re.findall(r"127\.0\.0\.1:(\d+)", test[3]) == [flags_of(_command(service))["--port"]]
 
 
 @pytest.mark.parametrize("name", ["verifier", "proposer", "gateway"])
 def test_model_selection_and_cache_come_from_the_environment(compose, up, name):
     service = compose["services"][name]
     env = service["environment"]
-    assert env["SPLITSPEC_MODEL"] == _flags(up["verifier"])["--model"]
+    assert env["SPLITSPEC_MODEL"] == flags_of(up["verifier"])["--model"]
     cache = env["SPLITSPEC_CACHE"]
     volume, _, mount = next(v for v in service["volumes"] if v.endswith(":" + cache)).partition(":")
     assert mount == cache and volume in compose["volumes"], "the model cache must be a named volume"
@@ -154,8 +146,8 @@ def test_dockerfile_installs_like_scripts_setup(compose):
 def test_the_gpu_variant_puts_the_verifier_on_a_gpu_and_changes_nothing_else(compose):
     gpu = _interpolate_unset(yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text()))
     verifier = gpu["services"]["verifier"]
-    base = _flags(_command(compose["services"]["verifier"]))
-    assert _flags(_command(verifier)) == base | {"--device": "cuda"}
+    base = flags_of(_command(compose["services"]["verifier"]))
+    assert flags_of(_command(verifier)) == base | {"--device": "cuda"}
     [reservation] = verifier["deploy"]["resources"]["reservations"]["devices"]
     assert reservation["driver"] == "nvidia" and "gpu" in reservation["capabilities"]
     for service in gpu["services"].values():

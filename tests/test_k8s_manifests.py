@@ -14,6 +14,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from command_flags import flags_of
 
 from splitspec.entrypoints.cli import build_parser
 
@@ -71,15 +72,6 @@ def _pod(objects, tier: str) -> dict:
 def _container(objects, tier: str) -> dict:
     [container] = _pod(objects, tier)["spec"]["containers"]
     return container
-
-
-def _flags(argv: list[str]) -> dict[str, str]:
-    """`serve-x --a 1 -k 5` -> {"--a": "1", "-k": "5"}; every flag these commands use takes a value."""
-    pairs = argv[1:]
-    assert len(pairs) % 2 == 0 and all(f.startswith("-") for f in pairs[::2]), argv
-    flags = dict(zip(pairs[::2], pairs[1::2]))
-    assert len(flags) == len(pairs) // 2, f"a flag is given twice in {argv}"
-    return flags
 
 
 def _parse(container: dict) -> argparse.Namespace:
@@ -163,7 +155,7 @@ def test_each_command_spells_out_only_flags_the_cli_defines(objects, tier):
     argv = [str(a) for a in _container(objects, tier)["args"]]
     [subparsers] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     known = subparsers.choices[argv[0]]._option_string_actions
-    assert [f for f in _flags(argv) if f not in known] == [], f"`splitspec {argv[0]}` has no such flag"
+    assert [f for f in flags_of(argv) if f not in known] == [], f"`splitspec {argv[0]}` has no such flag"
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -194,7 +186,7 @@ def test_every_probe_checks_the_servers_port_and_health_names(objects, tier):
 def test_the_drain_ends_before_the_kill_and_liveness_cannot_end_it_sooner(objects, tier):
     pod = _pod(objects, tier)["spec"]
     container = _container(objects, tier)
-    assert "--grace-seconds" in _flags(container["args"]), "pass the drain time explicitly"
+    assert "--grace-seconds" in flags_of(container["args"]), "pass the drain time explicitly"
     grace = pod["terminationGracePeriodSeconds"]
     assert grace > _parse(container).grace_seconds
     liveness = container["livenessProbe"]
@@ -234,7 +226,7 @@ def test_verifiers_and_proposers_have_headless_services_and_the_gateway_a_cluste
 
 
 def test_the_gateway_finds_each_tier_through_its_headless_service(objects):
-    flags = _flags(_container(objects, "gateway")["args"])
+    flags = flags_of(_container(objects, "gateway")["args"])
     for flag, tier in GATEWAY_TARGET_FLAGS.items():
         [target] = flags[flag].split(",")
         assert target.startswith(DNS_SCHEME), f"{flag} {target}: a fixed address would miss pods that come later"
