@@ -159,11 +159,14 @@ def test_each_command_spells_out_only_flags_the_cli_defines(objects, tier):
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_each_server_listens_on_all_interfaces_on_its_containers_and_services_port(objects, tier):
+def test_each_server_listens_on_all_interfaces_on_its_containers_and_services_ports(objects, tier):
     container = _container(objects, tier)
     args = _parse(container)
     assert args.host == "0.0.0.0"
-    assert [p["containerPort"] for p in container["ports"]] == [args.port]
+    assert [p["containerPort"] for p in container["ports"]] == [args.port, args.metrics_port]
+    assert _container_port(container, "metrics") == args.metrics_port
+    annotations = _pod(objects, tier)["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(args.metrics_port), "Prometheus scrapes the metrics port"
     [service_port] = objects[("Service", _name(tier))]["spec"]["ports"]
     assert service_port["port"] == args.port, "the gateway's dns:/// targets reach the pods on the Service's port"
     assert _container_port(container, service_port["targetPort"]) == args.port
