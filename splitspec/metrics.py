@@ -28,14 +28,18 @@ COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 def meter_provider(service: str, readers: list[MetricReader]) -> MeterProvider:
     """A provider whose histograms have buckets fit for serving: seconds from 1 ms to minutes, and
-    batch sizes in powers of two."""
+    batch sizes in powers of two. No exit hook: one would keep the provider, and through its callbacks
+    an in-process LLM's runner (and a tensor-parallel runner's workers), alive until the process ends."""
     views = [
         View(instrument_type=HistogramInstrument, instrument_unit="s",
              aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS)),
         View(instrument_type=HistogramInstrument, instrument_unit="1", aggregation=ExplicitBucketHistogramAggregation(COUNT_BUCKETS)),
     ]  # fmt: skip
     return MeterProvider(
-        metric_readers=readers, views=views, resource=Resource.create({"service.name": f"splitspec-{service}"})
+        metric_readers=readers,
+        views=views,
+        resource=Resource.create({"service.name": f"splitspec-{service}"}),
+        shutdown_on_exit=False,
     )
 
 
