@@ -3,6 +3,9 @@ what its requests reported."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from splitspec import LLM, SamplingParams
 from splitspec.metrics import Counter, Gauge, Histogram, Vector
 
@@ -42,3 +45,15 @@ def test_get_metrics_counts_what_the_requests_report(tiny_llama):
     assert get("splitspec_num_requests_running") == Gauge("splitspec_num_requests_running", {}, 0)
     assert 0 <= get("splitspec_kv_cache_usage_perc").value < 1
     assert get("splitspec_num_preemptions").value == 0
+
+
+def test_an_llm_dropped_is_collected_with_its_metrics(tiny_llama):
+    """Its meter's callbacks hold the runner: nothing global may keep them (a tensor-parallel runner's
+    workers stop only when it is collected)."""
+    llm = LLM(str(tiny_llama))
+    llm.generate([{"prompt_token_ids": PROMPTS[0]}], SamplingParams(max_tokens=4), use_tqdm=False)
+    assert llm.get_metrics()
+    runner = weakref.ref(llm.runner)
+    del llm
+    gc.collect()
+    assert runner() is None
