@@ -24,6 +24,7 @@ from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
 from splitspec.tracing import Tracing, context_of
+from verifier_svc.draft_validation import check_draft, check_seq_id
 from verifier_svc.verifier import Verifier
 
 
@@ -118,6 +119,7 @@ class VerifierService:
         """trace_context: the client request's traceparent and tracestate, which its span here continues."""
         if not self.runner.healthy():
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "this verifier's model has failed; use another verifier")
+        check_seq_id(seq_id)
         if seq_id in self.sequences:
             raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"sequence {seq_id} is already running on this verifier")
         try:
@@ -140,6 +142,7 @@ class VerifierService:
         seq = self.sequences.get(seq_id)
         if seq is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} is not running on this verifier")
+        check_draft(draft, self.runner.vocab_size)
         return await self.batcher.submit(_StepCall(seq, committed_len, draft))
 
     async def release(self, seq_id: str) -> None:
@@ -225,8 +228,6 @@ class VerifierService:
         k = len(call.draft.token_ids)
         if len(seq.tokens) + k > self.runner.max_model_len:
             return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{k} drafts would run past the model's context")
-        if any(not 0 <= t < self.runner.vocab_size for t in call.draft.token_ids):
-            return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "draft token ids out of the vocabulary")
         return None
 
     def _evict_idle_until_fits(self, steps, busy: set[str]) -> None:
