@@ -71,6 +71,14 @@ class VerifierBackend:
         reported = self.info.num_sequences + self.num_sequences - self._own_at_refresh
         return max(reported, self.num_sequences) / self.info.max_num_seqs
 
+    @property
+    def kv_free_share(self) -> float:
+        """The share of its KV cache blocks free at the last refresh: the tie-breaker between verifiers
+        with the same load (long sequences fill the cache without filling the slots)."""
+        if self.info is None or self.info.num_total_blocks == 0:
+            return 0.0
+        return self.info.num_free_blocks / self.info.num_total_blocks
+
     def retire(self) -> None:
         self.retired = True
         self.info = None

@@ -103,7 +103,9 @@ class GatewayCore:
         delay = 0.05
         while True:
             full: list[ServiceError] = []
-            for verifier in sorted((v for v in self.verifiers if v.info is not None), key=lambda v: v.load):
+            for verifier in sorted(
+                (v for v in self.verifiers if v.info is not None), key=lambda v: (v.load, -v.kv_free_share)
+            ):
                 verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
                 try:
                     await verifier.start(

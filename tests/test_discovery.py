@@ -98,6 +98,8 @@ def test_load_counts_other_gateways_sequences_and_this_gateway_s_since_the_last_
         busy = _verifier_reporting("127.0.0.1:1", num_sequences=6)  # six from other gateways
         idle = _verifier_reporting("127.0.0.1:2", num_sequences=0)
         assert busy.load == 6 / 8 and idle.load == 0
+        busy.info.num_free_blocks, busy.info.num_total_blocks = 30, 120
+        assert busy.kv_free_share == 0.25 and idle.kv_free_share == 0.0
         idle.num_sequences = 3  # started here since the report
         assert idle.load == 3 / 8
         busy._own_at_refresh = busy.num_sequences = 2  # two of the six reported are this gateway's
@@ -116,6 +118,7 @@ class StartOnly:
     address: str
     load: float
     answer: ServiceError | None = None
+    kv_free_share: float = 0.5
     started: list[str] = field(default_factory=list)
     num_sequences: int = 0
     info: pb.VerifierInfo = field(default_factory=pb.VerifierInfo)
@@ -138,9 +141,12 @@ def _start(verifiers) -> StartOnly:
 
 
 def test_a_sequence_starts_on_the_least_loaded_verifier_and_passes_over_full_or_lost_ones():
+    """Load first, then free KV cache; full or lost verifiers are passed over."""
     full = ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "no free KV blocks")
     lost = ServiceError(grpc.StatusCode.UNAVAILABLE, "going away")
     assert _start([StartOnly("a", 0.5), StartOnly("b", 0.25), StartOnly("c", 0.75)]).address == "b"
+    tied = [StartOnly("a", 0.25, kv_free_share=0.2), StartOnly("b", 0.25, kv_free_share=0.9)]
+    assert _start(tied).address == "b", "at equal load, the one with more free KV cache"
     assert _start([StartOnly("a", 0.5), StartOnly("b", 0.25, full), StartOnly("c", 0.75)]).address == "a"
     down = StartOnly("b", 0.0, lost)
     assert _start([StartOnly("a", 0.5), down]).address == "a" and down.info is None

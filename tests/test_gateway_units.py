@@ -71,6 +71,7 @@ class ReplayingVerifier:
     cost_model: None = None
     num_sequences: int = 0
     load: float = 0.0
+    kv_free_share: float = 1.0
 
     def plan_step(self, seq_id: str, rows: int, expected_tokens: float) -> None:
         pass
