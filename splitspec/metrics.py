@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from opentelemetry.metrics import Meter, NoOpMeterProvider
+from opentelemetry.metrics import Meter, NoOpMeterProvider, Observation
 from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
@@ -63,6 +63,15 @@ def service_meter(service: str, options) -> Meter:
 def no_meter() -> Meter:
     """Instruments that record nothing, for a process started without --metrics-port."""
     return NoOpMeterProvider().get_meter("splitspec")
+
+
+def kv_cache_usage(runner) -> list[Observation]:
+    """The share of a paged runner's KV cache blocks in use (none for a runner without paging): the
+    callback of a `splitspec_kv_cache_usage_perc` gauge."""
+    allocator = getattr(runner, "allocator", None)
+    if allocator is None or allocator.num_blocks == 0:
+        return []
+    return [Observation(1 - runner.num_free_blocks / allocator.num_blocks)]
 
 
 @dataclass

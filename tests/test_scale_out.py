@@ -9,6 +9,14 @@ import time
 from contextlib import ExitStack
 
 import pytest
+from host_pods import (
+    PROPOSER_PORT,
+    VERIFIER_PORT,
+    addresses,
+    gateway_on_host,
+    proposers_on_hosts,
+    verifiers_on_hosts,
+)
 from pod_streams import (
     PROMPTS,
     all_streaming,
@@ -18,50 +26,12 @@ from pod_streams import (
     join_all,
     num_sequences,
 )
-from service_stack import start_service, wait_for
+from service_stack import wait_for
 from tiny_checkpoints import write_tiny_checkpoint
 
 from splitspec.entrypoints.client import build_request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-VERIFIER_PORT = 50052
-PROPOSER_PORT = 50053
-
-
-def _verifiers(model, hosts, log_dir, cleanup: ExitStack, count: int):
-    verifiers = []
-    for i in range(count):
-        verifier = start_service(
-            f"verifier{i}", ["serve-verifier", "--model", str(model)], log_dir, on=hosts.add(f"verifier{i}"),
-            port=VERIFIER_PORT,
-        )  # fmt: skip
-        cleanup.callback(verifier.stop)
-        verifiers.append(verifier)
-    return verifiers
-
-
-def _proposers(hosts, log_dir, cleanup: ExitStack, count: int, grace_seconds: float = 5):
-    proposers = []
-    for i in range(count):
-        proposer = start_service(
-            f"proposer{i}", ["serve-proposer", "-k", "3"], log_dir, on=hosts.add(f"proposer{i}"), port=PROPOSER_PORT,
-            grace_seconds=grace_seconds,
-        )  # fmt: skip
-        cleanup.callback(proposer.stop)
-        proposers.append(proposer)
-    return proposers
-
-
-def _gateway(model, host, log_dir, cleanup: ExitStack, verifiers: str, proposers: str, *extra: str):
-    gateway = start_service(
-        f"gateway-{host.name}",
-        ["serve-gateway", "--model", str(model), "-k", "3", "--verifiers", verifiers, "--proposers", proposers, *extra],
-        log_dir,
-        on=host,
-    )
-    cleanup.callback(gateway.stop)
-    return gateway
 
 
 def _ip(service) -> str:
@@ -75,11 +45,11 @@ def test_pods_named_in_dns_join_when_listed_and_drain_when_unlisted(tiny_llama, 
     expected = in_process_outputs(tiny_llama)
     requests = greedy_and_seeded_requests(num_speculative_tokens=0)
     with ExitStack() as cleanup:
-        first, second = _verifiers(tiny_llama, hosts, tmp_path, cleanup, 2)
-        (proposer,) = _proposers(hosts, tmp_path, cleanup, 1)
+        first, second = verifiers_on_hosts(tiny_llama, hosts, tmp_path, cleanup, 2)
+        (proposer,) = proposers_on_hosts(hosts, tmp_path, cleanup, 1)
         gateway_host = hosts.add("gateway")
         gateway_host.write_hosts({"verifiers": [_ip(first)], "proposers": [_ip(proposer)]})
-        gateway = _gateway(
+        gateway = gateway_on_host(
             tiny_llama, gateway_host, tmp_path, cleanup, f"dns:///verifiers:{VERIFIER_PORT}",
             f"dns:///proposers:{PROPOSER_PORT}", "--resolve-interval-s", "0.2",
         )  # fmt: skip
@@ -116,10 +86,10 @@ def test_two_gateways_share_verifiers_by_the_load_they_report(long_context_llama
     expected = in_process_outputs(model)
     requests = greedy_and_seeded_requests()
     with ExitStack() as cleanup:
-        verifiers = _verifiers(model, hosts, tmp_path, cleanup, 2)
-        proposers = _proposers(hosts, tmp_path, cleanup, 2)
-        pods = (",".join(v.address for v in verifiers), ",".join(p.address for p in proposers))
-        a, b = (_gateway(model, hosts.add(name), tmp_path, cleanup, *pods) for name in ("a", "b"))
+        verifiers = verifiers_on_hosts(model, hosts, tmp_path, cleanup, 2)
+        proposers = proposers_on_hosts(hosts, tmp_path, cleanup, 2)
+        pods = (addresses(verifiers), addresses(proposers))
+        a, b = (gateway_on_host(model, hosts.add(name), tmp_path, cleanup, *pods) for name in ("a", "b"))
         long = build_request(PROMPTS[1], temperature=0, max_tokens=1200, ignore_eos=True, num_speculative_tokens=0)
         first_on_a = all_streaming(a.address, [long], cleanup)
         time.sleep(1.5)  # B's health check reads the verifiers' load (every 1 s)
@@ -140,11 +110,11 @@ def test_sigterm_moves_a_proposer_s_sequences_and_it_exits_once_empty(tiny_llama
     period; no stream notices."""
     expected = in_process_outputs(tiny_llama)
     with ExitStack() as cleanup:
-        (verifier,) = _verifiers(tiny_llama, hosts, tmp_path, cleanup, 1)
-        proposers = _proposers(hosts, tmp_path, cleanup, 2, grace_seconds=120)
-        gateway = _gateway(
+        (verifier,) = verifiers_on_hosts(tiny_llama, hosts, tmp_path, cleanup, 1)
+        proposers = proposers_on_hosts(hosts, tmp_path, cleanup, 2, grace_seconds=120)
+        gateway = gateway_on_host(
             tiny_llama, hosts.add("gateway"), tmp_path, cleanup, verifier.address,
-            ",".join(p.address for p in proposers),
+            addresses(proposers),
         )  # fmt: skip
         streams = all_streaming(gateway.address, greedy_and_seeded_requests(), cleanup)
         started = time.monotonic()

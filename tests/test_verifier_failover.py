@@ -12,6 +12,7 @@ import time
 from contextlib import ExitStack
 
 import pytest
+from host_pods import addresses, gateway_on_host, proposers_on_hosts, verifiers_on_hosts
 from pod_streams import (
     all_streaming,
     assert_lossless,
@@ -20,7 +21,6 @@ from pod_streams import (
     join_all,
     num_sequences,
 )
-from service_stack import start_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,28 +28,11 @@ KEEPALIVE = ["--keepalive-time-ms", "1000", "--keepalive-timeout-ms", "2000"]
 
 
 def _two_verifier_stack(model, hosts, log_dir, cleanup: ExitStack, grace_seconds: float = 5, gateway_args=()):
-    verifiers = [
-        start_service(
-            f"verifier{i}",
-            ["serve-verifier", "--model", str(model)],
-            log_dir,
-            grace_seconds=grace_seconds,
-            on=hosts.add(f"verifier{i}"),
-        )
-        for i in range(2)
-    ]
-    for v in verifiers:
-        cleanup.callback(v.stop)
-    proposer = start_service("proposer", ["serve-proposer", "-k", "3"], log_dir, on=hosts.add("proposer"))
-    cleanup.callback(proposer.stop)
-    gateway_flags = ["--verifiers", ",".join(v.address for v in verifiers), "--proposers", proposer.address]
-    gateway = start_service(
-        "gateway",
-        ["serve-gateway", "--model", str(model), "-k", "3", *gateway_flags, *gateway_args],
-        log_dir,
-        on=hosts.add("gateway"),
+    verifiers = verifiers_on_hosts(model, hosts, log_dir, cleanup, 2, grace_seconds)
+    proposers = proposers_on_hosts(hosts, log_dir, cleanup, 1)
+    gateway = gateway_on_host(
+        model, hosts.add("gateway"), log_dir, cleanup, addresses(verifiers), addresses(proposers), *gateway_args
     )
-    cleanup.callback(gateway.stop)
     return verifiers, gateway
 
 

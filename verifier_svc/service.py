@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import grpc
 import torch
 from opentelemetry import trace
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import Meter, Observation
 
 from splitspec.adaptive_k import PassCostModel
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import RunnerLost, ServiceError, SplitspecError
-from splitspec.metrics import no_meter
+from splitspec.metrics import kv_cache_usage, no_meter
 from splitspec.models.runner import ModelRunner
 from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
 from splitspec.sampling_params import SamplingParams
@@ -64,7 +64,9 @@ class VerifierMetrics:
             description="Sequences held",
         )
         meter.create_observable_gauge(
-            "splitspec_kv_cache_usage_perc", [service.observe_kv_usage], description="KV cache blocks in use, 0-1"
+            "splitspec_kv_cache_usage_perc",
+            [lambda _: kv_cache_usage(service.runner)],
+            description="KV cache blocks in use, 0-1",
         )
         self.preemptions = meter.create_counter(
             "splitspec_num_preemptions", description="Idle sequences whose KV blocks were evicted to make room"
@@ -155,12 +157,6 @@ class VerifierService:
     @property
     def num_free_blocks(self) -> int:
         return getattr(self.runner, "num_free_blocks", 0)
-
-    def observe_kv_usage(self, options: CallbackOptions) -> list[Observation]:
-        allocator = getattr(self.runner, "allocator", None)
-        if allocator is None or allocator.num_blocks == 0:
-            return []
-        return [Observation(1 - self.num_free_blocks / allocator.num_blocks)]
 
     # -- worker thread -----------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from opentelemetry.metrics import Observation
 from prometheus_client import CollectorRegistry
 
 from splitspec.engine import Engine
-from splitspec.metrics import Metric, RequestMetrics, RequestTimer, meter_provider, read_metrics
+from splitspec.metrics import Metric, RequestMetrics, RequestTimer, kv_cache_usage, meter_provider, read_metrics
 from splitspec.sequence import Sequence
 
 
@@ -19,13 +19,9 @@ class InProcessMetrics:
         meter = meter_provider("llm", [reader]).get_meter("splitspec")
         self.requests = RequestMetrics(meter)
 
-        def kv_usage(_) -> list[Observation]:
-            allocator = getattr(runner, "allocator", None)
-            if allocator is None or allocator.num_blocks == 0:
-                return []
-            return [Observation(1 - runner.num_free_blocks / allocator.num_blocks)]
-
-        meter.create_observable_gauge("splitspec_kv_cache_usage_perc", [kv_usage], description="KV cache in use, 0-1")
+        meter.create_observable_gauge(
+            "splitspec_kv_cache_usage_perc", [lambda _: kv_cache_usage(runner)], description="KV cache in use, 0-1"
+        )
         meter.create_observable_counter(
             "splitspec_num_preemptions",
             [lambda _: [Observation(engine.num_preemptions)]],
