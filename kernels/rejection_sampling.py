@@ -109,8 +109,8 @@ if triton is not None:
                       MODE: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_Q: tl.constexpr):  # fmt: skip
         """First index of the maximum over the vocab of
         MODE 0: values; MODE 1: values / weights; MODE 2: max(0, values - q) / weights."""
-        best = -float("inf")
-        best_index = 0
+        best = tl.full((), -float("inf"), values_ptr.dtype.element_ty)  # the values' dtype: compiled code
+        best_index = 0  # needs one type per variable, which the interpreter does not check
         for start in range(0, vocab, BLOCK_V):
             v = start + tl.arange(0, BLOCK_V)
             in_vocab = v < vocab
