@@ -7,7 +7,7 @@ busy; then the ops that take the most time. Where the device is busy for a small
 time, launches dominate and replaying a captured CUDA graph would pay.
 
 Usage: python benchmarks/profile_verify.py [--model default] [--device auto] [--batches 1,16] [-k 8]
-                                          [--passes 20] [--temperature 0] [--trace DIR]
+                                          [--passes 20] [--temperature 0] [--trace DIR] [--enforce-eager]
 """
 
 from __future__ import annotations
@@ -92,11 +92,15 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=20)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--trace", type=Path, help="write a Chrome trace per batch size into this directory")
+    parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: every kernel launched alone")
     args = parser.parse_args()
-    llm = LLM(args.model, device=args.device)
+    llm = LLM(args.model, device=args.device, enforce_eager=args.enforce_eager)
     runner = llm.runner
     where = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else "CPU"
-    print(f"{args.model} on {where}, {str(runner.dtype).removeprefix('torch.')}, kernels={runner.kernels.name}")
+    graphs = "CUDA graphs" if runner.graphs is not None else "eager"
+    print(
+        f"{args.model} on {where}, {str(runner.dtype).removeprefix('torch.')}, kernels={runner.kernels.name}, {graphs}"
+    )
     for batch in (int(b) for b in args.batches.split(",")):
         profile_batch(llm, batch, args.k, args.passes, args.temperature, args.trace)
 

@@ -165,6 +165,8 @@ class RunnerConfig:
     """Native runner: "auto", "torch" or "triton" (kernels.dispatch)."""
     tensor_parallel_size: int = 1
     """Ranks the native runner's weights and KV heads are split over, one process and device each."""
+    enforce_eager: bool = False
+    """Never replay CUDA graphs (by default the native runner captures its decode and verify passes on CUDA)."""
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,26 @@ def test_seeded_sampling_on_the_gpu_ignores_batching_and_ngram_drafts(tiny_llama
     assert together == alone == ngram
 
 
+@pytest.mark.parametrize("dtype, near_tie", [("float32", NEAR_TIE), ("bfloat16", BF16_NEAR_TIE)])
+def test_cuda_graph_replays_give_the_eager_passes_output(tiny_llama, dtype, near_tie):
+    """Decode and verify passes replayed from captured graphs, at several batch buckets and with new
+    data in each replay, against the same passes run kernel by kernel."""
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}
+    graphed = LLM(str(tiny_llama), speculative_config=spec, device="cuda", dtype=dtype)
+    eager = LLM(str(tiny_llama), speculative_config=spec, device="cuda", dtype=dtype, enforce_eager=True)
+    assert eager.runner.graphs is None
+    sampled = [SamplingParams(temperature=0.8, max_tokens=24, ignore_eos=True, seed=s) for s in range(4)]
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    for prompts in (PROMPTS, PROMPTS[:1], PROMPTS[1:3]):
+        for prompt, got, expected in zip(
+            prompts, _token_ids(graphed, prompts, GREEDY), _token_ids(eager, prompts, GREEDY)
+        ):
+            assert_same_or_near_tie(hf, prompt, got, expected, near_tie)
+    assert graphed.runner.graphs.num_captured >= 3, "decode and verify passes at several buckets"
+    if dtype == "float32":
+        assert _token_ids(graphed, PROMPTS, sampled) == _token_ids(eager, PROMPTS, sampled)
+
+
 @pytest.mark.e2e
 def test_the_services_with_the_verifier_on_the_gpu(tiny_llama, tmp_path):
     from service_stack import running_stack

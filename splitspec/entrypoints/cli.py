@@ -7,7 +7,7 @@ import sys
 import time
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
-from splitspec.entrypoints.cli_flags import add_device_flag, add_tensor_parallel_flag
+from splitspec.entrypoints.cli_flags import add_device_flag, add_enforce_eager_flag, add_tensor_parallel_flag
 from splitspec.errors import SplitspecError
 
 
@@ -38,6 +38,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gateway", metavar="HOST:PORT", help="stream from a running gateway instead of running in-process")
     add_device_flag(p, "the model (in-process)")
     add_tensor_parallel_flag(p)
+    add_enforce_eager_flag(p)
     p.set_defaults(func=_generate)
 
 
@@ -68,7 +69,13 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=args.stop,
     )
-    llm = LLM(args.model, speculative_config=spec, device=args.device, tensor_parallel_size=args.tensor_parallel_size)
+    llm = LLM(
+        args.model,
+        speculative_config=spec,
+        device=args.device,
+        tensor_parallel_size=args.tensor_parallel_size,
+        enforce_eager=args.enforce_eager,
+    )
     tokenizer = llm.get_tokenizer()
     prompt = args.prompt
     if not args.raw and tokenizer is not None and getattr(tokenizer, "chat_template", None):
@@ -151,6 +158,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="selects the prompts")
     p.add_argument("--output", default="bench.json", help="where to write the JSON report")
     add_device_flag(p, "every configuration's target (transformers' too)")
+    add_enforce_eager_flag(p)
+    p.add_argument(
+        "--eager-rows",
+        action="store_true",
+        help="also K=0 and ngram in-process with --enforce-eager, beside the rows with CUDA graphs",
+    )
     p.add_argument(
         "--quick", action="store_true", help="a small run: 1 prompt each of code_edit and summarise, 32 tokens"
     )
@@ -177,6 +190,8 @@ def _bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         output=args.output,
         device=args.device,
+        enforce_eager=args.enforce_eager,
+        eager_rows=args.eager_rows,
     )
     if args.quick:
         settings = BenchSettings(

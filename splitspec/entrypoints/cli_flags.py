@@ -30,3 +30,11 @@ def add_tensor_parallel_flag(p: argparse.ArgumentParser) -> None:
         default=env_default("TENSOR_PARALLEL_SIZE", 1),
         help="split the target over this many processes, one device each (env SPLITSPEC_TENSOR_PARALLEL_SIZE)",
     )
+
+
+def add_enforce_eager_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="never replay CUDA graphs: every pass of the target runs kernel by kernel (as in vLLM)",
+    )

@@ -11,7 +11,12 @@ import time
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS, RunnerConfig, SpeculativeConfig
 from splitspec.devices import resolve_device
-from splitspec.entrypoints.cli_flags import add_device_flag, add_tensor_parallel_flag, env_default
+from splitspec.entrypoints.cli_flags import (
+    add_device_flag,
+    add_enforce_eager_flag,
+    add_tensor_parallel_flag,
+    env_default,
+)
 from splitspec.rpc.grpc_server import ServerOptions
 
 
@@ -94,6 +99,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 2.0))
     add_device_flag(p, "the target")
     add_tensor_parallel_flag(p)
+    add_enforce_eager_flag(p)
     p.set_defaults(func=_serve_verifier)
 
     p = sub.add_parser("serve-proposer", help="serve a drafter (Proposer service)")
@@ -164,6 +170,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     add_device_flag(p, "the verifier's target")
     p.add_argument("--proposer-device", help="where the proposer's drafter runs (default: --device)")
     add_tensor_parallel_flag(p)
+    add_enforce_eager_flag(p)
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -207,6 +214,7 @@ def _serve_verifier(args: argparse.Namespace) -> int:
                 max_num_seqs=args.max_num_seqs,
                 device=args.device,
                 tensor_parallel_size=args.tensor_parallel_size,
+                enforce_eager=args.enforce_eager,
             ),
             batch_window_ms=args.batch_window_ms,
         )
@@ -296,6 +304,8 @@ def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     proposer += ["--device", args.proposer_device or args.device]
     verifier = ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model]
     verifier += ["--device", args.device, "--tensor-parallel-size", str(args.tensor_parallel_size)]
+    if args.enforce_eager:
+        verifier.append("--enforce-eager")
     gateway = [
         "serve-gateway",
         "--host",

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 # vLLM engine arguments that are accepted for compatibility and change nothing here.
 _ACCEPTED_NO_EFFECT = {
     "use_v2_block_manager",
-    "enforce_eager",
     "trust_remote_code",
     "disable_log_stats",
 }
@@ -66,6 +65,7 @@ class LLM:
         max_num_batched_tokens: int = 4096,
         kernel_backend: str = "auto",
         tensor_parallel_size: int = 1,
+        enforce_eager: bool = False,
         speculative_model: str | None = None,
         num_speculative_tokens: int | None = None,
         ngram_prompt_lookup_max: int | None = None,
@@ -99,6 +99,7 @@ class LLM:
                 max_num_seqs=max_num_seqs,
                 kernel_backend=kernel_backend,
                 tensor_parallel_size=tensor_parallel_size,
+                enforce_eager=enforce_eager,
             ),
             scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens),
             speculative=spec,

@@ -6,6 +6,7 @@ so a sequence's rejected positions are rolled back by shortening it.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from kernels.dispatch import KernelUnavailable, select_kernels
 from kernels.paged_attention import AttentionBatch
 from splitspec.errors import OutOfKVBlocks, SplitspecError
 from splitspec.models.block_allocator import BlockAllocator
+from splitspec.models.cuda_graphs import PassGraphs
 from splitspec.models.kv_budget import CPU_KV_CACHE_BYTES, kv_cache_budget, profile_inputs, sampling_workspace_bytes
 from splitspec.models.linear import Linear
 from splitspec.models.pass_layout import PassLayout
@@ -97,6 +99,7 @@ class LlamaRunner:
         max_num_seqs: int = 64,
         kernel_backend: str = "auto",
         tp: TensorParallel | None = None,
+        enforce_eager: bool = False,
     ) -> None:
         """Weights come from the safetensors under `path`, or from `weights` (checkpoint names and
         layout) when given. kv_cache_memory_bytes None: on CUDA, what gpu_memory_utilization leaves
@@ -104,7 +107,9 @@ class LlamaRunner:
         kernel_backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or
         "triton". Logits and hidden states stay on the device.
         tp: this process's rank in a tensor-parallel group; it then holds its shard of every weight
-        and of the KV heads (splitspec.models.tensor_parallel)."""
+        and of the KV heads (splitspec.models.tensor_parallel).
+        enforce_eager: never replay CUDA graphs. Otherwise decode and verify passes on CUDA with the Triton
+        kernels and one process are captured and replayed (splitspec.models.cuda_graphs)."""
         self.config = config
         self.device = torch.device(device)
         try:
@@ -143,6 +148,7 @@ class LlamaRunner:
         inv_freq, self.rope_attention_factor = inverse_frequencies(rope_parameters(config), self.head_dim)
         self.inv_freq = inv_freq.to(self.device)  # [head_dim / 2]
 
+        self.graphs: PassGraphs | None = None  # set once the KV cache is allocated
         self.block_size = block_size
         self.bytes_per_block = (
             config.num_hidden_layers * 2 * block_size * self.kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
@@ -159,11 +165,25 @@ class LlamaRunner:
         if tp is not None:  # the driver's allocator decides for all: every rank needs as many blocks
             num_blocks = min_over_ranks(num_blocks, self.device)
         self._allocate_kv_cache(num_blocks)
+        if self.device.type == "cuda" and self.kernels.name == "triton" and tp is None and not enforce_eager:
+            self.graphs = self.pass_graphs(capture=True)
+
+    def pass_graphs(self, *, capture: bool) -> PassGraphs:
+        """This runner's short passes as graphs (capture=False: padded like them, run eagerly)."""
+        return PassGraphs(
+            self._all_rows,
+            max_blocks=-(-self.max_model_len // self.block_size),
+            scratch_slot=self.allocator.num_blocks * self.block_size,
+            sliding_window=self.sliding_window,
+            device=self.device,
+            capture=capture,
+        )
 
     def _allocate_kv_cache(self, num_blocks: int) -> None:
         self.allocator = BlockAllocator(num_blocks, self.block_size)
         self.kv_cache_bytes = num_blocks * self.bytes_per_block
-        shape = (num_blocks, self.block_size, self.kv_heads, self.head_dim)
+        # one block more than the allocator hands out: the scratch block padded graph passes write to
+        shape = (num_blocks + 1, self.block_size, self.kv_heads, self.head_dim)
         self.key_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.value_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
 
@@ -197,6 +217,7 @@ class LlamaRunner:
 
     def _profiled_kv_budget(self, utilization: float, max_num_seqs: int) -> int:
         activation_peak = self.profile_pass(max_num_seqs)
+        gc.collect()  # models dropped but not yet collected (reference cycles) hold memory no one uses
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
         return kv_cache_budget(
@@ -341,6 +362,20 @@ class LlamaRunner:
     def compute(self, layout: PassLayout, extra_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one laid-out pass: writes the new tokens' KV, returns (logits, hidden) of the asked rows.
         Every rank of a tensor-parallel group runs it with the same layout."""
+        if self.graphs is not None and extra_input is None and self.graphs.fits(layout):
+            logits, hidden = self.graphs.run(layout)  # every padded row: pick (and so copy) the asked ones
+            logit_rows = torch.tensor(layout.logit_rows, device=self.device)
+            same = layout.hidden_rows == layout.logit_rows
+            hidden = hidden[logit_rows if same else torch.tensor(layout.hidden_rows, device=self.device)]
+            logits = logits[logit_rows]
+        else:
+            logits, hidden = self._asked_rows(layout, extra_input)
+        if self.logits_scaling != 1.0:
+            logits = logits / self.logits_scaling
+        return logits, hidden
+
+    def _asked_rows(self, layout: PassLayout, extra_input: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eager pass: (logits, final hidden) of the rows the layout asks for."""
         batch = AttentionBatch.build(
             layout.block_tables, layout.seq_lens, layout.query_lens, layout.slots, self.sliding_window, self.device
         )
@@ -349,13 +384,16 @@ class LlamaRunner:
         logit_rows = torch.tensor(layout.logit_rows, device=self.device)
         if layout.hidden_rows == layout.logit_rows:
             hidden = self._final_hidden(x[logit_rows])
-            logits = self._lm_head(hidden)  # [num_logits, vocab]
-        else:
-            hidden = self._final_hidden(x[torch.tensor(layout.hidden_rows, device=self.device)])
-            logits = self._lm_head(self._final_hidden(x[logit_rows]))
-        if self.logits_scaling != 1.0:
-            logits = logits / self.logits_scaling
-        return logits, hidden
+            return self._lm_head(hidden), hidden  # [num_logits, vocab], [num_logits, hidden]
+        hidden = self._final_hidden(x[torch.tensor(layout.hidden_rows, device=self.device)])
+        return self._lm_head(self._final_hidden(x[logit_rows])), hidden
+
+    def _all_rows(
+        self, tokens: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A graph's pass: (logits, final hidden) of every row."""
+        hidden = self._final_hidden(self._decoder(self._input_embeddings(tokens, None), positions, batch))
+        return self._lm_head(hidden), hidden
 
     def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.tp is None:

@@ -78,6 +78,7 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig(), tp: TensorPar
                 max_num_seqs=config.max_num_seqs,
                 kernel_backend=config.kernel_backend,
                 tp=tp,
+                enforce_eager=config.enforce_eager,
             )
         return HFRunner(path, model_config, device=device, dtype=torch_dtype, max_model_len=config.max_model_len)
     except torch.cuda.OutOfMemoryError:

@@ -38,6 +38,10 @@ class BenchSettings:
     seed: int = 0
     output: str = "bench.json"
     device: str = "auto"
+    enforce_eager: bool = False
+    """Every target without CUDA graphs."""
+    eager_rows: bool = False
+    """Also K=0 and ngram with enforce_eager, beside the same with CUDA graphs (on CUDA)."""
     configs_only: tuple[str, ...] = field(default=())
 
 
@@ -119,7 +123,7 @@ def run_bench(settings: BenchSettings) -> dict:
 
     path = resolve_checkpoint(settings.model)
     _log(f"loading {settings.model} ({path})")
-    plain = LLM(str(path), device=settings.device)
+    plain = LLM(str(path), device=settings.device, enforce_eager=settings.enforce_eager)
     bench_prompts = _bench_prompts(plain, settings)
     configs = _in_process_configs(plain, path, settings)
     stack = None
@@ -177,12 +181,17 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
     configs.append(
         SplitspecInProcess(
             f"splitspec ngram K={k}",
-            LLM(str(path), speculative_config={"method": "ngram", "num_speculative_tokens": k}, device=settings.device),
+            LLM(
+                str(path),
+                speculative_config={"method": "ngram", "num_speculative_tokens": k},
+                device=settings.device,
+                enforce_eager=settings.enforce_eager,
+            ),
         )
     )
     if settings.draft_model:
         spec = {"method": "draft_model", "model": settings.draft_model, "num_speculative_tokens": k}
-        draft = LLM(str(path), speculative_config=spec, device=settings.device)
+        draft = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
         configs.append(SplitspecInProcess(f"splitspec draft K={k}", draft))
     speculator = _speculator(settings)
     if speculator is not None:
@@ -194,9 +203,18 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
                     str(path),
                     speculative_config={"model": str(speculator), "num_speculative_tokens": n_predict},
                     device=settings.device,
+                    enforce_eager=settings.enforce_eager,
                 ),
             )
         )
+    if settings.eager_rows:
+        ngram = {"method": "ngram", "num_speculative_tokens": k}
+        for name, spec in (("splitspec K=0 eager", None), (f"splitspec ngram K={k} eager", ngram)):
+            configs.append(
+                SplitspecInProcess(
+                    name, LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=True)
+                )
+            )
     return configs
 
 
