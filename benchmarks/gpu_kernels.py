@@ -255,6 +255,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1)")
     parser.add_argument("--skip-runner", action="store_true", help="kernels only")
+    parser.add_argument("--skip-kernels", action="store_true", help="the verify pass only")
     args = parser.parse_args()
     device = torch.device("cpu" if args.smoke else "cuda")
     shapes = SMOKE if args.smoke else FULL
@@ -262,7 +263,8 @@ def main() -> None:
         print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     bandwidth = copy_bandwidth(device, (16 << 20) if args.smoke else (1 << 30))
     print(f"copy bandwidth: {bandwidth / 1e9:.0f} GB/s (read + write)")
-    bench_kernels(shapes, device, bandwidth)
+    if not args.skip_kernels:
+        bench_kernels(shapes, device, bandwidth)
     if not args.skip_runner:
         bench_verify_pass(shapes, device, bandwidth, args.smoke)
 
