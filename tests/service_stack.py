@@ -18,6 +18,7 @@ from separate_hosts import Host
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec.netdelay import DelayProxy
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:
@@ -148,9 +149,18 @@ def running_stack(
     verifier_args: tuple[str, ...] = (),
     proposer_args: tuple[str, ...] = (),
     gateway_args: tuple[str, ...] = (),
+    network_delay_ms: float = 0.0,
 ):
-    """Verifier, proposer(s) and gateway as separate processes; all stopped on exit, even on failure."""
+    """Verifier, proposer(s) and gateway as separate processes; all stopped on exit, even on failure.
+    network_delay_ms: the gateway reaches the others through delaying proxies (splitspec.netdelay)."""
     with ExitStack() as cleanup:
+
+        def link(address: str) -> str:
+            if not network_delay_ms:
+                return address
+            host, port = address.rsplit(":", 1)
+            return cleanup.enter_context(DelayProxy((host, int(port)), network_delay_ms / 1000)).address
+
         verifier = start_service("verifier", ["serve-verifier", "--model", str(model), *verifier_args], log_dir)
         cleanup.callback(verifier.stop)
         proposers = []
@@ -170,9 +180,9 @@ def running_stack(
                 "--model",
                 str(model),
                 "--verifiers",
-                verifier.address,
+                link(verifier.address),
                 "--proposers",
-                ",".join(p.address for p in proposers),
+                ",".join(link(p.address) for p in proposers),
                 "-k",
                 str(k),
                 "--method",

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,37 +16,21 @@ from grpc_health.v1 import health_pb2
 from service_stack import child_pids, free_port, health_status
 
 from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("tensor_parallel_size", [1, 2])
-def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path, tensor_parallel_size):
-    """With two ranks the verifier owns one worker process; it stops with the rest."""
+@contextmanager
+def running_up(model: Path, log_path: Path, *flags: str):
+    """`splitspec up` on free ports, serving: (its process, the gateway's address, the three ports).
+    Everything it started is killed on exit, whatever happened."""
     ports = [free_port(), free_port(), free_port()]
-    log = open(tmp_path / "up.log", "w")
+    log = open(log_path, "w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "splitspec",
-            "up",
-            "--model",
-            str(tiny_llama),
-            "--port",
-            str(ports[0]),
-            "--verifier-port",
-            str(ports[1]),
-            "--proposer-port",
-            str(ports[2]),
-            "-k",
-            "3",
-            "--device",
-            "cpu",
-            "--tensor-parallel-size",
-            str(tensor_parallel_size),
-        ],
+        [sys.executable, "-m", "splitspec", "up", "--model", str(model), "--port", str(ports[0])]
+        + ["--verifier-port", str(ports[1]), "--proposer-port", str(ports[2]), "-k", "3", *flags],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
@@ -53,23 +39,9 @@ def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path, tensor_paral
     try:
         deadline = time.monotonic() + 120
         while health_status(gateway) != health_pb2.HealthCheckResponse.SERVING:
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.2)
-        children = child_pids(proc.pid)
-        assert len(children) == 3
-        workers = [w for child in children for w in child_pids(child)]
-        assert len(workers) == tensor_parallel_size - 1
-        with grpc.insecure_channel(gateway) as channel:
-            responses = list(
-                pb_grpc.GatewayStub(channel).Generate(
-                    build_request([5, 6, 7, 5, 6], temperature=0, max_tokens=8, ignore_eos=True)
-                )
-            )
-        assert sum(len(r.token_ids) for r in responses) == 8
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
-        for child in children + workers:
-            assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z"
+        yield proc, gateway, ports
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -77,3 +49,40 @@ def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path, tensor_paral
         for child in child_pids(proc.pid):
             os.kill(child, signal.SIGKILL)
         log.close()
+
+
+def _generate(gateway: str, prompt: list[int], max_tokens: int) -> list[int]:
+    with grpc.insecure_channel(gateway) as channel:
+        responses = pb_grpc.GatewayStub(channel).Generate(
+            build_request(prompt, temperature=0, max_tokens=max_tokens, ignore_eos=True)
+        )
+        return [t for r in responses for t in r.token_ids]
+
+
+@pytest.mark.parametrize("tensor_parallel_size", [1, 2])
+def test_up_serves_and_ctrl_c_stops_all_three(tiny_llama, tmp_path, tensor_parallel_size):
+    """With two ranks the verifier owns one worker process; it stops with the rest."""
+    flags = ("--device", "cpu", "--tensor-parallel-size", str(tensor_parallel_size))
+    with running_up(tiny_llama, tmp_path / "up.log", *flags) as (proc, gateway, _):
+        children = child_pids(proc.pid)
+        assert len(children) == 3
+        workers = [w for child in children for w in child_pids(child)]
+        assert len(workers) == tensor_parallel_size - 1
+        assert len(_generate(gateway, [5, 6, 7, 5, 6], 8)) == 8
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        for child in children + workers:
+            assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z"
+
+
+def test_up_puts_a_delaying_proxy_on_each_of_the_gateway_s_links(tiny_llama, tmp_path):
+    prompt = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    expected = LLM(str(tiny_llama)).generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+    log_path = tmp_path / "up.log"
+    with running_up(tiny_llama, log_path, "--network-delay-ms", "2") as (_, gateway, ports):
+        assert _generate(gateway, prompt, 24) == expected[0].outputs[0].token_ids
+        log = log_path.read_text()
+        for name, port in (("verifier", ports[1]), ("proposer", ports[2])):
+            line = next(line for line in log.splitlines() if f"gateway -> {name} through" in line)
+            assert "2.0 ms each way" in line and not line.endswith(f":{port}, 2.0 ms each way"), line

@@ -150,6 +150,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-gateway", action="store_true", help="skip the three-process configurations")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face transformers")
     p.add_argument(
+        "--network-delay-ms",
+        default="0",
+        help="comma-separated one-way delays: one gateway stack per value, with a TCP proxy delaying each link "
+        "between its services (e.g. 0,1,3)",
+    )
+    p.add_argument(
         "--traced-gateway",
         action="store_true",
         help="add a second gateway stack with OpenTelemetry tracing on (every span exported to a local OTLP "
@@ -192,6 +198,7 @@ def _bench(args: argparse.Namespace) -> int:
         device=args.device,
         enforce_eager=args.enforce_eager,
         eager_rows=args.eager_rows,
+        network_delays_ms=tuple(float(d) for d in args.network_delay_ms.split(",") if d),
     )
     if args.quick:
         settings = BenchSettings(

@@ -17,6 +17,7 @@ from splitspec.entrypoints.cli_flags import (
     add_tensor_parallel_flag,
     env_default,
 )
+from splitspec.netdelay import DelayProxy
 from splitspec.rpc.grpc_server import ServerOptions
 
 
@@ -177,6 +178,13 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="Prometheus metrics: the gateway's on this port, the verifier's on the next, the proposer's on the one after",
     )
+    p.add_argument(
+        "--network-delay-ms",
+        type=float,
+        default=0.0,
+        help="delay every byte between the services by this one-way latency (a TCP proxy on each link), to see "
+        "how the stack fares when its pods are apart",
+    )
     p.set_defaults(func=_up)
 
 
@@ -275,8 +283,10 @@ def _serve_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
-    """The three processes `splitspec up` starts (docker-compose.yml mirrors these)."""
+def up_commands(args: argparse.Namespace, links: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """The three processes `splitspec up` starts (docker-compose.yml mirrors these). links: the address
+    the gateway reaches "verifier" and "proposer" at, when not their own (a delaying proxy)."""
+    links = links or {}
     base = [sys.executable, "-m", "splitspec"]
     proposer = [
         "serve-proposer",
@@ -315,9 +325,9 @@ def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         "--model",
         args.model,
         "--verifiers",
-        f"{args.host}:{args.verifier_port}",
+        links.get("verifier", f"{args.host}:{args.verifier_port}"),
         "--proposers",
-        f"{args.host}:{args.proposer_port}",
+        links.get("proposer", f"{args.host}:{args.proposer_port}"),
         "--method",
         args.method,
         "-k",
@@ -327,6 +337,13 @@ def up_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     for name, port in metrics_ports(args).items():
         commands[name] += ["--metrics-port", str(port)]
     return {name: base + command for name, command in commands.items()}
+
+
+def _delay_proxies(args: argparse.Namespace) -> dict[str, DelayProxy]:
+    """One delaying proxy on each of the gateway's links, run by this process."""
+    delay = args.network_delay_ms / 1000
+    targets = {"verifier": args.verifier_port, "proposer": args.proposer_port}
+    return {name: DelayProxy((args.host, port), delay, host=args.host).start() for name, port in targets.items()}
 
 
 def metrics_ports(args: argparse.Namespace) -> dict[str, int]:
@@ -347,7 +364,11 @@ def _up(args: argparse.Namespace) -> int:
         from splitspec.default_model import ensure_default_model
 
         ensure_default_model()  # convert once here rather than in two processes at the same time
-    procs = {name: subprocess.Popen(cmd) for name, cmd in up_commands(args).items()}
+    if args.network_delay_ms < 0:
+        raise SplitspecError(f"--network-delay-ms must be >= 0, got {args.network_delay_ms}")
+    proxies = _delay_proxies(args) if args.network_delay_ms > 0 else {}
+    links = {name: proxy.address for name, proxy in proxies.items()}
+    procs = {name: subprocess.Popen(cmd) for name, cmd in up_commands(args, links).items()}
     stopping = False
 
     def stop(*_):
@@ -359,6 +380,12 @@ def _up(args: argparse.Namespace) -> int:
     print(f"splitspec up: gateway on {args.host}:{args.port} (Ctrl-C stops all three)", file=sys.stderr, flush=True)
     for name, port in metrics_ports(args).items():
         print(f"splitspec up: {name} metrics at http://{args.host}:{port}/metrics", file=sys.stderr, flush=True)
+    for name, proxy in proxies.items():
+        print(
+            f"splitspec up: gateway -> {name} through {proxy.address}, {args.network_delay_ms} ms each way",
+            file=sys.stderr,
+            flush=True,
+        )
     failed = None
     while not stopping and failed is None:
         time.sleep(0.2)
@@ -373,6 +400,8 @@ def _up(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    for proxy in proxies.values():
+        proxy.stop()
     if failed is not None and not stopping:
         print(
             f"splitspec up: {failed} exited with status {procs[failed].returncode}; stopped the others", file=sys.stderr

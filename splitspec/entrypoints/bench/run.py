@@ -40,6 +40,8 @@ class BenchSettings:
     device: str = "auto"
     enforce_eager: bool = False
     """Every target without CUDA graphs."""
+    network_delays_ms: tuple[float, ...] = (0.0,)
+    """One gateway stack per one-way delay on its links (splitspec up --network-delay-ms)."""
     eager_rows: bool = False
     """Also K=0 and ngram with enforce_eager, beside the same with CUDA graphs (on CUDA)."""
     configs_only: tuple[str, ...] = field(default=())
@@ -55,7 +57,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_stack(model: str, k: int, device: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def _start_stack(
+    model: str, k: int, device: str, env: dict[str, str] | None = None, delay_ms: float = 0.0
+) -> tuple[subprocess.Popen, str]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -78,6 +82,8 @@ def _start_stack(model: str, k: int, device: str, env: dict[str, str] | None = N
             str(ports[2]),
             "--device",
             device,
+            "--network-delay-ms",
+            str(delay_ms),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -126,12 +132,14 @@ def run_bench(settings: BenchSettings) -> dict:
     plain = LLM(str(path), device=settings.device, enforce_eager=settings.enforce_eager)
     bench_prompts = _bench_prompts(plain, settings)
     configs = _in_process_configs(plain, path, settings)
-    stack = None
-    if settings.gateway:
-        _log("starting the gateway stack (splitspec up)")
-        stack, address = _start_stack(str(path), settings.num_speculative_tokens, settings.device)
-        configs.append(SplitspecGateway("gateway K=0", address, num_speculative_tokens=0))
-        configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens}", address))
+    stacks = []
+    for delay in settings.network_delays_ms if settings.gateway else ():
+        suffix = f" +{delay:g}ms" if delay else ""
+        _log(f"starting the gateway stack (splitspec up{f' --network-delay-ms {delay:g}' if delay else ''})")
+        stack, address = _start_stack(str(path), settings.num_speculative_tokens, settings.device, delay_ms=delay)
+        stacks.append(stack)
+        configs.append(SplitspecGateway(f"gateway K=0{suffix}", address, num_speculative_tokens=0))
+        configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens}{suffix}", address))
     traced, sink = None, None
     if settings.traced_gateway:
         from splitspec.entrypoints.bench.otlp_sink import start_otlp_sink
@@ -149,7 +157,7 @@ def run_bench(settings: BenchSettings) -> dict:
         timings = _run_interleaved(configs, bench_prompts, settings.max_tokens)
         sweep = _concurrency_sweep(configs, bench_prompts, settings)
     finally:
-        for process in (stack, traced):
+        for process in (*stacks, traced):
             if process is not None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=60)

@@ -1,0 +1,85 @@
+"""The services with every link between them delayed (a TCP proxy, 3 ms each way): greedy and seeded
+output equal in-process output for every drafting method (tests/test_up.py checks that
+`splitspec up --network-delay-ms` puts the proxies on its links)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fitted_heads import write_fitted_eagle, write_fitted_mlp_speculator
+from service_stack import running_stack
+from test_services_e2e import (
+    MAX_TOKENS,
+    PROMPTS,
+    assert_seeded_samples_are_plain_decoding_s,
+    generate,
+    generate_concurrently,
+    greedy_request,
+    token_ids,
+)
+
+from splitspec import LLM, SamplingParams
+from splitspec.entrypoints.client import build_request
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # four stacks, about a minute
+
+DELAY_MS = 3.0
+GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+SEEDS = [21, 22, 23, 24]
+
+
+def _seeded(address: str) -> list[list[int]]:
+    sampled = [
+        build_request(p, temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s)
+        for p, s in zip(PROMPTS, SEEDS)
+    ]
+    return generate_concurrently(address, sampled)
+
+
+def _seeded_in_process(model, spec: dict) -> list[list[int]]:
+    params = [
+        SamplingParams(temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for s in SEEDS
+    ]
+    llm = LLM(str(model), speculative_config={**spec, "num_speculative_tokens": 3})
+    return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)]
+
+
+def _drafter(method: str, tiny_llama, tiny_drafts, tmp_path):
+    if method == "draft_model":
+        return tiny_drafts["llama"]
+    if method == "mlp_speculator":
+        return write_fitted_mlp_speculator(tmp_path / "speculator", tiny_llama, PROMPTS, GREEDY)
+    if method == "eagle":
+        return write_fitted_eagle(tmp_path / "eagle", tiny_llama, PROMPTS, GREEDY)
+    return None
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model", "mlp_speculator", "eagle"])
+def test_output_through_delayed_links_is_in_process_output(method, tiny_llama, tiny_drafts, tmp_path):
+    drafter = _drafter(method, tiny_llama, tiny_drafts, tmp_path)
+    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)
+    with running_stack(
+        tiny_llama,
+        tmp_path,
+        method=method,
+        k=3,
+        draft_model=drafter,
+        gateway_args=("--fixed-k",),  # every round drafts, every round crosses both links
+        network_delay_ms=DELAY_MS,
+    ) as stack:
+        address = stack.gateway.address
+        started = time.monotonic()
+        first = token_ids(generate(address, greedy_request(PROMPTS[0])))
+        one_stream_s = time.monotonic() - started
+        assert first == plain[0].outputs[0].token_ids
+        assert generate_concurrently(address, [greedy_request(p) for p in PROMPTS]) == [
+            o.outputs[0].token_ids for o in plain
+        ]
+        if method == "draft_model":  # sparse q: the draws follow the draft model's, as in-process
+            assert _seeded(address) == _seeded_in_process(tiny_llama, {"method": method, "model": str(drafter)})
+        else:  # one-hot drafts: plain decoding's draws
+            assert_seeded_samples_are_plain_decoding_s(address, tiny_llama, SEEDS)
+    # each round crosses two delayed links there and back: at least 4 x 3 ms for each of the rounds
+    # that 24 tokens take at most 4 tokens a round
+    assert one_stream_s >= (MAX_TOKENS / 4) * 4 * DELAY_MS / 1000
