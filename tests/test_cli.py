@@ -76,6 +76,18 @@ def test_bad_generation_flags(tiny_llama, flags, message):
     assert_one_line_error(splitspec("generate", "hi", "--model", str(tiny_llama), *flags), message)
 
 
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["bench", "--network-delay-ms", "1,x"], "--network-delay-ms takes comma-separated milliseconds"),
+        (["bench", "--network-delay-ms", "-1"], "--network-delay-ms needs delays >= 0, got '-1'"),
+        (["up", "--network-delay-ms", "-2"], "--network-delay-ms must be >= 0, got -2.0"),
+    ],
+)
+def test_bad_network_delays(command, message):
+    assert_one_line_error(splitspec(*command), message)
+
+
 @pytest.mark.e2e
 def test_text_prompt_for_a_checkpoint_without_tokenizer(tiny_llama):
     assert_one_line_error(

@@ -176,6 +176,19 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_bench)
 
 
+def _delays_ms(text: str) -> tuple[float, ...]:
+    """--network-delay-ms "0,1,3" -> (0.0, 1.0, 3.0)."""
+    try:
+        delays = tuple(float(d) for d in text.split(",") if d.strip())
+    except ValueError:
+        raise SplitspecError(
+            f"--network-delay-ms takes comma-separated milliseconds (e.g. 0,1,3), got {text!r}"
+        ) from None
+    if not delays or min(delays) < 0:
+        raise SplitspecError(f"--network-delay-ms needs delays >= 0, got {text!r}")
+    return delays
+
+
 def _bench(args: argparse.Namespace) -> int:
     from splitspec.devices import resolve_device
     from splitspec.entrypoints.bench.run import BenchSettings, run_bench
@@ -198,7 +211,7 @@ def _bench(args: argparse.Namespace) -> int:
         device=args.device,
         enforce_eager=args.enforce_eager,
         eager_rows=args.eager_rows,
-        network_delays_ms=tuple(float(d) for d in args.network_delay_ms.split(",") if d),
+        network_delays_ms=_delays_ms(args.network_delay_ms),
     )
     if args.quick:
         settings = BenchSettings(

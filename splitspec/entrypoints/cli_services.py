@@ -358,14 +358,14 @@ def _up(args: argparse.Namespace) -> int:
 
     if args.method != "ngram" and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
+    if args.network_delay_ms < 0:
+        raise SplitspecError(f"--network-delay-ms must be >= 0, got {args.network_delay_ms}")
     resolve_device(args.device)
     resolve_device(args.proposer_device or args.device)
     if args.model == "default":
         from splitspec.default_model import ensure_default_model
 
         ensure_default_model()  # convert once here rather than in two processes at the same time
-    if args.network_delay_ms < 0:
-        raise SplitspecError(f"--network-delay-ms must be >= 0, got {args.network_delay_ms}")
     proxies = _delay_proxies(args) if args.network_delay_ms > 0 else {}
     links = {name: proxy.address for name, proxy in proxies.items()}
     procs = {name: subprocess.Popen(cmd) for name, cmd in up_commands(args, links).items()}
