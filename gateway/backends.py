@@ -125,10 +125,19 @@ class VerifierBackend:
         request.start.seed = seed
         _raise_if_error(await self.stream.call(request))
 
-    async def step(self, seq_id: str, committed_len: int, draft: Draft) -> pb.StepResult:
+    async def step(
+        self, seq_id: str, committed_len: int, draft: Draft, local_ngram: tuple[int, int, int] | None = None
+    ) -> pb.StepResult:
+        """local_ngram: (num_tokens, prompt_lookup_min, prompt_lookup_max) for the verifier to draft
+        itself, instead of `draft`."""
         request = pb.VerifierRequest(seq_id=seq_id)
         request.step.committed_len = committed_len
         request.step.drafts.extend(wire.draft_to_proto(draft))
+        if local_ngram is not None:
+            num_tokens, lookup_min, lookup_max = local_ngram
+            request.step.local_draft.num_tokens = num_tokens
+            request.step.local_draft.prompt_lookup_min = lookup_min
+            request.step.local_draft.prompt_lookup_max = lookup_max
         response = await self.stream.call(request)
         _raise_if_error(response)
         return response.result

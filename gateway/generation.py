@@ -88,6 +88,9 @@ class GatewayCore:
     adaptive: bool = True
     drafts_are_sampled: bool = False  # the proposers draw sampled drafts from a non-one-hot q
     hidden_states: HiddenStates = HiddenStates.NONE  # what the proposers read of the target's hidden states
+    local_ngram: tuple[int, int] | None = None
+    """(prompt_lookup_min, prompt_lookup_max): the verifiers draft by n-gram lookup themselves, and no
+    round waits for a proposer (verifier_svc.local_drafts)."""
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(no_meter()))
     _rng: random.Random = field(default_factory=random.Random)
 
@@ -159,7 +162,7 @@ class GatewayCore:
         detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings, len(prompt_ids))
         deadline = float("inf") if deadline is None else deadline
         slot = _ProposerSlot()
-        if num_speculative_tokens > 0:
+        if num_speculative_tokens > 0 and self.local_ngram is None:
             slot.use(self._next_proposer())
         verifier: VerifierBackend | None = await self._start_on_a_verifier(
             seq, min(deadline, time.monotonic() + self.verifier_wait_s), trace_context
@@ -175,9 +178,10 @@ class GatewayCore:
                     verifier_moves += 1
                 k = self._num_drafts(seq, num_speculative_tokens, verifier, acceptance)
                 verifier.plan_step(seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
-                draft = await self._draft(seq, slot, k, trace_context, span) if k > 0 else Draft()
+                local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
+                draft = await self._draft(seq, slot, k, trace_context, span) if k > 0 and local is None else Draft()
                 try:
-                    result = await verifier.step(seq_id, len(seq.tokens), draft)
+                    result = await verifier.step(seq_id, len(seq.tokens), draft, local)
                 except (ConnectionError, ServiceError) as exc:
                     if not _verifier_lost(exc):
                         raise
@@ -186,10 +190,11 @@ class GatewayCore:
                     verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
                     verifier_moves += 1
                     continue  # the round again, on the new verifier
-                seq.stats.record_round(len(draft.token_ids), result.num_accepted)
+                drafted = result.num_drafted if local is not None else len(draft.token_ids)
+                seq.stats.record_round(drafted, result.num_accepted)
                 if result.HasField("hidden_states"):
                     slot.receive(result.hidden_states, self.hidden_states)
-                acceptance.update(len(draft.token_ids), result.num_accepted)
+                acceptance.update(drafted, result.num_accepted)
                 round_tokens = list(result.token_ids)
                 new_tokens = round_tokens[: stop_checker.commit(seq, round_tokens)]
                 if seq.finished:

@@ -18,9 +18,14 @@ from gateway.generation import Delta, GatewayCore
 from gateway.validation import validate
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, HIDDEN_STATES_BY_METHOD, SpeculationMethod
+from splitspec.config import (
+    DEFAULT_NUM_SPECULATIVE_TOKENS,
+    HIDDEN_STATES_BY_METHOD,
+    MAX_PROMPT_LOOKUP,
+    SpeculationMethod,
+)
 from splitspec.drafts import HiddenStates
-from splitspec.errors import ServiceError
+from splitspec.errors import ServiceError, SplitspecError
 from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
 from splitspec.tracing import Tracing, start_tracing, traces_endpoint
@@ -200,6 +205,10 @@ class GatewaySettings:
     proposer_timeout_s: float = 5.0
     verifier_wait_s: float = 30.0
     adaptive: bool = True
+    local_ngram: bool = True
+    """With method ngram: the verifiers draft by n-gram lookup themselves; no round waits for a proposer."""
+    prompt_lookup: tuple[int, int] = (1, 4)
+    """(min, max) n-gram sizes of those drafts."""
 
 
 def run_gateway(settings: GatewaySettings) -> None:
@@ -207,6 +216,12 @@ def run_gateway(settings: GatewaySettings) -> None:
     from splitspec.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(resolve_checkpoint(settings.model))
+    local_ngram = settings.prompt_lookup if settings.method == "ngram" and settings.local_ngram else None
+    if local_ngram is not None and not 1 <= local_ngram[0] <= local_ngram[1] <= MAX_PROMPT_LOOKUP:
+        raise SplitspecError(
+            f"need 1 <= --prompt-lookup-min <= --prompt-lookup-max <= {MAX_PROMPT_LOOKUP}, got {local_ngram[0]} and "
+            f"{local_ngram[1]}"
+        )
 
     async def main() -> None:
         options = channel_options(
@@ -226,12 +241,13 @@ def run_gateway(settings: GatewaySettings) -> None:
             tokenizer=tokenizer,
             eos_token_ids=set(),
             max_model_len=1 << 30,
-            num_speculative_tokens=settings.num_speculative_tokens if settings.proposers else 0,
+            num_speculative_tokens=settings.num_speculative_tokens if settings.proposers or local_ngram else 0,
             proposer_timeout_s=settings.proposer_timeout_s,
             verifier_wait_s=settings.verifier_wait_s,
             adaptive=settings.adaptive,
             drafts_are_sampled=settings.method == SpeculationMethod.DRAFT_MODEL,
             hidden_states=HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE),
+            local_ngram=local_ngram,
             metrics=RequestMetrics(service_meter("gateway", settings.server)),
         )
         tasks: list[asyncio.Task] = []

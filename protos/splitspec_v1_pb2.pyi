@@ -168,12 +168,24 @@ class StartSequence(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., return_hidden_states: _Optional[bool] = ..., return_all_hidden_states: _Optional[bool] = ...) -> None: ...
 
 class VerifyStep(_message.Message):
-    __slots__ = ("committed_len", "drafts")
+    __slots__ = ("committed_len", "drafts", "local_draft")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_DRAFT_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     drafts: _containers.RepeatedCompositeFieldContainer[DraftToken]
-    def __init__(self, committed_len: _Optional[int] = ..., drafts: _Optional[_Iterable[_Union[DraftToken, _Mapping]]] = ...) -> None: ...
+    local_draft: LocalDraft
+    def __init__(self, committed_len: _Optional[int] = ..., drafts: _Optional[_Iterable[_Union[DraftToken, _Mapping]]] = ..., local_draft: _Optional[_Union[LocalDraft, _Mapping]] = ...) -> None: ...
+
+class LocalDraft(_message.Message):
+    __slots__ = ("num_tokens", "prompt_lookup_min", "prompt_lookup_max")
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LOOKUP_MIN_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LOOKUP_MAX_FIELD_NUMBER: _ClassVar[int]
+    num_tokens: int
+    prompt_lookup_min: int
+    prompt_lookup_max: int
+    def __init__(self, num_tokens: _Optional[int] = ..., prompt_lookup_min: _Optional[int] = ..., prompt_lookup_max: _Optional[int] = ...) -> None: ...
 
 class TraceContext(_message.Message):
     __slots__ = ("traceparent", "tracestate")
@@ -200,16 +212,18 @@ class VerifierRequest(_message.Message):
     def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., start: _Optional[_Union[StartSequence, _Mapping]] = ..., step: _Optional[_Union[VerifyStep, _Mapping]] = ..., release: _Optional[_Union[ReleaseSequence, _Mapping]] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("committed_len", "num_accepted", "token_ids", "hidden_states")
+    __slots__ = ("committed_len", "num_accepted", "token_ids", "hidden_states", "num_drafted")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
+    NUM_DRAFTED_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     num_accepted: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     hidden_states: HiddenStates
-    def __init__(self, committed_len: _Optional[int] = ..., num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden_states: _Optional[_Union[HiddenStates, _Mapping]] = ...) -> None: ...
+    num_drafted: int
+    def __init__(self, committed_len: _Optional[int] = ..., num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden_states: _Optional[_Union[HiddenStates, _Mapping]] = ..., num_drafted: _Optional[int] = ...) -> None: ...
 
 class VerifierResponse(_message.Message):
     __slots__ = ("call_id", "seq_id", "ack", "result", "error")

@@ -30,6 +30,8 @@ HIDDEN_STATES_BY_METHOD = {
 DEFAULT_NUM_SPECULATIVE_TOKENS = 10
 """The commands' default K: an upper bound, since adaptive K drafts fewer where more would not pay
 (10 is also the prompt_lookup_num_tokens of transformers' documented example)."""
+MAX_PROMPT_LOOKUP = 64
+"""The longest n-gram a verifier drafting n-grams itself (VerifyStep.local_draft) will match."""
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,19 @@ def gateway_on_host(
 ) -> ServiceProcess:
     gateway = start_service(
         f"gateway-{host.name}",
-        ["serve-gateway", "--model", str(model), "-k", "3", "--verifiers", verifiers, "--proposers", proposers, *extra],
+        [
+            "serve-gateway",
+            "--model",
+            str(model),
+            "-k",
+            "3",
+            "--verifiers",
+            verifiers,
+            "--proposers",
+            proposers,
+            "--ngram-on-proposers",
+            *extra,
+        ],
         log_dir,
         on=host,
     )

@@ -150,9 +150,12 @@ def running_stack(
     proposer_args: tuple[str, ...] = (),
     gateway_args: tuple[str, ...] = (),
     network_delay_ms: float = 0.0,
+    ngram_on_proposers: bool = True,
 ):
     """Verifier, proposer(s) and gateway as separate processes; all stopped on exit, even on failure.
-    network_delay_ms: the gateway reaches the others through delaying proxies (splitspec.netdelay)."""
+    network_delay_ms: the gateway reaches the others through delaying proxies (splitspec.netdelay).
+    ngram_on_proposers: n-gram drafts come from the proposers (the path these tests exercise), not from
+    the verifier itself (the gateway's default, tested where it says so)."""
     with ExitStack() as cleanup:
 
         def link(address: str) -> str:
@@ -187,6 +190,7 @@ def running_stack(
                 str(k),
                 "--method",
                 method,
+                *(("--ngram-on-proposers",) if method == "ngram" and ngram_on_proposers else ()),
                 *gateway_args,
             ],
             log_dir,

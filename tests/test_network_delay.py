@@ -55,8 +55,14 @@ def _drafter(method: str, tiny_llama, tiny_drafts, tmp_path):
     return None
 
 
-@pytest.mark.parametrize("method", ["ngram", "draft_model", "mlp_speculator", "eagle"])
-def test_output_through_delayed_links_is_in_process_output(method, tiny_llama, tiny_drafts, tmp_path):
+@pytest.mark.parametrize(
+    "method, ngram_on_proposers",
+    [("ngram", False), ("ngram", True), ("draft_model", True), ("mlp_speculator", True), ("eagle", True)],
+)
+def test_output_through_delayed_links_is_in_process_output(
+    method, ngram_on_proposers, tiny_llama, tiny_drafts, tmp_path
+):
+    """ngram_on_proposers False: the verifier drafts the n-grams itself, and a round crosses one link."""
     drafter = _drafter(method, tiny_llama, tiny_drafts, tmp_path)
     plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)
     with running_stack(
@@ -67,6 +73,7 @@ def test_output_through_delayed_links_is_in_process_output(method, tiny_llama, t
         draft_model=drafter,
         gateway_args=("--fixed-k",),  # every round drafts, every round crosses both links
         network_delay_ms=DELAY_MS,
+        ngram_on_proposers=ngram_on_proposers,
     ) as stack:
         address = stack.gateway.address
         started = time.monotonic()
@@ -80,6 +87,18 @@ def test_output_through_delayed_links_is_in_process_output(method, tiny_llama, t
             assert _seeded(address) == _seeded_in_process(tiny_llama, {"method": method, "model": str(drafter)})
         else:  # one-hot drafts: plain decoding's draws
             assert_seeded_samples_are_plain_decoding_s(address, tiny_llama, SEEDS)
-    # each round crosses two delayed links there and back: at least 4 x 3 ms for each of the rounds
-    # that 24 tokens take at most 4 tokens a round
-    assert one_stream_s >= (MAX_TOKENS / 4) * 4 * DELAY_MS / 1000
+    # each round crosses its delayed links there and back (two links, or one when the verifier drafts):
+    # at least 2 x 3 ms per link for each of the rounds that 24 tokens take at most 4 tokens a round
+    links = 2 if method != "ngram" or ngram_on_proposers else 1
+    assert one_stream_s >= (MAX_TOKENS / 4) * links * 2 * DELAY_MS / 1000
+
+
+def test_a_verifier_drafting_n_grams_itself_needs_no_proposer(tiny_llama, tmp_path):
+    """With the proposer gone before the first request, drafts are still made and verified: by default
+    the gateway asks the verifier for n-gram drafts and never calls a proposer."""
+    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": PROMPTS[0]}], GREEDY, use_tqdm=False)
+    with running_stack(tiny_llama, tmp_path, k=3, gateway_args=("--fixed-k",), ngram_on_proposers=False) as stack:
+        stack.proposers[0].stop()
+        responses = generate(stack.gateway.address, greedy_request(PROMPTS[0]))
+    assert token_ids(responses) == plain[0].outputs[0].token_ids
+    assert responses[-1].speculation.num_draft_tokens > 0

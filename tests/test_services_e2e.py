@@ -311,6 +311,7 @@ def test_sequences_spread_over_verifiers_and_survive_losing_one_of_two_proposers
                 ",".join(v.address for v in verifiers),
                 "--proposers",
                 ",".join(p.address for p in proposers),
+                "--ngram-on-proposers",
             ],
             tmp_path,
         )

@@ -104,3 +104,41 @@ def test_admission_is_refused_when_full(tiny_llama):
     with pytest.raises(ServiceError) as err:
         service.add("b", [1, 2, 3], GREEDY, seed=0)
     assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_drafts_made_here_are_the_ngram_proposer_s_and_keep_plain_output(tiny_llama):
+    """VerifyStep.local_draft: the verifier drafts by n-gram lookup over the sequence's own tokens,
+    exactly the drafts a `--method ngram` proposer would send, and output stays plain decoding's."""
+    from proposer_svc.ngram import NgramProposer
+    from splitspec.drafts import DraftRequest
+    from verifier_svc.local_drafts import LocalDraftSpec
+
+    prompt = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7]
+    spec = LocalDraftSpec(num_tokens=4, prompt_lookup_min=1, prompt_lookup_max=3)
+    reference = NgramProposer(1, 3)
+
+    async def main():
+        service = VerifierService(load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)))
+        service.start()
+        service.add("s", prompt, GREEDY, seed=0)
+        out, drafted = [], 0
+        while len(out) < 24:
+            tokens = list(service.sequences["s"].tokens)
+            expected = reference.propose([DraftRequest("s", tokens, 4)])[0].token_ids
+            outcome = await service.step("s", len(tokens), Draft(), spec)
+            assert outcome.num_drafted == len(expected)
+            drafted += outcome.num_drafted
+            out.extend(outcome.token_ids)
+        with pytest.raises(ServiceError) as both:
+            await service.step("s", len(service.sequences["s"].tokens), Draft([5], [None]), spec)
+        with pytest.raises(ServiceError) as bad:
+            await service.step("s", len(service.sequences["s"].tokens), Draft(), LocalDraftSpec(4, 3, 2))
+        await service.release("s")
+        await service.close()
+        return out[:24], drafted, both.value, bad.value
+
+    out, drafted, both, bad = _run(main())
+    assert out == _plain(tiny_llama, prompt, 24)
+    assert drafted > 0, "the repeated prompt gives the lookup something to draft"
+    assert both.code == grpc.StatusCode.INVALID_ARGUMENT and "not both" in str(both)
+    assert bad.code == grpc.StatusCode.INVALID_ARGUMENT and "prompt_lookup_min <= prompt_lookup_max" in str(bad)

@@ -22,6 +22,7 @@ from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
 from splitspec.rpc.stream_dispatch import serve_sequence_stream
 from splitspec.sampling_params import SamplingParams
 from splitspec.tracing import start_tracing, traces_endpoint
+from verifier_svc.local_drafts import LocalDraftSpec
 from verifier_svc.service import VerifierService
 
 
@@ -64,11 +65,22 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                 )
                 response.ack.SetInParent()
             elif kind == "step":
+                step = request.step
+                local = (
+                    LocalDraftSpec(
+                        step.local_draft.num_tokens,
+                        step.local_draft.prompt_lookup_min,
+                        step.local_draft.prompt_lookup_max,
+                    )
+                    if step.HasField("local_draft")
+                    else None
+                )
                 outcome = await self.service.step(
-                    request.seq_id, request.step.committed_len, wire.draft_from_proto(request.step.drafts)
+                    request.seq_id, step.committed_len, wire.draft_from_proto(step.drafts), local
                 )
                 response.result.committed_len = outcome.committed_len
                 response.result.num_accepted = outcome.num_accepted
+                response.result.num_drafted = outcome.num_drafted
                 response.result.token_ids.extend(outcome.token_ids)
                 if outcome.hidden_state is not None:
                     response.result.hidden_states.CopyFrom(wire.tensor_to_proto(outcome.hidden_state))

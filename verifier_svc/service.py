@@ -25,6 +25,7 @@ from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
 from splitspec.tracing import Tracing, context_of
 from verifier_svc.draft_validation import check_draft, check_seq_id
+from verifier_svc.local_drafts import LocalDrafter, LocalDraftSpec
 from verifier_svc.verifier import Verifier
 
 
@@ -52,6 +53,7 @@ class StepOutcome:
     num_accepted: int
     token_ids: list[int]
     hidden_state: torch.Tensor | None = None  # when the sequence asked for it
+    num_drafted: int = 0
 
 
 class VerifierMetrics:
@@ -102,6 +104,7 @@ class VerifierService:
             self._run_batch, batch_window_s, expected=lambda: len(self.sequences)
         )
         self.metrics = VerifierMetrics(meter or no_meter(), self)
+        self.local_drafter = LocalDrafter()
 
     def start(self) -> None:
         self.batcher.start()
@@ -140,15 +143,24 @@ class VerifierService:
             )
         self.sequences[seq_id] = seq
 
-    async def step(self, seq_id: str, committed_len: int, draft: Draft) -> StepOutcome:
+    async def step(
+        self, seq_id: str, committed_len: int, draft: Draft, local: LocalDraftSpec | None = None
+    ) -> StepOutcome:
+        """local: draft here instead (verifier_svc.local_drafts); `draft` must then be empty."""
         seq = self.sequences.get(seq_id)
         if seq is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} is not running on this verifier")
+        if local is not None:
+            if draft.token_ids:
+                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "a step has drafts or local_draft, not both")
+            if committed_len == len(seq.tokens):  # otherwise the step is refused as stale
+                draft = self.local_drafter.draft(seq_id, seq.tokens, local)
         check_draft(draft, self.runner.vocab_size)
         return await self.batcher.submit(_StepCall(seq, committed_len, draft))
 
     async def release(self, seq_id: str) -> None:
         seq = self.sequences.pop(seq_id, None)
+        self.local_drafter.release(seq_id)
         if seq is not None:
             seq.span.set_attribute("splitspec.end_tokens", len(seq.tokens))
             seq.span.end()
@@ -200,7 +212,9 @@ class VerifierService:
                 base = len(seq.tokens)
                 seq.tokens.extend(result.token_ids)
                 self.verifier.rollback(seq)
-                outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids, result.hidden_state)
+                outcomes[i] = StepOutcome(
+                    base, result.num_accepted, result.token_ids, result.hidden_state, len(calls[i].draft.token_ids)
+                )
         return outcomes
 
     def _pass_span(self, steps: list[tuple[RemoteSequence, Draft]], tokens: int) -> trace.Span:

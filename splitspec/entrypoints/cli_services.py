@@ -159,6 +159,14 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         "before UNAVAILABLE (env SPLITSPEC_VERIFIER_WAIT_S)",
     )
     p.add_argument("--fixed-k", action="store_true", help="always draft -k tokens (no adaptive draft length)")
+    p.add_argument("--prompt-lookup-max", type=int, default=env_default("PROMPT_LOOKUP_MAX", 4))
+    p.add_argument("--prompt-lookup-min", type=int, default=env_default("PROMPT_LOOKUP_MIN", 1))
+    p.add_argument(
+        "--ngram-on-proposers",
+        action="store_true",
+        help="with --method ngram, ask the proposers for drafts; by default the verifiers draft the n-grams "
+        "themselves, which saves each round the trip to a proposer",
+    )
     p.set_defaults(func=_serve_gateway)
 
     p = sub.add_parser("up", help="start verifier, proposer and gateway locally as separate processes")
@@ -278,6 +286,8 @@ def _serve_gateway(args: argparse.Namespace) -> int:
             proposer_timeout_s=args.proposer_timeout_s,
             verifier_wait_s=args.verifier_wait_s,
             adaptive=not args.fixed_k,
+            local_ngram=not args.ngram_on_proposers,
+            prompt_lookup=(args.prompt_lookup_min, args.prompt_lookup_max),
         )
     )
     return 0
@@ -332,6 +342,10 @@ def up_commands(args: argparse.Namespace, links: dict[str, str] | None = None) -
         args.method,
         "-k",
         str(args.num_speculative_tokens),
+        "--prompt-lookup-max",
+        str(args.prompt_lookup_max),
+        "--prompt-lookup-min",
+        str(args.prompt_lookup_min),
     ]
     commands = {"verifier": verifier, "proposer": proposer, "gateway": gateway}
     for name, port in metrics_ports(args).items():
