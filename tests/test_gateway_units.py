@@ -82,7 +82,7 @@ class ReplayingVerifier:
     async def start(self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, *args) -> None:
         pass
 
-    async def step(self, seq_id: str, committed_len: int, draft) -> pb.StepResult:
+    async def step(self, seq_id: str, committed_len: int, draft, local_ngram=None) -> pb.StepResult:
         return pb.StepResult(committed_len=committed_len, token_ids=self.rounds.pop(0))
 
     async def release(self, seq_id: str) -> None:
