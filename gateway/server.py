@@ -23,9 +23,10 @@ from splitspec.config import (
     HIDDEN_STATES_BY_METHOD,
     MAX_PROMPT_LOOKUP,
     SpeculationMethod,
+    check_prompt_lookup,
 )
 from splitspec.drafts import HiddenStates
-from splitspec.errors import ServiceError, SplitspecError
+from splitspec.errors import ServiceError
 from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
 from splitspec.tracing import Tracing, start_tracing, traces_endpoint
@@ -215,13 +216,10 @@ def run_gateway(settings: GatewaySettings) -> None:
     from splitspec.checkpoint import resolve_checkpoint
     from splitspec.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(resolve_checkpoint(settings.model))
     local_ngram = settings.prompt_lookup if settings.method == "ngram" and settings.local_ngram else None
-    if local_ngram is not None and not 1 <= local_ngram[0] <= local_ngram[1] <= MAX_PROMPT_LOOKUP:
-        raise SplitspecError(
-            f"need 1 <= --prompt-lookup-min <= --prompt-lookup-max <= {MAX_PROMPT_LOOKUP}, got {local_ngram[0]} and "
-            f"{local_ngram[1]}"
-        )
+    if local_ngram is not None:
+        check_prompt_lookup(*local_ngram, MAX_PROMPT_LOOKUP)
+    tokenizer = load_tokenizer(resolve_checkpoint(settings.model))
 
     async def main() -> None:
         options = channel_options(

@@ -34,6 +34,15 @@ MAX_PROMPT_LOOKUP = 64
 """The longest n-gram a verifier drafting n-grams itself (VerifyStep.local_draft) will match."""
 
 
+def check_prompt_lookup(lookup_min: int, lookup_max: int, limit: int | None = None) -> None:
+    """The n-gram sizes of prompt lookup: 1 <= min <= max (<= limit, when given)."""
+    if not 1 <= lookup_min <= lookup_max or (limit is not None and lookup_max > limit):
+        bound = f" <= {limit}" if limit is not None else ""
+        raise SplitspecError(
+            f"need 1 <= prompt_lookup_min <= prompt_lookup_max{bound}, got min={lookup_min}, max={lookup_max}"
+        )
+
+
 @dataclass(frozen=True)
 class SpeculativeConfig:
     """How drafts are proposed: "ngram", "draft_model", "mlp_speculator" or "eagle" (all but ngram read
@@ -59,11 +68,7 @@ class SpeculativeConfig:
             raise SplitspecError(
                 f"num_speculative_tokens must be a positive integer, got {self.num_speculative_tokens!r}"
             )
-        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
-            raise SplitspecError(
-                "need 1 <= prompt_lookup_min <= prompt_lookup_max, got "
-                f"min={self.prompt_lookup_min}, max={self.prompt_lookup_max}"
-            )
+        check_prompt_lookup(self.prompt_lookup_min, self.prompt_lookup_max)
         if self.method != SpeculationMethod.NGRAM and not self.draft_model:
             raise SplitspecError(f'speculative method "{self.method}" needs "model": a checkpoint path')
         if self.draft_top_k < 1:

@@ -82,9 +82,13 @@ def test_bad_generation_flags(tiny_llama, flags, message):
         (["bench", "--network-delay-ms", "1,x"], "--network-delay-ms takes comma-separated milliseconds"),
         (["bench", "--network-delay-ms", "-1"], "--network-delay-ms needs delays >= 0, got '-1'"),
         (["up", "--network-delay-ms", "-2"], "--network-delay-ms must be >= 0, got -2.0"),
+        (
+            ["serve-gateway", "--prompt-lookup-min", "5", "--prompt-lookup-max", "2"],
+            "need 1 <= prompt_lookup_min <= prompt_lookup_max <= 64, got min=5, max=2",
+        ),
     ],
 )
-def test_bad_network_delays(command, message):
+def test_bad_network_flags(command, message):
     assert_one_line_error(splitspec(*command), message)
 
 

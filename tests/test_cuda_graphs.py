@@ -85,13 +85,27 @@ def test_only_passes_of_short_queries_take_a_graph(tiny_llama):
     assert not graphs.fits(layout([1] * (graphs.max_seqs + 1)))
 
 
-@pytest.mark.parametrize("temperature", [0.0, 0.8])
-def test_speculative_decoding_through_padded_passes_is_plain_decoding(tiny_llama, temperature):
-    """Batched ngram speculation with every short pass padded to its bucket, against plain eager decoding:
-    greedy token for token, and seeded sampling draw for draw."""
-    prompts = [[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6], [17, 3], list(range(30, 60)) * 2, [100, 101, 102] * 4]
-    params = [SamplingParams(temperature=temperature, max_tokens=24, ignore_eos=True, seed=seed) for seed in range(4)]
-    spec = {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}
+@pytest.mark.parametrize(
+    "method, temperature, batch",
+    [
+        ("ngram", 0.0, 4),
+        ("ngram", 0.8, 4),
+        pytest.param("ngram", 0.8, 1, marks=pytest.mark.slow),
+        pytest.param("draft_model", 0.0, 4, marks=pytest.mark.slow),
+    ],
+)
+def test_speculative_decoding_through_padded_passes_is_plain_decoding(
+    tiny_llama, tiny_drafts, method, temperature, batch
+):
+    """Batched speculation with every short pass of the target padded to its bucket, against plain eager
+    decoding: greedy token for token, and seeded sampling (one-hot ngram drafts) draw for draw."""
+    prompts = [[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6], [17, 3], list(range(30, 60)) * 2, [100, 101, 102] * 4][:batch]
+    params = [
+        SamplingParams(temperature=temperature, max_tokens=24, ignore_eos=True, seed=seed) for seed in range(batch)
+    ]
+    spec = {"method": method, "num_speculative_tokens": 3, "adaptive": False}
+    if method == "draft_model":
+        spec["model"] = str(tiny_drafts["llama"])
     plain = LLM(str(tiny_llama), dtype="float32")
     speculative = LLM(str(tiny_llama), speculative_config=spec, kernel_backend="triton", dtype="float32")
     speculative.runner.graphs = speculative.runner.pass_graphs(capture=False)
@@ -101,4 +115,4 @@ def test_speculative_decoding_through_padded_passes_is_plain_decoding(tiny_llama
         return [o.outputs[0].token_ids for o in outputs]
 
     assert token_ids(speculative) == token_ids(plain)
-    assert len(speculative.runner.graphs._passes) >= 2, "decode and verify passes of several buckets"
+    assert len(speculative.runner.graphs._passes) >= 2, "passes of several buckets"

@@ -1,8 +1,9 @@
 """Drafting inside the verifier (VerifyStep.local_draft): n-gram prompt lookup over a sequence's own
 tokens, which the verifier already holds. A round drafted here needs no proposer, so it crosses one
-link (gateway -> verifier -> gateway) instead of two; n-gram lookup costs microseconds, so the verifier
-loses nothing by doing it. The drafts are exactly those a proposer running `--method ngram` with the
-same lookup sizes would send: one-hot, so sampled output keeps plain decoding's draws."""
+link (gateway -> verifier -> gateway) instead of two. The verifier's extra work is small: the index
+grows by the new tokens only, and a lookup is one dictionary probe per n-gram size. The drafts are
+exactly those a proposer running `--method ngram` with the same lookup sizes would send: one-hot, so
+sampled output keeps plain decoding's draws."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from splitspec.config import MAX_PROMPT_LOOKUP
+from splitspec.config import MAX_PROMPT_LOOKUP, check_prompt_lookup
 from splitspec.drafts import Draft
-from splitspec.errors import ServiceError
+from splitspec.errors import ServiceError, SplitspecError
 from splitspec.ngram_index import NgramIndex
 
 MAX_LOCAL_DRAFTS = 128  # the most drafts one step may ask for
@@ -25,12 +26,10 @@ class LocalDraftSpec:
     prompt_lookup_max: int
 
     def check(self) -> None:
-        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max <= MAX_PROMPT_LOOKUP:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"local_draft needs 1 <= prompt_lookup_min <= prompt_lookup_max <= {MAX_PROMPT_LOOKUP}, got "
-                f"min={self.prompt_lookup_min}, max={self.prompt_lookup_max}",
-            )
+        try:
+            check_prompt_lookup(self.prompt_lookup_min, self.prompt_lookup_max, MAX_PROMPT_LOOKUP)
+        except SplitspecError as exc:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"local_draft: {exc}") from None
         if self.num_tokens > MAX_LOCAL_DRAFTS:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
