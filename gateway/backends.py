@@ -198,7 +198,9 @@ class ProposerBackend:
         timeout: float,
         hidden_state: pb.HiddenStates | None = None,
         trace: pb.TraceContext | None = None,
+        assumed: list[int] | None = None,
     ) -> pb.DraftResult:
+        """assumed: a draft ahead (gateway.draft_ahead), drafted after these uncommitted tokens."""
         request = pb.ProposerRequest(seq_id=seq_id, trace_context=trace)
         step = request.draft
         step.committed_len = len(tokens)
@@ -210,6 +212,8 @@ class ProposerBackend:
         step.seed = seed
         if hidden_state is not None:
             step.hidden_state.CopyFrom(hidden_state)
+        if assumed:
+            step.assumed_token_ids.extend(assumed)
         response = await self.stream.call(request, timeout=timeout)
         _raise_if_error(response)
         return response.draft

@@ -22,6 +22,7 @@ from opentelemetry import trace
 
 from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.detokenizer import IncrementalDetokenizer
+from gateway.draft_ahead import AheadDraft
 from protos import splitspec_v1_pb2 as pb
 from splitspec.adaptive_k import AcceptanceEstimate, choose_num_drafts
 from splitspec.draft_limits import keeps_fixed_k, max_drafts
@@ -88,6 +89,9 @@ class GatewayCore:
     adaptive: bool = True
     drafts_are_sampled: bool = False  # the proposers draw sampled drafts from a non-one-hot q
     hidden_states: HiddenStates = HiddenStates.NONE  # what the proposers read of the target's hidden states
+    draft_ahead: bool = True
+    """While a round is verified, the proposer drafts the next one for the likely outcome
+    (gateway.draft_ahead); drafters that read hidden states never do."""
     local_ngram: tuple[int, int] | None = None
     """(prompt_lookup_min, prompt_lookup_max): the verifiers draft by n-gram lookup themselves, and no
     round waits for a proposer (verifier_svc.local_drafts)."""
@@ -168,6 +172,8 @@ class GatewayCore:
             seq, min(deadline, time.monotonic() + self.verifier_wait_s), trace_context
         )
         verifier_moves = 0
+        ahead_task: asyncio.Task | None = None
+        pre_drafted: Draft | None = None  # this round's draft, drafted ahead during the last round
         try:
             acceptance = AcceptanceEstimate()
             while not seq.finished:
@@ -179,17 +185,31 @@ class GatewayCore:
                 k = self._num_drafts(seq, num_speculative_tokens, verifier, acceptance)
                 verifier.plan_step(seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
                 local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
-                draft = await self._draft(seq, slot, k, trace_context, span) if k > 0 and local is None else Draft()
+                draft = Draft()
+                if k > 0 and local is None:
+                    if pre_drafted is not None:
+                        draft = Draft(pre_drafted.token_ids[:k], pre_drafted.q[:k])
+                    else:
+                        draft = await self._draft(seq, slot, k, trace_context, span)
+                pre_drafted = None
+                if k > 0 and local is None and self._drafts_ahead(slot):
+                    ahead_task = asyncio.create_task(self._draft_ahead(seq, slot, draft.token_ids, k, trace_context))
                 try:
                     result = await verifier.step(seq_id, len(seq.tokens), draft, local)
                 except (ConnectionError, ServiceError) as exc:
                     if not _verifier_lost(exc):
                         raise
+                    if ahead_task is not None:  # let it settle what the proposer holds; its draft is moot
+                        await ahead_task
+                        ahead_task = None
                     verifier.mark_down()
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers
                     verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
                     verifier_moves += 1
                     continue  # the round again, on the new verifier
+                ahead = None
+                if ahead_task is not None:
+                    ahead, ahead_task = await ahead_task, None
                 drafted = result.num_drafted if local is not None else len(draft.token_ids)
                 seq.stats.record_round(drafted, result.num_accepted)
                 if result.HasField("hidden_states"):
@@ -197,6 +217,9 @@ class GatewayCore:
                 acceptance.update(drafted, result.num_accepted)
                 round_tokens = list(result.token_ids)
                 new_tokens = round_tokens[: stop_checker.commit(seq, round_tokens)]
+                if ahead is not None and not seq.finished:
+                    pre_drafted = ahead.next_draft(round_tokens)
+                    self.metrics.draft_ahead.add(1, {"outcome": "miss" if pre_drafted is None else "hit"})
                 if seq.finished:
                     yield Delta(
                         new_tokens,
@@ -211,6 +234,8 @@ class GatewayCore:
                 else:
                     yield Delta(new_tokens, detokenizer.delta(seq.tokens))
         finally:
+            if ahead_task is not None:
+                ahead_task.cancel()
             self._leave(seq_id, verifier, slot.use(None))
 
     async def _move(
@@ -284,6 +309,34 @@ class GatewayCore:
             except (ConnectionError, asyncio.TimeoutError, ServiceError):
                 slot.backend.mark_down()
         return Draft()
+
+    def _drafts_ahead(self, slot: _ProposerSlot) -> bool:
+        return (
+            self.draft_ahead
+            and self.hidden_states == HiddenStates.NONE
+            and slot.backend is not None
+            and slot.backend.available
+        )
+
+    async def _draft_ahead(
+        self, seq: Sequence, slot: _ProposerSlot, assumed: list[int], k: int, trace_context: pb.TraceContext | None
+    ) -> AheadDraft | None:
+        """The proposer's draft after `assumed` (the draft under verification): a guess at the verifier's
+        next token, then up to k more. None when it has none: the next round drafts as usual."""
+        backend, committed = slot.backend, len(seq.tokens)
+        try:
+            result = await backend.draft(
+                seq.seq_id, seq.tokens, slot.sent, k + 1, seq.params, seq.seed, self.proposer_timeout_s, None,
+                trace_context, assumed,
+            )  # fmt: skip
+        except (ConnectionError, asyncio.TimeoutError, ServiceError):
+            backend.mark_down()  # the next round's draft fails over
+            return None
+        if result.needs_full_context:
+            slot.sent = 0
+            return None
+        slot.sent = committed
+        return AheadDraft(list(assumed), wire.draft_from_proto(result.drafts[: k + 1]))
 
     async def _release(self, seq_id: str, verifier: VerifierBackend | None, proposer: ProposerBackend | None) -> None:
         for backend in (verifier, proposer):

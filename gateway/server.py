@@ -210,6 +210,8 @@ class GatewaySettings:
     """With method ngram: the verifiers draft by n-gram lookup themselves; no round waits for a proposer."""
     prompt_lookup: tuple[int, int] = (1, 4)
     """(min, max) n-gram sizes of those drafts."""
+    draft_ahead: bool = True
+    """Proposers draft the next round while the verifier checks this one (gateway.draft_ahead)."""
 
 
 def run_gateway(settings: GatewaySettings) -> None:
@@ -246,6 +248,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             drafts_are_sampled=settings.method == SpeculationMethod.DRAFT_MODEL,
             hidden_states=HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE),
             local_ngram=local_ngram,
+            draft_ahead=settings.draft_ahead,
             metrics=RequestMetrics(service_meter("gateway", settings.server)),
         )
         tasks: list[asyncio.Task] = []

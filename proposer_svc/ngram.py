@@ -16,8 +16,9 @@ class NgramProposer(Proposer):
         drafts = []
         for req in requests:
             index = self._indexes.setdefault(req.seq_id, NgramIndex(self.min_n, self.max_n))
-            index.extend(req.token_ids)
-            tokens = index.lookup(req.num_tokens) if req.num_tokens > 0 else []
+            committed = len(req.token_ids) - req.num_assumed
+            index.extend(req.token_ids[:committed])  # the index grows with committed tokens only
+            tokens = index.lookup(req.num_tokens, req.token_ids[committed:]) if req.num_tokens > 0 else []
             drafts.append(Draft(tokens, [None] * len(tokens)))
         return drafts
 

@@ -52,6 +52,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
                 top_k=step.top_k,
                 seed=step.seed,
                 hidden_state=wire.tensor_from_proto(step.hidden_state) if step.HasField("hidden_state") else None,
+                assumed_token_ids=list(step.assumed_token_ids),
                 trace_context=(request.trace_context.traceparent, request.trace_context.tracestate),
             )
             response.draft.committed_len = step.committed_len

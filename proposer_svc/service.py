@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import grpc
 import torch
 from opentelemetry import trace
 from opentelemetry.metrics import Meter, Observation
 
 from proposer_svc.proposer import Proposer
 from splitspec.drafts import Draft, DraftRequest
+from splitspec.errors import ServiceError
 from splitspec.metrics import no_meter
 from splitspec.rpc.micro_batcher import MicroBatcher
 from splitspec.tracing import Tracing, context_of
@@ -85,10 +87,19 @@ class ProposerService:
         top_k: int,
         seed: int,
         hidden_state: torch.Tensor | None = None,
+        assumed_token_ids: list[int] | None = None,
         trace_context: tuple[str, str] = ("", ""),
     ) -> DraftOutcome:
         """Append committed tokens [start, committed_len) and draft; ask for everything if out of step.
+        assumed_token_ids: a draft ahead, drafted after these tokens, which the proposer does not hold.
         trace_context: the client request's traceparent and tracestate, continued by a span per sequence."""
+        assumed = assumed_token_ids or []
+        if assumed and self.proposer.needs_hidden_states:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"assumed_token_ids: {self.method} reads the target's hidden states, which assumed tokens do not "
+                "have yet; it cannot draft ahead",
+            )
         if self.tracing.enabled and seq_id not in self.spans and (parent := context_of(*trace_context)) is not None:
             span = self.tracing.tracer.start_span("proposer sequence", context=parent)
             self.spans[seq_id] = (span, trace.get_current_span(parent).get_span_context())
@@ -102,7 +113,9 @@ class ProposerService:
         self.contexts[seq_id] = context
         if num_tokens <= 0:
             return DraftOutcome(Draft())
-        request = DraftRequest(seq_id, context, num_tokens, temperature, top_k, seed, hidden_state)
+        request = DraftRequest(
+            seq_id, context + assumed, num_tokens, temperature, top_k, seed, hidden_state, num_assumed=len(assumed)
+        )
         return DraftOutcome(await self.batcher.submit(request))
 
     async def release(self, seq_id: str) -> None:

@@ -115,6 +115,10 @@ class RequestMetrics:
         self.verifier_failovers = meter.create_counter(
             "splitspec_verifier_failovers", description="Sequences moved to another verifier"
         )
+        self.draft_ahead = meter.create_counter(
+            "splitspec_draft_ahead",
+            description="Drafts made while the previous round was verified, by whether its outcome let them be used",
+        )
         for counter in (self.proposer_failovers, self.verifier_failovers):
             counter.add(0)  # a series from the start, so that rate() and dashboards see the first one
         for reason in ("stop", "length"):

@@ -28,10 +28,13 @@ class NgramIndex:
                     self.last_end[tuple(self.tokens[end - n : end])] = end
         self.indexed_until = max(self.indexed_until, len(self.tokens) - 1)
 
-    def lookup(self, num_tokens: int) -> list[int]:
-        size = len(self.tokens)
+    def lookup(self, num_tokens: int, tail: list[int] | None = None) -> list[int]:
+        """The continuation of the longest indexed n-gram the context ends with. tail: tokens assumed
+        after the indexed ones (a draft ahead), which the context ends with but the index never holds."""
+        tokens = self.tokens + tail if tail else self.tokens
+        size = len(tokens)
         for n in range(min(self.max_n, size - 1), self.min_n - 1, -1):
-            end = self.last_end.get(tuple(self.tokens[size - n :]))
+            end = self.last_end.get(tuple(tokens[size - n :]))
             if end is not None:
-                return self.tokens[end : end + num_tokens]
+                return tokens[end : end + num_tokens]
         return []

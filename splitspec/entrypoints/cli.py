@@ -156,6 +156,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "between its services (e.g. 0,1,3)",
     )
     p.add_argument(
+        "--remote-ngram-rows",
+        action="store_true",
+        help="also, at each delay, a stack whose proposer drafts the n-grams (a drafter a hop away), with and "
+        "without drafting ahead",
+    )
+    p.add_argument(
         "--traced-gateway",
         action="store_true",
         help="add a second gateway stack with OpenTelemetry tracing on (every span exported to a local OTLP "
@@ -211,6 +217,7 @@ def _bench(args: argparse.Namespace) -> int:
         device=args.device,
         enforce_eager=args.enforce_eager,
         eager_rows=args.eager_rows,
+        remote_ngram_rows=args.remote_ngram_rows,
         network_delays_ms=_delays_ms(args.network_delay_ms),
     )
     if args.quick:

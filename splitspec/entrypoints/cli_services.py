@@ -161,12 +161,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fixed-k", action="store_true", help="always draft -k tokens (no adaptive draft length)")
     p.add_argument("--prompt-lookup-max", type=int, default=env_default("PROMPT_LOOKUP_MAX", 4))
     p.add_argument("--prompt-lookup-min", type=int, default=env_default("PROMPT_LOOKUP_MIN", 1))
-    p.add_argument(
-        "--ngram-on-proposers",
-        action="store_true",
-        help="with --method ngram, ask the proposers for drafts; by default the verifiers draft the n-grams "
-        "themselves, which saves each round the trip to a proposer",
-    )
+    _round_trip_flags(p)
     p.set_defaults(func=_serve_gateway)
 
     p = sub.add_parser("up", help="start verifier, proposer and gateway locally as separate processes")
@@ -193,7 +188,26 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         help="delay every byte between the services by this one-way latency (a TCP proxy on each link), to see "
         "how the stack fares when its pods are apart",
     )
+    _round_trip_flags(p)
     p.set_defaults(func=_up)
+
+
+def _round_trip_flags(p: argparse.ArgumentParser) -> None:
+    """How the gateway's rounds reach the proposers (serve-gateway, and up, which passes them on)."""
+    p.add_argument(
+        "--ngram-on-proposers",
+        action="store_true",
+        help="with --method ngram, ask the proposers for drafts; by default the verifiers draft the n-grams "
+        "themselves, which saves each round the trip to a proposer",
+    )
+    p.add_argument(
+        "--no-draft-ahead",
+        dest="draft_ahead",
+        action="store_false",
+        help="do not ask the proposer for the next round's draft while the verifier checks this one (by default "
+        "it drafts ahead for the round's likeliest outcome, and a round whose outcome matches needs no trip to "
+        "the proposer after the verifier's answer)",
+    )
 
 
 def _proposer_flags(p: argparse.ArgumentParser) -> None:
@@ -287,6 +301,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
             verifier_wait_s=args.verifier_wait_s,
             adaptive=not args.fixed_k,
             local_ngram=not args.ngram_on_proposers,
+            draft_ahead=args.draft_ahead,
             prompt_lookup=(args.prompt_lookup_min, args.prompt_lookup_max),
         )
     )
@@ -347,6 +362,10 @@ def up_commands(args: argparse.Namespace, links: dict[str, str] | None = None) -
         "--prompt-lookup-min",
         str(args.prompt_lookup_min),
     ]
+    if args.ngram_on_proposers:
+        gateway.append("--ngram-on-proposers")
+    if not args.draft_ahead:
+        gateway.append("--no-draft-ahead")
     commands = {"verifier": verifier, "proposer": proposer, "gateway": gateway}
     for name, port in metrics_ports(args).items():
         commands[name] += ["--metrics-port", str(port)]

@@ -44,6 +44,9 @@ class BenchSettings:
     """One gateway stack per one-way delay on its links (splitspec up --network-delay-ms)."""
     eager_rows: bool = False
     """Also K=0 and ngram with enforce_eager, beside the same with CUDA graphs (on CUDA)."""
+    remote_ngram_rows: bool = False
+    """Also, at each delay, n-grams drafted on the proposer (a drafter a hop away), with and without
+    drafting ahead."""
     configs_only: tuple[str, ...] = field(default=())
 
 
@@ -58,7 +61,12 @@ def _free_port() -> int:
 
 
 def _start_stack(
-    model: str, k: int, device: str, env: dict[str, str] | None = None, delay_ms: float = 0.0
+    model: str,
+    k: int,
+    device: str,
+    env: dict[str, str] | None = None,
+    delay_ms: float = 0.0,
+    up_flags: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen, str]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -84,6 +92,7 @@ def _start_stack(
             device,
             "--network-delay-ms",
             str(delay_ms),
+            *up_flags,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -140,6 +149,15 @@ def run_bench(settings: BenchSettings) -> dict:
         stacks.append(stack)
         configs.append(SplitspecGateway(f"gateway K=0{suffix}", address, num_speculative_tokens=0))
         configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens}{suffix}", address))
+        remote = {"": ("--ngram-on-proposers",), " no-ahead": ("--ngram-on-proposers", "--no-draft-ahead")}
+        for variant, flags in remote.items() if settings.remote_ngram_rows else ():
+            _log(f"starting a stack with n-grams drafted on the proposer (splitspec up {' '.join(flags)})")
+            stack, address = _start_stack(
+                str(path), settings.num_speculative_tokens, settings.device, delay_ms=delay, up_flags=flags
+            )
+            stacks.append(stack)
+            name = f"gateway ngram@proposer K={settings.num_speculative_tokens}{variant}{suffix}"
+            configs.append(SplitspecGateway(name, address))
     traced, sink = None, None
     if settings.traced_gateway:
         from splitspec.entrypoints.bench.otlp_sink import start_otlp_sink

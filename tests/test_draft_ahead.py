@@ -1,0 +1,255 @@
+"""Drafting ahead (gateway.draft_ahead): the proposer drafts round n+1 while round n is verified, and
+the gateway uses that draft only when round n's outcome is the one it assumed.
+
+The loop tests drive GatewayCore.generate against a scripted verifier and proposer: a greedy "target"
+that is a fixed function of the context, and a drafter that is a fixed function of the context too,
+wrong at some positions so that rounds both hit and miss. Each draft the verifier receives must be the
+drafter's continuation of exactly the context it is verified at: a draft made for another outcome
+would show up as a different continuation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from gateway.draft_ahead import AheadDraft
+from gateway.generation import GatewayCore
+from proposer_svc.ngram import NgramProposer
+from proposer_svc.service import ProposerService
+from protos import splitspec_v1_pb2 as pb
+from splitspec.drafts import Draft, DraftRequest
+from splitspec.errors import ServiceError
+from splitspec.rpc import wire
+from splitspec.sampling_params import SamplingParams
+
+VOCAB = 97
+PROMPT = [3, 1, 4, 1, 5]
+MAX_TOKENS = 60
+K = 4
+
+
+def target_next(context: list[int]) -> int:
+    return (sum(context) * 31 + 7 * len(context)) % VOCAB
+
+
+def target_output(prompt: list[int], max_tokens: int) -> list[int]:
+    tokens = list(prompt)
+    for _ in range(max_tokens):
+        tokens.append(target_next(tokens))
+    return tokens[len(prompt) :]
+
+
+def drafter_continuation(context: list[int], n: int) -> list[int]:
+    """The target's tokens, except that every position divisible by 7 gets a wrong one."""
+    tokens = list(context)
+    for _ in range(n):
+        right = target_next(tokens)
+        tokens.append((right + 1) % VOCAB if len(tokens) % 7 == 0 else right)
+    return tokens[len(context) :]
+
+
+@dataclass
+class ScriptedVerifier:
+    """Verifies greedily against target_next, and checks that each draft is the drafter's continuation
+    of the context it is verified at."""
+
+    address: str = "verifier"
+    info: pb.VerifierInfo = field(default_factory=pb.VerifierInfo)
+    cost_model: None = None
+    num_sequences: int = 0
+    load: float = 0.0
+    kv_free_share: float = 1.0
+    tokens: list[int] = field(default_factory=list)
+    drafts: list[list[int]] = field(default_factory=list)
+
+    def plan_step(self, seq_id: str, rows: int, expected_tokens: float) -> None:
+        pass
+
+    def forget(self, seq_id: str) -> None:
+        pass
+
+    async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
+        self.tokens = list(token_ids)
+
+    async def step(self, seq_id: str, committed_len: int, draft: Draft, local_ngram=None) -> pb.StepResult:
+        assert committed_len == len(self.tokens)
+        assert draft.token_ids == drafter_continuation(self.tokens, len(draft.token_ids)), "a draft for another context"
+        self.drafts.append(list(draft.token_ids))
+        await asyncio.sleep(0)  # let a draft ahead run meanwhile, as it does across the network
+        committed = []
+        for token in draft.token_ids:
+            if token != target_next(self.tokens + committed):
+                break
+            committed.append(token)
+        num_accepted = len(committed)
+        committed.append(target_next(self.tokens + committed))
+        self.tokens += committed
+        return pb.StepResult(committed_len=committed_len, num_accepted=num_accepted, token_ids=committed)
+
+    async def release(self, seq_id: str) -> None:
+        pass
+
+
+@dataclass
+class ScriptedProposer:
+    """Drafts drafter_continuation over what it was sent plus any assumed tokens; `fail_ahead_from`:
+    the draft ahead with that index and every later one fails as a dead proposer's would."""
+
+    address: str = "proposer"
+    available: bool = True
+    num_sequences: int = 0
+    fail_ahead_from: int | None = None
+    fresh_calls: int = 0
+    ahead_calls: int = 0
+
+    def mark_down(self) -> None:
+        self.available = False
+
+    async def draft(self, seq_id, tokens, sent, num_tokens, params, seed, timeout, hidden_state=None, trace=None,
+                    assumed=None) -> pb.DraftResult:  # fmt: skip
+        if assumed is None:
+            self.fresh_calls += 1
+        else:
+            self.ahead_calls += 1
+            if self.fail_ahead_from is not None and self.ahead_calls > self.fail_ahead_from:
+                raise ConnectionError("proposer: stream closed")
+        await asyncio.sleep(0)
+        context = list(tokens) + list(assumed or [])
+        draft = Draft(drafter_continuation(context, num_tokens), [None] * num_tokens)
+        return pb.DraftResult(committed_len=len(tokens), drafts=wire.draft_to_proto(draft))
+
+    async def release(self, seq_id: str) -> None:
+        pass
+
+
+def run(proposer: ScriptedProposer, draft_ahead: bool = True) -> tuple[list[int], ScriptedVerifier]:
+    verifier = ScriptedVerifier()
+    core = GatewayCore(
+        [verifier], [proposer], None, set(), max_model_len=1 << 20, num_speculative_tokens=K, draft_ahead=draft_ahead
+    )
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+    async def collect() -> list[int]:
+        return [t async for delta in core.generate(None, PROMPT, params, K) for t in delta.token_ids]
+
+    return asyncio.run(collect()), verifier
+
+
+def test_drafts_ahead_are_used_only_after_the_outcome_they_assumed():
+    proposer = ScriptedProposer()
+    output, verifier = run(proposer)
+    assert output == target_output(PROMPT, MAX_TOKENS)
+    rounds = len([d for d in verifier.drafts if d])  # the last round has no room for drafts
+    assert proposer.ahead_calls == rounds, "every round with drafts drafted ahead"
+    hits = rounds - proposer.fresh_calls
+    assert 0 < hits < rounds - 1, "some rounds used a draft made ahead, others missed and drafted again"
+
+
+def test_without_drafting_ahead_every_round_asks_for_a_draft():
+    proposer = ScriptedProposer()
+    output, verifier = run(proposer, draft_ahead=False)
+    assert output == target_output(PROMPT, MAX_TOKENS)
+    assert proposer.ahead_calls == 0 and proposer.fresh_calls == len([d for d in verifier.drafts if d])
+
+
+def test_a_proposer_lost_while_drafting_ahead_loses_nothing():
+    proposer = ScriptedProposer(fail_ahead_from=3)
+    output, verifier = run(proposer)
+    assert output == target_output(PROMPT, MAX_TOKENS)
+    assert not proposer.available, "the failure took the proposer out"
+    assert verifier.drafts[-1] == [], "rounds after it verified without drafts"
+
+
+@pytest.mark.parametrize(
+    "committed, expected",
+    [
+        ([10, 11, 12, 20], Draft([21, 22], [None, None])),  # all accepted, and the guess was the bonus
+        ([10, 11, 12, 19], None),  # all accepted, another bonus
+        ([10, 11, 20], None),  # a rejection: shorter than assumed
+        ([10, 11, 12], None),  # the guess is missing
+    ],
+)
+def test_next_draft_only_for_the_assumed_outcome(committed, expected):
+    ahead = AheadDraft([10, 11, 12], Draft([20, 21, 22], [None, None, None]))
+    assert ahead.next_draft(committed) == expected
+
+
+def test_a_draft_ahead_with_nothing_after_the_guess_gives_no_draft():
+    assert AheadDraft([10], Draft([20], [None])).next_draft([10, 20]) is None
+
+
+def test_the_ngram_drafter_looks_up_over_assumed_tokens_and_indexes_only_committed_ones():
+    proposer = NgramProposer(1, 3)
+    committed = [1, 2, 3, 4, 5, 1, 2]
+    ahead = proposer.propose([DraftRequest("s", committed + [3], 3, num_assumed=1)])[0]
+    assert ahead.token_ids == [4, 5, 1], "continues ... 2, 3 from its earlier occurrence"
+    index = proposer._indexes["s"]
+    assert index.tokens == committed, "the assumed token was not indexed"
+    fresh = NgramProposer(1, 3).propose([DraftRequest("s", committed + [9, 1], 2)])[0]
+    assert proposer.propose([DraftRequest("s", committed + [9, 1], 2)])[0] == fresh
+
+
+def test_the_proposer_service_keeps_only_committed_tokens_of_a_draft_ahead():
+    async def scenario() -> tuple[Draft, list[int]]:
+        service = ProposerService(NgramProposer(1, 3), method="ngram", num_speculative_tokens=3)
+        service.start()
+        try:
+            outcome = await service.draft(
+                "s", committed_len=7, start=0, token_ids=[1, 2, 3, 4, 5, 1, 2], num_tokens=3, temperature=0,
+                top_k=-1, seed=0, assumed_token_ids=[3],
+            )  # fmt: skip
+            return outcome.draft, service.contexts["s"]
+        finally:
+            await service.close()
+
+    draft, held = asyncio.run(scenario())
+    assert draft.token_ids == [4, 5, 1]
+    assert held == [1, 2, 3, 4, 5, 1, 2]
+
+
+def test_a_drafter_that_reads_hidden_states_refuses_to_draft_ahead():
+    class HiddenStateDrafter(NgramProposer):
+        hidden_states = "last"
+
+    async def scenario() -> None:
+        service = ProposerService(HiddenStateDrafter(1, 3), method="mlp_speculator", num_speculative_tokens=3)
+        await service.draft(
+            "s", committed_len=2, start=0, token_ids=[1, 2], num_tokens=3, temperature=0, top_k=-1, seed=0,
+            assumed_token_ids=[3],
+        )  # fmt: skip
+
+    with pytest.raises(ServiceError, match="assumed_token_ids.*cannot draft ahead"):
+        asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_draft_models_draft_ahead_is_the_draft_it_makes_after_the_outcome(tiny_drafts, temperature):
+    """What makes a hit exact: after the assumed tokens and the guess are committed, the draft model
+    drafts the very tokens it drafted ahead, from the same q (seeded draws are keyed by position)."""
+    from proposer_svc.factory import build_proposer
+    from splitspec.config import SpeculationMethod, SpeculativeConfig
+
+    def proposer():
+        spec = SpeculativeConfig(SpeculationMethod.DRAFT_MODEL, 4, draft_model=str(tiny_drafts["llama"]))
+        return build_proposer(spec, target_vocab_size=None, device="cpu")
+
+    context = [5, 6, 7, 8, 9, 5, 6]
+    ahead_proposer = proposer()
+    first = ahead_proposer.propose([DraftRequest("s", context, 3, temperature, seed=11)])[0]
+    ahead = ahead_proposer.propose(
+        [DraftRequest("s", context + first.token_ids, 5, temperature, seed=11, num_assumed=3)]
+    )[0]
+    committed = context + first.token_ids + ahead.token_ids[:1]
+    for drafter in (ahead_proposer, proposer()):  # the one that drafted ahead, and a fresh one
+        after = drafter.propose([DraftRequest("s", committed, 4, temperature, seed=11)])[0]
+        assert after.token_ids == ahead.token_ids[1:]
+        for q_after, q_ahead in zip(after.q, ahead.q[1:]):
+            if temperature == 0:
+                assert q_after is None and q_ahead is None
+            else:
+                assert q_after.token_ids.tolist() == q_ahead.token_ids.tolist()
+                assert torch.allclose(q_after.probs, q_ahead.probs, rtol=0, atol=1e-6)
