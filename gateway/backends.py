@@ -24,6 +24,17 @@ VERIFIER_SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 PROPOSER_SERVICE = pb.DESCRIPTOR.services_by_name["Proposer"].full_name
 
 
+class Ewma:
+    """An exponentially weighted moving average; None until the first sample."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self.value: float | None = None
+
+    def add(self, sample: float) -> None:
+        self.value = sample if self.value is None else self.value + self.weight * (sample - self.value)
+
+
 def _raise_if_error(response) -> None:
     if response.WhichOneof("kind") == "error":
         status = next((s for s in grpc.StatusCode if s.value[0] == response.error.code), grpc.StatusCode.UNKNOWN)
@@ -40,6 +51,7 @@ class VerifierBackend:
         self.stream = MultiplexedStream(self.stub.Verify, f"verifier {address}")
         self.info: pb.VerifierInfo | None = None
         self.cost_model: PassCostModel | None = None  # the verifier's measured pass costs
+        self.link = Ewma()  # seconds there and back, from the GetInfo calls of refresh_info
         self.num_sequences = 0  # this gateway's sequences on it
         self.retired = False
         self._own_at_refresh = 0  # num_sequences when info was last read
@@ -94,7 +106,9 @@ class VerifierBackend:
                 self.info = None
                 return None
             own = self.num_sequences
+            sent = time.perf_counter()
             info = await self.stub.GetInfo(pb.InfoRequest(), timeout=timeout)
+            self.link.add(time.perf_counter() - sent)
         except grpc.aio.AioRpcError:
             self.info = None
             return None
@@ -167,6 +181,8 @@ class ProposerBackend:
         self.serving = True  # its health, as last checked: False while it drains or does not answer
         self.retired = False
         self.num_sequences = 0
+        self.link = Ewma()  # seconds there and back, from the health checks of refresh_health
+        self.draft_token = Ewma()  # seconds of drafting per draft token: a draft's wait beyond the link
 
     @property
     def available(self) -> bool:
@@ -181,7 +197,9 @@ class ProposerBackend:
     async def refresh_health(self, timeout: float = 2.0) -> bool:
         """Whether it is SERVING; a draining proposer says NOT_SERVING and gets no more drafts."""
         try:
+            sent = time.perf_counter()
             health = await self.health.Check(health_pb2.HealthCheckRequest(service=PROPOSER_SERVICE), timeout=timeout)
+            self.link.add(time.perf_counter() - sent)
             self.serving = health.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.aio.AioRpcError:
             self.serving = False
@@ -214,8 +232,12 @@ class ProposerBackend:
             step.hidden_state.CopyFrom(hidden_state)
         if assumed:
             step.assumed_token_ids.extend(assumed)
+        sent = time.perf_counter()
         response = await self.stream.call(request, timeout=timeout)
         _raise_if_error(response)
+        if num_tokens > 0 and not assumed:  # a draft ahead shares the machine with the verify pass: not typical
+            waited = time.perf_counter() - sent - (self.link.value or 0.0)
+            self.draft_token.add(max(0.0, waited) / num_tokens)
         return response.draft
 
     async def release(self, seq_id: str) -> None:

@@ -24,7 +24,7 @@ from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.detokenizer import IncrementalDetokenizer
 from gateway.draft_ahead import AheadDraft
 from protos import splitspec_v1_pb2 as pb
-from splitspec.adaptive_k import AcceptanceEstimate, choose_num_drafts
+from splitspec.adaptive_k import AcceptanceEstimate, RoundTrip, choose_num_drafts
 from splitspec.draft_limits import keeps_fixed_k, max_drafts
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
@@ -182,7 +182,7 @@ class GatewayCore:
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers
                     verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
                     verifier_moves += 1
-                k = self._num_drafts(seq, num_speculative_tokens, verifier, acceptance)
+                k = self._num_drafts(seq, num_speculative_tokens, verifier, slot.backend, acceptance)
                 verifier.plan_step(seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
                 local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
                 draft = Draft()
@@ -264,8 +264,16 @@ class GatewayCore:
             verifier.forget(seq_id)
         asyncio.get_running_loop().create_task(self._release(seq_id, verifier, proposer))
 
-    def _num_drafts(self, seq: Sequence, k: int, verifier: VerifierBackend, acceptance: AcceptanceEstimate) -> int:
-        """At most k, and with the verifier's measured pass costs, only as many as pay for themselves."""
+    def _num_drafts(
+        self,
+        seq: Sequence,
+        k: int,
+        verifier: VerifierBackend,
+        proposer: ProposerBackend | None,
+        acceptance: AcceptanceEstimate,
+    ) -> int:
+        """At most k, and with the verifier's measured pass costs and the measured round trips, only as
+        many as pay for themselves."""
         k = max_drafts(seq, k, self.max_model_len)
         if k == 0 or not self.adaptive or verifier.cost_model is None:
             return k
@@ -274,7 +282,17 @@ class GatewayCore:
         # the verifier batches this step with the other sequences' steps: draft only what raises the
         # whole pass's tokens per second, given the rows and tokens the others last brought
         rows, tokens = verifier.others_in_pass(seq.seq_id)
-        return choose_num_drafts([acceptance.rate], [k], rows + 1, verifier.cost_model, base_tokens=tokens)[0]
+        round_trip = RoundTrip(link_s=verifier.link.value or 0.0)
+        if self.local_ngram is None and proposer is not None:  # drafts made here cost a trip to the proposer
+            round_trip = RoundTrip(
+                link_s=round_trip.link_s,
+                draft_s=proposer.link.value or 0.0,
+                draft_token_s=proposer.draft_token.value or 0.0,
+                ahead_rate=acceptance.rate if self.draft_ahead and self.hidden_states == HiddenStates.NONE else 0.0,
+            )
+        return choose_num_drafts(
+            [acceptance.rate], [k], rows + 1, verifier.cost_model, base_tokens=tokens, round_trip=round_trip
+        )[0]
 
     async def _draft(
         self, seq: Sequence, slot: _ProposerSlot, k: int, trace_context: pb.TraceContext | None, span: trace.Span

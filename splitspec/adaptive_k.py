@@ -7,6 +7,11 @@ drafts are accepted with probability a per position yields, with k drafts, E(k) 
 tokens per pass. Each round the controller starts every sequence at k = 0 and hands out one more
 draft at a time, to the sequence with the largest expected gain, while that raises the batch's
 expected tokens per second; at low acceptance it therefore drafts nothing at all.
+
+Across a network a round also pays what it spends outside the pass (RoundTrip): the link to the
+verifier every round, and waiting for the proposer in rounds that draft. The first makes longer drafts
+worth more (the link is shared by more tokens); the second makes drafting at all worth less, down to K=0
+when a slow proposer costs more than its drafts win.
 """
 
 from __future__ import annotations
@@ -101,8 +106,33 @@ class AcceptanceEstimate:
             self.drafted += min(drafted, accepted + 1)
 
 
+@dataclass(frozen=True)
+class RoundTrip:
+    """Seconds a round spends outside the verify pass, as the gateway measures them."""
+
+    link_s: float = 0.0
+    """To the verifier and back: every round pays it."""
+    draft_s: float = 0.0
+    """Waiting for a draft: the proposer's link and the fixed part of drafting; rounds without drafts skip it."""
+    draft_token_s: float = 0.0
+    """Drafting time per draft token (a draft model's forward pass per token)."""
+    ahead_rate: float = 0.0
+    """With drafting ahead: the acceptance rate, since a round's draft is waited for only when the last
+    round's k drafts and the guessed token were not all accepted (probability 1 - rate^(k+1))."""
+
+    def seconds(self, k: int) -> float:
+        if k == 0:
+            return self.link_s
+        return self.link_s + (1 - self.ahead_rate ** (k + 1)) * (self.draft_s + self.draft_token_s * k)
+
+
 def choose_num_drafts(
-    rates: list[float], limits: list[int], base_rows: int, cost: PassCostModel, base_tokens: float = 0.0
+    rates: list[float],
+    limits: list[int],
+    base_rows: int,
+    cost: PassCostModel,
+    base_tokens: float = 0.0,
+    round_trip: RoundTrip = RoundTrip(),
 ) -> list[int]:
     """Drafts per sequence maximizing expected tokens per second of one pass.
 
@@ -110,21 +140,22 @@ def choose_num_drafts(
     pass carries anyway (one per sequence plus any prefill, plus whatever other sequences whose
     drafts are already decided bring); base_tokens: the tokens those other sequences are expected to
     yield. Each step gives some sequence j more drafts at once (the first draft may cost more than
-    later ones), choosing the best such move.
+    later ones), choosing the best such move. round_trip: what a round costs besides the pass, with the
+    drafting it waits for set by the longest draft.
     """
     k = [0] * len(rates)
     gains = list(rates)  # expected extra tokens from each sequence's next draft: rate^(k+1)
     expected = float(len(rates)) + base_tokens
     rows = base_rows
     while True:
-        best_rate = expected / cost.cost(rows)
+        best_rate = expected / (cost.cost(rows) + round_trip.seconds(max(k, default=0)))
         best_move = None
         for i in range(len(k)):
             e, g = expected, gains[i]
             for j in range(1, limits[i] - k[i] + 1):
                 e += g
                 g *= rates[i]
-                rate = e / cost.cost(rows + j)
+                rate = e / (cost.cost(rows + j) + round_trip.seconds(max(max(k), k[i] + j)))
                 if rate > best_rate * (1 + 1e-9):
                     best_rate, best_move = rate, (i, j, e, g)
         if best_move is None:

@@ -150,19 +150,21 @@ def running_stack(
     proposer_args: tuple[str, ...] = (),
     gateway_args: tuple[str, ...] = (),
     network_delay_ms: float = 0.0,
+    proposer_delay_ms: float | None = None,
     ngram_on_proposers: bool = True,
 ):
     """Verifier, proposer(s) and gateway as separate processes; all stopped on exit, even on failure.
-    network_delay_ms: the gateway reaches the others through delaying proxies (splitspec.netdelay).
+    network_delay_ms: the gateway reaches the others through delaying proxies (splitspec.netdelay);
+    proposer_delay_ms, if given, is the delay on its links to the proposers instead.
     ngram_on_proposers: n-gram drafts come from the proposers (the path these tests exercise), not from
     the verifier itself (the gateway's default, tested where it says so)."""
     with ExitStack() as cleanup:
 
-        def link(address: str) -> str:
-            if not network_delay_ms:
+        def link(address: str, delay_ms: float = network_delay_ms) -> str:
+            if not delay_ms:
                 return address
             host, port = address.rsplit(":", 1)
-            return cleanup.enter_context(DelayProxy((host, int(port)), network_delay_ms / 1000)).address
+            return cleanup.enter_context(DelayProxy((host, int(port)), delay_ms / 1000)).address
 
         verifier = start_service("verifier", ["serve-verifier", "--model", str(model), *verifier_args], log_dir)
         cleanup.callback(verifier.stop)
@@ -185,7 +187,7 @@ def running_stack(
                 "--verifiers",
                 link(verifier.address),
                 "--proposers",
-                ",".join(link(p.address) for p in proposers),
+                ",".join(link(p.address, proposer_delay_ms or network_delay_ms) for p in proposers),
                 "-k",
                 str(k),
                 "--method",

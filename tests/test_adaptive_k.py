@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, choose_num_drafts
+from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, RoundTrip, choose_num_drafts
 
 # shaped like the default model on 2 CPU cores: the first extra token is dear, later ones cheap
 CPU_LIKE = PassCostModel({1: 0.040, 2: 0.062, 3: 0.074, 4: 0.088, 6: 0.093, 8: 0.094, 16: 0.10, 32: 0.14, 64: 0.20})
@@ -44,6 +44,40 @@ def test_chosen_drafts_never_lower_expected_throughput(rates, limit):
     expected = sum(sum(r**j for j in range(k + 1)) for r, k in zip(rates, ks))
     assert all(0 <= k <= limit for k in ks)
     assert expected / CPU_LIKE.cost(len(rates) + sum(ks)) >= len(rates) / CPU_LIKE.cost(len(rates)) - 1e-12
+
+
+def test_a_slow_trip_to_the_proposer_makes_drafting_not_pay():
+    assert choose_num_drafts([0.8], [5], 1, CPU_LIKE) == [5]
+    assert choose_num_drafts([0.8], [5], 1, CPU_LIKE, round_trip=RoundTrip(draft_s=0.1)) == [0]
+
+
+def test_a_slow_link_to_the_verifier_makes_longer_drafts_pay():
+    """The link is paid once a round, so a round yielding more tokens spreads it thinner."""
+    assert choose_num_drafts([0.45], [8], 1, CPU_LIKE) == [0]
+    assert choose_num_drafts([0.45], [8], 1, CPU_LIKE, round_trip=RoundTrip(link_s=0.2))[0] > 0
+
+
+def test_drafting_time_per_token_shortens_the_draft():
+    fast, slow = RoundTrip(draft_s=0.002), RoundTrip(draft_s=0.002, draft_token_s=0.02)
+    assert choose_num_drafts([0.7], [8], 1, FLAT, round_trip=fast) == [8]
+    assert 0 < choose_num_drafts([0.7], [8], 1, FLAT, round_trip=slow)[0] < 8
+
+
+def test_drafting_ahead_hides_the_wait_for_drafts_that_are_accepted():
+    trip = RoundTrip(draft_s=0.065)
+    assert choose_num_drafts([0.8], [5], 1, CPU_LIKE, round_trip=trip) == [0]
+    ahead = RoundTrip(draft_s=0.065, ahead_rate=0.8)
+    assert ahead.seconds(2) == pytest.approx(0.065 * (1 - 0.8**3))
+    assert choose_num_drafts([0.8], [5], 1, CPU_LIKE, round_trip=ahead) == [5]
+
+
+@given(st.floats(0.0, 1.0), st.integers(0, 8), st.floats(0.0, 0.2), st.floats(0.0, 0.2), st.floats(0.0, 0.02))
+def test_the_chosen_k_never_lowers_tokens_per_second_with_the_round_trip(rate, limit, link_s, draft_s, token_s):
+    trip = RoundTrip(link_s=link_s, draft_s=draft_s, draft_token_s=token_s)
+    (k,) = choose_num_drafts([rate], [limit], 1, CPU_LIKE, round_trip=trip)
+    expected = sum(rate**j for j in range(k + 1))
+    assert 0 <= k <= limit
+    assert expected / (CPU_LIKE.cost(1 + k) + trip.seconds(k)) >= 1 / (CPU_LIKE.cost(1) + trip.seconds(0)) - 1e-12
 
 
 def test_cost_interpolates_and_extrapolates():

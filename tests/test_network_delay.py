@@ -103,3 +103,32 @@ def test_a_verifier_drafting_n_grams_itself_needs_no_proposer(tiny_llama, tmp_pa
         responses = generate(stack.gateway.address, greedy_request(PROMPTS[0]))
     assert token_ids(responses) == plain[0].outputs[0].token_ids
     assert responses[-1].speculation.num_draft_tokens > 0
+
+
+def test_a_far_away_proposer_is_not_waited_for(tiny_llama, tiny_drafts, tmp_path):
+    """100 ms each way to the proposer, none to the verifier, and a target whose pass takes about a
+    millisecond: a round that waits for drafts costs far more than they can win. The gateway measures
+    the trip and verifies without drafts, and the output is the same."""
+    max_tokens = 48
+    plain = (
+        LLM(str(tiny_llama))
+        .generate(
+            [{"prompt_token_ids": PROMPTS[0]}], SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+        )[0]
+        .outputs[0]
+        .token_ids
+    )
+    with running_stack(
+        tiny_llama,
+        tmp_path,
+        method="draft_model",
+        k=3,
+        draft_model=tiny_drafts["llama"],
+        gateway_args=("--no-draft-ahead",),
+        proposer_delay_ms=100,
+    ) as stack:
+        responses = generate(stack.gateway.address, greedy_request(PROMPTS[0], max_tokens=max_tokens))
+    assert token_ids(responses) == plain
+    stats = responses[-1].speculation
+    assert stats.num_rounds >= max_tokens // 2
+    assert (list(stats.drafted_per_position) or [0])[0] <= 2, "rounds stopped waiting for the proposer once its trip was measured"
