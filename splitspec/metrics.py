@@ -123,6 +123,8 @@ class RequestMetrics:
             counter.add(0)  # a series from the start, so that rate() and dashboards see the first one
         for reason in ("stop", "length"):
             self.success.add(0, {"finished_reason": reason})
+        for outcome in ("hit", "miss"):
+            self.draft_ahead.add(0, {"outcome": outcome})
 
     def tokens(self, timer: RequestTimer, count: int) -> None:
         """A message with `count` new tokens went out now."""

@@ -35,6 +35,7 @@ EXPECTED = {
         "splitspec_spec_decode_num_accepted_tokens_per_pos": "counter",
         "splitspec_proposer_failovers": "counter",
         "splitspec_verifier_failovers": "counter",
+        "splitspec_draft_ahead": "counter",
     },
     "verifier": {
         "splitspec_num_requests_running": "gauge",
@@ -76,7 +77,7 @@ def test_every_service_serves_its_metrics_and_the_gateway_s_add_up_to_the_reques
         tmp_path,
         verifier_args=("--metrics-port", str(ports["verifier"])),
         proposer_args=("--metrics-port", str(ports["proposer"])),
-        gateway_args=("--metrics-port", str(ports["gateway"])),
+        gateway_args=("--metrics-port", str(ports["gateway"]), "--fixed-k"),  # drafts every round, so some are accepted
     ) as stack:
         with grpc.insecure_channel(stack.gateway.address) as channel:
             stub = pb_grpc.GatewayStub(channel)
@@ -116,6 +117,9 @@ def test_every_service_serves_its_metrics_and_the_gateway_s_add_up_to_the_reques
     per_pos = gateway["splitspec_spec_decode_num_accepted_tokens_per_pos"]
     assert {p: value(per_pos, "_total", position=p) for p in per_position} == per_position
     assert value(gateway["splitspec_verifier_failovers"], "_total") == 0
+    hits = value(gateway["splitspec_draft_ahead"], "_total", outcome="hit")
+    misses = value(gateway["splitspec_draft_ahead"], "_total", outcome="miss")
+    assert hits + misses > 0 and hits <= drafts, "rounds drafted ahead, and each hit fed a round that drafted"
 
     verifier = families["verifier"]
     rounds = sum(s.num_rounds for s in spec)

@@ -131,4 +131,6 @@ def test_a_far_away_proposer_is_not_waited_for(tiny_llama, tiny_drafts, tmp_path
     assert token_ids(responses) == plain
     stats = responses[-1].speculation
     assert stats.num_rounds >= max_tokens // 2
-    assert (list(stats.drafted_per_position) or [0])[0] <= 2, "rounds stopped waiting for the proposer once its trip was measured"
+    assert (list(stats.drafted_per_position) or [0])[0] <= 2, (
+        "rounds stopped waiting for the proposer once its trip was measured"
+    )
