@@ -1,5 +1,8 @@
 """The per-request loop: propose on a proposer, verify on the sequence's verifier, stream, repeat.
 
+While a round is verified the proposer already drafts the next one for the round's likeliest outcome
+(gateway.draft_ahead), so a round whose outcome matches needs no trip to the proposer after the
+verifier's answer.
 Losing a proposer loses no output: the gateway moves the sequence to another proposer (sending it the
 whole context) or, with none left, verifies with no drafts (K=0) — the same tokens, more slowly.
 Losing a verifier loses none either: the gateway holds every committed token, so it starts the
