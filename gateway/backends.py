@@ -235,7 +235,7 @@ class ProposerBackend:
         sent = time.perf_counter()
         response = await self.stream.call(request, timeout=timeout)
         _raise_if_error(response)
-        if num_tokens > 0 and not assumed:  # a draft ahead shares the machine with the verify pass: not typical
+        if num_tokens > 0 and not assumed:  # a draft ahead is not waited for: its time is not a round's wait
             waited = time.perf_counter() - sent - (self.link.value or 0.0)
             self.draft_token.add(max(0.0, waited) / num_tokens)
         return response.draft

@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator
 
 import grpc
@@ -287,11 +287,11 @@ class GatewayCore:
         rows, tokens = verifier.others_in_pass(seq.seq_id)
         round_trip = RoundTrip(link_s=verifier.link.value or 0.0)
         if self.local_ngram is None and proposer is not None:  # drafts made here cost a trip to the proposer
-            round_trip = RoundTrip(
-                link_s=round_trip.link_s,
+            round_trip = replace(
+                round_trip,
                 draft_s=proposer.link.value or 0.0,
                 draft_token_s=proposer.draft_token.value or 0.0,
-                ahead_rate=acceptance.rate if self.draft_ahead and self.hidden_states == HiddenStates.NONE else 0.0,
+                ahead_rate=acceptance.rate if self._may_draft_ahead else 0.0,
             )
         return choose_num_drafts(
             [acceptance.rate], [k], rows + 1, verifier.cost_model, base_tokens=tokens, round_trip=round_trip
@@ -331,13 +331,13 @@ class GatewayCore:
                 slot.backend.mark_down()
         return Draft()
 
+    @property
+    def _may_draft_ahead(self) -> bool:
+        """Drafting ahead is on, and the drafters need no hidden states, which assumed tokens lack."""
+        return self.draft_ahead and self.hidden_states == HiddenStates.NONE
+
     def _drafts_ahead(self, slot: _ProposerSlot) -> bool:
-        return (
-            self.draft_ahead
-            and self.hidden_states == HiddenStates.NONE
-            and slot.backend is not None
-            and slot.backend.available
-        )
+        return self._may_draft_ahead and slot.backend is not None and slot.backend.available
 
     async def _draft_ahead(
         self, seq: Sequence, slot: _ProposerSlot, assumed: list[int], k: int, trace_context: pb.TraceContext | None

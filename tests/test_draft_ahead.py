@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from verifier_stand_in import VerifierStandIn
 
 from gateway.draft_ahead import AheadDraft
 from gateway.generation import GatewayCore
@@ -53,24 +54,12 @@ def drafter_continuation(context: list[int], n: int) -> list[int]:
 
 
 @dataclass
-class ScriptedVerifier:
+class ScriptedVerifier(VerifierStandIn):
     """Verifies greedily against target_next, and checks that each draft is the drafter's continuation
     of the context it is verified at."""
 
-    address: str = "verifier"
-    info: pb.VerifierInfo = field(default_factory=pb.VerifierInfo)
-    cost_model: None = None
-    num_sequences: int = 0
-    load: float = 0.0
-    kv_free_share: float = 1.0
     tokens: list[int] = field(default_factory=list)
     drafts: list[list[int]] = field(default_factory=list)
-
-    def plan_step(self, seq_id: str, rows: int, expected_tokens: float) -> None:
-        pass
-
-    def forget(self, seq_id: str) -> None:
-        pass
 
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         self.tokens = list(token_ids)
@@ -89,9 +78,6 @@ class ScriptedVerifier:
         committed.append(target_next(self.tokens + committed))
         self.tokens += committed
         return pb.StepResult(committed_len=committed_len, num_accepted=num_accepted, token_ids=committed)
-
-    async def release(self, seq_id: str) -> None:
-        pass
 
 
 @dataclass

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
+from verifier_stand_in import VerifierStandIn
 
 from gateway.generation import Delta, GatewayCore
 from gateway.validation import validate
@@ -61,32 +62,13 @@ def decoder(tokenizer):
 
 
 @dataclass
-class ReplayingVerifier:
-    """Stands where the gateway's VerifierBackend stands and answers each step with the next round of a
-    fixed output, as a verifier accepting drafts would."""
+class ReplayingVerifier(VerifierStandIn):
+    """Answers each step with the next round of a fixed output, as a verifier accepting drafts would."""
 
-    rounds: list[list[int]]
-    address: str = "replay"
-    info: pb.VerifierInfo = field(default_factory=pb.VerifierInfo)
-    cost_model: None = None
-    num_sequences: int = 0
-    load: float = 0.0
-    kv_free_share: float = 1.0
-
-    def plan_step(self, seq_id: str, rows: int, expected_tokens: float) -> None:
-        pass
-
-    def forget(self, seq_id: str) -> None:
-        pass
-
-    async def start(self, seq_id: str, token_ids: list[int], params: SamplingParams, seed: int, *args) -> None:
-        pass
+    rounds: list[list[int]] = field(default_factory=list)
 
     async def step(self, seq_id: str, committed_len: int, draft, local_ngram=None) -> pb.StepResult:
         return pb.StepResult(committed_len=committed_len, token_ids=self.rounds.pop(0))
-
-    async def release(self, seq_id: str) -> None:
-        pass
 
 
 def stream(tokenizer, output_ids: list[int], stop: list[str], round_sizes: list[int], **sampling) -> list[Delta]:
@@ -94,7 +76,7 @@ def stream(tokenizer, output_ids: list[int], stop: list[str], round_sizes: list[
     sampling = {"max_tokens": len(output_ids), "ignore_eos": True} | sampling
     params = SamplingParams(temperature=0, stop=stop, **sampling)
     core = GatewayCore(
-        [ReplayingVerifier(in_rounds(output_ids, round_sizes))],
+        [ReplayingVerifier(rounds=in_rounds(output_ids, round_sizes))],
         [],
         tokenizer,
         {tokenizer.eos_token_id},
@@ -208,7 +190,7 @@ def test_streaming_decodes_as_few_tokens_per_token_at_4000_tokens_as_at_the_star
     output = long_output(default_tokenizer, 4000)
     counting = CountingTokenizer(default_tokenizer)
     params = SamplingParams(temperature=0, max_tokens=len(output), stop=["日本語のテキスト!"], ignore_eos=True)
-    core = GatewayCore([ReplayingVerifier(in_rounds(output, [1, 3, 6, 2, 5]))], [], counting, set(), 1 << 20, 0)
+    core = GatewayCore([ReplayingVerifier(rounds=in_rounds(output, [1, 3, 6, 2, 5]))], [], counting, set(), 1 << 20, 0)
 
     async def round_costs() -> list[tuple[int, int]]:
         costs, before = [], 0

@@ -8,7 +8,8 @@ import time
 
 import pytest
 from fitted_heads import write_fitted_eagle, write_fitted_mlp_speculator
-from service_stack import running_stack
+from service_stack import free_port, running_stack
+from test_metrics import scrape, value
 from test_services_e2e import (
     MAX_TOKENS,
     PROMPTS,
@@ -134,3 +135,30 @@ def test_a_far_away_proposer_is_not_waited_for(tiny_llama, tiny_drafts, tmp_path
     assert (list(stats.drafted_per_position) or [0])[0] <= 2, (
         "rounds stopped waiting for the proposer once its trip was measured"
     )
+
+
+def test_rounds_that_use_a_draft_made_ahead_keep_the_output_exact(tiny_llama, tmp_path):
+    """The target as its own draft model: every draft is accepted and every guess right, so nearly every
+    round uses the draft made while the last one was verified. Greedy output is plain decoding's, and
+    seeded output is in-process draft_model speculation's (its sparse q steers the draws)."""
+    metrics_port = free_port()
+    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY, use_tqdm=False)
+    with running_stack(
+        tiny_llama,
+        tmp_path,
+        method="draft_model",
+        k=3,
+        draft_model=tiny_llama,
+        gateway_args=("--fixed-k", "--metrics-port", str(metrics_port)),
+        network_delay_ms=DELAY_MS,
+    ) as stack:
+        address = stack.gateway.address
+        assert generate_concurrently(address, [greedy_request(p) for p in PROMPTS]) == [
+            o.outputs[0].token_ids for o in plain
+        ]
+        ahead = scrape(metrics_port)["splitspec_draft_ahead"]
+        hits, misses = value(ahead, "_total", outcome="hit"), value(ahead, "_total", outcome="miss")
+        assert hits > 2 * misses, f"greedy rounds used drafts made ahead ({hits} hits, {misses} misses)"
+        assert _seeded(address) == _seeded_in_process(tiny_llama, {"method": "draft_model", "model": str(tiny_llama)})
+        ahead = scrape(metrics_port)["splitspec_draft_ahead"]
+        assert value(ahead, "_total", outcome="hit") > hits, "sampled rounds used drafts made ahead too"

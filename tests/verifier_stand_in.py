@@ -1,0 +1,32 @@
+"""What the gateway's loop reads of a VerifierBackend, for test verifiers that answer steps themselves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protos import splitspec_v1_pb2 as pb
+
+
+@dataclass
+class VerifierStandIn:
+    """A live verifier with no measured costs, to which starting and releasing a sequence always succeed;
+    subclasses answer `step`."""
+
+    address: str = "verifier"
+    info: pb.VerifierInfo = field(default_factory=pb.VerifierInfo)
+    cost_model: None = None
+    num_sequences: int = 0
+    load: float = 0.0
+    kv_free_share: float = 1.0
+
+    def plan_step(self, seq_id: str, rows: int, expected_tokens: float) -> None:
+        pass
+
+    def forget(self, seq_id: str) -> None:
+        pass
+
+    async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
+        pass
+
+    async def release(self, seq_id: str) -> None:
+        pass
