@@ -185,6 +185,8 @@ class GatewayCore:
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers
                     verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
                     verifier_moves += 1
+                if slot.backend is not None:  # leave a draining proposer even in rounds that draft nothing
+                    self._available_proposer(seq, slot, span)
                 k = self._num_drafts(seq, num_speculative_tokens, verifier, slot.backend, acceptance)
                 verifier.plan_step(seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
                 local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
@@ -302,16 +304,8 @@ class GatewayCore:
     ) -> Draft:
         """Drafts from the sequence's proposer, failing over to another; no drafts if none answers."""
         for _ in range(len(self.proposers)):
-            if slot.backend is None or not slot.backend.available:
-                replacement = self._next_proposer(exclude=slot.backend)
-                if replacement is None:
-                    return Draft()
-                left = slot.use(replacement)
-                if left is not None:  # a draining proposer exits once every sequence has left it
-                    self._leave(seq.seq_id, None, left)
-                    self.metrics.proposer_failovers.add(1)
-                    slot.moves += 1
-                    span.add_event("proposer failover", {"splitspec.from": left.address})
+            if not self._available_proposer(seq, slot, span):
+                return Draft()
             try:
                 result = await slot.backend.draft(
                     seq.seq_id, seq.tokens, slot.sent, k, seq.params, seq.seed, self.proposer_timeout_s,
@@ -335,6 +329,23 @@ class GatewayCore:
     def _may_draft_ahead(self) -> bool:
         """Drafting ahead is on, and the drafters need no hidden states, which assumed tokens lack."""
         return self.draft_ahead and self.hidden_states == HiddenStates.NONE
+
+    def _available_proposer(self, seq: Sequence, slot: _ProposerSlot, span: trace.Span) -> bool:
+        """Whether the sequence has a proposer that takes drafts now, moving it off one that does not
+        (draining, or down) to the least loaded other; a draining proposer exits once every sequence
+        has left it."""
+        if slot.backend is not None and slot.backend.available:
+            return True
+        replacement = self._next_proposer(exclude=slot.backend)
+        if replacement is None:
+            return False
+        left = slot.use(replacement)
+        if left is not None:
+            self._leave(seq.seq_id, None, left)
+            self.metrics.proposer_failovers.add(1)
+            slot.moves += 1
+            span.add_event("proposer failover", {"splitspec.from": left.address})
+        return True
 
     def _drafts_ahead(self, slot: _ProposerSlot) -> bool:
         return self._may_draft_ahead and slot.backend is not None and slot.backend.available
