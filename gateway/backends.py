@@ -140,12 +140,18 @@ class VerifierBackend:
         _raise_if_error(await self.stream.call(request))
 
     async def step(
-        self, seq_id: str, committed_len: int, draft: Draft, local_ngram: tuple[int, int, int] | None = None
+        self,
+        seq_id: str,
+        committed_len: int,
+        draft: Draft,
+        local_ngram: tuple[int, int, int] | None = None,
+        pipelined: bool = False,
     ) -> pb.StepResult:
         """local_ngram: (num_tokens, prompt_lookup_min, prompt_lookup_max) for the verifier to draft
-        itself, instead of `draft`."""
+        itself, instead of `draft`. pipelined: VerifyStep.pipelined."""
         request = pb.VerifierRequest(seq_id=seq_id)
         request.step.committed_len = committed_len
+        request.step.pipelined = pipelined
         request.step.drafts.extend(wire.draft_to_proto(draft))
         if local_ngram is not None:
             num_tokens, lookup_min, lookup_max = local_ngram

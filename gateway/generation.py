@@ -17,6 +17,7 @@ import asyncio
 import random
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator
 
@@ -38,6 +39,8 @@ from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence, request_seed
 from splitspec.stop_checker import StopChecker
 from splitspec.tracing import carrier_of
+
+MAX_PIPELINE_DEPTH = 4
 
 
 @dataclass
@@ -98,6 +101,9 @@ class GatewayCore:
     local_ngram: tuple[int, int] | None = None
     """(prompt_lookup_min, prompt_lookup_max): the verifiers draft by n-gram lookup themselves, and no
     round waits for a proposer (verifier_svc.local_drafts)."""
+    pipeline_steps: bool = True
+    """Rounds that need no proposer are pipelined: several steps in flight, run back to back by the
+    verifier, so no round waits for the link to the gateway."""
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(no_meter()))
     _rng: random.Random = field(default_factory=random.Random)
 
@@ -177,36 +183,53 @@ class GatewayCore:
         verifier_moves = 0
         ahead_task: asyncio.Task | None = None
         pre_drafted: Draft | None = None  # this round's draft, drafted ahead during the last round
+        pipeline: deque[asyncio.Task] = deque()  # pipelined steps sent, oldest first
         try:
             acceptance = AcceptanceEstimate()
             while not seq.finished:
-                if verifier.info is None and any(v.info is not None for v in self.verifiers if v is not verifier):
+                moving = verifier.info is None and any(v.info is not None for v in self.verifiers if v is not verifier)
+                if moving and not pipeline:
                     # its health says draining (or it stopped answering): move at this round, not at the end
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers
                     verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
                     verifier_moves += 1
-                if slot.backend is not None:  # leave a draining proposer even in rounds that draft nothing
-                    self._available_proposer(seq, slot, span)
-                k = self._num_drafts(seq, num_speculative_tokens, verifier, slot.backend, acceptance)
-                verifier.plan_step(seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
-                local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
-                draft = Draft()
-                if k > 0 and local is None:
-                    if pre_drafted is not None:
-                        draft = Draft(pre_drafted.token_ids[:k], pre_drafted.q[:k])
-                    else:
-                        draft = await self._draft(seq, slot, k, trace_context, span)
-                pre_drafted = None
-                if k > 0 and local is None and self._drafts_ahead(slot):
-                    ahead_task = asyncio.create_task(self._draft_ahead(seq, slot, draft.token_ids, k, trace_context))
+                    moving = False
+                if self._pipelines(num_speculative_tokens):
+                    if not moving:
+                        self._fill_pipeline(seq, verifier, pipeline, num_speculative_tokens, acceptance)
+                    step = pipeline.popleft()
+                else:
+                    if slot.backend is not None:  # leave a draining proposer even in rounds that draft nothing
+                        self._available_proposer(seq, slot, span)
+                    k = self._num_drafts(seq, num_speculative_tokens, verifier, slot.backend, acceptance)
+                    verifier.plan_step(seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
+                    local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
+                    draft = Draft()
+                    if k > 0 and local is None:
+                        if pre_drafted is not None:
+                            draft = Draft(pre_drafted.token_ids[:k], pre_drafted.q[:k])
+                        else:
+                            draft = await self._draft(seq, slot, k, trace_context, span)
+                    pre_drafted = None
+                    if k > 0 and local is None and self._drafts_ahead(slot):
+                        ahead_task = asyncio.create_task(
+                            self._draft_ahead(seq, slot, draft.token_ids, k, trace_context)
+                        )
+                    step = verifier.step(seq_id, len(seq.tokens), draft, local)
                 try:
-                    result = await verifier.step(seq_id, len(seq.tokens), draft, local)
+                    result = await step
+                    if result.committed_len != len(seq.tokens):
+                        raise ServiceError(
+                            grpc.StatusCode.NOT_FOUND,
+                            f"the verifier built on {result.committed_len} tokens, not the {len(seq.tokens)} committed",
+                        )
                 except (ConnectionError, ServiceError) as exc:
                     if not _verifier_lost(exc):
                         raise
                     if ahead_task is not None:  # let it settle what the proposer holds; its draft is moot
                         await ahead_task
                         ahead_task = None
+                    _cancel(pipeline)
                     verifier.mark_down()
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers
                     verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
@@ -215,11 +238,10 @@ class GatewayCore:
                 ahead = None
                 if ahead_task is not None:
                     ahead, ahead_task = await ahead_task, None
-                drafted = result.num_drafted if local is not None else len(draft.token_ids)
-                seq.stats.record_round(drafted, result.num_accepted)
+                seq.stats.record_round(result.num_drafted, result.num_accepted)
                 if result.HasField("hidden_states"):
                     slot.receive(result.hidden_states, self.hidden_states)
-                acceptance.update(drafted, result.num_accepted)
+                acceptance.update(result.num_drafted, result.num_accepted)
                 round_tokens = list(result.token_ids)
                 new_tokens = round_tokens[: stop_checker.commit(seq, round_tokens)]
                 if ahead is not None and not seq.finished:
@@ -241,7 +263,35 @@ class GatewayCore:
         finally:
             if ahead_task is not None:
                 ahead_task.cancel()
+            _cancel(pipeline)
             self._leave(seq_id, verifier, slot.use(None))
+
+    def _pipelines(self, num_speculative_tokens: int) -> bool:
+        """Whether the request's rounds need nothing from a proposer (the verifier drafts by n-gram
+        itself, or nothing is drafted), so its steps can be pipelined: sent before the results of the
+        ones before them, and run back to back on the verifier (VerifyStep.pipelined)."""
+        return self.pipeline_steps and (self.local_ngram is not None or num_speculative_tokens == 0)
+
+    def _fill_pipeline(
+        self,
+        seq: Sequence,
+        verifier: VerifierBackend,
+        pipeline: deque[asyncio.Task],
+        num_speculative_tokens: int,
+        acceptance: AcceptanceEstimate,
+    ) -> None:
+        """Send pipelined steps until as many are in flight as keep the verifier busy across the link,
+        and no more than the request may still need: each step commits at least one token."""
+        wanted = _pipeline_depth(verifier)
+        if seq.params.max_tokens is not None:
+            wanted = min(wanted, seq.params.max_tokens - seq.num_output_tokens)
+        while len(pipeline) < max(1, wanted):
+            k = self._num_drafts(seq, num_speculative_tokens, verifier, None, acceptance)
+            verifier.plan_step(seq.seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
+            local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
+            pipeline.append(
+                asyncio.create_task(verifier.step(seq.seq_id, len(seq.tokens), Draft(), local, pipelined=True))
+            )
 
     async def _move(
         self,
@@ -279,6 +329,7 @@ class GatewayCore:
     ) -> int:
         """At most k, and with the verifier's measured pass costs and the measured round trips, only as
         many as pay for themselves."""
+        pipelined = self._pipelines(k)
         k = max_drafts(seq, k, self.max_model_len)
         if k == 0 or not self.adaptive or verifier.cost_model is None:
             return k
@@ -287,7 +338,7 @@ class GatewayCore:
         # the verifier batches this step with the other sequences' steps: draft only what raises the
         # whole pass's tokens per second, given the rows and tokens the others last brought
         rows, tokens = verifier.others_in_pass(seq.seq_id)
-        round_trip = RoundTrip(link_s=verifier.link.value or 0.0)
+        round_trip = RoundTrip(link_s=0.0 if pipelined else verifier.link.value or 0.0)  # pipelined: never waited
         if self.local_ngram is None and proposer is not None:  # drafts made here cost a trip to the proposer
             round_trip = replace(
                 round_trip,
@@ -378,6 +429,28 @@ class GatewayCore:
                 await backend.release(seq_id)
             except (ConnectionError, asyncio.TimeoutError, ServiceError, grpc.aio.UsageError):
                 pass  # a backend that is gone (or closed by discovery) has dropped the sequence with its stream
+
+
+def _pipeline_depth(verifier: VerifierBackend) -> int:
+    """Steps to keep in flight: the one verified now, and enough behind it that the next is at the
+    verifier before the pass ends, however long the link (up to MAX_PIPELINE_DEPTH)."""
+    link, cost = verifier.link.value, verifier.cost_model
+    if link is None or cost is None:
+        return 2
+    return min(MAX_PIPELINE_DEPTH, 2 + int(link // max(cost.cost(1), 1e-6)))
+
+
+def _cancel(pipeline: deque[asyncio.Task]) -> None:
+    """Stop waiting for pipelined steps; their answers are no longer wanted."""
+    while pipeline:
+        task = pipeline.popleft()
+        task.cancel()
+        task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _verifier_lost(exc: BaseException) -> bool:

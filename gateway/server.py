@@ -212,6 +212,8 @@ class GatewaySettings:
     """(min, max) n-gram sizes of those drafts."""
     draft_ahead: bool = True
     """Proposers draft the next round while the verifier checks this one (gateway.draft_ahead)."""
+    pipeline_steps: bool = True
+    """Rounds that need no proposer keep several steps in flight (VerifyStep.pipelined)."""
 
 
 def run_gateway(settings: GatewaySettings) -> None:
@@ -249,6 +251,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             hidden_states=HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE),
             local_ngram=local_ngram,
             draft_ahead=settings.draft_ahead,
+            pipeline_steps=settings.pipeline_steps,
             metrics=RequestMetrics(service_meter("gateway", settings.server)),
         )
         tasks: list[asyncio.Task] = []

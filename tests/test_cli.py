@@ -110,16 +110,20 @@ def test_up_passes_every_proposer_flag_on_to_the_proposer():
 
 
 @pytest.mark.parametrize(
-    "flags, ngram_on_proposers, draft_ahead",
-    [([], False, True), (["--ngram-on-proposers", "--no-draft-ahead"], True, False)],
+    "flags, ngram_on_proposers, draft_ahead, pipeline",
+    [([], False, True, True), (["--ngram-on-proposers", "--no-draft-ahead", "--no-pipeline"], True, False, False)],
 )
-def test_up_passes_the_gateways_round_trip_flags_on(flags, ngram_on_proposers, draft_ahead):
+def test_up_passes_the_gateways_round_trip_flags_on(flags, ngram_on_proposers, draft_ahead, pipeline):
     from splitspec.entrypoints.cli import build_parser
     from splitspec.entrypoints.cli_services import up_commands
 
     gateway = up_commands(build_parser().parse_args(["up", *flags]))["gateway"]
     served = build_parser().parse_args(gateway[gateway.index("serve-gateway") :])
-    assert (served.ngram_on_proposers, served.draft_ahead) == (ngram_on_proposers, draft_ahead)
+    assert (served.ngram_on_proposers, served.draft_ahead, served.pipeline) == (
+        ngram_on_proposers,
+        draft_ahead,
+        pipeline,
+    )
 
 
 def test_up_metrics_port_gives_the_gateway_p_the_verifier_p_plus_1_and_the_proposer_p_plus_2():

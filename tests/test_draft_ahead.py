@@ -64,7 +64,9 @@ class ScriptedVerifier(VerifierStandIn):
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         self.tokens = list(token_ids)
 
-    async def step(self, seq_id: str, committed_len: int, draft: Draft, local_ngram=None) -> pb.StepResult:
+    async def step(
+        self, seq_id: str, committed_len: int, draft: Draft, local_ngram=None, pipelined=False
+    ) -> pb.StepResult:
         assert committed_len == len(self.tokens)
         assert draft.token_ids == drafter_continuation(self.tokens, len(draft.token_ids)), "a draft for another context"
         self.drafts.append(list(draft.token_ids))
@@ -77,7 +79,12 @@ class ScriptedVerifier(VerifierStandIn):
         num_accepted = len(committed)
         committed.append(target_next(self.tokens + committed))
         self.tokens += committed
-        return pb.StepResult(committed_len=committed_len, num_accepted=num_accepted, token_ids=committed)
+        return pb.StepResult(
+            committed_len=committed_len,
+            num_accepted=num_accepted,
+            token_ids=committed,
+            num_drafted=len(draft.token_ids),
+        )
 
 
 @dataclass

@@ -66,9 +66,15 @@ class ReplayingVerifier(VerifierStandIn):
     """Answers each step with the next round of a fixed output, as a verifier accepting drafts would."""
 
     rounds: list[list[int]] = field(default_factory=list)
+    length: int = 0
 
-    async def step(self, seq_id: str, committed_len: int, draft, local_ngram=None) -> pb.StepResult:
-        return pb.StepResult(committed_len=committed_len, token_ids=self.rounds.pop(0))
+    async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
+        self.length = len(token_ids)
+
+    async def step(self, seq_id: str, committed_len: int, draft, local_ngram=None, pipelined=False) -> pb.StepResult:
+        built_on, tokens = self.length, self.rounds.pop(0)
+        self.length += len(tokens)
+        return pb.StepResult(committed_len=built_on, token_ids=tokens)
 
 
 def stream(tokenizer, output_ids: list[int], stop: list[str], round_sizes: list[int], **sampling) -> list[Delta]:

@@ -142,3 +142,62 @@ def test_drafts_made_here_are_the_ngram_proposer_s_and_keep_plain_output(tiny_ll
     assert drafted > 0, "the repeated prompt gives the lookup something to draft"
     assert both.code == grpc.StatusCode.INVALID_ARGUMENT and "not both" in str(both)
     assert bad.code == grpc.StatusCode.INVALID_ARGUMENT and "prompt_lookup_min <= prompt_lookup_max" in str(bad)
+
+
+def test_pipelined_steps_run_one_after_another_and_keep_plain_output(tiny_llama):
+    """VerifyStep.pipelined: steps sent together, before any result, each build on what the one before
+    committed; drafted here or not, the output is plain decoding's."""
+    from verifier_svc.local_drafts import LocalDraftSpec
+
+    prompt = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7]
+    specs = [LocalDraftSpec(3, 1, 3), None, LocalDraftSpec(2, 1, 3), LocalDraftSpec(3, 1, 3), None, None]
+
+    async def main():
+        service = VerifierService(load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)))
+        service.start()
+        service.add("s", prompt, GREEDY, seed=0)
+        sent = [service.step("s", len(prompt), Draft(), spec, pipelined=True) for spec in specs]
+        outcomes = await asyncio.gather(*sent)
+        await service.close()
+        return outcomes
+
+    outcomes = _run(main())
+    built_on = [o.committed_len for o in outcomes]
+    lengths = [len(o.token_ids) for o in outcomes]
+    assert built_on == [len(prompt) + sum(lengths[:i]) for i in range(len(outcomes))]
+    assert [o.num_drafted for o in outcomes][1::3] == [0, 0], "a step without local_draft drafts nothing"
+    assert sum(o.num_drafted for o in outcomes) > 0
+    out = [t for o in outcomes for t in o.token_ids]
+    assert out == _plain(tiny_llama, prompt, len(out))
+
+
+def test_a_pipelined_step_refuses_drafts_and_lengths_the_verifier_has_not_reached(tiny_llama):
+    from verifier_svc.local_drafts import LocalDraftSpec
+
+    async def main():
+        service = VerifierService(
+            load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20, max_model_len=16))
+        )
+        service.start()
+        prompt = [5, 6, 7, 5, 6, 7, 5, 6, 7, 5, 6, 7, 5]
+        service.add("s", prompt, GREEDY, seed=0)
+        errors = []
+        for draft, committed_len in ((Draft([5], [None]), len(prompt)), (Draft(), len(prompt) + 1)):
+            with pytest.raises(ServiceError) as err:
+                await service.step("s", committed_len, draft, pipelined=True)
+            errors.append(err.value)
+        near_the_end = []
+        with pytest.raises(ServiceError) as full:
+            while True:  # 8 drafts asked each time: no more than the context leaves are drafted
+                tokens = len(service.sequences["s"].tokens)
+                outcome = await service.step("s", 0, Draft(), LocalDraftSpec(8, 1, 3), pipelined=True)
+                near_the_end.append((tokens, outcome.num_drafted))
+        await service.close()
+        return errors, near_the_end, full.value, service.sequences["s"].tokens
+
+    (drafts, ahead), near_the_end, full, tokens = _run(main())
+    assert drafts.code == grpc.StatusCode.INVALID_ARGUMENT and "carries no drafts" in drafts.message
+    assert ahead.code == grpc.StatusCode.FAILED_PRECONDITION and "stale" in ahead.message
+    assert near_the_end and all(drafted <= 16 - length for length, drafted in near_the_end)
+    assert full.code == grpc.StatusCode.OUT_OF_RANGE and "context" in full.message
+    assert len(tokens) >= 16

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.backends import Ewma
 from protos import splitspec_v1_pb2 as pb
 
 
@@ -15,6 +16,7 @@ class VerifierStandIn:
     address: str = "verifier"
     info: pb.VerifierInfo = field(default_factory=pb.VerifierInfo)
     cost_model: None = None
+    link: Ewma = field(default_factory=Ewma)
     num_sequences: int = 0
     load: float = 0.0
     kv_free_share: float = 1.0
@@ -24,6 +26,9 @@ class VerifierStandIn:
 
     def forget(self, seq_id: str) -> None:
         pass
+
+    def mark_down(self) -> None:
+        self.info = None
 
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         pass

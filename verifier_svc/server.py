@@ -76,7 +76,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     else None
                 )
                 outcome = await self.service.step(
-                    request.seq_id, step.committed_len, wire.draft_from_proto(step.drafts), local
+                    request.seq_id, step.committed_len, wire.draft_from_proto(step.drafts), local, step.pipelined
                 )
                 response.result.committed_len = outcome.committed_len
                 response.result.num_accepted = outcome.num_accepted

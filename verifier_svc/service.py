@@ -7,8 +7,9 @@ verifier keeps); a step that still does not fit waits for the next batch.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import grpc
 import torch
@@ -38,6 +39,7 @@ class RemoteSequence:
     hidden_states: HiddenStates = HiddenStates.NONE  # what results carry for the sequence's drafter
     span: trace.Span = trace.INVALID_SPAN  # its time here, in the client request's trace
     request_span: trace.SpanContext | None = None  # the client request's span at the gateway
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)  # its steps run one at a time, in arrival order
 
 
 @dataclass
@@ -144,19 +146,48 @@ class VerifierService:
         self.sequences[seq_id] = seq
 
     async def step(
-        self, seq_id: str, committed_len: int, draft: Draft, local: LocalDraftSpec | None = None
+        self,
+        seq_id: str,
+        committed_len: int,
+        draft: Draft,
+        local: LocalDraftSpec | None = None,
+        pipelined: bool = False,
     ) -> StepOutcome:
-        """local: draft here instead (verifier_svc.local_drafts); `draft` must then be empty."""
+        """local: draft here instead (verifier_svc.local_drafts); `draft` must then be empty.
+        pipelined: build on whatever the sequence's earlier steps commit (VerifyStep.pipelined)."""
         seq = self.sequences.get(seq_id)
         if seq is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} is not running on this verifier")
-        if local is not None:
-            if draft.token_ids:
-                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "a step has drafts or local_draft, not both")
-            if committed_len == len(seq.tokens):  # otherwise the step is refused as stale
-                draft = self.local_drafter.draft(seq_id, seq.tokens, local)
+        if local is not None and draft.token_ids:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "a step has drafts or local_draft, not both")
+        if pipelined and draft.token_ids:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "a pipelined step carries no drafts: use local_draft or none"
+            )
         check_draft(draft, self.runner.vocab_size)
-        return await self.batcher.submit(_StepCall(seq, committed_len, draft))
+        async with seq.turn:
+            if pipelined and self.sequences.get(seq_id) is seq:
+                committed_len, local = self._pipelined_on(seq, committed_len, local)
+            if local is not None and committed_len == len(seq.tokens):  # otherwise the step is refused as stale
+                draft = self.local_drafter.draft(seq_id, seq.tokens, local)
+            return await self.batcher.submit(_StepCall(seq, committed_len, draft))
+
+    def _pipelined_on(
+        self, seq: RemoteSequence, sent_on: int, local: LocalDraftSpec | None
+    ) -> tuple[int, LocalDraftSpec | None]:
+        """The committed length a pipelined step builds on (the sequence's now), and its local draft
+        trimmed to the model's context."""
+        if sent_on > len(seq.tokens):
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"stale step for {seq.seq_id}: sent on {sent_on} tokens, verifier has {len(seq.tokens)}",
+            )
+        room = self.runner.max_model_len - len(seq.tokens)
+        if room <= 0:
+            raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, f"sequence {seq.seq_id} has reached the model's context")
+        if local is not None and local.num_tokens > room:
+            local = replace(local, num_tokens=room)
+        return len(seq.tokens), local
 
     async def release(self, seq_id: str) -> None:
         seq = self.sequences.pop(seq_id, None)

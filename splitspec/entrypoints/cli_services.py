@@ -208,6 +208,14 @@ def _round_trip_flags(p: argparse.ArgumentParser) -> None:
         "it drafts ahead for the round's likeliest outcome, and a round whose outcome matches needs no trip to "
         "the proposer after the verifier's answer)",
     )
+    p.add_argument(
+        "--no-pipeline",
+        dest="pipeline",
+        action="store_false",
+        help="send each round's step only after the last one's result (by default rounds that need no proposer, "
+        "n-grams drafted on the verifier or K=0, keep several steps in flight, which the verifier runs back to "
+        "back, so no round waits for the link to the gateway)",
+    )
 
 
 def _proposer_flags(p: argparse.ArgumentParser) -> None:
@@ -302,6 +310,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
             adaptive=not args.fixed_k,
             local_ngram=not args.ngram_on_proposers,
             draft_ahead=args.draft_ahead,
+            pipeline_steps=args.pipeline,
             prompt_lookup=(args.prompt_lookup_min, args.prompt_lookup_max),
         )
     )
@@ -366,6 +375,8 @@ def up_commands(args: argparse.Namespace, links: dict[str, str] | None = None) -
         gateway.append("--ngram-on-proposers")
     if not args.draft_ahead:
         gateway.append("--no-draft-ahead")
+    if not args.pipeline:
+        gateway.append("--no-pipeline")
     commands = {"verifier": verifier, "proposer": proposer, "gateway": gateway}
     for name, port in metrics_ports(args).items():
         commands[name] += ["--metrics-port", str(port)]

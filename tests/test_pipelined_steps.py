@@ -1,0 +1,127 @@
+"""Pipelined steps (VerifyStep.pipelined): when a round needs nothing from a proposer, the gateway keeps
+several steps in flight and the verifier runs them back to back, so no round waits for the link.
+
+The loop tests drive GatewayCore.generate against scripted verifiers that commit a fixed function of
+the context; the service test puts a slow link between a real gateway and verifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from verifier_stand_in import VerifierStandIn
+
+from gateway.generation import GatewayCore
+from protos import splitspec_v1_pb2 as pb
+from splitspec.sampling_params import SamplingParams
+
+VOCAB = 97
+PROMPT = [3, 1, 4, 1, 5]
+MAX_TOKENS = 40
+
+
+def target_next(context: list[int]) -> int:
+    return (sum(context) * 31 + 7 * len(context)) % VOCAB
+
+
+def target_output(prompt: list[int], max_tokens: int) -> list[int]:
+    tokens = list(prompt)
+    for _ in range(max_tokens):
+        tokens.append(target_next(tokens))
+    return tokens[len(prompt) :]
+
+
+@dataclass
+class PipelinedVerifier(VerifierStandIn):
+    """Commits 1 to 3 target tokens a step, one step at a time in arrival order (as the service's
+    per-sequence turn does), and counts how many of a sequence's steps were in flight at once."""
+
+    tokens: list[int] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
+    steps: int = 0
+    misreport_at: int | None = None  # the step whose result names a length it did not build on
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
+        self.tokens = list(token_ids)
+
+    async def step(self, seq_id, committed_len, draft, local_ngram=None, pipelined=False) -> pb.StepResult:
+        assert pipelined and not draft.token_ids and committed_len <= len(self.tokens)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            async with self.turn:
+                await asyncio.sleep(0.002)  # the pass
+                built_on, self.steps = len(self.tokens), self.steps + 1
+                for _ in range(1 + len(self.tokens) % 3):
+                    self.tokens.append(target_next(self.tokens))
+                reported = built_on + 1 if self.steps == self.misreport_at else built_on
+                return pb.StepResult(committed_len=reported, token_ids=self.tokens[built_on:])
+        finally:
+            self.in_flight -= 1
+
+
+def run(verifiers: list[PipelinedVerifier], num_speculative_tokens: int = 0) -> list[int]:
+    core = GatewayCore(verifiers, [], None, set(), max_model_len=1 << 20, num_speculative_tokens=0)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+    async def collect() -> list[int]:
+        stream = core.generate(None, PROMPT, params, num_speculative_tokens)
+        return [t async for delta in stream for t in delta.token_ids]
+
+    return asyncio.run(collect())
+
+
+def test_steps_that_need_no_proposer_are_in_flight_together_and_output_is_the_target_s():
+    verifier = PipelinedVerifier()
+    assert run([verifier]) == target_output(PROMPT, MAX_TOKENS)
+    assert verifier.most_in_flight == 2, "one step verified, the next already waiting at the verifier"
+
+
+def test_no_more_steps_are_sent_than_the_request_may_still_need():
+    verifier = PipelinedVerifier()
+    out = run([verifier])
+    assert len(out) == MAX_TOKENS
+    committed_past_the_end = len(verifier.tokens) - len(PROMPT) - MAX_TOKENS
+    assert committed_past_the_end <= 2 * 3, "at most the steps in flight when the last token arrived"
+
+
+def test_a_result_built_on_another_length_is_never_applied():
+    """The verifier says it built a step on a length the gateway did not commit: the gateway takes it as
+    lost, starts the sequence again on another verifier from what it holds, and loses nothing."""
+    liar, other = PipelinedVerifier(misreport_at=4), PipelinedVerifier()
+    assert run([liar, other]) == target_output(PROMPT, MAX_TOKENS)
+    assert other.steps > 0, "the sequence moved"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_pipelining_hides_a_slow_link_to_the_verifier(tiny_llama, tmp_path):
+    """20 ms each way between the gateway and the verifier, and a pass of the tiny model takes a few: one
+    step at a time, every round waits 40 ms; pipelined, several rounds share each wait. Output is the
+    same."""
+    from service_stack import running_stack
+    from test_services_e2e import generate, greedy_request, token_ids
+
+    from splitspec import LLM
+
+    prompt = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7]
+    max_tokens = 48
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0]
+    seconds = {}
+    for pipeline in (True, False):
+        flags = ("--fixed-k",) + (() if pipeline else ("--no-pipeline",))
+        with running_stack(
+            tiny_llama, tmp_path, k=3, gateway_args=flags, network_delay_ms=20, ngram_on_proposers=False
+        ) as stack:
+            generate(stack.gateway.address, greedy_request(prompt, max_tokens=4))  # links measured, warm
+            started = time.monotonic()
+            out = token_ids(generate(stack.gateway.address, greedy_request(prompt, max_tokens=max_tokens)))
+            seconds[pipeline] = time.monotonic() - started
+        assert out == plain.token_ids
+    assert seconds[True] < 0.6 * seconds[False], seconds
