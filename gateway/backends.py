@@ -146,12 +146,14 @@ class VerifierBackend:
         draft: Draft,
         local_ngram: tuple[int, int, int] | None = None,
         pipelined: bool = False,
+        assumed: list[int] | None = None,
     ) -> pb.StepResult:
         """local_ngram: (num_tokens, prompt_lookup_min, prompt_lookup_max) for the verifier to draft
-        itself, instead of `draft`. pipelined: VerifyStep.pipelined."""
+        itself, instead of `draft`. pipelined, assumed: VerifyStep.pipelined and assumed_token_ids."""
         request = pb.VerifierRequest(seq_id=seq_id)
         request.step.committed_len = committed_len
         request.step.pipelined = pipelined
+        request.step.assumed_token_ids.extend(assumed or ())
         request.step.drafts.extend(wire.draft_to_proto(draft))
         if local_ngram is not None:
             num_tokens, lookup_min, lookup_max = local_ngram

@@ -18,13 +18,25 @@ from splitspec.drafts import Draft
 @dataclass
 class AheadDraft:
     assumed: list[int]
-    """The draft being verified when this one was made."""
+    """The tokens after the committed ones that it assumed: the draft being verified when it was made
+    (with pipelined steps, all the steps in flight were expected to commit)."""
     draft: Draft
     """Drafted after `assumed`: a guess at the verifier's next token, then the next round's draft."""
+    base_len: int = 0
+    """The committed tokens when it was asked for."""
+
+    @property
+    def guessed_context(self) -> list[int]:
+        """The tokens after base_len that the draft after the guess continues."""
+        return self.assumed + self.draft.token_ids[:1]
+
+    @property
+    def after_guess(self) -> Draft:
+        return Draft(self.draft.token_ids[1:], self.draft.q[1:])
 
     def next_draft(self, committed: list[int]) -> Draft | None:
         """The next round's draft if the round committed `assumed` and then the guess; None otherwise
         (or when nothing follows the guess)."""
-        if len(self.draft.token_ids) < 2 or committed != self.assumed + self.draft.token_ids[:1]:
+        if len(self.draft.token_ids) < 2 or committed != self.guessed_context:
             return None
-        return Draft(self.draft.token_ids[1:], self.draft.q[1:])
+        return self.after_guess

@@ -24,6 +24,7 @@ from typing import AsyncIterator
 import grpc
 from opentelemetry import trace
 
+from gateway.ahead_pipeline import Prediction
 from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.detokenizer import IncrementalDetokenizer
 from gateway.draft_ahead import AheadDraft
@@ -79,6 +80,26 @@ class _ProposerSlot:
             self.hidden_state = wire.concat_rows(self.hidden_state, hidden)
         else:
             self.hidden_state = hidden
+
+
+@dataclass
+class _Pipeline:
+    """A request's pipelined steps (VerifyStep.pipelined) and, with a remote drafter, its drafts ahead."""
+
+    steps: deque[tuple[asyncio.Task, bool]] = field(default_factory=deque)
+    """Sent and not yet answered, oldest first, each with whether its drafts were made ahead."""
+    prediction: Prediction = field(default_factory=Prediction)
+    ahead: asyncio.Task | None = None  # the proposer making a draft ahead
+    ready: AheadDraft | None = None  # a draft ahead made, waiting for room in the pipeline
+
+    def cancel(self) -> None:
+        """Stop waiting for the steps and the draft ahead: their answers are no longer wanted."""
+        tasks = [task for task, _ in self.steps] + ([self.ahead] if self.ahead is not None else [])
+        for task in tasks:
+            task.cancel()
+            task.add_done_callback(_retrieve)
+        self.steps.clear()
+        self.ahead, self.ready, self.prediction = None, None, Prediction()
 
 
 @dataclass
@@ -183,21 +204,32 @@ class GatewayCore:
         verifier_moves = 0
         ahead_task: asyncio.Task | None = None
         pre_drafted: Draft | None = None  # this round's draft, drafted ahead during the last round
-        pipeline: deque[asyncio.Task] = deque()  # pipelined steps sent, oldest first
+        pipe = _Pipeline()
+        pipelined = self._pipelines(num_speculative_tokens)
+        drafts_pipelined = not pipelined and self._pipelines_drafts(num_speculative_tokens, params)
         try:
             acceptance = AcceptanceEstimate()
             while not seq.finished:
                 moving = verifier.info is None and any(v.info is not None for v in self.verifiers if v is not verifier)
-                if moving and not pipeline:
+                if moving and not pipe.steps:
                     # its health says draining (or it stopped answering): move at this round, not at the end
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers
                     verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
                     verifier_moves += 1
                     moving = False
-                if self._pipelines(num_speculative_tokens):
+                made_ahead = False
+                if pipelined:
                     if not moving:
-                        self._fill_pipeline(seq, verifier, pipeline, num_speculative_tokens, acceptance)
-                    step = pipeline.popleft()
+                        self._fill_pipeline(seq, verifier, pipe, num_speculative_tokens, acceptance)
+                    step = pipe.steps.popleft()[0]
+                elif drafts_pipelined:
+                    if not moving:
+                        await self._fill_drafted_pipeline(
+                            seq, verifier, slot, pipe, num_speculative_tokens, acceptance, trace_context, span
+                        )
+                    step, made_ahead = await self._oldest_drafted_step(
+                        seq, verifier, slot, pipe, num_speculative_tokens, acceptance, trace_context, moving
+                    )
                 else:
                     if slot.backend is not None:  # leave a draining proposer even in rounds that draft nothing
                         self._available_proposer(seq, slot, span)
@@ -229,7 +261,7 @@ class GatewayCore:
                     if ahead_task is not None:  # let it settle what the proposer holds; its draft is moot
                         await ahead_task
                         ahead_task = None
-                    _cancel(pipeline)
+                    pipe.cancel()
                     verifier.mark_down()
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers
                     verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
@@ -244,6 +276,10 @@ class GatewayCore:
                 acceptance.update(result.num_drafted, result.num_accepted)
                 round_tokens = list(result.token_ids)
                 new_tokens = round_tokens[: stop_checker.commit(seq, round_tokens)]
+                if drafts_pipelined:
+                    pipe.prediction.committed(round_tokens, len(pipe.steps))
+                    if made_ahead:
+                        self.metrics.draft_ahead.add(1, {"outcome": "hit" if result.num_drafted else "miss"})
                 if ahead is not None and not seq.finished:
                     pre_drafted = ahead.next_draft(round_tokens)
                     self.metrics.draft_ahead.add(1, {"outcome": "miss" if pre_drafted is None else "hit"})
@@ -263,7 +299,7 @@ class GatewayCore:
         finally:
             if ahead_task is not None:
                 ahead_task.cancel()
-            _cancel(pipeline)
+            pipe.cancel()
             self._leave(seq_id, verifier, slot.use(None))
 
     def _pipelines(self, num_speculative_tokens: int) -> bool:
@@ -272,26 +308,141 @@ class GatewayCore:
         ones before them, and run back to back on the verifier (VerifyStep.pipelined)."""
         return self.pipeline_steps and (self.local_ngram is not None or num_speculative_tokens == 0)
 
+    def _pipelines_drafts(self, num_speculative_tokens: int, params: SamplingParams) -> bool:
+        """Whether the request's rounds, drafted by a proposer, are pipelined with drafts made ahead
+        (gateway.ahead_pipeline): drafters that need no hidden states, and requests whose K may vary
+        (a step whose assumption fails verifies no drafts)."""
+        return (
+            self.pipeline_steps
+            and self._may_draft_ahead
+            and num_speculative_tokens > 0
+            and not keeps_fixed_k(self.drafts_are_sampled, params)
+        )
+
+    def _room(self, seq: Sequence, verifier: VerifierBackend) -> int:
+        """How many steps to keep in flight: as many as keep the verifier busy across the link, and no
+        more than the request may still need (each step commits at least one token)."""
+        wanted = _pipeline_depth(verifier)
+        if seq.params.max_tokens is not None:
+            wanted = min(wanted, seq.params.max_tokens - seq.num_output_tokens)
+        return max(1, wanted)
+
     def _fill_pipeline(
         self,
         seq: Sequence,
         verifier: VerifierBackend,
-        pipeline: deque[asyncio.Task],
+        pipe: _Pipeline,
         num_speculative_tokens: int,
         acceptance: AcceptanceEstimate,
     ) -> None:
-        """Send pipelined steps until as many are in flight as keep the verifier busy across the link,
-        and no more than the request may still need: each step commits at least one token."""
-        wanted = _pipeline_depth(verifier)
-        if seq.params.max_tokens is not None:
-            wanted = min(wanted, seq.params.max_tokens - seq.num_output_tokens)
-        while len(pipeline) < max(1, wanted):
+        """Send pipelined steps, each drafted on the verifier or not at all, until the pipeline is full."""
+        while len(pipe.steps) < self._room(seq, verifier):
             k = self._num_drafts(seq, num_speculative_tokens, verifier, None, acceptance)
             verifier.plan_step(seq.seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
             local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
-            pipeline.append(
-                asyncio.create_task(verifier.step(seq.seq_id, len(seq.tokens), Draft(), local, pipelined=True))
-            )
+            task = asyncio.create_task(verifier.step(seq.seq_id, len(seq.tokens), Draft(), local, pipelined=True))
+            pipe.steps.append((task, False))
+
+    async def _fill_drafted_pipeline(
+        self,
+        seq: Sequence,
+        verifier: VerifierBackend,
+        slot: _ProposerSlot,
+        pipe: _Pipeline,
+        num_speculative_tokens: int,
+        acceptance: AcceptanceEstimate,
+        trace_context: pb.TraceContext | None,
+        span: trace.Span,
+    ) -> None:
+        """With nothing in flight, send a step: with the draft made ahead if its guess came true, else
+        with a fresh draft. Then have the proposer draft ahead for the steps in flight."""
+        if not pipe.steps:
+            if pipe.ahead is not None:
+                pipe.ready, pipe.ahead = await pipe.ahead, None
+            if not self._send_ready(seq, verifier, pipe, acceptance):
+                if slot.backend is not None:  # leave a draining proposer even in rounds that draft nothing
+                    self._available_proposer(seq, slot, span)
+                k = self._num_drafts(seq, num_speculative_tokens, verifier, slot.backend, acceptance)
+                draft = await self._draft(seq, slot, k, trace_context, span) if k > 0 else Draft()
+                self._send_drafted(seq, verifier, pipe, [], draft, False, acceptance)
+        self._ask_ahead(seq, verifier, slot, pipe, num_speculative_tokens, acceptance, trace_context)
+
+    async def _oldest_drafted_step(
+        self,
+        seq: Sequence,
+        verifier: VerifierBackend,
+        slot: _ProposerSlot,
+        pipe: _Pipeline,
+        num_speculative_tokens: int,
+        acceptance: AcceptanceEstimate,
+        trace_context: pb.TraceContext | None,
+        moving: bool,
+    ) -> tuple[asyncio.Task, bool]:
+        """Wait for the oldest step in flight; a draft ahead that arrives meanwhile goes to the verifier
+        at once, as the next step, and the proposer drafts ahead of that one."""
+        while True:
+            oldest, made_ahead = pipe.steps[0]
+            waiting = {oldest} if pipe.ahead is None else {oldest, pipe.ahead}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if pipe.ahead is not None and pipe.ahead.done():
+                pipe.ready, pipe.ahead = pipe.ahead.result(), None
+                if not moving and self._send_ready(seq, verifier, pipe, acceptance):
+                    self._ask_ahead(seq, verifier, slot, pipe, num_speculative_tokens, acceptance, trace_context)
+            if oldest.done():
+                pipe.steps.popleft()
+                return oldest, made_ahead
+
+    def _send_drafted(
+        self,
+        seq: Sequence,
+        verifier: VerifierBackend,
+        pipe: _Pipeline,
+        assumed: list[int],
+        draft: Draft,
+        made_ahead: bool,
+        acceptance: AcceptanceEstimate,
+    ) -> None:
+        k = len(draft.token_ids)
+        verifier.plan_step(seq.seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
+        step = verifier.step(seq.seq_id, len(seq.tokens), draft, None, pipelined=True, assumed=assumed)
+        pipe.steps.append((asyncio.create_task(step), made_ahead))
+        pipe.prediction.sent(assumed, draft)
+
+    def _send_ready(
+        self, seq: Sequence, verifier: VerifierBackend, pipe: _Pipeline, acceptance: AcceptanceEstimate
+    ) -> bool:
+        """Send the draft made ahead as the next step if there is room and it still fits what the steps
+        in flight are expected to commit; drop it if it no longer can."""
+        reply = pipe.ready
+        if reply is None or len(pipe.steps) >= self._room(seq, verifier):
+            return False
+        pipe.ready = None
+        assumed = pipe.prediction.assumed_for(reply, seq.tokens[reply.base_len :], len(pipe.steps))
+        if assumed is None:
+            self.metrics.draft_ahead.add(1, {"outcome": "miss"})
+            return False
+        self._send_drafted(seq, verifier, pipe, assumed, reply.after_guess, True, acceptance)
+        return True
+
+    def _ask_ahead(
+        self,
+        seq: Sequence,
+        verifier: VerifierBackend,
+        slot: _ProposerSlot,
+        pipe: _Pipeline,
+        num_speculative_tokens: int,
+        acceptance: AcceptanceEstimate,
+        trace_context: pb.TraceContext | None,
+    ) -> None:
+        """Have the proposer draft after what the steps in flight are expected to commit, if a step with
+        that draft could be sent once the oldest returns."""
+        if pipe.ahead is not None or pipe.ready is not None or not pipe.steps or pipe.prediction.tail is None:
+            return
+        if len(pipe.steps) > self._room(seq, verifier) or not self._drafts_ahead(slot):
+            return
+        k = self._num_drafts(seq, num_speculative_tokens, verifier, slot.backend, acceptance)
+        if k > 0:
+            pipe.ahead = asyncio.create_task(self._draft_ahead(seq, slot, list(pipe.prediction.tail), k, trace_context))
 
     async def _move(
         self,
@@ -404,8 +555,9 @@ class GatewayCore:
     async def _draft_ahead(
         self, seq: Sequence, slot: _ProposerSlot, assumed: list[int], k: int, trace_context: pb.TraceContext | None
     ) -> AheadDraft | None:
-        """The proposer's draft after `assumed` (the draft under verification): a guess at the verifier's
-        next token, then up to k more. None when it has none: the next round drafts as usual."""
+        """The proposer's draft after `assumed` (what the steps in flight are expected to commit): a guess
+        at the verifier's next token, then up to k more. None when it has none: the next round drafts as
+        usual."""
         backend, committed = slot.backend, len(seq.tokens)
         try:
             result = await backend.draft(
@@ -419,7 +571,7 @@ class GatewayCore:
             slot.sent = 0
             return None
         slot.sent = committed
-        return AheadDraft(list(assumed), wire.draft_from_proto(result.drafts[: k + 1]))
+        return AheadDraft(list(assumed), wire.draft_from_proto(result.drafts[: k + 1]), committed)
 
     async def _release(self, seq_id: str, verifier: VerifierBackend | None, proposer: ProposerBackend | None) -> None:
         for backend in (verifier, proposer):
@@ -438,14 +590,6 @@ def _pipeline_depth(verifier: VerifierBackend) -> int:
     if link is None or cost is None:
         return 2
     return min(MAX_PIPELINE_DEPTH, 2 + int(link // max(cost.cost(1), 1e-6)))
-
-
-def _cancel(pipeline: deque[asyncio.Task]) -> None:
-    """Stop waiting for pipelined steps; their answers are no longer wanted."""
-    while pipeline:
-        task = pipeline.popleft()
-        task.cancel()
-        task.add_done_callback(_retrieve)
 
 
 def _retrieve(task: asyncio.Task) -> None:

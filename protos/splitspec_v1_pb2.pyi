@@ -168,16 +168,18 @@ class StartSequence(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., return_hidden_states: _Optional[bool] = ..., return_all_hidden_states: _Optional[bool] = ...) -> None: ...
 
 class VerifyStep(_message.Message):
-    __slots__ = ("committed_len", "drafts", "local_draft", "pipelined")
+    __slots__ = ("committed_len", "drafts", "local_draft", "pipelined", "assumed_token_ids")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     DRAFTS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_DRAFT_FIELD_NUMBER: _ClassVar[int]
     PIPELINED_FIELD_NUMBER: _ClassVar[int]
+    ASSUMED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     drafts: _containers.RepeatedCompositeFieldContainer[DraftToken]
     local_draft: LocalDraft
     pipelined: bool
-    def __init__(self, committed_len: _Optional[int] = ..., drafts: _Optional[_Iterable[_Union[DraftToken, _Mapping]]] = ..., local_draft: _Optional[_Union[LocalDraft, _Mapping]] = ..., pipelined: _Optional[bool] = ...) -> None: ...
+    assumed_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, committed_len: _Optional[int] = ..., drafts: _Optional[_Iterable[_Union[DraftToken, _Mapping]]] = ..., local_draft: _Optional[_Union[LocalDraft, _Mapping]] = ..., pipelined: _Optional[bool] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LocalDraft(_message.Message):
     __slots__ = ("num_tokens", "prompt_lookup_min", "prompt_lookup_max")

@@ -120,9 +120,18 @@ class ScriptedProposer:
 
 
 def run(proposer: ScriptedProposer, draft_ahead: bool = True) -> tuple[list[int], ScriptedVerifier]:
+    """One step at a time (the path of --no-pipeline, and of requests that keep a fixed K; the pipelined
+    path is tests/test_pipelined_steps.py's)."""
     verifier = ScriptedVerifier()
     core = GatewayCore(
-        [verifier], [proposer], None, set(), max_model_len=1 << 20, num_speculative_tokens=K, draft_ahead=draft_ahead
+        [verifier],
+        [proposer],
+        None,
+        set(),
+        max_model_len=1 << 20,
+        num_speculative_tokens=K,
+        draft_ahead=draft_ahead,
+        pipeline_steps=False,
     )
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
 

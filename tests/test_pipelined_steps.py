@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 import pytest
 from verifier_stand_in import VerifierStandIn
 
+from gateway.ahead_pipeline import Prediction
+from gateway.draft_ahead import AheadDraft
 from gateway.generation import GatewayCore
 from protos import splitspec_v1_pb2 as pb
+from splitspec.drafts import Draft
 from splitspec.sampling_params import SamplingParams
 
 VOCAB = 97
@@ -96,6 +99,129 @@ def test_a_result_built_on_another_length_is_never_applied():
     liar, other = PipelinedVerifier(misreport_at=4), PipelinedVerifier()
     assert run([liar, other]) == target_output(PROMPT, MAX_TOKENS)
     assert other.steps > 0, "the sequence moved"
+
+
+@dataclass
+class AssumingVerifier(VerifierStandIn):
+    """The service's rule for pipelined steps against test_draft_ahead's greedy target: a step's drafts
+    are verified only if the steps before committed exactly the tokens it assumed, and then they must be
+    the drafter's continuation of exactly that context (a draft for another outcome would differ)."""
+
+    tokens: list[int] = field(default_factory=list)
+    verified: list[list[int]] = field(default_factory=list)
+    dropped: int = 0
+    in_flight: int = 0
+    most_in_flight: int = 0
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
+        self.tokens = list(token_ids)
+
+    async def step(self, seq_id, committed_len, draft, local_ngram=None, pipelined=False, assumed=None):
+        from test_draft_ahead import drafter_continuation
+        from test_draft_ahead import target_next as drafted_target_next
+
+        assert pipelined and committed_len <= len(self.tokens)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            async with self.turn:
+                await asyncio.sleep(0.002)  # the pass
+                drafts = list(draft.token_ids)
+                if self.tokens[committed_len:] != list(assumed or []):
+                    self.dropped += 1 if drafts else 0
+                    drafts = []
+                assert drafts == drafter_continuation(self.tokens, len(drafts)), "a draft for another context"
+                self.verified.append(drafts)
+                built_on, committed = len(self.tokens), []
+                for token in drafts:
+                    if token != drafted_target_next(self.tokens + committed):
+                        break
+                    committed.append(token)
+                num_accepted = len(committed)
+                committed.append(drafted_target_next(self.tokens + committed))
+                self.tokens += committed
+                return pb.StepResult(
+                    committed_len=built_on, num_accepted=num_accepted, token_ids=committed, num_drafted=len(drafts)
+                )
+        finally:
+            self.in_flight -= 1
+
+
+def run_drafted(proposer) -> tuple[list[int], AssumingVerifier]:
+    from test_draft_ahead import K
+
+    verifier = AssumingVerifier()
+    core = GatewayCore([verifier], [proposer], None, set(), max_model_len=1 << 20, num_speculative_tokens=K)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+    async def collect() -> list[int]:
+        return [t async for delta in core.generate(None, PROMPT, params, K) for t in delta.token_ids]
+
+    return asyncio.run(collect()), verifier
+
+
+def test_drafts_made_ahead_reach_the_verifier_before_the_outcome_they_assume():
+    """Each draft made ahead is sent at once as the next step: the verifier runs it when the step before
+    returns, verifies its drafts only if that step committed what was assumed, and the output is the
+    target's either way."""
+    from test_draft_ahead import ScriptedProposer, target_output
+
+    proposer = ScriptedProposer()
+    output, verifier = run_drafted(proposer)
+    assert output == target_output(PROMPT, MAX_TOKENS)
+    assert verifier.most_in_flight == 2, "the next step was at the verifier while one was verified"
+    verified_ahead = sum(1 for d in verifier.verified if d) - proposer.fresh_calls
+    assert verified_ahead > 0, "some steps verified drafts made ahead"
+    assert verifier.dropped > 0, "some assumed an outcome that did not happen and verified nothing"
+
+
+def test_a_proposer_lost_while_drafting_ahead_of_pipelined_steps_loses_nothing():
+    from test_draft_ahead import ScriptedProposer, target_output
+
+    proposer = ScriptedProposer(fail_ahead_from=2)
+    output, verifier = run_drafted(proposer)
+    assert output == target_output(PROMPT, MAX_TOKENS)
+    assert not proposer.available and verifier.verified[-1] == [], "later steps verified no drafts"
+
+
+def test_the_prediction_follows_the_steps_in_flight_until_one_commits_something_else():
+    prediction = Prediction()
+    prediction.sent([], Draft([10, 11], [None, None]))
+    prediction.sent([10, 11, 12], Draft([13, 14], [None, None]))  # the draft ahead guessed 12
+    assert prediction.tail == [10, 11, 12, 13, 14]
+    prediction.committed([10, 11, 12], steps_left=1)
+    assert prediction.tail == [13, 14]
+    prediction.committed([13, 20], steps_left=1)  # a rejection: what the next step commits is unknown
+    assert prediction.tail is None
+    prediction.committed([30], steps_left=0)
+    assert prediction.tail == []
+
+
+@pytest.mark.parametrize(
+    "assumed, tokens, committed_since, tail, in_flight, expected",
+    [
+        # made after the step in flight: it assumes that step's draft and the guess
+        ([10, 11], [12, 13, 14], [], [10, 11], 1, [10, 11, 12]),
+        # made after two steps; the first has committed what was expected
+        ([10, 11, 12, 13], [14, 15], [10, 11, 12], [13], 1, [13, 14]),
+        # nothing in flight any more, and the guess is the token committed
+        ([10, 11], [12, 13, 14], [10, 11, 12], [], 0, []),
+        # nothing in flight, and another token than the guess committed
+        ([10, 11], [12, 13, 14], [10, 11, 19], [], 0, None),
+        # a step committed something else than expected
+        ([10, 11], [12, 13, 14], [10, 20], None, 1, None),
+        # made after another outcome than the one expected now
+        ([10, 11], [12, 13, 14], [], [10, 11, 12, 13], 2, None),
+        # nothing drafted after the guess
+        ([10, 11], [12], [], [10, 11], 1, None),
+    ],
+)
+def test_a_draft_ahead_is_sent_only_where_it_continues_the_expected_outcome(
+    assumed, tokens, committed_since, tail, in_flight, expected
+):
+    reply = AheadDraft(assumed, Draft(tokens, [None] * len(tokens)), base_len=7)
+    assert Prediction(tail).assumed_for(reply, committed_since, in_flight) == expected
 
 
 @pytest.mark.e2e

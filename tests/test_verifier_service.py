@@ -171,7 +171,33 @@ def test_pipelined_steps_run_one_after_another_and_keep_plain_output(tiny_llama)
     assert out == _plain(tiny_llama, prompt, len(out))
 
 
-def test_a_pipelined_step_refuses_drafts_and_lengths_the_verifier_has_not_reached(tiny_llama):
+def test_a_pipelined_step_verifies_its_drafts_only_after_the_tokens_it_assumed(tiny_llama):
+    """VerifyStep.assumed_token_ids: drafts made ahead for an outcome of the steps before; when those
+    steps commit something else, the step verifies no drafts and still commits plain decoding's token."""
+    prompt = [5, 6, 7, 8, 9, 5, 6]
+    plain = _plain(tiny_llama, prompt, 8)
+
+    async def main():
+        service = VerifierService(load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)))
+        service.start()
+        service.add("s", prompt, GREEDY, seed=0)
+        first = service.step("s", len(prompt), Draft(), pipelined=True)
+        right = service.step("s", len(prompt), Draft(plain[1:3], [None, None]), pipelined=True, assumed=plain[:1])
+        wrong = service.step("s", len(prompt), Draft(plain[4:6], [None, None]), pipelined=True, assumed=plain[:2])
+        outcomes = await asyncio.gather(first, right, wrong)
+        with pytest.raises(ServiceError) as unpipelined:
+            await service.step("s", len(service.sequences["s"].tokens), Draft(), assumed=[1])
+        await service.close()
+        return outcomes, unpipelined.value
+
+    (first, right, wrong), unpipelined = _run(main())
+    assert (right.num_drafted, right.num_accepted) == (2, 2), "the first step committed the assumed token"
+    assert wrong.num_drafted == 0, "the steps before committed 4 tokens, not the 2 assumed"
+    assert first.token_ids + right.token_ids + wrong.token_ids == plain[:5]
+    assert unpipelined.code == grpc.StatusCode.INVALID_ARGUMENT and "pipelined" in unpipelined.message
+
+
+def test_a_pipelined_step_refuses_lengths_the_verifier_has_not_reached_and_stops_at_the_context(tiny_llama):
     from verifier_svc.local_drafts import LocalDraftSpec
 
     async def main():
@@ -181,11 +207,8 @@ def test_a_pipelined_step_refuses_drafts_and_lengths_the_verifier_has_not_reache
         service.start()
         prompt = [5, 6, 7, 5, 6, 7, 5, 6, 7, 5, 6, 7, 5]
         service.add("s", prompt, GREEDY, seed=0)
-        errors = []
-        for draft, committed_len in ((Draft([5], [None]), len(prompt)), (Draft(), len(prompt) + 1)):
-            with pytest.raises(ServiceError) as err:
-                await service.step("s", committed_len, draft, pipelined=True)
-            errors.append(err.value)
+        with pytest.raises(ServiceError) as ahead:
+            await service.step("s", len(prompt) + 1, Draft(), pipelined=True)
         near_the_end = []
         with pytest.raises(ServiceError) as full:
             while True:  # 8 drafts asked each time: no more than the context leaves are drafted
@@ -193,10 +216,9 @@ def test_a_pipelined_step_refuses_drafts_and_lengths_the_verifier_has_not_reache
                 outcome = await service.step("s", 0, Draft(), LocalDraftSpec(8, 1, 3), pipelined=True)
                 near_the_end.append((tokens, outcome.num_drafted))
         await service.close()
-        return errors, near_the_end, full.value, service.sequences["s"].tokens
+        return ahead.value, near_the_end, full.value, service.sequences["s"].tokens
 
-    (drafts, ahead), near_the_end, full, tokens = _run(main())
-    assert drafts.code == grpc.StatusCode.INVALID_ARGUMENT and "carries no drafts" in drafts.message
+    ahead, near_the_end, full, tokens = _run(main())
     assert ahead.code == grpc.StatusCode.FAILED_PRECONDITION and "stale" in ahead.message
     assert near_the_end and all(drafted <= 16 - length for length, drafted in near_the_end)
     assert full.code == grpc.StatusCode.OUT_OF_RANGE and "context" in full.message

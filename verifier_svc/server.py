@@ -76,7 +76,12 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     else None
                 )
                 outcome = await self.service.step(
-                    request.seq_id, step.committed_len, wire.draft_from_proto(step.drafts), local, step.pipelined
+                    request.seq_id,
+                    step.committed_len,
+                    wire.draft_from_proto(step.drafts),
+                    local,
+                    step.pipelined,
+                    list(step.assumed_token_ids),
                 )
                 response.result.committed_len = outcome.committed_len
                 response.result.num_accepted = outcome.num_accepted

@@ -152,31 +152,32 @@ class VerifierService:
         draft: Draft,
         local: LocalDraftSpec | None = None,
         pipelined: bool = False,
+        assumed: list[int] | None = None,
     ) -> StepOutcome:
         """local: draft here instead (verifier_svc.local_drafts); `draft` must then be empty.
-        pipelined: build on whatever the sequence's earlier steps commit (VerifyStep.pipelined)."""
+        pipelined: build on whatever the sequence's earlier steps commit, with `draft` verified only
+        when they commit exactly `assumed` (VerifyStep.pipelined)."""
         seq = self.sequences.get(seq_id)
         if seq is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} is not running on this verifier")
         if local is not None and draft.token_ids:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "a step has drafts or local_draft, not both")
-        if pipelined and draft.token_ids:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, "a pipelined step carries no drafts: use local_draft or none"
-            )
+        if assumed and not pipelined:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "assumed_token_ids needs a pipelined step")
         check_draft(draft, self.runner.vocab_size)
         async with seq.turn:
             if pipelined and self.sequences.get(seq_id) is seq:
-                committed_len, local = self._pipelined_on(seq, committed_len, local)
+                committed_len, draft, local = self._pipelined_on(seq, committed_len, draft, assumed or [], local)
             if local is not None and committed_len == len(seq.tokens):  # otherwise the step is refused as stale
                 draft = self.local_drafter.draft(seq_id, seq.tokens, local)
             return await self.batcher.submit(_StepCall(seq, committed_len, draft))
 
     def _pipelined_on(
-        self, seq: RemoteSequence, sent_on: int, local: LocalDraftSpec | None
-    ) -> tuple[int, LocalDraftSpec | None]:
-        """The committed length a pipelined step builds on (the sequence's now), and its local draft
-        trimmed to the model's context."""
+        self, seq: RemoteSequence, sent_on: int, draft: Draft, assumed: list[int], local: LocalDraftSpec | None
+    ) -> tuple[int, Draft, LocalDraftSpec | None]:
+        """What a pipelined step verifies: on the sequence's committed length now, its drafts if the
+        steps before committed exactly the tokens they assumed (else none), and no more drafts, sent or
+        made here, than the model's context leaves room for."""
         if sent_on > len(seq.tokens):
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -185,9 +186,13 @@ class VerifierService:
         room = self.runner.max_model_len - len(seq.tokens)
         if room <= 0:
             raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, f"sequence {seq.seq_id} has reached the model's context")
+        if seq.tokens[sent_on:] != assumed:
+            draft = Draft()
+        if len(draft.token_ids) > room:
+            draft = Draft(draft.token_ids[:room], draft.q[:room])
         if local is not None and local.num_tokens > room:
             local = replace(local, num_tokens=room)
-        return len(seq.tokens), local
+        return len(seq.tokens), draft, local
 
     async def release(self, seq_id: str) -> None:
         seq = self.sequences.pop(seq_id, None)

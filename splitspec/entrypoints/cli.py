@@ -156,10 +156,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "between its services (e.g. 0,1,3)",
     )
     p.add_argument(
+        "--unpipelined-rows",
+        action="store_true",
+        help="also, at each delay, a stack whose gateway sends each n-gram round only after the last one's result "
+        "(--no-pipeline), beside the default that keeps several in flight",
+    )
+    p.add_argument(
         "--remote-ngram-rows",
         action="store_true",
-        help="also, at each delay, a stack whose proposer drafts the n-grams (a drafter a hop away), with and "
-        "without drafting ahead",
+        help="also, at each delay, stacks whose proposer drafts the n-grams (a drafter a hop away): the default "
+        "(drafts made ahead, pipelined to the verifier), --no-pipeline (drafting ahead one step at a time) and "
+        "--no-draft-ahead",
     )
     p.add_argument(
         "--traced-gateway",
@@ -218,6 +225,7 @@ def _bench(args: argparse.Namespace) -> int:
         enforce_eager=args.enforce_eager,
         eager_rows=args.eager_rows,
         remote_ngram_rows=args.remote_ngram_rows,
+        unpipelined_rows=args.unpipelined_rows,
         network_delays_ms=_delays_ms(args.network_delay_ms),
     )
     if args.quick:

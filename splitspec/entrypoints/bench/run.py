@@ -45,8 +45,10 @@ class BenchSettings:
     eager_rows: bool = False
     """Also K=0 and ngram with enforce_eager, beside the same with CUDA graphs (on CUDA)."""
     remote_ngram_rows: bool = False
-    """Also, at each delay, n-grams drafted on the proposer (a drafter a hop away), with and without
-    drafting ahead."""
+    """Also, at each delay, n-grams drafted on the proposer (a drafter a hop away): pipelined with drafts
+    made ahead (the default), drafting ahead one step at a time, and neither."""
+    unpipelined_rows: bool = False
+    """Also, at each delay, the gateway's n-gram rounds one at a time (--no-pipeline)."""
     configs_only: tuple[str, ...] = field(default=())
 
 
@@ -149,14 +151,20 @@ def run_bench(settings: BenchSettings) -> dict:
         stacks.append(stack)
         configs.append(SplitspecGateway(f"gateway K=0{suffix}", address, num_speculative_tokens=0))
         configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens}{suffix}", address))
-        remote = {"": ("--ngram-on-proposers",), " no-ahead": ("--ngram-on-proposers", "--no-draft-ahead")}
-        for variant, flags in remote.items() if settings.remote_ngram_rows else ():
-            _log(f"starting a stack with n-grams drafted on the proposer (splitspec up {' '.join(flags)})")
+        variants = {}
+        if settings.unpipelined_rows:
+            variants["ngram K={k} no-pipeline"] = ("--no-pipeline",)
+        if settings.remote_ngram_rows:
+            variants["ngram@proposer K={k}"] = ("--ngram-on-proposers",)
+            variants["ngram@proposer K={k} no-pipeline"] = ("--ngram-on-proposers", "--no-pipeline")
+            variants["ngram@proposer K={k} no-ahead"] = ("--ngram-on-proposers", "--no-draft-ahead")
+        for variant, flags in variants.items():
+            _log(f"starting a stack with splitspec up {' '.join(flags)}")
             stack, address = _start_stack(
                 str(path), settings.num_speculative_tokens, settings.device, delay_ms=delay, up_flags=flags
             )
             stacks.append(stack)
-            name = f"gateway ngram@proposer K={settings.num_speculative_tokens}{variant}{suffix}"
+            name = f"gateway {variant.format(k=settings.num_speculative_tokens)}{suffix}"
             configs.append(SplitspecGateway(name, address))
     traced, sink = None, None
     if settings.traced_gateway:
