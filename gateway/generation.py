@@ -2,7 +2,11 @@
 
 While a round is verified the proposer already drafts the next one for the round's likeliest outcome
 (gateway.draft_ahead), so a round whose outcome matches needs no trip to the proposer after the
-verifier's answer.
+verifier's answer. Steps are pipelined (VerifyStep.pipelined): rounds that need no proposer keep
+several steps in flight, and a draft made ahead goes to the verifier at once, assuming the outcome of
+the steps before it (gateway.ahead_pipeline); the verifier runs a sequence's steps back to back, so a
+round does not wait for the link to the gateway. Requests that keep a fixed K, and drafters that read
+hidden states, go one step at a time.
 Losing a proposer loses no output: the gateway moves the sequence to another proposer (sending it the
 whole context) or, with none left, verifies with no drafts (K=0) — the same tokens, more slowly.
 Losing a verifier loses none either: the gateway holds every committed token, so it starts the
@@ -100,6 +104,19 @@ class _Pipeline:
             task.add_done_callback(_retrieve)
         self.steps.clear()
         self.ahead, self.ready, self.prediction = None, None, Prediction()
+
+
+@dataclass
+class _Request:
+    """What the pipelined rounds of one request work from."""
+
+    seq: Sequence
+    num_speculative_tokens: int
+    slot: _ProposerSlot
+    acceptance: AcceptanceEstimate
+    trace_context: pb.TraceContext | None
+    span: trace.Span
+    pipe: _Pipeline = field(default_factory=_Pipeline)
 
 
 @dataclass
@@ -204,11 +221,12 @@ class GatewayCore:
         verifier_moves = 0
         ahead_task: asyncio.Task | None = None
         pre_drafted: Draft | None = None  # this round's draft, drafted ahead during the last round
-        pipe = _Pipeline()
+        acceptance = AcceptanceEstimate()
+        req = _Request(seq, num_speculative_tokens, slot, acceptance, trace_context, span)
+        pipe = req.pipe
         pipelined = self._pipelines(num_speculative_tokens)
         drafts_pipelined = not pipelined and self._pipelines_drafts(num_speculative_tokens, params)
         try:
-            acceptance = AcceptanceEstimate()
             while not seq.finished:
                 moving = verifier.info is None and any(v.info is not None for v in self.verifiers if v is not verifier)
                 if moving and not pipe.steps:
@@ -220,21 +238,17 @@ class GatewayCore:
                 made_ahead = False
                 if pipelined:
                     if not moving:
-                        self._fill_pipeline(seq, verifier, pipe, num_speculative_tokens, acceptance)
+                        self._fill_pipeline(req, verifier)
                     step = pipe.steps.popleft()[0]
                 elif drafts_pipelined:
                     if not moving:
-                        await self._fill_drafted_pipeline(
-                            seq, verifier, slot, pipe, num_speculative_tokens, acceptance, trace_context, span
-                        )
-                    step, made_ahead = await self._oldest_drafted_step(
-                        seq, verifier, slot, pipe, num_speculative_tokens, acceptance, trace_context, moving
-                    )
+                        await self._fill_drafted_pipeline(req, verifier)
+                    step, made_ahead = await self._oldest_drafted_step(req, verifier, moving)
                 else:
                     if slot.backend is not None:  # leave a draining proposer even in rounds that draft nothing
                         self._available_proposer(seq, slot, span)
                     k = self._num_drafts(seq, num_speculative_tokens, verifier, slot.backend, acceptance)
-                    verifier.plan_step(seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
+                    _plan_step(verifier, req, k)
                     local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
                     draft = Draft()
                     if k > 0 and local is None:
@@ -327,92 +341,63 @@ class GatewayCore:
             wanted = min(wanted, seq.params.max_tokens - seq.num_output_tokens)
         return max(1, wanted)
 
-    def _fill_pipeline(
-        self,
-        seq: Sequence,
-        verifier: VerifierBackend,
-        pipe: _Pipeline,
-        num_speculative_tokens: int,
-        acceptance: AcceptanceEstimate,
-    ) -> None:
+    def _fill_pipeline(self, req: _Request, verifier: VerifierBackend) -> None:
         """Send pipelined steps, each drafted on the verifier or not at all, until the pipeline is full."""
-        while len(pipe.steps) < self._room(seq, verifier):
-            k = self._num_drafts(seq, num_speculative_tokens, verifier, None, acceptance)
-            verifier.plan_step(seq.seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
+        seq = req.seq
+        while len(req.pipe.steps) < self._room(seq, verifier):
+            k = self._num_drafts(seq, req.num_speculative_tokens, verifier, None, req.acceptance)
+            _plan_step(verifier, req, k)
             local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
             task = asyncio.create_task(verifier.step(seq.seq_id, len(seq.tokens), Draft(), local, pipelined=True))
-            pipe.steps.append((task, False))
+            req.pipe.steps.append((task, False))
 
-    async def _fill_drafted_pipeline(
-        self,
-        seq: Sequence,
-        verifier: VerifierBackend,
-        slot: _ProposerSlot,
-        pipe: _Pipeline,
-        num_speculative_tokens: int,
-        acceptance: AcceptanceEstimate,
-        trace_context: pb.TraceContext | None,
-        span: trace.Span,
-    ) -> None:
+    async def _fill_drafted_pipeline(self, req: _Request, verifier: VerifierBackend) -> None:
         """With nothing in flight, send a step: with the draft made ahead if its guess came true, else
         with a fresh draft. Then have the proposer draft ahead for the steps in flight."""
+        pipe, slot = req.pipe, req.slot
         if not pipe.steps:
             if pipe.ahead is not None:
                 pipe.ready, pipe.ahead = await pipe.ahead, None
-            if not self._send_ready(seq, verifier, pipe, acceptance):
+            if not self._send_ready(req, verifier):
                 if slot.backend is not None:  # leave a draining proposer even in rounds that draft nothing
-                    self._available_proposer(seq, slot, span)
-                k = self._num_drafts(seq, num_speculative_tokens, verifier, slot.backend, acceptance)
-                draft = await self._draft(seq, slot, k, trace_context, span) if k > 0 else Draft()
-                self._send_drafted(seq, verifier, pipe, [], draft, False, acceptance)
-        self._ask_ahead(seq, verifier, slot, pipe, num_speculative_tokens, acceptance, trace_context)
+                    self._available_proposer(req.seq, slot, req.span)
+                k = self._num_drafts(req.seq, req.num_speculative_tokens, verifier, slot.backend, req.acceptance)
+                draft = await self._draft(req.seq, slot, k, req.trace_context, req.span) if k > 0 else Draft()
+                self._send_drafted(req, verifier, [], draft, made_ahead=False)
+        self._ask_ahead(req, verifier)
 
     async def _oldest_drafted_step(
-        self,
-        seq: Sequence,
-        verifier: VerifierBackend,
-        slot: _ProposerSlot,
-        pipe: _Pipeline,
-        num_speculative_tokens: int,
-        acceptance: AcceptanceEstimate,
-        trace_context: pb.TraceContext | None,
-        moving: bool,
+        self, req: _Request, verifier: VerifierBackend, moving: bool
     ) -> tuple[asyncio.Task, bool]:
         """Wait for the oldest step in flight; a draft ahead that arrives meanwhile goes to the verifier
-        at once, as the next step, and the proposer drafts ahead of that one."""
+        at once, as the next step (unless the sequence is about to move), and the proposer drafts ahead
+        of that one."""
+        pipe = req.pipe
         while True:
             oldest, made_ahead = pipe.steps[0]
             waiting = {oldest} if pipe.ahead is None else {oldest, pipe.ahead}
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if pipe.ahead is not None and pipe.ahead.done():
                 pipe.ready, pipe.ahead = pipe.ahead.result(), None
-                if not moving and self._send_ready(seq, verifier, pipe, acceptance):
-                    self._ask_ahead(seq, verifier, slot, pipe, num_speculative_tokens, acceptance, trace_context)
+                if not moving and self._send_ready(req, verifier):
+                    self._ask_ahead(req, verifier)
             if oldest.done():
                 pipe.steps.popleft()
                 return oldest, made_ahead
 
     def _send_drafted(
-        self,
-        seq: Sequence,
-        verifier: VerifierBackend,
-        pipe: _Pipeline,
-        assumed: list[int],
-        draft: Draft,
-        made_ahead: bool,
-        acceptance: AcceptanceEstimate,
+        self, req: _Request, verifier: VerifierBackend, assumed: list[int], draft: Draft, made_ahead: bool
     ) -> None:
-        k = len(draft.token_ids)
-        verifier.plan_step(seq.seq_id, k + 1, sum(acceptance.rate**i for i in range(k + 1)))
+        seq = req.seq
+        _plan_step(verifier, req, len(draft.token_ids))
         step = verifier.step(seq.seq_id, len(seq.tokens), draft, None, pipelined=True, assumed=assumed)
-        pipe.steps.append((asyncio.create_task(step), made_ahead))
-        pipe.prediction.sent(assumed, draft)
+        req.pipe.steps.append((asyncio.create_task(step), made_ahead))
+        req.pipe.prediction.sent(assumed, draft)
 
-    def _send_ready(
-        self, seq: Sequence, verifier: VerifierBackend, pipe: _Pipeline, acceptance: AcceptanceEstimate
-    ) -> bool:
+    def _send_ready(self, req: _Request, verifier: VerifierBackend) -> bool:
         """Send the draft made ahead as the next step if there is room and it still fits what the steps
         in flight are expected to commit; drop it if it no longer can."""
+        pipe, seq = req.pipe, req.seq
         reply = pipe.ready
         if reply is None or len(pipe.steps) >= self._room(seq, verifier):
             return False
@@ -421,28 +406,21 @@ class GatewayCore:
         if assumed is None:
             self.metrics.draft_ahead.add(1, {"outcome": "miss"})
             return False
-        self._send_drafted(seq, verifier, pipe, assumed, reply.after_guess, True, acceptance)
+        self._send_drafted(req, verifier, assumed, reply.after_guess, made_ahead=True)
         return True
 
-    def _ask_ahead(
-        self,
-        seq: Sequence,
-        verifier: VerifierBackend,
-        slot: _ProposerSlot,
-        pipe: _Pipeline,
-        num_speculative_tokens: int,
-        acceptance: AcceptanceEstimate,
-        trace_context: pb.TraceContext | None,
-    ) -> None:
+    def _ask_ahead(self, req: _Request, verifier: VerifierBackend) -> None:
         """Have the proposer draft after what the steps in flight are expected to commit, if a step with
         that draft could be sent once the oldest returns."""
+        pipe, slot = req.pipe, req.slot
         if pipe.ahead is not None or pipe.ready is not None or not pipe.steps or pipe.prediction.tail is None:
             return
-        if len(pipe.steps) > self._room(seq, verifier) or not self._drafts_ahead(slot):
+        if len(pipe.steps) > self._room(req.seq, verifier) or not self._drafts_ahead(slot):
             return
-        k = self._num_drafts(seq, num_speculative_tokens, verifier, slot.backend, acceptance)
+        k = self._num_drafts(req.seq, req.num_speculative_tokens, verifier, slot.backend, req.acceptance)
         if k > 0:
-            pipe.ahead = asyncio.create_task(self._draft_ahead(seq, slot, list(pipe.prediction.tail), k, trace_context))
+            tail = list(pipe.prediction.tail)
+            pipe.ahead = asyncio.create_task(self._draft_ahead(req.seq, slot, tail, k, req.trace_context))
 
     async def _move(
         self,
@@ -581,6 +559,11 @@ class GatewayCore:
                 await backend.release(seq_id)
             except (ConnectionError, asyncio.TimeoutError, ServiceError, grpc.aio.UsageError):
                 pass  # a backend that is gone (or closed by discovery) has dropped the sequence with its stream
+
+
+def _plan_step(verifier: VerifierBackend, req: _Request, k: int) -> None:
+    """Tell the verifier's plan what the step brings to its pass: k drafts and the token after them."""
+    verifier.plan_step(req.seq.seq_id, k + 1, sum(req.acceptance.rate**i for i in range(k + 1)))
 
 
 def _pipeline_depth(verifier: VerifierBackend) -> int:

@@ -44,6 +44,16 @@ def target_output(prompt: list[int], max_tokens: int) -> list[int]:
     return tokens[len(prompt) :]
 
 
+def verify_greedily(context: list[int], drafts: list[int]) -> tuple[int, list[int]]:
+    """The drafts accepted, and the tokens committed: those drafts, then the target's next token."""
+    committed = []
+    for token in drafts:
+        if token != target_next(context + committed):
+            break
+        committed.append(token)
+    return len(committed), committed + [target_next(context + committed)]
+
+
 def drafter_continuation(context: list[int], n: int) -> list[int]:
     """The target's tokens, except that every position divisible by 7 gets a wrong one."""
     tokens = list(context)
@@ -71,13 +81,7 @@ class ScriptedVerifier(VerifierStandIn):
         assert draft.token_ids == drafter_continuation(self.tokens, len(draft.token_ids)), "a draft for another context"
         self.drafts.append(list(draft.token_ids))
         await asyncio.sleep(0)  # let a draft ahead run meanwhile, as it does across the network
-        committed = []
-        for token in draft.token_ids:
-            if token != target_next(self.tokens + committed):
-                break
-            committed.append(token)
-        num_accepted = len(committed)
-        committed.append(target_next(self.tokens + committed))
+        num_accepted, committed = verify_greedily(self.tokens, draft.token_ids)
         self.tokens += committed
         return pb.StepResult(
             committed_len=committed_len,

@@ -1,8 +1,11 @@
-"""Pipelined steps (VerifyStep.pipelined): when a round needs nothing from a proposer, the gateway keeps
-several steps in flight and the verifier runs them back to back, so no round waits for the link.
+"""Pipelined steps (VerifyStep.pipelined): the gateway keeps several steps in flight and the verifier
+runs them back to back, so no round waits for the link. Rounds that need nothing from a proposer are
+pipelined as they are; with a proposer, each draft made ahead is sent at once, assuming the outcome of
+the steps before (VerifyStep.assumed_token_ids).
 
 The loop tests drive GatewayCore.generate against scripted verifiers that commit a fixed function of
-the context; the service test puts a slow link between a real gateway and verifier.
+the context, and test_draft_ahead's scripted proposer; the service test puts a slow link between a
+real gateway and verifier.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from test_draft_ahead import K, ScriptedProposer, drafter_continuation, target_next, target_output, verify_greedily
 from verifier_stand_in import VerifierStandIn
 
 from gateway.ahead_pipeline import Prediction
@@ -21,20 +25,8 @@ from protos import splitspec_v1_pb2 as pb
 from splitspec.drafts import Draft
 from splitspec.sampling_params import SamplingParams
 
-VOCAB = 97
 PROMPT = [3, 1, 4, 1, 5]
 MAX_TOKENS = 40
-
-
-def target_next(context: list[int]) -> int:
-    return (sum(context) * 31 + 7 * len(context)) % VOCAB
-
-
-def target_output(prompt: list[int], max_tokens: int) -> list[int]:
-    tokens = list(prompt)
-    for _ in range(max_tokens):
-        tokens.append(target_next(tokens))
-    return tokens[len(prompt) :]
 
 
 @dataclass
@@ -103,7 +95,7 @@ def test_a_result_built_on_another_length_is_never_applied():
 
 @dataclass
 class AssumingVerifier(VerifierStandIn):
-    """The service's rule for pipelined steps against test_draft_ahead's greedy target: a step's drafts
+    """The service's rule for pipelined steps against the greedy target: a step's drafts
     are verified only if the steps before committed exactly the tokens it assumed, and then they must be
     the drafter's continuation of exactly that context (a draft for another outcome would differ)."""
 
@@ -118,9 +110,6 @@ class AssumingVerifier(VerifierStandIn):
         self.tokens = list(token_ids)
 
     async def step(self, seq_id, committed_len, draft, local_ngram=None, pipelined=False, assumed=None):
-        from test_draft_ahead import drafter_continuation
-        from test_draft_ahead import target_next as drafted_target_next
-
         assert pipelined and committed_len <= len(self.tokens)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -133,13 +122,8 @@ class AssumingVerifier(VerifierStandIn):
                     drafts = []
                 assert drafts == drafter_continuation(self.tokens, len(drafts)), "a draft for another context"
                 self.verified.append(drafts)
-                built_on, committed = len(self.tokens), []
-                for token in drafts:
-                    if token != drafted_target_next(self.tokens + committed):
-                        break
-                    committed.append(token)
-                num_accepted = len(committed)
-                committed.append(drafted_target_next(self.tokens + committed))
+                built_on = len(self.tokens)
+                num_accepted, committed = verify_greedily(self.tokens, drafts)
                 self.tokens += committed
                 return pb.StepResult(
                     committed_len=built_on, num_accepted=num_accepted, token_ids=committed, num_drafted=len(drafts)
@@ -149,8 +133,6 @@ class AssumingVerifier(VerifierStandIn):
 
 
 def run_drafted(proposer) -> tuple[list[int], AssumingVerifier]:
-    from test_draft_ahead import K
-
     verifier = AssumingVerifier()
     core = GatewayCore([verifier], [proposer], None, set(), max_model_len=1 << 20, num_speculative_tokens=K)
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
@@ -165,8 +147,6 @@ def test_drafts_made_ahead_reach_the_verifier_before_the_outcome_they_assume():
     """Each draft made ahead is sent at once as the next step: the verifier runs it when the step before
     returns, verifies its drafts only if that step committed what was assumed, and the output is the
     target's either way."""
-    from test_draft_ahead import ScriptedProposer, target_output
-
     proposer = ScriptedProposer()
     output, verifier = run_drafted(proposer)
     assert output == target_output(PROMPT, MAX_TOKENS)
@@ -177,8 +157,6 @@ def test_drafts_made_ahead_reach_the_verifier_before_the_outcome_they_assume():
 
 
 def test_a_proposer_lost_while_drafting_ahead_of_pipelined_steps_loses_nothing():
-    from test_draft_ahead import ScriptedProposer, target_output
-
     proposer = ScriptedProposer(fail_ahead_from=2)
     output, verifier = run_drafted(proposer)
     assert output == target_output(PROMPT, MAX_TOKENS)
