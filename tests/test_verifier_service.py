@@ -223,3 +223,25 @@ def test_a_pipelined_step_refuses_lengths_the_verifier_has_not_reached_and_stops
     assert near_the_end and all(drafted <= 16 - length for length, drafted in near_the_end)
     assert full.code == grpc.StatusCode.OUT_OF_RANGE and "context" in full.message
     assert len(tokens) >= 16
+
+
+def test_a_step_waiting_for_its_turn_when_the_sequence_is_released_is_refused_and_leaves_nothing(tiny_llama):
+    from verifier_svc.local_drafts import LocalDraftSpec
+
+    async def main():
+        service = VerifierService(load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)))
+        service.start()
+        service.add("s", PROMPTS["a"], GREEDY, seed=0)
+        first = asyncio.ensure_future(service.step("s", len(PROMPTS["a"]), Draft(), pipelined=True))
+        waiting = asyncio.ensure_future(
+            service.step("s", len(PROMPTS["a"]), Draft(), LocalDraftSpec(3, 1, 3), pipelined=True)
+        )
+        await asyncio.sleep(0)
+        await service.release("s")
+        results = await asyncio.gather(first, waiting, return_exceptions=True)
+        await service.close()
+        return results[1], service
+
+    refused, service = _run(main())
+    assert isinstance(refused, ServiceError) and refused.code == grpc.StatusCode.NOT_FOUND
+    assert not service.sequences and not service.local_drafter._indexes

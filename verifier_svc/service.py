@@ -166,7 +166,9 @@ class VerifierService:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "assumed_token_ids needs a pipelined step")
         check_draft(draft, self.runner.vocab_size)
         async with seq.turn:
-            if pipelined and self.sequences.get(seq_id) is seq:
+            if self.sequences.get(seq_id) is not seq:  # released while the step waited for its turn
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} was released")
+            if pipelined:
                 committed_len, draft, local = self._pipelined_on(seq, committed_len, draft, assumed or [], local)
             if local is not None and committed_len == len(seq.tokens):  # otherwise the step is refused as stale
                 draft = self.local_drafter.draft(seq_id, seq.tokens, local)
