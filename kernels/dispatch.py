@@ -15,6 +15,8 @@ from kernels.paged_attention import (
     write_kv_cache_triton,
 )
 from kernels.rejection_sampling import rejection_sample_reference, rejection_sample_triton
+from kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton, rms_norm_reference, rms_norm_triton
+from kernels.rotary import rotate_heads_reference, rotate_heads_triton
 from kernels.triton_support import interpreting, triton_available
 
 KERNEL_BACKENDS = ("auto", "torch", "triton")
@@ -30,10 +32,29 @@ class Kernels:
     paged_attention: Callable
     write_kv_cache: Callable
     rejection_sample: Callable
+    rms_norm: Callable
+    add_rms_norm: Callable
+    rotate_heads: Callable
 
 
-REFERENCE = Kernels("torch", paged_attention_reference, write_kv_cache_reference, rejection_sample_reference)
-TRITON = Kernels("triton", paged_attention_triton, write_kv_cache_triton, rejection_sample_triton)
+REFERENCE = Kernels(
+    "torch",
+    paged_attention_reference,
+    write_kv_cache_reference,
+    rejection_sample_reference,
+    rms_norm_reference,
+    add_rms_norm_reference,
+    rotate_heads_reference,
+)
+TRITON = Kernels(
+    "triton",
+    paged_attention_triton,
+    write_kv_cache_triton,
+    rejection_sample_triton,
+    rms_norm_triton,
+    add_rms_norm_triton,
+    rotate_heads_triton,
+)
 
 
 def select_kernels(backend: str, device: torch.device | str) -> Kernels:

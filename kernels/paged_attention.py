@@ -211,6 +211,24 @@ def _padded_attention(
 
 _BLOCK_M = 16  # query rows per program
 _BLOCK_N = 32  # keys per inner step
+_MAX_SPLITS = 32  # most parts one (sequence, head, tile)'s keys are split into
+
+
+def context_splits(programs: int, device: torch.device) -> int:
+    """How many parts to split each program's keys into so that a pass fills the GPU.
+
+    One program per (sequence, head, tile of query rows) leaves most of a big GPU idle at small batches:
+    a single sequence with 32 heads is 32 programs on 132 multiprocessors, each reading the whole
+    context alone. Split the keys (flash-decoding) until there are about four programs per
+    multiprocessor; a pass with enough programs already is not split. Depends only on the pass's shape,
+    never on its data, so a captured CUDA graph keeps its split; a power of two, so that few variants of
+    the kernel are compiled.
+    """
+    if device.type != "cuda":
+        return 1
+    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    wanted = min(_MAX_SPLITS, -(-target // programs))
+    return 1 << (wanted.bit_length() - 1)
 
 
 def paged_attention_triton(
@@ -220,9 +238,12 @@ def paged_attention_triton(
     batch: AttentionBatch,
     scale: float,
     out: torch.Tensor | None = None,
+    num_splits: int | None = None,
 ) -> torch.Tensor:
-    """One program per (sequence, query head, tile of 16 query rows); online softmax in fp32 over the
-    sequence's keys, 32 at a time, each key found through the block table."""
+    """One program per (sequence, query head, tile of 16 query rows, part of the keys); online softmax
+    in fp32 over the part's keys, 32 at a time, each key found through the block table. With more than
+    one part (num_splits; default `context_splits`), each part writes its unnormalised sum with its max
+    and denominator, and a second kernel merges the parts of each row."""
     num_tokens, q_heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     query = query.contiguous()
@@ -230,18 +251,29 @@ def paged_attention_triton(
     # Triton's interpreter computes bf16 dot products wrongly (3.9.0); there both sides go up to fp32
     dot_in_fp32 = query.dtype == torch.bfloat16 and interpreting()
     num_seqs = batch.seq_lens.shape[0]
-    grid = (num_seqs, q_heads, triton.cdiv(batch.max_query_len, _BLOCK_M))
-    _paged_attention_kernel[grid](
-        query, key_cache, value_cache, out,
+    tiles = triton.cdiv(batch.max_query_len, _BLOCK_M)
+    splits = num_splits or context_splits(num_seqs * q_heads * tiles, query.device)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if splits > 1:  # per row, head and part: the sum (block_d wide), then max and denominator
+        partial = torch.empty(num_tokens, q_heads, splits, block_d + 2, dtype=torch.float32, device=query.device)
+    else:
+        partial = out  # not read
+    _paged_attention_kernel[(num_seqs, q_heads, tiles * splits)](
+        query, key_cache, value_cache, out, partial,
         batch.block_tables, batch.seq_lens, batch.query_start,
         scale, batch.block_tables.stride(0), block_size, q_heads // kv_heads,
         batch.sliding_window or 0,
         q_heads * head_dim, head_dim, kv_heads * head_dim,
-        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
+        HEAD_DIM=head_dim, BLOCK_D=block_d,
+        BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, NUM_SPLITS=splits,
         PRECISION="ieee" if query.dtype == torch.float32 or dot_in_fp32 else "tf32",  # no TF32 rounding of fp32
         DOT_IN_FP32=dot_in_fp32,
     )  # fmt: skip
+    if splits > 1:
+        _merge_splits_kernel[(num_tokens, q_heads)](
+            partial, out, q_heads * head_dim, head_dim,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits),
+        )  # fmt: skip
     return out
 
 
@@ -249,17 +281,18 @@ if triton is not None:
 
     @triton.jit
     def _paged_attention_kernel(
-        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
+        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_ptr,
         block_tables_ptr, seq_lens_ptr, query_start_ptr,
         scale, table_stride, block_size, group_size,
         window,
         q_token_stride, q_head_stride, kv_slot_stride,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+        NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     ):  # fmt: skip
         seq = tl.program_id(0)
         head = tl.program_id(1)
-        tile = tl.program_id(2)
+        tile = tl.program_id(2) // NUM_SPLITS
+        split = tl.program_id(2) % NUM_SPLITS
         q_begin = tl.load(query_start_ptr + seq)
         q_len = tl.load(query_start_ptr + seq + 1) - q_begin
         if tile * BLOCK_M < q_len:
@@ -282,6 +315,10 @@ if triton is not None:
             first_pos = seq_len * 0
             if window > 0:
                 first_pos = tl.maximum(0, (seq_len - q_len + tile * BLOCK_M - window + 1) // BLOCK_N * BLOCK_N)
+            if NUM_SPLITS > 1:  # this program's part: whole steps of BLOCK_N keys, so parts never overlap
+                steps = tl.cdiv(tl.cdiv(last_pos - first_pos, BLOCK_N), NUM_SPLITS)
+                first_pos = first_pos + split * steps * BLOCK_N
+                last_pos = tl.minimum(last_pos, first_pos + steps * BLOCK_N)
             for start in range(first_pos, last_pos, BLOCK_N):
                 k_pos = start + tl.arange(0, BLOCK_N)
                 k_ok = k_pos < seq_len
@@ -310,5 +347,39 @@ if triton is not None:
                     p.to(v.dtype), v, input_precision=PRECISION, out_dtype=tl.float32
                 )
                 m = m_new
-            out = acc / tl.where(row_ok, s, 1.0)[:, None]  # padding rows summed nothing
-            tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+            if NUM_SPLITS == 1:
+                out = acc / tl.where(row_ok, s, 1.0)[:, None]  # padding rows summed nothing
+                tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+            else:  # [token, head, split, BLOCK_D + 2]: the sum, then the max and the denominator
+                width = BLOCK_D + 2
+                base = (
+                    ((q_begin + rows).to(tl.int64) * tl.num_programs(1) + head) * NUM_SPLITS + split
+                ) * width  # [BLOCK_M]
+                tl.store(partial_ptr + base[:, None] + d[None, :], acc, mask=row_ok[:, None])
+                tl.store(partial_ptr + base + BLOCK_D, m, mask=row_ok)
+                tl.store(partial_ptr + base + BLOCK_D + 1, s, mask=row_ok)
+
+    @triton.jit
+    def _merge_splits_kernel(
+        partial_ptr, out_ptr, out_token_stride, out_head_stride,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+    ):  # fmt: skip
+        """One row and head: the parts' sums rescaled to their common max, over the parts' denominators."""
+        token = tl.program_id(0)
+        head = tl.program_id(1)
+        width = BLOCK_D + 2
+        split = tl.arange(0, BLOCK_S)
+        split_ok = split < NUM_SPLITS
+        base = ((token.to(tl.int64) * tl.num_programs(1) + head) * NUM_SPLITS + split) * width  # [BLOCK_S]
+        m = tl.load(partial_ptr + base + BLOCK_D, mask=split_ok, other=float("-inf"))
+        s = tl.load(partial_ptr + base + BLOCK_D + 1, mask=split_ok, other=0.0)
+        m_all = tl.max(m, axis=0)
+        m_safe = tl.where(m_all == float("-inf"), 0.0, m_all)  # a row of no sequence (graph padding)
+        weight = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_safe))
+        d = tl.arange(0, BLOCK_D)
+        acc = tl.load(partial_ptr + base[:, None] + d[None, :], mask=split_ok[:, None], other=0.0)
+        total = tl.sum(acc * weight[:, None], axis=0)
+        denominator = tl.sum(s * weight, axis=0)
+        out = total / tl.where(denominator == 0.0, 1.0, denominator)
+        out_off = token.to(tl.int64) * out_token_stride + head * out_head_stride + d
+        tl.store(out_ptr + out_off, out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)

@@ -54,3 +54,10 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work, so that a host clock measures it (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def to_device(values: torch.Tensor | list, device: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Host values on the device without waiting for the device's queued work: a plain copy from pageable
+    memory waits for the stream, which stalls the host behind every kernel queued before it."""
+    host = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host

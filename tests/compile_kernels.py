@@ -14,8 +14,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.paged_attention import _paged_attention_kernel, _write_kv_kernel
+from kernels.paged_attention import _merge_splits_kernel, _paged_attention_kernel, _write_kv_kernel
 from kernels.rejection_sampling import _rejection_kernel
+from kernels.rms_norm import _rms_norm_kernel
+from kernels.rotary import _rotate_heads_kernel
 
 
 def _builds(dtype: str) -> list[tuple[str, object, dict[str, str], dict[str, object]]]:
@@ -23,11 +25,31 @@ def _builds(dtype: str) -> list[tuple[str, object, dict[str, str], dict[str, obj
     pointer = f"*{dtype}"
     attention = {
         **dict.fromkeys(["q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr"], pointer),
+        "partial_ptr": "*fp32",
         **dict.fromkeys(["block_tables_ptr", "seq_lens_ptr", "query_start_ptr"], "*i64"),
         "scale": "fp32",
         **dict.fromkeys(["table_stride", "block_size", "group_size", "window"], "i32"),
         **dict.fromkeys(["q_token_stride", "q_head_stride", "kv_slot_stride"], "i32"),
-        **dict.fromkeys(["HEAD_DIM", "BLOCK_D", "BLOCK_M", "BLOCK_N", "PRECISION", "DOT_IN_FP32"], "constexpr"),
+        **dict.fromkeys(
+            ["HEAD_DIM", "BLOCK_D", "BLOCK_M", "BLOCK_N", "NUM_SPLITS", "PRECISION", "DOT_IN_FP32"], "constexpr"
+        ),
+    }
+    merge = {
+        "partial_ptr": "*fp32",
+        "out_ptr": pointer,
+        **dict.fromkeys(["out_token_stride", "out_head_stride"], "i32"),
+        **dict.fromkeys(["HEAD_DIM", "BLOCK_D", "NUM_SPLITS", "BLOCK_S"], "constexpr"),
+    }
+    norm = {
+        **dict.fromkeys(["x_ptr", "delta_ptr", "weight_ptr", "total_ptr", "out_ptr"], pointer),
+        "hidden": "i32",
+        "eps": "fp32",
+        **dict.fromkeys(["HAS_DELTA", "BLOCK"], "constexpr"),
+    }
+    rotary = {
+        **dict.fromkeys(["qkv_ptr", "cos_ptr", "sin_ptr"], pointer),
+        **dict.fromkeys(["row_stride", "angle_stride", "num_heads", "head_dim", "half"], "i32"),
+        **dict.fromkeys(["BLOCK_H", "BLOCK_HALF"], "constexpr"),
     }
     write = {
         **dict.fromkeys(["key_ptr", "value_ptr", "key_cache_ptr", "value_cache_ptr"], pointer),
@@ -37,12 +59,34 @@ def _builds(dtype: str) -> list[tuple[str, object, dict[str, str], dict[str, obj
     }
     precision = "ieee" if dtype == "fp32" else "tf32"
     return [
-        (
-            f"paged attention {dtype}",
-            _paged_attention_kernel,
-            attention,
-            {"HEAD_DIM": 64, "BLOCK_D": 64, "BLOCK_M": 16, "BLOCK_N": 32, "PRECISION": precision, "DOT_IN_FP32": False},
+        *(
+            (
+                f"paged attention {dtype}, {splits} part(s)",
+                _paged_attention_kernel,
+                attention,
+                {
+                    "HEAD_DIM": 64,
+                    "BLOCK_D": 64,
+                    "BLOCK_M": 16,
+                    "BLOCK_N": 32,
+                    "NUM_SPLITS": splits,
+                    "PRECISION": precision,
+                    "DOT_IN_FP32": False,
+                },  # fmt: skip
+            )
+            for splits in (1, 8)
         ),
+        (
+            f"split merge {dtype}",
+            _merge_splits_kernel,
+            merge,
+            {"HEAD_DIM": 64, "BLOCK_D": 64, "NUM_SPLITS": 8, "BLOCK_S": 8},
+        ),  # fmt: skip
+        *(
+            (f"RMS norm {dtype}, add {add}", _rms_norm_kernel, norm, {"HAS_DELTA": add, "BLOCK": 1024})
+            for add in (0, 1)
+        ),
+        (f"rotary {dtype}", _rotate_heads_kernel, rotary, {"BLOCK_H": 64, "BLOCK_HALF": 64}),
         (f"KV-cache write {dtype}", _write_kv_kernel, write, {"HEAD_DIM": 64, "BLOCK_D": 64}),
     ]
 

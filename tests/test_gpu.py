@@ -96,13 +96,12 @@ def test_the_services_with_the_verifier_on_the_gpu(tiny_llama, tmp_path):
     from service_stack import running_stack
     from test_services_e2e import MAX_TOKENS, generate, greedy_request, token_ids
 
-    expected = _token_ids(
-        LLM(str(tiny_llama), device="cuda", dtype="float32"),
-        PROMPTS[:1],
-        SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True),
-    )[0]
+    plain = LLM(str(tiny_llama), device="cuda")  # the verifier's dtype: "auto", bfloat16 on CUDA
+    expected = _token_ids(plain, PROMPTS[:1], SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True))
     with running_stack(tiny_llama, tmp_path, verifier_args=("--device", "cuda")) as stack:
-        assert token_ids(generate(stack.gateway.address, greedy_request(PROMPTS[0]))) == expected
+        got = token_ids(generate(stack.gateway.address, greedy_request(PROMPTS[0])))
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    assert_same_or_near_tie(hf, PROMPTS[0], got, expected[0], BF16_NEAR_TIE)
 
 
 def test_triton_kernels_on_the_gpu_give_the_pytorch_references_output(tiny_llama):
@@ -118,6 +117,46 @@ def test_triton_kernels_on_the_gpu_give_the_pytorch_references_output(tiny_llama
     for prompt, got, expected in zip(PROMPTS, outputs["triton"][0], outputs["torch"][0]):
         assert_same_or_near_tie(hf, prompt, got, expected)
     assert outputs["triton"][1] == outputs["torch"][1]
+
+
+def test_fused_kernels_on_the_gpu_round_where_the_references_round():
+    """In bf16 on a GPU (round to nearest, unlike the interpreter): the fused residual add bit for bit;
+    the rotary kernel and the norm within a bf16 ulp of each rounding; attention split over the context
+    (flash-decoding) as the reference, at 1 and 8 parts."""
+    import random
+
+    import torch
+    from test_kernels import _layout
+
+    from kernels.paged_attention import AttentionBatch, paged_attention_reference, paged_attention_triton
+    from kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
+    from kernels.rotary import rotate_heads_reference, rotate_heads_triton
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    bf16 = dict(dtype=torch.bfloat16, device="cuda")
+    qkv = torch.randn(9, 48 * 128, generator=g, **bf16)
+    angles = torch.rand(9, 1, 128, generator=g, device="cuda") * 6.3
+    cos, sin = angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16)
+    want, got = qkv.clone(), qkv.clone()
+    rotate_heads_reference(want, cos, sin, 40, 128)
+    rotate_heads_triton(got, cos, sin, 40, 128)
+    torch.testing.assert_close(got, want, rtol=3.2e-2, atol=3.2e-2)
+    x, delta, weight = (torch.randn(9, 4096, generator=g, **bf16) for _ in range(3))
+    (want_total, want_normed), (got_total, got_normed) = (
+        add_rms_norm_reference(x, delta, weight[0], 1e-5),
+        add_rms_norm_triton(x, delta, weight[0], 1e-5),
+    )
+    assert torch.equal(got_total, want_total)
+    torch.testing.assert_close(got_normed, want_normed, rtol=1.6e-2, atol=1.6e-2)
+
+    tables, seq_lens, slots = _layout(random.Random(0), [1000, 37], [9, 1], 16, 80)
+    batch = AttentionBatch.build(tables, seq_lens, [9, 1], slots, device="cuda")
+    key_cache, value_cache = (torch.randn(80, 16, 8, 128, generator=g, **bf16) for _ in range(2))
+    query = torch.randn(10, 32, 128, generator=g, **bf16)
+    want = paged_attention_reference(query.float(), key_cache.float(), value_cache.float(), batch, 128**-0.5)
+    for splits in (1, 8):
+        got = paged_attention_triton(query, key_cache, value_cache, batch, 128**-0.5, num_splits=splits)
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("kernel_backend", ["triton", "torch"])

@@ -52,9 +52,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_paged_attention_matches_reference(case: int, dtype: torch.dtype) -> None:
+def test_paged_attention_matches_reference(case: int, dtype: torch.dtype, splits: int) -> None:
+    """splits: the keys split into parts merged after (flash-decoding), as on a GPU at small batches."""
     context_lens, query_lens, q_heads, kv_heads, head_dim, block_size = CASES[case]
     rng = random.Random(case)
     generator = torch.Generator().manual_seed(case)
@@ -68,7 +70,9 @@ def test_paged_attention_matches_reference(case: int, dtype: torch.dtype) -> Non
     scale = head_dim**-0.5
 
     want = paged_attention_reference(query.float(), key_cache.float(), value_cache.float(), batch, scale)
-    got = paged_attention_triton(query, key_cache, value_cache, batch, scale, out=torch.full_like(query, float("nan")))
+    got = paged_attention_triton(
+        query, key_cache, value_cache, batch, scale, out=torch.full_like(query, float("nan")), num_splits=splits
+    )
 
     assert got.dtype == dtype and got.shape == query.shape
     assert not got.isnan().any(), "an output element was never written"
@@ -78,8 +82,9 @@ def test_paged_attention_matches_reference(case: int, dtype: torch.dtype) -> Non
     torch.testing.assert_close(got.float(), same_dtype_reference.float(), rtol=2 * tol, atol=2 * tol)
 
 
+@pytest.mark.parametrize("splits", [1, 2, 5])
 @pytest.mark.parametrize("window", [1, 4, 13])
-def test_paged_attention_sliding_window(window: int) -> None:
+def test_paged_attention_sliding_window(window: int, splits: int) -> None:
     rng = random.Random(window)
     generator = torch.Generator().manual_seed(window)
     context_lens, query_lens, block_size = [30, 5], [4, 12], 8
@@ -90,7 +95,9 @@ def test_paged_attention_sliding_window(window: int) -> None:
     value_cache = torch.randn(num_blocks, block_size, 2, 32, generator=generator)
     query = torch.randn(sum(query_lens), 4, 32, generator=generator)
     want = paged_attention_reference(query, key_cache, value_cache, batch, 0.2)
-    got = paged_attention_triton(query, key_cache, value_cache, batch, 0.2, out=torch.full_like(query, float("nan")))
+    got = paged_attention_triton(
+        query, key_cache, value_cache, batch, 0.2, out=torch.full_like(query, float("nan")), num_splits=splits
+    )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -131,3 +138,15 @@ def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPa
         select_kernels("triton", "cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert select_kernels("triton", "cpu").paged_attention is paged_attention_triton
+
+
+def test_context_splits_fill_the_gpu_only_where_a_pass_is_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """About four programs per multiprocessor (an H100 has 132), as a power of two; never on the CPU."""
+    from types import SimpleNamespace
+
+    from kernels.paged_attention import context_splits
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: SimpleNamespace(multi_processor_count=132))
+    cuda = torch.device("cuda")
+    assert [context_splits(n, cuda) for n in (1, 32, 144, 288, 1024, 4096)] == [32, 16, 4, 2, 1, 1]
+    assert context_splits(1, torch.device("cpu")) == 1

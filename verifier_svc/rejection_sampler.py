@@ -43,6 +43,7 @@ import torch
 
 from kernels.rejection_sampling import RejectionBatch
 from splitspec import seeded_noise
+from splitspec.devices import to_device
 from splitspec.logits_processing import batched_target_probs, target_probs
 from splitspec.sparse_distribution import SparseDistribution
 
@@ -168,15 +169,11 @@ def build_rejection_batch(requests: list[VerifyRequest]) -> RejectionBatch:
                 residual_noise.append(seeded_noise.exponentials(r.seed, position, seeded_noise.RESIDUAL, vocab))
         row += k + 1
 
-    def to_device(values: torch.Tensor | list, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-        host = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
-        return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
-
     def noise(indices: list[int], draws: list[torch.Tensor]) -> torch.Tensor:
         """Exp(1) draws at `indices`, ones elsewhere (rows that draw nothing from that stream)."""
         full = torch.ones(rows, vocab, dtype=torch.float64, device=device)
         if indices:
-            full[to_device(indices)] = to_device(torch.stack(draws))
+            full[to_device(indices, device)] = to_device(torch.stack(draws), device)
         return full
 
     target = logits.to(torch.float64)  # greedy rows compare logits
@@ -184,23 +181,23 @@ def build_rejection_batch(requests: list[VerifyRequest]) -> RejectionBatch:
         sampled = [not g for g in greedy_row]
         probs = batched_target_probs(
             logits,
-            to_device(temperature, torch.float64),
-            to_device(top_k),
-            to_device(top_p, torch.float64),
+            to_device(temperature, device, torch.float64),
+            to_device(top_k, device),
+            to_device(top_p, device, torch.float64),
             uses_top_k=any(s and 0 < k < vocab for s, k in zip(sampled, top_k)),
             uses_top_p=any(s and p < 1.0 for s, p in zip(sampled, top_p)),
         )
-        target = torch.where(to_device(greedy_row, torch.bool)[:, None], target, probs)
+        target = torch.where(to_device(greedy_row, device, torch.bool)[:, None], target, probs)
     return RejectionBatch(
         target=target,
-        row_start=to_device(row_start),
-        num_drafts=to_device([len(r.draft_token_ids) for r in requests]),
-        draft_tokens=to_device(draft_tokens),
-        greedy=to_device([r.temperature == 0 for r in requests], torch.bool),
-        q_ids=to_device(q_ids),
-        q_probs=to_device(q_probs),
-        q_count=to_device(q_count),
-        accept_uniform=to_device(accept_uniform),
+        row_start=to_device(row_start, device),
+        num_drafts=to_device([len(r.draft_token_ids) for r in requests], device),
+        draft_tokens=to_device(draft_tokens, device),
+        greedy=to_device([r.temperature == 0 for r in requests], device, torch.bool),
+        q_ids=to_device(q_ids, device),
+        q_probs=to_device(q_probs, device),
+        q_count=to_device(q_count, device),
+        accept_uniform=to_device(accept_uniform, device),
         target_noise=noise(sampled_rows, sampled_noise),
         residual_noise=noise(residual_rows, residual_noise),
     )

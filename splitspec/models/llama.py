@@ -18,6 +18,9 @@ from safetensors import safe_open
 
 from kernels.dispatch import KernelUnavailable, select_kernels
 from kernels.paged_attention import AttentionBatch
+from kernels.rms_norm import rms_norm_reference
+from kernels.rotary import rotate_half
+from splitspec.devices import to_device
 from splitspec.errors import OutOfKVBlocks, SplitspecError
 from splitspec.models.block_allocator import BlockAllocator
 from splitspec.models.cuda_graphs import PassGraphs
@@ -68,19 +71,6 @@ def _read_safetensors(path: Path, dtype: torch.dtype, plan: ShardPlan | None = N
                 tensor = f.get_tensor(key) if plan is None else plan.take(key, f.get_slice(key))
                 tensors[key] = tensor.to(dtype)
     return tensors
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.to(torch.float32)
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [tokens, heads, head_dim]; cos, sin [tokens, 1, head_dim]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
 
 
 class LlamaRunner:
@@ -364,9 +354,9 @@ class LlamaRunner:
         Every rank of a tensor-parallel group runs it with the same layout."""
         if self.graphs is not None and extra_input is None and self.graphs.fits(layout):
             logits, hidden = self.graphs.run(layout)  # every padded row: pick (and so copy) the asked ones
-            logit_rows = torch.tensor(layout.logit_rows, device=self.device)
+            logit_rows = to_device(layout.logit_rows, self.device)
             same = layout.hidden_rows == layout.logit_rows
-            hidden = hidden[logit_rows if same else torch.tensor(layout.hidden_rows, device=self.device)]
+            hidden = hidden[logit_rows if same else to_device(layout.hidden_rows, self.device)]
             logits = logits[logit_rows]
         else:
             logits, hidden = self._asked_rows(layout, extra_input)
@@ -406,7 +396,7 @@ class LlamaRunner:
 
     def _final_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """What the output head reads: the last layer's output after the final norm."""
-        return _rms_norm(x, self.norm, self.eps)
+        return self.kernels.rms_norm(x, self.norm, self.eps)
 
     def _decoder(self, x: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]
@@ -415,25 +405,40 @@ class LlamaRunner:
         sin = (angles.sin() * self.rope_attention_factor).to(self.dtype)
         num_tokens = x.shape[0]
         q_size, kv_size = self.q_heads * self.head_dim, self.kv_heads * self.head_dim
+        delta = None  # the last sublayer's output, added to x by the next norm
         for i, layer in enumerate(self.layers):
-            h = x if layer.input_norm is None else _rms_norm(x, layer.input_norm, self.eps)
+            if layer.input_norm is None:
+                x, h = (x, x) if delta is None else (x + delta,) * 2
+            else:
+                x, h = self._add_rms_norm(x, delta, layer.input_norm)
             qkv = layer.qkv(h)  # [tokens, (q_heads + 2 * kv_heads) * head_dim]
+            if layer.q_norm is None:
+                self.kernels.rotate_heads(qkv, cos, sin, self.q_heads + self.kv_heads, self.head_dim)
             q = qkv[:, :q_size].view(num_tokens, self.q_heads, self.head_dim)
             k = qkv[:, q_size : q_size + kv_size].view(num_tokens, self.kv_heads, self.head_dim)
             v = qkv[:, q_size + kv_size :].view(num_tokens, self.kv_heads, self.head_dim)
             if layer.q_norm is not None:
-                q = _rms_norm(q, layer.q_norm, self.eps)
-                k = _rms_norm(k, layer.k_norm, self.eps)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+                q = rotate_half(rms_norm_reference(q, layer.q_norm, self.eps), cos, sin)
+                k = rotate_half(rms_norm_reference(k, layer.k_norm, self.eps), cos, sin)
             self.kernels.write_kv_cache(k, v, self.key_cache[i], self.value_cache[i], batch.slot_mapping)
             attn = self.kernels.paged_attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
-            out = self._reduce(layer.o(attn.reshape(num_tokens, q_size)))
-            x = x + out * self.residual_multiplier if self.residual_multiplier != 1.0 else x + out
-            h = _rms_norm(x, layer.post_norm, self.eps)
+            x, h = self._add_rms_norm(x, self._scaled(layer.o(attn.reshape(num_tokens, q_size))), layer.post_norm)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            out = self._reduce(layer.down(F.silu(gate) * up))
-            x = x + out * self.residual_multiplier if self.residual_multiplier != 1.0 else x + out
-        return x
+            delta = self._scaled(layer.down(F.silu(gate) * up))
+        return x if delta is None else x + delta
+
+    def _add_rms_norm(
+        self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + delta, its norm), in one kernel where the backend fuses them."""
+        if delta is None:
+            return x, self.kernels.rms_norm(x, weight, self.eps)
+        return self.kernels.add_rms_norm(x, delta, weight, self.eps)
+
+    def _scaled(self, partial: torch.Tensor) -> torch.Tensor:
+        """A sublayer's output as the residual stream takes it: summed over ranks, then scaled."""
+        out = self._reduce(partial)
+        return out * self.residual_multiplier if self.residual_multiplier != 1.0 else out
 
     def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
         """A row-parallel layer's output: the sum of every rank's part."""
