@@ -11,6 +11,7 @@ from protos import splitspec_v1_pb2 as pb
 from splitspec.errors import ServiceError, SplitspecError
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
+from splitspec.tokenizer import chat_prompt
 
 SPECULATION_OVERRIDE_KEYS = {"num_speculative_tokens"}
 
@@ -30,14 +31,16 @@ def _invalid(message: str) -> ServiceError:
 def validate(
     request: pb.GenerateRequest, tokenizer, vocab_size: int, max_model_len: int, default_k: int
 ) -> ValidRequest:
-    if request.prompt and request.prompt_token_ids:
-        raise _invalid("set either prompt or prompt_token_ids, not both")
-    if not request.prompt and not request.prompt_token_ids:
-        raise _invalid("the prompt is empty: set prompt (text) or prompt_token_ids")
-    if request.prompt:
+    given = [name for name in ("prompt", "prompt_token_ids", "messages") if getattr(request, name)]
+    if len(given) > 1:
+        raise _invalid(f"set one of prompt, prompt_token_ids and messages, not {' and '.join(given)}")
+    if not given:
+        raise _invalid("the prompt is empty: set prompt (text), prompt_token_ids or messages")
+    prompt = _prompt_text(request, tokenizer)
+    if prompt is not None:
         if tokenizer is None:
             raise _invalid("this model has no tokenizer; send prompt_token_ids")
-        prompt_ids = tokenizer.encode(request.prompt)
+        prompt_ids = tokenizer.encode(prompt)
     else:
         prompt_ids = list(request.prompt_token_ids)
     try:
@@ -76,4 +79,17 @@ def validate(
             if not isinstance(value, float) or not value.is_integer() or not 0 <= value <= 64:
                 raise _invalid(f"speculation.num_speculative_tokens must be an integer in [0, 64], got {value!r}")
             k = int(value)
-    return ValidRequest(request.prompt or None, prompt_ids, params, k)
+    return ValidRequest(prompt, prompt_ids, params, k)
+
+
+def _prompt_text(request: pb.GenerateRequest, tokenizer) -> str | None:
+    """The request's prompt as text (a conversation with the chat template applied); None for token ids."""
+    if not request.messages:
+        return request.prompt or None
+    for i, message in enumerate(request.messages):
+        if not message.role:
+            raise _invalid(f"messages[{i}].role is empty")
+    try:
+        return chat_prompt(tokenizer, [{"role": m.role, "content": m.content} for m in request.messages])
+    except SplitspecError as exc:
+        raise _invalid(str(exc)) from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from splitspec.errors import SplitspecError
+
 
 def load_tokenizer(path: Path):
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
@@ -11,6 +13,18 @@ def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """A conversation as the model expects it: its chat template applied, with the generation prompt."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise SplitspecError("this model's tokenizer has no chat template; send a plain prompt instead")
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except TemplateError as exc:  # templates raise their own rules (role order, roles they know)
+        raise SplitspecError(f"the chat template refused these messages: {exc}") from None
 
 
 def eos_token_ids(path: Path, tokenizer) -> set[int]:

@@ -181,6 +181,8 @@ def test_cancelled_stream_frees_every_kv_block(ngram_stack):
         (dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(top_p=1.5)), grpc.StatusCode.INVALID_ARGUMENT),
         (dict(prompt_token_ids=[1] * 600), grpc.StatusCode.INVALID_ARGUMENT),
         (dict(prompt_token_ids=[100000]), grpc.StatusCode.INVALID_ARGUMENT),
+        # the tiny checkpoint has no tokenizer, so no chat template
+        (dict(messages=[pb.ChatMessage(role="user", content="hi")]), grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
 def test_bad_input_is_refused_and_the_server_keeps_serving(ngram_stack, plain_greedy, request_kwargs, code):

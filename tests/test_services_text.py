@@ -7,6 +7,8 @@ sides draft a fixed K, so the rounds, and with them every verify pass, are the s
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Iterator
@@ -48,7 +50,7 @@ class Streamed:
         return "".join(self.deltas)
 
 
-def stream(address: str, prompt: str, params: SamplingParams) -> Streamed:
+def stream(address: str, prompt: str | list[dict], params: SamplingParams) -> Streamed:
     request = build_request(
         prompt, temperature=0, max_tokens=params.max_tokens, stop=params.stop_strings, ignore_eos=params.ignore_eos
     )
@@ -152,3 +154,43 @@ def test_eos_ends_a_short_answer_before_max_tokens(gateway, ngram, prompts, in_p
     assert (got.finish_reason, got.stop_reason) == ("stop", "")
     assert got.token_ids == expected.token_ids == plain_completion.token_ids
     assert got.text == expected.text and "Paris" in got.text
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a terse assistant."},
+    {"role": "user", "content": ONE_WORD},
+]
+
+
+def test_chat_messages_through_generate_give_llm_chat_output(gateway, plain):
+    """GenerateRequest.messages: the gateway applies the chat template as LLM.chat does in-process."""
+    expected = plain.chat(CONVERSATION, greedy(ONE_WORD), use_tqdm=False)[0].outputs[0]
+    got = stream(gateway, CONVERSATION, greedy(ONE_WORD))
+    assert got.token_ids == expected.token_ids and got.text == expected.text
+    assert "Paris" in got.text
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, message",
+    [
+        (dict(prompt="hello", messages=[pb.ChatMessage(role="user", content="hi")]), "not prompt and messages"),
+        (dict(messages=[pb.ChatMessage(role="", content="hi")]), "messages[0].role is empty"),
+        (dict(messages=[pb.ChatMessage(role="user", content="a"), pb.ChatMessage(content="b")]), "messages[1].role"),
+    ],
+)
+def test_bad_chat_messages_are_refused_with_the_field_named(gateway, request_kwargs, message):
+    with grpc.insecure_channel(gateway) as channel, pytest.raises(grpc.RpcError) as err:
+        list(pb_grpc.GatewayStub(channel).Generate(pb.GenerateRequest(**request_kwargs), timeout=TIMEOUT_S))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+
+
+def test_generate_command_through_the_gateway_sends_a_chat_turn(gateway, plain, in_process):
+    """`splitspec generate --gateway` puts the prompt in a user message, as the in-process command does."""
+    _, expected = in_process[ONE_WORD]
+    done = subprocess.run(
+        [sys.executable, "-m", "splitspec", "generate", "--gateway", gateway, "--max-tokens", str(MAX_TOKENS[ONE_WORD]),
+         ONE_WORD],
+        capture_output=True, text=True, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected.text + "\n"

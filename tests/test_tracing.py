@@ -53,7 +53,8 @@ def test_one_request_is_one_trace_across_the_three_services(tiny_llama, tmp_path
     trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
     metadata = [("traceparent", f"00-{trace_id}-{client_span}-01")]
     prompt = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]
-    with running_stack(tiny_llama, tmp_path, k=3) as stack:
+    # every round drafts: adaptive K may price the proposer's round trip above its drafts and send it nothing
+    with running_stack(tiny_llama, tmp_path, k=3, gateway_args=("--fixed-k",)) as stack:
         with grpc.insecure_channel(stack.gateway.address) as channel:
             stub = pb_grpc.GatewayStub(channel)
             request = build_request(prompt, temperature=0, max_tokens=24, ignore_eos=True, seed=3)

@@ -98,13 +98,14 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _generate_via_gateway(args: argparse.Namespace) -> int:
-    """Streams text deltas as the gateway sends them. The gateway applies no chat template."""
+    """Streams text deltas as the gateway sends them. The prompt goes as one user message, which the
+    gateway puts through the model's chat template, unless --raw (as in-process)."""
     import grpc
 
     from splitspec.entrypoints.client import build_request, stream_generate
 
     request = build_request(
-        args.prompt,
+        args.prompt if args.raw else [{"role": "user", "content": args.prompt}],
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,

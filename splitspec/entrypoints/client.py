@@ -12,7 +12,7 @@ from protos import splitspec_v1_pb2_grpc as pb_grpc
 
 
 def build_request(
-    prompt: str | list[int],
+    prompt: str | list[int] | list[dict],
     *,
     temperature: float | None = None,
     top_p: float | None = None,
@@ -24,9 +24,13 @@ def build_request(
     seed: int | None = None,
     num_speculative_tokens: int | None = None,
 ) -> pb.GenerateRequest:
+    """prompt: text, token ids, or a conversation ([{"role": ..., "content": ...}]) that the gateway puts
+    through the model's chat template."""
     request = pb.GenerateRequest()
     if isinstance(prompt, str):
         request.prompt = prompt
+    elif prompt and isinstance(prompt[0], dict):
+        request.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in prompt)
     else:
         request.prompt_token_ids.extend(prompt)
     s = request.sampling

@@ -19,7 +19,7 @@ from splitspec.outputs import CompletionOutput, RequestOutput
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
 from splitspec.stop_checker import StopChecker
-from splitspec.tokenizer import eos_token_ids, load_tokenizer
+from splitspec.tokenizer import chat_prompt, eos_token_ids, load_tokenizer
 
 if TYPE_CHECKING:
     from proposer_svc.proposer import Proposer
@@ -228,9 +228,7 @@ class LLM:
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def apply_chat_template(self, messages: list[dict]) -> str:
-        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
-            raise SplitspecError("this model's tokenizer has no chat template; pass a plain prompt instead")
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return chat_prompt(self.tokenizer, messages)
 
     def _add(self, prompt: str | dict, params: SamplingParams) -> Sequence:
         seq_id = str(next(self._request_counter))
