@@ -41,8 +41,8 @@ def add_rms_norm_triton(
 def _launch(
     x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One program per row of a [rows, hidden] tensor; with delta, the sum is written as well."""
-    hidden = x.shape[-1]
+    """One program per row (the last dimension); with delta, the sum is written as well."""
+    shape, hidden = x.shape, x.shape[-1]
     x = x.reshape(-1, hidden).contiguous()
     normed = torch.empty(x.shape, dtype=torch.result_type(weight, x), device=x.device)
     total = torch.empty_like(x) if delta is not None else x
@@ -50,7 +50,7 @@ def _launch(
         x, delta.reshape(-1, hidden).contiguous() if delta is not None else x, weight, total, normed,
         hidden, eps, HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(hidden),
     )  # fmt: skip
-    return total, normed
+    return total.view(shape), normed.view(shape)
 
 
 if triton is not None:

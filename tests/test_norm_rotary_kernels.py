@@ -28,10 +28,11 @@ def assert_rounded_alike(got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,hidden", [(1, 64), (7, 576), (3, 100)])
-def test_rms_norm_matches_reference(dtype: torch.dtype, rows: int, hidden: int) -> None:
-    generator = torch.Generator().manual_seed(hidden)
-    x = (3 * torch.randn(rows, hidden, generator=generator)).to(dtype)
+@pytest.mark.parametrize("shape", [(1, 64), (7, 576), (3, 100), (2, 3, 32)])
+def test_rms_norm_matches_reference(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(shape[-1])
+    hidden = shape[-1]
+    x = (3 * torch.randn(shape, generator=generator)).to(dtype)
     weight = torch.randn(hidden, generator=generator).to(dtype)
     want = rms_norm_reference(x, weight, 1e-5)
     got = rms_norm_triton(x, weight, 1e-5)
