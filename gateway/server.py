@@ -15,7 +15,7 @@ from opentelemetry.trace import Status, StatusCode
 from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.discovery import BackendPool, Target, keep_resolving
 from gateway.generation import Delta, GatewayCore
-from gateway.validation import validate
+from gateway.validation import DEFAULT_LIMITS, RequestLimits, validate
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.config import (
@@ -40,11 +40,13 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         method: str,
         max_concurrent_requests: int,
         tracing: Tracing | None = None,
+        limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.core = core
         self.model_name = model_name
         self.method = method
         self.max_concurrent_requests = max_concurrent_requests
+        self.limits = limits
         self.active = 0
         self.tracing = tracing or Tracing()
 
@@ -118,7 +120,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         if not any(v.info is not None for v in core.verifiers):
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "no verifier is reachable; retry once one is up")
         vocab = next(v.info.vocab_size for v in core.verifiers if v.info is not None)
-        valid = validate(request, core.tokenizer, vocab, core.max_model_len, core.num_speculative_tokens)
+        valid = validate(request, core.tokenizer, vocab, core.max_model_len, core.num_speculative_tokens, self.limits)
         if self.active >= self.max_concurrent_requests:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -203,6 +205,8 @@ class GatewaySettings:
     method: str = "ngram"
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
     max_concurrent_requests: int = 256
+    max_tokens_limit: int | None = None
+    """The most max_tokens a request may ask for; None: any, the model's context bounds it."""
     proposer_timeout_s: float = 5.0
     verifier_wait_s: float = 30.0
     adaptive: bool = True
@@ -258,7 +262,14 @@ def run_gateway(settings: GatewaySettings) -> None:
         tracing = start_tracing("gateway", traces_endpoint(settings.server.otlp_traces_endpoint))
 
         async def register(server, health) -> None:
-            servicer = GatewayServicer(core, settings.model, settings.method, settings.max_concurrent_requests, tracing)
+            servicer = GatewayServicer(
+                core,
+                settings.model,
+                settings.method,
+                settings.max_concurrent_requests,
+                tracing,
+                RequestLimits(max_tokens=settings.max_tokens_limit),
+            )
             pb_grpc.add_GatewayServicer_to_server(servicer, server)
             loop = asyncio.get_running_loop()
             tasks.append(loop.create_task(watch_backends(core, health)))

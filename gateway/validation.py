@@ -16,6 +16,20 @@ from splitspec.tokenizer import chat_prompt
 SPECULATION_OVERRIDE_KEYS = {"num_speculative_tokens"}
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask of the gateway. Stop strings are matched against the text after every
+    round, so their number and length bound the work each round does."""
+
+    max_tokens: int | None = None  # None: only the model's context bounds a request
+    max_stop_strings: int = 16
+    max_stop_string_chars: int = 256
+    max_stop_token_ids: int = 64
+
+
+DEFAULT_LIMITS = RequestLimits()
+
+
 @dataclass
 class ValidRequest:
     prompt: str | None
@@ -29,7 +43,12 @@ def _invalid(message: str) -> ServiceError:
 
 
 def validate(
-    request: pb.GenerateRequest, tokenizer, vocab_size: int, max_model_len: int, default_k: int
+    request: pb.GenerateRequest,
+    tokenizer,
+    vocab_size: int,
+    max_model_len: int,
+    default_k: int,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> ValidRequest:
     given = [name for name in ("prompt", "prompt_token_ids", "messages") if getattr(request, name)]
     if len(given) > 1:
@@ -52,6 +71,7 @@ def validate(
     for name in ("temperature", "top_p"):
         if s.HasField(name) and math.isnan(getattr(s, name)):
             raise _invalid(f"sampling.{name} is NaN")
+    _check_limits(s, vocab_size, limits)
     try:
         params = SamplingParams(
             temperature=s.temperature if s.HasField("temperature") else 1.0,
@@ -80,6 +100,25 @@ def validate(
                 raise _invalid(f"speculation.num_speculative_tokens must be an integer in [0, 64], got {value!r}")
             k = int(value)
     return ValidRequest(prompt, prompt_ids, params, k)
+
+
+def _check_limits(s: pb.SamplingParameters, vocab_size: int, limits: RequestLimits) -> None:
+    if limits.max_tokens is not None and s.HasField("max_tokens") and s.max_tokens > limits.max_tokens:
+        raise _invalid(f"sampling.max_tokens is {s.max_tokens}; this server allows at most {limits.max_tokens}")
+    if len(s.stop) > limits.max_stop_strings:
+        raise _invalid(f"sampling.stop has {len(s.stop)} strings; at most {limits.max_stop_strings} are allowed")
+    for i, stop in enumerate(s.stop):
+        if len(stop) > limits.max_stop_string_chars:
+            raise _invalid(
+                f"sampling.stop[{i}] is {len(stop)} characters long; at most {limits.max_stop_string_chars} are allowed"
+            )
+    if len(s.stop_token_ids) > limits.max_stop_token_ids:
+        raise _invalid(
+            f"sampling.stop_token_ids has {len(s.stop_token_ids)} ids; at most {limits.max_stop_token_ids} are allowed"
+        )
+    for i, token in enumerate(s.stop_token_ids):
+        if not 0 <= token < vocab_size:
+            raise _invalid(f"sampling.stop_token_ids[{i}] is {token}, outside the vocabulary [0, {vocab_size})")
 
 
 def _prompt_text(request: pb.GenerateRequest, tokenizer) -> str | None:

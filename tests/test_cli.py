@@ -86,6 +86,7 @@ def test_bad_generation_flags(tiny_llama, flags, message):
             ["serve-gateway", "--prompt-lookup-min", "5", "--prompt-lookup-max", "2"],
             "need 1 <= prompt_lookup_min <= prompt_lookup_max <= 64, got min=5, max=2",
         ),
+        (["serve-gateway", "--max-tokens-limit", "0"], "--max-tokens-limit must be at least 1, got 0"),
     ],
 )
 def test_bad_network_flags(command, message):

@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerFast
 from verifier_stand_in import VerifierStandIn
 
 from gateway.generation import Delta, GatewayCore
-from gateway.validation import validate
+from gateway.validation import RequestLimits, validate
 from protos import splitspec_v1_pb2 as pb
 from splitspec.errors import ServiceError
 from splitspec.sampling_params import SamplingParams
@@ -257,6 +257,10 @@ INVALID = {
     "text prompt longer than the context": (dict(prompt="hello " * MAX_MODEL_LEN), "prompt"),
     "token id past the vocabulary": (dict(prompt="", prompt_token_ids=[1, 300]), "prompt_token_ids"),
     "negative token id": (dict(prompt="", prompt_token_ids=[-1]), "prompt_token_ids"),
+    "seventeen stop strings": (dict(stop=[f"s{i}" for i in range(17)]), "sampling.stop has 17"),
+    "a stop string of 257 characters": (dict(stop=["ok", "x" * 257]), "sampling.stop[1]"),
+    "sixty-five stop token ids": (dict(stop_token_ids=[1] * 65), "sampling.stop_token_ids has 65"),
+    "stop token id past the vocabulary": (dict(stop_token_ids=[2, 300]), "sampling.stop_token_ids[1]"),
 }
 
 
@@ -266,6 +270,27 @@ def test_invalid_requests_are_refused_naming_the_field(tokenizer, fields, named)
         run_validate(tokenizer, request(**fields))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert named in info.value.message
+
+
+def test_max_tokens_above_the_server_limit_is_refused_and_at_it_taken(tokenizer):
+    limits = RequestLimits(max_tokens=32)
+    with pytest.raises(ServiceError) as info:
+        validate(request(max_tokens=33), tokenizer, len(tokenizer), MAX_MODEL_LEN, DEFAULT_K, limits)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sampling.max_tokens is 33; this server allows at most 32" in info.value.message
+    assert validate(request(max_tokens=32), tokenizer, len(tokenizer), MAX_MODEL_LEN, DEFAULT_K, limits)
+    assert run_validate(tokenizer, request(max_tokens=10_000)).params.max_tokens == 10_000  # no limit by default
+
+
+def test_requests_at_every_limit_are_taken(tokenizer):
+    limits = RequestLimits()
+    fields = dict(
+        stop=[f"{i:x}" * 4 for i in range(limits.max_stop_strings - 1)] + ["y" * limits.max_stop_string_chars],
+        stop_token_ids=[len(tokenizer) - 1] * limits.max_stop_token_ids,
+    )
+    params = run_validate(tokenizer, request(**fields)).params
+    assert len(params.stop_strings) == limits.max_stop_strings
+    assert len(params.stop_token_ids) == limits.max_stop_token_ids
 
 
 def test_a_text_prompt_without_a_tokenizer_asks_for_token_ids(tokenizer):

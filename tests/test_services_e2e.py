@@ -71,6 +71,9 @@ def plain_greedy(tiny_llama) -> list[list[int]]:
     ]
 
 
+MAX_TOKENS_LIMIT = 1000
+
+
 @pytest.fixture(scope="module")
 def ngram_stack(tiny_llama, tmp_path_factory):
     with running_stack(
@@ -78,7 +81,8 @@ def ngram_stack(tiny_llama, tmp_path_factory):
         tmp_path_factory.mktemp("ngram_logs"),
         method="ngram",
         k=3,
-        gateway_args=("--fixed-k",),  # adaptive K may draft nothing; these tests must see drafts
+        # adaptive K may draft nothing (these tests must see drafts); a max_tokens limit to refuse above
+        gateway_args=("--fixed-k", "--max-tokens-limit", str(MAX_TOKENS_LIMIT)),
     ) as stack:
         yield stack
 
@@ -181,6 +185,14 @@ def test_cancelled_stream_frees_every_kv_block(ngram_stack):
         (dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(top_p=1.5)), grpc.StatusCode.INVALID_ARGUMENT),
         (dict(prompt_token_ids=[1] * 600), grpc.StatusCode.INVALID_ARGUMENT),
         (dict(prompt_token_ids=[100000]), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(max_tokens=MAX_TOKENS_LIMIT + 1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),  # fmt: skip
+        (
+            dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(stop=["x"] * 17)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
         # the tiny checkpoint has no tokenizer, so no chat template
         (dict(messages=[pb.ChatMessage(role="user", content="hi")]), grpc.StatusCode.INVALID_ARGUMENT),
     ],

@@ -150,6 +150,13 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         default=env_default("NUM_SPECULATIVE_TOKENS", DEFAULT_NUM_SPECULATIVE_TOKENS),
     )
     p.add_argument("--max-concurrent-requests", type=int, default=env_default("MAX_CONCURRENT_REQUESTS", 256))
+    p.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=env_default("MAX_TOKENS_LIMIT", None),
+        help="refuse requests whose max_tokens is above this (INVALID_ARGUMENT; env SPLITSPEC_MAX_TOKENS_LIMIT); "
+        "by default only the model's context bounds them",
+    )
     p.add_argument("--proposer-timeout-s", type=float, default=env_default("PROPOSER_TIMEOUT_S", 5.0))
     p.add_argument(
         "--verifier-wait-s",
@@ -292,6 +299,10 @@ def _serve_proposer(args: argparse.Namespace) -> int:
 
 
 def _serve_gateway(args: argparse.Namespace) -> int:
+    from splitspec.errors import SplitspecError
+
+    if args.max_tokens_limit is not None and args.max_tokens_limit < 1:
+        raise SplitspecError(f"--max-tokens-limit must be at least 1, got {args.max_tokens_limit}")
     _yield_idle_cores()
     from gateway.server import GatewaySettings, run_gateway
 
@@ -305,6 +316,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
             method=args.method,
             num_speculative_tokens=args.num_speculative_tokens,
             max_concurrent_requests=args.max_concurrent_requests,
+            max_tokens_limit=args.max_tokens_limit,
             proposer_timeout_s=args.proposer_timeout_s,
             verifier_wait_s=args.verifier_wait_s,
             adaptive=not args.fixed_k,
