@@ -8,7 +8,7 @@ Each operation has a plain-PyTorch reference and a Triton kernel with the same s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import torch
 import torch.nn.functional as F
@@ -226,9 +226,15 @@ def context_splits(programs: int, device: torch.device) -> int:
     """
     if device.type != "cuda":
         return 1
-    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    target = 4 * _multiprocessors(device)
     wanted = min(_MAX_SPLITS, -(-target // programs))
     return 1 << (wanted.bit_length() - 1)
+
+
+@cache
+def _multiprocessors(device: torch.device) -> int:
+    """Asked once per device: every layer of every pass needs it."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def paged_attention_triton(

@@ -142,11 +142,10 @@ def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPa
 
 def test_context_splits_fill_the_gpu_only_where_a_pass_is_small(monkeypatch: pytest.MonkeyPatch) -> None:
     """About four programs per multiprocessor (an H100 has 132), as a power of two; never on the CPU."""
-    from types import SimpleNamespace
-
+    import kernels.paged_attention
     from kernels.paged_attention import context_splits
 
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: SimpleNamespace(multi_processor_count=132))
+    monkeypatch.setattr(kernels.paged_attention, "_multiprocessors", lambda device: 132)
     cuda = torch.device("cuda")
     assert [context_splits(n, cuda) for n in (1, 32, 144, 288, 1024, 4096)] == [32, 16, 4, 2, 1, 1]
     assert context_splits(1, torch.device("cpu")) == 1
