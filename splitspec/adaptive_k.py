@@ -34,25 +34,30 @@ class PassCostModel:
 
     @staticmethod
     def calibrate(runner: ModelRunner, max_rows: int, repeats: int = 3) -> "PassCostModel | None":
-        """None when the context is too short to measure even a one-token pass."""
+        """None when the context is too short to measure even a one-token pass. Each measured pass
+        verifies n tokens after a cached context, as a verify step does; the context is filled once
+        and cut back to its length after every pass."""
         seq_id = "__calibration__"
         context = [1] * min(32, runner.max_model_len // 4)
         if not context:
             return None
         points = {}
-        for n in [r for r in _CALIBRATION_ROWS if r <= max_rows]:
-            if len(context) + n > runner.max_model_len:
-                break
-            samples = []
-            for _ in range(repeats + 1):
-                runner.forward([ForwardInput(seq_id, context, 1)])
-                synchronize(runner.device)
-                start = time.perf_counter()
-                runner.forward([ForwardInput(seq_id, [1] * n, n)])
-                synchronize(runner.device)
-                samples.append(time.perf_counter() - start)
-                runner.free(seq_id)
-            points[n] = sorted(samples[1:])[len(samples[1:]) // 2]
+        runner.forward([ForwardInput(seq_id, context, 1)])
+        try:
+            for n in [r for r in _CALIBRATION_ROWS if r <= max_rows]:
+                if len(context) + n > runner.max_model_len:
+                    break
+                samples = []
+                for _ in range(repeats + 1):
+                    synchronize(runner.device)
+                    start = time.perf_counter()
+                    runner.forward([ForwardInput(seq_id, [1] * n, n)])
+                    synchronize(runner.device)
+                    samples.append(time.perf_counter() - start)
+                    runner.truncate(seq_id, len(context))
+                points[n] = sorted(samples[1:])[len(samples[1:]) // 2]
+        finally:
+            runner.free(seq_id)
         return PassCostModel(_monotone(points)) if points else None
 
     def cost(self, rows: int) -> float:

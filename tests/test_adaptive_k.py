@@ -109,6 +109,9 @@ class SleepingRunner:
     def forward(self, inputs):
         time.sleep(0.020 + 0.005 * sum(len(i.token_ids) for i in inputs))
 
+    def truncate(self, seq_id: str, length: int) -> None:
+        pass
+
     def free(self, seq_id: str) -> None:
         pass
 

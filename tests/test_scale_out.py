@@ -32,50 +32,58 @@ from tiny_checkpoints import write_tiny_checkpoint
 from splitspec.entrypoints.client import build_request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+LONG_TOKENS = 1200
 
 
 def _ip(service) -> str:
     return service.address.rsplit(":", 1)[0]
 
 
-def test_pods_named_in_dns_join_when_listed_and_drain_when_unlisted(tiny_llama, hosts, tmp_path):
+@pytest.fixture(scope="module")
+def long_context_llama(tmp_path_factory):
+    """The tiny target with room for streams that last seconds."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("long_llama"), "llama", seed=0, max_position_embeddings=4096)
+
+
+def test_pods_named_in_dns_join_when_listed_and_drain_when_unlisted(long_context_llama, hosts, tmp_path):
     """The gateway knows the verifiers only as dns:///verifiers. A second verifier added to the name
     takes the next requests; the first, removed from it, is drained: its sequences move while they
     run, and every stream ends with the in-process tokens."""
-    expected = in_process_outputs(tiny_llama)
-    requests = greedy_and_seeded_requests(num_speculative_tokens=0)
+    model = long_context_llama
+    # the first four run long, so that the first verifier still holds them when the next four arrive
+    long_expected = in_process_outputs(model, LONG_TOKENS)[:4]
+    expected = in_process_outputs(model)[4:]
+    requests = greedy_and_seeded_requests(LONG_TOKENS, num_speculative_tokens=0)[:4]
+    requests += greedy_and_seeded_requests(num_speculative_tokens=0)[4:]
     with ExitStack() as cleanup:
-        first, second = verifiers_on_hosts(tiny_llama, hosts, tmp_path, cleanup, 2)
+        first, second = verifiers_on_hosts(model, hosts, tmp_path, cleanup, 2)
         (proposer,) = proposers_on_hosts(hosts, tmp_path, cleanup, 1)
         gateway_host = hosts.add("gateway")
         gateway_host.write_hosts({"verifiers": [_ip(first)], "proposers": [_ip(proposer)]})
         gateway = gateway_on_host(
-            tiny_llama, gateway_host, tmp_path, cleanup, f"dns:///verifiers:{VERIFIER_PORT}",
+            model, gateway_host, tmp_path, cleanup, f"dns:///verifiers:{VERIFIER_PORT}",
             f"dns:///proposers:{PROPOSER_PORT}", "--resolve-interval-s", "0.2",
         )  # fmt: skip
         before = all_streaming(gateway.address, requests[:4], cleanup)
         assert num_sequences(first.address) == 4 and num_sequences(second.address) == 0
 
         gateway_host.write_hosts({"verifiers": [_ip(first), _ip(second)], "proposers": [_ip(proposer)]})
-        time.sleep(1.5)  # a resolve (0.2 s) and a health check of the new verifier (every 1 s)
+        assert wait_for(lambda: f"verifier {second.address} joined" in gateway.logs(), timeout=10)
+        time.sleep(1.5)  # the gateway takes a verifier once a health check heard from it (every 1 s)
         after = all_streaming(gateway.address, requests[4:], cleanup)
         on_second = num_sequences(second.address)
+        before_were_running = all(s.is_alive() for s in before)
 
         gateway_host.write_hosts({"verifiers": [_ip(second)], "proposers": [_ip(proposer)]})
         drained = wait_for(lambda: num_sequences(first.address) == 0, timeout=10)
         still_running = sum(s.is_alive() for s in before + after)
         join_all(before + after)
+    assert before_were_running, "the first streams ended before the verifier joined: nothing to weigh load by"
     assert on_second == 4, "the verifier that joined took the new requests (it had the least load)"
     assert drained, "the verifier removed from the name still holds sequences"
     assert still_running > 0, "the streams were still running when the removed verifier emptied"
     assert "verifier" in gateway.logs() and "left; draining it" in gateway.logs()
-    assert_lossless(tiny_llama, before + after, expected[:4] + expected[4:])
-
-
-@pytest.fixture(scope="module")
-def long_context_llama(tmp_path_factory):
-    """The tiny target with room for streams that last seconds."""
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("long_llama"), "llama", seed=0, max_position_embeddings=4096)
+    assert_lossless(model, before + after, long_expected + expected)
 
 
 def test_two_gateways_share_verifiers_by_the_load_they_report(long_context_llama, hosts, tmp_path):
