@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator
+from typing import AsyncIterator, NamedTuple
 
 import grpc
 from opentelemetry import trace
@@ -32,8 +32,9 @@ from gateway.ahead_pipeline import Prediction
 from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.detokenizer import IncrementalDetokenizer
 from gateway.draft_ahead import AheadDraft
+from gateway.drafter_choice import DrafterChoice
 from protos import splitspec_v1_pb2 as pb
-from splitspec.adaptive_k import AcceptanceEstimate, RoundTrip, choose_num_drafts
+from splitspec.adaptive_k import AcceptanceEstimate, RoundTrip, best_tokens_per_second, choose_num_drafts
 from splitspec.draft_limits import keeps_fixed_k, max_drafts
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
@@ -86,19 +87,27 @@ class _ProposerSlot:
             self.hidden_state = hidden
 
 
+class _InFlight(NamedTuple):
+    """A pipelined step sent and not yet answered."""
+
+    task: asyncio.Task
+    made_ahead: bool  # its drafts were made ahead, assuming the outcome of the steps before it
+    asked: int  # the drafts it asked for (those the verifier drafts itself, or those it carries)
+
+
 @dataclass
 class _Pipeline:
     """A request's pipelined steps (VerifyStep.pipelined) and, with a remote drafter, its drafts ahead."""
 
-    steps: deque[tuple[asyncio.Task, bool]] = field(default_factory=deque)
-    """Sent and not yet answered, oldest first, each with whether its drafts were made ahead."""
+    steps: deque[_InFlight] = field(default_factory=deque)
+    """Oldest first."""
     prediction: Prediction = field(default_factory=Prediction)
     ahead: asyncio.Task | None = None  # the proposer making a draft ahead
     ready: AheadDraft | None = None  # a draft ahead made, waiting for room in the pipeline
 
     def cancel(self) -> None:
         """Stop waiting for the steps and the draft ahead: their answers are no longer wanted."""
-        tasks = [task for task, _ in self.steps] + ([self.ahead] if self.ahead is not None else [])
+        tasks = [step.task for step in self.steps] + ([self.ahead] if self.ahead is not None else [])
         for task in tasks:
             task.cancel()
             task.add_done_callback(_retrieve)
@@ -113,10 +122,21 @@ class _Request:
     seq: Sequence
     num_speculative_tokens: int
     slot: _ProposerSlot
-    acceptance: AcceptanceEstimate
+    drafters: DrafterChoice
+    measured: bool
+    """Whether its drafter may change between rounds, as measured (gateway.drafter_choice)."""
     trace_context: pb.TraceContext | None
     span: trace.Span
     pipe: _Pipeline = field(default_factory=_Pipeline)
+
+    @property
+    def acceptance(self) -> AcceptanceEstimate:
+        return self.drafters.acceptance
+
+    @property
+    def local(self) -> bool:
+        """Whether its rounds are drafted by the verifier's n-gram lookup, not by a proposer."""
+        return self.drafters.uses_local
 
 
 @dataclass
@@ -139,6 +159,10 @@ class GatewayCore:
     local_ngram: tuple[int, int] | None = None
     """(prompt_lookup_min, prompt_lookup_max): the verifiers draft by n-gram lookup themselves, and no
     round waits for a proposer (verifier_svc.local_drafts)."""
+    measure_drafters: bool = False
+    """With local_ngram and proposers that draft otherwise (a draft model): each request's rounds are
+    drafted by the verifier or by its proposer, whichever the measurements say yields more tokens per
+    second (gateway.drafter_choice). Without it, local_ngram drafts every round."""
     pipeline_steps: bool = True
     """Rounds that need no proposer are pipelined: several steps in flight, run back to back by the
     verifier, so no round waits for the link to the gateway."""
@@ -213,7 +237,11 @@ class GatewayCore:
         detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings, len(prompt_ids))
         deadline = float("inf") if deadline is None else deadline
         slot = _ProposerSlot()
-        if num_speculative_tokens > 0 and self.local_ngram is None:
+        measured = self._measures_drafters(num_speculative_tokens, params)
+        starts_local = self.local_ngram is not None and (measured or not self.measure_drafters)
+        req = _Request(seq, num_speculative_tokens, slot, DrafterChoice(uses_local=starts_local), measured,
+                       trace_context, span)  # fmt: skip
+        if num_speculative_tokens > 0 and not req.local:
             slot.use(self._next_proposer())
         verifier: VerifierBackend | None = await self._start_on_a_verifier(
             seq, min(deadline, time.monotonic() + self.verifier_wait_s), trace_context
@@ -221,11 +249,8 @@ class GatewayCore:
         verifier_moves = 0
         ahead_task: asyncio.Task | None = None
         pre_drafted: Draft | None = None  # this round's draft, drafted ahead during the last round
-        acceptance = AcceptanceEstimate()
-        req = _Request(seq, num_speculative_tokens, slot, acceptance, trace_context, span)
         pipe = req.pipe
-        pipelined = self._pipelines(num_speculative_tokens)
-        drafts_pipelined = not pipelined and self._pipelines_drafts(num_speculative_tokens, params)
+        pipelined, drafts_pipelined = self._pipeline_modes(req)
         try:
             while not seq.finished:
                 moving = verifier.info is None and any(v.info is not None for v in self.verifiers if v is not verifier)
@@ -235,21 +260,30 @@ class GatewayCore:
                     verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
                     verifier_moves += 1
                     moving = False
-                made_ahead = False
+                switching = req.measured and self._prefers_other_drafter(req, verifier)
+                if switching and not pipe.steps:  # drained: nothing in flight was drafted by the one left
+                    if pipe.ahead is not None:  # let it settle what the proposer holds; its draft is moot
+                        await pipe.ahead
+                    pipe.cancel()
+                    pre_drafted = None
+                    self._switch_drafter(req)
+                    pipelined, drafts_pipelined = self._pipeline_modes(req)
+                    switching = False
+                made_ahead, asked = False, 0
                 if pipelined:
-                    if not moving:
+                    if not moving and not switching:
                         self._fill_pipeline(req, verifier)
-                    step = pipe.steps.popleft()[0]
+                    step, _, asked = pipe.steps.popleft()
                 elif drafts_pipelined:
-                    if not moving:
+                    if not moving and not switching:
                         await self._fill_drafted_pipeline(req, verifier)
-                    step, made_ahead = await self._oldest_drafted_step(req, verifier, moving)
+                    step, made_ahead, asked = await self._oldest_drafted_step(req, verifier, moving or switching)
                 else:
                     if slot.backend is not None:  # leave a draining proposer even in rounds that draft nothing
                         self._available_proposer(seq, slot, span)
-                    k = self._num_drafts(seq, num_speculative_tokens, verifier, slot.backend, acceptance)
+                    k = asked = self._num_drafts(req, verifier, slot.backend)
                     _plan_step(verifier, req, k)
-                    local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
+                    local = (k, *self.local_ngram) if k > 0 and req.local else None
                     draft = Draft()
                     if k > 0 and local is None:
                         if pre_drafted is not None:
@@ -287,7 +321,7 @@ class GatewayCore:
                 seq.stats.record_round(result.num_drafted, result.num_accepted)
                 if result.HasField("hidden_states"):
                     slot.receive(result.hidden_states, self.hidden_states)
-                acceptance.update(result.num_drafted, result.num_accepted)
+                req.drafters.record(asked, result.num_drafted, result.num_accepted)
                 round_tokens = list(result.token_ids)
                 new_tokens = round_tokens[: stop_checker.commit(seq, round_tokens)]
                 if drafts_pipelined:
@@ -316,22 +350,68 @@ class GatewayCore:
             pipe.cancel()
             self._leave(seq_id, verifier, slot.use(None))
 
-    def _pipelines(self, num_speculative_tokens: int) -> bool:
+    def _pipeline_modes(self, req: _Request) -> tuple[bool, bool]:
         """Whether the request's rounds need nothing from a proposer (the verifier drafts by n-gram
         itself, or nothing is drafted), so its steps can be pipelined: sent before the results of the
-        ones before them, and run back to back on the verifier (VerifyStep.pipelined)."""
-        return self.pipeline_steps and (self.local_ngram is not None or num_speculative_tokens == 0)
-
-    def _pipelines_drafts(self, num_speculative_tokens: int, params: SamplingParams) -> bool:
-        """Whether the request's rounds, drafted by a proposer, are pipelined with drafts made ahead
-        (gateway.ahead_pipeline): drafters that need no hidden states, and requests whose K may vary
-        (a step whose assumption fails verifies no drafts)."""
-        return (
+        ones before them, and run back to back on the verifier (VerifyStep.pipelined). If not, whether
+        its rounds, drafted by a proposer, are pipelined with drafts made ahead (gateway.ahead_pipeline):
+        drafters that need no hidden states, and requests whose K may vary (a step whose assumption
+        fails verifies no drafts)."""
+        if self._pipelines(req.local, req.num_speculative_tokens):
+            return True, False
+        drafted = (
             self.pipeline_steps
             and self._may_draft_ahead
+            and req.num_speculative_tokens > 0
+            and not keeps_fixed_k(self.drafts_are_sampled, req.seq.params)
+        )
+        return False, drafted
+
+    def _pipelines(self, local: bool, num_speculative_tokens: int) -> bool:
+        return self.pipeline_steps and (local or num_speculative_tokens == 0)
+
+    def _measures_drafters(self, num_speculative_tokens: int, params: SamplingParams) -> bool:
+        """Whether the request may move between the verifier's n-gram drafts and its proposer's, as
+        measured: not where K stays fixed, since the drafts then decide a seeded request's samples."""
+        return (
+            self.measure_drafters
+            and self.local_ngram is not None
+            and self.adaptive
             and num_speculative_tokens > 0
             and not keeps_fixed_k(self.drafts_are_sampled, params)
         )
+
+    def _prefers_other_drafter(self, req: _Request, verifier: VerifierBackend) -> bool:
+        if verifier.cost_model is None:
+            return False
+        return req.drafters.wants_other(lambda local: self._drafter_value(req, verifier, local))
+
+    def _drafter_value(self, req: _Request, verifier: VerifierBackend, local: bool) -> float:
+        """The expected tokens per second of the request's next rounds if the verifier's n-gram lookup
+        (local) or its proposer drafted them; 0 with no proposer to draft."""
+        seq, drafters = req.seq, req.drafters
+        proposer = None
+        if not local:
+            proposer = req.slot.backend if req.slot.backend is not None and req.slot.backend.available else None
+            proposer = proposer or self._next_proposer()
+            if proposer is None:
+                return 0.0
+        limit = max_drafts(seq, req.num_speculative_tokens, self.max_model_len)
+        rows, tokens = verifier.others_in_pass(seq.seq_id)
+        rate = (drafters.local if local else drafters.remote).rate
+        round_trip = self._round_trip(req, verifier, local, proposer, rate)
+        value = best_tokens_per_second(rate, limit, rows + 1, verifier.cost_model, tokens, round_trip)
+        if local:  # a round without a match drafts nothing
+            unmatched = best_tokens_per_second(0.0, 0, rows + 1, verifier.cost_model, tokens, round_trip)
+            value = drafters.matches.rate * value + (1 - drafters.matches.rate) * unmatched
+        return value
+
+    def _switch_drafter(self, req: _Request) -> None:
+        """Move the request to the other drafter (its proposer, if it has none yet, is chosen at its first draft)."""
+        req.drafters.switch()
+        drafter = "verifier" if req.local else "proposer"
+        self.metrics.drafter_switches.add(1, {"to": drafter})
+        req.span.add_event("drafter switch", {"splitspec.to": drafter})
 
     def _room(self, seq: Sequence, verifier: VerifierBackend) -> int:
         """How many steps to keep in flight: as many as keep the verifier busy across the link, and no
@@ -345,11 +425,11 @@ class GatewayCore:
         """Send pipelined steps, each drafted on the verifier or not at all, until the pipeline is full."""
         seq = req.seq
         while len(req.pipe.steps) < self._room(seq, verifier):
-            k = self._num_drafts(seq, req.num_speculative_tokens, verifier, None, req.acceptance)
+            k = self._num_drafts(req, verifier, None)
             _plan_step(verifier, req, k)
-            local = (k, *self.local_ngram) if k > 0 and self.local_ngram is not None else None
+            local = (k, *self.local_ngram) if k > 0 and req.local else None
             task = asyncio.create_task(verifier.step(seq.seq_id, len(seq.tokens), Draft(), local, pipelined=True))
-            req.pipe.steps.append((task, False))
+            req.pipe.steps.append(_InFlight(task, False, k))
 
     async def _fill_drafted_pipeline(self, req: _Request, verifier: VerifierBackend) -> None:
         """With nothing in flight, send a step: with the draft made ahead if its guess came true, else
@@ -361,29 +441,26 @@ class GatewayCore:
             if not self._send_ready(req, verifier):
                 if slot.backend is not None:  # leave a draining proposer even in rounds that draft nothing
                     self._available_proposer(req.seq, slot, req.span)
-                k = self._num_drafts(req.seq, req.num_speculative_tokens, verifier, slot.backend, req.acceptance)
+                k = self._num_drafts(req, verifier, slot.backend)
                 draft = await self._draft(req.seq, slot, k, req.trace_context, req.span) if k > 0 else Draft()
                 self._send_drafted(req, verifier, [], draft, made_ahead=False)
         self._ask_ahead(req, verifier)
 
-    async def _oldest_drafted_step(
-        self, req: _Request, verifier: VerifierBackend, moving: bool
-    ) -> tuple[asyncio.Task, bool]:
+    async def _oldest_drafted_step(self, req: _Request, verifier: VerifierBackend, holding: bool) -> _InFlight:
         """Wait for the oldest step in flight; a draft ahead that arrives meanwhile goes to the verifier
-        at once, as the next step (unless the sequence is about to move), and the proposer drafts ahead
-        of that one."""
+        at once, as the next step (unless the sequence is about to move or change drafters: `holding`),
+        and the proposer drafts ahead of that one."""
         pipe = req.pipe
         while True:
-            oldest, made_ahead = pipe.steps[0]
-            waiting = {oldest} if pipe.ahead is None else {oldest, pipe.ahead}
+            oldest = pipe.steps[0]
+            waiting = {oldest.task} if pipe.ahead is None else {oldest.task, pipe.ahead}
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if pipe.ahead is not None and pipe.ahead.done():
                 pipe.ready, pipe.ahead = pipe.ahead.result(), None
-                if not moving and self._send_ready(req, verifier):
+                if not holding and self._send_ready(req, verifier):
                     self._ask_ahead(req, verifier)
-            if oldest.done():
-                pipe.steps.popleft()
-                return oldest, made_ahead
+            if oldest.task.done():
+                return pipe.steps.popleft()
 
     def _send_drafted(
         self, req: _Request, verifier: VerifierBackend, assumed: list[int], draft: Draft, made_ahead: bool
@@ -391,7 +468,7 @@ class GatewayCore:
         seq = req.seq
         _plan_step(verifier, req, len(draft.token_ids))
         step = verifier.step(seq.seq_id, len(seq.tokens), draft, None, pipelined=True, assumed=assumed)
-        req.pipe.steps.append((asyncio.create_task(step), made_ahead))
+        req.pipe.steps.append(_InFlight(asyncio.create_task(step), made_ahead, len(draft.token_ids)))
         req.pipe.prediction.sent(assumed, draft)
 
     def _send_ready(self, req: _Request, verifier: VerifierBackend) -> bool:
@@ -417,7 +494,7 @@ class GatewayCore:
             return
         if len(pipe.steps) > self._room(req.seq, verifier) or not self._drafts_ahead(slot):
             return
-        k = self._num_drafts(req.seq, req.num_speculative_tokens, verifier, slot.backend, req.acceptance)
+        k = self._num_drafts(req, verifier, slot.backend)
         if k > 0:
             tail = list(pipe.prediction.tail)
             pipe.ahead = asyncio.create_task(self._draft_ahead(req.seq, slot, tail, k, req.trace_context))
@@ -448,18 +525,11 @@ class GatewayCore:
             verifier.forget(seq_id)
         asyncio.get_running_loop().create_task(self._release(seq_id, verifier, proposer))
 
-    def _num_drafts(
-        self,
-        seq: Sequence,
-        k: int,
-        verifier: VerifierBackend,
-        proposer: ProposerBackend | None,
-        acceptance: AcceptanceEstimate,
-    ) -> int:
-        """At most k, and with the verifier's measured pass costs and the measured round trips, only as
-        many as pay for themselves."""
-        pipelined = self._pipelines(k)
-        k = max_drafts(seq, k, self.max_model_len)
+    def _num_drafts(self, req: _Request, verifier: VerifierBackend, proposer: ProposerBackend | None) -> int:
+        """At most the request's K, and with the verifier's measured pass costs and the measured round
+        trips, only as many as pay for themselves."""
+        seq = req.seq
+        k = max_drafts(seq, req.num_speculative_tokens, self.max_model_len)
         if k == 0 or not self.adaptive or verifier.cost_model is None:
             return k
         if keeps_fixed_k(self.drafts_are_sampled, seq.params):
@@ -467,17 +537,26 @@ class GatewayCore:
         # the verifier batches this step with the other sequences' steps: draft only what raises the
         # whole pass's tokens per second, given the rows and tokens the others last brought
         rows, tokens = verifier.others_in_pass(seq.seq_id)
+        rate = req.acceptance.rate
+        round_trip = self._round_trip(req, verifier, req.local, proposer, rate)
+        return choose_num_drafts([rate], [k], rows + 1, verifier.cost_model, base_tokens=tokens, round_trip=round_trip)[
+            0
+        ]
+
+    def _round_trip(
+        self, req: _Request, verifier: VerifierBackend, local: bool, proposer: ProposerBackend | None, rate: float
+    ) -> RoundTrip:
+        """What a round drafted locally or by `proposer` (at acceptance `rate`) costs besides the pass."""
+        pipelined = self._pipelines(local, req.num_speculative_tokens)
         round_trip = RoundTrip(link_s=0.0 if pipelined else verifier.link.value or 0.0)  # pipelined: never waited
-        if self.local_ngram is None and proposer is not None:  # drafts made here cost a trip to the proposer
+        if not local and proposer is not None:  # drafts made there cost a trip to the proposer
             round_trip = replace(
                 round_trip,
                 draft_s=proposer.link.value or 0.0,
                 draft_token_s=proposer.draft_token.value or 0.0,
-                ahead_rate=acceptance.rate if self._may_draft_ahead else 0.0,
+                ahead_rate=rate if self._may_draft_ahead else 0.0,
             )
-        return choose_num_drafts(
-            [acceptance.rate], [k], rows + 1, verifier.cost_model, base_tokens=tokens, round_trip=round_trip
-        )[0]
+        return round_trip
 
     async def _draft(
         self, seq: Sequence, slot: _ProposerSlot, k: int, trace_context: pb.TraceContext | None, span: trace.Span

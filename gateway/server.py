@@ -212,6 +212,10 @@ class GatewaySettings:
     adaptive: bool = True
     local_ngram: bool = True
     """With method ngram: the verifiers draft by n-gram lookup themselves; no round waits for a proposer."""
+    verifier_ngram: bool = True
+    """With a proposer method that reads no hidden states (draft_model): the verifiers also draft
+    n-grams, and each request's rounds are drafted where they are measured to yield more
+    (gateway.drafter_choice)."""
     prompt_lookup: tuple[int, int] = (1, 4)
     """(min, max) n-gram sizes of those drafts."""
     draft_ahead: bool = True
@@ -224,7 +228,12 @@ def run_gateway(settings: GatewaySettings) -> None:
     from splitspec.checkpoint import resolve_checkpoint
     from splitspec.tokenizer import load_tokenizer
 
-    local_ngram = settings.prompt_lookup if settings.method == "ngram" and settings.local_ngram else None
+    hidden_states = HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE)
+    measure_drafters = (
+        settings.method != "ngram" and settings.verifier_ngram and hidden_states == HiddenStates.NONE
+    ) and bool(settings.proposers)
+    ngram_only = settings.method == "ngram" and settings.local_ngram
+    local_ngram = settings.prompt_lookup if ngram_only or measure_drafters else None
     if local_ngram is not None:
         check_prompt_lookup(*local_ngram, MAX_PROMPT_LOOKUP)
     tokenizer = load_tokenizer(resolve_checkpoint(settings.model))
@@ -252,8 +261,9 @@ def run_gateway(settings: GatewaySettings) -> None:
             verifier_wait_s=settings.verifier_wait_s,
             adaptive=settings.adaptive,
             drafts_are_sampled=settings.method == SpeculationMethod.DRAFT_MODEL,
-            hidden_states=HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE),
+            hidden_states=hidden_states,
             local_ngram=local_ngram,
+            measure_drafters=measure_drafters,
             draft_ahead=settings.draft_ahead,
             pipeline_steps=settings.pipeline_steps,
             metrics=RequestMetrics(service_meter("gateway", settings.server)),

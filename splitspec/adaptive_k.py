@@ -168,3 +168,18 @@ def choose_num_drafts(
         i, j, expected, gains[i] = best_move
         k[i] += j
         rows += j
+
+
+def best_tokens_per_second(
+    rate: float,
+    limit: int,
+    base_rows: int,
+    cost: PassCostModel,
+    base_tokens: float = 0.0,
+    round_trip: RoundTrip = RoundTrip(),
+) -> float:
+    """The expected tokens per second of a pass in which one sequence, drafting at acceptance `rate`,
+    takes its best number of drafts (choose_num_drafts, with the same arguments)."""
+    (k,) = choose_num_drafts([rate], [limit], base_rows, cost, base_tokens, round_trip)
+    expected = base_tokens + sum(rate**i for i in range(k + 1))
+    return expected / (cost.cost(base_rows + k) + round_trip.seconds(k))

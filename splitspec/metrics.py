@@ -119,6 +119,10 @@ class RequestMetrics:
             "splitspec_draft_ahead",
             description="Drafts made while the previous round was verified, by whether its outcome let them be used",
         )
+        self.drafter_switches = meter.create_counter(
+            "splitspec_drafter_switches",
+            description="Requests moved between the verifier's n-gram drafts and their proposer's, by where to",
+        )
         for counter in (self.proposer_failovers, self.verifier_failovers):
             counter.add(0)  # a series from the start, so that rate() and dashboards see the first one
         for reason in ("stop", "length"):

@@ -24,6 +24,9 @@ class VerifierStandIn:
     def plan_step(self, seq_id: str, rows: int, expected_tokens: float) -> None:
         pass
 
+    def others_in_pass(self, seq_id: str) -> tuple[int, float]:
+        return 0, 0.0
+
     def forget(self, seq_id: str) -> None:
         pass
 

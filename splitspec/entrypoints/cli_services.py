@@ -208,6 +208,14 @@ def _round_trip_flags(p: argparse.ArgumentParser) -> None:
         "themselves, which saves each round the trip to a proposer",
     )
     p.add_argument(
+        "--no-verifier-ngram",
+        dest="verifier_ngram",
+        action="store_false",
+        help="with --method draft_model, draft on the proposers only; by default the verifiers also draft "
+        "n-grams, and each greedy request's rounds are drafted where the gateway measures more tokens per "
+        "second, on its verifier (no trip to a proposer) or on its proposer",
+    )
+    p.add_argument(
         "--no-draft-ahead",
         dest="draft_ahead",
         action="store_false",
@@ -321,6 +329,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
             verifier_wait_s=args.verifier_wait_s,
             adaptive=not args.fixed_k,
             local_ngram=not args.ngram_on_proposers,
+            verifier_ngram=args.verifier_ngram,
             draft_ahead=args.draft_ahead,
             pipeline_steps=args.pipeline,
             prompt_lookup=(args.prompt_lookup_min, args.prompt_lookup_max),
@@ -385,6 +394,8 @@ def up_commands(args: argparse.Namespace, links: dict[str, str] | None = None) -
     ]
     if args.ngram_on_proposers:
         gateway.append("--ngram-on-proposers")
+    if not args.verifier_ngram:
+        gateway.append("--no-verifier-ngram")
     if not args.draft_ahead:
         gateway.append("--no-draft-ahead")
     if not args.pipeline:

@@ -1,0 +1,153 @@
+"""The measured choice between the verifier's own n-gram drafts and the proposer's (gateway.drafter_choice).
+
+The loop tests drive GatewayCore.generate against a scripted verifier that drafts "n-grams" itself when
+asked (a scripted lookup that always or never finds the target's continuation) and verifies a
+proposer's drafts otherwise, with test_draft_ahead's scripted proposer (right but for every seventh
+position). Whichever drafter drafts, the output is the target's; the tests check which one the request
+ends up on, and that it moved only when the measurements said so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+from test_draft_ahead import K, ScriptedProposer, drafter_continuation, target_output, verify_greedily
+from verifier_stand_in import VerifierStandIn
+
+from gateway.backends import Ewma
+from gateway.drafter_choice import DrafterChoice
+from gateway.generation import GatewayCore
+from protos import splitspec_v1_pb2 as pb
+from splitspec.adaptive_k import PassCostModel
+from splitspec.sampling_params import SamplingParams
+
+PROMPT = [3, 1, 4, 1, 5]
+MAX_TOKENS = 80
+
+
+def perfect_lookup(context: list[int], n: int) -> list[int]:
+    return target_output(context, n)
+
+
+def no_lookup(context: list[int], n: int) -> list[int]:
+    return []
+
+
+@dataclass
+class DraftingVerifier(VerifierStandIn):
+    """Drafts with `lookup` when a step asks it to (local_ngram), else verifies the step's drafts (a
+    pipelined step's only if the steps before committed what it assumed); records who drafted each step."""
+
+    lookup: object = no_lookup
+    tokens: list[int] = field(default_factory=list)
+    drafted_by: list[str] = field(default_factory=list)
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cost_model: PassCostModel = field(default_factory=lambda: PassCostModel({1: 0.010, 16: 0.011}))
+
+    async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
+        self.tokens = list(token_ids)
+
+    async def step(self, seq_id, committed_len, draft, local_ngram=None, pipelined=False, assumed=None):
+        async with self.turn:
+            await asyncio.sleep(0)
+            built_on = len(self.tokens)
+            if local_ngram is not None:
+                assert not draft.token_ids
+                drafts = self.lookup(self.tokens, local_ngram[0])
+                self.drafted_by.append("verifier")
+            else:
+                drafts = list(draft.token_ids)
+                if self.tokens[committed_len:] != list(assumed or []):
+                    drafts = []
+                assert drafts == drafter_continuation(self.tokens, len(drafts)), "a draft for another context"
+                self.drafted_by.append("proposer" if drafts else "nobody")
+            num_accepted, committed = verify_greedily(self.tokens, drafts)
+            self.tokens += committed
+            return pb.StepResult(
+                committed_len=built_on, num_accepted=num_accepted, token_ids=committed, num_drafted=len(drafts)
+            )
+
+
+@dataclass
+class MeasuredProposer(ScriptedProposer):
+    """The scripted proposer with the link and drafting times the gateway measures (none here)."""
+
+    link: Ewma = field(default_factory=Ewma)
+    draft_token: Ewma = field(default_factory=Ewma)
+
+
+def run(verifier: DraftingVerifier, measure: bool = True, pipeline: bool = True) -> list[int]:
+    core = GatewayCore(
+        [verifier],
+        [MeasuredProposer()],
+        None,
+        set(),
+        max_model_len=1 << 20,
+        num_speculative_tokens=K,
+        local_ngram=(1, 4),
+        measure_drafters=measure,
+        pipeline_steps=pipeline,
+    )
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+    async def collect() -> list[int]:
+        return [t async for delta in core.generate(None, PROMPT, params, K) for t in delta.token_ids]
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_a_request_whose_text_never_repeats_moves_to_the_proposer(pipeline):
+    verifier = DraftingVerifier(lookup=no_lookup)
+    assert run(verifier, pipeline=pipeline) == target_output(PROMPT, MAX_TOKENS)
+    first_remote = verifier.drafted_by.index("proposer")
+    assert verifier.drafted_by[:first_remote] == ["verifier"] * first_remote
+    assert first_remote >= DrafterChoice.min_rounds, "it tried the verifier's n-grams first"
+    assert "verifier" not in verifier.drafted_by[first_remote:], "it stayed on the drafter that drafts"
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_a_request_the_verifier_drafts_well_for_stays_on_the_verifier(pipeline):
+    verifier = DraftingVerifier(lookup=perfect_lookup)
+    assert run(verifier, pipeline=pipeline) == target_output(PROMPT, MAX_TOKENS)
+    assert set(verifier.drafted_by) == {"verifier"}
+
+
+def test_without_measuring_the_verifier_drafts_every_round():
+    verifier = DraftingVerifier(lookup=no_lookup)
+    assert run(verifier, measure=False) == target_output(PROMPT, MAX_TOKENS)
+    assert set(verifier.drafted_by) == {"verifier"}
+
+
+def test_the_choice_moves_only_after_its_minimum_rounds_and_by_its_margin():
+    choice = DrafterChoice()
+    values = {True: 100.0, False: 200.0}
+    assert not choice.wants_other(values.get), "no move before anything is measured"
+    for _ in range(choice.min_rounds):
+        choice.record(asked=4, drafted=0, accepted=0)
+    assert choice.wants_other(values.get)
+    assert not choice.wants_other({True: 100.0, False: 105.0}.get), "within the margin: not worth a drain"
+    choice.switch()
+    assert not choice.uses_local and choice.rounds == 0
+
+
+def test_on_the_proposer_the_ngrams_are_tried_again_now_and_then():
+    choice = DrafterChoice(uses_local=False)
+    values = {True: 1.0, False: 100.0}
+    for _ in range(choice.probe_every - 1):
+        choice.record(asked=4, drafted=4, accepted=4)
+    assert not choice.wants_other(values.get)
+    choice.record(asked=4, drafted=4, accepted=4)
+    assert choice.wants_other(values.get)
+
+
+def test_unmatched_rounds_lower_the_match_rate_and_leave_the_acceptance_alone():
+    choice = DrafterChoice()
+    acceptance, matches = choice.local.rate, choice.matches.rate
+    for _ in range(6):
+        choice.record(asked=4, drafted=0, accepted=0)
+    assert choice.local.rate == pytest.approx(acceptance, abs=0.01) and choice.matches.rate < matches / 2
+    choice.record(asked=0, drafted=0, accepted=0)  # a round that asked for nothing says nothing of matches
+    assert choice.matches.rate < matches / 2
