@@ -322,6 +322,8 @@ class GatewayCore:
                 if result.HasField("hidden_states"):
                     slot.receive(result.hidden_states, self.hidden_states)
                 req.drafters.record(asked, result.num_drafted, result.num_accepted)
+                drafter = "none" if not result.num_drafted else "verifier" if req.local else "proposer"
+                self.metrics.verify_rounds.add(1, {"drafter": drafter})
                 round_tokens = list(result.token_ids)
                 new_tokens = round_tokens[: stop_checker.commit(seq, round_tokens)]
                 if drafts_pipelined:

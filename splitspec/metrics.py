@@ -119,6 +119,10 @@ class RequestMetrics:
             "splitspec_draft_ahead",
             description="Drafts made while the previous round was verified, by whether its outcome let them be used",
         )
+        self.verify_rounds = meter.create_counter(
+            "splitspec_verify_rounds",
+            description="Rounds verified, by who drafted them: the verifier (its own n-grams), a proposer, or none",
+        )
         self.drafter_switches = meter.create_counter(
             "splitspec_drafter_switches",
             description="Requests moved between the verifier's n-gram drafts and their proposer's, by where to",

@@ -13,13 +13,19 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
+from service_stack import free_port, running_stack
 from test_draft_ahead import K, ScriptedProposer, drafter_continuation, target_output, verify_greedily
+from test_metrics import scrape, value
+from test_network_delay import GREEDY, _seeded, _seeded_in_process
+from test_services_e2e import PROMPTS as PROMPTS_E2E
+from test_services_e2e import generate_concurrently, greedy_request
 from verifier_stand_in import VerifierStandIn
 
 from gateway.backends import Ewma
 from gateway.drafter_choice import DrafterChoice
 from gateway.generation import GatewayCore
 from protos import splitspec_v1_pb2 as pb
+from splitspec import LLM
 from splitspec.adaptive_k import PassCostModel
 from splitspec.sampling_params import SamplingParams
 
@@ -151,3 +157,32 @@ def test_unmatched_rounds_lower_the_match_rate_and_leave_the_acceptance_alone():
     assert choice.local.rate == pytest.approx(acceptance, abs=0.01) and choice.matches.rate < matches / 2
     choice.record(asked=0, drafted=0, accepted=0)  # a round that asked for nothing says nothing of matches
     assert choice.matches.rate < matches / 2
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("verifier_ngram", [True, False])
+def test_through_the_services_greedy_requests_start_on_the_verifier_s_ngrams_and_seeded_ones_keep_the_proposer(
+    verifier_ngram, tiny_llama, tiny_drafts, tmp_path
+):
+    """A draft-model stack: greedy requests start on the verifier's n-grams (unless --no-verifier-ngram)
+    and equal plain decoding wherever they are drafted; seeded ones keep their fixed K on the proposer and
+    equal in-process speculative decoding."""
+    port = free_port()
+    gateway_args = ("--metrics-port", str(port)) + (() if verifier_ngram else ("--no-verifier-ngram",))
+    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS_E2E], GREEDY, use_tqdm=False)
+    drafter = tiny_drafts["llama"]
+    with running_stack(
+        tiny_llama, tmp_path, method="draft_model", k=3, draft_model=drafter, gateway_args=gateway_args
+    ) as stack:
+        greedy = generate_concurrently(stack.gateway.address, [greedy_request(p) for p in PROMPTS_E2E])
+        greedy_rounds = value(scrape(port)["splitspec_verify_rounds"], "_total", drafter="verifier")
+        seeded = _seeded(stack.gateway.address)
+        rounds = scrape(port)["splitspec_verify_rounds"]
+    assert greedy == [o.outputs[0].token_ids for o in plain]
+    assert seeded == _seeded_in_process(tiny_llama, {"model": str(drafter)})
+    if verifier_ngram:
+        assert greedy_rounds > 0, "the repetitive prompts found n-grams"
+        assert value(rounds, "_total", drafter="verifier") == greedy_rounds, "no seeded round on the verifier"
+    else:
+        assert value(rounds, "_total", drafter="verifier") == 0
+    assert value(rounds, "_total", drafter="proposer") > 0

@@ -108,10 +108,12 @@ def test_a_verifier_drafting_n_grams_itself_needs_no_proposer(tiny_llama, tmp_pa
     assert responses[-1].speculation.num_draft_tokens > 0
 
 
-def test_a_far_away_proposer_is_not_waited_for(tiny_llama, tiny_drafts, tmp_path):
+@pytest.mark.parametrize("verifier_ngram", [False, True])
+def test_a_far_away_proposer_is_not_waited_for(verifier_ngram, tiny_llama, tiny_drafts, tmp_path):
     """100 ms each way to the proposer, none to the verifier, and a target whose pass takes about a
     millisecond: a round that waits for drafts costs far more than they can win. The gateway measures
-    the trip and verifies without drafts, and the output is the same."""
+    the trip and verifies without drafts, or with the verifier's own n-grams where it has them, and the
+    output is the same."""
     max_tokens = 48
     plain = (
         LLM(str(tiny_llama))
@@ -121,20 +123,26 @@ def test_a_far_away_proposer_is_not_waited_for(tiny_llama, tiny_drafts, tmp_path
         .outputs[0]
         .token_ids
     )
+    port = free_port()
     with running_stack(
         tiny_llama,
         tmp_path,
         method="draft_model",
         k=3,
         draft_model=tiny_drafts["llama"],
-        gateway_args=("--no-draft-ahead",),
+        gateway_args=("--no-draft-ahead", "--metrics-port", str(port))
+        + (() if verifier_ngram else ("--no-verifier-ngram",)),
         proposer_delay_ms=100,
     ) as stack:
         responses = generate(stack.gateway.address, greedy_request(PROMPTS[0], max_tokens=max_tokens))
+        rounds = scrape(port)["splitspec_verify_rounds"]
     assert token_ids(responses) == plain
+    if verifier_ngram:
+        assert value(rounds, "_total", drafter="proposer") == 0, "the request stayed on the verifier's n-grams"
+        return
     stats = responses[-1].speculation
     assert stats.num_rounds >= max_tokens // 2
-    assert (list(stats.drafted_per_position) or [0])[0] <= 2, (
+    assert value(rounds, "_total", drafter="proposer") <= 2, (
         "rounds stopped waiting for the proposer once its trip was measured"
     )
 
