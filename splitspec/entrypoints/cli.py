@@ -138,7 +138,12 @@ def _generate_via_gateway(args: argparse.Namespace) -> int:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="side-by-side benchmark: K=0, speculation, gateway, transformers")
     p.add_argument("--model", default="default")
-    p.add_argument("--draft-model", help="also benchmark draft_model speculation (and HF assistant_model)")
+    p.add_argument(
+        "--draft-model",
+        help="also benchmark draft_model speculation (and HF assistant_model); with the gateway, two stacks at each "
+        "delay: rounds drafted where the gateway measures more tokens per second (the verifier's n-grams or the "
+        "proposer's draft model), and --no-verifier-ngram",
+    )
     p.add_argument(
         "--speculator", default="auto",
         help="MLP speculator to benchmark: a checkpoint, 'auto' (the one train-speculator saved for --model) or 'none'",

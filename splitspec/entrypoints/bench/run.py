@@ -158,6 +158,10 @@ def run_bench(settings: BenchSettings) -> dict:
             variants["ngram@proposer K={k}"] = ("--ngram-on-proposers",)
             variants["ngram@proposer K={k} no-pipeline"] = ("--ngram-on-proposers", "--no-pipeline")
             variants["ngram@proposer K={k} no-ahead"] = ("--ngram-on-proposers", "--no-draft-ahead")
+        if settings.draft_model:  # drafted where measured best (the default), and on the proposer only
+            draft_flags = ("--method", "draft_model", "--draft-model", settings.draft_model)
+            variants["draft_model K={k}"] = draft_flags
+            variants["draft_model K={k} no-verifier-ngram"] = (*draft_flags, "--no-verifier-ngram")
         for variant, flags in variants.items():
             _log(f"starting a stack with splitspec up {' '.join(flags)}")
             stack, address = _start_stack(
