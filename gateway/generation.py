@@ -409,8 +409,10 @@ class GatewayCore:
         return value
 
     def _switch_drafter(self, req: _Request) -> None:
-        """Move the request to the other drafter (its proposer, if it has none yet, is chosen at its first draft)."""
+        """Move the request to the other drafter; to the proposer it had, or the least loaded available one."""
         req.drafters.switch()
+        if not req.local:
+            self._available_proposer(req.seq, req.slot, req.span)
         drafter = "verifier" if req.local else "proposer"
         self.metrics.drafter_switches.add(1, {"to": drafter})
         req.span.add_event("drafter switch", {"splitspec.to": drafter})

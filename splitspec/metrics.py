@@ -133,6 +133,10 @@ class RequestMetrics:
             self.success.add(0, {"finished_reason": reason})
         for outcome in ("hit", "miss"):
             self.draft_ahead.add(0, {"outcome": outcome})
+        for drafter in ("verifier", "proposer", "none"):
+            self.verify_rounds.add(0, {"drafter": drafter})
+        for drafter in ("verifier", "proposer"):
+            self.drafter_switches.add(0, {"to": drafter})
 
     def tokens(self, timer: RequestTimer, count: int) -> None:
         """A message with `count` new tokens went out now."""

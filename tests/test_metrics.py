@@ -36,6 +36,8 @@ EXPECTED = {
         "splitspec_proposer_failovers": "counter",
         "splitspec_verifier_failovers": "counter",
         "splitspec_draft_ahead": "counter",
+        "splitspec_verify_rounds": "counter",
+        "splitspec_drafter_switches": "counter",
     },
     "verifier": {
         "splitspec_num_requests_running": "gauge",
@@ -120,6 +122,10 @@ def test_every_service_serves_its_metrics_and_the_gateway_s_add_up_to_the_reques
     hits = value(gateway["splitspec_draft_ahead"], "_total", outcome="hit")
     misses = value(gateway["splitspec_draft_ahead"], "_total", outcome="miss")
     assert hits + misses > 0 and hits <= drafts, "rounds drafted ahead, and each hit fed a round that drafted"
+    by_drafter = {
+        d: value(gateway["splitspec_verify_rounds"], "_total", drafter=d) for d in ("verifier", "proposer", "none")
+    }
+    assert by_drafter == {"verifier": 0, "proposer": drafts, "none": sum(s.num_rounds for s in spec) - drafts}
 
     verifier = families["verifier"]
     rounds = sum(s.num_rounds for s in spec)
