@@ -3,14 +3,17 @@
 The verifier drafts n-grams with no hop: its rounds are pipelined and never wait for a proposer, but it
 drafts only where the context repeats itself. The proposer (a draft model) drafts everywhere, at the
 price of a trip to it and its drafting time. Neither wins everywhere, so the gateway measures both for
-each request: each drafter's acceptance, and how often the n-gram lookup finds a match at all. Each
-round it prices both with the verifier's pass costs and the measured round trips (adaptive_k), and moves
-to the other drafter when that yields `margin` times the tokens per second: a move drains the steps in
-flight, so it must pay for itself.
+each request, and moves it to the other drafter when that yields `margin` times the tokens per second (a
+move drains the steps in flight, so it must pay for itself):
+
+- a drafter not yet tried is priced from its parts: its acceptance, how often the n-gram lookup finds a
+  match, the verifier's pass costs, the link to the proposer and its drafting time (adaptive_k);
+- once both have run, their realized tokens per second decide: committed tokens over the time between
+  results, which also holds what the parts miss (a proposer that shares the verifier's cores, say).
 
 A request starts on the verifier's n-grams, which cost nothing to try, and stays on a drafter for at
-least `min_rounds` so that the move is decided on measurements. On the proposer it goes back to try the
-n-grams every `probe_every` rounds, since whether the text repeats itself changes along the output.
+least `min_rounds`. Every `probe_every` rounds it tries the other one again, since whether the text
+repeats itself changes along the output; each probe doubles the wait for the next.
 """
 
 from __future__ import annotations
@@ -18,7 +21,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from gateway.backends import Ewma
 from splitspec.adaptive_k import AcceptanceEstimate
+
+MAX_PROBE_EVERY = 1024
+
+
+@dataclass
+class _Realized:
+    """A drafter's committed tokens and seconds per round, averaged over its recent rounds."""
+
+    tokens: Ewma = field(default_factory=lambda: Ewma(0.3))
+    seconds: Ewma = field(default_factory=lambda: Ewma(0.3))
+
+    @property
+    def rate(self) -> float | None:
+        if self.tokens.value is None or not self.seconds.value:
+            return None
+        return self.tokens.value / self.seconds.value
 
 
 @dataclass
@@ -34,6 +54,8 @@ class DrafterChoice:
     probe_every: int = 64
     rounds: int = 0
     """Rounds since the last move."""
+    realized: dict[bool, _Realized] = field(default_factory=lambda: {True: _Realized(), False: _Realized()})
+    """By drafter (True: the verifier's n-grams)."""
 
     @property
     def acceptance(self) -> AcceptanceEstimate:
@@ -50,13 +72,25 @@ class DrafterChoice:
         elif not self.uses_local:
             self.matches.update(0, 0)
 
-    def wants_other(self, value: Callable[[bool], float]) -> bool:
-        """Whether to move to the drafter not in use; value(local): a drafter's expected tokens per second."""
+    def timed(self, tokens: int, seconds: float) -> None:
+        """A round of the drafter in use committed `tokens`, `seconds` after the round before it."""
+        realized = self.realized[self.uses_local]
+        realized.tokens.add(tokens)
+        realized.seconds.add(seconds)
+
+    def wants_other(self, predicted: Callable[[bool], float]) -> bool:
+        """Whether to move to the drafter not in use; predicted(local): a drafter's expected tokens per
+        second from its parts."""
         if self.rounds < self.min_rounds:
             return False
-        if not self.uses_local and self.rounds >= self.probe_every:
+        if self.rounds >= self.probe_every:
             return True
-        return value(not self.uses_local) > value(self.uses_local) * self.margin
+        current, other = self.realized[self.uses_local].rate, self.realized[not self.uses_local].rate
+        if current is not None and other is not None:
+            return other > current * self.margin
+        return predicted(not self.uses_local) > predicted(self.uses_local) * self.margin
 
     def switch(self) -> None:
+        if self.rounds >= self.probe_every:
+            self.probe_every = min(2 * self.probe_every, MAX_PROBE_EVERY)
         self.uses_local, self.rounds = not self.uses_local, 0

@@ -251,6 +251,7 @@ class GatewayCore:
         pre_drafted: Draft | None = None  # this round's draft, drafted ahead during the last round
         pipe = req.pipe
         pipelined, drafts_pipelined = self._pipeline_modes(req)
+        last_result_at: float | None = None
         try:
             while not seq.finished:
                 moving = verifier.info is None and any(v.info is not None for v in self.verifiers if v is not verifier)
@@ -268,7 +269,7 @@ class GatewayCore:
                     pre_drafted = None
                     self._switch_drafter(req)
                     pipelined, drafts_pipelined = self._pipeline_modes(req)
-                    switching = False
+                    switching, last_result_at = False, None  # a move's first round is not the drafter's pace
                 made_ahead, asked = False, 0
                 if pipelined:
                     if not moving and not switching:
@@ -314,6 +315,7 @@ class GatewayCore:
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers
                     verifier = await self._move(seq, leaving, slot, deadline, trace_context, span)
                     verifier_moves += 1
+                    last_result_at = None
                     continue  # the round again, on the new verifier
                 ahead = None
                 if ahead_task is not None:
@@ -322,6 +324,10 @@ class GatewayCore:
                 if result.HasField("hidden_states"):
                     slot.receive(result.hidden_states, self.hidden_states)
                 req.drafters.record(asked, result.num_drafted, result.num_accepted)
+                now = time.perf_counter()
+                if last_result_at is not None:
+                    req.drafters.timed(len(result.token_ids), now - last_result_at)
+                last_result_at = now
                 drafter = "none" if not result.num_drafted else "verifier" if req.local else "proposer"
                 self.metrics.verify_rounds.add(1, {"drafter": drafter})
                 round_tokens = list(result.token_ids)

@@ -139,14 +139,37 @@ def test_the_choice_moves_only_after_its_minimum_rounds_and_by_its_margin():
     assert not choice.uses_local and choice.rounds == 0
 
 
-def test_on_the_proposer_the_ngrams_are_tried_again_now_and_then():
+def test_the_other_drafter_is_tried_again_now_and_then_and_less_often_each_time():
     choice = DrafterChoice(uses_local=False)
     values = {True: 1.0, False: 100.0}
-    for _ in range(choice.probe_every - 1):
+    for probe_every in (64, 128):
+        assert choice.probe_every == probe_every
+        for _ in range(probe_every - 1):
+            choice.record(asked=4, drafted=4, accepted=4)
+        assert not choice.wants_other(values.get)
         choice.record(asked=4, drafted=4, accepted=4)
-    assert not choice.wants_other(values.get)
-    choice.record(asked=4, drafted=4, accepted=4)
-    assert choice.wants_other(values.get)
+        assert choice.wants_other(values.get)
+        choice.switch()
+        choice.switch()  # and back, as a probe that measured worse does
+
+
+def test_once_both_drafters_have_run_their_realized_pace_decides_not_the_prediction():
+    choice = DrafterChoice()
+    prefers_remote = {True: 100.0, False: 200.0}.get
+    for _ in range(choice.min_rounds):
+        choice.record(asked=4, drafted=2, accepted=2)
+        choice.timed(tokens=3, seconds=0.05)  # 60 tokens/s on the n-grams
+    assert choice.wants_other(prefers_remote)
+    choice.switch()
+    for _ in range(choice.min_rounds):
+        choice.record(asked=4, drafted=4, accepted=4)
+        choice.timed(tokens=5, seconds=0.5)  # 10 tokens/s on the proposer: slower than its parts said
+    assert choice.wants_other(prefers_remote), "back to the n-grams, which measured faster"
+    choice.switch()
+    for _ in range(choice.min_rounds):
+        choice.record(asked=4, drafted=2, accepted=2)
+        choice.timed(tokens=3, seconds=0.05)
+    assert not choice.wants_other(prefers_remote), "not again until the next probe"
 
 
 def test_unmatched_rounds_lower_the_match_rate_and_leave_the_acceptance_alone():
