@@ -408,6 +408,9 @@ class GatewayCore:
         rows, tokens = verifier.others_in_pass(seq.seq_id)
         rate = (drafters.local if local else drafters.remote).rate
         round_trip = self._round_trip(req, verifier, local, proposer, rate)
+        if proposer is not None and proposer.draft_token.value is None:
+            # not measured yet: price a draft token as a target pass, the most a draft model should cost
+            round_trip = replace(round_trip, draft_token_s=verifier.cost_model.cost(1))
         value = best_tokens_per_second(rate, limit, rows + 1, verifier.cost_model, tokens, round_trip)
         if local:  # a round without a match drafts nothing
             unmatched = best_tokens_per_second(0.0, 0, rows + 1, verifier.cost_model, tokens, round_trip)

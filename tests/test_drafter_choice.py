@@ -76,18 +76,28 @@ class DraftingVerifier(VerifierStandIn):
             )
 
 
+def measured(seconds: float | None) -> Ewma:
+    ewma = Ewma()
+    if seconds is not None:
+        ewma.add(seconds)
+    return ewma
+
+
 @dataclass
 class MeasuredProposer(ScriptedProposer):
-    """The scripted proposer with the link and drafting times the gateway measures (none here)."""
+    """The scripted proposer with the link and drafting times the gateway measures: by default none for
+    the link, and a draft token at a twentieth of a pass (a small draft model)."""
 
-    link: Ewma = field(default_factory=Ewma)
-    draft_token: Ewma = field(default_factory=Ewma)
+    link: Ewma = field(default_factory=lambda: measured(None))
+    draft_token: Ewma = field(default_factory=lambda: measured(0.0005))
 
 
-def run(verifier: DraftingVerifier, measure: bool = True, pipeline: bool = True) -> list[int]:
+def run(
+    verifier: DraftingVerifier, measure: bool = True, pipeline: bool = True, proposer: MeasuredProposer | None = None
+) -> list[int]:
     core = GatewayCore(
         [verifier],
-        [MeasuredProposer()],
+        [proposer or MeasuredProposer()],
         None,
         set(),
         max_model_len=1 << 20,
@@ -112,6 +122,13 @@ def test_a_request_whose_text_never_repeats_moves_to_the_proposer(pipeline):
     assert verifier.drafted_by[:first_remote] == ["verifier"] * first_remote
     assert first_remote >= DrafterChoice.min_rounds, "it tried the verifier's n-grams first"
     assert "verifier" not in verifier.drafted_by[first_remote:], "it stayed on the drafter that drafts"
+
+
+def test_a_proposer_whose_drafting_time_is_unknown_is_priced_as_the_target_and_found_by_a_probe():
+    verifier = DraftingVerifier(lookup=no_lookup)
+    assert run(verifier, proposer=MeasuredProposer(draft_token=measured(None))) == target_output(PROMPT, MAX_TOKENS)
+    first_remote = verifier.drafted_by.index("proposer")
+    assert DrafterChoice.probe_every <= first_remote <= DrafterChoice.probe_every + 2, "moved by the probe"
 
 
 @pytest.mark.parametrize("pipeline", [True, False])
