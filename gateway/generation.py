@@ -6,7 +6,9 @@ verifier's answer. Steps are pipelined (VerifyStep.pipelined): rounds that need 
 several steps in flight, and a draft made ahead goes to the verifier at once, assuming the outcome of
 the steps before it (gateway.ahead_pipeline); the verifier runs a sequence's steps back to back, so a
 round does not wait for the link to the gateway. Requests that keep a fixed K, and drafters that read
-hidden states, go one step at a time.
+hidden states, go one step at a time. With a draft-model proposer, each greedy request's rounds are
+drafted by the verifier's own n-grams or by the proposer, whichever is measured faster
+(gateway.drafter_choice); a move waits until the steps in flight have returned.
 Losing a proposer loses no output: the gateway moves the sequence to another proposer (sending it the
 whole context) or, with none left, verifies with no drafts (K=0) — the same tokens, more slowly.
 Losing a verifier loses none either: the gateway holds every committed token, so it starts the
