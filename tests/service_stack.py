@@ -37,6 +37,12 @@ def child_pids(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def descendant_pids(pid: int) -> list[int]:
+    """Its children, theirs, and so on: read while it lives, since an orphan's parent becomes init."""
+    children = child_pids(pid)
+    return children + [d for child in children for d in descendant_pids(child)]
+
+
 def process_gone(pid: int) -> bool:
     """Exited (or a zombie waiting to be reaped)."""
     try:

@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from service_stack import child_pids, free_port, health_status
+from service_stack import child_pids, descendant_pids, free_port, health_status, process_gone, wait_for
 
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
@@ -43,11 +43,18 @@ def running_up(model: Path, log_path: Path, *flags: str):
             time.sleep(0.2)
         yield proc, gateway, ports
     finally:
+        family = descendant_pids(proc.pid)
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for child in child_pids(proc.pid):
-            os.kill(child, signal.SIGKILL)
+            proc.send_signal(signal.SIGINT)  # up stops its services itself
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid in family:
+            if not process_gone(pid):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         log.close()
 
 
@@ -80,9 +87,13 @@ def test_up_puts_a_delaying_proxy_on_each_of_the_gateway_s_links(tiny_llama, tmp
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     expected = LLM(str(tiny_llama)).generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
     log_path = tmp_path / "up.log"
-    with running_up(tiny_llama, log_path, "--network-delay-ms", "2") as (_, gateway, ports):
+    with running_up(tiny_llama, log_path, "--network-delay-ms", "2") as (proc, gateway, ports):
+        services = descendant_pids(proc.pid)
         assert _generate(gateway, prompt, 24) == expected[0].outputs[0].token_ids
         log = log_path.read_text()
         for name, port in (("verifier", ports[1]), ("proposer", ports[2])):
             line = next(line for line in log.splitlines() if f"gateway -> {name} through" in line)
             assert "2.0 ms each way" in line and not line.endswith(f":{port}, 2.0 ms each way"), line
+    assert len(services) == 3 and wait_for(lambda: all(process_gone(pid) for pid in services), timeout=10), (
+        "a service outlived the test"
+    )
