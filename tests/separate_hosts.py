@@ -12,7 +12,10 @@ import ipaddress
 import os
 import random
 import shutil
+import signal
 import subprocess
+import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,11 +104,25 @@ class SeparateHosts:
         return host
 
     def close(self) -> None:
+        """Kill whatever still runs on the hosts, then remove them, retrying a deletion that fails while
+        the killed processes exit (a CI rehearsal once left two hosts' names behind)."""
+        for host in self.hosts:
+            for pid in _ip("netns", "pids", host.netns, check=False).stdout.split():
+                with suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
         for index, host in enumerate(self.hosts, start=1):
-            _ip("netns", "del", host.netns, check=False)
+            deadline = time.monotonic() + 10
+            while _ip("netns", "del", host.netns, check=False).returncode != 0 and _exists(host.netns):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"network namespace {host.netns} cannot be deleted")
+                time.sleep(0.1)  # the killed processes are still exiting
             _ip("link", "del", f"ss{self.tag}v{index}", check=False)
             shutil.rmtree(NETNS_ETC / host.netns, ignore_errors=True)
         _ip("link", "del", self.bridge, check=False)
+
+
+def _exists(netns: str) -> bool:
+    return netns in _ip("netns", "list", check=False).stdout.split()
 
 
 def _unused_subnet() -> ipaddress.IPv4Network:
