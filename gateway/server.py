@@ -28,6 +28,7 @@ from splitspec.config import (
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
+from splitspec.rpc.api_keys import ApiKeyInterceptor
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
 from splitspec.tracing import Tracing, start_tracing, traces_endpoint
 
@@ -222,6 +223,8 @@ class GatewaySettings:
     """Proposers draft the next round while the verifier checks this one (gateway.draft_ahead)."""
     pipeline_steps: bool = True
     """Rounds that need no proposer keep several steps in flight (VerifyStep.pipelined)."""
+    api_keys: tuple[str, ...] = ()
+    """With any, every call but health checks must carry one (splitspec.rpc.api_keys)."""
 
 
 def run_gateway(settings: GatewaySettings) -> None:
@@ -298,7 +301,8 @@ def run_gateway(settings: GatewaySettings) -> None:
             register,
             "gateway",
             stop,
-            interceptors=tracing.server_interceptors(),
+            interceptors=([ApiKeyInterceptor(list(settings.api_keys))] if settings.api_keys else [])
+            + tracing.server_interceptors(),
         )
 
     asyncio.run(main())

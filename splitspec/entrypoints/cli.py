@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -36,6 +37,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the model's chat template")
     p.add_argument("--gateway", metavar="HOST:PORT", help="stream from a running gateway instead of running in-process")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("SPLITSPEC_API_KEY", "").split(",")[0] or None,
+        help="with --gateway: the key a gateway started with --api-key asks for (env SPLITSPEC_API_KEY)",
+    )
     add_device_flag(p, "the model (in-process)")
     add_tensor_parallel_flag(p)
     add_enforce_eager_flag(p)
@@ -117,7 +123,7 @@ def _generate_via_gateway(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     count = 0
     try:
-        for response in stream_generate(args.gateway, request):
+        for response in stream_generate(args.gateway, request, api_key=args.api_key):
             count += len(response.token_ids)
             print(response.text, end="", flush=True)
             last = response

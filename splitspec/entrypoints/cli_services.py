@@ -169,6 +169,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-lookup-max", type=int, default=env_default("PROMPT_LOOKUP_MAX", 4))
     p.add_argument("--prompt-lookup-min", type=int, default=env_default("PROMPT_LOOKUP_MIN", 1))
     _round_trip_flags(p)
+    _api_key_flags(p)
     p.set_defaults(func=_serve_gateway)
 
     p = sub.add_parser("up", help="start verifier, proposer and gateway locally as separate processes")
@@ -196,7 +197,28 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         "how the stack fares when its pods are apart",
     )
     _round_trip_flags(p)
+    _api_key_flags(p)
     p.set_defaults(func=_up)
+
+
+def _api_key_flags(p: argparse.ArgumentParser) -> None:
+    """Keys the gateway asks of every call but health checks (serve-gateway, and up, which passes them on)."""
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help="require 'authorization: Bearer KEY' on every call but health checks (UNAUTHENTICATED otherwise); "
+        "repeatable; env SPLITSPEC_API_KEY, comma-separated for several",
+    )
+    p.add_argument("--api-key-file", default=None, help="more keys, one per line ('#' starts a comment line)")
+
+
+def _api_keys(args: argparse.Namespace) -> list[str]:
+    """The keys from --api-key (or SPLITSPEC_API_KEY when none is given) and --api-key-file."""
+    from splitspec.rpc.api_keys import read_api_keys
+
+    given = args.api_key if args.api_key is not None else [os.environ.get("SPLITSPEC_API_KEY", "")]
+    return read_api_keys(given, args.api_key_file)
 
 
 def _round_trip_flags(p: argparse.ArgumentParser) -> None:
@@ -311,6 +333,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
 
     if args.max_tokens_limit is not None and args.max_tokens_limit < 1:
         raise SplitspecError(f"--max-tokens-limit must be at least 1, got {args.max_tokens_limit}")
+    api_keys = _api_keys(args)
     _yield_idle_cores()
     from gateway.server import GatewaySettings, run_gateway
 
@@ -330,6 +353,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
             adaptive=not args.fixed_k,
             local_ngram=not args.ngram_on_proposers,
             verifier_ngram=args.verifier_ngram,
+            api_keys=tuple(api_keys),
             draft_ahead=args.draft_ahead,
             pipeline_steps=args.pipeline,
             prompt_lookup=(args.prompt_lookup_min, args.prompt_lookup_max),
@@ -396,6 +420,8 @@ def up_commands(args: argparse.Namespace, links: dict[str, str] | None = None) -
         gateway.append("--ngram-on-proposers")
     if not args.verifier_ngram:
         gateway.append("--no-verifier-ngram")
+    if args.api_key_file:
+        gateway += ["--api-key-file", args.api_key_file]
     if not args.draft_ahead:
         gateway.append("--no-draft-ahead")
     if not args.pipeline:
@@ -433,6 +459,9 @@ def _up(args: argparse.Namespace) -> int:
         from splitspec.default_model import ensure_default_model
 
         ensure_default_model()  # convert once here rather than in two processes at the same time
+    _api_keys(args)  # a bad key file is reported here, before anything starts
+    if args.api_key is not None:  # to the gateway by its environment, not on its command line, where ps shows it
+        os.environ["SPLITSPEC_API_KEY"] = ",".join(args.api_key)
     proxies = _delay_proxies(args) if args.network_delay_ms > 0 else {}
     links = {name: proxy.address for name, proxy in proxies.items()}
     procs = {name: subprocess.Popen(cmd) for name, cmd in up_commands(args, links).items()}

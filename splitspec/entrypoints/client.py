@@ -9,6 +9,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec.rpc.api_keys import bearer_metadata
 
 
 def build_request(
@@ -54,7 +55,8 @@ def build_request(
 
 
 def stream_generate(
-    address: str, request: pb.GenerateRequest, timeout: float | None = None
+    address: str, request: pb.GenerateRequest, timeout: float | None = None, api_key: str | None = None
 ) -> Iterator[pb.GenerateResponse]:
+    """api_key: sent as 'authorization: Bearer <key>', for a gateway started with --api-key."""
     with grpc.insecure_channel(address) as channel:
-        yield from pb_grpc.GatewayStub(channel).Generate(request, timeout=timeout)
+        yield from pb_grpc.GatewayStub(channel).Generate(request, timeout=timeout, metadata=bearer_metadata(api_key))
