@@ -326,10 +326,11 @@ class GatewayCore:
                 if result.HasField("hidden_states"):
                     slot.receive(result.hidden_states, self.hidden_states)
                 req.drafters.record(asked, result.num_drafted, result.num_accepted)
-                now = time.perf_counter()
-                if last_result_at is not None:
-                    req.drafters.timed(len(result.token_ids), now - last_result_at)
-                last_result_at = now
+                if req.measured:
+                    now = time.perf_counter()
+                    if last_result_at is not None:
+                        req.drafters.timed(len(result.token_ids), now - last_result_at)
+                    last_result_at = now
                 drafter = "none" if not result.num_drafted else "verifier" if req.local else "proposer"
                 self.metrics.verify_rounds.add(1, {"drafter": drafter})
                 round_tokens = list(result.token_ids)

@@ -233,8 +233,11 @@ def run_gateway(settings: GatewaySettings) -> None:
 
     hidden_states = HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE)
     measure_drafters = (
-        settings.method != "ngram" and settings.verifier_ngram and hidden_states == HiddenStates.NONE
-    ) and bool(settings.proposers)
+        settings.method != "ngram"
+        and settings.verifier_ngram
+        and hidden_states == HiddenStates.NONE
+        and bool(settings.proposers)
+    )
     ngram_only = settings.method == "ngram" and settings.local_ngram
     local_ngram = settings.prompt_lookup if ngram_only or measure_drafters else None
     if local_ngram is not None:

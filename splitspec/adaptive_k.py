@@ -42,8 +42,8 @@ class PassCostModel:
         if not context:
             return None
         points = {}
-        runner.forward([ForwardInput(seq_id, context, 1)])
         try:
+            runner.forward([ForwardInput(seq_id, context, 1)])
             for n in [r for r in _CALIBRATION_ROWS if r <= max_rows]:
                 if len(context) + n > runner.max_model_len:
                     break

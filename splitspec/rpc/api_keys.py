@@ -1,12 +1,13 @@
 """API keys on a gRPC server: every call but health checks carries `authorization: Bearer <key>`.
 
-A call without a known key is refused with UNAUTHENTICATED before its handler runs. Keys are compared
-with hmac.compare_digest against every configured key, so the time taken does not tell how much of a
-guess was right. Health checks stay open, so that load balancers and Kubernetes probes need no key.
+A call without a known key is refused with UNAUTHENTICATED before its handler runs. The SHA-256 of the
+presented key is compared with hmac.compare_digest against that of every configured key: equal lengths,
+every key tried, so the time taken tells neither how much of a guess was right nor how long a key is. Health checks stay open, so that load balancers and Kubernetes probes need no key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -44,17 +45,17 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, keys: list[str]) -> None:
         if not keys:
             raise ValueError("ApiKeyInterceptor needs at least one key")
-        self._keys = [k.encode() for k in keys]
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
 
     def authorized(self, metadata) -> bool:
         header = next((value for key, value in metadata or () if key == "authorization"), "")
         scheme, _, presented = (header.decode() if isinstance(header, bytes) else header).partition(" ")
         if scheme.lower() != "bearer":
             return False
-        presented_bytes = presented.strip().encode()
+        digest = hashlib.sha256(presented.strip().encode()).digest()
         matched = False
-        for key in self._keys:  # every key compared, whichever matches
-            matched |= hmac.compare_digest(presented_bytes, key)
+        for key_digest in self._digests:  # every key compared, whichever matches
+            matched |= hmac.compare_digest(digest, key_digest)
         return matched
 
     async def intercept_service(
