@@ -44,7 +44,9 @@ def no_lookup(context: list[int], n: int) -> list[int]:
 @dataclass
 class DraftingVerifier(VerifierStandIn):
     """Drafts with `lookup` when a step asks it to (local_ngram), else verifies the step's drafts (a
-    pipelined step's only if the steps before committed what it assumed); records who drafted each step."""
+    pipelined step's only if the steps before committed what it assumed); records who drafted each step.
+    Each pass takes the time its cost model says, so that the paces the gateway times are the modelled
+    ones and not the scheduling noise of a machine."""
 
     lookup: object = no_lookup
     tokens: list[int] = field(default_factory=list)
@@ -70,6 +72,7 @@ class DraftingVerifier(VerifierStandIn):
                 assert drafts == drafter_continuation(self.tokens, len(drafts)), "a draft for another context"
                 self.drafted_by.append("proposer" if drafts else "nobody")
             num_accepted, committed = verify_greedily(self.tokens, drafts)
+            await asyncio.sleep(self.cost_model.cost(len(drafts) + 1))
             self.tokens += committed
             return pb.StepResult(
                 committed_len=built_on, num_accepted=num_accepted, token_ids=committed, num_drafted=len(drafts)
@@ -86,10 +89,14 @@ def measured(seconds: float | None) -> Ewma:
 @dataclass
 class MeasuredProposer(ScriptedProposer):
     """The scripted proposer with the link and drafting times the gateway measures: by default none for
-    the link, and a draft token at a twentieth of a pass (a small draft model)."""
+    the link, and a draft token at a twentieth of a pass (a small draft model), which drafting takes."""
 
     link: Ewma = field(default_factory=lambda: measured(None))
     draft_token: Ewma = field(default_factory=lambda: measured(0.0005))
+
+    async def draft(self, seq_id, tokens, sent, num_tokens, *args, **kwargs) -> pb.DraftResult:
+        await asyncio.sleep(num_tokens * (self.draft_token.value or 0.0))
+        return await super().draft(seq_id, tokens, sent, num_tokens, *args, **kwargs)
 
 
 def run(
