@@ -7,6 +7,7 @@ ones it holds move away at their next round, and it is closed once it holds none
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,6 +19,7 @@ from splitspec.adaptive_k import PassCostModel
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.rpc import wire
+from splitspec.rpc.tls import ClientTls
 from splitspec.sampling_params import SamplingParams
 
 VERIFIER_SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
@@ -41,11 +43,28 @@ def _raise_if_error(response) -> None:
         raise ServiceError(status, response.error.message)
 
 
+@dataclass(frozen=True)
+class Channels:
+    """How the gateway opens its channels to verifiers and proposers."""
+
+    options: list[tuple[str, int]]
+    """Message limits, and keepalive: how soon a silent peer counts as gone."""
+    tls: ClientTls | None = None
+    """None: plaintext. The files are read for each new channel, so pods that join after a client
+    certificate was rotated get the new one."""
+
+    def open(self, address: str, server_name: str | None = None) -> grpc.aio.Channel:
+        """server_name: what the peer's certificate must name, when not the host in `address`."""
+        if self.tls is None:
+            return grpc.aio.insecure_channel(address, options=self.options)
+        options = self.options + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
+        return grpc.aio.secure_channel(address, self.tls.credentials(), options=options)
+
+
 class VerifierBackend:
-    def __init__(self, address: str, options: list[tuple[str, int]]) -> None:
-        """options: the channel's (message limits, keepalive: how soon a silent peer counts as gone)."""
+    def __init__(self, address: str, channels: Channels, server_name: str | None = None) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=options)
+        self.channel = channels.open(address, server_name)
         self.stub = pb_grpc.VerifierStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.stream = MultiplexedStream(self.stub.Verify, f"verifier {address}")
@@ -179,9 +198,9 @@ class ProposerBackend:
 
     RETRY_AFTER_S = 2.0
 
-    def __init__(self, address: str, options: list[tuple[str, int]]) -> None:
+    def __init__(self, address: str, channels: Channels, server_name: str | None = None) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=options)
+        self.channel = channels.open(address, server_name)
         self.stub = pb_grpc.ProposerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.stream = MultiplexedStream(self.stub.Propose, f"proposer {address}")

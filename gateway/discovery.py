@@ -74,7 +74,11 @@ class BackendPool(Generic[B]):
     """Keeps `backends` (the very list the gateway routes over) equal to what the targets resolve to:
     new addresses join, vanished ones are retired and closed once they hold no sequence."""
 
-    def __init__(self, targets: tuple[Target, ...], make: Callable[[str], B], backends: list[B], kind: str) -> None:
+    def __init__(
+        self, targets: tuple[Target, ...], make: Callable[[str, str | None], B], backends: list[B], kind: str
+    ) -> None:
+        """make(address, server_name): a backend for the address, whose TLS certificate must name
+        server_name (the dns:/// name it was found by), or its own host when None."""
         self.targets = targets
         self.make = make
         self.backends = backends
@@ -98,7 +102,7 @@ class BackendPool(Generic[B]):
     def apply(self, addresses: set[str]) -> None:
         known = {b.address: b for b in self.backends}
         for address in sorted(addresses - known.keys()):
-            self.backends.append(self.make(address))
+            self.backends.append(self.make(address, self.server_name(address)))
             if self.dynamic:
                 print(f"splitspec gateway: {self.kind} {address} joined", file=sys.stderr, flush=True)
         for address, backend in known.items():
@@ -107,6 +111,11 @@ class BackendPool(Generic[B]):
             elif not backend.retired:
                 backend.retire()
                 print(f"splitspec gateway: {self.kind} {address} left; draining it", file=sys.stderr, flush=True)
+
+    def server_name(self, address: str) -> str | None:
+        """The dns:/// name whose addresses include this one: what the pod's certificate names, since
+        pods' certificates name their Service and not their passing addresses. None for fixed addresses."""
+        return next((t.host for t, found in self._last.items() if t.resolve and address in found), None)
 
     async def close_drained(self) -> None:
         """Close and drop the retired backends that hold no sequence any more."""

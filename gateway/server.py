@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from gateway.backends import ProposerBackend, VerifierBackend
+from gateway.backends import Channels, ProposerBackend, VerifierBackend
 from gateway.discovery import BackendPool, Target, keep_resolving
 from gateway.generation import Delta, GatewayCore
 from gateway.validation import DEFAULT_LIMITS, RequestLimits, validate
@@ -30,6 +30,7 @@ from splitspec.errors import ServiceError
 from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
 from splitspec.rpc.api_keys import ApiKeyInterceptor
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
+from splitspec.rpc.tls import ClientTls
 from splitspec.tracing import Tracing, start_tracing, traces_endpoint
 
 
@@ -225,6 +226,8 @@ class GatewaySettings:
     """Rounds that need no proposer keep several steps in flight (VerifyStep.pipelined)."""
     api_keys: tuple[str, ...] = ()
     """With any, every call but health checks must carry one (splitspec.rpc.api_keys)."""
+    client_tls: ClientTls | None = None
+    """How it calls its verifiers and proposers over TLS; None: plaintext."""
 
 
 def run_gateway(settings: GatewaySettings) -> None:
@@ -248,11 +251,12 @@ def run_gateway(settings: GatewaySettings) -> None:
         options = channel_options(
             settings.server.max_message_bytes, settings.server.keepalive_time_ms, settings.server.keepalive_timeout_ms
         )
+        channels = Channels(options, settings.client_tls)
         verifiers: list[VerifierBackend] = []
         proposers: list[ProposerBackend] = []
         pools = [
-            BackendPool(settings.verifiers, lambda a: VerifierBackend(a, options), verifiers, "verifier"),
-            BackendPool(settings.proposers, lambda a: ProposerBackend(a, options), proposers, "proposer"),
+            BackendPool(settings.verifiers, lambda a, name: VerifierBackend(a, channels, name), verifiers, "verifier"),
+            BackendPool(settings.proposers, lambda a, name: ProposerBackend(a, channels, name), proposers, "proposer"),
         ]
         for pool in pools:
             await pool.refresh()

@@ -19,6 +19,7 @@ from separate_hosts import Host
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.netdelay import DelayProxy
+from splitspec.rpc.throwaway_certs import StackCertificates
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:
@@ -64,6 +65,8 @@ class ServiceProcess:
     address: str
     proc: subprocess.Popen
     log: Path
+    health_address: str | None = None
+    """Where it answers health checks in plaintext, when not at `address` (--health-port)."""
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -88,17 +91,23 @@ def start_service(
     grace_seconds: float = 5,
     on: Host | None = None,
     port: int | None = None,
+    health_port: bool = False,
 ) -> ServiceProcess:
-    """The service on a free loopback port, or on its own host (`on`, from separate_hosts) and `port`."""
+    """The service on a free loopback port, or on its own host (`on`, from separate_hosts) and `port`;
+    health_port: with a plaintext health port too (the one to wait on when the main port needs TLS)."""
     port = port or free_port()
     host_ip = "127.0.0.1" if on is None else on.ip
     log = log_dir / f"{name}-{port}.log"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     argv = [sys.executable, "-m", "splitspec", *args, "--host", host_ip, "--port", str(port)]
     argv += ["--grace-seconds", str(grace_seconds)]
+    health_address = None
+    if health_port:
+        health_address = f"{host_ip}:{free_port()}"
+        argv += ["--health-port", health_address.rsplit(":", 1)[1]]
     with open(log, "w") as out:
         proc = subprocess.Popen(argv if on is None else on.command(argv), stdout=out, stderr=subprocess.STDOUT, env=env)
-    service = ServiceProcess(name, f"{host_ip}:{port}", proc, log)
+    service = ServiceProcess(name, f"{host_ip}:{port}", proc, log, health_address)
     if wait:
         try:
             wait_serving(service, timeout)
@@ -108,8 +117,10 @@ def start_service(
     return service
 
 
-def health_status(address: str, service: str = "") -> int | None:
-    with grpc.insecure_channel(address) as channel:
+def health_status(address: str, service: str = "", credentials: grpc.ChannelCredentials | None = None) -> int | None:
+    """credentials: for a server that serves TLS; None: plaintext."""
+    channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    with channel:
         try:
             return (
                 health_pb2_grpc.HealthStub(channel)
@@ -125,7 +136,7 @@ def wait_serving(service: ServiceProcess, timeout: float) -> None:
     while time.monotonic() < deadline:
         if service.proc.poll() is not None:
             raise RuntimeError(f"{service.name} exited with {service.proc.returncode}:\n{service.logs()}")
-        if health_status(service.address) == health_pb2.HealthCheckResponse.SERVING:
+        if health_status(service.health_address or service.address) == health_pb2.HealthCheckResponse.SERVING:
             return
         time.sleep(0.2)
     raise TimeoutError(f"{service.name} not SERVING after {timeout} s:\n{service.logs()}")
@@ -158,12 +169,25 @@ def running_stack(
     network_delay_ms: float = 0.0,
     proposer_delay_ms: float | None = None,
     ngram_on_proposers: bool = True,
+    tls: StackCertificates | None = None,
 ):
     """Verifier, proposer(s) and gateway as separate processes; all stopped on exit, even on failure.
     network_delay_ms: the gateway reaches the others through delaying proxies (splitspec.netdelay);
     proposer_delay_ms, if given, is the delay on its links to the proposers instead.
     ngram_on_proposers: n-gram drafts come from the proposers (the path these tests exercise), not from
-    the verifier itself (the gateway's default, tested where it says so)."""
+    the verifier itself (the gateway's default, tested where it says so).
+    tls: TLS on every port, mutual between the services, as `splitspec up --tls-dir` sets it up; each
+    service also answers health checks in plaintext on a port of its own, which the stack waits on."""
+    tls_args: tuple[str, ...] = ()
+    if tls is not None:
+        tls_args = ("--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key))
+        tls_args += ("--tls-ca-file", str(tls.ca))
+        gateway_args = (
+            *gateway_args,
+            *("--tls-client-cert-file", str(tls.client_cert), "--tls-client-key-file", str(tls.client_key)),
+        )
+    verifier_args, proposer_args, gateway_args = (tls_args + a for a in (verifier_args, proposer_args, gateway_args))
+    health_port = tls is not None
     with ExitStack() as cleanup:
 
         def link(address: str, delay_ms: float = network_delay_ms) -> str:
@@ -172,7 +196,9 @@ def running_stack(
             host, port = address.rsplit(":", 1)
             return cleanup.enter_context(DelayProxy((host, int(port)), delay_ms / 1000)).address
 
-        verifier = start_service("verifier", ["serve-verifier", "--model", str(model), *verifier_args], log_dir)
+        verifier = start_service(
+            "verifier", ["serve-verifier", "--model", str(model), *verifier_args], log_dir, health_port=health_port
+        )
         cleanup.callback(verifier.stop)
         proposers = []
         for i in range(num_proposers):
@@ -181,7 +207,7 @@ def running_stack(
                 args += ["--draft-model", str(draft_model)]
             if method == "eagle":
                 args += ["--target-model", str(model)]
-            proposer = start_service(f"proposer{i}", args, log_dir)
+            proposer = start_service(f"proposer{i}", args, log_dir, health_port=health_port)
             cleanup.callback(proposer.stop)
             proposers.append(proposer)
         gateway = start_service(
@@ -202,6 +228,7 @@ def running_stack(
                 *gateway_args,
             ],
             log_dir,
+            health_port=health_port,
         )
         cleanup.callback(gateway.stop)
         yield Stack(verifier, proposers, gateway, [verifier, *proposers, gateway])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from gateway.backends import VerifierBackend
+from gateway.backends import Channels, VerifierBackend
 from gateway.discovery import BackendPool, Target, parse_targets, resolve_target
 from gateway.generation import GatewayCore
 from protos import splitspec_v1_pb2 as pb
@@ -43,6 +43,7 @@ def test_a_name_resolves_through_the_system_resolver():
 @dataclass
 class FakeBackend:
     address: str
+    server_name: str | None = None
     num_sequences: int = 0
     retired: bool = False
     closed: bool = False
@@ -87,8 +88,18 @@ def test_a_name_that_stops_resolving_keeps_its_last_addresses():
     assert not any(b.retired for b in backends)
 
 
+def test_a_pod_found_by_name_must_show_a_certificate_for_that_name_and_a_fixed_address_for_its_own_host():
+    backends: list[FakeBackend] = []
+    pool = BackendPool(
+        (Target("localhost", 5, resolve=True), Target("10.9.8.7", 6, resolve=False)), FakeBackend, backends, "verifier"
+    )
+    asyncio.run(pool.refresh())
+    names = {b.address: b.server_name for b in backends}
+    assert names["127.0.0.1:5"] == "localhost" and names["10.9.8.7:6"] is None
+
+
 def _verifier_reporting(address: str, num_sequences: int, max_num_seqs: int = 8) -> VerifierBackend:
-    backend = VerifierBackend(address, channel_options())
+    backend = VerifierBackend(address, Channels(channel_options()))
     backend.info = pb.VerifierInfo(num_sequences=num_sequences, max_num_seqs=max_num_seqs)
     return backend
 

@@ -17,15 +17,17 @@ from service_stack import child_pids, descendant_pids, free_port, health_status,
 
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
-from splitspec.entrypoints.client import build_request
+from splitspec.entrypoints.client import build_request, stream_generate
+from splitspec.rpc.throwaway_certs import make_stack_certificates
+from splitspec.rpc.tls import ClientTls
 
 pytestmark = pytest.mark.e2e
 
 
 @contextmanager
-def running_up(model: Path, log_path: Path, *flags: str):
+def running_up(model: Path, log_path: Path, *flags: str, credentials: grpc.ChannelCredentials | None = None):
     """`splitspec up` on free ports, serving: (its process, the gateway's address, the three ports).
-    Everything it started is killed on exit, whatever happened."""
+    Everything it started is killed on exit, whatever happened. credentials: to reach a TLS gateway."""
     ports = [free_port(), free_port(), free_port()]
     log = open(log_path, "w")
     proc = subprocess.Popen(
@@ -38,7 +40,7 @@ def running_up(model: Path, log_path: Path, *flags: str):
     gateway = f"127.0.0.1:{ports[0]}"
     try:
         deadline = time.monotonic() + 120
-        while health_status(gateway) != health_pb2.HealthCheckResponse.SERVING:
+        while health_status(gateway, credentials=credentials) != health_pb2.HealthCheckResponse.SERVING:
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.2)
         yield proc, gateway, ports
@@ -97,3 +99,22 @@ def test_up_puts_a_delaying_proxy_on_each_of_the_gateway_s_links(tiny_llama, tmp
     assert len(services) == 3 and wait_for(lambda: all(process_gone(pid) for pid in services), timeout=10), (
         "a service outlived the test"
     )
+
+
+def test_up_with_a_tls_dir_serves_tls_everywhere_and_mutual_tls_between_the_services(tiny_llama, tmp_path):
+    prompt = [5, 6, 7, 8, 9, 5, 6, 7]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    expected = LLM(str(tiny_llama)).generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+    tls_dir = tmp_path / "tls"
+    make_stack_certificates(tls_dir, [])  # the CA `up` finds and keeps; it makes the rest itself
+    ca = tls_dir / "ca.pem"
+    trusting = grpc.ssl_channel_credentials(ca.read_bytes())
+    log_path = tmp_path / "up.log"
+    with running_up(tiny_llama, log_path, "--tls-dir", str(tls_dir), credentials=trusting) as (_, gateway, ports):
+        request = build_request(prompt, temperature=0, max_tokens=12, ignore_eos=True)
+        streamed = [t for r in stream_generate(gateway, request, 60, tls=ClientTls(str(ca))) for t in r.token_ids]
+        assert streamed == expected[0].outputs[0].token_ids
+        assert f"clients trust {ca}" in log_path.read_text()
+        assert health_status(gateway) is None, "no plaintext to the gateway"
+        for port in ports[1:]:
+            assert health_status(f"127.0.0.1:{port}", credentials=trusting) is None, "no way in without a certificate"

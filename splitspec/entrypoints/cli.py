@@ -42,6 +42,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("SPLITSPEC_API_KEY", "").split(",")[0] or None,
         help="with --gateway: the key a gateway started with --api-key asks for (env SPLITSPEC_API_KEY)",
     )
+    p.add_argument(
+        "--tls-ca-file",
+        default=os.environ.get("SPLITSPEC_TLS_CA_FILE"),
+        help="with --gateway: connect over TLS, trusting the gateway's certificate if this CA signed it "
+        "(env SPLITSPEC_TLS_CA_FILE; `splitspec up --tls-dir DIR` makes DIR/ca.pem)",
+    )
     add_device_flag(p, "the model (in-process)")
     add_tensor_parallel_flag(p)
     add_enforce_eager_flag(p)
@@ -109,6 +115,9 @@ def _generate_via_gateway(args: argparse.Namespace) -> int:
     import grpc
 
     from splitspec.entrypoints.client import build_request, stream_generate
+    from splitspec.rpc.tls import ClientTls
+
+    tls = ClientTls(args.tls_ca_file) if args.tls_ca_file else None
 
     request = build_request(
         args.prompt if args.raw else [{"role": "user", "content": args.prompt}],
@@ -123,7 +132,7 @@ def _generate_via_gateway(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     count = 0
     try:
-        for response in stream_generate(args.gateway, request, api_key=args.api_key):
+        for response in stream_generate(args.gateway, request, api_key=args.api_key, tls=tls):
             count += len(response.token_ids)
             print(response.text, end="", flush=True)
             last = response

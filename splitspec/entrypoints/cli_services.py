@@ -17,8 +17,11 @@ from splitspec.entrypoints.cli_flags import (
     add_tensor_parallel_flag,
     env_default,
 )
+from splitspec.errors import SplitspecError
 from splitspec.netdelay import DelayProxy
 from splitspec.rpc.grpc_server import ServerOptions
+from splitspec.rpc.throwaway_certs import StackCertificates, make_stack_certificates
+from splitspec.rpc.tls import ClientTls, ServerTls
 
 
 def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
@@ -42,6 +45,25 @@ def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
         help="send OpenTelemetry traces by OTLP to this endpoint (default: the OTEL_EXPORTER_OTLP_TRACES_ENDPOINT "
         "or OTEL_EXPORTER_OTLP_ENDPOINT environment; off when neither is set)",
     )
+    p.add_argument(
+        "--tls-cert-file",
+        default=env_default("TLS_CERT_FILE", None),
+        help="serve TLS with this PEM certificate (chain), re-read when the file changes (env SPLITSPEC_TLS_CERT_FILE)",
+    )
+    p.add_argument(
+        "--tls-key-file", default=env_default("TLS_KEY_FILE", None), help="its private key (env SPLITSPEC_TLS_KEY_FILE)"
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=env_default("HEALTH_PORT", None),
+        help="also answer gRPC health checks, and nothing else, in plaintext on this port: for probes that cannot "
+        "present a client certificate (env SPLITSPEC_HEALTH_PORT)",
+    )
+
+
+def _peer_ca_flag(p: argparse.ArgumentParser, use: str) -> None:
+    p.add_argument("--tls-ca-file", default=env_default("TLS_CA_FILE", None), help=f"{use} (env SPLITSPEC_TLS_CA_FILE)")
 
 
 def _yield_idle_cores() -> None:
@@ -55,8 +77,24 @@ def _yield_idle_cores() -> None:
         os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
-def _server_options(args: argparse.Namespace) -> ServerOptions:
+def _server_tls(args: argparse.Namespace, client_ca: bool) -> ServerTls | None:
+    """The server's TLS from the flags, its files checked now; client_ca: --tls-ca-file is the CA the
+    server's clients must present certificates from (mutual TLS)."""
+    if args.tls_cert_file is None and args.tls_key_file is None:
+        if client_ca and args.tls_ca_file is not None:
+            raise SplitspecError("--tls-ca-file (mutual TLS) needs --tls-cert-file and --tls-key-file")
+        return None
+    if args.tls_cert_file is None:
+        raise SplitspecError("--tls-key-file needs --tls-cert-file")
+    tls = ServerTls(args.tls_cert_file, args.tls_key_file, args.tls_ca_file if client_ca else None)
+    tls.check()
+    return tls
+
+
+def _server_options(args: argparse.Namespace, client_ca: bool = True) -> ServerOptions:
     return ServerOptions(
+        tls=_server_tls(args, client_ca),
+        health_port=args.health_port,
         host=args.host,
         port=args.port,
         max_message_bytes=args.max_message_bytes,
@@ -98,6 +136,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 2.0))
+    _peer_ca_flag(p, "require clients (the gateways) to present a certificate signed by this CA: mutual TLS")
     add_device_flag(p, "the target")
     add_tensor_parallel_flag(p)
     add_enforce_eager_flag(p)
@@ -112,6 +151,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         help="the verifier's checkpoint, for --method eagle (env SPLITSPEC_TARGET_MODEL)",
     )
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 1.0))
+    _peer_ca_flag(p, "require clients (the gateways) to present a certificate signed by this CA: mutual TLS")
     add_device_flag(p, "the drafter (draft_model, mlp_speculator, eagle)")
     p.set_defaults(func=_serve_proposer)
 
@@ -170,6 +210,22 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-lookup-min", type=int, default=env_default("PROMPT_LOOKUP_MIN", 1))
     _round_trip_flags(p)
     _api_key_flags(p)
+    _peer_ca_flag(
+        p,
+        "call the verifiers and proposers over TLS, checking their certificates against this CA, and present "
+        "--tls-client-cert-file (by default --tls-cert-file) to them",
+    )
+    p.add_argument(
+        "--tls-client-cert-file",
+        default=env_default("TLS_CLIENT_CERT_FILE", None),
+        help="the certificate the gateway presents to verifiers and proposers that require one "
+        "(env SPLITSPEC_TLS_CLIENT_CERT_FILE)",
+    )
+    p.add_argument(
+        "--tls-client-key-file",
+        default=env_default("TLS_CLIENT_KEY_FILE", None),
+        help="its private key (env SPLITSPEC_TLS_CLIENT_KEY_FILE)",
+    )
     p.set_defaults(func=_serve_gateway)
 
     p = sub.add_parser("up", help="start verifier, proposer and gateway locally as separate processes")
@@ -195,6 +251,12 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="delay every byte between the services by this one-way latency (a TCP proxy on each link), to see "
         "how the stack fares when its pods are apart",
+    )
+    p.add_argument(
+        "--tls-dir",
+        default=None,
+        help="mutual TLS between the services and TLS to the gateway, with a throwaway CA kept in this directory "
+        "(ca.pem, for clients to trust) and certificates made at each start; not for production",
     )
     _round_trip_flags(p)
     _api_key_flags(p)
@@ -300,7 +362,6 @@ def _serve_verifier(args: argparse.Namespace) -> int:
 def _serve_proposer(args: argparse.Namespace) -> int:
     _yield_idle_cores()
     from proposer_svc.server import ProposerSettings, run_proposer
-    from splitspec.errors import SplitspecError
 
     if args.method != "ngram" and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
@@ -328,18 +389,36 @@ def _serve_proposer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_gateway(args: argparse.Namespace) -> int:
-    from splitspec.errors import SplitspecError
+def _client_tls(args: argparse.Namespace) -> ClientTls | None:
+    """How the gateway calls its pods: over TLS when given a CA, with a client certificate when it has one."""
+    client_cert = args.tls_client_cert_file
+    client_key = args.tls_client_key_file
+    if client_cert is None and client_key is None:
+        client_cert, client_key = args.tls_cert_file, args.tls_key_file
+    if args.tls_ca_file is None:
+        if args.tls_client_cert_file or args.tls_client_key_file:
+            raise SplitspecError("--tls-client-cert-file needs --tls-ca-file, to check the pods it is shown to")
+        return None
+    if client_key is not None and client_cert is None:
+        raise SplitspecError("--tls-client-key-file needs --tls-client-cert-file")
+    tls = ClientTls(args.tls_ca_file, client_cert, client_key)
+    tls.credentials()  # the files checked now, not at the first call
+    return tls
 
+
+def _serve_gateway(args: argparse.Namespace) -> int:
     if args.max_tokens_limit is not None and args.max_tokens_limit < 1:
         raise SplitspecError(f"--max-tokens-limit must be at least 1, got {args.max_tokens_limit}")
     api_keys = _api_keys(args)
+    server = _server_options(args, client_ca=False)
+    client_tls = _client_tls(args)
     _yield_idle_cores()
     from gateway.server import GatewaySettings, run_gateway
 
     run_gateway(
         GatewaySettings(
-            server=_server_options(args),
+            server=server,
+            client_tls=client_tls,
             model=args.model,
             verifiers=args.verifiers,
             proposers=args.proposers,
@@ -362,9 +441,12 @@ def _serve_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-def up_commands(args: argparse.Namespace, links: dict[str, str] | None = None) -> dict[str, list[str]]:
+def up_commands(
+    args: argparse.Namespace, links: dict[str, str] | None = None, certs: StackCertificates | None = None
+) -> dict[str, list[str]]:
     """The three processes `splitspec up` starts (docker-compose.yml mirrors these). links: the address
-    the gateway reaches "verifier" and "proposer" at, when not their own (a delaying proxy)."""
+    the gateway reaches "verifier" and "proposer" at, when not their own (a delaying proxy). certs: for
+    TLS everywhere, mutual between the services (--tls-dir)."""
     links = links or {}
     base = [sys.executable, "-m", "splitspec"]
     proposer = [
@@ -427,6 +509,11 @@ def up_commands(args: argparse.Namespace, links: dict[str, str] | None = None) -
     if not args.pipeline:
         gateway.append("--no-pipeline")
     commands = {"verifier": verifier, "proposer": proposer, "gateway": gateway}
+    if certs is not None:
+        for command in commands.values():
+            command += ["--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key)]
+            command += ["--tls-ca-file", str(certs.ca)]
+        gateway += ["--tls-client-cert-file", str(certs.client_cert), "--tls-client-key-file", str(certs.client_key)]
     for name, port in metrics_ports(args).items():
         commands[name] += ["--metrics-port", str(port)]
     return {name: base + command for name, command in commands.items()}
@@ -447,8 +534,6 @@ def metrics_ports(args: argparse.Namespace) -> dict[str, int]:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from splitspec.errors import SplitspecError
-
     if args.method != "ngram" and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
     if args.network_delay_ms < 0:
@@ -462,9 +547,10 @@ def _up(args: argparse.Namespace) -> int:
     _api_keys(args)  # a bad key file is reported here, before anything starts
     if args.api_key is not None:  # to the gateway by its environment, not on its command line, where ps shows it
         os.environ["SPLITSPEC_API_KEY"] = ",".join(args.api_key)
+    certs = make_stack_certificates(args.tls_dir, [args.host]) if args.tls_dir else None
     proxies = _delay_proxies(args) if args.network_delay_ms > 0 else {}
     links = {name: proxy.address for name, proxy in proxies.items()}
-    procs = {name: subprocess.Popen(cmd) for name, cmd in up_commands(args, links).items()}
+    procs = {name: subprocess.Popen(cmd) for name, cmd in up_commands(args, links, certs).items()}
     stopping = False
 
     def stop(*_):
@@ -474,6 +560,13 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"splitspec up: gateway on {args.host}:{args.port} (Ctrl-C stops all three)", file=sys.stderr, flush=True)
+    if certs is not None:
+        print(
+            f"splitspec up: TLS everywhere, mutual between the services; clients trust {certs.ca} "
+            f"(splitspec generate --gateway {args.host}:{args.port} --tls-ca-file {certs.ca} ...)",
+            file=sys.stderr,
+            flush=True,
+        )
     for name, port in metrics_ports(args).items():
         print(f"splitspec up: {name} metrics at http://{args.host}:{port}/metrics", file=sys.stderr, flush=True)
     for name, proxy in proxies.items():

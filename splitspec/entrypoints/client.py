@@ -10,6 +10,7 @@ from google.protobuf.struct_pb2 import Struct
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.rpc.api_keys import bearer_metadata
+from splitspec.rpc.tls import ClientTls
 
 
 def build_request(
@@ -55,8 +56,14 @@ def build_request(
 
 
 def stream_generate(
-    address: str, request: pb.GenerateRequest, timeout: float | None = None, api_key: str | None = None
+    address: str,
+    request: pb.GenerateRequest,
+    timeout: float | None = None,
+    api_key: str | None = None,
+    tls: ClientTls | None = None,
 ) -> Iterator[pb.GenerateResponse]:
-    """api_key: sent as 'authorization: Bearer <key>', for a gateway started with --api-key."""
-    with grpc.insecure_channel(address) as channel:
+    """api_key: sent as 'authorization: Bearer <key>', for a gateway started with --api-key.
+    tls: for a gateway that serves TLS; None: plaintext."""
+    channel = grpc.insecure_channel(address) if tls is None else grpc.secure_channel(address, tls.credentials())
+    with channel:
         yield from pb_grpc.GatewayStub(channel).Generate(request, timeout=timeout, metadata=bearer_metadata(api_key))

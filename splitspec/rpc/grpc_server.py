@@ -12,6 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from splitspec.rpc.tls import ServerTls
+
 CONTRACT_VERSION = "splitspec.v1/1"
 
 
@@ -27,6 +29,11 @@ class ServerOptions:
     """Where Prometheus scrapes /metrics (on `host`); None: no metrics."""
     otlp_traces_endpoint: str | None = None
     """Where spans go by OTLP; None: as the OTEL_EXPORTER_OTLP_* environment says (off when unset)."""
+    tls: ServerTls | None = None
+    """None: plaintext."""
+    health_port: int | None = None
+    """Where health checks are also answered, in plaintext and nothing else (on `host`), for probes that
+    cannot present a client certificate; None: no such port."""
 
     @property
     def address(self) -> str:
@@ -74,12 +81,17 @@ async def serve(
     reflection.enable_server_reflection(
         service_names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(options.address)
+    if options.tls is None:
+        port = server.add_insecure_port(options.address)
+    else:
+        port = server.add_secure_port(options.address, options.tls.credentials())
     if port == 0:
         raise SystemExit(f"splitspec {name}: cannot listen on {options.address} (is the port in use?)")
+    health_server = await _serve_health(options, health_servicer, name)
     await server.start()
     await register(server, health_servicer)
-    print(f"splitspec {name}: listening on {options.host}:{port}", file=sys.stderr, flush=True)
+    security = "plaintext" if options.tls is None else "TLS" if options.tls.ca_file is None else "mutual TLS"
+    print(f"splitspec {name}: listening on {options.host}:{port} ({security})", file=sys.stderr, flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,6 +108,24 @@ async def serve(
             print(f"splitspec {name}: drained", file=sys.stderr, flush=True)
             await server.stop(0)
     await draining
+    if health_server is not None:
+        await health_server.stop(0)
     if on_stop is not None:
         await on_stop()
     print(f"splitspec {name}: stopped", file=sys.stderr, flush=True)
+
+
+async def _serve_health(
+    options: ServerOptions, health_servicer: health.aio.HealthServicer, name: str
+) -> grpc.aio.Server | None:
+    """A second, plaintext server on options.health_port that answers health checks only."""
+    if options.health_port is None:
+        return None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{options.host}:{options.health_port}"
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"splitspec {name}: cannot listen on {address} for health checks (is the port in use?)")
+    await server.start()
+    print(f"splitspec {name}: health checks on {address} (plaintext)", file=sys.stderr, flush=True)
+    return server
