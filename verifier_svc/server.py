@@ -123,14 +123,16 @@ class VerifierSettings:
     runner: RunnerConfig = RunnerConfig()
     """max_num_seqs also caps the sequences the service admits."""
     batch_window_ms: float = 2.0
+    fail_pass: int | None = None
+    """Tests only: the Nth pass raises (env SPLITSPEC_TEST_FAIL_PASS), to show what a broken device does."""
 
 
-async def _not_serving_when_the_runner_fails(runner, health, interval_s: float = 0.5) -> None:
+async def _not_serving_when_the_runner_fails(service: VerifierService, health, interval_s: float = 0.1) -> None:
     """Health goes NOT_SERVING for good once the runner cannot run passes (a tensor-parallel worker
-    died); in-flight steps already fail with UNAVAILABLE."""
-    while runner.healthy():
+    died) or a pass raised; in-flight steps already fail with UNAVAILABLE."""
+    while service.healthy():
         await asyncio.sleep(interval_s)
-    print("splitspec verifier: the model runner failed; health is NOT_SERVING", file=sys.stderr, flush=True)
+    print("splitspec verifier: the model has failed; health is NOT_SERVING", file=sys.stderr, flush=True)
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health.set("splitspec.v1.Verifier", health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -162,6 +164,7 @@ def run_verifier(settings: VerifierSettings) -> None:
             batch_window_s=settings.batch_window_ms / 1000,
             meter=service_meter("verifier", settings.server),
             tracing=tracing,
+            fail_pass=settings.fail_pass,
         )
         service.cost_model = cost_model
 
@@ -174,7 +177,7 @@ def run_verifier(settings: VerifierSettings) -> None:
             pb_grpc.add_VerifierServicer_to_server(VerifierServicer(service, settings.model, eos), server)
             await health.set("", health_pb2.HealthCheckResponse.SERVING)
             await health.set("splitspec.v1.Verifier", health_pb2.HealthCheckResponse.SERVING)
-            watchers.add(asyncio.create_task(_not_serving_when_the_runner_fails(runner, health)))
+            watchers.add(asyncio.create_task(_not_serving_when_the_runner_fails(service, health)))
 
         await serve(
             settings.server,

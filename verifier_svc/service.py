@@ -8,7 +8,9 @@ verifier keeps); a step that still does not fit waits for the next batch.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 
 import grpc
@@ -94,8 +96,13 @@ class VerifierService:
         batch_window_s: float = 0.002,
         meter: Meter | None = None,
         tracing: Tracing | None = None,
+        fail_pass: int | None = None,
     ) -> None:
+        """fail_pass: a planted fault for tests: the Nth pass (from 1) raises, as a broken device would."""
         self.runner = runner
+        self.failure: str | None = None  # why a pass failed: the verifier serves no more
+        self._fail_pass = fail_pass
+        self._passes = 0
         self.tracing = tracing or Tracing()
         self.verifier = Verifier(runner)
         self.max_num_seqs = max_num_seqs
@@ -111,6 +118,14 @@ class VerifierService:
     def start(self) -> None:
         self.batcher.start()
 
+    def healthy(self) -> bool:
+        """False for good once a pass has failed or the runner cannot run passes."""
+        return self.failure is None and self.runner.healthy()
+
+    def _check_healthy(self) -> None:
+        if not self.healthy():
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "this verifier's model has failed; use another verifier")
+
     async def close(self) -> None:
         await self.batcher.close()
 
@@ -124,8 +139,7 @@ class VerifierService:
         trace_context: tuple[str, str] = ("", ""),
     ) -> None:
         """trace_context: the client request's traceparent and tracestate, which its span here continues."""
-        if not self.runner.healthy():
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "this verifier's model has failed; use another verifier")
+        self._check_healthy()
         check_seq_id(seq_id)
         if seq_id in self.sequences:
             raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"sequence {seq_id} is already running on this verifier")
@@ -157,6 +171,7 @@ class VerifierService:
         """local: draft here instead (verifier_svc.local_drafts); `draft` must then be empty.
         pipelined: build on whatever the sequence's earlier steps commit, with `draft` verified only
         when they commit exactly `assumed` (VerifyStep.pipelined)."""
+        self._check_healthy()
         seq = self.sequences.get(seq_id)
         if seq is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} is not running on this verifier")
@@ -235,10 +250,23 @@ class VerifierService:
             started = time.perf_counter()
             span = self._pass_span(steps, tokens)
             try:
+                self._passes += 1
+                if self._passes == self._fail_pass:
+                    raise RuntimeError(f"planted fault: pass {self._passes} fails")
                 results = self.verifier.verify(steps, [calls[i].seq.hidden_states for i in ready])
             except RunnerLost as exc:  # every call of the batch fails with it: another verifier can go on
                 span.end()
                 raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            except Exception:
+                # the KV cache may hold half a pass and the device may be broken: serve nothing more, so
+                # that the gateways move every sequence to another verifier and the pod gets restarted
+                span.end()
+                self.failure = "a verify pass raised"
+                print("splitspec verifier: a verify pass raised; health is NOT_SERVING", file=sys.stderr, flush=True)
+                traceback.print_exc()
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE, "this verifier's model failed a pass; use another verifier"
+                ) from None
             seconds = time.perf_counter() - started
             span.set_attribute("splitspec.seconds", seconds)
             span.end()

@@ -354,6 +354,9 @@ def _serve_verifier(args: argparse.Namespace) -> int:
                 enforce_eager=args.enforce_eager,
             ),
             batch_window_ms=args.batch_window_ms,
+            fail_pass=int(os.environ["SPLITSPEC_TEST_FAIL_PASS"])
+            if os.environ.get("SPLITSPEC_TEST_FAIL_PASS")
+            else None,
         )
     )
     return 0

@@ -8,6 +8,8 @@ runs: that is where a service releases every sequence the stream opened.
 from __future__ import annotations
 
 import asyncio
+import sys
+import traceback
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
@@ -76,9 +78,12 @@ async def serve_sequence_stream(
         except ServiceError as exc:
             response.error.code = exc.code.value[0]
             response.error.message = exc.message
-        except Exception as exc:
+        except Exception:
+            # the traceback is for the operator's log; the caller hears only that it happened
+            print(f"splitspec: unexpected error on a call for {request.seq_id!r}:", file=sys.stderr, flush=True)
+            traceback.print_exc()
             response.error.code = grpc.StatusCode.INTERNAL.value[0]
-            response.error.message = f"{type(exc).__name__}: {exc}"
+            response.error.message = "internal error in the service (its log has the details)"
         return response
 
     async def release_all() -> None:
