@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -164,6 +165,21 @@ def test_cancelled_stream_frees_every_kv_block(ngram_stack):
         assert ngram_stack.verifier_info().num_free_blocks < initial.num_free_blocks
         call.cancel()
         assert call.code() == grpc.StatusCode.CANCELLED
+    assert wait_for(lambda: ngram_stack.verifier_info().num_free_blocks == initial.num_free_blocks)
+    assert ngram_stack.verifier_info().num_sequences == 0
+
+
+def test_a_request_past_its_deadline_ends_there_and_frees_every_kv_block(ngram_stack):
+    initial = ngram_stack.verifier_info()
+    with grpc.insecure_channel(ngram_stack.gateway.address) as channel:
+        started = time.monotonic()
+        call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[2], max_tokens=1000), timeout=0.5)
+        received = []
+        with pytest.raises(grpc.RpcError) as err:
+            for response in call:
+                received += response.token_ids
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - started < 2.5
+        assert 0 < len(received) < 1000, "the deadline struck mid-stream"
     assert wait_for(lambda: ngram_stack.verifier_info().num_free_blocks == initial.num_free_blocks)
     assert ngram_stack.verifier_info().num_sequences == 0
 
