@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import grpc
@@ -94,6 +96,15 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             metrics.failure.add(1, {"reason": "cancelled"})
             span.set_status(Status(StatusCode.ERROR, "CANCELLED"))
             raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            # a bug: the traceback goes to the log, the client hears only that it happened
+            print("splitspec gateway: unexpected error in a request:", file=sys.stderr, flush=True)
+            traceback.print_exc()
+            metrics.failure.add(1, {"reason": "internal"})
+            span.set_status(Status(StatusCode.ERROR, "INTERNAL"))
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the gateway (its log has the details)")
         finally:
             metrics.running.add(-1)
             span.end()

@@ -62,5 +62,7 @@ def check_prompt(prompt_token_ids: list[int], vocab_size: int, max_model_len: in
 
 
 def request_seed(params: SamplingParams, rng: random.Random) -> int:
-    """The request's own seed, or a fresh one: seeded noise is keyed by it, so every sequence has one."""
-    return params.seed if params.seed is not None else rng.getrandbits(SEED_BITS)
+    """The request's own seed, or a fresh one: seeded noise is keyed by it, so every sequence has one.
+    Any integer is a seed; each is taken modulo 2**63, so that every seed fits the wire's unsigned and
+    the kernels' signed 64-bit fields and means the same in-process and through the services."""
+    return params.seed % (1 << SEED_BITS) if params.seed is not None else rng.getrandbits(SEED_BITS)

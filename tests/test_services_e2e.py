@@ -149,6 +149,10 @@ def test_seeded_sampling_through_gateway_equals_in_process(stack_name, spec_of, 
     assert got == [o.outputs[0].token_ids for o in expected]
 
 
+def test_any_int64_seed_through_the_gateway_is_the_same_seed_in_process(ngram_stack, tiny_llama):
+    assert_seeded_samples_are_plain_decoding_s(ngram_stack.gateway.address, tiny_llama, [-1, -(2**63), 2**63 - 1, -7])
+
+
 def test_speculation_override_zero_gives_the_same_tokens_without_drafts(ngram_stack, plain_greedy):
     responses = generate(ngram_stack.gateway.address, greedy_request(PROMPTS[0], num_speculative_tokens=0))
     assert token_ids(responses) == plain_greedy[0]
