@@ -22,11 +22,7 @@ crash.
 from __future__ import annotations
 
 import argparse
-import os
 import queue
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,10 +34,11 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
+from pods import Pod
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
@@ -187,59 +184,6 @@ def _overrides(vocab_size: int, max_model_len: int) -> Overrides:
     return Overrides(names)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    name: str
-    args: list[str]
-    log: Path
-    port: int = field(default_factory=_free_port)
-    proc: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "splitspec", *self.args, "--host", "127.0.0.1", "--port", str(self.port)]
-        with open(self.log, "w") as out:
-            env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    def health(self) -> int | None:
-        with grpc.insecure_channel(self.address) as channel:
-            try:
-                return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
-            except grpc.RpcError:
-                return None
-
-    def wait_serving(self, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while self.health() != health_pb2.HealthCheckResponse.SERVING:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"fuzz: {self.name} did not start; see {self.log}")
-            time.sleep(0.2)
-
-    def rss_bytes(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            line = next(line for line in status if line.startswith("VmRSS:"))
-        return int(line.split()[1]) * 1024
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @dataclass
 class Tally:
     inputs: int = 0
@@ -334,10 +278,8 @@ def _run_for(seconds: float, strategy: st.SearchStrategy, send: Callable[[object
 def fuzz(
     model: str, seconds: float, targets: list[str], seed: int, log_dir: Path, max_memory_growth: float = 0.1
 ) -> bool:
-    verifier = Server(
-        "verifier", ["serve-verifier", "--model", model, "--max-num-seqs", "16"], log_dir / "verifier.log"
-    )
-    proposer = Server("proposer", ["serve-proposer", "--method", "ngram"], log_dir / "proposer.log")
+    verifier = Pod("verifier", ["serve-verifier", "--model", model, "--max-num-seqs", "16"], log_dir)
+    proposer = Pod("proposer", ["serve-proposer", "--method", "ngram"], log_dir)
     servers = [verifier, proposer]
     gateway = None
     ok = True
@@ -346,11 +288,11 @@ def fuzz(
             server.start()
         for server in servers:
             server.wait_serving()
-        gateway = Server(
+        gateway = Pod(
             "gateway",
             ["serve-gateway", "--model", model, "--verifiers", verifier.address, "--proposers", proposer.address]
             + ["--max-tokens-limit", "16"],
-            log_dir / "gateway.log",
+            log_dir,
         )
         servers.append(gateway)
         gateway.start()
