@@ -60,6 +60,9 @@ class StepOutcome:
     num_drafted: int = 0
 
 
+MODEL_FAILED = "this verifier's model has failed; use another verifier"
+
+
 class VerifierMetrics:
     """The verifier's series: what it holds, and what each batched pass costs and carries."""
 
@@ -122,10 +125,6 @@ class VerifierService:
         """False for good once a pass has failed or the runner cannot run passes."""
         return self.failure is None and self.runner.healthy()
 
-    def _check_healthy(self) -> None:
-        if not self.healthy():
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "this verifier's model has failed; use another verifier")
-
     async def close(self) -> None:
         await self.batcher.close()
 
@@ -139,7 +138,8 @@ class VerifierService:
         trace_context: tuple[str, str] = ("", ""),
     ) -> None:
         """trace_context: the client request's traceparent and tracestate, which its span here continues."""
-        self._check_healthy()
+        if not self.healthy():
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, MODEL_FAILED)
         check_seq_id(seq_id)
         if seq_id in self.sequences:
             raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"sequence {seq_id} is already running on this verifier")
@@ -171,7 +171,8 @@ class VerifierService:
         """local: draft here instead (verifier_svc.local_drafts); `draft` must then be empty.
         pipelined: build on whatever the sequence's earlier steps commit, with `draft` verified only
         when they commit exactly `assumed` (VerifyStep.pipelined)."""
-        self._check_healthy()
+        if self.failure is not None:  # a lost runner needs no check here: its pass raises RunnerLost
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, MODEL_FAILED)
         seq = self.sequences.get(seq_id)
         if seq is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} is not running on this verifier")
