@@ -24,7 +24,7 @@ def test_seeded_sampling_is_identical_with_triton_kernels(method, tiny_llama, ti
     if method == "draft_model":
         spec["model"] = str(tiny_drafts["llama"])
     params = [
-        SamplingParams(temperature=t, top_k=k, top_p=p, seed=s, max_tokens=40, ignore_eos=True)
+        SamplingParams(temperature=t, top_k=k, top_p=p, seed=s, max_tokens=24, ignore_eos=True)
         for t, k, p, s in ((0.0, -1, 1.0, 1), (0.1, -1, 1.0, 1), (0.6, 20, 0.9, 2), (1.0, -1, 1.0, 3))
     ]
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
