@@ -200,8 +200,9 @@ class GatewayCore:
                         raise
                     else:
                         verifier.mark_down()
-                except BaseException:
+                except BaseException:  # the request was cancelled, perhaps with the start already sent
                     verifier.num_sequences -= 1
+                    asyncio.get_running_loop().create_task(self._release(seq.seq_id, verifier, None))
                     raise
             if full:  # every live verifier is full: that is the answer, not an outage
                 raise full[0]

@@ -173,6 +173,23 @@ def test_cancelled_stream_frees_every_kv_block(ngram_stack):
     assert ngram_stack.verifier_info().num_sequences == 0
 
 
+def test_requests_cancelled_at_any_early_moment_leave_nothing_on_the_verifier(ngram_stack):
+    """Cancelled while the gateway is still starting the sequence on the verifier: the start may
+    already be on the wire, so the gateway must release it anyway."""
+    initial = ngram_stack.verifier_info()
+
+    def cancel_after(delay_s: float) -> None:
+        with grpc.insecure_channel(ngram_stack.gateway.address) as channel:
+            call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[2], max_tokens=400), timeout=60)
+            time.sleep(delay_s)
+            call.cancel()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(cancel_after, [i % 20 * 0.0005 for i in range(160)]))
+    assert wait_for(lambda: ngram_stack.verifier_info().num_sequences == 0), ngram_stack.verifier_info()
+    assert ngram_stack.verifier_info().num_free_blocks == initial.num_free_blocks
+
+
 def test_a_request_past_its_deadline_ends_there_and_frees_every_kv_block(ngram_stack):
     initial = ngram_stack.verifier_info()
     with grpc.insecure_channel(ngram_stack.gateway.address) as channel:
