@@ -8,6 +8,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -82,21 +83,30 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         return total
 
     async def _generate(self, request: pb.GenerateRequest, context):
+        try:
+            async for response in self.responses(request, context.time_remaining()):
+                yield response
+        except ServiceError as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def responses(
+        self, request: pb.GenerateRequest, time_remaining: float | None = None
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """The request's responses, for the gRPC and the HTTP fronts alike. A refusal or a failure raises
+        ServiceError with what the caller may hear; an unexpected error's traceback goes to the log."""
         metrics = self.core.metrics
         metrics.running.add(1)
-        span = self._request_span(request, context)
+        span = self._request_span(request)
         try:
-            async for response in self._validated_generate(request, context, span):
+            async for response in self._validated_generate(request, time_remaining, span):
                 yield response
         except ServiceError as exc:
             metrics.failure.add(1, {"reason": exc.code.name.lower()})
             span.set_status(Status(StatusCode.ERROR, f"{exc.code.name}: {exc.message}"))
-            await context.abort(exc.code, exc.message)
-        except asyncio.CancelledError:
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
             metrics.failure.add(1, {"reason": "cancelled"})
             span.set_status(Status(StatusCode.ERROR, "CANCELLED"))
-            raise
-        except grpc.aio.AbortError:
             raise
         except Exception:
             # a bug: the traceback goes to the log, the client hears only that it happened
@@ -104,12 +114,14 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             traceback.print_exc()
             metrics.failure.add(1, {"reason": "internal"})
             span.set_status(Status(StatusCode.ERROR, "INTERNAL"))
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the gateway (its log has the details)")
+            raise ServiceError(
+                grpc.StatusCode.INTERNAL, "internal error in the gateway (its log has the details)"
+            ) from None
         finally:
             metrics.running.add(-1)
             span.end()
 
-    def _request_span(self, request: pb.GenerateRequest, context) -> trace.Span:
+    def _request_span(self, request: pb.GenerateRequest) -> trace.Span:
         """The request's span, a child of the gRPC server span (which continues the client's
         `traceparent`); a span that records nothing while tracing is off."""
         if not self.tracing.enabled:
@@ -128,7 +140,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             f"generate {self.model_name}", kind=trace.SpanKind.INTERNAL, attributes=attributes
         )
 
-    async def _validated_generate(self, request: pb.GenerateRequest, context, span: trace.Span):
+    async def _validated_generate(
+        self, request: pb.GenerateRequest, time_remaining: float | None, span: trace.Span
+    ) -> AsyncIterator[pb.GenerateResponse]:
         core = self.core
         if not any(v.info is not None for v in core.verifiers):
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "no verifier is reachable; retry once one is up")
@@ -142,8 +156,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         self.active += 1
         timer = RequestTimer()
         try:
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining
+            deadline = None if time_remaining is None else time.monotonic() + time_remaining
             async for delta in core.generate(
                 valid.prompt, valid.prompt_token_ids, valid.params, valid.num_speculative_tokens, deadline, span
             ):
@@ -220,6 +233,10 @@ class GatewaySettings:
     max_concurrent_requests: int = 256
     max_tokens_limit: int | None = None
     """The most max_tokens a request may ask for; None: any, the model's context bounds it."""
+    http_port: int | None = None
+    """Where the OpenAI-compatible HTTP API is served (gateway.openai_http); None: not at all."""
+    served_model_name: str | None = None
+    """The model name HTTP clients use; None: `model` as given."""
     proposer_timeout_s: float = 5.0
     verifier_wait_s: float = 30.0
     adaptive: bool = True
@@ -242,6 +259,7 @@ class GatewaySettings:
 
 
 def run_gateway(settings: GatewaySettings) -> None:
+    from gateway.openai_http import HttpServer, OpenAIFront
     from splitspec.checkpoint import resolve_checkpoint
     from splitspec.tokenizer import load_tokenizer
 
@@ -290,6 +308,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             metrics=RequestMetrics(service_meter("gateway", settings.server)),
         )
         tasks: list[asyncio.Task] = []
+        http: list[HttpServer] = []
         tracing = start_tracing("gateway", traces_endpoint(settings.server.otlp_traces_endpoint))
 
         async def register(server, health) -> None:
@@ -302,11 +321,32 @@ def run_gateway(settings: GatewaySettings) -> None:
                 RequestLimits(max_tokens=settings.max_tokens_limit),
             )
             pb_grpc.add_GatewayServicer_to_server(servicer, server)
+            if settings.http_port is not None:
+                front = OpenAIFront(
+                    servicer,
+                    settings.served_model_name or settings.model,
+                    serving=lambda: any(v.info is not None for v in core.verifiers),
+                    api_keys=list(settings.api_keys),
+                    metrics=settings.server.metrics_port is not None,
+                )
+                tls = settings.server.tls
+                http.append(
+                    HttpServer(
+                        front,
+                        settings.server.host,
+                        settings.http_port,
+                        tls.cert_file if tls else None,
+                        tls.key_file if tls else None,
+                    )
+                )
+                await http[0].start()
             loop = asyncio.get_running_loop()
             tasks.append(loop.create_task(watch_backends(core, health)))
             tasks.append(loop.create_task(keep_resolving(pools, settings.resolve_interval_s)))
 
         async def stop() -> None:
+            for server in http:
+                await server.stop()
             for task in tasks:
                 task.cancel()
             for backend in verifiers + proposers:

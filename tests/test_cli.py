@@ -127,6 +127,15 @@ def test_up_passes_the_gateways_round_trip_flags_on(flags, ngram_on_proposers, d
     )
 
 
+@pytest.mark.parametrize("flags, http_port", [([], None), (["--http-port", "8000"], 8000)])
+def test_up_serves_http_only_when_asked(flags, http_port):
+    from splitspec.entrypoints.cli import build_parser
+    from splitspec.entrypoints.cli_services import up_commands
+
+    gateway = up_commands(build_parser().parse_args(["up", *flags]))["gateway"]
+    assert build_parser().parse_args(gateway[gateway.index("serve-gateway") :]).http_port == http_port
+
+
 def test_up_metrics_port_gives_the_gateway_p_the_verifier_p_plus_1_and_the_proposer_p_plus_2():
     from splitspec.entrypoints.cli import build_parser
     from splitspec.entrypoints.cli_services import up_commands

@@ -197,6 +197,19 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         help="refuse requests whose max_tokens is above this (INVALID_ARGUMENT; env SPLITSPEC_MAX_TOKENS_LIMIT); "
         "by default only the model's context bounds them",
     )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=env_default("HTTP_PORT", None),
+        help="also serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, "
+        "/health, /metrics) on this port of --host (env SPLITSPEC_HTTP_PORT)",
+    )
+    p.add_argument(
+        "--served-model-name",
+        default=env_default("SERVED_MODEL_NAME", None),
+        help="the model name HTTP clients send and /v1/models lists (default: --model as given; "
+        "env SPLITSPEC_SERVED_MODEL_NAME)",
+    )
     p.add_argument("--proposer-timeout-s", type=float, default=env_default("PROPOSER_TIMEOUT_S", 5.0))
     p.add_argument(
         "--verifier-wait-s",
@@ -232,6 +245,12 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=env_default("MODEL", "default"))
     p.add_argument("--port", type=int, default=50051, help="gateway port")
     p.add_argument("--verifier-port", type=int, default=50052)
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=env_default("HTTP_PORT", None),
+        help="the gateway also serves the OpenAI-compatible HTTP API on this port (env SPLITSPEC_HTTP_PORT)",
+    )
     p.add_argument("--proposer-port", type=int, default=50053)
     p.add_argument("--host", default="127.0.0.1")
     _proposer_flags(p)
@@ -412,6 +431,8 @@ def _client_tls(args: argparse.Namespace) -> ClientTls | None:
 def _serve_gateway(args: argparse.Namespace) -> int:
     if args.max_tokens_limit is not None and args.max_tokens_limit < 1:
         raise SplitspecError(f"--max-tokens-limit must be at least 1, got {args.max_tokens_limit}")
+    if args.http_port is not None and not 0 < args.http_port < 65536:
+        raise SplitspecError(f"--http-port must be a port number, got {args.http_port}")
     api_keys = _api_keys(args)
     server = _server_options(args, client_ca=False)
     client_tls = _client_tls(args)
@@ -430,6 +451,8 @@ def _serve_gateway(args: argparse.Namespace) -> int:
             num_speculative_tokens=args.num_speculative_tokens,
             max_concurrent_requests=args.max_concurrent_requests,
             max_tokens_limit=args.max_tokens_limit,
+            http_port=args.http_port,
+            served_model_name=args.served_model_name,
             proposer_timeout_s=args.proposer_timeout_s,
             verifier_wait_s=args.verifier_wait_s,
             adaptive=not args.fixed_k,
@@ -511,6 +534,8 @@ def up_commands(
         gateway.append("--no-draft-ahead")
     if not args.pipeline:
         gateway.append("--no-pipeline")
+    if args.http_port is not None:
+        gateway += ["--http-port", str(args.http_port)]
     commands = {"verifier": verifier, "proposer": proposer, "gateway": gateway}
     if certs is not None:
         for command in commands.values():
@@ -567,6 +592,13 @@ def _up(args: argparse.Namespace) -> int:
         print(
             f"splitspec up: TLS everywhere, mutual between the services; clients trust {certs.ca} "
             f"(splitspec generate --gateway {args.host}:{args.port} --tls-ca-file {certs.ca} ...)",
+            file=sys.stderr,
+            flush=True,
+        )
+    if args.http_port is not None:
+        scheme = "https" if certs is not None else "http"
+        print(
+            f"splitspec up: OpenAI-compatible API at {scheme}://{args.host}:{args.http_port}/v1",
             file=sys.stderr,
             flush=True,
         )

@@ -1,0 +1,316 @@
+"""OpenAI-compatible HTTP on the gateway: /v1/completions, /v1/chat/completions (streamed by server-sent
+events or not), /v1/models, /health and /metrics, served by uvicorn on the gateway's own event loop so
+that HTTP and gRPC requests share one GatewayServicer, its limits and its verifiers.
+
+A request's choices run as separate sequences. A client that goes away mid-stream (or mid-wait for a
+non-streamed answer) cancels them, and the verifier frees their KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import AsyncIterator, Callable
+
+import grpc
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from gateway.openai_protocol import Choice, InvalidRequest, chat_choices, completion_choices, new_id, usage
+from gateway.server import GatewayServicer
+from protos import splitspec_v1_pb2 as pb
+from splitspec.errors import ServiceError
+from splitspec.rpc.api_keys import ApiKeyInterceptor
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
+# a gRPC status as OpenAI's HTTP status and error type
+HTTP_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
+    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
+}
+
+
+def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, error_type: str, param: str | None = None, code: str | None = None):
+    return JSONResponse(error_body(message, error_type, param, code), status_code=status)
+
+
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    status, error_type = HTTP_ERRORS.get(exc.code, (500, "server_error"))
+    return error_response(status, exc.message, error_type, code=exc.code.name.lower())
+
+
+class OpenAIFront:
+    """The HTTP routes over a GatewayServicer. `serving`: whether some verifier answers (health)."""
+
+    def __init__(
+        self,
+        servicer: GatewayServicer,
+        served_model: str,
+        serving: Callable[[], bool],
+        api_keys: list[str] | None = None,
+        metrics: bool = False,
+    ) -> None:
+        self.servicer = servicer
+        self.served_model = served_model
+        self.serving = serving
+        self.keys = ApiKeyInterceptor(api_keys) if api_keys else None
+        self.metrics = metrics
+        self.created = int(time.time())
+        self.app = self._routes()
+
+    def _routes(self) -> FastAPI:
+        app = FastAPI(title="splitspec gateway", docs_url=None, redoc_url=None, openapi_url=None)
+
+        @app.get("/health")
+        async def health() -> Response:
+            if self.serving():
+                return JSONResponse({"status": "serving"})
+            return error_response(503, "no verifier is reachable", "service_unavailable")
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            if not self.metrics:
+                return error_response(404, "metrics are off: start the gateway with --metrics-port", "not_found")
+            from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+        @app.get("/v1/models")
+        async def models(request: Request) -> Response:
+            if (refused := self._refusal(request)) is not None:
+                return refused
+            model = {"id": self.served_model, "object": "model", "created": self.created, "owned_by": "splitspec",
+                     "max_model_len": self.servicer.core.max_model_len}  # fmt: skip
+            return JSONResponse({"object": "list", "data": [model]})
+
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> Response:
+            return await self._serve(request, chat=False)
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(request: Request) -> Response:
+            return await self._serve(request, chat=True)
+
+        return app
+
+    def _refusal(self, request: Request) -> Response | None:
+        if self.keys is None or self.keys.authorized([("authorization", request.headers.get("authorization", ""))]):
+            return None
+        return error_response(
+            401, "this gateway needs an API key: send the header 'Authorization: Bearer <key>'",
+            "authentication_error", code="invalid_api_key",
+        )  # fmt: skip
+
+    async def _serve(self, request: Request, chat: bool) -> Response:
+        if (refused := self._refusal(request)) is not None:
+            return refused
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error_response(400, "the request body is not JSON", "invalid_request_error")
+        model = body.get("model") if isinstance(body, dict) else None
+        if model is not None and model != self.served_model:
+            return error_response(
+                404, f"the model {model!r} does not exist here; this gateway serves {self.served_model!r}",
+                "invalid_request_error", "model", "model_not_found",
+            )  # fmt: skip
+        try:
+            if chat:
+                limit = self.servicer.limits.max_tokens
+                choices = chat_choices(body, limit if limit is not None else self.servicer.core.max_model_len)
+            else:
+                choices = completion_choices(body, COMPLETION_DEFAULT_MAX_TOKENS)
+            stream_options = body.get("stream_options") or {}
+            if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"}:
+                raise InvalidRequest("stream_options may hold only include_usage", "stream_options")
+        except InvalidRequest as exc:
+            return error_response(400, str(exc), "invalid_request_error", exc.param)
+        answer = _Answer(new_id("chatcmpl" if chat else "cmpl"), self.served_model, chat, choices)
+        if body.get("stream"):
+            return await self._stream(request, answer, bool(stream_options.get("include_usage")))
+        return await self._complete(request, answer)
+
+    async def _complete(self, request: Request, answer: _Answer) -> Response:
+        """Every choice to its end, then one JSON answer; a client that leaves cancels them."""
+        collecting = asyncio.ensure_future(self._collect(answer.choices))
+        while not collecting.done():
+            await asyncio.wait({collecting}, timeout=0.5)
+            if not collecting.done() and await request.is_disconnected():
+                collecting.cancel()
+                await asyncio.gather(collecting, return_exceptions=True)
+                return Response(status_code=499)
+        try:
+            collecting.result()
+        except ServiceError as exc:
+            return service_error_response(exc)
+        return JSONResponse(answer.whole())
+
+    async def _collect(self, choices: list[Choice]) -> None:
+        async for choice, response in self._merged(choices):
+            choice.text += response.text
+            answer_received(choice, response)
+
+    async def _stream(self, request: Request, answer: _Answer, include_usage: bool) -> Response:
+        """Server-sent events; an error before the first token is an HTTP error, after it an event."""
+        events = self._merged(answer.choices)
+        try:
+            first = await anext(events, None)
+        except ServiceError as exc:
+            return service_error_response(exc)
+
+        async def sse() -> AsyncIterator[str]:
+            try:
+                if answer.chat:
+                    for choice in answer.choices:
+                        yield _event(answer.chunk(choice, {"role": "assistant", "content": ""}, None, include_usage))
+                pending = first
+                while pending is not None:
+                    choice, response = pending
+                    answer_received(choice, response)
+                    finish = response.finish_reason or None
+                    if response.text or finish:
+                        delta = {"content": response.text} if answer.chat else response.text
+                        yield _event(answer.chunk(choice, delta, finish, include_usage))
+                    pending = await anext(events, None)
+                if include_usage:
+                    yield _event(answer.usage_chunk())
+                yield "data: [DONE]\n\n"
+            except ServiceError as exc:
+                _, error_type = HTTP_ERRORS.get(exc.code, (500, "server_error"))
+                yield _event(error_body(exc.message, error_type, code=exc.code.name.lower()))
+                yield "data: [DONE]\n\n"
+            finally:
+                await events.aclose()
+
+        return StreamingResponse(sse(), media_type="text/event-stream")
+
+    async def _merged(self, choices: list[Choice]) -> AsyncIterator[tuple[Choice, pb.GenerateResponse]]:
+        """Every choice's responses as they come; the first error ends all of them."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(choice: Choice) -> None:
+            try:
+                async for response in self.servicer.responses(choice.request):
+                    await queue.put((choice, response, None))
+                await queue.put((choice, None, None))
+            except ServiceError as exc:
+                await queue.put((choice, None, exc))
+
+        tasks = [asyncio.ensure_future(pump(choice)) for choice in choices]
+        try:
+            running = len(tasks)
+            while running:
+                choice, response, error = await queue.get()
+                if error is not None:
+                    raise error
+                if response is None:
+                    running -= 1
+                else:
+                    yield choice, response
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def answer_received(choice: Choice, response: pb.GenerateResponse) -> None:
+    choice.token_ids += response.token_ids
+    if response.finish_reason:
+        choice.finish_reason = response.finish_reason
+        choice.usage = response.usage
+        choice.speculation = response.speculation
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+class _Answer:
+    """One request's answer in OpenAI's shapes: the whole object, or its stream chunks."""
+
+    def __init__(self, answer_id: str, model: str, chat: bool, choices: list[Choice]) -> None:
+        self.id = answer_id
+        self.model = model
+        self.chat = chat
+        self.choices = choices
+        self.created = int(time.time())
+
+    def _head(self, kind: str) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def whole(self) -> dict:
+        if self.chat:
+            choices = [
+                {"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
+                 "finish_reason": c.finish_reason}
+                for c in self.choices
+            ]  # fmt: skip
+            return {**self._head("chat.completion"), "choices": choices, "usage": usage(self.choices)}
+        choices = [
+            {"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason} for c in self.choices
+        ]
+        return {**self._head("text_completion"), "choices": choices, "usage": usage(self.choices)}
+
+    def chunk(self, choice: Choice, delta, finish_reason: str | None, include_usage: bool) -> dict:
+        if self.chat:
+            part = {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            chunk = {**self._head("chat.completion.chunk"), "choices": [part]}
+        else:
+            part = {"index": choice.index, "text": delta, "logprobs": None, "finish_reason": finish_reason}
+            chunk = {**self._head("text_completion"), "choices": [part]}
+        if include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def usage_chunk(self) -> dict:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return {**self._head(kind), "choices": [], "usage": usage(self.choices)}
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn inside the gateway's loop: the gateway's own SIGTERM handling drains and stops it."""
+
+    def capture_signals(self):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+class HttpServer:
+    """uvicorn serving an OpenAIFront on (host, port), started and stopped with the gRPC server."""
+
+    def __init__(self, front: OpenAIFront, host: str, port: int, cert_file: str | None, key_file: str | None) -> None:
+        config = uvicorn.Config(
+            front.app, host=host, port=port, lifespan="off", log_level="warning", access_log=False,
+            ssl_certfile=cert_file, ssl_keyfile=key_file, timeout_graceful_shutdown=5,
+        )  # fmt: skip
+        self.server = _QuietServer(config)
+        self.address = f"{host}:{port}"
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.ensure_future(self.server.serve())
+        while not self.server.started:
+            if self.task.done():
+                raise SystemExit(f"splitspec gateway: cannot serve HTTP on {self.address} (is the port in use?)")
+            await asyncio.sleep(0.05)
+        scheme = "https" if self.server.config.ssl_certfile else "http"
+        print(f"splitspec gateway: OpenAI-compatible HTTP on {scheme}://{self.address}/v1", file=sys.stderr, flush=True)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.server.should_exit = True
+            await asyncio.gather(self.task, return_exceptions=True)

@@ -1,0 +1,255 @@
+"""OpenAI's completions and chat completions, as the gateway's GenerateRequests and back.
+
+Pure translation, no I/O: a request body becomes one GenerateRequest per choice (each prompt of a
+completion times `n`), and the gateway's responses become OpenAI's objects and stream chunks. What
+the OpenAI API has and splitspec does not (logprobs, tools, response formats, penalties) is refused
+by name, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from google.protobuf.struct_pb2 import Struct
+
+from protos import splitspec_v1_pb2 as pb
+
+COMMON_PARAMETERS = {
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "n",
+    "stream",
+    "stream_options",
+    "speculation",
+    "user",
+}
+COMPLETION_PARAMETERS = COMMON_PARAMETERS | {"prompt"}
+CHAT_PARAMETERS = COMMON_PARAMETERS | {"messages", "max_completion_tokens"}
+# values of unsupported parameters that ask for nothing, as some clients send them anyway
+NEUTRAL_VALUES = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "parallel_tool_calls": (None,),
+    "response_format": (None, {"type": "text"}),
+    "suffix": (None, ""),
+}
+MAX_CHOICES = 16
+
+
+class InvalidRequest(ValueError):
+    """A request body that cannot be served: the message names the parameter. `param` is OpenAI's."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class Choice:
+    """One choice being generated: its index in the answer, and what has come back for it."""
+
+    index: int
+    request: pb.GenerateRequest
+    prompt_index: int = 0  # which of a completion's prompts: usage counts each prompt once
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: pb.Usage | None = None
+    speculation: pb.SpeculationStats | None = None
+
+
+def completion_choices(body: dict, default_max_tokens: int) -> list[Choice]:
+    """A /v1/completions body as one Choice per prompt and `n`: prompt i's choices are i*n .. i*n+n-1."""
+    _check_parameters(body, COMPLETION_PARAMETERS)
+    if "prompt" not in body:
+        raise InvalidRequest("prompt is required", "prompt")
+    prompts = _prompts(body["prompt"])
+    template = _sampled(body, body.get("max_tokens"), default_max_tokens)
+    n = _n(body)
+    choices = []
+    for i, prompt in enumerate(prompts):
+        for j in range(n):
+            request = pb.GenerateRequest()
+            request.CopyFrom(template)
+            if isinstance(prompt, str):
+                request.prompt = prompt
+            else:
+                request.prompt_token_ids.extend(prompt)
+            _seed_choice(request, j)
+            choices.append(Choice(i * n + j, request, i))
+    return choices
+
+
+def chat_choices(body: dict, default_max_tokens: int) -> list[Choice]:
+    """A /v1/chat/completions body as `n` Choices over the same conversation."""
+    _check_parameters(body, CHAT_PARAMETERS)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages must be a non-empty list of {role, content} objects", "messages")
+    if "max_tokens" in body and "max_completion_tokens" in body:
+        raise InvalidRequest("set max_tokens or max_completion_tokens, not both", "max_completion_tokens")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    template = _sampled(body, max_tokens, default_max_tokens)
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"messages[{i}] must be an object with a role", f"messages[{i}].role")
+        template.messages.add(role=message["role"], content=_content(message.get("content"), i))
+    choices = []
+    for j in range(_n(body)):
+        request = pb.GenerateRequest()
+        request.CopyFrom(template)
+        _seed_choice(request, j)
+        choices.append(Choice(j, request))
+    return choices
+
+
+def _check_parameters(body: dict, known: set[str]) -> None:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    unsupported = sorted(
+        key for key, value in body.items() if key not in known and value not in NEUTRAL_VALUES.get(key, (None,))
+    )
+    if unsupported:
+        raise InvalidRequest(f"unsupported parameters: {', '.join(unsupported)}", unsupported[0])
+
+
+def _prompts(prompt) -> list[str | list[int]]:
+    """A string, a list of strings, a list of token ids, or a list of lists of token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(_is_int(t) for t in prompt):
+            return [list(prompt)]
+        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+            return [list(p) for p in prompt]
+    raise InvalidRequest(
+        "prompt must be a string, a list of strings, a list of token ids or a list of lists of token ids", "prompt"
+    )
+
+
+def _content(content, i: int) -> str:
+    """A message's content: a string, or a list of text parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidRequest(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise InvalidRequest(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content")
+
+
+def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequest:
+    """The sampling and speculation every choice of the body shares."""
+    request = pb.GenerateRequest()
+    s = request.sampling
+    s.max_tokens = _integer(max_tokens, "max_tokens", low=1) if max_tokens is not None else default_max_tokens
+    for name in ("temperature", "top_p"):
+        if body.get(name) is not None:
+            setattr(s, name, _number(body[name], name))
+    if body.get("top_k") is not None:
+        s.top_k = _integer(body["top_k"], "top_k", low=-1)
+    if body.get("seed") is not None:
+        s.seed = _integer(body["seed"], "seed", low=-(2**63), high=2**63 - 1)
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        s.stop.append(stop)
+    elif isinstance(stop, list) and all(isinstance(x, str) for x in stop):
+        s.stop.extend(stop)
+    elif stop is not None:
+        raise InvalidRequest("stop must be a string or a list of strings", "stop")
+    stop_ids = body.get("stop_token_ids")
+    if stop_ids is not None:
+        if not isinstance(stop_ids, list) or not all(_is_int(t) for t in stop_ids):
+            raise InvalidRequest("stop_token_ids must be a list of token ids", "stop_token_ids")
+        s.stop_token_ids.extend(stop_ids)
+    if body.get("ignore_eos") is not None:
+        if not isinstance(body["ignore_eos"], bool):
+            raise InvalidRequest("ignore_eos must be true or false", "ignore_eos")
+        s.ignore_eos = body["ignore_eos"]
+    speculation = body.get("speculation")
+    if speculation is not None:
+        if not isinstance(speculation, dict):
+            raise InvalidRequest('speculation must be an object, such as {"num_speculative_tokens": 0}', "speculation")
+        overrides = Struct()
+        overrides.update(speculation)
+        request.speculation.CopyFrom(overrides)
+    return request
+
+
+def _seed_choice(request: pb.GenerateRequest, j: int) -> None:
+    """Choice j of a seeded request samples with seed + j: every choice reproducible, no two the same."""
+    if request.sampling.HasField("seed") and j:
+        request.sampling.seed = (request.sampling.seed + j + 2**63) % 2**64 - 2**63
+
+
+def _n(body: dict) -> int:
+    n = body.get("n")
+    return 1 if n is None else _integer(n, "n", low=1, high=MAX_CHOICES)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(value, name: str, low: int | None = None, high: int = 2**31 - 1) -> int:
+    if not _is_int(value) or (low is not None and value < low) or value > high:
+        bounds = f" in [{low}, {high}]" if low is not None else ""
+        raise InvalidRequest(f"{name} must be an integer{bounds}, got {value!r}", name)
+    return value
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{name} must be a number, got {value!r}", name)
+    return float(value)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(choices: list[Choice]) -> dict:
+    """OpenAI's usage over every choice (each prompt counted once), with splitspec's speculation stats."""
+    prompts: dict[int, int] = {}
+    completion = 0
+    rounds = drafted = accepted = 0
+    for c in choices:
+        if c.usage is not None:
+            prompts[c.prompt_index] = c.usage.prompt_tokens
+            completion += c.usage.completion_tokens
+        if c.speculation is not None:
+            rounds += c.speculation.num_rounds
+            drafted += c.speculation.num_draft_tokens
+            accepted += c.speculation.num_accepted_tokens
+    prompt = sum(prompts.values())
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "speculation": {
+            "num_rounds": rounds,
+            "num_draft_tokens": drafted,
+            "num_accepted_tokens": accepted,
+            "mean_tokens_per_round": completion / rounds if rounds else 0.0,
+        },
+    }
