@@ -86,3 +86,12 @@ def default_model_path() -> Path:
         return ensure_default_model()
     except SplitspecError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def default_model_stack(default_model_path, tmp_path_factory):
+    """service_stack.default_model_text_stack, started once for every module that uses it."""
+    from service_stack import default_model_text_stack
+
+    with default_model_text_stack(default_model_path, tmp_path_factory.mktemp("default_model_stack")) as stack:
+        yield stack

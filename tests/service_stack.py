@@ -150,6 +150,7 @@ class Stack:
     proposers: list[ServiceProcess]
     gateway: ServiceProcess
     processes: list[ServiceProcess] = field(default_factory=list)
+    http_base_url: str | None = None  # the gateway's OpenAI-compatible API, where it serves one
 
     def verifier_info(self) -> pb.VerifierInfo:
         with grpc.insecure_channel(self.verifier.address) as channel:
@@ -234,3 +235,33 @@ def running_stack(
         )
         cleanup.callback(gateway.stop)
         yield Stack(verifier, proposers, gateway, [verifier, *proposers, gateway])
+
+
+TEXT_STACK_K = 3
+TEXT_STACK_KV_BYTES = 64 << 20
+TEXT_STACK_MAX_TOKENS_LIMIT = 400
+TEXT_STACK_MODEL_NAME = "smollm2"
+VERIFIER_STARTUP_S = 900  # it measures its pass costs before serving: minutes on a busy two-core machine
+
+
+@contextmanager
+def default_model_text_stack(model: Path, log_dir: Path):
+    """The default model as verifier, ngram proposer and gateway processes, with a small KV cache, a
+    fixed K (so that rounds, and every verify pass, are the same in and out of process) and the OpenAI
+    HTTP API served as TEXT_STACK_MODEL_NAME. Shared by the modules that need text (conftest's
+    `default_model_stack`): starting it is the slowest part of their tests."""
+    with ExitStack() as cleanup:
+        verifier_args = ["serve-verifier", "--model", str(model), "--kv-cache-memory-bytes", str(TEXT_STACK_KV_BYTES)]
+        verifier = start_service("verifier", verifier_args, log_dir, timeout=VERIFIER_STARTUP_S)
+        cleanup.callback(verifier.stop)
+        proposer_args = ["serve-proposer", "--method", "ngram", "-k", str(TEXT_STACK_K)]
+        proposer = start_service("proposer", proposer_args, log_dir)
+        cleanup.callback(proposer.stop)
+        http_port = free_port()
+        gateway_args = ["serve-gateway", "--model", str(model), "--verifiers", verifier.address]
+        gateway_args += ["--proposers", proposer.address, "-k", str(TEXT_STACK_K), "--fixed-k"]
+        gateway_args += ["--http-port", str(http_port), "--served-model-name", TEXT_STACK_MODEL_NAME]
+        gateway_args += ["--max-tokens-limit", str(TEXT_STACK_MAX_TOKENS_LIMIT)]
+        gateway = start_service("gateway", gateway_args, log_dir)
+        cleanup.callback(gateway.stop)
+        yield Stack(verifier, [proposer], gateway, [verifier, proposer, gateway], f"http://127.0.0.1:{http_port}/v1")

@@ -17,7 +17,7 @@ FUZZ = Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz.py"
 
 def test_fuzzed_messages_get_answers_and_leave_the_services_serving(tiny_llama, tmp_path):
     result = subprocess.run(
-        [sys.executable, str(FUZZ), "--model", str(tiny_llama), "--seconds", "6", "--log-dir", str(tmp_path)],
+        [sys.executable, str(FUZZ), "--model", str(tiny_llama), "--seconds", "4", "--log-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,

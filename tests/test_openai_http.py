@@ -10,24 +10,22 @@ import urllib.request
 
 import openai
 import pytest
-from service_stack import free_port, running_stack, wait_for
+from service_stack import TEXT_STACK_MAX_TOKENS_LIMIT, TEXT_STACK_MODEL_NAME, wait_for
 
 from splitspec import LLM, SamplingParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.default_model]
 
-MAX_TOKENS_LIMIT = 400
+MAX_TOKENS_LIMIT = TEXT_STACK_MAX_TOKENS_LIMIT
+MODEL = TEXT_STACK_MODEL_NAME
 CHAT = [{"role": "user", "content": "List the planets of the solar system in order."}]
 PROMPT = "def fibonacci(n):\n    "
 
 
 @pytest.fixture(scope="module")
-def http_stack(default_model_path, tmp_path_factory):
-    port = free_port()
-    args = ("--http-port", str(port), "--served-model-name", "smollm2", "--max-tokens-limit", str(MAX_TOKENS_LIMIT))
-    with running_stack(default_model_path, tmp_path_factory.mktemp("http"), k=4, gateway_args=args) as stack:
-        stack.base_url = f"http://127.0.0.1:{port}/v1"
-        yield stack
+def http_stack(default_model_stack):
+    """The text stack shared with tests/test_services_text.py (fixed K=3, small KV cache)."""
+    return default_model_stack
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +35,7 @@ def in_process(default_model_path) -> LLM:
 
 @pytest.fixture
 def client(http_stack) -> openai.OpenAI:
-    with openai.OpenAI(base_url=http_stack.base_url, api_key="unused", max_retries=0) as c:
+    with openai.OpenAI(base_url=http_stack.http_base_url, api_key="unused", max_retries=0) as c:
         yield c
 
 
@@ -46,9 +44,9 @@ def _greedy(max_tokens: int) -> SamplingParams:
 
 
 def test_a_greedy_completion_is_in_process_output(client, in_process):
-    answer = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=24, temperature=0)
+    answer = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0)
     expected = in_process.generate(PROMPT, _greedy(24), use_tqdm=False)[0].outputs[0]
-    assert answer.object == "text_completion" and answer.model == "smollm2"
+    assert answer.object == "text_completion" and answer.model == MODEL
     assert [c.text for c in answer.choices] == [expected.text]
     assert answer.choices[0].finish_reason == "length"
     prompt_tokens = len(in_process.tokenizer.encode(PROMPT))
@@ -59,12 +57,12 @@ def test_a_greedy_completion_is_in_process_output(client, in_process):
 
 def test_a_chat_is_in_process_chat_and_its_stream_adds_up_to_it(client, in_process):
     expected = in_process.chat(CHAT, _greedy(48), use_tqdm=False)[0].outputs[0]
-    whole = client.chat.completions.create(model="smollm2", messages=CHAT, max_tokens=48, temperature=0)
+    whole = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=48, temperature=0)
     assert whole.choices[0].message.role == "assistant"
     assert whole.choices[0].message.content == expected.text
     chunks = list(
         client.chat.completions.create(
-            model="smollm2", messages=CHAT, max_completion_tokens=48, temperature=0, stream=True,
+            model=MODEL, messages=CHAT, max_completion_tokens=48, temperature=0, stream=True,
             stream_options={"include_usage": True},
         )
     )  # fmt: skip
@@ -82,9 +80,7 @@ def test_a_chat_is_in_process_chat_and_its_stream_adds_up_to_it(client, in_proce
 
 def test_n_seeded_choices_are_reproducible_and_each_is_in_process_sampling(client, in_process):
     def ask() -> list[str]:
-        answer = client.completions.create(
-            model="smollm2", prompt=PROMPT, max_tokens=20, temperature=0.9, seed=1234, n=2
-        )
+        answer = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0.9, seed=1234, n=2)
         return [c.text for c in sorted(answer.choices, key=lambda c: c.index)]
 
     first = ask()
@@ -100,11 +96,9 @@ def test_n_seeded_choices_are_reproducible_and_each_is_in_process_sampling(clien
 
 def test_the_async_client_streams_a_completion_that_adds_up_to_the_whole(http_stack):
     async def both() -> tuple[str, str]:
-        async with openai.AsyncOpenAI(base_url=http_stack.base_url, api_key="unused", max_retries=0) as c:
-            whole = await c.completions.create(model="smollm2", prompt=PROMPT, max_tokens=32, temperature=0)
-            stream = await c.completions.create(
-                model="smollm2", prompt=PROMPT, max_tokens=32, temperature=0, stream=True
-            )
+        async with openai.AsyncOpenAI(base_url=http_stack.http_base_url, api_key="unused", max_retries=0) as c:
+            whole = await c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=32, temperature=0)
+            stream = await c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=32, temperature=0, stream=True)
             return whole.choices[0].text, "".join([chunk.choices[0].text async for chunk in stream])
 
     whole, streamed = asyncio.run(both())
@@ -113,7 +107,7 @@ def test_the_async_client_streams_a_completion_that_adds_up_to_the_whole(http_st
 
 def test_token_id_prompts_and_several_prompts_come_back_in_order(client, in_process):
     ids = in_process.tokenizer.encode(PROMPT)
-    answer = client.completions.create(model="smollm2", prompt=[ids, ids[:3]], max_tokens=8, temperature=0)
+    answer = client.completions.create(model=MODEL, prompt=[ids, ids[:3]], max_tokens=8, temperature=0)
     expected = [
         in_process.generate({"prompt_token_ids": p}, _greedy(8), use_tqdm=False)[0].outputs[0].text
         for p in (ids, ids[:3])
@@ -122,8 +116,8 @@ def test_token_id_prompts_and_several_prompts_come_back_in_order(client, in_proc
 
 
 def test_models_and_health(http_stack, client):
-    assert [m.id for m in client.models.list()] == ["smollm2"]
-    with urllib.request.urlopen(http_stack.base_url.removesuffix("/v1") + "/health", timeout=10) as response:
+    assert [m.id for m in client.models.list()] == [MODEL]
+    with urllib.request.urlopen(http_stack.http_base_url.removesuffix("/v1") + "/health", timeout=10) as response:
         assert response.status == 200
 
 
@@ -139,15 +133,15 @@ def test_models_and_health(http_stack, client):
     ],
 )
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, kwargs, error, words):
-    request = dict(model="smollm2", prompt=PROMPT, max_tokens=4) | kwargs
+    request = dict(model=MODEL, prompt=PROMPT, max_tokens=4) | kwargs
     with pytest.raises(error) as caught:
         client.completions.create(**request)
     assert words in caught.value.body["message"] and caught.value.body["type"]
-    assert client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=4).choices[0].text is not None
+    assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4).choices[0].text is not None
 
 
 def test_a_body_that_is_not_json_is_a_400(http_stack):
-    request = urllib.request.Request(http_stack.base_url + "/completions", data=b"{not json", method="POST")
+    request = urllib.request.Request(http_stack.http_base_url + "/completions", data=b"{not json", method="POST")
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
     assert caught.value.code == 400
@@ -157,7 +151,7 @@ def test_a_body_that_is_not_json_is_a_400(http_stack):
 def test_closing_a_stream_midway_frees_every_kv_block(http_stack, client):
     initial = http_stack.verifier_info()
     stream = client.completions.create(
-        model="smollm2", prompt=PROMPT, max_tokens=MAX_TOKENS_LIMIT, temperature=0, stream=True,
+        model=MODEL, prompt=PROMPT, max_tokens=MAX_TOKENS_LIMIT, temperature=0, stream=True,
         extra_body={"ignore_eos": True},
     )  # fmt: skip
     received = [next(stream) for _ in range(3)]

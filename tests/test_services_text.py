@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Iterator
 
 import grpc
 import pytest
-from service_stack import start_service
+from service_stack import TEXT_STACK_K, TEXT_STACK_KV_BYTES
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
@@ -24,8 +22,8 @@ from splitspec.entrypoints.client import build_request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.default_model]
 
-K = 3
-SMALL_KV = 64 << 20
+K = TEXT_STACK_K
+SMALL_KV = TEXT_STACK_KV_BYTES
 ESSAY = "Write a short paragraph about the history of tea."
 JAPANESE = "Translate into Japanese: Good morning, my friend. How are you today?"
 ONE_WORD = "What is the capital of France? Answer with one word."
@@ -35,7 +33,6 @@ MAX_TOKENS = {
     ONE_WORD: 64,
 }  # each kana of the Japanese answer is two tokens: 25 ends on a whole one
 TIMEOUT_S = 300
-VERIFIER_STARTUP_S = 900  # it measures its pass costs before serving: minutes on a busy two-core machine
 
 
 @dataclass
@@ -67,21 +64,8 @@ def greedy(prompt: str, **kwargs) -> SamplingParams:
 
 
 @pytest.fixture(scope="module")
-def gateway(default_model_path, tmp_path_factory) -> Iterator[str]:
-    """Verifier, ngram proposer and gateway processes (service_stack.running_stack's, with a longer wait
-    for the verifier); the gateway's address. All are stopped on exit, even on failure."""
-    logs = tmp_path_factory.mktemp("text_logs")
-    model = str(default_model_path)
-    with ExitStack() as cleanup:
-        verifier_args = ["serve-verifier", "--model", model, "--kv-cache-memory-bytes", str(SMALL_KV)]
-        verifier = start_service("verifier", verifier_args, logs, timeout=VERIFIER_STARTUP_S)
-        cleanup.callback(verifier.stop)
-        proposer = start_service("proposer", ["serve-proposer", "--method", "ngram", "-k", str(K)], logs)
-        cleanup.callback(proposer.stop)
-        gateway_args = ["--verifiers", verifier.address, "--proposers", proposer.address, "-k", str(K), "--fixed-k"]
-        gateway = start_service("gateway", ["serve-gateway", "--model", model, *gateway_args], logs)
-        cleanup.callback(gateway.stop)
-        yield gateway.address
+def gateway(default_model_stack) -> str:
+    return default_model_stack.gateway.address
 
 
 @pytest.fixture(scope="module")
