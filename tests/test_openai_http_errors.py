@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import openai
@@ -87,3 +88,22 @@ def test_without_a_verifier_health_and_requests_are_503(tiny_llama, tmp_path):
         assert refused.value.status_code == 503 and "verifier" in refused.value.body["message"]
     finally:
         gateway.stop()
+
+
+@pytest.mark.e2e
+def test_a_request_over_the_concurrency_cap_is_a_429(tiny_llama, tmp_path):
+    port = free_port()
+    args = ("--http-port", str(port), "--max-concurrent-requests", "1", "--no-pipeline")
+    # 50 ms each way to the verifier, one token per round, no steps pipelined: the first request runs on
+    with running_stack(tiny_llama, tmp_path, gateway_args=args, network_delay_ms=50) as stack:
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as client:
+            with ThreadPoolExecutor(1) as pool:
+                first = pool.submit(
+                    client.completions.create, model=str(tiny_llama), prompt=PROMPT_IDS, max_tokens=100,
+                    extra_body={"ignore_eos": True, "speculation": {"num_speculative_tokens": 0}},
+                )  # fmt: skip
+                assert wait_for(lambda: stack.verifier_info().num_sequences == 1)
+                with pytest.raises(openai.RateLimitError) as refused:
+                    client.completions.create(model=str(tiny_llama), prompt=PROMPT_IDS, max_tokens=4)
+                assert refused.value.status_code == 429 and "retry later" in refused.value.body["message"]
+                assert first.result().usage.completion_tokens == 100
