@@ -19,7 +19,15 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.openai_protocol import Choice, InvalidRequest, chat_choices, completion_choices, new_id, usage
+from gateway.openai_protocol import (
+    Choice,
+    InvalidRequest,
+    chat_choices,
+    completion_choices,
+    new_id,
+    returns_token_ids,
+    usage,
+)
 from gateway.server import GatewayServicer
 from protos import splitspec_v1_pb2 as pb
 from splitspec.errors import ServiceError
@@ -136,9 +144,10 @@ class OpenAIFront:
             stream_options = body.get("stream_options") or {}
             if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"}:
                 raise InvalidRequest("stream_options may hold only include_usage", "stream_options")
+            token_ids = returns_token_ids(body)
         except InvalidRequest as exc:
             return error_response(400, str(exc), "invalid_request_error", exc.param)
-        answer = _Answer(new_id("chatcmpl" if chat else "cmpl"), self.served_model, chat, choices)
+        answer = _Answer(new_id("chatcmpl" if chat else "cmpl"), self.served_model, chat, choices, token_ids)
         if body.get("stream"):
             return await self._stream(request, answer, bool(stream_options.get("include_usage")))
         return await self._complete(request, answer)
@@ -181,9 +190,12 @@ class OpenAIFront:
                     choice, response = pending
                     answer_received(choice, response)
                     finish = response.finish_reason or None
-                    if response.text or finish:
+                    if response.text or finish or (answer.token_ids and response.token_ids):
                         delta = {"content": response.text} if answer.chat else response.text
-                        yield _event(answer.chunk(choice, delta, finish, include_usage))
+                        chunk = answer.chunk(choice, delta, finish, include_usage)
+                        if answer.token_ids:
+                            chunk["choices"][0]["token_ids"] = list(response.token_ids)
+                        yield _event(chunk)
                     pending = await anext(events, None)
                 if include_usage:
                     yield _event(answer.usage_chunk())
@@ -241,17 +253,25 @@ def _event(payload: dict) -> str:
 class _Answer:
     """One request's answer in OpenAI's shapes: the whole object, or its stream chunks."""
 
-    def __init__(self, answer_id: str, model: str, chat: bool, choices: list[Choice]) -> None:
+    def __init__(self, answer_id: str, model: str, chat: bool, choices: list[Choice], token_ids: bool) -> None:
         self.id = answer_id
         self.model = model
         self.chat = chat
         self.choices = choices
+        self.token_ids = token_ids  # vLLM's return_token_ids
         self.created = int(time.time())
 
     def _head(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
     def whole(self) -> dict:
+        answer = self._whole()
+        if self.token_ids:
+            for part, choice in zip(answer["choices"], self.choices):
+                part["token_ids"] = choice.token_ids
+        return answer
+
+    def _whole(self) -> dict:
         if self.chat:
             choices = [
                 {"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": None,

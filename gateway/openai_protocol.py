@@ -30,6 +30,7 @@ COMMON_PARAMETERS = {
     "stream_options",
     "speculation",
     "user",
+    "return_token_ids",
 }
 COMPLETION_PARAMETERS = COMMON_PARAMETERS | {"prompt"}
 CHAT_PARAMETERS = COMMON_PARAMETERS | {"messages", "max_completion_tokens"}
@@ -222,6 +223,14 @@ def _number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest(f"{name} must be a number, got {value!r}", name)
     return float(value)
+
+
+def returns_token_ids(body: dict) -> bool:
+    """vLLM's `return_token_ids`: each choice (and each stream chunk) also carries its token ids."""
+    value = body.get("return_token_ids")
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequest("return_token_ids must be true or false", "return_token_ids")
+    return bool(value)
 
 
 def new_id(prefix: str) -> str:

@@ -53,6 +53,10 @@ def test_a_greedy_completion_is_in_process_output(client, in_process):
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (prompt_tokens, 24)
     assert answer.usage.total_tokens == prompt_tokens + 24
     assert answer.usage.model_extra["speculation"]["num_rounds"] >= 1
+    with_ids = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0, extra_body={"return_token_ids": True}
+    )
+    assert with_ids.choices[0].model_extra["token_ids"] == list(expected.token_ids)
 
 
 def test_a_chat_is_in_process_chat_and_its_stream_adds_up_to_it(client, in_process):

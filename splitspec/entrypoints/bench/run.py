@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
-from splitspec.entrypoints.bench.runners import BenchPrompt, HFGenerate, SplitspecGateway, SplitspecInProcess
+from splitspec.entrypoints.bench.runners import (
+    BenchPrompt,
+    HFGenerate,
+    SplitspecGateway,
+    SplitspecGatewayHttp,
+    SplitspecInProcess,
+)
 from splitspec.entrypoints.bench.timing import RequestTiming, Summary, summarise
 from splitspec.entrypoints.bench.workloads import build_prompts
 
@@ -147,10 +153,18 @@ def run_bench(settings: BenchSettings) -> dict:
     for delay in settings.network_delays_ms if settings.gateway else ():
         suffix = f" +{delay:g}ms" if delay else ""
         _log(f"starting the gateway stack (splitspec up{f' --network-delay-ms {delay:g}' if delay else ''})")
-        stack, address = _start_stack(str(path), settings.num_speculative_tokens, settings.device, delay_ms=delay)
+        http_port = _free_port()
+        stack, address = _start_stack(
+            str(path), settings.num_speculative_tokens, settings.device, delay_ms=delay,
+            up_flags=() if delay else ("--http-port", str(http_port)),
+        )  # fmt: skip
         stacks.append(stack)
         configs.append(SplitspecGateway(f"gateway K=0{suffix}", address, num_speculative_tokens=0))
         configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens}{suffix}", address))
+        if not delay:  # the same stack through the OpenAI-compatible HTTP API
+            base_url = f"http://127.0.0.1:{http_port}/v1"
+            name = f"gateway HTTP ngram K={settings.num_speculative_tokens}"
+            configs.append(SplitspecGatewayHttp(name, base_url, str(path)))
         variants = {}
         if settings.unpipelined_rows:
             variants["ngram K={k} no-pipeline"] = ("--no-pipeline",)

@@ -138,3 +138,58 @@ class SplitspecGateway:
             stub = pb_grpc.GatewayStub(channel)
             with ThreadPoolExecutor(max(1, len(prompts))) as pool:
                 return list(pool.map(one, prompts))
+
+
+class SplitspecGatewayHttp:
+    """The same stack through the gateway's OpenAI-compatible HTTP API: /v1/completions streamed by
+    server-sent events, with vLLM's `return_token_ids` so that its tokens are compared like the others'."""
+
+    def __init__(self, name: str, base_url: str, model: str, num_speculative_tokens: int | None = None) -> None:
+        self.name = name
+        self.base_url = base_url
+        self.model = model
+        self.num_speculative_tokens = num_speculative_tokens
+
+    def run(self, prompts: list[BenchPrompt], max_tokens: int) -> list[RequestTiming]:
+        import http.client
+        import json
+        from concurrent.futures import ThreadPoolExecutor
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.base_url)
+
+        def one(p: BenchPrompt) -> RequestTiming:
+            body = {"model": self.model, "prompt": p.token_ids, "max_tokens": max_tokens, "temperature": 0,
+                    "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}  # fmt: skip
+            if self.num_speculative_tokens is not None:
+                body["speculation"] = {"num_speculative_tokens": self.num_speculative_tokens}
+            timing = RequestTiming(self.name, p.prompt.name, p.prompt.workload, time.perf_counter())
+            connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+            try:
+                connection.request(
+                    "POST", f"{url.path}/completions", json.dumps(body), {"Content-Type": "application/json"}
+                )
+                response = connection.getresponse()
+                if response.status != 200:
+                    raise RuntimeError(f"{self.name}: HTTP {response.status}: {response.read()[:300]!r}")
+                while (line := response.readline()) and line.strip() != b"data: [DONE]":
+                    if not line.startswith(b"data: "):
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        raise RuntimeError(f"{self.name}: {chunk['error']['message']}")
+                    if not chunk["choices"]:  # the last chunk: usage, with splitspec's speculation stats
+                        spec = chunk["usage"]["speculation"]
+                        timing.rounds, timing.drafted = spec["num_rounds"], spec["num_draft_tokens"]
+                        timing.accepted = spec["num_accepted_tokens"]
+                        continue
+                    token_ids = chunk["choices"][0].get("token_ids", [])
+                    if token_ids:
+                        timing.arrivals.append((time.perf_counter(), len(token_ids)))
+                        timing.token_ids.extend(token_ids)
+            finally:
+                connection.close()
+            return timing
+
+        with ThreadPoolExecutor(max(1, len(prompts))) as pool:
+            return list(pool.map(one, prompts))

@@ -1,0 +1,66 @@
+"""OpenAI request bodies as GenerateRequests (gateway/openai_protocol.py): pure translation."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.openai_protocol import InvalidRequest, chat_choices, completion_choices
+
+
+def test_several_prompts_times_n_are_choices_in_openai_order_with_seed_plus_j():
+    choices = completion_choices({"prompt": ["a", "b"], "n": 2, "seed": 7, "max_tokens": 5}, 16)
+    assert [(c.index, c.prompt_index, c.request.prompt, c.request.sampling.seed) for c in choices] == [
+        (0, 0, "a", 7), (1, 0, "a", 8), (2, 1, "b", 7), (3, 1, "b", 8),
+    ]  # fmt: skip
+    assert all(c.request.sampling.max_tokens == 5 for c in choices)
+
+
+def test_the_largest_seed_wraps_to_the_smallest_for_the_next_choice():
+    choices = completion_choices({"prompt": "a", "n": 2, "seed": 2**63 - 1}, 16)
+    assert [c.request.sampling.seed for c in choices] == [2**63 - 1, -(2**63)]
+
+
+def test_token_id_prompts_and_defaults():
+    (choice,) = completion_choices({"prompt": [1, 2, 3]}, 16)
+    assert list(choice.request.prompt_token_ids) == [1, 2, 3] and choice.request.sampling.max_tokens == 16
+    assert not choice.request.sampling.HasField("seed") and not choice.request.sampling.HasField("temperature")
+
+
+def test_chat_messages_join_text_parts_and_take_max_completion_tokens():
+    body = {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}],
+        "max_completion_tokens": 9,
+    }
+    (choice,) = chat_choices(body, 100)
+    assert [(m.role, m.content) for m in choice.request.messages] == [("user", "hi there")]
+    assert choice.request.sampling.max_tokens == 9
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"prompt": "a", "logprobs": 1}, "unsupported parameters: logprobs"),
+        ({"prompt": "a", "tools": [{"type": "function"}], "frequency_penalty": 0.5}, "frequency_penalty, tools"),
+        ({"prompt": "a", "n": 17}, "n must be an integer in [1, 16]"),
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens must be an integer"),
+        ({"prompt": "a", "temperature": "hot"}, "temperature must be a number"),
+        ({"prompt": "a", "stop": [1]}, "stop must be a string or a list of strings"),
+        ({"prompt": [1, "x"]}, "prompt must be"),
+        ({}, "prompt is required"),
+    ],
+)
+def test_bad_bodies_name_what_is_wrong(body, words):
+    with pytest.raises(InvalidRequest) as caught:
+        completion_choices(body, 16)
+    assert words in str(caught.value)
+
+
+def test_neutral_values_of_unsupported_parameters_pass():
+    assert completion_choices({"prompt": "a", "logprobs": None, "presence_penalty": 0, "echo": False}, 16)
+
+
+def test_chat_needs_messages_with_roles():
+    with pytest.raises(InvalidRequest, match="messages must be a non-empty list"):
+        chat_choices({"messages": []}, 16)
+    with pytest.raises(InvalidRequest, match=r"messages\[0\] must be an object with a role"):
+        chat_choices({"messages": [{"content": "x"}]}, 16)
