@@ -99,11 +99,11 @@ def test_a_request_over_the_concurrency_cap_is_a_429(tiny_llama, tmp_path):
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as client:
             with ThreadPoolExecutor(1) as pool:
                 first = pool.submit(
-                    client.completions.create, model=str(tiny_llama), prompt=PROMPT_IDS, max_tokens=100,
+                    client.completions.create, model=str(tiny_llama), prompt=PROMPT_IDS, max_tokens=30,
                     extra_body={"ignore_eos": True, "speculation": {"num_speculative_tokens": 0}},
                 )  # fmt: skip
                 assert wait_for(lambda: stack.verifier_info().num_sequences == 1)
                 with pytest.raises(openai.RateLimitError) as refused:
                     client.completions.create(model=str(tiny_llama), prompt=PROMPT_IDS, max_tokens=4)
                 assert refused.value.status_code == 429 and "retry later" in refused.value.body["message"]
-                assert first.result().usage.completion_tokens == 100
+                assert first.result().usage.completion_tokens == 30
