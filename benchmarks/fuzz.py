@@ -38,7 +38,7 @@ from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
-from pods import Pod
+from pods import Pod, start_ngram_stack
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
@@ -278,25 +278,12 @@ def _run_for(seconds: float, strategy: st.SearchStrategy, send: Callable[[object
 def fuzz(
     model: str, seconds: float, targets: list[str], seed: int, log_dir: Path, max_memory_growth: float = 0.1
 ) -> bool:
-    verifier = Pod("verifier", ["serve-verifier", "--model", model, "--max-num-seqs", "16"], log_dir)
-    proposer = Pod("proposer", ["serve-proposer", "--method", "ngram"], log_dir)
-    servers = [verifier, proposer]
-    gateway = None
+    servers: list[Pod] = []
     ok = True
     try:
-        for server in servers:
-            server.start()
-        for server in servers:
-            server.wait_serving()
-        gateway = Pod(
-            "gateway",
-            ["serve-gateway", "--model", model, "--verifiers", verifier.address, "--proposers", proposer.address]
-            + ["--max-tokens-limit", "16"],
-            log_dir,
+        verifier, proposer, gateway = start_ngram_stack(
+            model, log_dir, servers, ["--max-num-seqs", "16"], ["--max-tokens-limit", "16"]
         )
-        servers.append(gateway)
-        gateway.start()
-        gateway.wait_serving()
         with grpc.insecure_channel(verifier.address) as channel:
             info = pb_grpc.VerifierStub(channel).GetInfo(pb.InfoRequest(), timeout=10)
         overrides = _overrides(info.vocab_size, info.max_model_len)

@@ -80,3 +80,27 @@ class Pod:
         with open(f"/proc/{self.proc.pid}/status") as status:
             line = next(line for line in status if line.startswith("VmRSS:"))
         return int(line.split()[1]) * 1024
+
+
+def start_ngram_stack(
+    model: str, log_dir: Path, started: list[Pod], verifier_args: list[str], gateway_args: list[str]
+) -> tuple[Pod, Pod, Pod]:
+    """A verifier, an n-gram proposer and a gateway over them, each serving before this returns. Every
+    pod is appended to `started` as it starts, for the caller to stop, even when a later one fails."""
+    verifier = Pod("verifier", ["serve-verifier", "--model", model, *verifier_args], log_dir)
+    proposer = Pod("proposer", ["serve-proposer", "--method", "ngram"], log_dir)
+    for pod in (verifier, proposer):
+        started.append(pod)
+        pod.start()
+    for pod in (verifier, proposer):
+        pod.wait_serving()
+    gateway = Pod(
+        "gateway",
+        ["serve-gateway", "--model", model, "--verifiers", verifier.address, "--proposers", proposer.address]
+        + gateway_args,
+        log_dir,
+    )
+    started.append(gateway)
+    gateway.start()
+    gateway.wait_serving()
+    return verifier, proposer, gateway

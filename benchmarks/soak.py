@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
-from pods import Pod
+from pods import Pod, start_ngram_stack
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
@@ -249,23 +249,10 @@ def soak(args: argparse.Namespace, log_dir: Path) -> dict:
     expected = _in_process(llm, prompts, args.max_tokens)
     del llm
 
-    verifier = Pod("verifier", ["serve-verifier", "--model", args.model], log_dir)
-    proposer = Pod("proposer", ["serve-proposer", "--method", "ngram"], log_dir)
-    pods = [verifier, proposer]
+    pods: list[Pod] = []
     try:
-        for pod in pods:
-            pod.start()
-        for pod in pods:
-            pod.wait_serving()
-        gateway = Pod(
-            "gateway",
-            ["serve-gateway", "--model", args.model, "--verifiers", verifier.address, "--proposers", proposer.address]
-            + ["--ngram-on-proposers", "--max-tokens-limit", str(args.max_tokens)],
-            log_dir,
-        )
-        pods.append(gateway)
-        gateway.start()
-        gateway.wait_serving()
+        gateway_args = ["--ngram-on-proposers", "--max-tokens-limit", str(args.max_tokens)]
+        verifier, _, gateway = start_ngram_stack(args.model, log_dir, pods, [], gateway_args)
         with grpc.insecure_channel(verifier.address) as channel:
             info = pb_grpc.VerifierStub(channel).GetInfo(pb.InfoRequest(), timeout=10)
         malformed = malformed_requests(info.vocab_size, info.max_model_len, args.max_tokens)
