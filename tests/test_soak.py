@@ -19,9 +19,9 @@ SOAK = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
 def test_a_small_soak_loses_nothing_and_holds_nothing(tiny_llama, tmp_path):
     report_path = tmp_path / "soak.json"
     args = ["--model", str(tiny_llama), "--requests", "160", "--concurrency", "16", "--max-tokens", "24"]
-    # a bound for gross leaks only: the verifier's memory still grows while oneDNN caches a primitive per
-    # new pass shape (docs/benchmarks.md, "The soak"), more than 10% over so short a run
-    args += ["--max-memory-growth", "0.5"]
+    # the 10%: with pass row counts unbucketed (oneDNN caching a primitive per count) this run's
+    # verifier grew 13%, with buckets 5% (docs/benchmarks.md, "The soak")
+    args += ["--max-memory-growth", "0.1"]
     result = subprocess.run(
         [sys.executable, str(SOAK), *args, "--output", str(report_path), "--log-dir", str(tmp_path)],
         capture_output=True,

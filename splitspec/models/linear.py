@@ -6,6 +6,12 @@ tokens cost far more than a decode step. oneDNN's linear, with the weight packed
 batch, runs 1-16 rows at about the cost of one: the weight is streamed once either way
 (`python benchmarks/pass_cost.py`; docs/benchmarks.md, "What changed the numbers"). Elsewhere (CUDA, or a PyTorch
 built without oneDNN) the weight stays as it is and F.linear is used.
+
+oneDNN builds and caches a primitive for each row count it sees (up to 1,024 per process), and a serving
+verifier sees nearly every count between 1 and its longest prefill, so its resident memory kept growing
+for thousands of requests (docs/benchmarks.md, "The soak"). Row counts above 16 are therefore padded up
+to one of eight steps per power of two: at most 12.5% more rows, and about a hundred primitives per
+weight for passes up to 8,192 tokens.
 """
 
 from __future__ import annotations
@@ -17,6 +23,17 @@ import torch.nn.functional as F
 # measured no slower than other choices for one-row decode and long prefill of the per-layer weights.
 PACKED_ROWS_HINT = 8
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+EXACT_ROWS = 16
+STEPS_PER_OCTAVE = 8
+
+
+def padded_rows(rows: int) -> int:
+    """The row count a product of `rows` rows runs at: itself up to EXACT_ROWS, then the next multiple of
+    1/STEPS_PER_OCTAVE of its power of two."""
+    if rows <= EXACT_ROWS:
+        return rows
+    step = (1 << (rows.bit_length() - 1)) // STEPS_PER_OCTAVE
+    return -(-rows // step) * step
 
 
 def onednn_available() -> bool:
@@ -32,7 +49,8 @@ def packs(dtype: torch.dtype) -> bool:
 
 
 class Linear:
-    """y = x @ weight.T + bias for a [out, in] weight, with the weight laid out for the device."""
+    """y = x @ weight.T + bias for a [out, in] weight and an x of [rows, in], with the weight laid out for
+    the device."""
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, rows_hint: int = PACKED_ROWS_HINT
@@ -47,5 +65,10 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [None], "")
+            rows = x.shape[0]
+            padded = padded_rows(rows)
+            if padded != rows:
+                x = F.pad(x, (0, 0, 0, padded - rows))
+            y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [None], "")
+            return y if padded == rows else y[:rows]
         return F.linear(x, self.weight, self.bias)

@@ -310,9 +310,10 @@ def _run_interleaved(
 
 
 def _concurrency_sweep(configs: list, bench_prompts: list[BenchPrompt], settings: BenchSettings) -> list[dict]:
-    """Throughput of splitspec's own configurations (in-process, then gateway) at each concurrency."""
+    """Throughput of splitspec's own configurations (in-process, then gateway gRPC and HTTP) at each
+    concurrency."""
     ours = [c for c in configs if isinstance(c, SplitspecInProcess)]
-    ours += [c for c in configs if isinstance(c, SplitspecGateway)]
+    ours += [c for c in configs if isinstance(c, (SplitspecGateway, SplitspecGatewayHttp))]
     sweep = []
     for level in settings.concurrency:
         batch = [bench_prompts[i % len(bench_prompts)] for i in range(level)]
