@@ -50,8 +50,8 @@ class Channels:
     options: list[tuple[str, int]]
     """Message limits, and keepalive: how soon a silent peer counts as gone."""
     tls: ClientTls | None = None
-    """None: plaintext. The files are read for each new channel, so pods that join after a client
-    certificate was rotated get the new one."""
+    """None: plaintext. The files are read for each new channel; when they change, the gateway opens new
+    channels to every pod (gateway.discovery.keep_resolving)."""
 
     def open(self, address: str, server_name: str | None = None) -> grpc.aio.Channel:
         """server_name: what the peer's certificate must name, when not the host in `address`."""
@@ -73,6 +73,7 @@ class VerifierBackend:
         self.link = Ewma()  # seconds there and back, from the GetInfo calls of refresh_info
         self.num_sequences = 0  # this gateway's sequences on it
         self.retired = False
+        self.superseded = False  # a newer channel to the same verifier takes new sequences
         self._own_at_refresh = 0  # num_sequences when info was last read
         self._round_plan: dict[str, tuple[int, float]] = {}  # seq_id -> (rows, expected tokens) of its last step
 
@@ -113,6 +114,9 @@ class VerifierBackend:
     def retire(self) -> None:
         self.retired = True
         self.info = None
+
+    async def refresh(self) -> bool:
+        return await self.refresh_info() is not None
 
     async def refresh_info(self, timeout: float = 2.0) -> pb.VerifierInfo | None:
         """Its info while it is SERVING; None (take no sequences) when it is unreachable, draining,
@@ -207,19 +211,23 @@ class ProposerBackend:
         self.down_until = 0.0
         self.serving = True  # its health, as last checked: False while it drains or does not answer
         self.retired = False
+        self.superseded = False  # a newer channel to the same proposer drafts instead
         self.num_sequences = 0
         self.link = Ewma()  # seconds there and back, from the health checks of refresh_health
         self.draft_token = Ewma()  # seconds of drafting per draft token: a draft's wait beyond the link
 
     @property
     def available(self) -> bool:
-        return self.serving and not self.retired and time.monotonic() >= self.down_until
+        return self.serving and not self.retired and not self.superseded and time.monotonic() >= self.down_until
 
     def mark_down(self) -> None:
         self.down_until = time.monotonic() + self.RETRY_AFTER_S
 
     def retire(self) -> None:
         self.retired = True
+
+    async def refresh(self) -> bool:
+        return await self.refresh_health()
 
     async def refresh_health(self, timeout: float = 2.0) -> bool:
         """Whether it is SERVING; a draining proposer says NOT_SERVING and gets no more drafts."""

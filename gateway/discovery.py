@@ -61,8 +61,12 @@ class Backend(Protocol):
     address: str
     num_sequences: int
     retired: bool
+    superseded: bool
+    """A newer backend for the same address takes its new sequences (BackendPool.renew)."""
 
     def retire(self) -> None: ...
+
+    async def refresh(self) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -100,17 +104,30 @@ class BackendPool(Generic[B]):
         self.apply(set().union(*self._last.values()))
 
     def apply(self, addresses: set[str]) -> None:
-        known = {b.address: b for b in self.backends}
+        known = {b.address: b for b in self.backends if not b.superseded}
         for address in sorted(addresses - known.keys()):
             self.backends.append(self.make(address, self.server_name(address)))
             if self.dynamic:
                 print(f"splitspec gateway: {self.kind} {address} joined", file=sys.stderr, flush=True)
-        for address, backend in known.items():
-            if address in addresses:
-                backend.retired = False  # listed again before it was closed
+        for backend in self.backends:
+            if backend.address in addresses:
+                if not backend.superseded:
+                    backend.retired = False  # listed again before it was closed
             elif not backend.retired:
                 backend.retire()
-                print(f"splitspec gateway: {self.kind} {address} left; draining it", file=sys.stderr, flush=True)
+                if not backend.superseded:
+                    print(f"splitspec gateway: {self.kind} {backend.address} left; draining it",
+                          file=sys.stderr, flush=True)  # fmt: skip
+
+    async def renew(self) -> None:
+        """A new backend, so a new channel, for every address (the client certificate changed on disk):
+        it takes new sequences once it has been checked, and the one it supersedes keeps its sequences
+        to their end and is closed when it holds none."""
+        for old in [b for b in self.backends if not b.retired and not b.superseded]:
+            new = self.make(old.address, self.server_name(old.address))
+            await new.refresh()
+            self.backends.append(new)
+            old.superseded = True
 
     def server_name(self, address: str) -> str | None:
         """The dns:/// name whose addresses include this one: what the pod's certificate names, since
@@ -118,17 +135,25 @@ class BackendPool(Generic[B]):
         return next((t.host for t, found in self._last.items() if t.resolve and address in found), None)
 
     async def close_drained(self) -> None:
-        """Close and drop the retired backends that hold no sequence any more."""
-        for backend in [b for b in self.backends if b.retired and b.num_sequences == 0]:
+        """Close and drop the retired and superseded backends that hold no sequence any more."""
+        for backend in [b for b in self.backends if (b.retired or b.superseded) and b.num_sequences == 0]:
             self.backends.remove(backend)
             await backend.close()
 
 
-async def keep_resolving(pools: list[BackendPool], interval_s: float) -> None:
-    """Re-resolve the pools' names every interval_s; close what has drained in between."""
+async def keep_resolving(
+    pools: list[BackendPool], interval_s: float, client_files_renewed: Callable[[], bool] = lambda: False
+) -> None:
+    """Re-resolve the pools' names every interval_s; close what has drained in between; open new
+    channels when the client TLS files were renewed."""
     while True:
         await asyncio.sleep(interval_s)
+        renew = client_files_renewed()
+        if renew:
+            print("splitspec gateway: client TLS files changed; opening new channels", file=sys.stderr, flush=True)
         for pool in pools:
             await pool.close_drained()
             if pool.dynamic:
                 await pool.refresh()
+            if renew:
+                await pool.renew()

@@ -184,7 +184,8 @@ class GatewayCore:
         while True:
             full: list[ServiceError] = []
             for verifier in sorted(
-                (v for v in self.verifiers if v.info is not None), key=lambda v: (v.load, -v.kv_free_share)
+                (v for v in self.verifiers if v.info is not None and not v.superseded),
+                key=lambda v: (v.load, -v.kv_free_share),
             ):
                 verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
                 try:
@@ -257,7 +258,9 @@ class GatewayCore:
         last_result_at: float | None = None
         try:
             while not seq.finished:
-                moving = verifier.info is None and any(v.info is not None for v in self.verifiers if v is not verifier)
+                moving = verifier.info is None and any(
+                    v.info is not None and not v.superseded for v in self.verifiers if v is not verifier
+                )
                 if moving and not pipe.steps:
                     # its health says draining (or it stopped answering): move at this round, not at the end
                     leaving, verifier = verifier, None  # counted off by _move, even if no other answers

@@ -33,7 +33,7 @@ from splitspec.errors import ServiceError
 from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
 from splitspec.rpc.api_keys import ApiKeyInterceptor
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
-from splitspec.rpc.tls import ClientTls
+from splitspec.rpc.tls import ClientFilesWatch, ClientTls
 from splitspec.tracing import Tracing, start_tracing, traces_endpoint
 
 
@@ -227,7 +227,7 @@ class GatewaySettings:
     verifiers: tuple[Target, ...] = (Target("127.0.0.1", 50052, resolve=False),)
     proposers: tuple[Target, ...] = field(default=(Target("127.0.0.1", 50053, resolve=False),))
     resolve_interval_s: float = 5.0
-    """How often dns:/// targets are resolved again."""
+    """How often dns:/// targets are resolved again, and the client TLS files checked for a change."""
     method: str = "ngram"
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
     max_concurrent_requests: int = 256
@@ -342,7 +342,9 @@ def run_gateway(settings: GatewaySettings) -> None:
                 await http[0].start()
             loop = asyncio.get_running_loop()
             tasks.append(loop.create_task(watch_backends(core, health)))
-            tasks.append(loop.create_task(keep_resolving(pools, settings.resolve_interval_s)))
+            client_files = ClientFilesWatch(settings.client_tls) if settings.client_tls else None
+            renewed = client_files.renewed if client_files else lambda: False
+            tasks.append(loop.create_task(keep_resolving(pools, settings.resolve_interval_s, renewed)))
 
         async def stop() -> None:
             for server in http:

@@ -46,10 +46,16 @@ class FakeBackend:
     server_name: str | None = None
     num_sequences: int = 0
     retired: bool = False
+    superseded: bool = False
     closed: bool = False
+    refreshed: bool = False
 
     def retire(self) -> None:
         self.retired = True
+
+    async def refresh(self) -> bool:
+        self.refreshed = True
+        return True
 
     async def close(self) -> None:
         self.closed = True
@@ -71,6 +77,25 @@ def test_the_pool_adds_new_addresses_and_drains_vanished_ones_before_closing_the
     b.retire()
     pool.apply({"10.0.0.2:1", "10.0.0.3:1"})
     assert not b.retired, "listed again before it closed: it serves again"
+
+
+def test_renewed_client_files_give_every_address_a_new_backend_and_the_old_ones_close_when_empty():
+    backends: list[FakeBackend] = []
+    pool = BackendPool((Target("pods", 1, resolve=True),), FakeBackend, backends, "verifier")
+    pool.apply({"10.0.0.1:1", "10.0.0.2:1"})
+    busy, idle = sorted(backends, key=lambda x: x.address)
+    busy.num_sequences = 1
+    asyncio.run(pool.renew())
+    old, new = backends[:2], backends[2:]
+    assert all(b.superseded and not b.retired for b in old), "their sequences run to their end"
+    assert [b.address for b in new] == ["10.0.0.1:1", "10.0.0.2:1"] and all(b.refreshed for b in new)
+    assert not any(b.superseded or b.retired for b in new), "checked before they take sequences"
+    asyncio.run(pool.close_drained())
+    assert idle.closed and idle not in backends and busy in backends and not busy.closed
+    pool.apply({"10.0.0.2:1"})
+    assert busy.retired and new[0].retired and not new[1].retired, "a vanished pod drains on either channel"
+    pool.apply({"10.0.0.1:1", "10.0.0.2:1"})
+    assert not new[0].retired and busy.retired, "listed again: the new backend serves, the old one still not"
 
 
 def test_a_name_that_stops_resolving_keeps_its_last_addresses():
@@ -133,6 +158,7 @@ class StartOnly:
     started: list[str] = field(default_factory=list)
     num_sequences: int = 0
     info: pb.VerifierInfo = field(default_factory=pb.VerifierInfo)
+    superseded: bool = False
 
     def mark_down(self) -> None:
         self.info = None
@@ -161,6 +187,8 @@ def test_a_sequence_starts_on_the_least_loaded_verifier_and_passes_over_full_or_
     assert _start([StartOnly("a", 0.5), StartOnly("b", 0.25, full), StartOnly("c", 0.75)]).address == "a"
     down = StartOnly("b", 0.0, lost)
     assert _start([StartOnly("a", 0.5), down]).address == "a" and down.info is None
+    superseded = StartOnly("b", 0.25, superseded=True)
+    assert _start([StartOnly("a", 0.5), superseded]).address == "a", "a new channel to b would take it"
     with pytest.raises(ServiceError) as raised:
         _start([StartOnly("a", 0.5, full), StartOnly("b", 0.25, full)])
     assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -5,18 +5,20 @@ certificate replaced on disk while a server runs."""
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_stack import running_stack, start_service
+from service_stack import running_stack, start_service, wait_for
 from test_cli import assert_one_line_error, splitspec
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request, stream_generate
+from splitspec.netdelay import DelayProxy
 from splitspec.rpc.throwaway_certs import StackCertificates, make_stack_certificates
 from splitspec.rpc.tls import ClientTls
 
@@ -150,3 +152,60 @@ def test_a_certificate_replaced_on_disk_is_served_without_a_restart(tmp_path, ce
         assert proposer.proc.poll() is None
     finally:
         proposer.stop()
+
+
+@pytest.mark.e2e
+def test_the_gateway_s_client_certificate_replaced_on_disk_is_presented_on_new_channels(
+    tiny_llama, tmp_path, certs, other_certs
+):
+    """The verifier moves to another CA; the gateway's files follow. The link between them is cut after
+    both changed, so the gateway must reconnect, which works only with the new files."""
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    expected = LLM(str(tiny_llama)).generate([{"prompt_token_ids": PROMPT}], params)[0].outputs[0].token_ids
+    request = build_request(PROMPT, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    verifier_files = {name: tmp_path / f"verifier-{name}.pem" for name in ("cert", "key", "ca")}
+    gateway_files = {name: tmp_path / f"gateway-{name}.pem" for name in ("ca", "cert", "key")}
+
+    def place(source: StackCertificates) -> None:
+        pairs = zip(verifier_files.values(), (source.server_cert, source.server_key, source.ca))
+        pairs = [*pairs, *zip(gateway_files.values(), (source.ca, source.client_cert, source.client_key))]
+        for live, origin in pairs:
+            _replace(live, origin.read_bytes())
+
+    place(certs)
+    tls = [f"--tls-{flag}-file" for flag in ("cert", "key", "ca")]
+    verifier = start_service(
+        "verifier",
+        [
+            "serve-verifier",
+            "--model",
+            str(tiny_llama),
+            *[a for pair in zip(tls, map(str, verifier_files.values())) for a in pair],
+        ],
+        tmp_path,
+        health_port=True,
+    )
+    stack = ExitStack()
+    try:
+        stack.callback(verifier.stop)
+        host, port = verifier.address.rsplit(":", 1)
+        link = stack.enter_context(DelayProxy((host, int(port)), 0.0))
+        client_flags = ["--tls-ca-file", "--tls-client-cert-file", "--tls-client-key-file"]
+        gateway_args = ["serve-gateway", "--model", str(tiny_llama), "--verifiers", link.address, "--proposers", ""]
+        gateway_args += [a for pair in zip(client_flags, map(str, gateway_files.values())) for a in pair]
+        gateway = start_service("gateway", [*gateway_args, "--resolve-interval-s", "0.2"], tmp_path)
+        stack.callback(gateway.stop)
+
+        def generated() -> list[int]:
+            return [t for r in stream_generate(gateway.address, request, 30) for t in r.token_ids]
+
+        assert generated() == expected
+        place(other_certs)
+        assert wait_for(lambda: "opening new channels" in gateway.logs(), timeout=10), "it saw its new files"
+        link_port = int(link.address.rsplit(":", 1)[1])
+        link.stop()  # every connection through it is cut
+        stack.enter_context(DelayProxy((host, int(port)), 0.0, port=link_port))
+        assert generated() == expected, "reconnected with the new certificate and CA"
+        assert gateway.proc.poll() is None and verifier.proc.poll() is None
+    finally:
+        stack.close()

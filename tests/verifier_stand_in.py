@@ -20,6 +20,7 @@ class VerifierStandIn:
     num_sequences: int = 0
     load: float = 0.0
     kv_free_share: float = 1.0
+    superseded: bool = False
 
     def plan_step(self, seq_id: str, rows: int, expected_tokens: float) -> None:
         pass

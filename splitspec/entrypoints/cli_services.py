@@ -179,8 +179,8 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         "--resolve-interval-s",
         type=float,
         default=env_default("RESOLVE_INTERVAL_S", 5.0),
-        help="how often dns:/// names are resolved again: new addresses join, vanished ones are drained "
-        "(env SPLITSPEC_RESOLVE_INTERVAL_S)",
+        help="how often dns:/// names are resolved again (new addresses join, vanished ones are drained) "
+        "and the client TLS files are checked for a renewal (env SPLITSPEC_RESOLVE_INTERVAL_S)",
     )
     p.add_argument("--method", default=env_default("METHOD", "ngram"), help="the proposers' method, for model info")
     p.add_argument(

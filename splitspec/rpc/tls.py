@@ -6,6 +6,9 @@ A server's certificate and CA are re-read at the next handshake after any of the
 rotated certificate is served without a restart; connections already open keep theirs. A file caught
 half-written keeps the last good pair in service until the next change. A server given a CA requires
 its clients to present a certificate it signed (mutual TLS).
+
+A client's credentials are fixed when its channel opens, so the gateway watches its own files
+(ClientFilesWatch) and opens new channels when they change (gateway.discovery.BackendPool.renew).
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class ClientTls:
     ca_file: str
     cert_file: str | None = None
     key_file: str | None = None
+
+    @property
+    def paths(self) -> list[str]:
+        return [p for p in (self.ca_file, self.cert_file, self.key_file) if p is not None]
 
     def credentials(self) -> grpc.ChannelCredentials:
         ca = read_certificates(self.ca_file, "--tls-ca-file")
@@ -101,6 +108,28 @@ def _signature(paths: list[str]) -> tuple:
         except OSError:
             signature.append(None)
     return tuple(signature)
+
+
+class ClientFilesWatch:
+    """Whether a client's TLS files changed on disk into a usable set since the last look."""
+
+    def __init__(self, tls: ClientTls) -> None:
+        self._tls = tls
+        self._signature = _signature(tls.paths)
+
+    def renewed(self) -> bool:
+        """True once per change that reads well; a change caught half-written is logged and waited out
+        (the next write changes the files again)."""
+        signature = _signature(self._tls.paths)
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        try:
+            self._tls.credentials()
+        except SplitspecError as exc:
+            log.warning("client TLS files changed but cannot be used (%s); keeping the open channels", exc)
+            return False
+        return True
 
 
 class _ReloadingServerFiles:
