@@ -209,3 +209,47 @@ def test_the_gateway_s_client_certificate_replaced_on_disk_is_presented_on_new_c
         assert gateway.proc.poll() is None and verifier.proc.poll() is None
     finally:
         stack.close()
+
+
+@pytest.mark.e2e
+def test_a_pod_found_by_name_must_show_a_certificate_for_that_name(tiny_llama, tmp_path):
+    """The verifier's certificate names "localhost" and no address: found as dns:///localhost:P it is
+    trusted, reached at its address it is not."""
+    named = make_stack_certificates(tmp_path / "named", ["localhost"], loopback=False)
+    files = ["--tls-cert-file", str(named.server_cert), "--tls-key-file", str(named.server_key)]
+    verifier = start_service(
+        "verifier",
+        ["serve-verifier", "--model", str(tiny_llama), *files, "--tls-ca-file", str(named.ca)],
+        tmp_path,
+        health_port=True,
+    )
+    stack = ExitStack()
+    try:
+        stack.callback(verifier.stop)
+        port = verifier.address.rsplit(":", 1)[1]
+        client = ["--tls-ca-file", str(named.ca), "--tls-client-cert-file", str(named.client_cert)]
+        client += ["--tls-client-key-file", str(named.client_key), "--proposers", "", "--verifier-wait-s", "1"]
+        by_name = start_service(
+            "gateway", ["serve-gateway", "--model", str(tiny_llama), "--verifiers", f"dns:///localhost:{port}", *client],
+            tmp_path,
+            timeout=60,
+        )  # fmt: skip
+        stack.callback(by_name.stop)
+        by_address = start_service(
+            "gateway", ["serve-gateway", "--model", str(tiny_llama), "--verifiers", f"127.0.0.1:{port}", *client],
+            tmp_path,
+            wait=False,
+        )  # fmt: skip
+        stack.callback(by_address.stop)
+
+        params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+        expected = LLM(str(tiny_llama)).generate([{"prompt_token_ids": PROMPT}], params)[0].outputs[0].token_ids
+        request = build_request(PROMPT, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+        assert [t for r in stream_generate(by_name.address, request, 30) for t in r.token_ids] == expected
+        assert wait_for(lambda: _health(by_address.address, None) != "UNAVAILABLE", timeout=60), "it serves gRPC"
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stream_generate(by_address.address, request, 30))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, "127.0.0.1 is not a name in the certificate"
+        assert _health(by_address.address, None) == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        stack.close()

@@ -92,9 +92,9 @@ def _ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     return key, cert
 
 
-def _subject_names(hosts: list[str]) -> list[x509.GeneralName]:
+def _subject_names(hosts: list[str], loopback: bool) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
-    for host in dict.fromkeys(["localhost", "127.0.0.1", "::1", *hosts]):
+    for host in dict.fromkeys([*(("localhost", "127.0.0.1", "::1") if loopback else ()), *hosts]):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
@@ -103,12 +103,18 @@ def _subject_names(hosts: list[str]) -> list[x509.GeneralName]:
 
 
 def _leaf(
-    directory: Path, name: str, hosts: list[str], usage, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate
+    directory: Path,
+    name: str,
+    hosts: list[str],
+    usage,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    loopback: bool = True,
 ) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         _builder(f"splitspec {name}", ca.subject, key.public_key(), LEAF_DAYS)
-        .add_extension(x509.SubjectAlternativeName(_subject_names(hosts)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_subject_names(hosts, loopback)), critical=False)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
@@ -119,12 +125,12 @@ def _leaf(
     return cert_path, key_path
 
 
-def make_stack_certificates(directory: str | Path, hosts: list[str]) -> StackCertificates:
+def make_stack_certificates(directory: str | Path, hosts: list[str], loopback: bool = True) -> StackCertificates:
     """The CA in `directory` (kept, or made) and fresh service and client certificates signed by it,
-    the service certificate valid for `hosts` besides localhost and loopback."""
+    the service certificate valid for `hosts`, and for localhost and loopback unless `loopback` is False."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca = _ca(directory)
-    server_cert, server_key = _leaf(directory, "server", hosts, ExtendedKeyUsageOID.SERVER_AUTH, ca_key, ca)
+    server_cert, server_key = _leaf(directory, "server", hosts, ExtendedKeyUsageOID.SERVER_AUTH, ca_key, ca, loopback)
     client_cert, client_key = _leaf(directory, "client", [], ExtendedKeyUsageOID.CLIENT_AUTH, ca_key, ca)
     return StackCertificates(directory / "ca.pem", server_cert, server_key, client_cert, client_key)
