@@ -211,14 +211,20 @@ class ProposerBackend:
         self.down_until = 0.0
         self.serving = True  # its health, as last checked: False while it drains or does not answer
         self.retired = False
-        self.superseded = False  # a newer channel to the same proposer drafts instead
+        self.superseded = False  # a newer channel to the same proposer takes new sequences
         self.num_sequences = 0
         self.link = Ewma()  # seconds there and back, from the health checks of refresh_health
         self.draft_token = Ewma()  # seconds of drafting per draft token: a draft's wait beyond the link
 
     @property
     def available(self) -> bool:
-        return self.serving and not self.retired and not self.superseded and time.monotonic() >= self.down_until
+        """Whether it drafts for the sequences it holds."""
+        return self.serving and not self.retired and time.monotonic() >= self.down_until
+
+    @property
+    def takes_new(self) -> bool:
+        """Whether a sequence may move to it or start on it."""
+        return self.available and not self.superseded
 
     def mark_down(self) -> None:
         self.down_until = time.monotonic() + self.RETRY_AFTER_S

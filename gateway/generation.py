@@ -217,8 +217,8 @@ class GatewayCore:
             delay = min(2 * delay, 1.0)
 
     def _next_proposer(self, exclude: ProposerBackend | None = None) -> ProposerBackend | None:
-        """The available proposer serving the fewest of this gateway's sequences."""
-        candidates = [p for p in self.proposers if p.available and p is not exclude]
+        """The proposer taking new sequences that serves the fewest of this gateway's."""
+        candidates = [p for p in self.proposers if p.takes_new and p is not exclude]
         return min(candidates, key=lambda p: p.num_sequences, default=None)
 
     async def generate(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from gateway.backends import Channels, VerifierBackend
+from gateway.backends import Channels, ProposerBackend, VerifierBackend
 from gateway.discovery import BackendPool, Target, parse_targets, resolve_target
 from gateway.generation import GatewayCore
 from protos import splitspec_v1_pb2 as pb
@@ -96,6 +96,20 @@ def test_renewed_client_files_give_every_address_a_new_backend_and_the_old_ones_
     assert busy.retired and new[0].retired and not new[1].retired, "a vanished pod drains on either channel"
     pool.apply({"10.0.0.1:1", "10.0.0.2:1"})
     assert not new[0].retired and busy.retired, "listed again: the new backend serves, the old one still not"
+
+
+def test_a_superseded_proposer_drafts_for_its_sequences_and_takes_no_new_ones():
+    async def check() -> None:
+        old, new = (ProposerBackend("127.0.0.1:1", Channels(channel_options())) for _ in range(2))
+        old.superseded = True
+        core = GatewayCore([], [old, new], None, set(), 1 << 20, 0)
+        assert old.available and not old.takes_new, "its sequences stay, with what it holds of them"
+        new.num_sequences = 5
+        assert core._next_proposer() is new, "though it serves more"
+        for backend in (old, new):
+            await backend.close()
+
+    asyncio.run(check())
 
 
 def test_a_name_that_stops_resolving_keeps_its_last_addresses():

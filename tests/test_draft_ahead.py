@@ -103,6 +103,10 @@ class ScriptedProposer:
     fresh_calls: int = 0
     ahead_calls: int = 0
 
+    @property
+    def takes_new(self) -> bool:
+        return self.available
+
     def mark_down(self) -> None:
         self.available = False
 
