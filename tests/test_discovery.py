@@ -61,11 +61,18 @@ class FakeBackend:
         self.closed = True
 
 
-def test_the_pool_adds_new_addresses_and_drains_vanished_ones_before_closing_them():
+def _pool_of_two() -> tuple[BackendPool, list[FakeBackend]]:
+    """A pool following a name that resolves to 10.0.0.1 and 10.0.0.2, the backends in that order."""
     backends: list[FakeBackend] = []
     pool = BackendPool((Target("pods", 1, resolve=True),), FakeBackend, backends, "verifier")
     pool.apply({"10.0.0.1:1", "10.0.0.2:1"})
-    a, b = sorted(backends, key=lambda x: x.address)
+    backends.sort(key=lambda x: x.address)
+    return pool, backends
+
+
+def test_the_pool_adds_new_addresses_and_drains_vanished_ones_before_closing_them():
+    pool, backends = _pool_of_two()
+    a, b = backends
     a.num_sequences = 2
     pool.apply({"10.0.0.2:1", "10.0.0.3:1"})
     assert a.retired and not b.retired and [x.address for x in backends][-1] == "10.0.0.3:1"
@@ -80,10 +87,8 @@ def test_the_pool_adds_new_addresses_and_drains_vanished_ones_before_closing_the
 
 
 def test_renewed_client_files_give_every_address_a_new_backend_and_the_old_ones_close_when_empty():
-    backends: list[FakeBackend] = []
-    pool = BackendPool((Target("pods", 1, resolve=True),), FakeBackend, backends, "verifier")
-    pool.apply({"10.0.0.1:1", "10.0.0.2:1"})
-    busy, idle = sorted(backends, key=lambda x: x.address)
+    pool, backends = _pool_of_two()
+    busy, idle = backends
     busy.num_sequences = 1
     asyncio.run(pool.renew())
     old, new = backends[:2], backends[2:]
