@@ -21,6 +21,7 @@ from splitspec.errors import ServiceError
 from splitspec.rpc import wire
 from splitspec.rpc.tls import ClientTls
 from splitspec.sampling_params import SamplingParams
+from splitspec.sequence import Sequence
 
 VERIFIER_SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 PROPOSER_SERVICE = pb.DESCRIPTOR.services_by_name["Proposer"].full_name
@@ -248,27 +249,26 @@ class ProposerBackend:
 
     async def draft(
         self,
-        seq_id: str,
-        tokens: list[int],
+        seq: Sequence,
         sent: int,
         num_tokens: int,
-        params: SamplingParams,
-        seed: int,
         timeout: float,
         hidden_state: pb.HiddenStates | None = None,
         trace: pb.TraceContext | None = None,
         assumed: list[int] | None = None,
     ) -> pb.DraftResult:
-        """assumed: a draft ahead (gateway.draft_ahead), drafted after these uncommitted tokens."""
-        request = pb.ProposerRequest(seq_id=seq_id, trace_context=trace)
+        """sent: the committed tokens the proposer holds. assumed: a draft ahead (gateway.draft_ahead),
+        drafted after these uncommitted tokens."""
+        request = pb.ProposerRequest(seq_id=seq.seq_id, trace_context=trace)
         step = request.draft
-        step.committed_len = len(tokens)
+        step.committed_len = len(seq.tokens)
         step.start = sent
-        step.token_ids.extend(tokens[sent:])
+        step.token_ids.extend(seq.tokens[sent:])
         step.num_tokens = num_tokens
-        step.temperature = params.temperature
-        step.top_k = params.top_k
-        step.seed = seed
+        step.temperature = seq.params.temperature
+        step.top_k = seq.params.top_k
+        step.seed = seq.seed
+        step.num_prompt_tokens = len(seq.prompt_token_ids)
         if hidden_state is not None:
             step.hidden_state.CopyFrom(hidden_state)
         if assumed:
@@ -281,9 +281,13 @@ class ProposerBackend:
             self.draft_token.add(max(0.0, waited) / num_tokens)
         return response.draft
 
-    async def release(self, seq_id: str) -> None:
+    async def release(self, seq_id: str, final: tuple[int, list[int]] | None = None) -> None:
+        """final: (start, tokens), the sequence's committed tokens from what the proposer holds to its end."""
         request = pb.ProposerRequest(seq_id=seq_id)
         request.release.SetInParent()
+        if final is not None:
+            request.release.start, tokens = final
+            request.release.token_ids.extend(tokens)
         await self.stream.call(request, timeout=5.0)
 
     async def close(self) -> None:

@@ -363,7 +363,8 @@ class GatewayCore:
             if ahead_task is not None:
                 ahead_task.cancel()
             pipe.cancel()
-            self._leave(seq_id, verifier, slot.use(None))
+            final = (slot.sent, seq.tokens[slot.sent :]) if len(seq.tokens) > slot.sent else None
+            self._leave(seq_id, verifier, slot.use(None), final)
 
     def _pipeline_modes(self, req: _Request) -> tuple[bool, bool]:
         """Whether the request's rounds need nothing from a proposer (the verifier drafts by n-gram
@@ -538,12 +539,19 @@ class GatewayCore:
             seq, min(deadline, time.monotonic() + self.verifier_wait_s), trace_context
         )
 
-    def _leave(self, seq_id: str, verifier: VerifierBackend | None, proposer: ProposerBackend | None) -> None:
-        """Stop counting the sequence on its verifier and release it there and on its proposer."""
+    def _leave(
+        self,
+        seq_id: str,
+        verifier: VerifierBackend | None,
+        proposer: ProposerBackend | None,
+        final: tuple[int, list[int]] | None = None,
+    ) -> None:
+        """Stop counting the sequence on its verifier and release it there and on its proposer.
+        final: what the proposer is told of the sequence's last tokens (ProposerBackend.release)."""
         if verifier is not None:
             verifier.num_sequences -= 1
             verifier.forget(seq_id)
-        asyncio.get_running_loop().create_task(self._release(seq_id, verifier, proposer))
+        asyncio.get_running_loop().create_task(self._release(seq_id, verifier, proposer, final))
 
     def _num_drafts(self, req: _Request, verifier: VerifierBackend, proposer: ProposerBackend | None) -> int:
         """At most the request's K, and with the verifier's measured pass costs and the measured round
@@ -587,15 +595,13 @@ class GatewayCore:
                 return Draft()
             try:
                 result = await slot.backend.draft(
-                    seq.seq_id, seq.tokens, slot.sent, k, seq.params, seq.seed, self.proposer_timeout_s,
-                    slot.hidden_state, trace_context,
-                )  # fmt: skip
+                    seq, slot.sent, k, self.proposer_timeout_s, slot.hidden_state, trace_context
+                )
                 if result.needs_full_context:
                     slot.sent = 0
                     result = await slot.backend.draft(
-                        seq.seq_id, seq.tokens, 0, k, seq.params, seq.seed, self.proposer_timeout_s, slot.hidden_state,
-                        trace_context,
-                    )  # fmt: skip
+                        seq, 0, k, self.proposer_timeout_s, slot.hidden_state, trace_context
+                    )
                 slot.sent = len(seq.tokens)
                 if self.hidden_states == HiddenStates.ALL:
                     slot.hidden_state = None  # delivered; the next draft carries only newer rows
@@ -637,10 +643,7 @@ class GatewayCore:
         usual."""
         backend, committed = slot.backend, len(seq.tokens)
         try:
-            result = await backend.draft(
-                seq.seq_id, seq.tokens, slot.sent, k + 1, seq.params, seq.seed, self.proposer_timeout_s, None,
-                trace_context, assumed,
-            )  # fmt: skip
+            result = await backend.draft(seq, slot.sent, k + 1, self.proposer_timeout_s, None, trace_context, assumed)
         except (ConnectionError, asyncio.TimeoutError, ServiceError):
             backend.mark_down()  # the next round's draft fails over
             return None
@@ -650,12 +653,18 @@ class GatewayCore:
         slot.sent = committed
         return AheadDraft(list(assumed), wire.draft_from_proto(result.drafts[: k + 1]), committed)
 
-    async def _release(self, seq_id: str, verifier: VerifierBackend | None, proposer: ProposerBackend | None) -> None:
+    async def _release(
+        self,
+        seq_id: str,
+        verifier: VerifierBackend | None,
+        proposer: ProposerBackend | None,
+        final: tuple[int, list[int]] | None,
+    ) -> None:
         for backend in (verifier, proposer):
             if backend is None:
                 continue
             try:
-                await backend.release(seq_id)
+                await (backend.release(seq_id, final) if backend is proposer else backend.release(seq_id))
             except (ConnectionError, asyncio.TimeoutError, ServiceError, grpc.aio.UsageError):
                 pass  # a backend that is gone (or closed by discovery) has dropped the sequence with its stream
 

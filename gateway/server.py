@@ -264,8 +264,9 @@ def run_gateway(settings: GatewaySettings) -> None:
     from splitspec.tokenizer import load_tokenizer
 
     hidden_states = HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE)
+    # suffix decoding must see every committed token, to remember the output: its rounds stay on the proposer
     measure_drafters = (
-        settings.method != "ngram"
+        settings.method not in (SpeculationMethod.NGRAM, SpeculationMethod.SUFFIX)
         and settings.verifier_ngram
         and hidden_states == HiddenStates.NONE
         and bool(settings.proposers)
@@ -298,7 +299,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             num_speculative_tokens=settings.num_speculative_tokens if settings.proposers or local_ngram else 0,
             proposer_timeout_s=settings.proposer_timeout_s,
             verifier_wait_s=settings.verifier_wait_s,
-            adaptive=settings.adaptive,
+            adaptive=settings.adaptive and settings.method != SpeculationMethod.SUFFIX,  # it sizes its own drafts
             drafts_are_sampled=settings.method == SpeculationMethod.DRAFT_MODEL,
             hidden_states=hidden_states,
             local_ngram=local_ngram,

@@ -40,6 +40,10 @@ def build_proposer(
         from proposer_svc.ngram import NgramProposer
 
         return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+    if spec.method == SpeculationMethod.SUFFIX:
+        from proposer_svc.suffix import SuffixProposer
+
+        return SuffixProposer(spec.suffix)
     if spec.method == SpeculationMethod.MLP_SPECULATOR:
         from proposer_svc.mlp_speculator import MLPSpeculator, MLPSpeculatorProposer
         from splitspec.checkpoint import resolve_checkpoint

@@ -24,3 +24,8 @@ class Proposer(ABC):
     @abstractmethod
     def release(self, seq_id: str) -> None:
         """Forget a finished or cancelled sequence."""
+
+    def finish(self, seq_id: str, token_ids: list[int]) -> None:
+        """The sequence ended with these committed tokens; forget it. Drafters that remember outputs
+        (suffix) keep its last tokens first."""
+        self.release(seq_id)

@@ -53,6 +53,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
                 seed=step.seed,
                 hidden_state=wire.tensor_from_proto(step.hidden_state) if step.HasField("hidden_state") else None,
                 assumed_token_ids=list(step.assumed_token_ids),
+                num_prompt_tokens=step.num_prompt_tokens,
                 trace_context=(request.trace_context.traceparent, request.trace_context.tracestate),
             )
             response.draft.committed_len = step.committed_len
@@ -62,7 +63,13 @@ class ProposerServicer(pb_grpc.ProposerServicer):
         def new_response(request: pb.ProposerRequest) -> pb.ProposerResponse:
             return pb.ProposerResponse(call_id=request.call_id, seq_id=request.seq_id)
 
-        async for response in serve_sequence_stream(request_iterator, new_response, handle, self.service.release):
+        async def finish(request: pb.ProposerRequest) -> None:
+            end = request.release
+            await self.service.release(request.seq_id, end.start, list(end.token_ids))
+
+        async for response in serve_sequence_stream(
+            request_iterator, new_response, handle, self.service.release, finish
+        ):
             yield response
 
 

@@ -88,10 +88,12 @@ class ProposerService:
         seed: int,
         hidden_state: torch.Tensor | None = None,
         assumed_token_ids: list[int] | None = None,
+        num_prompt_tokens: int = 0,
         trace_context: tuple[str, str] = ("", ""),
     ) -> DraftOutcome:
         """Append committed tokens [start, committed_len) and draft; ask for everything if out of step.
         assumed_token_ids: a draft ahead, drafted after these tokens, which the proposer does not hold.
+        num_prompt_tokens: how many of the committed tokens are the prompt (0: not known).
         trace_context: the client request's traceparent and tracestate, continued by a span per sequence."""
         assumed = assumed_token_ids or []
         if assumed and self.proposer.needs_hidden_states:
@@ -114,12 +116,27 @@ class ProposerService:
         if num_tokens <= 0:
             return DraftOutcome(Draft())
         request = DraftRequest(
-            seq_id, context + assumed, num_tokens, temperature, top_k, seed, hidden_state, num_assumed=len(assumed)
+            seq_id,
+            context + assumed,
+            num_tokens,
+            temperature,
+            top_k,
+            seed,
+            hidden_state,
+            num_prompt_tokens=min(num_prompt_tokens, committed_len),
+            num_assumed=len(assumed),
         )
         return DraftOutcome(await self.batcher.submit(request))
 
-    async def release(self, seq_id: str) -> None:
+    async def release(self, seq_id: str, start: int = 0, token_ids: list[int] | None = None) -> None:
+        """token_ids: the sequence's last committed tokens, from `start`; kept by the drafter when they
+        continue what it holds (Proposer.finish)."""
         span, _ = self.spans.pop(seq_id, (trace.INVALID_SPAN, None))
         span.end()
-        if self.contexts.pop(seq_id, None) is not None:
+        context = self.contexts.pop(seq_id, None)
+        if context is None:
+            return
+        if token_ids and start == len(context):
+            await self.batcher.run_exclusive(self.proposer.finish, seq_id, context + token_ids)
+        else:
             await self.batcher.run_exclusive(self.proposer.release, seq_id)

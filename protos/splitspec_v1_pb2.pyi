@@ -152,8 +152,12 @@ class Ack(_message.Message):
     def __init__(self) -> None: ...
 
 class ReleaseSequence(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("start", "token_ids")
+    START_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -280,7 +284,7 @@ class VerifierInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., num_free_blocks: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_sequences: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., contract_version: _Optional[str] = ..., cost_rows: _Optional[_Iterable[int]] = ..., cost_seconds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DraftStep(_message.Message):
-    __slots__ = ("committed_len", "start", "token_ids", "num_tokens", "temperature", "top_k", "seed", "hidden_state", "assumed_token_ids")
+    __slots__ = ("committed_len", "start", "token_ids", "num_tokens", "temperature", "top_k", "seed", "hidden_state", "assumed_token_ids", "num_prompt_tokens")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +294,7 @@ class DraftStep(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
     ASSUMED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     start: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -299,7 +304,8 @@ class DraftStep(_message.Message):
     seed: int
     hidden_state: HiddenStates
     assumed_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, committed_len: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., hidden_state: _Optional[_Union[HiddenStates, _Mapping]] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    num_prompt_tokens: int
+    def __init__(self, committed_len: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., hidden_state: _Optional[_Union[HiddenStates, _Mapping]] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ..., num_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class ProposerRequest(_message.Message):
     __slots__ = ("call_id", "seq_id", "draft", "release", "trace_context")

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from splitspec.drafts import HiddenStates
 from splitspec.errors import SplitspecError
 from splitspec.str_enum import StrEnum
+from splitspec.suffix_settings import SUFFIX_CONFIG_KEYS, SuffixSettings, suffix_settings
 
 
 class SpeculationMethod(StrEnum):
-    """How drafts are proposed: prompt lookup, a smaller causal LM, IBM's MLP speculator, or an EAGLE
-    head (the last two read the target's hidden states)."""
+    """How drafts are proposed: prompt lookup, a smaller causal LM, IBM's MLP speculator, an EAGLE
+    head (these two read the target's hidden states), or suffix trees over this request and past
+    outputs."""
 
     NGRAM = "ngram"
     DRAFT_MODEL = "draft_model"
     MLP_SPECULATOR = "mlp_speculator"
     EAGLE = "eagle"
+    SUFFIX = "suffix"
 
 
 SPECULATION_METHODS = tuple(m.value for m in SpeculationMethod)
@@ -30,6 +33,7 @@ HIDDEN_STATES_BY_METHOD = {
 DEFAULT_NUM_SPECULATIVE_TOKENS = 10
 """The commands' default K: an upper bound, since adaptive K drafts fewer where more would not pay
 (10 is also the prompt_lookup_num_tokens of transformers' documented example)."""
+METHODS_WITHOUT_MODEL = (SpeculationMethod.NGRAM, SpeculationMethod.SUFFIX)
 MAX_PROMPT_LOOKUP = 64
 """The longest n-gram a verifier drafting n-grams itself (VerifyStep.local_draft) will match."""
 
@@ -45,8 +49,8 @@ def check_prompt_lookup(lookup_min: int, lookup_max: int, limit: int | None = No
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """How drafts are proposed: "ngram", "draft_model", "mlp_speculator" or "eagle" (all but ngram read
-    `draft_model`)."""
+    """How drafts are proposed: "ngram", "draft_model", "mlp_speculator", "eagle" or "suffix" (all but
+    ngram and suffix read `draft_model`)."""
 
     method: SpeculationMethod
     num_speculative_tokens: int
@@ -57,6 +61,7 @@ class SpeculativeConfig:
     """A sampling draft model draws from its own top-k; that truncated distribution is the exact q."""
     adaptive: bool = True
     """Draft fewer tokens (down to none) per sequence when measured acceptance says more would cost time."""
+    suffix: SuffixSettings = field(default_factory=SuffixSettings)
 
     def __post_init__(self) -> None:
         if self.method not in SPECULATION_METHODS:
@@ -69,7 +74,9 @@ class SpeculativeConfig:
                 f"num_speculative_tokens must be a positive integer, got {self.num_speculative_tokens!r}"
             )
         check_prompt_lookup(self.prompt_lookup_min, self.prompt_lookup_max)
-        if self.method != SpeculationMethod.NGRAM and not self.draft_model:
+        if self.method in METHODS_WITHOUT_MODEL and self.draft_model:
+            raise SplitspecError(f'speculative method "{self.method}" takes no "model"; drop it or use "draft_model"')
+        if self.method not in METHODS_WITHOUT_MODEL and not self.draft_model:
             raise SplitspecError(f'speculative method "{self.method}" needs "model": a checkpoint path')
         if self.draft_top_k < 1:
             raise SplitspecError(f"draft_top_k must be >= 1, got {self.draft_top_k}")
@@ -84,6 +91,7 @@ _SPEC_CONFIG_KEYS = {
     "draft_tensor_parallel_size",
     "draft_top_k",
     "adaptive",
+    *SUFFIX_CONFIG_KEYS,
 }
 
 
@@ -127,8 +135,10 @@ def build_speculative_config(
         method, model = method or "ngram", None
     if method is None:
         method = detect_method(model) if model else SpeculationMethod.NGRAM
-    if method == SpeculationMethod.NGRAM and model:
-        raise SplitspecError('speculative method "ngram" takes no "model"; drop it or use "draft_model"')
+    suffix = suffix_settings(spec)
+    if method == SpeculationMethod.SUFFIX:
+        spec.setdefault("num_speculative_tokens", suffix.max_tree_depth)
+        spec.setdefault("adaptive", False)  # suffix decoding sizes its own drafts
     if "num_speculative_tokens" not in spec:
         raise SplitspecError("speculation needs num_speculative_tokens (how many tokens to draft per round)")
 
@@ -146,6 +156,7 @@ def build_speculative_config(
         draft_model=model,
         draft_top_k=spec.get("draft_top_k", 16),
         adaptive=bool(spec.get("adaptive", True)),
+        suffix=suffix,
     )
 
 

@@ -40,6 +40,9 @@ class DraftRequest:
     state [hidden] at the position that produced the last of `token_ids`; ALL, the states [n, hidden]
     of the positions that produced the last n of `token_ids` not given before. None when the target has
     produced none for this sequence since the last request."""
+    num_prompt_tokens: int = 0
+    """How many of `token_ids` are the prompt (0: not known); drafters that remember past outputs
+    (suffix) keep only what follows it."""
     num_assumed: int = 0
     """A draft ahead: the last `num_assumed` of `token_ids` are not committed but assumed (the draft
     being verified), so a drafter keeps no state built on them as if it were final."""

@@ -110,8 +110,9 @@ class ScriptedProposer:
     def mark_down(self) -> None:
         self.available = False
 
-    async def draft(self, seq_id, tokens, sent, num_tokens, params, seed, timeout, hidden_state=None, trace=None,
-                    assumed=None) -> pb.DraftResult:  # fmt: skip
+    async def draft(
+        self, seq, sent, num_tokens, timeout, hidden_state=None, trace=None, assumed=None
+    ) -> pb.DraftResult:
         if assumed is None:
             self.fresh_calls += 1
         else:
@@ -119,11 +120,11 @@ class ScriptedProposer:
             if self.fail_ahead_from is not None and self.ahead_calls > self.fail_ahead_from:
                 raise ConnectionError("proposer: stream closed")
         await asyncio.sleep(0)
-        context = list(tokens) + list(assumed or [])
+        context = list(seq.tokens) + list(assumed or [])
         draft = Draft(drafter_continuation(context, num_tokens), [None] * num_tokens)
-        return pb.DraftResult(committed_len=len(tokens), drafts=wire.draft_to_proto(draft))
+        return pb.DraftResult(committed_len=len(seq.tokens), drafts=wire.draft_to_proto(draft))
 
-    async def release(self, seq_id: str) -> None:
+    async def release(self, seq_id: str, final=None) -> None:
         pass
 
 

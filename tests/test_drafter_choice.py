@@ -94,9 +94,9 @@ class MeasuredProposer(ScriptedProposer):
     link: Ewma = field(default_factory=lambda: measured(None))
     draft_token: Ewma = field(default_factory=lambda: measured(0.0005))
 
-    async def draft(self, seq_id, tokens, sent, num_tokens, *args, **kwargs) -> pb.DraftResult:
+    async def draft(self, seq, sent, num_tokens, *args, **kwargs) -> pb.DraftResult:
         await asyncio.sleep(num_tokens * (self.draft_token.value or 0.0))
-        return await super().draft(seq_id, tokens, sent, num_tokens, *args, **kwargs)
+        return await super().draft(seq, sent, num_tokens, *args, **kwargs)
 
 
 def run(

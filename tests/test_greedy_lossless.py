@@ -58,7 +58,7 @@ def _assert_matches_plain_and_transformers(llm: LLM, batch_size: int, reference)
 
 @pytest.mark.parametrize("batch_size", [1, 4])
 @pytest.mark.parametrize("k", [1, 3, 5])
-@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+@pytest.mark.parametrize("method", ["ngram", "draft_model", "suffix"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_speculative_greedy_equals_plain_and_transformers(
     arch, method, k, batch_size, references, tiny_checkpoints, tiny_drafts

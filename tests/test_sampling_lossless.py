@@ -118,6 +118,8 @@ def _p_value(samples: list[tuple[int, ...]], law: dict[tuple[int, ...], float]) 
 def _spec(method: str, draft) -> dict:
     if method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2, "adaptive": False}
+    if method == "suffix":  # drafts from the outputs of the other samples, drawn side by side
+        return {"method": "suffix", "num_speculative_tokens": 2}
     return {
         "method": "draft_model",
         "model": str(draft),
@@ -127,7 +129,7 @@ def _spec(method: str, draft) -> dict:
     }
 
 
-@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+@pytest.mark.parametrize("method", ["ngram", "draft_model", "suffix"])
 def test_speculative_sampling_matches_exact_target_distribution(method, tiny_vocab_target, tiny_vocab_draft, exact_law):
     llm = LLM(str(tiny_vocab_target), speculative_config=_spec(method, tiny_vocab_draft), max_num_seqs=256)
     samples, stats = _sample(llm)

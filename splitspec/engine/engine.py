@@ -133,6 +133,7 @@ class Engine:
                 seq_id=seq.seq_id,
                 token_ids=seq.tokens,
                 num_tokens=budget,
+                num_prompt_tokens=len(seq.prompt_token_ids),
                 temperature=seq.params.temperature,
                 top_k=seq.params.top_k,
                 seed=seq.seed,
@@ -148,4 +149,4 @@ class Engine:
         self._acceptance.pop(seq.seq_id, None)
         self._hidden.pop(seq.seq_id, None)
         if self.proposer is not None:
-            self.proposer.release(seq.seq_id)
+            self.proposer.finish(seq.seq_id, seq.tokens)

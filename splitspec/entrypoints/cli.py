@@ -6,9 +6,16 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import asdict
 
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
-from splitspec.entrypoints.cli_flags import add_device_flag, add_enforce_eager_flag, add_tensor_parallel_flag
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, METHODS_WITHOUT_MODEL, SPECULATION_METHODS
+from splitspec.entrypoints.cli_flags import (
+    add_device_flag,
+    add_enforce_eager_flag,
+    add_suffix_flags,
+    add_tensor_parallel_flag,
+    suffix_settings_from,
+)
 from splitspec.errors import SplitspecError
 
 
@@ -26,9 +33,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_NUM_SPECULATIVE_TOKENS,
         help="most draft tokens per round",
     )
-    p.add_argument("--draft-model", help="draft, MLP speculator or EAGLE checkpoint for the methods other than ngram")
+    p.add_argument(
+        "--draft-model", help="draft, MLP speculator or EAGLE checkpoint for the methods other than ngram and suffix"
+    )
     p.add_argument("--prompt-lookup-max", type=int, default=4)
     p.add_argument("--prompt-lookup-min", type=int, default=1)
+    add_suffix_flags(p)
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -59,7 +69,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.gateway:
         return _generate_via_gateway(args)
-    if args.method not in ("ngram", "none") and not args.draft_model:
+    if args.method not in (*METHODS_WITHOUT_MODEL, "none") and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR (a checkpoint made for this target)")
     if args.method != "none" and args.num_speculative_tokens < 1:
         raise SplitspecError("--num-speculative-tokens must be at least 1 (or use --method none)")
@@ -70,6 +80,9 @@ def _generate(args: argparse.Namespace) -> int:
         spec = {"method": args.method, "num_speculative_tokens": args.num_speculative_tokens}
         if args.method == "ngram":
             spec.update(prompt_lookup_max=args.prompt_lookup_max, prompt_lookup_min=args.prompt_lookup_min)
+        elif args.method == "suffix":
+            suffix = suffix_settings_from(args)
+            spec.update({f"suffix_decoding_{key}": value for key, value in asdict(suffix).items()})
         else:
             spec["model"] = args.draft_model
             spec["method"] = args.method

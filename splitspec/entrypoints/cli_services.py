@@ -9,13 +9,22 @@ import subprocess
 import sys
 import time
 
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS, RunnerConfig, SpeculativeConfig
+from splitspec.config import (
+    DEFAULT_NUM_SPECULATIVE_TOKENS,
+    METHODS_WITHOUT_MODEL,
+    SPECULATION_METHODS,
+    RunnerConfig,
+    SpeculativeConfig,
+)
 from splitspec.devices import resolve_device
 from splitspec.entrypoints.cli_flags import (
     add_device_flag,
     add_enforce_eager_flag,
+    add_suffix_flags,
     add_tensor_parallel_flag,
     env_default,
+    suffix_flag_args,
+    suffix_settings_from,
 )
 from splitspec.errors import SplitspecError
 from splitspec.netdelay import DelayProxy
@@ -347,11 +356,12 @@ def _proposer_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--draft-model",
         default=env_default("DRAFT_MODEL", None),
-        help="draft, speculator or EAGLE checkpoint (all methods but ngram)",
+        help="draft, speculator or EAGLE checkpoint (all methods but ngram and suffix)",
     )
     p.add_argument("--prompt-lookup-max", type=int, default=4)
     p.add_argument("--prompt-lookup-min", type=int, default=1)
     p.add_argument("--draft-top-k", type=int, default=16)
+    add_suffix_flags(p)
 
 
 def _serve_verifier(args: argparse.Namespace) -> int:
@@ -385,7 +395,7 @@ def _serve_proposer(args: argparse.Namespace) -> int:
     _yield_idle_cores()
     from proposer_svc.server import ProposerSettings, run_proposer
 
-    if args.method != "ngram" and not args.draft_model:
+    if args.method not in METHODS_WITHOUT_MODEL and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
     resolve_device(args.device)
     if args.method == "eagle" and not args.target_model:
@@ -402,6 +412,7 @@ def _serve_proposer(args: argparse.Namespace) -> int:
                 prompt_lookup_min=args.prompt_lookup_min,
                 draft_model=args.draft_model,
                 draft_top_k=args.draft_top_k,
+                suffix=suffix_settings_from(args),
             ),
             target_model=args.target_model,
             device=args.device,
@@ -493,6 +504,7 @@ def up_commands(
         str(args.prompt_lookup_min),
         "--draft-top-k",
         str(args.draft_top_k),
+        *suffix_flag_args(args),
     ]
     if args.draft_model:
         proposer += ["--draft-model", args.draft_model]
@@ -562,7 +574,7 @@ def metrics_ports(args: argparse.Namespace) -> dict[str, int]:
 
 
 def _up(args: argparse.Namespace) -> int:
-    if args.method != "ngram" and not args.draft_model:
+    if args.method not in METHODS_WITHOUT_MODEL and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
     if args.network_delay_ms < 0:
         raise SplitspecError(f"--network-delay-ms must be >= 0, got {args.network_delay_ms}")

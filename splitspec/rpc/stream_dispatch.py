@@ -59,10 +59,12 @@ async def serve_sequence_stream(
     new_response: Callable[[Request], Response],
     handle: Callable[[Request, Response], Awaitable[None]],
     release: Callable[[str], Awaitable[None]],
+    finish: Callable[[Request], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Response]:
     """The verifier's and proposer's streams: a `release` message or the end of the stream frees a
     sequence; any other message goes to `handle`. A refusal is answered in the message (a
-    ServiceError keeps its code, anything else is INTERNAL) and the stream stays open."""
+    ServiceError keeps its code, anything else is INTERNAL) and the stream stays open.
+    finish: takes a `release` message instead of release(seq_id), to read what it says."""
     opened: set[str] = set()
 
     async def answer(request: Request) -> Response:
@@ -70,7 +72,7 @@ async def serve_sequence_stream(
         try:
             if request.WhichOneof("kind") == "release":
                 opened.discard(request.seq_id)
-                await release(request.seq_id)
+                await (finish(request) if finish is not None else release(request.seq_id))
                 response.ack.SetInParent()
             else:
                 await handle(request, response)

@@ -1,0 +1,106 @@
+"""Suffix decoding: draft what earlier text continued with, from this request and from past answers.
+
+Each sequence has its own suffix tree of its prompt and the tokens committed so far; one global tree
+holds the outputs of the last `max_cached_requests` sequences this drafter served (first in, first
+out), so that a request repeating earlier work finds its answer there. Each round drafts from
+whichever tree scores higher (proposer_svc.suffix_tree). How many tokens it drafts follows the match
+length and the estimated probabilities, up to the request's number of tokens. Drafts are
+deterministic: q is one-hot, so seeded and sampled output stay exact.
+
+In the proposer service the global tree is the pod's memory, shared by every sequence it serves.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from itertools import count
+
+from proposer_svc.proposer import Proposer
+from proposer_svc.suffix_tree import SuffixTree
+from splitspec.drafts import Draft, DraftRequest
+from splitspec.suffix_settings import SuffixSettings
+
+
+@dataclass
+class _Active:
+    tree: SuffixTree
+    """The prompt and the committed tokens."""
+    length: int
+    """Committed tokens held."""
+    num_prompt_tokens: int
+    cache_key: int
+    """Its output's key in the global tree."""
+
+
+class SuffixProposer(Proposer):
+    def __init__(self, settings: SuffixSettings) -> None:
+        self.settings = settings
+        self.global_tree = SuffixTree(settings.max_tree_depth)
+        self._active: dict[str, _Active] = {}
+        self._cached: OrderedDict[int, None] = OrderedDict()  # the global tree's outputs, oldest first
+        self._keys = count()
+
+    @property
+    def num_cached_requests(self) -> int:
+        return len(self._cached)
+
+    def propose(self, requests: list[DraftRequest]) -> list[Draft]:
+        return [self._draft(req) for req in requests]
+
+    def release(self, seq_id: str) -> None:
+        """The sequence ended: its own tree goes, its output stays in the global tree."""
+        self._active.pop(seq_id, None)
+
+    def finish(self, seq_id: str, token_ids: list[int]) -> None:
+        state = self._active.get(seq_id)
+        if state is not None and len(token_ids) > state.length:
+            self._commit(state, token_ids, len(token_ids))
+        self.release(seq_id)
+
+    def _draft(self, req: DraftRequest) -> Draft:
+        committed = len(req.token_ids) - req.num_assumed
+        state = self._active.get(req.seq_id)
+        if state is None or committed < state.length:  # new, or not the context it holds: start over
+            state = self._start(req.seq_id, req.token_ids[: req.num_prompt_tokens or committed])
+        if committed > state.length:
+            self._commit(state, req.token_ids, committed)
+        if req.num_tokens <= 0:
+            return Draft()
+        settings = self.settings
+        context = req.token_ids[-settings.max_tree_depth :]
+        args = (context, req.num_tokens, settings.max_spec_factor, settings.min_token_prob)
+        best = state.tree.speculate(*args)
+        if self._cached:
+            found = self.global_tree.speculate(*args)
+            if found.score > best.score:
+                best = found
+        return Draft(best.token_ids, [None] * len(best.token_ids))
+
+    def _commit(self, state: _Active, token_ids: list[int], committed: int) -> None:
+        """Add token_ids[state.length : committed] to the request's tree, and its output to the global one."""
+        state.tree.extend(0, token_ids[state.length : committed])
+        if state.cache_key in self._cached:
+            output_from = max(state.length, state.num_prompt_tokens)
+            self.global_tree.extend(state.cache_key, token_ids[output_from:committed])
+        state.length = committed
+
+    def _start(self, seq_id: str, prompt: list[int]) -> _Active:
+        previous = self._active.pop(seq_id, None)
+        if previous is not None and previous.cache_key in self._cached:  # its output is added again
+            self._uncache(previous.cache_key)
+        tree = SuffixTree(self.settings.max_tree_depth)
+        tree.extend(0, prompt)
+        key = next(self._keys)
+        if self.settings.max_cached_requests > 0:
+            self._cached[key] = None
+            while len(self._cached) > self.settings.max_cached_requests:
+                self._uncache(next(iter(self._cached)))
+        state = self._active[seq_id] = _Active(tree, len(prompt), len(prompt), key)
+        return state
+
+    def _uncache(self, key: int) -> None:
+        """Take a past output out of the global tree (it has none there until its first output token)."""
+        del self._cached[key]
+        if key in self.global_tree:
+            self.global_tree.remove(key)
