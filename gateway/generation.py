@@ -35,6 +35,7 @@ from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.detokenizer import IncrementalDetokenizer
 from gateway.draft_ahead import AheadDraft
 from gateway.drafter_choice import DrafterChoice
+from gateway.proposer_affinity import affinity_key, pick_pod
 from protos import splitspec_v1_pb2 as pb
 from splitspec.adaptive_k import AcceptanceEstimate, RoundTrip, best_tokens_per_second, choose_num_drafts
 from splitspec.draft_limits import keeps_fixed_k, max_drafts
@@ -70,6 +71,7 @@ class _ProposerSlot:
     backend: ProposerBackend | None = None
     sent: int = 0  # committed tokens the proposer already holds
     moves: int = 0  # times it left a proposer for another
+    affinity: bytes | None = None  # with proposer_affinity, the pods it prefers (gateway.proposer_affinity)
     hidden_state: pb.HiddenStates | None = None  # what the verifier sent since the last draft, passed on
 
     def use(self, backend: ProposerBackend | None) -> ProposerBackend | None:
@@ -168,6 +170,9 @@ class GatewayCore:
     pipeline_steps: bool = True
     """Rounds that need no proposer are pipelined: several steps in flight, run back to back by the
     verifier, so no round waits for the link to the gateway."""
+    proposer_affinity: bool = False
+    """The proposers remember past outputs (suffix): related requests go to the same pod where load
+    allows (gateway.proposer_affinity), instead of to the least loaded."""
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(no_meter()))
     _rng: random.Random = field(default_factory=random.Random)
 
@@ -216,9 +221,14 @@ class GatewayCore:
             await asyncio.sleep(min(delay, left))
             delay = min(2 * delay, 1.0)
 
-    def _next_proposer(self, exclude: ProposerBackend | None = None) -> ProposerBackend | None:
-        """The proposer taking new sequences that serves the fewest of this gateway's."""
+    def _next_proposer(
+        self, exclude: ProposerBackend | None = None, affinity: bytes | None = None
+    ) -> ProposerBackend | None:
+        """Among the proposers taking new sequences: the one the affinity key prefers, if given and
+        within load bounds, else the one that serves the fewest of this gateway's sequences."""
         candidates = [p for p in self.proposers if p.takes_new and p is not exclude]
+        if affinity is not None:
+            return pick_pod(candidates, affinity)
         return min(candidates, key=lambda p: p.num_sequences, default=None)
 
     async def generate(
@@ -229,10 +239,12 @@ class GatewayCore:
         num_speculative_tokens: int,
         deadline: float | None = None,
         span: trace.Span = trace.INVALID_SPAN,
+        session_id: str = "",
     ) -> AsyncIterator[Delta]:
         """deadline: the request's, as time.monotonic(); waiting for a verifier ends there or after
         `verifier_wait_s`, whichever comes first. span: the request's, whose context the verifier's
-        and proposer's spans continue, and which hears of failovers."""
+        and proposer's spans continue, and which hears of failovers. session_id: the client's, which
+        keeps its requests on one proposer where proposer_affinity asks for it."""
         seq_id = uuid.uuid4().hex
         seed = request_seed(params, self._rng)
         seq = Sequence(seq_id, prompt, list(prompt_ids), params, seed)
@@ -240,13 +252,13 @@ class GatewayCore:
         stop_checker = StopChecker(self.eos_token_ids, self.max_model_len, self.decode)
         detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings, len(prompt_ids))
         deadline = float("inf") if deadline is None else deadline
-        slot = _ProposerSlot()
+        slot = _ProposerSlot(affinity=affinity_key(session_id, prompt_ids) if self.proposer_affinity else None)
         measured = self._measures_drafters(num_speculative_tokens, params)
         starts_local = self.local_ngram is not None and (measured or not self.measure_drafters)
         req = _Request(seq, num_speculative_tokens, slot, DrafterChoice(uses_local=starts_local), measured,
                        trace_context, span)  # fmt: skip
         if num_speculative_tokens > 0 and not req.local:
-            slot.use(self._next_proposer())
+            slot.use(self._next_proposer(affinity=slot.affinity))
         verifier: VerifierBackend | None = await self._start_on_a_verifier(
             seq, min(deadline, time.monotonic() + self.verifier_wait_s), trace_context
         )
@@ -621,7 +633,7 @@ class GatewayCore:
         has left it."""
         if slot.backend is not None and slot.backend.available:
             return True
-        replacement = self._next_proposer(exclude=slot.backend)
+        replacement = self._next_proposer(exclude=slot.backend, affinity=slot.affinity)
         if replacement is None:
             return False
         left = slot.use(replacement)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.struct_pb2 import Struct
 
+from gateway.proposer_affinity import MAX_SESSION_ID_CHARS
 from protos import splitspec_v1_pb2 as pb
 
 COMMON_PARAMETERS = {
@@ -187,6 +188,11 @@ def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequ
         if not isinstance(body["ignore_eos"], bool):
             raise InvalidRequest("ignore_eos must be true or false", "ignore_eos")
         s.ignore_eos = body["ignore_eos"]
+    user = body.get("user")
+    if user is not None:  # OpenAI's stable end-user id: keeps the user's requests on one proposer pod
+        if not isinstance(user, str) or len(user) > MAX_SESSION_ID_CHARS:
+            raise InvalidRequest(f"user must be a string of at most {MAX_SESSION_ID_CHARS} characters", "user")
+        request.session_id = user
     speculation = body.get("speculation")
     if speculation is not None:
         if not isinstance(speculation, dict):

@@ -158,7 +158,13 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         try:
             deadline = None if time_remaining is None else time.monotonic() + time_remaining
             async for delta in core.generate(
-                valid.prompt, valid.prompt_token_ids, valid.params, valid.num_speculative_tokens, deadline, span
+                valid.prompt,
+                valid.prompt_token_ids,
+                valid.params,
+                valid.num_speculative_tokens,
+                deadline,
+                span,
+                valid.session_id,
             ):
                 core.metrics.tokens(timer, len(delta.token_ids))
                 if delta.finish_reason is not None:
@@ -306,6 +312,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             measure_drafters=measure_drafters,
             draft_ahead=settings.draft_ahead,
             pipeline_steps=settings.pipeline_steps,
+            proposer_affinity=settings.method == SpeculationMethod.SUFFIX,
             metrics=RequestMetrics(service_meter("gateway", settings.server)),
         )
         tasks: list[asyncio.Task] = []

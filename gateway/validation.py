@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from gateway.proposer_affinity import MAX_SESSION_ID_CHARS
 from protos import splitspec_v1_pb2 as pb
 from splitspec.errors import ServiceError, SplitspecError
 from splitspec.sampling_params import SamplingParams
@@ -36,6 +37,7 @@ class ValidRequest:
     prompt_token_ids: list[int]
     params: SamplingParams
     num_speculative_tokens: int
+    session_id: str = ""
 
 
 def _invalid(message: str) -> ServiceError:
@@ -99,7 +101,11 @@ def validate(
             if not isinstance(value, float) or not value.is_integer() or not 0 <= value <= 64:
                 raise _invalid(f"speculation.num_speculative_tokens must be an integer in [0, 64], got {value!r}")
             k = int(value)
-    return ValidRequest(prompt, prompt_ids, params, k)
+    if len(request.session_id) > MAX_SESSION_ID_CHARS:
+        raise _invalid(
+            f"session_id is {len(request.session_id)} characters long; at most {MAX_SESSION_ID_CHARS} are allowed"
+        )
+    return ValidRequest(prompt, prompt_ids, params, k, request.session_id)
 
 
 def _check_limits(s: pb.SamplingParameters, vocab_size: int, limits: RequestLimits) -> None:

@@ -25,10 +25,11 @@ def build_request(
     ignore_eos: bool = False,
     seed: int | None = None,
     num_speculative_tokens: int | None = None,
+    session_id: str = "",
 ) -> pb.GenerateRequest:
     """prompt: text, token ids, or a conversation ([{"role": ..., "content": ...}]) that the gateway puts
-    through the model's chat template."""
-    request = pb.GenerateRequest()
+    through the model's chat template. session_id: keeps related requests on one proposer pod."""
+    request = pb.GenerateRequest(session_id=session_id)
     if isinstance(prompt, str):
         request.prompt = prompt
     elif prompt and isinstance(prompt[0], dict):
