@@ -215,9 +215,14 @@ def test_streaming_decodes_as_few_tokens_per_token_at_4000_tokens_as_at_the_star
 # ---------------------------------------------------------------- validation
 
 
-def request(prompt="hello world", prompt_token_ids=(), speculation=None, **sampling) -> pb.GenerateRequest:
+def request(
+    prompt="hello world", prompt_token_ids=(), speculation=None, session_id="", **sampling
+) -> pb.GenerateRequest:
     msg = pb.GenerateRequest(
-        prompt=prompt, prompt_token_ids=list(prompt_token_ids), sampling=pb.SamplingParameters(**sampling)
+        prompt=prompt,
+        prompt_token_ids=list(prompt_token_ids),
+        sampling=pb.SamplingParameters(**sampling),
+        session_id=session_id,
     )
     if speculation is not None:
         msg.speculation.CopyFrom(_struct(speculation))
@@ -261,6 +266,7 @@ INVALID = {
     "a stop string of 257 characters": (dict(stop=["ok", "x" * 257]), "sampling.stop[1]"),
     "sixty-five stop token ids": (dict(stop_token_ids=[1] * 65), "sampling.stop_token_ids has 65"),
     "stop token id past the vocabulary": (dict(stop_token_ids=[2, 300]), "sampling.stop_token_ids[1]"),
+    "a session id of 257 characters": (dict(session_id="s" * 257), "session_id is 257 characters"),
 }
 
 

@@ -47,12 +47,18 @@ def test_chat_messages_join_text_parts_and_take_max_completion_tokens():
         ({"prompt": "a", "stop": [1]}, "stop must be a string or a list of strings"),
         ({"prompt": [1, "x"]}, "prompt must be"),
         ({}, "prompt is required"),
+        ({"prompt": "a", "user": 7}, "user must be a string"),
+        ({"prompt": "a", "user": "u" * 257}, "user must be a string of at most 256"),
     ],
 )
 def test_bad_bodies_name_what_is_wrong(body, words):
     with pytest.raises(InvalidRequest) as caught:
         completion_choices(body, 16)
     assert words in str(caught.value)
+
+
+def test_the_user_is_the_session_that_keeps_requests_on_one_proposer():
+    assert completion_choices({"prompt": "a", "user": "alice"}, 16)[0].request.session_id == "alice"
 
 
 def test_neutral_values_of_unsupported_parameters_pass():
