@@ -176,7 +176,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--speculator", default="auto",
         help="MLP speculator to benchmark: a checkpoint, 'auto' (the one train-speculator saved for --model) or 'none'",
     )  # fmt: skip
-    p.add_argument("--workloads", default="humaneval,code_edit,summarise,chat")
+    p.add_argument(
+        "--workloads",
+        default="humaneval,code_edit,summarise,chat",
+        help="comma-separated, of humaneval, code_edit, summarise, chat and repeats (earlier tasks asked again: what "
+        "suffix decoding remembers; with it, a gateway stack with --method suffix too)",
+    )
     p.add_argument("--prompts-per-workload", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--num-speculative-tokens", "-k", type=int, default=DEFAULT_NUM_SPECULATIVE_TOKENS)

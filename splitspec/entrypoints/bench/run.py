@@ -23,6 +23,9 @@ from splitspec.entrypoints.bench.runners import (
 )
 from splitspec.entrypoints.bench.timing import RequestTiming, Summary, summarise
 from splitspec.entrypoints.bench.workloads import build_prompts
+from splitspec.suffix_settings import SuffixSettings
+
+SUFFIX_K = SuffixSettings().max_tree_depth
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,8 @@ def run_bench(settings: BenchSettings) -> dict:
             name = f"gateway HTTP ngram K={settings.num_speculative_tokens}"
             configs.append(SplitspecGatewayHttp(name, base_url, str(path)))
         variants = {}
+        if "repeats" in settings.workloads and not delay:  # the proposer pod's memory
+            variants[f"suffix K={SUFFIX_K}"] = ("--method", "suffix", "-k", str(SUFFIX_K))
         if settings.unpipelined_rows:
             variants["ngram K={k} no-pipeline"] = ("--no-pipeline",)
         if settings.remote_ngram_rows:
@@ -239,6 +244,13 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
                 device=settings.device,
                 enforce_eager=settings.enforce_eager,
             ),
+        )
+    )
+    suffix = {"method": "suffix"}  # vLLM's defaults: it drafts up to its tree depth, 24
+    configs.append(
+        SplitspecInProcess(
+            f"splitspec suffix K={SUFFIX_K}",
+            LLM(str(path), speculative_config=suffix, device=settings.device, enforce_eager=settings.enforce_eager),
         )
     )
     if settings.draft_model:
@@ -341,6 +353,7 @@ def _report(settings: BenchSettings, timings: dict[str, list[RequestTiming]], sw
     import transformers
 
     summaries = [summarise(name, ts) for name, ts in timings.items()]
+    by_workload = tokens_per_s_by_workload(timings)
     report = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
@@ -348,12 +361,36 @@ def _report(settings: BenchSettings, timings: dict[str, list[RequestTiming]], sw
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "summary": [s.__dict__ | {"tokens_per_s": s.tokens_per_s} for s in summaries],
         "concurrency": sweep,
+        "by_workload": by_workload,
         "requests": [t.to_json() for ts in timings.values() for t in ts],
     }
     Path(settings.output).write_text(json.dumps(report, indent=2))
     print(format_table(summaries, sweep))
+    print(format_workload_table(by_workload))
     _log(f"wrote {settings.output}")
     return report
+
+
+def tokens_per_s_by_workload(timings: dict[str, list[RequestTiming]]) -> dict[str, dict[str, float]]:
+    """workload -> configuration -> its tokens over its time on that workload's prompts."""
+    table: dict[str, dict[str, float]] = {}
+    for config, requests in timings.items():
+        for workload in dict.fromkeys(t.workload for t in requests):
+            chosen = [t for t in requests if t.workload == workload]
+            elapsed = sum(t.elapsed for t in chosen)
+            table.setdefault(workload, {})[config] = sum(t.num_tokens for t in chosen) / elapsed if elapsed else 0.0
+    return table
+
+
+def format_workload_table(by_workload: dict[str, dict[str, float]]) -> str:
+    """tok/s per workload and configuration, and its ratio to K=0 on the same prompts."""
+    lines = ["", f"{'workload':<16}{'configuration':<30}{'tok/s':>8}{'x K=0':>7}"]
+    for workload, rates in by_workload.items():
+        base = rates.get("splitspec K=0")
+        for config, rate in rates.items():
+            ratio = f"{rate / base:>7.2f}" if base else f"{'-':>7}"
+            lines.append(f"{workload:<16}{config:<30}{rate:>8.1f}{ratio}")
+    return "\n".join(lines)
 
 
 def format_table(summaries: list[Summary], sweep: list[dict]) -> str:

