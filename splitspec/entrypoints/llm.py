@@ -37,9 +37,9 @@ class LLM:
     """Load a target model (and a drafter) and generate, batched, in this process.
 
     model: a Hugging Face checkpoint directory, a hub id, or "default" (the bundled SmolLM2-135M-Instruct).
-    speculative_config: {"method": "ngram" | "draft_model" | "mlp_speculator" | "eagle",
-    "num_speculative_tokens": K, ...} ("model" alone says which of the last three it holds); None for
-    plain decoding. The older vLLM/Aphrodite keywords (speculative_model, num_speculative_tokens,
+    speculative_config: {"method": "ngram" | "draft_model" | "mlp_speculator" | "eagle" | "suffix",
+    "num_speculative_tokens": K, ...} ("model" alone says which of draft_model, mlp_speculator and
+    eagle it holds; suffix takes vLLM's suffix_decoding_* keys); None for plain decoding. The older vLLM/Aphrodite keywords (speculative_model, num_speculative_tokens,
     ngram_prompt_lookup_max/min, speculative_draft_tensor_parallel_size) mean the same.
     device: "auto" (the first CUDA device when there is one, else the CPU), "cpu", "cuda" or "cuda:N";
     the target and an in-process drafter both run there.

@@ -26,6 +26,7 @@ from splitspec.entrypoints.bench.workloads import build_prompts
 from splitspec.suffix_settings import SuffixSettings
 
 SUFFIX_K = SuffixSettings().max_tree_depth
+DEEP_SUFFIX_K, DEEP_SUFFIX_DEPTH = 32, 64
 
 
 @dataclass(frozen=True)
@@ -246,13 +247,16 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
             ),
         )
     )
-    suffix = {"method": "suffix"}  # vLLM's defaults: it drafts up to its tree depth, 24
-    configs.append(
-        SplitspecInProcess(
-            f"splitspec suffix K={SUFFIX_K}",
-            LLM(str(path), speculative_config=suffix, device=settings.device, enforce_eager=settings.enforce_eager),
-        )
-    )
+    suffixes = {f"splitspec suffix K={SUFFIX_K}": {"method": "suffix"}}  # vLLM's defaults
+    if "repeats" in settings.workloads:  # a deeper tree drafts longer runs of a remembered answer
+        suffixes[f"splitspec suffix K={DEEP_SUFFIX_K} d={DEEP_SUFFIX_DEPTH}"] = {
+            "method": "suffix",
+            "num_speculative_tokens": DEEP_SUFFIX_K,
+            "suffix_decoding_max_tree_depth": DEEP_SUFFIX_DEPTH,
+        }
+    for name, spec in suffixes.items():
+        llm = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
+        configs.append(SplitspecInProcess(name, llm))
     if settings.draft_model:
         spec = {"method": "draft_model", "model": settings.draft_model, "num_speculative_tokens": k}
         draft = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
@@ -397,7 +401,7 @@ def format_table(summaries: list[Summary], sweep: list[dict]) -> str:
     base = next((s for s in summaries if s.config == "splitspec K=0"), None)
     ngram = next((s for s in summaries if s.config.startswith("splitspec ngram")), None)
     hf = next((s for s in summaries if s.config == "HF generate"), None)
-    header = f"{'configuration':<26}{'tok/s':>8}{'x K=0':>7}{'x ngram':>8}{'x HF':>7}{'TTFT ms':>9}{'ITL p50':>9}{'ITL p99':>9}{'tok/pass':>9}  {'greedy=K0':>9}  acceptance by position"
+    header = f"{'configuration':<30}{'tok/s':>8}{'x K=0':>7}{'x ngram':>8}{'x HF':>7}{'TTFT ms':>9}{'ITL p50':>9}{'ITL p99':>9}{'tok/pass':>9}  {'greedy=K0':>9}  acceptance by position"
     lines = [header, "-" * len(header)]
     for s in summaries:
         ratio_base = s.tokens_per_s / base.tokens_per_s if base and base.tokens_per_s else 0.0
@@ -406,13 +410,13 @@ def format_table(summaries: list[Summary], sweep: list[dict]) -> str:
         per_round = f"{s.mean_tokens_per_round:.2f}" if s.mean_tokens_per_round else "-"
         acceptance = " ".join(f"{a:.2f}" for a in s.acceptance_per_position[:8]) or "-"
         lines.append(
-            f"{s.config:<26}{s.tokens_per_s:>8.1f}{ratio_base:>7.2f}{ratio_ngram:>8.2f}{ratio_hf if hf else float('nan'):>7.2f}"
+            f"{s.config:<30}{s.tokens_per_s:>8.1f}{ratio_base:>7.2f}{ratio_ngram:>8.2f}{ratio_hf if hf else float('nan'):>7.2f}"
             f"{s.ttft_mean * 1000:>9.0f}{s.itl_p50 * 1000:>9.1f}{s.itl_p99 * 1000:>9.1f}{per_round:>9}  {s.matches:>9}  {acceptance}"
         )
     if sweep:
-        lines += ["", f"{'concurrency':<26}{'requests':>9}{'tok/s':>9}{'mean latency s':>16}"]
+        lines += ["", f"{'concurrency':<30}{'requests':>9}{'tok/s':>9}{'mean latency s':>16}"]
         for row in sweep:
             lines.append(
-                f"{row['config']:<26}{row['concurrency']:>9}{row['throughput_tokens_per_s']:>9.1f}{row['mean_latency_s']:>16.2f}"
+                f"{row['config']:<30}{row['concurrency']:>9}{row['throughput_tokens_per_s']:>9.1f}{row['mean_latency_s']:>16.2f}"
             )
     return "\n".join(lines)
