@@ -35,11 +35,10 @@ def test_repeated_requests_are_drafted_from_the_pod_s_memory_and_equal_in_proces
     again = [generate(suffix_stack.gateway.address, r) for r in requests]
     assert [token_ids(r) for r in first] == own
     assert [token_ids(r) for r in again] == own
-    # with two pods, each repeat finds its answer only on the pod that served it first; the answer's
-    # last tokens reached the pod with the release, so the repeat drafts to the end
+    # with two pods, each repeat finds its answer only on the pod that served it first
     for responses in again:
         spec = responses[-1].speculation
-        assert spec.num_accepted_tokens >= 0.75 * MAX_TOKENS and spec.num_rounds <= 8, spec
+        assert spec.num_accepted_tokens >= 0.75 * MAX_TOKENS and spec.num_rounds <= 10, spec
 
 
 def test_seeded_sampling_through_the_services_is_plain_decoding_s(suffix_stack, tiny_llama):

@@ -3,10 +3,13 @@ losslessness in-process."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proposer_svc.service import ProposerService
 from proposer_svc.suffix import SuffixProposer
 from proposer_svc.suffix_tree import SuffixTree
 from splitspec import LLM, SamplingParams
@@ -184,6 +187,28 @@ def test_a_draft_ahead_continues_assumed_tokens_without_keeping_them():
     draft = proposer.propose([request("a", tokens + ANSWER[3:6], 1, k=4, assumed=3)])[0]
     assert draft.token_ids == ANSWER[6:10]
     assert proposer.global_tree.num_tokens == len(ANSWER) + 3  # this request's committed output only
+
+
+@pytest.mark.parametrize("start, kept", [(5, [40, 41, 42, 43, 44]), (4, [40, 41])])
+def test_the_proposer_service_keeps_the_last_tokens_a_release_brings(start, kept):
+    """The gateway's release carries the tokens committed since the last draft step; they are kept
+    only when they continue what the proposer holds (start = its length)."""
+    proposer = SuffixProposer(SuffixSettings())
+
+    async def scenario() -> None:
+        service = ProposerService(proposer, method="suffix", num_speculative_tokens=8)
+        service.start()
+        try:
+            await service.draft(
+                "s", committed_len=5, start=0, token_ids=[1, 2, 3, 40, 41], num_tokens=4, temperature=0, top_k=-1,
+                seed=0, num_prompt_tokens=3,
+            )  # fmt: skip
+            await service.release("s", start, [42, 43, 44])
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())
+    assert proposer.global_tree.num_tokens == len(kept) and proposer.global_tree.count(kept) == 1
 
 
 def test_speculative_config_takes_vllm_s_suffix_keys_and_defaults():
