@@ -7,6 +7,13 @@ whichever tree scores higher (proposer_svc.suffix_tree). How many tokens it draf
 length and the estimated probabilities, up to the request's number of tokens. Drafts are
 deterministic: q is one-hot, so seeded and sampled output stay exact.
 
+The trees hold paths of at most max_tree_depth tokens, so a speculation that matched m tokens drafts
+at most max_tree_depth - m: with vLLM's depth of 24, about 12 tokens however long the remembered answer
+goes on. Where a draft was cut by that horizon, this drafter speculates again from the context the
+draft leads to (a match as long as the first, and a draft as justified by it), at the probability
+reached so far, until the request's number of tokens: a remembered answer is then drafted K at a time
+(docs/benchmarks.md measures what that gains).
+
 In the proposer service the global tree is the pod's memory, shared by every sequence it serves.
 """
 
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 from itertools import count
 
 from proposer_svc.proposer import Proposer
-from proposer_svc.suffix_tree import SuffixTree
+from proposer_svc.suffix_tree import Speculation, SuffixTree
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.suffix_settings import SuffixSettings
 
@@ -67,15 +74,27 @@ class SuffixProposer(Proposer):
             self._commit(state, req.token_ids, committed)
         if req.num_tokens <= 0:
             return Draft()
-        settings = self.settings
-        context = req.token_ids[-settings.max_tree_depth :]
-        args = (context, req.num_tokens, settings.max_spec_factor, settings.min_token_prob)
+        context = req.token_ids[-self.settings.max_tree_depth :]
+        best = self._speculate(state, context, req.num_tokens, self.settings.min_token_prob)
+        tokens, prob = best.token_ids, best.probs[-1] if best.probs else 1.0
+        while best.cut and len(tokens) < req.num_tokens:
+            # the trees hold paths of max_tree_depth tokens: where one was cut there, draft on from the
+            # context it led to, at the probability reached so far
+            context = (context + best.token_ids)[-self.settings.max_tree_depth :]
+            best = self._speculate(state, context, req.num_tokens - len(tokens), self.settings.min_token_prob / prob)
+            tokens = tokens + best.token_ids
+            prob *= best.probs[-1] if best.probs else 1.0
+        return Draft(tokens, [None] * len(tokens))
+
+    def _speculate(self, state: _Active, context: list[int], num_tokens: int, min_token_prob: float) -> Speculation:
+        """The higher scoring of the request's own tree's speculation and the global tree's."""
+        args = (context, num_tokens, self.settings.max_spec_factor, min_token_prob)
         best = state.tree.speculate(*args)
         if self._cached:
             found = self.global_tree.speculate(*args)
             if found.score > best.score:
                 best = found
-        return Draft(best.token_ids, [None] * len(best.token_ids))
+        return best
 
     def _commit(self, state: _Active, token_ids: list[int], committed: int) -> None:
         """Add token_ids[state.length : committed] to the request's tree, and its output to the global one."""

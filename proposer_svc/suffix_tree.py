@@ -60,6 +60,8 @@ class Speculation:
     score: float = 0.0
     """The sum of probs: the expected number of accepted tokens, were the estimates right."""
     match_len: int = 0
+    cut: bool = False
+    """It ended only because its path reached max_depth tokens: the text may well go on."""
 
 
 class SuffixTree:
@@ -207,6 +209,8 @@ class SuffixTree:
             speculation = self._follow(node, offset, limit, min_token_prob)
             if speculation.score >= best.score:
                 speculation.match_len = match_len
+                drafted = len(speculation.token_ids)
+                speculation.cut = drafted > 0 and match_len + drafted == self.max_depth
                 best = speculation
         return best
 

@@ -161,6 +161,14 @@ def test_the_oldest_outputs_are_evicted_first():
     assert [proposer.global_tree.count(answer) for answer in answers] == [0, 0, 1]
 
 
+def test_a_draft_cut_by_the_tree_s_depth_goes_on_from_the_context_it_leads_to():
+    proposer = SuffixProposer(SuffixSettings(max_tree_depth=4))
+    serve(proposer, "first", [1], ANSWER)
+    # alone, the best match (2 tokens) reaches the depth of 4 after 2 drafts
+    assert proposer.global_tree.speculate(ANSWER[:4], 8, 1.0, 0.1).token_ids == ANSWER[4:6]
+    assert proposer.propose([request("again", [9] + ANSWER[:4], 1, k=8)])[0].token_ids == ANSWER[4:12]
+
+
 def test_a_draft_is_as_long_as_its_match_times_the_spec_factor_and_at_most_k():
     proposer = SuffixProposer(SuffixSettings(max_spec_factor=0.5))
     serve(proposer, "first", [1], ANSWER)
