@@ -70,6 +70,7 @@ def test_unreachable_hub_id_fails_fast():
         (["-k", "0"], "--num-speculative-tokens must be at least 1"),
         (["--method", "draft_model"], "--method draft_model needs --draft-model DIR"),
         (["--max-tokens", "0"], "--max-tokens must be at least 1"),
+        (["--method", "suffix", "--suffix-min-token-prob", "2"], "--suffix-min-token-prob must be in [0, 1], got 2.0"),
     ],
 )
 def test_bad_generation_flags(tiny_llama, flags, message):
@@ -105,9 +106,13 @@ def test_up_passes_every_proposer_flag_on_to_the_proposer():
     from splitspec.entrypoints.cli_services import up_commands
 
     flags = ["--prompt-lookup-max", "7", "--prompt-lookup-min", "2", "--draft-top-k", "3"]
+    flags += ["--suffix-max-tree-depth", "32", "--suffix-max-cached-requests", "5"]
+    flags += ["--suffix-max-spec-factor", "1.5", "--suffix-min-token-prob", "0.25"]
     proposer = up_commands(build_parser().parse_args(["up", *flags]))["proposer"]
     served = build_parser().parse_args(proposer[proposer.index("serve-proposer") :])
     assert (served.prompt_lookup_max, served.prompt_lookup_min, served.draft_top_k) == (7, 2, 3)
+    assert (served.suffix_max_tree_depth, served.suffix_max_cached_requests) == (32, 5)
+    assert (served.suffix_max_spec_factor, served.suffix_min_token_prob) == (1.5, 0.25)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from splitspec.devices import DEVICE_HELP
+from splitspec.errors import SplitspecError
 from splitspec.suffix_settings import SuffixSettings
 
 
@@ -68,12 +69,16 @@ def add_suffix_flags(p: argparse.ArgumentParser) -> None:
 
 
 def suffix_settings_from(args: argparse.Namespace) -> SuffixSettings:
-    return SuffixSettings(
-        max_tree_depth=args.suffix_max_tree_depth,
-        max_cached_requests=args.suffix_max_cached_requests,
-        max_spec_factor=args.suffix_max_spec_factor,
-        min_token_prob=args.suffix_min_token_prob,
-    )
+    try:
+        return SuffixSettings(
+            max_tree_depth=args.suffix_max_tree_depth,
+            max_cached_requests=args.suffix_max_cached_requests,
+            max_spec_factor=args.suffix_max_spec_factor,
+            min_token_prob=args.suffix_min_token_prob,
+        )
+    except SplitspecError as exc:  # named as the flag, not as the speculative_config key
+        key, rest = str(exc).split(" ", 1)
+        raise SplitspecError(f"--suffix-{key.removeprefix('suffix_decoding_').replace('_', '-')} {rest}") from None
 
 
 def suffix_flag_args(args: argparse.Namespace) -> list[str]:
