@@ -670,7 +670,7 @@ class GatewayCore:
         seq_id: str,
         verifier: VerifierBackend | None,
         proposer: ProposerBackend | None,
-        final: tuple[int, list[int]] | None,
+        final: tuple[int, list[int]] | None = None,
     ) -> None:
         for backend in (verifier, proposer):
             if backend is None:

@@ -17,7 +17,7 @@ def test_same_seed_gives_the_same_prompts_and_another_seed_does_not():
 
 def test_every_workload_yields_nonempty_prompts():
     prompts = build_prompts(list(WORKLOADS), 2, seed=0)
-    assert {p.workload for p in prompts} == set(WORKLOADS)
+    assert {p.workload.removesuffix(" again") for p in prompts} == set(WORKLOADS)  # repeats, then repeats again
     assert all(len(p.text) > 40 for p in prompts)
     code = [p for p in prompts if p.workload == "code_edit"]
     assert all("def " in p.text for p in code)
@@ -45,3 +45,12 @@ def test_chunked_arrivals_spread_latency_over_their_tokens():
     summary = summarise("c", [timing])
     assert summary.tokens_per_s == pytest.approx(6 / 0.8) and summary.mean_tokens_per_round == 2.0
     assert percentile([1.0, 2.0, 3.0], 50) == 2.0
+
+
+def test_repeated_work_asks_each_task_again_changed_and_as_it_was():
+    prompts = build_prompts(["repeats"], 2, seed=0)
+    first, again = prompts[:2], prompts[2:]
+    assert [p.workload for p in prompts] == ["repeats"] * 2 + ["repeats again"] * 4
+    assert [p.text for p in again[1::2]] == [p.text for p in first]
+    for changed, task in zip(again[::2], first):
+        assert "docstrings" in changed.text and changed.text.split("```")[1] == task.text.split("```")[1]
