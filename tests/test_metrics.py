@@ -77,6 +77,8 @@ def test_every_service_serves_its_metrics_and_the_gateway_s_add_up_to_the_reques
     with running_stack(
         tiny_llama,
         tmp_path,
+        method="draft_model",
+        draft_model=tiny_llama,  # the target as its own drafter: greedy drafts are accepted whatever the timing
         verifier_args=("--metrics-port", str(ports["verifier"])),
         proposer_args=("--metrics-port", str(ports["proposer"])),
         gateway_args=("--metrics-port", str(ports["gateway"]), "--fixed-k"),  # drafts every round, so some are accepted
