@@ -144,7 +144,7 @@ class OpenAIFront:
             stream_options = body.get("stream_options") or {}
             if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"}:
                 raise InvalidRequest("stream_options may hold only include_usage", "stream_options")
-            token_ids = returns_token_ids(body)
+            token_ids = returns_token_ids(body, default=self.servicer.core.tokenizer is None)
         except InvalidRequest as exc:
             return error_response(400, str(exc), "invalid_request_error", exc.param)
         answer = _Answer(new_id("chatcmpl" if chat else "cmpl"), self.served_model, chat, choices, token_ids)

@@ -231,12 +231,14 @@ def _number(value, name: str) -> float:
     return float(value)
 
 
-def returns_token_ids(body: dict) -> bool:
-    """vLLM's `return_token_ids`: each choice (and each stream chunk) also carries its token ids."""
+def returns_token_ids(body: dict, default: bool = False) -> bool:
+    """vLLM's `return_token_ids`: each choice (and each stream chunk) also carries its token ids.
+    `default` applies when the body does not say: true for a model without a tokenizer, whose answers
+    have no text, so that each chunk still carries what was generated."""
     value = body.get("return_token_ids")
     if value is not None and not isinstance(value, bool):
         raise InvalidRequest("return_token_ids must be true or false", "return_token_ids")
-    return bool(value)
+    return default if value is None else value
 
 
 def new_id(prefix: str) -> str:

@@ -107,3 +107,19 @@ def test_a_request_over_the_concurrency_cap_is_a_429(tiny_llama, tmp_path):
                     client.completions.create(model=str(tiny_llama), prompt=PROMPT_IDS, max_tokens=4)
                 assert refused.value.status_code == 429 and "retry later" in refused.value.body["message"]
                 assert first.result().usage.completion_tokens == 30
+
+
+@pytest.mark.e2e
+def test_a_model_without_a_tokenizer_streams_its_token_ids(tiny_llama, tmp_path):
+    from test_services_e2e import plain_greedy_tokens
+
+    port = free_port()
+    with running_stack(tiny_llama, tmp_path, gateway_args=("--http-port", str(port))):
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as client:
+            request = {"model": str(tiny_llama), "prompt": PROMPT_IDS, "max_tokens": 12, "temperature": 0}
+            extra = {"extra_body": {"ignore_eos": True}}
+            whole = client.completions.create(**request, **extra)
+            chunks = [c.choices[0] for c in client.completions.create(**request, **extra, stream=True) if c.choices]
+    streamed = [t for c in chunks for t in (c.model_extra or {}).get("token_ids", [])]
+    assert len([c for c in chunks if c.model_extra.get("token_ids")]) > 1, "ids arrive as they are generated"
+    assert streamed == whole.choices[0].model_extra["token_ids"] == plain_greedy_tokens(tiny_llama, PROMPT_IDS, 12)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.openai_protocol import InvalidRequest, chat_choices, completion_choices
+from gateway.openai_protocol import InvalidRequest, chat_choices, completion_choices, returns_token_ids
 
 
 def test_several_prompts_times_n_are_choices_in_openai_order_with_seed_plus_j():
@@ -70,3 +70,15 @@ def test_chat_needs_messages_with_roles():
         chat_choices({"messages": []}, 16)
     with pytest.raises(InvalidRequest, match=r"messages\[0\] must be an object with a role"):
         chat_choices({"messages": [{"content": "x"}]}, 16)
+
+
+@pytest.mark.parametrize("body, default, expected", [({}, False, False), ({}, True, True),
+                                                     ({"return_token_ids": False}, True, False),
+                                                     ({"return_token_ids": True}, False, True)])  # fmt: skip
+def test_token_ids_are_returned_when_asked_and_by_default_without_a_tokenizer(body, default, expected):
+    assert returns_token_ids(body, default) is expected
+
+
+def test_return_token_ids_must_be_a_boolean():
+    with pytest.raises(InvalidRequest, match="return_token_ids"):
+        returns_token_ids({"return_token_ids": "yes"})
