@@ -6,6 +6,7 @@ ones it holds move away at their next round, and it is closed once it holds none
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from splitspec.adaptive_k import PassCostModel
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.rpc import wire
+from splitspec.rpc.time_limits import time_left
 from splitspec.rpc.tls import ClientTls
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
@@ -151,9 +153,12 @@ class VerifierBackend:
         seed: int,
         hidden_states: HiddenStates = HiddenStates.NONE,
         trace: pb.TraceContext | None = None,
+        deadline: float = math.inf,
     ) -> None:
-        """trace: the client request's context, which the verifier's spans for the sequence continue."""
+        """trace: the client request's context, which the verifier's spans for the sequence continue.
+        deadline: the client's, on time.monotonic(); the verifier releases the sequence once it passes."""
         request = pb.VerifierRequest(seq_id=seq_id, trace_context=trace)
+        request.start.time_limit_s = time_left(deadline, time.monotonic())
         request.start.return_hidden_states = hidden_states != HiddenStates.NONE
         request.start.return_all_hidden_states = hidden_states == HiddenStates.ALL
         request.start.token_ids.extend(token_ids)
@@ -256,9 +261,11 @@ class ProposerBackend:
         hidden_state: pb.HiddenStates | None = None,
         trace: pb.TraceContext | None = None,
         assumed: list[int] | None = None,
+        deadline: float = math.inf,
     ) -> pb.DraftResult:
         """sent: the committed tokens the proposer holds. assumed: a draft ahead (gateway.draft_ahead),
-        drafted after these uncommitted tokens."""
+        drafted after these uncommitted tokens. deadline: the client's, on time.monotonic(); the proposer
+        forgets the sequence once it passes."""
         request = pb.ProposerRequest(seq_id=seq.seq_id, trace_context=trace)
         step = request.draft
         step.committed_len = len(seq.tokens)
@@ -269,6 +276,7 @@ class ProposerBackend:
         step.top_k = seq.params.top_k
         step.seed = seq.seed
         step.num_prompt_tokens = len(seq.prompt_token_ids)
+        step.time_limit_s = time_left(deadline, time.monotonic())
         if hidden_state is not None:
             step.hidden_state.CopyFrom(hidden_state)
         if assumed:

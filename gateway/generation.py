@@ -20,6 +20,7 @@ with backoff until the request's deadline.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
@@ -73,6 +74,7 @@ class _ProposerSlot:
     moves: int = 0  # times it left a proposer for another
     affinity: bytes | None = None  # with proposer_affinity, the pods it prefers (gateway.proposer_affinity)
     hidden_state: pb.HiddenStates | None = None  # what the verifier sent since the last draft, passed on
+    deadline: float = math.inf  # the client's, on time.monotonic(): passed on with every draft
 
     def use(self, backend: ProposerBackend | None) -> ProposerBackend | None:
         """Move to another proposer (which holds nothing of the sequence yet); the one left, if any."""
@@ -184,7 +186,9 @@ class GatewayCore:
     ) -> VerifierBackend:
         """Start the sequence, with its committed tokens so far, on the least loaded live verifier (by
         what it reports, so that gateways sharing it spread out too); one that is full or fails is
-        passed over for the next, with backoff while none is left."""
+        passed over for the next, with backoff while none is left. deadline: the client's; waiting for
+        a verifier ends there or after `verifier_wait_s`, whichever comes first."""
+        wait_until = min(deadline, time.monotonic() + self.verifier_wait_s)
         delay = 0.05
         while True:
             full: list[ServiceError] = []
@@ -195,7 +199,7 @@ class GatewayCore:
                 verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
                 try:
                     await verifier.start(
-                        seq.seq_id, seq.tokens, seq.params, seq.seed, self.hidden_states, trace_context
+                        seq.seq_id, seq.tokens, seq.params, seq.seed, self.hidden_states, trace_context, deadline
                     )
                     return verifier
                 except (ConnectionError, ServiceError) as exc:
@@ -212,7 +216,7 @@ class GatewayCore:
                     raise
             if full:  # every live verifier is full: that is the answer, not an outage
                 raise full[0]
-            left = deadline - time.monotonic()
+            left = wait_until - time.monotonic()
             if left <= 0:
                 raise ServiceError(
                     grpc.StatusCode.UNAVAILABLE,
@@ -242,7 +246,8 @@ class GatewayCore:
         session_id: str = "",
     ) -> AsyncIterator[Delta]:
         """deadline: the request's, as time.monotonic(); waiting for a verifier ends there or after
-        `verifier_wait_s`, whichever comes first. span: the request's, whose context the verifier's
+        `verifier_wait_s`, whichever comes first, and the verifier and the proposer hear of it, so that
+        they free the sequence there even if the gateway cannot tell them. span: the request's, whose context the verifier's
         and proposer's spans continue, and which hears of failovers. session_id: the client's, which
         keeps its requests on one proposer where proposer_affinity asks for it."""
         seq_id = uuid.uuid4().hex
@@ -251,17 +256,16 @@ class GatewayCore:
         trace_context = pb.TraceContext(**carrier_of(span)) if span.is_recording() else None
         stop_checker = StopChecker(self.eos_token_ids, self.max_model_len, self.decode)
         detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings, len(prompt_ids))
-        deadline = float("inf") if deadline is None else deadline
-        slot = _ProposerSlot(affinity=affinity_key(session_id, prompt_ids) if self.proposer_affinity else None)
+        deadline = math.inf if deadline is None else deadline
+        affinity = affinity_key(session_id, prompt_ids) if self.proposer_affinity else None
+        slot = _ProposerSlot(affinity=affinity, deadline=deadline)
         measured = self._measures_drafters(num_speculative_tokens, params)
         starts_local = self.local_ngram is not None and (measured or not self.measure_drafters)
         req = _Request(seq, num_speculative_tokens, slot, DrafterChoice(uses_local=starts_local), measured,
                        trace_context, span)  # fmt: skip
         if num_speculative_tokens > 0 and not req.local:
             slot.use(self._next_proposer(affinity=slot.affinity))
-        verifier: VerifierBackend | None = await self._start_on_a_verifier(
-            seq, min(deadline, time.monotonic() + self.verifier_wait_s), trace_context
-        )
+        verifier: VerifierBackend | None = await self._start_on_a_verifier(seq, deadline, trace_context)
         verifier_moves = 0
         ahead_task: asyncio.Task | None = None
         pre_drafted: Draft | None = None  # this round's draft, drafted ahead during the last round
@@ -547,9 +551,7 @@ class GatewayCore:
         self.metrics.verifier_failovers.add(1)
         span.add_event("verifier failover", {"splitspec.from": leaving.address, "splitspec.tokens": len(seq.tokens)})
         slot.hidden_state = None
-        return await self._start_on_a_verifier(
-            seq, min(deadline, time.monotonic() + self.verifier_wait_s), trace_context
-        )
+        return await self._start_on_a_verifier(seq, deadline, trace_context)
 
     def _leave(
         self,
@@ -607,12 +609,12 @@ class GatewayCore:
                 return Draft()
             try:
                 result = await slot.backend.draft(
-                    seq, slot.sent, k, self.proposer_timeout_s, slot.hidden_state, trace_context
+                    seq, slot.sent, k, self.proposer_timeout_s, slot.hidden_state, trace_context, deadline=slot.deadline
                 )
                 if result.needs_full_context:
                     slot.sent = 0
                     result = await slot.backend.draft(
-                        seq, 0, k, self.proposer_timeout_s, slot.hidden_state, trace_context
+                        seq, 0, k, self.proposer_timeout_s, slot.hidden_state, trace_context, deadline=slot.deadline
                     )
                 slot.sent = len(seq.tokens)
                 if self.hidden_states == HiddenStates.ALL:
@@ -655,7 +657,9 @@ class GatewayCore:
         usual."""
         backend, committed = slot.backend, len(seq.tokens)
         try:
-            result = await backend.draft(seq, slot.sent, k + 1, self.proposer_timeout_s, None, trace_context, assumed)
+            result = await backend.draft(
+                seq, slot.sent, k + 1, self.proposer_timeout_s, None, trace_context, assumed, slot.deadline
+            )
         except (ConnectionError, asyncio.TimeoutError, ServiceError):
             backend.mark_down()  # the next round's draft fails over
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from splitspec.drafts import Draft, DraftRequest
 from splitspec.errors import ServiceError
 from splitspec.metrics import no_meter
 from splitspec.rpc.micro_batcher import MicroBatcher
+from splitspec.rpc.time_limits import Expiries, check_time_limit
 from splitspec.tracing import Tracing, context_of
 
 
@@ -41,6 +43,8 @@ class ProposerService:
         self.method = method
         self.num_speculative_tokens = num_speculative_tokens
         self.contexts: dict[str, list[int]] = {}
+        self.expiries = Expiries(self._expire)
+        self._releases: set[asyncio.Task] = set()
         self.batcher: MicroBatcher[DraftRequest, Draft] = MicroBatcher(
             self._propose, batch_window_s, expected=lambda: len(self.contexts)
         )
@@ -90,11 +94,14 @@ class ProposerService:
         assumed_token_ids: list[int] | None = None,
         num_prompt_tokens: int = 0,
         trace_context: tuple[str, str] = ("", ""),
+        time_limit_s: float = 0.0,
     ) -> DraftOutcome:
         """Append committed tokens [start, committed_len) and draft; ask for everything if out of step.
         assumed_token_ids: a draft ahead, drafted after these tokens, which the proposer does not hold.
         num_prompt_tokens: how many of the committed tokens are the prompt (0: not known).
-        trace_context: the client request's traceparent and tracestate, continued by a span per sequence."""
+        trace_context: the client request's traceparent and tracestate, continued by a span per sequence.
+        time_limit_s: the client's time left (0: none); the sequence is forgotten once it has passed."""
+        limit = check_time_limit("draft.time_limit_s", time_limit_s)
         assumed = assumed_token_ids or []
         if assumed and self.proposer.needs_hidden_states:
             raise ServiceError(
@@ -113,6 +120,8 @@ class ProposerService:
             context = []
         context = context + token_ids
         self.contexts[seq_id] = context
+        if limit is not None:
+            self.expiries.arm(seq_id, limit)
         if num_tokens <= 0:
             return DraftOutcome(Draft())
         request = DraftRequest(
@@ -128,9 +137,16 @@ class ProposerService:
         )
         return DraftOutcome(await self.batcher.submit(request))
 
+    def _expire(self, seq_id: str) -> None:
+        """The client's deadline has passed and the sequence is still held: forget it."""
+        task = asyncio.get_running_loop().create_task(self.release(seq_id))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
     async def release(self, seq_id: str, start: int = 0, token_ids: list[int] | None = None) -> None:
         """token_ids: the sequence's last committed tokens, from `start`; kept by the drafter when they
         continue what it holds (Proposer.finish)."""
+        self.expiries.cancel(seq_id)
         span, _ = self.spans.pop(seq_id, (trace.INVALID_SPAN, None))
         span.end()
         context = self.contexts.pop(seq_id, None)

@@ -166,7 +166,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StartSequence(_message.Message):
-    __slots__ = ("token_ids", "temperature", "top_k", "top_p", "seed", "return_hidden_states", "return_all_hidden_states")
+    __slots__ = ("token_ids", "temperature", "top_k", "top_p", "seed", "return_hidden_states", "return_all_hidden_states", "time_limit_s")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,7 @@ class StartSequence(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     RETURN_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     RETURN_ALL_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
+    TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     temperature: float
     top_k: int
@@ -181,7 +182,8 @@ class StartSequence(_message.Message):
     seed: int
     return_hidden_states: bool
     return_all_hidden_states: bool
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., return_hidden_states: _Optional[bool] = ..., return_all_hidden_states: _Optional[bool] = ...) -> None: ...
+    time_limit_s: float
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., return_hidden_states: _Optional[bool] = ..., return_all_hidden_states: _Optional[bool] = ..., time_limit_s: _Optional[float] = ...) -> None: ...
 
 class VerifyStep(_message.Message):
     __slots__ = ("committed_len", "drafts", "local_draft", "pipelined", "assumed_token_ids")
@@ -286,7 +288,7 @@ class VerifierInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., num_free_blocks: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_sequences: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., contract_version: _Optional[str] = ..., cost_rows: _Optional[_Iterable[int]] = ..., cost_seconds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DraftStep(_message.Message):
-    __slots__ = ("committed_len", "start", "token_ids", "num_tokens", "temperature", "top_k", "seed", "hidden_state", "assumed_token_ids", "num_prompt_tokens")
+    __slots__ = ("committed_len", "start", "token_ids", "num_tokens", "temperature", "top_k", "seed", "hidden_state", "assumed_token_ids", "num_prompt_tokens", "time_limit_s")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +299,7 @@ class DraftStep(_message.Message):
     HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
     ASSUMED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     start: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -307,7 +310,8 @@ class DraftStep(_message.Message):
     hidden_state: HiddenStates
     assumed_token_ids: _containers.RepeatedScalarFieldContainer[int]
     num_prompt_tokens: int
-    def __init__(self, committed_len: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., hidden_state: _Optional[_Union[HiddenStates, _Mapping]] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ..., num_prompt_tokens: _Optional[int] = ...) -> None: ...
+    time_limit_s: float
+    def __init__(self, committed_len: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., hidden_state: _Optional[_Union[HiddenStates, _Mapping]] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ..., num_prompt_tokens: _Optional[int] = ..., time_limit_s: _Optional[float] = ...) -> None: ...
 
 class ProposerRequest(_message.Message):
     __slots__ = ("call_id", "seq_id", "draft", "release", "trace_context")

@@ -111,7 +111,7 @@ class ScriptedProposer:
         self.available = False
 
     async def draft(
-        self, seq, sent, num_tokens, timeout, hidden_state=None, trace=None, assumed=None
+        self, seq, sent, num_tokens, timeout, hidden_state=None, trace=None, assumed=None, deadline=None
     ) -> pb.DraftResult:
         if assumed is None:
             self.fresh_calls += 1

@@ -121,11 +121,11 @@ def test_greedy_through_gateway_equals_in_process_and_plain_ngram(ngram_stack, t
 
 
 def test_greedy_through_gateway_equals_plain_draft_model(draft_stack, plain_greedy):
-    responses = [generate(draft_stack.gateway.address, greedy_request(p)) for p in PROMPTS[:1]]
+    responses = [generate(draft_stack.gateway.address, greedy_request(p)) for p in PROMPTS]
     got = generate_concurrently(draft_stack.gateway.address, [greedy_request(p) for p in PROMPTS])
-    assert got == plain_greedy
-    stats = responses[0][-1].speculation
-    assert stats.num_draft_tokens > 0 and stats.num_accepted_tokens > 0
+    assert got == plain_greedy == [token_ids(r) for r in responses]
+    stats = [r[-1].speculation for r in responses]  # the noisy drafter is right on some prompts, not on each
+    assert sum(s.num_draft_tokens for s in stats) > 0 and sum(s.num_accepted_tokens for s in stats) > 0
 
 
 @pytest.mark.parametrize("stack_name, spec_of", [("ngram_stack", "ngram"), ("draft_stack", "draft_model")])
@@ -208,6 +208,33 @@ def test_a_request_past_its_deadline_ends_there_and_frees_every_kv_block(ngram_s
         assert 0 < len(received) < 1000, "the deadline struck mid-stream"
     assert wait_for(lambda: ngram_stack.verifier_info().num_free_blocks == initial.num_free_blocks)
     assert ngram_stack.verifier_info().num_sequences == 0
+
+
+def test_a_frozen_gateway_s_sequences_are_freed_at_their_client_s_deadline(tiny_llama, tmp_path):
+    """The verifier and the proposer hear of the client's deadline and release the sequence there
+    themselves: the gateway, stopped mid-request, never sends the release, and its streams stay open."""
+    from test_metrics import scrape, value
+
+    metrics_port = free_port()
+    proposer_args = ("--metrics-port", str(metrics_port))
+    with running_stack(tiny_llama, tmp_path, proposer_args=proposer_args, gateway_args=("--fixed-k",)) as stack:
+        initial = stack.verifier_info()
+        proposer_sequences = lambda: value(scrape(metrics_port)["splitspec_proposer_sequences"])  # noqa: E731
+        with grpc.insecure_channel(stack.gateway.address) as channel:
+            call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[2], max_tokens=1000), timeout=2.0)
+            for _ in range(3):  # drafted rounds: the proposer holds the sequence too
+                next(call)
+            stack.gateway.proc.send_signal(signal.SIGSTOP)
+            try:
+                assert stack.verifier_info().num_sequences == 1 and proposer_sequences() == 1
+                with pytest.raises(grpc.RpcError) as err:
+                    list(call)
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert wait_for(lambda: stack.verifier_info().num_sequences == 0, 5)
+                assert wait_for(lambda: stack.verifier_info().num_free_blocks == initial.num_free_blocks, 5)
+                assert wait_for(lambda: proposer_sequences() == 0, 5)
+            finally:
+                stack.gateway.proc.send_signal(signal.SIGCONT)
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     start.seed,
                     _hidden_states(start),
                     (request.trace_context.traceparent, request.trace_context.tracestate),
+                    start.time_limit_s,
                 )
                 response.ack.SetInParent()
             elif kind == "step":

@@ -24,6 +24,7 @@ from splitspec.errors import RunnerLost, ServiceError, SplitspecError
 from splitspec.metrics import kv_cache_usage, no_meter
 from splitspec.models.runner import ModelRunner
 from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
+from splitspec.rpc.time_limits import Expiries, check_time_limit
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
 from splitspec.tracing import Tracing, context_of
@@ -117,6 +118,8 @@ class VerifierService:
         )
         self.metrics = VerifierMetrics(meter or no_meter(), self)
         self.local_drafter = LocalDrafter()
+        self.expiries = Expiries(self._expire)
+        self._releases: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self.batcher.start()
@@ -136,8 +139,10 @@ class VerifierService:
         seed: int,
         hidden_states: HiddenStates = HiddenStates.NONE,
         trace_context: tuple[str, str] = ("", ""),
+        time_limit_s: float = 0.0,
     ) -> None:
-        """trace_context: the client request's traceparent and tracestate, which its span here continues."""
+        """trace_context: the client request's traceparent and tracestate, which its span here continues.
+        time_limit_s: the client's time left (0: none); the sequence is released once it has passed."""
         if not self.healthy():
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, MODEL_FAILED)
         check_seq_id(seq_id)
@@ -147,6 +152,7 @@ class VerifierService:
             check_prompt(token_ids, self.runner.vocab_size, self.runner.max_model_len)
         except SplitspecError as exc:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        limit = check_time_limit("start.time_limit_s", time_limit_s)
         if len(self.sequences) >= self.max_num_seqs:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"verifier is full ({self.max_num_seqs} sequences); retry later"
@@ -158,6 +164,8 @@ class VerifierService:
                 "verifier sequence", context=parent, attributes={"splitspec.start_tokens": len(token_ids)}
             )
         self.sequences[seq_id] = seq
+        if limit is not None:
+            self.expiries.arm(seq_id, limit)
 
     async def step(
         self,
@@ -212,7 +220,14 @@ class VerifierService:
             local = replace(local, num_tokens=room)
         return len(seq.tokens), draft, local
 
+    def _expire(self, seq_id: str) -> None:
+        """The client's deadline has passed and the sequence is still held: release it."""
+        task = asyncio.get_running_loop().create_task(self.release(seq_id))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
     async def release(self, seq_id: str) -> None:
+        self.expiries.cancel(seq_id)
         seq = self.sequences.pop(seq_id, None)
         self.local_drafter.release(seq_id)
         if seq is not None:
