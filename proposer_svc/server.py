@@ -14,6 +14,7 @@ from proposer_svc.service import ProposerService
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SpeculationMethod, SpeculativeConfig
+from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.metrics import service_meter
@@ -84,6 +85,7 @@ class ProposerSettings:
     device: str = "auto"
     """The drafter's own device (draft_model, mlp_speculator, eagle); ngram needs none."""
     batch_window_ms: float = 1.0
+    max_drafts_per_step: int = MAX_DRAFTS_PER_STEP
 
 
 def run_proposer(settings: ProposerSettings) -> None:
@@ -98,6 +100,7 @@ def run_proposer(settings: ProposerSettings) -> None:
             batch_window_s=settings.batch_window_ms / 1000,
             meter=service_meter("proposer", settings.server),
             tracing=tracing,
+            max_drafts_per_step=settings.max_drafts_per_step,
         )
 
         async def stop() -> None:

@@ -12,6 +12,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter, Observation
 
 from proposer_svc.proposer import Proposer
+from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.errors import ServiceError
 from splitspec.metrics import no_meter
@@ -36,8 +37,11 @@ class ProposerService:
         batch_window_s: float = 0.001,
         meter: Meter | None = None,
         tracing: Tracing | None = None,
+        max_drafts_per_step: int = MAX_DRAFTS_PER_STEP,
     ) -> None:
+        """max_drafts_per_step: the most drafts one call may ask for."""
         self.proposer = proposer
+        self.max_drafts_per_step = max_drafts_per_step
         self.tracing = tracing or Tracing()
         self.spans: dict[str, tuple[trace.Span, trace.SpanContext]] = {}  # seq_id -> its span, the request's
         self.method = method
@@ -102,6 +106,12 @@ class ProposerService:
         trace_context: the client request's traceparent and tracestate, continued by a span per sequence.
         time_limit_s: the client's time left (0: none); the sequence is forgotten once it has passed."""
         limit = check_time_limit("draft.time_limit_s", time_limit_s)
+        if num_tokens > self.max_drafts_per_step:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"draft.num_tokens: at most {self.max_drafts_per_step} drafts a call on this proposer "
+                f"(--max-drafts-per-step), got {num_tokens}",
+            )
         assumed = assumed_token_ids or []
         if assumed and self.proposer.needs_hidden_states:
             raise ServiceError(

@@ -5,6 +5,10 @@ from __future__ import annotations
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
 
+MAX_DRAFTS_PER_STEP = 128
+"""The most drafts a verifier takes in one step, and a proposer drafts for one call, unless told
+otherwise (--max-drafts-per-step): a bound on what one message can make a pod compute."""
+
 
 def max_drafts(seq: Sequence, num_speculative_tokens: int, max_model_len: int) -> int:
     """At most K, no further than the model's context, and never more than the request may still emit

@@ -91,3 +91,49 @@ def test_the_verifier_refuses_a_nan_q_commits_nothing_and_goes_on(tiny_llama):
     assert untouched == [5, 6, 7, 8]
     assert outcome.committed_len == 4 and len(outcome.token_ids) >= 1
     assert bad_id.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_verifier_refuses_more_drafts_a_step_than_its_setting_and_goes_on(tiny_llama):
+    from verifier_svc.local_drafts import LocalDraftSpec
+
+    async def main():
+        runner = load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20))
+        service = VerifierService(runner, max_drafts_per_step=2)
+        service.start()
+        service.add("a", [5, 6, 7, 8], SamplingParams(temperature=0, max_tokens=None), seed=0)
+        refusals = []
+        for draft, local in ((Draft([9, 9, 9], [None] * 3), None), (Draft(), LocalDraftSpec(3, 1, 3))):
+            with pytest.raises(ServiceError) as refused:
+                await service.step("a", 4, draft, local)
+            refusals.append(refused.value)
+        untouched = list(service.sequences["a"].tokens)
+        outcome = await service.step("a", 4, Draft([9, 9], [None] * 2))
+        await service.close()
+        return refusals, untouched, outcome
+
+    refusals, untouched, outcome = asyncio.run(main())
+    assert [r.code for r in refusals] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    assert refusals[0].message.startswith("drafts: at most 2 drafts a step") and refusals[0].message.endswith("got 3")
+    assert refusals[1].message.startswith("local_draft.num_tokens: at most 2")
+    assert untouched == [5, 6, 7, 8] and outcome.committed_len == 4 and outcome.num_drafted == 2
+
+
+def test_the_proposer_refuses_to_draft_more_than_its_setting_and_goes_on():
+    from proposer_svc.ngram import NgramProposer
+    from proposer_svc.service import ProposerService
+
+    async def main():
+        service = ProposerService(NgramProposer(1, 3), method="ngram", num_speculative_tokens=3, max_drafts_per_step=4)
+        service.start()
+        step = dict(committed_len=4, start=0, token_ids=[5, 6, 5, 6], temperature=0.0, top_k=0, seed=0)
+        with pytest.raises(ServiceError) as refused:
+            await service.draft("a", num_tokens=5, **step)
+        outcome = await service.draft("a", num_tokens=4, **step)
+        await service.close()
+        return refused.value, outcome
+
+    refused, outcome = asyncio.run(main())
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and refused.message.startswith(
+        "draft.num_tokens: at most 4"
+    )
+    assert outcome.draft.token_ids == [5, 6], "it drafts: the n-gram match ends where the context does"

@@ -16,8 +16,6 @@ from splitspec.drafts import Draft
 from splitspec.errors import ServiceError, SplitspecError
 from splitspec.ngram_index import NgramIndex
 
-MAX_LOCAL_DRAFTS = 128  # the most drafts one step may ask for
-
 
 @dataclass(frozen=True)
 class LocalDraftSpec:
@@ -30,11 +28,6 @@ class LocalDraftSpec:
             check_prompt_lookup(self.prompt_lookup_min, self.prompt_lookup_max, MAX_PROMPT_LOOKUP)
         except SplitspecError as exc:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"local_draft: {exc}") from None
-        if self.num_tokens > MAX_LOCAL_DRAFTS:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"local_draft.num_tokens is at most {MAX_LOCAL_DRAFTS}, got {self.num_tokens}",
-            )
 
 
 class LocalDrafter:

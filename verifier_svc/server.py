@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.config import RunnerConfig
+from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.metrics import service_meter
@@ -124,6 +125,7 @@ class VerifierSettings:
     runner: RunnerConfig = RunnerConfig()
     """max_num_seqs also caps the sequences the service admits."""
     batch_window_ms: float = 2.0
+    max_drafts_per_step: int = MAX_DRAFTS_PER_STEP
     fail_pass: int | None = None
     """Tests only: the Nth pass raises (env SPLITSPEC_TEST_FAIL_PASS), to show what a broken device does."""
 
@@ -166,6 +168,7 @@ def run_verifier(settings: VerifierSettings) -> None:
             meter=service_meter("verifier", settings.server),
             tracing=tracing,
             fail_pass=settings.fail_pass,
+            max_drafts_per_step=settings.max_drafts_per_step,
         )
         service.cost_model = cost_model
 

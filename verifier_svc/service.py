@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter, Observation
 
 from splitspec.adaptive_k import PassCostModel
+from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import RunnerLost, ServiceError, SplitspecError
 from splitspec.metrics import kv_cache_usage, no_meter
@@ -101,8 +102,11 @@ class VerifierService:
         meter: Meter | None = None,
         tracing: Tracing | None = None,
         fail_pass: int | None = None,
+        max_drafts_per_step: int = MAX_DRAFTS_PER_STEP,
     ) -> None:
-        """fail_pass: a planted fault for tests: the Nth pass (from 1) raises, as a broken device would."""
+        """fail_pass: a planted fault for tests: the Nth pass (from 1) raises, as a broken device would.
+        max_drafts_per_step: the most drafts a step may carry or ask the verifier to make."""
+        self.max_drafts_per_step = max_drafts_per_step
         self.runner = runner
         self.failure: str | None = None  # why a pass failed: the verifier serves no more
         self._fail_pass = fail_pass
@@ -188,6 +192,9 @@ class VerifierService:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "a step has drafts or local_draft, not both")
         if assumed and not pipelined:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "assumed_token_ids needs a pipelined step")
+        self._check_num_drafts("drafts", len(draft.token_ids))
+        if local is not None:
+            self._check_num_drafts("local_draft.num_tokens", local.num_tokens)
         check_draft(draft, self.runner.vocab_size)
         async with seq.turn:
             if self.sequences.get(seq_id) is not seq:  # released while the step waited for its turn
@@ -197,6 +204,14 @@ class VerifierService:
             if local is not None and committed_len == len(seq.tokens):  # otherwise the step is refused as stale
                 draft = self.local_drafter.draft(seq_id, seq.tokens, local)
             return await self.batcher.submit(_StepCall(seq, committed_len, draft))
+
+    def _check_num_drafts(self, field: str, num_drafts: int) -> None:
+        if num_drafts > self.max_drafts_per_step:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{field}: at most {self.max_drafts_per_step} drafts a step on this verifier "
+                f"(--max-drafts-per-step), got {num_drafts}",
+            )
 
     def _pipelined_on(
         self, seq: RemoteSequence, sent_on: int, draft: Draft, assumed: list[int], local: LocalDraftSpec | None

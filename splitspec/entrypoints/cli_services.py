@@ -17,6 +17,7 @@ from splitspec.config import (
     SpeculativeConfig,
 )
 from splitspec.devices import resolve_device
+from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
 from splitspec.entrypoints.cli_flags import (
     add_device_flag,
     add_enforce_eager_flag,
@@ -115,6 +116,26 @@ def _server_options(args: argparse.Namespace, client_ca: bool = True) -> ServerO
     )
 
 
+def _max_drafts_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--max-drafts-per-step",
+        type=_positive_int,
+        default=env_default("MAX_DRAFTS_PER_STEP", MAX_DRAFTS_PER_STEP),
+        help=f"{what}; more is refused with INVALID_ARGUMENT (env SPLITSPEC_MAX_DRAFTS_PER_STEP)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def _targets(text: str) -> tuple:
     """An argparse type: comma-separated host:port and dns:///name:port entries."""
     from gateway.discovery import parse_targets
@@ -145,6 +166,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 2.0))
+    _max_drafts_flag(p, "the most drafts one step may carry, or ask the verifier to make")
     _peer_ca_flag(p, "require clients (the gateways) to present a certificate signed by this CA: mutual TLS")
     add_device_flag(p, "the target")
     add_tensor_parallel_flag(p)
@@ -160,6 +182,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         help="the verifier's checkpoint, for --method eagle (env SPLITSPEC_TARGET_MODEL)",
     )
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 1.0))
+    _max_drafts_flag(p, "the most drafts one call may ask for")
     _peer_ca_flag(p, "require clients (the gateways) to present a certificate signed by this CA: mutual TLS")
     add_device_flag(p, "the drafter (draft_model, mlp_speculator, eagle)")
     p.set_defaults(func=_serve_proposer)
@@ -383,6 +406,7 @@ def _serve_verifier(args: argparse.Namespace) -> int:
                 enforce_eager=args.enforce_eager,
             ),
             batch_window_ms=args.batch_window_ms,
+            max_drafts_per_step=args.max_drafts_per_step,
             fail_pass=int(os.environ["SPLITSPEC_TEST_FAIL_PASS"])
             if os.environ.get("SPLITSPEC_TEST_FAIL_PASS")
             else None,
@@ -417,6 +441,7 @@ def _serve_proposer(args: argparse.Namespace) -> int:
             target_model=args.target_model,
             device=args.device,
             batch_window_ms=args.batch_window_ms,
+            max_drafts_per_step=args.max_drafts_per_step,
         )
     )
     return 0
