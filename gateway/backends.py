@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.multiplexed_stream import MultiplexedStream
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.adaptive_k import PassCostModel
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.rpc import wire
+from splitspec.rpc.channels import Channels
+from splitspec.rpc.multiplexed_stream import MultiplexedStream
 from splitspec.rpc.time_limits import time_left
-from splitspec.rpc.tls import ClientTls
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
 
@@ -44,24 +43,6 @@ def _raise_if_error(response) -> None:
     if response.WhichOneof("kind") == "error":
         status = next((s for s in grpc.StatusCode if s.value[0] == response.error.code), grpc.StatusCode.UNKNOWN)
         raise ServiceError(status, response.error.message)
-
-
-@dataclass(frozen=True)
-class Channels:
-    """How the gateway opens its channels to verifiers and proposers."""
-
-    options: list[tuple[str, int]]
-    """Message limits, and keepalive: how soon a silent peer counts as gone."""
-    tls: ClientTls | None = None
-    """None: plaintext. The files are read for each new channel; when they change, the gateway opens new
-    channels to every pod (gateway.discovery.keep_resolving)."""
-
-    def open(self, address: str, server_name: str | None = None) -> grpc.aio.Channel:
-        """server_name: what the peer's certificate must name, when not the host in `address`."""
-        if self.tls is None:
-            return grpc.aio.insecure_channel(address, options=self.options)
-        options = self.options + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
-        return grpc.aio.secure_channel(address, self.tls.credentials(), options=options)
 
 
 class VerifierBackend:
@@ -176,9 +157,11 @@ class VerifierBackend:
         local_ngram: tuple[int, int, int] | None = None,
         pipelined: bool = False,
         assumed: list[int] | None = None,
+        remote: pb.RemoteDraft | None = None,
     ) -> pb.StepResult:
         """local_ngram: (num_tokens, prompt_lookup_min, prompt_lookup_max) for the verifier to draft
-        itself, instead of `draft`. pipelined, assumed: VerifyStep.pipelined and assumed_token_ids."""
+        itself, instead of `draft`. pipelined, assumed: VerifyStep.pipelined and assumed_token_ids.
+        remote: VerifyStep.remote_draft, for the verifier to ask the proposer itself."""
         request = pb.VerifierRequest(seq_id=seq_id)
         request.step.committed_len = committed_len
         request.step.pipelined = pipelined
@@ -189,6 +172,8 @@ class VerifierBackend:
             request.step.local_draft.num_tokens = num_tokens
             request.step.local_draft.prompt_lookup_min = lookup_min
             request.step.local_draft.prompt_lookup_max = lookup_max
+        if remote is not None:
+            request.step.remote_draft.CopyFrom(remote)
         response = await self.stream.call(request)
         _raise_if_error(response)
         return response.result
@@ -210,6 +195,7 @@ class ProposerBackend:
 
     def __init__(self, address: str, channels: Channels, server_name: str | None = None) -> None:
         self.address = address
+        self.server_name = server_name  # what its certificate names, when not the host in `address`
         self.channel = channels.open(address, server_name)
         self.stub = pb_grpc.ProposerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)

@@ -39,7 +39,7 @@ from gateway.drafter_choice import DrafterChoice
 from gateway.proposer_affinity import affinity_key, pick_pod
 from protos import splitspec_v1_pb2 as pb
 from splitspec.adaptive_k import AcceptanceEstimate, RoundTrip, best_tokens_per_second, choose_num_drafts
-from splitspec.draft_limits import keeps_fixed_k, max_drafts
+from splitspec.draft_limits import MAX_REMOTE_DRAFT_TIMEOUT_S, keeps_fixed_k, max_drafts
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.metrics import RequestMetrics, no_meter
@@ -99,6 +99,7 @@ class _InFlight(NamedTuple):
     task: asyncio.Task
     made_ahead: bool  # its drafts were made ahead, assuming the outcome of the steps before it
     asked: int  # the drafts it asked for (those the verifier drafts itself, or those it carries)
+    remote: ProposerBackend | None = None  # the proposer the verifier asks for its drafts (direct_drafts)
 
 
 @dataclass
@@ -172,6 +173,11 @@ class GatewayCore:
     pipeline_steps: bool = True
     """Rounds that need no proposer are pipelined: several steps in flight, run back to back by the
     verifier, so no round waits for the link to the gateway."""
+    direct_drafts: bool = False
+    """Rounds drafted by a proposer are drafted at the verifier's request, right before they run
+    (VerifyStep.remote_draft): the round crosses the verifier's link to the proposer instead of the
+    gateway's two, hidden states go straight from verifier to proposer, and such rounds are pipelined
+    like those that need no proposer. The verifiers must reach the proposers at the gateway's addresses."""
     proposer_affinity: bool = False
     """The proposers remember past outputs (suffix): related requests go to the same pod where load
     allows (gateway.proposer_affinity), instead of to the least loaded."""
@@ -292,33 +298,36 @@ class GatewayCore:
                     self._switch_drafter(req)
                     pipelined, drafts_pipelined = self._pipeline_modes(req)
                     switching, last_result_at = False, None  # a move's first round is not the drafter's pace
-                made_ahead, asked = False, 0
+                made_ahead, asked, remote_drafter = False, 0, None
                 if pipelined:
                     if not moving and not switching:
                         self._fill_pipeline(req, verifier)
-                    step, _, asked = pipe.steps.popleft()
+                    step, _, asked, remote_drafter = pipe.steps.popleft()
                 elif drafts_pipelined:
                     if not moving and not switching:
                         await self._fill_drafted_pipeline(req, verifier)
-                    step, made_ahead, asked = await self._oldest_drafted_step(req, verifier, moving or switching)
+                    step, made_ahead, asked, _ = await self._oldest_drafted_step(req, verifier, moving or switching)
                 else:
                     if slot.backend is not None:  # leave a draining proposer even in rounds that draft nothing
                         self._available_proposer(seq, slot, span)
                     k = asked = self._num_drafts(req, verifier, slot.backend)
                     _plan_step(verifier, req, k)
                     local = (k, *self.local_ngram) if k > 0 and req.local else None
+                    remote = None
+                    if k > 0 and local is None and self.direct_drafts and self._available_proposer(seq, slot, span):
+                        remote, remote_drafter = self._remote_draft(req, k), slot.backend
                     draft = Draft()
-                    if k > 0 and local is None:
+                    if k > 0 and local is None and not self.direct_drafts:
                         if pre_drafted is not None:
                             draft = Draft(pre_drafted.token_ids[:k], pre_drafted.q[:k])
                         else:
                             draft = await self._draft(seq, slot, k, trace_context, span)
                     pre_drafted = None
-                    if k > 0 and local is None and self._drafts_ahead(slot):
+                    if k > 0 and local is None and not self.direct_drafts and self._drafts_ahead(slot):
                         ahead_task = asyncio.create_task(
                             self._draft_ahead(seq, slot, draft.token_ids, k, trace_context)
                         )
-                    step = verifier.step(seq_id, len(seq.tokens), draft, local)
+                    step = verifier.step(seq_id, len(seq.tokens), draft, local, remote=remote)
                 try:
                     result = await step
                     if result.committed_len != len(seq.tokens):
@@ -343,8 +352,9 @@ class GatewayCore:
                 if ahead_task is not None:
                     ahead, ahead_task = await ahead_task, None
                 seq.stats.record_round(result.num_drafted, result.num_accepted)
-                if result.HasField("hidden_states"):
+                if result.HasField("hidden_states") and not self.direct_drafts:
                     slot.receive(result.hidden_states, self.hidden_states)
+                self._heard_of_remote_draft(remote_drafter, result, asked)
                 req.drafters.record(asked, result.num_drafted, result.num_accepted)
                 if req.measured:
                     now = time.perf_counter()
@@ -380,7 +390,8 @@ class GatewayCore:
                 ahead_task.cancel()
             pipe.cancel()
             final = (slot.sent, seq.tokens[slot.sent :]) if len(seq.tokens) > slot.sent else None
-            self._leave(seq_id, verifier, slot.use(None), final)
+            proposer = slot.use(None)  # with direct drafts, the verifier releases the sequence there itself
+            self._leave(seq_id, verifier, None if self.direct_drafts and verifier is not None else proposer, final)
 
     def _pipeline_modes(self, req: _Request) -> tuple[bool, bool]:
         """Whether the request's rounds need nothing from a proposer (the verifier drafts by n-gram
@@ -400,7 +411,7 @@ class GatewayCore:
         return False, drafted
 
     def _pipelines(self, local: bool, num_speculative_tokens: int) -> bool:
-        return self.pipeline_steps and (local or num_speculative_tokens == 0)
+        return self.pipeline_steps and (local or num_speculative_tokens == 0 or self.direct_drafts)
 
     def _measures_drafters(self, num_speculative_tokens: int, params: SamplingParams) -> bool:
         """Whether the request may move between the verifier's n-gram drafts and its proposer's, as
@@ -459,14 +470,49 @@ class GatewayCore:
         return max(1, wanted)
 
     def _fill_pipeline(self, req: _Request, verifier: VerifierBackend) -> None:
-        """Send pipelined steps, each drafted on the verifier or not at all, until the pipeline is full."""
-        seq = req.seq
-        while len(req.pipe.steps) < self._room(seq, verifier):
-            k = self._num_drafts(req, verifier, None)
+        """Send pipelined steps, each drafted on the verifier (by its n-grams, or by asking the proposer:
+        direct_drafts) or not at all, until the pipeline is full."""
+        seq, slot = req.seq, req.slot
+        room = self._room(seq, verifier)
+        if self.direct_drafts and keeps_fixed_k(self.drafts_are_sampled, seq.params):
+            room = 1  # each step's K must be the one in-process decoding drafts at that length: sent last
+        while len(req.pipe.steps) < room:
+            local = remote = None
+            if req.local:
+                k = self._num_drafts(req, verifier, None)
+                local = (k, *self.local_ngram) if k > 0 else None
+            elif (
+                self.direct_drafts and req.num_speculative_tokens > 0 and self._available_proposer(seq, slot, req.span)
+            ):
+                k = self._num_drafts(req, verifier, slot.backend)
+                remote = self._remote_draft(req, k)  # even for k = 0: the verifier keeps the hidden states
+            else:
+                k = 0
             _plan_step(verifier, req, k)
-            local = (k, *self.local_ngram) if k > 0 and req.local else None
-            task = asyncio.create_task(verifier.step(seq.seq_id, len(seq.tokens), Draft(), local, pipelined=True))
-            req.pipe.steps.append(_InFlight(task, False, k))
+            step = verifier.step(seq.seq_id, len(seq.tokens), Draft(), local, pipelined=True, remote=remote)
+            req.pipe.steps.append(_InFlight(asyncio.create_task(step), False, k, slot.backend if remote else None))
+
+    def _remote_draft(self, req: _Request, k: int) -> pb.RemoteDraft:
+        """A step's VerifyStep.remote_draft: k drafts from the request's proposer."""
+        backend = req.slot.backend
+        return pb.RemoteDraft(
+            num_tokens=k,
+            proposer=backend.address,
+            server_name=backend.server_name or "",
+            num_prompt_tokens=len(req.seq.prompt_token_ids),
+            timeout_s=min(self.proposer_timeout_s, MAX_REMOTE_DRAFT_TIMEOUT_S),
+        )
+
+    @staticmethod
+    def _heard_of_remote_draft(backend: ProposerBackend | None, result: pb.StepResult, asked: int) -> None:
+        """A step with a remote draft from `backend` says how long it took, or that it did not answer
+        (then the sequence moves to another proposer at its next step)."""
+        if backend is None or not (result.draft_wait_s or result.proposer_failed):
+            return
+        if result.proposer_failed:
+            backend.mark_down()
+        elif asked > 0:
+            backend.draft_token.add(max(0.0, result.draft_wait_s - (backend.link.value or 0.0)) / asked)
 
     async def _fill_drafted_pipeline(self, req: _Request, verifier: VerifierBackend) -> None:
         """With nothing in flight, send a step: with the draft made ahead if its guess came true, else
@@ -596,7 +642,7 @@ class GatewayCore:
                 round_trip,
                 draft_s=proposer.link.value or 0.0,
                 draft_token_s=proposer.draft_token.value or 0.0,
-                ahead_rate=rate if self._may_draft_ahead else 0.0,
+                ahead_rate=rate if self._may_draft_ahead and not self.direct_drafts else 0.0,
             )
         return round_trip
 

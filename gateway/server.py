@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from gateway.backends import Channels, ProposerBackend, VerifierBackend
+from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.discovery import BackendPool, Target, keep_resolving
 from gateway.generation import Delta, GatewayCore
 from gateway.validation import DEFAULT_LIMITS, RequestLimits, validate
@@ -32,6 +32,7 @@ from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
 from splitspec.rpc.api_keys import ApiKeyInterceptor
+from splitspec.rpc.channels import Channels
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
 from splitspec.rpc.tls import ClientFilesWatch, ClientTls
 from splitspec.tracing import Tracing, start_tracing, traces_endpoint
@@ -258,6 +259,8 @@ class GatewaySettings:
     """Proposers draft the next round while the verifier checks this one (gateway.draft_ahead)."""
     pipeline_steps: bool = True
     """Rounds that need no proposer keep several steps in flight (VerifyStep.pipelined)."""
+    direct_drafts: bool = False
+    """The verifiers ask the proposers for drafts themselves (GatewayCore.direct_drafts)."""
     api_keys: tuple[str, ...] = ()
     """With any, every call but health checks must carry one (splitspec.rpc.api_keys)."""
     client_tls: ClientTls | None = None
@@ -312,6 +315,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             measure_drafters=measure_drafters,
             draft_ahead=settings.draft_ahead,
             pipeline_steps=settings.pipeline_steps,
+            direct_drafts=settings.direct_drafts,
             proposer_affinity=settings.method == SpeculationMethod.SUFFIX,
             metrics=RequestMetrics(service_meter("gateway", settings.server)),
         )

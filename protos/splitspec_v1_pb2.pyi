@@ -186,18 +186,34 @@ class StartSequence(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., return_hidden_states: _Optional[bool] = ..., return_all_hidden_states: _Optional[bool] = ..., time_limit_s: _Optional[float] = ...) -> None: ...
 
 class VerifyStep(_message.Message):
-    __slots__ = ("committed_len", "drafts", "local_draft", "pipelined", "assumed_token_ids")
+    __slots__ = ("committed_len", "drafts", "local_draft", "pipelined", "assumed_token_ids", "remote_draft")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     DRAFTS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_DRAFT_FIELD_NUMBER: _ClassVar[int]
     PIPELINED_FIELD_NUMBER: _ClassVar[int]
     ASSUMED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_DRAFT_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     drafts: _containers.RepeatedCompositeFieldContainer[DraftToken]
     local_draft: LocalDraft
     pipelined: bool
     assumed_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, committed_len: _Optional[int] = ..., drafts: _Optional[_Iterable[_Union[DraftToken, _Mapping]]] = ..., local_draft: _Optional[_Union[LocalDraft, _Mapping]] = ..., pipelined: _Optional[bool] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    remote_draft: RemoteDraft
+    def __init__(self, committed_len: _Optional[int] = ..., drafts: _Optional[_Iterable[_Union[DraftToken, _Mapping]]] = ..., local_draft: _Optional[_Union[LocalDraft, _Mapping]] = ..., pipelined: _Optional[bool] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ..., remote_draft: _Optional[_Union[RemoteDraft, _Mapping]] = ...) -> None: ...
+
+class RemoteDraft(_message.Message):
+    __slots__ = ("num_tokens", "proposer", "server_name", "num_prompt_tokens", "timeout_s")
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROPOSER_FIELD_NUMBER: _ClassVar[int]
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    num_tokens: int
+    proposer: str
+    server_name: str
+    num_prompt_tokens: int
+    timeout_s: float
+    def __init__(self, num_tokens: _Optional[int] = ..., proposer: _Optional[str] = ..., server_name: _Optional[str] = ..., num_prompt_tokens: _Optional[int] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class LocalDraft(_message.Message):
     __slots__ = ("num_tokens", "prompt_lookup_min", "prompt_lookup_max")
@@ -234,18 +250,22 @@ class VerifierRequest(_message.Message):
     def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., start: _Optional[_Union[StartSequence, _Mapping]] = ..., step: _Optional[_Union[VerifyStep, _Mapping]] = ..., release: _Optional[_Union[ReleaseSequence, _Mapping]] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("committed_len", "num_accepted", "token_ids", "hidden_states", "num_drafted")
+    __slots__ = ("committed_len", "num_accepted", "token_ids", "hidden_states", "num_drafted", "draft_wait_s", "proposer_failed")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     NUM_DRAFTED_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    PROPOSER_FAILED_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     num_accepted: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     hidden_states: HiddenStates
     num_drafted: int
-    def __init__(self, committed_len: _Optional[int] = ..., num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden_states: _Optional[_Union[HiddenStates, _Mapping]] = ..., num_drafted: _Optional[int] = ...) -> None: ...
+    draft_wait_s: float
+    proposer_failed: bool
+    def __init__(self, committed_len: _Optional[int] = ..., num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden_states: _Optional[_Union[HiddenStates, _Mapping]] = ..., num_drafted: _Optional[int] = ..., draft_wait_s: _Optional[float] = ..., proposer_failed: _Optional[bool] = ...) -> None: ...
 
 class VerifierResponse(_message.Message):
     __slots__ = ("call_id", "seq_id", "ack", "result", "error")

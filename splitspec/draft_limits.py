@@ -9,6 +9,9 @@ MAX_DRAFTS_PER_STEP = 128
 """The most drafts a verifier takes in one step, and a proposer drafts for one call, unless told
 otherwise (--max-drafts-per-step): a bound on what one message can make a pod compute."""
 
+MAX_REMOTE_DRAFT_TIMEOUT_S = 60.0
+"""The longest a verifier waits for a proposer's draft for one step (VerifyStep.remote_draft)."""
+
 
 def max_drafts(seq: Sequence, num_speculative_tokens: int, max_model_len: int) -> int:
     """At most K, no further than the model's context, and never more than the request may still emit

@@ -185,10 +185,8 @@ def running_stack(
     if tls is not None:
         tls_args = ("--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key))
         tls_args += ("--tls-ca-file", str(tls.ca))
-        gateway_args = (
-            *gateway_args,
-            *("--tls-client-cert-file", str(tls.client_cert), "--tls-client-key-file", str(tls.client_key)),
-        )
+        client_pair = ("--tls-client-cert-file", str(tls.client_cert), "--tls-client-key-file", str(tls.client_key))
+        gateway_args, verifier_args = (*gateway_args, *client_pair), (*verifier_args, *client_pair)
     verifier_args, proposer_args, gateway_args = (tls_args + a for a in (verifier_args, proposer_args, gateway_args))
     health_port = tls is not None
     with ExitStack() as cleanup:

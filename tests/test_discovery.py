@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from gateway.backends import Channels, ProposerBackend, VerifierBackend
+from gateway.backends import ProposerBackend, VerifierBackend
 from gateway.discovery import BackendPool, Target, parse_targets, resolve_target
 from gateway.generation import GatewayCore
 from protos import splitspec_v1_pb2 as pb
 from splitspec.errors import ServiceError
+from splitspec.rpc.channels import Channels
 from splitspec.rpc.grpc_server import channel_options
 from splitspec.sampling_params import SamplingParams
 

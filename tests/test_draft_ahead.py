@@ -17,6 +17,7 @@ import pytest
 import torch
 from verifier_stand_in import VerifierStandIn
 
+from gateway.backends import Ewma
 from gateway.draft_ahead import AheadDraft
 from gateway.generation import GatewayCore
 from proposer_svc.ngram import NgramProposer
@@ -75,7 +76,7 @@ class ScriptedVerifier(VerifierStandIn):
         self.tokens = list(token_ids)
 
     async def step(
-        self, seq_id: str, committed_len: int, draft: Draft, local_ngram=None, pipelined=False
+        self, seq_id: str, committed_len: int, draft: Draft, local_ngram=None, pipelined=False, remote=None
     ) -> pb.StepResult:
         assert committed_len == len(self.tokens)
         assert draft.token_ids == drafter_continuation(self.tokens, len(draft.token_ids)), "a draft for another context"
@@ -97,6 +98,9 @@ class ScriptedProposer:
     the draft ahead with that index and every later one fails as a dead proposer's would."""
 
     address: str = "proposer"
+    server_name: str | None = None
+    link: Ewma = field(default_factory=Ewma)
+    draft_token: Ewma = field(default_factory=Ewma)
     available: bool = True
     num_sequences: int = 0
     fail_ahead_from: int | None = None

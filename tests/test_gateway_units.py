@@ -71,7 +71,9 @@ class ReplayingVerifier(VerifierStandIn):
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         self.length = len(token_ids)
 
-    async def step(self, seq_id: str, committed_len: int, draft, local_ngram=None, pipelined=False) -> pb.StepResult:
+    async def step(
+        self, seq_id: str, committed_len: int, draft, local_ngram=None, pipelined=False, remote=None
+    ) -> pb.StepResult:
         built_on, tokens = self.length, self.rounds.pop(0)
         self.length += len(tokens)
         return pb.StepResult(committed_len=built_on, token_ids=tokens)

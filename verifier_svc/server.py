@@ -18,12 +18,15 @@ from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.metrics import service_meter
 from splitspec.rpc import wire
+from splitspec.rpc.channels import Channels
 from splitspec.rpc.compute_thread import run_on_compute_thread
-from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
+from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
 from splitspec.rpc.stream_dispatch import serve_sequence_stream
+from splitspec.rpc.tls import ClientTls
 from splitspec.sampling_params import SamplingParams
 from splitspec.tracing import start_tracing, traces_endpoint
 from verifier_svc.local_drafts import LocalDraftSpec
+from verifier_svc.remote_drafts import RemoteDraftSpec
 from verifier_svc.service import VerifierService
 
 
@@ -77,6 +80,18 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     if step.HasField("local_draft")
                     else None
                 )
+                remote = step.remote_draft
+                remote_spec = (
+                    RemoteDraftSpec(
+                        remote.num_tokens,
+                        remote.proposer,
+                        remote.server_name,
+                        remote.num_prompt_tokens,
+                        remote.timeout_s,
+                    )
+                    if step.HasField("remote_draft")
+                    else None
+                )
                 outcome = await self.service.step(
                     request.seq_id,
                     step.committed_len,
@@ -84,12 +99,15 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     local,
                     step.pipelined,
                     list(step.assumed_token_ids),
+                    remote_spec,
                 )
                 response.result.committed_len = outcome.committed_len
                 response.result.num_accepted = outcome.num_accepted
                 response.result.num_drafted = outcome.num_drafted
+                response.result.draft_wait_s = outcome.draft_wait_s
+                response.result.proposer_failed = outcome.proposer_failed
                 response.result.token_ids.extend(outcome.token_ids)
-                if outcome.hidden_state is not None:
+                if outcome.hidden_state is not None and remote_spec is None:  # remote: they went to the proposer
                     response.result.hidden_states.CopyFrom(wire.tensor_to_proto(outcome.hidden_state))
             else:
                 raise ServiceError(
@@ -126,6 +144,8 @@ class VerifierSettings:
     """max_num_seqs also caps the sequences the service admits."""
     batch_window_ms: float = 2.0
     max_drafts_per_step: int = MAX_DRAFTS_PER_STEP
+    client_tls: ClientTls | None = None
+    """How it calls proposers for remote drafts: over TLS when set, else plaintext."""
     fail_pass: int | None = None
     """Tests only: the Nth pass raises (env SPLITSPEC_TEST_FAIL_PASS), to show what a broken device does."""
 
@@ -169,6 +189,14 @@ def run_verifier(settings: VerifierSettings) -> None:
             tracing=tracing,
             fail_pass=settings.fail_pass,
             max_drafts_per_step=settings.max_drafts_per_step,
+            proposer_channels=Channels(
+                channel_options(
+                    settings.server.max_message_bytes,
+                    settings.server.keepalive_time_ms,
+                    settings.server.keepalive_timeout_ms,
+                ),
+                settings.client_tls,
+            ),
         )
         service.cost_model = cost_model
 

@@ -24,6 +24,8 @@ from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import RunnerLost, ServiceError, SplitspecError
 from splitspec.metrics import kv_cache_usage, no_meter
 from splitspec.models.runner import ModelRunner
+from splitspec.rpc.channels import Channels
+from splitspec.rpc.grpc_server import channel_options
 from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
 from splitspec.rpc.time_limits import Expiries, check_time_limit
 from splitspec.sampling_params import SamplingParams
@@ -31,6 +33,7 @@ from splitspec.sequence import check_prompt
 from splitspec.tracing import Tracing, context_of
 from verifier_svc.draft_validation import check_draft, check_seq_id
 from verifier_svc.local_drafts import LocalDrafter, LocalDraftSpec
+from verifier_svc.remote_drafts import ProposerLinks, RemoteDraftSpec
 from verifier_svc.verifier import Verifier
 
 
@@ -60,6 +63,8 @@ class StepOutcome:
     token_ids: list[int]
     hidden_state: torch.Tensor | None = None  # when the sequence asked for it
     num_drafted: int = 0
+    draft_wait_s: float = 0.0  # with a remote draft: the wait for the proposer
+    proposer_failed: bool = False  # with a remote draft: the proposer did not answer
 
 
 MODEL_FAILED = "this verifier's model has failed; use another verifier"
@@ -103,9 +108,11 @@ class VerifierService:
         tracing: Tracing | None = None,
         fail_pass: int | None = None,
         max_drafts_per_step: int = MAX_DRAFTS_PER_STEP,
+        proposer_channels: Channels | None = None,
     ) -> None:
         """fail_pass: a planted fault for tests: the Nth pass (from 1) raises, as a broken device would.
-        max_drafts_per_step: the most drafts a step may carry or ask the verifier to make."""
+        max_drafts_per_step: the most drafts a step may carry or ask the verifier to make.
+        proposer_channels: how to reach proposers for remote drafts (default: plaintext)."""
         self.max_drafts_per_step = max_drafts_per_step
         self.runner = runner
         self.failure: str | None = None  # why a pass failed: the verifier serves no more
@@ -122,6 +129,7 @@ class VerifierService:
         )
         self.metrics = VerifierMetrics(meter or no_meter(), self)
         self.local_drafter = LocalDrafter()
+        self.remote = ProposerLinks(proposer_channels or Channels(channel_options()))
         self.expiries = Expiries(self._expire)
         self._releases: set[asyncio.Task] = set()
 
@@ -134,6 +142,7 @@ class VerifierService:
 
     async def close(self) -> None:
         await self.batcher.close()
+        await self.remote.close()
 
     def add(
         self,
@@ -179,31 +188,53 @@ class VerifierService:
         local: LocalDraftSpec | None = None,
         pipelined: bool = False,
         assumed: list[int] | None = None,
+        remote: RemoteDraftSpec | None = None,
     ) -> StepOutcome:
         """local: draft here instead (verifier_svc.local_drafts); `draft` must then be empty.
         pipelined: build on whatever the sequence's earlier steps commit, with `draft` verified only
-        when they commit exactly `assumed` (VerifyStep.pipelined)."""
+        when they commit exactly `assumed` (VerifyStep.pipelined).
+        remote: have the sequence's proposer draft, right before the step runs (verifier_svc.remote_drafts);
+        `draft` must then be empty and `local` None."""
         if self.failure is not None:  # a lost runner needs no check here: its pass raises RunnerLost
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, MODEL_FAILED)
         seq = self.sequences.get(seq_id)
         if seq is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} is not running on this verifier")
-        if local is not None and draft.token_ids:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "a step has drafts or local_draft, not both")
+        if sum((bool(draft.token_ids), local is not None, remote is not None)) > 1:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "a step has at most one of drafts, local_draft and remote_draft"
+            )
         if assumed and not pipelined:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "assumed_token_ids needs a pipelined step")
         self._check_num_drafts("drafts", len(draft.token_ids))
         if local is not None:
             self._check_num_drafts("local_draft.num_tokens", local.num_tokens)
+        if remote is not None:
+            remote.check()
+            self._check_num_drafts("remote_draft.num_tokens", remote.num_tokens)
         check_draft(draft, self.runner.vocab_size)
         async with seq.turn:
             if self.sequences.get(seq_id) is not seq:  # released while the step waited for its turn
                 raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} was released")
             if pipelined:
                 committed_len, draft, local = self._pipelined_on(seq, committed_len, draft, assumed or [], local)
-            if local is not None and committed_len == len(seq.tokens):  # otherwise the step is refused as stale
+            current = committed_len == len(seq.tokens)  # otherwise the step is refused as stale
+            if local is not None and current:
                 draft = self.local_drafter.draft(seq_id, seq.tokens, local)
-            return await self.batcher.submit(_StepCall(seq, committed_len, draft))
+            fetched = None
+            if remote is not None and current:
+                room = self.runner.max_model_len - len(seq.tokens)
+                remote = replace(remote, num_tokens=min(remote.num_tokens, max(room, 0)))
+                self.remote.follow(seq_id, remote, seq.tokens, seq.hidden_states)
+                if remote.num_tokens > 0:
+                    fetched = await self.remote.draft(seq_id, list(seq.tokens), seq.params, seq.seed, remote)
+                    draft = fetched.draft
+            outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft))
+            if remote is not None:
+                self.remote.received(seq_id, outcome.hidden_state)
+            if fetched is not None:
+                outcome.draft_wait_s, outcome.proposer_failed = fetched.wait_s, fetched.failed
+            return outcome
 
     def _check_num_drafts(self, field: str, num_drafts: int) -> None:
         if num_drafts > self.max_drafts_per_step:
@@ -246,6 +277,7 @@ class VerifierService:
         seq = self.sequences.pop(seq_id, None)
         self.local_drafter.release(seq_id)
         if seq is not None:
+            self.remote.release(seq_id, seq.tokens)
             seq.span.set_attribute("splitspec.end_tokens", len(seq.tokens))
             seq.span.end()
             await self.batcher.run_exclusive(self.verifier.free, seq_id)

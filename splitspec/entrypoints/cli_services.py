@@ -116,6 +116,19 @@ def _server_options(args: argparse.Namespace, client_ca: bool = True) -> ServerO
     )
 
 
+def _client_certificate_flags(p: argparse.ArgumentParser, who: str) -> None:
+    p.add_argument(
+        "--tls-client-cert-file",
+        default=env_default("TLS_CLIENT_CERT_FILE", None),
+        help=f"the certificate {who} that require one; by default --tls-cert-file (env SPLITSPEC_TLS_CLIENT_CERT_FILE)",
+    )
+    p.add_argument(
+        "--tls-client-key-file",
+        default=env_default("TLS_CLIENT_KEY_FILE", None),
+        help="its private key (env SPLITSPEC_TLS_CLIENT_KEY_FILE)",
+    )
+
+
 def _max_drafts_flag(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--max-drafts-per-step",
@@ -167,7 +180,12 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 2.0))
     _max_drafts_flag(p, "the most drafts one step may carry, or ask the verifier to make")
-    _peer_ca_flag(p, "require clients (the gateways) to present a certificate signed by this CA: mutual TLS")
+    _peer_ca_flag(
+        p,
+        "require clients (the gateways) to present a certificate signed by this CA: mutual TLS; and call "
+        "proposers for remote drafts (gateway --direct-drafts) over TLS, checking theirs against it",
+    )
+    _client_certificate_flags(p, "the verifier presents to proposers it asks for drafts (gateway --direct-drafts)")
     add_device_flag(p, "the target")
     add_tensor_parallel_flag(p)
     add_enforce_eager_flag(p)
@@ -260,17 +278,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         "call the verifiers and proposers over TLS, checking their certificates against this CA, and present "
         "--tls-client-cert-file (by default --tls-cert-file) to them",
     )
-    p.add_argument(
-        "--tls-client-cert-file",
-        default=env_default("TLS_CLIENT_CERT_FILE", None),
-        help="the certificate the gateway presents to verifiers and proposers that require one "
-        "(env SPLITSPEC_TLS_CLIENT_CERT_FILE)",
-    )
-    p.add_argument(
-        "--tls-client-key-file",
-        default=env_default("TLS_CLIENT_KEY_FILE", None),
-        help="its private key (env SPLITSPEC_TLS_CLIENT_KEY_FILE)",
-    )
+    _client_certificate_flags(p, "the gateway presents to verifiers and proposers")
     p.set_defaults(func=_serve_gateway)
 
     p = sub.add_parser("up", help="start verifier, proposer and gateway locally as separate processes")
@@ -366,6 +374,14 @@ def _round_trip_flags(p: argparse.ArgumentParser) -> None:
         "n-grams drafted on the verifier or K=0, keep several steps in flight, which the verifier runs back to "
         "back, so no round waits for the link to the gateway)",
     )
+    p.add_argument(
+        "--direct-drafts",
+        action="store_true",
+        help="have the verifiers ask the proposers for each round's draft themselves, right before the round "
+        "runs: a round crosses the verifier's link to the proposer instead of the gateway's two, hidden states "
+        "go straight from verifier to proposer, and rounds of every drafter keep several steps in flight. "
+        "The verifiers must reach the proposers at the addresses the gateway uses",
+    )
 
 
 def _proposer_flags(p: argparse.ArgumentParser) -> None:
@@ -407,6 +423,7 @@ def _serve_verifier(args: argparse.Namespace) -> int:
             ),
             batch_window_ms=args.batch_window_ms,
             max_drafts_per_step=args.max_drafts_per_step,
+            client_tls=_client_tls(args),
             fail_pass=int(os.environ["SPLITSPEC_TEST_FAIL_PASS"])
             if os.environ.get("SPLITSPEC_TEST_FAIL_PASS")
             else None,
@@ -448,7 +465,7 @@ def _serve_proposer(args: argparse.Namespace) -> int:
 
 
 def _client_tls(args: argparse.Namespace) -> ClientTls | None:
-    """How the gateway calls its pods: over TLS when given a CA, with a client certificate when it has one."""
+    """How a service calls other pods: over TLS when given a CA, with a client certificate when it has one."""
     client_cert = args.tls_client_cert_file
     client_key = args.tls_client_key_file
     if client_cert is None and client_key is None:
@@ -497,6 +514,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
             api_keys=tuple(api_keys),
             draft_ahead=args.draft_ahead,
             pipeline_steps=args.pipeline,
+            direct_drafts=args.direct_drafts,
             prompt_lookup=(args.prompt_lookup_min, args.prompt_lookup_max),
         )
     )
@@ -571,6 +589,8 @@ def up_commands(
         gateway.append("--no-draft-ahead")
     if not args.pipeline:
         gateway.append("--no-pipeline")
+    if args.direct_drafts:
+        gateway.append("--direct-drafts")
     if args.http_port is not None:
         gateway += ["--http-port", str(args.http_port)]
     commands = {"verifier": verifier, "proposer": proposer, "gateway": gateway}
@@ -578,7 +598,13 @@ def up_commands(
         for command in commands.values():
             command += ["--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key)]
             command += ["--tls-ca-file", str(certs.ca)]
-        gateway += ["--tls-client-cert-file", str(certs.client_cert), "--tls-client-key-file", str(certs.client_key)]
+        for command in (gateway, verifier):
+            command += [
+                "--tls-client-cert-file",
+                str(certs.client_cert),
+                "--tls-client-key-file",
+                str(certs.client_key),
+            ]
     for name, port in metrics_ports(args).items():
         commands[name] += ["--metrics-port", str(port)]
     return {name: base + command for name, command in commands.items()}

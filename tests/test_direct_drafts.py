@@ -1,0 +1,202 @@
+"""Drafts the verifier fetches from the proposer itself (gateway --direct-drafts, VerifyStep.remote_draft).
+
+The loop tests drive GatewayCore.generate against a scripted verifier that drafts at run time as a
+proposer would (test_draft_ahead's drafter) and verifies against its greedy target: the gateway never
+drafts, keeps steps in flight, and moves a sequence off a proposer the verifier could not reach. The
+service tests run real processes with every link delayed: output is in-process output for every
+drafting method, a proposer lost mid-request loses nothing, and rounds of hidden-state drafters no
+longer wait for the gateway's links."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pytest
+from service_stack import running_stack, wait_for
+from test_draft_ahead import K, ScriptedProposer, drafter_continuation, target_output, verify_greedily
+from test_network_delay import SEEDS, _drafter, _seeded, _seeded_in_process
+from test_services_e2e import (
+    MAX_TOKENS,
+    PROMPTS,
+    assert_seeded_samples_are_plain_decoding_s,
+    generate,
+    generate_concurrently,
+    greedy_request,
+    token_ids,
+)
+from verifier_stand_in import VerifierStandIn
+
+from gateway.generation import GatewayCore
+from protos import splitspec_v1_pb2 as pb
+from splitspec import LLM, SamplingParams
+from splitspec.entrypoints.client import stream_generate
+from splitspec.rpc.throwaway_certs import make_stack_certificates
+from splitspec.rpc.tls import ClientTls
+
+DELAY_MS = 3.0
+PROMPT = [3, 1, 4, 1, 5]
+
+
+@dataclass
+class DirectVerifier(VerifierStandIn):
+    """Runs a sequence's steps one at a time in arrival order, each drafted right before it runs by the
+    proposer its remote_draft names (drafter_continuation of the context then), unless that proposer is
+    in `unreachable`: then the step verifies no drafts and says the proposer failed."""
+
+    pipelined: bool = True
+    tokens: list[int] = field(default_factory=list)
+    unreachable: set[str] = field(default_factory=set)
+    drafted_by: list[str] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
+        self.tokens = list(token_ids)
+
+    async def step(self, seq_id, committed_len, draft, local_ngram=None, pipelined=False, assumed=None, remote=None):
+        assert pipelined == self.pipelined and not draft.token_ids and local_ngram is None
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            async with self.turn:
+                await asyncio.sleep(0.002)  # the proposer's draft, then the pass
+                built_on = len(self.tokens)
+                failed = remote is not None and remote.proposer in self.unreachable
+                drafts = [] if failed or remote is None else drafter_continuation(self.tokens, remote.num_tokens)
+                if drafts:
+                    self.drafted_by.append(remote.proposer)
+                num_accepted, committed = verify_greedily(self.tokens, drafts)
+                self.tokens += committed
+                return pb.StepResult(
+                    committed_len=built_on, num_accepted=num_accepted, token_ids=committed,
+                    num_drafted=len(drafts), proposer_failed=failed, draft_wait_s=0.002,
+                )  # fmt: skip
+        finally:
+            self.in_flight -= 1
+
+
+def _run_direct(verifier: DirectVerifier, proposers: list[ScriptedProposer], max_tokens: int = 60) -> list[int]:
+    core = GatewayCore(
+        [verifier], proposers, None, set(), max_model_len=1 << 20, num_speculative_tokens=K, direct_drafts=True,
+        pipeline_steps=verifier.pipelined,
+    )  # fmt: skip
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+    async def collect() -> list[int]:
+        return [t async for delta in core.generate(None, PROMPT, params, K) for t in delta.token_ids]
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_with_direct_drafts_the_gateway_never_drafts_and_keeps_steps_in_flight(pipelined):
+    verifier, proposer = DirectVerifier(pipelined=pipelined), ScriptedProposer()
+    assert _run_direct(verifier, [proposer]) == target_output(PROMPT, 60)
+    assert proposer.fresh_calls == proposer.ahead_calls == 0, "every draft was the verifier's to fetch"
+    assert verifier.drafted_by and set(verifier.drafted_by) == {"proposer"}
+    assert verifier.most_in_flight == (2 if pipelined else 1), "pipelined: the next step waits at the verifier"
+
+
+def test_a_proposer_the_verifier_cannot_reach_is_left_for_another():
+    verifier = DirectVerifier(unreachable={"p1"})
+    proposers = [ScriptedProposer(address="p1"), ScriptedProposer(address="p2", num_sequences=1)]
+    assert _run_direct(verifier, proposers) == target_output(PROMPT, 60)
+    assert not proposers[0].available, "marked down after the verifier reported it failed"
+    assert verifier.drafted_by and set(verifier.drafted_by) == {"p2"}
+
+
+def _plain(tiny_llama, max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    outputs = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("method", ["ngram", "draft_model", "mlp_speculator", "eagle"])
+def test_direct_drafts_through_delayed_links_are_in_process_output(method, tiny_llama, tiny_drafts, tmp_path):
+    drafter = _drafter(method, tiny_llama, tiny_drafts, tmp_path)
+    with running_stack(
+        tiny_llama,
+        tmp_path,
+        method=method,
+        k=3,
+        draft_model=drafter,
+        gateway_args=("--direct-drafts", "--fixed-k"),
+        network_delay_ms=DELAY_MS,
+    ) as stack:
+        address = stack.gateway.address
+        responses = [generate(address, greedy_request(p)) for p in PROMPTS]
+        assert [token_ids(r) for r in responses] == _plain(tiny_llama)
+        assert generate_concurrently(address, [greedy_request(p) for p in PROMPTS]) == _plain(tiny_llama)
+        if method == "draft_model":  # sparse q: the draws follow the draft model's, as in-process
+            assert _seeded(address) == _seeded_in_process(tiny_llama, {"method": method, "model": str(drafter)})
+        else:  # one-hot drafts: plain decoding's draws
+            assert_seeded_samples_are_plain_decoding_s(address, tiny_llama, SEEDS)
+        assert wait_for(lambda: stack.verifier_info().num_sequences == 0)
+    stats = [r[-1].speculation for r in responses]
+    # the gateway never drafts in this mode: drafts verified, and accepted, came through the verifier
+    assert sum(s.num_draft_tokens for s in stats) > 0 and sum(s.num_accepted_tokens for s in stats) > 0
+
+
+@pytest.mark.e2e
+def test_direct_drafts_cross_mutual_tls_between_verifier_and_proposer(tiny_llama, tmp_path):
+    """The verifier calls the proposer as the gateway does: over TLS, presenting its client certificate."""
+    certs = make_stack_certificates(tmp_path / "tls", [])
+    args = ("--direct-drafts", "--fixed-k")
+    with running_stack(tiny_llama, tmp_path, k=3, gateway_args=args, tls=certs) as stack:
+        request = greedy_request(PROMPTS[3])
+        responses = list(stream_generate(stack.gateway.address, request, 60, tls=ClientTls(str(certs.ca))))
+    assert [t for r in responses for t in r.token_ids] == _plain(tiny_llama)[3]
+    assert responses[-1].speculation.num_accepted_tokens > 0, "the proposer's drafts reached the verifier"
+
+
+@pytest.mark.e2e
+def test_a_proposer_lost_under_direct_drafts_loses_nothing(tiny_llama, tiny_drafts, tmp_path):
+    """Four long requests draft on two proposers; one is killed mid-stream. The verifier's draft calls to
+    it fail, those steps verify no drafts, and the gateway moves the sequences to the other proposer."""
+    max_tokens = 120
+    with running_stack(
+        tiny_llama,
+        tmp_path,
+        method="draft_model",
+        k=3,
+        draft_model=tiny_drafts["llama"],
+        num_proposers=2,
+        gateway_args=("--direct-drafts", "--fixed-k"),
+        network_delay_ms=DELAY_MS,
+    ) as stack:
+        address = stack.gateway.address
+        with ThreadPoolExecutor(len(PROMPTS)) as pool:
+            streams = [pool.submit(generate, address, greedy_request(p, max_tokens=max_tokens)) for p in PROMPTS]
+            time.sleep(1.0)
+            stack.proposers[0].proc.kill()
+            got = [token_ids(s.result()) for s in streams]
+    assert got == _plain(tiny_llama, max_tokens)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mlp_speculator"])
+def test_direct_drafts_take_the_gateway_off_a_hidden_state_drafter_s_rounds(method, tiny_llama, tmp_path):
+    """20 ms each way on every link. Through the gateway a hidden-state drafter's round crosses two links
+    in series (verifier, then proposer: 80 ms); with direct drafts it crosses the verifier's link to the
+    proposer (40 ms) while the steps behind it are already at the verifier."""
+    drafter = _drafter(method, tiny_llama, None, tmp_path)
+    seconds = {}
+    for direct in (False, True):
+        args = ("--fixed-k",) + (("--direct-drafts",) if direct else ())
+        (tmp_path / str(direct)).mkdir()
+        with running_stack(
+            tiny_llama, tmp_path / str(direct), method=method, k=3, draft_model=drafter, gateway_args=args,
+            network_delay_ms=20.0,
+        ) as stack:  # fmt: skip
+            generate(stack.gateway.address, greedy_request(PROMPTS[0], max_tokens=4))  # warm up
+            started = time.monotonic()
+            got = token_ids(generate(stack.gateway.address, greedy_request(PROMPTS[0], max_tokens=48)))
+            seconds[direct] = time.monotonic() - started
+        assert got == _plain(tiny_llama, 48)[0]
+    assert seconds[True] <= 0.8 * seconds[False], seconds

@@ -1,0 +1,218 @@
+"""Drafts the verifier asks a proposer for itself (VerifyStep.remote_draft, gateway --direct-drafts).
+
+A step with a remote draft gets its drafts right before it runs, after every token the steps before it
+committed, from the sequence's proposer over a stream of the verifier's own. The target's hidden states
+behind those tokens go with the request, straight from the pass that made them. So a round crosses one
+link there and back (verifier -> proposer -> verifier) and never the sender's, and the sender can keep
+such steps in flight (VerifyStep.pipelined) for any drafter, hidden-state drafters included.
+
+The drafts are exactly those the sender would have fetched itself: the same DraftStep, on the same
+committed tokens, with the same seed, so output is unchanged. A proposer that fails or stays silent
+past the timeout costs the step its drafts, never a token: the step verifies none and reports it, and
+the proposer is skipped for a second before it is asked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+
+from protos import splitspec_v1_pb2 as pb
+from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec.draft_limits import MAX_REMOTE_DRAFT_TIMEOUT_S
+from splitspec.drafts import Draft, HiddenStates
+from splitspec.errors import ServiceError
+from splitspec.rpc import wire
+from splitspec.rpc.channels import Channels
+from splitspec.rpc.multiplexed_stream import MultiplexedStream
+from splitspec.sampling_params import SamplingParams
+
+MAX_ADDRESS_CHARS = 255
+RETRY_AFTER_S = 1.0
+"""How long a proposer that failed a draft is passed over (its steps verify no drafts meanwhile)."""
+RELEASE_TIMEOUT_S = 5.0
+
+
+def _refuse(field_name: str, problem: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"remote_draft.{field_name}: {problem}")
+
+
+@dataclass(frozen=True)
+class RemoteDraftSpec:
+    num_tokens: int
+    proposer: str
+    server_name: str = ""
+    num_prompt_tokens: int = 0
+    timeout_s: float = 1.0
+
+    def check(self) -> None:
+        host, _, port = self.proposer.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or len(self.proposer) > MAX_ADDRESS_CHARS:
+            raise _refuse(
+                "proposer", f"must be host:port (at most {MAX_ADDRESS_CHARS} characters), got {self.proposer!r}"
+            )
+        if not (self.proposer.isascii() and self.proposer.isprintable()):
+            raise _refuse("proposer", "must be printable ASCII")
+        if len(self.server_name) > MAX_ADDRESS_CHARS or not (
+            self.server_name.isascii() and self.server_name.isprintable()
+        ):
+            raise _refuse("server_name", f"must be at most {MAX_ADDRESS_CHARS} printable ASCII characters")
+        if not math.isfinite(self.timeout_s) or not 0 < self.timeout_s <= MAX_REMOTE_DRAFT_TIMEOUT_S:
+            raise _refuse("timeout_s", f"must be in (0, {MAX_REMOTE_DRAFT_TIMEOUT_S}] seconds, got {self.timeout_s}")
+
+
+@dataclass
+class RemoteOutcome:
+    draft: Draft
+    wait_s: float = 0.0
+    failed: bool = False
+
+
+@dataclass
+class _Held:
+    """What the sequence's proposer holds of it, and the hidden states it has yet to receive."""
+
+    proposer: str
+    server_name: str
+    mode: HiddenStates
+    sent: int = 0
+    hidden: torch.Tensor | None = None
+
+
+@dataclass
+class _Link:
+    channel: grpc.aio.Channel
+    stream: MultiplexedStream
+    down_until: float = 0.0
+    held: set[str] = field(default_factory=set)
+
+
+class ProposerLinks:
+    """The verifier's streams to the proposers its sequences draft on, and what each one holds."""
+
+    def __init__(self, channels: Channels) -> None:
+        self._channels = channels
+        self._links: dict[tuple[str, str], _Link] = {}
+        self._held: dict[str, _Held] = {}
+        self._releases: set[asyncio.Task] = set()
+
+    def received(self, seq_id: str, hidden: torch.Tensor | None) -> None:
+        """A step's hidden states, kept for the sequence's next remote draft: the newest alone for
+        drafters that read the last state, every row (none skipped) for those that read them all."""
+        held = self._held.get(seq_id)
+        if held is None or hidden is None:
+            return
+        if held.mode == HiddenStates.ALL and held.hidden is not None:
+            held.hidden = torch.cat([held.hidden, hidden])
+        else:
+            held.hidden = hidden
+
+    def follow(self, seq_id: str, spec: RemoteDraftSpec, tokens: list[int], mode: HiddenStates) -> None:
+        """Have the sequence draft on spec.proposer from now on. One moving from another proposer starts
+        there with nothing sent, and the hidden states the last one had yet to receive (as a move does
+        through the gateway); the last one is released."""
+        held = self._held.get(seq_id)
+        if held is not None and (held.proposer, held.server_name) == (spec.proposer, spec.server_name):
+            return
+        if held is not None:
+            self._release_on(seq_id, held, tokens)
+        hidden = held.hidden if held is not None else None
+        self._held[seq_id] = _Held(spec.proposer, spec.server_name, mode, hidden=hidden)
+
+    async def draft(
+        self, seq_id: str, tokens: list[int], params: SamplingParams, seed: int, spec: RemoteDraftSpec
+    ) -> RemoteOutcome:
+        """The proposer's draft after `tokens` (the committed ones); none, with failed set, if it fails.
+        The sequence must follow a proposer (`follow`)."""
+        held = self._held[seq_id]
+        link = self._link(held)
+        started = time.perf_counter()
+        if time.monotonic() < link.down_until:
+            return RemoteOutcome(Draft(), failed=True)
+        try:
+            result = await self._call(link, seq_id, held, tokens, params, seed, spec)
+            if result.needs_full_context:
+                held.sent = 0
+                result = await self._call(link, seq_id, held, tokens, params, seed, spec)
+        except (ConnectionError, asyncio.TimeoutError, ServiceError):
+            link.down_until = time.monotonic() + RETRY_AFTER_S
+            held.sent = 0
+            return RemoteOutcome(Draft(), time.perf_counter() - started, failed=True)
+        link.held.add(seq_id)
+        held.sent = len(tokens)
+        if held.mode == HiddenStates.ALL:
+            held.hidden = None  # every row delivered; the next draft carries only newer ones
+        draft = wire.draft_from_proto(result.drafts[: spec.num_tokens])
+        return RemoteOutcome(draft, time.perf_counter() - started)
+
+    def release(self, seq_id: str, tokens: list[int]) -> None:
+        """The sequence ended here: its proposer is told, with the tokens it has not seen yet."""
+        held = self._held.pop(seq_id, None)
+        if held is not None:
+            self._release_on(seq_id, held, tokens)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._releases, return_exceptions=True)
+        for link in self._links.values():
+            await link.stream.close()
+            await link.channel.close()
+
+    def _link(self, held: _Held) -> _Link:
+        key = (held.proposer, held.server_name)
+        link = self._links.get(key)
+        if link is None:
+            channel = self._channels.open(held.proposer, held.server_name or None)
+            stream = MultiplexedStream(pb_grpc.ProposerStub(channel).Propose, f"proposer {held.proposer}")
+            link = self._links[key] = _Link(channel, stream)
+        return link
+
+    async def _call(
+        self,
+        link: _Link,
+        seq_id: str,
+        held: _Held,
+        tokens: list[int],
+        params: SamplingParams,
+        seed: int,
+        spec: RemoteDraftSpec,
+    ) -> pb.DraftResult:
+        request = pb.ProposerRequest(seq_id=seq_id)
+        step = request.draft
+        step.committed_len = len(tokens)
+        step.start = held.sent
+        step.token_ids.extend(tokens[held.sent :])
+        step.num_tokens = spec.num_tokens
+        step.temperature = params.temperature
+        step.top_k = params.top_k
+        step.seed = seed
+        step.num_prompt_tokens = min(spec.num_prompt_tokens, len(tokens))
+        if held.hidden is not None:
+            step.hidden_state.CopyFrom(wire.tensor_to_proto(held.hidden))
+        response = await link.stream.call(request, timeout=spec.timeout_s)
+        if response.WhichOneof("kind") == "error":
+            raise ServiceError(grpc.StatusCode.UNKNOWN, response.error.message)
+        return response.draft
+
+    def _release_on(self, seq_id: str, held: _Held, tokens: list[int]) -> None:
+        link = self._links.get((held.proposer, held.server_name))
+        if link is None or seq_id not in link.held:
+            return
+        link.held.discard(seq_id)
+        request = pb.ProposerRequest(seq_id=seq_id)
+        request.release.start = held.sent
+        request.release.token_ids.extend(tokens[held.sent :] if held.sent else ())
+        task = asyncio.get_running_loop().create_task(self._send_release(link, request))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    @staticmethod
+    async def _send_release(link: _Link, request: pb.ProposerRequest) -> None:
+        try:
+            await link.stream.call(request, timeout=RELEASE_TIMEOUT_S)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass  # the proposer forgets the sequence at its client's deadline, or when it restarts
