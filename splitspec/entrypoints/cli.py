@@ -208,6 +208,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--no-draft-ahead",
     )
     p.add_argument(
+        "--direct-drafts-rows",
+        action="store_true",
+        help="also, at each delay, stacks whose proposer drafts the n-grams, fetched by the gateway (drafts made "
+        "ahead) and by the verifier itself (--direct-drafts); with --draft-model, that too with --direct-drafts",
+    )
+    p.add_argument(
         "--traced-gateway",
         action="store_true",
         help="add a second gateway stack with OpenTelemetry tracing on (every span exported to a local OTLP "
@@ -265,6 +271,7 @@ def _bench(args: argparse.Namespace) -> int:
         eager_rows=args.eager_rows,
         remote_ngram_rows=args.remote_ngram_rows,
         unpipelined_rows=args.unpipelined_rows,
+        direct_drafts_rows=args.direct_drafts_rows,
         network_delays_ms=_delays_ms(args.network_delay_ms),
     )
     if args.quick:

@@ -59,6 +59,10 @@ class BenchSettings:
     made ahead (the default), drafting ahead one step at a time, and neither."""
     unpipelined_rows: bool = False
     """Also, at each delay, the gateway's n-gram rounds one at a time (--no-pipeline)."""
+    direct_drafts_rows: bool = False
+    """Also, at each delay, n-grams drafted on the proposer: fetched by the gateway (drafts made ahead,
+    the default), and fetched by the verifier itself (--direct-drafts); with a draft model, it too with
+    --direct-drafts."""
     configs_only: tuple[str, ...] = field(default=())
 
 
@@ -178,10 +182,15 @@ def run_bench(settings: BenchSettings) -> dict:
             variants["ngram@proposer K={k}"] = ("--ngram-on-proposers",)
             variants["ngram@proposer K={k} no-pipeline"] = ("--ngram-on-proposers", "--no-pipeline")
             variants["ngram@proposer K={k} no-ahead"] = ("--ngram-on-proposers", "--no-draft-ahead")
+        if settings.direct_drafts_rows:
+            variants["ngram@proposer K={k}"] = ("--ngram-on-proposers",)
+            variants["ngram@proposer K={k} direct"] = ("--ngram-on-proposers", "--direct-drafts")
         if settings.draft_model:  # drafted where measured best (the default), and on the proposer only
             draft_flags = ("--method", "draft_model", "--draft-model", settings.draft_model)
             variants["draft_model K={k}"] = draft_flags
             variants["draft_model K={k} no-verifier-ngram"] = (*draft_flags, "--no-verifier-ngram")
+            if settings.direct_drafts_rows:
+                variants["draft_model K={k} direct"] = (*draft_flags, "--direct-drafts")
         for variant, flags in variants.items():
             _log(f"starting a stack with splitspec up {' '.join(flags)}")
             stack, address = _start_stack(
