@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 from service_stack import running_stack, wait_for
 from test_draft_ahead import K, ScriptedProposer, drafter_continuation, target_output, verify_greedily
 from test_network_delay import SEEDS, _drafter, _seeded, _seeded_in_process
@@ -200,3 +201,70 @@ def test_direct_drafts_take_the_gateway_off_a_hidden_state_drafter_s_rounds(meth
             seconds[direct] = time.monotonic() - started
         assert got == _plain(tiny_llama, 48)[0]
     assert seconds[True] <= 0.8 * seconds[False], seconds
+
+
+def _verifier_service(tiny_llama):
+    from splitspec.config import RunnerConfig
+    from splitspec.models.loader import load_runner
+    from verifier_svc.service import VerifierService
+
+    return VerifierService(load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)))
+
+
+def test_a_remote_draft_that_is_not_a_distribution_is_dropped_and_the_step_goes_on(tiny_llama):
+    """The verifier checks what a proposer sends it as it checks what a gateway sends: a NaN q is no draft."""
+    from splitspec.drafts import Draft
+    from splitspec.sparse_distribution import SparseDistribution
+    from verifier_svc.remote_drafts import RemoteDraftSpec, RemoteOutcome
+
+    async def main():
+        service = _verifier_service(tiny_llama)
+        service.start()
+
+        async def bent_draft(*args):
+            q = SparseDistribution(torch.tensor([9, 10]), torch.tensor([float("nan"), 0.5], dtype=torch.float64))
+            return RemoteOutcome(Draft([9], [q]), wait_s=0.001)
+
+        service.remote.draft = bent_draft
+        service.add("a", [5, 6, 7, 8], SamplingParams(temperature=0.8, max_tokens=None), seed=1)
+        outcome = await service.step("a", 4, Draft(), remote=RemoteDraftSpec(1, "127.0.0.1:1"))
+        await service.close()
+        return outcome
+
+    outcome = asyncio.run(main())
+    assert outcome.proposer_failed and outcome.num_drafted == 0 and len(outcome.token_ids) == 1
+
+
+@pytest.mark.parametrize(
+    "spec, field_name",
+    [
+        (dict(proposer="no-port"), "remote_draft.proposer"),
+        (dict(proposer="host:99999"), "remote_draft.proposer"),
+        (dict(proposer="h" * 300 + ":1"), "remote_draft.proposer"),
+        (dict(server_name="bad\tname"), "remote_draft.server_name"),
+        (dict(timeout_s=0.0), "remote_draft.timeout_s"),
+        (dict(timeout_s=float("nan")), "remote_draft.timeout_s"),
+        (dict(timeout_s=61.0), "remote_draft.timeout_s"),
+        (dict(num_tokens=129), "remote_draft.num_tokens"),
+    ],
+)
+def test_a_malformed_remote_draft_is_refused_by_its_field(spec, field_name, tiny_llama):
+    import grpc
+
+    from splitspec.drafts import Draft
+    from splitspec.errors import ServiceError
+    from verifier_svc.remote_drafts import RemoteDraftSpec
+
+    async def main():
+        service = _verifier_service(tiny_llama)
+        service.start()
+        service.add("a", [5, 6, 7, 8], SamplingParams(temperature=0, max_tokens=None), seed=1)
+        with pytest.raises(ServiceError) as refused:
+            await service.step("a", 4, Draft(), remote=RemoteDraftSpec(**{"num_tokens": 2, "proposer": "p:1", **spec}))
+        untouched = list(service.sequences["a"].tokens)
+        await service.close()
+        return refused.value, untouched
+
+    refused, untouched = asyncio.run(main())
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and refused.message.startswith(field_name)
+    assert untouched == [5, 6, 7, 8]

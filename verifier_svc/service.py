@@ -228,6 +228,10 @@ class VerifierService:
                 self.remote.follow(seq_id, remote, seq.tokens, seq.hidden_states)
                 if remote.num_tokens > 0:
                     fetched = await self.remote.draft(seq_id, list(seq.tokens), seq.params, seq.seed, remote)
+                    try:  # a proposer is trusted no more for being called by the verifier
+                        check_draft(fetched.draft, self.runner.vocab_size)
+                    except ServiceError:
+                        fetched = replace(fetched, draft=Draft(), failed=True)
                     draft = fetched.draft
             outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft))
             if remote is not None:
