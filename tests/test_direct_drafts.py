@@ -10,6 +10,7 @@ longer wait for the gateway's links."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -156,16 +157,14 @@ def test_direct_drafts_cross_mutual_tls_between_verifier_and_proposer(tiny_llama
 
 
 @pytest.mark.e2e
-def test_a_proposer_lost_under_direct_drafts_loses_nothing(tiny_llama, tiny_drafts, tmp_path):
+def test_a_proposer_lost_under_direct_drafts_loses_nothing(tiny_llama, tmp_path):
     """Four long requests draft on two proposers; one is killed mid-stream. The verifier's draft calls to
     it fail, those steps verify no drafts, and the gateway moves the sequences to the other proposer."""
-    max_tokens = 120
+    max_tokens = 240
     with running_stack(
         tiny_llama,
         tmp_path,
-        method="draft_model",
         k=3,
-        draft_model=tiny_drafts["llama"],
         num_proposers=2,
         gateway_args=("--direct-drafts", "--fixed-k"),
         network_delay_ms=DELAY_MS,
@@ -175,8 +174,35 @@ def test_a_proposer_lost_under_direct_drafts_loses_nothing(tiny_llama, tiny_draf
             streams = [pool.submit(generate, address, greedy_request(p, max_tokens=max_tokens)) for p in PROMPTS]
             time.sleep(1.0)
             stack.proposers[0].proc.kill()
+            running_at_kill = sum(not s.done() for s in streams)
             got = [token_ids(s.result()) for s in streams]
     assert got == _plain(tiny_llama, max_tokens)
+    assert running_at_kill > 0, "the proposer died under requests in flight"
+
+
+@pytest.mark.e2e
+def test_a_draining_proposer_under_direct_drafts_is_left_and_exits_while_requests_go_on(tiny_llama, tmp_path):
+    """SIGTERM to one of two proposers: it stops taking drafts, the gateway names the other in the next
+    steps, the verifier releases the sequences on the first, which then holds none and exits before its
+    grace period (5 s) is up, while the requests run on with nothing lost."""
+    max_tokens = 400
+    with running_stack(
+        tiny_llama, tmp_path, k=3, num_proposers=2, gateway_args=("--direct-drafts", "--fixed-k"),
+        network_delay_ms=DELAY_MS,
+    ) as stack:  # fmt: skip
+        address = stack.gateway.address
+        with ThreadPoolExecutor(len(PROMPTS)) as pool:
+            streams = [pool.submit(generate, address, greedy_request(p, max_tokens=max_tokens)) for p in PROMPTS]
+            time.sleep(1.0)
+            draining = stack.proposers[0].proc
+            draining.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            assert draining.wait(timeout=10) == 0
+            exited_after = time.monotonic() - signalled
+            still_running = sum(not s.done() for s in streams)
+            got = [token_ids(s.result()) for s in streams]
+    assert got == _plain(tiny_llama, max_tokens)
+    assert exited_after < 4.0 and still_running > 0, (exited_after, still_running)
 
 
 @pytest.mark.e2e
