@@ -116,20 +116,30 @@ def test_up_passes_every_proposer_flag_on_to_the_proposer():
 
 
 @pytest.mark.parametrize(
-    "flags, ngram_on_proposers, draft_ahead, pipeline",
-    [([], False, True, True), (["--ngram-on-proposers", "--no-draft-ahead", "--no-pipeline"], True, False, False)],
+    "flags, expected",
+    [
+        ([], (False, True, True, False)),
+        (["--ngram-on-proposers", "--no-draft-ahead", "--no-pipeline", "--direct-drafts"], (True, False, False, True)),
+    ],
 )
-def test_up_passes_the_gateways_round_trip_flags_on(flags, ngram_on_proposers, draft_ahead, pipeline):
+def test_up_passes_the_gateways_round_trip_flags_on(flags, expected):
     from splitspec.entrypoints.cli import build_parser
     from splitspec.entrypoints.cli_services import up_commands
 
     gateway = up_commands(build_parser().parse_args(["up", *flags]))["gateway"]
     served = build_parser().parse_args(gateway[gateway.index("serve-gateway") :])
-    assert (served.ngram_on_proposers, served.draft_ahead, served.pipeline) == (
-        ngram_on_proposers,
-        draft_ahead,
-        pipeline,
-    )
+    assert (served.ngram_on_proposers, served.draft_ahead, served.pipeline, served.direct_drafts) == expected
+
+
+def test_up_tls_dir_gives_the_verifier_a_client_certificate_for_the_proposers(tmp_path):
+    from splitspec.entrypoints.cli import build_parser
+    from splitspec.entrypoints.cli_services import up_commands
+    from splitspec.rpc.throwaway_certs import make_stack_certificates
+
+    certs = make_stack_certificates(tmp_path, [])
+    verifier = up_commands(build_parser().parse_args(["up"]), certs=certs)["verifier"]
+    served = build_parser().parse_args(verifier[verifier.index("serve-verifier") :])
+    assert (served.tls_client_cert_file, served.tls_client_key_file) == (str(certs.client_cert), str(certs.client_key))
 
 
 @pytest.mark.parametrize("flags, http_port", [([], None), (["--http-port", "8000"], 8000)])
