@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from service_stack import running_stack, wait_for
+from service_stack import free_port, running_stack, wait_for
 from test_draft_ahead import K, ScriptedProposer, drafter_continuation, target_output, verify_greedily
+from test_metrics import scrape, value
 from test_network_delay import SEEDS, _drafter, _seeded, _seeded_in_process
 from test_services_e2e import (
     MAX_TOKENS,
@@ -120,13 +121,16 @@ def _plain(tiny_llama, max_tokens: int = MAX_TOKENS) -> list[list[int]]:
 @pytest.mark.e2e
 @pytest.mark.parametrize("method", ["ngram", "draft_model", "mlp_speculator", "eagle"])
 def test_direct_drafts_through_delayed_links_are_in_process_output(method, tiny_llama, tiny_drafts, tmp_path):
+    """Drafters that read no hidden states also draft ahead on the verifier's request, while a pass runs."""
     drafter = _drafter(method, tiny_llama, tiny_drafts, tmp_path)
+    metrics_port = free_port()
     with running_stack(
         tiny_llama,
         tmp_path,
         method=method,
         k=3,
         draft_model=drafter,
+        verifier_args=("--metrics-port", str(metrics_port)),
         gateway_args=("--direct-drafts", "--fixed-k"),
         network_delay_ms=DELAY_MS,
     ) as stack:
@@ -139,9 +143,38 @@ def test_direct_drafts_through_delayed_links_are_in_process_output(method, tiny_
         else:  # one-hot drafts: plain decoding's draws
             assert_seeded_samples_are_plain_decoding_s(address, tiny_llama, SEEDS)
         assert wait_for(lambda: stack.verifier_info().num_sequences == 0)
+        ahead = scrape(metrics_port)["splitspec_draft_ahead"]
+        hits, misses = value(ahead, "_total", outcome="hit"), value(ahead, "_total", outcome="miss")
+    if method in ("ngram", "draft_model"):
+        assert hits + misses > 0, "drafts were made ahead (whether they hit is the next test's)"
+    else:
+        assert hits == misses == 0, "assumed tokens have no hidden states: nothing is drafted ahead"
     stats = [r[-1].speculation for r in responses]
     # the gateway never drafts in this mode: drafts verified, and accepted, came through the verifier
     assert sum(s.num_draft_tokens for s in stats) > 0 and sum(s.num_accepted_tokens for s in stats) > 0
+
+
+@pytest.mark.e2e
+def test_drafts_made_ahead_for_the_outcome_that_came_are_used_and_keep_the_output_exact(tiny_llama, tmp_path):
+    """The target as its own draft model: every greedy draft is accepted and every guess is right, so
+    each step after the first can take the draft its proposer made while the step before was verified."""
+    metrics_port = free_port()
+    with running_stack(
+        tiny_llama,
+        tmp_path,
+        method="draft_model",
+        k=3,
+        draft_model=tiny_llama,
+        verifier_args=("--metrics-port", str(metrics_port)),
+        gateway_args=("--direct-drafts", "--fixed-k", "--no-verifier-ngram"),
+        network_delay_ms=DELAY_MS,
+    ) as stack:
+        responses = generate(stack.gateway.address, greedy_request(PROMPTS[0], max_tokens=40))
+        ahead = scrape(metrics_port)["splitspec_draft_ahead"]
+        hits, misses = value(ahead, "_total", outcome="hit"), value(ahead, "_total", outcome="miss")
+    assert token_ids(responses) == _plain(tiny_llama, 40)[0]
+    rounds = responses[-1].speculation.num_rounds
+    assert hits >= rounds - 3 and misses <= 1, (hits, misses, rounds)
 
 
 @pytest.mark.e2e

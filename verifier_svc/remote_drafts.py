@@ -6,6 +6,11 @@ behind those tokens go with the request, straight from the pass that made them. 
 link there and back (verifier -> proposer -> verifier) and never the sender's, and the sender can keep
 such steps in flight (VerifyStep.pipelined) for any drafter, hidden-state drafters included.
 
+While a step's pass runs, the verifier already asks the proposer for the next draft, as if every draft
+of this step were accepted (DraftStep.assumed_token_ids; drafters that read hidden states cannot). Its
+first token guesses the token the pass adds; when the step commits exactly the drafts and that guess,
+the rest is the next step's draft, and that step waits for no proposer. Any other outcome drops it.
+
 The drafts are exactly those the sender would have fetched itself: the same DraftStep, on the same
 committed tokens, with the same seed, so output is unchanged. A proposer that fails or stays silent
 past the timeout costs the step its drafts, never a token: the step verifies none and reports it, and
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 import torch
@@ -82,6 +87,9 @@ class _Held:
     mode: HiddenStates
     sent: int = 0
     hidden: torch.Tensor | None = None
+    ahead: asyncio.Task | None = None  # the draft asked for while a step's pass runs
+    ahead_base: int = 0  # the committed tokens it was asked after
+    ahead_assumed: list[int] = field(default_factory=list)  # the drafts it assumed accepted
 
 
 @dataclass
@@ -100,6 +108,7 @@ class ProposerLinks:
         self._links: dict[tuple[str, str], _Link] = {}
         self._held: dict[str, _Held] = {}
         self._releases: set[asyncio.Task] = set()
+        self.ahead_outcomes = {"hit": 0, "miss": 0}  # drafts made ahead: used by the next step, or dropped
 
     def received(self, seq_id: str, hidden: torch.Tensor | None) -> None:
         """A step's hidden states, kept for the sequence's next remote draft: the newest alone for
@@ -123,6 +132,53 @@ class ProposerLinks:
             self._release_on(seq_id, held, tokens)
         hidden = held.hidden if held is not None else None
         self._held[seq_id] = _Held(spec.proposer, spec.server_name, mode, hidden=hidden)
+
+    def draft_ahead(
+        self,
+        seq_id: str,
+        tokens: list[int],
+        drafts: list[int],
+        params: SamplingParams,
+        seed: int,
+        spec: RemoteDraftSpec,
+    ) -> None:
+        """While `drafts` after `tokens` are verified, ask for the draft after all of them and a guess at
+        the token the pass adds (not for drafters that read hidden states, which assumed tokens lack)."""
+        held = self._held.get(seq_id)
+        if held is None or held.mode != HiddenStates.NONE or not drafts or held.ahead is not None:
+            return
+        link = self._link(held)
+        if time.monotonic() < link.down_until:
+            return
+        ahead_spec = replace(spec, num_tokens=spec.num_tokens + 1)
+        held.ahead_base, held.ahead_assumed = len(tokens), list(drafts)
+        held.ahead = asyncio.get_running_loop().create_task(
+            self._call(link, seq_id, held, list(tokens), params, seed, ahead_spec, assumed=list(drafts))
+        )
+
+    async def take_ahead(self, seq_id: str, tokens: list[int], num_tokens: int) -> RemoteOutcome | None:
+        """The draft made ahead, if the tokens committed since it was asked for are the ones it assumed
+        and its guess; None otherwise (it is dropped either way)."""
+        held = self._held.get(seq_id)
+        if held is None or held.ahead is None:
+            return None
+        started = time.perf_counter()
+        task, held.ahead = held.ahead, None
+        try:
+            result = await task
+        except (ConnectionError, asyncio.TimeoutError, ServiceError):
+            held.sent = 0
+            return None
+        if result.needs_full_context:
+            held.sent = 0
+            return None
+        held.sent = held.ahead_base  # it holds the tokens committed then, not the ones it assumed
+        guessed = held.ahead_assumed + [result.drafts[0].token_id] if result.drafts else None
+        if guessed is None or tokens[held.ahead_base :] != guessed or len(result.drafts) < 2:
+            self.ahead_outcomes["miss"] += 1
+            return None
+        self.ahead_outcomes["hit"] += 1
+        return RemoteOutcome(wire.draft_from_proto(result.drafts[1 : 1 + num_tokens]), time.perf_counter() - started)
 
     async def draft(
         self, seq_id: str, tokens: list[int], params: SamplingParams, seed: int, spec: RemoteDraftSpec
@@ -180,6 +236,7 @@ class ProposerLinks:
         params: SamplingParams,
         seed: int,
         spec: RemoteDraftSpec,
+        assumed: list[int] | None = None,
     ) -> pb.DraftResult:
         request = pb.ProposerRequest(seq_id=seq_id)
         step = request.draft
@@ -191,8 +248,9 @@ class ProposerLinks:
         step.top_k = params.top_k
         step.seed = seed
         step.num_prompt_tokens = min(spec.num_prompt_tokens, len(tokens))
-        if held.hidden is not None:
+        if held.hidden is not None and not assumed:
             step.hidden_state.CopyFrom(wire.tensor_to_proto(held.hidden))
+        step.assumed_token_ids.extend(assumed or ())
         response = await link.stream.call(request, timeout=spec.timeout_s)
         if response.WhichOneof("kind") == "error":
             raise ServiceError(grpc.StatusCode.UNKNOWN, response.error.message)
@@ -203,15 +261,20 @@ class ProposerLinks:
         if link is None or seq_id not in link.held:
             return
         link.held.discard(seq_id)
-        request = pb.ProposerRequest(seq_id=seq_id)
-        request.release.start = held.sent
-        request.release.token_ids.extend(tokens[held.sent :] if held.sent else ())
-        task = asyncio.get_running_loop().create_task(self._send_release(link, request))
+        task = asyncio.get_running_loop().create_task(self._send_release(link, seq_id, held, list(tokens)))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
     @staticmethod
-    async def _send_release(link: _Link, request: pb.ProposerRequest) -> None:
+    async def _send_release(link: _Link, seq_id: str, held: _Held, tokens: list[int]) -> None:
+        """After any draft still being made ahead, so that the release is the last the proposer hears."""
+        if held.ahead is not None:
+            (result,) = await asyncio.gather(held.ahead, return_exceptions=True)
+            if isinstance(result, pb.DraftResult) and not result.needs_full_context:
+                held.sent = held.ahead_base
+        request = pb.ProposerRequest(seq_id=seq_id)
+        request.release.start = held.sent
+        request.release.token_ids.extend(tokens[held.sent :] if held.sent else ())
         try:
             await link.stream.call(request, timeout=RELEASE_TIMEOUT_S)
         except (ConnectionError, asyncio.TimeoutError):

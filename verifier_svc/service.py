@@ -95,6 +95,11 @@ class VerifierMetrics:
         self.batch_sequences = meter.create_histogram(
             "splitspec_verify_batch_sequences", unit="1", description="Sequences in one pass"
         )
+        meter.create_observable_counter(
+            "splitspec_draft_ahead",
+            [lambda _: [Observation(n, {"outcome": outcome}) for outcome, n in service.remote.ahead_outcomes.items()]],
+            description="Remote drafts made ahead while a pass ran: used by the next step (hit) or dropped (miss)",
+        )
 
 
 class VerifierService:
@@ -127,9 +132,9 @@ class VerifierService:
         self.batcher: MicroBatcher[_StepCall, StepOutcome] = MicroBatcher(
             self._run_batch, batch_window_s, expected=lambda: len(self.sequences)
         )
+        self.remote = ProposerLinks(proposer_channels or Channels(channel_options()))
         self.metrics = VerifierMetrics(meter or no_meter(), self)
         self.local_drafter = LocalDrafter()
-        self.remote = ProposerLinks(proposer_channels or Channels(channel_options()))
         self.expiries = Expiries(self._expire)
         self._releases: set[asyncio.Task] = set()
 
@@ -227,13 +232,18 @@ class VerifierService:
                 remote = replace(remote, num_tokens=min(remote.num_tokens, max(room, 0)))
                 self.remote.follow(seq_id, remote, seq.tokens, seq.hidden_states)
                 if remote.num_tokens > 0:
-                    fetched = await self.remote.draft(seq_id, list(seq.tokens), seq.params, seq.seed, remote)
+                    fetched = await self.remote.take_ahead(seq_id, seq.tokens, remote.num_tokens)
+                    if fetched is None:
+                        fetched = await self.remote.draft(seq_id, list(seq.tokens), seq.params, seq.seed, remote)
                     try:  # a proposer is trusted no more for being called by the verifier
                         check_draft(fetched.draft, self.runner.vocab_size)
                     except ServiceError:
                         fetched = replace(fetched, draft=Draft(), failed=True)
                     draft = fetched.draft
-            outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft))
+            verified = asyncio.ensure_future(self.batcher.submit(_StepCall(seq, committed_len, draft)))
+            if fetched is not None and not fetched.failed:
+                self.remote.draft_ahead(seq_id, seq.tokens, draft.token_ids, seq.params, seq.seed, remote)
+            outcome = await verified
             if remote is not None:
                 self.remote.received(seq_id, outcome.hidden_state)
             if fetched is not None:
