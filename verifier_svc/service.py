@@ -240,10 +240,9 @@ class VerifierService:
                     except ServiceError:
                         fetched = replace(fetched, draft=Draft(), failed=True)
                     draft = fetched.draft
-            verified = asyncio.ensure_future(self.batcher.submit(_StepCall(seq, committed_len, draft)))
-            if fetched is not None and not fetched.failed:
+            if fetched is not None and not fetched.failed:  # asked now, made while the pass runs
                 self.remote.draft_ahead(seq_id, seq.tokens, draft.token_ids, seq.params, seq.seed, remote)
-            outcome = await verified
+            outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft))
             if remote is not None:
                 self.remote.received(seq_id, outcome.hidden_state)
             if fetched is not None:
