@@ -140,7 +140,10 @@ def test_drafts_made_here_are_the_ngram_proposer_s_and_keep_plain_output(tiny_ll
     out, drafted, both, bad = _run(main())
     assert out == _plain(tiny_llama, prompt, 24)
     assert drafted > 0, "the repeated prompt gives the lookup something to draft"
-    assert both.code == grpc.StatusCode.INVALID_ARGUMENT and "not both" in str(both)
+    assert (
+        both.code == grpc.StatusCode.INVALID_ARGUMENT
+        and "at most one of drafts, local_draft and remote_draft" in str(both)
+    )
     assert bad.code == grpc.StatusCode.INVALID_ARGUMENT and "prompt_lookup_min <= prompt_lookup_max" in str(bad)
 
 
