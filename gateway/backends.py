@@ -252,21 +252,11 @@ class ProposerBackend:
         """sent: the committed tokens the proposer holds. assumed: a draft ahead (gateway.draft_ahead),
         drafted after these uncommitted tokens. deadline: the client's, on time.monotonic(); the proposer
         forgets the sequence once it passes."""
-        request = pb.ProposerRequest(seq_id=seq.seq_id, trace_context=trace)
-        step = request.draft
-        step.committed_len = len(seq.tokens)
-        step.start = sent
-        step.token_ids.extend(seq.tokens[sent:])
-        step.num_tokens = num_tokens
-        step.temperature = seq.params.temperature
-        step.top_k = seq.params.top_k
-        step.seed = seq.seed
-        step.num_prompt_tokens = len(seq.prompt_token_ids)
-        step.time_limit_s = time_left(deadline, time.monotonic())
-        if hidden_state is not None:
-            step.hidden_state.CopyFrom(hidden_state)
-        if assumed:
-            step.assumed_token_ids.extend(assumed)
+        step = wire.draft_step(
+            seq.tokens, sent, num_tokens, seq.params, seq.seed, len(seq.prompt_token_ids), hidden_state, assumed,
+            time_left(deadline, time.monotonic()),
+        )  # fmt: skip
+        request = pb.ProposerRequest(seq_id=seq.seq_id, trace_context=trace, draft=step)
         sent = time.perf_counter()
         response = await self.stream.call(request, timeout=timeout)
         _raise_if_error(response)

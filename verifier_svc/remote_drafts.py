@@ -238,19 +238,11 @@ class ProposerLinks:
         spec: RemoteDraftSpec,
         assumed: list[int] | None = None,
     ) -> pb.DraftResult:
-        request = pb.ProposerRequest(seq_id=seq_id)
-        step = request.draft
-        step.committed_len = len(tokens)
-        step.start = held.sent
-        step.token_ids.extend(tokens[held.sent :])
-        step.num_tokens = spec.num_tokens
-        step.temperature = params.temperature
-        step.top_k = params.top_k
-        step.seed = seed
-        step.num_prompt_tokens = min(spec.num_prompt_tokens, len(tokens))
-        if held.hidden is not None and not assumed:
-            step.hidden_state.CopyFrom(wire.tensor_to_proto(held.hidden))
-        step.assumed_token_ids.extend(assumed or ())
+        hidden = wire.tensor_to_proto(held.hidden) if held.hidden is not None and not assumed else None
+        step = wire.draft_step(
+            tokens, held.sent, spec.num_tokens, params, seed, spec.num_prompt_tokens, hidden, assumed
+        )
+        request = pb.ProposerRequest(seq_id=seq_id, draft=step)
         response = await link.stream.call(request, timeout=spec.timeout_s)
         if response.WhichOneof("kind") == "error":
             raise ServiceError(grpc.StatusCode.UNKNOWN, response.error.message)

@@ -10,7 +10,33 @@ import torch
 from protos import splitspec_v1_pb2 as pb
 from splitspec.drafts import Draft
 from splitspec.errors import ServiceError
+from splitspec.sampling_params import SamplingParams
 from splitspec.sparse_distribution import SparseDistribution
+
+
+def draft_step(
+    tokens: list[int],
+    sent: int,
+    num_tokens: int,
+    params: SamplingParams,
+    seed: int,
+    num_prompt_tokens: int,
+    hidden_state: pb.HiddenStates | None = None,
+    assumed: list[int] | None = None,
+    time_limit_s: float = 0.0,
+) -> pb.DraftStep:
+    """What a gateway or a verifier asks a proposer: the committed `tokens` from `sent` (what it holds
+    already), and up to num_tokens drafts after them (after `assumed` too, for a draft made ahead)."""
+    step = pb.DraftStep(
+        committed_len=len(tokens), start=sent, num_tokens=num_tokens, temperature=params.temperature,
+        top_k=params.top_k, seed=seed, num_prompt_tokens=min(num_prompt_tokens, len(tokens)),
+        time_limit_s=time_limit_s,
+    )  # fmt: skip
+    step.token_ids.extend(tokens[sent:])
+    if hidden_state is not None:
+        step.hidden_state.CopyFrom(hidden_state)
+    step.assumed_token_ids.extend(assumed or ())
+    return step
 
 
 def draft_to_proto(draft: Draft) -> list[pb.DraftToken]:
