@@ -33,6 +33,21 @@ class DraftModelProposer(Proposer):
         self._cached_tokens.pop(seq_id, None)
 
     def propose(self, requests: list[DraftRequest]) -> list[Draft]:
+        """Requests for the same sequence (drafts ahead for several outcomes) go in separate batches,
+        since each rolls the sequence's one draft cache to its own context."""
+        drafts: list[Draft] = [Draft() for _ in requests]
+        pending = list(range(len(requests)))
+        while pending:
+            batch: dict[str, int] = {}
+            for i in pending:
+                batch.setdefault(requests[i].seq_id, i)
+            rows = list(batch.values())
+            for i, draft in zip(rows, self._propose_distinct([requests[i] for i in rows])):
+                drafts[i] = draft
+            pending = [i for i in pending if i not in rows]
+        return drafts
+
+    def _propose_distinct(self, requests: list[DraftRequest]) -> list[Draft]:
         drafts = [Draft() for _ in requests]
         active = [
             i
@@ -52,7 +67,11 @@ class DraftModelProposer(Proposer):
             for row, i in enumerate(active):
                 req = requests[i]
                 self._cached_tokens[req.seq_id].extend(feeds[i])
-                token, q = self._draw(logits[row], req, position=len(req.token_ids) + step)
+                row_logits = logits[row]
+                excluded = [t for t in req.excluded_first if 0 <= t < row_logits.shape[-1]] if step == 0 else []
+                if excluded:
+                    row_logits = row_logits.index_fill(0, torch.tensor(excluded), float("-inf"))
+                token, q = self._draw(row_logits, req, position=len(req.token_ids) + step)
                 drafts[i].token_ids.append(token)
                 drafts[i].q.append(q)
                 feeds[i] = [token]

@@ -54,6 +54,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
                 seed=step.seed,
                 hidden_state=wire.tensor_from_proto(step.hidden_state) if step.HasField("hidden_state") else None,
                 assumed_token_ids=list(step.assumed_token_ids),
+                excluded_first_token_ids=list(step.excluded_first_token_ids),
                 num_prompt_tokens=step.num_prompt_tokens,
                 time_limit_s=step.time_limit_s,
                 trace_context=(request.trace_context.traceparent, request.trace_context.tracestate),

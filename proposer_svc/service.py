@@ -12,7 +12,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter, Observation
 
 from proposer_svc.proposer import Proposer
-from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
+from splitspec.draft_limits import MAX_DRAFTS_PER_STEP, MAX_EXCLUDED_FIRST_TOKENS
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.errors import ServiceError
 from splitspec.metrics import no_meter
@@ -96,12 +96,16 @@ class ProposerService:
         seed: int,
         hidden_state: torch.Tensor | None = None,
         assumed_token_ids: list[int] | None = None,
+        excluded_first_token_ids: list[int] | None = None,
         num_prompt_tokens: int = 0,
         trace_context: tuple[str, str] = ("", ""),
         time_limit_s: float = 0.0,
     ) -> DraftOutcome:
         """Append committed tokens [start, committed_len) and draft; ask for everything if out of step.
+        Tokens from `start` that it holds already must be the same ones; it appends the rest.
         assumed_token_ids: a draft ahead, drafted after these tokens, which the proposer does not hold.
+        excluded_first_token_ids: a draft ahead for an outcome that rejects these tokens after the
+        assumed ones: the first token drafted is none of them.
         num_prompt_tokens: how many of the committed tokens are the prompt (0: not known).
         trace_context: the client request's traceparent and tracestate, continued by a span per sequence.
         time_limit_s: the client's time left (0: none); the sequence is forgotten once it has passed."""
@@ -113,6 +117,12 @@ class ProposerService:
                 f"(--max-drafts-per-step), got {num_tokens}",
             )
         assumed = assumed_token_ids or []
+        excluded = tuple(excluded_first_token_ids or ())
+        if len(excluded) > MAX_EXCLUDED_FIRST_TOKENS:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"draft.excluded_first_token_ids: at most {MAX_EXCLUDED_FIRST_TOKENS}, got {len(excluded)}",
+            )
         if assumed and self.proposer.needs_hidden_states:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -123,12 +133,14 @@ class ProposerService:
             span = self.tracing.tracer.start_span("proposer sequence", context=parent)
             self.spans[seq_id] = (span, trace.get_current_span(parent).get_span_context())
         context = self.contexts.get(seq_id, [])
-        if start != len(context) or start + len(token_ids) != committed_len:
+        held_from_start = context[start:]
+        in_step = start <= len(context) and token_ids[: len(held_from_start)] == held_from_start
+        if start + len(token_ids) != committed_len or not in_step:
             if start != 0:
                 self.contexts.pop(seq_id, None)
                 return DraftOutcome(Draft(), needs_full_context=True)
             context = []
-        context = context + token_ids
+        context = context[:start] + token_ids
         self.contexts[seq_id] = context
         if limit is not None:
             self.expiries.arm(seq_id, limit)
@@ -144,8 +156,12 @@ class ProposerService:
             hidden_state,
             num_prompt_tokens=min(num_prompt_tokens, committed_len),
             num_assumed=len(assumed),
+            excluded_first=excluded,
         )
-        return DraftOutcome(await self.batcher.submit(request))
+        draft = await self.batcher.submit(request)
+        if draft.token_ids and draft.token_ids[0] in excluded:  # a drafter with no other guess drafts nothing
+            draft = Draft()
+        return DraftOutcome(draft)
 
     def _expire(self, seq_id: str) -> None:
         """The client's deadline has passed and the sequence is still held: forget it."""

@@ -9,6 +9,13 @@ MAX_DRAFTS_PER_STEP = 128
 """The most drafts a verifier takes in one step, and a proposer drafts for one call, unless told
 otherwise (--max-drafts-per-step): a bound on what one message can make a pod compute."""
 
+MAX_EXCLUDED_FIRST_TOKENS = 64
+"""The most tokens a draft ahead may rule out as its first (DraftStep.excluded_first_token_ids)."""
+
+DEFAULT_AHEAD_REJECTIONS = 1
+"""With direct drafts the verifier drafts ahead for the first draft's rejection too, a step's likeliest
+outcome but one (verifier_svc.remote_drafts; measured in docs/benchmarks.md, "Direct drafts")."""
+
 MAX_REMOTE_DRAFT_TIMEOUT_S = 60.0
 """The longest a verifier waits for a proposer's draft for one step (VerifyStep.remote_draft)."""
 

@@ -46,6 +46,9 @@ class DraftRequest:
     num_assumed: int = 0
     """A draft ahead: the last `num_assumed` of `token_ids` are not committed but assumed (the draft
     being verified), so a drafter keeps no state built on them as if it were final."""
+    excluded_first: tuple[int, ...] = ()
+    """A draft ahead for an outcome where the verifier rejects these tokens right after `token_ids`: the
+    first token drafted is none of them (a drafter guesses its next best, or drafts nothing)."""
 
 
 @dataclass

@@ -28,13 +28,14 @@ class NgramIndex:
                     self.last_end[tuple(self.tokens[end - n : end])] = end
         self.indexed_until = max(self.indexed_until, len(self.tokens) - 1)
 
-    def lookup(self, num_tokens: int, tail: list[int] | None = None) -> list[int]:
+    def lookup(self, num_tokens: int, tail: list[int] | None = None, excluded_first: tuple[int, ...] = ()) -> list[int]:
         """The continuation of the longest indexed n-gram the context ends with. tail: tokens assumed
-        after the indexed ones (a draft ahead), which the context ends with but the index never holds."""
+        after the indexed ones (a draft ahead), which the context ends with but the index never holds.
+        excluded_first: the continuation may not start with these; a shorter n-gram's is tried instead."""
         tokens = self.tokens + tail if tail else self.tokens
         size = len(tokens)
         for n in range(min(self.max_n, size - 1), self.min_n - 1, -1):
             end = self.last_end.get(tuple(tokens[size - n :]))
-            if end is not None:
+            if end is not None and tokens[end] not in excluded_first:
                 return tokens[end : end + num_tokens]
         return []

@@ -30,6 +30,7 @@ from test_services_e2e import (
     greedy_request,
     token_ids,
 )
+from tiny_checkpoints import write_perturbed_copy
 from verifier_stand_in import VerifierStandIn
 
 from gateway.generation import GatewayCore
@@ -175,6 +176,30 @@ def test_drafts_made_ahead_for_the_outcome_that_came_are_used_and_keep_the_outpu
     assert token_ids(responses) == _plain(tiny_llama, 40)[0]
     rounds = responses[-1].speculation.num_rounds
     assert hits >= rounds - 3 and misses <= 1, (hits, misses, rounds)
+
+
+@pytest.mark.e2e
+def test_drafts_made_ahead_after_a_rejection_are_used_and_keep_the_output_exact(tiny_llama, tmp_path):
+    """A slightly noisy copy of the target as draft model: its first draft is sometimes rejected, and
+    then its next best guess is often the target's token, so the draft it made ahead for that outcome
+    is used."""
+    metrics_port = free_port()
+    draft = write_perturbed_copy(tiny_llama, tmp_path / "draft", scale=0.05)
+    with running_stack(
+        tiny_llama,
+        tmp_path,
+        method="draft_model",
+        k=3,
+        draft_model=draft,
+        verifier_args=("--metrics-port", str(metrics_port)),
+        gateway_args=("--direct-drafts", "--fixed-k", "--no-verifier-ngram"),
+        network_delay_ms=DELAY_MS,
+    ) as stack:
+        responses = generate_concurrently(stack.gateway.address, [greedy_request(p) for p in PROMPTS])
+        ahead = scrape(metrics_port)["splitspec_draft_ahead"]
+        counts = {o: value(ahead, "_total", outcome=o) for o in ("hit", "hit_after_rejection", "miss")}
+    assert responses == _plain(tiny_llama)
+    assert counts["hit_after_rejection"] > 0 and counts["hit"] > 0, counts
 
 
 @pytest.mark.e2e
@@ -327,3 +352,69 @@ def test_a_malformed_remote_draft_is_refused_by_its_field(spec, field_name, tiny
     refused, untouched = asyncio.run(main())
     assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and refused.message.startswith(field_name)
     assert untouched == [5, 6, 7, 8]
+
+
+class _ScriptedLinks:
+    """ProposerLinks whose calls to the proposer are recorded and answered by `answer(assumed, excluded)`:
+    the draft the proposer would make ahead for that outcome (a guess, then the next step's drafts)."""
+
+    def __init__(self, ahead_rejections: int, answer) -> None:
+        from splitspec.rpc.channels import Channels
+        from verifier_svc.remote_drafts import ProposerLinks
+
+        self.links = ProposerLinks(Channels([]), ahead_rejections)
+        self.asked: list[tuple[list[int], list[int]]] = []
+
+        async def call(link, seq_id, held, tokens, params, seed, spec, assumed=None, excluded=None):
+            self.asked.append((list(assumed), list(excluded)))
+            result = pb.DraftResult(committed_len=len(tokens))
+            result.drafts.extend(pb.DraftToken(token_id=t) for t in answer(assumed, excluded)[: spec.num_tokens])
+            return result
+
+        self.links._call = call
+
+    async def after(self, drafts: list[int], committed: list[int]):
+        """Draft ahead while `drafts` after BASE are verified, then take what the step committing
+        `committed` finds."""
+        from splitspec.drafts import HiddenStates
+        from verifier_svc.remote_drafts import RemoteDraftSpec
+
+        spec = RemoteDraftSpec(3, "127.0.0.1:1")
+        params = SamplingParams(temperature=0, max_tokens=None)
+        self.links.follow("s", spec, BASE, HiddenStates.NONE)
+        self.links.draft_ahead("s", BASE, drafts, params, 0, spec)
+        return await self.links.take_ahead("s", BASE + committed, 3)
+
+
+BASE = [1, 2, 3]
+
+
+def _guesses(assumed: list[int], excluded: list[int]) -> list[int]:
+    """A proposer that guesses 13 after every draft accepted and 14 after the first rejected."""
+    return [14 if excluded else 13, 50, 51, 52]
+
+
+@pytest.mark.parametrize(
+    "committed, taken, outcome",
+    [
+        ([10, 11, 12, 13], [50, 51, 52], "hit"),
+        ([14], [50, 51, 52], "hit_after_rejection"),
+        ([15], None, "miss"),  # the first draft rejected, but not for the token guessed
+        ([10, 11, 12, 15], None, "miss"),
+        ([10, 14], None, "miss"),  # the second draft rejected: no draft was made for that outcome
+    ],
+)
+def test_the_verifier_takes_the_draft_made_ahead_for_the_outcome_that_came_and_no_other(committed, taken, outcome):
+    scripted = _ScriptedLinks(1, _guesses)
+    found = asyncio.run(scripted.after([10, 11, 12], committed))
+    assert scripted.asked == [([10, 11, 12], []), ([], [10])], "every draft accepted, then the first rejected"
+    assert (found.draft.token_ids if found else None) == taken
+    assert scripted.links.ahead_outcomes[outcome] == 1 and sum(scripted.links.ahead_outcomes.values()) == 1
+
+
+def test_the_verifier_drafts_ahead_for_as_many_rejections_as_it_is_told():
+    for rejections, outcomes in [(0, [3]), (2, [3, 0, 1]), (5, [3, 0, 1, 2])]:
+        scripted = _ScriptedLinks(rejections, _guesses)
+        asyncio.run(scripted.after([10, 11, 12], [10, 11, 12, 13]))
+        assert [len(assumed) for assumed, _ in scripted.asked] == outcomes
+        assert all(excluded == [10, 11, 12][len(assumed) : len(assumed) + 1] for assumed, excluded in scripted.asked)

@@ -268,3 +268,108 @@ def test_a_draft_models_draft_ahead_is_the_draft_it_makes_after_the_outcome(tiny
             else:
                 assert q_after.token_ids.tolist() == q_ahead.token_ids.tolist()
                 assert torch.allclose(q_after.probs, q_ahead.probs, rtol=0, atol=1e-6)
+
+
+def test_the_ngram_drafter_guesses_a_shorter_n_grams_continuation_when_the_longest_s_is_excluded():
+    """A draft ahead for the outcome that rejects 10: its first token must be another guess."""
+    tokens = [5, 6, 10, 11, 6, 20, 5, 6]  # [5, 6] was followed by 10; [6] most recently by 20
+
+    def ahead(excluded: tuple[int, ...]) -> list[int]:
+        return NgramProposer(1, 2).propose([DraftRequest("s", tokens, 2, excluded_first=excluded)])[0].token_ids
+
+    assert ahead(()) == [10, 11]
+    assert ahead((10,)) == [20, 5]
+    assert ahead((10, 20)) == []
+
+
+def _draft_model_proposer(tiny_drafts):
+    from proposer_svc.factory import build_proposer
+    from splitspec.config import SpeculationMethod, SpeculativeConfig
+
+    spec = SpeculativeConfig(SpeculationMethod.DRAFT_MODEL, 4, draft_model=str(tiny_drafts["llama"]))
+    return build_proposer(spec, target_vocab_size=None, device="cpu")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_draft_models_draft_after_a_rejection_guesses_another_token_then_drafts_what_follows_it(
+    tiny_drafts, temperature
+):
+    """What makes a hit after a rejection exact: after the draft's accepted part and the guess are
+    committed, the draft model drafts the very tokens it drafted ahead. Asked in one batch with the
+    all-accepted outcome of the same sequence, each is the draft it makes alone."""
+    context = [5, 6, 7, 8, 9, 5, 6]
+    drafter = _draft_model_proposer(tiny_drafts)
+    first = drafter.propose([DraftRequest("s", context, 3, temperature, seed=11)])[0].token_ids
+    outcomes = [
+        DraftRequest("s", context + first, 4, temperature, seed=11, num_assumed=3),
+        DraftRequest("s", context + first[:1], 4, temperature, seed=11, num_assumed=1, excluded_first=(first[1],)),
+        DraftRequest("s", context, 4, temperature, seed=11, excluded_first=(first[0],)),
+    ]
+    together = drafter.propose(outcomes)
+    for request, ahead in zip(outcomes, together):
+        assert len(ahead.token_ids) == 4 and ahead.token_ids[0] not in request.excluded_first
+        assert _draft_model_proposer(tiny_drafts).propose([request])[0].token_ids == ahead.token_ids
+        committed = request.token_ids + ahead.token_ids[:1]
+        after = _draft_model_proposer(tiny_drafts).propose([DraftRequest("s", committed, 3, temperature, seed=11)])
+        assert after[0].token_ids == ahead.token_ids[1:]
+
+
+class _FixedDrafter(NgramProposer):
+    """Always drafts 7, 8: a drafter with no other guess for its first token."""
+
+    def propose(self, requests):
+        return [Draft([7, 8], [None, None]) for _ in requests]
+
+
+def _draft_on(service: ProposerService, start: int, token_ids: list[int], **kwargs):
+    return service.draft(
+        "s", committed_len=start + len(token_ids), start=start, token_ids=token_ids, num_tokens=2, temperature=0,
+        top_k=-1, seed=0, **kwargs,
+    )  # fmt: skip
+
+
+def test_a_draft_ahead_whose_first_token_is_excluded_is_no_draft_whatever_the_drafter():
+    async def scenario() -> list[list[int]]:
+        service = ProposerService(_FixedDrafter(1, 3), method="suffix", num_speculative_tokens=2)
+        service.start()
+        try:
+            excluded = await _draft_on(service, 0, [1, 2, 3], excluded_first_token_ids=[7])
+            other = await _draft_on(service, 0, [1, 2, 3], excluded_first_token_ids=[3])
+            return [excluded.draft.token_ids, other.draft.token_ids]
+        finally:
+            await service.close()
+
+    assert asyncio.run(scenario()) == [[], [7, 8]]
+
+
+def test_the_proposer_service_takes_tokens_it_holds_again_and_asks_for_all_when_they_differ():
+    """Drafts made ahead for several outcomes each carry the committed tokens since the last draft: the
+    ones the proposer holds already must be the same, and it appends the rest."""
+
+    async def scenario() -> list:
+        service = ProposerService(NgramProposer(1, 3), method="ngram", num_speculative_tokens=2)
+        service.start()
+        try:
+            await _draft_on(service, 0, [1, 2, 3, 4, 5, 1, 2])
+            again = await _draft_on(service, 4, [5, 1, 2])
+            more = await _draft_on(service, 5, [1, 2, 3])
+            held = list(service.contexts["s"])
+            differ = await _draft_on(service, 6, [9, 9])
+            gap = await _draft_on(service, 1, [2])  # after `differ` it holds nothing
+            return [again, more, held, differ, gap]
+        finally:
+            await service.close()
+
+    again, more, held, differ, gap = asyncio.run(scenario())
+    assert not again.needs_full_context and again.draft.token_ids == [3, 4]
+    assert not more.needs_full_context and held == [1, 2, 3, 4, 5, 1, 2, 3]
+    assert differ.needs_full_context and gap.needs_full_context
+
+
+def test_too_many_excluded_first_tokens_are_refused_by_name():
+    async def scenario() -> None:
+        service = ProposerService(NgramProposer(1, 3), method="ngram", num_speculative_tokens=2)
+        await _draft_on(service, 0, [1, 2], excluded_first_token_ids=list(range(65)))
+
+    with pytest.raises(ServiceError, match="excluded_first_token_ids: at most 64"):
+        asyncio.run(scenario())

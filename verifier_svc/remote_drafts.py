@@ -6,10 +6,14 @@ behind those tokens go with the request, straight from the pass that made them. 
 link there and back (verifier -> proposer -> verifier) and never the sender's, and the sender can keep
 such steps in flight (VerifyStep.pipelined) for any drafter, hidden-state drafters included.
 
-While a step's pass runs, the verifier already asks the proposer for the next draft, as if every draft
-of this step were accepted (DraftStep.assumed_token_ids; drafters that read hidden states cannot). Its
-first token guesses the token the pass adds; when the step commits exactly the drafts and that guess,
-the rest is the next step's draft, and that step waits for no proposer. Any other outcome drops it.
+While a step's pass runs, the verifier already asks the proposer for the next draft after the step's
+likeliest outcomes (drafters that read hidden states cannot): every draft accepted
+(DraftStep.assumed_token_ids), and each of the first `ahead_rejections` drafts rejected, with the drafts
+before it accepted (DraftStep.excluded_first_token_ids names the rejected one). With a draft accepted
+with probability a, the step stops at draft j with probability a^j(1 - a), most often at the first.
+Each such draft's first token guesses the token the pass adds after the outcome's accepted drafts; when
+the step commits exactly those and that guess, the rest is the next step's draft, and that step waits
+for no proposer. Every other draft made ahead is dropped.
 
 The drafts are exactly those the sender would have fetched itself: the same DraftStep, on the same
 committed tokens, with the same seed, so output is unchanged. A proposer that fails or stays silent
@@ -29,7 +33,7 @@ import torch
 
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
-from splitspec.draft_limits import MAX_REMOTE_DRAFT_TIMEOUT_S
+from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_REMOTE_DRAFT_TIMEOUT_S
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.rpc import wire
@@ -79,6 +83,22 @@ class RemoteOutcome:
 
 
 @dataclass
+class _Ahead:
+    """The drafts asked for while a step's pass runs: one per outcome, by how many drafts it accepts."""
+
+    base: int  # the committed tokens they were asked after
+    drafts: list[int]  # the step's drafts
+    by_accepted: dict[int, asyncio.Task]
+
+    def outcome_task(self, committed: list[int]) -> asyncio.Task | None:
+        """The draft asked for the outcome that committed these tokens after `base`, if one was."""
+        accepted = 0
+        while accepted < min(len(self.drafts), len(committed)) and committed[accepted] == self.drafts[accepted]:
+            accepted += 1
+        return self.by_accepted.get(accepted) if len(committed) == accepted + 1 else None
+
+
+@dataclass
 class _Held:
     """What the sequence's proposer holds of it, and the hidden states it has yet to receive."""
 
@@ -87,9 +107,7 @@ class _Held:
     mode: HiddenStates
     sent: int = 0
     hidden: torch.Tensor | None = None
-    ahead: asyncio.Task | None = None  # the draft asked for while a step's pass runs
-    ahead_base: int = 0  # the committed tokens it was asked after
-    ahead_assumed: list[int] = field(default_factory=list)  # the drafts it assumed accepted
+    ahead: _Ahead | None = None
 
 
 @dataclass
@@ -100,15 +118,25 @@ class _Link:
     held: set[str] = field(default_factory=set)
 
 
+def _dropped(task: asyncio.Task) -> None:
+    """A draft made ahead for an outcome that did not come: its failure, if any, matters to no one."""
+    if not task.cancelled():
+        task.exception()
+
+
 class ProposerLinks:
     """The verifier's streams to the proposers its sequences draft on, and what each one holds."""
 
-    def __init__(self, channels: Channels) -> None:
+    def __init__(self, channels: Channels, ahead_rejections: int = DEFAULT_AHEAD_REJECTIONS) -> None:
+        """ahead_rejections: for how many of a step's first drafts to draft ahead after their rejection."""
         self._channels = channels
+        self.ahead_rejections = ahead_rejections
         self._links: dict[tuple[str, str], _Link] = {}
         self._held: dict[str, _Held] = {}
         self._releases: set[asyncio.Task] = set()
-        self.ahead_outcomes = {"hit": 0, "miss": 0}  # drafts made ahead: used by the next step, or dropped
+        self.ahead_outcomes = {"hit": 0, "hit_after_rejection": 0, "miss": 0}
+        """Steps that found a draft made ahead for their outcome (every draft accepted, or one rejected),
+        or none."""
 
     def received(self, seq_id: str, hidden: torch.Tensor | None) -> None:
         """A step's hidden states, kept for the sequence's next remote draft: the newest alone for
@@ -142,8 +170,9 @@ class ProposerLinks:
         seed: int,
         spec: RemoteDraftSpec,
     ) -> None:
-        """While `drafts` after `tokens` are verified, ask for the draft after all of them and a guess at
-        the token the pass adds (not for drafters that read hidden states, which assumed tokens lack)."""
+        """While `drafts` after `tokens` are verified, ask for the draft after each likely outcome: a guess
+        at the token the pass adds, then the next step's draft (not for drafters that read hidden
+        states, which assumed tokens lack)."""
         held = self._held.get(seq_id)
         if held is None or held.mode != HiddenStates.NONE or not drafts or held.ahead is not None:
             return
@@ -151,33 +180,42 @@ class ProposerLinks:
         if time.monotonic() < link.down_until:
             return
         ahead_spec = replace(spec, num_tokens=spec.num_tokens + 1)
-        held.ahead_base, held.ahead_assumed = len(tokens), list(drafts)
-        held.ahead = asyncio.get_running_loop().create_task(
-            self._call(link, seq_id, held, list(tokens), params, seed, ahead_spec, assumed=list(drafts))
-        )
+        loop = asyncio.get_running_loop()
+        by_accepted = {}
+        for accepted in [len(drafts), *range(min(self.ahead_rejections, len(drafts)))]:
+            assumed, excluded = drafts[:accepted], drafts[accepted : accepted + 1]
+            call = self._call(link, seq_id, held, list(tokens), params, seed, ahead_spec, assumed, excluded)
+            by_accepted[accepted] = loop.create_task(call)
+        held.ahead = _Ahead(len(tokens), list(drafts), by_accepted)
 
     async def take_ahead(self, seq_id: str, tokens: list[int], num_tokens: int) -> RemoteOutcome | None:
-        """The draft made ahead, if the tokens committed since it was asked for are the ones it assumed
-        and its guess; None otherwise (it is dropped either way)."""
+        """The draft made ahead for the outcome that came, if its guess is the token the step added after
+        the accepted drafts; None otherwise. Every draft made ahead is dropped but the one returned."""
         held = self._held.get(seq_id)
         if held is None or held.ahead is None:
             return None
         started = time.perf_counter()
-        task, held.ahead = held.ahead, None
-        try:
-            result = await task
-        except (ConnectionError, asyncio.TimeoutError, ServiceError):
-            held.sent = 0
-            return None
-        if result.needs_full_context:
-            held.sent = 0
-            return None
-        held.sent = held.ahead_base  # it holds the tokens committed then, not the ones it assumed
-        guessed = held.ahead_assumed + [result.drafts[0].token_id] if result.drafts else None
-        if guessed is None or tokens[held.ahead_base :] != guessed or len(result.drafts) < 2:
+        ahead, held.ahead = held.ahead, None
+        committed = tokens[ahead.base :]
+        task = ahead.outcome_task(committed)
+        for other in ahead.by_accepted.values():
+            if other is not task:
+                other.add_done_callback(_dropped)
+        result = None
+        if task is not None:
+            try:
+                result = await task
+            except (ConnectionError, asyncio.TimeoutError, ServiceError):
+                held.sent = 0
+                result = None
+        if result is not None and result.needs_full_context:
+            held.sent, result = 0, None
+        if result is not None:
+            held.sent = ahead.base  # it holds the tokens committed then, not the ones it assumed
+        if result is None or len(result.drafts) < 2 or result.drafts[0].token_id != committed[-1]:
             self.ahead_outcomes["miss"] += 1
             return None
-        self.ahead_outcomes["hit"] += 1
+        self.ahead_outcomes["hit" if committed[:-1] == ahead.drafts else "hit_after_rejection"] += 1
         return RemoteOutcome(wire.draft_from_proto(result.drafts[1 : 1 + num_tokens]), time.perf_counter() - started)
 
     async def draft(
@@ -237,11 +275,14 @@ class ProposerLinks:
         seed: int,
         spec: RemoteDraftSpec,
         assumed: list[int] | None = None,
+        excluded_first: list[int] | None = None,
     ) -> pb.DraftResult:
-        hidden = wire.tensor_to_proto(held.hidden) if held.hidden is not None and not assumed else None
+        """assumed: a draft ahead, after these tokens (and none of excluded_first as its first)."""
+        hidden = wire.tensor_to_proto(held.hidden) if held.hidden is not None and assumed is None else None
         step = wire.draft_step(
-            tokens, held.sent, spec.num_tokens, params, seed, spec.num_prompt_tokens, hidden, assumed
-        )
+            tokens, held.sent, spec.num_tokens, params, seed, spec.num_prompt_tokens, hidden, assumed,
+            excluded_first=excluded_first,
+        )  # fmt: skip
         request = pb.ProposerRequest(seq_id=seq_id, draft=step)
         response = await link.stream.call(request, timeout=spec.timeout_s)
         if response.WhichOneof("kind") == "error":
@@ -261,9 +302,9 @@ class ProposerLinks:
     async def _send_release(link: _Link, seq_id: str, held: _Held, tokens: list[int]) -> None:
         """After any draft still being made ahead, so that the release is the last the proposer hears."""
         if held.ahead is not None:
-            (result,) = await asyncio.gather(held.ahead, return_exceptions=True)
-            if isinstance(result, pb.DraftResult) and not result.needs_full_context:
-                held.sent = held.ahead_base
+            results = await asyncio.gather(*held.ahead.by_accepted.values(), return_exceptions=True)
+            if any(isinstance(r, pb.DraftResult) and not r.needs_full_context for r in results):
+                held.sent = held.ahead.base
         request = pb.ProposerRequest(seq_id=seq_id)
         request.release.start = held.sent
         request.release.token_ids.extend(tokens[held.sent :] if held.sent else ())

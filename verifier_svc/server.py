@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2
 from protos import splitspec_v1_pb2 as pb
 from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.config import RunnerConfig
-from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
+from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_DRAFTS_PER_STEP
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.metrics import service_meter
@@ -144,6 +144,7 @@ class VerifierSettings:
     """max_num_seqs also caps the sequences the service admits."""
     batch_window_ms: float = 2.0
     max_drafts_per_step: int = MAX_DRAFTS_PER_STEP
+    draft_ahead_rejections: int = DEFAULT_AHEAD_REJECTIONS
     client_tls: ClientTls | None = None
     """How it calls proposers for remote drafts: over TLS when set, else plaintext."""
     fail_pass: int | None = None
@@ -189,6 +190,7 @@ def run_verifier(settings: VerifierSettings) -> None:
             tracing=tracing,
             fail_pass=settings.fail_pass,
             max_drafts_per_step=settings.max_drafts_per_step,
+            draft_ahead_rejections=settings.draft_ahead_rejections,
             proposer_channels=Channels(
                 channel_options(
                     settings.server.max_message_bytes,

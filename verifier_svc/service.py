@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter, Observation
 
 from splitspec.adaptive_k import PassCostModel
-from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
+from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_DRAFTS_PER_STEP
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import RunnerLost, ServiceError, SplitspecError
 from splitspec.metrics import kv_cache_usage, no_meter
@@ -114,10 +114,13 @@ class VerifierService:
         fail_pass: int | None = None,
         max_drafts_per_step: int = MAX_DRAFTS_PER_STEP,
         proposer_channels: Channels | None = None,
+        draft_ahead_rejections: int = DEFAULT_AHEAD_REJECTIONS,
     ) -> None:
         """fail_pass: a planted fault for tests: the Nth pass (from 1) raises, as a broken device would.
         max_drafts_per_step: the most drafts a step may carry or ask the verifier to make.
-        proposer_channels: how to reach proposers for remote drafts (default: plaintext)."""
+        proposer_channels: how to reach proposers for remote drafts (default: plaintext).
+        draft_ahead_rejections: remote drafts made ahead for the outcomes rejecting each of a step's first
+        this many drafts, besides every draft accepted (verifier_svc.remote_drafts)."""
         self.max_drafts_per_step = max_drafts_per_step
         self.runner = runner
         self.failure: str | None = None  # why a pass failed: the verifier serves no more
@@ -132,7 +135,7 @@ class VerifierService:
         self.batcher: MicroBatcher[_StepCall, StepOutcome] = MicroBatcher(
             self._run_batch, batch_window_s, expected=lambda: len(self.sequences)
         )
-        self.remote = ProposerLinks(proposer_channels or Channels(channel_options()))
+        self.remote = ProposerLinks(proposer_channels or Channels(channel_options()), draft_ahead_rejections)
         self.metrics = VerifierMetrics(meter or no_meter(), self)
         self.local_drafter = LocalDrafter()
         self.expiries = Expiries(self._expire)

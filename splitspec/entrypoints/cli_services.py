@@ -17,7 +17,7 @@ from splitspec.config import (
     SpeculativeConfig,
 )
 from splitspec.devices import resolve_device
-from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
+from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_DRAFTS_PER_STEP
 from splitspec.entrypoints.cli_flags import (
     add_device_flag,
     add_enforce_eager_flag,
@@ -138,6 +138,17 @@ def _max_drafts_flag(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -180,6 +191,14 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 2.0))
     _max_drafts_flag(p, "the most drafts one step may carry, or ask the verifier to make")
+    p.add_argument(
+        "--draft-ahead-rejections",
+        type=_non_negative_int,
+        default=env_default("DRAFT_AHEAD_REJECTIONS", DEFAULT_AHEAD_REJECTIONS),
+        help="with direct drafts (gateway --direct-drafts), also draft ahead for the outcomes where one of "
+        "a step's first N drafts is rejected, besides the one where all are accepted; 0: only that one "
+        "(env SPLITSPEC_DRAFT_AHEAD_REJECTIONS)",
+    )
     _peer_ca_flag(
         p,
         "require clients (the gateways) to present a certificate signed by this CA: mutual TLS; and call "
@@ -423,6 +442,7 @@ def _serve_verifier(args: argparse.Namespace) -> int:
             ),
             batch_window_ms=args.batch_window_ms,
             max_drafts_per_step=args.max_drafts_per_step,
+            draft_ahead_rejections=args.draft_ahead_rejections,
             client_tls=_client_tls(args),
             fail_pass=int(os.environ["SPLITSPEC_TEST_FAIL_PASS"])
             if os.environ.get("SPLITSPEC_TEST_FAIL_PASS")

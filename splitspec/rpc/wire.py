@@ -24,9 +24,11 @@ def draft_step(
     hidden_state: pb.HiddenStates | None = None,
     assumed: list[int] | None = None,
     time_limit_s: float = 0.0,
+    excluded_first: list[int] | None = None,
 ) -> pb.DraftStep:
     """What a gateway or a verifier asks a proposer: the committed `tokens` from `sent` (what it holds
-    already), and up to num_tokens drafts after them (after `assumed` too, for a draft made ahead)."""
+    already), and up to num_tokens drafts after them (after `assumed` too, for a draft made ahead, and
+    starting with none of `excluded_first`)."""
     step = pb.DraftStep(
         committed_len=len(tokens), start=sent, num_tokens=num_tokens, temperature=params.temperature,
         top_k=params.top_k, seed=seed, num_prompt_tokens=min(num_prompt_tokens, len(tokens)),
@@ -36,6 +38,7 @@ def draft_step(
     if hidden_state is not None:
         step.hidden_state.CopyFrom(hidden_state)
     step.assumed_token_ids.extend(assumed or ())
+    step.excluded_first_token_ids.extend(excluded_first or ())
     return step
 
 
