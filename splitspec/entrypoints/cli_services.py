@@ -138,6 +138,17 @@ def _max_drafts_flag(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _draft_ahead_rejections_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--draft-ahead-rejections",
+        type=_non_negative_int,
+        default=env_default("DRAFT_AHEAD_REJECTIONS", DEFAULT_AHEAD_REJECTIONS),
+        help="with direct drafts (gateway --direct-drafts), the verifier also drafts ahead for the outcomes "
+        "where one of a step's first N drafts is rejected, besides the one where all are accepted; 0: only "
+        "that one (env SPLITSPEC_DRAFT_AHEAD_REJECTIONS)",
+    )
+
+
 def _non_negative_int(text: str) -> int:
     """An argparse type: an integer >= 0."""
     try:
@@ -191,14 +202,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 2.0))
     _max_drafts_flag(p, "the most drafts one step may carry, or ask the verifier to make")
-    p.add_argument(
-        "--draft-ahead-rejections",
-        type=_non_negative_int,
-        default=env_default("DRAFT_AHEAD_REJECTIONS", DEFAULT_AHEAD_REJECTIONS),
-        help="with direct drafts (gateway --direct-drafts), also draft ahead for the outcomes where one of "
-        "a step's first N drafts is rejected, besides the one where all are accepted; 0: only that one "
-        "(env SPLITSPEC_DRAFT_AHEAD_REJECTIONS)",
-    )
+    _draft_ahead_rejections_flag(p)
     _peer_ca_flag(
         p,
         "require clients (the gateways) to present a certificate signed by this CA: mutual TLS; and call "
@@ -337,6 +341,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         "(ca.pem, for clients to trust) and certificates made at each start; not for production",
     )
     _round_trip_flags(p)
+    _draft_ahead_rejections_flag(p)
     _api_key_flags(p)
     p.set_defaults(func=_up)
 
@@ -576,6 +581,7 @@ def up_commands(
     proposer += ["--device", args.proposer_device or args.device]
     verifier = ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model]
     verifier += ["--device", args.device, "--tensor-parallel-size", str(args.tensor_parallel_size)]
+    verifier += ["--draft-ahead-rejections", str(args.draft_ahead_rejections)]
     if args.enforce_eager:
         verifier.append("--enforce-eager")
     gateway = [

@@ -61,8 +61,8 @@ class BenchSettings:
     """Also, at each delay, the gateway's n-gram rounds one at a time (--no-pipeline)."""
     direct_drafts_rows: bool = False
     """Also, at each delay, n-grams drafted on the proposer: fetched by the gateway (drafts made ahead,
-    the default), and fetched by the verifier itself (--direct-drafts); with a draft model, it too with
-    --direct-drafts."""
+    the default), and fetched by the verifier itself (--direct-drafts), with and without drafts made ahead
+    for a rejection; with a draft model, it too both ways with --direct-drafts."""
     configs_only: tuple[str, ...] = field(default=())
 
 
@@ -185,12 +185,18 @@ def run_bench(settings: BenchSettings) -> dict:
         if settings.direct_drafts_rows:
             variants["ngram@proposer K={k}"] = ("--ngram-on-proposers",)
             variants["ngram@proposer K={k} direct"] = ("--ngram-on-proposers", "--direct-drafts")
+            variants["ngram@proposer K={k} direct ahead-rejections=0"] = (
+                "--ngram-on-proposers", "--direct-drafts", "--draft-ahead-rejections", "0",
+            )  # fmt: skip
         if settings.draft_model:  # drafted where measured best (the default), and on the proposer only
             draft_flags = ("--method", "draft_model", "--draft-model", settings.draft_model)
             variants["draft_model K={k}"] = draft_flags
             variants["draft_model K={k} no-verifier-ngram"] = (*draft_flags, "--no-verifier-ngram")
             if settings.direct_drafts_rows:
                 variants["draft_model K={k} direct"] = (*draft_flags, "--direct-drafts")
+                variants["draft_model K={k} direct ahead-rejections=0"] = (
+                    *draft_flags, "--direct-drafts", "--draft-ahead-rejections", "0",
+                )  # fmt: skip
         for variant, flags in variants.items():
             _log(f"starting a stack with splitspec up {' '.join(flags)}")
             stack, address = _start_stack(
