@@ -418,3 +418,27 @@ def test_the_verifier_drafts_ahead_for_as_many_rejections_as_it_is_told():
         asyncio.run(scripted.after([10, 11, 12], [10, 11, 12, 13]))
         assert [len(assumed) for assumed, _ in scripted.asked] == outcomes
         assert all(excluded == [10, 11, 12][len(assumed) : len(assumed) + 1] for assumed, excluded in scripted.asked)
+
+
+@pytest.mark.parametrize("guess_after_rejection, most_asked", [(14, 64), (15, 20)])
+def test_drafts_ahead_for_a_rejection_are_asked_for_while_their_guesses_are_used(guess_after_rejection, most_asked):
+    """Every step rejects the first draft for 14. A proposer that guesses 15 there is asked for such
+    drafts until its guesses are seen to be wrong, then only on every 16th step, to notice a change."""
+    from verifier_svc.remote_drafts import REJECTION_PROBE_EVERY
+
+    def answer(assumed, excluded):
+        return [guess_after_rejection if excluded else 13, 50, 51, 52]
+
+    async def steps() -> list[bool]:
+        scripted = _ScriptedLinks(1, answer)
+        asked_after_rejection = []
+        for _ in range(64):
+            before = sum(1 for _, excluded in scripted.asked if excluded)
+            await scripted.after([10, 11, 12], [14])  # awaits the draft for the rejection, if asked for
+            asked_after_rejection.append(sum(1 for _, excluded in scripted.asked if excluded) > before)
+        return asked_after_rejection
+
+    asked = asyncio.run(steps())
+    assert most_asked - 4 <= sum(asked) <= most_asked
+    if guess_after_rejection == 15:
+        assert all(asked[:10]) and not all(asked[-REJECTION_PROBE_EVERY:]) and any(asked[-REJECTION_PROBE_EVERY:])

@@ -13,7 +13,9 @@ before it accepted (DraftStep.excluded_first_token_ids names the rejected one). 
 with probability a, the step stops at draft j with probability a^j(1 - a), most often at the first.
 Each such draft's first token guesses the token the pass adds after the outcome's accepted drafts; when
 the step commits exactly those and that guess, the rest is the next step's draft, and that step waits
-for no proposer. Every other draft made ahead is dropped.
+for no proposer. Every other draft made ahead is dropped. A proposer whose guesses after a rejection
+are seldom right (the n-grams' usually are not; a draft model's next best often is) is asked for them
+only now and then, to notice when they start to pay.
 
 The drafts are exactly those the sender would have fetched itself: the same DraftStep, on the same
 committed tokens, with the same seed, so output is unchanged. A proposer that fails or stays silent
@@ -110,12 +112,38 @@ class _Held:
     ahead: _Ahead | None = None
 
 
+MIN_REJECTION_HIT_RATE = 0.2
+"""Drafts made ahead for a rejection are asked for while at least this share of those whose outcome came
+were used: below it, the proposer's extra draft each step costs more than the round trips it saves."""
+REJECTION_PROBE_EVERY = 16
+HIT_RATE_WEIGHT = 0.1  # an average over about the last ten outcomes
+
+
+@dataclass
+class RejectionGuesses:
+    """How often a proposer's drafts made ahead for a rejection are used when their outcome comes."""
+
+    hit_rate: float = 1.0
+    skipped: int = 0
+
+    def worth_asking(self) -> bool:
+        """While they pay; otherwise on every REJECTION_PROBE_EVERY-th step only."""
+        if self.hit_rate >= MIN_REJECTION_HIT_RATE:
+            return True
+        self.skipped = (self.skipped + 1) % REJECTION_PROBE_EVERY
+        return self.skipped == 0
+
+    def came(self, used: bool) -> None:
+        self.hit_rate += HIT_RATE_WEIGHT * (float(used) - self.hit_rate)
+
+
 @dataclass
 class _Link:
     channel: grpc.aio.Channel
     stream: MultiplexedStream
     down_until: float = 0.0
     held: set[str] = field(default_factory=set)
+    rejection_guesses: RejectionGuesses = field(default_factory=RejectionGuesses)
 
 
 def _dropped(task: asyncio.Task) -> None:
@@ -182,7 +210,8 @@ class ProposerLinks:
         ahead_spec = replace(spec, num_tokens=spec.num_tokens + 1)
         loop = asyncio.get_running_loop()
         by_accepted = {}
-        for accepted in [len(drafts), *range(min(self.ahead_rejections, len(drafts)))]:
+        rejections = min(self.ahead_rejections, len(drafts)) if link.rejection_guesses.worth_asking() else 0
+        for accepted in [len(drafts), *range(rejections)]:
             assumed, excluded = drafts[:accepted], drafts[accepted : accepted + 1]
             call = self._call(link, seq_id, held, list(tokens), params, seed, ahead_spec, assumed, excluded)
             by_accepted[accepted] = loop.create_task(call)
@@ -212,10 +241,14 @@ class ProposerLinks:
             held.sent, result = 0, None
         if result is not None:
             held.sent = ahead.base  # it holds the tokens committed then, not the ones it assumed
-        if result is None or len(result.drafts) < 2 or result.drafts[0].token_id != committed[-1]:
+        used = result is not None and len(result.drafts) >= 2 and result.drafts[0].token_id == committed[-1]
+        after_rejection = committed[:-1] != ahead.drafts
+        if task is not None and after_rejection:
+            self._link(held).rejection_guesses.came(used)
+        if not used:
             self.ahead_outcomes["miss"] += 1
             return None
-        self.ahead_outcomes["hit" if committed[:-1] == ahead.drafts else "hit_after_rejection"] += 1
+        self.ahead_outcomes["hit_after_rejection" if after_rejection else "hit"] += 1
         return RemoteOutcome(wire.draft_from_proto(result.drafts[1 : 1 + num_tokens]), time.perf_counter() - started)
 
     async def draft(
