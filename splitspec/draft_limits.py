@@ -12,9 +12,11 @@ otherwise (--max-drafts-per-step): a bound on what one message can make a pod co
 MAX_EXCLUDED_FIRST_TOKENS = 64
 """The most tokens a draft ahead may rule out as its first (DraftStep.excluded_first_token_ids)."""
 
-DEFAULT_AHEAD_REJECTIONS = 1
-"""With direct drafts the verifier drafts ahead for the first draft's rejection too, a step's likeliest
-outcome but one (verifier_svc.remote_drafts; measured in docs/benchmarks.md, "Direct drafts")."""
+DEFAULT_AHEAD_REJECTIONS = 0
+"""With direct drafts the verifier drafts ahead for the outcome where every draft is accepted only, unless
+told (--draft-ahead-rejections). Drafting ahead for a rejection too raised the share of steps whose
+draft was ready, but on a proposer sharing the verifier's cores the extra draft costs what it saves
+(verifier_svc.remote_drafts; measured in docs/benchmarks.md, "Direct drafts")."""
 
 MAX_REMOTE_DRAFT_TIMEOUT_S = 60.0
 """The longest a verifier waits for a proposer's draft for one step (VerifyStep.remote_draft)."""

@@ -191,7 +191,7 @@ def test_drafts_made_ahead_after_a_rejection_are_used_and_keep_the_output_exact(
         method="draft_model",
         k=3,
         draft_model=draft,
-        verifier_args=("--metrics-port", str(metrics_port)),
+        verifier_args=("--metrics-port", str(metrics_port), "--draft-ahead-rejections", "1"),
         gateway_args=("--direct-drafts", "--fixed-k", "--no-verifier-ngram"),
         network_delay_ms=DELAY_MS,
     ) as stack:

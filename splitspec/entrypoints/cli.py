@@ -212,7 +212,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also, at each delay, stacks whose proposer drafts the n-grams, fetched by the gateway (drafts made "
         "ahead) and by the verifier itself (--direct-drafts), with and without drafting ahead for a rejection "
-        "(--draft-ahead-rejections 0); with --draft-model, that too both ways with --direct-drafts",
+        "(--draft-ahead-rejections 1); with --draft-model, that too both ways with --direct-drafts",
     )
     p.add_argument(
         "--traced-gateway",

@@ -185,8 +185,8 @@ def run_bench(settings: BenchSettings) -> dict:
         if settings.direct_drafts_rows:
             variants["ngram@proposer K={k}"] = ("--ngram-on-proposers",)
             variants["ngram@proposer K={k} direct"] = ("--ngram-on-proposers", "--direct-drafts")
-            variants["ngram@proposer K={k} direct ahead-rejections=0"] = (
-                "--ngram-on-proposers", "--direct-drafts", "--draft-ahead-rejections", "0",
+            variants["ngram@proposer K={k} direct ahead-rejections=1"] = (
+                "--ngram-on-proposers", "--direct-drafts", "--draft-ahead-rejections", "1",
             )  # fmt: skip
         if settings.draft_model:  # drafted where measured best (the default), and on the proposer only
             draft_flags = ("--method", "draft_model", "--draft-model", settings.draft_model)
@@ -194,8 +194,8 @@ def run_bench(settings: BenchSettings) -> dict:
             variants["draft_model K={k} no-verifier-ngram"] = (*draft_flags, "--no-verifier-ngram")
             if settings.direct_drafts_rows:
                 variants["draft_model K={k} direct"] = (*draft_flags, "--direct-drafts")
-                variants["draft_model K={k} direct ahead-rejections=0"] = (
-                    *draft_flags, "--direct-drafts", "--draft-ahead-rejections", "0",
+                variants["draft_model K={k} direct ahead-rejections=1"] = (
+                    *draft_flags, "--direct-drafts", "--draft-ahead-rejections", "1",
                 )  # fmt: skip
         for variant, flags in variants.items():
             _log(f"starting a stack with splitspec up {' '.join(flags)}")
