@@ -114,7 +114,7 @@ class _Held:
 
 MIN_REJECTION_HIT_RATE = 0.2
 """Drafts made ahead for a rejection are asked for while at least this share of those whose outcome came
-were used: below it, the proposer's extra draft each step costs more than the round trips it saves."""
+were used: below it, they seldom repay the proposer's extra draft each step."""
 REJECTION_PROBE_EVERY = 16
 HIT_RATE_WEIGHT = 0.1  # an average over about the last ten outcomes
 
@@ -210,7 +210,8 @@ class ProposerLinks:
         ahead_spec = replace(spec, num_tokens=spec.num_tokens + 1)
         loop = asyncio.get_running_loop()
         by_accepted = {}
-        rejections = min(self.ahead_rejections, len(drafts)) if link.rejection_guesses.worth_asking() else 0
+        worth_it = self.ahead_rejections > 0 and link.rejection_guesses.worth_asking()
+        rejections = min(self.ahead_rejections, len(drafts)) if worth_it else 0
         for accepted in [len(drafts), *range(rejections)]:
             assumed, excluded = drafts[:accepted], drafts[accepted : accepted + 1]
             call = self._call(link, seq_id, held, list(tokens), params, seed, ahead_spec, assumed, excluded)
