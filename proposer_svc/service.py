@@ -21,6 +21,13 @@ from splitspec.rpc.time_limits import Expiries, check_time_limit
 from splitspec.tracing import Tracing, context_of
 
 
+def _continues(context: list[int], start: int, token_ids: list[int]) -> bool:
+    """Whether token_ids, placed at `start`, continue the context held: what it holds from there on,
+    if anything (a caller that did not hear of an earlier call may send it again), is the same."""
+    held_from_start = context[start:]
+    return start <= len(context) and token_ids[: len(held_from_start)] == held_from_start
+
+
 @dataclass
 class DraftOutcome:
     draft: Draft
@@ -133,9 +140,7 @@ class ProposerService:
             span = self.tracing.tracer.start_span("proposer sequence", context=parent)
             self.spans[seq_id] = (span, trace.get_current_span(parent).get_span_context())
         context = self.contexts.get(seq_id, [])
-        held_from_start = context[start:]
-        in_step = start <= len(context) and token_ids[: len(held_from_start)] == held_from_start
-        if start + len(token_ids) != committed_len or not in_step:
+        if start + len(token_ids) != committed_len or not _continues(context, start, token_ids):
             if start != 0:
                 self.contexts.pop(seq_id, None)
                 return DraftOutcome(Draft(), needs_full_context=True)
@@ -178,7 +183,7 @@ class ProposerService:
         context = self.contexts.pop(seq_id, None)
         if context is None:
             return
-        if token_ids and start == len(context):
-            await self.batcher.run_exclusive(self.proposer.finish, seq_id, context + token_ids)
+        if token_ids and _continues(context, start, token_ids):
+            await self.batcher.run_exclusive(self.proposer.finish, seq_id, context[:start] + token_ids)
         else:
             await self.batcher.run_exclusive(self.proposer.release, seq_id)

@@ -373,3 +373,31 @@ def test_too_many_excluded_first_tokens_are_refused_by_name():
 
     with pytest.raises(ServiceError, match="excluded_first_token_ids: at most 64"):
         asyncio.run(scenario())
+
+
+def test_a_release_that_resends_tokens_the_proposer_holds_still_hands_the_drafter_the_whole_output():
+    """A draft ahead whose answer the sender never heard (it ended the request first) left the proposer
+    holding more than the sender knows: the release's tokens overlap them, and suffix memory keeps all."""
+
+    class Remembering(_FixedDrafter):
+        finished: list[list[int]] = []
+
+        def finish(self, seq_id, token_ids):
+            self.finished.append(list(token_ids))
+
+    async def scenario() -> list[list[int]]:
+        drafter = Remembering(1, 3)
+        service = ProposerService(drafter, method="suffix", num_speculative_tokens=2)
+        service.start()
+        try:
+            await _draft_on(service, 0, [1, 2, 3])
+            await _draft_on(service, 3, [4, 5])  # the sender never heard of this one
+            await service.release("s", 3, [4, 5, 6])
+            await _draft_on(service, 0, [7, 8])
+            await service.release("t", 0, [9])  # never drafted: nothing to remember
+            await service.release("s", 1, [9, 9])  # not what it holds: forgotten, not remembered
+            return drafter.finished
+        finally:
+            await service.close()
+
+    assert asyncio.run(scenario()) == [[1, 2, 3, 4, 5, 6]]

@@ -581,7 +581,8 @@ def up_commands(
     proposer += ["--device", args.proposer_device or args.device]
     verifier = ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model]
     verifier += ["--device", args.device, "--tensor-parallel-size", str(args.tensor_parallel_size)]
-    verifier += ["--draft-ahead-rejections", str(args.draft_ahead_rejections)]
+    if args.draft_ahead_rejections != DEFAULT_AHEAD_REJECTIONS:
+        verifier += ["--draft-ahead-rejections", str(args.draft_ahead_rejections)]
     if args.enforce_eager:
         verifier.append("--enforce-eager")
     gateway = [
