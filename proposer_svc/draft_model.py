@@ -44,7 +44,8 @@ class DraftModelProposer(Proposer):
             rows = list(batch.values())
             for i, draft in zip(rows, self._propose_distinct([requests[i] for i in rows])):
                 drafts[i] = draft
-            pending = [i for i in pending if i not in rows]
+            taken = set(rows)
+            pending = [i for i in pending if i not in taken]
         return drafts
 
     def _propose_distinct(self, requests: list[DraftRequest]) -> list[Draft]:

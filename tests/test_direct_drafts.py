@@ -182,7 +182,7 @@ def test_drafts_made_ahead_for_the_outcome_that_came_are_used_and_keep_the_outpu
 def test_drafts_made_ahead_after_a_rejection_are_used_and_keep_the_output_exact(tiny_llama, tmp_path):
     """A slightly noisy copy of the target as draft model: its first draft is sometimes rejected, and
     then its next best guess is often the target's token, so the draft it made ahead for that outcome
-    is used."""
+    is used. Greedy output and seeded samples (drafted ahead too) are in-process output."""
     metrics_port = free_port()
     draft = write_perturbed_copy(tiny_llama, tmp_path / "draft", scale=0.05)
     with running_stack(
@@ -198,7 +198,9 @@ def test_drafts_made_ahead_after_a_rejection_are_used_and_keep_the_output_exact(
         responses = generate_concurrently(stack.gateway.address, [greedy_request(p) for p in PROMPTS])
         ahead = scrape(metrics_port)["splitspec_draft_ahead"]
         counts = {o: value(ahead, "_total", outcome=o) for o in ("hit", "hit_after_rejection", "miss")}
+        seeded = _seeded(stack.gateway.address)  # sparse q: the draws follow the draft model's, as in-process
     assert responses == _plain(tiny_llama)
+    assert seeded == _seeded_in_process(tiny_llama, {"method": "draft_model", "model": str(draft)})
     assert counts["hit_after_rejection"] > 0 and counts["hit"] > 0, counts
 
 
