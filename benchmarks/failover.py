@@ -29,11 +29,11 @@ from pathlib import Path
 import grpc
 from pods import Pod
 
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.bench.timing import percentile
 from splitspec.entrypoints.bench.workloads import build_prompts
 from splitspec.entrypoints.client import build_request
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 
 def _log(message: str) -> None:

@@ -40,8 +40,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from pods import Pod, start_ngram_stack
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 ANSWER_TIMEOUT_S = 30.0
 UNEXPECTED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}

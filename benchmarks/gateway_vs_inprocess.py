@@ -17,9 +17,9 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 QUESTIONS = [
     "Write a Python function to calculate fibonacci numbers.",

@@ -24,14 +24,14 @@ from functools import partial
 
 import torch
 
-from kernels.paged_attention import (
+from splitspec_kernels.paged_attention import (
     AttentionBatch,
     paged_attention_reference,
     paged_attention_triton,
     write_kv_cache_reference,
     write_kv_cache_triton,
 )
-from kernels.rejection_sampling import RejectionBatch, rejection_sample_reference, rejection_sample_triton
+from splitspec_kernels.rejection_sampling import RejectionBatch, rejection_sample_reference, rejection_sample_triton
 
 
 @dataclass

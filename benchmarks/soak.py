@@ -38,10 +38,10 @@ from pathlib import Path
 import grpc
 from pods import Pod, start_ngram_stack
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 KINDS = ("valid", "cancelled", "expiring", "malformed")
 

@@ -11,8 +11,6 @@ import grpc
 from proposer_svc.factory import build_proposer
 from proposer_svc.proposer import Proposer
 from proposer_svc.service import ProposerService
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SpeculationMethod, SpeculativeConfig
 from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
 from splitspec.drafts import HiddenStates
@@ -23,6 +21,8 @@ from splitspec.rpc.compute_thread import run_on_compute_thread
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
 from splitspec.rpc.stream_dispatch import serve_sequence_stream
 from splitspec.tracing import start_tracing, traces_endpoint
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 
 class ProposerServicer(pb_grpc.ProposerServicer):

@@ -180,7 +180,7 @@ class RunnerConfig:
     backend: str = "auto"
     """"auto" (native when supported), "native" or "transformers"."""
     kernel_backend: str = "auto"
-    """Native runner: "auto", "torch" or "triton" (kernels.dispatch)."""
+    """Native runner: "auto", "torch" or "triton" (splitspec_kernels.dispatch)."""
     tensor_parallel_size: int = 1
     """Ranks the native runner's weights and KV heads are split over, one process and device each."""
     enforce_eager: bool = False

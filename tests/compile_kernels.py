@@ -14,10 +14,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.paged_attention import _merge_splits_kernel, _paged_attention_kernel, _write_kv_kernel
-from kernels.rejection_sampling import _rejection_kernel
-from kernels.rms_norm import _rms_norm_kernel
-from kernels.rotary import _rotate_heads_kernel
+from splitspec_kernels.paged_attention import _merge_splits_kernel, _paged_attention_kernel, _write_kv_kernel
+from splitspec_kernels.rejection_sampling import _rejection_kernel
+from splitspec_kernels.rms_norm import _rms_norm_kernel
+from splitspec_kernels.rotary import _rotate_heads_kernel
 
 
 def _builds(dtype: str) -> list[tuple[str, object, dict[str, str], dict[str, object]]]:

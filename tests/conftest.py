@@ -8,7 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Triton kernels run on the CPU through Triton's interpreter; the switch is read when a kernel is
-# defined, so it must be set before anything imports kernels/.
+# defined, so it must be set before anything imports splitspec_kernels/.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -21,7 +21,7 @@ REQUIRE_TRITON = "SPLITSPEC_REQUIRE_TRITON"
 def pytest_configure(config: pytest.Config) -> None:
     """Where Triton is missing its kernel tests skip; with SPLITSPEC_REQUIRE_TRITON=1 (CI sets it) the
     run refuses to start instead, so the kernels cannot go untested with the run still green."""
-    from kernels.triton_support import triton_available
+    from splitspec_kernels.triton_support import triton_available
 
     if os.environ.get(REQUIRE_TRITON) == "1" and not triton_available():
         raise pytest.UsageError(

@@ -16,10 +16,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from separate_hosts import Host
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.netdelay import DelayProxy
 from splitspec.rpc.throwaway_certs import StackCertificates
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:

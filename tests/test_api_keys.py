@@ -11,12 +11,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_stack import running_stack
 from test_cli import assert_one_line_error, splitspec
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
 from splitspec.errors import SplitspecError
 from splitspec.rpc.api_keys import ApiKeyInterceptor, read_api_keys
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 PROMPT = [5, 6, 7, 8, 9, 5, 6, 7]
 MAX_TOKENS = 12

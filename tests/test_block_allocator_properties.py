@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from kernels.paged_attention import AttentionBatch
-from kernels.paged_attention import paged_attention_reference as paged_attention
-from kernels.paged_attention import write_kv_cache_reference as write_kv_cache
 from splitspec.errors import OutOfKVBlocks
 from splitspec.models.block_allocator import BlockAllocator
+from splitspec_kernels.paged_attention import AttentionBatch
+from splitspec_kernels.paged_attention import paged_attention_reference as paged_attention
+from splitspec_kernels.paged_attention import write_kv_cache_reference as write_kv_cache
 
 SEQ_IDS = st.sampled_from(["a", "b", "c"])
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.triton_support import triton_available
 from splitspec import LLM, SamplingParams
 from splitspec.models.cuda_graphs import GRAPH_MAX_QUERY, GraphShape, bucket
 from splitspec.models.pass_layout import PassLayout
 from splitspec.models.runner import ForwardInput
+from splitspec_kernels.triton_support import triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 

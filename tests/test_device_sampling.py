@@ -7,14 +7,14 @@ import pytest
 import torch
 from verify_requests import random_verify_requests
 
-from kernels.rejection_sampling import rejection_sample_reference, rejection_sample_triton
-from kernels.triton_support import triton_available
 from splitspec.config import RunnerConfig
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.logits_processing import batched_target_probs, target_probs
 from splitspec.models.loader import load_runner
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
+from splitspec_kernels.rejection_sampling import rejection_sample_reference, rejection_sample_triton
+from splitspec_kernels.triton_support import triton_available
 from verifier_svc.rejection_sampler import verify
 from verifier_svc.verifier import Verifier, sample_on_device
 

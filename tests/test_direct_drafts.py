@@ -33,12 +33,12 @@ from test_services_e2e import (
 from tiny_checkpoints import write_perturbed_copy
 from verifier_stand_in import VerifierStandIn
 
-from gateway.generation import GatewayCore
-from protos import splitspec_v1_pb2 as pb
+from gateway_svc.generation import GatewayCore
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import stream_generate
 from splitspec.rpc.throwaway_certs import make_stack_certificates
 from splitspec.rpc.tls import ClientTls
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 DELAY_MS = 3.0
 PROMPT = [3, 1, 4, 1, 5]

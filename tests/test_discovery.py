@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from gateway.backends import ProposerBackend, VerifierBackend
-from gateway.discovery import BackendPool, Target, parse_targets, resolve_target
-from gateway.generation import GatewayCore
-from protos import splitspec_v1_pb2 as pb
+from gateway_svc.backends import ProposerBackend, VerifierBackend
+from gateway_svc.discovery import BackendPool, Target, parse_targets, resolve_target
+from gateway_svc.generation import GatewayCore
 from splitspec.errors import ServiceError
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.grpc_server import channel_options
 from splitspec.sampling_params import SamplingParams
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 
 def test_targets_are_fixed_addresses_or_names_to_resolve():

@@ -1,4 +1,4 @@
-"""Drafting ahead (gateway.draft_ahead): the proposer drafts round n+1 while round n is verified, and
+"""Drafting ahead (gateway_svc.draft_ahead): the proposer drafts round n+1 while round n is verified, and
 the gateway uses that draft only when round n's outcome is the one it assumed.
 
 The loop tests drive GatewayCore.generate against a scripted verifier and proposer: a greedy "target"
@@ -17,16 +17,16 @@ import pytest
 import torch
 from verifier_stand_in import VerifierStandIn
 
-from gateway.backends import Ewma
-from gateway.draft_ahead import AheadDraft
-from gateway.generation import GatewayCore
+from gateway_svc.backends import Ewma
+from gateway_svc.draft_ahead import AheadDraft
+from gateway_svc.generation import GatewayCore
 from proposer_svc.ngram import NgramProposer
 from proposer_svc.service import ProposerService
-from protos import splitspec_v1_pb2 as pb
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.errors import ServiceError
 from splitspec.rpc import wire
 from splitspec.sampling_params import SamplingParams
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 VOCAB = 97
 PROMPT = [3, 1, 4, 1, 5]

@@ -1,4 +1,4 @@
-"""The measured choice between the verifier's own n-gram drafts and the proposer's (gateway.drafter_choice).
+"""The measured choice between the verifier's own n-gram drafts and the proposer's (gateway_svc.drafter_choice).
 
 The loop tests drive GatewayCore.generate against a scripted verifier that drafts "n-grams" itself when
 asked (a scripted lookup that always or never finds the target's continuation) and verifies a
@@ -21,13 +21,13 @@ from test_services_e2e import PROMPTS as PROMPTS_E2E
 from test_services_e2e import generate_concurrently, greedy_request
 from verifier_stand_in import VerifierStandIn
 
-from gateway.backends import Ewma
-from gateway.drafter_choice import DrafterChoice
-from gateway.generation import GatewayCore
-from protos import splitspec_v1_pb2 as pb
+from gateway_svc.backends import Ewma
+from gateway_svc.drafter_choice import DrafterChoice
+from gateway_svc.generation import GatewayCore
 from splitspec import LLM
 from splitspec.adaptive_k import PassCostModel
 from splitspec.sampling_params import SamplingParams
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 PROMPT = [3, 1, 4, 1, 5]
 MAX_TOKENS = 80

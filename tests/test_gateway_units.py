@@ -30,12 +30,12 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 from verifier_stand_in import VerifierStandIn
 
-from gateway.generation import Delta, GatewayCore
-from gateway.validation import RequestLimits, validate
-from protos import splitspec_v1_pb2 as pb
+from gateway_svc.generation import Delta, GatewayCore
+from gateway_svc.validation import RequestLimits, validate
 from splitspec.errors import ServiceError
 from splitspec.sampling_params import SamplingParams
 from splitspec.tokenizer import load_tokenizer
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 CORPUS = ["hello world, hello there.", "the quick brown fox jumps over the lazy dog.", "héllo wörld", "here and there"]
 TEXT = "héllo wörld ✓ 日本, hello there ✓✓ the lazy dög 日本語"

@@ -128,9 +128,9 @@ def test_fused_kernels_on_the_gpu_round_where_the_references_round():
     import torch
     from test_kernels import _layout
 
-    from kernels.paged_attention import AttentionBatch, paged_attention_reference, paged_attention_triton
-    from kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
-    from kernels.rotary import rotate_heads_reference, rotate_heads_triton
+    from splitspec_kernels.paged_attention import AttentionBatch, paged_attention_reference, paged_attention_triton
+    from splitspec_kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
+    from splitspec_kernels.rotary import rotate_heads_reference, rotate_heads_triton
 
     g = torch.Generator(device="cuda").manual_seed(0)
     bf16 = dict(dtype=torch.bfloat16, device="cuda")
@@ -166,7 +166,7 @@ def test_the_device_sampler_never_waits_for_the_gpu(kernel_backend):
     import torch
     from verify_requests import random_verify_requests
 
-    from kernels.dispatch import select_kernels
+    from splitspec_kernels.dispatch import select_kernels
     from verifier_svc.rejection_sampler import build_rejection_batch, verify
 
     requests = random_verify_requests(0, vocab=4099, num_seqs=16, max_drafts=6)

@@ -6,9 +6,9 @@ import pytest
 from greedy_reference import assert_same_or_near_tie, hf_greedy
 from transformers import AutoModelForCausalLM
 
-from kernels.triton_support import triton_available
 from splitspec import LLM, SamplingParams
 from splitspec.adaptive_k import PassCostModel
+from splitspec_kernels.triton_support import triton_available
 
 MAX_TOKENS = 40
 # different lengths, some with repeated n-grams so that prompt lookup finds matches

@@ -13,15 +13,15 @@ import random
 import pytest
 import torch
 
-from kernels.dispatch import KernelUnavailable, select_kernels
-from kernels.paged_attention import (
+from splitspec_kernels.dispatch import KernelUnavailable, select_kernels
+from splitspec_kernels.paged_attention import (
     AttentionBatch,
     paged_attention_reference,
     paged_attention_triton,
     write_kv_cache_reference,
     write_kv_cache_triton,
 )
-from kernels.triton_support import triton_available
+from splitspec_kernels.triton_support import triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 
@@ -142,10 +142,10 @@ def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPa
 
 def test_context_splits_fill_the_gpu_only_where_a_pass_is_small(monkeypatch: pytest.MonkeyPatch) -> None:
     """About four programs per multiprocessor (an H100 has 132), as a power of two; never on the CPU."""
-    import kernels.paged_attention
-    from kernels.paged_attention import context_splits
+    import splitspec_kernels.paged_attention
+    from splitspec_kernels.paged_attention import context_splits
 
-    monkeypatch.setattr(kernels.paged_attention, "_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(splitspec_kernels.paged_attention, "_multiprocessors", lambda device: 132)
     cuda = torch.device("cuda")
     assert [context_splits(n, cuda) for n in (1, 32, 144, 288, 1024, 4096)] == [32, 16, 4, 2, 1, 1]
     assert context_splits(1, torch.device("cpu")) == 1

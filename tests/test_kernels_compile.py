@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels.triton_support import triton_available
+from splitspec_kernels.triton_support import triton_available
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kernels.triton_support import triton_available
 from splitspec import LLM, SamplingParams
+from splitspec_kernels.triton_support import triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 

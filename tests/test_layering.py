@@ -13,20 +13,29 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("kernels", "protos", "splitspec", "proposer_svc", "verifier_svc", "gateway")
+PACKAGES = ("splitspec_kernels", "splitspec_protos", "splitspec", "proposer_svc", "verifier_svc", "gateway_svc")
 ENTRY_POINTS = ("splitspec.engine", "splitspec.entrypoints")
 """The top of `splitspec`: they compose the services; the package's own __init__ (the public
 `from splitspec import LLM`) and __main__ belong here too."""
 
 MAY_IMPORT = {
-    "kernels": {"kernels"},
-    "protos": {"protos"},
-    "core": {"core", "kernels"},
-    "rpc": {"rpc", "core", "protos"},
-    "proposer_svc": {"proposer_svc", "rpc", "core", "protos", "kernels"},
-    "verifier_svc": {"verifier_svc", "rpc", "core", "protos", "kernels"},
-    "gateway": {"gateway", "rpc", "core", "protos"},
-    "entry": {"entry", "gateway", "proposer_svc", "verifier_svc", "rpc", "core", "protos", "kernels"},
+    "splitspec_kernels": {"splitspec_kernels"},
+    "splitspec_protos": {"splitspec_protos"},
+    "core": {"core", "splitspec_kernels"},
+    "rpc": {"rpc", "core", "splitspec_protos"},
+    "proposer_svc": {"proposer_svc", "rpc", "core", "splitspec_protos", "splitspec_kernels"},
+    "verifier_svc": {"verifier_svc", "rpc", "core", "splitspec_protos", "splitspec_kernels"},
+    "gateway_svc": {"gateway_svc", "rpc", "core", "splitspec_protos"},
+    "entry": {
+        "entry",
+        "gateway_svc",
+        "proposer_svc",
+        "verifier_svc",
+        "rpc",
+        "core",
+        "splitspec_protos",
+        "splitspec_kernels",
+    },
 }
 
 
@@ -51,23 +60,35 @@ def is_module(name: str) -> bool:
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
-def imported_modules(source: str) -> set[str]:
+def absolute_module(importer: str, node: ast.ImportFrom) -> str:
+    """The module a `from` import names; a relative one (`from . import x`, `from ..a import b`) is
+    resolved against the importer's package, as the import system does."""
+    if node.level == 0:
+        return node.module or ""
+    is_package = ROOT.joinpath(*importer.split("."), "__init__.py").is_file()
+    package = importer.split(".") if is_package else importer.split(".")[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def imported_modules(source: str, importer: str) -> set[str]:
     """Our modules a source imports; `from pkg import sub` counts as pkg.sub when sub is a module."""
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            module = absolute_module(importer, node)
             for alias in node.names:
-                submodule = f"{node.module}.{alias.name}"
-                found.add(submodule if is_module(submodule) else node.module)
+                submodule = f"{module}.{alias.name}" if module else alias.name
+                found.add(submodule if is_module(submodule) else module)
     return {m for m in found if m.split(".")[0] in PACKAGES}
 
 
 def upward_edges(sources: dict[str, str]) -> list[str]:
     edges = []
     for importer, source in sorted(sources.items()):
-        for imported in sorted(imported_modules(source)):
+        for imported in sorted(imported_modules(source, importer)):
             if layer_of(imported) not in MAY_IMPORT[layer_of(importer)]:
                 edges.append(f"{importer} ({layer_of(importer)}) imports {imported} ({layer_of(imported)})")
     return edges
@@ -90,13 +111,17 @@ def test_imports_point_down_only() -> None:
     "importer, planted",
     [
         ("splitspec.config", "from verifier_svc.verifier import Verifier"),
-        ("splitspec.models.runner", "import gateway.server"),
+        ("splitspec.models.runner", "import gateway_svc.server"),
         ("splitspec.rpc.wire", "from proposer_svc.proposer import Proposer"),
         ("verifier_svc.service", "from proposer_svc.ngram import NgramProposer"),
-        ("gateway.generation", "from verifier_svc.rejection_sampler import verify"),
+        ("gateway_svc.generation", "from verifier_svc.rejection_sampler import verify"),
         ("proposer_svc.ngram", "from splitspec.entrypoints.llm import LLM"),
-        ("kernels.dispatch", "from splitspec.errors import SplitspecError"),
+        ("splitspec_kernels.dispatch", "from splitspec.errors import SplitspecError"),
         ("splitspec.sequence", "from splitspec import LLM"),
+        ("splitspec.models.runner", "from ...gateway_svc import server"),
+        ("splitspec.rpc.wire", "from ..entrypoints import llm"),
+        ("splitspec.rpc", "from ..entrypoints.llm import LLM"),
+        ("splitspec_kernels.dispatch", "from .. import splitspec"),
     ],
 )
 def test_a_planted_upward_import_is_caught(importer: str, planted: str) -> None:

@@ -14,8 +14,8 @@ from grafana_queries import DASHBOARD, queried_series
 from prometheus_client.parser import text_string_to_metric_families
 from service_stack import free_port, running_stack, wait_for
 
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.entrypoints.client import build_request
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton, rms_norm_reference, rms_norm_triton
-from kernels.rotary import rotate_heads_reference, rotate_heads_triton
-from kernels.triton_support import interpreting, triton_available
+from splitspec_kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton, rms_norm_reference, rms_norm_triton
+from splitspec_kernels.rotary import rotate_heads_reference, rotate_heads_triton
+from splitspec_kernels.triton_support import interpreting, triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 

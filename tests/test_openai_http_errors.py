@@ -13,7 +13,7 @@ import openai
 import pytest
 from service_stack import free_port, running_stack, start_service, wait_for
 
-from gateway.openai_http import service_error_response
+from gateway_svc.openai_http import service_error_response
 from splitspec.errors import ServiceError
 
 PROMPT_IDS = [5, 6, 7, 8, 5, 6, 7]

@@ -1,10 +1,10 @@
-"""OpenAI request bodies as GenerateRequests (gateway/openai_protocol.py): pure translation."""
+"""OpenAI request bodies as GenerateRequests (gateway_svc/openai_protocol.py): pure translation."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.openai_protocol import InvalidRequest, chat_choices, completion_choices, returns_token_ids
+from gateway_svc.openai_protocol import InvalidRequest, chat_choices, completion_choices, returns_token_ids
 
 
 def test_several_prompts_times_n_are_choices_in_openai_order_with_seed_plus_j():

@@ -18,12 +18,12 @@ import pytest
 from test_draft_ahead import K, ScriptedProposer, drafter_continuation, target_next, target_output, verify_greedily
 from verifier_stand_in import VerifierStandIn
 
-from gateway.ahead_pipeline import Prediction
-from gateway.draft_ahead import AheadDraft
-from gateway.generation import GatewayCore
-from protos import splitspec_v1_pb2 as pb
+from gateway_svc.ahead_pipeline import Prediction
+from gateway_svc.draft_ahead import AheadDraft
+from gateway_svc.generation import GatewayCore
 from splitspec.drafts import Draft
 from splitspec.sampling_params import SamplingParams
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 PROMPT = [3, 1, 4, 1, 5]
 MAX_TOKENS = 40

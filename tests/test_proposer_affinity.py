@@ -1,10 +1,10 @@
-"""Related requests meet on one proposer pod (gateway.proposer_affinity), within load bounds."""
+"""Related requests meet on one proposer pod (gateway_svc.proposer_affinity), within load bounds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.proposer_affinity import PROMPT_TAIL_TOKENS, affinity_key, pick_pod
+from gateway_svc.proposer_affinity import PROMPT_TAIL_TOKENS, affinity_key, pick_pod
 
 
 @dataclass

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from protos import generate
-from protos import splitspec_v1_pb2 as pb
 from splitspec.rpc.grpc_server import CONTRACT_VERSION
+from splitspec_protos import generate
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,8 @@ def fresh() -> dict[str, str]:
 def test_committed_stubs_equal_freshly_generated_ones(fresh, name):
     committed = (generate.PROTO_DIR / name).read_text()
     assert committed == fresh[name], (
-        f"protos/{name} is stale: it differs from what protos/{generate.PROTO} generates. "
-        "Run `python -m protos.generate` and commit the result."
+        f"splitspec_protos/{name} is stale: it differs from what splitspec_protos/{generate.PROTO} generates. "
+        "Run `python -m splitspec_protos.generate` and commit the result."
     )
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from verify_requests import random_verify_requests
 
-from kernels.rejection_sampling import RejectionBatch, rejection_sample_reference, rejection_sample_triton
-from kernels.triton_support import triton_available
+from splitspec_kernels.rejection_sampling import RejectionBatch, rejection_sample_reference, rejection_sample_triton
+from splitspec_kernels.triton_support import triton_available
 from verifier_svc.rejection_sampler import build_rejection_batch, verify
 
 

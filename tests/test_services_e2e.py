@@ -11,10 +11,10 @@ import pytest
 from grpc_health.v1 import health_pb2
 from service_stack import free_port, health_status, running_stack, start_service, wait_for
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

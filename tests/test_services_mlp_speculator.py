@@ -11,10 +11,10 @@ from fitted_heads import assert_drafts_pass_often_but_not_always, write_fitted_m
 from service_stack import running_stack
 from test_services_e2e import MAX_TOKENS, PROMPTS, assert_seeded_samples_are_plain_decoding_s, generate, token_ids
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

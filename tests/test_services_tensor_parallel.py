@@ -14,7 +14,7 @@ from service_stack import child_pids, health_status, process_gone, running_stack
 from test_services_e2e import PROMPTS, generate_concurrently, greedy_request, plain_greedy  # noqa: F401
 from transformers import AutoModelForCausalLM
 
-from protos import splitspec_v1_pb2_grpc as pb_grpc
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

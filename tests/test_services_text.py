@@ -15,10 +15,10 @@ import grpc
 import pytest
 from service_stack import TEXT_STACK_K, TEXT_STACK_KV_BYTES
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.default_model]
 

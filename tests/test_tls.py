@@ -14,13 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_stack import running_stack, start_service, wait_for
 from test_cli import assert_one_line_error, splitspec
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request, stream_generate
 from splitspec.netdelay import DelayProxy
 from splitspec.rpc.throwaway_certs import StackCertificates, make_stack_certificates
 from splitspec.rpc.tls import ClientTls
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 PROMPT = [5, 6, 7, 8, 9, 5, 6, 7]
 MAX_TOKENS = 12

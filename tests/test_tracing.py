@@ -13,8 +13,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from service_stack import running_stack
 
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.entrypoints.client import build_request
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

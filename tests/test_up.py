@@ -15,11 +15,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 from service_stack import child_pids, descendant_pids, free_port, health_status, process_gone, wait_for
 
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request, stream_generate
 from splitspec.rpc.throwaway_certs import make_stack_certificates
 from splitspec.rpc.tls import ClientTls
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

@@ -6,11 +6,11 @@ import grpc
 import pytest
 import torch
 
-from protos import splitspec_v1_pb2 as pb
 from splitspec.drafts import Draft
 from splitspec.errors import ServiceError
 from splitspec.rpc.wire import concat_rows, draft_from_proto, draft_to_proto, tensor_from_proto, tensor_to_proto
 from splitspec.sparse_distribution import SparseDistribution
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.int64: torch.int64}
 # signalling NaN with payload 1, and a negative quiet NaN with a payload, as raw bits

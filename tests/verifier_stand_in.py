@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.backends import Ewma
-from protos import splitspec_v1_pb2 as pb
+from gateway_svc.backends import Ewma
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 
 @dataclass

@@ -26,10 +26,10 @@ because non-speculative decoding draws y from the same stream.
 The rule has three implementations, each for a reason:
 - `verify` (here): one sequence at a time, drawing only the random numbers that sequence needs. The
   CPU path, and the one a reader checks against the papers.
-- `kernels.rejection_sampling.rejection_sample_reference`: the whole batch at once in plain PyTorch,
+- `splitspec_kernels.rejection_sampling.rejection_sample_reference`: the whole batch at once in plain PyTorch,
   every random draw made beforehand by `build_rejection_batch` from the same seeded streams. It is
   the specification of the device kernel.
-- `kernels.rejection_sampling.rejection_sample_triton`: the same on the device, one program per
+- `splitspec_kernels.rejection_sampling.rejection_sample_triton`: the same on the device, one program per
   sequence, so that logits never leave it.
 tests/test_rejection_sampling_kernel.py checks that the reference makes `verify`'s decisions and that
 the Triton kernel equals the reference bit for bit.
@@ -41,11 +41,11 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.rejection_sampling import RejectionBatch
 from splitspec import seeded_noise
 from splitspec.devices import to_device
 from splitspec.logits_processing import batched_target_probs, target_probs
 from splitspec.sparse_distribution import SparseDistribution
+from splitspec_kernels.rejection_sampling import RejectionBatch
 
 
 @dataclass

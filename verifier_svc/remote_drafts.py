@@ -33,8 +33,6 @@ from dataclasses import dataclass, field, replace
 import grpc
 import torch
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_REMOTE_DRAFT_TIMEOUT_S
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
@@ -42,6 +40,8 @@ from splitspec.rpc import wire
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.multiplexed_stream import MultiplexedStream
 from splitspec.sampling_params import SamplingParams
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 MAX_ADDRESS_CHARS = 255
 RETRY_AFTER_S = 1.0

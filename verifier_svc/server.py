@@ -10,8 +10,6 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.config import RunnerConfig
 from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_DRAFTS_PER_STEP
 from splitspec.drafts import HiddenStates
@@ -25,6 +23,8 @@ from splitspec.rpc.stream_dispatch import serve_sequence_stream
 from splitspec.rpc.tls import ClientTls
 from splitspec.sampling_params import SamplingParams
 from splitspec.tracing import start_tracing, traces_endpoint
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 from verifier_svc.local_drafts import LocalDraftSpec
 from verifier_svc.remote_drafts import RemoteDraftSpec
 from verifier_svc.service import VerifierService

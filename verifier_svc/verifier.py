@@ -11,10 +11,10 @@ from typing import Callable, Protocol
 
 import torch
 
-from kernels.rejection_sampling import RejectionBatch
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
+from splitspec_kernels.rejection_sampling import RejectionBatch
 from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, build_rejection_batch, verify
 
 RejectionSampler = Callable[[RejectionBatch], tuple[torch.Tensor, torch.Tensor]]

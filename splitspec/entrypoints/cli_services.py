@@ -173,7 +173,7 @@ def _positive_int(text: str) -> int:
 
 def _targets(text: str) -> tuple:
     """An argparse type: comma-separated host:port and dns:///name:port entries."""
-    from gateway.discovery import parse_targets
+    from gateway_svc.discovery import parse_targets
 
     try:
         return parse_targets(text)
@@ -515,7 +515,7 @@ def _serve_gateway(args: argparse.Namespace) -> int:
     server = _server_options(args, client_ca=False)
     client_tls = _client_tls(args)
     _yield_idle_cores()
-    from gateway.server import GatewaySettings, run_gateway
+    from gateway_svc.server import GatewaySettings, run_gateway
 
     run_gateway(
         GatewaySettings(

@@ -7,10 +7,10 @@ from typing import Iterator
 import grpc
 from google.protobuf.struct_pb2 import Struct
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.rpc.api_keys import bearer_metadata
 from splitspec.rpc.tls import ClientTls
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 
 def build_request(

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.paged_attention import AttentionBatch
 from splitspec.models.pass_layout import PassLayout
+from splitspec_kernels.paged_attention import AttentionBatch
 
 GRAPH_MAX_QUERY = 16  # the attention kernel's tile of query rows: one tile per sequence
 GRAPH_MAX_SEQS = 256

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from kernels.dispatch import REFERENCE
 from splitspec.models.runner import ForwardInput
+from splitspec_kernels.dispatch import REFERENCE
 
 
 class HFRunner:

@@ -16,10 +16,6 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from kernels.dispatch import KernelUnavailable, select_kernels
-from kernels.paged_attention import AttentionBatch
-from kernels.rms_norm import rms_norm_reference
-from kernels.rotary import rotate_half
 from splitspec.devices import to_device
 from splitspec.errors import OutOfKVBlocks, SplitspecError
 from splitspec.models.block_allocator import BlockAllocator
@@ -31,6 +27,10 @@ from splitspec.models.rope import NATIVE_ROPE_TYPES, inverse_frequencies, rope_p
 from splitspec.models.runner import ForwardInput
 from splitspec.models.tensor_parallel import ShardPlan, TensorParallel, all_reduce, embed, gather_logits, min_over_ranks
 from splitspec.models.tp_workers import TensorParallelWorkerLost, WorkerGroup, broadcast_layout
+from splitspec_kernels.dispatch import KernelUnavailable, select_kernels
+from splitspec_kernels.paged_attention import AttentionBatch
+from splitspec_kernels.rms_norm import rms_norm_reference
+from splitspec_kernels.rotary import rotate_half
 
 NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite")
 

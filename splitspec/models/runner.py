@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from kernels.dispatch import Kernels
+from splitspec_kernels.dispatch import Kernels
 
 
 @dataclass

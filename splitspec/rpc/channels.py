@@ -16,7 +16,7 @@ class Channels:
     """Message limits, and keepalive: how soon a silent peer counts as gone."""
     tls: ClientTls | None = None
     """None: plaintext. The files are read for each new channel; when they change, the gateway opens new
-    channels to every pod (gateway.discovery.keep_resolving)."""
+    channels to every pod (gateway_svc.discovery.keep_resolving)."""
 
     def open(self, address: str, server_name: str | None = None) -> grpc.aio.Channel:
         """server_name: what the peer's certificate must name, when not the host in `address`."""

@@ -8,7 +8,7 @@ half-written keeps the last good pair in service until the next change. A server
 its clients to present a certificate it signed (mutual TLS).
 
 A client's credentials are fixed when its channel opens, so the gateway watches its own files
-(ClientFilesWatch) and opens new channels when they change (gateway.discovery.BackendPool.renew).
+(ClientFilesWatch) and opens new channels when they change (gateway_svc.discovery.BackendPool.renew).
 """
 
 from __future__ import annotations

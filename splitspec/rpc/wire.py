@@ -7,11 +7,11 @@ import math
 import grpc
 import torch
 
-from protos import splitspec_v1_pb2 as pb
 from splitspec.drafts import Draft
 from splitspec.errors import ServiceError
 from splitspec.sampling_params import SamplingParams
 from splitspec.sparse_distribution import SparseDistribution
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 
 def draft_step(

@@ -111,8 +111,8 @@ class SplitspecGateway:
 
         import grpc
 
-        from protos import splitspec_v1_pb2_grpc as pb_grpc
         from splitspec.entrypoints.client import build_request
+        from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
         def one(p: BenchPrompt) -> RequestTiming:
             request = build_request(

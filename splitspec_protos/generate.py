@@ -1,4 +1,4 @@
-"""Regenerate the Python stubs from splitspec_v1.proto: `python -m protos.generate`.
+"""Regenerate the Python stubs from splitspec_v1.proto: `python -m splitspec_protos.generate`.
 
 The stubs are committed; tests/test_protos.py fails when they are stale.
 """
@@ -32,9 +32,12 @@ def generate(out_dir: Path) -> None:
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {PROTO}")
     grpc_file = out_dir / "splitspec_v1_pb2_grpc.py"
-    # protoc writes a top-level import; the stubs live in the `protos` package
+    # protoc writes a top-level import; the stubs live in the `splitspec_protos` package
     text = re.sub(
-        r"^import splitspec_v1_pb2 as", "from protos import splitspec_v1_pb2 as", grpc_file.read_text(), flags=re.M
+        r"^import splitspec_v1_pb2 as",
+        "from splitspec_protos import splitspec_v1_pb2 as",
+        grpc_file.read_text(),
+        flags=re.M,
     )
     grpc_file.write_text(text)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.draft_ahead import AheadDraft
+from gateway_svc.draft_ahead import AheadDraft
 from splitspec.drafts import Draft
 
 

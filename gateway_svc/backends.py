@@ -12,8 +12,6 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
 from splitspec.adaptive_k import PassCostModel
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
@@ -23,6 +21,8 @@ from splitspec.rpc.multiplexed_stream import MultiplexedStream
 from splitspec.rpc.time_limits import time_left
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 VERIFIER_SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 PROPOSER_SERVICE = pb.DESCRIPTOR.services_by_name["Proposer"].full_name
@@ -249,7 +249,7 @@ class ProposerBackend:
         assumed: list[int] | None = None,
         deadline: float = math.inf,
     ) -> pb.DraftResult:
-        """sent: the committed tokens the proposer holds. assumed: a draft ahead (gateway.draft_ahead),
+        """sent: the committed tokens the proposer holds. assumed: a draft ahead (gateway_svc.draft_ahead),
         drafted after these uncommitted tokens. deadline: the client's, on time.monotonic(); the proposer
         forgets the sequence once it passes."""
         step = wire.draft_step(

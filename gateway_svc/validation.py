@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway.proposer_affinity import MAX_SESSION_ID_CHARS
-from protos import splitspec_v1_pb2 as pb
+from gateway_svc.proposer_affinity import MAX_SESSION_ID_CHARS
 from splitspec.errors import ServiceError, SplitspecError
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
 from splitspec.tokenizer import chat_prompt
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 SPECULATION_OVERRIDE_KEYS = {"num_speculative_tokens"}
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.triton_support import tl, triton
+from splitspec_kernels.triton_support import tl, triton
 
 
 @dataclass

@@ -8,16 +8,16 @@ from typing import Callable
 
 import torch
 
-from kernels.paged_attention import (
+from splitspec_kernels.paged_attention import (
     paged_attention_reference,
     paged_attention_triton,
     write_kv_cache_reference,
     write_kv_cache_triton,
 )
-from kernels.rejection_sampling import rejection_sample_reference, rejection_sample_triton
-from kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton, rms_norm_reference, rms_norm_triton
-from kernels.rotary import rotate_heads_reference, rotate_heads_triton
-from kernels.triton_support import interpreting, triton_available
+from splitspec_kernels.rejection_sampling import rejection_sample_reference, rejection_sample_triton
+from splitspec_kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton, rms_norm_reference, rms_norm_triton
+from splitspec_kernels.rotary import rotate_heads_reference, rotate_heads_triton
+from splitspec_kernels.triton_support import interpreting, triton_available
 
 KERNEL_BACKENDS = ("auto", "torch", "triton")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.triton_support import tl, triton
+from splitspec_kernels.triton_support import tl, triton
 
 
 def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Each operation has a plain-PyTorch reference and a Triton kernel with the same signature:
 `paged_attention_reference` / `paged_attention_triton` and `write_kv_cache_reference` /
-`write_kv_cache_triton`. `kernels.dispatch` picks one per device.
+`write_kv_cache_triton`. `splitspec_kernels.dispatch` picks one per device.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from functools import cache, cached_property
 import torch
 import torch.nn.functional as F
 
-from kernels.triton_support import interpreting, tl, triton
+from splitspec_kernels.triton_support import interpreting, tl, triton
 
 
 @dataclass

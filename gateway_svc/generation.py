@@ -1,14 +1,14 @@
 """The per-request loop: propose on a proposer, verify on the sequence's verifier, stream, repeat.
 
 While a round is verified the proposer already drafts the next one for the round's likeliest outcome
-(gateway.draft_ahead), so a round whose outcome matches needs no trip to the proposer after the
+(gateway_svc.draft_ahead), so a round whose outcome matches needs no trip to the proposer after the
 verifier's answer. Steps are pipelined (VerifyStep.pipelined): rounds that need no proposer keep
 several steps in flight, and a draft made ahead goes to the verifier at once, assuming the outcome of
-the steps before it (gateway.ahead_pipeline); the verifier runs a sequence's steps back to back, so a
+the steps before it (gateway_svc.ahead_pipeline); the verifier runs a sequence's steps back to back, so a
 round does not wait for the link to the gateway. Requests that keep a fixed K, and drafters that read
 hidden states, go one step at a time. With a draft-model proposer, each greedy request's rounds are
 drafted by the verifier's own n-grams or by the proposer, whichever is measured faster
-(gateway.drafter_choice); a move waits until the steps in flight have returned.
+(gateway_svc.drafter_choice); a move waits until the steps in flight have returned.
 Losing a proposer loses no output: the gateway moves the sequence to another proposer (sending it the
 whole context) or, with none left, verifies with no drafts (K=0) — the same tokens, more slowly.
 Losing a verifier loses none either: the gateway holds every committed token, so it starts the
@@ -31,13 +31,12 @@ from typing import AsyncIterator, NamedTuple
 import grpc
 from opentelemetry import trace
 
-from gateway.ahead_pipeline import Prediction
-from gateway.backends import ProposerBackend, VerifierBackend
-from gateway.detokenizer import IncrementalDetokenizer
-from gateway.draft_ahead import AheadDraft
-from gateway.drafter_choice import DrafterChoice
-from gateway.proposer_affinity import affinity_key, pick_pod
-from protos import splitspec_v1_pb2 as pb
+from gateway_svc.ahead_pipeline import Prediction
+from gateway_svc.backends import ProposerBackend, VerifierBackend
+from gateway_svc.detokenizer import IncrementalDetokenizer
+from gateway_svc.draft_ahead import AheadDraft
+from gateway_svc.drafter_choice import DrafterChoice
+from gateway_svc.proposer_affinity import affinity_key, pick_pod
 from splitspec.adaptive_k import AcceptanceEstimate, RoundTrip, best_tokens_per_second, choose_num_drafts
 from splitspec.draft_limits import MAX_REMOTE_DRAFT_TIMEOUT_S, keeps_fixed_k, max_drafts
 from splitspec.drafts import Draft, HiddenStates
@@ -49,6 +48,7 @@ from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence, request_seed
 from splitspec.stop_checker import StopChecker
 from splitspec.tracing import carrier_of
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 MAX_PIPELINE_DEPTH = 4
 
@@ -72,7 +72,7 @@ class _ProposerSlot:
     backend: ProposerBackend | None = None
     sent: int = 0  # committed tokens the proposer already holds
     moves: int = 0  # times it left a proposer for another
-    affinity: bytes | None = None  # with proposer_affinity, the pods it prefers (gateway.proposer_affinity)
+    affinity: bytes | None = None  # with proposer_affinity, the pods it prefers (gateway_svc.proposer_affinity)
     hidden_state: pb.HiddenStates | None = None  # what the verifier sent since the last draft, passed on
     deadline: float = math.inf  # the client's, on time.monotonic(): passed on with every draft
 
@@ -131,7 +131,7 @@ class _Request:
     slot: _ProposerSlot
     drafters: DrafterChoice
     measured: bool
-    """Whether its drafter may change between rounds, as measured (gateway.drafter_choice)."""
+    """Whether its drafter may change between rounds, as measured (gateway_svc.drafter_choice)."""
     trace_context: pb.TraceContext | None
     span: trace.Span
     pipe: _Pipeline = field(default_factory=_Pipeline)
@@ -162,14 +162,14 @@ class GatewayCore:
     hidden_states: HiddenStates = HiddenStates.NONE  # what the proposers read of the target's hidden states
     draft_ahead: bool = True
     """While a round is verified, the proposer drafts the next one for the likely outcome
-    (gateway.draft_ahead); drafters that read hidden states never do."""
+    (gateway_svc.draft_ahead); drafters that read hidden states never do."""
     local_ngram: tuple[int, int] | None = None
     """(prompt_lookup_min, prompt_lookup_max): the verifiers draft by n-gram lookup themselves, and no
     round waits for a proposer (verifier_svc.local_drafts)."""
     measure_drafters: bool = False
     """With local_ngram and proposers that draft otherwise (a draft model): each request's rounds are
     drafted by the verifier or by its proposer, whichever the measurements say yields more tokens per
-    second (gateway.drafter_choice). Without it, local_ngram drafts every round."""
+    second (gateway_svc.drafter_choice). Without it, local_ngram drafts every round."""
     pipeline_steps: bool = True
     """Rounds that need no proposer are pipelined: several steps in flight, run back to back by the
     verifier, so no round waits for the link to the gateway."""
@@ -180,7 +180,7 @@ class GatewayCore:
     like those that need no proposer. The verifiers must reach the proposers at the gateway's addresses."""
     proposer_affinity: bool = False
     """The proposers remember past outputs (suffix): related requests go to the same pod where load
-    allows (gateway.proposer_affinity), instead of to the least loaded."""
+    allows (gateway_svc.proposer_affinity), instead of to the least loaded."""
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(no_meter()))
     _rng: random.Random = field(default_factory=random.Random)
 
@@ -397,7 +397,7 @@ class GatewayCore:
         """Whether the request's rounds need nothing from a proposer (the verifier drafts by n-gram
         itself, or nothing is drafted), so its steps can be pipelined: sent before the results of the
         ones before them, and run back to back on the verifier (VerifyStep.pipelined). If not, whether
-        its rounds, drafted by a proposer, are pipelined with drafts made ahead (gateway.ahead_pipeline):
+        its rounds, drafted by a proposer, are pipelined with drafts made ahead (gateway_svc.ahead_pipeline):
         drafters that need no hidden states, and requests whose K may vary (a step whose assumption
         fails verifies no drafts)."""
         if self._pipelines(req.local, req.num_speculative_tokens):

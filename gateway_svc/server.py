@@ -15,12 +15,10 @@ from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from gateway.backends import ProposerBackend, VerifierBackend
-from gateway.discovery import BackendPool, Target, keep_resolving
-from gateway.generation import Delta, GatewayCore
-from gateway.validation import DEFAULT_LIMITS, RequestLimits, validate
-from protos import splitspec_v1_pb2 as pb
-from protos import splitspec_v1_pb2_grpc as pb_grpc
+from gateway_svc.backends import ProposerBackend, VerifierBackend
+from gateway_svc.discovery import BackendPool, Target, keep_resolving
+from gateway_svc.generation import Delta, GatewayCore
+from gateway_svc.validation import DEFAULT_LIMITS, RequestLimits, validate
 from splitspec.config import (
     DEFAULT_NUM_SPECULATIVE_TOKENS,
     HIDDEN_STATES_BY_METHOD,
@@ -36,6 +34,8 @@ from splitspec.rpc.channels import Channels
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
 from splitspec.rpc.tls import ClientFilesWatch, ClientTls
 from splitspec.tracing import Tracing, start_tracing, traces_endpoint
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
@@ -241,7 +241,7 @@ class GatewaySettings:
     max_tokens_limit: int | None = None
     """The most max_tokens a request may ask for; None: any, the model's context bounds it."""
     http_port: int | None = None
-    """Where the OpenAI-compatible HTTP API is served (gateway.openai_http); None: not at all."""
+    """Where the OpenAI-compatible HTTP API is served (gateway_svc.openai_http); None: not at all."""
     served_model_name: str | None = None
     """The model name HTTP clients use; None: `model` as given."""
     proposer_timeout_s: float = 5.0
@@ -252,11 +252,11 @@ class GatewaySettings:
     verifier_ngram: bool = True
     """With a proposer method that reads no hidden states (draft_model): the verifiers also draft
     n-grams, and each request's rounds are drafted where they are measured to yield more
-    (gateway.drafter_choice)."""
+    (gateway_svc.drafter_choice)."""
     prompt_lookup: tuple[int, int] = (1, 4)
     """(min, max) n-gram sizes of those drafts."""
     draft_ahead: bool = True
-    """Proposers draft the next round while the verifier checks this one (gateway.draft_ahead)."""
+    """Proposers draft the next round while the verifier checks this one (gateway_svc.draft_ahead)."""
     pipeline_steps: bool = True
     """Rounds that need no proposer keep several steps in flight (VerifyStep.pipelined)."""
     direct_drafts: bool = False
@@ -268,7 +268,7 @@ class GatewaySettings:
 
 
 def run_gateway(settings: GatewaySettings) -> None:
-    from gateway.openai_http import HttpServer, OpenAIFront
+    from gateway_svc.openai_http import HttpServer, OpenAIFront
     from splitspec.checkpoint import resolve_checkpoint
     from splitspec.tokenizer import load_tokenizer
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import splitspec_v1_pb2 as splitspec__v1__pb2
+from splitspec_protos import splitspec_v1_pb2 as splitspec__v1__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.triton_support import tl, triton
+from splitspec_kernels.triton_support import tl, triton
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

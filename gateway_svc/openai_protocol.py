@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from google.protobuf.struct_pb2 import Struct
 
-from gateway.proposer_affinity import MAX_SESSION_ID_CHARS
-from protos import splitspec_v1_pb2 as pb
+from gateway_svc.proposer_affinity import MAX_SESSION_ID_CHARS
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 COMMON_PARAMETERS = {
     "model",

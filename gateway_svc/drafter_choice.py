@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gateway.backends import Ewma
+from gateway_svc.backends import Ewma
 from splitspec.adaptive_k import AcceptanceEstimate
 
 MAX_PROBE_EVERY = 1024

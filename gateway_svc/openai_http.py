@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.openai_protocol import (
+from gateway_svc.openai_protocol import (
     Choice,
     InvalidRequest,
     chat_choices,
@@ -28,10 +28,10 @@ from gateway.openai_protocol import (
     returns_token_ids,
     usage,
 )
-from gateway.server import GatewayServicer
-from protos import splitspec_v1_pb2 as pb
+from gateway_svc.server import GatewayServicer
 from splitspec.errors import ServiceError
 from splitspec.rpc.api_keys import ApiKeyInterceptor
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 # a gRPC status as OpenAI's HTTP status and error type
