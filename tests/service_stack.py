@@ -93,15 +93,17 @@ def start_service(
     port: int | None = None,
     health_port: bool = False,
     env: dict[str, str] | None = None,
+    launcher: list[str] | None = None,
 ) -> ServiceProcess:
     """The service on a free loopback port, or on its own host (`on`, from separate_hosts) and `port`;
     health_port: with a plaintext health port too (the one to wait on when the main port needs TLS);
-    env: set in its environment besides this process's."""
+    env: set in its environment besides this process's; launcher: what runs the CLI's arguments (default
+    `python -m splitspec`)."""
     port = port or free_port()
     host_ip = "127.0.0.1" if on is None else on.ip
     log = log_dir / f"{name}-{port}.log"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", **(env or {}))
-    argv = [sys.executable, "-m", "splitspec", *args, "--host", host_ip, "--port", str(port)]
+    argv = [*(launcher or [sys.executable, "-m", "splitspec"]), *args, "--host", host_ip, "--port", str(port)]
     argv += ["--grace-seconds", str(grace_seconds)]
     health_address = None
     if health_port:

@@ -1,12 +1,14 @@
 """Health tells the truth (issue 17): a verifier whose pass raises turns NOT_SERVING for good, its
 sequences move to another verifier with nothing lost, and where there is none the request fails with
-UNAVAILABLE and a message in the client's terms, without hanging. The fault is planted with the
-test-only SPLITSPEC_TEST_FAIL_PASS=N, which makes the verifier's Nth pass raise."""
+UNAVAILABLE and a message in the client's terms, without hanging. The fault is planted by
+tests/faulty_verifier.py, which makes the verifier's Nth pass raise."""
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,7 +29,8 @@ def test_a_pass_that_raises_turns_the_verifier_not_serving_and_its_sequences_mov
     plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     verifier = ["serve-verifier", "--model", str(tiny_llama)]
     with ExitStack() as cleanup:
-        faulty = start_service("faulty-verifier", verifier, tmp_path, env={"SPLITSPEC_TEST_FAIL_PASS": "4"})
+        fault = [sys.executable, str(Path(__file__).with_name("faulty_verifier.py")), "4"]
+        faulty = start_service("faulty-verifier", verifier, tmp_path, launcher=fault)
         cleanup.callback(faulty.stop)
         sound = start_service("verifier", verifier, tmp_path)
         cleanup.callback(sound.stop)

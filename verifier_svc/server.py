@@ -147,8 +147,6 @@ class VerifierSettings:
     draft_ahead_rejections: int = DEFAULT_AHEAD_REJECTIONS
     client_tls: ClientTls | None = None
     """How it calls proposers for remote drafts: over TLS when set, else plaintext."""
-    fail_pass: int | None = None
-    """Tests only: the Nth pass raises (env SPLITSPEC_TEST_FAIL_PASS), to show what a broken device does."""
 
 
 async def _not_serving_when_the_runner_fails(service: VerifierService, health, interval_s: float = 0.1) -> None:
@@ -188,7 +186,6 @@ def run_verifier(settings: VerifierSettings) -> None:
             batch_window_s=settings.batch_window_ms / 1000,
             meter=service_meter("verifier", settings.server),
             tracing=tracing,
-            fail_pass=settings.fail_pass,
             max_drafts_per_step=settings.max_drafts_per_step,
             draft_ahead_rejections=settings.draft_ahead_rejections,
             proposer_channels=Channels(

@@ -111,21 +111,17 @@ class VerifierService:
         batch_window_s: float = 0.002,
         meter: Meter | None = None,
         tracing: Tracing | None = None,
-        fail_pass: int | None = None,
         max_drafts_per_step: int = MAX_DRAFTS_PER_STEP,
         proposer_channels: Channels | None = None,
         draft_ahead_rejections: int = DEFAULT_AHEAD_REJECTIONS,
     ) -> None:
-        """fail_pass: a planted fault for tests: the Nth pass (from 1) raises, as a broken device would.
-        max_drafts_per_step: the most drafts a step may carry or ask the verifier to make.
+        """max_drafts_per_step: the most drafts a step may carry or ask the verifier to make.
         proposer_channels: how to reach proposers for remote drafts (default: plaintext).
         draft_ahead_rejections: remote drafts made ahead for the outcomes rejecting each of a step's first
         this many drafts, besides every draft accepted (verifier_svc.remote_drafts)."""
         self.max_drafts_per_step = max_drafts_per_step
         self.runner = runner
         self.failure: str | None = None  # why a pass failed: the verifier serves no more
-        self._fail_pass = fail_pass
-        self._passes = 0
         self.tracing = tracing or Tracing()
         self.verifier = Verifier(runner)
         self.max_num_seqs = max_num_seqs
@@ -329,9 +325,6 @@ class VerifierService:
             started = time.perf_counter()
             span = self._pass_span(steps, tokens)
             try:
-                self._passes += 1
-                if self._passes == self._fail_pass:
-                    raise RuntimeError(f"planted fault: pass {self._passes} fails")
                 results = self.verifier.verify(steps, [calls[i].seq.hidden_states for i in ready])
             except RunnerLost as exc:  # every call of the batch fails with it: another verifier can go on
                 span.end()

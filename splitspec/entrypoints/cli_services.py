@@ -449,9 +449,6 @@ def _serve_verifier(args: argparse.Namespace) -> int:
             max_drafts_per_step=args.max_drafts_per_step,
             draft_ahead_rejections=args.draft_ahead_rejections,
             client_tls=_client_tls(args),
-            fail_pass=int(os.environ["SPLITSPEC_TEST_FAIL_PASS"])
-            if os.environ.get("SPLITSPEC_TEST_FAIL_PASS")
-            else None,
         )
     )
     return 0
