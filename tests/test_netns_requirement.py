@@ -18,7 +18,9 @@ def run_host_tests_where_netns_fails(tmp_path: Path, require: bool) -> subproces
     """tests/test_separate_hosts.py with an `ip` that fails as it does in an unprivileged container."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "ip").write_text('#!/bin/sh\necho "mount --make-shared /run/netns failed: Operation not permitted" >&2\nexit 1\n')
+    (fake_bin / "ip").write_text(
+        '#!/bin/sh\necho "mount --make-shared /run/netns failed: Operation not permitted" >&2\nexit 1\n'
+    )
     (fake_bin / "ip").chmod(0o755)
     env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(TESTS.parent))
     env.pop("SPLITSPEC_REQUIRE_NETNS", None)

@@ -40,6 +40,12 @@ class ServerOptions:
         return f"{self.host}:{self.port}"
 
 
+NO_SHARED_PORT = ("grpc.so_reuseport", 0)
+"""gRPC turns SO_REUSEPORT on by default, so that a second server started on a taken port binds it too
+and the kernel splits connections between the two. Every splitspec server turns it off: a second one
+on a taken port exits with an error instead."""
+
+
 def channel_options(
     max_message_bytes: int = 64 << 20, keepalive_time_ms: int = 20_000, keepalive_timeout_ms: int = 10_000
 ) -> list[tuple[str, int]]:
@@ -73,7 +79,8 @@ async def serve(
         options=channel_options(options.max_message_bytes, options.keepalive_time_ms, options.keepalive_timeout_ms)
         # clients (the gateway) ping at their keepalive interval to notice a cut link within seconds:
         # never answer their pings with GOAWAY "too_many_pings", which would break every stream
-        + [("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.http2.max_ping_strikes", 0)],
+        + [("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.http2.max_ping_strikes", 0)]
+        + [NO_SHARED_PORT],
     )
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -81,12 +88,7 @@ async def serve(
     reflection.enable_server_reflection(
         service_names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    if options.tls is None:
-        port = server.add_insecure_port(options.address)
-    else:
-        port = server.add_secure_port(options.address, options.tls.credentials())
-    if port == 0:
-        raise SystemExit(f"splitspec {name}: cannot listen on {options.address} (is the port in use?)")
+    port = _listen(server, options.address, name, options.tls)
     health_server = await _serve_health(options, health_servicer, name)
     await server.start()
     await register(server, health_servicer)
@@ -121,11 +123,21 @@ async def _serve_health(
     """A second, plaintext server on options.health_port that answers health checks only."""
     if options.health_port is None:
         return None
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[NO_SHARED_PORT])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{options.host}:{options.health_port}"
-    if server.add_insecure_port(address) == 0:
-        raise SystemExit(f"splitspec {name}: cannot listen on {address} for health checks (is the port in use?)")
+    port = _listen(server, address, f"{name} (health checks)", None)
     await server.start()
-    print(f"splitspec {name}: health checks on {address} (plaintext)", file=sys.stderr, flush=True)
+    print(f"splitspec {name}: health checks on {options.host}:{port} (plaintext)", file=sys.stderr, flush=True)
     return server
+
+
+def _listen(server: grpc.aio.Server, address: str, name: str, tls: ServerTls | None) -> int:
+    """The port bound at `address`; a one-line exit when it cannot be bound (gRPC raises, or says 0)."""
+    try:
+        port = server.add_insecure_port(address) if tls is None else server.add_secure_port(address, tls.credentials())
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise SystemExit(f"splitspec {name}: cannot listen on {address} (is the port in use?)")
+    return port
