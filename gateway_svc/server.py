@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from gateway_svc.backends import ProposerBackend, VerifierBackend
-from gateway_svc.discovery import BackendPool, Target, keep_resolving
+from gateway_svc.discovery import BackendPool, keep_resolving
 from gateway_svc.generation import Delta, GatewayCore
 from gateway_svc.validation import DEFAULT_LIMITS, RequestLimits, validate
 from splitspec.config import (
@@ -32,6 +32,7 @@ from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
 from splitspec.rpc.api_keys import ApiKeyInterceptor
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
+from splitspec.rpc.targets import Target
 from splitspec.rpc.tls import ClientFilesWatch, ClientTls
 from splitspec.tracing import Tracing, start_tracing, traces_endpoint
 from splitspec_protos import splitspec_v1_pb2 as pb

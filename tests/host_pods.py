@@ -11,6 +11,8 @@ from service_stack import ServiceProcess, start_service
 
 VERIFIER_PORT = 50052
 PROPOSER_PORT = 50053
+METRICS_PORT = 9400
+"""Where a pod that is asked to serves /metrics: on its own host, so every pod can use the same port."""
 
 
 def verifiers_on_hosts(
@@ -29,14 +31,14 @@ def verifiers_on_hosts(
 
 
 def proposers_on_hosts(
-    hosts: SeparateHosts, log_dir: Path, cleanup: ExitStack, count: int, grace_seconds: float = 5
+    hosts: SeparateHosts, log_dir: Path, cleanup: ExitStack, count: int, grace_seconds: float = 5, *extra: str
 ) -> list[ServiceProcess]:
-    """`count` ngram proposers (K=3), all on PROPOSER_PORT."""
+    """`count` ngram proposers (K=3), all on PROPOSER_PORT; `extra`: more serve-proposer flags."""
     proposers = []
     for i in range(count):
         proposer = start_service(
-            f"proposer{i}", ["serve-proposer", "-k", "3"], log_dir, on=hosts.add(f"proposer{i}"), port=PROPOSER_PORT,
-            grace_seconds=grace_seconds,
+            f"proposer{i}", ["serve-proposer", "-k", "3", *extra], log_dir, on=hosts.add(f"proposer{i}"),
+            port=PROPOSER_PORT, grace_seconds=grace_seconds,
         )  # fmt: skip
         cleanup.callback(proposer.stop)
         proposers.append(proposer)

@@ -226,10 +226,6 @@ def running_stack(
             host, port = address.rsplit(":", 1)
             return cleanup.enter_context(DelayProxy((host, int(port)), delay_ms / 1000)).address
 
-        verifier = start_service(
-            "verifier", ["serve-verifier", "--model", str(model), *verifier_args], log_dir, health_port=health_port
-        )
-        cleanup.callback(verifier.stop)
         proposers = []
         for i in range(num_proposers):
             args = ["serve-proposer", "--method", method, "-k", str(k), *proposer_args]
@@ -240,6 +236,14 @@ def running_stack(
             proposer = start_service(f"proposer{i}", args, log_dir, health_port=health_port)
             cleanup.callback(proposer.stop)
             proposers.append(proposer)
+        # the proposers as the gateway reaches them, which the verifier then calls for remote drafts:
+        # it starts after them to know their addresses, bound at start-up
+        proposer_links = ",".join(link(p.address, proposer_delay_ms or network_delay_ms) for p in proposers)
+        verifier_args = ("--proposers", proposer_links, *verifier_args)
+        verifier = start_service(
+            "verifier", ["serve-verifier", "--model", str(model), *verifier_args], log_dir, health_port=health_port
+        )
+        cleanup.callback(verifier.stop)
         gateway = start_service(
             "gateway",
             [
@@ -249,7 +253,7 @@ def running_stack(
                 "--verifiers",
                 link(verifier.address),
                 "--proposers",
-                ",".join(link(p.address, proposer_delay_ms or network_delay_ms) for p in proposers),
+                proposer_links,
                 "-k",
                 str(k),
                 "--method",

@@ -292,9 +292,11 @@ def test_direct_drafts_take_the_gateway_off_a_hidden_state_drafter_s_rounds(meth
 def _verifier_service(tiny_llama):
     from splitspec.config import RunnerConfig
     from splitspec.models.loader import load_runner
+    from splitspec.rpc.targets import parse_targets
     from verifier_svc.service import VerifierService
 
-    return VerifierService(load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)))
+    runner = load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20))
+    return VerifierService(runner, proposers=parse_targets("127.0.0.1:1"))
 
 
 def test_a_remote_draft_that_is_not_a_distribution_is_dropped_and_the_step_goes_on(tiny_llama):

@@ -10,11 +10,12 @@ import grpc
 import pytest
 
 from gateway_svc.backends import ProposerBackend, VerifierBackend
-from gateway_svc.discovery import BackendPool, Target, parse_targets, resolve_target
+from gateway_svc.discovery import BackendPool
 from gateway_svc.generation import GatewayCore
 from splitspec.errors import ServiceError
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.grpc_server import channel_options
+from splitspec.rpc.targets import Target, parse_targets, resolve_target
 from splitspec.sampling_params import SamplingParams
 from splitspec_protos import splitspec_v1_pb2 as pb
 

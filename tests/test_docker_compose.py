@@ -98,6 +98,16 @@ def test_the_gateway_reaches_each_service_by_name_on_its_up_port(compose, up):
         assert flags_of(_command(compose["services"][service]))["--port"] == str(up_port)
 
 
+def test_the_verifier_may_call_the_proposers_the_gateway_names(compose, up):
+    """Direct drafts: the verifier calls the proposers at the gateway's addresses, and only those its
+    --proposers lists; the same variable overrides both lists in compose."""
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for services in (compose["services"], raw):
+        verifier, gateway = (flags_of(_command(services[n]))["--proposers"] for n in ("verifier", "gateway"))
+        assert verifier == gateway
+    assert flags_of(up["verifier"])["--proposers"] == flags_of(up["gateway"])["--proposers"]
+
+
 def test_only_the_gateway_publishes_a_port_and_it_is_the_gateway_port(compose, up):
     published = {name: s.get("ports") for name, s in compose["services"].items() if s.get("ports")}
     assert set(published) == {"gateway"}

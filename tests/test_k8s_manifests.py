@@ -238,6 +238,12 @@ def test_the_gateway_finds_each_tier_through_its_headless_service(objects):
     assert float(flags["--resolve-interval-s"]) > 0
 
 
+def test_the_verifier_may_call_the_proposers_the_gateway_names(objects):
+    """Direct drafts: the verifier calls the proposers the gateway names, and only those its --proposers lists."""
+    verifier, gateway = (flags_of(_container(objects, tier)["args"]) for tier in ("verifier", "gateway"))
+    assert verifier["--proposers"] == gateway["--proposers"]
+
+
 def test_the_gateway_uses_the_verifiers_model_and_the_proposers_method_and_k(objects):
     gateway, verifier, proposer = (_parse(_container(objects, tier)) for tier in ("gateway", "verifier", "proposer"))
     assert gateway.model == verifier.model, "the gateway tokenizes with the verifier's model"

@@ -56,9 +56,9 @@ EXPECTED = {
 PROMPTS = [[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6], [17, 3, 17, 3, 17, 3], list(range(30, 60)) * 2]
 
 
-def scrape(port: int) -> dict[str, object]:
-    """The metric families on 127.0.0.1:port/metrics, by name (counters without their _total)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, object]:
+    """The metric families on host:port/metrics, by name (counters without their _total)."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return {family.name: family for family in text_string_to_metric_families(text)}
 

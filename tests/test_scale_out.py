@@ -10,6 +10,7 @@ from contextlib import ExitStack
 
 import pytest
 from host_pods import (
+    METRICS_PORT,
     PROPOSER_PORT,
     VERIFIER_PORT,
     addresses,
@@ -27,6 +28,7 @@ from pod_streams import (
     num_sequences,
 )
 from service_stack import wait_for
+from test_metrics import scrape, value
 from tiny_checkpoints import write_tiny_checkpoint
 
 from splitspec.entrypoints.client import build_request
@@ -115,23 +117,34 @@ def test_two_gateways_share_verifiers_by_the_load_they_report(long_context_llama
 def test_sigterm_moves_a_proposer_s_sequences_and_it_exits_once_empty(tiny_llama, hosts, tmp_path):
     """Draining a proposer: health NOT_SERVING, the gateway drafts each of its sequences on the other
     proposer from the next round (sending it the whole context), and it exits long before its grace
-    period; no stream notices."""
+    period; no stream notices. Its metrics show it held sequences when signalled; the gateway's show
+    drafts accepted after it exited, which only the other proposer can have made."""
     expected = in_process_outputs(tiny_llama)
+    metrics = ("--metrics-port", str(METRICS_PORT))
     with ExitStack() as cleanup:
         (verifier,) = verifiers_on_hosts(tiny_llama, hosts, tmp_path, cleanup, 1)
-        proposers = proposers_on_hosts(hosts, tmp_path, cleanup, 2, grace_seconds=120)
+        proposers = proposers_on_hosts(hosts, tmp_path, cleanup, 2, 120, *metrics)
         gateway = gateway_on_host(
-            tiny_llama, hosts.add("gateway"), tmp_path, cleanup, verifier.address,
-            addresses(proposers),
-        )  # fmt: skip
+            tiny_llama, hosts.add("gateway"), tmp_path, cleanup, verifier.address, addresses(proposers), *metrics
+        )
+
+        def accepted() -> float:
+            families = scrape(METRICS_PORT, _ip(gateway))
+            return value(families["splitspec_spec_decode_num_accepted_tokens"], "_total")
+
         streams = all_streaming(gateway.address, greedy_and_seeded_requests(), cleanup)
+        held = value(scrape(METRICS_PORT, _ip(proposers[0]))["splitspec_proposer_sequences"])
         started = time.monotonic()
         proposers[0].proc.send_signal(signal.SIGTERM)
         assert proposers[0].proc.wait(timeout=60) == 0
         drained_after = time.monotonic() - started
         still_running = sum(s.is_alive() for s in streams)
+        accepted_at_exit = accepted()
         join_all(streams)
+        accepted_after_exit = accepted() - accepted_at_exit
+    assert held > 0, "the drained proposer held sequences when it was signalled"
     assert drained_after < 30, f"exited {drained_after:.1f} s after SIGTERM; its grace period is 120 s"
     assert still_running > 0, "streams were still running when it exited: they had moved"
+    assert accepted_after_exit > 0, "drafting went on, on the other proposer"
     assert "drained" in proposers[0].logs()
     assert_lossless(tiny_llama, streams, expected)

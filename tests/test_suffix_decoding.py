@@ -250,7 +250,8 @@ PROMPTS = [[5, 6, 7, 8, 9, 5, 6, 7], [17, 3], list(range(30, 60)), [100, 101, 10
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
 def test_repeated_requests_are_drafted_from_memory_and_equal_plain_decoding(tiny_llama, temperature):
     """Asked twice: the second time the drafter remembers the answers (greedy, or the same seeds), so
-    long drafts are accepted; both times the output is plain decoding's, in batches of 4 and 1."""
+    long drafts are accepted; both times the output is plain decoding's, in batches of 4 and 1. The
+    control remembers no past request (max_cached_requests=0): what each request's own text gives."""
     params = [
         SamplingParams(temperature=temperature, top_k=50, max_tokens=40, ignore_eos=True, seed=7 + i)
         for i in range(len(PROMPTS))
@@ -264,7 +265,18 @@ def test_repeated_requests_are_drafted_from_memory_and_equal_plain_decoding(tiny
     assert [o.outputs[0].token_ids for o in again] == plain
     rounds = sum(o.spec_stats.num_rounds for o in again)
     accepted = sum(o.spec_stats.num_accepted_tokens for o in again)
+    forgetful = LLM(
+        str(tiny_llama),
+        speculative_config={"method": "suffix", "num_speculative_tokens": 16, "suffix_decoding_max_cached_requests": 0},
+    )
+    forgetful.generate(prompts, params, use_tqdm=False)
+    control = [forgetful.generate([p], [sp], use_tqdm=False)[0] for p, sp in zip(prompts, params)]
+    assert [o.outputs[0].token_ids for o in control] == plain
+    control_rounds = sum(o.spec_stats.num_rounds for o in control)
+    control_accepted = sum(o.spec_stats.num_accepted_tokens for o in control)
     if temperature == 0:  # a one-hot draft of a sampled token is accepted with its probability only
         assert accepted >= 0.75 * sum(len(p) for p in plain) and rounds <= 0.2 * sum(len(p) for p in plain)
+        assert control_accepted <= 0.5 * sum(len(p) for p in plain), (control_accepted, accepted)
+        assert control_rounds >= 2 * rounds, (control_rounds, rounds)
     else:
-        assert accepted > 0
+        assert accepted > control_accepted, (accepted, control_accepted)

@@ -29,6 +29,16 @@ def test_a_limit_that_is_no_time_is_refused_by_its_field(seconds):
     assert refused.value.message.startswith("start.time_limit_s must be")
 
 
+async def eventually(condition, timeout_s: float = 10.0) -> bool:
+    """Polls the condition on the running loop until it holds (True) or the timeout passes (False)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 def test_zero_is_no_limit_and_what_is_sent_is_the_time_left():
     assert check_time_limit("f", 0.0) is None and check_time_limit("f", 2.5) == 2.5
     assert time_left(math.inf, 10.0) == 0.0
@@ -44,7 +54,8 @@ def test_each_sequence_expires_once_when_its_first_limit_passes_unless_cancelled
         expiries.arm("a", 10.0)  # the deadline does not move
         expiries.arm("b", 0.05)
         expiries.cancel("b")
-        await asyncio.sleep(0.15)
+        assert await eventually(lambda: expired == ["a"])
+        await asyncio.sleep(0.05)  # b had the same limit: it would have expired with a
         return expired, len(expiries)
 
     assert asyncio.run(main()) == (["a"], 0)
@@ -61,7 +72,7 @@ def test_the_verifier_releases_a_sequence_at_its_limit_and_frees_its_blocks(tiny
         with pytest.raises(ServiceError) as refused:
             service.add("c", [5, 6], greedy, seed=0, time_limit_s=-1.0)
         await service.step("a", 35, Draft())
-        await asyncio.sleep(0.4)
+        await eventually(lambda: "a" not in service.sequences)
         left = set(service.sequences)
         await service.release("b")
         after = service.num_free_blocks
@@ -83,7 +94,7 @@ def test_the_proposer_forgets_a_sequence_at_its_limit():
         await service.draft("b", committed_len=4, token_ids=[5, 6, 5, 6], **step)
         with pytest.raises(ServiceError) as refused:
             await service.draft("c", committed_len=2, token_ids=[5, 6], time_limit_s=math.nan, **step)
-        await asyncio.sleep(0.4)
+        await eventually(lambda: "a" not in service.contexts)
         held = set(service.contexts)
         await service.close()
         return held, refused.value

@@ -20,6 +20,7 @@ from splitspec.rpc.channels import Channels
 from splitspec.rpc.compute_thread import run_on_compute_thread
 from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
 from splitspec.rpc.stream_dispatch import serve_sequence_stream
+from splitspec.rpc.targets import Target
 from splitspec.rpc.tls import ClientTls
 from splitspec.sampling_params import SamplingParams
 from splitspec.tracing import start_tracing, traces_endpoint
@@ -147,6 +148,8 @@ class VerifierSettings:
     draft_ahead_rejections: int = DEFAULT_AHEAD_REJECTIONS
     client_tls: ClientTls | None = None
     """How it calls proposers for remote drafts: over TLS when set, else plaintext."""
+    proposers: tuple[Target, ...] = ()
+    """The only proposers remote drafts may name; none: remote drafts are refused."""
 
 
 async def _not_serving_when_the_runner_fails(service: VerifierService, health, interval_s: float = 0.1) -> None:
@@ -188,6 +191,7 @@ def run_verifier(settings: VerifierSettings) -> None:
             tracing=tracing,
             max_drafts_per_step=settings.max_drafts_per_step,
             draft_ahead_rejections=settings.draft_ahead_rejections,
+            proposers=settings.proposers,
             proposer_channels=Channels(
                 channel_options(
                     settings.server.max_message_bytes,

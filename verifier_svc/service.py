@@ -27,12 +27,14 @@ from splitspec.models.runner import ModelRunner
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.grpc_server import channel_options
 from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
+from splitspec.rpc.targets import Target
 from splitspec.rpc.time_limits import Expiries, check_time_limit
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
 from splitspec.tracing import Tracing, context_of
 from verifier_svc.draft_validation import check_draft, check_seq_id
 from verifier_svc.local_drafts import LocalDrafter, LocalDraftSpec
+from verifier_svc.proposer_allowlist import ProposerAllowList
 from verifier_svc.remote_drafts import ProposerLinks, RemoteDraftSpec
 from verifier_svc.verifier import Verifier
 
@@ -114,11 +116,14 @@ class VerifierService:
         max_drafts_per_step: int = MAX_DRAFTS_PER_STEP,
         proposer_channels: Channels | None = None,
         draft_ahead_rejections: int = DEFAULT_AHEAD_REJECTIONS,
+        proposers: tuple[Target, ...] = (),
     ) -> None:
         """max_drafts_per_step: the most drafts a step may carry or ask the verifier to make.
         proposer_channels: how to reach proposers for remote drafts (default: plaintext).
         draft_ahead_rejections: remote drafts made ahead for the outcomes rejecting each of a step's first
-        this many drafts, besides every draft accepted (verifier_svc.remote_drafts)."""
+        this many drafts, besides every draft accepted (verifier_svc.remote_drafts).
+        proposers: the only proposers remote drafts may name (verifier_svc.proposer_allowlist); none: remote
+        drafts are refused."""
         self.max_drafts_per_step = max_drafts_per_step
         self.runner = runner
         self.failure: str | None = None  # why a pass failed: the verifier serves no more
@@ -132,6 +137,7 @@ class VerifierService:
             self._run_batch, batch_window_s, expected=lambda: len(self.sequences)
         )
         self.remote = ProposerLinks(proposer_channels or Channels(channel_options()), draft_ahead_rejections)
+        self.proposers = ProposerAllowList(proposers)
         self.metrics = VerifierMetrics(meter or no_meter(), self)
         self.local_drafter = LocalDrafter()
         self.expiries = Expiries(self._expire)
@@ -220,6 +226,8 @@ class VerifierService:
         async with seq.turn:
             if self.sequences.get(seq_id) is not seq:  # released while the step waited for its turn
                 raise ServiceError(grpc.StatusCode.NOT_FOUND, f"sequence {seq_id} was released")
+            if remote is not None:  # under the turn: a check that resolves a name waits, and steps keep their order
+                await self.proposers.check(remote.proposer)
             if pipelined:
                 committed_len, draft, local = self._pipelined_on(seq, committed_len, draft, assumed or [], local)
             current = committed_len == len(seq.tokens)  # otherwise the step is refused as stale

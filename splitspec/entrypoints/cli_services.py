@@ -30,6 +30,7 @@ from splitspec.entrypoints.cli_flags import (
 from splitspec.errors import SplitspecError
 from splitspec.netdelay import DelayProxy
 from splitspec.rpc.grpc_server import ServerOptions
+from splitspec.rpc.targets import Target, parse_targets
 from splitspec.rpc.throwaway_certs import StackCertificates, make_stack_certificates
 from splitspec.rpc.tls import ClientTls, ServerTls
 
@@ -171,10 +172,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _targets(text: str) -> tuple:
+def _targets(text: str) -> tuple[Target, ...]:
     """An argparse type: comma-separated host:port and dns:///name:port entries."""
-    from gateway_svc.discovery import parse_targets
-
     try:
         return parse_targets(text)
     except ValueError as exc:
@@ -203,6 +202,15 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-window-ms", type=float, default=env_default("BATCH_WINDOW_MS", 2.0))
     _max_drafts_flag(p, "the most drafts one step may carry, or ask the verifier to make")
     _draft_ahead_rejections_flag(p)
+    p.add_argument(
+        "--proposers",
+        type=_targets,
+        default=env_default("PROPOSERS", ""),
+        help="the only proposers remote drafts (gateway --direct-drafts) may make this verifier call: "
+        "comma-separated host:port entries, and dns:///name:port for every address the name resolves to, as "
+        "the gateway's --proposers; a step naming any other is refused with PERMISSION_DENIED. Default: none, "
+        "every remote draft is refused (env SPLITSPEC_PROPOSERS)",
+    )
     _peer_ca_flag(
         p,
         "require clients (the gateways) to present a certificate signed by this CA: mutual TLS; and call "
@@ -404,7 +412,8 @@ def _round_trip_flags(p: argparse.ArgumentParser) -> None:
         help="have the verifiers ask the proposers for each round's draft themselves, right before the round "
         "runs: a round crosses the verifier's link to the proposer instead of the gateway's two, hidden states "
         "go straight from verifier to proposer, and rounds of every drafter keep several steps in flight. "
-        "The verifiers must reach the proposers at the addresses the gateway uses",
+        "The verifiers must reach the proposers at the addresses the gateway uses, and call only those their "
+        "serve-verifier --proposers lists (up gives them the gateway's)",
     )
 
 
@@ -449,6 +458,7 @@ def _serve_verifier(args: argparse.Namespace) -> int:
             max_drafts_per_step=args.max_drafts_per_step,
             draft_ahead_rejections=args.draft_ahead_rejections,
             client_tls=_client_tls(args),
+            proposers=args.proposers,
         )
     )
     return 0
@@ -576,8 +586,10 @@ def up_commands(
     if args.method == "eagle":
         proposer += ["--target-model", args.model]
     proposer += ["--device", args.proposer_device or args.device]
+    proposers = links.get("proposer", f"{args.host}:{args.proposer_port}")
     verifier = ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port), "--model", args.model]
     verifier += ["--device", args.device, "--tensor-parallel-size", str(args.tensor_parallel_size)]
+    verifier += ["--proposers", proposers]  # for direct drafts: it calls them where the gateway does
     if args.draft_ahead_rejections != DEFAULT_AHEAD_REJECTIONS:
         verifier += ["--draft-ahead-rejections", str(args.draft_ahead_rejections)]
     if args.enforce_eager:
@@ -593,7 +605,7 @@ def up_commands(
         "--verifiers",
         links.get("verifier", f"{args.host}:{args.verifier_port}"),
         "--proposers",
-        links.get("proposer", f"{args.host}:{args.proposer_port}"),
+        proposers,
         "--method",
         args.method,
         "-k",
