@@ -92,6 +92,8 @@ class ServiceProcess:
     log: Path
     health_address: str | None = None
     """Where it answers health checks in plaintext, when not at `address` (--health-port)."""
+    metrics_port: int | None = None
+    """Where it serves /metrics on its host (--metrics-port), when it does."""
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -117,12 +119,14 @@ def start_service(
     on: Host | None = None,
     port: int | None = None,
     health_port: bool = False,
+    metrics: bool = False,
     env: dict[str, str] | None = None,
     launcher: list[str] | None = None,
 ) -> ServiceProcess:
     """The service on loopback (its port bound by the server itself: port 0, read back from its log), or
     on its own host (`on`, from separate_hosts) and `port`;
     health_port: with a plaintext health port too (the one to wait on when the main port needs TLS);
+    metrics: serving /metrics on a free port (ServiceProcess.metrics_port);
     env: set in its environment besides this process's; launcher: what runs the CLI's arguments (default
     `python -m splitspec`)."""
     port = port or 0
@@ -133,12 +137,15 @@ def start_service(
     argv += ["--grace-seconds", str(grace_seconds)]
     if health_port:
         argv += ["--health-port", "0"]
+    metrics_port = free_port() if metrics else None
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
     with open(log, "w") as out:
         proc = subprocess.Popen(argv if on is None else on.command(argv), stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         address = bound_address(proc, log, "listening on", timeout)
         health_address = bound_address(proc, log, "health checks on", timeout) if health_port else None
-        service = ServiceProcess(name, address, proc, log, health_address)
+        service = ServiceProcess(name, address, proc, log, health_address, metrics_port)
         if wait:
             wait_serving(service, timeout)
     except BaseException:
@@ -202,6 +209,7 @@ def running_stack(
     proposer_delay_ms: float | None = None,
     ngram_on_proposers: bool = True,
     tls: StackCertificates | None = None,
+    metrics: bool = False,
 ):
     """Verifier, proposer(s) and gateway as separate processes; all stopped on exit, even on failure.
     network_delay_ms: the gateway reaches the others through delaying proxies (splitspec.netdelay);
@@ -209,7 +217,8 @@ def running_stack(
     ngram_on_proposers: n-gram drafts come from the proposers (the path these tests exercise), not from
     the verifier itself (the gateway's default, tested where it says so).
     tls: TLS on every port, mutual between the services, as `splitspec up --tls-dir` sets it up; each
-    service also answers health checks in plaintext on a port of its own, which the stack waits on."""
+    service also answers health checks in plaintext on a port of its own, which the stack waits on.
+    metrics: every service serves /metrics (ServiceProcess.metrics_port)."""
     tls_args: tuple[str, ...] = ()
     if tls is not None:
         tls_args = ("--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key))
@@ -233,7 +242,7 @@ def running_stack(
                 args += ["--draft-model", str(draft_model)]
             if method == "eagle":
                 args += ["--target-model", str(model)]
-            proposer = start_service(f"proposer{i}", args, log_dir, health_port=health_port)
+            proposer = start_service(f"proposer{i}", args, log_dir, health_port=health_port, metrics=metrics)
             cleanup.callback(proposer.stop)
             proposers.append(proposer)
         # the proposers as the gateway reaches them, which the verifier then calls for remote drafts:
@@ -241,7 +250,11 @@ def running_stack(
         proposer_links = ",".join(link(p.address, proposer_delay_ms or network_delay_ms) for p in proposers)
         verifier_args = ("--proposers", proposer_links, *verifier_args)
         verifier = start_service(
-            "verifier", ["serve-verifier", "--model", str(model), *verifier_args], log_dir, health_port=health_port
+            "verifier",
+            ["serve-verifier", "--model", str(model), *verifier_args],
+            log_dir,
+            health_port=health_port,
+            metrics=metrics,
         )
         cleanup.callback(verifier.stop)
         gateway = start_service(
@@ -263,6 +276,7 @@ def running_stack(
             ],
             log_dir,
             health_port=health_port,
+            metrics=metrics,
         )
         cleanup.callback(gateway.stop)
         yield Stack(verifier, proposers, gateway, [verifier, *proposers, gateway])
@@ -293,6 +307,6 @@ def default_model_text_stack(model: Path, log_dir: Path):
         gateway_args += ["--proposers", proposer.address, "-k", str(TEXT_STACK_K), "--fixed-k"]
         gateway_args += ["--http-port", str(http_port), "--served-model-name", TEXT_STACK_MODEL_NAME]
         gateway_args += ["--max-tokens-limit", str(TEXT_STACK_MAX_TOKENS_LIMIT)]
-        gateway = start_service("gateway", gateway_args, log_dir)
+        gateway = start_service("gateway", gateway_args, log_dir, metrics=True)
         cleanup.callback(gateway.stop)
         yield Stack(verifier, [proposer], gateway, [verifier, proposer, gateway], f"http://127.0.0.1:{http_port}/v1")

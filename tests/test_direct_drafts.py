@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import pytest
 import torch
+from pod_streams import all_streaming, join_all
 from service_stack import free_port, running_stack, wait_for
 from test_draft_ahead import K, ScriptedProposer, drafter_continuation, target_output, verify_greedily
-from test_metrics import scrape, value
+from test_metrics import accepted_in, drafts_served, scrape, value
 from test_network_delay import SEEDS, _drafter, _seeded, _seeded_in_process
 from test_services_e2e import (
     MAX_TOKENS,
@@ -216,53 +217,74 @@ def test_direct_drafts_cross_mutual_tls_between_verifier_and_proposer(tiny_llama
     assert responses[-1].speculation.num_accepted_tokens > 0, "the proposer's drafts reached the verifier"
 
 
+def _streams_on_two_proposers(stack, max_tokens: int, cleanup):
+    """PROMPTS streaming through the stack's gateway, once the first proposer holds some of them."""
+    streams = all_streaming(stack.gateway.address, [greedy_request(p, max_tokens=max_tokens) for p in PROMPTS], cleanup)
+    held = lambda: value(scrape(stack.proposers[0].metrics_port)["splitspec_proposer_sequences"])  # noqa: E731
+    assert wait_for(lambda: held() > 0, timeout=10), "the first proposer drafts for some of the requests"
+    return streams
+
+
+def _went_on_without_it(stack, streams, step_away) -> tuple[int, float, float]:
+    """step_away() (the first proposer's loss); then (streams running then, draft batches the other
+    proposer answered afterwards, drafts accepted afterwards in the streams' rounds)."""
+    survivor = stack.proposers[1].metrics_port
+    step_away()
+    running = sum(s.is_alive() for s in streams)
+    received, served = [len(s.responses) for s in streams], drafts_served(survivor)
+    join_all(streams)
+    accepted = accepted_in(r for s, n in zip(streams, received) for r in s.responses[n:])
+    return running, drafts_served(survivor) - served, accepted
+
+
 @pytest.mark.e2e
 def test_a_proposer_lost_under_direct_drafts_loses_nothing(tiny_llama, tmp_path):
-    """Four long requests draft on two proposers; one is killed mid-stream. The verifier's draft calls to
-    it fail, those steps verify no drafts, and the gateway moves the sequences to the other proposer."""
+    """Four long requests draft on two proposers; one is killed while it holds some of them. The verifier's
+    draft calls to it fail, those steps verify no drafts, and the gateway moves the sequences to the other
+    proposer, whose drafts are accepted from then on."""
     max_tokens = 240
-    with running_stack(
-        tiny_llama,
-        tmp_path,
-        k=3,
-        num_proposers=2,
-        gateway_args=("--direct-drafts", "--fixed-k"),
-        network_delay_ms=DELAY_MS,
-    ) as stack:
-        address = stack.gateway.address
-        with ThreadPoolExecutor(len(PROMPTS)) as pool:
-            streams = [pool.submit(generate, address, greedy_request(p, max_tokens=max_tokens)) for p in PROMPTS]
-            time.sleep(1.0)
-            stack.proposers[0].proc.kill()
-            running_at_kill = sum(not s.done() for s in streams)
-            got = [token_ids(s.result()) for s in streams]
-    assert got == _plain(tiny_llama, max_tokens)
-    assert running_at_kill > 0, "the proposer died under requests in flight"
+    with (
+        running_stack(
+            tiny_llama, tmp_path, k=3, num_proposers=2, gateway_args=("--direct-drafts", "--fixed-k"),
+            network_delay_ms=DELAY_MS, metrics=True,
+        ) as stack,
+        ExitStack() as cleanup,
+    ):  # fmt: skip
+        streams = _streams_on_two_proposers(stack, max_tokens, cleanup)
+        running, served, accepted = _went_on_without_it(stack, streams, stack.proposers[0].proc.kill)
+    assert [s.token_ids for s in streams] == _plain(tiny_llama, max_tokens)
+    assert running > 0, "the proposer died under requests in flight"
+    assert served > 0 and accepted > 0, ("the other proposer drafted, and its drafts were accepted", served, accepted)
 
 
 @pytest.mark.e2e
 def test_a_draining_proposer_under_direct_drafts_is_left_and_exits_while_requests_go_on(tiny_llama, tmp_path):
-    """SIGTERM to one of two proposers: it stops taking drafts, the gateway names the other in the next
-    steps, the verifier releases the sequences on the first, which then holds none and exits before its
-    grace period (5 s) is up, while the requests run on with nothing lost."""
+    """SIGTERM to one of two proposers while it holds sequences: it stops taking drafts, the gateway names
+    the other in the next steps, the verifier releases the sequences on the first, which then holds none
+    and exits before its grace period (5 s) is up, while the requests run on with nothing lost, drafted
+    by the other."""
     max_tokens = 400
-    with running_stack(
-        tiny_llama, tmp_path, k=3, num_proposers=2, gateway_args=("--direct-drafts", "--fixed-k"),
-        network_delay_ms=DELAY_MS,
-    ) as stack:  # fmt: skip
-        address = stack.gateway.address
-        with ThreadPoolExecutor(len(PROMPTS)) as pool:
-            streams = [pool.submit(generate, address, greedy_request(p, max_tokens=max_tokens)) for p in PROMPTS]
-            time.sleep(1.0)
-            draining = stack.proposers[0].proc
-            draining.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
-            assert draining.wait(timeout=10) == 0
-            exited_after = time.monotonic() - signalled
-            still_running = sum(not s.done() for s in streams)
-            got = [token_ids(s.result()) for s in streams]
-    assert got == _plain(tiny_llama, max_tokens)
-    assert exited_after < 4.0 and still_running > 0, (exited_after, still_running)
+    exited_after = []
+
+    def drain() -> None:
+        draining = stack.proposers[0].proc
+        draining.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert draining.wait(timeout=10) == 0
+        exited_after.append(time.monotonic() - signalled)
+
+    with (
+        running_stack(
+            tiny_llama, tmp_path, k=3, num_proposers=2, gateway_args=("--direct-drafts", "--fixed-k"),
+            network_delay_ms=DELAY_MS, metrics=True,
+        ) as stack,
+        ExitStack() as cleanup,
+    ):  # fmt: skip
+        streams = _streams_on_two_proposers(stack, max_tokens, cleanup)
+        still_running, served, accepted = _went_on_without_it(stack, streams, drain)
+    assert [s.token_ids for s in streams] == _plain(tiny_llama, max_tokens)
+    assert exited_after[0] < 4.0 and still_running > 0, (exited_after, still_running)
+    assert served > 0 and accepted > 0, ("the other proposer drafted, and its drafts were accepted", served, accepted)
 
 
 @pytest.mark.e2e

@@ -142,3 +142,16 @@ def test_every_service_serves_its_metrics_and_the_gateway_s_add_up_to_the_reques
     exposed = {s.name for fams in families.values() for f in fams.values() for s in f.samples}
     missing = queried_series(json.loads(DASHBOARD.read_text())) - exposed
     assert not missing, f"the Grafana dashboard queries series no service exposes: {sorted(missing)}"
+
+
+def drafts_served(port: int, host: str = "127.0.0.1") -> float:
+    """Draft batches a proposer has answered (its histogram appears once it has answered one)."""
+    family = scrape(port, host).get("splitspec_draft_seconds")
+    return value(family, "_count") if family else 0.0
+
+
+def accepted_in(responses) -> int:
+    """Draft tokens accepted over these stream messages: a round sends the tokens it commits, its
+    accepted drafts and one of the target's, in one message (the gateway counts its own speculation
+    only when a request ends)."""
+    return sum(len(r.token_ids) - 1 for r in responses if r.token_ids)

@@ -11,6 +11,7 @@ import urllib.request
 import openai
 import pytest
 from service_stack import TEXT_STACK_MAX_TOKENS_LIMIT, TEXT_STACK_MODEL_NAME, wait_for
+from test_services_e2e import ended_requests
 
 from splitspec import LLM, SamplingParams
 
@@ -153,7 +154,10 @@ def test_a_body_that_is_not_json_is_a_400(http_stack):
 
 
 def test_closing_a_stream_midway_frees_every_kv_block(http_stack, client):
+    """The gateway hears the client leave and ends the request there (its cancelled count, where a
+    finished request would count as a success), and the verifier frees the sequence's blocks."""
     initial = http_stack.verifier_info()
+    cancelled, finished = ended_requests(http_stack.gateway)
     stream = client.completions.create(
         model=MODEL, prompt=PROMPT, max_tokens=MAX_TOKENS_LIMIT, temperature=0, stream=True,
         extra_body={"ignore_eos": True},
@@ -165,6 +169,10 @@ def test_closing_a_stream_midway_frees_every_kv_block(http_stack, client):
     # within 3 s, where the 400 tokens would take longer; a released sequence leaves the verifier's count
     # before its blocks are freed: wait for both
     assert wait_for(lambda: _holds_nothing(http_stack.verifier_info(), initial.num_free_blocks), timeout=3)
+    assert wait_for(lambda: ended_requests(http_stack.gateway) == (cancelled + 1, finished), timeout=3), (
+        ended_requests(http_stack.gateway),
+        (cancelled, finished),
+    )
 
 
 def _holds_nothing(info, free_blocks: int) -> bool:

@@ -84,6 +84,7 @@ def ngram_stack(tiny_llama, tmp_path_factory):
         k=3,
         # adaptive K may draft nothing (these tests must see drafts); a max_tokens limit to refuse above
         gateway_args=("--fixed-k", "--max-tokens-limit", str(MAX_TOKENS_LIMIT)),
+        metrics=True,
     ) as stack:
         yield stack
 
@@ -160,15 +161,37 @@ def test_speculation_override_zero_gives_the_same_tokens_without_drafts(ngram_st
     assert responses[-1].finish_reason == "length" and responses[-1].usage.completion_tokens == MAX_TOKENS
 
 
+def ended_requests(gateway) -> tuple[float, float]:
+    """(cancelled, finished) requests as the gateway counts them on its /metrics (a counter appears there
+    once it has counted something)."""
+    from test_metrics import scrape, value
+
+    families = scrape(gateway.metrics_port)
+    failure, success = (families.get(name) for name in ("splitspec_request_failure", "splitspec_request_success"))
+    return (
+        value(failure, "_total", reason="cancelled") if failure else 0.0,
+        value(success, "_total") if success else 0.0,
+    )
+
+
 def test_cancelled_stream_frees_every_kv_block(ngram_stack):
+    """The cancel reaches the gateway, which ends the request there (its own count, not the client's
+    status, which the client sets itself) and releases the sequence: the verifier frees its blocks."""
     initial = ngram_stack.verifier_info()
+    cancelled, finished = ended_requests(ngram_stack.gateway)
     with grpc.insecure_channel(ngram_stack.gateway.address) as channel:
-        call = pb_grpc.GatewayStub(channel).Generate(greedy_request(PROMPTS[2], max_tokens=400), timeout=60)
+        request = greedy_request(PROMPTS[2], max_tokens=MAX_TOKENS_LIMIT)
+        call = pb_grpc.GatewayStub(channel).Generate(request, timeout=60)
         first = next(call)
         assert first.token_ids
         assert ngram_stack.verifier_info().num_free_blocks < initial.num_free_blocks
         call.cancel()
         assert call.code() == grpc.StatusCode.CANCELLED
+    assert wait_for(lambda: ended_requests(ngram_stack.gateway) == (cancelled + 1, finished)), (
+        "the gateway counted the request cancelled, not finished",
+        ended_requests(ngram_stack.gateway),
+        (cancelled, finished),
+    )
     assert wait_for(lambda: ngram_stack.verifier_info().num_free_blocks == initial.num_free_blocks)
     assert ngram_stack.verifier_info().num_sequences == 0
 
@@ -375,13 +398,21 @@ def test_sigterm_drains_an_in_flight_stream(tiny_llama, tmp_path):
 
 
 def test_sequences_spread_over_verifiers_and_survive_losing_one_of_two_proposers(tiny_llama, tmp_path, plain_greedy):
+    """Two long streams, one per verifier; the proposer holding sequences is killed while they run. They
+    end as plain decoding does, and drafts are accepted after it died (the other proposer's)."""
     from contextlib import ExitStack
 
+    from test_metrics import accepted_in, drafts_served, scrape, value
+
+    long_tokens = 300
+    expected = [plain_greedy_tokens(tiny_llama, PROMPTS[i], long_tokens) for i in range(2)]
     with ExitStack() as cleanup:
         verifiers = [
             start_service(f"verifier{i}", ["serve-verifier", "--model", str(tiny_llama)], tmp_path) for i in range(2)
         ]
-        proposers = [start_service(f"proposer{i}", ["serve-proposer", "-k", "3"], tmp_path) for i in range(2)]
+        proposers = [
+            start_service(f"proposer{i}", ["serve-proposer", "-k", "3"], tmp_path, metrics=True) for i in range(2)
+        ]
         for service in verifiers + proposers:
             cleanup.callback(service.stop)
         gateway = start_service(
@@ -399,22 +430,35 @@ def test_sequences_spread_over_verifiers_and_survive_losing_one_of_two_proposers
                 "--ngram-on-proposers",
             ],
             tmp_path,
+            metrics=True,
         )
         cleanup.callback(gateway.stop)
         channel = grpc.insecure_channel(gateway.address)
         cleanup.callback(channel.close)
         stub = pb_grpc.GatewayStub(channel)
-        calls = [stub.Generate(greedy_request(PROMPTS[i], max_tokens=400), timeout=60) for i in range(2)]
-        for call in calls:
-            next(call)
+        calls = [stub.Generate(greedy_request(PROMPTS[i], max_tokens=long_tokens), timeout=60) for i in range(2)]
+        received = [list(next(call).token_ids) for call in calls]
+        after_kill: list = []
 
         def sequences(address: str) -> int:
             with grpc.insecure_channel(address) as c:
                 return pb_grpc.VerifierStub(c).GetInfo(pb.InfoRequest(), timeout=5).num_sequences
 
+        def held(proposer) -> float:
+            return value(scrape(proposer.metrics_port)["splitspec_proposer_sequences"])
+
         assert sorted(sequences(v.address) for v in verifiers) == [1, 1]
-        for call in calls:
-            call.cancel()
-        proposers[0].stop(signal.SIGKILL)
+        victim = next(p for p in proposers if held(p) > 0)
+        (survivor,) = (p for p in proposers if p is not victim)
+        victim.stop(signal.SIGKILL)
+        served_at_kill = drafts_served(survivor.metrics_port)
+        for call, tokens in zip(calls, received):
+            responses = list(call)
+            after_kill += responses
+            tokens += token_ids(responses)
+        assert [len(t) for t in received] == [long_tokens] * 2
+        assert received == expected
+        assert drafts_served(survivor.metrics_port) > served_at_kill, "the other proposer drafted for them"
+        assert accepted_in(after_kill) > 0, "drafts were accepted after the proposer died"
         got = generate_concurrently(gateway.address, [greedy_request(p) for p in PROMPTS])
         assert got == plain_greedy
