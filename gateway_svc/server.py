@@ -13,6 +13,7 @@ from typing import AsyncIterator
 import grpc
 from grpc_health.v1 import health_pb2
 from opentelemetry import trace
+from opentelemetry.metrics import Meter, Observation
 from opentelemetry.trace import Status, StatusCode
 
 from gateway_svc.backends import ProposerBackend, VerifierBackend
@@ -228,6 +229,23 @@ async def watch_backends(core: GatewayCore, health_servicer, interval_s: float =
         await asyncio.sleep(interval_s)
 
 
+def observe_verifier_load(meter: Meter, verifiers: list[VerifierBackend]) -> None:
+    """splitspec_verifier_reported_sequences{verifier}: the sequences each serving verifier reported at
+    this gateway's last check of it (every gateway's, the load placement weighs); none while it is not
+    serving. Shows which verifiers a gateway can place on, and what it believes they hold."""
+    meter.create_observable_gauge(
+        "splitspec_verifier_reported_sequences",
+        [
+            lambda _: [
+                Observation(v.info.num_sequences, {"verifier": v.address})
+                for v in list(verifiers)
+                if v.info is not None
+            ]
+        ],
+        description="Sequences each serving verifier reported at the last check",
+    )
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     server: ServerOptions
@@ -300,6 +318,7 @@ def run_gateway(settings: GatewaySettings) -> None:
         ]
         for pool in pools:
             await pool.refresh()
+        meter = service_meter("gateway", settings.server)
         core = GatewayCore(
             verifiers=verifiers,
             proposers=proposers,
@@ -318,8 +337,9 @@ def run_gateway(settings: GatewaySettings) -> None:
             pipeline_steps=settings.pipeline_steps,
             direct_drafts=settings.direct_drafts,
             proposer_affinity=settings.method == SpeculationMethod.SUFFIX,
-            metrics=RequestMetrics(service_meter("gateway", settings.server)),
+            metrics=RequestMetrics(meter),
         )
+        observe_verifier_load(meter, verifiers)
         tasks: list[asyncio.Task] = []
         http: list[HttpServer] = []
         tracing = start_tracing("gateway", traces_endpoint(settings.server.otlp_traces_endpoint))

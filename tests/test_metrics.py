@@ -38,6 +38,7 @@ EXPECTED = {
         "splitspec_draft_ahead": "counter",
         "splitspec_verify_rounds": "counter",
         "splitspec_drafter_switches": "counter",
+        "splitspec_verifier_reported_sequences": "gauge",
     },
     "verifier": {
         "splitspec_num_requests_running": "gauge",

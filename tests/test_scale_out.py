@@ -41,6 +41,13 @@ def _ip(service) -> str:
     return service.address.rsplit(":", 1)[0]
 
 
+def _reported(gateway, verifier) -> float | None:
+    """The sequences the gateway last heard the verifier report; None while it has not heard it serve."""
+    family = scrape(METRICS_PORT, _ip(gateway)).get("splitspec_verifier_reported_sequences")
+    samples = [s.value for s in family.samples if s.labels["verifier"] == verifier.address] if family else []
+    return samples[0] if samples else None
+
+
 @pytest.fixture(scope="module")
 def long_context_llama(tmp_path_factory):
     """The tiny target with room for streams that last seconds."""
@@ -64,14 +71,15 @@ def test_pods_named_in_dns_join_when_listed_and_drain_when_unlisted(long_context
         gateway_host.write_hosts({"verifiers": [_ip(first)], "proposers": [_ip(proposer)]})
         gateway = gateway_on_host(
             model, gateway_host, tmp_path, cleanup, f"dns:///verifiers:{VERIFIER_PORT}",
-            f"dns:///proposers:{PROPOSER_PORT}", "--resolve-interval-s", "0.2",
+            f"dns:///proposers:{PROPOSER_PORT}", "--resolve-interval-s", "0.2", "--metrics-port", str(METRICS_PORT),
         )  # fmt: skip
         before = all_streaming(gateway.address, requests[:4], cleanup)
         assert num_sequences(first.address) == 4 and num_sequences(second.address) == 0
 
         gateway_host.write_hosts({"verifiers": [_ip(first), _ip(second)], "proposers": [_ip(proposer)]})
         assert wait_for(lambda: f"verifier {second.address} joined" in gateway.logs(), timeout=10)
-        time.sleep(1.5)  # the gateway takes a verifier once a health check heard from it (every 1 s)
+        # the gateway places on a verifier once a check heard it serve (every 1 s)
+        assert wait_for(lambda: _reported(gateway, second) == 0, timeout=10)
         after = all_streaming(gateway.address, requests[4:], cleanup)
         on_second = num_sequences(second.address)
         before_were_running = all(s.is_alive() for s in before)
@@ -98,11 +106,13 @@ def test_two_gateways_share_verifiers_by_the_load_they_report(long_context_llama
     with ExitStack() as cleanup:
         verifiers = verifiers_on_hosts(model, hosts, tmp_path, cleanup, 2)
         proposers = proposers_on_hosts(hosts, tmp_path, cleanup, 2)
-        pods = (addresses(verifiers), addresses(proposers))
+        pods = (addresses(verifiers), addresses(proposers), "--metrics-port", str(METRICS_PORT))
         a, b = (gateway_on_host(model, hosts.add(name), tmp_path, cleanup, *pods) for name in ("a", "b"))
         long = build_request(PROMPTS[1], temperature=0, max_tokens=1200, ignore_eos=True, num_speculative_tokens=0)
         first_on_a = all_streaming(a.address, [long], cleanup)
-        time.sleep(1.5)  # B's health check reads the verifiers' load (every 1 s)
+        (holding,) = (v for v in verifiers if num_sequences(v.address) == 1)
+        # B's check of the verifiers (every 1 s) reads the load A put there
+        assert wait_for(lambda: _reported(b, holding) == 1, timeout=10)
         first_on_b = all_streaming(b.address, [long], cleanup)
         spread = [num_sequences(v.address) for v in verifiers]
         a_was_running = first_on_a[0].is_alive()
@@ -124,8 +134,10 @@ def test_sigterm_moves_a_proposer_s_sequences_and_it_exits_once_empty(tiny_llama
     with ExitStack() as cleanup:
         (verifier,) = verifiers_on_hosts(tiny_llama, hosts, tmp_path, cleanup, 1)
         proposers = proposers_on_hosts(hosts, tmp_path, cleanup, 2, 120, *metrics)
+        # a fixed K: adaptive K stops drafting on this tiny model within a few rounds, and then no round
+        # would show where its drafts come from
         gateway = gateway_on_host(
-            tiny_llama, hosts.add("gateway"), tmp_path, cleanup, verifier.address, addresses(proposers)
+            tiny_llama, hosts.add("gateway"), tmp_path, cleanup, verifier.address, addresses(proposers), "--fixed-k"
         )
         streams = all_streaming(gateway.address, greedy_and_seeded_requests(), cleanup)
         held = value(scrape(METRICS_PORT, _ip(proposers[0]))["splitspec_proposer_sequences"])
