@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -217,12 +217,22 @@ def test_direct_drafts_cross_mutual_tls_between_verifier_and_proposer(tiny_llama
     assert responses[-1].speculation.num_accepted_tokens > 0, "the proposer's drafts reached the verifier"
 
 
-def _streams_on_two_proposers(stack, max_tokens: int, cleanup):
-    """PROMPTS streaming through the stack's gateway, once the first proposer holds some of them."""
-    streams = all_streaming(stack.gateway.address, [greedy_request(p, max_tokens=max_tokens) for p in PROMPTS], cleanup)
-    held = lambda: value(scrape(stack.proposers[0].metrics_port)["splitspec_proposer_sequences"])  # noqa: E731
-    assert wait_for(lambda: held() > 0, timeout=10), "the first proposer drafts for some of the requests"
-    return streams
+@contextmanager
+def _streaming_on_two_proposers(tiny_llama, tmp_path, max_tokens: int):
+    """A direct-drafts stack with two proposers, and PROMPTS streaming through it once the first proposer
+    holds some of them; yields (stack, streams)."""
+    args = ("--direct-drafts", "--fixed-k")
+    with (
+        running_stack(
+            tiny_llama, tmp_path, k=3, num_proposers=2, gateway_args=args, network_delay_ms=DELAY_MS, metrics=True
+        ) as stack,
+        ExitStack() as cleanup,
+    ):
+        requests = [greedy_request(p, max_tokens=max_tokens) for p in PROMPTS]
+        streams = all_streaming(stack.gateway.address, requests, cleanup)
+        held = lambda: value(scrape(stack.proposers[0].metrics_port)["splitspec_proposer_sequences"])  # noqa: E731
+        assert wait_for(lambda: held() > 0, timeout=10), "the first proposer drafts for some of the requests"
+        yield stack, streams
 
 
 def _went_on_without_it(stack, streams, step_away) -> tuple[int, float, float]:
@@ -243,14 +253,7 @@ def test_a_proposer_lost_under_direct_drafts_loses_nothing(tiny_llama, tmp_path)
     draft calls to it fail, those steps verify no drafts, and the gateway moves the sequences to the other
     proposer, whose drafts are accepted from then on."""
     max_tokens = 240
-    with (
-        running_stack(
-            tiny_llama, tmp_path, k=3, num_proposers=2, gateway_args=("--direct-drafts", "--fixed-k"),
-            network_delay_ms=DELAY_MS, metrics=True,
-        ) as stack,
-        ExitStack() as cleanup,
-    ):  # fmt: skip
-        streams = _streams_on_two_proposers(stack, max_tokens, cleanup)
+    with _streaming_on_two_proposers(tiny_llama, tmp_path, max_tokens) as (stack, streams):
         running, served, accepted = _went_on_without_it(stack, streams, stack.proposers[0].proc.kill)
     assert [s.token_ids for s in streams] == _plain(tiny_llama, max_tokens)
     assert running > 0, "the proposer died under requests in flight"
@@ -273,14 +276,7 @@ def test_a_draining_proposer_under_direct_drafts_is_left_and_exits_while_request
         assert draining.wait(timeout=10) == 0
         exited_after.append(time.monotonic() - signalled)
 
-    with (
-        running_stack(
-            tiny_llama, tmp_path, k=3, num_proposers=2, gateway_args=("--direct-drafts", "--fixed-k"),
-            network_delay_ms=DELAY_MS, metrics=True,
-        ) as stack,
-        ExitStack() as cleanup,
-    ):  # fmt: skip
-        streams = _streams_on_two_proposers(stack, max_tokens, cleanup)
+    with _streaming_on_two_proposers(tiny_llama, tmp_path, max_tokens) as (stack, streams):
         still_running, served, accepted = _went_on_without_it(stack, streams, drain)
     assert [s.token_ids for s in streams] == _plain(tiny_llama, max_tokens)
     assert exited_after[0] < 4.0 and still_running > 0, (exited_after, still_running)
