@@ -7,18 +7,14 @@ Starts `splitspec up` on free loopback ports, stops it at the end. `splitspec be
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
+from splitspec.entrypoints.service_processes import start_service
+from splitspec.net_ports import free_port
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 QUESTIONS = [
@@ -26,31 +22,6 @@ QUESTIONS = [
     "Explain what a hash table is in three sentences.",
     "Rewrite in formal English: gonna grab food, back in 10, dont start without me.",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_serving(address: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit("splitspec up exited early")
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.5)
-    raise SystemExit("gateway did not become ready")
 
 
 def main() -> None:
@@ -65,34 +36,13 @@ def main() -> None:
     llm = LLM(args.model, speculative_config={"method": args.method, "num_speculative_tokens": args.k})
     prompts = [llm.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS]
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
-    ports = [_free_port() for _ in range(3)]
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "splitspec",
-            "up",
-            "--model",
-            args.model,
-            "--method",
-            args.method,
-            "-k",
-            str(args.k),
-            "--port",
-            str(ports[0]),
-            "--verifier-port",
-            str(ports[1]),
-            "--proposer-port",
-            str(ports[2]),
-        ],
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
-    )
-    address = f"127.0.0.1:{ports[0]}"
+    ports = [free_port() for _ in range(3)]
+    up_args = ["up", "--model", args.model, "--method", args.method, "-k", str(args.k)]
+    up_args += ["--verifier-port", str(ports[1]), "--proposer-port", str(ports[2])]
+    up = start_service("up", up_args, None, port=ports[0], grace_seconds=None, timeout=300)
     totals = {"in-process": [0, 0.0], "gateway": [0, 0.0]}
     try:
-        _wait_serving(address, up)
-        with grpc.insecure_channel(address) as channel:
+        with grpc.insecure_channel(up.address) as channel:
             stub = pb_grpc.GatewayStub(channel)
             for _ in range(args.rounds):
                 for prompt in prompts:
@@ -110,8 +60,7 @@ def main() -> None:
                     totals["gateway"][1] += time.perf_counter() - start
                     assert remote == local, "gateway output differs from in-process output"
     finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(timeout=60)
+        up.stop(timeout=60)
     rate = {name: n / t for name, (n, t) in totals.items()}
     for name, (n, t) in totals.items():
         print(f"{name:>10}: {n} tokens in {t:.2f} s = {rate[name]:.1f} tokens/s")

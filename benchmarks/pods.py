@@ -3,77 +3,51 @@ waited for, stopped (and started again on the same port, as benchmarks/failover.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from splitspec.entrypoints.service_processes import ServiceProcess, health_status, start_service
+from splitspec.net_ports import free_port
 
 
 @dataclass
 class Pod:
-    """One service process, which can be stopped and started again on the same port."""
+    """One service process, which can be stopped and started again on the same port; its log,
+    `<name>.log` in log_dir, is appended to across restarts."""
 
     name: str
     args: list[str]
     log_dir: Path
-    port: int = field(default_factory=_free_port)
-    proc: subprocess.Popen | None = None
+    port: int = field(default_factory=free_port)
+    service: ServiceProcess | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return None if self.service is None else self.service.proc
+
     def start(self) -> None:
-        argv = [sys.executable, "-m", "splitspec", *self.args, "--host", "127.0.0.1", "--port", str(self.port)]
-        log = open(self.log_dir / f"{self.name}.log", "a")
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        """Start it, without waiting (wait_serving does): pods start side by side."""
+        log = self.log_dir / f"{self.name}.log"
+        self.service = start_service(
+            self.name, self.args, None, log_file=log, port=self.port, wait=False, grace_seconds=None
+        )
 
     def wait_serving(self, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise SystemExit(f"{self.name} exited with {self.proc.returncode}; see {self.log_dir}")
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise SystemExit(f"{self.name} is not serving after {timeout} s; see {self.log_dir}")
+        self.service.wait_serving(timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.service is not None:
+            self.service.stop(sig, timeout)
 
     def health(self) -> int | None:
         """Its health status now, None when it does not answer."""
-        with grpc.insecure_channel(self.address) as channel:
-            try:
-                return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
-            except grpc.RpcError:
-                return None
+        return health_status(self.address, timeout=2)
 
     def rss_bytes(self) -> int:
         """Its resident memory now."""

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from splitspec.adaptive_k import PassCostModel
+from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.rpc import wire
@@ -207,11 +208,14 @@ class ProposerBackend:
         self.num_sequences = 0
         self.link = Ewma()  # seconds there and back, from the health checks of refresh_health
         self.draft_token = Ewma()  # seconds of drafting per draft token: a draft's wait beyond the link
+        self.traits: DrafterTraits | None = None  # what it reported of its drafter (GetInfo), once serving
+        self.refusal: str | None = None  # why the gateway's drafter pool refused it (gateway_svc.drafter_pool)
 
     @property
     def available(self) -> bool:
-        """Whether it drafts for the sequences it holds."""
-        return self.serving and not self.retired and time.monotonic() >= self.down_until
+        """Whether it drafts for the sequences it holds: it reported a drafter the pool admitted."""
+        admitted = self.traits is not None and self.refusal is None
+        return admitted and self.serving and not self.retired and time.monotonic() >= self.down_until
 
     @property
     def takes_new(self) -> bool:
@@ -228,12 +232,16 @@ class ProposerBackend:
         return await self.refresh_health()
 
     async def refresh_health(self, timeout: float = 2.0) -> bool:
-        """Whether it is SERVING; a draining proposer says NOT_SERVING and gets no more drafts."""
+        """Whether it is SERVING; a draining proposer says NOT_SERVING and gets no more drafts. Each time
+        it comes to serve, it is asked what its drafter is (it may be a new process at the address)."""
+        was_serving = self.serving and self.traits is not None
         try:
             sent = time.perf_counter()
             health = await self.health.Check(health_pb2.HealthCheckRequest(service=PROPOSER_SERVICE), timeout=timeout)
             self.link.add(time.perf_counter() - sent)
             self.serving = health.status == health_pb2.HealthCheckResponse.SERVING
+            if self.serving and not was_serving:
+                self.traits = wire.traits_from_proto(await self.stub.GetInfo(pb.InfoRequest(), timeout=timeout))
         except grpc.aio.AioRpcError:
             self.serving = False
         return self.serving

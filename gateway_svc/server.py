@@ -18,26 +18,23 @@ from opentelemetry.trace import Status, StatusCode
 
 from gateway_svc.backends import ProposerBackend, VerifierBackend
 from gateway_svc.discovery import BackendPool, keep_resolving
+from gateway_svc.drafter_pool import DrafterPool
 from gateway_svc.generation import Delta, GatewayCore
+from gateway_svc.round_plan import RoundSettings
 from gateway_svc.validation import DEFAULT_LIMITS, RequestLimits, validate
-from splitspec.config import (
-    DEFAULT_NUM_SPECULATIVE_TOKENS,
-    HIDDEN_STATES_BY_METHOD,
-    MAX_PROMPT_LOOKUP,
-    SpeculationMethod,
-    check_prompt_lookup,
-)
-from splitspec.drafts import HiddenStates
+from splitspec.config import MAX_PROMPT_LOOKUP, SpeculationMethod, check_prompt_lookup
 from splitspec.errors import ServiceError
 from splitspec.metrics import RequestMetrics, RequestTimer, service_meter
 from splitspec.rpc.api_keys import ApiKeyInterceptor
 from splitspec.rpc.channels import Channels
-from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
+from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve, set_health
 from splitspec.rpc.targets import Target
 from splitspec.rpc.tls import ClientFilesWatch, ClientTls
 from splitspec.tracing import Tracing, start_tracing, traces_endpoint
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
@@ -45,14 +42,12 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         self,
         core: GatewayCore,
         model_name: str,
-        method: str,
         max_concurrent_requests: int,
         tracing: Tracing | None = None,
         limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.core = core
         self.model_name = model_name
-        self.method = method
         self.max_concurrent_requests = max_concurrent_requests
         self.limits = limits
         self.active = 0
@@ -64,7 +59,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             model=self.model_name,
             vocab_size=verifier.info.vocab_size if verifier else 0,
             max_model_len=self.core.max_model_len,
-            method=self.method,
+            method=self.core.method,
             num_speculative_tokens=self.core.num_speculative_tokens,
             contract_version=CONTRACT_VERSION,
         )
@@ -134,7 +129,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             "gen_ai.operation.name": "text_completion",
             "gen_ai.request.model": self.model_name,
             "gen_ai.request.temperature": sampling.temperature if sampling.HasField("temperature") else 1.0,
-            "splitspec.method": self.method,
+            "splitspec.method": self.core.method,
         }
         for name in ("max_tokens", "top_p", "top_k", "seed"):
             if sampling.HasField(name):
@@ -219,13 +214,13 @@ async def watch_backends(core: GatewayCore, health_servicer, interval_s: float =
             asyncio.gather(*(v.refresh_info() for v in core.verifiers)),
             asyncio.gather(*(p.refresh_health() for p in core.proposers)),
         )
+        core.drafters.admit(core.proposers)
         live = [i for i in infos if i is not None]
         if live:
             core.max_model_len = min(i.max_model_len for i in live)
             core.eos_token_ids = set(live[0].eos_token_ids)
         status = health_pb2.HealthCheckResponse.SERVING if live else health_pb2.HealthCheckResponse.NOT_SERVING
-        await health_servicer.set("", status)
-        await health_servicer.set("splitspec.v1.Gateway", status)
+        await set_health(health_servicer, SERVICE_NAME, status)
         await asyncio.sleep(interval_s)
 
 
@@ -254,8 +249,10 @@ class GatewaySettings:
     proposers: tuple[Target, ...] = field(default=(Target("127.0.0.1", 50053, resolve=False),))
     resolve_interval_s: float = 5.0
     """How often dns:/// targets are resolved again, and the client TLS files checked for a change."""
-    method: str = "ngram"
-    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
+    method: str | None = None
+    """The drafter the proposers must report (others are refused); None: whichever they report."""
+    num_speculative_tokens: int | None = None
+    """None: the proposers' own default K."""
     max_concurrent_requests: int = 256
     max_tokens_limit: int | None = None
     """The most max_tokens a request may ask for; None: any, the model's context bounds it."""
@@ -291,18 +288,20 @@ def run_gateway(settings: GatewaySettings) -> None:
     from splitspec.checkpoint import resolve_checkpoint
     from splitspec.tokenizer import load_tokenizer
 
-    hidden_states = HIDDEN_STATES_BY_METHOD.get(settings.method, HiddenStates.NONE)
-    # suffix decoding must see every committed token, to remember the output: its rounds stay on the proposer
-    measure_drafters = (
-        settings.method not in (SpeculationMethod.NGRAM, SpeculationMethod.SUFFIX)
-        and settings.verifier_ngram
-        and hidden_states == HiddenStates.NONE
-        and bool(settings.proposers)
+    if settings.local_ngram or settings.verifier_ngram:
+        check_prompt_lookup(*settings.prompt_lookup, MAX_PROMPT_LOOKUP)
+    rounds = RoundSettings(
+        num_speculative_tokens=settings.num_speculative_tokens,
+        adaptive=settings.adaptive,
+        local_ngram=settings.local_ngram,
+        verifier_ngram=settings.verifier_ngram,
+        prompt_lookup=settings.prompt_lookup,
+        draft_ahead=settings.draft_ahead,
+        pipeline_steps=settings.pipeline_steps,
+        direct_drafts=settings.direct_drafts,
+        ngram_without_proposers=settings.method == SpeculationMethod.NGRAM
+        or (settings.method is None and not settings.proposers),
     )
-    ngram_only = settings.method == "ngram" and settings.local_ngram
-    local_ngram = settings.prompt_lookup if ngram_only or measure_drafters else None
-    if local_ngram is not None:
-        check_prompt_lookup(*local_ngram, MAX_PROMPT_LOOKUP)
     tokenizer = load_tokenizer(resolve_checkpoint(settings.model))
 
     async def main() -> None:
@@ -318,6 +317,8 @@ def run_gateway(settings: GatewaySettings) -> None:
         ]
         for pool in pools:
             await pool.refresh()
+        drafters = DrafterPool(settings.method)
+        drafters.admit(proposers)
         meter = service_meter("gateway", settings.server)
         core = GatewayCore(
             verifiers=verifiers,
@@ -325,18 +326,10 @@ def run_gateway(settings: GatewaySettings) -> None:
             tokenizer=tokenizer,
             eos_token_ids=set(),
             max_model_len=1 << 30,
-            num_speculative_tokens=settings.num_speculative_tokens if settings.proposers or local_ngram else 0,
             proposer_timeout_s=settings.proposer_timeout_s,
             verifier_wait_s=settings.verifier_wait_s,
-            adaptive=settings.adaptive and settings.method != SpeculationMethod.SUFFIX,  # it sizes its own drafts
-            drafts_are_sampled=settings.method == SpeculationMethod.DRAFT_MODEL,
-            hidden_states=hidden_states,
-            local_ngram=local_ngram,
-            measure_drafters=measure_drafters,
-            draft_ahead=settings.draft_ahead,
-            pipeline_steps=settings.pipeline_steps,
-            direct_drafts=settings.direct_drafts,
-            proposer_affinity=settings.method == SpeculationMethod.SUFFIX,
+            rounds=rounds,
+            drafters=drafters,
             metrics=RequestMetrics(meter),
         )
         observe_verifier_load(meter, verifiers)
@@ -348,7 +341,6 @@ def run_gateway(settings: GatewaySettings) -> None:
             servicer = GatewayServicer(
                 core,
                 settings.model,
-                settings.method,
                 settings.max_concurrent_requests,
                 tracing,
                 RequestLimits(max_tokens=settings.max_tokens_limit),
@@ -390,7 +382,7 @@ def run_gateway(settings: GatewaySettings) -> None:
 
         await serve(
             settings.server,
-            [pb.DESCRIPTOR.services_by_name["Gateway"].full_name],
+            [SERVICE_NAME],
             register,
             "gateway",
             stop,

@@ -20,7 +20,9 @@ from splitspec.sparse_distribution import SparseDistribution
 
 
 class DraftModelProposer(Proposer):
+    method = "draft_model"
     samples_drafts = True
+    drafts_after_rejection = True
 
     def __init__(self, runner: ModelRunner, *, target_vocab_size: int, draft_top_k: int = 16) -> None:
         self.runner = runner

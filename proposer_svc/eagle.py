@@ -78,6 +78,7 @@ class EagleProposer(Proposer):
     sequence whose states have a gap (a proposer that missed a step) gets no drafts rather than
     drafts from garbage, until the verifier resends them all (a re-prefill)."""
 
+    method = "eagle"
     hidden_states = HiddenStates.ALL
 
     def __init__(self, runner: EagleRunner) -> None:

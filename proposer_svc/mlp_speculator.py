@@ -146,6 +146,7 @@ class MLPSpeculatorProposer(Proposer):
     """Argmax drafts from the speculator's heads (one-hot q, so sampled requests stay exact). A
     sequence without the target's hidden state gets no drafts rather than drafts from garbage."""
 
+    method = "mlp_speculator"
     hidden_states = HiddenStates.LAST
 
     def __init__(self, speculator: MLPSpeculator) -> None:

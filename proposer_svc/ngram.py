@@ -8,6 +8,9 @@ from splitspec.ngram_index import NgramIndex
 
 
 class NgramProposer(Proposer):
+    method = "ngram"
+    drafts_after_rejection = True
+
     def __init__(self, prompt_lookup_min: int, prompt_lookup_max: int) -> None:
         self.min_n, self.max_n = prompt_lookup_min, prompt_lookup_max
         self._indexes: dict[str, NgramIndex] = {}

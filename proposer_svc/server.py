@@ -7,22 +7,24 @@ import asyncio
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from proposer_svc.factory import build_proposer
 from proposer_svc.proposer import Proposer
 from proposer_svc.service import ProposerService
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SpeculationMethod, SpeculativeConfig
 from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
-from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.metrics import service_meter
 from splitspec.rpc import wire
 from splitspec.rpc.compute_thread import run_on_compute_thread
-from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve
+from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, serve, set_health
 from splitspec.rpc.stream_dispatch import serve_sequence_stream
 from splitspec.tracing import start_tracing, traces_endpoint
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Proposer"].full_name
 
 
 class ProposerServicer(pb_grpc.ProposerServicer):
@@ -30,13 +32,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
         self.service = service
 
     async def GetInfo(self, request: pb.InfoRequest, context) -> pb.ProposerInfo:
-        return pb.ProposerInfo(
-            method=self.service.method,
-            num_speculative_tokens=self.service.num_speculative_tokens,
-            contract_version=CONTRACT_VERSION,
-            needs_hidden_states=self.service.proposer.needs_hidden_states,
-            needs_all_hidden_states=self.service.proposer.hidden_states == HiddenStates.ALL,
-        )
+        return wire.traits_to_proto(self.service.traits, CONTRACT_VERSION)
 
     async def Propose(self, request_iterator, context):
         async def handle(request: pb.ProposerRequest, response: pb.ProposerResponse) -> None:
@@ -96,7 +92,6 @@ def run_proposer(settings: ProposerSettings) -> None:
         tracing = start_tracing("proposer", traces_endpoint(settings.server.otlp_traces_endpoint))
         service = ProposerService(
             proposer,
-            method=settings.speculative.method,
             num_speculative_tokens=settings.speculative.num_speculative_tokens,
             batch_window_s=settings.batch_window_ms / 1000,
             meter=service_meter("proposer", settings.server),
@@ -111,12 +106,11 @@ def run_proposer(settings: ProposerSettings) -> None:
         async def register(server, health) -> None:
             service.start()
             pb_grpc.add_ProposerServicer_to_server(ProposerServicer(service), server)
-            await health.set("", 1)
-            await health.set("splitspec.v1.Proposer", 1)
+            await set_health(health, SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
         await serve(
             settings.server,
-            [pb.DESCRIPTOR.services_by_name["Proposer"].full_name],
+            [SERVICE_NAME],
             register,
             "proposer",
             stop,

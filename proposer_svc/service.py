@@ -39,7 +39,6 @@ class ProposerService:
         self,
         proposer: Proposer,
         *,
-        method: str,
         num_speculative_tokens: int,
         batch_window_s: float = 0.001,
         meter: Meter | None = None,
@@ -51,8 +50,8 @@ class ProposerService:
         self.max_drafts_per_step = max_drafts_per_step
         self.tracing = tracing or Tracing()
         self.spans: dict[str, tuple[trace.Span, trace.SpanContext]] = {}  # seq_id -> its span, the request's
-        self.method = method
-        self.num_speculative_tokens = num_speculative_tokens
+        self.traits = proposer.traits(num_speculative_tokens, max_drafts_per_step)
+        """What its drafter is, as GetInfo reports it."""
         self.contexts: dict[str, list[int]] = {}
         self.expiries = Expiries(self._expire)
         self._releases: set[asyncio.Task] = set()
@@ -133,7 +132,7 @@ class ProposerService:
         if assumed and self.proposer.needs_hidden_states:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"assumed_token_ids: {self.method} reads the target's hidden states, which assumed tokens do not "
+                f"assumed_token_ids: {self.proposer.method} reads the target's hidden states, which assumed tokens do not "
                 "have yet; it cannot draft ahead",
             )
         if self.tracing.enabled and seq_id not in self.spans and (parent := context_of(*trace_context)) is not None:

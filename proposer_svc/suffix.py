@@ -41,6 +41,10 @@ class _Active:
 
 
 class SuffixProposer(Proposer):
+    method = "suffix"
+    sizes_own_drafts = True
+    remembers_outputs = True
+
     def __init__(self, settings: SuffixSettings) -> None:
         self.settings = settings
         self.global_tree = SuffixTree(settings.max_tree_depth)

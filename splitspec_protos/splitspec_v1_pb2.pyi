@@ -374,15 +374,27 @@ class ProposerResponse(_message.Message):
     def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., draft: _Optional[_Union[DraftResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class ProposerInfo(_message.Message):
-    __slots__ = ("method", "num_speculative_tokens", "contract_version", "needs_hidden_states", "needs_all_hidden_states")
+    __slots__ = ("method", "num_speculative_tokens", "contract_version", "needs_hidden_states", "needs_all_hidden_states", "samples_drafts", "sizes_own_drafts", "remembers_outputs", "drafts_ahead", "drafts_after_rejection", "max_num_speculative_tokens")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_VERSION_FIELD_NUMBER: _ClassVar[int]
     NEEDS_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     NEEDS_ALL_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    SIZES_OWN_DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    REMEMBERS_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    DRAFTS_AHEAD_FIELD_NUMBER: _ClassVar[int]
+    DRAFTS_AFTER_REJECTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     method: str
     num_speculative_tokens: int
     contract_version: str
     needs_hidden_states: bool
     needs_all_hidden_states: bool
-    def __init__(self, method: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., contract_version: _Optional[str] = ..., needs_hidden_states: _Optional[bool] = ..., needs_all_hidden_states: _Optional[bool] = ...) -> None: ...
+    samples_drafts: bool
+    sizes_own_drafts: bool
+    remembers_outputs: bool
+    drafts_ahead: bool
+    drafts_after_rejection: bool
+    max_num_speculative_tokens: int
+    def __init__(self, method: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., contract_version: _Optional[str] = ..., needs_hidden_states: _Optional[bool] = ..., needs_all_hidden_states: _Optional[bool] = ..., samples_drafts: _Optional[bool] = ..., sizes_own_drafts: _Optional[bool] = ..., remembers_outputs: _Optional[bool] = ..., drafts_ahead: _Optional[bool] = ..., drafts_after_rejection: _Optional[bool] = ..., max_num_speculative_tokens: _Optional[int] = ...) -> None: ...

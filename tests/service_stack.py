@@ -1,23 +1,19 @@
-"""Start real service processes on free loopback ports, and always stop them."""
+"""Stacks of real service processes on free loopback ports, always stopped; and what tests ask of
+processes. Starting one service is splitspec.entrypoints.service_processes, re-exported here."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from separate_hosts import Host
 
+from splitspec.entrypoints.service_processes import ServiceProcess, start_service
+from splitspec.entrypoints.service_processes import health_status as health_status  # for the test modules
+from splitspec.net_ports import free_port
 from splitspec.netdelay import DelayProxy
 from splitspec.rpc.throwaway_certs import StackCertificates
 from splitspec_protos import splitspec_v1_pb2 as pb
@@ -53,131 +49,6 @@ def process_gone(pid: int) -> bool:
             return stat.read().split()[2] == "Z"
     except FileNotFoundError:
         return True
-
-
-_PORTS_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port free now and never handed out before in this process, for the listeners that cannot bind
-    port 0 and say which port they got (metrics, HTTP). Servers started with start_service bind port 0."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _PORTS_HANDED_OUT:
-            _PORTS_HANDED_OUT.add(port)
-            return port
-
-
-def bound_address(proc: subprocess.Popen, log: Path, what: str, timeout: float) -> str:
-    """host:port from the `splitspec NAME: <what> HOST:PORT` line a server prints once it has bound."""
-    pattern = re.compile(rf"^splitspec [^:]+: {re.escape(what)} (\S+:\d+) ", re.M)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = pattern.search(log.read_text(errors="replace"))
-        if found:
-            return found.group(1)
-        if proc.poll() is not None:
-            raise RuntimeError(f"{log.name}: exited with {proc.returncode} before binding:\n{log.read_text()[-4000:]}")
-        time.sleep(0.05)
-    raise TimeoutError(f"{log.name}: no {what!r} line after {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-@dataclass
-class ServiceProcess:
-    name: str
-    address: str
-    proc: subprocess.Popen
-    log: Path
-    health_address: str | None = None
-    """Where it answers health checks in plaintext, when not at `address` (--health-port)."""
-    metrics_port: int | None = None
-    """Where it serves /metrics on its host (--metrics-port), when it does."""
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_service(
-    name: str,
-    args: list[str],
-    log_dir: Path,
-    *,
-    wait: bool = True,
-    timeout: float = 180.0,
-    grace_seconds: float = 5,
-    on: Host | None = None,
-    port: int | None = None,
-    health_port: bool = False,
-    metrics: bool = False,
-    env: dict[str, str] | None = None,
-    launcher: list[str] | None = None,
-) -> ServiceProcess:
-    """The service on loopback (its port bound by the server itself: port 0, read back from its log), or
-    on its own host (`on`, from separate_hosts) and `port`;
-    health_port: with a plaintext health port too (the one to wait on when the main port needs TLS);
-    metrics: serving /metrics on a free port (ServiceProcess.metrics_port);
-    env: set in its environment besides this process's; launcher: what runs the CLI's arguments (default
-    `python -m splitspec`)."""
-    port = port or 0
-    host_ip = "127.0.0.1" if on is None else on.ip
-    log = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=log_dir)[1])
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", **(env or {}))
-    argv = [*(launcher or [sys.executable, "-m", "splitspec"]), *args, "--host", host_ip, "--port", str(port)]
-    argv += ["--grace-seconds", str(grace_seconds)]
-    if health_port:
-        argv += ["--health-port", "0"]
-    metrics_port = free_port() if metrics else None
-    if metrics_port is not None:
-        argv += ["--metrics-port", str(metrics_port)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(argv if on is None else on.command(argv), stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        address = bound_address(proc, log, "listening on", timeout)
-        health_address = bound_address(proc, log, "health checks on", timeout) if health_port else None
-        service = ServiceProcess(name, address, proc, log, health_address, metrics_port)
-        if wait:
-            wait_serving(service, timeout)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return service
-
-
-def health_status(address: str, service: str = "", credentials: grpc.ChannelCredentials | None = None) -> int | None:
-    """credentials: for a server that serves TLS; None: plaintext."""
-    channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
-    with channel:
-        try:
-            return (
-                health_pb2_grpc.HealthStub(channel)
-                .Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                .status
-            )
-        except grpc.RpcError:
-            return None
-
-
-def wait_serving(service: ServiceProcess, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.proc.poll() is not None:
-            raise RuntimeError(f"{service.name} exited with {service.proc.returncode}:\n{service.logs()}")
-        if health_status(service.health_address or service.address) == health_pb2.HealthCheckResponse.SERVING:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{service.name} not SERVING after {timeout} s:\n{service.logs()}")
 
 
 @dataclass

@@ -34,8 +34,11 @@ from test_services_e2e import (
 from tiny_checkpoints import write_perturbed_copy
 from verifier_stand_in import VerifierStandIn
 
+from gateway_svc.drafter_pool import DrafterPool
 from gateway_svc.generation import GatewayCore
+from gateway_svc.round_plan import RoundSettings
 from splitspec import LLM, SamplingParams
+from splitspec.drafter_traits import DrafterTraits
 from splitspec.entrypoints.client import stream_generate
 from splitspec.rpc.throwaway_certs import make_stack_certificates
 from splitspec.rpc.tls import ClientTls
@@ -86,8 +89,11 @@ class DirectVerifier(VerifierStandIn):
 
 def _run_direct(verifier: DirectVerifier, proposers: list[ScriptedProposer], max_tokens: int = 60) -> list[int]:
     core = GatewayCore(
-        [verifier], proposers, None, set(), max_model_len=1 << 20, num_speculative_tokens=K, direct_drafts=True,
-        pipeline_steps=verifier.pipelined,
+        [verifier], proposers, None, set(), max_model_len=1 << 20,
+        rounds=RoundSettings(
+            num_speculative_tokens=K, verifier_ngram=False, direct_drafts=True, pipeline_steps=verifier.pipelined
+        ),
+        drafters=DrafterPool(traits=DrafterTraits("draft_model", K, 128)),
     )  # fmt: skip
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
 

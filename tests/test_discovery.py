@@ -12,6 +12,7 @@ import pytest
 from gateway_svc.backends import ProposerBackend, VerifierBackend
 from gateway_svc.discovery import BackendPool
 from gateway_svc.generation import GatewayCore
+from splitspec.drafter_traits import DrafterTraits
 from splitspec.errors import ServiceError
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.grpc_server import channel_options
@@ -109,10 +110,12 @@ def test_a_superseded_proposer_drafts_for_its_sequences_and_takes_no_new_ones():
     async def check() -> None:
         old, new = (ProposerBackend("127.0.0.1:1", Channels(channel_options())) for _ in range(2))
         old.superseded = True
-        core = GatewayCore([], [old, new], None, set(), 1 << 20, 0)
+        for backend in (old, new):
+            backend.traits = DrafterTraits("ngram", 4, 128)  # reported and admitted
+        core = GatewayCore([], [old, new], None, set(), 1 << 20)
         assert old.available and not old.takes_new, "its sequences stay, with what it holds of them"
         new.num_sequences = 5
-        assert core._next_proposer() is new, "though it serves more"
+        assert core.placement.next_proposer() is new, "though it serves more"
         for backend in (old, new):
             await backend.close()
 
@@ -170,7 +173,7 @@ def test_load_counts_other_gateways_sequences_and_this_gateway_s_since_the_last_
 
 @dataclass
 class StartOnly:
-    """A verifier as _start_on_a_verifier sees it: its load, and an answer to StartSequence."""
+    """A verifier as Placement.start_on_a_verifier sees it: its load, and an answer to StartSequence."""
 
     address: str
     load: float
@@ -193,9 +196,9 @@ class StartOnly:
 def _start(verifiers) -> StartOnly:
     from splitspec.sequence import Sequence
 
-    core = GatewayCore(verifiers, [], None, set(), 1 << 20, 0)
+    core = GatewayCore(verifiers, [], None, set(), 1 << 20)
     seq = Sequence("s", None, [1, 2, 3], SamplingParams(temperature=0), 0)
-    return asyncio.run(core._start_on_a_verifier(seq, deadline=0, trace_context=None))
+    return asyncio.run(core.placement.start_on_a_verifier(seq, deadline=0, trace_context=None))
 
 
 def test_a_sequence_starts_on_the_least_loaded_verifier_and_passes_over_full_or_lost_ones():

@@ -19,9 +19,12 @@ from verifier_stand_in import VerifierStandIn
 
 from gateway_svc.backends import Ewma
 from gateway_svc.draft_ahead import AheadDraft
+from gateway_svc.drafter_pool import DrafterPool
 from gateway_svc.generation import GatewayCore
+from gateway_svc.round_plan import RoundSettings
 from proposer_svc.ngram import NgramProposer
 from proposer_svc.service import ProposerService
+from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.errors import ServiceError
 from splitspec.rpc import wire
@@ -142,9 +145,10 @@ def run(proposer: ScriptedProposer, draft_ahead: bool = True) -> tuple[list[int]
         None,
         set(),
         max_model_len=1 << 20,
-        num_speculative_tokens=K,
-        draft_ahead=draft_ahead,
-        pipeline_steps=False,
+        rounds=RoundSettings(
+            num_speculative_tokens=K, verifier_ngram=False, draft_ahead=draft_ahead, pipeline_steps=False
+        ),
+        drafters=DrafterPool(traits=DrafterTraits("draft_model", K, 128)),
     )
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
@@ -210,7 +214,7 @@ def test_the_ngram_drafter_looks_up_over_assumed_tokens_and_indexes_only_committ
 
 def test_the_proposer_service_keeps_only_committed_tokens_of_a_draft_ahead():
     async def scenario() -> tuple[Draft, list[int]]:
-        service = ProposerService(NgramProposer(1, 3), method="ngram", num_speculative_tokens=3)
+        service = ProposerService(NgramProposer(1, 3), num_speculative_tokens=3)
         service.start()
         try:
             outcome = await service.draft(
@@ -231,7 +235,7 @@ def test_a_drafter_that_reads_hidden_states_refuses_to_draft_ahead():
         hidden_states = "last"
 
     async def scenario() -> None:
-        service = ProposerService(HiddenStateDrafter(1, 3), method="mlp_speculator", num_speculative_tokens=3)
+        service = ProposerService(HiddenStateDrafter(1, 3), num_speculative_tokens=3)
         await service.draft(
             "s", committed_len=2, start=0, token_ids=[1, 2], num_tokens=3, temperature=0, top_k=-1, seed=0,
             assumed_token_ids=[3],
@@ -330,7 +334,7 @@ def _draft_on(service: ProposerService, start: int, token_ids: list[int], **kwar
 
 def test_a_draft_ahead_whose_first_token_is_excluded_is_no_draft_whatever_the_drafter():
     async def scenario() -> list[list[int]]:
-        service = ProposerService(_FixedDrafter(1, 3), method="suffix", num_speculative_tokens=2)
+        service = ProposerService(_FixedDrafter(1, 3), num_speculative_tokens=2)
         service.start()
         try:
             excluded = await _draft_on(service, 0, [1, 2, 3], excluded_first_token_ids=[7])
@@ -347,7 +351,7 @@ def test_the_proposer_service_takes_tokens_it_holds_again_and_asks_for_all_when_
     ones the proposer holds already must be the same, and it appends the rest."""
 
     async def scenario() -> list:
-        service = ProposerService(NgramProposer(1, 3), method="ngram", num_speculative_tokens=2)
+        service = ProposerService(NgramProposer(1, 3), num_speculative_tokens=2)
         service.start()
         try:
             await _draft_on(service, 0, [1, 2, 3, 4, 5, 1, 2])
@@ -368,7 +372,7 @@ def test_the_proposer_service_takes_tokens_it_holds_again_and_asks_for_all_when_
 
 def test_too_many_excluded_first_tokens_are_refused_by_name():
     async def scenario() -> None:
-        service = ProposerService(NgramProposer(1, 3), method="ngram", num_speculative_tokens=2)
+        service = ProposerService(NgramProposer(1, 3), num_speculative_tokens=2)
         await _draft_on(service, 0, [1, 2], excluded_first_token_ids=list(range(65)))
 
     with pytest.raises(ServiceError, match="excluded_first_token_ids: at most 64"):
@@ -387,7 +391,7 @@ def test_a_release_that_resends_tokens_the_proposer_holds_still_hands_the_drafte
 
     async def scenario() -> list[list[int]]:
         drafter = Remembering(1, 3)
-        service = ProposerService(drafter, method="suffix", num_speculative_tokens=2)
+        service = ProposerService(drafter, num_speculative_tokens=2)
         service.start()
         try:
             await _draft_on(service, 0, [1, 2, 3])

@@ -123,7 +123,7 @@ def test_the_proposer_refuses_to_draft_more_than_its_setting_and_goes_on():
     from proposer_svc.service import ProposerService
 
     async def main():
-        service = ProposerService(NgramProposer(1, 3), method="ngram", num_speculative_tokens=3, max_drafts_per_step=4)
+        service = ProposerService(NgramProposer(1, 3), num_speculative_tokens=3, max_drafts_per_step=4)
         service.start()
         step = dict(committed_len=4, start=0, token_ids=[5, 6, 5, 6], temperature=0.0, top_k=0, seed=0)
         with pytest.raises(ServiceError) as refused:

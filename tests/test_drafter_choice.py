@@ -23,9 +23,12 @@ from verifier_stand_in import VerifierStandIn
 
 from gateway_svc.backends import Ewma
 from gateway_svc.drafter_choice import DrafterChoice
+from gateway_svc.drafter_pool import DrafterPool
 from gateway_svc.generation import GatewayCore
+from gateway_svc.round_plan import RoundSettings
 from splitspec import LLM
 from splitspec.adaptive_k import PassCostModel
+from splitspec.drafter_traits import DrafterTraits
 from splitspec.sampling_params import SamplingParams
 from splitspec_protos import splitspec_v1_pb2 as pb
 
@@ -108,10 +111,9 @@ def run(
         None,
         set(),
         max_model_len=1 << 20,
-        num_speculative_tokens=K,
-        local_ngram=(1, 4),
-        measure_drafters=measure,
-        pipeline_steps=pipeline,
+        rounds=RoundSettings(num_speculative_tokens=K, prompt_lookup=(1, 4), pipeline_steps=pipeline),
+        # without measuring, an n-gram drafter: the verifiers' own n-grams draft every round
+        drafters=DrafterPool(traits=DrafterTraits("draft_model" if measure else "ngram", K, 128)),
     )
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
 

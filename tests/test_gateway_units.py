@@ -89,7 +89,6 @@ def stream(tokenizer, output_ids: list[int], stop: list[str], round_sizes: list[
         tokenizer,
         {tokenizer.eos_token_id},
         max_model_len=1 << 20,
-        num_speculative_tokens=0,
     )
 
     async def collect() -> list[Delta]:
@@ -198,7 +197,7 @@ def test_streaming_decodes_as_few_tokens_per_token_at_4000_tokens_as_at_the_star
     output = long_output(default_tokenizer, 4000)
     counting = CountingTokenizer(default_tokenizer)
     params = SamplingParams(temperature=0, max_tokens=len(output), stop=["日本語のテキスト!"], ignore_eos=True)
-    core = GatewayCore([ReplayingVerifier(rounds=in_rounds(output, [1, 3, 6, 2, 5]))], [], counting, set(), 1 << 20, 0)
+    core = GatewayCore([ReplayingVerifier(rounds=in_rounds(output, [1, 3, 6, 2, 5]))], [], counting, set(), 1 << 20)
 
     async def round_costs() -> list[tuple[int, int]]:
         costs, before = [], 0

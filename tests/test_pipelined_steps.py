@@ -20,7 +20,10 @@ from verifier_stand_in import VerifierStandIn
 
 from gateway_svc.ahead_pipeline import Prediction
 from gateway_svc.draft_ahead import AheadDraft
+from gateway_svc.drafter_pool import DrafterPool
 from gateway_svc.generation import GatewayCore
+from gateway_svc.round_plan import RoundSettings
+from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import Draft
 from splitspec.sampling_params import SamplingParams
 from splitspec_protos import splitspec_v1_pb2 as pb
@@ -61,7 +64,7 @@ class PipelinedVerifier(VerifierStandIn):
 
 
 def run(verifiers: list[PipelinedVerifier], num_speculative_tokens: int = 0) -> list[int]:
-    core = GatewayCore(verifiers, [], None, set(), max_model_len=1 << 20, num_speculative_tokens=0)
+    core = GatewayCore(verifiers, [], None, set(), max_model_len=1 << 20)
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
     async def collect() -> list[int]:
@@ -134,7 +137,10 @@ class AssumingVerifier(VerifierStandIn):
 
 def run_drafted(proposer) -> tuple[list[int], AssumingVerifier]:
     verifier = AssumingVerifier()
-    core = GatewayCore([verifier], [proposer], None, set(), max_model_len=1 << 20, num_speculative_tokens=K)
+    core = GatewayCore(
+        [verifier], [proposer], None, set(), max_model_len=1 << 20,
+        rounds=RoundSettings(num_speculative_tokens=K, verifier_ngram=False), drafters=DrafterPool(traits=DrafterTraits("draft_model", K, 128)),
+    )  # fmt: skip
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
     async def collect() -> list[int]:

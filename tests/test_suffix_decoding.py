@@ -204,7 +204,7 @@ def test_the_proposer_service_keeps_the_last_tokens_a_release_brings(start, kept
     proposer = SuffixProposer(SuffixSettings())
 
     async def scenario() -> None:
-        service = ProposerService(proposer, method="suffix", num_speculative_tokens=8)
+        service = ProposerService(proposer, num_speculative_tokens=8)
         service.start()
         try:
             await service.draft(

@@ -87,7 +87,7 @@ def test_the_verifier_releases_a_sequence_at_its_limit_and_frees_its_blocks(tiny
 
 def test_the_proposer_forgets_a_sequence_at_its_limit():
     async def main():
-        service = ProposerService(NgramProposer(1, 3), method="ngram", num_speculative_tokens=3)
+        service = ProposerService(NgramProposer(1, 3), num_speculative_tokens=3)
         service.start()
         step = dict(start=0, num_tokens=3, temperature=0.0, top_k=0, seed=0)
         await service.draft("a", committed_len=4, token_ids=[5, 6, 5, 6], time_limit_s=0.2, **step)

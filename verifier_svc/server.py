@@ -18,7 +18,7 @@ from splitspec.metrics import service_meter
 from splitspec.rpc import wire
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.compute_thread import run_on_compute_thread
-from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve
+from splitspec.rpc.grpc_server import CONTRACT_VERSION, ServerOptions, channel_options, serve, set_health
 from splitspec.rpc.stream_dispatch import serve_sequence_stream
 from splitspec.rpc.targets import Target
 from splitspec.rpc.tls import ClientTls
@@ -29,6 +29,8 @@ from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 from verifier_svc.local_drafts import LocalDraftSpec
 from verifier_svc.remote_drafts import RemoteDraftSpec
 from verifier_svc.service import VerifierService
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 
 
 class VerifierServicer(pb_grpc.VerifierServicer):
@@ -158,8 +160,7 @@ async def _not_serving_when_the_runner_fails(service: VerifierService, health, i
     while service.healthy():
         await asyncio.sleep(interval_s)
     print("splitspec verifier: the model has failed; health is NOT_SERVING", file=sys.stderr, flush=True)
-    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    await health.set("splitspec.v1.Verifier", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await set_health(health, SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 def run_verifier(settings: VerifierSettings) -> None:
@@ -210,13 +211,12 @@ def run_verifier(settings: VerifierSettings) -> None:
         async def register(server, health) -> None:
             service.start()
             pb_grpc.add_VerifierServicer_to_server(VerifierServicer(service, settings.model, eos), server)
-            await health.set("", health_pb2.HealthCheckResponse.SERVING)
-            await health.set("splitspec.v1.Verifier", health_pb2.HealthCheckResponse.SERVING)
+            await set_health(health, SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
             watchers.add(asyncio.create_task(_not_serving_when_the_runner_fails(service, health)))
 
         await serve(
             settings.server,
-            [pb.DESCRIPTOR.services_by_name["Verifier"].full_name],
+            [SERVICE_NAME],
             register,
             "verifier",
             stop,

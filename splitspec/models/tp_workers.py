@@ -14,7 +14,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import torch.distributed as dist
 
 from splitspec.errors import RunnerLost, SplitspecError
 from splitspec.models.pass_layout import PassLayout
+from splitspec.net_ports import free_port
 
 _FORWARD, _STOP = 1, 0
 _HEADER = 6
@@ -89,12 +89,6 @@ _active: weakref.ref[WorkerGroup] | None = None
 """The group whose process group this process joined, while it lives."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class WorkerGroup:
     """Ranks 1..size-1, started as child processes; the caller becomes rank 0 of the default group."""
 
@@ -109,7 +103,7 @@ class WorkerGroup:
             dist.destroy_process_group()  # left by a model that was dropped without close()
         self.size = size
         self.device = device
-        address = f"tcp://127.0.0.1:{_free_port()}"
+        address = f"tcp://127.0.0.1:{free_port()}"
         config = json.dumps(asdict(runner_config))
         self.processes = [
             subprocess.Popen(

@@ -59,6 +59,13 @@ def channel_options(
     ]
 
 
+async def set_health(health_servicer: health.aio.HealthServicer, service_name: str, status: int) -> None:
+    """The server's health ("") and its service's (e.g. splitspec.v1.Verifier), which always agree;
+    status: a health_pb2.HealthCheckResponse status (SERVING, NOT_SERVING)."""
+    await health_servicer.set("", status)
+    await health_servicer.set(service_name, status)
+
+
 async def serve(
     options: ServerOptions,
     service_names: list[str],
@@ -70,7 +77,7 @@ async def serve(
 ) -> None:
     """Run a server until SIGTERM or SIGINT, then stop taking calls and drain in-flight streams.
 
-    `register` adds the servicers and sets the health status once the service can do its job.
+    `register` adds the servicers and sets the health status (set_health) once the service can do its job.
     `idle`: whether the service holds no more work; while draining, the server stops as soon as it
     says so (callers have moved their work away) rather than at the end of the grace period.
     """

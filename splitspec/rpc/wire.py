@@ -7,7 +7,8 @@ import math
 import grpc
 import torch
 
-from splitspec.drafts import Draft
+from splitspec.drafter_traits import DrafterTraits
+from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.sampling_params import SamplingParams
 from splitspec.sparse_distribution import SparseDistribution
@@ -101,4 +102,37 @@ def concat_rows(first: pb.HiddenStates, second: pb.HiddenStates) -> pb.HiddenSta
         )
     return pb.HiddenStates(
         data=first.data + second.data, dtype=first.dtype, shape=[first.shape[0] + second.shape[0], *first.shape[1:]]
+    )
+
+
+def traits_to_proto(traits: DrafterTraits, contract_version: str) -> pb.ProposerInfo:
+    return pb.ProposerInfo(
+        method=traits.method,
+        num_speculative_tokens=traits.num_speculative_tokens,
+        max_num_speculative_tokens=traits.max_num_speculative_tokens,
+        contract_version=contract_version,
+        needs_hidden_states=traits.hidden_states != HiddenStates.NONE,
+        needs_all_hidden_states=traits.hidden_states == HiddenStates.ALL,
+        samples_drafts=traits.samples_drafts,
+        sizes_own_drafts=traits.sizes_own_drafts,
+        remembers_outputs=traits.remembers_outputs,
+        drafts_ahead=traits.drafts_ahead,
+        drafts_after_rejection=traits.drafts_after_rejection,
+    )
+
+
+def traits_from_proto(info: pb.ProposerInfo) -> DrafterTraits:
+    hidden = HiddenStates.NONE
+    if info.needs_hidden_states:
+        hidden = HiddenStates.ALL if info.needs_all_hidden_states else HiddenStates.LAST
+    return DrafterTraits(
+        method=info.method,
+        num_speculative_tokens=info.num_speculative_tokens,
+        max_num_speculative_tokens=info.max_num_speculative_tokens,
+        samples_drafts=info.samples_drafts,
+        hidden_states=hidden,
+        sizes_own_drafts=info.sizes_own_drafts,
+        remembers_outputs=info.remembers_outputs,
+        drafts_ahead=info.drafts_ahead,
+        drafts_after_rejection=info.drafts_after_rejection,
     )

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -23,6 +20,8 @@ from splitspec.entrypoints.bench.runners import (
 )
 from splitspec.entrypoints.bench.timing import RequestTiming, Summary, summarise
 from splitspec.entrypoints.bench.workloads import build_prompts
+from splitspec.entrypoints.service_processes import ServiceProcess, start_service
+from splitspec.net_ports import free_port
 from splitspec.suffix_settings import SuffixSettings
 
 SUFFIX_K = SuffixSettings().max_tree_depth
@@ -70,12 +69,6 @@ def _log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_stack(
     model: str,
     k: int,
@@ -83,53 +76,14 @@ def _start_stack(
     env: dict[str, str] | None = None,
     delay_ms: float = 0.0,
     up_flags: tuple[str, ...] = (),
-) -> tuple[subprocess.Popen, str]:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    ports = [_free_port() for _ in range(3)]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "splitspec",
-            "up",
-            "--model",
-            model,
-            "-k",
-            str(k),
-            "--port",
-            str(ports[0]),
-            "--verifier-port",
-            str(ports[1]),
-            "--proposer-port",
-            str(ports[2]),
-            "--device",
-            device,
-            "--network-delay-ms",
-            str(delay_ms),
-            *up_flags,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, TOKENIZERS_PARALLELISM="false", **(env or {})),
-    )
-    address = f"127.0.0.1:{ports[0]}"
-    deadline = time.monotonic() + 300
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return proc, address
-            except grpc.RpcError:
-                pass
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("the gateway stack did not become ready")
+) -> ServiceProcess:
+    """`splitspec up` on free loopback ports, serving before this returns; the gateway at its address."""
+    ports = [free_port() for _ in range(3)]
+    args = ["up", "--model", model, "-k", str(k), "--verifier-port", str(ports[1]), "--proposer-port", str(ports[2])]
+    args += ["--device", device, "--network-delay-ms", str(delay_ms), *up_flags]
+    stack = start_service("up", args, None, port=ports[0], grace_seconds=None, timeout=300, env=env)
+    _log(f"the stack's log: {stack.log}")
+    return stack
 
 
 def _speculator(settings: BenchSettings) -> Path | None:
@@ -161,14 +115,14 @@ def run_bench(settings: BenchSettings) -> dict:
     for delay in settings.network_delays_ms if settings.gateway else ():
         suffix = f" +{delay:g}ms" if delay else ""
         _log(f"starting the gateway stack (splitspec up{f' --network-delay-ms {delay:g}' if delay else ''})")
-        http_port = _free_port()
-        stack, address = _start_stack(
+        http_port = free_port()
+        stack = _start_stack(
             str(path), settings.num_speculative_tokens, settings.device, delay_ms=delay,
             up_flags=() if delay else ("--http-port", str(http_port)),
         )  # fmt: skip
         stacks.append(stack)
-        configs.append(SplitspecGateway(f"gateway K=0{suffix}", address, num_speculative_tokens=0))
-        configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens}{suffix}", address))
+        configs.append(SplitspecGateway(f"gateway K=0{suffix}", stack.address, num_speculative_tokens=0))
+        configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens}{suffix}", stack.address))
         if not delay:  # the same stack through the OpenAI-compatible HTTP API
             base_url = f"http://127.0.0.1:{http_port}/v1"
             name = f"gateway HTTP ngram K={settings.num_speculative_tokens}"
@@ -199,12 +153,12 @@ def run_bench(settings: BenchSettings) -> dict:
                 )  # fmt: skip
         for variant, flags in variants.items():
             _log(f"starting a stack with splitspec up {' '.join(flags)}")
-            stack, address = _start_stack(
+            stack = _start_stack(
                 str(path), settings.num_speculative_tokens, settings.device, delay_ms=delay, up_flags=flags
             )
             stacks.append(stack)
             name = f"gateway {variant.format(k=settings.num_speculative_tokens)}{suffix}"
-            configs.append(SplitspecGateway(name, address))
+            configs.append(SplitspecGateway(name, stack.address))
     traced, sink = None, None
     if settings.traced_gateway:
         from splitspec.entrypoints.bench.otlp_sink import start_otlp_sink
@@ -212,8 +166,8 @@ def run_bench(settings: BenchSettings) -> dict:
         sink, endpoint, spans = start_otlp_sink()
         _log(f"starting a second stack with tracing on, exporting to {endpoint}")
         env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint}
-        traced, address = _start_stack(str(path), settings.num_speculative_tokens, settings.device, env)
-        configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens} traced", address))
+        traced = _start_stack(str(path), settings.num_speculative_tokens, settings.device, env)
+        configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens} traced", traced.address))
     if settings.hf:
         configs += _hf_configs(plain, path, settings)
     if settings.configs_only:
@@ -222,10 +176,9 @@ def run_bench(settings: BenchSettings) -> dict:
         timings = _run_interleaved(configs, bench_prompts, settings.max_tokens)
         sweep = _concurrency_sweep(configs, bench_prompts, settings)
     finally:
-        for process in (*stacks, traced):
-            if process is not None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=60)
+        for stack in (*stacks, traced):
+            if stack is not None:
+                stack.stop(timeout=60)
         if sink is not None:
             _log(f"the traced stack exported {spans.spans} spans")
             sink.stop(0)
