@@ -15,10 +15,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from splitspec.adaptive_k import PassCostModel
 from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import Draft, HiddenStates
-from splitspec.errors import ServiceError
 from splitspec.rpc import wire
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.multiplexed_stream import MultiplexedStream
+from splitspec.rpc.proposer_client import DraftCall, ProposerClient, ProposerFeed, raise_if_error
 from splitspec.rpc.time_limits import time_left
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
@@ -38,12 +38,6 @@ class Ewma:
 
     def add(self, sample: float) -> None:
         self.value = sample if self.value is None else self.value + self.weight * (sample - self.value)
-
-
-def _raise_if_error(response) -> None:
-    if response.WhichOneof("kind") == "error":
-        status = next((s for s in grpc.StatusCode if s.value[0] == response.error.code), grpc.StatusCode.UNKNOWN)
-        raise ServiceError(status, response.error.message)
 
 
 class VerifierBackend:
@@ -148,7 +142,7 @@ class VerifierBackend:
         request.start.top_k = params.top_k
         request.start.top_p = params.top_p
         request.start.seed = seed
-        _raise_if_error(await self.stream.call(request))
+        raise_if_error(await self.stream.call(request))
 
     async def step(
         self,
@@ -176,7 +170,7 @@ class VerifierBackend:
         if remote is not None:
             request.step.remote_draft.CopyFrom(remote)
         response = await self.stream.call(request)
-        _raise_if_error(response)
+        raise_if_error(response)
         return response.result
 
     async def release(self, seq_id: str) -> None:
@@ -192,16 +186,13 @@ class VerifierBackend:
 class ProposerBackend:
     """A proposer, whether it takes sequences, and how many of this gateway's it serves."""
 
-    RETRY_AFTER_S = 2.0
-
     def __init__(self, address: str, channels: Channels, server_name: str | None = None) -> None:
         self.address = address
         self.server_name = server_name  # what its certificate names, when not the host in `address`
         self.channel = channels.open(address, server_name)
         self.stub = pb_grpc.ProposerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.stream = MultiplexedStream(self.stub.Propose, f"proposer {address}")
-        self.down_until = 0.0
+        self.client = ProposerClient(MultiplexedStream(self.stub.Propose, f"proposer {address}"))
         self.serving = True  # its health, as last checked: False while it drains or does not answer
         self.retired = False
         self.superseded = False  # a newer channel to the same proposer takes new sequences
@@ -215,7 +206,7 @@ class ProposerBackend:
     def available(self) -> bool:
         """Whether it drafts for the sequences it holds: it reported a drafter the pool admitted."""
         admitted = self.traits is not None and self.refusal is None
-        return admitted and self.serving and not self.retired and time.monotonic() >= self.down_until
+        return admitted and self.serving and not self.retired and self.client.up
 
     @property
     def takes_new(self) -> bool:
@@ -223,7 +214,7 @@ class ProposerBackend:
         return self.available and not self.superseded
 
     def mark_down(self) -> None:
-        self.down_until = time.monotonic() + self.RETRY_AFTER_S
+        self.client.mark_down()
 
     def retire(self) -> None:
         self.retired = True
@@ -249,39 +240,50 @@ class ProposerBackend:
     async def draft(
         self,
         seq: Sequence,
-        sent: int,
+        feed: ProposerFeed,
         num_tokens: int,
         timeout: float,
-        hidden_state: pb.HiddenStates | None = None,
         trace: pb.TraceContext | None = None,
-        assumed: list[int] | None = None,
         deadline: float = math.inf,
     ) -> pb.DraftResult:
-        """sent: the committed tokens the proposer holds. assumed: a draft ahead (gateway_svc.draft_ahead),
-        drafted after these uncommitted tokens. deadline: the client's, on time.monotonic(); the proposer
-        forgets the sequence once it passes."""
-        step = wire.draft_step(
-            seq.tokens, sent, num_tokens, seq.params, seq.seed, len(seq.prompt_token_ids), hidden_state, assumed,
-            time_left(deadline, time.monotonic()),
-        )  # fmt: skip
-        request = pb.ProposerRequest(seq_id=seq.seq_id, trace_context=trace, draft=step)
+        """The draft after the sequence's committed tokens (ProposerClient.draft). deadline: the client's,
+        on time.monotonic(); the proposer forgets the sequence once it passes."""
+        call = self._call(seq, num_tokens, timeout, trace, deadline)
         sent = time.perf_counter()
-        response = await self.stream.call(request, timeout=timeout)
-        _raise_if_error(response)
-        if num_tokens > 0 and not assumed:  # a draft ahead is not waited for: its time is not a round's wait
+        result = await self.client.draft(seq.seq_id, seq.tokens, feed, call)
+        if num_tokens > 0:
             waited = time.perf_counter() - sent - (self.link.value or 0.0)
             self.draft_token.add(max(0.0, waited) / num_tokens)
-        return response.draft
+        return result
 
-    async def release(self, seq_id: str, final: tuple[int, list[int]] | None = None) -> None:
-        """final: (start, tokens), the sequence's committed tokens from what the proposer holds to its end."""
-        request = pb.ProposerRequest(seq_id=seq_id)
-        request.release.SetInParent()
-        if final is not None:
-            request.release.start, tokens = final
-            request.release.token_ids.extend(tokens)
-        await self.stream.call(request, timeout=5.0)
+    async def draft_after(
+        self,
+        seq: Sequence,
+        feed: ProposerFeed,
+        num_tokens: int,
+        timeout: float,
+        assumed: list[int],
+        trace: pb.TraceContext | None = None,
+        deadline: float = math.inf,
+    ) -> pb.DraftResult:
+        """A draft made ahead (gateway_svc.draft_ahead), after these uncommitted tokens; its time is not
+        a round's wait, so it is not timed."""
+        call = self._call(seq, num_tokens, timeout, trace, deadline)
+        return await self.client.send(seq.seq_id, seq.tokens, feed, call, assumed=assumed)
+
+    @staticmethod
+    def _call(
+        seq: Sequence, num_tokens: int, timeout: float, trace: pb.TraceContext | None, deadline: float
+    ) -> DraftCall:
+        return DraftCall(
+            num_tokens, seq.params, seq.seed, len(seq.prompt_token_ids), timeout, trace,
+            time_left(deadline, time.monotonic()),
+        )  # fmt: skip
+
+    async def release(self, seq_id: str, sent: int = 0, tokens: list[int] | None = None) -> None:
+        """tokens: the sequence's committed tokens, of which the proposer holds the first `sent`."""
+        await self.client.release(seq_id, sent, tokens)
 
     async def close(self) -> None:
-        await self.stream.close()
+        await self.client.close()
         await self.channel.close()

@@ -37,6 +37,7 @@ from gateway_svc.round_modes import Rounds, rounds_for
 from gateway_svc.round_plan import RoundSettings, default_num_speculative_tokens, plan_request
 from splitspec.errors import ServiceError
 from splitspec.metrics import RequestMetrics, no_meter
+from splitspec.rpc.proposer_client import ProposerFeed
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence, request_seed
 from splitspec.stop_checker import StopChecker
@@ -164,7 +165,7 @@ class GatewayCore:
         finally:
             rounds.cancel()
             slot = req.slot
-            final = (slot.sent, seq.tokens[slot.sent :]) if len(seq.tokens) > slot.sent else None
+            final = (slot.feed.sent, seq.tokens)
             proposer = slot.use(None)  # with direct drafts, the verifier releases the sequence there itself
             keep = plan.direct_drafts and verifier is not None
             self.placement.leave(seq.seq_id, verifier, None if keep else proposer, final)
@@ -183,7 +184,7 @@ class GatewayCore:
         plan = plan_request(self.drafters.traits, self.rounds, num_speculative_tokens, params)
         deadline = math.inf if deadline is None else deadline
         affinity = affinity_key(session_id, prompt_ids) if plan.affinity else None
-        slot = ProposerSlot(affinity=affinity, deadline=deadline)
+        slot = ProposerSlot(ProposerFeed(plan.hidden_states), affinity=affinity, deadline=deadline)
         trace_context = pb.TraceContext(**carrier_of(span)) if span.is_recording() else None
         drafters = DrafterChoice(uses_local=plan.starts_local)
         return Request(seq, plan, slot, drafters, trace_context, span, deadline)
@@ -193,7 +194,7 @@ class GatewayCore:
         remote draft took, the drafter's acceptance and pace. Returns when this result came."""
         req.seq.stats.record_round(result.num_drafted, result.num_accepted)
         if result.HasField("hidden_states") and not req.plan.direct_drafts:
-            req.slot.receive(result.hidden_states, req.plan.hidden_states)
+            req.slot.feed.receive(result.hidden_states)
         self.drafts.heard_of_remote_draft(sent.remote, result, sent.asked)
         req.drafters.record(sent.asked, result.num_drafted, result.num_accepted)
         if req.measured:

@@ -97,7 +97,7 @@ class Placement:
         req.span.add_event(
             "verifier failover", {"splitspec.from": leaving.address, "splitspec.tokens": len(seq.tokens)}
         )
-        req.slot.hidden_state = None
+        req.slot.feed.hidden = None
         return await self.start_on_a_verifier(seq, req.deadline, req.trace_context, req.plan.hidden_states)
 
     def next_proposer(
@@ -136,7 +136,7 @@ class Placement:
         final: tuple[int, list[int]] | None = None,
     ) -> None:
         """Stop counting the sequence on its verifier and release it there and on its proposer.
-        final: what the proposer is told of the sequence's last tokens (ProposerBackend.release)."""
+        final: (what the proposer holds, the sequence's tokens), for it to keep the rest (ProposerBackend.release)."""
         if verifier is not None:
             verifier.num_sequences -= 1
             verifier.forget(seq_id)
@@ -153,7 +153,7 @@ class Placement:
             if backend is None:
                 continue
             try:
-                await (backend.release(seq_id, final) if backend is proposer else backend.release(seq_id))
+                await (backend.release(seq_id, *(final or ())) if backend is proposer else backend.release(seq_id))
             except (ConnectionError, asyncio.TimeoutError, ServiceError, grpc.aio.UsageError):
                 pass  # a backend that is gone (or closed by discovery) has dropped the sequence with its stream
 

@@ -12,7 +12,7 @@ from gateway_svc.draft_ahead import AheadDraft
 from gateway_svc.placement import Placement
 from gateway_svc.request_state import Request
 from splitspec.draft_limits import MAX_REMOTE_DRAFT_TIMEOUT_S
-from splitspec.drafts import Draft, HiddenStates
+from splitspec.drafts import Draft
 from splitspec.errors import ServiceError
 from splitspec.rpc import wire
 from splitspec_protos import splitspec_v1_pb2 as pb
@@ -31,17 +31,7 @@ class ProposerDrafts:
             if not self.placement.available_proposer(req):
                 return Draft()
             try:
-                result = await slot.backend.draft(
-                    seq, slot.sent, k, self.timeout_s, slot.hidden_state, req.trace_context, deadline=slot.deadline
-                )
-                if result.needs_full_context:
-                    slot.sent = 0
-                    result = await slot.backend.draft(
-                        seq, 0, k, self.timeout_s, slot.hidden_state, req.trace_context, deadline=slot.deadline
-                    )
-                slot.sent = len(seq.tokens)
-                if req.plan.hidden_states == HiddenStates.ALL:
-                    slot.hidden_state = None  # delivered; the next draft carries only newer rows
+                result = await slot.backend.draft(seq, slot.feed, k, self.timeout_s, req.trace_context, slot.deadline)
                 return wire.draft_from_proto(result.drafts[:k])
             except (ConnectionError, asyncio.TimeoutError, ServiceError):
                 slot.backend.mark_down()
@@ -61,16 +51,16 @@ class ProposerDrafts:
         seq, slot = req.seq, req.slot
         backend, committed = slot.backend, len(seq.tokens)
         try:
-            result = await backend.draft(
-                seq, slot.sent, k + 1, self.timeout_s, None, req.trace_context, assumed, slot.deadline
+            result = await backend.draft_after(
+                seq, slot.feed, k + 1, self.timeout_s, assumed, req.trace_context, slot.deadline
             )
         except (ConnectionError, asyncio.TimeoutError, ServiceError):
             backend.mark_down()  # the next round's draft fails over
             return None
         if result.needs_full_context:
-            slot.sent = 0
+            slot.feed.sent = 0
             return None
-        slot.sent = committed
+        slot.feed.sent = committed
         return AheadDraft(list(assumed), wire.draft_from_proto(result.drafts[: k + 1]), committed)
 
     def remote_draft(self, req: Request, k: int) -> pb.RemoteDraft:

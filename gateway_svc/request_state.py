@@ -17,9 +17,8 @@ from gateway_svc.draft_ahead import AheadDraft
 from gateway_svc.drafter_choice import DrafterChoice
 from gateway_svc.round_plan import RequestPlan, RoundMode
 from splitspec.adaptive_k import AcceptanceEstimate
-from splitspec.drafts import HiddenStates
 from splitspec.outputs import SpeculationStats
-from splitspec.rpc import wire
+from splitspec.rpc.proposer_client import ProposerFeed
 from splitspec.sequence import Sequence
 from splitspec_protos import splitspec_v1_pb2 as pb
 
@@ -40,30 +39,23 @@ class Delta:
 
 @dataclass
 class ProposerSlot:
-    """The sequence's proposer, what it holds, and the hidden states it has yet to receive."""
+    """The sequence's proposer, and what that proposer holds of it and has yet to receive."""
 
+    feed: ProposerFeed
     backend: ProposerBackend | None = None
-    sent: int = 0  # committed tokens the proposer already holds
     moves: int = 0  # times it left a proposer for another
-    affinity: bytes | None = None  # with proposer_affinity, the pods it prefers (gateway_svc.proposer_affinity)
-    hidden_state: pb.HiddenStates | None = None  # what the verifier sent since the last draft, passed on
+    affinity: bytes | None = None  # for drafters that remember outputs, the pods it prefers (proposer_affinity)
     deadline: float = math.inf  # the client's, on time.monotonic(): passed on with every draft
 
     def use(self, backend: ProposerBackend | None) -> ProposerBackend | None:
-        """Move to another proposer (which holds nothing of the sequence yet); the one left, if any."""
-        left, self.backend, self.sent = self.backend, backend, 0
+        """Move to another proposer (which holds nothing of the sequence yet); the one left, if any.
+        Hidden states not yet passed on go to the new one."""
+        left, self.backend, self.feed.sent = self.backend, backend, 0
         if left is not None:
             left.num_sequences -= 1
         if backend is not None:
             backend.num_sequences += 1
         return left
-
-    def receive(self, hidden: pb.HiddenStates, mode: HiddenStates) -> None:
-        """ "last": keep the newest state; "all": append the rows, none may be skipped."""
-        if mode == HiddenStates.ALL and self.hidden_state is not None:
-            self.hidden_state = wire.concat_rows(self.hidden_state, hidden)
-        else:
-            self.hidden_state = hidden
 
 
 class Sent(NamedTuple):

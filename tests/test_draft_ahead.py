@@ -117,9 +117,13 @@ class ScriptedProposer:
     def mark_down(self) -> None:
         self.available = False
 
-    async def draft(
-        self, seq, sent, num_tokens, timeout, hidden_state=None, trace=None, assumed=None, deadline=None
-    ) -> pb.DraftResult:
+    async def draft(self, seq, feed, num_tokens, timeout, trace=None, deadline=None) -> pb.DraftResult:
+        return await self._draft(seq, num_tokens, None)
+
+    async def draft_after(self, seq, feed, num_tokens, timeout, assumed, trace=None, deadline=None) -> pb.DraftResult:
+        return await self._draft(seq, num_tokens, assumed)
+
+    async def _draft(self, seq, num_tokens: int, assumed: list[int] | None) -> pb.DraftResult:
         if assumed is None:
             self.fresh_calls += 1
         else:
@@ -131,7 +135,7 @@ class ScriptedProposer:
         draft = Draft(drafter_continuation(context, num_tokens), [None] * num_tokens)
         return pb.DraftResult(committed_len=len(seq.tokens), drafts=wire.draft_to_proto(draft))
 
-    async def release(self, seq_id: str, final=None) -> None:
+    async def release(self, seq_id: str, sent: int = 0, tokens=None) -> None:
         pass
 
 

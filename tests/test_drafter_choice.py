@@ -97,9 +97,9 @@ class MeasuredProposer(ScriptedProposer):
     link: Ewma = field(default_factory=lambda: measured(None))
     draft_token: Ewma = field(default_factory=lambda: measured(0.0005))
 
-    async def draft(self, seq, sent, num_tokens, *args, **kwargs) -> pb.DraftResult:
+    async def _draft(self, seq, num_tokens: int, assumed: list[int] | None) -> pb.DraftResult:
         await asyncio.sleep(num_tokens * (self.draft_token.value or 0.0))
-        return await super().draft(seq, sent, num_tokens, *args, **kwargs)
+        return await super()._draft(seq, num_tokens, assumed)
 
 
 def run(

@@ -39,14 +39,12 @@ from splitspec.errors import ServiceError
 from splitspec.rpc import wire
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.multiplexed_stream import MultiplexedStream
+from splitspec.rpc.proposer_client import DraftCall, ProposerClient, ProposerFeed
 from splitspec.sampling_params import SamplingParams
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 MAX_ADDRESS_CHARS = 255
-RETRY_AFTER_S = 1.0
-"""How long a proposer that failed a draft is passed over (its steps verify no drafts meanwhile)."""
-RELEASE_TIMEOUT_S = 5.0
 
 
 def _refuse(field_name: str, problem: str) -> ServiceError:
@@ -102,13 +100,11 @@ class _Ahead:
 
 @dataclass
 class _Held:
-    """What the sequence's proposer holds of it, and the hidden states it has yet to receive."""
+    """The sequence's proposer, what it holds of it and has yet to receive, and the drafts made ahead."""
 
     proposer: str
     server_name: str
-    mode: HiddenStates
-    sent: int = 0
-    hidden: torch.Tensor | None = None
+    feed: ProposerFeed
     ahead: _Ahead | None = None
 
 
@@ -140,8 +136,7 @@ class RejectionGuesses:
 @dataclass
 class _Link:
     channel: grpc.aio.Channel
-    stream: MultiplexedStream
-    down_until: float = 0.0
+    client: ProposerClient
     held: set[str] = field(default_factory=set)
     rejection_guesses: RejectionGuesses = field(default_factory=RejectionGuesses)
 
@@ -170,12 +165,8 @@ class ProposerLinks:
         """A step's hidden states, kept for the sequence's next remote draft: the newest alone for
         drafters that read the last state, every row (none skipped) for those that read them all."""
         held = self._held.get(seq_id)
-        if held is None or hidden is None:
-            return
-        if held.mode == HiddenStates.ALL and held.hidden is not None:
-            held.hidden = torch.cat([held.hidden, hidden])
-        else:
-            held.hidden = hidden
+        if held is not None and hidden is not None:
+            held.feed.receive(wire.tensor_to_proto(hidden))
 
     def follow(self, seq_id: str, spec: RemoteDraftSpec, tokens: list[int], mode: HiddenStates) -> None:
         """Have the sequence draft on spec.proposer from now on. One moving from another proposer starts
@@ -186,8 +177,8 @@ class ProposerLinks:
             return
         if held is not None:
             self._release_on(seq_id, held, tokens)
-        hidden = held.hidden if held is not None else None
-        self._held[seq_id] = _Held(spec.proposer, spec.server_name, mode, hidden=hidden)
+        hidden = held.feed.hidden if held is not None else None
+        self._held[seq_id] = _Held(spec.proposer, spec.server_name, ProposerFeed(mode, hidden=hidden))
 
     def draft_ahead(
         self,
@@ -202,10 +193,10 @@ class ProposerLinks:
         at the token the pass adds, then the next step's draft (not for drafters that read hidden
         states, which assumed tokens lack)."""
         held = self._held.get(seq_id)
-        if held is None or held.mode != HiddenStates.NONE or not drafts or held.ahead is not None:
+        if held is None or held.feed.mode != HiddenStates.NONE or not drafts or held.ahead is not None:
             return
         link = self._link(held)
-        if time.monotonic() < link.down_until:
+        if not link.client.up:
             return
         ahead_spec = replace(spec, num_tokens=spec.num_tokens + 1)
         loop = asyncio.get_running_loop()
@@ -236,12 +227,12 @@ class ProposerLinks:
             try:
                 result = await task
             except (ConnectionError, asyncio.TimeoutError, ServiceError):
-                held.sent = 0
+                held.feed.sent = 0
                 result = None
         if result is not None and result.needs_full_context:
-            held.sent, result = 0, None
+            held.feed.sent, result = 0, None
         if result is not None:
-            held.sent = ahead.base  # it holds the tokens committed then, not the ones it assumed
+            held.feed.sent = ahead.base  # it holds the tokens committed then, not the ones it assumed
         used = result is not None and len(result.drafts) >= 2 and result.drafts[0].token_id == committed[-1]
         after_rejection = committed[:-1] != ahead.drafts
         if task is not None and after_rejection:
@@ -260,21 +251,15 @@ class ProposerLinks:
         held = self._held[seq_id]
         link = self._link(held)
         started = time.perf_counter()
-        if time.monotonic() < link.down_until:
+        if not link.client.up:
             return RemoteOutcome(Draft(), failed=True)
         try:
-            result = await self._call(link, seq_id, held, tokens, params, seed, spec)
-            if result.needs_full_context:
-                held.sent = 0
-                result = await self._call(link, seq_id, held, tokens, params, seed, spec)
+            result = await link.client.draft(seq_id, tokens, held.feed, _draft_call(params, seed, spec))
         except (ConnectionError, asyncio.TimeoutError, ServiceError):
-            link.down_until = time.monotonic() + RETRY_AFTER_S
-            held.sent = 0
+            link.client.mark_down()
+            held.feed.sent = 0
             return RemoteOutcome(Draft(), time.perf_counter() - started, failed=True)
         link.held.add(seq_id)
-        held.sent = len(tokens)
-        if held.mode == HiddenStates.ALL:
-            held.hidden = None  # every row delivered; the next draft carries only newer ones
         draft = wire.draft_from_proto(result.drafts[: spec.num_tokens])
         return RemoteOutcome(draft, time.perf_counter() - started)
 
@@ -287,7 +272,7 @@ class ProposerLinks:
     async def close(self) -> None:
         await asyncio.gather(*self._releases, return_exceptions=True)
         for link in self._links.values():
-            await link.stream.close()
+            await link.client.close()
             await link.channel.close()
 
     def _link(self, held: _Held) -> _Link:
@@ -296,7 +281,7 @@ class ProposerLinks:
         if link is None:
             channel = self._channels.open(held.proposer, held.server_name or None)
             stream = MultiplexedStream(pb_grpc.ProposerStub(channel).Propose, f"proposer {held.proposer}")
-            link = self._links[key] = _Link(channel, stream)
+            link = self._links[key] = _Link(channel, ProposerClient(stream))
         return link
 
     async def _call(
@@ -311,17 +296,9 @@ class ProposerLinks:
         assumed: list[int] | None = None,
         excluded_first: list[int] | None = None,
     ) -> pb.DraftResult:
-        """assumed: a draft ahead, after these tokens (and none of excluded_first as its first)."""
-        hidden = wire.tensor_to_proto(held.hidden) if held.hidden is not None and assumed is None else None
-        step = wire.draft_step(
-            tokens, held.sent, spec.num_tokens, params, seed, spec.num_prompt_tokens, hidden, assumed,
-            excluded_first=excluded_first,
-        )  # fmt: skip
-        request = pb.ProposerRequest(seq_id=seq_id, draft=step)
-        response = await link.stream.call(request, timeout=spec.timeout_s)
-        if response.WhichOneof("kind") == "error":
-            raise ServiceError(grpc.StatusCode.UNKNOWN, response.error.message)
-        return response.draft
+        """A draft ahead, after these tokens (and none of excluded_first as its first)."""
+        call = _draft_call(params, seed, spec)
+        return await link.client.send(seq_id, tokens, held.feed, call, None, assumed, excluded_first)
 
     def _release_on(self, seq_id: str, held: _Held, tokens: list[int]) -> None:
         link = self._links.get((held.proposer, held.server_name))
@@ -338,11 +315,12 @@ class ProposerLinks:
         if held.ahead is not None:
             results = await asyncio.gather(*held.ahead.by_accepted.values(), return_exceptions=True)
             if any(isinstance(r, pb.DraftResult) and not r.needs_full_context for r in results):
-                held.sent = held.ahead.base
-        request = pb.ProposerRequest(seq_id=seq_id)
-        request.release.start = held.sent
-        request.release.token_ids.extend(tokens[held.sent :] if held.sent else ())
+                held.feed.sent = held.ahead.base
         try:
-            await link.stream.call(request, timeout=RELEASE_TIMEOUT_S)
+            await link.client.release(seq_id, held.feed.sent, tokens)
         except (ConnectionError, asyncio.TimeoutError):
             pass  # the proposer forgets the sequence at its client's deadline, or when it restarts
+
+
+def _draft_call(params: SamplingParams, seed: int, spec: RemoteDraftSpec) -> DraftCall:
+    return DraftCall(spec.num_tokens, params, seed, spec.num_prompt_tokens, spec.timeout_s)
