@@ -13,23 +13,33 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from gateway_svc.backends import VerifierBackend
+from gateway_svc.backends import ProposerBackend, VerifierBackend
 from gateway_svc.draft_ahead import AheadDraft
+from gateway_svc.placement import Placement
+from gateway_svc.proposer_drafts import ProposerDrafts
 from gateway_svc.request_state import Pipeline, Request, Sent, plan_step
 from gateway_svc.round_plan import RoundMode
 from splitspec.drafts import Draft
+from splitspec.metrics import RequestMetrics
 from splitspec_protos import splitspec_v1_pb2 as pb
-
-if TYPE_CHECKING:
-    from gateway_svc.generation import GatewayCore
 
 MAX_PIPELINE_DEPTH = 4
 
 
+class RoundServices(Protocol):
+    """What the modes use of the gateway (GatewayCore)."""
+
+    placement: Placement
+    drafts: ProposerDrafts
+    metrics: RequestMetrics
+
+    def num_drafts(self, req: Request, verifier: VerifierBackend, proposer: ProposerBackend | None) -> int: ...
+
+
 class Rounds(ABC):
-    def __init__(self, core: GatewayCore, req: Request) -> None:
+    def __init__(self, core: RoundServices, req: Request) -> None:
         self.core, self.req = core, req
         self.pipe = Pipeline()
 
@@ -174,7 +184,7 @@ class AheadRounds(Rounds):
 
 
 class OneStepRounds(Rounds):
-    def __init__(self, core: GatewayCore, req: Request) -> None:
+    def __init__(self, core: RoundServices, req: Request) -> None:
         super().__init__(core, req)
         self.ahead_task: asyncio.Task | None = None  # the next round's draft, being made during this one
         self.ahead: AheadDraft | None = None  # ... made
@@ -232,7 +242,7 @@ ROUNDS_BY_MODE: dict[RoundMode, type[Rounds]] = {
 }
 
 
-def rounds_for(core: GatewayCore, req: Request) -> Rounds:
+def rounds_for(core: RoundServices, req: Request) -> Rounds:
     """The round mode the request is in now, with nothing in flight."""
     return ROUNDS_BY_MODE[req.mode](core, req)
 

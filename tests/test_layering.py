@@ -107,6 +107,51 @@ def test_imports_point_down_only() -> None:
     assert upward_edges(repository_sources()) == []
 
 
+ROUND_PATH = (
+    "gateway_svc.round_plan",
+    "gateway_svc.drafter_pool",
+    "gateway_svc.request_state",
+    "gateway_svc.placement",
+    "gateway_svc.proposer_drafts",
+    "gateway_svc.draft_sizing",
+    "gateway_svc.round_modes",
+    "gateway_svc.generation",
+    "gateway_svc.server",
+)
+"""The gateway's round path (docs/round-path.md), each module importing only those before it: the plan
+knows nothing of how rounds run, placement nothing of round modes, the modes nothing of the loop."""
+
+
+def round_path_edges(sources: dict[str, str]) -> list[str]:
+    edges = []
+    for rank, importer in enumerate(ROUND_PATH):
+        for imported in sorted(imported_modules(sources[importer], importer)):
+            if imported in ROUND_PATH[rank:]:
+                edges.append(f"{importer} imports {imported}, which comes after it")
+    impure = [m for m in imported_modules(sources[ROUND_PATH[0]], ROUND_PATH[0]) if layer_of(m) != "core"]
+    edges += [f"{ROUND_PATH[0]} imports {m}: the plan is a pure function of core types" for m in impure]
+    return edges
+
+
+def test_the_round_path_modules_import_only_those_before_them() -> None:
+    assert round_path_edges(repository_sources()) == []
+
+
+@pytest.mark.parametrize(
+    "importer, planted",
+    [
+        ("gateway_svc.round_plan", "from gateway_svc.backends import VerifierBackend"),
+        ("gateway_svc.placement", "from gateway_svc.round_modes import Rounds"),
+        ("gateway_svc.round_modes", "from gateway_svc.generation import GatewayCore"),
+        ("gateway_svc.request_state", "from gateway_svc.placement import Placement"),
+    ],
+)
+def test_a_planted_round_path_import_is_caught(importer: str, planted: str) -> None:
+    sources = repository_sources()
+    sources[importer] += f"\n\ndef _planted():\n    {planted}\n"
+    assert len(round_path_edges(sources)) == 1
+
+
 @pytest.mark.parametrize(
     "importer, planted",
     [
