@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from e2e_requests import PROMPTS, generate_concurrently, greedy_request  # noqa: E402
+from metrics_scrape import scrape, value  # noqa: E402
 from service_stack import free_port, running_stack  # noqa: E402
-from test_metrics import scrape, value  # noqa: E402
-from test_services_e2e import PROMPTS, generate_concurrently, greedy_request  # noqa: E402
 from tiny_checkpoints import write_perturbed_copy, write_tiny_checkpoint  # noqa: E402
 
 OUTCOMES = ("hit", "hit_after_rejection", "miss")

@@ -13,7 +13,7 @@ Usage:
    bandwidth) and against transformers' forward on the same weights and inputs. The two must pick the
    same token on at least MIN_AGREEMENT of the rows, counting a row where they differ as agreeing only
    when transformers' logit for our token lies within NEAR_TIE of its own top logit (bfloat16 rounds
-   differently in two implementations; see tests/test_gpu.py); below that the script exits non-zero.
+   differently in two implementations; see tests/core/test_gpu.py); below that the script exits non-zero.
 4. With --profile: where the device time of the batch-1, K=0 pass goes (torch.profiler over a few
    passes, kernels grouped by what they do), the breakdown docs/benchmarks.md quotes.
 """

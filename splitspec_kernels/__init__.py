@@ -2,5 +2,5 @@
 signature (`<name>_triton` / `<name>_reference`); `splitspec_kernels.dispatch` picks one per device.
 
 Not `kernels`: that import name belongs to Hugging Face's library, which transformers imports
-(tests/test_import_names.py).
+(tests/entrypoints/test_import_names.py).
 """

@@ -3,7 +3,7 @@
 `rejection_sample_reference` (plain PyTorch) and `rejection_sample_triton` (one program per
 sequence) take the same `RejectionBatch`, including every random draw, and return the same result
 bit for bit. The rules, and the words accepted, correction and bonus, are those of
-verifier_svc/rejection_sampler.py (tests/test_rejection_sampling_kernel.py checks the reference
+verifier_svc/rejection_sampler.py (tests/splitspec_kernels/test_rejection_sampling_kernel.py checks the reference
 against it with that module's seeded draws):
 
 - greedy sequence: drafts are accepted while they equal the argmax of the target logits; the argmax

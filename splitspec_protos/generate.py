@@ -1,6 +1,6 @@
 """Regenerate the Python stubs from splitspec_v1.proto: `python -m splitspec_protos.generate`.
 
-The stubs are committed; tests/test_protos.py fails when they are stale.
+The stubs are committed; tests/rpc/test_protos.py fails when they are stale.
 """
 
 from __future__ import annotations

@@ -103,3 +103,17 @@ def default_model_stack(default_model_path, tmp_path_factory):
 
     with default_model_text_stack(default_model_path, tmp_path_factory.mktemp("default_model_stack")) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def plain_greedy(tiny_llama) -> list[list[int]]:
+    """Plain in-process greedy decoding of e2e_requests.PROMPTS on tiny_llama, once per module."""
+    from e2e_requests import MAX_TOKENS, PROMPTS
+
+    from splitspec import LLM, SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    return [
+        o.outputs[0].token_ids
+        for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    ]

@@ -3,7 +3,7 @@
 `queried_series` reads every panel target's PromQL and returns the `splitspec_*` names as written there
 (a histogram as `..._bucket`, `..._sum` or `..._count`). The end-to-end metrics test checks that each of
 them appears on the services' real /metrics, so that a renamed metric breaks a test instead of silently
-emptying a panel; tests/test_grafana_dashboard.py checks the file itself.
+emptying a panel; tests/entrypoints/test_grafana_dashboard.py checks the file itself.
 """
 
 from __future__ import annotations

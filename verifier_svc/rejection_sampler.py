@@ -31,7 +31,7 @@ The rule has three implementations, each for a reason:
   the specification of the device kernel.
 - `splitspec_kernels.rejection_sampling.rejection_sample_triton`: the same on the device, one program per
   sequence, so that logits never leave it.
-tests/test_rejection_sampling_kernel.py checks that the reference makes `verify`'s decisions and that
+tests/splitspec_kernels/test_rejection_sampling_kernel.py checks that the reference makes `verify`'s decisions and that
 the Triton kernel equals the reference bit for bit.
 """
 

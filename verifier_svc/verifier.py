@@ -60,7 +60,7 @@ class Verifier:
         Logits on the CPU with the PyTorch kernels: each sequence is verified on its own, drawing only
         the random numbers it needs. Otherwise (a GPU, or Triton kernels) the whole batch is sampled
         where the logits are, and only the committed token ids come back: one host sync per pass.
-        Both make the same decisions (tests/test_device_sampling.py).
+        Both make the same decisions (tests/verifier/test_device_sampling.py).
         """
         modes = hidden_states if hidden_states is not None else [self.hidden_states] * len(steps)
         inputs = self.forward_inputs(steps, modes)

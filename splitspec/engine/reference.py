@@ -3,7 +3,7 @@
 Each round drafts up to K tokens, scores the uncached committed tokens and the drafts in one target
 pass, keeps the accepted drafts plus the correction or bonus token (verifier_svc/rejection_sampler.py
 says what those are), and cuts the KV cache back to every committed token but the last. The batched
-engine must commit exactly what this loop commits for the same seed (tests/test_reference_loop.py).
+engine must commit exactly what this loop commits for the same seed (tests/core/test_reference_loop.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 settings field it fills: ServerOptions (splitspec.rpc.grpc_server) under "server", VerifierSettings
 (verifier_svc.server), ProposerSettings (proposer_svc.server) and GatewaySettings (gateway_svc.server).
 cli_services makes the parsers, the settings and `up`'s commands from these rows, and
-tests/test_flag_table.py holds docker-compose.yml and deploy/k8s/ to them."""
+tests/entrypoints/test_flag_table.py holds docker-compose.yml and deploy/k8s/ to them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,179 @@
+"""The gateway's OpenAI-compatible HTTP API (issue 18), driven by the official `openai` package (sync
+and async clients) against a real three-process stack with the default model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+from e2e_requests import ended_requests
+from service_stack import TEXT_STACK_MAX_TOKENS_LIMIT, TEXT_STACK_MODEL_NAME, wait_for
+
+from splitspec import LLM, SamplingParams
+
+pytestmark = [pytest.mark.e2e, pytest.mark.default_model]
+
+MAX_TOKENS_LIMIT = TEXT_STACK_MAX_TOKENS_LIMIT
+MODEL = TEXT_STACK_MODEL_NAME
+CHAT = [{"role": "user", "content": "List the planets of the solar system in order."}]
+PROMPT = "def fibonacci(n):\n    "
+
+
+@pytest.fixture(scope="module")
+def http_stack(default_model_stack):
+    """The text stack shared with tests/services/test_services_text.py (fixed K=3, small KV cache)."""
+    return default_model_stack
+
+
+@pytest.fixture(scope="module")
+def in_process(default_model_path) -> LLM:
+    return LLM(str(default_model_path))
+
+
+@pytest.fixture
+def client(http_stack) -> openai.OpenAI:
+    with openai.OpenAI(base_url=http_stack.http_base_url, api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def _greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=max_tokens)
+
+
+def test_a_greedy_completion_is_in_process_output(client, in_process):
+    answer = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0)
+    expected = in_process.generate(PROMPT, _greedy(24), use_tqdm=False)[0].outputs[0]
+    assert answer.object == "text_completion" and answer.model == MODEL
+    assert [c.text for c in answer.choices] == [expected.text]
+    assert answer.choices[0].finish_reason == "length"
+    prompt_tokens = len(in_process.tokenizer.encode(PROMPT))
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (prompt_tokens, 24)
+    assert answer.usage.total_tokens == prompt_tokens + 24
+    assert answer.usage.model_extra["speculation"]["num_rounds"] >= 1
+    with_ids = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0, extra_body={"return_token_ids": True}
+    )
+    assert with_ids.choices[0].model_extra["token_ids"] == list(expected.token_ids)
+
+
+def test_a_chat_is_in_process_chat_and_its_stream_adds_up_to_it(client, in_process):
+    expected = in_process.chat(CHAT, _greedy(48), use_tqdm=False)[0].outputs[0]
+    whole = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=48, temperature=0)
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.choices[0].message.content == expected.text
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=CHAT, max_completion_tokens=48, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == expected.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(expected.token_ids)
+    assert (
+        chunks[-1].usage.prompt_tokens
+        == whole.usage.prompt_tokens
+        == len(in_process.tokenizer.encode(in_process.apply_chat_template(CHAT)))
+    )
+
+
+def test_n_seeded_choices_are_reproducible_and_each_is_in_process_sampling(client, in_process):
+    def ask() -> list[str]:
+        answer = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0.9, seed=1234, n=2)
+        return [c.text for c in sorted(answer.choices, key=lambda c: c.index)]
+
+    first = ask()
+    assert ask() == first
+    expected = [
+        in_process.generate(PROMPT, SamplingParams(temperature=0.9, max_tokens=20, seed=seed), use_tqdm=False)[0]
+        .outputs[0]
+        .text
+        for seed in (1234, 1235)
+    ]
+    assert first == expected and first[0] != first[1]
+
+
+def test_the_async_client_streams_a_completion_that_adds_up_to_the_whole(http_stack):
+    async def both() -> tuple[str, str]:
+        async with openai.AsyncOpenAI(base_url=http_stack.http_base_url, api_key="unused", max_retries=0) as c:
+            whole = await c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=32, temperature=0)
+            stream = await c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=32, temperature=0, stream=True)
+            return whole.choices[0].text, "".join([chunk.choices[0].text async for chunk in stream])
+
+    whole, streamed = asyncio.run(both())
+    assert streamed == whole and whole
+
+
+def test_token_id_prompts_and_several_prompts_come_back_in_order(client, in_process):
+    ids = in_process.tokenizer.encode(PROMPT)
+    answer = client.completions.create(model=MODEL, prompt=[ids, ids[:3]], max_tokens=8, temperature=0)
+    expected = [
+        in_process.generate({"prompt_token_ids": p}, _greedy(8), use_tqdm=False)[0].outputs[0].text
+        for p in (ids, ids[:3])
+    ]
+    assert [c.text for c in sorted(answer.choices, key=lambda c: c.index)] == expected
+
+
+def test_models_and_health(http_stack, client):
+    assert [m.id for m in client.models.list()] == [MODEL]
+    with urllib.request.urlopen(http_stack.http_base_url.removesuffix("/v1") + "/health", timeout=10) as response:
+        assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(model="gpt-4"), openai.NotFoundError, "gpt-4"),
+        (dict(temperature=-1), openai.BadRequestError, "temperature"),
+        (dict(max_tokens=MAX_TOKENS_LIMIT + 1), openai.BadRequestError, "max_tokens"),
+        (dict(logprobs=2), openai.BadRequestError, "logprobs"),
+        (dict(extra_body={"response_format": {"type": "json_object"}}), openai.BadRequestError, "response_format"),
+        (dict(n=0), openai.BadRequestError, "n must be"),
+    ],
+)
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, kwargs, error, words):
+    request = dict(model=MODEL, prompt=PROMPT, max_tokens=4) | kwargs
+    with pytest.raises(error) as caught:
+        client.completions.create(**request)
+    assert words in caught.value.body["message"] and caught.value.body["type"]
+    assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4).choices[0].text is not None
+
+
+def test_a_body_that_is_not_json_is_a_400(http_stack):
+    request = urllib.request.Request(http_stack.http_base_url + "/completions", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 400
+    assert json.loads(caught.value.read())["error"]["message"] == "the request body is not JSON"
+
+
+def test_closing_a_stream_midway_frees_every_kv_block(http_stack, client):
+    """The gateway hears the client leave and ends the request there (its cancelled count, where a
+    finished request would count as a success), and the verifier frees the sequence's blocks."""
+    initial = http_stack.verifier_info()
+    cancelled, finished = ended_requests(http_stack.gateway)
+    stream = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=MAX_TOKENS_LIMIT, temperature=0, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    received = [next(stream) for _ in range(3)]
+    assert any(chunk.choices[0].text for chunk in received)
+    assert http_stack.verifier_info().num_sequences == 1
+    stream.close()
+    # within 3 s, where the 400 tokens would take longer; a released sequence leaves the verifier's count
+    # before its blocks are freed: wait for both
+    assert wait_for(lambda: _holds_nothing(http_stack.verifier_info(), initial.num_free_blocks), timeout=3)
+    assert wait_for(lambda: ended_requests(http_stack.gateway) == (cancelled + 1, finished), timeout=3), (
+        ended_requests(http_stack.gateway),
+        (cancelled, finished),
+    )
+
+
+def _holds_nothing(info, free_blocks: int) -> bool:
+    return info.num_sequences == 0 and info.num_free_blocks == free_blocks
