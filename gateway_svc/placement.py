@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -32,6 +32,7 @@ class Placement:
     metrics: RequestMetrics
     verifier_wait_s: float = 30.0
     """How long a request waits for a verifier when none is reachable (unless its deadline is sooner)."""
+    _checking: asyncio.Future | None = field(default=None, init=False)
 
     async def start_on_a_verifier(
         self,
@@ -78,8 +79,18 @@ class Placement:
                     grpc.StatusCode.UNAVAILABLE,
                     "no verifier is reachable; start one (splitspec serve-verifier) and retry",
                 )
-            await asyncio.sleep(min(delay, left))
+            await self._check_verifiers(min(left, 2.0))
+            await asyncio.sleep(max(0.0, min(delay, wait_until - time.monotonic())))
             delay = min(2 * delay, 1.0)
+
+    async def _check_verifiers(self, timeout: float) -> None:
+        """Ask every verifier how it is now, rather than wait for the gateway's next check: one passed
+        over after a check that failed under load may answer again. Requests waiting at once share one
+        check."""
+        if self._checking is None or self._checking.done():
+            checks = asyncio.gather(*(v.refresh_info(timeout=timeout) for v in self.verifiers))
+            self._checking = asyncio.ensure_future(checks)
+        await asyncio.wait([self._checking], timeout=timeout)
 
     def draining(self, verifier: VerifierBackend) -> bool:
         """Whether the sequence should leave `verifier`: its health says draining (or it stopped
