@@ -72,6 +72,8 @@ class RequestPlan:
     """It moves between the verifier's n-grams and its proposer, as measured."""
     draft_ahead: bool
     """The proposer drafts the next round while the verifier checks this one."""
+    drafts_after_rejection: bool
+    """The proposer has another guess after a rejection (the verifier may draft ahead for one too)."""
     affinity: bool
     """Related requests go to the same proposer pod (the proposers remember outputs)."""
     pipeline_steps: bool
@@ -129,6 +131,7 @@ def plan_request(
         starts_local=local_ngram is not None and (measured or not measures),
         measured=measured,
         draft_ahead=settings.draft_ahead and traits is not None and traits.drafts_ahead,
+        drafts_after_rejection=traits is not None and traits.drafts_after_rejection,
         affinity=traits is not None and traits.remembers_outputs,
         pipeline_steps=settings.pipeline_steps,
         direct_drafts=settings.direct_drafts,

@@ -58,6 +58,8 @@ class RemoteDraftSpec:
     server_name: str = ""
     num_prompt_tokens: int = 0
     timeout_s: float = 1.0
+    skip_rejection_drafts: bool = False
+    """The proposer has no other guess after a rejection: draft ahead only for every draft accepted."""
 
     def check(self) -> None:
         host, _, port = self.proposer.rpartition(":")
@@ -201,7 +203,9 @@ class ProposerLinks:
         ahead_spec = replace(spec, num_tokens=spec.num_tokens + 1)
         loop = asyncio.get_running_loop()
         by_accepted = {}
-        worth_it = self.ahead_rejections > 0 and link.rejection_guesses.worth_asking()
+        worth_it = (
+            self.ahead_rejections > 0 and not spec.skip_rejection_drafts and link.rejection_guesses.worth_asking()
+        )
         rejections = min(self.ahead_rejections, len(drafts)) if worth_it else 0
         for accepted in [len(drafts), *range(rejections)]:
             assumed, excluded = drafts[:accepted], drafts[accepted : accepted + 1]

@@ -91,6 +91,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                         remote.server_name,
                         remote.num_prompt_tokens,
                         remote.timeout_s,
+                        remote.skip_rejection_drafts,
                     )
                     if step.HasField("remote_draft")
                     else None

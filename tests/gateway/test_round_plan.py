@@ -96,6 +96,7 @@ def test_rules_that_hold_for_every_combination():
         if plan.draft_ahead:
             assert traits is not None and traits.hidden_states == HiddenStates.NONE, "assumed tokens have no states"
         assert plan.fixed_k == (traits is not None and traits.samples_drafts and not params.greedy)
+        assert plan.drafts_after_rejection == (traits is not None and traits.drafts_after_rejection)
         if plan.measured:
             assert plan.local_ngram is not None and plan.adaptive and not plan.fixed_k and plan.num_speculative_tokens
         if plan.starts_local:

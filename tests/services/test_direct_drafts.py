@@ -61,6 +61,7 @@ class DirectVerifier(VerifierStandIn):
     tokens: list[int] = field(default_factory=list)
     unreachable: set[str] = field(default_factory=set)
     drafted_by: list[str] = field(default_factory=list)
+    skipped_rejection_drafts: set[bool] = field(default_factory=set)  # what the remote drafts said
     in_flight: int = 0
     most_in_flight: int = 0
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -80,6 +81,7 @@ class DirectVerifier(VerifierStandIn):
                 drafts = [] if failed or remote is None else drafter_continuation(self.tokens, remote.num_tokens)
                 if drafts:
                     self.drafted_by.append(remote.proposer)
+                    self.skipped_rejection_drafts.add(remote.skip_rejection_drafts)
                 num_accepted, committed = verify_greedily(self.tokens, drafts)
                 self.tokens += committed
                 return pb.StepResult(
@@ -90,13 +92,21 @@ class DirectVerifier(VerifierStandIn):
             self.in_flight -= 1
 
 
-def _run_direct(verifier: DirectVerifier, proposers: list[ScriptedProposer], max_tokens: int = 60) -> list[int]:
+DRAFT_MODEL = DrafterTraits("draft_model", K, 128, samples_drafts=True, drafts_after_rejection=True)
+
+
+def _run_direct(
+    verifier: DirectVerifier,
+    proposers: list[ScriptedProposer],
+    max_tokens: int = 60,
+    traits: DrafterTraits = DRAFT_MODEL,
+) -> list[int]:
     core = GatewayCore(
         [verifier], proposers, None, set(), max_model_len=1 << 20,
         rounds=RoundSettings(
             num_speculative_tokens=K, verifier_ngram=False, direct_drafts=True, pipeline_steps=verifier.pipelined
         ),
-        drafters=DrafterPool(traits=DrafterTraits("draft_model", K, 128)),
+        drafters=DrafterPool(traits=traits),
     )  # fmt: skip
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
 
@@ -113,6 +123,14 @@ def test_with_direct_drafts_the_gateway_never_drafts_and_keeps_steps_in_flight(p
     assert proposer.fresh_calls == proposer.ahead_calls == 0, "every draft was the verifier's to fetch"
     assert verifier.drafted_by and set(verifier.drafted_by) == {"proposer"}
     assert verifier.most_in_flight == (2 if pipelined else 1), "pipelined: the next step waits at the verifier"
+    assert verifier.skipped_rejection_drafts == {False}, "a draft model has another guess after a rejection"
+
+
+def test_a_drafter_with_no_other_guess_after_a_rejection_has_the_verifier_skip_those_drafts_ahead():
+    verifier = DirectVerifier()
+    suffix_like = DrafterTraits("suffix", K, 128, sizes_own_drafts=True, remembers_outputs=True)
+    assert _run_direct(verifier, [ScriptedProposer()], traits=suffix_like) == target_output(PROMPT, 60)
+    assert verifier.skipped_rejection_drafts == {True}
 
 
 def test_a_proposer_the_verifier_cannot_reach_is_left_for_another():
@@ -404,13 +422,13 @@ class _ScriptedLinks:
 
         self.links._call = call
 
-    async def after(self, drafts: list[int], committed: list[int]):
+    async def after(self, drafts: list[int], committed: list[int], skip_rejection_drafts: bool = False):
         """Draft ahead while `drafts` after BASE are verified, then take what the step committing
         `committed` finds."""
         from splitspec.drafts import HiddenStates
         from verifier_svc.remote_drafts import RemoteDraftSpec
 
-        spec = RemoteDraftSpec(3, "127.0.0.1:1")
+        spec = RemoteDraftSpec(3, "127.0.0.1:1", skip_rejection_drafts=skip_rejection_drafts)
         params = SamplingParams(temperature=0, max_tokens=None)
         self.links.follow("s", spec, BASE, HiddenStates.NONE)
         self.links.draft_ahead("s", BASE, drafts, params, 0, spec)
@@ -449,6 +467,13 @@ def test_the_verifier_drafts_ahead_for_as_many_rejections_as_it_is_told():
         asyncio.run(scripted.after([10, 11, 12], [10, 11, 12, 13]))
         assert [len(assumed) for assumed, _ in scripted.asked] == outcomes
         assert all(excluded == [10, 11, 12][len(assumed) : len(assumed) + 1] for assumed, excluded in scripted.asked)
+
+
+def test_a_proposer_with_no_other_guess_after_a_rejection_is_asked_only_for_every_draft_accepted():
+    """Its drafter reports drafts_after_rejection false (suffix), and the gateway's remote drafts say so."""
+    scripted = _ScriptedLinks(2, _guesses)
+    asyncio.run(scripted.after([10, 11, 12], [10, 11, 12, 13], skip_rejection_drafts=True))
+    assert scripted.asked == [([10, 11, 12], [])]
 
 
 @pytest.mark.parametrize("guess_after_rejection, most_asked", [(14, 64), (15, 20)])
