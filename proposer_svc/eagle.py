@@ -20,6 +20,7 @@ import torch
 
 from proposer_svc.proposer import Proposer
 from splitspec.checkpoint import read_embedding_and_head, read_tensors
+from splitspec.config import is_eagle3_dir
 from splitspec.drafts import Draft, DraftRequest, HiddenStates
 from splitspec.errors import SplitspecError
 from splitspec.models.linear import Linear
@@ -32,10 +33,13 @@ class EagleRunner(LlamaRunner):
     """The drafter's decoder on a paged KV cache; its input rows are (token, target state) pairs."""
 
     def __init__(self, path: Path, target_path: Path, *, dtype: torch.dtype = torch.float32, **cache) -> None:
+        if is_eagle3_dir(path):
+            raise SplitspecError(
+                f"{path} is an EAGLE-3 head, which splitspec does not run yet; use an EAGLE(-1/2) head "
+                "(method 'eagle'), an MLP speculator or a draft model"
+            )
         config = load_config(path)
         weights = {name.removeprefix("model."): t for name, t in read_tensors(path).items()}
-        if any(name.startswith("midlayer.") for name in weights):
-            raise SplitspecError(f"{path} is an EAGLE-3 head; only EAGLE(-1/2) heads are supported (method 'eagle')")
         if "fc.weight" not in weights:
             raise SplitspecError(f"{path} has no fc.weight: it is not an EAGLE head")
         embedding, head = read_embedding_and_head(target_path)

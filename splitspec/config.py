@@ -233,6 +233,25 @@ def is_eagle_dir(model: str | Path) -> bool:
     return any(name.removeprefix("model.") == "fc.weight" for name in tensor_names(path))
 
 
+def is_eagle3_dir(model: str | Path) -> bool:
+    """An EAGLE-3 head in either published layout: Red Hat's speculators format (config.json with
+    speculators_model_type "eagle3") or EAGLE's own (architectures LlamaForCausalLMEagle3; midlayer.*
+    tensors, or the draft-to-target vocabulary map d2t)."""
+    path = Path(model)
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    data = json.loads(config.read_text())
+    if data.get("speculators_model_type") == "eagle3" or any(
+        "eagle3" in a.lower() for a in data.get("architectures") or []
+    ):
+        return True
+    from splitspec.checkpoint import tensor_names
+
+    names = [name.removeprefix("model.") for name in tensor_names(path)]
+    return any(name.startswith("midlayer.") or name == "d2t" for name in names)
+
+
 def is_mlp_speculator_dir(model: str | Path) -> bool:
     """A local checkpoint whose config.json says it is an MLP speculator (IBM accelerator format)."""
     config = Path(model) / "config.json"

@@ -7,19 +7,21 @@ token: a separate computation from the drafter's paged, incremental one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from fitted_heads import assert_drafts_pass_often_but_not_always, write_fitted_eagle
 from greedy_reference import assert_same_or_near_tie
+from safetensors.torch import save_file
 from tiny_checkpoints import write_eagle
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaModel
 
 from proposer_svc.eagle import EagleProposer, EagleRunner
 from splitspec import LLM, SamplingParams
 from splitspec.checkpoint import read_embedding_and_head, read_tensors
-from splitspec.config import detect_method
+from splitspec.config import detect_method, is_eagle3_dir
 from splitspec.drafts import DraftRequest
 from splitspec.errors import SplitspecError
 
@@ -122,6 +124,41 @@ def test_heads_for_other_models_and_eagle3_are_refused(tmp_path, tiny_llama) -> 
     eagle3 = write_eagle(tmp_path / "eagle3", hidden_size=64, vocab_size=256, prefix="midlayer.")
     with pytest.raises(SplitspecError, match="EAGLE-3"):
         LLM(str(tiny_llama), speculative_config={"method": "eagle", "model": str(eagle3), "num_speculative_tokens": 2})
+
+
+def write_speculators_eagle3(folder: Path, hidden_size: int = 64, vocab_size: int = 256) -> Path:
+    """An EAGLE-3 head's config and tensor names as Red Hat's speculators format publishes them (shapes
+    scaled down): fc over three target states, attention over [embedding, state], a draft vocabulary."""
+    folder.mkdir(parents=True)
+    draft_vocab = vocab_size // 2
+    config = {
+        "architectures": ["Eagle3Speculator"],
+        "speculators_model_type": "eagle3",
+        "draft_vocab_size": draft_vocab,
+        "norm_before_residual": False,
+        "target_hidden_size": hidden_size,
+        "transformer_layer_config": {"model_type": "llama", "hidden_size": hidden_size, "vocab_size": vocab_size},
+        "speculators_config": {"proposal_methods": [{"speculative_tokens": 3}], "verifier": {"name_or_path": "x"}},
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    tensors = {
+        "fc.weight": torch.zeros(hidden_size, 3 * hidden_size),
+        "layers.0.self_attn.q_proj.weight": torch.zeros(hidden_size, 2 * hidden_size),
+        "lm_head.weight": torch.zeros(draft_vocab, hidden_size),
+        "d2t": torch.zeros(draft_vocab, dtype=torch.int64),
+        "t2d": torch.zeros(vocab_size, dtype=torch.bool),
+    }
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("method", [None, "eagle"])
+def test_an_eagle3_head_in_the_speculators_format_is_refused_with_a_clear_error(tmp_path, tiny_llama, method) -> None:
+    head = write_speculators_eagle3(tmp_path / "speculator")
+    assert is_eagle3_dir(head) and not is_eagle3_dir(write_eagle(tmp_path / "eagle1", hidden_size=64, vocab_size=256))
+    spec = {"model": str(head), "num_speculative_tokens": 2} | ({"method": method} if method else {})
+    with pytest.raises(SplitspecError, match="EAGLE-3 head, which splitspec does not run yet"):
+        LLM(str(tiny_llama), speculative_config=spec)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
