@@ -7,6 +7,7 @@ import math
 import grpc
 import torch
 
+from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
 from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
@@ -128,7 +129,8 @@ def traits_from_proto(info: pb.ProposerInfo) -> DrafterTraits:
     return DrafterTraits(
         method=info.method,
         num_speculative_tokens=info.num_speculative_tokens,
-        max_num_speculative_tokens=info.max_num_speculative_tokens,
+        # 0: a proposer from before the field, which took the default bound
+        max_num_speculative_tokens=info.max_num_speculative_tokens or MAX_DRAFTS_PER_STEP,
         samples_drafts=info.samples_drafts,
         hidden_states=hidden,
         sizes_own_drafts=info.sizes_own_drafts,

@@ -6,8 +6,11 @@ import grpc
 import pytest
 import torch
 
-from splitspec.drafts import Draft
+from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
+from splitspec.drafter_traits import DrafterTraits
+from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
+from splitspec.rpc import wire
 from splitspec.rpc.wire import concat_rows, draft_from_proto, draft_to_proto, tensor_from_proto, tensor_to_proto
 from splitspec.sparse_distribution import SparseDistribution
 from splitspec_protos import splitspec_v1_pb2 as pb
@@ -150,3 +153,22 @@ def test_rows_that_do_not_stack_are_invalid_argument(other):
     with pytest.raises(ServiceError) as err:
         concat_rows(tensor_to_proto(torch.randn(3, 8)), tensor_to_proto(other))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "do not stack" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "traits",
+    [
+        DrafterTraits("ngram", 5, 128, drafts_after_rejection=True),
+        DrafterTraits("draft_model", 4, 64, samples_drafts=True, drafts_after_rejection=True),
+        DrafterTraits("mlp_speculator", 3, 128, hidden_states=HiddenStates.LAST, drafts_ahead=False),
+        DrafterTraits("eagle", 3, 128, hidden_states=HiddenStates.ALL, drafts_ahead=False),
+        DrafterTraits("suffix", 24, 32, sizes_own_drafts=True, remembers_outputs=True),
+    ],
+)
+def test_drafter_traits_cross_the_wire_unchanged(traits):
+    assert wire.traits_from_proto(wire.traits_to_proto(traits, "v1")) == traits
+
+
+def test_a_proposer_from_before_the_k_bound_was_reported_takes_the_default_bound():
+    old = pb.ProposerInfo(method="ngram", num_speculative_tokens=5, contract_version="v1")
+    assert wire.traits_from_proto(old).max_num_speculative_tokens == MAX_DRAFTS_PER_STEP
