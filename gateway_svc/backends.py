@@ -130,13 +130,16 @@ class VerifierBackend:
         hidden_states: HiddenStates = HiddenStates.NONE,
         trace: pb.TraceContext | None = None,
         deadline: float = math.inf,
+        hidden_layers: tuple[int, ...] = (),
     ) -> None:
         """trace: the client request's context, which the verifier's spans for the sequence continue.
-        deadline: the client's, on time.monotonic(); the verifier releases the sequence once it passes."""
+        deadline: the client's, on time.monotonic(); the verifier releases the sequence once it passes.
+        hidden_layers: the target layers whose inputs make the states returned (EAGLE-3)."""
         request = pb.VerifierRequest(seq_id=seq_id, trace_context=trace)
         request.start.time_limit_s = time_left(deadline, time.monotonic())
         request.start.return_hidden_states = hidden_states != HiddenStates.NONE
         request.start.return_all_hidden_states = hidden_states == HiddenStates.ALL
+        request.start.hidden_layers.extend(hidden_layers)
         request.start.token_ids.extend(token_ids)
         request.start.temperature = params.temperature
         request.start.top_k = params.top_k

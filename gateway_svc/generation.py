@@ -108,7 +108,7 @@ class GatewayCore:
         if plan.num_speculative_tokens > 0 and not req.local:
             req.slot.use(self.placement.next_proposer(affinity=req.slot.affinity))
         verifier: VerifierBackend | None = await self.placement.start_on_a_verifier(
-            seq, req.deadline, req.trace_context, plan.hidden_states
+            seq, req.deadline, req.trace_context, plan.hidden_states, plan.hidden_layers
         )
         verifier_moves = 0
         rounds = rounds_for(self, req)

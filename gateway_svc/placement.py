@@ -40,6 +40,7 @@ class Placement:
         deadline: float,
         trace_context: pb.TraceContext | None,
         hidden_states: HiddenStates = HiddenStates.NONE,
+        hidden_layers: tuple[int, ...] = (),
     ) -> VerifierBackend:
         """Start the sequence, with its committed tokens so far, on the least loaded live verifier (by
         what it reports, so that gateways sharing it spread out too); one that is full or fails is
@@ -56,7 +57,14 @@ class Placement:
                 verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
                 try:
                     await verifier.start(
-                        seq.seq_id, seq.tokens, seq.params, seq.seed, hidden_states, trace_context, deadline
+                        seq.seq_id,
+                        seq.tokens,
+                        seq.params,
+                        seq.seed,
+                        hidden_states,
+                        trace_context,
+                        deadline,
+                        hidden_layers,
                     )
                     return verifier
                 except (ConnectionError, ServiceError) as exc:
@@ -109,7 +117,9 @@ class Placement:
             "verifier failover", {"splitspec.from": leaving.address, "splitspec.tokens": len(seq.tokens)}
         )
         req.slot.feed.hidden = None
-        return await self.start_on_a_verifier(seq, req.deadline, req.trace_context, req.plan.hidden_states)
+        return await self.start_on_a_verifier(
+            seq, req.deadline, req.trace_context, req.plan.hidden_states, req.plan.hidden_layers
+        )
 
     def next_proposer(
         self, exclude: ProposerBackend | None = None, affinity: bytes | None = None

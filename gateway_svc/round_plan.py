@@ -61,6 +61,8 @@ class RequestPlan:
     """Its K: 0 when nothing drafts for it."""
     hidden_states: HiddenStates
     """What the verifier returns of the target's hidden states, for the proposer."""
+    hidden_layers: tuple[int, ...]
+    """Which states: the inputs of these target layers (EAGLE-3); () the final state."""
     fixed_k: bool
     """K stays as asked: the drafts decide a seeded request's samples (splitspec.draft_limits)."""
     adaptive: bool
@@ -125,6 +127,7 @@ def plan_request(
     return RequestPlan(
         num_speculative_tokens=k,
         hidden_states=traits.hidden_states if traits is not None and not local_only else HiddenStates.NONE,
+        hidden_layers=traits.hidden_layers if traits is not None and not local_only else (),
         fixed_k=fixed_k,
         adaptive=adaptive,
         local_ngram=local_ngram,

@@ -15,6 +15,7 @@ token with the output that chose it. As in vLLM's llama_eagle.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,16 +29,16 @@ from splitspec.models.llama import LlamaRunner
 from splitspec.models.loader import load_config
 from splitspec.models.runner import ForwardInput
 
+if TYPE_CHECKING:
+    from proposer_svc.eagle3 import Eagle3Runner
+
 
 class EagleRunner(LlamaRunner):
     """The drafter's decoder on a paged KV cache; its input rows are (token, target state) pairs."""
 
     def __init__(self, path: Path, target_path: Path, *, dtype: torch.dtype = torch.float32, **cache) -> None:
         if is_eagle3_dir(path):
-            raise SplitspecError(
-                f"{path} is an EAGLE-3 head, which splitspec does not run yet; use an EAGLE(-1/2) head "
-                "(method 'eagle'), an MLP speculator or a draft model"
-            )
+            raise SplitspecError(f"{path} is an EAGLE-3 head: use method 'eagle3' (or give only 'model')")
         config = load_config(path)
         weights = {name.removeprefix("model."): t for name, t in read_tensors(path).items()}
         if "fc.weight" not in weights:
@@ -69,9 +70,12 @@ class EagleRunner(LlamaRunner):
     def _final_hidden(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def step(self, inputs: list[ForwardInput], states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """states [sum(len(token_ids)), hidden]: the target state paired with each fed token. ->
-        (argmax token, predicted next state) of each input's last row."""
+    def step(
+        self, inputs: list[ForwardInput], states: torch.Tensor, from_target: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """states [sum(len(token_ids)), hidden]: the state paired with each fed token, the target's or
+        (from_target False) one this runner predicted; both are read alike. -> (argmax token,
+        predicted next state) of each input's last row."""
         logits, predicted = self._forward(inputs, states.to(self.device))
         return logits.argmax(-1).cpu(), predicted
 
@@ -85,7 +89,7 @@ class EagleProposer(Proposer):
     method = "eagle"
     hidden_states = HiddenStates.ALL
 
-    def __init__(self, runner: EagleRunner) -> None:
+    def __init__(self, runner: EagleRunner | Eagle3Runner) -> None:
         self.runner = runner
         self._fed: dict[str, int] = {}  # positions 0..fed-1 of a sequence's cache hold true inputs
 
@@ -99,7 +103,7 @@ class EagleProposer(Proposer):
             for inp in inputs:  # no room: these sequences start over when the verifier resends their states
                 self.release(inp.seq_id)
             return drafts
-        tokens, states = self.runner.step(inputs, torch.cat([rows for _, (_, rows) in new]))
+        tokens, states = self.runner.step(inputs, torch.cat([rows for _, (_, rows) in new]), from_target=True)
         chains = [[t] for t in tokens.tolist()]
         wanted = [requests[i].num_tokens for i, _ in new]
         for step in range(1, max(wanted)):
@@ -108,7 +112,7 @@ class EagleProposer(Proposer):
             if not active or not self.runner.can_fit(step_inputs):
                 break
             rows = torch.tensor(active)
-            tokens, predicted = self.runner.step(step_inputs, states[rows])
+            tokens, predicted = self.runner.step(step_inputs, states[rows], from_target=False)
             states = states.index_copy(0, rows.to(states.device), predicted)
             for a, t in zip(active, tokens.tolist()):
                 chains[a].append(t)

@@ -77,6 +77,21 @@ def build_proposer(
             max_num_seqs=max_num_seqs,
         )
         return EagleProposer(runner)
+    if spec.method == SpeculationMethod.EAGLE3:
+        from proposer_svc.eagle3 import Eagle3Proposer, Eagle3Runner
+        from splitspec.checkpoint import resolve_checkpoint
+
+        if target_model is None:
+            raise SplitspecError("an EAGLE-3 head reads the target's layers and embedding: give the target model too")
+        runner = Eagle3Runner(
+            resolve_checkpoint(spec.draft_model),
+            resolve_checkpoint(target_model),
+            device=placement,
+            dtype=auto_dtype(None, placement),
+            kv_cache_memory_bytes=256 << 20,
+            max_num_seqs=max_num_seqs,
+        )
+        return Eagle3Proposer(runner)
     from proposer_svc.draft_model import DraftModelProposer
     from splitspec.checkpoint import resolve_checkpoint
     from splitspec.config import RunnerConfig

@@ -16,6 +16,8 @@ class Proposer(ABC):
     """True when sampled requests get drafts drawn from a q that is not one-hot (a draft model)."""
     hidden_states: HiddenStates = HiddenStates.NONE
     """What the drafter reads of the target's hidden states (DraftRequest.hidden_state)."""
+    hidden_layers: tuple[int, ...] = ()
+    """Which states: the inputs of these target layers, concatenated (EAGLE-3); () the final state."""
     sizes_own_drafts: bool = False
     """It drafts only what it expects accepted (suffix)."""
     remembers_outputs: bool = False
@@ -34,6 +36,7 @@ class Proposer(ABC):
             max_num_speculative_tokens=max_num_speculative_tokens,
             samples_drafts=self.samples_drafts,
             hidden_states=self.hidden_states,
+            hidden_layers=self.hidden_layers,
             sizes_own_drafts=self.sizes_own_drafts,
             remembers_outputs=self.remembers_outputs,
             drafts_ahead=not self.needs_hidden_states,  # assumed tokens have no hidden states yet

@@ -14,14 +14,15 @@ from splitspec.suffix_settings import SUFFIX_CONFIG_KEYS, SuffixSettings, suffix
 
 
 class SpeculationMethod(StrEnum):
-    """How drafts are proposed: prompt lookup, a smaller causal LM, IBM's MLP speculator, an EAGLE
-    head (these two read the target's hidden states), or suffix trees over this request and past
-    outputs."""
+    """How drafts are proposed: prompt lookup, a smaller causal LM, IBM's MLP speculator, an EAGLE or
+    EAGLE-3 head (these three read the target's hidden states), or suffix trees over this request and
+    past outputs."""
 
     NGRAM = "ngram"
     DRAFT_MODEL = "draft_model"
     MLP_SPECULATOR = "mlp_speculator"
     EAGLE = "eagle"
+    EAGLE3 = "eagle3"
     SUFFIX = "suffix"
 
 
@@ -29,6 +30,7 @@ SPECULATION_METHODS = tuple(m.value for m in SpeculationMethod)
 HIDDEN_STATES_BY_METHOD = {
     SpeculationMethod.MLP_SPECULATOR: HiddenStates.LAST,
     SpeculationMethod.EAGLE: HiddenStates.ALL,
+    SpeculationMethod.EAGLE3: HiddenStates.ALL,
 }
 DEFAULT_NUM_SPECULATIVE_TOKENS = 10
 """The commands' default K: an upper bound, since adaptive K drafts fewer where more would not pay
@@ -49,7 +51,7 @@ def check_prompt_lookup(lookup_min: int, lookup_max: int, limit: int | None = No
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """How drafts are proposed: "ngram", "draft_model", "mlp_speculator", "eagle" or "suffix" (all but
+    """How drafts are proposed: "ngram", "draft_model", "mlp_speculator", "eagle", "eagle3" or "suffix" (all but
     ngram and suffix read `draft_model`)."""
 
     method: SpeculationMethod
@@ -209,9 +211,11 @@ class EngineConfig:
 
 def detect_method(model: str | Path) -> SpeculationMethod:
     """The drafter a checkpoint holds, from its config and tensor names, as vLLM guesses it when the
-    user gives only "model": an MLP speculator, an EAGLE head, or else a draft model."""
+    user gives only "model": an MLP speculator, an EAGLE-3 or EAGLE head, or else a draft model."""
     if is_mlp_speculator_dir(model):
         return SpeculationMethod.MLP_SPECULATOR
+    if is_eagle3_dir(model):
+        return SpeculationMethod.EAGLE3
     if is_eagle_dir(model):
         return SpeculationMethod.EAGLE
     return SpeculationMethod.DRAFT_MODEL

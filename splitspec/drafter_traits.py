@@ -20,6 +20,8 @@ class DrafterTraits:
     (splitspec.draft_limits.keeps_fixed_k)."""
     hidden_states: HiddenStates = HiddenStates.NONE
     """What it reads of the target's hidden states: the verifier returns them, the drafts carry them."""
+    hidden_layers: tuple[int, ...] = ()
+    """Which of them: the inputs of these target layers, concatenated (EAGLE-3); () the final state."""
     sizes_own_drafts: bool = False
     """It drafts only what it expects accepted (suffix): adaptive K is not put on top."""
     remembers_outputs: bool = False

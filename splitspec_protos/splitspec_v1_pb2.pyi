@@ -166,7 +166,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StartSequence(_message.Message):
-    __slots__ = ("token_ids", "temperature", "top_k", "top_p", "seed", "return_hidden_states", "return_all_hidden_states", "time_limit_s")
+    __slots__ = ("token_ids", "temperature", "top_k", "top_p", "seed", "return_hidden_states", "return_all_hidden_states", "time_limit_s", "hidden_layers")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +175,7 @@ class StartSequence(_message.Message):
     RETURN_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     RETURN_ALL_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_LAYERS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     temperature: float
     top_k: int
@@ -183,7 +184,8 @@ class StartSequence(_message.Message):
     return_hidden_states: bool
     return_all_hidden_states: bool
     time_limit_s: float
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., return_hidden_states: _Optional[bool] = ..., return_all_hidden_states: _Optional[bool] = ..., time_limit_s: _Optional[float] = ...) -> None: ...
+    hidden_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., return_hidden_states: _Optional[bool] = ..., return_all_hidden_states: _Optional[bool] = ..., time_limit_s: _Optional[float] = ..., hidden_layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VerifyStep(_message.Message):
     __slots__ = ("committed_len", "drafts", "local_draft", "pipelined", "assumed_token_ids", "remote_draft")
@@ -376,7 +378,7 @@ class ProposerResponse(_message.Message):
     def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., draft: _Optional[_Union[DraftResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class ProposerInfo(_message.Message):
-    __slots__ = ("method", "num_speculative_tokens", "contract_version", "needs_hidden_states", "needs_all_hidden_states", "samples_drafts", "sizes_own_drafts", "remembers_outputs", "drafts_ahead", "drafts_after_rejection", "max_num_speculative_tokens")
+    __slots__ = ("method", "num_speculative_tokens", "contract_version", "needs_hidden_states", "needs_all_hidden_states", "samples_drafts", "sizes_own_drafts", "remembers_outputs", "drafts_ahead", "drafts_after_rejection", "max_num_speculative_tokens", "hidden_layers")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -388,6 +390,7 @@ class ProposerInfo(_message.Message):
     DRAFTS_AHEAD_FIELD_NUMBER: _ClassVar[int]
     DRAFTS_AFTER_REJECTION_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_LAYERS_FIELD_NUMBER: _ClassVar[int]
     method: str
     num_speculative_tokens: int
     contract_version: str
@@ -399,4 +402,5 @@ class ProposerInfo(_message.Message):
     drafts_ahead: bool
     drafts_after_rejection: bool
     max_num_speculative_tokens: int
-    def __init__(self, method: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., contract_version: _Optional[str] = ..., needs_hidden_states: _Optional[bool] = ..., needs_all_hidden_states: _Optional[bool] = ..., samples_drafts: _Optional[bool] = ..., sizes_own_drafts: _Optional[bool] = ..., remembers_outputs: _Optional[bool] = ..., drafts_ahead: _Optional[bool] = ..., drafts_after_rejection: _Optional[bool] = ..., max_num_speculative_tokens: _Optional[int] = ...) -> None: ...
+    hidden_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, method: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., contract_version: _Optional[str] = ..., needs_hidden_states: _Optional[bool] = ..., needs_all_hidden_states: _Optional[bool] = ..., samples_drafts: _Optional[bool] = ..., sizes_own_drafts: _Optional[bool] = ..., remembers_outputs: _Optional[bool] = ..., drafts_ahead: _Optional[bool] = ..., drafts_after_rejection: _Optional[bool] = ..., max_num_speculative_tokens: _Optional[int] = ..., hidden_layers: _Optional[_Iterable[int]] = ...) -> None: ...

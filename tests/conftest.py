@@ -60,6 +60,12 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_8_layers(tmp_path_factory) -> Path:
+    """Deep enough for an EAGLE-3 head's three default layers (2, 4, 5)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_llama_8_layers"), "llama", num_layers=8, seed=3)
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen2"), "qwen2", seed=1, tie_word_embeddings=True)
 

@@ -70,6 +70,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     _hidden_states(start),
                     (request.trace_context.traceparent, request.trace_context.tracestate),
                     start.time_limit_s,
+                    tuple(start.hidden_layers),
                 )
                 response.ack.SetInParent()
             elif kind == "step":

@@ -46,6 +46,7 @@ class RemoteSequence:
     params: SamplingParams
     seed: int
     hidden_states: HiddenStates = HiddenStates.NONE  # what results carry for the sequence's drafter
+    hidden_layers: tuple[int, ...] = ()  # the target layers whose inputs make those states (EAGLE-3)
     span: trace.Span = trace.INVALID_SPAN  # its time here, in the client request's trace
     request_span: trace.SpanContext | None = None  # the client request's span at the gateway
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)  # its steps run one at a time, in arrival order
@@ -163,9 +164,11 @@ class VerifierService:
         hidden_states: HiddenStates = HiddenStates.NONE,
         trace_context: tuple[str, str] = ("", ""),
         time_limit_s: float = 0.0,
+        hidden_layers: tuple[int, ...] = (),
     ) -> None:
         """trace_context: the client request's traceparent and tracestate, which its span here continues.
-        time_limit_s: the client's time left (0: none); the sequence is released once it has passed."""
+        time_limit_s: the client's time left (0: none); the sequence is released once it has passed.
+        hidden_layers: the target layers whose inputs make the states results carry (EAGLE-3)."""
         if not self.healthy():
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, MODEL_FAILED)
         check_seq_id(seq_id)
@@ -176,11 +179,17 @@ class VerifierService:
         except SplitspecError as exc:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         limit = check_time_limit("start.time_limit_s", time_limit_s)
+        layers = getattr(self.runner, "layers", None)
+        if hidden_layers and (layers is None or not all(0 <= i < len(layers) for i in hidden_layers)):
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"start.hidden_layers {list(hidden_layers)} are not layers of this verifier's target",
+            )
         if len(self.sequences) >= self.max_num_seqs:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"verifier is full ({self.max_num_seqs} sequences); retry later"
             )
-        seq = RemoteSequence(seq_id, list(token_ids), params, seed, hidden_states)
+        seq = RemoteSequence(seq_id, list(token_ids), params, seed, hidden_states, tuple(sorted(set(hidden_layers))))
         if self.tracing.enabled and (parent := context_of(*trace_context)) is not None:
             seq.request_span = trace.get_current_span(parent).get_span_context()
             seq.span = self.tracing.tracer.start_span(
@@ -333,7 +342,9 @@ class VerifierService:
             started = time.perf_counter()
             span = self._pass_span(steps, tokens)
             try:
-                results = self.verifier.verify(steps, [calls[i].seq.hidden_states for i in ready])
+                results = self.verifier.verify(
+                    steps, [calls[i].seq.hidden_states for i in ready], [calls[i].seq.hidden_layers for i in ready]
+                )
             except RunnerLost as exc:  # every call of the batch fails with it: another verifier can go on
                 span.end()
                 raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None

@@ -28,11 +28,18 @@ class VerifiableSequence(Protocol):
 
 
 class Verifier:
-    def __init__(self, runner: ModelRunner, hidden_states: HiddenStates = HiddenStates.NONE) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        hidden_states: HiddenStates = HiddenStates.NONE,
+        hidden_layers: tuple[int, ...] = (),
+    ) -> None:
         """hidden_states: which of the target's hidden states results carry, for drafters that read
-        them; verify() can also choose per sequence."""
+        them; hidden_layers: the inputs of these target layers, concatenated, in place of the final
+        state (EAGLE-3). verify() can also choose per sequence."""
         self.runner = runner
         self.hidden_states = hidden_states
+        self.hidden_layers = hidden_layers
 
     def forward_inputs(
         self, steps: list[tuple[VerifiableSequence, Draft]], hidden_states: list[HiddenStates] | None = None
@@ -49,13 +56,17 @@ class Verifier:
         return self.runner.can_fit(self.forward_inputs(steps))
 
     def verify(
-        self, steps: list[tuple[VerifiableSequence, Draft]], hidden_states: list[HiddenStates] | None = None
+        self,
+        steps: list[tuple[VerifiableSequence, Draft]],
+        hidden_states: list[HiddenStates] | None = None,
+        hidden_layers: list[tuple[int, ...]] | None = None,
     ) -> list[VerifyResult]:
         """Accepted drafts plus one correction or bonus token per sequence, in order.
 
         hidden_states: per sequence, which hidden states its result carries ("last": the state behind
         its last committed token; "all": those behind every token committed in this step, the
-        prompt's included); None: this verifier's setting for all. They come back on the CPU.
+        prompt's included); hidden_layers: per sequence, the target layers whose inputs make a state
+        (() the final state); None: this verifier's settings for all. They come back on the CPU.
 
         Logits on the CPU with the PyTorch kernels: each sequence is verified on its own, drawing only
         the random numbers it needs. Otherwise (a GPU, or Triton kernels) the whole batch is sampled
@@ -63,9 +74,16 @@ class Verifier:
         Both make the same decisions (tests/verifier/test_device_sampling.py).
         """
         modes = hidden_states if hidden_states is not None else [self.hidden_states] * len(steps)
+        layers = hidden_layers if hidden_layers is not None else [self.hidden_layers] * len(steps)
         inputs = self.forward_inputs(steps, modes)
         if any(mode != HiddenStates.NONE for mode in modes):
-            logits, hidden = self.runner.forward_with_hidden(inputs)  # [sum(k + 1), vocab], [sum(hidden_rows), hidden]
+            wanted = {ids for mode, ids in zip(modes, layers) if mode != HiddenStates.NONE}
+            aux = tuple(sorted({i for ids in wanted for i in ids}))
+            # [sum(k + 1), vocab], [sum(hidden_rows), (len(aux) + 1) * hidden]: each aux layer's input, the final state
+            logits, hidden = (
+                self.runner.forward_with_hidden(inputs, aux) if aux else self.runner.forward_with_hidden(inputs)
+            )
+            hidden = _states_by_layers(hidden, aux, wanted)
         else:
             logits, hidden = self.runner.forward(inputs), None
         requests = self._requests(steps, logits)
@@ -74,7 +92,7 @@ class Verifier:
         else:
             results = sample_on_device(requests, self.runner.kernels.rejection_sample)
         if hidden is not None:
-            _attach_hidden_states(results, inputs, modes, hidden)
+            _attach_hidden_states(results, inputs, modes, layers, hidden)
         return results
 
     @staticmethod
@@ -112,23 +130,38 @@ def sample_on_device(requests: list[VerifyRequest], rejection_sample: RejectionS
     return [VerifyResult(int(row[0]), row[1 : int(row[0]) + 2].tolist()) for row in host]
 
 
+def _states_by_layers(
+    hidden: torch.Tensor, aux: tuple[int, ...], wanted: set[tuple[int, ...]]
+) -> dict[tuple[int, ...], torch.Tensor]:
+    """hidden [rows, (len(aux) + 1) * H] -> for each wanted layer set, its columns [rows, len(set) * H]
+    (() the final state alone)."""
+    if not aux:
+        return {(): hidden}
+    blocks = hidden.view(len(hidden), len(aux) + 1, -1)  # [rows, len(aux) + 1, H]
+    return {ids: blocks[:, [aux.index(i) for i in ids] if ids else [len(aux)]].flatten(1) for ids in wanted}
+
+
 def _attach_hidden_states(
-    results: list[VerifyResult], inputs: list[ForwardInput], modes: list[HiddenStates], hidden: torch.Tensor
+    results: list[VerifyResult],
+    inputs: list[ForwardInput],
+    modes: list[HiddenStates],
+    layers: list[tuple[int, ...]],
+    hidden: dict[tuple[int, ...], torch.Tensor],
 ) -> None:
-    """Give each result the hidden states it asked for, gathered on the device and copied in one go:
-    "last", the row behind its last committed token [hidden]; "all", the rows behind every token
-    committed in this step [n, hidden]."""
-    wanted: list[tuple[VerifyResult, HiddenStates, torch.Tensor]] = []
+    """Give each result the hidden states it asked for, gathered on the device and copied in one go
+    per layer set: "last", the row behind its last committed token [width]; "all", the rows behind
+    every token committed in this step [n, width]."""
+    wanted: dict[tuple[int, ...], list[tuple[VerifyResult, HiddenStates, torch.Tensor]]] = {}
     row = 0
-    for inp, mode, result in zip(inputs, modes, results):
+    for inp, mode, ids, result in zip(inputs, modes, layers, results):
         if mode == HiddenStates.LAST:  # rows are the k + 1 logit rows
-            wanted.append((result, mode, torch.tensor([row + result.num_accepted])))
+            wanted.setdefault(ids, []).append((result, mode, torch.tensor([row + result.num_accepted])))
         elif mode == HiddenStates.ALL:  # rows are every fed token's; keep the committed ones
             committed = len(inp.token_ids) - inp.num_logits + 1 + result.num_accepted
-            wanted.append((result, mode, torch.arange(row, row + committed)))
+            wanted.setdefault(ids, []).append((result, mode, torch.arange(row, row + committed)))
         row += inp.hidden_rows
-    if not wanted:
-        return
-    states = hidden[torch.cat([rows for _, _, rows in wanted]).to(hidden.device)].to("cpu", torch.float32)
-    for (result, mode, _), part in zip(wanted, states.split([len(rows) for _, _, rows in wanted])):
-        result.hidden_state = part[0] if mode == HiddenStates.LAST else part
+    for ids, picks in wanted.items():
+        rows = torch.cat([rows for _, _, rows in picks]).to(hidden[ids].device)
+        states = hidden[ids][rows].to("cpu", torch.float32)
+        for (result, mode, _), part in zip(picks, states.split([len(rows) for _, _, rows in picks])):
+            result.hidden_state = part[0] if mode == HiddenStates.LAST else part

@@ -43,7 +43,10 @@ def generate_one(
             k = len(draft.token_ids)
             fed = seq.tokens[runner.cached_length(seq.seq_id) :] + draft.token_ids
             step = ForwardInput(seq.seq_id, fed, k + 1, len(fed) if reads == HiddenStates.ALL else None)
-            logits, states = (t.cpu() for t in runner.forward_with_hidden([step]))  # [k + 1, vocab], [rows, hidden]
+            layers = proposer.hidden_layers if proposer else ()
+            # [k + 1, vocab], [rows, (len(layers) + 1) * hidden]: the layers' inputs, then the final state
+            logits, states = (t.cpu() for t in runner.forward_with_hidden([step], layers))
+            states = states[:, : len(layers) * states.shape[1] // (len(layers) + 1)] if layers else states
             result = verify(
                 VerifyRequest(
                     logits,

@@ -100,9 +100,10 @@ def _serve_proposer(args: argparse.Namespace) -> int:
     if args.method not in METHODS_WITHOUT_MODEL and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
     resolve_device(args.device)
-    if args.method == "eagle" and not args.target_model:
+    if args.method in ("eagle", "eagle3") and not args.target_model:
         raise SplitspecError(
-            "--method eagle needs --target-model (the verifier's model), whose output head it drafts with"
+            f"--method {args.method} needs --target-model (the verifier's model), whose layers and embedding "
+            "it drafts with"
         )
     built = {"server": _server_options(args), "speculative.suffix": suffix_settings_from(args)}
     run_proposer(settings_from(ProposerSettings, args, PROPOSER_FLAGS, built))
@@ -160,7 +161,7 @@ def up_commands(
     verifier += ["--proposers", proposers]  # for direct drafts: it calls them where the gateway does
     proposer = ["serve-proposer", "--host", args.host, "--port", str(args.proposer_port)]
     proposer += ["--device", args.proposer_device or args.device]
-    if args.method == "eagle":
+    if args.method in ("eagle", "eagle3"):
         proposer += ["--target-model", args.model]
     gateway = ["serve-gateway", "--host", args.host, "--port", str(args.port)]
     gateway += ["--verifiers", links.get("verifier", f"{args.host}:{args.verifier_port}"), "--proposers", proposers]

@@ -36,10 +36,12 @@ _ACCEPTED_NO_EFFECT = {
 class LLM:
     """Load a target model (and a drafter) and generate, batched, in this process.
 
-    model: a Hugging Face checkpoint directory, a hub id, or "default" (the bundled SmolLM2-135M-Instruct).
-    speculative_config: {"method": "ngram" | "draft_model" | "mlp_speculator" | "eagle" | "suffix",
-    "num_speculative_tokens": K, ...} ("model" alone says which of draft_model, mlp_speculator and
-    eagle it holds; suffix takes vLLM's suffix_decoding_* keys); None for plain decoding. The older vLLM/Aphrodite keywords (speculative_model, num_speculative_tokens,
+    model: a Hugging Face checkpoint directory, a hub id, or "default" (the bundled SmolLM2-135M-Instruct);
+    or an EAGLE-3 head in the speculators format, which serves the target it names with itself.
+    speculative_config: {"method": "ngram" | "draft_model" | "mlp_speculator" | "eagle" | "eagle3" |
+    "suffix", "num_speculative_tokens": K, ...} ("model" alone says which of draft_model,
+    mlp_speculator, eagle and eagle3 it holds; suffix takes vLLM's suffix_decoding_* keys); None for
+    plain decoding. The older vLLM/Aphrodite keywords (speculative_model, num_speculative_tokens,
     ngram_prompt_lookup_max/min, speculative_draft_tensor_parallel_size) mean the same.
     device: "auto" (the first CUDA device when there is one, else the CPU), "cpu", "cuda" or "cuda:N";
     the target and an in-process drafter both run there.
@@ -77,6 +79,7 @@ class LLM:
         if unknown:
             raise SplitspecError(f"LLM() got unsupported arguments: {', '.join(sorted(unknown))}")
         resolve_device(device)  # refuse an unusable device before loading anything
+        model, speculative_config = _speculators_target(model, speculative_config, speculative_model)
         spec = build_speculative_config(
             speculative_config,
             speculative_model=speculative_model,
@@ -147,7 +150,11 @@ class LLM:
             scheduler = self.config.scheduler
             max_rows = min(scheduler.max_num_batched_tokens, scheduler.max_num_seqs * (spec.num_speculative_tokens + 1))
             cost_model = PassCostModel.calibrate(self.runner, max_rows)
-        verifier = Verifier(self.runner, proposer.hidden_states if proposer else HiddenStates.NONE)
+        verifier = (
+            Verifier(self.runner, proposer.hidden_states, proposer.hidden_layers)
+            if proposer
+            else Verifier(self.runner, HiddenStates.NONE)
+        )
         return Engine(
             verifier,
             proposer,
@@ -260,3 +267,20 @@ def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="Processed prompts", unit="req")
+
+
+def _speculators_target(
+    model: str, speculative_config: dict[str, Any] | None, speculative_model: str | None
+) -> tuple[str, dict[str, Any] | None]:
+    """model may be a speculators-format EAGLE-3 head: then the target it names is served with it."""
+    from splitspec.eagle3_checkpoint import speculators_serving
+
+    served = speculators_serving(model)
+    if served is None:
+        return model, speculative_config
+    if speculative_config or speculative_model:
+        raise SplitspecError(
+            f"model {model} is an EAGLE-3 head, which names its target; give it alone, or give the target as "
+            "model and the head as speculative_config's model"
+        )
+    return served

@@ -215,14 +215,14 @@ PROPOSER_FLAGS = (
     Flag(
         "--target-model",
         env="TARGET_MODEL",
-        help="the verifier's checkpoint, for --method eagle (env SPLITSPEC_TARGET_MODEL)",
+        help="the verifier's checkpoint, for --method eagle and eagle3 (env SPLITSPEC_TARGET_MODEL)",
     ),
     Flag("--batch-window-ms", type=float, default=1.0, env="BATCH_WINDOW_MS"),
     _max_drafts_flag("the most drafts one call may ask for"),
     _tls_ca_flag(
         "require clients (the gateways) to present a certificate signed by this CA: mutual TLS", fills=("server.tls",)
     ),
-    device_flag("the drafter (draft_model, mlp_speculator, eagle)"),
+    device_flag("the drafter (draft_model, mlp_speculator, eagle, eagle3)"),
 )
 
 ROUND_TRIP_FLAGS = (

@@ -73,11 +73,16 @@ class HFRunner:
     def forward(self, inputs: list[ForwardInput]) -> torch.Tensor:
         return self._forward(inputs, with_hidden=False)[0]
 
-    def forward_with_hidden(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._forward(inputs, with_hidden=True)
+    def forward_with_hidden(
+        self, inputs: list[ForwardInput], aux_layers: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """aux_layers: as the native runner's (transformers' hidden_states[i] is the input of layer i)."""
+        return self._forward(inputs, with_hidden=True, aux_layers=tuple(sorted(set(aux_layers))))
 
     @torch.inference_mode()
-    def _forward(self, inputs: list[ForwardInput], with_hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _forward(
+        self, inputs: list[ForwardInput], with_hidden: bool, aux_layers: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         from transformers import DynamicCache
 
         rows, hidden_rows = [], []
@@ -103,7 +108,7 @@ class HFRunner:
             self._lengths[inp.seq_id] = start + n
             rows.append(out.logits[0, -inp.num_logits :] if inp.num_logits else out.logits[0, :0])
             if with_hidden:  # the last entry is the final layer's output after the model's final norm
-                last = out.hidden_states[-1][0]
-                hidden_rows.append(last[last.shape[0] - inp.hidden_rows :])
+                states = torch.cat([out.hidden_states[i][0] for i in aux_layers] + [out.hidden_states[-1][0]], -1)
+                hidden_rows.append(states[states.shape[0] - inp.hidden_rows :])
         hidden = torch.cat(hidden_rows).to(torch.float32) if with_hidden else None
         return torch.cat(rows).to(torch.float32), hidden

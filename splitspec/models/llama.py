@@ -44,7 +44,7 @@ def supports_natively(config) -> bool:
 
 
 @dataclass
-class _Layer:
+class DecoderLayer:
     input_norm: torch.Tensor | None  # [hidden]; None in an EAGLE drafter's first layer
     qkv: Linear  # hidden -> (q_heads + 2 * kv_heads) * head_dim
     q_norm: torch.Tensor | None  # [head_dim] (Qwen3)
@@ -236,14 +236,14 @@ class LlamaRunner:
         self.norm = take("model.norm.weight")
         tied = getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in w
         self.lm_head = Linear(self.embed if tied else take("lm_head.weight"))
-        self.layers: list[_Layer] = []
+        self.layers: list[DecoderLayer] = []
         for i in range(config.num_hidden_layers):
             p = f"model.layers.{i}."
             q, k, v = (take(p + f"self_attn.{n}_proj.weight") for n in "qkv")
             bias_names = [p + f"self_attn.{n}_proj.bias" for n in "qkv"]
             qkv_bias = torch.cat([take(n) for n in bias_names]) if bias_names[0] in w else None
             self.layers.append(
-                _Layer(
+                DecoderLayer(
                     input_norm=self._input_norm(w, p, i),
                     qkv=Linear(torch.cat([q, k, v]), qkv_bias),
                     q_norm=w.pop(p + "self_attn.q_norm.weight", None),
@@ -292,8 +292,16 @@ class LlamaRunner:
     def forward(self, inputs: list[ForwardInput]) -> torch.Tensor:
         return self._forward(inputs)[0].to(torch.float32)
 
-    def forward_with_hidden(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, hidden = self._forward(inputs)
+    def forward_with_hidden(
+        self, inputs: list[ForwardInput], aux_layers: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """aux_layers: decoder layers whose inputs (the un-normed residual stream entering layer i; 0 is
+        the embedding) come first in each hidden row, in ascending order, before the final state:
+        [rows, (len(aux_layers) + 1) * hidden]. EAGLE-3 heads read three of them."""
+        for i in aux_layers:
+            if not 0 <= i < len(self.layers):
+                raise SplitspecError(f"layer {i} does not exist: the target has {len(self.layers)} decoder layers")
+        logits, hidden = self._forward(inputs, aux_layers=tuple(sorted(set(aux_layers))))
         return logits.to(torch.float32), hidden.to(torch.float32)
 
     def healthy(self) -> bool:
@@ -306,17 +314,18 @@ class LlamaRunner:
             self.workers.close()
 
     def _forward(
-        self, inputs: list[ForwardInput], extra_input: torch.Tensor | None = None
+        self, inputs: list[ForwardInput], extra_input: torch.Tensor | None = None, aux_layers: tuple[int, ...] = ()
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits of the logit rows, final hidden states of the hidden rows), on the runner's device.
-        extra_input: one row per fed token for runners whose input is more than the token (EAGLE)."""
+        extra_input: one row per fed token for runners whose input is more than the token (EAGLE).
+        aux_layers: as forward_with_hidden."""
         if not self.can_fit(inputs):
             raise OutOfKVBlocks(f"batch of {len(inputs)} sequences does not fit in {self.num_free_blocks} free blocks")
         if self.workers is None:
-            return self.compute(self._layout(inputs), extra_input)
+            return self.compute(self._layout(inputs, aux_layers), extra_input)
         if lost := self.workers.lost():
             raise TensorParallelWorkerLost(f"tensor-parallel rank {lost[0]} has exited; restart the model")
-        layout = self._layout(inputs)
+        layout = self._layout(inputs, aux_layers)
         try:
             broadcast_layout(layout, self.device)
             return self.compute(layout, extra_input)
@@ -326,9 +335,9 @@ class LlamaRunner:
             who = f"rank {lost[0]} exited" if lost else f"a collective failed ({exc})"
             raise TensorParallelWorkerLost(f"tensor-parallel {who}; restart the model") from None
 
-    def _layout(self, inputs: list[ForwardInput]) -> PassLayout:
+    def _layout(self, inputs: list[ForwardInput], aux_layers: tuple[int, ...] = ()) -> PassLayout:
         """Give the inputs their cache slots and say which rows come back."""
-        layout = PassLayout([], [], [], [], [], [], [], [])
+        layout = PassLayout([], [], [], [], [], [], [], [], list(aux_layers))
         for inp in inputs:
             start = self.allocator.length(inp.seq_id)
             n = len(inp.token_ids)
@@ -352,7 +361,7 @@ class LlamaRunner:
     def compute(self, layout: PassLayout, extra_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one laid-out pass: writes the new tokens' KV, returns (logits, hidden) of the asked rows.
         Every rank of a tensor-parallel group runs it with the same layout."""
-        if self.graphs is not None and extra_input is None and self.graphs.fits(layout):
+        if self.graphs is not None and extra_input is None and not layout.aux_layers and self.graphs.fits(layout):
             logits, hidden = self.graphs.run(layout)  # every padded row: pick (and so copy) the asked ones
             logit_rows = to_device(layout.logit_rows, self.device)
             same = layout.hidden_rows == layout.logit_rows
@@ -370,12 +379,16 @@ class LlamaRunner:
             layout.block_tables, layout.seq_lens, layout.query_lens, layout.slots, self.sliding_window, self.device
         )
         x = self._input_embeddings(torch.tensor(layout.tokens, device=self.device), extra_input)  # [tokens, hidden]
-        x = self._decoder(x, torch.tensor(layout.positions, device=self.device), batch)
+        captured: dict[int, torch.Tensor] = {i: x for i in layout.aux_layers}
+        x = self._decoder(x, torch.tensor(layout.positions, device=self.device), batch, captured)
         logit_rows = torch.tensor(layout.logit_rows, device=self.device)
-        if layout.hidden_rows == layout.logit_rows:
+        if layout.hidden_rows == layout.logit_rows and not captured:
             hidden = self._final_hidden(x[logit_rows])
             return self._lm_head(hidden), hidden  # [num_logits, vocab], [num_logits, hidden]
-        hidden = self._final_hidden(x[torch.tensor(layout.hidden_rows, device=self.device)])
+        hidden_rows = torch.tensor(layout.hidden_rows, device=self.device)
+        hidden = self._final_hidden(x[hidden_rows])
+        if captured:  # [hidden_rows, (len(aux_layers) + 1) * hidden]
+            hidden = torch.cat([captured[i][hidden_rows] for i in layout.aux_layers] + [hidden], dim=-1)
         return self._lm_head(self._final_hidden(x[logit_rows])), hidden
 
     def _all_rows(
@@ -398,7 +411,15 @@ class LlamaRunner:
         """What the output head reads: the last layer's output after the final norm."""
         return self.kernels.rms_norm(x, self.norm, self.eps)
 
-    def _decoder(self, x: torch.Tensor, positions: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+    def _decoder(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        batch: AttentionBatch,
+        captured: dict[int, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The decoder layers over x [tokens, hidden]. captured: layer id -> filled with the residual
+        stream entering that layer (for EAGLE-3)."""
         freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]
         angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [tokens, 1, head_dim]
         cos = (angles.cos() * self.rope_attention_factor).to(self.dtype)
@@ -407,10 +428,9 @@ class LlamaRunner:
         q_size, kv_size = self.q_heads * self.head_dim, self.kv_heads * self.head_dim
         delta = None  # the last sublayer's output, added to x by the next norm
         for i, layer in enumerate(self.layers):
-            if layer.input_norm is None:
-                x, h = (x, x) if delta is None else (x + delta,) * 2
-            else:
-                x, h = self._add_rms_norm(x, delta, layer.input_norm)
+            x, h = self._layer_input(i, layer, x, delta)
+            if captured and i in captured:
+                captured[i] = x
             qkv = layer.qkv(h)  # [tokens, (q_heads + 2 * kv_heads) * head_dim]
             if layer.q_norm is None:
                 self.kernels.rotate_heads(qkv, cos, sin, self.q_heads + self.kv_heads, self.head_dim)
@@ -426,6 +446,15 @@ class LlamaRunner:
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             delta = self._scaled(layer.down(F.silu(gate) * up))
         return x if delta is None else x + delta
+
+    def _layer_input(
+        self, index: int, layer: DecoderLayer, x: torch.Tensor, delta: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the residual stream entering layer `index`, the attention's input): x plus the last
+        sublayer's output, and its norm (none in an EAGLE drafter's first layer)."""
+        if layer.input_norm is None:
+            return (x, x) if delta is None else (x + delta,) * 2
+        return self._add_rms_norm(x, delta, layer.input_norm)
 
     def _add_rms_norm(
         self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor

@@ -4,7 +4,7 @@ the same pass from it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -17,3 +17,5 @@ class PassLayout:
     query_lens: list[int]  # per sequence: new tokens
     logit_rows: list[int]  # rows of the new tokens whose logits come back
     hidden_rows: list[int]  # rows whose final hidden states come back
+    aux_layers: list[int] = field(default_factory=list)
+    """Decoder layers whose inputs come back too, before the final state (EAGLE-3's target states)."""

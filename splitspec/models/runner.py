@@ -36,9 +36,13 @@ class ModelRunner(Protocol):
         OutOfKVBlocks before changing anything."""
         ...
 
-    def forward_with_hidden(self, inputs: list[ForwardInput]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_hidden(
+        self, inputs: list[ForwardInput], aux_layers: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """As forward, plus the final (normed) hidden states [sum(hidden_rows), hidden] of each input's
-        last `hidden_rows` rows: what drafters that read the target's state (MLP speculator, EAGLE) consume."""
+        last `hidden_rows` rows: what drafters that read the target's state (MLP speculator, EAGLE)
+        consume. aux_layers: the inputs of these decoder layers (the un-normed residual stream; 0 is
+        the embedding) come first in each row, ascending: [rows, (len(aux_layers) + 1) * hidden] (EAGLE-3)."""
         ...
 
     def cached_length(self, seq_id: str) -> int: ...

@@ -30,7 +30,7 @@ from splitspec.models.pass_layout import PassLayout
 from splitspec.net_ports import free_port
 
 _FORWARD, _STOP = 1, 0
-_HEADER = 6
+_HEADER = 7
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
 """A collective that waits longer than this fails; a worker that died fails it at once."""
 
@@ -42,12 +42,13 @@ class TensorParallelWorkerLost(RunnerLost):
 def broadcast_layout(layout: PassLayout, device: torch.device) -> None:
     max_blocks = max((len(t) for t in layout.block_tables), default=0)
     header = [
-        _FORWARD, len(layout.tokens), len(layout.seq_lens), max_blocks, len(layout.logit_rows), len(layout.hidden_rows)
+        _FORWARD, len(layout.tokens), len(layout.seq_lens), max_blocks, len(layout.logit_rows), len(layout.hidden_rows),
+        len(layout.aux_layers),
     ]  # fmt: skip
     tables = [b for t in layout.block_tables for b in t + [0] * (max_blocks - len(t))]
     payload = (
         layout.tokens + layout.positions + layout.slots + tables + layout.seq_lens + layout.query_lens
-        + [len(t) for t in layout.block_tables] + layout.logit_rows + layout.hidden_rows
+        + [len(t) for t in layout.block_tables] + layout.logit_rows + layout.hidden_rows + layout.aux_layers
     )  # fmt: skip
     dist.broadcast(torch.tensor(header, dtype=torch.int64, device=device), src=0)
     dist.broadcast(torch.tensor(payload, dtype=torch.int64, device=device), src=0)
@@ -61,21 +62,21 @@ def receive_layout(device: torch.device) -> PassLayout | None:
     """The driver's next pass; None when it says stop."""
     header = torch.empty(_HEADER, dtype=torch.int64, device=device)
     dist.broadcast(header, src=0)
-    op, tokens, seqs, max_blocks, logit_rows, hidden_rows = header.tolist()
+    op, tokens, seqs, max_blocks, logit_rows, hidden_rows, aux_layers = header.tolist()
     if op == _STOP:
         return None
     payload = torch.empty(
-        3 * tokens + seqs * (max_blocks + 3) + logit_rows + hidden_rows, dtype=torch.int64, device=device
+        3 * tokens + seqs * (max_blocks + 3) + logit_rows + hidden_rows + aux_layers, dtype=torch.int64, device=device
     )
     dist.broadcast(payload, src=0)
     values = payload.tolist()
     parts, at = [], 0
-    for n in (tokens, tokens, tokens, seqs * max_blocks, seqs, seqs, seqs, logit_rows, hidden_rows):
+    for n in (tokens, tokens, tokens, seqs * max_blocks, seqs, seqs, seqs, logit_rows, hidden_rows, aux_layers):
         parts.append(values[at : at + n])
         at += n
     flat_tables, table_lens = parts[3], parts[6]
     tables = [flat_tables[b * max_blocks : b * max_blocks + table_lens[b]] for b in range(seqs)]
-    return PassLayout(parts[0], parts[1], parts[2], tables, parts[4], parts[5], parts[7], parts[8])
+    return PassLayout(parts[0], parts[1], parts[2], tables, parts[4], parts[5], parts[7], parts[8], parts[9])
 
 
 def rank_device(device: torch.device, rank: int) -> torch.device:

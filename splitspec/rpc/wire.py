@@ -119,6 +119,7 @@ def traits_to_proto(traits: DrafterTraits, contract_version: str) -> pb.Proposer
         remembers_outputs=traits.remembers_outputs,
         drafts_ahead=traits.drafts_ahead,
         drafts_after_rejection=traits.drafts_after_rejection,
+        hidden_layers=traits.hidden_layers,
     )
 
 
@@ -133,6 +134,7 @@ def traits_from_proto(info: pb.ProposerInfo) -> DrafterTraits:
         max_num_speculative_tokens=info.max_num_speculative_tokens or MAX_DRAFTS_PER_STEP,
         samples_drafts=info.samples_drafts,
         hidden_states=hidden,
+        hidden_layers=tuple(info.hidden_layers),
         sizes_own_drafts=info.sizes_own_drafts,
         remembers_outputs=info.remembers_outputs,
         drafts_ahead=info.drafts_ahead,

@@ -104,3 +104,19 @@ def test_other_model_types_use_the_transformers_backend(tiny_gpt2):
     with torch.no_grad():
         expected = hf(torch.tensor([tokens])).logits[0]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["native", "transformers"])
+def test_layer_inputs_are_transformers_hidden_states(tmp_path, backend):
+    """aux_layers (EAGLE-3's target states): layer i's input is transformers' hidden_states[i] (index 0
+    the embedding), ascending whatever order they are asked in, and the final state comes last."""
+    path = write_tiny_checkpoint(tmp_path, "llama", num_layers=6, seed=5)
+    runner = load_runner(path, RunnerConfig(backend=backend, block_size=4, kv_cache_memory_bytes=1 << 20))
+    hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    tokens = torch.randint(0, 256, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    with torch.no_grad():
+        states = hf(torch.tensor([tokens]), output_hidden_states=True).hidden_states
+    expected = torch.cat([states[i][0] for i in (0, 2, 5)] + [states[-1][0]], -1)
+    first = runner.forward_with_hidden([ForwardInput("s", tokens[:25], 1, 25)], (5, 0, 2))[1]
+    rest = runner.forward_with_hidden([ForwardInput("s", tokens[25:], 3, 15)], (2, 5, 0))[1]
+    torch.testing.assert_close(torch.cat([first, rest]), expected, rtol=1e-4, atol=1e-4)
