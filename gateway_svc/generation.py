@@ -116,16 +116,17 @@ class GatewayCore:
         try:
             while not seq.finished:
                 moving = self.placement.draining(verifier)
-                if moving and not rounds.in_flight:  # move at this round, not at the end
+                resending = req.slot.needs_states
+                if (moving or resending) and not rounds.in_flight:  # move at this round, not at the end
                     leaving, verifier = verifier, None  # counted off by move, even if no other answers
-                    verifier = await self.placement.move(req, leaving)
-                    verifier_moves += 1
-                    moving = False
+                    verifier = await self.placement.move(req, leaving, failover=moving)
+                    verifier_moves += moving
+                    moving = resending = False
                 switching = req.measured and self._prefers_other_drafter(req, verifier)
                 if switching and not rounds.in_flight:  # drained: nothing in flight was drafted by the one left
                     rounds = await self._switch_drafter(req, rounds)
                     switching, last_result_at = False, None  # a move's first round is not the drafter's pace
-                sent = await rounds.next_step(verifier, holding=moving or switching)
+                sent = await rounds.next_step(verifier, holding=moving or switching or resending)
                 try:
                     result = await sent.step
                     if result.committed_len != len(seq.tokens):

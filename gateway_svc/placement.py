@@ -107,16 +107,23 @@ class Placement:
             v.info is not None and not v.superseded for v in self.verifiers if v is not verifier
         )
 
-    async def move(self, req: Request, leaving: VerifierBackend) -> VerifierBackend:
-        """Release the sequence on one verifier and start it, from its committed tokens, on another.
-        Hidden states not yet passed on are dropped: the new verifier sends them all again."""
+    async def move(self, req: Request, leaving: VerifierBackend, failover: bool = True) -> VerifierBackend:
+        """Release the sequence on one verifier and start it, from its committed tokens, on another
+        (or the same one again). Hidden states not yet passed on are dropped: the new verifier sends them
+        all again. failover False: the move is for that resend alone (ProposerSlot.needs_states)."""
         seq = req.seq
-        self.leave(seq.seq_id, leaving, None)
-        self.metrics.verifier_failovers.add(1)
-        req.span.add_event(
-            "verifier failover", {"splitspec.from": leaving.address, "splitspec.tokens": len(seq.tokens)}
-        )
+        event = {"splitspec.from": leaving.address, "splitspec.tokens": len(seq.tokens)}
+        if failover:
+            self.leave(seq.seq_id, leaving, None)
+            self.metrics.verifier_failovers.add(1)
+            req.span.add_event("verifier failover", event)
+        else:  # the verifier may well take it again: released before it starts there anew
+            leaving.num_sequences -= 1
+            leaving.forget(seq.seq_id)
+            await self._release(seq.seq_id, leaving, None)
+            req.span.add_event("re-prefill for the new proposer's hidden states", event)
         req.slot.feed.hidden = None
+        req.slot.needs_states = False
         return await self.start_on_a_verifier(
             seq, req.deadline, req.trace_context, req.plan.hidden_states, req.plan.hidden_layers
         )
@@ -146,6 +153,7 @@ class Placement:
             self.leave(req.seq.seq_id, None, left)
             self.metrics.proposer_failovers.add(1)
             slot.moves += 1
+            slot.needs_states = req.plan.hidden_states == HiddenStates.ALL
             req.span.add_event("proposer failover", {"splitspec.from": left.address})
         return True
 

@@ -44,6 +44,9 @@ class ProposerSlot:
     feed: ProposerFeed
     backend: ProposerBackend | None = None
     moves: int = 0  # times it left a proposer for another
+    needs_states: bool = False
+    """Its new proposer reads the state behind every token (EAGLE) and holds none: the verifier must send
+    them all again, which a re-prefill does."""
     affinity: bytes | None = None  # for drafters that remember outputs, the pods it prefers (proposer_affinity)
     deadline: float = math.inf  # the client's, on time.monotonic(): passed on with every draft
 

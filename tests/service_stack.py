@@ -111,7 +111,7 @@ def running_stack(
             args = ["serve-proposer", "--method", method, "-k", str(k), *proposer_args]
             if draft_model is not None:
                 args += ["--draft-model", str(draft_model)]
-            if method == "eagle":
+            if method in ("eagle", "eagle3"):
                 args += ["--target-model", str(model)]
             proposer = start_service(f"proposer{i}", args, log_dir, health_port=health_port, metrics=metrics)
             cleanup.callback(proposer.stop)

@@ -4,6 +4,8 @@ stays the target's own."""
 
 from __future__ import annotations
 
+import signal
+
 import grpc
 import pytest
 from e2e_requests import (
@@ -59,3 +61,70 @@ def test_eagle3_on_a_proposer_pod_is_the_target_s_own(tiny_llama_8_layers, head,
         requests = [build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True) for p in PROMPTS]
         assert generate_concurrently(address, requests) == plain_greedy
         assert_seeded_samples_are_plain_decoding_s(address, tiny_llama_8_layers, [31, 32, 33, 34])
+
+
+LONG_TOKENS = 160
+
+
+@pytest.fixture(scope="module")
+def long_head(tiny_llama_8_layers, tmp_path_factory):
+    """Fitted to the target's long greedy answers to the first two prompts."""
+    texts = target_texts(
+        tiny_llama_8_layers, PROMPTS[:2], SamplingParams(temperature=0, max_tokens=LONG_TOKENS, ignore_eos=True)
+    )
+    return fit_eagle3(tmp_path_factory.mktemp("eagle3_long") / "head", tiny_llama_8_layers, texts, [2, 4, 5])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direct", [False, True])
+def test_a_sequence_moved_to_another_proposer_drafts_again(tiny_llama_8_layers, long_head, tmp_path, direct):
+    """The proposer holding two long streams is killed mid-stream. The other has none of their states;
+    the gateway has the verifier send them all again (a re-prefill, not counted as a verifier
+    failover), and the new proposer drafts, and has drafts accepted, for the rest of each stream."""
+    from contextlib import ExitStack
+
+    from e2e_requests import greedy_request, plain_greedy_tokens
+    from metrics_scrape import accepted_in, drafts_served, scrape, value
+
+    from splitspec.entrypoints.service_processes import start_service
+
+    expected = [plain_greedy_tokens(tiny_llama_8_layers, PROMPTS[i], LONG_TOKENS) for i in range(2)]
+    with ExitStack() as cleanup:
+        proposer_command = ["serve-proposer", "--method", "eagle3", "--draft-model", str(long_head), "-k", "3"]
+        proposer_command += ["--target-model", str(tiny_llama_8_layers)]
+        proposers = [start_service(f"proposer{i}", proposer_command, tmp_path, metrics=True) for i in range(2)]
+        for proposer in proposers:
+            cleanup.callback(proposer.stop)
+        verifier_command = ["serve-verifier", "--model", str(tiny_llama_8_layers)]
+        verifier_command += ["--proposers", ",".join(p.address for p in proposers)]  # direct drafts call them
+        verifier = start_service("verifier", verifier_command, tmp_path)
+        cleanup.callback(verifier.stop)
+        gateway_command = ["serve-gateway", "--model", str(tiny_llama_8_layers), "--verifiers", verifier.address]
+        gateway_command += ["--proposers", ",".join(p.address for p in proposers), "--fixed-k"]
+        gateway = start_service(
+            "gateway", gateway_command + (["--direct-drafts"] if direct else []), tmp_path, metrics=True
+        )
+        cleanup.callback(gateway.stop)
+        channel = grpc.insecure_channel(gateway.address)
+        cleanup.callback(channel.close)
+        stub = pb_grpc.GatewayStub(channel)
+        calls = [stub.Generate(greedy_request(PROMPTS[i], max_tokens=LONG_TOKENS), timeout=120) for i in range(2)]
+        received = [list(next(call).token_ids) for call in calls]
+
+        def held(proposer) -> float:
+            return value(scrape(proposer.metrics_port)["splitspec_proposer_sequences"])
+
+        victim = next(p for p in proposers if held(p) > 0)
+        (survivor,) = (p for p in proposers if p is not victim)
+        victim.stop(signal.SIGKILL)
+        served_at_kill = drafts_served(survivor.metrics_port)
+        after_kill: list = []
+        for call, tokens in zip(calls, received):
+            responses = list(call)
+            after_kill += responses
+            tokens += token_ids(responses)
+        assert received == expected
+        assert drafts_served(survivor.metrics_port) > served_at_kill, "the other proposer drafted for them"
+        assert accepted_in(after_kill) > 0, "drafts were accepted after the move"
+        failovers = scrape(gateway.metrics_port).get("splitspec_verifier_failovers")
+        assert failovers is None or value(failovers, "_total") == 0, "the re-prefill is not a verifier failover"
