@@ -89,3 +89,24 @@ def test_hidden_states_from_the_device_path_equal_the_cpu_path(tiny_llama, tempe
     last, every, _ = results["triton"]
     assert last.hidden_state.shape == (64,)
     assert every.hidden_state.shape == (len(prompts[1]) + every.num_accepted, 64)
+
+
+def test_sequences_of_one_pass_get_the_layers_they_ask_for(tiny_llama_8_layers) -> None:
+    """An EAGLE-3 sequence's rows are the inputs of its layers, an EAGLE one's the final state, in the
+    same pass: each equals what a pass of that sequence alone returns (where the EAGLE sequence's pass
+    captures no layer)."""
+    prompts = [[5, 6, 7, 8, 9, 5, 6], [17, 3, 4], list(range(30, 50))]
+    modes = [HiddenStates.ALL, HiddenStates.ALL, HiddenStates.LAST]
+    layers = [(2, 4, 5), (), (1, 6, 7)]
+    params = SamplingParams(temperature=0, max_tokens=8)
+
+    def run(indexes: list[int]) -> list:
+        verifier = Verifier(load_runner(tiny_llama_8_layers, RunnerConfig()))
+        steps = [(Sequence(f"s{i}", None, prompts[i], params, seed=i), Draft([9, 9], [None, None])) for i in indexes]
+        return verifier.verify(steps, [modes[i] for i in indexes], [layers[i] for i in indexes])
+
+    together = run([0, 1, 2])
+    for i, result in enumerate(together):
+        (alone,) = run([i])
+        assert result.hidden_state.shape[-1] == 64 * max(len(layers[i]), 1)
+        torch.testing.assert_close(result.hidden_state, alone.hidden_state)
