@@ -35,6 +35,9 @@ class BenchSettings:
     speculator: str | None = "auto"
     """An MLP speculator to bench too: a checkpoint, "auto" (the one `splitspec train-speculator` saved
     for this model, if any) or None."""
+    eagle3: str | None = "auto"
+    """An EAGLE-3 head to bench too: a checkpoint, "auto" (the one `splitspec train-speculator --method
+    eagle3` saved for this model, if any) or None."""
     workloads: tuple[str, ...] = ("humaneval", "code_edit", "summarise", "chat")
     prompts_per_workload: int = 3
     max_tokens: int = 128
@@ -86,18 +89,19 @@ def _start_stack(
     return stack
 
 
-def _speculator(settings: BenchSettings) -> Path | None:
-    if settings.speculator is None:
+def _trained(settings: BenchSettings, chosen: str | None, method: str) -> Path | None:
+    """The speculator to bench: `chosen`, or with "auto" the one train-speculator saved for the model."""
+    if chosen is None:
         return None
-    if settings.speculator != "auto":
-        return Path(settings.speculator)
+    if chosen != "auto":
+        return Path(chosen)
     from splitspec.entrypoints.train_speculator import default_speculator_dir
 
-    trained = default_speculator_dir(settings.model)
+    trained = default_speculator_dir(settings.model, method)
     if (trained / "config.json").is_file():
-        _log(f"benching the trained MLP speculator {trained}")
+        _log(f"benching the trained {method} {trained}")
         return trained
-    _log("no trained MLP speculator for this model (`splitspec train-speculator` makes one); skipping it")
+    _log(f"no trained {method} for this model (`splitspec train-speculator --method {method}` makes one); skipping it")
     return None
 
 
@@ -229,7 +233,14 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
         spec = {"method": "draft_model", "model": settings.draft_model, "num_speculative_tokens": k}
         draft = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
         configs.append(SplitspecInProcess(f"splitspec draft K={k}", draft))
-    speculator = _speculator(settings)
+    eagle3 = _trained(settings, settings.eagle3, "eagle3")
+    if eagle3 is not None:
+        k3 = json.loads((eagle3 / "config.json").read_text())["speculators_config"]["proposal_methods"][0]
+        k3 = k3["speculative_tokens"]
+        spec = {"method": "eagle3", "model": str(eagle3), "num_speculative_tokens": k3}
+        llm = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
+        configs.append(SplitspecInProcess(f"splitspec eagle3 K={k3}", llm))
+    speculator = _trained(settings, settings.speculator, "mlp_speculator")
     if speculator is not None:
         n_predict = json.loads((speculator / "config.json").read_text())["n_predict"]
         configs.append(
