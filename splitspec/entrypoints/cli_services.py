@@ -16,6 +16,7 @@ from splitspec.entrypoints.flag_table import add_flags, passed_on, settings_from
 from splitspec.entrypoints.service_flags import (
     API_KEY_FLAG,
     GATEWAY_FLAGS,
+    NUM_SPECULATIVE_TOKENS_FLAG,
     PROPOSER_FLAGS,
     SERVER_FLAGS,
     UP_FLAGS,
@@ -155,6 +156,7 @@ def up_commands(
     `up` passes on to it (service_flags.UP_FLAGS) and where it listens. links: the address the gateway
     reaches "verifier" and "proposer" at, when not their own (a delaying proxy). certs: for TLS
     everywhere, mutual between the services (--tls-dir)."""
+    serve_speculators_head(args)
     links = links or {}
     proposers = links.get("proposer", f"{args.host}:{args.proposer_port}")
     verifier = ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port)]
@@ -195,7 +197,24 @@ def metrics_ports(args: argparse.Namespace) -> dict[str, int]:
     return {name: args.metrics_port + i for i, name in enumerate(("gateway", "verifier", "proposer"))}
 
 
+def serve_speculators_head(args: argparse.Namespace) -> None:
+    """--model may be an EAGLE-3 head in the speculators format: the stack then serves the target its
+    config names, with the head on the proposer and the K it proposes (unless -k says), as vLLM does."""
+    from splitspec.eagle3_checkpoint import speculators_serving
+
+    served = speculators_serving(args.model)
+    if served is None:
+        return
+    if args.method not in ("ngram", "eagle3") or args.draft_model:
+        raise SplitspecError(f"--model {args.model} is an EAGLE-3 head, which names its target: give no other drafter")
+    target, spec = served
+    args.model, args.method, args.draft_model = target, "eagle3", spec["model"]
+    if args.num_speculative_tokens == NUM_SPECULATIVE_TOKENS_FLAG.default:
+        args.num_speculative_tokens = spec["num_speculative_tokens"]
+
+
 def _up(args: argparse.Namespace) -> int:
+    serve_speculators_head(args)
     if args.method not in METHODS_WITHOUT_MODEL and not args.draft_model:
         raise SplitspecError(f"--method {args.method} needs --draft-model DIR")
     if args.network_delay_ms < 0:

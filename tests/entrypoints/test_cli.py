@@ -168,3 +168,25 @@ def test_environment_values_become_typed_defaults(monkeypatch):
     monkeypatch.setenv("SPLITSPEC_BATCH_WINDOW_MS", "0.5")
     args = build_parser().parse_args(["serve-verifier"])
     assert (args.port, args.batch_window_ms) == (6123, 0.5)
+
+
+def test_up_with_a_speculators_head_as_the_model_serves_the_target_it_names(tmp_path, tiny_llama_8_layers):
+    from eagle3_heads import write_eagle3
+
+    from splitspec.entrypoints.cli import build_parser
+    from splitspec.entrypoints.cli_services import up_commands
+    from splitspec.errors import SplitspecError
+
+    head = write_eagle3(tmp_path / "head", tiny_llama_8_layers, layout="speculators", speculative_tokens=5)
+    commands = up_commands(build_parser().parse_args(["up", "--model", str(head)]))
+    served = {name: build_parser().parse_args(c[c.index(f"serve-{name}") :]) for name, c in commands.items()}
+    assert served["verifier"].model == served["gateway"].model == str(tiny_llama_8_layers)
+    proposer = served["proposer"]
+    assert (proposer.method, proposer.draft_model, proposer.target_model) == (
+        "eagle3",
+        str(head),
+        str(tiny_llama_8_layers),
+    )
+    assert proposer.num_speculative_tokens == 5
+    with pytest.raises(SplitspecError, match="names its target"):
+        up_commands(build_parser().parse_args(["up", "--model", str(head), "--method", "suffix"]))
