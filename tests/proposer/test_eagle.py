@@ -152,7 +152,9 @@ def write_speculators_eagle3(folder: Path, hidden_size: int = 64, vocab_size: in
     return folder
 
 
-@pytest.mark.parametrize(("method", "error"), [(None, "is missing norm.weight, layers.0"), ("eagle", "use method 'eagle3'")])
+@pytest.mark.parametrize(
+    ("method", "error"), [(None, "is missing norm.weight, layers.0"), ("eagle", "use method 'eagle3'")]
+)
 def test_an_eagle3_head_is_not_read_as_an_eagle_one(tmp_path, tiny_llama, method, error) -> None:
     """Detected as EAGLE-3 (here an incomplete one, refused by name), and never run as EAGLE."""
     head = write_speculators_eagle3(tmp_path / "speculator")
