@@ -177,6 +177,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="MLP speculator to benchmark: a checkpoint, 'auto' (the one train-speculator saved for --model) or 'none'",
     )  # fmt: skip
     p.add_argument(
+        "--eagle3", default="auto",
+        help="EAGLE-3 head to benchmark: a checkpoint, 'auto' (the one train-speculator --method eagle3 saved for "
+        "--model) or 'none'",
+    )  # fmt: skip
+    p.add_argument(
         "--workloads",
         default="humaneval,code_edit,summarise,chat",
         help="comma-separated, of humaneval, code_edit, summarise, chat and repeats (earlier tasks asked again: what "
@@ -257,6 +262,7 @@ def _bench(args: argparse.Namespace) -> int:
         model=args.model,
         draft_model=args.draft_model,
         speculator=None if args.speculator == "none" else args.speculator,
+        eagle3=None if args.eagle3 == "none" else args.eagle3,
         workloads=tuple(w for w in args.workloads.split(",") if w),
         prompts_per_workload=args.prompts_per_workload,
         max_tokens=args.max_tokens,

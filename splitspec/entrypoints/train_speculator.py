@@ -36,13 +36,15 @@ class TrainSpeculatorSettings:
     device: str = "auto"
 
 
-def default_speculator_dir(model: str) -> Path:
-    """The trained speculator for a target lives beside the converted default model in the cache."""
+def default_speculator_dir(model: str, method: str = "mlp_speculator") -> Path:
+    """The trained speculator (an MLP speculator, or an EAGLE-3 head) for a target lives beside the
+    converted default model in the cache."""
     from splitspec.checkpoint import DEFAULT_MODEL_ALIASES
     from splitspec.default_model import DEFAULT_MODEL_NAME, cache_root
 
     name = DEFAULT_MODEL_NAME if model in DEFAULT_MODEL_ALIASES else Path(model).name
-    return cache_root() / "speculators" / f"{name}-mlp-speculator"
+    suffix = "eagle3" if method == "eagle3" else "mlp-speculator"
+    return cache_root() / "speculators" / f"{name}-{suffix}"
 
 
 def _log(message: str) -> None:
