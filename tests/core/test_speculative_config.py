@@ -72,9 +72,9 @@ def test_unknown_speculative_config_key_is_named_with_the_known_ones():
 
 
 def test_unknown_method_lists_the_supported_ones():
-    with pytest.raises(SplitspecError, match="'eagle3' is not supported") as err:
-        build_speculative_config({"method": "eagle3", "num_speculative_tokens": 3})
-    assert all(m in str(err.value) for m in ("ngram", "draft_model", "mlp_speculator", "eagle"))
+    with pytest.raises(SplitspecError, match="'medusa' is not supported") as err:
+        build_speculative_config({"method": "medusa", "num_speculative_tokens": 3})
+    assert all(m in str(err.value) for m in ("ngram", "draft_model", "mlp_speculator", "eagle", "eagle3", "suffix"))
 
 
 def test_eagle_needs_its_head_checkpoint():
