@@ -152,24 +152,21 @@ class VerifierBackend:
         seq_id: str,
         committed_len: int,
         draft: Draft,
-        local_ngram: tuple[int, int, int] | None = None,
+        local: pb.LocalDraft | None = None,
         pipelined: bool = False,
         assumed: list[int] | None = None,
         remote: pb.RemoteDraft | None = None,
     ) -> pb.StepResult:
-        """local_ngram: (num_tokens, prompt_lookup_min, prompt_lookup_max) for the verifier to draft
-        itself, instead of `draft`. pipelined, assumed: VerifyStep.pipelined and assumed_token_ids.
+        """local: VerifyStep.local_draft, for the verifier to draft itself (its n-grams or its
+        speculator) instead of `draft`. pipelined, assumed: VerifyStep.pipelined and assumed_token_ids.
         remote: VerifyStep.remote_draft, for the verifier to ask the proposer itself."""
         request = pb.VerifierRequest(seq_id=seq_id)
         request.step.committed_len = committed_len
         request.step.pipelined = pipelined
         request.step.assumed_token_ids.extend(assumed or ())
         request.step.drafts.extend(wire.draft_to_proto(draft))
-        if local_ngram is not None:
-            num_tokens, lookup_min, lookup_max = local_ngram
-            request.step.local_draft.num_tokens = num_tokens
-            request.step.local_draft.prompt_lookup_min = lookup_min
-            request.step.local_draft.prompt_lookup_max = lookup_max
+        if local is not None:
+            request.step.local_draft.CopyFrom(local)
         if remote is not None:
             request.step.remote_draft.CopyFrom(remote)
         response = await self.stream.call(request)

@@ -70,14 +70,15 @@ class GatewayCore:
     @property
     def num_speculative_tokens(self) -> int:
         """The K of a request that names none."""
-        return default_num_speculative_tokens(self.drafters.traits, self.rounds)
+        return default_num_speculative_tokens(self.drafters.planned[0], self.rounds)
 
     @property
     def method(self) -> str:
-        """How its drafts are made: as the proposers report it; "ngram" while the verifiers' n-grams
-        draft without them; "" while no proposer has reported."""
-        if self.drafters.traits is not None:
-            return self.drafters.traits.method
+        """How its drafts are made: as the verifiers' speculator or the proposers report it; "ngram"
+        while the verifiers' n-grams draft without them; "" while no proposer has reported."""
+        traits = self.drafters.planned[0]
+        if traits is not None:
+            return traits.method
         return "ngram" if self.rounds.ngram_without_proposers and self.rounds.local_ngram else ""
 
     def decode(self, token_ids: list[int]) -> str:
@@ -182,7 +183,8 @@ class GatewayCore:
         session_id: str,
     ) -> Request:
         seq = Sequence(uuid.uuid4().hex, prompt, list(prompt_ids), params, request_seed(params, self._rng))
-        plan = plan_request(self.drafters.traits, self.rounds, num_speculative_tokens, params)
+        traits, on_verifiers = self.drafters.planned
+        plan = plan_request(traits, self.rounds, num_speculative_tokens, params, on_verifiers)
         deadline = math.inf if deadline is None else deadline
         affinity = affinity_key(session_id, prompt_ids) if plan.affinity else None
         slot = ProposerSlot(ProposerFeed(plan.hidden_states), affinity=affinity, deadline=deadline)

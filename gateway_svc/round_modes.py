@@ -96,7 +96,7 @@ class PipelinedRounds(Rounds):
             local = remote = None
             if req.local:
                 k = core.num_drafts(req, verifier, None)
-                local = (k, *plan.local_ngram) if k > 0 else None
+                local = plan.local_draft(k) if k > 0 else None
             elif plan.direct_drafts and req.num_speculative_tokens > 0 and core.placement.available_proposer(req):
                 k = core.num_drafts(req, verifier, slot.backend)
                 remote = core.drafts.remote_draft(req, k)  # even for k = 0: the verifier keeps the hidden states
@@ -197,7 +197,7 @@ class OneStepRounds(Rounds):
             core.placement.available_proposer(req)
         k = core.num_drafts(req, verifier, slot.backend)
         plan_step(verifier, req, k)
-        local = (k, *plan.local_ngram) if k > 0 and req.local else None
+        local = plan.local_draft(k) if k > 0 and req.local else None
         remote = remote_drafter = None
         if k > 0 and local is None and plan.direct_drafts and core.placement.available_proposer(req):
             remote, remote_drafter = core.drafts.remote_draft(req, k), slot.backend

@@ -16,6 +16,7 @@ from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import HiddenStates
 from splitspec.sampling_params import SamplingParams
 from splitspec.str_enum import StrEnum
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 
 class RoundMode(StrEnum):
@@ -68,6 +69,8 @@ class RequestPlan:
     adaptive: bool
     local_ngram: tuple[int, int] | None
     """(min, max): the verifier may draft its rounds by n-gram lookup."""
+    local_speculator: bool
+    """The verifier drafts its rounds with the speculator beside its target (and keeps the states)."""
     starts_local: bool
     """Its first rounds are drafted by the verifier's n-grams, not by a proposer."""
     measured: bool
@@ -80,6 +83,13 @@ class RequestPlan:
     """Related requests go to the same proposer pod (the proposers remember outputs)."""
     pipeline_steps: bool
     direct_drafts: bool
+
+    def local_draft(self, num_tokens: int) -> pb.LocalDraft:
+        """What a step drafted on the verifier asks it for."""
+        if self.local_speculator:
+            return pb.LocalDraft(num_tokens=num_tokens, speculator=True)
+        lookup_min, lookup_max = self.local_ngram
+        return pb.LocalDraft(num_tokens=num_tokens, prompt_lookup_min=lookup_min, prompt_lookup_max=lookup_max)
 
     def mode(self, local: bool) -> RoundMode:
         """The round mode while its rounds are drafted by the verifier's n-grams (local) or not."""
@@ -101,10 +111,17 @@ def default_num_speculative_tokens(traits: DrafterTraits | None, settings: Round
 
 
 def plan_request(
-    traits: DrafterTraits | None, settings: RoundSettings, num_speculative_tokens: int, params: SamplingParams
+    traits: DrafterTraits | None,
+    settings: RoundSettings,
+    num_speculative_tokens: int,
+    params: SamplingParams,
+    on_verifiers: bool = False,
 ) -> RequestPlan:
-    """traits: the proposers' drafter, None while none has reported. num_speculative_tokens: the
-    request's K (its own, or default_num_speculative_tokens)."""
+    """traits: the proposers' drafter, None while none has reported; with on_verifiers, the speculator
+    the verifiers hold beside their targets. num_speculative_tokens: the request's K (its own, or
+    default_num_speculative_tokens)."""
+    if on_verifiers and traits is not None:
+        return _speculator_on_verifiers(traits, settings, num_speculative_tokens, params)
     ngram_drafter = traits.drafts_ngrams if traits is not None else settings.ngram_without_proposers
     local_only = ngram_drafter and settings.local_ngram
     measures = (
@@ -131,6 +148,7 @@ def plan_request(
         fixed_k=fixed_k,
         adaptive=adaptive,
         local_ngram=local_ngram,
+        local_speculator=False,
         starts_local=local_ngram is not None and (measured or not measures),
         measured=measured,
         draft_ahead=settings.draft_ahead and traits is not None and traits.drafts_ahead,
@@ -138,4 +156,27 @@ def plan_request(
         affinity=traits is not None and traits.remembers_outputs,
         pipeline_steps=settings.pipeline_steps,
         direct_drafts=settings.direct_drafts,
+    )
+
+
+def _speculator_on_verifiers(
+    traits: DrafterTraits, settings: RoundSettings, num_speculative_tokens: int, params: SamplingParams
+) -> RequestPlan:
+    """Every round drafted by the verifier's speculator: pipelined as the verifier's n-grams are (the
+    head drafts right before each pass, from the states the pass before left there)."""
+    return RequestPlan(
+        num_speculative_tokens=min(num_speculative_tokens, traits.max_num_speculative_tokens),
+        hidden_states=HiddenStates.NONE,
+        hidden_layers=(),
+        fixed_k=keeps_fixed_k(traits.samples_drafts, params),
+        adaptive=settings.adaptive and not traits.sizes_own_drafts,
+        local_ngram=None,
+        local_speculator=True,
+        starts_local=True,
+        measured=False,
+        draft_ahead=False,
+        drafts_after_rejection=False,
+        affinity=False,
+        pipeline_steps=settings.pipeline_steps,
+        direct_drafts=False,
     )

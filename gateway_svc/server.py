@@ -215,6 +215,7 @@ async def watch_backends(core: GatewayCore, health_servicer, interval_s: float =
             asyncio.gather(*(p.refresh_health() for p in core.proposers)),
         )
         core.drafters.admit(core.proposers)
+        core.drafters.admit_verifiers(core.verifiers)
         live = [i for i in infos if i is not None]
         if live:
             core.max_model_len = min(i.max_model_len for i in live)
@@ -319,6 +320,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             await pool.refresh()
         drafters = DrafterPool(settings.method)
         drafters.admit(proposers)
+        drafters.admit_verifiers(verifiers)
         meter = service_meter("gateway", settings.server)
         core = GatewayCore(
             verifiers=verifiers,

@@ -36,6 +36,8 @@ DEFAULT_NUM_SPECULATIVE_TOKENS = 10
 """The commands' default K: an upper bound, since adaptive K drafts fewer where more would not pay
 (10 is also the prompt_lookup_num_tokens of transformers' documented example)."""
 METHODS_WITHOUT_MODEL = (SpeculationMethod.NGRAM, SpeculationMethod.SUFFIX)
+HIDDEN_STATE_METHODS = (SpeculationMethod.EAGLE3, SpeculationMethod.EAGLE, SpeculationMethod.MLP_SPECULATOR)
+"""Heads that read the target's hidden states: they can draft beside it, in the verifier."""
 MAX_PROMPT_LOOKUP = 64
 """The longest n-gram a verifier drafting n-grams itself (VerifyStep.local_draft) will match."""
 

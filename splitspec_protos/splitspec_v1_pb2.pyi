@@ -220,14 +220,16 @@ class RemoteDraft(_message.Message):
     def __init__(self, num_tokens: _Optional[int] = ..., proposer: _Optional[str] = ..., server_name: _Optional[str] = ..., num_prompt_tokens: _Optional[int] = ..., timeout_s: _Optional[float] = ..., skip_rejection_drafts: _Optional[bool] = ...) -> None: ...
 
 class LocalDraft(_message.Message):
-    __slots__ = ("num_tokens", "prompt_lookup_min", "prompt_lookup_max")
+    __slots__ = ("num_tokens", "prompt_lookup_min", "prompt_lookup_max", "speculator")
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOOKUP_MIN_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOOKUP_MAX_FIELD_NUMBER: _ClassVar[int]
+    SPECULATOR_FIELD_NUMBER: _ClassVar[int]
     num_tokens: int
     prompt_lookup_min: int
     prompt_lookup_max: int
-    def __init__(self, num_tokens: _Optional[int] = ..., prompt_lookup_min: _Optional[int] = ..., prompt_lookup_max: _Optional[int] = ...) -> None: ...
+    speculator: bool
+    def __init__(self, num_tokens: _Optional[int] = ..., prompt_lookup_min: _Optional[int] = ..., prompt_lookup_max: _Optional[int] = ..., speculator: _Optional[bool] = ...) -> None: ...
 
 class TraceContext(_message.Message):
     __slots__ = ("traceparent", "tracestate")
@@ -286,7 +288,7 @@ class VerifierResponse(_message.Message):
     def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class VerifierInfo(_message.Message):
-    __slots__ = ("model", "vocab_size", "max_model_len", "eos_token_ids", "num_free_blocks", "num_total_blocks", "num_sequences", "max_num_seqs", "contract_version", "cost_rows", "cost_seconds")
+    __slots__ = ("model", "vocab_size", "max_model_len", "eos_token_ids", "num_free_blocks", "num_total_blocks", "num_sequences", "max_num_seqs", "contract_version", "cost_rows", "cost_seconds", "speculator")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +300,7 @@ class VerifierInfo(_message.Message):
     CONTRACT_VERSION_FIELD_NUMBER: _ClassVar[int]
     COST_ROWS_FIELD_NUMBER: _ClassVar[int]
     COST_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATOR_FIELD_NUMBER: _ClassVar[int]
     model: str
     vocab_size: int
     max_model_len: int
@@ -309,7 +312,8 @@ class VerifierInfo(_message.Message):
     contract_version: str
     cost_rows: _containers.RepeatedScalarFieldContainer[int]
     cost_seconds: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., num_free_blocks: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_sequences: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., contract_version: _Optional[str] = ..., cost_rows: _Optional[_Iterable[int]] = ..., cost_seconds: _Optional[_Iterable[float]] = ...) -> None: ...
+    speculator: ProposerInfo
+    def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., num_free_blocks: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_sequences: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., contract_version: _Optional[str] = ..., cost_rows: _Optional[_Iterable[int]] = ..., cost_seconds: _Optional[_Iterable[float]] = ..., speculator: _Optional[_Union[ProposerInfo, _Mapping]] = ...) -> None: ...
 
 class DraftStep(_message.Message):
     __slots__ = ("committed_len", "start", "token_ids", "num_tokens", "temperature", "top_k", "seed", "hidden_state", "assumed_token_ids", "num_prompt_tokens", "time_limit_s", "excluded_first_token_ids")

@@ -123,3 +123,17 @@ def plain_greedy(tiny_llama) -> list[list[int]]:
         o.outputs[0].token_ids
         for o in LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     ]
+
+
+@pytest.fixture(scope="session")
+def eagle3_head(tiny_llama_8_layers, tmp_path_factory) -> Path:
+    """A speculators-format EAGLE-3 head on layers (2, 4, 5), fitted to the target's greedy text on
+    e2e_requests.PROMPTS: drafts there pass often, not always."""
+    from e2e_requests import MAX_TOKENS, PROMPTS
+    from eagle3_heads import fit_eagle3, target_texts
+
+    from splitspec import SamplingParams
+
+    greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    texts = target_texts(tiny_llama_8_layers, PROMPTS, greedy)
+    return fit_eagle3(tmp_path_factory.mktemp("eagle3") / "head", tiny_llama_8_layers, texts, [2, 4, 5])

@@ -22,8 +22,12 @@ class LocalDraftSpec:
     num_tokens: int
     prompt_lookup_min: int
     prompt_lookup_max: int
+    speculator: bool = False
+    """Draft with the verifier's speculator instead (verifier_svc.local_speculator)."""
 
     def check(self) -> None:
+        if self.speculator:
+            return
         try:
             check_prompt_lookup(self.prompt_lookup_min, self.prompt_lookup_max, MAX_PROMPT_LOOKUP)
         except SplitspecError as exc:

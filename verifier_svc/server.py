@@ -27,6 +27,7 @@ from splitspec.tracing import start_tracing, traces_endpoint
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 from verifier_svc.local_drafts import LocalDraftSpec
+from verifier_svc.local_speculator import LocalSpeculator, build_local_speculator
 from verifier_svc.remote_drafts import RemoteDraftSpec
 from verifier_svc.service import VerifierService
 
@@ -55,6 +56,11 @@ class VerifierServicer(pb_grpc.VerifierServicer):
             num_sequences=len(self.service.sequences),
             max_num_seqs=self.service.max_num_seqs,
             contract_version=CONTRACT_VERSION,
+            speculator=(
+                wire.traits_to_proto(self.service.speculator.traits, CONTRACT_VERSION)
+                if self.service.speculator is not None
+                else None
+            ),
         )
 
     async def Verify(self, request_iterator, context):
@@ -80,6 +86,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                         step.local_draft.num_tokens,
                         step.local_draft.prompt_lookup_min,
                         step.local_draft.prompt_lookup_max,
+                        step.local_draft.speculator,
                     )
                     if step.HasField("local_draft")
                     else None
@@ -154,6 +161,8 @@ class VerifierSettings:
     """How it calls proposers for remote drafts: over TLS when set, else plaintext."""
     proposers: tuple[Target, ...] = ()
     """The only proposers remote drafts may name; none: remote drafts are refused."""
+    speculative_config: dict | None = None
+    """A head to draft with beside the target, as LLM's speculative_config (verifier_svc.local_speculator)."""
 
 
 async def _not_serving_when_the_runner_fails(service: VerifierService, health, interval_s: float = 0.1) -> None:
@@ -174,12 +183,29 @@ def run_verifier(settings: VerifierSettings) -> None:
 
     path = resolve_checkpoint(settings.model)
 
-    def load() -> tuple[ModelRunner, PassCostModel | None]:
+    def load() -> tuple[ModelRunner, PassCostModel | None, LocalSpeculator | None]:
         runner = load_runner(path, settings.runner)
-        return runner, PassCostModel.calibrate(runner, max_rows=128)
+        speculator = None
+        if settings.speculative_config is not None:
+            speculator = build_local_speculator(
+                settings.speculative_config,
+                path,
+                runner.vocab_size,
+                settings.runner.device,
+                settings.runner.max_num_seqs,
+                settings.max_drafts_per_step,
+            )
+        return runner, PassCostModel.calibrate(runner, max_rows=128), speculator
 
-    runner, cost_model = run_on_compute_thread(load)
+    runner, cost_model, speculator = run_on_compute_thread(load)
     print(f"splitspec verifier: {runner.describe_kv_cache()}", file=sys.stderr, flush=True)
+    if speculator is not None:
+        traits = speculator.traits
+        print(
+            f"splitspec verifier: drafts beside the target with {traits.method}, K={traits.num_speculative_tokens}",
+            file=sys.stderr,
+            flush=True,
+        )
     eos = sorted(eos_token_ids(path, load_tokenizer(path)))
 
     watchers: set[asyncio.Task] = set()
@@ -195,6 +221,7 @@ def run_verifier(settings: VerifierSettings) -> None:
             max_drafts_per_step=settings.max_drafts_per_step,
             draft_ahead_rejections=settings.draft_ahead_rejections,
             proposers=settings.proposers,
+            speculator=speculator,
             proposer_channels=Channels(
                 channel_options(
                     settings.server.max_message_bytes,

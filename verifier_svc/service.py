@@ -34,6 +34,7 @@ from splitspec.sequence import check_prompt
 from splitspec.tracing import Tracing, context_of
 from verifier_svc.draft_validation import check_draft, check_seq_id
 from verifier_svc.local_drafts import LocalDrafter, LocalDraftSpec
+from verifier_svc.local_speculator import LocalSpeculator
 from verifier_svc.proposer_allowlist import ProposerAllowList
 from verifier_svc.remote_drafts import ProposerLinks, RemoteDraftSpec
 from verifier_svc.verifier import Verifier
@@ -47,6 +48,7 @@ class RemoteSequence:
     seed: int
     hidden_states: HiddenStates = HiddenStates.NONE  # what results carry for the sequence's drafter
     hidden_layers: tuple[int, ...] = ()  # the target layers whose inputs make those states (EAGLE-3)
+    speculates: bool = False  # it drafts with the verifier's speculator: its passes keep the states the head reads
     span: trace.Span = trace.INVALID_SPAN  # its time here, in the client request's trace
     request_span: trace.SpanContext | None = None  # the client request's span at the gateway
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)  # its steps run one at a time, in arrival order
@@ -57,6 +59,7 @@ class _StepCall:
     seq: RemoteSequence
     committed_len: int
     draft: Draft
+    speculate: int = 0  # drafts to ask the verifier's speculator for, right before the pass
 
 
 @dataclass
@@ -118,13 +121,15 @@ class VerifierService:
         proposer_channels: Channels | None = None,
         draft_ahead_rejections: int = DEFAULT_AHEAD_REJECTIONS,
         proposers: tuple[Target, ...] = (),
+        speculator: LocalSpeculator | None = None,
     ) -> None:
         """max_drafts_per_step: the most drafts a step may carry or ask the verifier to make.
         proposer_channels: how to reach proposers for remote drafts (default: plaintext).
         draft_ahead_rejections: remote drafts made ahead for the outcomes rejecting each of a step's first
         this many drafts, besides every draft accepted (verifier_svc.remote_drafts).
         proposers: the only proposers remote drafts may name (verifier_svc.proposer_allowlist); none: remote
-        drafts are refused."""
+        drafts are refused. speculator: drafts beside the target for steps that ask it
+        (verifier_svc.local_speculator)."""
         self.max_drafts_per_step = max_drafts_per_step
         self.runner = runner
         self.failure: str | None = None  # why a pass failed: the verifier serves no more
@@ -141,6 +146,7 @@ class VerifierService:
         self.proposers = ProposerAllowList(proposers)
         self.metrics = VerifierMetrics(meter or no_meter(), self)
         self.local_drafter = LocalDrafter()
+        self.speculator = speculator
         self.expiries = Expiries(self._expire)
         self._releases: set[asyncio.Task] = set()
 
@@ -228,6 +234,11 @@ class VerifierService:
         self._check_num_drafts("drafts", len(draft.token_ids))
         if local is not None:
             self._check_num_drafts("local_draft.num_tokens", local.num_tokens)
+            if local.speculator and seq.hidden_states != HiddenStates.NONE:
+                raise ServiceError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "local_draft.speculator: this sequence's hidden states go to a proposer; it drafts there",
+                )
         if remote is not None:
             remote.check()
             self._check_num_drafts("remote_draft.num_tokens", remote.num_tokens)
@@ -240,7 +251,10 @@ class VerifierService:
             if pipelined:
                 committed_len, draft, local = self._pipelined_on(seq, committed_len, draft, assumed or [], local)
             current = committed_len == len(seq.tokens)  # otherwise the step is refused as stale
-            if local is not None and current:
+            speculate = 0
+            if local is not None and local.speculator:
+                speculate = local.num_tokens if self.speculator is not None else 0  # none here: no drafts
+            elif local is not None and current:
                 draft = self.local_drafter.draft(seq_id, seq.tokens, local)
             fetched = None
             if remote is not None and current:
@@ -258,7 +272,7 @@ class VerifierService:
                     draft = fetched.draft
             if fetched is not None and not fetched.failed:  # asked now, made while the pass runs
                 self.remote.draft_ahead(seq_id, seq.tokens, draft.token_ids, seq.params, seq.seed, remote)
-            outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft))
+            outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft, speculate))
             if remote is not None:
                 self.remote.received(seq_id, outcome.hidden_state)
             if fetched is not None:
@@ -305,6 +319,8 @@ class VerifierService:
         self.expiries.cancel(seq_id)
         seq = self.sequences.pop(seq_id, None)
         self.local_drafter.release(seq_id)
+        if seq is not None and seq.speculates:
+            await self.batcher.run_exclusive(self.speculator.release, seq_id)
         if seq is not None:
             self.remote.release(seq_id, seq.tokens)
             seq.span.set_attribute("splitspec.end_tokens", len(seq.tokens))
@@ -326,6 +342,7 @@ class VerifierService:
                 outcomes[i] = problem
             else:
                 ready.append(i)
+        self._speculate([calls[i] for i in ready])
         steps = [(calls[i].seq, calls[i].draft) for i in ready]
         self._evict_idle_until_fits(steps, {calls[i].seq.seq_id for i in ready})
         while steps and not self.verifier.fits(steps):
@@ -343,7 +360,9 @@ class VerifierService:
             span = self._pass_span(steps, tokens)
             try:
                 results = self.verifier.verify(
-                    steps, [calls[i].seq.hidden_states for i in ready], [calls[i].seq.hidden_layers for i in ready]
+                    steps,
+                    [self._states_for(calls[i].seq) for i in ready],
+                    [self._layers_for(calls[i].seq) for i in ready],
                 )
             except RunnerLost as exc:  # every call of the batch fails with it: another verifier can go on
                 span.end()
@@ -369,10 +388,44 @@ class VerifierService:
                 base = len(seq.tokens)
                 seq.tokens.extend(result.token_ids)
                 self.verifier.rollback(seq)
+                hidden = result.hidden_state
+                if seq.speculates:  # the head's, kept here
+                    self.speculator.received(seq.seq_id, hidden)
+                    hidden = None
                 outcomes[i] = StepOutcome(
-                    base, result.num_accepted, result.token_ids, result.hidden_state, len(calls[i].draft.token_ids)
+                    base, result.num_accepted, result.token_ids, hidden, len(calls[i].draft.token_ids)
                 )
         return outcomes
+
+    def _speculate(self, calls: list[_StepCall]) -> None:
+        """Draft the steps that ask the speculator, in one call of it. A sequence's first such step
+        re-prefills it: its earlier passes kept no states for the head."""
+        asking = [c for c in calls if c.speculate and self.speculator is not None]
+        for call in asking:
+            if not call.seq.speculates:
+                call.seq.speculates = True
+                self.verifier.free(call.seq.seq_id)
+        if not asking:
+            return
+        room = self.runner.max_model_len
+        wanted = [
+            (c.seq.seq_id, c.seq.tokens, c.seq.params, c.seq.seed, min(c.speculate, room - len(c.seq.tokens)))
+            for c in asking
+        ]
+        try:
+            drafts = self.speculator.draft(wanted)
+        except Exception:  # drafts are only proposals: a failing head costs speed, never a token
+            print("splitspec verifier: the speculator failed to draft; verifying without drafts", file=sys.stderr)
+            traceback.print_exc()
+            return
+        for call, draft in zip(asking, drafts):
+            call.draft = draft
+
+    def _states_for(self, seq: RemoteSequence) -> HiddenStates:
+        return self.speculator.hidden_states if seq.speculates else seq.hidden_states
+
+    def _layers_for(self, seq: RemoteSequence) -> tuple[int, ...]:
+        return self.speculator.hidden_layers if seq.speculates else seq.hidden_layers
 
     def _pass_span(self, steps: list[tuple[RemoteSequence, Draft]], tokens: int) -> trace.Span:
         """A span for one batched pass, linked to the request spans of the sequences it serves."""

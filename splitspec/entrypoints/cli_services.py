@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-from splitspec.config import METHODS_WITHOUT_MODEL
+from splitspec.config import HIDDEN_STATE_METHODS, METHODS_WITHOUT_MODEL
 from splitspec.devices import resolve_device
 from splitspec.entrypoints.cli_flags import suffix_settings_from
 from splitspec.entrypoints.flag_table import add_flags, passed_on, settings_from
@@ -149,18 +150,28 @@ def _serve_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def head_beside_the_target(args: argparse.Namespace) -> bool:
+    """`up` puts a head that reads the target's hidden states in the verifier (--speculator-on)."""
+    return args.method in HIDDEN_STATE_METHODS and args.speculator_on == "verifier"
+
+
 def up_commands(
     args: argparse.Namespace, links: dict[str, str] | None = None, certs: StackCertificates | None = None
 ) -> dict[str, list[str]]:
-    """The three processes `splitspec up` starts (docker-compose.yml mirrors these): each gets the flags
+    """The processes `splitspec up` starts (docker-compose.yml mirrors these): verifier, proposer and
+    gateway, or no proposer when the head drafts beside the target in the verifier. Each gets the flags
     `up` passes on to it (service_flags.UP_FLAGS) and where it listens. links: the address the gateway
     reaches "verifier" and "proposer" at, when not their own (a delaying proxy). certs: for TLS
     everywhere, mutual between the services (--tls-dir)."""
     serve_speculators_head(args)
     links = links or {}
-    proposers = links.get("proposer", f"{args.host}:{args.proposer_port}")
+    beside = head_beside_the_target(args)
+    proposers = "" if beside else links.get("proposer", f"{args.host}:{args.proposer_port}")
     verifier = ["serve-verifier", "--host", args.host, "--port", str(args.verifier_port)]
     verifier += ["--proposers", proposers]  # for direct drafts: it calls them where the gateway does
+    if beside:
+        head = {"method": args.method, "model": args.draft_model, "num_speculative_tokens": args.num_speculative_tokens}
+        verifier += ["--speculative-config", json.dumps(head)]
     proposer = ["serve-proposer", "--host", args.host, "--port", str(args.proposer_port)]
     proposer += ["--device", args.proposer_device or args.device]
     if args.method in ("eagle", "eagle3"):
@@ -168,6 +179,8 @@ def up_commands(
     gateway = ["serve-gateway", "--host", args.host, "--port", str(args.port)]
     gateway += ["--verifiers", links.get("verifier", f"{args.host}:{args.verifier_port}"), "--proposers", proposers]
     commands = {"verifier": verifier, "proposer": proposer, "gateway": gateway}
+    if beside:
+        del commands["proposer"]
     for name, command in commands.items():
         command += passed_on(args, UP_FLAGS, name)
     if certs is not None:
@@ -178,7 +191,8 @@ def up_commands(
             command += ["--tls-client-cert-file", str(certs.client_cert)]
             command += ["--tls-client-key-file", str(certs.client_key)]
     for name, port in metrics_ports(args).items():
-        commands[name] += ["--metrics-port", str(port)]
+        if name in commands:
+            commands[name] += ["--metrics-port", str(port)]
     base = [sys.executable, "-m", "splitspec"]
     return {name: base + command for name, command in commands.items()}
 
@@ -186,7 +200,9 @@ def up_commands(
 def _delay_proxies(args: argparse.Namespace) -> dict[str, DelayProxy]:
     """One delaying proxy on each of the gateway's links, run by this process."""
     delay = args.network_delay_ms / 1000
-    targets = {"verifier": args.verifier_port, "proposer": args.proposer_port}
+    targets = {"verifier": args.verifier_port}
+    if not head_beside_the_target(args):
+        targets["proposer"] = args.proposer_port
     return {name: DelayProxy((args.host, port), delay, host=args.host).start() for name, port in targets.items()}
 
 
@@ -199,7 +215,7 @@ def metrics_ports(args: argparse.Namespace) -> dict[str, int]:
 
 def serve_speculators_head(args: argparse.Namespace) -> None:
     """--model may be an EAGLE-3 head in the speculators format: the stack then serves the target its
-    config names, with the head on the proposer and the K it proposes (unless -k says), as vLLM does."""
+    config names, with the head and the K it proposes (unless -k says), as vLLM does."""
     from splitspec.eagle3_checkpoint import speculators_serving
 
     served = speculators_serving(args.model)
@@ -241,7 +257,17 @@ def _up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"splitspec up: gateway on {args.host}:{args.port} (Ctrl-C stops all three)", file=sys.stderr, flush=True)
+    print(
+        f"splitspec up: gateway on {args.host}:{args.port} (Ctrl-C stops {', '.join(procs)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    if head_beside_the_target(args):
+        print(
+            f"splitspec up: the {args.method} head drafts beside the target, in the verifier",
+            file=sys.stderr,
+            flush=True,
+        )
     if certs is not None:
         print(
             f"splitspec up: TLS everywhere, mutual between the services; clients trust {certs.ca} "
@@ -257,6 +283,8 @@ def _up(args: argparse.Namespace) -> int:
             flush=True,
         )
     for name, port in metrics_ports(args).items():
+        if name not in procs:
+            continue
         print(f"splitspec up: {name} metrics at http://{args.host}:{port}/metrics", file=sys.stderr, flush=True)
     for name, proxy in proxies.items():
         print(

@@ -8,6 +8,7 @@ tests/entrypoints/test_flag_table.py holds docker-compose.yml and deploy/k8s/ to
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
@@ -43,6 +44,17 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def json_object(text: str) -> dict:
+    """An argparse type: a JSON object, as vLLM's --speculative-config."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
     return value
 
 
@@ -174,6 +186,15 @@ VERIFIER_FLAGS = (
     Flag("--batch-window-ms", type=float, default=2.0, env="BATCH_WINDOW_MS"),
     _max_drafts_flag("the most drafts one step may carry, or ask the verifier to make"),
     DRAFT_AHEAD_REJECTIONS_FLAG,
+    Flag(
+        "--speculative-config",
+        type=json_object,
+        env="SPECULATIVE_CONFIG",
+        help='a head that drafts beside the target, as vLLM\'s: \'{"model": DIR}\' with "method" (eagle3, eagle, '
+        'mlp_speculator; default: detected) and "num_speculative_tokens" (default: the head\'s own for a '
+        "speculators checkpoint). The gateways then draft every request with it here: no proposer, and no "
+        "hidden state crosses a network (env SPLITSPEC_SPECULATIVE_CONFIG)",
+    ),
     Flag(
         "--proposers",
         type=targets,
@@ -391,6 +412,14 @@ UP_FLAGS = (
     *passed(("proposer",), (DRAFT_TOP_K_FLAG, *SUFFIX_FLAGS)),
     *passed(("verifier",), (device_flag("the verifier's target"),)),
     Flag("--proposer-device", help="where the proposer's drafter runs (default: --device)"),
+    Flag(
+        "--speculator-on",
+        default="verifier",
+        choices=("verifier", "proposer"),
+        help="where a head that reads the target's hidden states (eagle3, eagle, mlp_speculator) drafts: beside "
+        "the target in the verifier (no proposer is started, no state crosses a network), or on a proposer "
+        "that the verifier sends the states to",
+    ),
     *passed(("verifier",), (TENSOR_PARALLEL_FLAG, ENFORCE_EAGER_FLAG)),
     Flag(
         "--metrics-port",

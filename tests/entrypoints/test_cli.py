@@ -178,9 +178,21 @@ def test_up_with_a_speculators_head_as_the_model_serves_the_target_it_names(tmp_
     from splitspec.errors import SplitspecError
 
     head = write_eagle3(tmp_path / "head", tiny_llama_8_layers, layout="speculators", speculative_tokens=5)
-    commands = up_commands(build_parser().parse_args(["up", "--model", str(head)]))
-    served = {name: build_parser().parse_args(c[c.index(f"serve-{name}") :]) for name, c in commands.items()}
+    beside = up_commands(build_parser().parse_args(["up", "--model", str(head)]))
+    served = {name: build_parser().parse_args(c[c.index(f"serve-{name}") :]) for name, c in beside.items()}
+    assert set(served) == {"verifier", "gateway"}, "the head drafts in the verifier: no proposer"
     assert served["verifier"].model == served["gateway"].model == str(tiny_llama_8_layers)
+    assert served["verifier"].speculative_config == {
+        "method": "eagle3",
+        "model": str(head),
+        "num_speculative_tokens": 5,
+    }
+    assert served["verifier"].proposers == served["gateway"].proposers == ()
+    assert (served["gateway"].method, served["gateway"].num_speculative_tokens) == ("eagle3", 5)
+
+    on_proposer = up_commands(build_parser().parse_args(["up", "--model", str(head), "--speculator-on", "proposer"]))
+    served = {name: build_parser().parse_args(c[c.index(f"serve-{name}") :]) for name, c in on_proposer.items()}
+    assert served["verifier"].speculative_config is None
     proposer = served["proposer"]
     assert (proposer.method, proposer.draft_model, proposer.target_model) == (
         "eagle3",
@@ -190,3 +202,16 @@ def test_up_with_a_speculators_head_as_the_model_serves_the_target_it_names(tmp_
     assert proposer.num_speculative_tokens == 5
     with pytest.raises(SplitspecError, match="names its target"):
         up_commands(build_parser().parse_args(["up", "--model", str(head), "--method", "suffix"]))
+
+
+@pytest.mark.parametrize(
+    "config, fragment",
+    [
+        ('{"model": "[ngram]", "num_speculative_tokens": 3}', "reads the target's hidden states"),
+        ('{"model": "/nonexistent/head", "method": "eagle3", "num_speculative_tokens": 3}', "/nonexistent/head"),
+        ('{"num_speculative_tokens": 3}', 'needs "model"'),
+    ],
+)
+def test_serve_verifier_refuses_a_speculator_it_cannot_draft_with_in_one_line(tiny_llama_8_layers, config, fragment):
+    result = splitspec("serve-verifier", "--model", str(tiny_llama_8_layers), "--speculative-config", config)
+    assert_one_line_error(result, fragment)

@@ -187,7 +187,13 @@ def test_a_row_naming_no_field_is_caught():
         _field_type(_settings_classes()["serve-verifier"], "runner.max_num_sequences")
 
 
-GIVEN = {"--device": "cpu", "--method": "eagle", "--proposers": "h:5", "--verifiers": "h:6"}
+GIVEN = {
+    "--device": "cpu",
+    "--method": "eagle",
+    "--proposers": "h:5",
+    "--verifiers": "h:6",
+    "--speculative-config": '{"model": "x"}',
+}
 """A value for each flag that differs from its default and that the command accepts with the others."""
 
 
@@ -310,7 +316,7 @@ def test_k8s_manifests_spell_only_flags_and_variables_of_the_table():
 
 def _up_argvs(tmp_path) -> list[tuple[list[str], dict]]:
     everything = [row for row in UP_FLAGS if row.passed_to]
-    argv = ["up", *(a for row in everything for a in _given(row))]
+    argv = ["up", *(a for row in everything for a in _given(row)), "--speculator-on", "proposer"]  # all three
     certs = make_stack_certificates(tmp_path, [])
     return [(["up"], {}), (argv, {}), (argv + ["--metrics-port", "9400"], {"certs": certs})]
 

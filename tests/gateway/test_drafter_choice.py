@@ -45,7 +45,7 @@ def no_lookup(context: list[int], n: int) -> list[int]:
 
 @dataclass
 class DraftingVerifier(VerifierStandIn):
-    """Drafts with `lookup` when a step asks it to (local_ngram), else verifies the step's drafts (a
+    """Drafts with `lookup` when a step asks it to (local), else verifies the step's drafts (a
     pipelined step's only if the steps before committed what it assumed); records who drafted each step.
     Each pass takes the time its cost model says, so that the paces the gateway times are the modelled
     ones and not the scheduling noise of a machine."""
@@ -59,13 +59,13 @@ class DraftingVerifier(VerifierStandIn):
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         self.tokens = list(token_ids)
 
-    async def step(self, seq_id, committed_len, draft, local_ngram=None, pipelined=False, assumed=None, remote=None):
+    async def step(self, seq_id, committed_len, draft, local=None, pipelined=False, assumed=None, remote=None):
         async with self.turn:
             await asyncio.sleep(0)
             built_on = len(self.tokens)
-            if local_ngram is not None:
+            if local is not None:
                 assert not draft.token_ids
-                drafts = self.lookup(self.tokens, local_ngram[0])
+                drafts = self.lookup(self.tokens, local.num_tokens)
                 self.drafted_by.append("verifier")
             else:
                 drafts = list(draft.token_ids)

@@ -58,3 +58,40 @@ def test_any_difference_that_changes_the_plan_refuses():
     first, second = Reporting("a", eagle), Reporting("b", mlp_as_eagle)
     DrafterPool().admit([first, second])
     assert first.refusal is None and "hidden_states" in second.refusal
+
+
+@dataclass
+class VerifierReporting:
+    """A verifier as the pool sees it: its last info (None: not serving)."""
+
+    info: object
+
+
+def _verifier(traits: DrafterTraits | None) -> VerifierReporting:
+    from splitspec.rpc import wire
+    from splitspec_protos import splitspec_v1_pb2 as pb
+
+    info = pb.VerifierInfo(model="m")
+    if traits is not None:
+        info.speculator.CopyFrom(wire.traits_to_proto(traits, "1"))
+    return VerifierReporting(info)
+
+
+EAGLE3 = DrafterTraits("eagle3", 3, 16, hidden_states=HiddenStates.ALL, hidden_layers=(2, 15, 27), drafts_ahead=False)
+
+
+def test_the_verifiers_speculator_plans_every_request_over_the_proposers(capfd):
+    pool = DrafterPool()
+    pool.admit([Reporting("p", NGRAM)])
+    assert pool.planned == (NGRAM, False)
+    pool.admit_verifiers([VerifierReporting(None), _verifier(None)])
+    assert pool.planned == (NGRAM, False), "no verifier holds a speculator"
+    pool.admit_verifiers([_verifier(None), _verifier(EAGLE3)])
+    assert pool.planned == (EAGLE3, True)
+    assert "the verifiers draft with eagle3 beside their targets" in capfd.readouterr().err
+
+
+def test_a_gateway_told_another_method_leaves_the_verifiers_speculator_unused():
+    pool = DrafterPool(expected_method="ngram")
+    pool.admit_verifiers([_verifier(EAGLE3)])
+    assert pool.planned == (None, False)

@@ -47,7 +47,7 @@ class PipelinedVerifier(VerifierStandIn):
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         self.tokens = list(token_ids)
 
-    async def step(self, seq_id, committed_len, draft, local_ngram=None, pipelined=False, remote=None) -> pb.StepResult:
+    async def step(self, seq_id, committed_len, draft, local=None, pipelined=False, remote=None) -> pb.StepResult:
         assert pipelined and not draft.token_ids and committed_len <= len(self.tokens)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -112,7 +112,7 @@ class AssumingVerifier(VerifierStandIn):
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         self.tokens = list(token_ids)
 
-    async def step(self, seq_id, committed_len, draft, local_ngram=None, pipelined=False, assumed=None, remote=None):
+    async def step(self, seq_id, committed_len, draft, local=None, pipelined=False, assumed=None, remote=None):
         assert pipelined and committed_len <= len(self.tokens)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)

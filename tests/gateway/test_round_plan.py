@@ -133,3 +133,28 @@ def test_a_request_asks_no_more_than_the_proposers_take():
 )
 def test_a_request_naming_no_k_gets_the_gateways_else_the_proposers(traits, settings, expected):
     assert default_num_speculative_tokens(traits, settings) == expected
+
+
+EAGLE3 = DrafterTraits("eagle3", K, 16, hidden_states=HiddenStates.ALL, hidden_layers=(2, 15, 27), drafts_ahead=False)
+
+
+@pytest.mark.parametrize("traits", [EAGLE3, EAGLE, MLP])
+def test_a_speculator_beside_the_target_drafts_every_round_on_the_verifier_pipelined(traits):
+    """The verifiers' head (VerifierInfo.speculator): every round asks the verifier to draft with it, no
+    state goes to the gateway or a proposer, and steps keep the pipeline full as the verifier's
+    n-grams do; with pipelining off, one step at a time."""
+    for settings, params in itertools.product(
+        [RoundSettings(), RoundSettings(direct_drafts=True, verifier_ngram=False)], [GREEDY, SAMPLED]
+    ):
+        plan = plan_request(traits, settings, 20, params, on_verifiers=True)
+        assert plan.starts_local and plan.local_speculator and not plan.measured
+        assert plan.mode(True) == RoundMode.PIPELINED
+        assert (plan.hidden_states, plan.hidden_layers) == (HiddenStates.NONE, ())
+        assert not (plan.draft_ahead or plan.direct_drafts or plan.affinity or plan.fixed_k)
+        assert plan.num_speculative_tokens == min(20, traits.max_num_speculative_tokens)
+        local = plan.local_draft(4)
+        assert (local.num_tokens, local.speculator) == (4, True)
+    plan = plan_request(traits, RoundSettings(pipeline_steps=False), K, GREEDY, on_verifiers=True)
+    assert plan.mode(True) == RoundMode.ONE_STEP
+    ngram = plan_request(NGRAM, RoundSettings(), K, GREEDY).local_draft(4)
+    assert (ngram.speculator, ngram.prompt_lookup_min, ngram.prompt_lookup_max) == (False, 1, 4)

@@ -1,9 +1,11 @@
-"""EAGLE-3 on a proposer pod: the verifier returns the inputs of the head's three target layers behind
-every committed token, through the gateway or straight to the proposer (direct drafts), and output
-stays the target's own."""
+"""EAGLE-3 in both placements: beside the target in the verifier (serve-verifier --speculative-config),
+where the states never leave the process, and on a proposer pod, where the verifier returns the
+inputs of the head's three target layers behind every committed token, through the gateway or
+straight to the proposer (direct drafts). Output stays the target's own."""
 
 from __future__ import annotations
 
+import json
 import signal
 
 import grpc
@@ -31,10 +33,8 @@ GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def head(tiny_llama_8_layers, tmp_path_factory):
-    """Fitted to the target's greedy text on PROMPTS: drafts there pass often, not always."""
-    texts = target_texts(tiny_llama_8_layers, PROMPTS, GREEDY)
-    return fit_eagle3(tmp_path_factory.mktemp("eagle3") / "head", tiny_llama_8_layers, texts, [2, 4, 5])
+def head(eagle3_head):
+    return eagle3_head
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,41 @@ def test_eagle3_on_a_proposer_pod_is_the_target_s_own(tiny_llama_8_layers, head,
         requests = [build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True) for p in PROMPTS]
         assert generate_concurrently(address, requests) == plain_greedy
         assert_seeded_samples_are_plain_decoding_s(address, tiny_llama_8_layers, [31, 32, 33, 34])
+
+
+def test_eagle3_beside_the_target_in_the_verifier_is_the_target_s_own(
+    tiny_llama_8_layers, head, plain_greedy, tmp_path
+):
+    """No proposer: the verifier reports its head, and the gateway has it draft every round there."""
+    config = json.dumps({"model": str(head), "num_speculative_tokens": 3})
+    with running_stack(
+        tiny_llama_8_layers,
+        tmp_path,
+        method="eagle3",
+        k=3,
+        num_proposers=0,
+        verifier_args=("--speculative-config", config),
+        gateway_args=("--fixed-k",),
+        metrics=True,
+    ) as stack:
+        from metrics_scrape import scrape, value
+
+        with grpc.insecure_channel(stack.verifier.address) as channel:
+            info = pb_grpc.VerifierStub(channel).GetInfo(pb.InfoRequest(), timeout=10)
+        assert info.speculator.method == "eagle3" and list(info.speculator.hidden_layers) == [2, 4, 5]
+        assert info.speculator.num_speculative_tokens == 3
+        address = stack.gateway.address
+        responses = [
+            generate(address, build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)) for p in PROMPTS
+        ]
+        assert [token_ids(r) for r in responses] == plain_greedy
+        assert_drafts_pass_often_but_not_always([r[-1].speculation for r in responses])
+        requests = [build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True) for p in PROMPTS]
+        assert generate_concurrently(address, requests) == plain_greedy
+        assert_seeded_samples_are_plain_decoding_s(address, tiny_llama_8_layers, [31, 32, 33, 34])
+        rounds = scrape(stack.gateway.metrics_port)["splitspec_verify_rounds"]
+        assert value(rounds, "_total", drafter="verifier") > 0
+        assert value(rounds, "_total", drafter="proposer") == 0
 
 
 LONG_TOKENS = 160

@@ -1,0 +1,98 @@
+"""A speculator beside the target (serve-verifier --speculative-config): an EAGLE-3, EAGLE or MLP
+speculator head that drafts inside the verifier process, for steps that ask with
+LocalDraft.speculator.
+
+The head reads the target's hidden states, and here it reads them where the target computed them: no
+state crosses a network (an 8B target's three EAGLE-3 states are 24 KiB a token in bfloat16), and a
+round needs no proposer, so it crosses one link, as the verifier's n-grams do. The head drafts in the
+pass thread, batched over the steps of a pass, right before the pass that verifies its drafts; that
+pass's states for the tokens it commits feed the head's next draft.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from proposer_svc.proposer import Proposer
+from splitspec.drafter_traits import DrafterTraits
+from splitspec.drafts import Draft, DraftRequest, HiddenStates
+from splitspec.errors import SplitspecError
+from splitspec.sampling_params import SamplingParams
+
+
+class LocalSpeculator:
+    def __init__(self, proposer: Proposer, num_speculative_tokens: int, max_drafts_per_step: int) -> None:
+        if not proposer.needs_hidden_states:
+            raise SplitspecError(
+                f"a verifier drafts beside its target only with a head that reads the target's hidden states "
+                f"(eagle3, eagle, mlp_speculator), not {proposer.method}: serve it on a proposer"
+            )
+        self.proposer = proposer
+        self.traits: DrafterTraits = proposer.traits(
+            num_speculative_tokens, min(num_speculative_tokens, max_drafts_per_step)
+        )
+        self._unread: dict[str, torch.Tensor] = {}  # states of committed tokens the head has not been fed
+
+    @property
+    def hidden_states(self) -> HiddenStates:
+        return self.proposer.hidden_states
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        return self.proposer.hidden_layers
+
+    def draft(self, steps: list[tuple[str, list[int], SamplingParams, int, int]]) -> list[Draft]:
+        """steps: (seq_id, committed tokens, params, seed, drafts wanted) -> one draft each, in one
+        batched call of the head."""
+        requests = [
+            DraftRequest(
+                seq_id=seq_id,
+                token_ids=tokens,
+                num_tokens=num_tokens,
+                temperature=params.temperature,
+                top_k=params.top_k,
+                seed=seed,
+                hidden_state=self._unread.pop(seq_id, None),
+            )
+            for seq_id, tokens, params, seed, num_tokens in steps
+        ]
+        drafts = self.proposer.propose(requests)
+        return [Draft(d.token_ids[: r.num_tokens], d.q[: r.num_tokens]) for d, r in zip(drafts, requests)]
+
+    def received(self, seq_id: str, states: torch.Tensor | None) -> None:
+        """A pass's states for the tokens it committed: every row kept until the next draft (ALL), or
+        the newest alone (LAST)."""
+        if states is None:
+            return
+        held = self._unread.get(seq_id)
+        if self.hidden_states == HiddenStates.ALL and held is not None:
+            states = torch.cat([held, states])
+        self._unread[seq_id] = states
+
+    def release(self, seq_id: str) -> None:
+        self._unread.pop(seq_id, None)
+        self.proposer.release(seq_id)
+
+
+def build_local_speculator(
+    speculative_config: dict, target: Path, vocab_size: int, device: str, max_num_seqs: int, max_drafts_per_step: int
+) -> LocalSpeculator:
+    """speculative_config: as LLM's ({"model": DIR, "method"?: ..., "num_speculative_tokens"?: K}); a
+    speculators-format head gives its own K when the config does not."""
+    from proposer_svc.factory import build_proposer
+    from splitspec.config import build_speculative_config
+    from splitspec.eagle3_checkpoint import speculators_serving
+
+    config = dict(speculative_config)
+    if "model" not in config:
+        raise SplitspecError('--speculative-config needs "model": the head\'s directory')
+    serving = speculators_serving(config["model"])
+    if serving is not None:
+        config = {**serving[1], **config}
+    spec = build_speculative_config(config)
+    proposer = build_proposer(
+        spec, target_vocab_size=vocab_size, target_model=str(target), device=device, max_num_seqs=max_num_seqs
+    )
+    return LocalSpeculator(proposer, spec.num_speculative_tokens, max_drafts_per_step)
