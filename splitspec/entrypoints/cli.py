@@ -297,18 +297,49 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _add_train_speculator(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train-speculator", help="fit an MLP speculator to text the target writes; saved in IBM's published format"
+        "train-speculator",
+        help="train a speculator on text the target writes: an MLP speculator (IBM's published format) or an "
+        "EAGLE-3 head (Red Hat's speculators format)",
     )
     p.add_argument("--model", default="default", help="the target checkpoint (Llama family)")
+    p.add_argument(
+        "--method",
+        choices=("mlp_speculator", "eagle3"),
+        default="mlp_speculator",
+        help="mlp_speculator: heads fitted in closed form to the final state; eagle3: one layer over three "
+        "layers' states, trained with training-time test",
+    )
     p.add_argument("--output", help="where to save it (default: the cache, where `splitspec bench` looks)")
-    p.add_argument("--n-predict", type=int, default=2, help="heads, i.e. the most tokens it drafts per round")
+    p.add_argument(
+        "--n-predict", type=int, default=2, help="MLP speculator: heads, i.e. the most tokens it drafts per round"
+    )
     p.add_argument("--num-prompts", type=int, default=256, help="training prompts the target answers")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens the target writes per training prompt")
-    p.add_argument("--ridge", type=float, default=1e-3, help="L2 penalty of the least-squares fit")
+    p.add_argument("--ridge", type=float, default=1e-3, help="MLP speculator: L2 penalty of the least-squares fit")
+    p.add_argument(
+        "--ttt-steps", type=int, default=4, help="EAGLE-3: training-time-test steps, the tokens it drafts per round"
+    )
+    p.add_argument("--epochs", type=int, default=4, help="EAGLE-3: passes over the training texts")
+    p.add_argument(
+        "--draft-vocab-size",
+        type=int,
+        default=8192,
+        help="EAGLE-3: the tokens its head scores (those the target writes most)",
+    )
+    p.add_argument("--learning-rate", type=float, default=3e-4, help="EAGLE-3: AdamW's peak learning rate")
+    p.add_argument(
+        "--hard-labels",
+        dest="distill",
+        action="store_false",
+        help="EAGLE-3: train on the tokens the target wrote; by default on its whole distribution at every "
+        "position, prompts included (more signal from the same texts)",
+    )
     p.add_argument("--seed", type=int, default=0, help="selects the prompts (the bench's held-out ones never train)")
     add_device_flag(p, "the target")
     p.add_argument(
-        "--quick", action="store_true", help="a small run: 8 prompts, 48 tokens, 1 held-out prompt per workload"
+        "--quick",
+        action="store_true",
+        help="a small run: 8 prompts, 48 tokens, 1 held-out prompt per workload, 1 epoch",
     )
     p.set_defaults(func=_train_speculator)
 
@@ -321,10 +352,16 @@ def _train_speculator(args: argparse.Namespace) -> int:
     settings = TrainSpeculatorSettings(
         model=args.model,
         output=args.output,
+        method=args.method,
         n_predict=args.n_predict,
         num_prompts=8 if args.quick else args.num_prompts,
         max_tokens=48 if args.quick else args.max_tokens,
         ridge=args.ridge,
+        ttt_steps=args.ttt_steps,
+        epochs=1 if args.quick else args.epochs,
+        draft_vocab_size=args.draft_vocab_size,
+        learning_rate=args.learning_rate,
+        distill=args.distill,
         held_out_per_workload=1 if args.quick else 3,
         seed=args.seed,
         device=args.device,
