@@ -105,6 +105,13 @@ def _trained(settings: BenchSettings, chosen: str | None, method: str) -> Path |
     return None
 
 
+def _eagle3_k(head: Path) -> int:
+    """The drafts per round a speculators-format head was trained for."""
+    return json.loads((head / "config.json").read_text())["speculators_config"]["proposal_methods"][0][
+        "speculative_tokens"
+    ]
+
+
 def run_bench(settings: BenchSettings) -> dict:
     """Load every configuration, time them prompt by prompt, interleaved, then sweep concurrency."""
     from splitspec import LLM
@@ -115,6 +122,7 @@ def run_bench(settings: BenchSettings) -> dict:
     plain = LLM(str(path), device=settings.device, enforce_eager=settings.enforce_eager)
     bench_prompts = _bench_prompts(plain, settings)
     configs = _in_process_configs(plain, path, settings)
+    eagle3 = _trained(settings, settings.eagle3, "eagle3")
     stacks = []
     for delay in settings.network_delays_ms if settings.gateway else ():
         suffix = f" +{delay:g}ms" if delay else ""
@@ -146,6 +154,10 @@ def run_bench(settings: BenchSettings) -> dict:
             variants["ngram@proposer K={k} direct ahead-rejections=1"] = (
                 "--ngram-on-proposers", "--direct-drafts", "--draft-ahead-rejections", "1",
             )  # fmt: skip
+        if eagle3 is not None and not delay:  # both placements: beside the target (up's default), on a proposer
+            head = ("--method", "eagle3", "--draft-model", str(eagle3), "-k", str(_eagle3_k(eagle3)))
+            variants[f"eagle3 K={_eagle3_k(eagle3)}"] = head
+            variants[f"eagle3@proposer K={_eagle3_k(eagle3)}"] = (*head, "--speculator-on", "proposer")
         if settings.draft_model:  # drafted where measured best (the default), and on the proposer only
             draft_flags = ("--method", "draft_model", "--draft-model", settings.draft_model)
             variants["draft_model K={k}"] = draft_flags
@@ -235,8 +247,7 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
         configs.append(SplitspecInProcess(f"splitspec draft K={k}", draft))
     eagle3 = _trained(settings, settings.eagle3, "eagle3")
     if eagle3 is not None:
-        k3 = json.loads((eagle3 / "config.json").read_text())["speculators_config"]["proposal_methods"][0]
-        k3 = k3["speculative_tokens"]
+        k3 = _eagle3_k(eagle3)
         spec = {"method": "eagle3", "model": str(eagle3), "num_speculative_tokens": k3}
         llm = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
         configs.append(SplitspecInProcess(f"splitspec eagle3 K={k3}", llm))
