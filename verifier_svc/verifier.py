@@ -66,7 +66,8 @@ class Verifier:
         hidden_states: per sequence, which hidden states its result carries ("last": the state behind
         its last committed token; "all": those behind every token committed in this step, the
         prompt's included); hidden_layers: per sequence, the target layers whose inputs make a state
-        (() the final state); None: this verifier's settings for all. They come back on the CPU.
+        (() the final state); None: this verifier's settings for all. They come back on the CPU, in the
+        runner's dtype (drafters cast them to theirs).
 
         Logits on the CPU with the PyTorch kernels: each sequence is verified on its own, drawing only
         the random numbers it needs. Otherwise (a GPU, or Triton kernels) the whole batch is sampled
@@ -162,6 +163,6 @@ def _attach_hidden_states(
         row += inp.hidden_rows
     for ids, picks in wanted.items():
         rows = torch.cat([rows for _, _, rows in picks]).to(hidden[ids].device)
-        states = hidden[ids][rows].to("cpu", torch.float32)
+        states = hidden[ids][rows].cpu()  # in the target's dtype: half the bytes on the wire in bfloat16
         for (result, mode, _), part in zip(picks, states.split([len(rows) for _, _, rows in picks])):
             result.hidden_state = part[0] if mode == HiddenStates.LAST else part

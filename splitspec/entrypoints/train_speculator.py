@@ -91,7 +91,7 @@ def _target_states(llm, tokens: list[int], seq_id: str, aux_layers: tuple[int, .
 
     try:
         inputs = [ForwardInput(seq_id, tokens[:-1], 1, len(tokens) - 1)]
-        return llm.runner.forward_with_hidden(inputs, aux_layers=aux_layers)[1].cpu()
+        return llm.runner.forward_with_hidden(inputs, aux_layers=aux_layers)[1].cpu().float()
     finally:
         llm.runner.free(seq_id)
 

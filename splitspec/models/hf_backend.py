@@ -25,7 +25,7 @@ class HFRunner:
         dtype: torch.dtype = torch.float32,
         max_model_len: int | None = None,
     ) -> None:
-        """Logits and hidden states come back in float32 on the device."""
+        """Logits come back in float32, hidden states in the model's dtype, on the device."""
         from transformers import AutoModelForCausalLM
 
         self.device = torch.device(device)
@@ -110,5 +110,5 @@ class HFRunner:
             if with_hidden:  # the last entry is the final layer's output after the model's final norm
                 states = torch.cat([out.hidden_states[i][0] for i in aux_layers] + [out.hidden_states[-1][0]], -1)
                 hidden_rows.append(states[states.shape[0] - inp.hidden_rows :])
-        hidden = torch.cat(hidden_rows).to(torch.float32) if with_hidden else None
+        hidden = torch.cat(hidden_rows) if with_hidden else None  # in the model's dtype, as the native runner's
         return torch.cat(rows).to(torch.float32), hidden

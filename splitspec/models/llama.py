@@ -302,7 +302,7 @@ class LlamaRunner:
             if not 0 <= i < len(self.layers):
                 raise SplitspecError(f"layer {i} does not exist: the target has {len(self.layers)} decoder layers")
         logits, hidden = self._forward(inputs, aux_layers=tuple(sorted(set(aux_layers))))
-        return logits.to(torch.float32), hidden.to(torch.float32)
+        return logits.to(torch.float32), hidden  # states in the runner's dtype: drafters cast them
 
     def healthy(self) -> bool:
         """False once a tensor-parallel worker is gone: no pass can run any more."""

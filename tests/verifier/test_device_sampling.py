@@ -110,3 +110,18 @@ def test_sequences_of_one_pass_get_the_layers_they_ask_for(tiny_llama_8_layers) 
         (alone,) = run([i])
         assert result.hidden_state.shape[-1] == 64 * max(len(layers[i]), 1)
         torch.testing.assert_close(result.hidden_state, alone.hidden_state)
+
+
+def test_states_come_back_in_the_target_s_dtype(tiny_llama_8_layers) -> None:
+    """A bfloat16 target's states stay bfloat16 (half the bytes a float32 copy would put on the wire),
+    and equal the pass's own rows."""
+    from splitspec.rpc import wire
+
+    params = SamplingParams(temperature=0, max_tokens=8)
+    runner = load_runner(tiny_llama_8_layers, RunnerConfig(dtype="bfloat16"))
+    steps = [(Sequence("s", None, [5, 6, 7, 8, 9], params, seed=0), Draft([9], [None]))]
+    (result,) = Verifier(runner).verify(steps, [HiddenStates.ALL], [(2, 4, 5)])
+    assert result.hidden_state.dtype == torch.bfloat16 and result.hidden_state.shape[-1] == 3 * 64
+    sent = wire.tensor_to_proto(result.hidden_state)
+    assert len(sent.data) == result.hidden_state.numel() * 2
+    assert torch.equal(wire.tensor_from_proto(sent), result.hidden_state)
