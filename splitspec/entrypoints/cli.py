@@ -319,7 +319,7 @@ def _add_train_speculator(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ttt-steps", type=int, default=4, help="EAGLE-3: training-time-test steps, the tokens it drafts per round"
     )
-    p.add_argument("--epochs", type=int, default=4, help="EAGLE-3: passes over the training texts")
+    p.add_argument("--epochs", type=int, default=6, help="EAGLE-3: passes over the training texts")
     p.add_argument(
         "--draft-vocab-size",
         type=int,

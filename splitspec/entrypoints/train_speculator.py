@@ -41,7 +41,7 @@ class TrainSpeculatorSettings:
     """MLP speculator: the least-squares fit's L2 penalty."""
     ttt_steps: int = 4
     """EAGLE-3: training-time-test steps, the tokens it drafts per round."""
-    epochs: int = 4
+    epochs: int = 6
     """EAGLE-3: passes over the training texts."""
     draft_vocab_size: int = 8192
     """EAGLE-3: the target's tokens its head scores (the ones the target writes most)."""
