@@ -72,7 +72,7 @@ class RequestPlan:
     local_speculator: bool
     """The verifier drafts its rounds with the speculator beside its target (and keeps the states)."""
     starts_local: bool
-    """Its first rounds are drafted by the verifier's n-grams, not by a proposer."""
+    """Its first rounds are drafted on the verifier (its n-grams or its speculator), not by a proposer."""
     measured: bool
     """It moves between the verifier's n-grams and its proposer, as measured."""
     draft_ahead: bool
