@@ -20,7 +20,7 @@ from gateway_svc.draft_ahead import AheadDraft
 from gateway_svc.placement import Placement
 from gateway_svc.proposer_drafts import ProposerDrafts
 from gateway_svc.request_state import Pipeline, Request, Sent, plan_step
-from gateway_svc.round_plan import RoundMode
+from gateway_svc.round_plan import RequestPlan, RoundMode
 from splitspec.drafts import Draft
 from splitspec.metrics import RequestMetrics
 from splitspec_protos import splitspec_v1_pb2 as pb
@@ -96,7 +96,7 @@ class PipelinedRounds(Rounds):
             local = remote = None
             if req.local:
                 k = core.num_drafts(req, verifier, None)
-                local = plan.local_draft(k) if k > 0 else None
+                local = local_draft(plan, k) if k > 0 else None
             elif plan.direct_drafts and req.num_speculative_tokens > 0 and core.placement.available_proposer(req):
                 k = core.num_drafts(req, verifier, slot.backend)
                 remote = core.drafts.remote_draft(req, k)  # even for k = 0: the verifier keeps the hidden states
@@ -197,7 +197,7 @@ class OneStepRounds(Rounds):
             core.placement.available_proposer(req)
         k = core.num_drafts(req, verifier, slot.backend)
         plan_step(verifier, req, k)
-        local = plan.local_draft(k) if k > 0 and req.local else None
+        local = local_draft(plan, k) if k > 0 and req.local else None
         remote = remote_drafter = None
         if k > 0 and local is None and plan.direct_drafts and core.placement.available_proposer(req):
             remote, remote_drafter = core.drafts.remote_draft(req, k), slot.backend
@@ -240,6 +240,14 @@ ROUNDS_BY_MODE: dict[RoundMode, type[Rounds]] = {
     RoundMode.DRAFTED_AHEAD: AheadRounds,
     RoundMode.ONE_STEP: OneStepRounds,
 }
+
+
+def local_draft(plan: RequestPlan, num_tokens: int) -> pb.LocalDraft:
+    """What a step drafted on the verifier asks it for: its speculator's drafts, or its n-grams'."""
+    if plan.local_speculator:
+        return pb.LocalDraft(num_tokens=num_tokens, speculator=True)
+    lookup_min, lookup_max = plan.local_ngram
+    return pb.LocalDraft(num_tokens=num_tokens, prompt_lookup_min=lookup_min, prompt_lookup_max=lookup_max)
 
 
 def rounds_for(core: RoundServices, req: Request) -> Rounds:

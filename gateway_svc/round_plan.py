@@ -16,7 +16,6 @@ from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import HiddenStates
 from splitspec.sampling_params import SamplingParams
 from splitspec.str_enum import StrEnum
-from splitspec_protos import splitspec_v1_pb2 as pb
 
 
 class RoundMode(StrEnum):
@@ -83,13 +82,6 @@ class RequestPlan:
     """Related requests go to the same proposer pod (the proposers remember outputs)."""
     pipeline_steps: bool
     direct_drafts: bool
-
-    def local_draft(self, num_tokens: int) -> pb.LocalDraft:
-        """What a step drafted on the verifier asks it for."""
-        if self.local_speculator:
-            return pb.LocalDraft(num_tokens=num_tokens, speculator=True)
-        lookup_min, lookup_max = self.local_ngram
-        return pb.LocalDraft(num_tokens=num_tokens, prompt_lookup_min=lookup_min, prompt_lookup_max=lookup_max)
 
     def mode(self, local: bool) -> RoundMode:
         """The round mode while its rounds are drafted by the verifier's n-grams (local) or not."""

@@ -11,19 +11,36 @@ pass's states for the tokens it commits feed the head's next draft.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from proposer_svc.proposer import Proposer
 from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import Draft, DraftRequest, HiddenStates
 from splitspec.errors import SplitspecError
 from splitspec.sampling_params import SamplingParams
 
 
+class HeadDrafter(Protocol):
+    """What the verifier uses of a drafter (proposer_svc.proposer.Proposer, which the command builds:
+    the verifier does not import the proposer's package)."""
+
+    method: str
+    hidden_states: HiddenStates
+    hidden_layers: tuple[int, ...]
+
+    @property
+    def needs_hidden_states(self) -> bool: ...
+
+    def traits(self, num_speculative_tokens: int, max_num_speculative_tokens: int) -> DrafterTraits: ...
+
+    def propose(self, requests: list[DraftRequest]) -> list[Draft]: ...
+
+    def release(self, seq_id: str) -> None: ...
+
+
 class LocalSpeculator:
-    def __init__(self, proposer: Proposer, num_speculative_tokens: int, max_drafts_per_step: int) -> None:
+    def __init__(self, proposer: HeadDrafter, num_speculative_tokens: int, max_drafts_per_step: int) -> None:
         if not proposer.needs_hidden_states:
             raise SplitspecError(
                 f"a verifier drafts beside its target only with a head that reads the target's hidden states "
@@ -74,25 +91,3 @@ class LocalSpeculator:
     def release(self, seq_id: str) -> None:
         self._unread.pop(seq_id, None)
         self.proposer.release(seq_id)
-
-
-def build_local_speculator(
-    speculative_config: dict, target: Path, vocab_size: int, device: str, max_num_seqs: int, max_drafts_per_step: int
-) -> LocalSpeculator:
-    """speculative_config: as LLM's ({"model": DIR, "method"?: ..., "num_speculative_tokens"?: K}); a
-    speculators-format head gives its own K when the config does not."""
-    from proposer_svc.factory import build_proposer
-    from splitspec.config import build_speculative_config
-    from splitspec.eagle3_checkpoint import speculators_serving
-
-    config = dict(speculative_config)
-    if "model" not in config:
-        raise SplitspecError('--speculative-config needs "model": the head\'s directory')
-    serving = speculators_serving(config["model"])
-    if serving is not None:
-        config = {**serving[1], **config}
-    spec = build_speculative_config(config)
-    proposer = build_proposer(
-        spec, target_vocab_size=vocab_size, target_model=str(target), device=device, max_num_seqs=max_num_seqs
-    )
-    return LocalSpeculator(proposer, spec.num_speculative_tokens, max_drafts_per_step)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -13,7 +14,7 @@ from grpc_health.v1 import health_pb2
 from splitspec.config import RunnerConfig
 from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_DRAFTS_PER_STEP
 from splitspec.drafts import HiddenStates
-from splitspec.errors import ServiceError
+from splitspec.errors import ServiceError, SplitspecError
 from splitspec.metrics import service_meter
 from splitspec.rpc import wire
 from splitspec.rpc.channels import Channels
@@ -27,7 +28,7 @@ from splitspec.tracing import start_tracing, traces_endpoint
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 from verifier_svc.local_drafts import LocalDraftSpec
-from verifier_svc.local_speculator import LocalSpeculator, build_local_speculator
+from verifier_svc.local_speculator import LocalSpeculator
 from verifier_svc.remote_drafts import RemoteDraftSpec
 from verifier_svc.service import VerifierService
 
@@ -163,6 +164,9 @@ class VerifierSettings:
     """The only proposers remote drafts may name; none: remote drafts are refused."""
     speculative_config: dict | None = None
     """A head to draft with beside the target, as LLM's speculative_config (verifier_svc.local_speculator)."""
+    build_speculator: Callable[..., LocalSpeculator] | None = None
+    """Builds it (splitspec.entrypoints.verifier_head.build_local_speculator, given by the command: the
+    drafters live in proposer_svc, which the verifier does not import)."""
 
 
 async def _not_serving_when_the_runner_fails(service: VerifierService, health, interval_s: float = 0.1) -> None:
@@ -187,7 +191,9 @@ def run_verifier(settings: VerifierSettings) -> None:
         runner = load_runner(path, settings.runner)
         speculator = None
         if settings.speculative_config is not None:
-            speculator = build_local_speculator(
+            if settings.build_speculator is None:
+                raise SplitspecError("--speculative-config: this verifier was started without a way to load heads")
+            speculator = settings.build_speculator(
                 settings.speculative_config,
                 path,
                 runner.vocab_size,

@@ -88,9 +88,14 @@ def _api_keys(args: argparse.Namespace) -> list[str]:
 def _serve_verifier(args: argparse.Namespace) -> int:
     _yield_idle_cores()
     resolve_device(args.device)
+    from splitspec.entrypoints.verifier_head import build_local_speculator
     from verifier_svc.server import VerifierSettings, run_verifier
 
-    built = {"server": _server_options(args), "client_tls": _client_tls(args)}
+    built = {
+        "server": _server_options(args),
+        "client_tls": _client_tls(args),
+        "build_speculator": build_local_speculator,
+    }
     run_verifier(settings_from(VerifierSettings, args, VERIFIER_FLAGS, built))
     return 0
 

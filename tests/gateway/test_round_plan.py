@@ -9,6 +9,7 @@ from dataclasses import fields
 
 import pytest
 
+from gateway_svc.round_modes import local_draft
 from gateway_svc.round_plan import RoundMode, RoundSettings, default_num_speculative_tokens, plan_request
 from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import HiddenStates
@@ -152,9 +153,9 @@ def test_a_speculator_beside_the_target_drafts_every_round_on_the_verifier_pipel
         assert (plan.hidden_states, plan.hidden_layers) == (HiddenStates.NONE, ())
         assert not (plan.draft_ahead or plan.direct_drafts or plan.affinity or plan.fixed_k)
         assert plan.num_speculative_tokens == min(20, traits.max_num_speculative_tokens)
-        local = plan.local_draft(4)
+        local = local_draft(plan, 4)
         assert (local.num_tokens, local.speculator) == (4, True)
     plan = plan_request(traits, RoundSettings(pipeline_steps=False), K, GREEDY, on_verifiers=True)
     assert plan.mode(True) == RoundMode.ONE_STEP
-    ngram = plan_request(NGRAM, RoundSettings(), K, GREEDY).local_draft(4)
+    ngram = local_draft(plan_request(NGRAM, RoundSettings(), K, GREEDY), 4)
     assert (ngram.speculator, ngram.prompt_lookup_min, ngram.prompt_lookup_max) == (False, 1, 4)

@@ -14,10 +14,10 @@ from e2e_requests import PROMPTS
 from splitspec import LLM, SamplingParams
 from splitspec.config import RunnerConfig
 from splitspec.drafts import Draft, HiddenStates
+from splitspec.entrypoints.verifier_head import build_local_speculator
 from splitspec.errors import ServiceError, SplitspecError
 from splitspec.models.loader import load_runner
 from verifier_svc.local_drafts import LocalDraftSpec
-from verifier_svc.local_speculator import build_local_speculator
 from verifier_svc.service import StepOutcome, VerifierService
 
 GREEDY = SamplingParams(temperature=0, max_tokens=None)
