@@ -31,19 +31,13 @@ SMOKE_CONTEXT, FULL_CONTEXT = 32, 1024
 
 
 def _target_config(smoke: bool):
-    from transformers import LlamaConfig
+    """gpu_kernels' Llama-3.1-8B shapes; the tiny one with 8 layers, enough for the head's three (2, 4, 5)."""
+    from gpu_kernels import _llama_config  # benchmarks/ is the script's directory: on sys.path
 
+    config = _llama_config(smoke)
     if smoke:
-        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
-                           num_key_value_heads=2, vocab_size=512, max_position_embeddings=256)  # fmt: skip
-    return LlamaConfig(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192},
-        tie_word_embeddings=False,
-    )  # fmt: skip
+        config.num_hidden_layers = 8
+    return config
 
 
 def _write_head(folder: Path, config, draft_vocab: int, dtype: torch.dtype, device: torch.device) -> tuple:

@@ -43,6 +43,18 @@ def plain_greedy(tiny_llama_8_layers) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in outputs]
 
 
+def _assert_the_target_s_own_output(address: str, target, plain_greedy: list[list[int]]) -> None:
+    """Greedy one at a time and four at once, and seeded, equal plain decoding; drafts pass often, not always."""
+    responses = [
+        generate(address, build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)) for p in PROMPTS
+    ]
+    assert [token_ids(r) for r in responses] == plain_greedy
+    assert_drafts_pass_often_but_not_always([r[-1].speculation for r in responses])
+    requests = [build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True) for p in PROMPTS]
+    assert generate_concurrently(address, requests) == plain_greedy
+    assert_seeded_samples_are_plain_decoding_s(address, target, [31, 32, 33, 34])
+
+
 @pytest.mark.parametrize("route", ["through the gateway", "direct drafts"])
 def test_eagle3_on_a_proposer_pod_is_the_target_s_own(tiny_llama_8_layers, head, plain_greedy, tmp_path, route):
     direct = ("--direct-drafts",) if route == "direct drafts" else ()
@@ -52,15 +64,7 @@ def test_eagle3_on_a_proposer_pod_is_the_target_s_own(tiny_llama_8_layers, head,
         with grpc.insecure_channel(stack.proposers[0].address) as channel:
             info = pb_grpc.ProposerStub(channel).GetInfo(pb.InfoRequest(), timeout=10)
         assert info.method == "eagle3" and info.needs_all_hidden_states and list(info.hidden_layers) == [2, 4, 5]
-        address = stack.gateway.address
-        responses = [
-            generate(address, build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)) for p in PROMPTS
-        ]
-        assert [token_ids(r) for r in responses] == plain_greedy
-        assert_drafts_pass_often_but_not_always([r[-1].speculation for r in responses])
-        requests = [build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True) for p in PROMPTS]
-        assert generate_concurrently(address, requests) == plain_greedy
-        assert_seeded_samples_are_plain_decoding_s(address, tiny_llama_8_layers, [31, 32, 33, 34])
+        _assert_the_target_s_own_output(stack.gateway.address, tiny_llama_8_layers, plain_greedy)
 
 
 def test_eagle3_beside_the_target_in_the_verifier_is_the_target_s_own(
@@ -84,15 +88,7 @@ def test_eagle3_beside_the_target_in_the_verifier_is_the_target_s_own(
             info = pb_grpc.VerifierStub(channel).GetInfo(pb.InfoRequest(), timeout=10)
         assert info.speculator.method == "eagle3" and list(info.speculator.hidden_layers) == [2, 4, 5]
         assert info.speculator.num_speculative_tokens == 3
-        address = stack.gateway.address
-        responses = [
-            generate(address, build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)) for p in PROMPTS
-        ]
-        assert [token_ids(r) for r in responses] == plain_greedy
-        assert_drafts_pass_often_but_not_always([r[-1].speculation for r in responses])
-        requests = [build_request(p, temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True) for p in PROMPTS]
-        assert generate_concurrently(address, requests) == plain_greedy
-        assert_seeded_samples_are_plain_decoding_s(address, tiny_llama_8_layers, [31, 32, 33, 34])
+        _assert_the_target_s_own_output(stack.gateway.address, tiny_llama_8_layers, plain_greedy)
         rounds = scrape(stack.gateway.metrics_port)["splitspec_verify_rounds"]
         assert value(rounds, "_total", drafter="verifier") > 0
         assert value(rounds, "_total", drafter="proposer") == 0
