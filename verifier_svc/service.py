@@ -409,7 +409,7 @@ class VerifierService:
             return
         room = self.runner.max_model_len
         wanted = [
-            (c.seq.seq_id, c.seq.tokens, c.seq.params, c.seq.seed, min(c.speculate, room - len(c.seq.tokens)))
+            (c.seq.seq_id, c.seq.tokens, c.seq.params, c.seq.seed, max(0, min(c.speculate, room - len(c.seq.tokens))))
             for c in asking
         ]
         try:
