@@ -12,7 +12,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from splitspec.adaptive_k import PassCostModel
+from splitspec.adaptive_k import Ewma, PassCostModel
 from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.rpc import wire
@@ -27,17 +27,6 @@ from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
 VERIFIER_SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 PROPOSER_SERVICE = pb.DESCRIPTOR.services_by_name["Proposer"].full_name
-
-
-class Ewma:
-    """An exponentially weighted moving average; None until the first sample."""
-
-    def __init__(self, weight: float = 0.2) -> None:
-        self.weight = weight
-        self.value: float | None = None
-
-    def add(self, sample: float) -> None:
-        self.value = sample if self.value is None else self.value + self.weight * (sample - self.value)
 
 
 class VerifierBackend:

@@ -21,8 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gateway_svc.backends import Ewma
-from splitspec.adaptive_k import AcceptanceEstimate
+from splitspec.adaptive_k import AcceptanceEstimate, Ewma
 
 MAX_PROBE_EVERY = 1024
 

@@ -17,7 +17,7 @@ when a slow proposer costs more than its drafts win.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from splitspec.devices import synchronize
 from splitspec.models.runner import ForwardInput, ModelRunner
@@ -111,6 +111,64 @@ class AcceptanceEstimate:
             self.drafted += min(drafted, accepted + 1)
 
 
+@dataclass
+class PositionalAcceptance:
+    """A sequence's acceptance by draft position: a_j, the chance its (j + 1)-th draft is accepted when
+    the ones before it were. Each position's record is shrunk toward the sequence's pooled rate
+    (AcceptanceEstimate, with its prior) by `strength` pseudo-rounds, so that a position seldom
+    reached borrows from the others; both forget at the pooled estimate's pace. N-gram drafts, which
+    keep copying once they copy, are accepted more often deep in a draft than at its start; a single
+    rate would cut them short.
+    """
+
+    pooled: AcceptanceEstimate = field(default_factory=AcceptanceEstimate)
+    accepted: list[float] = field(default_factory=list)
+    tested: list[float] = field(default_factory=list)
+    strength: float = 2.0
+
+    @property
+    def rate(self) -> float:
+        return self.pooled.rate
+
+    def update(self, drafted: int, accepted: int) -> None:
+        decay = self.pooled.decay if drafted else self.pooled.idle_decay
+        self.pooled.update(drafted, accepted)
+        tested = min(drafted, accepted + 1)  # a rejection ends the round: later positions were never tested
+        grow = tested - len(self.tested)
+        if grow > 0:
+            self.tested.extend([0.0] * grow)
+            self.accepted.extend([0.0] * grow)
+        for j in range(len(self.tested)):
+            self.tested[j] = self.tested[j] * decay + (j < tested)
+            self.accepted[j] = self.accepted[j] * decay + (j < accepted)
+
+    def conditional(self, position: int) -> float:
+        """a_position, shrunk toward the pooled rate."""
+        pooled = self.pooled.rate
+        if position >= len(self.tested):
+            return pooled
+        return (self.accepted[position] + self.strength * pooled) / (self.tested[position] + self.strength)
+
+    def chain(self, limit: int) -> list[float]:
+        """The chance that the first 1, 2, ..., limit drafts are all accepted (choose_drafts' chains)."""
+        out, p = [], 1.0
+        for j in range(limit):
+            p *= self.conditional(j)
+            out.append(p)
+        return out
+
+
+class Ewma:
+    """An exponentially weighted moving average; None until the first sample."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self.value: float | None = None
+
+    def add(self, sample: float) -> None:
+        self.value = sample if self.value is None else self.value + self.weight * (sample - self.value)
+
+
 @dataclass(frozen=True)
 class RoundTrip:
     """Seconds a round spends outside the verify pass, as the gateway measures them."""
@@ -139,33 +197,57 @@ def choose_num_drafts(
     base_tokens: float = 0.0,
     round_trip: RoundTrip = RoundTrip(),
 ) -> list[int]:
+    """choose_drafts for sequences whose every draft position is accepted at one rate: rates are
+    acceptance estimates, limits the most drafts each sequence may take."""
+    return choose_drafts(
+        [geometric_chain(r, n) for r, n in zip(rates, limits)], base_rows, cost, base_tokens, round_trip
+    )
+
+
+def geometric_chain(rate: float, limit: int) -> list[float]:
+    """The chance that the first 1, 2, ..., limit drafts are all accepted, at `rate` per position."""
+    return [rate ** (j + 1) for j in range(limit)]
+
+
+def choose_drafts(
+    chains: list[list[float]],
+    base_rows: int,
+    cost: PassCostModel,
+    base_tokens: float = 0.0,
+    round_trip: RoundTrip = RoundTrip(),
+    priced: list[bool] | None = None,
+) -> list[int]:
     """Drafts per sequence maximizing expected tokens per second of one pass.
 
-    rates: acceptance estimates; limits: most drafts each sequence may take; base_rows: tokens the
-    pass carries anyway (one per sequence plus any prefill, plus whatever other sequences whose
-    drafts are already decided bring); base_tokens: the tokens those other sequences are expected to
-    yield. Each step gives some sequence j more drafts at once (the first draft may cost more than
-    later ones), choosing the best such move. round_trip: what a round costs besides the pass, with the
-    drafting it waits for set by the longest draft.
+    chains[i][j]: the chance that sequence i's first j + 1 drafts are all accepted, i.e. the expected
+    extra tokens its (j + 1)-th draft brings (non-increasing in j); len(chains[i]) is the most drafts it
+    may take. base_rows: tokens the pass carries anyway (one per sequence plus any prefill, plus whatever
+    other sequences whose drafts are already decided bring); base_tokens: the tokens those other
+    sequences are expected to yield. Each step gives some sequence more drafts at once (the first draft
+    may cost more than later ones), choosing the best such move. round_trip: what a round costs besides
+    the pass, with the drafting it waits for set by the longest draft among the `priced` sequences
+    (default: all), those whose drafts are made for this pass.
     """
-    k = [0] * len(rates)
-    gains = list(rates)  # expected extra tokens from each sequence's next draft: rate^(k+1)
-    expected = float(len(rates)) + base_tokens
+    priced = priced if priced is not None else [True] * len(chains)
+    k = [0] * len(chains)
+    expected = float(len(chains)) + base_tokens
     rows = base_rows
+
     while True:
-        best_rate = expected / (cost.cost(rows) + round_trip.seconds(max(k, default=0)))
+        drafting = max((n for n, p in zip(k, priced) if p), default=0)  # drafts only grow: the longest so far
+        best_rate = expected / (cost.cost(rows) + round_trip.seconds(drafting))
         best_move = None
-        for i in range(len(k)):
-            e, g = expected, gains[i]
-            for j in range(1, limits[i] - k[i] + 1):
-                e += g
-                g *= rates[i]
-                rate = e / (cost.cost(rows + j) + round_trip.seconds(max(max(k), k[i] + j)))
+        for i, chain in enumerate(chains):
+            e = expected
+            for j in range(1, len(chain) - k[i] + 1):
+                e += chain[k[i] + j - 1]
+                longest = max(drafting, k[i] + j) if priced[i] else drafting
+                rate = e / (cost.cost(rows + j) + round_trip.seconds(longest))
                 if rate > best_rate * (1 + 1e-9):
-                    best_rate, best_move = rate, (i, j, e, g)
+                    best_rate, best_move = rate, (i, j, e)
         if best_move is None:
             return k
-        i, j, expected, gains[i] = best_move
+        i, j, expected = best_move
         k[i] += j
         rows += j
 

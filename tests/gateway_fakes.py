@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from gateway_svc.backends import Ewma
+from splitspec.adaptive_k import Ewma
 from splitspec.drafts import Draft
 from splitspec.rpc import wire
 from splitspec_protos import splitspec_v1_pb2 as pb

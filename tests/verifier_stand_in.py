@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway_svc.backends import Ewma
+from splitspec.adaptive_k import Ewma
 from splitspec_protos import splitspec_v1_pb2 as pb
 
 

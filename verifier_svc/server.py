@@ -158,6 +158,8 @@ class VerifierSettings:
     batch_window_ms: float = 2.0
     max_drafts_per_step: int = MAX_DRAFTS_PER_STEP
     draft_ahead_rejections: int = DEFAULT_AHEAD_REJECTIONS
+    draft_cuts: bool = True
+    """Each pass verifies only the drafts that pay for the batch (verifier_svc.draft_cuts)."""
     client_tls: ClientTls | None = None
     """How it calls proposers for remote drafts: over TLS when set, else plaintext."""
     proposers: tuple[Target, ...] = ()
@@ -226,6 +228,7 @@ def run_verifier(settings: VerifierSettings) -> None:
             tracing=tracing,
             max_drafts_per_step=settings.max_drafts_per_step,
             draft_ahead_rejections=settings.draft_ahead_rejections,
+            draft_cuts=settings.draft_cuts,
             proposers=settings.proposers,
             speculator=speculator,
             proposer_channels=Channels(

@@ -32,6 +32,7 @@ from splitspec.rpc.time_limits import Expiries, check_time_limit
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
 from splitspec.tracing import Tracing, context_of
+from verifier_svc.draft_cuts import DraftCuts, PlannedStep, may_cut
 from verifier_svc.draft_validation import check_draft, check_seq_id
 from verifier_svc.local_drafts import LocalDrafter, LocalDraftSpec
 from verifier_svc.local_speculator import LocalSpeculator
@@ -101,6 +102,18 @@ class VerifierMetrics:
         self.batch_sequences = meter.create_histogram(
             "splitspec_verify_batch_sequences", unit="1", description="Sequences in one pass"
         )
+        self.draft_tokens = meter.create_counter(
+            "splitspec_verifier_draft_tokens",
+            description="Draft tokens by stage: offered (sent, or asked of the verifier's drafters), verified "
+            "(left after the batch's cuts), accepted",
+        )
+        self.draft_cuts = meter.create_counter(
+            "splitspec_verifier_draft_cuts",
+            description="Steps whose drafts a pass verified only in part, or not at all",
+        )
+        for stage in ("offered", "verified", "accepted"):
+            self.draft_tokens.add(0, {"stage": stage})
+        self.draft_cuts.add(0)
         meter.create_observable_counter(
             "splitspec_draft_ahead",
             [lambda _: [Observation(n, {"outcome": outcome}) for outcome, n in service.remote.ahead_outcomes.items()]],
@@ -122,6 +135,7 @@ class VerifierService:
         draft_ahead_rejections: int = DEFAULT_AHEAD_REJECTIONS,
         proposers: tuple[Target, ...] = (),
         speculator: LocalSpeculator | None = None,
+        draft_cuts: bool = True,
     ) -> None:
         """max_drafts_per_step: the most drafts a step may carry or ask the verifier to make.
         proposer_channels: how to reach proposers for remote drafts (default: plaintext).
@@ -129,7 +143,8 @@ class VerifierService:
         this many drafts, besides every draft accepted (verifier_svc.remote_drafts).
         proposers: the only proposers remote drafts may name (verifier_svc.proposer_allowlist); none: remote
         drafts are refused. speculator: drafts beside the target for steps that ask it
-        (verifier_svc.local_speculator)."""
+        (verifier_svc.local_speculator). draft_cuts: each pass verifies only the drafts that pay for the
+        batch, given the measured pass costs (verifier_svc.draft_cuts)."""
         self.max_drafts_per_step = max_drafts_per_step
         self.runner = runner
         self.failure: str | None = None  # why a pass failed: the verifier serves no more
@@ -147,6 +162,7 @@ class VerifierService:
         self.metrics = VerifierMetrics(meter or no_meter(), self)
         self.local_drafter = LocalDrafter()
         self.speculator = speculator
+        self.cuts = DraftCuts() if draft_cuts else None
         self.expiries = Expiries(self._expire)
         self._releases: set[asyncio.Task] = set()
 
@@ -319,6 +335,8 @@ class VerifierService:
         self.expiries.cancel(seq_id)
         seq = self.sequences.pop(seq_id, None)
         self.local_drafter.release(seq_id)
+        if self.cuts is not None:
+            self.cuts.release(seq_id)
         if seq is not None and seq.speculates:
             await self.batcher.run_exclusive(self.speculator.release, seq_id)
         if seq is not None:
@@ -342,6 +360,8 @@ class VerifierService:
                 outcomes[i] = problem
             else:
                 ready.append(i)
+        self._start_speculating([calls[i] for i in ready])
+        self._cut([calls[i] for i in ready])
         self._speculate([calls[i] for i in ready])
         steps = [(calls[i].seq, calls[i].draft) for i in ready]
         self._evict_idle_until_fits(steps, {calls[i].seq.seq_id for i in ready})
@@ -392,19 +412,50 @@ class VerifierService:
                 if seq.speculates:  # the head's, kept here
                     self.speculator.received(seq.seq_id, hidden)
                     hidden = None
-                outcomes[i] = StepOutcome(
-                    base, result.num_accepted, result.token_ids, hidden, len(calls[i].draft.token_ids)
-                )
+                verified = len(calls[i].draft.token_ids)
+                outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids, hidden, verified)
+                if self.cuts is not None:
+                    self.cuts.record(seq.seq_id, verified, result.num_accepted)
+                self.metrics.draft_tokens.add(verified, {"stage": "verified"})
+                self.metrics.draft_tokens.add(result.num_accepted, {"stage": "accepted"})
         return outcomes
 
-    def _speculate(self, calls: list[_StepCall]) -> None:
-        """Draft the steps that ask the speculator, in one call of it. A sequence's first such step
-        re-prefills it: its earlier passes kept no states for the head."""
-        asking = [c for c in calls if c.speculate and self.speculator is not None]
-        for call in asking:
-            if not call.seq.speculates:
+    def _start_speculating(self, calls: list[_StepCall]) -> None:
+        """A sequence's first step asking the speculator re-prefills it: its earlier passes kept no
+        states for the head."""
+        for call in calls:
+            if call.speculate and self.speculator is not None and not call.seq.speculates:
                 call.seq.speculates = True
                 self.verifier.free(call.seq.seq_id)
+
+    def _cut(self, calls: list[_StepCall]) -> None:
+        """Shorten each step's drafts (or the drafts it asks the speculator for) to what pays for the
+        whole pass (verifier_svc.draft_cuts)."""
+        planned = [
+            PlannedStep(
+                c.seq.seq_id,
+                len(c.seq.tokens) - self.runner.cached_length(c.seq.seq_id),
+                c.speculate or len(c.draft.token_ids),
+                c.seq.params.greedy if c.speculate else may_cut(c.seq.params, c.draft),
+                drafted_here=bool(c.speculate),
+            )
+            for c in calls
+        ]
+        self.metrics.draft_tokens.add(sum(p.offered for p in planned), {"stage": "offered"})
+        if self.cuts is None:
+            return
+        for call, step, k in zip(calls, planned, self.cuts.plan(planned, self.cost_model)):
+            if k == step.offered:
+                continue
+            self.metrics.draft_cuts.add(1)
+            if call.speculate:
+                call.speculate = k
+            else:
+                call.draft = Draft(call.draft.token_ids[:k], call.draft.q[:k])
+
+    def _speculate(self, calls: list[_StepCall]) -> None:
+        """Draft the steps that ask the speculator, in one call of it."""
+        asking = [c for c in calls if c.speculate and self.speculator is not None]
         if not asking:
             return
         room = self.runner.max_model_len
@@ -412,12 +463,16 @@ class VerifierService:
             (c.seq.seq_id, c.seq.tokens, c.seq.params, c.seq.seed, max(0, min(c.speculate, room - len(c.seq.tokens))))
             for c in asking
         ]
+        started = time.perf_counter()
         try:
             drafts = self.speculator.draft(wanted)
         except Exception:  # drafts are only proposals: a failing head costs speed, never a token
             print("splitspec verifier: the speculator failed to draft; verifying without drafts", file=sys.stderr)
             traceback.print_exc()
             return
+        longest = max(n for *_, n in wanted)
+        if self.cuts is not None and longest:
+            self.cuts.head_draft_s.add((time.perf_counter() - started) / longest)
         for call, draft in zip(asking, drafts):
             call.draft = draft
 

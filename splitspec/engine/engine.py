@@ -9,11 +9,12 @@ the last; rejected drafts are rolled back by truncating to that length.
 from __future__ import annotations
 
 import random
+import time
 
 import torch
 
 from proposer_svc.proposer import Proposer
-from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, choose_num_drafts
+from splitspec.adaptive_k import Ewma, PassCostModel, PositionalAcceptance, RoundTrip, choose_drafts
 from splitspec.config import SchedulerConfig
 from splitspec.draft_limits import keeps_fixed_k, max_drafts
 from splitspec.drafts import Draft, DraftRequest
@@ -48,7 +49,8 @@ class Engine:
         self.scheduler = Scheduler(config, self.runner, self.num_speculative_tokens)
         self.cost_model = cost_model
         self._rng = random.Random(seed)
-        self._acceptance: dict[str, AcceptanceEstimate] = {}
+        self._acceptance: dict[str, PositionalAcceptance] = {}
+        self._draft_token_s = Ewma()  # the proposer's seconds per round, per draft of the longest draft
         self._hidden: dict[str, torch.Tensor] = {}  # the target's states not yet handed to the proposer
 
     @property
@@ -95,7 +97,7 @@ class Engine:
         for (seq, draft), result in zip(steps, results):
             seq.stats.record_round(len(draft.token_ids), result.num_accepted)
             if self.cost_model is not None:
-                self._acceptance.setdefault(seq.seq_id, AcceptanceEstimate()).update(
+                self._acceptance.setdefault(seq.seq_id, PositionalAcceptance()).update(
                     len(draft.token_ids), result.num_accepted
                 )
             self.stop_checker.commit(seq, result.token_ids)
@@ -111,7 +113,9 @@ class Engine:
         return finished
 
     def _draft_budget(self, running: list[Sequence]) -> list[int]:
-        """Drafts per running sequence: adaptive where that cannot change a seeded sample."""
+        """Drafts per running sequence: adaptive where that cannot change a seeded sample, chosen for
+        the whole pass (adaptive_k.choose_drafts) from each sequence's acceptance by position, the pass
+        costs, and the time the proposer, sharing this process, takes to draft."""
         limits = [max_drafts(seq, self.num_speculative_tokens, self.runner.max_model_len) for seq in running]
         if self.cost_model is None:
             return limits
@@ -119,8 +123,9 @@ class Engine:
         adaptive = [i for i, f in enumerate(fixed) if not f]
         base_rows = sum(len(seq.tokens) - self.runner.cached_length(seq.seq_id) for seq in running)
         base_rows += sum(limit for limit, f in zip(limits, fixed) if f)
-        rates = [self._acceptance.get(running[i].seq_id, AcceptanceEstimate()).rate for i in adaptive]
-        chosen = choose_num_drafts(rates, [limits[i] for i in adaptive], base_rows, self.cost_model)
+        chains = [self._acceptance.get(running[i].seq_id, PositionalAcceptance()).chain(limits[i]) for i in adaptive]
+        drafting = RoundTrip(draft_token_s=self._draft_token_s.value or 0.0)
+        chosen = choose_drafts(chains, base_rows, self.cost_model, round_trip=drafting)
         for i, k in zip(adaptive, chosen):
             limits[i] = k
         return limits
@@ -141,7 +146,11 @@ class Engine:
             )
             for seq, budget in zip(running, self._draft_budget(running))
         ]
+        started = time.perf_counter()
         drafts = self.proposer.propose(requests)
+        longest = max((r.num_tokens for r in requests), default=0)
+        if longest:
+            self._draft_token_s.add((time.perf_counter() - started) / longest)
         return [Draft(d.token_ids[: r.num_tokens], d.q[: r.num_tokens]) for d, r in zip(drafts, requests)]
 
     def _release(self, seq: Sequence) -> None:

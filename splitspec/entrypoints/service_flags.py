@@ -185,6 +185,14 @@ VERIFIER_FLAGS = (
     ),
     Flag("--batch-window-ms", type=float, default=2.0, env="BATCH_WINDOW_MS"),
     _max_drafts_flag("the most drafts one step may carry, or ask the verifier to make"),
+    Flag(
+        "--no-draft-cuts",
+        action="store_true",
+        negate=True,
+        fills=("draft_cuts",),
+        help="verify every draft a step carries; by default each pass verifies of each step's drafts only "
+        "those that raise the whole batch's expected tokens per second (verifier_svc/draft_cuts.py)",
+    ),
     DRAFT_AHEAD_REJECTIONS_FLAG,
     Flag(
         "--speculative-config",

@@ -20,13 +20,12 @@ from metrics_scrape import scrape, value
 from service_stack import free_port, running_stack
 from verifier_stand_in import VerifierStandIn
 
-from gateway_svc.backends import Ewma
 from gateway_svc.drafter_choice import DrafterChoice
 from gateway_svc.drafter_pool import DrafterPool
 from gateway_svc.generation import GatewayCore
 from gateway_svc.round_plan import RoundSettings
 from splitspec import LLM
-from splitspec.adaptive_k import PassCostModel
+from splitspec.adaptive_k import Ewma, PassCostModel
 from splitspec.drafter_traits import DrafterTraits
 from splitspec.sampling_params import SamplingParams
 from splitspec_protos import splitspec_v1_pb2 as pb

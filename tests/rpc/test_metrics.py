@@ -46,6 +46,8 @@ EXPECTED = {
         "splitspec_verify_pass_seconds": "histogram",
         "splitspec_verify_batch_tokens": "histogram",
         "splitspec_verify_batch_sequences": "histogram",
+        "splitspec_verifier_draft_tokens": "counter",
+        "splitspec_verifier_draft_cuts": "counter",
     },
     "proposer": {
         "splitspec_proposer_sequences": "gauge",
@@ -118,6 +120,10 @@ def test_every_service_serves_its_metrics_and_the_gateway_s_add_up_to_the_reques
     assert value(verifier["splitspec_verify_batch_sequences"], "_sum") >= rounds
     assert value(verifier["splitspec_verify_batch_tokens"], "_sum") >= draft_tokens + rounds
     assert value(verifier["splitspec_verify_pass_seconds"], "_count") > 0
+    stages = {s: value(verifier["splitspec_verifier_draft_tokens"], "_total", stage=s) for s in ("offered", "verified")}
+    assert stages["verified"] == draft_tokens <= stages["offered"]
+    assert value(verifier["splitspec_verifier_draft_tokens"], "_total", stage="accepted") == accepted
+    assert (value(verifier["splitspec_verifier_draft_cuts"], "_total") > 0) == (stages["verified"] < stages["offered"])
     assert 0 <= value(verifier["splitspec_kv_cache_usage_perc"]) < 1
     proposer = families["proposer"]
     assert value(proposer["splitspec_draft_batch_sequences"], "_sum") >= drafts
