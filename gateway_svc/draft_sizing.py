@@ -9,7 +9,7 @@ from dataclasses import replace
 from gateway_svc.backends import ProposerBackend, VerifierBackend
 from gateway_svc.request_state import Request
 from gateway_svc.round_plan import RoundMode
-from splitspec.adaptive_k import RoundTrip, best_tokens_per_second, choose_num_drafts
+from splitspec.adaptive_k import RoundTrip, best_tokens_per_second, choose_drafts
 from splitspec.draft_limits import max_drafts
 
 
@@ -25,7 +25,8 @@ def num_drafts(req: Request, verifier: VerifierBackend, proposer: ProposerBacken
     rows, tokens = verifier.others_in_pass(seq.seq_id)
     rate = req.acceptance.rate
     trip = round_trip(req, verifier, req.local, proposer, rate)
-    return choose_num_drafts([rate], [k], rows + 1, verifier.cost_model, base_tokens=tokens, round_trip=trip)[0]
+    chain = req.acceptance.chain(k)  # by position: n-gram drafts are kept more often deep in a draft
+    return choose_drafts([chain], rows + 1, verifier.cost_model, base_tokens=tokens, round_trip=trip)[0]
 
 
 def round_trip(

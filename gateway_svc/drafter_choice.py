@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from splitspec.adaptive_k import AcceptanceEstimate, Ewma
+from splitspec.adaptive_k import AcceptanceEstimate, Ewma, PositionalAcceptance
 
 MAX_PROBE_EVERY = 1024
 
@@ -42,9 +42,9 @@ class _Realized:
 
 @dataclass
 class DrafterChoice:
-    local: AcceptanceEstimate = field(default_factory=AcceptanceEstimate)
-    """Acceptance of the verifier's n-gram drafts, in the rounds where it found a match."""
-    remote: AcceptanceEstimate = field(default_factory=AcceptanceEstimate)
+    local: PositionalAcceptance = field(default_factory=PositionalAcceptance)
+    """Acceptance of the verifier's n-gram drafts by position, in the rounds where it found a match."""
+    remote: PositionalAcceptance = field(default_factory=PositionalAcceptance)
     matches: AcceptanceEstimate = field(default_factory=AcceptanceEstimate)
     """The share of rounds asked for n-gram drafts in which the verifier drafted any."""
     uses_local: bool = True
@@ -57,7 +57,7 @@ class DrafterChoice:
     """By drafter (True: the verifier's n-grams)."""
 
     @property
-    def acceptance(self) -> AcceptanceEstimate:
+    def acceptance(self) -> PositionalAcceptance:
         """The estimate of the drafter in use, which sizes its drafts."""
         return self.local if self.uses_local else self.remote
 

@@ -16,7 +16,7 @@ from gateway_svc.backends import ProposerBackend, VerifierBackend
 from gateway_svc.draft_ahead import AheadDraft
 from gateway_svc.drafter_choice import DrafterChoice
 from gateway_svc.round_plan import RequestPlan, RoundMode
-from splitspec.adaptive_k import AcceptanceEstimate
+from splitspec.adaptive_k import PositionalAcceptance
 from splitspec.outputs import SpeculationStats
 from splitspec.rpc.proposer_client import ProposerFeed
 from splitspec.sequence import Sequence
@@ -118,7 +118,7 @@ class Request:
         return self.plan.mode(self.local)
 
     @property
-    def acceptance(self) -> AcceptanceEstimate:
+    def acceptance(self) -> PositionalAcceptance:
         return self.drafters.acceptance
 
     @property
@@ -129,7 +129,7 @@ class Request:
 
 def plan_step(verifier: VerifierBackend, req: Request, k: int) -> None:
     """Tell the verifier's plan what the step brings to its pass: k drafts and the token after them."""
-    verifier.plan_step(req.seq.seq_id, k + 1, sum(req.acceptance.rate**i for i in range(k + 1)))
+    verifier.plan_step(req.seq.seq_id, k + 1, 1 + sum(req.acceptance.chain(k)))
 
 
 def retrieve(task: asyncio.Task) -> None:
