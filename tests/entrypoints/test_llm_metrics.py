@@ -13,8 +13,9 @@ PROMPTS = [[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6], [17, 3, 17, 3, 17, 3], list(ran
 
 
 def test_get_metrics_counts_what_the_requests_report(tiny_llama):
-    # the target drafting for itself: every round accepts drafts, at every position
-    spec = {"method": "draft_model", "model": str(tiny_llama), "num_speculative_tokens": 3}
+    # the target drafting for itself: every round accepts drafts, at every position (K fixed: drafts that
+    # cost a target pass each would not pay, and adaptive K would rightly stop making them)
+    spec = {"method": "draft_model", "model": str(tiny_llama), "num_speculative_tokens": 3, "adaptive": False}
     llm = LLM(str(tiny_llama), speculative_config=spec)
     params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
     outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
