@@ -145,13 +145,16 @@ class VerifierBackend:
         pipelined: bool = False,
         assumed: list[int] | None = None,
         remote: pb.RemoteDraft | None = None,
+        every_draft: bool = False,
     ) -> pb.StepResult:
         """local: VerifyStep.local_draft, for the verifier to draft itself (its n-grams or its
         speculator) instead of `draft`. pipelined, assumed: VerifyStep.pipelined and assumed_token_ids.
-        remote: VerifyStep.remote_draft, for the verifier to ask the proposer itself."""
+        remote: VerifyStep.remote_draft, for the verifier to ask the proposer itself. every_draft:
+        VerifyStep.every_draft, no cut."""
         request = pb.VerifierRequest(seq_id=seq_id)
         request.step.committed_len = committed_len
         request.step.pipelined = pipelined
+        request.step.every_draft = every_draft
         request.step.assumed_token_ids.extend(assumed or ())
         request.step.drafts.extend(wire.draft_to_proto(draft))
         if local is not None:

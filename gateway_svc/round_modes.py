@@ -103,7 +103,9 @@ class PipelinedRounds(Rounds):
             else:
                 k = 0
             plan_step(verifier, req, k)
-            step = verifier.step(seq.seq_id, len(seq.tokens), Draft(), local, pipelined=True, remote=remote)
+            step = verifier.step(
+                seq.seq_id, len(seq.tokens), Draft(), local, pipelined=True, remote=remote, every_draft=plan.every_draft
+            )
             self.pipe.steps.append(Sent(asyncio.create_task(step), False, k, slot.backend if remote else None))
 
 
@@ -151,7 +153,15 @@ class AheadRounds(Rounds):
     def _send(self, verifier: VerifierBackend, assumed: list[int], draft: Draft, made_ahead: bool) -> None:
         seq = self.req.seq
         plan_step(verifier, self.req, len(draft.token_ids))
-        step = verifier.step(seq.seq_id, len(seq.tokens), draft, None, pipelined=True, assumed=assumed)
+        step = verifier.step(
+            seq.seq_id,
+            len(seq.tokens),
+            draft,
+            None,
+            pipelined=True,
+            assumed=assumed,
+            every_draft=self.req.plan.every_draft,
+        )
         self.pipe.steps.append(Sent(asyncio.create_task(step), made_ahead, len(draft.token_ids)))
         self.pipe.prediction.sent(assumed, draft)
 
@@ -210,7 +220,7 @@ class OneStepRounds(Rounds):
         self.pre_drafted = None
         if k > 0 and local is None and not plan.direct_drafts and core.drafts.drafts_ahead(req):
             self.ahead_task = asyncio.create_task(core.drafts.draft_ahead(req, draft.token_ids, k))
-        step = verifier.step(seq.seq_id, len(seq.tokens), draft, local, remote=remote)
+        step = verifier.step(seq.seq_id, len(seq.tokens), draft, local, remote=remote, every_draft=req.plan.every_draft)
         return Sent(step, False, k, remote_drafter)
 
     async def heard(self, sent: Sent) -> None:

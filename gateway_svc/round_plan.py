@@ -66,6 +66,8 @@ class RequestPlan:
     fixed_k: bool
     """K stays as asked: the drafts decide a seeded request's samples (splitspec.draft_limits)."""
     adaptive: bool
+    every_draft: bool
+    """The verifier verifies every draft it is sent (VerifyStep.every_draft): the gateway's K is fixed."""
     local_ngram: tuple[int, int] | None
     """(min, max): the verifier may draft its rounds by n-gram lookup."""
     local_speculator: bool
@@ -139,6 +141,7 @@ def plan_request(
         hidden_layers=traits.hidden_layers if traits is not None and not local_only else (),
         fixed_k=fixed_k,
         adaptive=adaptive,
+        every_draft=not settings.adaptive,
         local_ngram=local_ngram,
         local_speculator=False,
         starts_local=local_ngram is not None and (measured or not measures),
@@ -162,6 +165,7 @@ def _speculator_on_verifiers(
         hidden_layers=(),
         fixed_k=keeps_fixed_k(traits.samples_drafts, params),
         adaptive=settings.adaptive and not traits.sizes_own_drafts,
+        every_draft=not settings.adaptive,
         local_ngram=None,
         local_speculator=True,
         starts_local=True,

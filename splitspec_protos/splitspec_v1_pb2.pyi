@@ -188,20 +188,22 @@ class StartSequence(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., return_hidden_states: _Optional[bool] = ..., return_all_hidden_states: _Optional[bool] = ..., time_limit_s: _Optional[float] = ..., hidden_layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VerifyStep(_message.Message):
-    __slots__ = ("committed_len", "drafts", "local_draft", "pipelined", "assumed_token_ids", "remote_draft")
+    __slots__ = ("committed_len", "drafts", "local_draft", "pipelined", "assumed_token_ids", "remote_draft", "every_draft")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     DRAFTS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_DRAFT_FIELD_NUMBER: _ClassVar[int]
     PIPELINED_FIELD_NUMBER: _ClassVar[int]
     ASSUMED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     REMOTE_DRAFT_FIELD_NUMBER: _ClassVar[int]
+    EVERY_DRAFT_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     drafts: _containers.RepeatedCompositeFieldContainer[DraftToken]
     local_draft: LocalDraft
     pipelined: bool
     assumed_token_ids: _containers.RepeatedScalarFieldContainer[int]
     remote_draft: RemoteDraft
-    def __init__(self, committed_len: _Optional[int] = ..., drafts: _Optional[_Iterable[_Union[DraftToken, _Mapping]]] = ..., local_draft: _Optional[_Union[LocalDraft, _Mapping]] = ..., pipelined: _Optional[bool] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ..., remote_draft: _Optional[_Union[RemoteDraft, _Mapping]] = ...) -> None: ...
+    every_draft: bool
+    def __init__(self, committed_len: _Optional[int] = ..., drafts: _Optional[_Iterable[_Union[DraftToken, _Mapping]]] = ..., local_draft: _Optional[_Union[LocalDraft, _Mapping]] = ..., pipelined: _Optional[bool] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ..., remote_draft: _Optional[_Union[RemoteDraft, _Mapping]] = ..., every_draft: _Optional[bool] = ...) -> None: ...
 
 class RemoteDraft(_message.Message):
     __slots__ = ("num_tokens", "proposer", "server_name", "num_prompt_tokens", "timeout_s", "skip_rejection_drafts")

@@ -113,6 +113,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     step.pipelined,
                     list(step.assumed_token_ids),
                     remote_spec,
+                    step.every_draft,
                 )
                 response.result.committed_len = outcome.committed_len
                 response.result.num_accepted = outcome.num_accepted

@@ -61,6 +61,7 @@ class _StepCall:
     committed_len: int
     draft: Draft
     speculate: int = 0  # drafts to ask the verifier's speculator for, right before the pass
+    every_draft: bool = False  # verified whole: the sender's K is fixed (VerifyStep.every_draft)
 
 
 @dataclass
@@ -230,12 +231,14 @@ class VerifierService:
         pipelined: bool = False,
         assumed: list[int] | None = None,
         remote: RemoteDraftSpec | None = None,
+        every_draft: bool = False,
     ) -> StepOutcome:
         """local: draft here instead (verifier_svc.local_drafts); `draft` must then be empty.
         pipelined: build on whatever the sequence's earlier steps commit, with `draft` verified only
         when they commit exactly `assumed` (VerifyStep.pipelined).
         remote: have the sequence's proposer draft, right before the step runs (verifier_svc.remote_drafts);
-        `draft` must then be empty and `local` None."""
+        `draft` must then be empty and `local` None. every_draft: verify all of its drafts, never a
+        prefix (verifier_svc.draft_cuts)."""
         if self.failure is not None:  # a lost runner needs no check here: its pass raises RunnerLost
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, MODEL_FAILED)
         seq = self.sequences.get(seq_id)
@@ -288,7 +291,7 @@ class VerifierService:
                     draft = fetched.draft
             if fetched is not None and not fetched.failed:  # asked now, made while the pass runs
                 self.remote.draft_ahead(seq_id, seq.tokens, draft.token_ids, seq.params, seq.seed, remote)
-            outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft, speculate))
+            outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft, speculate, every_draft))
             if remote is not None:
                 self.remote.received(seq_id, outcome.hidden_state)
             if fetched is not None:
@@ -436,7 +439,7 @@ class VerifierService:
                 c.seq.seq_id,
                 len(c.seq.tokens) - self.runner.cached_length(c.seq.seq_id),
                 c.speculate or len(c.draft.token_ids),
-                c.seq.params.greedy if c.speculate else may_cut(c.seq.params, c.draft),
+                not c.every_draft and (c.seq.params.greedy if c.speculate else may_cut(c.seq.params, c.draft)),
                 drafted_here=bool(c.speculate),
             )
             for c in calls

@@ -121,8 +121,11 @@ def test_every_service_serves_its_metrics_and_the_gateway_s_add_up_to_the_reques
     assert value(verifier["splitspec_verify_batch_tokens"], "_sum") >= draft_tokens + rounds
     assert value(verifier["splitspec_verify_pass_seconds"], "_count") > 0
     stages = {s: value(verifier["splitspec_verifier_draft_tokens"], "_total", stage=s) for s in ("offered", "verified")}
-    assert stages["verified"] == draft_tokens <= stages["offered"]
-    assert value(verifier["splitspec_verifier_draft_tokens"], "_total", stage="accepted") == accepted
+    # the verifier also counts pipelined steps verified after their request's last token, which no result reports
+    assert draft_tokens <= stages["verified"] <= stages["offered"]
+    assert (
+        accepted <= value(verifier["splitspec_verifier_draft_tokens"], "_total", stage="accepted") <= stages["verified"]
+    )
     assert (value(verifier["splitspec_verifier_draft_cuts"], "_total") > 0) == (stages["verified"] < stages["offered"])
     assert 0 <= value(verifier["splitspec_kv_cache_usage_perc"]) < 1
     proposer = families["proposer"]

@@ -97,12 +97,14 @@ def _plain(tiny_llama, prompt: list[int], n: int) -> list[int]:
     return llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0].token_ids
 
 
-async def _decode_with(service: VerifierService, seq_id: str, drafts_of, steps: int) -> tuple[list[int], list[int]]:
+async def _decode_with(
+    service: VerifierService, seq_id: str, drafts_of, steps: int, every_draft: bool
+) -> tuple[list[int], list[int]]:
     """Step with the drafts `drafts_of(committed tokens)` gives; the tokens and drafts verified per step."""
     out, verified = [], []
     for _ in range(steps):
         tokens = service.sequences[seq_id].tokens
-        outcome = await service.step(seq_id, len(tokens), drafts_of(list(tokens)))
+        outcome = await service.step(seq_id, len(tokens), drafts_of(list(tokens)), every_draft=every_draft)
         out.extend(outcome.token_ids)
         verified.append(outcome.num_drafted)
     return out, verified
@@ -114,13 +116,13 @@ def test_the_verifier_verifies_only_what_pays_and_output_is_the_target_s(tiny_ll
     right = lambda tokens: Draft(plain[len(tokens) - len(prompt) :][:3], [None] * 3)  # noqa: E731
     wrong = lambda tokens: Draft([(t + 1) % 100 for t in right(tokens).token_ids], [None] * 3)  # noqa: E731
 
-    async def run(cost: PassCostModel, drafts_of) -> tuple[list[int], list[int]]:
+    async def run(cost: PassCostModel, drafts_of, every_draft: bool = False) -> tuple[list[int], list[int]]:
         service = VerifierService(load_runner(tiny_llama, RunnerConfig(kv_cache_memory_bytes=1 << 20)))
         service.cost_model = cost
         service.start()
         service.add("a", prompt, GREEDY, seed=0)
         try:
-            return await _decode_with(service, "a", drafts_of, 8)
+            return await _decode_with(service, "a", drafts_of, 8, every_draft)
         finally:
             await service.close()
 
@@ -129,6 +131,8 @@ def test_the_verifier_verifies_only_what_pays_and_output_is_the_target_s(tiny_ll
     out, verified = asyncio.run(run(LINEAR, right))
     # the first step carries the prompt, beside which three more rows are cheap; no later one pays
     assert verified[1:] == [0] * 7 and out == plain[: len(out)]
+    out, verified = asyncio.run(run(LINEAR, right, every_draft=True))  # a gateway with --fixed-k
+    assert verified == [3] * 8 and out == plain[: len(out)]
     out, verified = asyncio.run(run(CPU_LIKE, wrong))
     assert verified[0] > 0 and verified[-1] == 0, "drafts tried at first, cut once they keep failing"
     assert out == plain[: len(out)]
