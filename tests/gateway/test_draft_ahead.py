@@ -46,7 +46,7 @@ class ScriptedVerifier(VerifierStandIn):
         self.tokens = list(token_ids)
 
     async def step(
-        self, seq_id: str, committed_len: int, draft: Draft, local=None, pipelined=False, remote=None
+        self, seq_id: str, committed_len: int, draft: Draft, local=None, pipelined=False, remote=None, every_draft=False
     ) -> pb.StepResult:
         assert committed_len == len(self.tokens)
         assert draft.token_ids == drafter_continuation(self.tokens, len(draft.token_ids)), "a draft for another context"

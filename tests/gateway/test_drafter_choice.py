@@ -58,7 +58,9 @@ class DraftingVerifier(VerifierStandIn):
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         self.tokens = list(token_ids)
 
-    async def step(self, seq_id, committed_len, draft, local=None, pipelined=False, assumed=None, remote=None):
+    async def step(
+        self, seq_id, committed_len, draft, local=None, pipelined=False, assumed=None, remote=None, every_draft=False
+    ):
         async with self.turn:
             await asyncio.sleep(0)
             built_on = len(self.tokens)

@@ -72,7 +72,7 @@ class ReplayingVerifier(VerifierStandIn):
         self.length = len(token_ids)
 
     async def step(
-        self, seq_id: str, committed_len: int, draft, local=None, pipelined=False, remote=None
+        self, seq_id: str, committed_len: int, draft, local=None, pipelined=False, remote=None, every_draft=False
     ) -> pb.StepResult:
         built_on, tokens = self.length, self.rounds.pop(0)
         self.length += len(tokens)

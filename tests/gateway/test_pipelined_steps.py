@@ -47,7 +47,9 @@ class PipelinedVerifier(VerifierStandIn):
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         self.tokens = list(token_ids)
 
-    async def step(self, seq_id, committed_len, draft, local=None, pipelined=False, remote=None) -> pb.StepResult:
+    async def step(
+        self, seq_id, committed_len, draft, local=None, pipelined=False, remote=None, every_draft=False
+    ) -> pb.StepResult:
         assert pipelined and not draft.token_ids and committed_len <= len(self.tokens)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -112,7 +114,9 @@ class AssumingVerifier(VerifierStandIn):
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         self.tokens = list(token_ids)
 
-    async def step(self, seq_id, committed_len, draft, local=None, pipelined=False, assumed=None, remote=None):
+    async def step(
+        self, seq_id, committed_len, draft, local=None, pipelined=False, assumed=None, remote=None, every_draft=False
+    ):
         assert pipelined and committed_len <= len(self.tokens)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)

@@ -69,7 +69,17 @@ class DirectVerifier(VerifierStandIn):
     async def start(self, seq_id: str, token_ids: list[int], *args) -> None:
         self.tokens = list(token_ids)
 
-    async def step(self, seq_id, committed_len, draft, local_ngram=None, pipelined=False, assumed=None, remote=None):
+    async def step(
+        self,
+        seq_id,
+        committed_len,
+        draft,
+        local_ngram=None,
+        pipelined=False,
+        assumed=None,
+        remote=None,
+        every_draft=False,
+    ):
         assert pipelined == self.pipelined and not draft.token_ids and local_ngram is None
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
