@@ -190,7 +190,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts-per-workload", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--num-speculative-tokens", "-k", type=int, default=DEFAULT_NUM_SPECULATIVE_TOKENS)
-    p.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels for the sweep")
+    p.add_argument(
+        "--concurrency", default="1,4,16", help="comma-separated concurrency levels: that many requests at once"
+    )
+    p.add_argument(
+        "--request-rate",
+        default="",
+        help="comma-separated request rates (requests/s): --num-requests arrive at each as a Poisson process, "
+        "as in vLLM's serving benchmark",
+    )
+    p.add_argument("--num-requests", type=int, default=32, help="requests per --request-rate level")
     p.add_argument("--no-gateway", action="store_true", help="skip the three-process configurations")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face transformers")
     p.add_argument(
@@ -253,11 +262,24 @@ def _delays_ms(text: str) -> tuple[float, ...]:
     return delays
 
 
+def _levels(flag: str, text: str, kind: type) -> tuple:
+    """--concurrency "1,4,16" -> (1, 4, 16): positive numbers."""
+    try:
+        levels = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SplitspecError(f"{flag} takes comma-separated positive numbers (e.g. 1,4,16), got {text!r}") from None
+    if any(v <= 0 for v in levels):
+        raise SplitspecError(f"{flag} takes positive numbers, got {text!r}")
+    return levels
+
+
 def _bench(args: argparse.Namespace) -> int:
     from splitspec.devices import resolve_device
     from splitspec.entrypoints.bench.run import BenchSettings, run_bench
 
     resolve_device(args.device)
+    if args.num_requests < 1:
+        raise SplitspecError(f"--num-requests must be >= 1, got {args.num_requests}")
     settings = BenchSettings(
         model=args.model,
         draft_model=args.draft_model,
@@ -267,7 +289,9 @@ def _bench(args: argparse.Namespace) -> int:
         prompts_per_workload=args.prompts_per_workload,
         max_tokens=args.max_tokens,
         num_speculative_tokens=args.num_speculative_tokens,
-        concurrency=tuple(int(c) for c in args.concurrency.split(",") if c),
+        concurrency=_levels("--concurrency", args.concurrency, int),
+        request_rates=_levels("--request-rate", args.request_rate, float),
+        num_requests=args.num_requests,
         gateway=not args.no_gateway,
         traced_gateway=args.traced_gateway,
         hf=not args.no_hf,

@@ -59,6 +59,10 @@ def test_bad_generation_flags(tiny_llama, flags, message):
     [
         (["bench", "--network-delay-ms", "1,x"], "--network-delay-ms takes comma-separated milliseconds"),
         (["bench", "--network-delay-ms", "-1"], "--network-delay-ms needs delays >= 0, got '-1'"),
+        (["bench", "--request-rate", "1,x"], "--request-rate takes comma-separated positive numbers"),
+        (["bench", "--request-rate", "0"], "--request-rate takes positive numbers, got '0'"),
+        (["bench", "--concurrency", "-4"], "--concurrency takes positive numbers, got '-4'"),
+        (["bench", "--num-requests", "0"], "--num-requests must be >= 1, got 0"),
         (["up", "--network-delay-ms", "-2"], "--network-delay-ms must be >= 0, got -2.0"),
         (
             ["serve-gateway", "--prompt-lookup-min", "5", "--prompt-lookup-max", "2"],

@@ -7,10 +7,11 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
+from splitspec.entrypoints.bench.load import format_load_table, load_sweep, warm_up
 from splitspec.entrypoints.bench.runners import (
     BenchPrompt,
     HFGenerate,
@@ -43,6 +44,10 @@ class BenchSettings:
     max_tokens: int = 128
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
     concurrency: tuple[int, ...] = (1, 4, 16)
+    request_rates: tuple[float, ...] = ()
+    """Open-loop levels: requests per second arriving as a Poisson process (vLLM's --request-rate)."""
+    num_requests: int = 32
+    """Requests per request-rate level."""
     gateway: bool = True
     traced_gateway: bool = False
     """Also a second stack with OpenTelemetry tracing on, exporting every span to a local OTLP receiver."""
@@ -113,7 +118,8 @@ def _eagle3_k(head: Path) -> int:
 
 
 def run_bench(settings: BenchSettings) -> dict:
-    """Load every configuration, time them prompt by prompt, interleaved, then sweep concurrency."""
+    """Load every configuration, time them prompt by prompt, interleaved, then under load (concurrency
+    and request rate, bench/load.py)."""
     from splitspec import LLM
     from splitspec.checkpoint import resolve_checkpoint
 
@@ -190,7 +196,13 @@ def run_bench(settings: BenchSettings) -> dict:
         configs = [c for c in configs if c.name in settings.configs_only or c.name == "splitspec K=0"]
     try:
         timings = _run_interleaved(configs, bench_prompts, settings.max_tokens)
-        sweep = _concurrency_sweep(configs, bench_prompts, settings)
+        ours = [c for c in configs if isinstance(c, SplitspecInProcess)]
+        ours += [c for c in configs if isinstance(c, (SplitspecGateway, SplitspecGatewayHttp))]
+        reference = {t.prompt: t.token_ids for t in timings.get("splitspec K=0", [])}
+        sweep = load_sweep(
+            ours, bench_prompts, settings.max_tokens, settings.concurrency, settings.request_rates,
+            settings.num_requests, settings.seed, reference, _log,
+        )  # fmt: skip
     finally:
         for stack in (*stacks, traced):
             if stack is not None:
@@ -303,7 +315,7 @@ def _run_interleaved(
     configuration first answers a warm-up prompt in full, untimed (see _warm_up)."""
     timings: dict[str, list[RequestTiming]] = {c.name: [] for c in configs}
     for c in configs:
-        c.run(_warm_up(bench_prompts[:1]), max_tokens)
+        c.run(warm_up(bench_prompts[:1]), max_tokens)
     for i, bp in enumerate(bench_prompts):
         _log(f"prompt {i + 1}/{len(bench_prompts)} ({bp.prompt.workload}: {bp.prompt.name})")
         reference = None
@@ -314,43 +326,6 @@ def _run_interleaved(
             timing.matches_reference = timing.token_ids == reference
             timings[c.name].append(timing)
     return timings
-
-
-def _warm_up(bench_prompts: list[BenchPrompt]) -> list[BenchPrompt]:
-    """Prompts to run untimed before the timed ones: each one's tokens reversed. They have the timed
-    prompts' lengths and count, so their passes go through the same batch and prompt-length shapes and
-    pay the one-time costs there (a CUDA graph captured per pass shape bucket, a kernel variant compiled,
-    oneDNN's first calls), while no drafter's memory (suffix decoding's past answers) learns a timed
-    prompt's answer from them."""
-    return [replace(bp, token_ids=bp.token_ids[::-1]) for bp in bench_prompts]
-
-
-def _concurrency_sweep(configs: list, bench_prompts: list[BenchPrompt], settings: BenchSettings) -> list[dict]:
-    """Throughput of splitspec's own configurations (in-process, then gateway gRPC and HTTP) at each
-    concurrency, each level after an untimed run of as many warm-up prompts at once (see _warm_up)."""
-    ours = [c for c in configs if isinstance(c, SplitspecInProcess)]
-    ours += [c for c in configs if isinstance(c, (SplitspecGateway, SplitspecGatewayHttp))]
-    sweep = []
-    for level in settings.concurrency:
-        batch = [bench_prompts[i % len(bench_prompts)] for i in range(level)]
-        for c in ours:
-            _log(f"concurrency {level}: {c.name}")
-            c.run(_warm_up(batch), settings.max_tokens)
-            start = time.perf_counter()
-            results = c.run(batch, settings.max_tokens)
-            wall = time.perf_counter() - start
-            tokens = sum(t.num_tokens for t in results)
-            sweep.append(
-                {
-                    "config": c.name,
-                    "concurrency": level,
-                    "tokens": tokens,
-                    "wall_s": wall,
-                    "throughput_tokens_per_s": tokens / wall if wall else 0.0,
-                    "mean_latency_s": sum(t.elapsed for t in results) / len(results),
-                }
-            )
-    return sweep
 
 
 def _report(settings: BenchSettings, timings: dict[str, list[RequestTiming]], sweep: list[dict]) -> dict:
@@ -365,7 +340,7 @@ def _report(settings: BenchSettings, timings: dict[str, list[RequestTiming]], sw
         "settings": {k_: (list(v) if isinstance(v, tuple) else v) for k_, v in settings.__dict__.items()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "summary": [s.__dict__ | {"tokens_per_s": s.tokens_per_s} for s in summaries],
-        "concurrency": sweep,
+        "load": sweep,
         "by_workload": by_workload,
         "requests": [t.to_json() for ts in timings.values() for t in ts],
     }
@@ -415,9 +390,5 @@ def format_table(summaries: list[Summary], sweep: list[dict]) -> str:
             f"{s.ttft_mean * 1000:>9.0f}{s.itl_p50 * 1000:>9.1f}{s.itl_p99 * 1000:>9.1f}{per_round:>9}  {s.matches:>9}  {acceptance}"
         )
     if sweep:
-        lines += ["", f"{'concurrency':<30}{'requests':>9}{'tok/s':>9}{'mean latency s':>16}"]
-        for row in sweep:
-            lines.append(
-                f"{row['config']:<30}{row['concurrency']:>9}{row['throughput_tokens_per_s']:>9.1f}{row['mean_latency_s']:>16.2f}"
-            )
+        lines.append(format_load_table(sweep))
     return "\n".join(lines)

@@ -19,6 +19,10 @@ class BenchPrompt:
     token_ids: list[int]
 
 
+def _sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.perf_counter()))
+
+
 class SplitspecInProcess:
     """Drives the engine step by step, so token arrival times are exact at any concurrency."""
 
@@ -26,13 +30,23 @@ class SplitspecInProcess:
         self.name = name
         self.llm = llm
 
-    def run(self, prompts: list[BenchPrompt], max_tokens: int) -> list[RequestTiming]:
+    def run(
+        self, prompts: list[BenchPrompt], max_tokens: int, arrivals: list[float] | None = None
+    ) -> list[RequestTiming]:
+        """arrivals: seconds after the start at which each prompt arrives (sorted); None: all at once.
+        A request that arrives during a step joins the next one; its time counts from its arrival."""
         engine = self.llm.engine
         params = SamplingParams(temperature=0, max_tokens=max_tokens)
         start = time.perf_counter()
-        seqs = [engine.add_request(f"bench-{next(_ids)}", None, p.token_ids, params) for p in prompts]
-        timings = [RequestTiming(self.name, p.prompt.name, p.prompt.workload, start) for p in prompts]
-        while engine.has_unfinished():
+        due = [start + a for a in arrivals] if arrivals is not None else [start] * len(prompts)
+        timings = [RequestTiming(self.name, p.prompt.name, p.prompt.workload, t) for p, t in zip(prompts, due)]
+        seqs = []
+        while len(seqs) < len(prompts) or engine.has_unfinished():
+            if not engine.has_unfinished():
+                _sleep_until(due[len(seqs)])
+            now = time.perf_counter()
+            while len(seqs) < len(prompts) and due[len(seqs)] <= now:
+                seqs.append(engine.add_request(f"bench-{next(_ids)}", None, prompts[len(seqs)].token_ids, params))
             before = [s.num_output_tokens for s in seqs]
             engine.step()
             now = time.perf_counter()
@@ -106,7 +120,9 @@ class SplitspecGateway:
         self.address = address
         self.num_speculative_tokens = num_speculative_tokens
 
-    def run(self, prompts: list[BenchPrompt], max_tokens: int) -> list[RequestTiming]:
+    def run(
+        self, prompts: list[BenchPrompt], max_tokens: int, arrivals: list[float] | None = None
+    ) -> list[RequestTiming]:
         from concurrent.futures import ThreadPoolExecutor
 
         import grpc
@@ -114,10 +130,11 @@ class SplitspecGateway:
         from splitspec.entrypoints.client import build_request
         from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
-        def one(p: BenchPrompt) -> RequestTiming:
+        def one(p: BenchPrompt, due: float) -> RequestTiming:
             request = build_request(
                 p.token_ids, temperature=0, max_tokens=max_tokens, num_speculative_tokens=self.num_speculative_tokens
             )
+            _sleep_until(due)
             timing = RequestTiming(self.name, p.prompt.name, p.prompt.workload, time.perf_counter())
             for response in stub.Generate(request):
                 if response.token_ids:
@@ -137,7 +154,7 @@ class SplitspecGateway:
         with grpc.insecure_channel(self.address) as channel:
             stub = pb_grpc.GatewayStub(channel)
             with ThreadPoolExecutor(max(1, len(prompts))) as pool:
-                return list(pool.map(one, prompts))
+                return list(pool.map(one, prompts, _due(len(prompts), arrivals)))
 
 
 class SplitspecGatewayHttp:
@@ -150,7 +167,9 @@ class SplitspecGatewayHttp:
         self.model = model
         self.num_speculative_tokens = num_speculative_tokens
 
-    def run(self, prompts: list[BenchPrompt], max_tokens: int) -> list[RequestTiming]:
+    def run(
+        self, prompts: list[BenchPrompt], max_tokens: int, arrivals: list[float] | None = None
+    ) -> list[RequestTiming]:
         import http.client
         import json
         from concurrent.futures import ThreadPoolExecutor
@@ -158,11 +177,12 @@ class SplitspecGatewayHttp:
 
         url = urlsplit(self.base_url)
 
-        def one(p: BenchPrompt) -> RequestTiming:
+        def one(p: BenchPrompt, due: float) -> RequestTiming:
             body = {"model": self.model, "prompt": p.token_ids, "max_tokens": max_tokens, "temperature": 0,
                     "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}  # fmt: skip
             if self.num_speculative_tokens is not None:
                 body["speculation"] = {"num_speculative_tokens": self.num_speculative_tokens}
+            _sleep_until(due)
             timing = RequestTiming(self.name, p.prompt.name, p.prompt.workload, time.perf_counter())
             connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
             try:
@@ -192,4 +212,10 @@ class SplitspecGatewayHttp:
             return timing
 
         with ThreadPoolExecutor(max(1, len(prompts))) as pool:
-            return list(pool.map(one, prompts))
+            return list(pool.map(one, prompts, _due(len(prompts), arrivals)))
+
+
+def _due(count: int, arrivals: list[float] | None) -> list[float]:
+    """When each of `count` requests is sent: at `arrivals` seconds from now, or all now."""
+    now = time.perf_counter()
+    return [now + a for a in arrivals] if arrivals is not None else [now] * count

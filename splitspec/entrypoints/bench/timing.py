@@ -33,6 +33,12 @@ class RequestTiming:
     def ttft(self) -> float:
         return self.arrivals[0][0] - self.start if self.arrivals else 0.0
 
+    @property
+    def tpot(self) -> float:
+        """Time per output token after the first, as vLLM's serving benchmark: 0 with fewer than two."""
+        n = self.num_tokens
+        return (self.elapsed - self.ttft) / (n - 1) if n > 1 else 0.0
+
     def inter_token_latencies(self) -> list[float]:
         """A chunk of n tokens that arrives `gap` after the previous one counts as n tokens of gap / n."""
         out = []
