@@ -72,3 +72,22 @@ def test_in_process_requests_arrive_on_time_and_wait_for_none_before_their_arriv
         ("concurrency", 2.0, 2, "2/2"),
         ("request_rate", 20.0, 3, "3/3"),
     ]
+
+
+def test_the_chart_is_a_png_with_a_panel_per_kind_of_load(tmp_path):
+    from PIL import Image
+
+    from splitspec.entrypoints.bench.chart import write_load_chart
+
+    rows = [
+        {"config": c, "mode": m, "level": level, "throughput_tokens_per_s": tok_s}
+        for c in ("splitspec K=0", "splitspec ngram K=10")
+        for m, levels in (("concurrency", (1.0, 4.0, 16.0)), ("request_rate", (0.5, 2.0)))
+        for level, tok_s in zip(levels, (20.0, 60.0, 95.0))
+    ]
+    one = write_load_chart([r for r in rows if r["mode"] == "concurrency"], tmp_path / "one.png", "t")
+    two = write_load_chart(rows, tmp_path / "two.png", "t")
+    assert write_load_chart([], tmp_path / "none.png", "t") is None and not (tmp_path / "none.png").exists()
+    with Image.open(one) as a, Image.open(two) as b:
+        assert a.format == b.format == "PNG"
+        assert b.width > 1.8 * a.width and b.height == a.height

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS
+from splitspec.entrypoints.bench.chart import write_load_chart
 from splitspec.entrypoints.bench.load import format_load_table, load_sweep, warm_up
 from splitspec.entrypoints.bench.runners import (
     BenchPrompt,
@@ -348,6 +349,13 @@ def _report(settings: BenchSettings, timings: dict[str, list[RequestTiming]], sw
     print(format_table(summaries, sweep))
     print(format_workload_table(by_workload))
     _log(f"wrote {settings.output}")
+    chart = write_load_chart(
+        sweep,
+        Path(settings.output).with_suffix(".png"),
+        f"{settings.model}, {settings.max_tokens} tokens, {report['date']}",
+    )
+    if chart is not None:
+        _log(f"wrote {chart}")
     return report
 
 
