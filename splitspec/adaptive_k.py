@@ -29,8 +29,16 @@ class PassCostModel:
     """Seconds per forward pass as a function of the tokens in it, interpolated between measurements."""
 
     def __init__(self, points: dict[int, float]) -> None:
-        self.rows = sorted(points)
-        self.seconds = [points[n] for n in self.rows]
+        self.curve: tuple[list[int], list[float]] = (sorted(points), [points[n] for n in sorted(points)])
+        """(rows, seconds), replaced whole on every change: a reader on another thread sees one curve."""
+
+    @property
+    def rows(self) -> list[int]:
+        return self.curve[0]
+
+    @property
+    def seconds(self) -> list[float]:
+        return self.curve[1]
 
     @staticmethod
     def calibrate(runner: ModelRunner, max_rows: int, repeats: int = 3) -> "PassCostModel | None":
@@ -61,15 +69,37 @@ class PassCostModel:
         return PassCostModel(_monotone(points)) if points else None
 
     def cost(self, rows: int) -> float:
-        if rows <= self.rows[0]:
-            return self.seconds[0]
-        for (n0, t0), (n1, t1) in zip(zip(self.rows, self.seconds), zip(self.rows[1:], self.seconds[1:])):
+        all_rows, seconds = self.curve
+        if rows <= all_rows[0]:
+            return seconds[0]
+        for (n0, t0), (n1, t1) in zip(zip(all_rows, seconds), zip(all_rows[1:], seconds[1:])):
             if rows <= n1:
                 return t0 + (t1 - t0) * (rows - n0) / (n1 - n0)
-        if len(self.rows) == 1:
-            return self.seconds[0] * rows
-        (n0, t0), (n1, t1) = (self.rows[-2], self.seconds[-2]), (self.rows[-1], self.seconds[-1])
+        if len(all_rows) == 1:
+            return seconds[0] * rows
+        (n0, t0), (n1, t1) = (all_rows[-2], seconds[-2]), (all_rows[-1], seconds[-1])
         return t1 + (t1 - t0) / (n1 - n0) * (rows - n1)
+
+    def observe(self, rows: int, seconds: float, weight: float = 0.05) -> None:
+        """A pass measured while serving: move the curve toward it, so that it follows what passes
+        cost now (contexts grown long, a device shared or throttled) and not only what calibration
+        measured once. The two calibrated points around `rows` move by their share of the
+        interpolation; a pass larger than any measured adds its own point. The curve stays monotone."""
+        all_rows, all_seconds = self.curve
+        points = dict(zip(all_rows, all_seconds))
+        if rows > all_rows[-1]:
+            points[rows] = seconds
+        else:
+            upper = next(i for i, n in enumerate(all_rows) if n >= rows)
+            lower = max(upper - 1, 0)
+            n0, n1 = all_rows[lower], all_rows[upper]
+            share_upper = 1.0 if n1 == n0 or rows <= n0 else (rows - n0) / (n1 - n0)
+            error = seconds - self.cost(rows)
+            points[n1] += weight * share_upper * error
+            if lower != upper:
+                points[n0] += weight * (1 - share_upper) * error
+        smoothed = _monotone({n: max(t, 0.0) for n, t in points.items()})
+        self.curve = (sorted(smoothed), [smoothed[n] for n in sorted(smoothed)])
 
 
 def _monotone(points: dict[int, float]) -> dict[int, float]:

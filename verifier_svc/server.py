@@ -44,10 +44,10 @@ class VerifierServicer(pb_grpc.VerifierServicer):
     async def GetInfo(self, request: pb.InfoRequest, context) -> pb.VerifierInfo:
         runner = self.service.runner
         allocator = getattr(runner, "allocator", None)
-        cost = self.service.cost_model
+        cost_rows, cost_seconds = self.service.cost_model.curve if self.service.cost_model else ([], [])
         return pb.VerifierInfo(
-            cost_rows=cost.rows if cost else [],
-            cost_seconds=cost.seconds if cost else [],
+            cost_rows=cost_rows,
+            cost_seconds=cost_seconds,
             model=self.model_name,
             vocab_size=runner.vocab_size,
             max_model_len=runner.max_model_len,

@@ -404,6 +404,8 @@ class VerifierService:
             span.set_attribute("splitspec.seconds", seconds)
             span.end()
             self.metrics.pass_seconds.record(seconds)
+            if self.cost_model is not None:
+                self.cost_model.observe(tokens, seconds)
             self.metrics.batch_tokens.record(tokens)
             self.metrics.batch_sequences.record(len(steps))
             for i, result in zip(ready, results):

@@ -75,7 +75,12 @@ class Engine:
         """Run one round for every running sequence; return the sequences that finished in it."""
         running = self.scheduler.schedule()
         steps = self._fit(list(zip(running, self._propose(running))))
-        return self._commit(steps, self.verifier.verify(steps))
+        rows = sum(len(seq.tokens) - self.runner.cached_length(seq.seq_id) + len(d.token_ids) for seq, d in steps)
+        started = time.perf_counter()
+        results = self.verifier.verify(steps)
+        if self.cost_model is not None:
+            self.cost_model.observe(rows, time.perf_counter() - started)
+        return self._commit(steps, results)
 
     def abort(self, seq_id: str) -> None:
         for seq in self.scheduler.abort(seq_id):

@@ -134,3 +134,22 @@ def test_calibration_runs_on_a_real_runner_and_gives_back_every_block(tiny_llama
     model = PassCostModel.calibrate(runner, max_rows=8, repeats=1)
     assert model.rows == [1, 2, 3, 4, 5, 6, 7, 8] and all(s > 0 for s in model.seconds)
     assert runner.num_free_blocks == runner.allocator.num_blocks
+
+
+def test_passes_measured_while_serving_move_the_curve_toward_them():
+    model = PassCostModel({1: 0.040, 4: 0.088, 16: 0.10})
+    for _ in range(200):  # contexts grew: every four-row pass now takes 0.2 s
+        model.observe(4, 0.2)
+    assert model.cost(4) == pytest.approx(0.2, rel=0.01)
+    assert model.cost(1) == pytest.approx(0.040) and model.cost(16) >= model.cost(4), "monotone, the rest unmoved"
+    model.observe(64, 0.5)  # larger than any calibrated pass: a point of its own
+    assert model.rows[-1] == 64 and model.cost(64) == pytest.approx(0.5)
+
+
+@given(st.lists(st.tuples(st.integers(1, 200), st.floats(0.0, 1.0)), max_size=50))
+def test_the_curve_stays_monotone_and_non_negative_whatever_is_observed(passes):
+    model = PassCostModel({1: 0.040, 4: 0.088, 16: 0.10})
+    for rows, seconds in passes:
+        model.observe(rows, seconds)
+    assert len(model.rows) == len(model.seconds)
+    assert all(0 <= a <= b for a, b in zip(model.seconds, model.seconds[1:]))
