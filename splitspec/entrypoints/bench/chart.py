@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
 def write_load_chart(rows: list[dict], path: Path, title: str) -> Path | None:
     """A PNG of throughput against concurrency (and against request rate, when measured); None when
-    there is nothing to draw."""
+    there is nothing to draw, or no matplotlib to draw with (a machine given only what serving needs)."""
     if not rows:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("bench: no chart: matplotlib is not installed here", file=sys.stderr, flush=True)
+        return None
 
     matplotlib.use("Agg")  # files only: no display, and no GUI toolkit imported
     from matplotlib import pyplot as plt
