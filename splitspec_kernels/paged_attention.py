@@ -209,7 +209,7 @@ def _padded_attention(
     return attended.transpose(1, 2)[batch.query_valid]
 
 
-_BLOCK_M = 16  # query rows per program
+_BLOCK_M = 16  # rows per program: query rows times the query heads of one KV head
 _BLOCK_N = 32  # keys per inner step
 _MAX_SPLITS = 32  # most parts one (sequence, head, tile)'s keys are split into
 
@@ -217,8 +217,8 @@ _MAX_SPLITS = 32  # most parts one (sequence, head, tile)'s keys are split into
 def context_splits(programs: int, device: torch.device) -> int:
     """How many parts to split each program's keys into so that a pass fills the GPU.
 
-    One program per (sequence, head, tile of query rows) leaves most of a big GPU idle at small batches:
-    a single sequence with 32 heads is 32 programs on 132 multiprocessors, each reading the whole
+    One program per (sequence, KV head, tile of rows) leaves most of a big GPU idle at small batches:
+    a single sequence with 8 KV heads is 8 programs on 132 multiprocessors, each reading the whole
     context alone. Split the keys (flash-decoding) until there are about four programs per
     multiprocessor; a pass with enough programs already is not split. Depends only on the pass's shape,
     never on its data, so a captured CUDA graph keeps its split; a power of two, so that few variants of
@@ -246,10 +246,13 @@ def paged_attention_triton(
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
 ) -> torch.Tensor:
-    """One program per (sequence, query head, tile of 16 query rows, part of the keys); online softmax
-    in fp32 over the part's keys, 32 at a time, each key found through the block table. With more than
-    one part (num_splits; default `context_splits`), each part writes its unnormalised sum with its max
-    and denominator, and a second kernel merges the parts of each row."""
+    """One program per (sequence, KV head, tile of 16 rows, part of the keys), where a row is one query
+    row of one of the query heads sharing that KV head (grouped-query attention: Llama-3's 32 query heads
+    read 8 KV heads): each key and value is read once for the whole group, not once per query head, and
+    a decode or verify step's few query rows fill the tile's rows with the group's heads instead of
+    padding. Online softmax in fp32 over the part's keys, 32 at a time, each key found through the block
+    table. With more than one part (num_splits; default `context_splits`), each part writes its
+    unnormalised sum with its max and denominator, and a second kernel merges the parts of each row."""
     num_tokens, q_heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     query = query.contiguous()
@@ -257,17 +260,18 @@ def paged_attention_triton(
     # Triton's interpreter computes bf16 dot products wrongly (3.9.0); there both sides go up to fp32
     dot_in_fp32 = query.dtype == torch.bfloat16 and interpreting()
     num_seqs = batch.seq_lens.shape[0]
-    tiles = triton.cdiv(batch.max_query_len, _BLOCK_M)
-    splits = num_splits or context_splits(num_seqs * q_heads * tiles, query.device)
+    group_size = q_heads // kv_heads
+    tiles = triton.cdiv(batch.max_query_len * group_size, _BLOCK_M)
+    splits = num_splits or context_splits(num_seqs * kv_heads * tiles, query.device)
     block_d = max(16, triton.next_power_of_2(head_dim))
     if splits > 1:  # per row, head and part: the sum (block_d wide), then max and denominator
         partial = torch.empty(num_tokens, q_heads, splits, block_d + 2, dtype=torch.float32, device=query.device)
     else:
         partial = out  # not read
-    _paged_attention_kernel[(num_seqs, q_heads, tiles * splits)](
+    _paged_attention_kernel[(num_seqs, kv_heads, tiles * splits)](
         query, key_cache, value_cache, out, partial,
         batch.block_tables, batch.seq_lens, batch.query_start,
-        scale, batch.block_tables.stride(0), block_size, q_heads // kv_heads,
+        scale, batch.block_tables.stride(0), block_size, group_size, q_heads,
         batch.sliding_window or 0,
         q_heads * head_dim, head_dim, kv_heads * head_dim,
         HEAD_DIM=head_dim, BLOCK_D=block_d,
@@ -289,27 +293,28 @@ if triton is not None:
     def _paged_attention_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_ptr,
         block_tables_ptr, seq_lens_ptr, query_start_ptr,
-        scale, table_stride, block_size, group_size,
+        scale, table_stride, block_size, group_size, q_heads,
         window,
         q_token_stride, q_head_stride, kv_slot_stride,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     ):  # fmt: skip
         seq = tl.program_id(0)
-        head = tl.program_id(1)
+        kv_head = tl.program_id(1)
         tile = tl.program_id(2) // NUM_SPLITS
         split = tl.program_id(2) % NUM_SPLITS
         q_begin = tl.load(query_start_ptr + seq)
         q_len = tl.load(query_start_ptr + seq + 1) - q_begin
-        if tile * BLOCK_M < q_len:
+        if tile * BLOCK_M < q_len * group_size:
             seq_len = tl.load(seq_lens_ptr + seq)
-            kv_head = head // group_size
-            rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-            row_ok = rows < q_len
+            stacked = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # query row r of group head h is row r * group + h
+            rows = stacked // group_size
+            head = kv_head * group_size + stacked % group_size
+            row_ok = stacked < q_len * group_size
             q_pos = seq_len - q_len + rows  # absolute position of each query row
             d = tl.arange(0, BLOCK_D)
             d_ok = d < HEAD_DIM
-            q_off = (q_begin + rows).to(tl.int64)[:, None] * q_token_stride + head * q_head_stride + d[None, :]
+            q_off = (q_begin + rows).to(tl.int64)[:, None] * q_token_stride + head[:, None] * q_head_stride + d[None, :]
             q = tl.load(q_ptr + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
             if DOT_IN_FP32:
                 q = q.to(tl.float32)
@@ -317,10 +322,12 @@ if triton is not None:
             m = tl.full([BLOCK_M], float("-inf"), tl.float32)
             s = tl.zeros([BLOCK_M], tl.float32)
             acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-            last_pos = tl.minimum(seq_len, seq_len - q_len + (tile + 1) * BLOCK_M)  # causal: no key past the tile
+            last_row = tl.minimum((tile + 1) * BLOCK_M, q_len * group_size) - 1
+            last_pos = seq_len - q_len + last_row // group_size + 1  # causal: no key past the tile's last row
             first_pos = seq_len * 0
             if window > 0:
-                first_pos = tl.maximum(0, (seq_len - q_len + tile * BLOCK_M - window + 1) // BLOCK_N * BLOCK_N)
+                first_row = tile * BLOCK_M // group_size
+                first_pos = tl.maximum(0, (seq_len - q_len + first_row - window + 1) // BLOCK_N * BLOCK_N)
             if NUM_SPLITS > 1:  # this program's part: whole steps of BLOCK_N keys, so parts never overlap
                 steps = tl.cdiv(tl.cdiv(last_pos - first_pos, BLOCK_N), NUM_SPLITS)
                 first_pos = first_pos + split * steps * BLOCK_N
@@ -358,9 +365,7 @@ if triton is not None:
                 tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
             else:  # [token, head, split, BLOCK_D + 2]: the sum, then the max and the denominator
                 width = BLOCK_D + 2
-                base = (
-                    ((q_begin + rows).to(tl.int64) * tl.num_programs(1) + head) * NUM_SPLITS + split
-                ) * width  # [BLOCK_M]
+                base = (((q_begin + rows).to(tl.int64) * q_heads + head) * NUM_SPLITS + split) * width  # [BLOCK_M]
                 tl.store(partial_ptr + base[:, None] + d[None, :], acc, mask=row_ok[:, None])
                 tl.store(partial_ptr + base + BLOCK_D, m, mask=row_ok)
                 tl.store(partial_ptr + base + BLOCK_D + 1, s, mask=row_ok)

@@ -28,7 +28,7 @@ def _builds(dtype: str) -> list[tuple[str, object, dict[str, str], dict[str, obj
         "partial_ptr": "*fp32",
         **dict.fromkeys(["block_tables_ptr", "seq_lens_ptr", "query_start_ptr"], "*i64"),
         "scale": "fp32",
-        **dict.fromkeys(["table_stride", "block_size", "group_size", "window"], "i32"),
+        **dict.fromkeys(["table_stride", "block_size", "group_size", "q_heads", "window"], "i32"),
         **dict.fromkeys(["q_token_stride", "q_head_stride", "kv_slot_stride"], "i32"),
         **dict.fromkeys(
             ["HEAD_DIM", "BLOCK_D", "BLOCK_M", "BLOCK_N", "NUM_SPLITS", "PRECISION", "DOT_IN_FP32"], "constexpr"

@@ -36,6 +36,7 @@ CASES = [
     ([15, 16, 17], [5, 9, 1], 8, 1, 32, 16),  # verify K+1, lengths on both sides of a block edge, GQA 8
     ([0, 40], [33, 6], 4, 4, 64, 8),  # a prefill chunk beside a verify step, GQA 1
     ([100, 3, 64], [2, 20, 9], 16, 2, 128, 16),  # Llama-8B head dim, GQA 8
+    ([50, 7], [11, 1], 9, 3, 64, 16),  # the default model's heads: GQA 3, tiles that split a query row's group
 ]
 
 
