@@ -9,7 +9,7 @@ Usage:
    sweep with Llama-3.1-8B attention shapes (32 query heads, 8 KV heads, head dim 128, bf16):
    achieved bandwidth = bytes the kernel must move / time, against the copy bandwidth.
 3. Verify passes of the native runner on a randomly initialised Llama-3.1-8B-shaped model (no weights
-   can be downloaded there): batch 1 and 32, K = 0..8, against the roofline (weight bytes / copy
+   can be downloaded there): batch 1, 4, 16, 32 and 64, K = 0..8, against the roofline (weight bytes / copy
    bandwidth) and against transformers' forward on the same weights and inputs. The two must pick the
    same token on at least MIN_AGREEMENT of the rows, counting a row where they differ as agreeing only
    when transformers' logit for our token lies within NEAR_TIE of its own top logit (bfloat16 rounds
@@ -59,7 +59,8 @@ class Shapes:
 
 
 FULL = Shapes(
-    32, 8, 128, 16, 128256, (1, 8, 32, 128, 256), (0, 2, 4, 8), (512, 2048, 8192, 32768), 24 << 30, (1, 32), 1024,
+    32, 8, 128, 16, 128256, (1, 8, 32, 128, 256), (0, 2, 4, 8), (512, 2048, 8192, 32768), 24 << 30,
+    (1, 4, 16, 32, 64), 1024,
     (1, 32, 288, 2304),
 )  # fmt: skip
 SMOKE = Shapes(4, 2, 32, 16, 512, (1, 3), (0, 2), (40, 100), 1 << 30, (1, 2), 24, (1, 40))
@@ -262,6 +263,7 @@ def bench_verify_pass(
     torch.set_default_dtype(default_dtype)
     # newer transformers call the cache argument `cache`, older ones `past_key_values`
     cache_arg = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf.forward).parameters else {}
     weights = dict(hf.state_dict())
     weight_bytes = sum(w.numel() * w.element_size() for w in weights.values())
     roofline = weight_bytes / bandwidth
@@ -285,8 +287,8 @@ def bench_verify_pass(
         ids = [f"s{b}" for b in range(batch)]
         runner.forward([ForwardInput(i, prompts[b].tolist(), 1) for b, i in enumerate(ids)])
         cache = DynamicCache()
-        with torch.no_grad():
-            hf(prompts.to(device), use_cache=True, **{cache_arg: cache})
+        with torch.no_grad():  # the prompt's last logits only: 64 prompts' full logits would take 17 GB
+            hf(prompts.to(device), use_cache=True, **{cache_arg: cache}, **last_logits_only)
         for k in (0, 4) if smoke else range(0, 9):  # the smoke run checks the script, not the sweep
             new = torch.randint(0, config.vocab_size, (batch, k + 1), generator=gen)
 
