@@ -338,15 +338,19 @@ class VerifierService:
         self.expiries.cancel(seq_id)
         seq = self.sequences.pop(seq_id, None)
         self.local_drafter.release(seq_id)
-        if self.cuts is not None:
-            self.cuts.release(seq_id)
         if seq is not None and seq.speculates:
             await self.batcher.run_exclusive(self.speculator.release, seq_id)
         if seq is not None:
             self.remote.release(seq_id, seq.tokens)
             seq.span.set_attribute("splitspec.end_tokens", len(seq.tokens))
             seq.span.end()
-            await self.batcher.run_exclusive(self.verifier.free, seq_id)
+            await self.batcher.run_exclusive(self._forget, seq_id)
+
+    def _forget(self, seq_id: str) -> None:
+        """On the pass thread, between passes: its blocks and its acceptance record."""
+        self.verifier.free(seq_id)
+        if self.cuts is not None:
+            self.cuts.release(seq_id)
 
     @property
     def num_free_blocks(self) -> int:
