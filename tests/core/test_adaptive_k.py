@@ -153,3 +153,29 @@ def test_the_curve_stays_monotone_and_non_negative_whatever_is_observed(passes):
         model.observe(rows, seconds)
     assert len(model.rows) == len(model.seconds)
     assert all(0 <= a <= b for a, b in zip(model.seconds, model.seconds[1:]))
+
+
+def test_in_process_a_drafter_slower_than_its_drafts_win_is_priced_out_and_output_is_unchanged(tiny_llama):
+    """The engine times its proposer: the target drafting for itself (every draft accepted) keeps
+    drafting, and the same drafter made to take 0.2 s a call (a pass of the tiny target takes a few ms)
+    stops after its first timed calls."""
+    from splitspec import LLM, SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    prompt = [{"prompt_token_ids": [5, 6, 7, 8, 9, 10]}]
+    spec = {"method": "draft_model", "model": str(tiny_llama), "num_speculative_tokens": 4}
+    plain = LLM(str(tiny_llama)).generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
+    fast = LLM(str(tiny_llama), speculative_config=spec)
+    slow = LLM(str(tiny_llama), speculative_config=spec)
+    propose = slow.engine.proposer.propose
+
+    def slow_propose(requests):
+        time.sleep(0.2)
+        return propose(requests)
+
+    slow.engine.proposer.propose = slow_propose
+    (fast_out,) = fast.generate(prompt, params, use_tqdm=False)
+    (slow_out,) = slow.generate(prompt, params, use_tqdm=False)
+    assert fast_out.outputs[0].token_ids == slow_out.outputs[0].token_ids == plain
+    assert fast_out.spec_stats.num_accepted_tokens > 10
+    assert slow_out.spec_stats.num_draft_tokens <= 8, "priced out after its first timed calls"
