@@ -16,13 +16,20 @@ METRICS_PORT = 9400
 
 
 def verifiers_on_hosts(
-    model: Path, hosts: SeparateHosts, log_dir: Path, cleanup: ExitStack, count: int, grace_seconds: float = 5
+    model: Path,
+    hosts: SeparateHosts,
+    log_dir: Path,
+    cleanup: ExitStack,
+    count: int,
+    grace_seconds: float = 5,
+    *extra: str,
 ) -> list[ServiceProcess]:
-    """`count` verifiers, all on VERIFIER_PORT (as pods behind one DNS name are)."""
+    """`count` verifiers, all on VERIFIER_PORT (as pods behind one DNS name are); `extra`: more
+    serve-verifier flags."""
     verifiers = []
     for i in range(count):
         verifier = start_service(
-            f"verifier{i}", ["serve-verifier", "--model", str(model)], log_dir, on=hosts.add(f"verifier{i}"),
+            f"verifier{i}", ["serve-verifier", "--model", str(model), *extra], log_dir, on=hosts.add(f"verifier{i}"),
             port=VERIFIER_PORT, grace_seconds=grace_seconds,
         )  # fmt: skip
         cleanup.callback(verifier.stop)

@@ -7,6 +7,7 @@ reaches the verifiers over real interfaces, and a verifier can be cut off by unp
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from contextlib import ExitStack
@@ -22,6 +23,7 @@ from pod_streams import (
     join_all,
     num_sequences,
 )
+from service_stack import start_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -52,6 +54,33 @@ def test_killing_a_verifier_mid_stream_loses_no_token(tiny_llama, hosts, tmp_pat
     assert on_victim > 0, "the killed verifier was serving some of the streams"
     assert all(0 < n < MAX_TOKENS for n in received_at_death), f"not every stream was mid-way: {received_at_death}"
     assert_lossless(tiny_llama, streams, expected)
+
+
+def test_killing_a_verifier_that_drafts_beside_its_target_loses_no_token(
+    tiny_llama_8_layers, eagle3_head, hosts, tmp_path
+):
+    """Both verifiers hold an EAGLE-3 head beside their target (no proposer). One is SIGKILLed with
+    streams on it: they move to the other, whose head has none of their states (the move re-prefills
+    them, and its head gets every row), and every stream completes with the target's own tokens."""
+    model = tiny_llama_8_layers
+    expected = in_process_outputs(model)
+    config = json.dumps({"model": str(eagle3_head), "num_speculative_tokens": 3})
+    with ExitStack() as cleanup:
+        verifiers = verifiers_on_hosts(model, hosts, tmp_path, cleanup, 2, 5, "--speculative-config", config)
+        gateway = start_service(
+            "gateway", ["serve-gateway", "--model", str(model), "--verifiers", addresses(verifiers), "--method",
+                        "eagle3", "-k", "3"], tmp_path, on=hosts.add("gateway"),
+        )  # fmt: skip
+        cleanup.callback(gateway.stop)
+        streams = all_streaming(gateway.address, greedy_and_seeded_requests(), cleanup)
+        on_victim = num_sequences(verifiers[0].address)
+        verifiers[0].stop(signal.SIGKILL)
+        received_at_death = [len(s.token_ids) for s in streams]
+        join_all(streams)
+    assert on_victim > 0, "the killed verifier was serving some of the streams"
+    assert all(0 < n < MAX_TOKENS for n in received_at_death), f"not every stream was mid-way: {received_at_death}"
+    assert_lossless(model, streams, expected)
+    assert sum(s.responses[-1].speculation.num_draft_tokens for s in streams) > 0, "the heads drafted"
 
 
 def test_a_verifier_cut_off_from_the_network_is_left_within_the_keepalive_timeout(tiny_llama, hosts, tmp_path):
