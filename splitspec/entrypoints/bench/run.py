@@ -261,9 +261,10 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
     eagle3 = _trained(settings, settings.eagle3, "eagle3")
     if eagle3 is not None:
         k3 = _eagle3_k(eagle3)
-        spec = {"method": "eagle3", "model": str(eagle3), "num_speculative_tokens": k3}
-        llm = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
-        configs.append(SplitspecInProcess(f"splitspec eagle3 K={k3}", llm))
+        for fixed in (False, True):  # fixed: what the head yields per pass, drafting every round
+            spec = {"method": "eagle3", "model": str(eagle3), "num_speculative_tokens": k3, "adaptive": not fixed}
+            llm = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
+            configs.append(SplitspecInProcess(f"splitspec eagle3 K={k3}{' fixed' if fixed else ''}", llm))
     speculator = _trained(settings, settings.speculator, "mlp_speculator")
     if speculator is not None:
         n_predict = json.loads((speculator / "config.json").read_text())["n_predict"]
