@@ -200,13 +200,19 @@ def population_acceptance() -> PositionalAcceptance:
 
 
 class Ewma:
-    """An exponentially weighted moving average; None until the first sample."""
+    """An exponentially weighted moving average; None until the first sample it keeps. warm_up: samples
+    to drop first (a drafter's first calls pay one-time costs: kernels chosen, memory allocated; kept,
+    one such call could price drafting out for good, since a drafter that drafts nothing is not timed)."""
 
-    def __init__(self, weight: float = 0.2) -> None:
+    def __init__(self, weight: float = 0.2, warm_up: int = 0) -> None:
         self.weight = weight
         self.value: float | None = None
+        self._to_drop = warm_up
 
     def add(self, sample: float) -> None:
+        if self._to_drop > 0:
+            self._to_drop -= 1
+            return
         self.value = sample if self.value is None else self.value + self.weight * (sample - self.value)
 
 

@@ -58,7 +58,7 @@ class DraftCuts:
     """Per-sequence acceptance by position and the head's drafting time, and the cut they give."""
 
     def __init__(self) -> None:
-        self.head_draft_s = Ewma()  # the speculator's seconds per batched draft step
+        self.head_draft_s = Ewma(warm_up=2)  # the speculator's seconds per batched draft step
         self._acceptance: dict[str, PositionalAcceptance] = {}
         self._drafters: dict[str, PositionalAcceptance] = {}  # by PlannedStep.source, over every sequence
 

