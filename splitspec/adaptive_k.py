@@ -144,20 +144,17 @@ class AcceptanceEstimate:
 @dataclass
 class PositionalAcceptance:
     """A sequence's acceptance by draft position: a_j, the chance its (j + 1)-th draft is accepted when
-    the ones before it were. Each position's record is shrunk by `strength` pseudo-rounds toward a
-    prior: the same position of `prior` (the drafter's acceptance over every sequence, see
-    population_acceptance) when given, so that a new sequence starts where its drafter's sequences
-    are; else the sequence's own pooled rate (AcceptanceEstimate, optimistic), so that a position
-    seldom reached borrows from the others. Records forget at the pooled estimate's pace, so an idle
-    sequence drifts back to its prior. N-gram drafts, which keep copying once they copy, are accepted
-    more often deep in a draft than at its start; a single rate would cut them short.
+    the ones before it were. Each position's record is shrunk toward the sequence's pooled rate
+    (AcceptanceEstimate, with its prior) by `strength` pseudo-rounds, so that a position seldom
+    reached borrows from the others; both forget at the pooled estimate's pace. N-gram drafts, which
+    keep copying once they copy, are accepted more often deep in a draft than at its start; a single
+    rate would cut them short.
     """
 
     pooled: AcceptanceEstimate = field(default_factory=AcceptanceEstimate)
     accepted: list[float] = field(default_factory=list)
     tested: list[float] = field(default_factory=list)
     strength: float = 2.0
-    prior: PositionalAcceptance | None = None
 
     @property
     def rate(self) -> float:
@@ -176,11 +173,11 @@ class PositionalAcceptance:
             self.accepted[j] = self.accepted[j] * decay + (j < accepted)
 
     def conditional(self, position: int) -> float:
-        """a_position, shrunk toward the prior."""
-        base = self.prior.conditional(position) if self.prior is not None else self.pooled.rate
+        """a_position, shrunk toward the pooled rate."""
+        pooled = self.pooled.rate
         if position >= len(self.tested):
-            return base
-        return (self.accepted[position] + self.strength * base) / (self.tested[position] + self.strength)
+            return pooled
+        return (self.accepted[position] + self.strength * pooled) / (self.tested[position] + self.strength)
 
     def chain(self, limit: int) -> list[float]:
         """The chance that the first 1, 2, ..., limit drafts are all accepted (choose_drafts' chains)."""
@@ -189,14 +186,6 @@ class PositionalAcceptance:
             p *= self.conditional(j)
             out.append(p)
         return out
-
-
-def population_acceptance() -> PositionalAcceptance:
-    """The acceptance by position of one drafter over all the sequences it drafts for, updated with every
-    round of each: the prior of a new sequence's own estimate. It forgets slowly, since every sequence
-    feeds it, and drifts back to the optimistic prior when no sequence drafts, so that a drafter found
-    not to pay is tried again now and then."""
-    return PositionalAcceptance(pooled=AcceptanceEstimate(decay=0.99, idle_decay=0.999))
 
 
 class Ewma:

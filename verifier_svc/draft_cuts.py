@@ -19,14 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from splitspec.adaptive_k import (
-    Ewma,
-    PassCostModel,
-    PositionalAcceptance,
-    RoundTrip,
-    choose_drafts,
-    population_acceptance,
-)
+from splitspec.adaptive_k import Ewma, PassCostModel, PositionalAcceptance, RoundTrip, choose_drafts
 from splitspec.drafts import Draft
 from splitspec.sampling_params import SamplingParams
 
@@ -43,10 +36,6 @@ class PlannedStep:
     cuttable: bool
     drafted_here: bool = False
     """Its drafts are made by the verifier's speculator for this pass (their time is priced)."""
-    source: str = "sent"
-    """Who drafted: "sent" (in the step), "ngram" (the verifier's lookup), "remote" (the proposer, asked
-    by the verifier), "speculator" (the head beside the target). A new sequence's acceptance starts from
-    its drafter's over every sequence."""
 
 
 def may_cut(params: SamplingParams, draft: Draft) -> bool:
@@ -60,7 +49,6 @@ class DraftCuts:
     def __init__(self) -> None:
         self.head_draft_s = Ewma(warm_up=2)  # the speculator's seconds per batched draft step
         self._acceptance: dict[str, PositionalAcceptance] = {}
-        self._drafters: dict[str, PositionalAcceptance] = {}  # by PlannedStep.source, over every sequence
 
     def plan(self, steps: list[PlannedStep], cost_model: PassCostModel | None) -> list[int]:
         """How many drafts each step verifies (at most what it offers), given the verifier's measured
@@ -70,8 +58,8 @@ class DraftCuts:
         base_rows = sum(s.rows + (0 if s.cuttable else s.offered) for s in steps)
         cut = [i for i, s in enumerate(steps) if s.cuttable and s.offered]
         fixed = [s for s in steps if not s.cuttable]
-        base_tokens = sum(sum(self._of(s.seq_id, s.source).chain(s.offered)) for s in fixed) + len(steps) - len(cut)
-        chains = [self._of(steps[i].seq_id, steps[i].source).chain(steps[i].offered) for i in cut]
+        base_tokens = sum(self._chain_sum(s.seq_id, s.offered) for s in fixed) + len(steps) - len(cut)
+        chains = [self._acceptance.get(steps[i].seq_id, PositionalAcceptance()).chain(steps[i].offered) for i in cut]
         drafting = RoundTrip(draft_token_s=self.head_draft_s.value or 0.0)
         chosen = choose_drafts(
             chains, base_rows, cost_model, base_tokens, drafting, [steps[i].drafted_here for i in cut]
@@ -81,21 +69,11 @@ class DraftCuts:
             verified[i] = k
         return verified
 
-    def record(self, seq_id: str, verified: int, accepted: int, source: str = "sent") -> None:
-        self._of(seq_id, source).update(verified, accepted)
-        self._drafter(source).update(verified, accepted)
+    def record(self, seq_id: str, verified: int, accepted: int) -> None:
+        self._acceptance.setdefault(seq_id, PositionalAcceptance()).update(verified, accepted)
 
     def release(self, seq_id: str) -> None:
         self._acceptance.pop(seq_id, None)
 
-    def _drafter(self, source: str) -> PositionalAcceptance:
-        if source not in self._drafters:
-            self._drafters[source] = population_acceptance()
-        return self._drafters[source]
-
-    def _of(self, seq_id: str, source: str) -> PositionalAcceptance:
-        """The sequence's estimate; a new one starts from its drafter's. A sequence whose drafter changes
-        (a gateway moves it between the verifier's n-grams and its proposer) keeps its record."""
-        if seq_id not in self._acceptance:
-            self._acceptance[seq_id] = PositionalAcceptance(prior=self._drafter(source))
-        return self._acceptance[seq_id]
+    def _chain_sum(self, seq_id: str, drafts: int) -> float:
+        return sum(self._acceptance.get(seq_id, PositionalAcceptance()).chain(drafts))

@@ -62,7 +62,6 @@ class _StepCall:
     draft: Draft
     speculate: int = 0  # drafts to ask the verifier's speculator for, right before the pass
     every_draft: bool = False  # verified whole: the sender's K is fixed (VerifyStep.every_draft)
-    source: str = "sent"  # who drafts: draft_cuts.PlannedStep.source
 
 
 @dataclass
@@ -292,16 +291,7 @@ class VerifierService:
                     draft = fetched.draft
             if fetched is not None and not fetched.failed:  # asked now, made while the pass runs
                 self.remote.draft_ahead(seq_id, seq.tokens, draft.token_ids, seq.params, seq.seed, remote)
-            source = (
-                "speculator"
-                if speculate
-                else "ngram"
-                if local is not None
-                else "remote"
-                if remote is not None
-                else "sent"
-            )
-            outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft, speculate, every_draft, source))
+            outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft, speculate, every_draft))
             if remote is not None:
                 self.remote.received(seq_id, outcome.hidden_state)
             if fetched is not None:
@@ -434,7 +424,7 @@ class VerifierService:
                 verified = len(calls[i].draft.token_ids)
                 outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids, hidden, verified)
                 if self.cuts is not None:
-                    self.cuts.record(seq.seq_id, verified, result.num_accepted, calls[i].source)
+                    self.cuts.record(seq.seq_id, verified, result.num_accepted)
                 self.metrics.draft_tokens.add(verified, {"stage": "verified"})
                 self.metrics.draft_tokens.add(result.num_accepted, {"stage": "accepted"})
         return outcomes
@@ -457,7 +447,6 @@ class VerifierService:
                 c.speculate or len(c.draft.token_ids),
                 not c.every_draft and (c.seq.params.greedy if c.speculate else may_cut(c.seq.params, c.draft)),
                 drafted_here=bool(c.speculate),
-                source=c.source,
             )
             for c in calls
         ]

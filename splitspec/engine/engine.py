@@ -14,14 +14,7 @@ import time
 import torch
 
 from proposer_svc.proposer import Proposer
-from splitspec.adaptive_k import (
-    Ewma,
-    PassCostModel,
-    PositionalAcceptance,
-    RoundTrip,
-    choose_drafts,
-    population_acceptance,
-)
+from splitspec.adaptive_k import Ewma, PassCostModel, PositionalAcceptance, RoundTrip, choose_drafts
 from splitspec.config import SchedulerConfig
 from splitspec.draft_limits import keeps_fixed_k, max_drafts
 from splitspec.drafts import Draft, DraftRequest
@@ -57,7 +50,6 @@ class Engine:
         self.cost_model = cost_model
         self._rng = random.Random(seed)
         self._acceptance: dict[str, PositionalAcceptance] = {}
-        self._drafter_acceptance = population_acceptance()  # every sequence's rounds: a new one's prior
         self._draft_token_s = Ewma(warm_up=2)  # the proposer's seconds per round, per draft of the longest draft
         self._hidden: dict[str, torch.Tensor] = {}  # the target's states not yet handed to the proposer
 
@@ -110,8 +102,9 @@ class Engine:
         for (seq, draft), result in zip(steps, results):
             seq.stats.record_round(len(draft.token_ids), result.num_accepted)
             if self.cost_model is not None:
-                self._acceptance_of(seq.seq_id).update(len(draft.token_ids), result.num_accepted)
-                self._drafter_acceptance.update(len(draft.token_ids), result.num_accepted)
+                self._acceptance.setdefault(seq.seq_id, PositionalAcceptance()).update(
+                    len(draft.token_ids), result.num_accepted
+                )
             self.stop_checker.commit(seq, result.token_ids)
             if result.hidden_state is not None:
                 self._hidden[seq.seq_id] = result.hidden_state
@@ -135,17 +128,12 @@ class Engine:
         adaptive = [i for i, f in enumerate(fixed) if not f]
         base_rows = sum(len(seq.tokens) - self.runner.cached_length(seq.seq_id) for seq in running)
         base_rows += sum(limit for limit, f in zip(limits, fixed) if f)
-        chains = [self._acceptance_of(running[i].seq_id).chain(limits[i]) for i in adaptive]
+        chains = [self._acceptance.get(running[i].seq_id, PositionalAcceptance()).chain(limits[i]) for i in adaptive]
         drafting = RoundTrip(draft_token_s=self._draft_token_s.value or 0.0)
         chosen = choose_drafts(chains, base_rows, self.cost_model, round_trip=drafting)
         for i, k in zip(adaptive, chosen):
             limits[i] = k
         return limits
-
-    def _acceptance_of(self, seq_id: str) -> PositionalAcceptance:
-        if seq_id not in self._acceptance:
-            self._acceptance[seq_id] = PositionalAcceptance(prior=self._drafter_acceptance)
-        return self._acceptance[seq_id]
 
     def _propose(self, running: list[Sequence]) -> list[Draft]:
         if self.proposer is None:

@@ -19,7 +19,7 @@ from verifier_svc.service import VerifierService
 
 CPU_LIKE = PassCostModel({1: 0.040, 2: 0.062, 3: 0.074, 4: 0.088, 6: 0.093, 8: 0.094, 16: 0.10, 32: 0.14, 64: 0.20})
 FLAT = PassCostModel({1: 0.05, 256: 0.05})
-LINEAR = PassCostModel({1: 1.0, 256: 256.0})  # every row costs a whole pass, far above what the passes measured move
+LINEAR = PassCostModel({1: 0.01, 256: 2.56})  # every row costs a whole pass: no draft can pay
 GREEDY = SamplingParams(temperature=0, max_tokens=None)
 SAMPLED = SamplingParams(temperature=0.8, max_tokens=None)
 
@@ -137,13 +137,3 @@ def test_the_verifier_verifies_only_what_pays_and_output_is_the_target_s(tiny_ll
     out, verified = asyncio.run(run(CPU_LIKE, wrong))
     assert verified[0] > 0 and verified[-1] == 0, "drafts tried at first, cut once they keep failing"
     assert out == plain[: len(out)]
-
-
-def test_a_new_sequence_starts_from_its_drafter_s_acceptance():
-    """Short requests never gather much history of their own: the first step of a new sequence is
-    sized by what its drafter's drafts have done for every other sequence."""
-    cuts = DraftCuts()
-    for n in range(20):
-        cuts.record(f"old{n}", 4, 0, source="ngram")
-    assert cuts.plan([PlannedStep("new", 1, 4, True, source="ngram")], CPU_LIKE) == [0]
-    assert cuts.plan([PlannedStep("other", 1, 4, True, source="sent")], CPU_LIKE) == [4], "another drafter's"
