@@ -34,8 +34,9 @@ def plain(tiny_llama) -> LLM:
 
 @pytest.fixture(scope="module")
 def self_drafting(tiny_llama) -> LLM:
-    """The target drafts for itself, so greedy drafts are all accepted and every round emits K + 1 tokens."""
-    spec = {"method": "draft_model", "model": str(tiny_llama), "num_speculative_tokens": K}
+    """The target drafts for itself, so greedy drafts are all accepted and every round emits K + 1 tokens
+    (K fixed: adaptive K, pricing each draft at what a target pass costs, would rightly draft less)."""
+    spec = {"method": "draft_model", "model": str(tiny_llama), "num_speculative_tokens": K, "adaptive": False}
     return LLM(str(tiny_llama), speculative_config=spec, kv_cache_memory_bytes=SMALL_KV)
 
 
