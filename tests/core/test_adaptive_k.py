@@ -155,6 +155,11 @@ def test_the_curve_stays_monotone_and_non_negative_whatever_is_observed(passes):
     assert all(0 <= a <= b for a, b in zip(model.seconds, model.seconds[1:]))
 
 
+class _HeldCurve(PassCostModel):
+    def observe(self, rows: int, seconds: float, weight: float = 0.05) -> None:
+        pass
+
+
 def test_in_process_a_drafter_slower_than_its_drafts_win_is_priced_out_and_output_is_unchanged(tiny_llama):
     """The engine times its proposer: the target drafting for itself (every draft accepted) keeps
     drafting, and the same drafter made to take 0.2 s a call (a pass of the tiny target takes a few ms)
@@ -167,6 +172,8 @@ def test_in_process_a_drafter_slower_than_its_drafts_win_is_priced_out_and_outpu
     plain = LLM(str(tiny_llama)).generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
     fast = LLM(str(tiny_llama), speculative_config=spec)
     slow = LLM(str(tiny_llama), speculative_config=spec)
+    for llm in (fast, slow):  # 10 ms passes, held: the tiny target's own are as cheap as its drafts
+        llm.engine.cost_model = _HeldCurve({1: 0.010, 16: 0.0108})
     propose = slow.engine.proposer.propose
 
     def slow_propose(requests):
