@@ -39,20 +39,27 @@ def _two_verifier_stack(model, hosts, log_dir, cleanup: ExitStack, grace_seconds
     return verifiers, gateway
 
 
+def _kill_the_first_mid_stream(verifiers, gateway, cleanup: ExitStack) -> list:
+    """Greedy and seeded streams through the gateway; the first verifier is SIGKILLed while it serves some
+    and every stream is mid-way. Returns the streams, read to their end."""
+    streams = all_streaming(gateway.address, greedy_and_seeded_requests(), cleanup)
+    on_victim = num_sequences(verifiers[0].address)
+    verifiers[0].stop(signal.SIGKILL)
+    # read once the victim is dead: a count below the end was reached while it lived, counts only grow
+    received_at_death = [len(s.token_ids) for s in streams]
+    join_all(streams)
+    assert on_victim > 0, "the killed verifier was serving some of the streams"
+    assert all(0 < n < MAX_TOKENS for n in received_at_death), f"not every stream was mid-way: {received_at_death}"
+    return streams
+
+
 def test_killing_a_verifier_mid_stream_loses_no_token(tiny_llama, hosts, tmp_path):
     """Eight streams, greedy and seeded sampling, spread over two verifiers; one is SIGKILLed while
     all are running. Every stream completes with the tokens an uninterrupted in-process run gives."""
     expected = in_process_outputs(tiny_llama)
     with ExitStack() as cleanup:
         verifiers, gateway = _two_verifier_stack(tiny_llama, hosts, tmp_path, cleanup)
-        streams = all_streaming(gateway.address, greedy_and_seeded_requests(), cleanup)
-        on_victim = num_sequences(verifiers[0].address)
-        verifiers[0].stop(signal.SIGKILL)
-        # read once the victim is dead: a count below the end was reached while it lived, counts only grow
-        received_at_death = [len(s.token_ids) for s in streams]
-        join_all(streams)
-    assert on_victim > 0, "the killed verifier was serving some of the streams"
-    assert all(0 < n < MAX_TOKENS for n in received_at_death), f"not every stream was mid-way: {received_at_death}"
+        streams = _kill_the_first_mid_stream(verifiers, gateway, cleanup)
     assert_lossless(tiny_llama, streams, expected)
 
 
@@ -72,13 +79,7 @@ def test_killing_a_verifier_that_drafts_beside_its_target_loses_no_token(
                         "eagle3", "-k", "3"], tmp_path, on=hosts.add("gateway"),
         )  # fmt: skip
         cleanup.callback(gateway.stop)
-        streams = all_streaming(gateway.address, greedy_and_seeded_requests(), cleanup)
-        on_victim = num_sequences(verifiers[0].address)
-        verifiers[0].stop(signal.SIGKILL)
-        received_at_death = [len(s.token_ids) for s in streams]
-        join_all(streams)
-    assert on_victim > 0, "the killed verifier was serving some of the streams"
-    assert all(0 < n < MAX_TOKENS for n in received_at_death), f"not every stream was mid-way: {received_at_death}"
+        streams = _kill_the_first_mid_stream(verifiers, gateway, cleanup)
     assert_lossless(model, streams, expected)
     assert sum(s.responses[-1].speculation.num_draft_tokens for s in streams) > 0, "the heads drafted"
 
