@@ -17,7 +17,7 @@ from proposer_svc.proposer import Proposer
 from splitspec.adaptive_k import Ewma, PassCostModel, PositionalAcceptance, RoundTrip, choose_drafts
 from splitspec.config import SchedulerConfig
 from splitspec.draft_limits import keeps_fixed_k, max_drafts
-from splitspec.drafts import Draft, DraftRequest
+from splitspec.drafts import Draft, DraftRequest, HiddenStates
 from splitspec.engine.scheduler import Scheduler
 from splitspec.errors import SplitspecError
 from splitspec.sampling_params import SamplingParams
@@ -51,7 +51,7 @@ class Engine:
         self._rng = random.Random(seed)
         self._acceptance: dict[str, PositionalAcceptance] = {}
         self._draft_token_s = Ewma(warm_up=2)  # the proposer's seconds per round, per draft of the longest draft
-        self._hidden: dict[str, torch.Tensor] = {}  # the target's states not yet handed to the proposer
+        self._unread: dict[str, torch.Tensor] = {}  # the target's states the proposer has not been fed
 
     @property
     def num_preemptions(self) -> int:
@@ -106,8 +106,7 @@ class Engine:
                     len(draft.token_ids), result.num_accepted
                 )
             self.stop_checker.commit(seq, result.token_ids)
-            if result.hidden_state is not None:
-                self._hidden[seq.seq_id] = result.hidden_state
+            self._hold_states(seq.seq_id, result.hidden_state)
             if seq.finished:
                 finished.append(seq)
             else:
@@ -147,7 +146,7 @@ class Engine:
                 temperature=seq.params.temperature,
                 top_k=seq.params.top_k,
                 seed=seq.seed,
-                hidden_state=self._hidden.pop(seq.seq_id, None),
+                hidden_state=self._unread.pop(seq.seq_id, None) if budget else None,
             )
             for seq, budget in zip(running, self._draft_budget(running))
         ]
@@ -158,9 +157,21 @@ class Engine:
             self._draft_token_s.add((time.perf_counter() - started) / longest)
         return [Draft(d.token_ids[: r.num_tokens], d.q[: r.num_tokens]) for d, r in zip(drafts, requests)]
 
+    def _hold_states(self, seq_id: str, states: torch.Tensor | None) -> None:
+        """Keep a pass's states for the proposer until a round drafts for the sequence: a round
+        that drafts nothing then costs the head nothing, and the next one feeds every row it missed
+        in one batch (all of them for a drafter that attends over every state, the newest for one
+        that reads only the last)."""
+        if states is None:
+            return
+        held = self._unread.get(seq_id)
+        if held is not None and self.proposer.hidden_states == HiddenStates.ALL:
+            states = torch.cat([held, states])
+        self._unread[seq_id] = states
+
     def _release(self, seq: Sequence) -> None:
         self.runner.free(seq.seq_id)
         self._acceptance.pop(seq.seq_id, None)
-        self._hidden.pop(seq.seq_id, None)
+        self._unread.pop(seq.seq_id, None)
         if self.proposer is not None:
             self.proposer.finish(seq.seq_id, seq.tokens)

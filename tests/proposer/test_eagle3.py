@@ -3,6 +3,7 @@ published formula (tests/eagle3_heads.py), every tensor shown to matter, and los
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -212,3 +213,34 @@ def test_a_speculators_head_given_as_the_model_serves_the_target_it_names(target
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)] == plain
     with pytest.raises(SplitspecError, match="names its target"):
         LLM(str(fitted), speculative_config={"method": "ngram", "num_speculative_tokens": 2})
+
+
+def test_rounds_that_draft_nothing_leave_the_head_unfed_and_it_catches_up(target, fitted) -> None:
+    """Adaptive K may verify no draft for a sequence. Those rounds do not run the head; the next round
+    that drafts feeds it every state it missed, in one batch, and drafts what a head fed the whole
+    text at once drafts."""
+    llm = LLM(str(target), speculative_config={"method": "eagle3", "model": str(fitted), "num_speculative_tokens": 3})
+    engine, proposer = llm.engine, llm.engine.proposer
+    rounds = itertools.count()
+    engine._draft_budget = lambda running: [3 if next(rounds) % 3 == 2 else 0 for _ in running]
+    head_calls: list[int] = []
+    step = proposer.runner.step
+    proposer.runner.step = lambda inputs, *a, **kw: head_calls.append(len(inputs)) or step(inputs, *a, **kw)
+    asked: list[tuple[list[int], list[int]]] = []
+    propose = proposer.propose
+
+    def recording_propose(requests: list[DraftRequest]):
+        calls_before = len(head_calls)
+        drafts = propose(requests)
+        if all(r.num_tokens == 0 for r in requests):
+            assert len(head_calls) == calls_before, "a round that drafts nothing ran the head"
+        asked.extend((list(r.token_ids), d.token_ids) for r, d in zip(requests, drafts) if r.num_tokens)
+        return drafts
+
+    proposer.propose = recording_propose
+    prompt = {"prompt_token_ids": PROMPTS[0]}
+    plain = LLM(str(target)).generate([prompt], GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+    output = llm.generate([prompt], GREEDY, use_tqdm=False)[0]
+    assert output.outputs[0].token_ids == plain
+    assert len(asked) >= 3 and output.spec_stats.num_accepted_tokens > 0
+    assert [drafts for _, drafts in asked] == [_drafts(fitted, target, tokens, 3) for tokens, _ in asked]
