@@ -70,6 +70,9 @@ def test_the_speculator_reads_the_hidden_state_behind_the_last_token(tiny_llama,
     assert seen[0].hidden_state is None  # before the first pass there is none: no drafts then
     checked = 0
     for request in seen[1:]:
+        if request.num_tokens == 0:  # a round that drafts nothing keeps the state for the next that does
+            assert request.hidden_state is None
+            continue
         with torch.no_grad():
             out = hf(torch.tensor([request.token_ids[:-1]]), output_hidden_states=True)
         torch.testing.assert_close(request.hidden_state, out.hidden_states[-1][0, -1], rtol=1e-4, atol=1e-4)
