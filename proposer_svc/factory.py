@@ -99,7 +99,13 @@ def build_proposer(
 
     runner = load_runner(
         resolve_checkpoint(spec.draft_model),
-        RunnerConfig(device=str(placement), dtype=dtype, kv_cache_memory_bytes=256 << 20, max_num_seqs=max_num_seqs),
+        RunnerConfig(
+            device=str(placement),
+            dtype=dtype,
+            kv_cache_memory_bytes=256 << 20,
+            max_num_seqs=max_num_seqs,
+            quantization=spec.quantization,
+        ),
     )
     return DraftModelProposer(
         runner, target_vocab_size=target_vocab_size or runner.vocab_size, draft_top_k=spec.draft_top_k

@@ -51,6 +51,10 @@ def check_prompt_lookup(lookup_min: int, lookup_max: int, limit: int | None = No
         )
 
 
+QUANTIZATIONS = ("int8", "int4", "gguf")
+"""How a native runner may hold its projections' weights (splitspec.models.quantized_linear)."""
+
+
 @dataclass(frozen=True)
 class SpeculativeConfig:
     """How drafts are proposed: "ngram", "draft_model", "mlp_speculator", "eagle", "eagle3" or "suffix" (all but
@@ -66,6 +70,8 @@ class SpeculativeConfig:
     adaptive: bool = True
     """Draft fewer tokens (down to none) per sequence when measured acceptance says more would cost time."""
     suffix: SuffixSettings = field(default_factory=SuffixSettings)
+    quantization: str | None = None
+    """draft_model: how the draft model's projections are held (RunnerConfig.quantization)."""
 
     def __post_init__(self) -> None:
         if self.method not in SPECULATION_METHODS:
@@ -84,6 +90,8 @@ class SpeculativeConfig:
             raise SplitspecError(f'speculative method "{self.method}" needs "model": a checkpoint path')
         if self.draft_top_k < 1:
             raise SplitspecError(f"draft_top_k must be >= 1, got {self.draft_top_k}")
+        if self.quantization is not None and self.method != SpeculationMethod.DRAFT_MODEL:
+            raise SplitspecError(f'"quantization" is for a draft model\'s weights, not the {self.method} drafter')
 
 
 _SPEC_CONFIG_KEYS = {
@@ -95,6 +103,7 @@ _SPEC_CONFIG_KEYS = {
     "draft_tensor_parallel_size",
     "draft_top_k",
     "adaptive",
+    "quantization",
     *SUFFIX_CONFIG_KEYS,
 }
 
@@ -161,6 +170,7 @@ def build_speculative_config(
         draft_top_k=spec.get("draft_top_k", 16),
         adaptive=bool(spec.get("adaptive", True)),
         suffix=suffix,
+        quantization=spec.get("quantization"),
     )
 
 
@@ -189,6 +199,8 @@ class RunnerConfig:
     """Ranks the native runner's weights and KV heads are split over, one process and device each."""
     enforce_eager: bool = False
     """Never replay CUDA graphs (by default the native runner captures its decode and verify passes on CUDA)."""
+    quantization: str | None = None
+    """Native runner: None, "int8", "int4" or "gguf" (splitspec.models.quantized_linear)."""
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ from splitspec.entrypoints.cli_flags import (
     add_enforce_eager_flag,
     add_suffix_flags,
     add_tensor_parallel_flag,
+    quantization_flag,
     suffix_settings_from,
 )
+from splitspec.entrypoints.flag_table import add_flags
 from splitspec.errors import SplitspecError
 
 
@@ -61,6 +63,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     add_device_flag(p, "the model (in-process)")
     add_tensor_parallel_flag(p)
     add_enforce_eager_flag(p)
+    add_flags(p, [quantization_flag("the model (in-process)")])
     p.set_defaults(func=_generate)
 
 
@@ -100,6 +103,7 @@ def _generate(args: argparse.Namespace) -> int:
         device=args.device,
         tensor_parallel_size=args.tensor_parallel_size,
         enforce_eager=args.enforce_eager,
+        quantization=args.quantization,
     )
     tokenizer = llm.get_tokenizer()
     prompt = args.prompt

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from splitspec.config import QUANTIZATIONS
 from splitspec.devices import DEVICE_HELP
 from splitspec.entrypoints.flag_table import Flag, add_flags, settings_from
 from splitspec.errors import SplitspecError
@@ -30,6 +31,19 @@ ENFORCE_EAGER_FLAG = Flag(
     action="store_true",
     help="never replay CUDA graphs: every pass of the target runs kernel by kernel (as in vLLM)",
 )
+
+
+def quantization_flag(what: str, env: str = "QUANTIZATION", fills: tuple[str, ...] | None = None) -> Flag:
+    return Flag(
+        "--quantization",
+        short="-q",
+        env=env,
+        choices=QUANTIZATIONS,
+        fills=fills,
+        help=f"quantized weights for {what}: int8 (one scale per output row), int4 (groups of 32; CPU) or gguf "
+        f"(the 4-bit blocks of the GGUF it was converted from, as shipped; CPU) (env SPLITSPEC_{env})",
+    )
+
 
 _SUFFIX_DEFAULTS = SuffixSettings()
 SUFFIX_FLAGS = (

@@ -48,6 +48,9 @@ class LLM:
     gpu_memory_utilization: on CUDA, the fraction of the device the target may use; the KV cache gets
     what the weights and a profiling pass leave of it, unless kv_cache_memory_bytes says (the only
     setting on the CPU, default 1 GiB there).
+    quantization: the target's projections held as "int8" (per output row), "int4" (groups of 32; CPU)
+    or "gguf" (the 4-bit blocks of the GGUF the checkpoint came from, as shipped; the default model's
+    on the CPU); None keeps dtype. Speculation reproduces the target as loaded, quantized.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class LLM:
         kernel_backend: str = "auto",
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
+        quantization: str | None = None,
         speculative_model: str | None = None,
         num_speculative_tokens: int | None = None,
         ngram_prompt_lookup_max: int | None = None,
@@ -103,6 +107,7 @@ class LLM:
                 kernel_backend=kernel_backend,
                 tensor_parallel_size=tensor_parallel_size,
                 enforce_eager=enforce_eager,
+                quantization=quantization,
             ),
             scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens),
             speculative=spec,

@@ -13,7 +13,13 @@ from dataclasses import replace
 
 from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
 from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_DRAFTS_PER_STEP
-from splitspec.entrypoints.cli_flags import ENFORCE_EAGER_FLAG, SUFFIX_FLAGS, TENSOR_PARALLEL_FLAG, device_flag
+from splitspec.entrypoints.cli_flags import (
+    ENFORCE_EAGER_FLAG,
+    SUFFIX_FLAGS,
+    TENSOR_PARALLEL_FLAG,
+    device_flag,
+    quantization_flag,
+)
 from splitspec.entrypoints.flag_table import Flag, passed, within
 from splitspec.rpc.targets import Target, parse_targets
 
@@ -219,7 +225,9 @@ VERIFIER_FLAGS = (
         fills=("server.tls", "client_tls"),
     ),
     *_client_certificate_flags("the verifier presents to proposers it asks for drafts (gateway --direct-drafts)"),
-    *within("runner", (device_flag("the target"), TENSOR_PARALLEL_FLAG, ENFORCE_EAGER_FLAG)),
+    *within(
+        "runner", (device_flag("the target"), TENSOR_PARALLEL_FLAG, ENFORCE_EAGER_FLAG, quantization_flag("the target"))
+    ),
 )
 
 METHOD_FLAG = Flag("--method", default="ngram", env="METHOD", choices=SPECULATION_METHODS)
@@ -239,6 +247,7 @@ PROPOSER_FLAGS = (
             *PROMPT_LOOKUP_FLAGS,
             DRAFT_TOP_K_FLAG,
             *within("suffix", SUFFIX_FLAGS),
+            quantization_flag("the draft model (--method draft_model)"),
         ),
     ),
     Flag(
@@ -428,7 +437,7 @@ UP_FLAGS = (
         "the target in the verifier (no proposer is started, no state crosses a network), or on a proposer "
         "that the verifier sends the states to",
     ),
-    *passed(("verifier",), (TENSOR_PARALLEL_FLAG, ENFORCE_EAGER_FLAG)),
+    *passed(("verifier",), (TENSOR_PARALLEL_FLAG, ENFORCE_EAGER_FLAG, quantization_flag("the verifier's target"))),
     Flag(
         "--metrics-port",
         type=int,

@@ -16,13 +16,16 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from splitspec.config import QUANTIZATIONS
 from splitspec.devices import to_device
 from splitspec.errors import OutOfKVBlocks, SplitspecError
 from splitspec.models.block_allocator import BlockAllocator
 from splitspec.models.cuda_graphs import PassGraphs
+from splitspec.models.gguf_weights import Int4Blocks, gguf_file_of, read_int4_blocks
 from splitspec.models.kv_budget import CPU_KV_CACHE_BYTES, kv_cache_budget, profile_inputs, sampling_workspace_bytes
 from splitspec.models.linear import Linear
 from splitspec.models.pass_layout import PassLayout
+from splitspec.models.quantized_linear import Int4Linear, Int8Linear, quantize_linear
 from splitspec.models.rope import NATIVE_ROPE_TYPES, inverse_frequencies, rope_parameters
 from splitspec.models.runner import ForwardInput
 from splitspec.models.tensor_parallel import ShardPlan, TensorParallel, all_reduce, embed, gather_logits, min_over_ranks
@@ -43,16 +46,38 @@ def supports_natively(config) -> bool:
     )
 
 
+Projection = Linear | Int8Linear | Int4Linear
+
+
+def _gguf_blocks(
+    path: Path | None, config, quantization: str | None, device: torch.device, tp: TensorParallel | None
+) -> dict[str, Int4Blocks]:
+    """Check the quantization fits this runner; for "gguf", the 4-bit blocks of the checkpoint's GGUF."""
+    if quantization is None:
+        return {}
+    if quantization not in QUANTIZATIONS:
+        raise SplitspecError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    if tp is not None:
+        raise SplitspecError("quantized weights run on one device: drop tensor_parallel_size or quantization")
+    if quantization != "int8" and device.type != "cpu":
+        raise SplitspecError(f'quantization="{quantization}" runs on the CPU; on {device} use "int8"')
+    if quantization != "gguf":
+        return {}
+    if path is None:
+        raise SplitspecError('quantization="gguf" needs a checkpoint converted from a GGUF file')
+    return read_int4_blocks(gguf_file_of(path), config)
+
+
 @dataclass
 class DecoderLayer:
     input_norm: torch.Tensor | None  # [hidden]; None in an EAGLE drafter's first layer
-    qkv: Linear  # hidden -> (q_heads + 2 * kv_heads) * head_dim
+    qkv: Projection  # hidden -> (q_heads + 2 * kv_heads) * head_dim
     q_norm: torch.Tensor | None  # [head_dim] (Qwen3)
     k_norm: torch.Tensor | None
-    o: Linear  # q_heads * head_dim -> hidden
+    o: Projection  # q_heads * head_dim -> hidden
     post_norm: torch.Tensor  # [hidden]
-    gate_up: Linear  # hidden -> 2 * intermediate
-    down: Linear  # intermediate -> hidden
+    gate_up: Projection  # hidden -> 2 * intermediate
+    down: Projection  # intermediate -> hidden
 
 
 def _read_safetensors(path: Path, dtype: torch.dtype, plan: ShardPlan | None = None) -> dict[str, torch.Tensor]:
@@ -90,6 +115,7 @@ class LlamaRunner:
         kernel_backend: str = "auto",
         tp: TensorParallel | None = None,
         enforce_eager: bool = False,
+        quantization: str | None = None,
     ) -> None:
         """Weights come from the safetensors under `path`, or from `weights` (checkpoint names and
         layout) when given. kv_cache_memory_bytes None: on CUDA, what gpu_memory_utilization leaves
@@ -99,7 +125,9 @@ class LlamaRunner:
         tp: this process's rank in a tensor-parallel group; it then holds its shard of every weight
         and of the KV heads (splitspec.models.tensor_parallel).
         enforce_eager: never replay CUDA graphs. Otherwise decode and verify passes on CUDA with the Triton
-        kernels and one process are captured and replayed (splitspec.models.cuda_graphs)."""
+        kernels and one process are captured and replayed (splitspec.models.cuda_graphs).
+        quantization: None, or how the projections' weights are held (splitspec.models.quantized_linear:
+        "int8", "int4", or "gguf" for the 4-bit blocks of the GGUF file the checkpoint came from)."""
         self.config = config
         self.device = torch.device(device)
         try:
@@ -108,6 +136,8 @@ class LlamaRunner:
             raise SplitspecError(str(exc)) from None
         self.dtype = dtype
         self.tp = tp
+        self.quantization = quantization
+        self._gguf_blocks = _gguf_blocks(path, config, quantization, self.device, tp)
         self.workers: WorkerGroup | None = None  # the driver's; set by the loader
         self.hidden = config.hidden_size
         self.q_heads = config.num_attention_heads
@@ -235,28 +265,54 @@ class LlamaRunner:
         self.embed = take("model.embed_tokens.weight")  # [vocab, hidden]
         self.norm = take("model.norm.weight")
         tied = getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in w
-        self.lm_head = Linear(self.embed if tied else take("lm_head.weight"))
+        self.lm_head = (
+            self._projection(["model.embed_tokens.weight"], [self.embed]) if tied else self._take(w, ["lm_head.weight"])
+        )
         self.layers: list[DecoderLayer] = []
         for i in range(config.num_hidden_layers):
             p = f"model.layers.{i}."
-            q, k, v = (take(p + f"self_attn.{n}_proj.weight") for n in "qkv")
             bias_names = [p + f"self_attn.{n}_proj.bias" for n in "qkv"]
             qkv_bias = torch.cat([take(n) for n in bias_names]) if bias_names[0] in w else None
             self.layers.append(
                 DecoderLayer(
                     input_norm=self._input_norm(w, p, i),
-                    qkv=Linear(torch.cat([q, k, v]), qkv_bias),
+                    qkv=self._take(w, [p + f"self_attn.{n}_proj.weight" for n in "qkv"], qkv_bias),
                     q_norm=w.pop(p + "self_attn.q_norm.weight", None),
                     k_norm=w.pop(p + "self_attn.k_norm.weight", None),
-                    o=Linear(
-                        take(p + "self_attn.o_proj.weight"),
+                    o=self._take(
+                        w,
+                        [p + "self_attn.o_proj.weight"],
                         self._row_parallel_bias(w.pop(p + "self_attn.o_proj.bias", None)),
                     ),
                     post_norm=take(p + "post_attention_layernorm.weight"),
-                    gate_up=Linear(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])),
-                    down=Linear(take(p + "mlp.down_proj.weight")),
+                    gate_up=self._take(w, [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]),
+                    down=self._take(w, [p + "mlp.down_proj.weight"]),
                 )
             )
+
+    def _take(self, w: dict[str, torch.Tensor], names: list[str], bias: torch.Tensor | None = None) -> Projection:
+        missing = [name for name in names if name not in w]
+        if missing:
+            raise SplitspecError(
+                f"checkpoint is missing tensor {missing[0]!r}; is it a {self.config.model_type} model?"
+            )
+        return self._projection(names, [w.pop(name) for name in names], bias)
+
+    def _projection(
+        self, names: list[str], weights: list[torch.Tensor], bias: torch.Tensor | None = None
+    ) -> Projection:
+        """These checkpoint tensors stacked by rows, as one projection held as `quantization` says. With
+        "gguf", projections the GGUF holds in 4-bit blocks use them; the others are quantized to int8."""
+        weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+        if self.quantization is None:
+            return Linear(weight, bias)
+        try:
+            if all(name in self._gguf_blocks for name in names):
+                blocks = Int4Blocks.cat([self._gguf_blocks.pop(name) for name in names])
+                return Int4Linear(blocks.q, blocks.scales, blocks.zeros, bias)
+            return quantize_linear(weight, bias, "int8" if self.quantization == "gguf" else self.quantization)
+        except ValueError as exc:
+            raise SplitspecError(f"{names[0]} cannot be held as {self.quantization}: {exc}") from None
 
     def _row_parallel_bias(self, bias: torch.Tensor | None) -> torch.Tensor | None:
         """A row-parallel layer's bias is added once: by rank 0, before the all-reduce sums the ranks."""

@@ -79,6 +79,12 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig(), tp: TensorPar
                 kernel_backend=config.kernel_backend,
                 tp=tp,
                 enforce_eager=config.enforce_eager,
+                quantization=config.quantization,
+            )
+        if config.quantization is not None:
+            raise SplitspecError(
+                f"{path}: quantization={config.quantization!r} needs the native runner (Llama family), not the "
+                "transformers backend"
             )
         return HFRunner(path, model_config, device=device, dtype=torch_dtype, max_model_len=config.max_model_len)
     except torch.cuda.OutOfMemoryError:

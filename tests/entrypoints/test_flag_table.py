@@ -189,7 +189,7 @@ def test_a_row_naming_no_field_is_caught():
 
 GIVEN = {
     "--device": "cpu",
-    "--method": "eagle",
+    "--method": "draft_model",  # the one method a --quantization is for
     "--proposers": "h:5",
     "--verifiers": "h:6",
     "--speculative-config": '{"model": "x"}',
@@ -202,6 +202,8 @@ def _given(row: Flag) -> list[str]:
         return [row.name]
     if row.name in GIVEN:
         return [row.name, GIVEN[row.name]]
+    if row.choices:
+        return [row.name, row.choices[-1]]
     return [row.name, "0.25" if row.type is float else "3" if row.type is not None else "x"]
 
 
