@@ -8,7 +8,12 @@ import sys
 import time
 from dataclasses import asdict
 
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, METHODS_WITHOUT_MODEL, SPECULATION_METHODS
+from splitspec.config import (
+    DEFAULT_NUM_SPECULATIVE_TOKENS,
+    METHODS_WITHOUT_MODEL,
+    QUANTIZATIONS,
+    SPECULATION_METHODS,
+)
 from splitspec.entrypoints.cli_flags import (
     add_device_flag,
     add_enforce_eager_flag,
@@ -238,6 +243,18 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="add a second gateway stack with OpenTelemetry tracing on (every span exported to a local OTLP "
         "receiver), to measure what tracing costs",
     )
+    p.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        help="every splitspec target quantized (K=0, the reference, too): int8, int4 or gguf",
+    )
+    p.add_argument("--draft-quantization", choices=QUANTIZATIONS, help="the --draft-model quantized")
+    p.add_argument(
+        "--llama-cpp",
+        action="store_true",
+        help="also llama.cpp, plain and with its prompt lookup, on the GGUF the model was converted from "
+        "(pip install 'splitspec[llama-cpp]')",
+    )
     p.add_argument("--seed", type=int, default=0, help="selects the prompts")
     p.add_argument("--output", default="bench.json", help="where to write the JSON report")
     add_device_flag(p, "every configuration's target (transformers' too)")
@@ -308,6 +325,9 @@ def _bench(args: argparse.Namespace) -> int:
         unpipelined_rows=args.unpipelined_rows,
         direct_drafts_rows=args.direct_drafts_rows,
         network_delays_ms=_delays_ms(args.network_delay_ms),
+        quantization=args.quantization,
+        draft_quantization=args.draft_quantization,
+        llama_cpp=args.llama_cpp,
     )
     if args.quick:
         settings = BenchSettings(

@@ -16,6 +16,7 @@ from splitspec.entrypoints.bench.load import format_load_table, load_sweep, warm
 from splitspec.entrypoints.bench.runners import (
     BenchPrompt,
     HFGenerate,
+    LlamaCppGenerate,
     SplitspecGateway,
     SplitspecGatewayHttp,
     SplitspecInProcess,
@@ -71,6 +72,12 @@ class BenchSettings:
     """Also, at each delay, n-grams drafted on the proposer: fetched by the gateway (drafts made ahead,
     the default), and fetched by the verifier itself (--direct-drafts), with and without drafts made ahead
     for a rejection; with a draft model, it too both ways with --direct-drafts."""
+    quantization: str | None = None
+    """Every splitspec target's projections quantized (LLM's quantization; `up --quantization`)."""
+    draft_quantization: str | None = None
+    """The draft model's, for the draft_model rows."""
+    llama_cpp: bool = False
+    """Also llama.cpp, plain and with its prompt lookup, on the GGUF the model was converted from."""
     configs_only: tuple[str, ...] = field(default=())
 
 
@@ -85,10 +92,13 @@ def _start_stack(
     env: dict[str, str] | None = None,
     delay_ms: float = 0.0,
     up_flags: tuple[str, ...] = (),
+    quantization: str | None = None,
 ) -> ServiceProcess:
     """`splitspec up` on free loopback ports, serving before this returns; the gateway at its address."""
     ports = [free_port() for _ in range(3)]
     args = ["up", "--model", model, "-k", str(k), "--verifier-port", str(ports[1]), "--proposer-port", str(ports[2])]
+    if quantization:
+        args += ["--quantization", quantization]
     args += ["--device", device, "--network-delay-ms", str(delay_ms), *up_flags]
     stack = start_service("up", args, None, port=ports[0], grace_seconds=None, timeout=300, env=env)
     _log(f"the stack's log: {stack.log}")
@@ -121,12 +131,11 @@ def _eagle3_k(head: Path) -> int:
 def run_bench(settings: BenchSettings) -> dict:
     """Load every configuration, time them prompt by prompt, interleaved, then under load (concurrency
     and request rate, bench/load.py)."""
-    from splitspec import LLM
     from splitspec.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(settings.model)
     _log(f"loading {settings.model} ({path})")
-    plain = LLM(str(path), device=settings.device, enforce_eager=settings.enforce_eager)
+    plain = _llm(path, settings)
     bench_prompts = _bench_prompts(plain, settings)
     configs = _in_process_configs(plain, path, settings)
     eagle3 = _trained(settings, settings.eagle3, "eagle3")
@@ -137,7 +146,7 @@ def run_bench(settings: BenchSettings) -> dict:
         http_port = free_port()
         stack = _start_stack(
             str(path), settings.num_speculative_tokens, settings.device, delay_ms=delay,
-            up_flags=() if delay else ("--http-port", str(http_port)),
+            up_flags=() if delay else ("--http-port", str(http_port)), quantization=settings.quantization,
         )  # fmt: skip
         stacks.append(stack)
         configs.append(SplitspecGateway(f"gateway K=0{suffix}", stack.address, num_speculative_tokens=0))
@@ -177,7 +186,12 @@ def run_bench(settings: BenchSettings) -> dict:
         for variant, flags in variants.items():
             _log(f"starting a stack with splitspec up {' '.join(flags)}")
             stack = _start_stack(
-                str(path), settings.num_speculative_tokens, settings.device, delay_ms=delay, up_flags=flags
+                str(path),
+                settings.num_speculative_tokens,
+                settings.device,
+                delay_ms=delay,
+                up_flags=flags,
+                quantization=settings.quantization,
             )
             stacks.append(stack)
             name = f"gateway {variant.format(k=settings.num_speculative_tokens)}{suffix}"
@@ -189,10 +203,14 @@ def run_bench(settings: BenchSettings) -> dict:
         sink, endpoint, spans = start_otlp_sink()
         _log(f"starting a second stack with tracing on, exporting to {endpoint}")
         env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint}
-        traced = _start_stack(str(path), settings.num_speculative_tokens, settings.device, env)
+        traced = _start_stack(
+            str(path), settings.num_speculative_tokens, settings.device, env, quantization=settings.quantization
+        )
         configs.append(SplitspecGateway(f"gateway ngram K={settings.num_speculative_tokens} traced", traced.address))
     if settings.hf:
         configs += _hf_configs(plain, path, settings)
+    if settings.llama_cpp:
+        configs += _llama_cpp_configs(plain, path, settings)
     if settings.configs_only:
         configs = [c for c in configs if c.name in settings.configs_only or c.name == "splitspec K=0"]
     try:
@@ -229,19 +247,13 @@ def _bench_prompts(plain, settings: BenchSettings) -> list[BenchPrompt]:
 
 
 def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
-    from splitspec import LLM
 
     k = settings.num_speculative_tokens
     configs = [SplitspecInProcess("splitspec K=0", plain)]
     configs.append(
         SplitspecInProcess(
             f"splitspec ngram K={k}",
-            LLM(
-                str(path),
-                speculative_config={"method": "ngram", "num_speculative_tokens": k},
-                device=settings.device,
-                enforce_eager=settings.enforce_eager,
-            ),
+            _llm(path, settings, {"method": "ngram", "num_speculative_tokens": k}),
         )
     )
     suffixes = {f"splitspec suffix K={SUFFIX_K}": {"method": "suffix"}}  # vLLM's defaults
@@ -252,42 +264,47 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
             "suffix_decoding_max_tree_depth": DEEP_SUFFIX_DEPTH,
         }
     for name, spec in suffixes.items():
-        llm = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
-        configs.append(SplitspecInProcess(name, llm))
+        configs.append(SplitspecInProcess(name, _llm(path, settings, spec)))
     if settings.draft_model:
         spec = {"method": "draft_model", "model": settings.draft_model, "num_speculative_tokens": k}
-        draft = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
-        configs.append(SplitspecInProcess(f"splitspec draft K={k}", draft))
+        if settings.draft_quantization:
+            spec["quantization"] = settings.draft_quantization
+        configs.append(SplitspecInProcess(f"splitspec draft K={k}", _llm(path, settings, spec)))
     eagle3 = _trained(settings, settings.eagle3, "eagle3")
     if eagle3 is not None:
         k3 = _eagle3_k(eagle3)
         for fixed in (False, True):  # fixed: what the head yields per pass, drafting every round
             spec = {"method": "eagle3", "model": str(eagle3), "num_speculative_tokens": k3, "adaptive": not fixed}
-            llm = LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=settings.enforce_eager)
-            configs.append(SplitspecInProcess(f"splitspec eagle3 K={k3}{' fixed' if fixed else ''}", llm))
+            configs.append(
+                SplitspecInProcess(f"splitspec eagle3 K={k3}{' fixed' if fixed else ''}", _llm(path, settings, spec))
+            )
     speculator = _trained(settings, settings.speculator, "mlp_speculator")
     if speculator is not None:
         n_predict = json.loads((speculator / "config.json").read_text())["n_predict"]
         configs.append(
             SplitspecInProcess(
                 f"splitspec mlp_spec K={n_predict}",
-                LLM(
-                    str(path),
-                    speculative_config={"model": str(speculator), "num_speculative_tokens": n_predict},
-                    device=settings.device,
-                    enforce_eager=settings.enforce_eager,
-                ),
+                _llm(path, settings, {"model": str(speculator), "num_speculative_tokens": n_predict}),
             )
         )
     if settings.eager_rows:
         ngram = {"method": "ngram", "num_speculative_tokens": k}
         for name, spec in (("splitspec K=0 eager", None), (f"splitspec ngram K={k} eager", ngram)):
-            configs.append(
-                SplitspecInProcess(
-                    name, LLM(str(path), speculative_config=spec, device=settings.device, enforce_eager=True)
-                )
-            )
+            configs.append(SplitspecInProcess(name, _llm(path, settings, spec, enforce_eager=True)))
     return configs
+
+
+def _llm(path: Path, settings: BenchSettings, spec: dict | None = None, enforce_eager: bool | None = None):
+    """An in-process configuration: the target as the settings load it, with this drafter."""
+    from splitspec import LLM
+
+    return LLM(
+        str(path),
+        speculative_config=spec,
+        device=settings.device,
+        enforce_eager=settings.enforce_eager if enforce_eager is None else enforce_eager,
+        quantization=settings.quantization,
+    )
 
 
 def _hf_configs(plain, path: Path, settings: BenchSettings) -> list[HFGenerate]:
@@ -308,6 +325,26 @@ def _hf_configs(plain, path: Path, settings: BenchSettings) -> list[HFGenerate]:
         draft = AutoModelForCausalLM.from_pretrained(draft_path, dtype=dtype).to(device).eval()
         configs.append(HFGenerate(f"HF assistant K={k}", hf_model, eos, assistant_model=draft, num_assistant_tokens=k))
     return configs
+
+
+def _llama_cpp_configs(plain, path: Path, settings: BenchSettings) -> list[LlamaCppGenerate]:
+    from splitspec.errors import SplitspecError
+    from splitspec.models.gguf_weights import gguf_file_of
+
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        raise SplitspecError(
+            "--llama-cpp needs llama-cpp-python: pip install 'splitspec[llama-cpp]' (it builds llama.cpp from source)"
+        ) from None
+    gguf = str(gguf_file_of(path))
+    k = settings.num_speculative_tokens
+    eos = sorted(plain.engine.stop_checker.eos_token_ids)
+    n_ctx = plain.runner.max_model_len
+    return [
+        LlamaCppGenerate("llama.cpp", gguf, eos, n_ctx),
+        LlamaCppGenerate(f"llama.cpp prompt lookup K={k}", gguf, eos, n_ctx, prompt_lookup=k),
+    ]
 
 
 def _run_interleaved(

@@ -112,6 +112,39 @@ class HFGenerate:
         return timings
 
 
+class LlamaCppGenerate:
+    """llama.cpp (llama-cpp-python) on the GGUF file, greedy, one prompt at a time; with
+    `prompt_lookup` tokens, its own prompt-lookup drafting (LlamaPromptLookupDecoding)."""
+
+    def __init__(self, name: str, gguf_path: str, eos_token_ids: list[int], n_ctx: int, prompt_lookup: int = 0) -> None:
+        import os
+
+        from llama_cpp import Llama
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=prompt_lookup) if prompt_lookup else None
+        self.name = name
+        self.eos_token_ids = set(eos_token_ids)
+        self.model = Llama(
+            model_path=gguf_path, n_ctx=n_ctx, n_threads=os.cpu_count(), draft_model=draft, verbose=False
+        )
+
+    def run(self, prompts: list[BenchPrompt], max_tokens: int) -> list[RequestTiming]:
+        timings = []
+        for p in prompts:
+            self.model.reset()
+            timing = RequestTiming(self.name, p.prompt.name, p.prompt.workload, time.perf_counter())
+            for token in self.model.generate(p.token_ids, temp=0.0, top_k=1, reset=True):
+                if token in self.eos_token_ids:
+                    break
+                timing.arrivals.append((time.perf_counter(), 1))
+                timing.token_ids.append(token)
+                if len(timing.token_ids) == max_tokens:
+                    break
+            timings.append(timing)
+        return timings
+
+
 class SplitspecGateway:
     """The same engine behind `splitspec up`: three processes, streamed over gRPC."""
 
