@@ -51,7 +51,7 @@ def check_prompt_lookup(lookup_min: int, lookup_max: int, limit: int | None = No
         )
 
 
-QUANTIZATIONS = ("int8", "int4", "gguf")
+QUANTIZATIONS = ("int8", "int4", "gguf", "fp8")
 """How a native runner may hold its projections' weights (splitspec.models.quantized_linear)."""
 
 

@@ -246,7 +246,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quantization",
         choices=QUANTIZATIONS,
-        help="every splitspec target quantized (K=0, the reference, too): int8, int4 or gguf",
+        help="every splitspec target quantized (K=0, the reference, too): int8, int4, gguf or fp8",
     )
     p.add_argument("--draft-quantization", choices=QUANTIZATIONS, help="the --draft-model quantized")
     p.add_argument(

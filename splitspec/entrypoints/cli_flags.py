@@ -40,8 +40,9 @@ def quantization_flag(what: str, env: str = "QUANTIZATION", fills: tuple[str, ..
         env=env,
         choices=QUANTIZATIONS,
         fills=fills,
-        help=f"quantized weights for {what}: int8 (one scale per output row), int4 (groups of 32; CPU) or gguf "
-        f"(the 4-bit blocks of the GGUF it was converted from, as shipped; CPU) (env SPLITSPEC_{env})",
+        help=f"quantized weights for {what}: int8 (one scale per output row), int4 (groups of 32; CPU), gguf "
+        f"(the 4-bit blocks of the GGUF it was converted from, as shipped; CPU) or fp8 (per-row weight scales, "
+        f"activations quantized per token; FP8 tensor cores on CUDA) (env SPLITSPEC_{env})",
     )
 
 

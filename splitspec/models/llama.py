@@ -25,7 +25,7 @@ from splitspec.models.gguf_weights import Int4Blocks, gguf_file_of, read_int4_bl
 from splitspec.models.kv_budget import CPU_KV_CACHE_BYTES, kv_cache_budget, profile_inputs, sampling_workspace_bytes
 from splitspec.models.linear import Linear
 from splitspec.models.pass_layout import PassLayout
-from splitspec.models.quantized_linear import Int4Linear, Int8Linear, quantize_linear
+from splitspec.models.quantized_linear import Fp8Linear, Int4Linear, Int8Linear, quantize_linear
 from splitspec.models.rope import NATIVE_ROPE_TYPES, inverse_frequencies, rope_parameters
 from splitspec.models.runner import ForwardInput
 from splitspec.models.tensor_parallel import ShardPlan, TensorParallel, all_reduce, embed, gather_logits, min_over_ranks
@@ -46,7 +46,7 @@ def supports_natively(config) -> bool:
     )
 
 
-Projection = Linear | Int8Linear | Int4Linear
+Projection = Linear | Int8Linear | Int4Linear | Fp8Linear
 
 
 def _gguf_blocks(
@@ -59,8 +59,8 @@ def _gguf_blocks(
         raise SplitspecError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     if tp is not None:
         raise SplitspecError("quantized weights run on one device: drop tensor_parallel_size or quantization")
-    if quantization != "int8" and device.type != "cpu":
-        raise SplitspecError(f'quantization="{quantization}" runs on the CPU; on {device} use "int8"')
+    if quantization in ("int4", "gguf") and device.type != "cpu":
+        raise SplitspecError(f'quantization="{quantization}" runs on the CPU; on {device} use "fp8" or "int8"')
     if quantization != "gguf":
         return {}
     if path is None:

@@ -4,6 +4,9 @@
 - "int4": weights in groups of 32 input columns, each group 16 levels between its own min and max.
 - "gguf": a GGUF checkpoint's own blocks (splitspec.models.gguf_weights): Q4_0 and Q4_1 are groups of
   32 with a scale (and a minimum), exactly the "int4" layout, so they run as shipped.
+- "fp8": float8_e4m3fn weights with one scale per output row, and each activation row quantized to it
+  with its own scale as it arrives (vLLM's dynamic FP8, per token): torch._scaled_mm, the FP8 tensor
+  cores on CUDA (H100 and later). A scale per row, not per batch, keeps rows independent.
 
 The products are PyTorch's own weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`):
 they read a quarter or an eighth of float32's bytes, which is what a memory-bound decode step pays
@@ -40,9 +43,6 @@ class Int8Linear:
         q = torch.round(weight.float() / scales[:, None]).clamp(-127, 127).to(torch.int8)
         return cls(q, scales, bias)
 
-    def dequantized(self) -> torch.Tensor:
-        return self.q.float() * self.scales.float()[:, None]
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.aten._weight_int8pack_mm(x.to(ACTIVATION_DTYPE), self.q, self.scales).to(x.dtype)
         return y if self.bias is None else y + self.bias
@@ -77,23 +77,50 @@ class Int4Linear:
         q = torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15)
         return cls(q.reshape(out_features, in_features), scales, low + _MID_LEVEL * scales, bias)
 
-    def dequantized(self) -> torch.Tensor:
-        """The weight the kernel multiplies by, [out, in] in float32 (for tests and reports)."""
-        eye = torch.eye(self.in_features, dtype=ACTIVATION_DTYPE)
-        return self._product(eye).float().t()
-
-    def _product(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP_SIZE, self.scales_and_zeros)
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._product(x.to(ACTIVATION_DTYPE)).to(x.dtype)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.to(ACTIVATION_DTYPE), self.packed, GROUP_SIZE, self.scales_and_zeros
+        ).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
 
-def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, quantization: str) -> Int8Linear | Int4Linear:
-    """A float weight [out, in] quantized as `quantization` says ("int8" or "int4")."""
+class Fp8Linear:
+    """y = (x / sx) @ (W / sw).T * sx * sw + bias in float8_e4m3fn, sw per output row, sx per input row."""
+
+    FP8 = torch.float8_e4m3fn
+    FP8_MAX = 448.0
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        self.out_features, self.in_features = q.shape
+        if self.in_features % 16 or self.out_features % 16:
+            raise ValueError(
+                f"fp8 weights need multiples of 16 rows and columns, got [{self.out_features}, {self.in_features}]"
+            )
+        self.q_t = q.contiguous().t()  # [in, out], column-major, as _scaled_mm takes its second operand
+        self.scales = scales.float().reshape(1, -1)
+        self.bias = bias
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Fp8Linear:
+        scales = weight.float().abs().amax(dim=1).clamp(min=1e-12) / cls.FP8_MAX
+        return cls((weight.float() / scales[:, None]).to(cls.FP8), scales, bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        row_scales = x.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / self.FP8_MAX
+        q = (x.float() / row_scales).to(self.FP8)
+        y = torch._scaled_mm(q, self.q_t, scale_a=row_scales, scale_b=self.scales, out_dtype=ACTIVATION_DTYPE)
+        y = y.to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None, quantization: str
+) -> Int8Linear | Int4Linear | Fp8Linear:
+    """A float weight [out, in] quantized as `quantization` says ("int8", "int4" or "fp8")."""
     if quantization == "int8":
         return Int8Linear.quantize(weight, bias)
     if quantization == "int4":
         return Int4Linear.quantize(weight, bias)
+    if quantization == "fp8":
+        return Fp8Linear.quantize(weight, bias)
     raise ValueError(f"cannot quantize a float weight as {quantization!r}")
