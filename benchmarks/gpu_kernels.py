@@ -16,6 +16,8 @@ Usage:
    differently in two implementations; see tests/core/test_gpu.py); below that the script exits non-zero.
 4. With --profile: where the device time of the batch-1, K=0 pass goes (torch.profiler over a few
    passes, kernels grouped by what they do), the breakdown docs/benchmarks.md quotes.
+5. With --fp8: the same 8B-shaped target with quantization="fp8" beside bfloat16 (random weights),
+   batch 1 and 32 at K=0 and K=8: milliseconds and the ratio (the goal: at most 0.6x at batch 1).
 """
 
 from __future__ import annotations
@@ -322,12 +324,89 @@ def bench_verify_pass(
     return lowest
 
 
+def bench_fp8_pass(shapes: Shapes, device: torch.device, smoke: bool) -> None:
+    """quantization="fp8" against the runner's own dtype, on one set of random weights."""
+    from splitspec.models.llama import LlamaRunner
+
+    dtype = torch.float32 if smoke else torch.bfloat16
+    config = _llama_config(smoke)
+    gen = torch.Generator(device=device).manual_seed(0)
+    weights = {}
+    for name, shape in _llama_shapes(config).items():
+        weights[name] = torch.randn(shape, generator=gen, device=device, dtype=dtype) * (
+            1.0 if "norm" in name else 0.02
+        )
+    context, batches, timer = shapes.runner_context, (1, max(shapes.runner_batches)), _timer(device)
+    times = {}
+    for quantization in (None, "fp8"):
+        runner = LlamaRunner(None, config, weights=dict(weights), device=device, dtype=dtype, max_num_seqs=max(batches),
+                             kv_cache_memory_bytes=_kv_bytes(config, max(batches), context, dtype), kernel_backend="triton",
+                             quantization=quantization)  # fmt: skip
+        times |= {(quantization, *key): s for key, s in _pass_times(runner, batches, context, timer).items()}
+        del runner
+    print(f"\nfp8 against {dtype}, {'tiny (smoke)' if smoke else 'Llama-3.1-8B'} shapes, context {context}")
+    print(f"  batch  K   {str(dtype).removeprefix('torch.'):>9} ms   fp8 ms   fp8 / base")
+    for batch in batches:
+        for k in (0, 8):
+            base, fp8 = times[None, batch, k], times["fp8", batch, k]
+            print(f"  {batch:>5} {k:>2}   {base * 1e3:12.2f}   {fp8 * 1e3:6.2f}   {fp8 / base:10.2f}")
+
+
+def _pass_times(runner, batches: tuple[int, ...], context: int, timer) -> dict[tuple[int, int], float]:
+    """(batch, K) -> seconds of a verify pass of K + 1 tokens per sequence after `context` tokens."""
+    from splitspec.models.runner import ForwardInput
+
+    times = {}
+    for batch in batches:
+        ids = [f"s{b}" for b in range(batch)]
+        runner.forward([ForwardInput(i, [1] * context, 1) for i in ids])
+        for k in (0, 8):
+
+            def one_pass(k: int = k) -> None:
+                runner.forward([ForwardInput(i, [2] * (k + 1), k + 1) for i in ids])
+                for i in ids:
+                    runner.truncate(i, context)
+
+            times[batch, k] = timer(one_pass)
+        for i in ids:
+            runner.free(i)
+    return times
+
+
+def _llama_shapes(config) -> dict[str, tuple[int, ...]]:
+    hidden, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+    head_dim = hidden // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    shapes = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (vocab, hidden),
+    }
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+            p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv, hidden),
+            p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
+            p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+            p + "mlp.down_proj.weight": (hidden, inter),
+        }  # fmt: skip
+    return shapes
+
+
+def _kv_bytes(config, batch: int, context: int, dtype: torch.dtype) -> int:
+    head_dim = config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+    return per_token * batch * (context + 32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1)")
     parser.add_argument("--skip-runner", action="store_true", help="kernels only")
     parser.add_argument("--skip-kernels", action="store_true", help="the verify pass only")
     parser.add_argument("--profile", action="store_true", help="break the batch-1, K=0 pass down by kernel group")
+    parser.add_argument("--fp8", action="store_true", help="also the verify pass with quantization='fp8'")
     args = parser.parse_args()
     device = torch.device("cpu" if args.smoke else "cuda")
     shapes = SMOKE if args.smoke else FULL
@@ -347,6 +426,8 @@ def main() -> None:
         print(
             f"agreement with transformers: at least {lowest:.1%} of rows (near-ties counted; needs {MIN_AGREEMENT:.0%})"
         )
+    if args.fp8:
+        bench_fp8_pass(shapes, device, args.smoke)
 
 
 if __name__ == "__main__":

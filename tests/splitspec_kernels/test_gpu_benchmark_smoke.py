@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_gpu_benchmark_smoke_run() -> None:
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_kernels.py"), "--smoke", "--profile"],
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_kernels.py"), "--smoke", "--profile", "--fp8"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -33,6 +33,9 @@ def test_gpu_benchmark_smoke_run() -> None:
     assert "agreement with transformers: at least 100.0% of rows" in proc.stdout
     assert "CPU time of one pass by kernel group (5 passes profiled)" in proc.stdout
     assert re.search(r"^    GEMM +\d+\.\d+ ms", proc.stdout, re.M), proc.stdout
+    assert (
+        len(re.findall(r"^ +\d+ +[08] +\d+\.\d+ +\d+\.\d+ +\d+\.\d+$", proc.stdout.split("fp8 against")[1], re.M)) == 4
+    )
 
 
 def _gpu_kernels_module():
