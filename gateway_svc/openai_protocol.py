@@ -8,6 +8,7 @@ by name, never silently ignored.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -110,7 +111,8 @@ def chat_choices(body: dict, default_max_tokens: int) -> list[Choice]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InvalidRequest(f"messages[{i}] must be an object with a role", f"messages[{i}].role")
-        template.messages.add(role=message["role"], content=_content(message.get("content"), i))
+        role = _text(message["role"], f"messages[{i}].role")
+        template.messages.add(role=role, content=_content(message.get("content"), i))
     choices = []
     for j in range(_n(body)):
         request = pb.GenerateRequest()
@@ -124,7 +126,9 @@ def _check_parameters(body: dict, known: set[str]) -> None:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     unsupported = sorted(
-        key for key, value in body.items() if key not in known and value not in NEUTRAL_VALUES.get(key, (None,))
+        _printable(key)
+        for key, value in body.items()
+        if key not in known and value not in NEUTRAL_VALUES.get(key, (None,))
     )
     if unsupported:
         raise InvalidRequest(f"unsupported parameters: {', '.join(unsupported)}", unsupported[0])
@@ -133,14 +137,14 @@ def _check_parameters(body: dict, known: set[str]) -> None:
 def _prompts(prompt) -> list[str | list[int]]:
     """A string, a list of strings, a list of token ids, or a list of lists of token ids."""
     if isinstance(prompt, str):
-        return [prompt]
+        return [_text(prompt, "prompt")]
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
-            return list(prompt)
+            return [_text(p, "prompt") for p in prompt]
         if all(_is_int(t) for t in prompt):
-            return [list(prompt)]
+            return [_token_ids(prompt, "prompt")]
         if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
-            return [list(p) for p in prompt]
+            return [_token_ids(p, "prompt") for p in prompt]
     raise InvalidRequest(
         "prompt must be a string, a list of strings, a list of token ids or a list of lists of token ids", "prompt"
     )
@@ -148,14 +152,15 @@ def _prompts(prompt) -> list[str | list[int]]:
 
 def _content(content, i: int) -> str:
     """A message's content: a string, or a list of text parts joined."""
+    name = f"messages[{i}].content"
     if isinstance(content, str):
-        return content
+        return _text(content, name)
     if isinstance(content, list):
         texts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise InvalidRequest(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
-            texts.append(part["text"])
+                raise InvalidRequest(f"{name}: only text parts are supported", name)
+            texts.append(_text(part["text"], name))
         return "".join(texts)
     raise InvalidRequest(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content")
 
@@ -174,16 +179,16 @@ def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequ
         s.seed = _integer(body["seed"], "seed", low=-(2**63), high=2**63 - 1)
     stop = body.get("stop")
     if isinstance(stop, str):
-        s.stop.append(stop)
+        s.stop.append(_text(stop, "stop"))
     elif isinstance(stop, list) and all(isinstance(x, str) for x in stop):
-        s.stop.extend(stop)
+        s.stop.extend(_text(x, "stop") for x in stop)
     elif stop is not None:
         raise InvalidRequest("stop must be a string or a list of strings", "stop")
     stop_ids = body.get("stop_token_ids")
     if stop_ids is not None:
         if not isinstance(stop_ids, list) or not all(_is_int(t) for t in stop_ids):
             raise InvalidRequest("stop_token_ids must be a list of token ids", "stop_token_ids")
-        s.stop_token_ids.extend(stop_ids)
+        s.stop_token_ids.extend(_token_ids(stop_ids, "stop_token_ids"))
     if body.get("ignore_eos") is not None:
         if not isinstance(body["ignore_eos"], bool):
             raise InvalidRequest("ignore_eos must be true or false", "ignore_eos")
@@ -192,13 +197,18 @@ def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequ
     if user is not None:  # OpenAI's stable end-user id: keeps the user's requests on one proposer pod
         if not isinstance(user, str) or len(user) > MAX_SESSION_ID_CHARS:
             raise InvalidRequest(f"user must be a string of at most {MAX_SESSION_ID_CHARS} characters", "user")
-        request.session_id = user
+        request.session_id = _text(user, "user")
     speculation = body.get("speculation")
     if speculation is not None:
         if not isinstance(speculation, dict):
             raise InvalidRequest('speculation must be an object, such as {"num_speculative_tokens": 0}', "speculation")
         overrides = Struct()
-        overrides.update(speculation)
+        try:
+            overrides.update(speculation)
+        except (ValueError, TypeError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
+            raise InvalidRequest(
+                f"speculation holds a value JSON-to-protobuf cannot carry: {exc}", "speculation"
+            ) from None
         request.speculation.CopyFrom(overrides)
     return request
 
@@ -218,6 +228,29 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _token_ids(ids: list[int], name: str) -> list[int]:
+    """Token ids as the wire carries them (int32); whether the model has them, the verifier says."""
+    bad = next((t for t in ids if not 0 <= t < 2**31), None)
+    if bad is not None:
+        raise InvalidRequest(f"{name}: token ids are integers in [0, 2^31), got {bad}", name)
+    return list(ids)
+
+
+def _printable(name: str) -> str:
+    """A name as an error message can carry it: lone surrogates escaped."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _text(value: str, name: str) -> str:
+    """Text the wire can carry: valid Unicode (JSON can spell a lone UTF-16 surrogate, UTF-8 cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start : exc.end].encode("unicode_escape").decode()
+        raise InvalidRequest(f"{name} is not valid Unicode text: it holds the lone surrogate {bad}", name) from None
+    return value
+
+
 def _integer(value, name: str, low: int | None = None, high: int = 2**31 - 1) -> int:
     if not _is_int(value) or (low is not None and value < low) or value > high:
         bounds = f" in [{low}, {high}]" if low is not None else ""
@@ -226,9 +259,13 @@ def _integer(value, name: str, low: int | None = None, high: int = 2**31 - 1) ->
 
 
 def _number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(f"{name} must be a number, got {value!r}", name)
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer past float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidRequest(f"{name} must be a finite number, got {value!r}", name)
+    return number
 
 
 def returns_token_ids(body: dict, default: bool = False) -> bool:

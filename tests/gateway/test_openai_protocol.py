@@ -43,12 +43,20 @@ def test_chat_messages_join_text_parts_and_take_max_completion_tokens():
         ({"prompt": "a", "tools": [{"type": "function"}], "frequency_penalty": 0.5}, "frequency_penalty, tools"),
         ({"prompt": "a", "n": 17}, "n must be an integer in [1, 16]"),
         ({"prompt": "a", "max_tokens": 0}, "max_tokens must be an integer"),
-        ({"prompt": "a", "temperature": "hot"}, "temperature must be a number"),
+        ({"prompt": "a", "temperature": "hot"}, "temperature must be a finite number"),
         ({"prompt": "a", "stop": [1]}, "stop must be a string or a list of strings"),
         ({"prompt": [1, "x"]}, "prompt must be"),
         ({}, "prompt is required"),
         ({"prompt": "a", "user": 7}, "user must be a string"),
         ({"prompt": "a", "user": "u" * 257}, "user must be a string of at most 256"),
+        ({"prompt": [10**12]}, "token ids are integers in [0, 2^31), got 1000000000000"),
+        ({"prompt": [[1], [2, -1]]}, "got -1"),
+        ({"prompt": "\ud800"}, "prompt is not valid Unicode text: it holds the lone surrogate \\ud800"),
+        ({"prompt": "a", "temperature": float("nan")}, "temperature must be a finite number"),
+        ({"prompt": "a", "top_p": 10**400}, "top_p must be a finite number"),
+        ({"prompt": "a", "stop_token_ids": [2**31]}, "stop_token_ids: token ids"),
+        ({"prompt": "a", "speculation": {"k": 10**400}}, "speculation holds a value"),
+        ({"prompt": "a", "\udc00": 1}, "unsupported parameters: \\udc00"),
     ],
 )
 def test_bad_bodies_name_what_is_wrong(body, words):
@@ -63,6 +71,12 @@ def test_the_user_is_the_session_that_keeps_requests_on_one_proposer():
 
 def test_neutral_values_of_unsupported_parameters_pass():
     assert completion_choices({"prompt": "a", "logprobs": None, "presence_penalty": 0, "echo": False}, 16)
+
+
+def test_chat_text_must_be_valid_unicode():
+    with pytest.raises(InvalidRequest, match="messages.0..content is not valid Unicode") as caught:
+        chat_choices({"messages": [{"role": "user", "content": "hi \ud800"}]}, 16)
+    assert caught.value.param == "messages[0].content"
 
 
 def test_chat_needs_messages_with_roles():
