@@ -163,7 +163,12 @@ class GatewayCore:
                         verifier_moves + req.slot.moves,
                     )
                 else:
-                    yield Delta(new_tokens, detokenizer.delta(seq.tokens))
+                    yield Delta(
+                        new_tokens,
+                        detokenizer.delta(seq.tokens),
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=seq.num_output_tokens,
+                    )
         finally:
             rounds.cancel()
             slot = req.slot

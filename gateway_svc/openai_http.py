@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 import grpc
@@ -141,15 +142,13 @@ class OpenAIFront:
                 choices = chat_choices(body, limit if limit is not None else self.servicer.core.max_model_len)
             else:
                 choices = completion_choices(body, COMPLETION_DEFAULT_MAX_TOKENS)
-            stream_options = body.get("stream_options") or {}
-            if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"}:
-                raise InvalidRequest("stream_options may hold only include_usage", "stream_options")
+            usage_in_stream = _usage_in_stream(body.get("stream_options"))
             token_ids = returns_token_ids(body, default=self.servicer.core.tokenizer is None)
         except InvalidRequest as exc:
             return error_response(400, str(exc), "invalid_request_error", exc.param)
         answer = _Answer(new_id("chatcmpl" if chat else "cmpl"), self.served_model, chat, choices, token_ids)
         if body.get("stream"):
-            return await self._stream(request, answer, bool(stream_options.get("include_usage")))
+            return await self._stream(request, answer, usage_in_stream)
         return await self._complete(request, answer)
 
     async def _complete(self, request: Request, answer: _Answer) -> Response:
@@ -172,7 +171,7 @@ class OpenAIFront:
             choice.text += response.text
             answer_received(choice, response)
 
-    async def _stream(self, request: Request, answer: _Answer, include_usage: bool) -> Response:
+    async def _stream(self, request: Request, answer: _Answer, usage_in_stream: UsageInStream) -> Response:
         """Server-sent events; an error before the first token is an HTTP error, after it an event."""
         events = self._merged(answer.choices)
         try:
@@ -184,7 +183,7 @@ class OpenAIFront:
             try:
                 if answer.chat:
                     for choice in answer.choices:
-                        yield _event(answer.chunk(choice, {"role": "assistant", "content": ""}, None, include_usage))
+                        yield _event(answer.chunk(choice, {"role": "assistant", "content": ""}, None, usage_in_stream))
                 pending = first
                 while pending is not None:
                     choice, response = pending
@@ -192,12 +191,12 @@ class OpenAIFront:
                     finish = response.finish_reason or None
                     if response.text or finish or (answer.token_ids and response.token_ids):
                         delta = {"content": response.text} if answer.chat else response.text
-                        chunk = answer.chunk(choice, delta, finish, include_usage)
+                        chunk = answer.chunk(choice, delta, finish, usage_in_stream)
                         if answer.token_ids:
                             chunk["choices"][0]["token_ids"] = list(response.token_ids)
                         yield _event(chunk)
                     pending = await anext(events, None)
-                if include_usage:
+                if usage_in_stream.at_end:
                     yield _event(answer.usage_chunk())
                 yield "data: [DONE]\n\n"
             except ServiceError as exc:
@@ -240,10 +239,33 @@ class OpenAIFront:
 
 def answer_received(choice: Choice, response: pb.GenerateResponse) -> None:
     choice.token_ids += response.token_ids
+    if response.HasField("usage"):
+        choice.usage = response.usage
     if response.finish_reason:
         choice.finish_reason = response.finish_reason
-        choice.usage = response.usage
         choice.speculation = response.speculation
+
+
+@dataclass(frozen=True)
+class UsageInStream:
+    """OpenAI's stream_options.include_usage: a last chunk with the usage (and "usage": null in the
+    others); vLLM's continuous_usage_stats too: the usage so far in every chunk."""
+
+    at_end: bool = False
+    every_chunk: bool = False
+
+
+def _usage_in_stream(options) -> UsageInStream:
+    if options is None:
+        return UsageInStream()
+    known = {"include_usage", "continuous_usage_stats"}
+    if not isinstance(options, dict) or set(options) - known:
+        raise InvalidRequest("stream_options may hold include_usage and continuous_usage_stats", "stream_options")
+    for name, value in options.items():
+        if value is not None and not isinstance(value, bool):
+            raise InvalidRequest(f"stream_options.{name} must be true or false", "stream_options")
+    at_end = bool(options.get("include_usage"))
+    return UsageInStream(at_end, at_end and bool(options.get("continuous_usage_stats")))
 
 
 def _event(payload: dict) -> str:
@@ -284,15 +306,15 @@ class _Answer:
         ]
         return {**self._head("text_completion"), "choices": choices, "usage": usage(self.choices)}
 
-    def chunk(self, choice: Choice, delta, finish_reason: str | None, include_usage: bool) -> dict:
+    def chunk(self, choice: Choice, delta, finish_reason: str | None, usage_in_stream: UsageInStream) -> dict:
         if self.chat:
             part = {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             chunk = {**self._head("chat.completion.chunk"), "choices": [part]}
         else:
             part = {"index": choice.index, "text": delta, "logprobs": None, "finish_reason": finish_reason}
             chunk = {**self._head("text_completion"), "choices": [part]}
-        if include_usage:
-            chunk["usage"] = None
+        if usage_in_stream.at_end:
+            chunk["usage"] = usage(self.choices) if usage_in_stream.every_chunk else None
         return chunk
 
     def usage_chunk(self) -> dict:

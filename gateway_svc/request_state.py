@@ -34,6 +34,7 @@ class Delta:
     stats: SpeculationStats | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    """So far, in every delta."""
     failovers: int = 0  # times the sequence moved to another verifier or proposer
 
 

@@ -191,11 +191,11 @@ def _outcome_attributes(delta: Delta, timer: RequestTimer) -> dict:
 
 def _response(delta: Delta, request_id: str) -> pb.GenerateResponse:
     response = pb.GenerateResponse(token_ids=delta.token_ids, text=delta.text, request_id=request_id)
+    response.usage.prompt_tokens = delta.prompt_tokens  # so far: every response carries it
+    response.usage.completion_tokens = delta.completion_tokens
     if delta.finish_reason is not None:
         response.finish_reason = delta.finish_reason
         response.stop_reason = "" if delta.stop_reason is None else str(delta.stop_reason)
-        response.usage.prompt_tokens = delta.prompt_tokens
-        response.usage.completion_tokens = delta.completion_tokens
         stats = delta.stats
         response.speculation.num_rounds = stats.num_rounds
         response.speculation.num_draft_tokens = stats.num_draft_tokens

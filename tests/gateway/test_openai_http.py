@@ -83,6 +83,22 @@ def test_a_chat_is_in_process_chat_and_its_stream_adds_up_to_it(client, in_proce
     )
 
 
+def test_continuous_usage_stats_put_the_usage_so_far_in_every_chunk(client):
+    """vLLM's stream_options.continuous_usage_stats, as its benchmark clients send it."""
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0, stream=True,
+            stream_options={"include_usage": True, "continuous_usage_stats": True},
+        )
+    )  # fmt: skip
+    counts = [c.usage.completion_tokens for c in chunks]
+    assert counts == sorted(counts) and counts[-1] == 24 and counts[0] < 24
+    assert len({c.usage.prompt_tokens for c in chunks}) == 1 and chunks[0].usage.prompt_tokens > 0
+    plain = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, stream=True,
+                                            stream_options={"include_usage": True}))  # fmt: skip
+    assert all(c.usage is None for c in plain[:-1]) and plain[-1].usage.completion_tokens == 4
+
+
 def test_n_seeded_choices_are_reproducible_and_each_is_in_process_sampling(client, in_process):
     def ask() -> list[str]:
         answer = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0.9, seed=1234, n=2)
