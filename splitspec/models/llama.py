@@ -127,7 +127,7 @@ class LlamaRunner:
         enforce_eager: never replay CUDA graphs. Otherwise decode and verify passes on CUDA with the Triton
         kernels and one process are captured and replayed (splitspec.models.cuda_graphs).
         quantization: None, or how the projections' weights are held (splitspec.models.quantized_linear:
-        "int8", "int4", or "gguf" for the 4-bit blocks of the GGUF file the checkpoint came from)."""
+        "int8", "int4", "fp8", or "gguf" for the 4-bit blocks of the GGUF file the checkpoint came from)."""
         self.config = config
         self.device = torch.device(device)
         try:
