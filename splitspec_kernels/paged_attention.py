@@ -209,6 +209,39 @@ def _padded_attention(
     return attended.transpose(1, 2)[batch.query_valid]
 
 
+def paged_attention_rowwise(
+    query: torch.Tensor,  # [num_tokens, q_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, kv_heads, head_dim]
+    value_cache: torch.Tensor,
+    batch: AttentionBatch,
+    scale: float,
+) -> torch.Tensor:  # [num_tokens, q_heads, head_dim]
+    """Each query row alone over exactly the keys it sees, with reductions whose order depends on nothing
+    but that row: a row of a K+1-token verify pass comes out bit for bit as the one-token decode step at
+    its position would. SDPA's sums differ in their last bits between the two (they pad and block by
+    the pass's shape); a target that rounds activations to bfloat16 turns that into a step of bfloat16.
+    One row at a time: slower than SDPA, most of all for long prompts (LlamaRunner uses it for quantized
+    targets on the CPU)."""
+    block_size, kv_heads = key_cache.shape[1], key_cache.shape[2]
+    group = query.shape[1] // kv_heads
+    out = torch.empty_like(query)
+    starts, lens = batch.query_start.tolist(), batch.seq_lens.tolist()
+    for b, tables in enumerate(batch.block_tables):
+        blocks = tables[: -(-lens[b] // block_size)]
+        keys = key_cache.index_select(0, blocks).flatten(0, 1).repeat_interleave(group, dim=1)  # [slots, q_heads, D]
+        values = value_cache.index_select(0, blocks).flatten(0, 1).repeat_interleave(group, dim=1)
+        first = lens[b] - batch.query_lens[b]
+        for r in range(batch.query_lens[b]):
+            seen = first + r + 1
+            row = starts[b] + r
+            scores = (query[row][:, None, :] * keys[:seen].transpose(0, 1)).sum(-1) * scale  # [q_heads, seen]
+            if batch.sliding_window is not None:
+                scores[:, : max(0, seen - batch.sliding_window)] = float("-inf")
+            weights = torch.softmax(scores.float(), dim=-1).to(values.dtype)
+            out[row] = (weights.t()[:, :, None] * values[:seen]).sum(0)
+    return out
+
+
 _BLOCK_M = 16  # rows per program: query rows times the query heads of one KV head
 _BLOCK_N = 32  # keys per inner step
 _MAX_SPLITS = 32  # most parts one (sequence, head, tile)'s keys are split into

@@ -31,7 +31,7 @@ from splitspec.models.runner import ForwardInput
 from splitspec.models.tensor_parallel import ShardPlan, TensorParallel, all_reduce, embed, gather_logits, min_over_ranks
 from splitspec.models.tp_workers import TensorParallelWorkerLost, WorkerGroup, broadcast_layout
 from splitspec_kernels.dispatch import KernelUnavailable, select_kernels
-from splitspec_kernels.paged_attention import AttentionBatch
+from splitspec_kernels.paged_attention import AttentionBatch, paged_attention_rowwise
 from splitspec_kernels.rms_norm import rms_norm_reference
 from splitspec_kernels.rotary import rotate_half
 
@@ -138,6 +138,10 @@ class LlamaRunner:
         self.tp = tp
         self.quantization = quantization
         self._gguf_blocks = _gguf_blocks(path, config, quantization, self.device, tp)
+        # a quantized target rounds activations to bfloat16, which turns SDPA's last-bit differences
+        # between passes of different shapes into different tokens at near-ties: attend row by row
+        rowwise = quantization is not None and self.device.type == "cpu"
+        self._attention = paged_attention_rowwise if rowwise else self.kernels.paged_attention
         self.workers: WorkerGroup | None = None  # the driver's; set by the loader
         self.hidden = config.hidden_size
         self.q_heads = config.num_attention_heads
@@ -497,7 +501,7 @@ class LlamaRunner:
                 q = rotate_half(rms_norm_reference(q, layer.q_norm, self.eps), cos, sin)
                 k = rotate_half(rms_norm_reference(k, layer.k_norm, self.eps), cos, sin)
             self.kernels.write_kv_cache(k, v, self.key_cache[i], self.value_cache[i], batch.slot_mapping)
-            attn = self.kernels.paged_attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
+            attn = self._attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
             x, h = self._add_rms_norm(x, self._scaled(layer.o(attn.reshape(num_tokens, q_size))), layer.post_norm)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             delta = self._scaled(layer.down(F.silu(gate) * up))
