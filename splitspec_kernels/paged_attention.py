@@ -7,7 +7,7 @@ Each operation has a plain-PyTorch reference and a Triton kernel with the same s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, cached_property
 
 import torch
@@ -32,6 +32,7 @@ class AttentionBatch:
     query_lens: list[int]
     slot_mapping: torch.Tensor  # [num_tokens] int64 flat cache slot of each new token
     sliding_window: int | None = None
+    _rowwise_chunks: tuple[int, list["RowwiseChunk"]] | None = field(default=None, init=False, repr=False)
 
     @staticmethod
     def build(
@@ -92,6 +93,18 @@ class AttentionBatch:
             )
             groups.append((rows, sub))
         return groups
+
+    def rowwise_blocks(self, slots: int, block_size: int) -> torch.Tensor:
+        """The flattened block tables, each cut or padded (with block 0) to `slots` slots."""
+        count = -(-slots // block_size)
+        tables = F.pad(self.block_tables, (0, max(0, count - self.block_tables.shape[1])))[:, :count]
+        return tables.flatten()
+
+    def rowwise_chunks(self, group: int) -> list["RowwiseChunk"]:
+        """paged_attention_rowwise's layout for query heads in KV groups of `group`, made once per pass."""
+        if self._rowwise_chunks is None or self._rowwise_chunks[0] != group:
+            self._rowwise_chunks = (group, rowwise_chunks(self, group))
+        return self._rowwise_chunks[1]
 
     @cached_property
     def query_valid(self) -> torch.Tensor:  # [batch, max_query_len] bool
@@ -209,6 +222,46 @@ def _padded_attention(
     return attended.transpose(1, 2)[batch.query_valid]
 
 
+_ROW_TILE = 8  # a KV head's (query row, query head) pairs are padded to a multiple of this
+_KEY_CHUNK = 64  # keys are padded to a multiple of this; values are summed over chunks of it
+_QUERY_CHUNK = 256  # query rows attended at once: bounds the scores' memory on long prompts
+_HIDDEN = -1e30  # added to a score a row may not attend: finite, so padding rows of no keys stay finite
+_LOWEST_EXPONENT = -87.0  # exp of less is subnormal in float32, which the CPU computes slowly
+
+
+@dataclass
+class RowwiseChunk:
+    """Query rows [start, stop) of every sequence of a pass and the first `keys` slots they may see
+    (padded), for one layout of query heads. A KV head's (row, query head) pairs are padded to `pairs`.
+    Laid out [1, batch, keys / _KEY_CHUNK, pairs, _KEY_CHUNK]: bias is 0 where a pair may attend and a
+    large negative number where not, keep 1.0 where it may and 0.0 where not."""
+
+    start: int
+    stop: int
+    pairs: int
+    keys: int
+    bias: torch.Tensor
+    keep: torch.Tensor
+
+
+def rowwise_chunks(batch: AttentionBatch, group: int) -> list[RowwiseChunk]:
+    """The chunks of paged_attention_rowwise for one group of a pass: built once, used by every layer."""
+    first = (batch.seq_lens - torch.tensor(batch.query_lens, device=batch.seq_lens.device)).tolist()
+    max_kv = int(batch.mask.shape[-1])
+    chunks = []
+    for start in range(0, batch.max_query_len, _QUERY_CHUNK):
+        stop = min(batch.max_query_len, start + _QUERY_CHUNK)
+        pairs = -(-(stop - start) * group // _ROW_TILE) * _ROW_TILE
+        keys = -(-min(max_kv, max(f + stop for f in first)) // _KEY_CHUNK) * _KEY_CHUNK
+        allowed = batch.mask[:, 0, start:stop, : min(keys, max_kv)].repeat_interleave(group, dim=1)
+        allowed = F.pad(allowed, (0, keys - allowed.shape[-1], 0, pairs - allowed.shape[1]))[None]
+        allowed = allowed.view(1, -1, pairs, keys // _KEY_CHUNK, _KEY_CHUNK).transpose(2, 3).contiguous()
+        bias = torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, _HIDDEN)
+        keep = allowed.float()
+        chunks.append(RowwiseChunk(start, stop, pairs, keys, bias, keep))
+    return chunks
+
+
 def paged_attention_rowwise(
     query: torch.Tensor,  # [num_tokens, q_heads, head_dim]
     key_cache: torch.Tensor,  # [num_blocks, block_size, kv_heads, head_dim]
@@ -216,30 +269,94 @@ def paged_attention_rowwise(
     batch: AttentionBatch,
     scale: float,
 ) -> torch.Tensor:  # [num_tokens, q_heads, head_dim]
-    """Each query row alone over exactly the keys it sees, with reductions whose order depends on nothing
-    but that row: a row of a K+1-token verify pass comes out bit for bit as the one-token decode step at
-    its position would. SDPA's sums differ in their last bits between the two (they pad and block by
-    the pass's shape); a target that rounds activations to bfloat16 turns that into a step of bfloat16.
-    One row at a time: slower than SDPA, most of all for long prompts (LlamaRunner uses it for quantized
-    targets on the CPU)."""
-    block_size, kv_heads = key_cache.shape[1], key_cache.shape[2]
-    group = query.shape[1] // kv_heads
+    """Attention whose every row comes out bit for bit as it would in any other pass: a row of a
+    K+1-token verify pass equals the one-token decode step at its position, and a prompt row equals the
+    decode step that would have computed it (a sequence re-prefilled after a move).
+
+    SDPA's sums differ in their last bits between passes of different shapes (they pad and block by
+    the pass's shape); a target that rounds activations to bfloat16 turns that into a step of bfloat16
+    and breaks near-ties differently (LlamaRunner uses this for quantized targets on the CPU). Here no
+    sum depends on the pass. Keys are cut into chunks of _KEY_CHUNK (the last padded); each KV head's
+    (query row, query head) pairs are padded to a multiple of _ROW_TILE. Every score is then a product
+    of fixed shape over the head dimension; every chunk's weighted values are a product of fixed shape
+    over its keys, and its weights' sum one over _KEY_CHUNK of them; and the chunks are added as a
+    fixed pairwise tree (_tree_sum), to which the chunks past a row's last key add exact zeros. The
+    maximum and the exponentials are elementwise. All in float32 matrix products: on long prompts
+    within twice SDPA's time. tests/splitspec_kernels/test_rowwise_attention.py holds the property.
+    """
     out = torch.empty_like(query)
-    starts, lens = batch.query_start.tolist(), batch.seq_lens.tolist()
-    for b, tables in enumerate(batch.block_tables):
-        blocks = tables[: -(-lens[b] // block_size)]
-        keys = key_cache.index_select(0, blocks).flatten(0, 1).repeat_interleave(group, dim=1)  # [slots, q_heads, D]
-        values = value_cache.index_select(0, blocks).flatten(0, 1).repeat_interleave(group, dim=1)
-        first = lens[b] - batch.query_lens[b]
-        for r in range(batch.query_lens[b]):
-            seen = first + r + 1
-            row = starts[b] + r
-            scores = (query[row][:, None, :] * keys[:seen].transpose(0, 1)).sum(-1) * scale  # [q_heads, seen]
-            if batch.sliding_window is not None:
-                scores[:, : max(0, seen - batch.sliding_window)] = float("-inf")
-            weights = torch.softmax(scores.float(), dim=-1).to(values.dtype)
-            out[row] = (weights.t()[:, :, None] * values[:seen]).sum(0)
+    for rows, group in batch.reference_groups:
+        attended = _rowwise_group(query if rows is None else query[rows], key_cache, value_cache, group, scale)
+        if rows is None:
+            return attended
+        out[rows] = attended
     return out
+
+
+def _rowwise_group(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, batch: AttentionBatch, scale: float
+) -> torch.Tensor:
+    num_seqs = batch.block_tables.shape[0]
+    block_size, kv_heads, head_dim = key_cache.shape[1:]
+    group = query.shape[1] // kv_heads
+    chunks = batch.rowwise_chunks(group)
+    blocks = batch.rowwise_blocks(chunks[-1].keys, block_size)
+    # [b, slots, kv, d], slots = chunks[-1].keys: those past a sequence's end hold what other sequences
+    # left there (finite: the cache starts zeroed) and get weight 0
+    keys = key_cache.index_select(0, blocks).view(num_seqs, -1, kv_heads, head_dim).float()
+    values = value_cache.index_select(0, blocks).view(num_seqs, -1, kv_heads, head_dim).float()
+    queries = query[batch.query_index].float() * scale
+    queries = queries.view(num_seqs, batch.max_query_len, kv_heads, group, head_dim)
+    attended = queries.new_empty(queries.shape)
+    for chunk in chunks:
+        rows = queries[:, chunk.start : chunk.stop]
+        attended[:, chunk.start : chunk.stop] = _attend_rows(
+            rows, keys[:, : chunk.keys], values[:, : chunk.keys], chunk
+        )
+    return attended.flatten(2, 3)[batch.query_valid].to(query.dtype)
+
+
+def _attend_rows(
+    queries: torch.Tensor,  # [b, rows, kv_heads, group, d], scaled
+    keys: torch.Tensor,  # [b, chunk.keys, kv_heads, d]
+    values: torch.Tensor,  # [b, chunk.keys, kv_heads, d]
+    chunk: RowwiseChunk,
+) -> torch.Tensor:  # [b, rows, kv_heads, group, d]
+    """Scores, weights and weighted values of each KV head, laid out [b, key chunk, pair, key in chunk]."""
+    num_seqs, rows, kv_heads, group, head_dim = queries.shape
+    pairs, parts = rows * group, chunk.keys // _KEY_CHUNK
+    q = queries.new_zeros(kv_heads, num_seqs, parts, chunk.pairs, head_dim)  # each KV head's (row, head) pairs
+    q[:, :, :, :pairs] = queries.permute(2, 0, 1, 3, 4).reshape(kv_heads, num_seqs, 1, pairs, head_dim)
+    q = q.view(kv_heads, num_seqs * parts, chunk.pairs, head_dim).unbind(0)
+    # [b * parts, _KEY_CHUNK] per KV head: views, but in a prompt's early chunks
+    keys = keys.reshape(num_seqs * parts, _KEY_CHUNK, kv_heads, head_dim).unbind(2)
+    values = values.reshape(num_seqs * parts, _KEY_CHUNK, kv_heads, head_dim).unbind(2)
+    weights = q[0].new_empty(kv_heads, num_seqs, parts, chunk.pairs, _KEY_CHUNK)
+    by_head = weights.view(kv_heads, -1, chunk.pairs, _KEY_CHUNK).unbind(0)
+    for head in range(kv_heads):  # one product per KV head reads its keys where they lie
+        torch.bmm(q[head], keys[head].transpose(1, 2), out=by_head[head])
+    weights += chunk.bias
+    weights -= weights.amax(dim=(2, 4), keepdim=True)
+    weights.clamp_min_(_LOWEST_EXPONENT).exp_()  # lower exponents would give subnormals, slowly
+    weights *= chunk.keep
+    summed = weights.new_empty(kv_heads, num_seqs, parts, chunk.pairs, head_dim)
+    summed_by_head = summed.view(kv_heads, -1, chunk.pairs, head_dim).unbind(0)
+    for head in range(kv_heads):
+        torch.bmm(by_head[head], values[head], out=summed_by_head[head])
+    summed = _tree_sum(torch.cat([summed, weights.sum(dim=-1, keepdim=True)], dim=-1))[:, :, :pairs]
+    attended = summed[..., :head_dim] / summed[..., head_dim:]  # [kv, b, pairs, d]
+    return attended.view(kv_heads, num_seqs, rows, group, head_dim).permute(1, 2, 0, 3, 4)
+
+
+def _tree_sum(parts: torch.Tensor) -> torch.Tensor:
+    """Sum over dim 2 as a pairwise tree, (0 + 1) + (2 + 3) and so on, over the parts padded with zero
+    parts to a power of two: appending zero parts changes no sum, so a row's sum does not depend on
+    how many keys the pass's longest sequence has."""
+    count = parts.shape[2]
+    parts = F.pad(parts, (0, 0, 0, 0, 0, (1 << (count - 1).bit_length()) - count))
+    while parts.shape[2] > 1:
+        parts = parts[:, :, 0::2] + parts[:, :, 1::2]
+    return parts[:, :, 0]
 
 
 _BLOCK_M = 16  # rows per program: query rows times the query heads of one KV head

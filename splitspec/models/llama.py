@@ -139,7 +139,7 @@ class LlamaRunner:
         self.quantization = quantization
         self._gguf_blocks = _gguf_blocks(path, config, quantization, self.device, tp)
         # a quantized target rounds activations to bfloat16, which turns SDPA's last-bit differences
-        # between passes of different shapes into different tokens at near-ties: attend row by row
+        # between passes of different shapes into different tokens at near-ties: attend the same in every pass
         rowwise = quantization is not None and self.device.type == "cpu"
         self._attention = paged_attention_rowwise if rowwise else self.kernels.paged_attention
         self.workers: WorkerGroup | None = None  # the driver's; set by the loader

@@ -13,7 +13,7 @@ they read a quarter or an eighth of float32's bytes, which is what a memory-boun
 for. They take bfloat16 activations (their float32 paths are reference loops, tens of times slower),
 so a quantized projection casts its input to bfloat16 and its output back; the rest of the model keeps
 its dtype. In the int8 and int4 products each row's result does not depend on the other rows (tests
-check it; `_scaled_mm` differs in the last bit), and a quantized runner on the CPU attends row by row
+check it; `_scaled_mm` differs in the last bit), and a quantized runner on the CPU attends each row as if alone
 (splitspec_kernels.paged_attention.paged_attention_rowwise), so a verify pass of K+1 rows computes
 what K+1 one-row decode steps would: speculation stays lossless against the quantized target.
 """

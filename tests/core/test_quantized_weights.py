@@ -36,7 +36,7 @@ SEEDED = [
 
 NEAR_TIE = {"int8": 0.0, "int4": 0.0, "fp8": 2**-4}
 """Where speculative and plain greedy output may part, relative to the top logit. An int8 or int4
-target computes each row of a pass as if alone (its products, and attention row by row), so nowhere.
+target computes each row of a pass as if alone (its products, and its attention), so nowhere.
 An fp8 product's sums depend on the batch's rows in their last bit, and the target rounds activations
 to float8 (4 significant bits) before each product, which can turn that into a step of float8 at a
 token the target all but ties."""
