@@ -22,6 +22,7 @@ from splitspec.rpc.proposer_client import DraftCall, ProposerClient, ProposerFee
 from splitspec.rpc.time_limits import time_left
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
+from splitspec.token_ban import TokenBan
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
@@ -120,10 +121,12 @@ class VerifierBackend:
         trace: pb.TraceContext | None = None,
         deadline: float = math.inf,
         hidden_layers: tuple[int, ...] = (),
+        token_ban: TokenBan | None = None,
     ) -> None:
         """trace: the client request's context, which the verifier's spans for the sequence continue.
         deadline: the client's, on time.monotonic(); the verifier releases the sequence once it passes.
-        hidden_layers: the target layers whose inputs make the states returned (EAGLE-3)."""
+        hidden_layers: the target layers whose inputs make the states returned (EAGLE-3).
+        token_ban: what the target may not emit yet (min_tokens)."""
         request = pb.VerifierRequest(seq_id=seq_id, trace_context=trace)
         request.start.time_limit_s = time_left(deadline, time.monotonic())
         request.start.return_hidden_states = hidden_states != HiddenStates.NONE
@@ -134,6 +137,9 @@ class VerifierBackend:
         request.start.top_k = params.top_k
         request.start.top_p = params.top_p
         request.start.seed = seed
+        if token_ban is not None:
+            request.start.banned_token_ids.extend(token_ban.token_ids)
+            request.start.banned_until_len = token_ban.until_length
         raise_if_error(await self.stream.call(request))
 
     async def step(

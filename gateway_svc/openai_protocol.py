@@ -27,6 +27,7 @@ COMMON_PARAMETERS = {
     "stop",
     "stop_token_ids",
     "ignore_eos",
+    "min_tokens",
     "n",
     "stream",
     "stream_options",
@@ -193,6 +194,8 @@ def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequ
         if not isinstance(body["ignore_eos"], bool):
             raise InvalidRequest("ignore_eos must be true or false", "ignore_eos")
         s.ignore_eos = body["ignore_eos"]
+    if body.get("min_tokens") is not None:
+        s.min_tokens = _integer(body["min_tokens"], "min_tokens", low=0)
     user = body.get("user")
     if user is not None:  # OpenAI's stable end-user id: keeps the user's requests on one proposer pod
         if not isinstance(user, str) or len(user) > MAX_SESSION_ID_CHARS:

@@ -65,6 +65,7 @@ class Placement:
                         trace_context,
                         deadline,
                         hidden_layers,
+                        seq.token_ban,
                     )
                     return verifier
                 except (ConnectionError, ServiceError) as exc:

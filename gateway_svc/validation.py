@@ -84,6 +84,7 @@ def validate(
             stop_token_ids=list(s.stop_token_ids),
             ignore_eos=s.ignore_eos,
             seed=s.seed if s.HasField("seed") else None,
+            min_tokens=s.min_tokens,
         )
     except SplitspecError as exc:
         raise _invalid(f"sampling: {exc}") from None

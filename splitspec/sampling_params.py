@@ -14,7 +14,9 @@ class SamplingParams:
     """How to pick each token of one request.
 
     temperature 0 means greedy. top_k <= 0 (or -1, vLLM's spelling) disables top-k; top_p 1 disables
-    top-p. With a seed, sampled output is reproducible whatever else is in the batch.
+    top-p. With a seed, sampled output is reproducible whatever else is in the batch. min_tokens: the
+    output has at least this many tokens before EOS or a stop token id can end it, and before a stop
+    string is looked for (as vLLM; splitspec.token_ban).
     """
 
     temperature: float = 1.0
@@ -26,6 +28,7 @@ class SamplingParams:
     ignore_eos: bool = False
     seed: int | None = None
     include_stop_str_in_output: bool = False
+    min_tokens: int = 0
     _stop_strings: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -37,6 +40,10 @@ class SamplingParams:
             raise SplitspecError(f"top_k must be an integer (-1 or 0 disables it), got {self.top_k!r}")
         if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
             raise SplitspecError(f"max_tokens must be a positive integer or None, got {self.max_tokens!r}")
+        if not isinstance(self.min_tokens, int) or isinstance(self.min_tokens, bool) or self.min_tokens < 0:
+            raise SplitspecError(f"min_tokens must be an integer >= 0, got {self.min_tokens!r}")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise SplitspecError(f"min_tokens ({self.min_tokens}) must be at most max_tokens ({self.max_tokens})")
         if self.seed is not None and not isinstance(self.seed, int):
             raise SplitspecError(f"seed must be an integer, got {self.seed!r}")
         stop = [self.stop] if isinstance(self.stop, str) else self.stop if self.stop is not None else []

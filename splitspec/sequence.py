@@ -9,6 +9,7 @@ from splitspec.errors import SplitspecError
 from splitspec.incremental_decoder import IncrementalDecoder
 from splitspec.outputs import FinishReason, SpeculationStats
 from splitspec.sampling_params import SamplingParams
+from splitspec.token_ban import TokenBan
 
 SEED_BITS = 63
 """Requests without a seed get a random one this wide: it travels as an int64 in the engine and on the
@@ -27,6 +28,7 @@ class Sequence:
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
     text: str = ""  # the output's text up to the stop string that stopped it, set when one does
+    token_ban: TokenBan | None = None  # min_tokens: what the target may not emit yet
     # the StopChecker's running decode of the output, kept while the request has stop strings
     decoded_output: IncrementalDecoder | None = field(default=None, repr=False, compare=False)
 

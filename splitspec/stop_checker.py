@@ -21,11 +21,18 @@ class StopChecker:
         self.detokenize = detokenize
 
     def commit(self, seq: Sequence, new_tokens: list[int]) -> int:
-        """Append tokens until a stop condition fires; return how many were appended."""
+        """Append tokens until a stop condition fires; return how many were appended. Before min_tokens
+        output tokens only the lengths are (the target cannot emit EOS or a stop token id there), and
+        stop strings are looked for in the text from then on, as vLLM does."""
         params = seq.params
         for count, token in enumerate(new_tokens, start=1):
             seq.tokens.append(token)
-            if not params.ignore_eos and token in self.eos_token_ids:
+            if seq.num_output_tokens < params.min_tokens:
+                if params.stop_strings and self.detokenize is not None:
+                    self._decoder(seq).catch_up(seq.tokens)
+                if len(seq.tokens) >= self.max_model_len:
+                    seq.finish_reason = FinishReason.LENGTH
+            elif not params.ignore_eos and token in self.eos_token_ids:
                 seq.finish_reason = FinishReason.STOP
             elif token in params.stop_token_ids:
                 seq.finish_reason, seq.stop_reason = FinishReason.STOP, token
@@ -45,6 +52,11 @@ class StopChecker:
             return seq.text
         return self.detokenize(seq.output_token_ids) if self.detokenize is not None else ""
 
+    def _decoder(self, seq: Sequence) -> IncrementalDecoder:
+        if seq.decoded_output is None:
+            seq.decoded_output = IncrementalDecoder(self.detokenize, len(seq.prompt_token_ids))
+        return seq.decoded_output
+
     def _hit_stop_string(self, seq: Sequence) -> bool:
         """Search the text the newest token changed for a stop string; the first in `stop` order wins.
 
@@ -55,9 +67,7 @@ class StopChecker:
         """
         if self.detokenize is None:
             return False
-        if seq.decoded_output is None:
-            seq.decoded_output = IncrementalDecoder(self.detokenize, len(seq.prompt_token_ids))
-        decoder = seq.decoded_output
+        decoder = self._decoder(seq)
         unchanged = decoder.released_length
         decoder.catch_up(seq.tokens)
         stops = seq.params.stop_strings

@@ -111,6 +111,25 @@ def default_model_stack(default_model_path, tmp_path_factory):
         yield stack
 
 
+TINY_EOS = 2  # the tiny checkpoints' eos_token_id
+
+
+@pytest.fixture(scope="session")
+def eos_case(tiny_llama) -> tuple[list[int], list[int]]:
+    """A prompt whose greedy continuation on tiny_llama (ignoring EOS) holds EOS after a few tokens, and
+    that continuation."""
+    from splitspec import LLM, SamplingParams
+
+    prompts = [[3 + i, 250 - i] for i in range(0, 240, 3)]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    outputs = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    for prompt, out in zip(prompts, outputs):
+        ids = out.outputs[0].token_ids
+        if TINY_EOS in ids[2:-2] and TINY_EOS not in ids[:2]:
+            return prompt, ids
+    pytest.fail("no candidate prompt makes the tiny model emit EOS; widen the search")
+
+
 @pytest.fixture(scope="module")
 def plain_greedy(tiny_llama) -> list[list[int]]:
     """Plain in-process greedy decoding of e2e_requests.PROMPTS on tiny_llama, once per module."""

@@ -24,6 +24,7 @@ from splitspec.rpc.stream_dispatch import serve_sequence_stream
 from splitspec.rpc.targets import Target
 from splitspec.rpc.tls import ClientTls
 from splitspec.sampling_params import SamplingParams
+from splitspec.token_ban import TokenBan
 from splitspec.tracing import start_tracing, traces_endpoint
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
@@ -78,6 +79,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     (request.trace_context.traceparent, request.trace_context.tracestate),
                     start.time_limit_s,
                     tuple(start.hidden_layers),
+                    _token_ban(start),
                 )
                 response.ack.SetInParent()
             elif kind == "step":
@@ -142,6 +144,12 @@ def _params(start: pb.StartSequence) -> SamplingParams:
         )
     except ValueError as exc:
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+
+def _token_ban(start: pb.StartSequence) -> TokenBan | None:
+    if not start.banned_token_ids or not start.banned_until_len:
+        return None
+    return TokenBan(tuple(start.banned_token_ids), start.banned_until_len)
 
 
 def _hidden_states(start: pb.StartSequence) -> HiddenStates:

@@ -14,6 +14,7 @@ import torch
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
+from splitspec.token_ban import TokenBan
 from splitspec_kernels.rejection_sampling import RejectionBatch
 from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, build_rejection_batch, verify
 
@@ -25,6 +26,7 @@ class VerifiableSequence(Protocol):
     tokens: list[int]
     params: SamplingParams
     seed: int
+    token_ban: TokenBan | None
 
 
 class Verifier:
@@ -101,6 +103,8 @@ class Verifier:
         requests, row = [], 0
         for seq, draft in steps:
             k = len(draft.token_ids)
+            if seq.token_ban is not None:
+                seq.token_ban.apply(logits[row : row + k + 1], len(seq.tokens))
             requests.append(
                 VerifyRequest(
                     logits=logits[row : row + k + 1],

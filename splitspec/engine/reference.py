@@ -15,6 +15,7 @@ from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
 from splitspec.stop_checker import StopChecker
+from splitspec.token_ban import TokenBan
 from verifier_svc.rejection_sampler import VerifyRequest, verify
 
 
@@ -28,6 +29,7 @@ def generate_one(
     stop_checker: StopChecker,
 ) -> Sequence:
     seq = Sequence("reference", None, list(prompt_token_ids), params, seed)
+    ban = TokenBan.for_request(params, len(prompt_token_ids), stop_checker.eos_token_ids)
     reads = proposer.hidden_states if proposer else HiddenStates.NONE
     hidden = None  # the target's states the drafter has not seen yet
     try:
@@ -47,6 +49,8 @@ def generate_one(
             # [k + 1, vocab], [rows, (len(layers) + 1) * hidden]: the layers' inputs, then the final state
             logits, states = (t.cpu() for t in runner.forward_with_hidden([step], layers))
             states = states[:, : len(layers) * states.shape[1] // (len(layers) + 1)] if layers else states
+            if ban is not None:
+                ban.apply(logits, len(seq.tokens))
             result = verify(
                 VerifyRequest(
                     logits,

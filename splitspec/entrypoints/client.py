@@ -26,6 +26,7 @@ def build_request(
     seed: int | None = None,
     num_speculative_tokens: int | None = None,
     session_id: str = "",
+    min_tokens: int = 0,
 ) -> pb.GenerateRequest:
     """prompt: text, token ids, or a conversation ([{"role": ..., "content": ...}]) that the gateway puts
     through the model's chat template. session_id: keeps related requests on one proposer pod."""
@@ -49,6 +50,7 @@ def build_request(
     s.stop.extend(stop or [])
     s.stop_token_ids.extend(stop_token_ids or [])
     s.ignore_eos = ignore_eos
+    s.min_tokens = min_tokens
     if num_speculative_tokens is not None:
         overrides = Struct()
         overrides.update({"num_speculative_tokens": num_speculative_tokens})

@@ -45,18 +45,6 @@ def llm(request) -> LLM:
     return request.getfixturevalue(request.param)
 
 
-@pytest.fixture(scope="module")
-def eos_case(plain) -> tuple[list[int], list[int]]:
-    """A prompt whose greedy continuation (ignoring EOS) contains EOS after a few tokens, and that continuation."""
-    prompts = [[3 + i, 250 - i] for i in range(0, 240, 3)]
-    outputs = plain.generate([token_prompt(p) for p in prompts], greedy(ignore_eos=True), use_tqdm=False)
-    for prompt, out in zip(prompts, outputs):
-        ids = out.outputs[0].token_ids
-        if EOS in ids[2:-2] and EOS not in ids[:2]:
-            return prompt, ids
-    pytest.fail("no candidate prompt makes the tiny model emit EOS; widen the search")
-
-
 def first_new_token_mid_round(ids: list[int]) -> int:
     """A position p past the first round, not at a round's end when all K drafts are accepted, whose token is new."""
     for p in range(K + 2, len(ids)):
@@ -228,4 +216,21 @@ def test_the_first_stop_string_to_appear_stops_generation():
 def test_stop_strings_are_matched_in_the_output_only():
     seq = sequence(stop=[" more"])  # the prompt is " more more"
     assert checker().commit(seq, [HE, LLO]) == 2
+    assert not seq.finished
+
+
+def test_before_min_tokens_no_stop_string_or_stop_token_ends_the_output():
+    seq = sequence(stop=["llo"], stop_token_ids=[WOR], min_tokens=4)
+    assert checker().commit(seq, [HE, LLO, WOR, LD, BANG]) == 5  # "llo" and WOR come before min_tokens
+    assert not seq.finished
+    assert checker().commit(seq, [WOR, LLO]) == 1
+    assert (seq.finish_reason, seq.stop_reason) == ("stop", WOR)
+
+
+def test_a_stop_string_that_ends_at_min_tokens_or_later_stops_as_usual():
+    seq = sequence(stop=["o wor", "!"], min_tokens=3)  # "o wor" ends with the third token, across the second
+    assert checker().commit(seq, [HE, LLO, WOR, BANG]) == 3
+    assert (seq.stop_reason, seq.text) == ("o wor", "hell")
+    seq = sequence(stop=["llo"], min_tokens=3)  # found with the second token only: never looked for again
+    assert checker().commit(seq, [HE, LLO, WOR, LD, BANG]) == 5
     assert not seq.finished

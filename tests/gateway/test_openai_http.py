@@ -83,6 +83,19 @@ def test_a_chat_is_in_process_chat_and_its_stream_adds_up_to_it(client, in_proce
     )
 
 
+def test_min_tokens_holds_off_the_end_as_in_process(client, in_process):
+    messages = [{"role": "user", "content": "What is the capital of France? Answer with one word."}]
+    short = in_process.chat(messages, _greedy(64), use_tqdm=False)[0].outputs[0]
+    assert short.finish_reason == "stop" and len(short.token_ids) < 20  # the check below can fail
+    params = SamplingParams(temperature=0, max_tokens=64, min_tokens=20)
+    expected = in_process.chat(messages, params, use_tqdm=False)[0].outputs[0]
+    answer = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=64, temperature=0, extra_body={"min_tokens": 20}
+    )
+    assert answer.choices[0].message.content == expected.text
+    assert answer.usage.completion_tokens == len(expected.token_ids) >= 20
+
+
 def test_continuous_usage_stats_put_the_usage_so_far_in_every_chunk(client):
     """vLLM's stream_options.continuous_usage_stats, as its benchmark clients send it."""
     chunks = list(
@@ -151,6 +164,7 @@ def test_models_and_health(http_stack, client):
         (dict(logprobs=2), openai.BadRequestError, "logprobs"),
         (dict(extra_body={"response_format": {"type": "json_object"}}), openai.BadRequestError, "response_format"),
         (dict(n=0), openai.BadRequestError, "n must be"),
+        (dict(extra_body={"min_tokens": 5}), openai.BadRequestError, "min_tokens (5) must be at most max_tokens (4)"),
     ],
 )
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, kwargs, error, words):

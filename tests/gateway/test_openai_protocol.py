@@ -42,6 +42,7 @@ def test_chat_messages_join_text_parts_and_take_max_completion_tokens():
         ({"prompt": "a", "logprobs": 1}, "unsupported parameters: logprobs"),
         ({"prompt": "a", "tools": [{"type": "function"}], "frequency_penalty": 0.5}, "frequency_penalty, tools"),
         ({"prompt": "a", "n": 17}, "n must be an integer in [1, 16]"),
+        ({"prompt": "a", "min_tokens": -1}, "min_tokens must be an integer in [0, "),
         ({"prompt": "a", "max_tokens": 0}, "max_tokens must be an integer"),
         ({"prompt": "a", "temperature": "hot"}, "temperature must be a finite number"),
         ({"prompt": "a", "stop": [1]}, "stop must be a string or a list of strings"),
@@ -96,3 +97,8 @@ def test_token_ids_are_returned_when_asked_and_by_default_without_a_tokenizer(bo
 def test_return_token_ids_must_be_a_boolean():
     with pytest.raises(InvalidRequest, match="return_token_ids"):
         returns_token_ids({"return_token_ids": "yes"})
+
+
+def test_min_tokens_is_carried_to_the_gateway_and_defaults_to_none():
+    assert completion_choices({"prompt": "a", "min_tokens": 5}, 16)[0].request.sampling.min_tokens == 5
+    assert completion_choices({"prompt": "a"}, 16)[0].request.sampling.min_tokens == 0

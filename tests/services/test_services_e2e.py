@@ -107,6 +107,22 @@ def test_seeded_sampling_through_gateway_equals_in_process(stack_name, spec_of, 
     assert got == [o.outputs[0].token_ids for o in expected]
 
 
+@pytest.mark.parametrize("stack_name", ["ngram_stack", "draft_stack"])
+def test_min_tokens_through_the_gateway_is_plain_decoding_s(stack_name, request, tiny_llama, eos_case):
+    """EOS waits for min_tokens: the gateway sends the ban with the sequence, the verifier applies it at
+    every row of its passes."""
+    address = request.getfixturevalue(stack_name).gateway.address
+    prompt, ignoring_eos = eos_case
+    at = ignoring_eos.index(2)  # the tiny checkpoints' EOS
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, min_tokens=at + 3)
+    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0]
+    assert len(plain.outputs[0].token_ids) > at + 1  # without the ban EOS would end it at `at`
+    held = build_request(prompt, temperature=0, max_tokens=MAX_TOKENS, min_tokens=at + 3)
+    assert token_ids(generate(address, held)) == plain.outputs[0].token_ids
+    early = build_request(prompt, temperature=0, max_tokens=MAX_TOKENS)
+    assert token_ids(generate(address, early)) == ignoring_eos[: at + 1]
+
+
 def test_any_int64_seed_through_the_gateway_is_the_same_seed_in_process(ngram_stack, tiny_llama):
     assert_seeded_samples_are_plain_decoding_s(ngram_stack.gateway.address, tiny_llama, [-1, -(2**63), 2**63 - 1, -7])
 
@@ -228,6 +244,10 @@ def test_a_frozen_gateway_s_sequences_are_freed_at_their_client_s_deadline(tiny_
         ),  # fmt: skip
         (
             dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(stop=["x"] * 17)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(max_tokens=4, min_tokens=5)),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         # the tiny checkpoint has no tokenizer, so no chat template
