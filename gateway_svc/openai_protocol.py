@@ -28,6 +28,7 @@ COMMON_PARAMETERS = {
     "stop_token_ids",
     "ignore_eos",
     "min_tokens",
+    "include_stop_str_in_output",
     "n",
     "stream",
     "stream_options",
@@ -194,6 +195,10 @@ def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequ
         if not isinstance(body["ignore_eos"], bool):
             raise InvalidRequest("ignore_eos must be true or false", "ignore_eos")
         s.ignore_eos = body["ignore_eos"]
+    if body.get("include_stop_str_in_output") is not None:
+        if not isinstance(body["include_stop_str_in_output"], bool):
+            raise InvalidRequest("include_stop_str_in_output must be true or false", "include_stop_str_in_output")
+        s.include_stop_str_in_output = body["include_stop_str_in_output"]
     if body.get("min_tokens") is not None:
         s.min_tokens = _integer(body["min_tokens"], "min_tokens", low=0)
     user = body.get("user")

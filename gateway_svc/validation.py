@@ -85,6 +85,7 @@ def validate(
             ignore_eos=s.ignore_eos,
             seed=s.seed if s.HasField("seed") else None,
             min_tokens=s.min_tokens,
+            include_stop_str_in_output=s.include_stop_str_in_output,
         )
     except SplitspecError as exc:
         raise _invalid(f"sampling: {exc}") from None

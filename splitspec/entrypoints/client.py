@@ -27,6 +27,7 @@ def build_request(
     num_speculative_tokens: int | None = None,
     session_id: str = "",
     min_tokens: int = 0,
+    include_stop_str_in_output: bool = False,
 ) -> pb.GenerateRequest:
     """prompt: text, token ids, or a conversation ([{"role": ..., "content": ...}]) that the gateway puts
     through the model's chat template. session_id: keeps related requests on one proposer pod."""
@@ -51,6 +52,7 @@ def build_request(
     s.stop_token_ids.extend(stop_token_ids or [])
     s.ignore_eos = ignore_eos
     s.min_tokens = min_tokens
+    s.include_stop_str_in_output = include_stop_str_in_output
     if num_speculative_tokens is not None:
         overrides = Struct()
         overrides.update({"num_speculative_tokens": num_speculative_tokens})

@@ -99,6 +99,11 @@ def test_return_token_ids_must_be_a_boolean():
         returns_token_ids({"return_token_ids": "yes"})
 
 
-def test_min_tokens_is_carried_to_the_gateway_and_defaults_to_none():
-    assert completion_choices({"prompt": "a", "min_tokens": 5}, 16)[0].request.sampling.min_tokens == 5
-    assert completion_choices({"prompt": "a"}, 16)[0].request.sampling.min_tokens == 0
+def test_vllm_s_min_tokens_and_include_stop_str_in_output_are_carried_to_the_gateway():
+    body = {"prompt": "a", "min_tokens": 5, "include_stop_str_in_output": True}
+    sampling = completion_choices(body, 16)[0].request.sampling
+    assert (sampling.min_tokens, sampling.include_stop_str_in_output) == (5, True)
+    sampling = completion_choices({"prompt": "a"}, 16)[0].request.sampling
+    assert (sampling.min_tokens, sampling.include_stop_str_in_output) == (0, False)
+    with pytest.raises(InvalidRequest, match="include_stop_str_in_output must be true or false"):
+        completion_choices({"prompt": "a", "include_stop_str_in_output": 1}, 16)

@@ -49,7 +49,12 @@ class Streamed:
 
 def stream(address: str, prompt: str | list[dict], params: SamplingParams) -> Streamed:
     request = build_request(
-        prompt, temperature=0, max_tokens=params.max_tokens, stop=params.stop_strings, ignore_eos=params.ignore_eos
+        prompt,
+        temperature=0,
+        max_tokens=params.max_tokens,
+        stop=params.stop_strings,
+        ignore_eos=params.ignore_eos,
+        include_stop_str_in_output=params.include_stop_str_in_output,
     )
     with grpc.insecure_channel(address) as channel:
         responses = list(pb_grpc.GatewayStub(channel).Generate(request, timeout=TIMEOUT_S))
@@ -127,6 +132,8 @@ def test_a_stop_string_cuts_the_streamed_text_where_in_process_does(gateway, ngr
     assert got.text == expected.text == text[: text.find(stop)]
     assert got.token_ids == expected.token_ids
     assert not any(stop in d for d in got.deltas)
+    kept = greedy(ESSAY, stop=[stop], include_stop_str_in_output=True)
+    assert stream(gateway, prompts[ESSAY], kept).text == text[: text.find(stop) + len(stop)]
 
 
 def test_eos_ends_a_short_answer_before_max_tokens(gateway, ngram, prompts, in_process):
