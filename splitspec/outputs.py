@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from splitspec.str_enum import StrEnum
+from splitspec.token_logprobs import Logprob
 
 
 class FinishReason(StrEnum):
@@ -65,6 +66,8 @@ class CompletionOutput:
     token_ids: list[int]
     finish_reason: FinishReason | None
     stop_reason: int | str | None = None
+    logprobs: list[dict[int, Logprob]] | None = None
+    """When the request asked for them: per output token, vLLM's shape (splitspec.token_logprobs)."""
 
 
 @dataclass

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from splitspec.errors import SplitspecError
+from splitspec.token_logprobs import MAX_LOGPROBS
 
 
 @dataclass
@@ -16,7 +17,8 @@ class SamplingParams:
     temperature 0 means greedy. top_k <= 0 (or -1, vLLM's spelling) disables top-k; top_p 1 disables
     top-p. With a seed, sampled output is reproducible whatever else is in the batch. min_tokens: the
     output has at least this many tokens before EOS or a stop token id can end it, and before a stop
-    string is looked for (as vLLM; splitspec.token_ban).
+    string is looked for (as vLLM; splitspec.token_ban). logprobs: None, or each output token's
+    log-probability with those of this many most likely tokens (splitspec.token_logprobs).
     """
 
     temperature: float = 1.0
@@ -29,6 +31,7 @@ class SamplingParams:
     seed: int | None = None
     include_stop_str_in_output: bool = False
     min_tokens: int = 0
+    logprobs: int | None = None
     _stop_strings: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -44,6 +47,12 @@ class SamplingParams:
             raise SplitspecError(f"min_tokens must be an integer >= 0, got {self.min_tokens!r}")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise SplitspecError(f"min_tokens ({self.min_tokens}) must be at most max_tokens ({self.max_tokens})")
+        if self.logprobs is not None and (
+            not isinstance(self.logprobs, int)
+            or isinstance(self.logprobs, bool)
+            or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise SplitspecError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise SplitspecError(f"seed must be an integer, got {self.seed!r}")
         stop = [self.stop] if isinstance(self.stop, str) else self.stop if self.stop is not None else []

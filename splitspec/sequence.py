@@ -10,6 +10,7 @@ from splitspec.incremental_decoder import IncrementalDecoder
 from splitspec.outputs import FinishReason, SpeculationStats
 from splitspec.sampling_params import SamplingParams
 from splitspec.token_ban import TokenBan
+from splitspec.token_logprobs import Logprob
 
 SEED_BITS = 63
 """Requests without a seed get a random one this wide: it travels as an int64 in the engine and on the
@@ -29,12 +30,15 @@ class Sequence:
     stop_reason: int | str | None = None
     text: str = ""  # the output's text up to the stop string that stopped it, set when one does
     token_ban: TokenBan | None = None  # min_tokens: what the target may not emit yet
+    logprobs: list[dict[int, Logprob]] | None = None  # per output token, when the request asks for them
     # the StopChecker's running decode of the output, kept while the request has stop strings
     decoded_output: IncrementalDecoder | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.tokens:
             self.tokens = list(self.prompt_token_ids)
+        if self.params.logprobs is not None and self.logprobs is None:
+            self.logprobs = []
 
     @property
     def output_token_ids(self) -> list[int]:

@@ -45,6 +45,7 @@ from splitspec import seeded_noise
 from splitspec.devices import to_device
 from splitspec.logits_processing import batched_target_probs, target_probs
 from splitspec.sparse_distribution import SparseDistribution
+from splitspec.token_logprobs import Logprob
 from splitspec_kernels.rejection_sampling import RejectionBatch
 
 
@@ -70,6 +71,8 @@ class VerifyRequest:
 class VerifyResult:
     num_accepted: int
     token_ids: list[int]  # the accepted drafts followed by the correction or bonus token
+    logprobs: list[dict[int, Logprob]] | None = None
+    """When the request asks for them: per token, the target's log-probabilities (token_logprobs)."""
     hidden_state: torch.Tensor | None = None
     """When asked for: the target's final hidden state at the row that produced the last token [hidden],
     or at every row that produced a token committed in this step [n, hidden] (see Verifier.verify)."""

@@ -15,6 +15,7 @@ from splitspec.drafts import Draft, HiddenStates
 from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
 from splitspec.token_ban import TokenBan
+from splitspec.token_logprobs import token_logprobs
 from splitspec_kernels.rejection_sampling import RejectionBatch
 from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, build_rejection_batch, verify
 
@@ -89,11 +90,15 @@ class Verifier:
             hidden = _states_by_layers(hidden, aux, wanted)
         else:
             logits, hidden = self.runner.forward(inputs), None
+        raw = _raw_rows_for_logprobs(steps, logits)  # before _requests bans tokens in place
         requests = self._requests(steps, logits)
         if logits.device.type == "cpu" and self.runner.kernels.name == "torch":
             results = [verify(request) for request in requests]
         else:
             results = sample_on_device(requests, self.runner.kernels.rejection_sample)
+        for i, rows in raw.items():
+            result, top = results[i], steps[i][0].params.logprobs
+            results[i].logprobs = token_logprobs(rows[: result.num_accepted + 1], result.token_ids, top)
         if hidden is not None:
             _attach_hidden_states(results, inputs, modes, layers, hidden)
         return results
@@ -126,6 +131,19 @@ class Verifier:
 
     def free(self, seq_id: str) -> None:
         self.runner.free(seq_id)
+
+
+def _raw_rows_for_logprobs(
+    steps: list[tuple[VerifiableSequence, Draft]], logits: torch.Tensor
+) -> dict[int, torch.Tensor]:
+    """The logits rows, copied, of each step whose request asks for logprobs."""
+    rows, row = {}, 0
+    for i, (seq, draft) in enumerate(steps):
+        k = len(draft.token_ids)
+        if seq.params.logprobs is not None:
+            rows[i] = logits[row : row + k + 1].clone()
+        row += k + 1
+    return rows
 
 
 def sample_on_device(requests: list[VerifyRequest], rejection_sample: RejectionSampler) -> list[VerifyResult]:

@@ -107,7 +107,9 @@ class Engine:
                 self._acceptance.setdefault(seq.seq_id, PositionalAcceptance()).update(
                     len(draft.token_ids), result.num_accepted
                 )
-            self.stop_checker.commit(seq, result.token_ids)
+            committed = self.stop_checker.commit(seq, result.token_ids)
+            if seq.logprobs is not None and result.logprobs is not None:
+                seq.logprobs.extend(result.logprobs[:committed])
             self._hold_states(seq.seq_id, result.hidden_state)
             if seq.finished:
                 finished.append(seq)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from typing import Sequence as SequenceType
@@ -19,6 +20,7 @@ from splitspec.outputs import CompletionOutput, RequestOutput
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
 from splitspec.stop_checker import StopChecker
+from splitspec.token_logprobs import Logprob
 from splitspec.tokenizer import chat_prompt, eos_token_ids, load_tokenizer
 
 if TYPE_CHECKING:
@@ -260,9 +262,18 @@ class LLM:
             return ""
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
+    def _decoded(self, logprobs: list[dict[int, Logprob]] | None) -> list[dict[int, Logprob]] | None:
+        """Each entry with its token's own text, as vLLM gives it."""
+        if logprobs is None or self.tokenizer is None:
+            return logprobs
+        decode = self.tokenizer.decode
+        return [{t: replace(lp, decoded_token=decode([t])) for t, lp in entry.items()} for entry in logprobs]
+
     def _output(self, seq: Sequence) -> RequestOutput:
         text = self.engine.stop_checker.output_text(seq)
-        completion = CompletionOutput(0, text, seq.output_token_ids, seq.finish_reason, seq.stop_reason)
+        completion = CompletionOutput(
+            0, text, seq.output_token_ids, seq.finish_reason, seq.stop_reason, self._decoded(seq.logprobs)
+        )
         return RequestOutput(seq.seq_id, seq.prompt, seq.prompt_token_ids, [completion], seq.finished, seq.stats)
 
 
