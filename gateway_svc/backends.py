@@ -137,6 +137,8 @@ class VerifierBackend:
         request.start.top_k = params.top_k
         request.start.top_p = params.top_p
         request.start.seed = seed
+        if params.logprobs is not None:
+            request.start.logprobs = params.logprobs
         if token_ban is not None:
             request.start.banned_token_ids.extend(token_ban.token_ids)
             request.start.banned_until_len = token_ban.until_length

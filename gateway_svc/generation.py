@@ -151,6 +151,7 @@ class GatewayCore:
                 last_result_at = self._heard(req, sent, result, last_result_at)
                 round_tokens = list(result.token_ids)
                 new_tokens = round_tokens[: stop_checker.commit(seq, round_tokens)]
+                logprobs = list(result.logprobs)[: len(new_tokens)] if params.logprobs is not None else None
                 rounds.committed(sent, result, round_tokens, seq.finished)
                 if seq.finished:
                     yield Delta(
@@ -162,6 +163,7 @@ class GatewayCore:
                         len(prompt_ids),
                         seq.num_output_tokens,
                         verifier_moves + req.slot.moves,
+                        logprobs,
                     )
                 else:
                     yield Delta(
@@ -169,6 +171,7 @@ class GatewayCore:
                         detokenizer.delta(seq.tokens),
                         prompt_tokens=len(prompt_ids),
                         completion_tokens=seq.num_output_tokens,
+                        logprobs=logprobs,
                     )
         finally:
             rounds.cancel()

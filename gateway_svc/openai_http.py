@@ -24,7 +24,9 @@ from gateway_svc.openai_protocol import (
     Choice,
     InvalidRequest,
     chat_choices,
+    chat_logprobs,
     completion_choices,
+    completion_logprobs,
     new_id,
     returns_token_ids,
     usage,
@@ -146,10 +148,17 @@ class OpenAIFront:
             token_ids = returns_token_ids(body, default=self.servicer.core.tokenizer is None)
         except InvalidRequest as exc:
             return error_response(400, str(exc), "invalid_request_error", exc.param)
-        answer = _Answer(new_id("chatcmpl" if chat else "cmpl"), self.served_model, chat, choices, token_ids)
+        answer = _Answer(
+            new_id("chatcmpl" if chat else "cmpl"), self.served_model, chat, choices, token_ids, self._token_text
+        )
         if body.get("stream"):
             return await self._stream(request, answer, usage_in_stream)
         return await self._complete(request, answer)
+
+    def _token_text(self, token: int) -> str:
+        """A token as logprobs name it: its text, or vLLM's "token_id:N" for a model without a tokenizer."""
+        tokenizer = self.servicer.core.tokenizer
+        return tokenizer.decode([token]) if tokenizer is not None else f"token_id:{token}"
 
     async def _complete(self, request: Request, answer: _Answer) -> Response:
         """Every choice to its end, then one JSON answer; a client that leaves cancels them."""
@@ -189,9 +198,10 @@ class OpenAIFront:
                     choice, response = pending
                     answer_received(choice, response)
                     finish = response.finish_reason or None
-                    if response.text or finish or (answer.token_ids and response.token_ids):
+                    # tokens whose text is held back still go out where their ids or logprobs are asked for
+                    if response.text or finish or ((answer.token_ids or response.logprobs) and response.token_ids):
                         delta = {"content": response.text} if answer.chat else response.text
-                        chunk = answer.chunk(choice, delta, finish, usage_in_stream)
+                        chunk = answer.chunk(choice, delta, finish, usage_in_stream, list(response.logprobs))
                         if answer.token_ids:
                             chunk["choices"][0]["token_ids"] = list(response.token_ids)
                         yield _event(chunk)
@@ -239,6 +249,7 @@ class OpenAIFront:
 
 def answer_received(choice: Choice, response: pb.GenerateResponse) -> None:
     choice.token_ids += response.token_ids
+    choice.logprobs += response.logprobs
     if response.HasField("usage"):
         choice.usage = response.usage
     if response.finish_reason:
@@ -275,12 +286,21 @@ def _event(payload: dict) -> str:
 class _Answer:
     """One request's answer in OpenAI's shapes: the whole object, or its stream chunks."""
 
-    def __init__(self, answer_id: str, model: str, chat: bool, choices: list[Choice], token_ids: bool) -> None:
+    def __init__(
+        self,
+        answer_id: str,
+        model: str,
+        chat: bool,
+        choices: list[Choice],
+        token_ids: bool,
+        token_text: Callable[[int], str],
+    ) -> None:
         self.id = answer_id
         self.model = model
         self.chat = chat
         self.choices = choices
         self.token_ids = token_ids  # vLLM's return_token_ids
+        self.token_text = token_text  # how logprobs name a token
         self.created = int(time.time())
 
     def _head(self, kind: str) -> dict:
@@ -293,25 +313,48 @@ class _Answer:
                 part["token_ids"] = choice.token_ids
         return answer
 
+    def _logprobs(self, choice: Choice, entries: list[pb.TokenLogprobs], text_offset: int = 0) -> dict | None:
+        """The choice's logprobs object for these of its tokens; None where it did not ask for them."""
+        if not choice.request.sampling.HasField("logprobs"):
+            return None
+        top = choice.request.sampling.logprobs
+        if self.chat:
+            return chat_logprobs(entries, top, self.token_text)
+        return completion_logprobs(entries, top, self.token_text, text_offset)
+
     def _whole(self) -> dict:
         if self.chat:
             choices = [
-                {"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-                 "finish_reason": c.finish_reason}
+                {"index": c.index, "message": {"role": "assistant", "content": c.text},
+                 "logprobs": self._logprobs(c, c.logprobs), "finish_reason": c.finish_reason}
                 for c in self.choices
             ]  # fmt: skip
             return {**self._head("chat.completion"), "choices": choices, "usage": usage(self.choices)}
         choices = [
-            {"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason} for c in self.choices
-        ]
+            {"index": c.index, "text": c.text, "logprobs": self._logprobs(c, c.logprobs),
+             "finish_reason": c.finish_reason}
+            for c in self.choices
+        ]  # fmt: skip
         return {**self._head("text_completion"), "choices": choices, "usage": usage(self.choices)}
 
-    def chunk(self, choice: Choice, delta, finish_reason: str | None, usage_in_stream: UsageInStream) -> dict:
+    def chunk(
+        self,
+        choice: Choice,
+        delta,
+        finish_reason: str | None,
+        usage_in_stream: UsageInStream,
+        entries: list[pb.TokenLogprobs] | None = None,
+    ) -> dict:
+        """entries: the logprobs of the tokens this chunk carries, the last of the choice's so far."""
+        logprobs = None
+        if entries:
+            earlier = choice.logprobs[: len(choice.logprobs) - len(entries)]
+            logprobs = self._logprobs(choice, entries, sum(len(self.token_text(e.token_ids[0])) for e in earlier))
         if self.chat:
-            part = {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            part = {"index": choice.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             chunk = {**self._head("chat.completion.chunk"), "choices": [part]}
         else:
-            part = {"index": choice.index, "text": delta, "logprobs": None, "finish_reason": finish_reason}
+            part = {"index": choice.index, "text": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             chunk = {**self._head("text_completion"), "choices": [part]}
         if usage_in_stream.at_end:
             chunk["usage"] = usage(self.choices) if usage_in_stream.every_chunk else None

@@ -2,8 +2,8 @@
 
 Pure translation, no I/O: a request body becomes one GenerateRequest per choice (each prompt of a
 completion times `n`), and the gateway's responses become OpenAI's objects and stream chunks. What
-the OpenAI API has and splitspec does not (logprobs, tools, response formats, penalties) is refused
-by name, never silently ignored.
+the OpenAI API has and splitspec does not (tools, response formats, penalties) is refused by name,
+never silently ignored.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 from google.protobuf.struct_pb2 import Struct
 
@@ -36,12 +37,11 @@ COMMON_PARAMETERS = {
     "user",
     "return_token_ids",
 }
-COMPLETION_PARAMETERS = COMMON_PARAMETERS | {"prompt"}
-CHAT_PARAMETERS = COMMON_PARAMETERS | {"messages", "max_completion_tokens"}
+COMPLETION_PARAMETERS = COMMON_PARAMETERS | {"prompt", "logprobs"}
+CHAT_PARAMETERS = COMMON_PARAMETERS | {"messages", "max_completion_tokens", "logprobs", "top_logprobs"}
+MAX_LOGPROBS = 20  # the most top tokens a request may ask for, as vLLM's default max_logprobs
 # values of unsupported parameters that ask for nothing, as some clients send them anyway
 NEUTRAL_VALUES = {
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "echo": (None, False),
     "best_of": (None, 1),
     "presence_penalty": (None, 0, 0.0),
@@ -76,6 +76,7 @@ class Choice:
     finish_reason: str | None = None
     usage: pb.Usage | None = None
     speculation: pb.SpeculationStats | None = None
+    logprobs: list[pb.TokenLogprobs] = field(default_factory=list)
 
 
 def completion_choices(body: dict, default_max_tokens: int) -> list[Choice]:
@@ -85,6 +86,8 @@ def completion_choices(body: dict, default_max_tokens: int) -> list[Choice]:
         raise InvalidRequest("prompt is required", "prompt")
     prompts = _prompts(body["prompt"])
     template = _sampled(body, body.get("max_tokens"), default_max_tokens)
+    if body.get("logprobs") is not None:
+        template.sampling.logprobs = _integer(body["logprobs"], "logprobs", low=0, high=MAX_LOGPROBS)
     n = _n(body)
     choices = []
     for i, prompt in enumerate(prompts):
@@ -110,6 +113,7 @@ def chat_choices(body: dict, default_max_tokens: int) -> list[Choice]:
         raise InvalidRequest("set max_tokens or max_completion_tokens, not both", "max_completion_tokens")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     template = _sampled(body, max_tokens, default_max_tokens)
+    _chat_logprobs_asked(body, template.sampling)
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InvalidRequest(f"messages[{i}] must be an object with a role", f"messages[{i}].role")
@@ -122,6 +126,53 @@ def chat_choices(body: dict, default_max_tokens: int) -> list[Choice]:
         _seed_choice(request, j)
         choices.append(Choice(j, request))
     return choices
+
+
+def _chat_logprobs_asked(body: dict, sampling: pb.SamplingParameters) -> None:
+    """Chat's logprobs: true, with top_logprobs most likely tokens at each position (0 by default)."""
+    wanted, top = body.get("logprobs"), body.get("top_logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise InvalidRequest("logprobs must be true or false", "logprobs")
+    if top is not None:
+        top = _integer(top, "top_logprobs", low=0, high=MAX_LOGPROBS)
+        if not wanted:
+            raise InvalidRequest("top_logprobs needs logprobs set to true", "top_logprobs")
+    if wanted:
+        sampling.logprobs = top or 0
+
+
+def chat_logprobs(entries: list[pb.TokenLogprobs], top: int, token_text: Callable[[int], str]) -> dict:
+    """A chat choice's `logprobs` for these tokens: content, one object per token."""
+    return {"content": [_chat_token(entry, top, token_text) for entry in entries]}
+
+
+def _chat_token(entry: pb.TokenLogprobs, top: int, token_text: Callable[[int], str]) -> dict:
+    def described(token: int, logprob: float) -> dict:
+        text = token_text(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    best = _top_tokens(entry, top)
+    return described(entry.token_ids[0], entry.logprobs[0]) | {"top_logprobs": [described(*t) for t in best]}
+
+
+def completion_logprobs(
+    entries: list[pb.TokenLogprobs], top: int, token_text: Callable[[int], str], text_offset: int
+) -> dict:
+    """A completion choice's `logprobs` for these tokens, the first of which starts at text_offset."""
+    tokens = [token_text(entry.token_ids[0]) for entry in entries]
+    offsets = [text_offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    return {
+        "tokens": tokens,
+        "token_logprobs": [entry.logprobs[0] for entry in entries],
+        "top_logprobs": [{token_text(t): v for t, v in _top_tokens(entry, top)} for entry in entries],
+        "text_offset": offsets,
+    }
+
+
+def _top_tokens(entry: pb.TokenLogprobs, top: int) -> list[tuple[int, float]]:
+    """The `top` most likely tokens at the position, by rank: the generated token among them if it is."""
+    ranked = sorted(zip(entry.ranks, entry.token_ids, entry.logprobs))
+    return [(token, logprob) for rank, token, logprob in ranked if rank <= top][:top]
 
 
 def _check_parameters(body: dict, known: set[str]) -> None:

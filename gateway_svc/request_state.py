@@ -36,6 +36,7 @@ class Delta:
     completion_tokens: int = 0
     """So far, in every delta."""
     failovers: int = 0  # times the sequence moved to another verifier or proposer
+    logprobs: list[pb.TokenLogprobs] | None = None  # with sampling.logprobs: one per token of token_ids
 
 
 @dataclass

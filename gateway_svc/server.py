@@ -193,6 +193,8 @@ def _response(delta: Delta, request_id: str) -> pb.GenerateResponse:
     response = pb.GenerateResponse(token_ids=delta.token_ids, text=delta.text, request_id=request_id)
     response.usage.prompt_tokens = delta.prompt_tokens  # so far: every response carries it
     response.usage.completion_tokens = delta.completion_tokens
+    if delta.logprobs is not None:
+        response.logprobs.extend(delta.logprobs)
     if delta.finish_reason is not None:
         response.finish_reason = delta.finish_reason
         response.stop_reason = "" if delta.stop_reason is None else str(delta.stop_reason)

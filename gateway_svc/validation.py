@@ -86,6 +86,7 @@ def validate(
             seed=s.seed if s.HasField("seed") else None,
             min_tokens=s.min_tokens,
             include_stop_str_in_output=s.include_stop_str_in_output,
+            logprobs=s.logprobs if s.HasField("logprobs") else None,
         )
     except SplitspecError as exc:
         raise _invalid(f"sampling: {exc}") from None

@@ -123,6 +123,8 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                 response.result.draft_wait_s = outcome.draft_wait_s
                 response.result.proposer_failed = outcome.proposer_failed
                 response.result.token_ids.extend(outcome.token_ids)
+                if outcome.logprobs is not None:
+                    response.result.logprobs.extend(wire.logprobs_to_proto(outcome.logprobs))
                 if outcome.hidden_state is not None and remote_spec is None:  # remote: they went to the proposer
                     response.result.hidden_states.CopyFrom(wire.tensor_to_proto(outcome.hidden_state))
             else:
@@ -140,9 +142,13 @@ class VerifierServicer(pb_grpc.VerifierServicer):
 def _params(start: pb.StartSequence) -> SamplingParams:
     try:
         return SamplingParams(
-            temperature=start.temperature, top_k=start.top_k, top_p=start.top_p or 1.0, max_tokens=None
+            temperature=start.temperature,
+            top_k=start.top_k,
+            top_p=start.top_p or 1.0,
+            max_tokens=None,
+            logprobs=start.logprobs if start.HasField("logprobs") else None,
         )
-    except ValueError as exc:
+    except (ValueError, SplitspecError) as exc:
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 

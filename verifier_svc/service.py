@@ -32,6 +32,7 @@ from splitspec.rpc.time_limits import Expiries, check_time_limit
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
 from splitspec.token_ban import TokenBan
+from splitspec.token_logprobs import Logprob
 from splitspec.tracing import Tracing, context_of
 from verifier_svc.draft_cuts import DraftCuts, PlannedStep, may_cut
 from verifier_svc.draft_validation import check_draft, check_seq_id
@@ -75,6 +76,7 @@ class StepOutcome:
     num_drafted: int = 0
     draft_wait_s: float = 0.0  # with a remote draft: the wait for the proposer
     proposer_failed: bool = False  # with a remote draft: the proposer did not answer
+    logprobs: list[dict[int, Logprob]] | None = None  # when the sequence asked for them
 
 
 MODEL_FAILED = "this verifier's model has failed; use another verifier"
@@ -429,6 +431,7 @@ class VerifierService:
                     hidden = None
                 verified = len(calls[i].draft.token_ids)
                 outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids, hidden, verified)
+                outcomes[i].logprobs = result.logprobs
                 if self.cuts is not None:
                     self.cuts.record(seq.seq_id, verified, result.num_accepted)
                 self.metrics.draft_tokens.add(verified, {"stage": "verified"})

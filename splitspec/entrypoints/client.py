@@ -28,6 +28,7 @@ def build_request(
     session_id: str = "",
     min_tokens: int = 0,
     include_stop_str_in_output: bool = False,
+    logprobs: int | None = None,
 ) -> pb.GenerateRequest:
     """prompt: text, token ids, or a conversation ([{"role": ..., "content": ...}]) that the gateway puts
     through the model's chat template. session_id: keeps related requests on one proposer pod."""
@@ -45,6 +46,7 @@ def build_request(
         ("top_k", top_k),
         ("max_tokens", max_tokens),
         ("seed", seed),
+        ("logprobs", logprobs),
     ):
         if value is not None:
             setattr(s, name, value)

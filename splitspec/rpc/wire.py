@@ -13,6 +13,7 @@ from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.sampling_params import SamplingParams
 from splitspec.sparse_distribution import SparseDistribution
+from splitspec.token_logprobs import Logprob
 from splitspec_protos import splitspec_v1_pb2 as pb
 
 
@@ -140,3 +141,16 @@ def traits_from_proto(info: pb.ProposerInfo) -> DrafterTraits:
         drafts_ahead=info.drafts_ahead,
         drafts_after_rejection=info.drafts_after_rejection,
     )
+
+
+def logprobs_to_proto(entries: list[dict[int, Logprob]]) -> list[pb.TokenLogprobs]:
+    return [
+        pb.TokenLogprobs(
+            token_ids=list(entry), logprobs=[e.logprob for e in entry.values()], ranks=[e.rank for e in entry.values()]
+        )
+        for entry in entries
+    ]
+
+
+def logprobs_from_proto(messages) -> list[dict[int, Logprob]]:
+    return [{t: Logprob(v, r) for t, v, r in zip(m.token_ids, m.logprobs, m.ranks)} for m in messages]

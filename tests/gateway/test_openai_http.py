@@ -96,6 +96,40 @@ def test_min_tokens_holds_off_the_end_as_in_process(client, in_process):
     assert answer.usage.completion_tokens == len(expected.token_ids) >= 20
 
 
+def test_logprobs_of_a_completion_and_a_chat_are_in_process_logprobs(client, in_process):
+    expected = in_process.generate(PROMPT, SamplingParams(temperature=0, max_tokens=12, logprobs=2), use_tqdm=False)
+    want = expected[0].outputs[0].logprobs
+    answer = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0, logprobs=2)
+    got = answer.choices[0].logprobs
+    decode = in_process.get_tokenizer().decode
+    assert got.tokens == [decode([t]) for t in expected[0].outputs[0].token_ids]
+    assert got.token_logprobs == pytest.approx(
+        [e[t].logprob for e, t in zip(want, expected[0].outputs[0].token_ids)], abs=1e-3
+    )
+    assert [list(top) for top in got.top_logprobs] == [
+        [decode([t]) for t, lp in sorted(e.items(), key=lambda kv: kv[1].rank) if lp.rank <= 2] for e in want
+    ]
+    assert got.text_offset[0] == 0 and got.text_offset[1] == len(got.tokens[0])
+    params = SamplingParams(temperature=0, max_tokens=12, logprobs=2)
+    chat_expected = in_process.chat(CHAT, params, use_tqdm=False)[0].outputs[0]
+    chat = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=12, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = chat.choices[0].logprobs.content
+    assert [c.token for c in content] == [decode([t]) for t in chat_expected.token_ids]
+    assert [c.logprob for c in content] == pytest.approx(
+        [e[t].logprob for e, t in zip(chat_expected.logprobs, chat_expected.token_ids)], abs=1e-3
+    )
+    assert all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob >= c.logprob - 1e-6 for c in content)
+    streamed = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=12, temperature=0, logprobs=True, stream=True
+    )
+    tokens = [
+        c.token for chunk in streamed for choice in chunk.choices if choice.logprobs for c in choice.logprobs.content
+    ]
+    assert tokens == [c.token for c in content]
+
+
 def test_continuous_usage_stats_put_the_usage_so_far_in_every_chunk(client):
     """vLLM's stream_options.continuous_usage_stats, as its benchmark clients send it."""
     chunks = list(
@@ -161,7 +195,7 @@ def test_models_and_health(http_stack, client):
         (dict(model="gpt-4"), openai.NotFoundError, "gpt-4"),
         (dict(temperature=-1), openai.BadRequestError, "temperature"),
         (dict(max_tokens=MAX_TOKENS_LIMIT + 1), openai.BadRequestError, "max_tokens"),
-        (dict(logprobs=2), openai.BadRequestError, "logprobs"),
+        (dict(logprobs=21), openai.BadRequestError, "logprobs must be an integer in [0, 20]"),
         (dict(extra_body={"response_format": {"type": "json_object"}}), openai.BadRequestError, "response_format"),
         (dict(n=0), openai.BadRequestError, "n must be"),
         (dict(extra_body={"min_tokens": 5}), openai.BadRequestError, "min_tokens (5) must be at most max_tokens (4)"),

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway_svc.openai_protocol import InvalidRequest, chat_choices, completion_choices, returns_token_ids
+from gateway_svc.openai_protocol import (
+    InvalidRequest,
+    chat_choices,
+    chat_logprobs,
+    completion_choices,
+    completion_logprobs,
+    returns_token_ids,
+)
+from splitspec_protos import splitspec_v1_pb2 as pb
 
 
 def test_several_prompts_times_n_are_choices_in_openai_order_with_seed_plus_j():
@@ -39,7 +47,7 @@ def test_chat_messages_join_text_parts_and_take_max_completion_tokens():
 @pytest.mark.parametrize(
     "body, words",
     [
-        ({"prompt": "a", "logprobs": 1}, "unsupported parameters: logprobs"),
+        ({"prompt": "a", "logprobs": 21}, "logprobs must be an integer in [0, 20]"),
         ({"prompt": "a", "tools": [{"type": "function"}], "frequency_penalty": 0.5}, "frequency_penalty, tools"),
         ({"prompt": "a", "n": 17}, "n must be an integer in [1, 16]"),
         ({"prompt": "a", "min_tokens": -1}, "min_tokens must be an integer in [0, "),
@@ -107,3 +115,42 @@ def test_vllm_s_min_tokens_and_include_stop_str_in_output_are_carried_to_the_gat
     assert (sampling.min_tokens, sampling.include_stop_str_in_output) == (0, False)
     with pytest.raises(InvalidRequest, match="include_stop_str_in_output must be true or false"):
         completion_choices({"prompt": "a", "include_stop_str_in_output": 1}, 16)
+
+
+def test_logprobs_are_asked_as_each_endpoint_spells_them():
+    assert completion_choices({"prompt": "a", "logprobs": 3}, 16)[0].request.sampling.logprobs == 3
+    assert not completion_choices({"prompt": "a"}, 16)[0].request.sampling.HasField("logprobs")
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert chat_choices(chat | {"logprobs": True, "top_logprobs": 2}, 16)[0].request.sampling.logprobs == 2
+    assert chat_choices(chat | {"logprobs": True}, 16)[0].request.sampling.logprobs == 0
+    assert not chat_choices(chat | {"logprobs": False}, 16)[0].request.sampling.HasField("logprobs")
+    with pytest.raises(InvalidRequest, match="top_logprobs needs logprobs set to true"):
+        chat_choices(chat | {"top_logprobs": 2}, 16)
+    with pytest.raises(InvalidRequest, match="logprobs must be true or false"):
+        chat_choices(chat | {"logprobs": 2}, 16)
+
+
+def test_logprobs_in_openai_s_shapes():
+    """The generated token first on the wire, then the top tokens; OpenAI lists the top ones by rank."""
+    entries = [
+        pb.TokenLogprobs(token_ids=[7, 3, 4], logprobs=[-2.0, -0.5, -1.0], ranks=[3, 1, 2]),
+        pb.TokenLogprobs(token_ids=[3, 9], logprobs=[-0.125, -3.0], ranks=[1, 2]),
+    ]
+    text = {3: "a", 4: "bc", 7: "xyz", 9: "q"}.__getitem__
+    chat = chat_logprobs(entries, 2, text)["content"]
+    assert chat[0] == {
+        "token": "xyz",
+        "logprob": -2.0,
+        "bytes": [120, 121, 122],
+        "top_logprobs": [
+            {"token": "a", "logprob": -0.5, "bytes": [97]},
+            {"token": "bc", "logprob": -1.0, "bytes": [98, 99]},
+        ],
+    }
+    assert [t["token"] for t in chat[1]["top_logprobs"]] == ["a", "q"]
+    assert completion_logprobs(entries, 1, text, 10) == {
+        "tokens": ["xyz", "a"],
+        "token_logprobs": [-2.0, -0.125],
+        "top_logprobs": [{"a": -0.5}, {"a": -0.125}],
+        "text_offset": [10, 13],
+    }

@@ -24,6 +24,7 @@ from service_stack import free_port, health_status, running_stack, start_service
 
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
+from splitspec.rpc import wire
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
@@ -121,6 +122,23 @@ def test_min_tokens_through_the_gateway_is_plain_decoding_s(stack_name, request,
     assert token_ids(generate(address, held)) == plain.outputs[0].token_ids
     early = build_request(prompt, temperature=0, max_tokens=MAX_TOKENS)
     assert token_ids(generate(address, early)) == ignoring_eos[: at + 1]
+
+
+@pytest.mark.parametrize("stack_name", ["ngram_stack", "draft_stack"])
+def test_logprobs_through_the_gateway_are_in_process_logprobs(stack_name, request, tiny_llama, plain_greedy):
+    """Each token's, from the verify pass that committed it, carried by the verifier and the gateway."""
+    address = request.getfixturevalue(stack_name).gateway.address
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=2)
+    expected = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    for prompt, want, plain in zip(PROMPTS, expected, plain_greedy):
+        responses = generate(address, greedy_request(prompt, logprobs=2))
+        assert token_ids(responses) == plain
+        got = wire.logprobs_from_proto([lp for r in responses for lp in r.logprobs])
+        assert len(got) == len(plain)
+        for position, (a, b) in enumerate(zip(got, want.outputs[0].logprobs)):
+            assert list(a) == list(b), position
+            assert [x.rank for x in a.values()] == [x.rank for x in b.values()], position
+            assert [x.logprob for x in a.values()] == pytest.approx([x.logprob for x in b.values()], abs=1e-4)
 
 
 def test_any_int64_seed_through_the_gateway_is_the_same_seed_in_process(ngram_stack, tiny_llama):
