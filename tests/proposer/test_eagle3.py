@@ -191,23 +191,23 @@ def test_greedy_output_is_the_target_s_own(target, fitted, batch_size, how) -> N
     assert_drafts_pass_often_but_not_always([o.spec_stats for o in outputs])
 
 
-@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("varying_k", [False, True])
 @pytest.mark.parametrize("batch_size", [1, 4])
-def test_seeded_sampling_is_the_target_s_own_samples(target, fitted, batch_size, adaptive) -> None:
-    """The head drafts its argmax (one-hot drafts), so adaptive K may cut them and seeds still give
-    plain decoding's samples."""
+def test_seeded_sampling_is_the_target_s_own_samples(target, fitted, batch_size, varying_k) -> None:
+    """The head drafts its argmax (one-hot drafts), so cutting them, as adaptive K does (here in a fixed
+    cycle of budgets, which timing cannot change), leaves seeds giving plain decoding's samples."""
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
     plain = [o.outputs[0].token_ids for o in LLM(str(target)).generate(prompts, SEEDED, use_tqdm=False)]
-    spec = {"method": "eagle3", "model": str(fitted), "num_speculative_tokens": 3, "adaptive": adaptive}
+    spec = {"method": "eagle3", "model": str(fitted), "num_speculative_tokens": 3, "adaptive": False}
     llm = LLM(str(target), speculative_config=spec)
+    if varying_k:
+        budgets = itertools.cycle([3, 1, 0, 2])
+        llm.engine._draft_budget = lambda running: [next(budgets) for _ in running]
     outputs = []
     for start in range(0, len(prompts), batch_size):
         outputs += llm.generate(prompts[start : start + batch_size], SEEDED[start : start + batch_size], use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == plain
-    if adaptive:  # the cut drafts less where the head is often wrong; some drafts must still pass
-        assert sum(o.spec_stats.num_accepted_tokens for o in outputs) > 0
-    else:
-        assert_drafts_pass_often_but_not_always([o.spec_stats for o in outputs])
+    assert_drafts_pass_often_but_not_always([o.spec_stats for o in outputs])
 
 
 def test_a_speculators_head_given_as_the_model_serves_the_target_it_names(target, fitted) -> None:
