@@ -30,6 +30,7 @@ COMMON_PARAMETERS = {
     "ignore_eos",
     "min_tokens",
     "include_stop_str_in_output",
+    "truncate_prompt_tokens",
     "n",
     "stream",
     "stream_options",
@@ -250,6 +251,8 @@ def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequ
         if not isinstance(body["include_stop_str_in_output"], bool):
             raise InvalidRequest("include_stop_str_in_output must be true or false", "include_stop_str_in_output")
         s.include_stop_str_in_output = body["include_stop_str_in_output"]
+    if body.get("truncate_prompt_tokens") is not None:
+        s.truncate_prompt_tokens = _integer(body["truncate_prompt_tokens"], "truncate_prompt_tokens", low=1)
     if body.get("min_tokens") is not None:
         s.min_tokens = _integer(body["min_tokens"], "min_tokens", low=0)
     user = body.get("user")

@@ -64,12 +64,16 @@ def validate(
         prompt_ids = tokenizer.encode(prompt)
     else:
         prompt_ids = list(request.prompt_token_ids)
+    s = request.sampling
+    if s.HasField("truncate_prompt_tokens"):
+        if s.truncate_prompt_tokens < 1:
+            raise _invalid("sampling.truncate_prompt_tokens must be at least 1")
+        prompt_ids = prompt_ids[-s.truncate_prompt_tokens :]
     try:
         check_prompt(prompt_ids, vocab_size, max_model_len)
     except SplitspecError as exc:
         raise _invalid(str(exc)) from None
 
-    s = request.sampling
     for name in ("temperature", "top_p"):
         if s.HasField(name) and math.isnan(getattr(s, name)):
             raise _invalid(f"sampling.{name} is NaN")

@@ -19,6 +19,7 @@ class SamplingParams:
     output has at least this many tokens before EOS or a stop token id can end it, and before a stop
     string is looked for (as vLLM; splitspec.token_ban). logprobs: None, or each output token's
     log-probability with those of this many most likely tokens (splitspec.token_logprobs).
+    truncate_prompt_tokens: None, or generate from only the prompt's last this many tokens (vLLM's).
     """
 
     temperature: float = 1.0
@@ -32,6 +33,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     min_tokens: int = 0
     logprobs: int | None = None
+    truncate_prompt_tokens: int | None = None
     _stop_strings: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -53,6 +55,14 @@ class SamplingParams:
             or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):
             raise SplitspecError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+        if self.truncate_prompt_tokens is not None and (
+            not isinstance(self.truncate_prompt_tokens, int)
+            or isinstance(self.truncate_prompt_tokens, bool)
+            or self.truncate_prompt_tokens < 1
+        ):
+            raise SplitspecError(
+                f"truncate_prompt_tokens must be None or an integer >= 1, got {self.truncate_prompt_tokens!r}"
+            )
         if self.seed is not None and not isinstance(self.seed, int):
             raise SplitspecError(f"seed must be an integer, got {self.seed!r}")
         stop = [self.stop] if isinstance(self.stop, str) else self.stop if self.stop is not None else []
@@ -65,6 +75,11 @@ class SamplingParams:
         if not isinstance(ids, list) or any(not isinstance(t, int) or t < 0 for t in ids):
             raise SplitspecError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
         self.stop_token_ids = ids
+
+    def truncated(self, prompt_token_ids: list[int]) -> list[int]:
+        """The prompt as generation sees it: its last truncate_prompt_tokens tokens, or all of it."""
+        keep = self.truncate_prompt_tokens
+        return prompt_token_ids[-keep:] if keep is not None else prompt_token_ids
 
     @property
     def greedy(self) -> bool:

@@ -61,6 +61,7 @@ class Engine:
     def add_request(
         self, seq_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams
     ) -> Sequence:
+        prompt_token_ids = params.truncated(prompt_token_ids)
         try:
             check_prompt(prompt_token_ids, self.runner.vocab_size, self.runner.max_model_len)
         except SplitspecError as exc:

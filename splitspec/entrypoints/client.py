@@ -29,6 +29,7 @@ def build_request(
     min_tokens: int = 0,
     include_stop_str_in_output: bool = False,
     logprobs: int | None = None,
+    truncate_prompt_tokens: int | None = None,
 ) -> pb.GenerateRequest:
     """prompt: text, token ids, or a conversation ([{"role": ..., "content": ...}]) that the gateway puts
     through the model's chat template. session_id: keeps related requests on one proposer pod."""
@@ -47,6 +48,7 @@ def build_request(
         ("max_tokens", max_tokens),
         ("seed", seed),
         ("logprobs", logprobs),
+        ("truncate_prompt_tokens", truncate_prompt_tokens),
     ):
         if value is not None:
             setattr(s, name, value)

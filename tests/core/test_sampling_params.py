@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitspec import SamplingParams
+from splitspec import LLM, SamplingParams
 from splitspec.errors import SplitspecError
 
 
@@ -67,3 +67,18 @@ def test_stop_token_ids_tuple_becomes_a_list():
 @pytest.mark.parametrize("temperature, greedy", [(0, True), (0.0, True), (1e-6, False), (1.0, False)])
 def test_greedy_exactly_when_temperature_is_zero(temperature, greedy):
     assert SamplingParams(temperature=temperature).greedy is greedy
+
+
+def test_truncate_prompt_tokens_keeps_the_prompt_s_end(tiny_llama) -> None:
+    with pytest.raises(SplitspecError, match="truncate_prompt_tokens"):
+        SamplingParams(truncate_prompt_tokens=0)
+    llm = LLM(str(tiny_llama), max_model_len=64)
+    long_prompt = list(range(3, 203))  # longer than the context: refused unless truncated
+    with pytest.raises(SplitspecError, match="shorten the prompt"):
+        llm.generate([{"prompt_token_ids": long_prompt}], SamplingParams(max_tokens=4), use_tqdm=False)
+    truncated = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, truncate_prompt_tokens=20)
+    cut = llm.generate([{"prompt_token_ids": long_prompt}], truncated, use_tqdm=False)[0]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    tail = llm.generate([{"prompt_token_ids": long_prompt[-20:]}], params, use_tqdm=False)[0]
+    assert cut.prompt_token_ids == long_prompt[-20:]
+    assert cut.outputs[0].token_ids == tail.outputs[0].token_ids

@@ -117,6 +117,15 @@ def test_vllm_s_min_tokens_and_include_stop_str_in_output_are_carried_to_the_gat
         completion_choices({"prompt": "a", "include_stop_str_in_output": 1}, 16)
 
 
+def test_truncate_prompt_tokens_is_carried_and_must_be_positive():
+    assert (
+        completion_choices({"prompt": "a", "truncate_prompt_tokens": 7}, 16)[0].request.sampling.truncate_prompt_tokens
+        == 7
+    )
+    with pytest.raises(InvalidRequest, match="truncate_prompt_tokens must be an integer in \\[1, "):
+        completion_choices({"prompt": "a", "truncate_prompt_tokens": 0}, 16)
+
+
 def test_logprobs_are_asked_as_each_endpoint_spells_them():
     assert completion_choices({"prompt": "a", "logprobs": 3}, 16)[0].request.sampling.logprobs == 3
     assert not completion_choices({"prompt": "a"}, 16)[0].request.sampling.HasField("logprobs")

@@ -141,6 +141,17 @@ def test_logprobs_through_the_gateway_are_in_process_logprobs(stack_name, reques
             assert [x.logprob for x in a.values()] == pytest.approx([x.logprob for x in b.values()], abs=1e-4)
 
 
+def test_a_prompt_past_the_context_runs_from_its_last_tokens_with_truncate_prompt_tokens(ngram_stack, tiny_llama):
+    long_prompt = [3 + i % 250 for i in range(700)]  # past the tiny model's context
+    with pytest.raises(grpc.RpcError) as err:
+        generate(ngram_stack.gateway.address, greedy_request(long_prompt))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    tail = plain_greedy_tokens(tiny_llama, long_prompt[-30:], MAX_TOKENS)
+    got = generate(ngram_stack.gateway.address, greedy_request(long_prompt, truncate_prompt_tokens=30))
+    assert token_ids(got) == tail
+    assert got[-1].usage.prompt_tokens == 30
+
+
 def test_any_int64_seed_through_the_gateway_is_the_same_seed_in_process(ngram_stack, tiny_llama):
     assert_seeded_samples_are_plain_decoding_s(ngram_stack.gateway.address, tiny_llama, [-1, -(2**63), 2**63 - 1, -7])
 
