@@ -23,6 +23,7 @@ from splitspec.rpc.time_limits import time_left
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
 from splitspec.token_ban import TokenBan
+from splitspec.token_penalties import TokenPenalties
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
@@ -122,11 +123,12 @@ class VerifierBackend:
         deadline: float = math.inf,
         hidden_layers: tuple[int, ...] = (),
         token_ban: TokenBan | None = None,
+        penalties: TokenPenalties | None = None,
     ) -> None:
         """trace: the client request's context, which the verifier's spans for the sequence continue.
         deadline: the client's, on time.monotonic(); the verifier releases the sequence once it passes.
         hidden_layers: the target layers whose inputs make the states returned (EAGLE-3).
-        token_ban: what the target may not emit yet (min_tokens)."""
+        token_ban: what the target may not emit yet (min_tokens). penalties: on the target's logits."""
         request = pb.VerifierRequest(seq_id=seq_id, trace_context=trace)
         request.start.time_limit_s = time_left(deadline, time.monotonic())
         request.start.return_hidden_states = hidden_states != HiddenStates.NONE
@@ -142,6 +144,11 @@ class VerifierBackend:
         if token_ban is not None:
             request.start.banned_token_ids.extend(token_ban.token_ids)
             request.start.banned_until_len = token_ban.until_length
+        if penalties is not None:
+            request.start.presence_penalty = penalties.presence
+            request.start.frequency_penalty = penalties.frequency
+            request.start.repetition_penalty = penalties.repetition
+            request.start.prompt_len = penalties.prompt_length
         raise_if_error(await self.stream.call(request))
 
     async def step(

@@ -42,6 +42,7 @@ from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence, request_seed
 from splitspec.stop_checker import StopChecker
 from splitspec.token_ban import TokenBan
+from splitspec.token_penalties import TokenPenalties
 from splitspec.tracing import carrier_of
 from splitspec_protos import splitspec_v1_pb2 as pb
 
@@ -193,6 +194,7 @@ class GatewayCore:
     ) -> Request:
         seq = Sequence(uuid.uuid4().hex, prompt, list(prompt_ids), params, request_seed(params, self._rng))
         seq.token_ban = TokenBan.for_request(params, len(prompt_ids), self.eos_token_ids)
+        seq.penalties = TokenPenalties.for_request(params, len(prompt_ids))
         traits, on_verifiers = self.drafters.planned
         plan = plan_request(traits, self.rounds, num_speculative_tokens, params, on_verifiers)
         deadline = math.inf if deadline is None else deadline

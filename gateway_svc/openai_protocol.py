@@ -2,7 +2,7 @@
 
 Pure translation, no I/O: a request body becomes one GenerateRequest per choice (each prompt of a
 completion times `n`), and the gateway's responses become OpenAI's objects and stream chunks. What
-the OpenAI API has and splitspec does not (tools, response formats, penalties) is refused by name,
+the OpenAI API has and splitspec does not (tools, response formats, logit_bias) is refused by name,
 never silently ignored.
 """
 
@@ -31,6 +31,9 @@ COMMON_PARAMETERS = {
     "min_tokens",
     "include_stop_str_in_output",
     "truncate_prompt_tokens",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
     "n",
     "stream",
     "stream_options",
@@ -45,8 +48,6 @@ MAX_LOGPROBS = 20  # the most top tokens a request may ask for, as vLLM's defaul
 NEUTRAL_VALUES = {
     "echo": (None, False),
     "best_of": (None, 1),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
     "tools": (None, []),
     "tool_choice": (None, "none"),
@@ -255,6 +256,11 @@ def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequ
         s.truncate_prompt_tokens = _integer(body["truncate_prompt_tokens"], "truncate_prompt_tokens", low=1)
     if body.get("min_tokens") is not None:
         s.min_tokens = _integer(body["min_tokens"], "min_tokens", low=0)
+    for name in ("presence_penalty", "frequency_penalty"):  # their ranges: the gateway's SamplingParams
+        if body.get(name) is not None:
+            setattr(s, name, _number(body[name], name))
+    if body.get("repetition_penalty") is not None:
+        s.repetition_penalty = _number(body["repetition_penalty"], "repetition_penalty")
     user = body.get("user")
     if user is not None:  # OpenAI's stable end-user id: keeps the user's requests on one proposer pod
         if not isinstance(user, str) or len(user) > MAX_SESSION_ID_CHARS:

@@ -66,6 +66,7 @@ class Placement:
                         deadline,
                         hidden_layers,
                         seq.token_ban,
+                        seq.penalties,
                     )
                     return verifier
                 except (ConnectionError, ServiceError) as exc:

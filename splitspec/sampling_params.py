@@ -20,6 +20,8 @@ class SamplingParams:
     string is looked for (as vLLM; splitspec.token_ban). logprobs: None, or each output token's
     log-probability with those of this many most likely tokens (splitspec.token_logprobs).
     truncate_prompt_tokens: None, or generate from only the prompt's last this many tokens (vLLM's).
+    presence_penalty, frequency_penalty (OpenAI's, in [-2, 2]) and repetition_penalty (vLLM's, > 0; 1 is
+    off): applied to the target's logits as vLLM does (splitspec.token_penalties).
     """
 
     temperature: float = 1.0
@@ -34,6 +36,9 @@ class SamplingParams:
     min_tokens: int = 0
     logprobs: int | None = None
     truncate_prompt_tokens: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     _stop_strings: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -63,6 +68,12 @@ class SamplingParams:
             raise SplitspecError(
                 f"truncate_prompt_tokens must be None or an integer >= 1, got {self.truncate_prompt_tokens!r}"
             )
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_number(value) or not -2.0 <= value <= 2.0:
+                raise SplitspecError(f"{name} must be a number in [-2, 2], got {value!r}")
+        if not _is_number(self.repetition_penalty) or not 0 < self.repetition_penalty < math.inf:
+            raise SplitspecError(f"repetition_penalty must be a number > 0 (1 is off), got {self.repetition_penalty!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise SplitspecError(f"seed must be an integer, got {self.seed!r}")
         stop = [self.stop] if isinstance(self.stop, str) else self.stop if self.stop is not None else []
@@ -82,9 +93,17 @@ class SamplingParams:
         return prompt_token_ids[-keep:] if keep is not None else prompt_token_ids
 
     @property
+    def has_penalties(self) -> bool:
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+
+    @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
     @property
     def stop_strings(self) -> list[str]:
         return self._stop_strings
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)

@@ -11,6 +11,7 @@ from splitspec.outputs import FinishReason, SpeculationStats
 from splitspec.sampling_params import SamplingParams
 from splitspec.token_ban import TokenBan
 from splitspec.token_logprobs import Logprob
+from splitspec.token_penalties import TokenPenalties
 
 SEED_BITS = 63
 """Requests without a seed get a random one this wide: it travels as an int64 in the engine and on the
@@ -30,6 +31,7 @@ class Sequence:
     stop_reason: int | str | None = None
     text: str = ""  # the output's text up to the stop string that stopped it, set when one does
     token_ban: TokenBan | None = None  # min_tokens: what the target may not emit yet
+    penalties: TokenPenalties | None = None  # presence, frequency and repetition penalties
     logprobs: list[dict[int, Logprob]] | None = None  # per output token, when the request asks for them
     # the StopChecker's running decode of the output, kept while the request has stop strings
     decoded_output: IncrementalDecoder | None = field(default=None, repr=False, compare=False)

@@ -25,6 +25,7 @@ from splitspec.rpc.targets import Target
 from splitspec.rpc.tls import ClientTls
 from splitspec.sampling_params import SamplingParams
 from splitspec.token_ban import TokenBan
+from splitspec.token_penalties import TokenPenalties
 from splitspec.tracing import start_tracing, traces_endpoint
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
@@ -80,6 +81,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     start.time_limit_s,
                     tuple(start.hidden_layers),
                     _token_ban(start),
+                    _penalties(start),
                 )
                 response.ack.SetInParent()
             elif kind == "step":
@@ -156,6 +158,23 @@ def _token_ban(start: pb.StartSequence) -> TokenBan | None:
     if not start.banned_token_ids or not start.banned_until_len:
         return None
     return TokenBan(tuple(start.banned_token_ids), start.banned_until_len)
+
+
+def _penalties(start: pb.StartSequence) -> TokenPenalties | None:
+    try:
+        params = SamplingParams(
+            presence_penalty=start.presence_penalty,
+            frequency_penalty=start.frequency_penalty,
+            repetition_penalty=start.repetition_penalty or 1.0,
+        )
+    except SplitspecError as exc:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"start: {exc}") from None
+    if params.has_penalties and not 0 < start.prompt_len <= len(start.token_ids):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"start.prompt_len must be in [1, {len(start.token_ids)}] with penalties, got {start.prompt_len}",
+        )
+    return TokenPenalties.for_request(params, start.prompt_len)
 
 
 def _hidden_states(start: pb.StartSequence) -> HiddenStates:

@@ -33,6 +33,7 @@ from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
 from splitspec.token_ban import TokenBan
 from splitspec.token_logprobs import Logprob
+from splitspec.token_penalties import TokenPenalties
 from splitspec.tracing import Tracing, context_of
 from verifier_svc.draft_cuts import DraftCuts, PlannedStep, may_cut
 from verifier_svc.draft_validation import check_draft, check_seq_id
@@ -50,6 +51,7 @@ class RemoteSequence:
     params: SamplingParams
     seed: int
     token_ban: TokenBan | None = None  # min_tokens: what the target may not emit yet
+    penalties: TokenPenalties | None = None  # presence, frequency and repetition penalties
     hidden_states: HiddenStates = HiddenStates.NONE  # what results carry for the sequence's drafter
     hidden_layers: tuple[int, ...] = ()  # the target layers whose inputs make those states (EAGLE-3)
     speculates: bool = False  # it drafts with the verifier's speculator: its passes keep the states the head reads
@@ -193,11 +195,12 @@ class VerifierService:
         time_limit_s: float = 0.0,
         hidden_layers: tuple[int, ...] = (),
         token_ban: TokenBan | None = None,
+        penalties: TokenPenalties | None = None,
     ) -> None:
         """trace_context: the client request's traceparent and tracestate, which its span here continues.
         time_limit_s: the client's time left (0: none); the sequence is released once it has passed.
         hidden_layers: the target layers whose inputs make the states results carry (EAGLE-3).
-        token_ban: what the target may not emit yet (min_tokens)."""
+        token_ban: what the target may not emit yet (min_tokens). penalties: on the target's logits."""
         if not self.healthy():
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, MODEL_FAILED)
         check_seq_id(seq_id)
@@ -219,7 +222,14 @@ class VerifierService:
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"verifier is full ({self.max_num_seqs} sequences); retry later"
             )
         seq = RemoteSequence(
-            seq_id, list(token_ids), params, seed, token_ban, hidden_states, tuple(sorted(set(hidden_layers)))
+            seq_id,
+            list(token_ids),
+            params,
+            seed,
+            token_ban,
+            penalties,
+            hidden_states,
+            tuple(sorted(set(hidden_layers))),
         )
         if self.tracing.enabled and (parent := context_of(*trace_context)) is not None:
             seq.request_span = trace.get_current_span(parent).get_span_context()

@@ -16,6 +16,7 @@ from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
 from splitspec.token_ban import TokenBan
 from splitspec.token_logprobs import token_logprobs
+from splitspec.token_penalties import TokenPenalties
 from splitspec_kernels.rejection_sampling import RejectionBatch
 from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, build_rejection_batch, verify
 
@@ -28,6 +29,7 @@ class VerifiableSequence(Protocol):
     params: SamplingParams
     seed: int
     token_ban: TokenBan | None
+    penalties: TokenPenalties | None
 
 
 class Verifier:
@@ -110,6 +112,8 @@ class Verifier:
             k = len(draft.token_ids)
             if seq.token_ban is not None:
                 seq.token_ban.apply(logits[row : row + k + 1], len(seq.tokens))
+            if seq.penalties is not None:
+                seq.penalties.apply(logits[row : row + k + 1], seq.tokens, draft.token_ids)
             requests.append(
                 VerifyRequest(
                     logits=logits[row : row + k + 1],

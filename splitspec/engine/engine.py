@@ -24,6 +24,7 @@ from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence, check_prompt, request_seed
 from splitspec.stop_checker import StopChecker
 from splitspec.token_ban import TokenBan
+from splitspec.token_penalties import TokenPenalties
 from verifier_svc.rejection_sampler import VerifyResult
 from verifier_svc.verifier import Verifier
 
@@ -68,6 +69,7 @@ class Engine:
             raise SplitspecError(f"request {seq_id}: {exc}") from None
         seq = Sequence(seq_id, prompt, list(prompt_token_ids), params, request_seed(params, self._rng))
         seq.token_ban = TokenBan.for_request(params, len(prompt_token_ids), self.stop_checker.eos_token_ids)
+        seq.penalties = TokenPenalties.for_request(params, len(prompt_token_ids))
         self.scheduler.add(seq)
         return seq
 

@@ -16,6 +16,7 @@ from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
 from splitspec.stop_checker import StopChecker
 from splitspec.token_ban import TokenBan
+from splitspec.token_penalties import TokenPenalties
 from verifier_svc.rejection_sampler import VerifyRequest, verify
 
 
@@ -30,6 +31,7 @@ def generate_one(
 ) -> Sequence:
     seq = Sequence("reference", None, list(prompt_token_ids), params, seed)
     ban = TokenBan.for_request(params, len(prompt_token_ids), stop_checker.eos_token_ids)
+    penalties = TokenPenalties.for_request(params, len(prompt_token_ids))
     reads = proposer.hidden_states if proposer else HiddenStates.NONE
     hidden = None  # the target's states the drafter has not seen yet
     try:
@@ -51,6 +53,8 @@ def generate_one(
             states = states[:, : len(layers) * states.shape[1] // (len(layers) + 1)] if layers else states
             if ban is not None:
                 ban.apply(logits, len(seq.tokens))
+            if penalties is not None:
+                penalties.apply(logits, seq.tokens, draft.token_ids)
             result = verify(
                 VerifyRequest(
                     logits,

@@ -30,6 +30,9 @@ def build_request(
     include_stop_str_in_output: bool = False,
     logprobs: int | None = None,
     truncate_prompt_tokens: int | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    repetition_penalty: float | None = None,
 ) -> pb.GenerateRequest:
     """prompt: text, token ids, or a conversation ([{"role": ..., "content": ...}]) that the gateway puts
     through the model's chat template. session_id: keeps related requests on one proposer pod."""
@@ -49,6 +52,7 @@ def build_request(
         ("seed", seed),
         ("logprobs", logprobs),
         ("truncate_prompt_tokens", truncate_prompt_tokens),
+        ("repetition_penalty", repetition_penalty),
     ):
         if value is not None:
             setattr(s, name, value)
@@ -57,6 +61,8 @@ def build_request(
     s.ignore_eos = ignore_eos
     s.min_tokens = min_tokens
     s.include_stop_str_in_output = include_stop_str_in_output
+    s.presence_penalty = presence_penalty
+    s.frequency_penalty = frequency_penalty
     if num_speculative_tokens is not None:
         overrides = Struct()
         overrides.update({"num_speculative_tokens": num_speculative_tokens})

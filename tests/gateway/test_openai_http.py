@@ -96,6 +96,24 @@ def test_min_tokens_holds_off_the_end_as_in_process(client, in_process):
     assert answer.usage.completion_tokens == len(expected.token_ids) >= 20
 
 
+def test_penalties_are_in_process_penalties(client, in_process):
+    """OpenAI's presence and frequency penalties and vLLM's repetition penalty, on both endpoints."""
+    penalties = {"presence_penalty": 1.0, "frequency_penalty": 0.5}
+    plain = in_process.generate(PROMPT, _greedy(32), use_tqdm=False)[0].outputs[0]
+    params = SamplingParams(temperature=0, max_tokens=32, repetition_penalty=1.3, **penalties)
+    expected = in_process.generate(PROMPT, params, use_tqdm=False)[0].outputs[0]
+    assert expected.text != plain.text  # the check below can fail
+    answer = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=32, temperature=0, extra_body={"repetition_penalty": 1.3}, **penalties
+    )
+    assert answer.choices[0].text == expected.text
+    chat = in_process.chat(CHAT, SamplingParams(temperature=0, max_tokens=32, **penalties), use_tqdm=False)
+    answer = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=32, temperature=0, **penalties)
+    assert answer.choices[0].message.content == chat[0].outputs[0].text
+    with pytest.raises(openai.BadRequestError, match="presence_penalty must be a number in"):
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, presence_penalty=2.5)
+
+
 def test_logprobs_of_a_completion_and_a_chat_are_in_process_logprobs(client, in_process):
     expected = in_process.generate(PROMPT, SamplingParams(temperature=0, max_tokens=12, logprobs=2), use_tqdm=False)
     want = expected[0].outputs[0].logprobs

@@ -48,7 +48,8 @@ def test_chat_messages_join_text_parts_and_take_max_completion_tokens():
     "body, words",
     [
         ({"prompt": "a", "logprobs": 21}, "logprobs must be an integer in [0, 20]"),
-        ({"prompt": "a", "tools": [{"type": "function"}], "frequency_penalty": 0.5}, "frequency_penalty, tools"),
+        ({"prompt": "a", "tools": [{"type": "function"}], "logit_bias": {"5": 1}}, "logit_bias, tools"),
+        ({"prompt": "a", "presence_penalty": "high"}, "presence_penalty must be a finite number"),
         ({"prompt": "a", "n": 17}, "n must be an integer in [1, 16]"),
         ({"prompt": "a", "min_tokens": -1}, "min_tokens must be an integer in [0, "),
         ({"prompt": "a", "max_tokens": 0}, "max_tokens must be an integer"),
@@ -79,7 +80,15 @@ def test_the_user_is_the_session_that_keeps_requests_on_one_proposer():
 
 
 def test_neutral_values_of_unsupported_parameters_pass():
-    assert completion_choices({"prompt": "a", "logprobs": None, "presence_penalty": 0, "echo": False}, 16)
+    assert completion_choices({"prompt": "a", "logprobs": None, "logit_bias": {}, "echo": False}, 16)
+
+
+def test_penalties_reach_the_request():
+    body = {"prompt": "a", "presence_penalty": 0.5, "frequency_penalty": -1, "repetition_penalty": 1.2}
+    (choice,) = completion_choices(body, 16)
+    s = choice.request.sampling
+    assert (s.presence_penalty, s.frequency_penalty, s.repetition_penalty) == (0.5, -1.0, 1.2)
+    assert not completion_choices({"prompt": "a"}, 16)[0].request.sampling.HasField("repetition_penalty")
 
 
 def test_chat_text_must_be_valid_unicode():

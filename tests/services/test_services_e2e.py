@@ -124,6 +124,33 @@ def test_min_tokens_through_the_gateway_is_plain_decoding_s(stack_name, request,
     assert token_ids(generate(address, early)) == ignoring_eos[: at + 1]
 
 
+@pytest.mark.parametrize("stack_name, spec_of", [("ngram_stack", "ngram"), ("draft_stack", "draft_model")])
+def test_penalties_through_the_gateway_are_in_process_output(
+    stack_name, spec_of, request, tiny_llama, tiny_drafts, plain_greedy
+):
+    """The gateway sends the penalties and the prompt's length with the sequence; the verifier counts
+    the output and the drafts before each row: greedy output is plain decoding's with penalties, seeded
+    output in-process speculation's with the same drafter."""
+    address = request.getfixturevalue(stack_name).gateway.address
+    penalties = {"presence_penalty": 1.5, "frequency_penalty": 0.5, "repetition_penalty": 1.3}
+    spec = {"method": spec_of, "num_speculative_tokens": 3, "adaptive": False}
+    if spec_of == "draft_model":
+        spec["model"] = str(tiny_drafts["llama"])
+    greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, **penalties)
+    seeded = SamplingParams(temperature=0.8, max_tokens=MAX_TOKENS, ignore_eos=True, seed=7, **penalties)
+    for params, llm in ((greedy, LLM(str(tiny_llama))), (seeded, LLM(str(tiny_llama), speculative_config=spec))):
+        outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+        expected = [o.outputs[0].token_ids for o in outputs]
+        got = [
+            token_ids(generate(address, build_request(p, temperature=params.temperature, max_tokens=MAX_TOKENS,
+                                                      ignore_eos=True, seed=params.seed, **penalties)))
+            for p in PROMPTS
+        ]  # fmt: skip
+        assert got == expected
+        if params.greedy:
+            assert expected != plain_greedy  # the penalties change the output
+
+
 @pytest.mark.parametrize("stack_name", ["ngram_stack", "draft_stack"])
 def test_logprobs_through_the_gateway_are_in_process_logprobs(stack_name, request, tiny_llama, plain_greedy):
     """Each token's, from the verify pass that committed it, carried by the verifier and the gateway."""
@@ -277,6 +304,14 @@ def test_a_frozen_gateway_s_sequences_are_freed_at_their_client_s_deadline(tiny_
         ),
         (
             dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(max_tokens=4, min_tokens=5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(presence_penalty=2.5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            dict(prompt_token_ids=[1, 2], sampling=pb.SamplingParameters(repetition_penalty=0.0)),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         # the tiny checkpoint has no tokenizer, so no chat template
