@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from splitspec.errors import SplitspecError
+from splitspec.structured_outputs import StructuredOutputsParams
 from splitspec.token_logprobs import MAX_LOGPROBS
 
 
@@ -21,7 +22,8 @@ class SamplingParams:
     log-probability with those of this many most likely tokens (splitspec.token_logprobs).
     truncate_prompt_tokens: None, or generate from only the prompt's last this many tokens (vLLM's).
     presence_penalty, frequency_penalty (OpenAI's, in [-2, 2]) and repetition_penalty (vLLM's, > 0; 1 is
-    off): applied to the target's logits as vLLM does (splitspec.token_penalties).
+    off): applied to the target's logits as vLLM does (splitspec.token_penalties). structured_outputs:
+    what the output must match (splitspec.structured_outputs); it ends at EOS once matched.
     """
 
     temperature: float = 1.0
@@ -39,6 +41,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    structured_outputs: StructuredOutputsParams | None = None
     _stop_strings: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -74,6 +77,11 @@ class SamplingParams:
                 raise SplitspecError(f"{name} must be a number in [-2, 2], got {value!r}")
         if not _is_number(self.repetition_penalty) or not 0 < self.repetition_penalty < math.inf:
             raise SplitspecError(f"repetition_penalty must be a number > 0 (1 is off), got {self.repetition_penalty!r}")
+        if self.structured_outputs is not None:
+            if not isinstance(self.structured_outputs, StructuredOutputsParams):
+                raise SplitspecError("structured_outputs must be a StructuredOutputsParams")
+            if self.ignore_eos or self.min_tokens:  # the grammar, once matched, allows only EOS
+                raise SplitspecError("structured_outputs end at EOS: ignore_eos and min_tokens cannot be set with them")
         if self.seed is not None and not isinstance(self.seed, int):
             raise SplitspecError(f"seed must be an integer, got {self.seed!r}")
         stop = [self.stop] if isinstance(self.stop, str) else self.stop if self.stop is not None else []

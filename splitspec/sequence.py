@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from splitspec.errors import SplitspecError
 from splitspec.incremental_decoder import IncrementalDecoder
+from splitspec.output_grammar import GrammarState
 from splitspec.outputs import FinishReason, SpeculationStats
 from splitspec.sampling_params import SamplingParams
 from splitspec.token_ban import TokenBan
@@ -32,6 +33,7 @@ class Sequence:
     text: str = ""  # the output's text up to the stop string that stopped it, set when one does
     token_ban: TokenBan | None = None  # min_tokens: what the target may not emit yet
     penalties: TokenPenalties | None = None  # presence, frequency and repetition penalties
+    grammar: GrammarState | None = field(default=None, repr=False, compare=False)  # structured output
     logprobs: list[dict[int, Logprob]] | None = None  # per output token, when the request asks for them
     # the StopChecker's running decode of the output, kept while the request has stop strings
     decoded_output: IncrementalDecoder | None = field(default=None, repr=False, compare=False)

@@ -24,6 +24,7 @@ from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import RunnerLost, ServiceError, SplitspecError
 from splitspec.metrics import kv_cache_usage, no_meter
 from splitspec.models.runner import ModelRunner
+from splitspec.output_grammar import GrammarState
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.grpc_server import channel_options
 from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
@@ -52,6 +53,7 @@ class RemoteSequence:
     seed: int
     token_ban: TokenBan | None = None  # min_tokens: what the target may not emit yet
     penalties: TokenPenalties | None = None  # presence, frequency and repetition penalties
+    grammar: GrammarState | None = None  # structured output: its matcher, in step with the committed tokens
     hidden_states: HiddenStates = HiddenStates.NONE  # what results carry for the sequence's drafter
     hidden_layers: tuple[int, ...] = ()  # the target layers whose inputs make those states (EAGLE-3)
     speculates: bool = False  # it drafts with the verifier's speculator: its passes keep the states the head reads

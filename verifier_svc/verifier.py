@@ -13,6 +13,7 @@ import torch
 
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.models.runner import ForwardInput, ModelRunner
+from splitspec.output_grammar import GrammarPlan, GrammarState
 from splitspec.sampling_params import SamplingParams
 from splitspec.token_ban import TokenBan
 from splitspec.token_logprobs import token_logprobs
@@ -30,6 +31,7 @@ class VerifiableSequence(Protocol):
     seed: int
     token_ban: TokenBan | None
     penalties: TokenPenalties | None
+    grammar: GrammarState | None
 
 
 class Verifier:
@@ -78,10 +80,16 @@ class Verifier:
         the random numbers it needs. Otherwise (a GPU, or Triton kernels) the whole batch is sampled
         where the logits are, and only the committed token ids come back: one host sync per pass.
         Both make the same decisions (tests/verifier/test_device_sampling.py).
+
+        A sequence with structured output gets its grammar's mask at every row, is fed its draft only up
+        to a token the grammar forbids, and has its grammar moved through the tokens returned, which the
+        caller commits (splitspec.output_grammar).
         """
         modes = hidden_states if hidden_states is not None else [self.hidden_states] * len(steps)
         layers = hidden_layers if hidden_layers is not None else [self.hidden_layers] * len(steps)
-        inputs = self.forward_inputs(steps, modes)
+        plans = [seq.grammar.plan(draft.token_ids) if seq.grammar is not None else None for seq, draft in steps]
+        fed = [(seq, draft if plan is None else _prefix(draft, plan.fed)) for (seq, draft), plan in zip(steps, plans)]
+        inputs = self.forward_inputs(fed, modes)
         if any(mode != HiddenStates.NONE for mode in modes):
             wanted = {ids for mode, ids in zip(modes, layers) if mode != HiddenStates.NONE}
             aux = tuple(sorted({i for ids in wanted for i in ids}))
@@ -92,8 +100,8 @@ class Verifier:
             hidden = _states_by_layers(hidden, aux, wanted)
         else:
             logits, hidden = self.runner.forward(inputs), None
-        raw = _raw_rows_for_logprobs(steps, logits)  # before _requests bans tokens in place
-        requests = self._requests(steps, logits)
+        raw = _raw_rows_for_logprobs(fed, logits)  # before _requests bans tokens in place
+        requests = self._requests(steps, fed, plans, logits)
         if logits.device.type == "cpu" and self.runner.kernels.name == "torch":
             results = [verify(request) for request in requests]
         else:
@@ -103,22 +111,41 @@ class Verifier:
             results[i].logprobs = token_logprobs(rows[: result.num_accepted + 1], result.token_ids, top)
         if hidden is not None:
             _attach_hidden_states(results, inputs, modes, layers, hidden)
+        for (seq, _), result in zip(steps, results):
+            if seq.grammar is not None:
+                seq.grammar.advance(result.token_ids)
         return results
 
     @staticmethod
-    def _requests(steps: list[tuple[VerifiableSequence, Draft]], logits: torch.Tensor) -> list[VerifyRequest]:
+    def _requests(
+        steps: list[tuple[VerifiableSequence, Draft]],
+        fed: list[tuple[VerifiableSequence, Draft]],
+        plans: list[GrammarPlan | None],
+        logits: torch.Tensor,
+    ) -> list[VerifyRequest]:
+        """Each step's rows, with its ban, penalties and grammar mask applied, judging its draft: the fed
+        part, then the forbidden token after it if any (GrammarPlan.judged). That token is judged at the
+        last fed row and rejected for certain, so the row after it, which no pass computed, is never
+        read: a copy of the last stands in for it."""
         requests, row = [], 0
-        for seq, draft in steps:
-            k = len(draft.token_ids)
+        for (seq, draft), (_, fed_draft), plan in zip(steps, fed, plans):
+            k = len(fed_draft.token_ids)
+            rows = logits[row : row + k + 1]
             if seq.token_ban is not None:
-                seq.token_ban.apply(logits[row : row + k + 1], len(seq.tokens))
+                seq.token_ban.apply(rows, len(seq.tokens))
             if seq.penalties is not None:
-                seq.penalties.apply(logits[row : row + k + 1], seq.tokens, draft.token_ids)
+                seq.penalties.apply(rows, seq.tokens, fed_draft.token_ids)
+            judged = fed_draft
+            if plan is not None:
+                GrammarState.apply(rows, plan.bitmask)
+                judged = _prefix(draft, plan.judged)
+                if plan.judged > k:
+                    rows = torch.cat([rows, rows[-1:]])
             requests.append(
                 VerifyRequest(
-                    logits=logits[row : row + k + 1],
-                    draft_token_ids=draft.token_ids,
-                    draft_q=draft.q,
+                    logits=rows,
+                    draft_token_ids=judged.token_ids,
+                    draft_q=judged.q,
                     first_position=len(seq.tokens),
                     temperature=seq.params.temperature,
                     top_k=seq.params.top_k,
@@ -135,6 +162,10 @@ class Verifier:
 
     def free(self, seq_id: str) -> None:
         self.runner.free(seq_id)
+
+
+def _prefix(draft: Draft, n: int) -> Draft:
+    return draft if n == len(draft.token_ids) else Draft(draft.token_ids[:n], draft.q[:n])
 
 
 def _raw_rows_for_logprobs(

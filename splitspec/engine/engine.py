@@ -20,6 +20,7 @@ from splitspec.draft_limits import keeps_fixed_k, max_drafts
 from splitspec.drafts import Draft, DraftRequest, HiddenStates
 from splitspec.engine.scheduler import Scheduler
 from splitspec.errors import SplitspecError
+from splitspec.output_grammar import GrammarCompiler
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence, check_prompt, request_seed
 from splitspec.stop_checker import StopChecker
@@ -41,8 +42,10 @@ class Engine:
         config: SchedulerConfig = SchedulerConfig(),
         seed: int = 0,
         cost_model: PassCostModel | None = None,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
-        """cost_model: when given, the number of drafts adapts per sequence (see adaptive_k.py)."""
+        """cost_model: when given, the number of drafts adapts per sequence (see adaptive_k.py).
+        grammars: compiles requests' structured outputs; without it they are refused."""
         self.verifier = verifier
         self.runner = verifier.runner
         self.proposer = proposer
@@ -50,6 +53,7 @@ class Engine:
         self.stop_checker = stop_checker
         self.scheduler = Scheduler(config, self.runner, self.num_speculative_tokens)
         self.cost_model = cost_model
+        self.grammars = grammars
         self._rng = random.Random(seed)
         self._acceptance: dict[str, PositionalAcceptance] = {}
         self._draft_token_s = Ewma(warm_up=2)  # the proposer's seconds per round, per draft of the longest draft
@@ -70,6 +74,10 @@ class Engine:
         seq = Sequence(seq_id, prompt, list(prompt_token_ids), params, request_seed(params, self._rng))
         seq.token_ban = TokenBan.for_request(params, len(prompt_token_ids), self.stop_checker.eos_token_ids)
         seq.penalties = TokenPenalties.for_request(params, len(prompt_token_ids))
+        if params.structured_outputs is not None:
+            if self.grammars is None:
+                raise SplitspecError(f"request {seq_id}: this engine has no grammar compiler for structured outputs")
+            seq.grammar = self.grammars.state(params.structured_outputs, [])
         self.scheduler.add(seq)
         return seq
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from proposer_svc.proposer import Proposer
 from splitspec.draft_limits import max_drafts
 from splitspec.drafts import Draft, DraftRequest, HiddenStates
+from splitspec.errors import SplitspecError
 from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
@@ -29,6 +30,8 @@ def generate_one(
     num_speculative_tokens: int,
     stop_checker: StopChecker,
 ) -> Sequence:
+    if params.structured_outputs is not None:  # the grammar's masks and draft cuts: Verifier.verify
+        raise SplitspecError("the reference loop does not do structured outputs; use LLM.generate")
     seq = Sequence("reference", None, list(prompt_token_ids), params, seed)
     ban = TokenBan.for_request(params, len(prompt_token_ids), stop_checker.eos_token_ids)
     penalties = TokenPenalties.for_request(params, len(prompt_token_ids))

@@ -16,6 +16,7 @@ from splitspec.engine import Engine
 from splitspec.entrypoints.llm_metrics import InProcessMetrics
 from splitspec.errors import SplitspecError
 from splitspec.metrics import Metric
+from splitspec.output_grammar import GrammarCompiler
 from splitspec.outputs import CompletionOutput, RequestOutput
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
@@ -170,6 +171,7 @@ class LLM:
             self.config.scheduler,
             seed=self.config.seed,
             cost_model=cost_model,
+            grammars=GrammarCompiler(self.tokenizer, self.runner.vocab_size, eos),
         )
 
     def close(self) -> None:
