@@ -124,11 +124,13 @@ class VerifierBackend:
         hidden_layers: tuple[int, ...] = (),
         token_ban: TokenBan | None = None,
         penalties: TokenPenalties | None = None,
+        prompt_len: int = 0,
     ) -> None:
         """trace: the client request's context, which the verifier's spans for the sequence continue.
         deadline: the client's, on time.monotonic(); the verifier releases the sequence once it passes.
         hidden_layers: the target layers whose inputs make the states returned (EAGLE-3).
-        token_ban: what the target may not emit yet (min_tokens). penalties: on the target's logits."""
+        token_ban: what the target may not emit yet (min_tokens). penalties: on the target's logits.
+        prompt_len: where the output starts in token_ids (the penalties and a grammar read the output)."""
         request = pb.VerifierRequest(seq_id=seq_id, trace_context=trace)
         request.start.time_limit_s = time_left(deadline, time.monotonic())
         request.start.return_hidden_states = hidden_states != HiddenStates.NONE
@@ -144,11 +146,13 @@ class VerifierBackend:
         if token_ban is not None:
             request.start.banned_token_ids.extend(token_ban.token_ids)
             request.start.banned_until_len = token_ban.until_length
+        request.start.prompt_len = prompt_len
         if penalties is not None:
             request.start.presence_penalty = penalties.presence
             request.start.frequency_penalty = penalties.frequency
             request.start.repetition_penalty = penalties.repetition
-            request.start.prompt_len = penalties.prompt_length
+        if params.structured_outputs is not None:
+            request.start.structured_outputs.CopyFrom(wire.structured_outputs_to_proto(params.structured_outputs))
         raise_if_error(await self.stream.call(request))
 
     async def step(

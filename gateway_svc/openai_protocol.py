@@ -2,12 +2,13 @@
 
 Pure translation, no I/O: a request body becomes one GenerateRequest per choice (each prompt of a
 completion times `n`), and the gateway's responses become OpenAI's objects and stream chunks. What
-the OpenAI API has and splitspec does not (tools, response formats, logit_bias) is refused by name,
+the OpenAI API has and splitspec does not (tools, logit_bias, echo) is refused by name,
 never silently ignored.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ COMMON_PARAMETERS = {
     "presence_penalty",
     "frequency_penalty",
     "repetition_penalty",
+    "response_format",
+    "structured_outputs",
     "n",
     "stream",
     "stream_options",
@@ -52,7 +55,6 @@ NEUTRAL_VALUES = {
     "tools": (None, []),
     "tool_choice": (None, "none"),
     "parallel_tool_calls": (None,),
-    "response_format": (None, {"type": "text"}),
     "suffix": (None, ""),
 }
 MAX_CHOICES = 16
@@ -261,6 +263,9 @@ def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequ
             setattr(s, name, _number(body[name], name))
     if body.get("repetition_penalty") is not None:
         s.repetition_penalty = _number(body["repetition_penalty"], "repetition_penalty")
+    structured = _structured_outputs(body)
+    if structured is not None:
+        s.structured_outputs.CopyFrom(structured)
     user = body.get("user")
     if user is not None:  # OpenAI's stable end-user id: keeps the user's requests on one proposer pod
         if not isinstance(user, str) or len(user) > MAX_SESSION_ID_CHARS:
@@ -279,6 +284,78 @@ def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequ
             ) from None
         request.speculation.CopyFrom(overrides)
     return request
+
+
+STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+
+
+def _structured_outputs(body: dict) -> pb.StructuredOutputs | None:
+    """OpenAI's `response_format` (text, json_object, json_schema) or vLLM's `structured_outputs`
+    (json, regex, choice, grammar, json_object); at most one of the two."""
+    response_format, structured = body.get("response_format"), body.get("structured_outputs")
+    if response_format is not None and structured is not None:
+        raise InvalidRequest("set response_format or structured_outputs, not both", "response_format")
+    if response_format is not None:
+        if not isinstance(response_format, dict) or response_format.get("type") not in (
+            "text",
+            "json_object",
+            "json_schema",
+        ):
+            raise InvalidRequest(
+                'response_format must be {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", '
+                '"json_schema": {"name": ..., "schema": {...}}}',
+                "response_format",
+            )
+        if response_format["type"] == "text":
+            return None
+        if response_format["type"] == "json_object":
+            return pb.StructuredOutputs(json_object=True)
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise InvalidRequest("response_format.json_schema.schema must be a JSON schema object", "response_format")
+        return pb.StructuredOutputs(json=_json_text(spec["schema"], "response_format"))
+    if structured is None:
+        return None
+    if not isinstance(structured, dict):
+        raise InvalidRequest('structured_outputs must be an object, such as {"regex": "[0-9]+"}', "structured_outputs")
+    unknown = sorted(_printable(key) for key in structured if key not in STRUCTURED_OUTPUT_KINDS)
+    if unknown:
+        raise InvalidRequest(
+            f"structured_outputs: unsupported keys {', '.join(unknown)}; known: {', '.join(STRUCTURED_OUTPUT_KINDS)}",
+            "structured_outputs",
+        )
+    message = pb.StructuredOutputs()
+    if structured.get("json") is not None:
+        schema = structured["json"]
+        message.json = (
+            _text(schema, "structured_outputs") if isinstance(schema, str) else _json_text(schema, "structured_outputs")
+        )
+    for kind in ("regex", "grammar"):
+        if structured.get(kind) is not None:
+            setattr(message, kind, _text(_string(structured[kind], f"structured_outputs.{kind}"), "structured_outputs"))
+    if structured.get("choice") is not None:
+        choice = structured["choice"]
+        if not isinstance(choice, list) or not all(isinstance(c, str) for c in choice):
+            raise InvalidRequest("structured_outputs.choice must be a list of strings", "structured_outputs")
+        message.choice.extend(_text(c, "structured_outputs") for c in choice)
+    if structured.get("json_object") is not None:
+        if not isinstance(structured["json_object"], bool):
+            raise InvalidRequest("structured_outputs.json_object must be true or false", "structured_outputs")
+        message.json_object = structured["json_object"]
+    return message
+
+
+def _json_text(value, param: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"{param}: the schema holds a value JSON cannot carry: {exc}", param) from None
+
+
+def _string(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string", name.split(".")[0])
+    return value
 
 
 def _seed_choice(request: pb.GenerateRequest, j: int) -> None:

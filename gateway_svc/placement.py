@@ -67,6 +67,7 @@ class Placement:
                         hidden_layers,
                         seq.token_ban,
                         seq.penalties,
+                        len(seq.prompt_token_ids),
                     )
                     return verifier
                 except (ConnectionError, ServiceError) as exc:

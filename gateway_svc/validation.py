@@ -9,6 +9,7 @@ import grpc
 
 from gateway_svc.proposer_affinity import MAX_SESSION_ID_CHARS
 from splitspec.errors import ServiceError, SplitspecError
+from splitspec.rpc import wire
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
 from splitspec.tokenizer import chat_prompt
@@ -94,6 +95,7 @@ def validate(
             presence_penalty=s.presence_penalty,
             frequency_penalty=s.frequency_penalty,
             repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
+            structured_outputs=wire.structured_outputs_from_proto(s.structured_outputs),
         )
     except SplitspecError as exc:
         raise _invalid(f"sampling: {exc}") from None

@@ -106,8 +106,8 @@ class GrammarCompiler:
         try:
             if params.json is not None:
                 compiled = compiler.compile_json_schema(params.json_schema)
-            elif params.json_object:
-                compiled = compiler.compile_builtin_json_grammar()
+            elif params.json_object:  # OpenAI's promise is an object; xgrammar's builtin JSON is any value
+                compiled = compiler.compile_json_schema('{"type": "object"}')
             elif params.regex is not None:
                 compiled = compiler.compile_regex(params.regex)
             elif params.choice is not None:

@@ -16,6 +16,7 @@ from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_DRAFTS_PER_STEP
 from splitspec.drafts import HiddenStates
 from splitspec.errors import ServiceError, SplitspecError
 from splitspec.metrics import service_meter
+from splitspec.output_grammar import GrammarCompiler
 from splitspec.rpc import wire
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.compute_thread import run_on_compute_thread
@@ -24,6 +25,7 @@ from splitspec.rpc.stream_dispatch import serve_sequence_stream
 from splitspec.rpc.targets import Target
 from splitspec.rpc.tls import ClientTls
 from splitspec.sampling_params import SamplingParams
+from splitspec.structured_outputs import StructuredOutputsParams
 from splitspec.token_ban import TokenBan
 from splitspec.token_penalties import TokenPenalties
 from splitspec.tracing import start_tracing, traces_endpoint
@@ -82,6 +84,8 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     tuple(start.hidden_layers),
                     _token_ban(start),
                     _penalties(start),
+                    _structured_outputs(start),
+                    start.prompt_len,
                 )
                 response.ack.SetInParent()
             elif kind == "step":
@@ -177,6 +181,19 @@ def _penalties(start: pb.StartSequence) -> TokenPenalties | None:
     return TokenPenalties.for_request(params, start.prompt_len)
 
 
+def _structured_outputs(start: pb.StartSequence) -> StructuredOutputsParams | None:
+    try:
+        structured = wire.structured_outputs_from_proto(start.structured_outputs)
+    except SplitspecError as exc:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"start: {exc}") from None
+    if structured is not None and not 0 < start.prompt_len <= len(start.token_ids):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"start.prompt_len must be in [1, {len(start.token_ids)}] with structured outputs, got {start.prompt_len}",
+        )
+    return structured
+
+
 def _hidden_states(start: pb.StartSequence) -> HiddenStates:
     if start.return_all_hidden_states:
         return HiddenStates.ALL
@@ -248,7 +265,8 @@ def run_verifier(settings: VerifierSettings) -> None:
             file=sys.stderr,
             flush=True,
         )
-    eos = sorted(eos_token_ids(path, load_tokenizer(path)))
+    tokenizer = load_tokenizer(path)
+    eos = sorted(eos_token_ids(path, tokenizer))
 
     watchers: set[asyncio.Task] = set()
 
@@ -265,6 +283,7 @@ def run_verifier(settings: VerifierSettings) -> None:
             draft_cuts=settings.draft_cuts,
             proposers=settings.proposers,
             speculator=speculator,
+            grammars=GrammarCompiler(tokenizer, runner.vocab_size, eos),
             proposer_channels=Channels(
                 channel_options(
                     settings.server.max_message_bytes,

@@ -24,7 +24,7 @@ from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import RunnerLost, ServiceError, SplitspecError
 from splitspec.metrics import kv_cache_usage, no_meter
 from splitspec.models.runner import ModelRunner
-from splitspec.output_grammar import GrammarState
+from splitspec.output_grammar import GrammarCompiler, GrammarState
 from splitspec.rpc.channels import Channels
 from splitspec.rpc.grpc_server import channel_options
 from splitspec.rpc.micro_batcher import RETRY, MicroBatcher
@@ -32,6 +32,7 @@ from splitspec.rpc.targets import Target
 from splitspec.rpc.time_limits import Expiries, check_time_limit
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import check_prompt
+from splitspec.structured_outputs import StructuredOutputsParams
 from splitspec.token_ban import TokenBan
 from splitspec.token_logprobs import Logprob
 from splitspec.token_penalties import TokenPenalties
@@ -145,6 +146,7 @@ class VerifierService:
         proposers: tuple[Target, ...] = (),
         speculator: LocalSpeculator | None = None,
         draft_cuts: bool = True,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
         """max_drafts_per_step: the most drafts a step may carry or ask the verifier to make.
         proposer_channels: how to reach proposers for remote drafts (default: plaintext).
@@ -153,8 +155,10 @@ class VerifierService:
         proposers: the only proposers remote drafts may name (verifier_svc.proposer_allowlist); none: remote
         drafts are refused. speculator: drafts beside the target for steps that ask it
         (verifier_svc.local_speculator). draft_cuts: each pass verifies only the drafts that pay for the
-        batch, given the measured pass costs (verifier_svc.draft_cuts)."""
+        batch, given the measured pass costs (verifier_svc.draft_cuts). grammars: compiles sequences'
+        structured outputs (none: they are refused)."""
         self.max_drafts_per_step = max_drafts_per_step
+        self.grammars = grammars
         self.runner = runner
         self.failure: str | None = None  # why a pass failed: the verifier serves no more
         self.tracing = tracing or Tracing()
@@ -198,11 +202,14 @@ class VerifierService:
         hidden_layers: tuple[int, ...] = (),
         token_ban: TokenBan | None = None,
         penalties: TokenPenalties | None = None,
+        structured_outputs: StructuredOutputsParams | None = None,
+        prompt_len: int = 0,
     ) -> None:
         """trace_context: the client request's traceparent and tracestate, which its span here continues.
         time_limit_s: the client's time left (0: none); the sequence is released once it has passed.
         hidden_layers: the target layers whose inputs make the states results carry (EAGLE-3).
-        token_ban: what the target may not emit yet (min_tokens). penalties: on the target's logits."""
+        token_ban: what the target may not emit yet (min_tokens). penalties: on the target's logits.
+        structured_outputs: what the output, token_ids[prompt_len:], matches so far and must go on matching."""
         if not self.healthy():
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, MODEL_FAILED)
         check_seq_id(seq_id)
@@ -223,6 +230,14 @@ class VerifierService:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"verifier is full ({self.max_num_seqs} sequences); retry later"
             )
+        grammar = None
+        if structured_outputs is not None:
+            if self.grammars is None:
+                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "this verifier does not do structured outputs")
+            try:
+                grammar = self.grammars.state(structured_outputs, list(token_ids[prompt_len:]))
+            except SplitspecError as exc:
+                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         seq = RemoteSequence(
             seq_id,
             list(token_ids),
@@ -230,6 +245,7 @@ class VerifierService:
             seed,
             token_ban,
             penalties,
+            grammar,
             hidden_states,
             tuple(sorted(set(hidden_layers))),
         )

@@ -7,8 +7,10 @@ from typing import Iterator
 import grpc
 from google.protobuf.struct_pb2 import Struct
 
+from splitspec.rpc import wire
 from splitspec.rpc.api_keys import bearer_metadata
 from splitspec.rpc.tls import ClientTls
+from splitspec.structured_outputs import StructuredOutputsParams
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
@@ -33,6 +35,7 @@ def build_request(
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
     repetition_penalty: float | None = None,
+    structured_outputs: StructuredOutputsParams | None = None,
 ) -> pb.GenerateRequest:
     """prompt: text, token ids, or a conversation ([{"role": ..., "content": ...}]) that the gateway puts
     through the model's chat template. session_id: keeps related requests on one proposer pod."""
@@ -62,6 +65,8 @@ def build_request(
     s.min_tokens = min_tokens
     s.include_stop_str_in_output = include_stop_str_in_output
     s.presence_penalty = presence_penalty
+    if structured_outputs is not None:
+        s.structured_outputs.CopyFrom(wire.structured_outputs_to_proto(structured_outputs))
     s.frequency_penalty = frequency_penalty
     if num_speculative_tokens is not None:
         overrides = Struct()

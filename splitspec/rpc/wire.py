@@ -13,6 +13,7 @@ from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
 from splitspec.sampling_params import SamplingParams
 from splitspec.sparse_distribution import SparseDistribution
+from splitspec.structured_outputs import StructuredOutputsParams
 from splitspec.token_logprobs import Logprob
 from splitspec_protos import splitspec_v1_pb2 as pb
 
@@ -154,3 +155,26 @@ def logprobs_to_proto(entries: list[dict[int, Logprob]]) -> list[pb.TokenLogprob
 
 def logprobs_from_proto(messages) -> list[dict[int, Logprob]]:
     return [{t: Logprob(v, r) for t, v, r in zip(m.token_ids, m.logprobs, m.ranks)} for m in messages]
+
+
+def structured_outputs_to_proto(params: StructuredOutputsParams) -> pb.StructuredOutputs:
+    message = pb.StructuredOutputs(json_object=params.json_object, choice=params.choice or ())
+    if params.json is not None:
+        message.json = params.json_schema
+    for kind in ("regex", "grammar"):
+        if getattr(params, kind) is not None:
+            setattr(message, kind, getattr(params, kind))
+    return message
+
+
+def structured_outputs_from_proto(message: pb.StructuredOutputs) -> StructuredOutputsParams | None:
+    """None for an empty message; a SplitspecError naming what is wrong for one that is not one kind."""
+    if message.ByteSize() == 0:
+        return None
+    return StructuredOutputsParams(
+        json=message.json or None,
+        json_object=message.json_object,
+        regex=message.regex or None,
+        choice=list(message.choice) or None,
+        grammar=message.grammar or None,
+    )

@@ -14,6 +14,7 @@ from e2e_requests import ended_requests
 from service_stack import TEXT_STACK_MAX_TOKENS_LIMIT, TEXT_STACK_MODEL_NAME, wait_for
 
 from splitspec import LLM, SamplingParams
+from splitspec.structured_outputs import StructuredOutputsParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.default_model]
 
@@ -112,6 +113,48 @@ def test_penalties_are_in_process_penalties(client, in_process):
     assert answer.choices[0].message.content == chat[0].outputs[0].text
     with pytest.raises(openai.BadRequestError, match="presence_penalty must be a number in"):
         client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, presence_penalty=2.5)
+
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+    "required": ["city", "country"],
+}
+ASK = [{"role": "user", "content": "Name one city and its country, as JSON."}]
+
+
+def test_response_format_json_schema_and_json_object_are_in_process_structured_output(client, in_process):
+    schema_format = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY, "strict": True}}
+    params = SamplingParams(temperature=0, max_tokens=48, structured_outputs=StructuredOutputsParams(json=CITY))
+    expected = in_process.chat(ASK, params, use_tqdm=False)[0].outputs[0]
+    answer = client.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=48, temperature=0, response_format=schema_format
+    )
+    assert answer.choices[0].message.content == expected.text
+    assert answer.choices[0].finish_reason == "stop" and set(json.loads(expected.text)) == {"city", "country"}
+    params = SamplingParams(temperature=0, max_tokens=48, structured_outputs=StructuredOutputsParams(json_object=True))
+    expected = in_process.chat(ASK, params, use_tqdm=False)[0].outputs[0]
+    chunks = client.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=48, temperature=0, response_format={"type": "json_object"}, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.text
+    assert expected.text.lstrip().startswith("{")
+
+
+def test_vllm_structured_outputs_choice_and_regex_on_completions(client, in_process):
+    for structured in ({"choice": ["red", "green", "blue"]}, {"regex": "[0-9]{2}:[0-9]{2}"}):
+        params = SamplingParams(temperature=0, max_tokens=16, structured_outputs=StructuredOutputsParams(**structured))
+        expected = in_process.generate(PROMPT, params, use_tqdm=False)[0].outputs[0]
+        answer = client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=16, temperature=0, extra_body={"structured_outputs": structured}
+        )
+        assert answer.choices[0].text == expected.text and answer.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError, match="structured_outputs.regex: Regex parsing error"):
+        client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=4, extra_body={"structured_outputs": {"regex": "(ab"}}
+        )
+    with pytest.raises(openai.BadRequestError, match="response_format must be"):
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body={"response_format": "json"})
 
 
 def test_logprobs_of_a_completion_and_a_chat_are_in_process_logprobs(client, in_process):
@@ -214,7 +257,8 @@ def test_models_and_health(http_stack, client):
         (dict(temperature=-1), openai.BadRequestError, "temperature"),
         (dict(max_tokens=MAX_TOKENS_LIMIT + 1), openai.BadRequestError, "max_tokens"),
         (dict(logprobs=21), openai.BadRequestError, "logprobs must be an integer in [0, 20]"),
-        (dict(extra_body={"response_format": {"type": "json_object"}}), openai.BadRequestError, "response_format"),
+        (dict(extra_body={"tools": [{"type": "function"}]}), openai.BadRequestError, "tools"),
+        (dict(extra_body={"structured_outputs": {"regex": "(ab"}}), openai.BadRequestError, "Regex parsing error"),
         (dict(n=0), openai.BadRequestError, "n must be"),
         (dict(extra_body={"min_tokens": 5}), openai.BadRequestError, "min_tokens (5) must be at most max_tokens (4)"),
     ],

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytestmark = [pytest.mark.e2e, pytest.mark.default_model]
@@ -56,9 +56,13 @@ USUAL = {
     "stream_options": st.just({"include_usage": True}),
     "logprobs": st.none() | st.booleans() | st.integers(min_value=0, max_value=3),
     "echo": st.booleans(),
-    "presence_penalty": st.sampled_from([0, 0.5, 3]),
-    "frequency_penalty": st.sampled_from([0, -1.5]),
-    "repetition_penalty": st.sampled_from([1, 1.3, 0]),
+    "presence_penalty": st.sampled_from([0, 0.5, -2]),
+    "frequency_penalty": st.sampled_from([0, 1.5]),
+    "repetition_penalty": st.sampled_from([1, 1.3]),
+    "response_format": st.sampled_from(
+        [{"type": "text"}, {"type": "json_object"}, {"type": "json_schema", "json_schema": {"schema": {}}}]
+    ),
+    "structured_outputs": st.sampled_from([{"regex": "[a-z]+"}, {"choice": ["a", "b"]}, {"regex": "(ab"}]),
     "speculation": st.just({"num_speculative_tokens": 0}) | st.dictionaries(st.text(max_size=4), WILD, max_size=2),
     "user": st.text(max_size=10) | LONE_SURROGATES,
     "ignore_eos": st.booleans(),
@@ -102,9 +106,12 @@ def _post(url: str, data: bytes) -> int:
 def test_no_body_gets_a_server_error(default_model_stack, endpoint):
     url = f"{default_model_stack.http_base_url}/{endpoint}"
     seen: list[int] = []
+    main = {"messages": [{"role": "user", "content": "hi"}]} if endpoint.startswith("chat") else {"prompt": "hi"}
+    constrained = main | {"max_tokens": 3, "structured_outputs": {"choice": ["yes", "no"]}, "presence_penalty": 1}
 
     @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(body=bodies(endpoint.startswith("chat")))
+    @example(body=json.dumps(constrained).encode())  # one that must succeed, whatever the draws
     def answers_below_500(body: bytes) -> None:
         status = _post(url, body)
         seen.append(status)

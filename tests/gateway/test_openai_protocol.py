@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from gateway_svc.openai_protocol import (
@@ -81,6 +84,36 @@ def test_the_user_is_the_session_that_keeps_requests_on_one_proposer():
 
 def test_neutral_values_of_unsupported_parameters_pass():
     assert completion_choices({"prompt": "a", "logprobs": None, "logit_bias": {}, "echo": False}, 16)
+
+
+def test_response_format_and_structured_outputs_reach_the_request():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    body = {"prompt": "a", "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+    assert json.loads(completion_choices(body, 16)[0].request.sampling.structured_outputs.json) == schema
+    body = {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}
+    assert chat_choices(body, 16)[0].request.sampling.structured_outputs.json_object
+    assert not completion_choices({"prompt": "a", "response_format": {"type": "text"}}, 16)[
+        0
+    ].request.sampling.HasField("structured_outputs")
+    body = {"prompt": "a", "structured_outputs": {"choice": ["x", "y"]}}
+    assert list(completion_choices(body, 16)[0].request.sampling.structured_outputs.choice) == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"response_format": {"type": "yaml"}}, "response_format must be"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "json_schema.schema must be"),
+        ({"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}}, "not both"),
+        ({"structured_outputs": {"regex": 5}}, "structured_outputs.regex must be a string"),
+        ({"structured_outputs": {"choice": "x"}}, "structured_outputs.choice must be a list of strings"),
+        ({"structured_outputs": {"structural_tag": {}}}, "unsupported keys structural_tag"),
+        ({"structured_outputs": {"json": {"x": float("nan")}}}, "holds a value JSON cannot carry"),
+    ],
+)
+def test_bad_structured_outputs_name_what_is_wrong(body, words):
+    with pytest.raises(InvalidRequest, match=re.escape(words)):
+        completion_choices({"prompt": "a", **body}, 16)
 
 
 def test_penalties_reach_the_request():

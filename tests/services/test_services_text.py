@@ -7,6 +7,8 @@ sides draft a fixed K, so the rounds, and with them every verify pass, are the s
 
 from __future__ import annotations
 
+import json
+import queue
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from service_stack import TEXT_STACK_K, TEXT_STACK_KV_BYTES
 
 from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.client import build_request
+from splitspec.rpc import wire
+from splitspec.structured_outputs import StructuredOutputsParams
 from splitspec_protos import splitspec_v1_pb2 as pb
 from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
 
@@ -185,3 +189,71 @@ def test_generate_command_through_the_gateway_sends_a_chat_turn(gateway, plain, 
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout == expected.text + "\n"
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+ASK_FOR_JSON = [{"role": "user", "content": "Describe a famous scientist as JSON with a name and an age."}]
+
+
+def _constrained(structured: StructuredOutputsParams, max_tokens: int = 40) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=max_tokens, structured_outputs=structured)
+
+
+@pytest.mark.parametrize(
+    "structured",
+    [StructuredOutputsParams(json=PERSON), StructuredOutputsParams(choice=["Newton", "Curie", "Einstein"])],
+    ids=["json", "choice"],
+)
+def test_structured_outputs_through_the_gateway_are_in_process_output(gateway, plain, structured):
+    """The gateway sends the grammar with the sequence; the verifier masks every row and cuts the n-gram
+    drafts it forbids."""
+    expected = plain.chat(ASK_FOR_JSON, _constrained(structured), use_tqdm=False)[0].outputs[0]
+    request = build_request(ASK_FOR_JSON, temperature=0, max_tokens=40, structured_outputs=structured)
+    with grpc.insecure_channel(gateway) as channel:
+        responses = list(pb_grpc.GatewayStub(channel).Generate(request, timeout=TIMEOUT_S))
+    assert [t for r in responses for t in r.token_ids] == expected.token_ids
+    assert "".join(r.text for r in responses) == expected.text
+    assert responses[-1].finish_reason == expected.finish_reason == "stop"  # the grammar ended it
+    if structured.json is not None:
+        assert set(json.loads(expected.text)) == {"name", "age"}
+    else:
+        assert expected.text in structured.choice
+
+
+def test_a_grammar_that_does_not_compile_is_invalid_argument_with_xgrammar_s_reason(gateway):
+    request = build_request(ONE_WORD, max_tokens=4, structured_outputs=StructuredOutputsParams(regex="(ab"))
+    with grpc.insecure_channel(gateway) as channel, pytest.raises(grpc.RpcError) as caught:
+        list(pb_grpc.GatewayStub(channel).Generate(request, timeout=TIMEOUT_S))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "structured_outputs.regex: Regex parsing error" in caught.value.details()
+
+
+def test_a_sequence_resent_with_part_of_its_output_goes_on_under_its_grammar(default_model_stack, plain):
+    """What a failover sends a verifier: the prompt and the output so far, with prompt_len. The verifier
+    moves the grammar through that output first, and continues as the sequence would have."""
+    structured = StructuredOutputsParams(json=PERSON)
+    expected = plain.chat(ASK_FOR_JSON, _constrained(structured), use_tqdm=False)[0]
+    prompt, output = list(expected.prompt_token_ids), list(expected.outputs[0].token_ids)
+    tokens = prompt + output[:6]  # inside the JSON object: the grammar's start would refuse what follows
+    requests: queue.Queue = queue.Queue()
+    start = pb.VerifierRequest(call_id=1, seq_id="resumed")
+    start.start.token_ids.extend(tokens)
+    start.start.prompt_len = len(prompt)
+    start.start.structured_outputs.CopyFrom(wire.structured_outputs_to_proto(structured))
+    requests.put(start)
+    with grpc.insecure_channel(default_model_stack.verifier.address) as channel:
+        responses = pb_grpc.VerifierStub(channel).Verify(iter(requests.get, None), timeout=TIMEOUT_S)
+        assert next(responses).WhichOneof("kind") == "ack"
+        while len(tokens) < len(prompt) + len(output):
+            step = pb.VerifierRequest(call_id=len(tokens), seq_id="resumed")
+            step.step.committed_len = len(tokens)
+            requests.put(step)
+            response = next(responses)
+            assert response.WhichOneof("kind") == "result", response.error.message
+            tokens += list(response.result.token_ids)
+        requests.put(None)
+    assert tokens == prompt + output
