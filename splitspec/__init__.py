@@ -2,8 +2,9 @@
 
 from splitspec.outputs import CompletionOutput, RequestOutput, SpeculationStats
 from splitspec.sampling_params import SamplingParams
+from splitspec.structured_outputs import StructuredOutputsParams
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "SpeculationStats"]
+__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput", "SpeculationStats"]
 
 
 def __getattr__(name: str):
