@@ -18,6 +18,7 @@ one-hot draft the two are the same.)
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -84,8 +85,8 @@ class GrammarState:
 
 
 class GrammarCompiler:
-    """Compiles requests' structured outputs for one tokenizer, keeping the latest ones. xgrammar is
-    imported on the first request that asks for one."""
+    """Compiles requests' structured outputs for one tokenizer, keeping the latest ones; callable from
+    several threads. xgrammar is imported on the first request that asks for one."""
 
     def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
         self._tokenizer = tokenizer
@@ -93,9 +94,14 @@ class GrammarCompiler:
         self._eos = sorted(eos_token_ids)
         self._compiler = None
         self._compiled: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._lock = threading.Lock()
 
     def compile(self, params: StructuredOutputsParams):
         """The compiled grammar; a SplitspecError naming what is wrong if it does not compile."""
+        with self._lock:
+            return self._compile(params)
+
+    def _compile(self, params: StructuredOutputsParams):
         if self._tokenizer is None:
             raise SplitspecError("structured outputs need the model's tokenizer, and this model has none")
         key = params.key

@@ -73,6 +73,11 @@ class VerifierServicer(pb_grpc.VerifierServicer):
             kind = request.WhichOneof("kind")
             if kind == "start":
                 start = request.start
+                structured = _structured_outputs(start)
+                grammar = None
+                if structured is not None:
+                    output = list(start.token_ids[start.prompt_len :])
+                    grammar = await self.service.grammar_state(structured, output)
                 self.service.add(
                     request.seq_id,
                     list(start.token_ids),
@@ -84,8 +89,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     tuple(start.hidden_layers),
                     _token_ban(start),
                     _penalties(start),
-                    _structured_outputs(start),
-                    start.prompt_len,
+                    grammar,
                 )
                 response.ack.SetInParent()
             elif kind == "step":

@@ -182,6 +182,16 @@ class VerifierService:
     def start(self) -> None:
         self.batcher.start()
 
+    async def grammar_state(self, structured_outputs: StructuredOutputsParams, output: list[int]) -> GrammarState:
+        """A matcher for a starting sequence, moved through its output so far (a sequence resent after a
+        move). Compiled on a worker thread: a schema that compiles slowly holds up no other request."""
+        if self.grammars is None:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "this verifier does not do structured outputs")
+        try:
+            return await asyncio.to_thread(self.grammars.state, structured_outputs, output)
+        except SplitspecError as exc:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
     def healthy(self) -> bool:
         """False for good once a pass has failed or the runner cannot run passes."""
         return self.failure is None and self.runner.healthy()
@@ -202,14 +212,13 @@ class VerifierService:
         hidden_layers: tuple[int, ...] = (),
         token_ban: TokenBan | None = None,
         penalties: TokenPenalties | None = None,
-        structured_outputs: StructuredOutputsParams | None = None,
-        prompt_len: int = 0,
+        grammar: GrammarState | None = None,
     ) -> None:
         """trace_context: the client request's traceparent and tracestate, which its span here continues.
         time_limit_s: the client's time left (0: none); the sequence is released once it has passed.
         hidden_layers: the target layers whose inputs make the states results carry (EAGLE-3).
         token_ban: what the target may not emit yet (min_tokens). penalties: on the target's logits.
-        structured_outputs: what the output, token_ids[prompt_len:], matches so far and must go on matching."""
+        grammar: the structured output's matcher, moved through the output so far (grammar_state)."""
         if not self.healthy():
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, MODEL_FAILED)
         check_seq_id(seq_id)
@@ -230,14 +239,6 @@ class VerifierService:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"verifier is full ({self.max_num_seqs} sequences); retry later"
             )
-        grammar = None
-        if structured_outputs is not None:
-            if self.grammars is None:
-                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "this verifier does not do structured outputs")
-            try:
-                grammar = self.grammars.state(structured_outputs, list(token_ids[prompt_len:]))
-            except SplitspecError as exc:
-                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         seq = RemoteSequence(
             seq_id,
             list(token_ids),
