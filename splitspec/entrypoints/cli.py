@@ -192,8 +192,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--workloads",
-        default="humaneval,code_edit,summarise,chat",
-        help="comma-separated, of humaneval, code_edit, summarise, chat and repeats (earlier tasks asked again: what "
+        default="humaneval,code_edit,summarise,chat,json",
+        help="comma-separated, of humaneval, code_edit, summarise, chat, json (answers under a JSON schema: "
+        "structured outputs; HF and llama.cpp sit it out) and repeats (earlier tasks asked again: what "
         "suffix decoding remembers; with it, a gateway stack with --method suffix too)",
     )
     p.add_argument("--prompts-per-workload", type=int, default=3)

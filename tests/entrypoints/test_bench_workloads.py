@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from splitspec.entrypoints.bench.timing import RequestTiming, percentile, summarise
-from splitspec.entrypoints.bench.workloads import WORKLOADS, build_prompts, training_prompts
+from splitspec.entrypoints.bench.workloads import DOCUMENT_FACTS, WORKLOADS, build_prompts, training_prompts
 from splitspec.errors import SplitspecError
 
 
@@ -21,6 +21,9 @@ def test_every_workload_yields_nonempty_prompts():
     assert all(len(p.text) > 40 for p in prompts)
     code = [p for p in prompts if p.workload == "code_edit"]
     assert all("def " in p.text for p in code)
+    # only the json workload's answers are held to a schema
+    assert {p.workload for p in prompts if p.structured is not None} == {"json"}
+    assert all(p.structured.json == DOCUMENT_FACTS for p in prompts if p.workload == "json")
 
 
 def test_training_prompts_mix_kinds_and_never_include_the_held_out_ones():

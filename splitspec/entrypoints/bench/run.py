@@ -41,7 +41,7 @@ class BenchSettings:
     eagle3: str | None = "auto"
     """An EAGLE-3 head to bench too: a checkpoint, "auto" (the one `splitspec train-speculator --method
     eagle3` saved for this model, if any) or None."""
-    workloads: tuple[str, ...] = ("humaneval", "code_edit", "summarise", "chat")
+    workloads: tuple[str, ...] = ("humaneval", "code_edit", "summarise", "chat", "json")
     prompts_per_workload: int = 3
     max_tokens: int = 128
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
@@ -359,6 +359,8 @@ def _run_interleaved(
         _log(f"prompt {i + 1}/{len(bench_prompts)} ({bp.prompt.workload}: {bp.prompt.name})")
         reference = None
         for c in configs:
+            if bp.prompt.structured is not None and not getattr(c, "constrains_output", True):
+                continue
             (timing,) = c.run([bp], max_tokens)
             if c.name == "splitspec K=0":
                 reference = timing.token_ids

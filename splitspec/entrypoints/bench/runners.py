@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from splitspec.entrypoints.bench.timing import RequestTiming
 from splitspec.entrypoints.bench.workloads import Prompt
@@ -36,7 +36,7 @@ class SplitspecInProcess:
         """arrivals: seconds after the start at which each prompt arrives (sorted); None: all at once.
         A request that arrives during a step joins the next one; its time counts from its arrival."""
         engine = self.llm.engine
-        params = SamplingParams(temperature=0, max_tokens=max_tokens)
+        plain = SamplingParams(temperature=0, max_tokens=max_tokens)
         start = time.perf_counter()
         due = [start + a for a in arrivals] if arrivals is not None else [start] * len(prompts)
         timings = [RequestTiming(self.name, p.prompt.name, p.prompt.workload, t) for p, t in zip(prompts, due)]
@@ -46,7 +46,9 @@ class SplitspecInProcess:
                 _sleep_until(due[len(seqs)])
             now = time.perf_counter()
             while len(seqs) < len(prompts) and due[len(seqs)] <= now:
-                seqs.append(engine.add_request(f"bench-{next(_ids)}", None, prompts[len(seqs)].token_ids, params))
+                p = prompts[len(seqs)]
+                params = replace(plain, structured_outputs=p.prompt.structured)
+                seqs.append(engine.add_request(f"bench-{next(_ids)}", None, p.token_ids, params))
             before = [s.num_output_tokens for s in seqs]
             engine.step()
             now = time.perf_counter()
@@ -85,6 +87,8 @@ class _ArrivalStreamer:
 class HFGenerate:
     """Hugging Face transformers `generate` on the same checkpoint, one prompt at a time."""
 
+    constrains_output = False  # no grammar: it sits out prompts with structured outputs
+
     def __init__(self, name: str, model, eos_token_ids: list[int], **generate_kwargs) -> None:
         self.name = name
         self.model = model
@@ -115,6 +119,8 @@ class HFGenerate:
 class LlamaCppGenerate:
     """llama.cpp (llama-cpp-python) on the GGUF file, greedy, one prompt at a time; with
     `prompt_lookup` tokens, its own prompt-lookup drafting (LlamaPromptLookupDecoding)."""
+
+    constrains_output = False  # no grammar here: it sits out prompts with structured outputs
 
     def __init__(self, name: str, gguf_path: str, eos_token_ids: list[int], n_ctx: int, prompt_lookup: int = 0) -> None:
         import os
@@ -165,7 +171,11 @@ class SplitspecGateway:
 
         def one(p: BenchPrompt, due: float) -> RequestTiming:
             request = build_request(
-                p.token_ids, temperature=0, max_tokens=max_tokens, num_speculative_tokens=self.num_speculative_tokens
+                p.token_ids,
+                temperature=0,
+                max_tokens=max_tokens,
+                num_speculative_tokens=self.num_speculative_tokens,
+                structured_outputs=p.prompt.structured,
             )
             _sleep_until(due)
             timing = RequestTiming(self.name, p.prompt.name, p.prompt.workload, time.perf_counter())
@@ -215,6 +225,8 @@ class SplitspecGatewayHttp:
                     "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}  # fmt: skip
             if self.num_speculative_tokens is not None:
                 body["speculation"] = {"num_speculative_tokens": self.num_speculative_tokens}
+            if p.prompt.structured is not None:
+                body["structured_outputs"] = {"json": p.prompt.structured.json}
             _sleep_until(due)
             timing = RequestTiming(self.name, p.prompt.name, p.prompt.workload, time.perf_counter())
             connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)

@@ -4,6 +4,9 @@
 - code_edit: "add type hints" over functions taken from the Python standard library on this machine;
 - summarise: long docstrings of standard-library modules (real documents already on disk);
 - chat: a few open-ended questions;
+- json: the summarise documents again, answered as JSON under a schema (structured outputs): the names
+  and facts the answer copies from its document are what n-grams draft, and the grammar cuts the drafts
+  it forbids;
 - repeats: work asked for again, as agents do: "add type hints" over standard-library functions
   ("repeats"), then each task again in a changed form ("add docstrings" to the same function) and
   asked again as it was ("repeats again"). Only a drafter that remembers earlier answers (suffix)
@@ -23,8 +26,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from splitspec.errors import SplitspecError
+from splitspec.structured_outputs import StructuredOutputsParams
 
-WORKLOADS = ("humaneval", "code_edit", "summarise", "chat", "repeats")
+WORKLOADS = ("humaneval", "code_edit", "summarise", "chat", "json", "repeats")
+DOCUMENT_FACTS = {
+    "type": "object",
+    "properties": {
+        "module": {"type": "string"},
+        "summary": {"type": "string"},
+        "names": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
+    },
+    "required": ["module", "summary", "names"],
+}
+"""The json workload's schema: what a document is about, and the names it documents."""
 INPUT_GROUNDED = ("code_edit", "summarise")
 
 _CHAT = [
@@ -68,6 +82,7 @@ class Prompt:
     workload: str
     name: str
     text: str
+    structured: StructuredOutputsParams | None = None  # what the answer must match, if anything
 
 
 def humaneval(n: int, rng: random.Random) -> list[Prompt]:
@@ -133,6 +148,16 @@ def summarise(n: int, rng: random.Random) -> list[Prompt]:
     return [_summarise_prompt(name, doc) for name, doc in rng.sample(docs, min(n, len(docs)))]
 
 
+def json_facts(n: int, rng: random.Random) -> list[Prompt]:
+    docs = _docs(_DOC_MODULES)
+    ask = (
+        "Read this documentation and answer in JSON: the module's name, a one-sentence summary, and the "
+        "names of up to five functions or classes it documents.\n\n"
+    )
+    structured = StructuredOutputsParams(json=DOCUMENT_FACTS)
+    return [Prompt("json", name, ask + doc, structured) for name, doc in rng.sample(docs, min(n, len(docs)))]
+
+
 def chat(n: int, rng: random.Random) -> list[Prompt]:
     return [Prompt("chat", f"chat-{i}", q) for i, q in enumerate(rng.sample(_CHAT, min(n, len(_CHAT))))]
 
@@ -155,6 +180,7 @@ def build_prompts(workloads: list[str], per_workload: int, seed: int) -> list[Pr
         "code_edit": code_edit,
         "summarise": summarise,
         "chat": chat,
+        "json": json_facts,
         "repeats": repeats,
     }
     prompts = []
