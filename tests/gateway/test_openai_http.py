@@ -141,6 +141,37 @@ def test_response_format_json_schema_and_json_object_are_in_process_structured_o
     assert expected.text.lstrip().startswith("{")
 
 
+@pytest.mark.slow
+def test_fifty_sampled_json_answers_all_match_the_schema_with_and_without_speculation(client):
+    """The issue's bar: valid JSON on every try, sampled, 25 choices each way (n, seeded)."""
+    bounded = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 24},
+            "country": {"type": "string", "maxLength": 24},
+            "population": {"type": "integer", "minimum": 0},
+        },
+        "required": ["city", "country", "population"],
+        "additionalProperties": False,
+    }
+    schema_format = {"type": "json_schema", "json_schema": {"name": "city", "schema": bounded}}
+    texts = {}
+    for k in (None, 0):  # the stack's n-gram drafts, then none
+        extra = {} if k is None else {"speculation": {"num_speculative_tokens": k}}
+        for n, seed in ((16, 1), (9, 100)):
+            answer = client.chat.completions.create(
+                model=MODEL, messages=ASK, max_tokens=128, temperature=1.0, seed=seed, n=n,
+                response_format=schema_format, extra_body=extra,
+            )  # fmt: skip
+            for choice in answer.choices:
+                value = json.loads(choice.message.content)
+                assert set(value) == {"city", "country", "population"} and choice.finish_reason == "stop"
+                assert isinstance(value["population"], int) and len(value["city"]) <= 24
+                texts.setdefault(k, []).append(choice.message.content)
+    assert len(texts[None]) == len(texts[0]) == 25
+    assert texts[None] == texts[0]  # n-gram drafts are one-hot: seeded samples are plain decoding's
+
+
 def test_vllm_structured_outputs_choice_and_regex_on_completions(client, in_process):
     for structured in ({"choice": ["red", "green", "blue"]}, {"regex": "[0-9]{2}:[0-9]{2}"}):
         params = SamplingParams(temperature=0, max_tokens=16, structured_outputs=StructuredOutputsParams(**structured))
