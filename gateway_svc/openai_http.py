@@ -32,6 +32,7 @@ from gateway_svc.openai_protocol import (
     usage,
 )
 from gateway_svc.server import GatewayServicer
+from gateway_svc.tool_calls import tool_calls
 from splitspec.errors import ServiceError
 from splitspec.rpc.api_keys import ApiKeyInterceptor
 from splitspec_protos import splitspec_v1_pb2 as pb
@@ -198,8 +199,16 @@ class OpenAIFront:
                     choice, response = pending
                     answer_received(choice, response)
                     finish = response.finish_reason or None
+                    if choice.tool_mode is not None:  # calls go out whole, once the answer is complete
+                        choice.text += response.text
+                        if finish:
+                            message = answer.message(choice)
+                            delta = {key: message[key] for key in ("content", "tool_calls") if key in message}
+                            if "tool_calls" in delta:
+                                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(delta["tool_calls"])]
+                            yield _event(answer.chunk(choice, delta, answer.finish_reason(choice), usage_in_stream))
                     # tokens whose text is held back still go out where their ids or logprobs are asked for
-                    if response.text or finish or ((answer.token_ids or response.logprobs) and response.token_ids):
+                    elif response.text or finish or ((answer.token_ids or response.logprobs) and response.token_ids):
                         delta = {"content": response.text} if answer.chat else response.text
                         chunk = answer.chunk(choice, delta, finish, usage_in_stream, list(response.logprobs))
                         if answer.token_ids:
@@ -322,11 +331,25 @@ class _Answer:
             return chat_logprobs(entries, top, self.token_text)
         return completion_logprobs(entries, top, self.token_text, text_offset)
 
+    def message(self, choice: Choice) -> dict:
+        """A chat choice's message: its content, or the tool calls it makes (gateway_svc.tool_calls)."""
+        calls = tool_calls(choice.tool_mode, choice.text) if choice.tool_mode is not None else None
+        if calls is None:
+            return {"role": "assistant", "content": choice.text}
+        return {"role": "assistant", "content": None, "tool_calls": calls}
+
+    @staticmethod
+    def finish_reason(choice: Choice) -> str | None:
+        """OpenAI's: "tool_calls" where the model chose the calls ("required"); a named function's call
+        ends with "stop"."""
+        required = choice.tool_mode is not None and choice.tool_mode.function is None
+        return "tool_calls" if required and choice.finish_reason == "stop" else choice.finish_reason
+
     def _whole(self) -> dict:
         if self.chat:
             choices = [
-                {"index": c.index, "message": {"role": "assistant", "content": c.text},
-                 "logprobs": self._logprobs(c, c.logprobs), "finish_reason": c.finish_reason}
+                {"index": c.index, "message": self.message(c), "logprobs": self._logprobs(c, c.logprobs),
+                 "finish_reason": self.finish_reason(c)}
                 for c in self.choices
             ]  # fmt: skip
             return {**self._head("chat.completion"), "choices": choices, "usage": usage(self.choices)}

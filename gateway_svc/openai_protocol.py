@@ -17,6 +17,7 @@ from typing import Callable
 from google.protobuf.struct_pb2 import Struct
 
 from gateway_svc.proposer_affinity import MAX_SESSION_ID_CHARS
+from gateway_svc.tool_calls import ToolCallError, ToolMode, tool_request
 from splitspec_protos import splitspec_v1_pb2 as pb
 
 COMMON_PARAMETERS = {
@@ -45,7 +46,15 @@ COMMON_PARAMETERS = {
     "return_token_ids",
 }
 COMPLETION_PARAMETERS = COMMON_PARAMETERS | {"prompt", "logprobs"}
-CHAT_PARAMETERS = COMMON_PARAMETERS | {"messages", "max_completion_tokens", "logprobs", "top_logprobs"}
+CHAT_PARAMETERS = COMMON_PARAMETERS | {
+    "messages",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+}
 MAX_LOGPROBS = 20  # the most top tokens a request may ask for, as vLLM's default max_logprobs
 # values of unsupported parameters that ask for nothing, as some clients send them anyway
 NEUTRAL_VALUES = {
@@ -81,6 +90,7 @@ class Choice:
     usage: pb.Usage | None = None
     speculation: pb.SpeculationStats | None = None
     logprobs: list[pb.TokenLogprobs] = field(default_factory=list)
+    tool_mode: ToolMode | None = None  # the answer is tool calls (gateway_svc.tool_calls)
 
 
 def completion_choices(body: dict, default_max_tokens: int) -> list[Choice]:
@@ -118,18 +128,41 @@ def chat_choices(body: dict, default_max_tokens: int) -> list[Choice]:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     template = _sampled(body, max_tokens, default_max_tokens)
     _chat_logprobs_asked(body, template.sampling)
+    try:
+        tool_mode, calls, template.tools_json = tool_request(body)
+    except ToolCallError as exc:
+        raise InvalidRequest(str(exc), "tools") from None
+    if calls is not None:
+        if template.sampling.HasField("structured_outputs"):
+            raise InvalidRequest("a tool call is itself structured output: drop response_format", "tool_choice")
+        template.sampling.structured_outputs.CopyFrom(calls)
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise InvalidRequest(f"messages[{i}] must be an object with a role", f"messages[{i}].role")
-        role = _text(message["role"], f"messages[{i}].role")
-        template.messages.add(role=role, content=_content(message.get("content"), i))
+        template.messages.append(_chat_message(message, i))
     choices = []
     for j in range(_n(body)):
         request = pb.GenerateRequest()
         request.CopyFrom(template)
         _seed_choice(request, j)
-        choices.append(Choice(j, request))
+        choices.append(Choice(j, request, tool_mode=tool_mode))
     return choices
+
+
+def _chat_message(message, i: int) -> pb.ChatMessage:
+    """A turn: role and content, and an assistant's tool_calls or a tool's tool_call_id and name."""
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise InvalidRequest(f"messages[{i}] must be an object with a role", f"messages[{i}].role")
+    turn = pb.ChatMessage(role=_text(message["role"], f"messages[{i}].role"))
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+            raise InvalidRequest(f"messages[{i}].tool_calls must be a list of calls", f"messages[{i}].tool_calls")
+        turn.tool_calls_json = _json_text(calls, f"messages[{i}].tool_calls")
+    if calls is None or message.get("content") is not None:  # a turn of calls may have no content
+        turn.content = _content(message.get("content"), i)
+    for name in ("tool_call_id", "name"):
+        if message.get(name) is not None:
+            setattr(turn, name, _text(_string(message[name], f"messages[{i}].{name}"), f"messages[{i}].{name}"))
+    return turn
 
 
 def _chat_logprobs_asked(body: dict, sampling: pb.SamplingParameters) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -58,6 +59,8 @@ def validate(
         raise _invalid(f"set one of prompt, prompt_token_ids and messages, not {' and '.join(given)}")
     if not given:
         raise _invalid("the prompt is empty: set prompt (text), prompt_token_ids or messages")
+    if request.tools_json and not request.messages:
+        raise _invalid("tools_json goes with messages: the chat template shows the tools")
     prompt = _prompt_text(request, tokenizer)
     if prompt is not None:
         if tokenizer is None:
@@ -143,10 +146,29 @@ def _prompt_text(request: pb.GenerateRequest, tokenizer) -> str | None:
     """The request's prompt as text (a conversation with the chat template applied); None for token ids."""
     if not request.messages:
         return request.prompt or None
+    messages = []
     for i, message in enumerate(request.messages):
         if not message.role:
             raise _invalid(f"messages[{i}].role is empty")
+        turn: dict = {"role": message.role, "content": message.content}
+        if message.tool_calls_json:
+            turn["tool_calls"] = _json_list(message.tool_calls_json, f"messages[{i}].tool_calls_json")
+        for name in ("tool_call_id", "name"):
+            if getattr(message, name):
+                turn[name] = getattr(message, name)
+        messages.append(turn)
+    tools = _json_list(request.tools_json, "tools_json") if request.tools_json else None
     try:
-        return chat_prompt(tokenizer, [{"role": m.role, "content": m.content} for m in request.messages])
+        return chat_prompt(tokenizer, messages, tools)
     except SplitspecError as exc:
         raise _invalid(str(exc)) from None
+
+
+def _json_list(text: str, name: str) -> list:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise _invalid(f"{name} is not JSON: {exc}") from None
+    if not isinstance(value, list):
+        raise _invalid(f"{name} must be a JSON list")
+    return value

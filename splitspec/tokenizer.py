@@ -15,14 +15,15 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def chat_prompt(tokenizer, messages: list[dict]) -> str:
-    """A conversation as the model expects it: its chat template applied, with the generation prompt."""
+def chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """A conversation as the model expects it: its chat template applied, with the generation prompt.
+    tools: OpenAI's tool definitions, which the template shows the model (if it knows how)."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise SplitspecError("this model's tokenizer has no chat template; send a plain prompt instead")
     from jinja2 import TemplateError
 
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     except TemplateError as exc:  # templates raise their own rules (role order, roles they know)
         raise SplitspecError(f"the chat template refused these messages: {exc}") from None
 

@@ -237,14 +237,16 @@ class LLM:
         messages: list[dict] | list[list[dict]],
         sampling_params: SamplingParams | None = None,
         use_tqdm: bool = True,
+        tools: list[dict] | None = None,
     ) -> list[RequestOutput]:
-        """Apply the tokenizer's chat template to each conversation, then generate."""
+        """Apply the tokenizer's chat template to each conversation, then generate. tools: OpenAI's tool
+        definitions, for the template to show the model (as vLLM's LLM.chat)."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = [self.apply_chat_template(conv) for conv in conversations]
+        prompts = [self.apply_chat_template(conv, tools) for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def apply_chat_template(self, messages: list[dict]) -> str:
-        return chat_prompt(self.tokenizer, messages)
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        return chat_prompt(self.tokenizer, messages, tools)
 
     def _add(self, prompt: str | dict, params: SamplingParams) -> Sequence:
         seq_id = str(next(self._request_counter))

@@ -172,6 +172,65 @@ def test_fifty_sampled_json_answers_all_match_the_schema_with_and_without_specul
     assert texts[None] == texts[0]  # n-gram drafts are one-hot: seeded samples are plain decoding's
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK_TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+WEATHER_ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_a_named_tool_choice_is_a_call_of_that_function_as_in_process_structured_output(client, in_process):
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    schema = StructuredOutputsParams(json=WEATHER_TOOL["function"]["parameters"])
+    params = SamplingParams(temperature=0, max_tokens=64, structured_outputs=schema)
+    expected = in_process.chat(WEATHER_ASK, params, use_tqdm=False, tools=[WEATHER_TOOL])[0].outputs[0]
+    answer = client.chat.completions.create(
+        model=MODEL, messages=WEATHER_ASK, max_tokens=64, temperature=0, tools=[WEATHER_TOOL, CLOCK_TOOL],
+        tool_choice=named,
+    )  # fmt: skip
+    (call,) = answer.choices[0].message.tool_calls
+    assert answer.choices[0].message.content is None and answer.choices[0].finish_reason == "stop"
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert call.function.arguments == expected.text
+    arguments = json.loads(call.function.arguments)
+    assert set(arguments) == {"city", "unit"} and arguments["unit"] in ("celsius", "fahrenheit")
+    # the model is told the call's result and answers in words
+    follow_up = WEATHER_ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]},
+        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"},
+    ]
+    reply = client.chat.completions.create(model=MODEL, messages=follow_up, max_tokens=16, temperature=0)
+    assert reply.choices[0].message.content and not reply.choices[0].message.tool_calls
+
+
+def test_required_tool_calls_name_only_the_tools_and_stream_whole(client):
+    kwargs = dict(model=MODEL, messages=WEATHER_ASK, max_tokens=96, temperature=0, tools=[WEATHER_TOOL, CLOCK_TOOL],
+                  tool_choice="required")  # fmt: skip
+    answer = client.chat.completions.create(**kwargs)
+    calls = answer.choices[0].message.tool_calls
+    assert answer.choices[0].finish_reason == "tool_calls" and calls
+    assert {c.function.name for c in calls} <= {"get_weather", "get_time"}
+    assert all(isinstance(json.loads(c.function.arguments), dict) for c in calls)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True))
+    streamed = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+    assert [(d.function.name, d.function.arguments) for d in streamed] == [
+        (c.function.name, c.function.arguments) for c in calls
+    ]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    with pytest.raises(openai.BadRequestError, match='tool_choice "auto" is not supported'):
+        client.chat.completions.create(model=MODEL, messages=WEATHER_ASK, max_tokens=8, tools=[WEATHER_TOOL])
+
+
 def test_vllm_structured_outputs_choice_and_regex_on_completions(client, in_process):
     for structured in ({"choice": ["red", "green", "blue"]}, {"regex": "[0-9]{2}:[0-9]{2}"}):
         params = SamplingParams(temperature=0, max_tokens=16, structured_outputs=StructuredOutputsParams(**structured))

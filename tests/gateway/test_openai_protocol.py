@@ -15,6 +15,7 @@ from gateway_svc.openai_protocol import (
     completion_logprobs,
     returns_token_ids,
 )
+from gateway_svc.tool_calls import tool_calls
 from splitspec_protos import splitspec_v1_pb2 as pb
 
 
@@ -205,3 +206,89 @@ def test_logprobs_in_openai_s_shapes():
         "top_logprobs": [{"a": -0.5}, {"a": -0.125}],
         "text_offset": [10, 13],
     }
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time"}}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def test_a_named_function_constrains_the_answer_to_its_arguments():
+    body = {
+        "messages": HI,
+        "tools": [WEATHER, TIME],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    }
+    (choice,) = chat_choices(body, 16)
+    assert json.loads(choice.request.sampling.structured_outputs.json) == WEATHER["function"]["parameters"]
+    assert json.loads(choice.request.tools_json) == [WEATHER, TIME]
+    calls = tool_calls(choice.tool_mode, '{"city": "Oslo"}')
+    assert [c["function"] for c in calls] == [{"name": "get_weather", "arguments": '{"city": "Oslo"}'}]
+    assert calls[0]["id"].startswith("call_") and calls[0]["type"] == "function"
+    assert tool_calls(choice.tool_mode, '{"city": "Os') is None  # cut off: no call
+
+
+def test_required_constrains_the_answer_to_a_list_of_calls_of_the_tools():
+    body = {"messages": HI, "tools": [WEATHER, TIME], "tool_choice": "required"}
+    (choice,) = chat_choices(body, 16)
+    schema = json.loads(choice.request.sampling.structured_outputs.json)
+    assert schema["type"] == "array" and schema["minItems"] == 1 and "maxItems" not in schema
+    names = [option["properties"]["name"]["enum"] for option in schema["items"]["anyOf"]]
+    assert names == [["get_weather"], ["get_time"]]
+    single = chat_choices(body | {"parallel_tool_calls": False}, 16)[0]
+    assert json.loads(single.request.sampling.structured_outputs.json)["maxItems"] == 1
+    text = '[{"name": "get_time", "parameters": {}}, {"name": "get_weather", "parameters": {"city": "Rome"}}]'
+    calls = tool_calls(choice.tool_mode, text)
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("get_time", {}),
+        ("get_weather", {"city": "Rome"}),
+    ]
+
+
+def test_tool_choice_none_shows_the_tools_and_leaves_the_answer_free():
+    (choice,) = chat_choices({"messages": HI, "tools": [WEATHER], "tool_choice": "none"}, 16)
+    assert choice.tool_mode is None and not choice.request.sampling.HasField("structured_outputs")
+    assert json.loads(choice.request.tools_json) == [WEATHER]
+
+
+def test_a_conversation_with_calls_and_their_results_reaches_the_template():
+    messages = HI + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "12 C, rain"},
+    ]  # fmt: skip
+    (choice,) = chat_choices({"messages": messages, "tools": [WEATHER], "tool_choice": "none"}, 16)
+    assistant, tool = choice.request.messages[1], choice.request.messages[2]
+    assert json.loads(assistant.tool_calls_json)[0]["function"]["name"] == "get_weather" and assistant.content == ""
+    assert (tool.role, tool.tool_call_id, tool.content) == ("tool", "call_1", "12 C, rain")
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"tools": [WEATHER]}, 'tool_choice "auto" is not supported'),
+        ({"tools": [WEATHER], "tool_choice": "auto"}, 'tool_choice "auto" is not supported'),
+        ({"tool_choice": "required"}, "tool_choice needs tools"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "'nope', which is not",
+        ),
+        ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice must be"),
+        ({"tools": [{"type": "function"}], "tool_choice": "required"}, "tools[0] must be"),
+        ({"tools": [WEATHER, WEATHER], "tool_choice": "required"}, "a second function named 'get_weather'"),
+        (
+            {"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
+            "drop response_format",
+        ),
+        ({"messages": [{"role": "assistant", "tool_calls": "x"}]}, "messages[0].tool_calls must be a list"),
+    ],
+)
+def test_bad_tool_requests_name_what_is_wrong(body, words):
+    with pytest.raises(InvalidRequest, match=re.escape(words)):
+        chat_choices({"messages": HI} | body, 16)
