@@ -143,6 +143,8 @@ class VerifierBackend:
         request.start.seed = seed
         if params.logprobs is not None:
             request.start.logprobs = params.logprobs
+        if params.prompt_logprobs is not None:
+            request.start.prompt_logprobs = params.prompt_logprobs
         if token_ban is not None:
             request.start.banned_token_ids.extend(token_ban.token_ids)
             request.start.banned_until_len = token_ban.until_length

@@ -116,6 +116,7 @@ class GatewayCore:
         verifier_moves = 0
         rounds = rounds_for(self, req)
         last_result_at: float | None = None  # when the last result came, for a measured request's pace
+        prompt_scored = False  # the prompt's logprobs have gone out
         try:
             while not seq.finished:
                 moving = self.placement.draining(verifier)
@@ -153,6 +154,9 @@ class GatewayCore:
                 round_tokens = list(result.token_ids)
                 new_tokens = round_tokens[: stop_checker.commit(seq, round_tokens)]
                 logprobs = list(result.logprobs)[: len(new_tokens)] if params.logprobs is not None else None
+                prompt_logprobs = None  # the first verifier's to score the prompt; a later one's go unused
+                if result.prompt_logprobs and not prompt_scored:
+                    prompt_logprobs, prompt_scored = list(result.prompt_logprobs), True
                 rounds.committed(sent, result, round_tokens, seq.finished)
                 if seq.finished:
                     yield Delta(
@@ -165,6 +169,7 @@ class GatewayCore:
                         seq.num_output_tokens,
                         verifier_moves + req.slot.moves,
                         logprobs,
+                        prompt_logprobs,
                     )
                 else:
                     yield Delta(
@@ -173,6 +178,7 @@ class GatewayCore:
                         prompt_tokens=len(prompt_ids),
                         completion_tokens=seq.num_output_tokens,
                         logprobs=logprobs,
+                        prompt_logprobs=prompt_logprobs,
                     )
         finally:
             rounds.cancel()

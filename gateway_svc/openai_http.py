@@ -27,9 +27,11 @@ from gateway_svc.openai_protocol import (
     chat_logprobs,
     completion_choices,
     completion_logprobs,
+    echoed_logprobs,
     new_id,
     returns_token_ids,
     usage,
+    vllm_prompt_logprobs,
 )
 from gateway_svc.server import GatewayServicer
 from gateway_svc.tool_calls import tool_calls
@@ -150,11 +152,24 @@ class OpenAIFront:
         except InvalidRequest as exc:
             return error_response(400, str(exc), "invalid_request_error", exc.param)
         answer = _Answer(
-            new_id("chatcmpl" if chat else "cmpl"), self.served_model, chat, choices, token_ids, self._token_text
+            new_id("chatcmpl" if chat else "cmpl"),
+            self.served_model,
+            chat,
+            choices,
+            token_ids,
+            self._token_text,
+            self._prompt_ids,
         )
         if body.get("stream"):
             return await self._stream(request, answer, usage_in_stream)
         return await self._complete(request, answer)
+
+    def _prompt_ids(self, request: pb.GenerateRequest) -> list[int]:
+        """A completion's prompt as the gateway tokenizes (and truncates) it."""
+        tokenizer = self.servicer.core.tokenizer
+        ids = list(request.prompt_token_ids) if request.prompt_token_ids else tokenizer.encode(request.prompt)
+        keep = request.sampling.truncate_prompt_tokens if request.sampling.HasField("truncate_prompt_tokens") else 0
+        return ids[-keep:] if keep else ids
 
     def _token_text(self, token: int) -> str:
         """A token as logprobs name it: its text, or vLLM's "token_id:N" for a model without a tokenizer."""
@@ -259,6 +274,7 @@ class OpenAIFront:
 def answer_received(choice: Choice, response: pb.GenerateResponse) -> None:
     choice.token_ids += response.token_ids
     choice.logprobs += response.logprobs
+    choice.prompt_logprobs += response.prompt_logprobs
     if response.HasField("usage"):
         choice.usage = response.usage
     if response.finish_reason:
@@ -303,6 +319,7 @@ class _Answer:
         choices: list[Choice],
         token_ids: bool,
         token_text: Callable[[int], str],
+        prompt_ids: Callable[[pb.GenerateRequest], list[int]],
     ) -> None:
         self.id = answer_id
         self.model = model
@@ -310,6 +327,7 @@ class _Answer:
         self.choices = choices
         self.token_ids = token_ids  # vLLM's return_token_ids
         self.token_text = token_text  # how logprobs name a token
+        self.prompt_ids = prompt_ids  # a completion's prompt tokens, for echo
         self.created = int(time.time())
 
     def _head(self, kind: str) -> dict:
@@ -353,12 +371,33 @@ class _Answer:
                 for c in self.choices
             ]  # fmt: skip
             return {**self._head("chat.completion"), "choices": choices, "usage": usage(self.choices)}
-        choices = [
-            {"index": c.index, "text": c.text, "logprobs": self._logprobs(c, c.logprobs),
-             "finish_reason": c.finish_reason}
-            for c in self.choices
-        ]  # fmt: skip
+        choices = []
+        for c in self.choices:
+            part = {"index": c.index, "text": c.text, "logprobs": self._logprobs(c, c.logprobs),
+                    "finish_reason": c.finish_reason}  # fmt: skip
+            if c.echo:
+                self._echo(c, part)
+            if c.request.sampling.HasField("prompt_logprobs"):
+                part["prompt_logprobs"] = vllm_prompt_logprobs(c.prompt_logprobs, self.token_text)
+            choices.append(part)
         return {**self._head("text_completion"), "choices": choices, "usage": usage(self.choices)}
+
+    def _text(self, token_ids: list[int]) -> str:
+        return "".join(self.token_text(t) for t in token_ids)
+
+    def _echo(self, choice: Choice, part: dict) -> None:
+        """The prompt before the completion's text, and before its logprobs where they are asked for."""
+        prompt_ids = self.prompt_ids(choice.request)
+        truncated = choice.request.sampling.HasField("truncate_prompt_tokens")
+        echoed = choice.request.prompt if choice.request.prompt and not truncated else self._text(prompt_ids)
+        part["text"] = echoed + part["text"]
+        if part["logprobs"] is not None:
+            top = choice.request.sampling.logprobs
+            head = echoed_logprobs(prompt_ids[0], choice.prompt_logprobs, top, self.token_text)
+            tail = part["logprobs"]
+            shift = sum(len(t) for t in head["tokens"])
+            tail["text_offset"] = [offset + shift for offset in tail["text_offset"]]
+            part["logprobs"] = {key: head[key] + tail[key] for key in head}
 
     def chunk(
         self,

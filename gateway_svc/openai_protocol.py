@@ -45,7 +45,7 @@ COMMON_PARAMETERS = {
     "user",
     "return_token_ids",
 }
-COMPLETION_PARAMETERS = COMMON_PARAMETERS | {"prompt", "logprobs"}
+COMPLETION_PARAMETERS = COMMON_PARAMETERS | {"prompt", "logprobs", "echo", "prompt_logprobs"}
 CHAT_PARAMETERS = COMMON_PARAMETERS | {
     "messages",
     "max_completion_tokens",
@@ -91,6 +91,8 @@ class Choice:
     speculation: pb.SpeculationStats | None = None
     logprobs: list[pb.TokenLogprobs] = field(default_factory=list)
     tool_mode: ToolMode | None = None  # the answer is tool calls (gateway_svc.tool_calls)
+    echo: bool = False  # a completion that starts with its prompt
+    prompt_logprobs: list[pb.TokenLogprobs] = field(default_factory=list)  # per prompt token after the first
 
 
 def completion_choices(body: dict, default_max_tokens: int) -> list[Choice]:
@@ -102,6 +104,17 @@ def completion_choices(body: dict, default_max_tokens: int) -> list[Choice]:
     template = _sampled(body, body.get("max_tokens"), default_max_tokens)
     if body.get("logprobs") is not None:
         template.sampling.logprobs = _integer(body["logprobs"], "logprobs", low=0, high=MAX_LOGPROBS)
+    echo = body.get("echo") is True
+    if body.get("echo") is not None and not isinstance(body["echo"], bool):
+        raise InvalidRequest("echo must be true or false", "echo")
+    if echo and body.get("stream"):
+        raise InvalidRequest("echo is not supported with stream", "echo")
+    if body.get("prompt_logprobs") is not None:
+        template.sampling.prompt_logprobs = _integer(
+            body["prompt_logprobs"], "prompt_logprobs", low=0, high=MAX_LOGPROBS
+        )
+    elif echo and template.sampling.HasField("logprobs"):  # the echoed prompt's tokens have logprobs too
+        template.sampling.prompt_logprobs = template.sampling.logprobs
     n = _n(body)
     choices = []
     for i, prompt in enumerate(prompts):
@@ -113,7 +126,7 @@ def completion_choices(body: dict, default_max_tokens: int) -> list[Choice]:
             else:
                 request.prompt_token_ids.extend(prompt)
             _seed_choice(request, j)
-            choices.append(Choice(i * n + j, request, i))
+            choices.append(Choice(i * n + j, request, i, echo=echo))
     return choices
 
 
@@ -204,6 +217,31 @@ def completion_logprobs(
         "top_logprobs": [{token_text(t): v for t, v in _top_tokens(entry, top)} for entry in entries],
         "text_offset": offsets,
     }
+
+
+def echoed_logprobs(
+    first_token: int, entries: list[pb.TokenLogprobs], top: int, token_text: Callable[[int], str]
+) -> dict:
+    """An echoed prompt's part of a completion's `logprobs`: its first token has none (null), as OpenAI's."""
+    scored = completion_logprobs(entries, top, token_text, len(token_text(first_token)))
+    return {
+        "tokens": [token_text(first_token), *scored["tokens"]],
+        "token_logprobs": [None, *scored["token_logprobs"]],
+        "top_logprobs": [None, *scored["top_logprobs"]],
+        "text_offset": [0, *scored["text_offset"]],
+    }
+
+
+def vllm_prompt_logprobs(entries: list[pb.TokenLogprobs], token_text: Callable[[int], str]) -> list[dict | None]:
+    """vLLM's `prompt_logprobs` of a choice: null for the first token, then {token id: {logprob, rank,
+    decoded_token}} for each later one, its own token first."""
+    return [None] + [
+        {
+            str(t): {"logprob": v, "rank": r, "decoded_token": token_text(t)}
+            for t, v, r in zip(e.token_ids, e.logprobs, e.ranks)
+        }
+        for e in entries
+    ]
 
 
 def _top_tokens(entry: pb.TokenLogprobs, top: int) -> list[tuple[int, float]]:

@@ -37,6 +37,7 @@ class Delta:
     """So far, in every delta."""
     failovers: int = 0  # times the sequence moved to another verifier or proposer
     logprobs: list[pb.TokenLogprobs] | None = None  # with sampling.logprobs: one per token of token_ids
+    prompt_logprobs: list[pb.TokenLogprobs] | None = None  # with sampling.prompt_logprobs, in the first delta
 
 
 @dataclass

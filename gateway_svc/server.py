@@ -195,6 +195,8 @@ def _response(delta: Delta, request_id: str) -> pb.GenerateResponse:
     response.usage.completion_tokens = delta.completion_tokens
     if delta.logprobs is not None:
         response.logprobs.extend(delta.logprobs)
+    if delta.prompt_logprobs is not None:
+        response.prompt_logprobs.extend(delta.prompt_logprobs)
     if delta.finish_reason is not None:
         response.finish_reason = delta.finish_reason
         response.stop_reason = "" if delta.stop_reason is None else str(delta.stop_reason)

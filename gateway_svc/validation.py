@@ -95,6 +95,7 @@ def validate(
             min_tokens=s.min_tokens,
             include_stop_str_in_output=s.include_stop_str_in_output,
             logprobs=s.logprobs if s.HasField("logprobs") else None,
+            prompt_logprobs=s.prompt_logprobs if s.HasField("prompt_logprobs") else None,
             presence_penalty=s.presence_penalty,
             frequency_penalty=s.frequency_penalty,
             repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,

@@ -78,3 +78,5 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     spec_stats: SpeculationStats
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+    """When the request asked for them: None for the first prompt token, then each one's, vLLM's shape."""

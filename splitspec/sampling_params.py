@@ -20,6 +20,7 @@ class SamplingParams:
     output has at least this many tokens before EOS or a stop token id can end it, and before a stop
     string is looked for (as vLLM; splitspec.token_ban). logprobs: None, or each output token's
     log-probability with those of this many most likely tokens (splitspec.token_logprobs).
+    prompt_logprobs: the same for each prompt token after the first (vLLM's), from the first pass.
     truncate_prompt_tokens: None, or generate from only the prompt's last this many tokens (vLLM's).
     presence_penalty, frequency_penalty (OpenAI's, in [-2, 2]) and repetition_penalty (vLLM's, > 0; 1 is
     off): applied to the target's logits as vLLM does (splitspec.token_penalties). structured_outputs:
@@ -37,6 +38,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     min_tokens: int = 0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     truncate_prompt_tokens: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -57,12 +59,12 @@ class SamplingParams:
             raise SplitspecError(f"min_tokens must be an integer >= 0, got {self.min_tokens!r}")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise SplitspecError(f"min_tokens ({self.min_tokens}) must be at most max_tokens ({self.max_tokens})")
-        if self.logprobs is not None and (
-            not isinstance(self.logprobs, int)
-            or isinstance(self.logprobs, bool)
-            or not 0 <= self.logprobs <= MAX_LOGPROBS
-        ):
-            raise SplitspecError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LOGPROBS
+            ):
+                raise SplitspecError(f"{name} must be None or an integer in [0, {MAX_LOGPROBS}], got {value!r}")
         if self.truncate_prompt_tokens is not None and (
             not isinstance(self.truncate_prompt_tokens, int)
             or isinstance(self.truncate_prompt_tokens, bool)

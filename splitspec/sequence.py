@@ -35,6 +35,7 @@ class Sequence:
     penalties: TokenPenalties | None = None  # presence, frequency and repetition penalties
     grammar: GrammarState | None = field(default=None, repr=False, compare=False)  # structured output
     logprobs: list[dict[int, Logprob]] | None = None  # per output token, when the request asks for them
+    prompt_logprobs: list[dict[int, Logprob]] | None = None  # per prompt token after the first, once computed
     # the StopChecker's running decode of the output, kept while the request has stop strings
     decoded_output: IncrementalDecoder | None = field(default=None, repr=False, compare=False)
 
@@ -43,6 +44,10 @@ class Sequence:
             self.tokens = list(self.prompt_token_ids)
         if self.params.logprobs is not None and self.logprobs is None:
             self.logprobs = []
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids)
 
     @property
     def output_token_ids(self) -> list[int]:

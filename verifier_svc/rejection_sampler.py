@@ -73,6 +73,8 @@ class VerifyResult:
     token_ids: list[int]  # the accepted drafts followed by the correction or bonus token
     logprobs: list[dict[int, Logprob]] | None = None
     """When the request asks for them: per token, the target's log-probabilities (token_logprobs)."""
+    prompt_logprobs: list[dict[int, Logprob]] | None = None
+    """On a sequence's first pass, when it asks for them: per prompt token after the first."""
     hidden_state: torch.Tensor | None = None
     """When asked for: the target's final hidden state at the row that produced the last token [hidden],
     or at every row that produced a token committed in this step [n, hidden] (see Verifier.verify)."""

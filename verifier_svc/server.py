@@ -90,6 +90,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                     _token_ban(start),
                     _penalties(start),
                     grammar,
+                    start.prompt_len,
                 )
                 response.ack.SetInParent()
             elif kind == "step":
@@ -135,6 +136,8 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                 response.result.token_ids.extend(outcome.token_ids)
                 if outcome.logprobs is not None:
                     response.result.logprobs.extend(wire.logprobs_to_proto(outcome.logprobs))
+                if outcome.prompt_logprobs is not None:
+                    response.result.prompt_logprobs.extend(wire.logprobs_to_proto(outcome.prompt_logprobs))
                 if outcome.hidden_state is not None and remote_spec is None:  # remote: they went to the proposer
                     response.result.hidden_states.CopyFrom(wire.tensor_to_proto(outcome.hidden_state))
             else:
@@ -157,6 +160,7 @@ def _params(start: pb.StartSequence) -> SamplingParams:
             top_p=start.top_p or 1.0,
             max_tokens=None,
             logprobs=start.logprobs if start.HasField("logprobs") else None,
+            prompt_logprobs=start.prompt_logprobs if start.HasField("prompt_logprobs") else None,
         )
     except (ValueError, SplitspecError) as exc:
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None

@@ -55,6 +55,8 @@ class RemoteSequence:
     token_ban: TokenBan | None = None  # min_tokens: what the target may not emit yet
     penalties: TokenPenalties | None = None  # presence, frequency and repetition penalties
     grammar: GrammarState | None = None  # structured output: its matcher, in step with the committed tokens
+    prompt_len: int = 0  # where the output starts in tokens
+    prompt_logprobs: list[dict[int, Logprob]] | None = None  # once computed, when the sequence asks for them
     hidden_states: HiddenStates = HiddenStates.NONE  # what results carry for the sequence's drafter
     hidden_layers: tuple[int, ...] = ()  # the target layers whose inputs make those states (EAGLE-3)
     speculates: bool = False  # it drafts with the verifier's speculator: its passes keep the states the head reads
@@ -82,6 +84,7 @@ class StepOutcome:
     draft_wait_s: float = 0.0  # with a remote draft: the wait for the proposer
     proposer_failed: bool = False  # with a remote draft: the proposer did not answer
     logprobs: list[dict[int, Logprob]] | None = None  # when the sequence asked for them
+    prompt_logprobs: list[dict[int, Logprob]] | None = None  # on its first pass, when it asked for them
 
 
 MODEL_FAILED = "this verifier's model has failed; use another verifier"
@@ -213,12 +216,14 @@ class VerifierService:
         token_ban: TokenBan | None = None,
         penalties: TokenPenalties | None = None,
         grammar: GrammarState | None = None,
+        prompt_len: int = 0,
     ) -> None:
         """trace_context: the client request's traceparent and tracestate, which its span here continues.
         time_limit_s: the client's time left (0: none); the sequence is released once it has passed.
         hidden_layers: the target layers whose inputs make the states results carry (EAGLE-3).
         token_ban: what the target may not emit yet (min_tokens). penalties: on the target's logits.
-        grammar: the structured output's matcher, moved through the output so far (grammar_state)."""
+        grammar: the structured output's matcher, moved through the output so far (grammar_state).
+        prompt_len: where the output starts in token_ids."""
         if not self.healthy():
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, MODEL_FAILED)
         check_seq_id(seq_id)
@@ -247,8 +252,9 @@ class VerifierService:
             token_ban,
             penalties,
             grammar,
-            hidden_states,
-            tuple(sorted(set(hidden_layers))),
+            prompt_len,
+            hidden_states=hidden_states,
+            hidden_layers=tuple(sorted(set(hidden_layers))),
         )
         if self.tracing.enabled and (parent := context_of(*trace_context)) is not None:
             seq.request_span = trace.get_current_span(parent).get_span_context()
@@ -461,6 +467,8 @@ class VerifierService:
                 verified = len(calls[i].draft.token_ids)
                 outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids, hidden, verified)
                 outcomes[i].logprobs = result.logprobs
+                if result.prompt_logprobs is not None:
+                    seq.prompt_logprobs = outcomes[i].prompt_logprobs = result.prompt_logprobs
                 if self.cuts is not None:
                     self.cuts.record(seq.seq_id, verified, result.num_accepted)
                 self.metrics.draft_tokens.add(verified, {"stage": "verified"})

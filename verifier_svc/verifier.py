@@ -27,6 +27,8 @@ RejectionSampler = Callable[[RejectionBatch], tuple[torch.Tensor, torch.Tensor]]
 class VerifiableSequence(Protocol):
     seq_id: str
     tokens: list[int]
+    prompt_len: int
+    prompt_logprobs: list | None
     params: SamplingParams
     seed: int
     token_ban: TokenBan | None
@@ -51,12 +53,18 @@ class Verifier:
     def forward_inputs(
         self, steps: list[tuple[VerifiableSequence, Draft]], hidden_states: list[HiddenStates] | None = None
     ) -> list[ForwardInput]:
+        """Each step's tokens to feed and rows to score: its drafts' and the one after them, and, on the
+        first pass of a sequence that asks for prompt logprobs, every row before them too."""
         inputs = []
         for i, (seq, draft) in enumerate(steps):
             cached = self.runner.cached_length(seq.seq_id)
             fed = seq.tokens[cached:] + draft.token_ids
             every_row = hidden_states is not None and hidden_states[i] == HiddenStates.ALL
-            inputs.append(ForwardInput(seq.seq_id, fed, len(draft.token_ids) + 1, len(fed) if every_row else None))
+            rows = len(draft.token_ids) + 1
+            if _wants_prompt_rows(seq, cached):
+                inputs.append(ForwardInput(seq.seq_id, fed, len(fed), len(fed) if every_row else rows))
+            else:
+                inputs.append(ForwardInput(seq.seq_id, fed, rows, len(fed) if every_row else None))
         return inputs
 
     def fits(self, steps: list[tuple[VerifiableSequence, Draft]]) -> bool:
@@ -100,6 +108,7 @@ class Verifier:
             hidden = _states_by_layers(hidden, aux, wanted)
         else:
             logits, hidden = self.runner.forward(inputs), None
+        logits, prompt_rows = _split_prompt_rows(fed, inputs, logits)
         raw = _raw_rows_for_logprobs(fed, logits)  # before _requests bans tokens in place
         requests = self._requests(steps, fed, plans, logits)
         if logits.device.type == "cpu" and self.runner.kernels.name == "torch":
@@ -109,6 +118,11 @@ class Verifier:
         for i, rows in raw.items():
             result, top = results[i], steps[i][0].params.logprobs
             results[i].logprobs = token_logprobs(rows[: result.num_accepted + 1], result.token_ids, top)
+        for i, rows in prompt_rows.items():
+            seq = steps[i][0]
+            results[i].prompt_logprobs = token_logprobs(
+                rows, seq.tokens[1 : seq.prompt_len], seq.params.prompt_logprobs
+            )
         if hidden is not None:
             _attach_hidden_states(results, inputs, modes, layers, hidden)
         for (seq, _), result in zip(steps, results):
@@ -162,6 +176,29 @@ class Verifier:
 
     def free(self, seq_id: str) -> None:
         self.runner.free(seq_id)
+
+
+def _wants_prompt_rows(seq: VerifiableSequence, cached: int) -> bool:
+    """Its prompt's logprobs are asked for and not yet computed, and this pass feeds the whole prompt."""
+    return seq.params.prompt_logprobs is not None and seq.prompt_logprobs is None and cached == 0 and seq.prompt_len > 1
+
+
+def _split_prompt_rows(
+    steps: list[tuple[VerifiableSequence, Draft]], inputs: list[ForwardInput], logits: torch.Tensor
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The pass's logits without the rows scoring prompts (forward_inputs), and those rows per step,
+    row j scoring prompt token j + 1."""
+    prompt_rows: dict[int, torch.Tensor] = {}
+    keep, row = [], 0
+    for i, ((seq, draft), inp) in enumerate(zip(steps, inputs)):
+        extra = inp.num_logits - len(draft.token_ids) - 1
+        if extra:
+            prompt_rows[i] = logits[row : row + seq.prompt_len - 1]
+        keep.extend(range(row + extra, row + inp.num_logits))
+        row += inp.num_logits
+    if not prompt_rows:
+        return logits, prompt_rows
+    return logits[torch.tensor(keep, device=logits.device)], prompt_rows
 
 
 def _prefix(draft: Draft, n: int) -> Draft:

@@ -121,6 +121,8 @@ class Engine:
             committed = self.stop_checker.commit(seq, result.token_ids)
             if seq.logprobs is not None and result.logprobs is not None:
                 seq.logprobs.extend(result.logprobs[:committed])
+            if result.prompt_logprobs is not None:
+                seq.prompt_logprobs = result.prompt_logprobs
             self._hold_states(seq.seq_id, result.hidden_state)
             if seq.finished:
                 finished.append(seq)

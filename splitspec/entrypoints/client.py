@@ -31,6 +31,7 @@ def build_request(
     min_tokens: int = 0,
     include_stop_str_in_output: bool = False,
     logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
     truncate_prompt_tokens: int | None = None,
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
@@ -54,6 +55,7 @@ def build_request(
         ("max_tokens", max_tokens),
         ("seed", seed),
         ("logprobs", logprobs),
+        ("prompt_logprobs", prompt_logprobs),
         ("truncate_prompt_tokens", truncate_prompt_tokens),
         ("repetition_penalty", repetition_penalty),
     ):

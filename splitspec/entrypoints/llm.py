@@ -278,7 +278,12 @@ class LLM:
         completion = CompletionOutput(
             0, text, seq.output_token_ids, seq.finish_reason, seq.stop_reason, self._decoded(seq.logprobs)
         )
-        return RequestOutput(seq.seq_id, seq.prompt, seq.prompt_token_ids, [completion], seq.finished, seq.stats)
+        prompt_logprobs = None
+        if seq.params.prompt_logprobs is not None:
+            prompt_logprobs = [None, *(self._decoded(seq.prompt_logprobs) or [])]
+        return RequestOutput(
+            seq.seq_id, seq.prompt, seq.prompt_token_ids, [completion], seq.finished, seq.stats, prompt_logprobs
+        )
 
 
 def _progress(total: int, enabled: bool):

@@ -100,3 +100,31 @@ def test_logprobs_are_the_raw_target_s_even_where_min_tokens_bans_a_token(plain,
     out = plain.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0]
     entry = out.logprobs[at]
     assert entry[EOS].rank == 1 and entry[out.token_ids[at]].rank == 2  # EOS was the raw argmax, banned
+
+
+def test_prompt_logprobs_are_transformers_log_softmax_and_the_same_with_speculation(tiny_llama, plain) -> None:
+    """vLLM's prompt_logprobs: None for the first token, then each prompt token's from the first pass,
+    against transformers' float32 log-softmax of the same tokens (within 1e-4), batched with sequences
+    that do not ask for them, and unchanged by speculation."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+    asking = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, prompt_logprobs=TOP, logprobs=0)
+    params = [asking, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), asking]
+    speculative = LLM(
+        str(tiny_llama), speculative_config={"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}
+    )
+    requests = [{"prompt_token_ids": p} for p in PROMPTS]
+    outputs = plain.generate(requests, params, use_tqdm=False)
+    assert outputs[1].prompt_logprobs is None
+    for llm_outputs in (outputs, speculative.generate(requests, params, use_tqdm=False)):
+        for prompt, out in zip(PROMPTS[::2], llm_outputs[::2]):
+            assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
+            with torch.no_grad():
+                reference = torch.log_softmax(model(torch.tensor([prompt])).logits[0].float(), -1)
+            for position, entry in enumerate(out.prompt_logprobs[1:], start=1):
+                token = prompt[position]
+                assert entry[token].logprob == pytest.approx(reference[position - 1, token].item(), abs=1e-4)
+                assert entry[token].rank == int((reference[position - 1] > reference[position - 1, token]).sum()) + 1
+                assert len(entry) in (TOP, TOP + 1)
+            assert out.outputs[0].token_ids == outputs[PROMPTS.index(prompt)].outputs[0].token_ids

@@ -247,6 +247,31 @@ def test_vllm_structured_outputs_choice_and_regex_on_completions(client, in_proc
         client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body={"response_format": "json"})
 
 
+def test_echo_with_logprobs_scores_the_prompt_as_lm_evaluation_harness_asks(client, in_process):
+    """lm-evaluation-harness's loglikelihood request: echo, logprobs 1, one token; the prompt's tokens come
+    back with their log-probabilities (the first one's null), as in-process prompt_logprobs."""
+    context = "The capital of France is Paris"
+    params = SamplingParams(temperature=0, max_tokens=1, logprobs=1, prompt_logprobs=1)
+    expected = in_process.generate(context, params, use_tqdm=False)[0]
+    answer = client.completions.create(model=MODEL, prompt=context, max_tokens=1, temperature=0, logprobs=1, echo=True)
+    choice = answer.choices[0]
+    assert choice.text == context + expected.outputs[0].text
+    prompt_ids = expected.prompt_token_ids
+    logprobs = choice.logprobs
+    assert len(logprobs.tokens) == len(prompt_ids) + 1 and logprobs.token_logprobs[0] is None
+    want = [e[t].logprob for e, t in zip(expected.prompt_logprobs[1:], prompt_ids[1:])]
+    assert logprobs.token_logprobs[1 : len(prompt_ids)] == pytest.approx(want, abs=1e-4)
+    assert "".join(logprobs.tokens[: len(prompt_ids)]) == context
+    assert logprobs.text_offset[len(prompt_ids)] == len(context)
+    extra = client.completions.create(
+        model=MODEL, prompt=context, max_tokens=1, temperature=0, extra_body={"prompt_logprobs": 0}
+    ).choices[0].model_extra["prompt_logprobs"]  # fmt: skip
+    assert extra[0] is None and len(extra) == len(prompt_ids)
+    assert [entry[str(t)]["logprob"] for entry, t in zip(extra[1:], prompt_ids[1:])] == pytest.approx(want, abs=1e-4)
+    with pytest.raises(openai.BadRequestError, match="echo is not supported with stream"):
+        client.completions.create(model=MODEL, prompt=context, max_tokens=1, echo=True, stream=True)
+
+
 def test_logprobs_of_a_completion_and_a_chat_are_in_process_logprobs(client, in_process):
     expected = in_process.generate(PROMPT, SamplingParams(temperature=0, max_tokens=12, logprobs=2), use_tqdm=False)
     want = expected[0].outputs[0].logprobs

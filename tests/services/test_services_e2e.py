@@ -155,17 +155,25 @@ def test_penalties_through_the_gateway_are_in_process_output(
 def test_logprobs_through_the_gateway_are_in_process_logprobs(stack_name, request, tiny_llama, plain_greedy):
     """Each token's, from the verify pass that committed it, carried by the verifier and the gateway."""
     address = request.getfixturevalue(stack_name).gateway.address
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=2)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=2, prompt_logprobs=1)
     expected = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     for prompt, want, plain in zip(PROMPTS, expected, plain_greedy):
-        responses = generate(address, greedy_request(prompt, logprobs=2))
+        responses = generate(address, greedy_request(prompt, logprobs=2, prompt_logprobs=1))
         assert token_ids(responses) == plain
         got = wire.logprobs_from_proto([lp for r in responses for lp in r.logprobs])
         assert len(got) == len(plain)
-        for position, (a, b) in enumerate(zip(got, want.outputs[0].logprobs)):
-            assert list(a) == list(b), position
-            assert [x.rank for x in a.values()] == [x.rank for x in b.values()], position
-            assert [x.logprob for x in a.values()] == pytest.approx([x.logprob for x in b.values()], abs=1e-4)
+        _assert_same_logprobs(got, want.outputs[0].logprobs)
+        # the prompt's, in the first response only (the first pass scored the prompt)
+        assert not any(r.prompt_logprobs for r in responses[1:])
+        _assert_same_logprobs(wire.logprobs_from_proto(responses[0].prompt_logprobs), want.prompt_logprobs[1:])
+
+
+def _assert_same_logprobs(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for position, (a, b) in enumerate(zip(got, want)):
+        assert list(a) == list(b), position
+        assert [x.rank for x in a.values()] == [x.rank for x in b.values()], position
+        assert [x.logprob for x in a.values()] == pytest.approx([x.logprob for x in b.values()], abs=1e-4)
 
 
 def test_a_prompt_past_the_context_runs_from_its_last_tokens_with_truncate_prompt_tokens(ngram_stack, tiny_llama):
