@@ -56,10 +56,16 @@ CHAT_PARAMETERS = COMMON_PARAMETERS | {
     "parallel_tool_calls",
 }
 MAX_LOGPROBS = 20  # the most top tokens a request may ask for, as vLLM's default max_logprobs
-# values of unsupported parameters that ask for nothing, as some clients send them anyway
+# values of unsupported parameters that ask for nothing, as some clients send them anyway (vLLM's
+# extensions at their defaults among them: splitspec's text always skips special tokens)
 NEUTRAL_VALUES = {
     "echo": (None, False),
     "best_of": (None, 1),
+    "skip_special_tokens": (None, True),
+    "spaces_between_special_tokens": (None, True),
+    "min_p": (None, 0, 0.0),
+    "use_beam_search": (None, False),
+    "length_penalty": (None, 1, 1.0),
     "logit_bias": (None, {}),
     "tools": (None, []),
     "tool_choice": (None, "none"),

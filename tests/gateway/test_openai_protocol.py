@@ -85,6 +85,10 @@ def test_the_user_is_the_session_that_keeps_requests_on_one_proposer():
 
 def test_neutral_values_of_unsupported_parameters_pass():
     assert completion_choices({"prompt": "a", "logprobs": None, "logit_bias": {}, "echo": False}, 16)
+    vllm_defaults = {"skip_special_tokens": True, "spaces_between_special_tokens": True, "min_p": 0.0}
+    assert chat_choices({"messages": [{"role": "user", "content": "a"}], **vllm_defaults}, 16)
+    with pytest.raises(InvalidRequest, match="unsupported parameters: min_p, skip_special_tokens"):
+        completion_choices({"prompt": "a", "skip_special_tokens": False, "min_p": 0.1}, 16)
 
 
 def test_response_format_and_structured_outputs_reach_the_request():
