@@ -57,3 +57,9 @@ def test_repeated_work_asks_each_task_again_changed_and_as_it_was():
     assert [p.text for p in again[1::2]] == [p.text for p in first]
     for changed, task in zip(again[::2], first):
         assert "docstrings" in changed.text and changed.text.split("```")[1] == task.text.split("```")[1]
+
+
+def test_prompt_names_are_unique_across_workloads():
+    """The load sweep finds each prompt's K=0 output by name: two prompts may not share one."""
+    prompts = build_prompts([w for w in WORKLOADS if w != "repeats"], 3, seed=0)
+    assert len({p.name for p in prompts}) == len(prompts)

@@ -155,7 +155,8 @@ def json_facts(n: int, rng: random.Random) -> list[Prompt]:
         "names of up to five functions or classes it documents.\n\n"
     )
     structured = StructuredOutputsParams(json=DOCUMENT_FACTS)
-    return [Prompt("json", name, ask + doc, structured) for name, doc in rng.sample(docs, min(n, len(docs)))]
+    chosen = rng.sample(docs, min(n, len(docs)))
+    return [Prompt("json", f"{name} (json)", ask + doc, structured) for name, doc in chosen]
 
 
 def chat(n: int, rng: random.Random) -> list[Prompt]:
