@@ -406,7 +406,9 @@ def paged_attention_triton(
     num_tokens, q_heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     query = query.contiguous()
-    out = torch.empty_like(query) if out is None else out
+    # rows of no sequence (a graph's padding) are written by no program: zeros, not whatever memory held,
+    # which could be NaN and spread through the padding's later layers
+    out = torch.zeros_like(query) if out is None else out
     # Triton's interpreter computes bf16 dot products wrongly (3.9.0); there both sides go up to fp32
     dot_in_fp32 = query.dtype == torch.bfloat16 and interpreting()
     num_seqs = batch.seq_lens.shape[0]
@@ -415,7 +417,8 @@ def paged_attention_triton(
     splits = num_splits or context_splits(num_seqs * kv_heads * tiles, query.device)
     block_d = max(16, triton.next_power_of_2(head_dim))
     if splits > 1:  # per row, head and part: the sum (block_d wide), then max and denominator
-        partial = torch.empty(num_tokens, q_heads, splits, block_d + 2, dtype=torch.float32, device=query.device)
+        partial = torch.zeros(num_tokens, q_heads, splits, block_d + 2, dtype=torch.float32, device=query.device)
+        partial[..., block_d] = float("-inf")  # rows no program writes merge to zeros
     else:
         partial = out  # not read
     _paged_attention_kernel[(num_seqs, kv_heads, tiles * splits)](
