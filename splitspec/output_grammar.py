@@ -17,6 +17,7 @@ one-hot draft the two are the same.)
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -148,8 +149,6 @@ class GrammarCompiler:
 
 def choice_grammar(choices: Iterable[str]) -> str:
     """EBNF whose sentences are exactly the choices (JSON's string escapes are EBNF's)."""
-    import json
-
     return "root ::= " + " | ".join(json.dumps(choice, ensure_ascii=False) for choice in choices)
 
 
