@@ -153,6 +153,8 @@ class VerifierBackend:
             request.start.presence_penalty = penalties.presence
             request.start.frequency_penalty = penalties.frequency
             request.start.repetition_penalty = penalties.repetition
+        request.start.min_p = params.min_p
+        request.start.logit_bias.update(params.logit_bias or {})
         if params.structured_outputs is not None:
             request.start.structured_outputs.CopyFrom(wire.structured_outputs_to_proto(params.structured_outputs))
         raise_if_error(await self.stream.call(request))

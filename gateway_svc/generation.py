@@ -43,6 +43,7 @@ from splitspec.sequence import Sequence, request_seed
 from splitspec.stop_checker import StopChecker
 from splitspec.token_ban import TokenBan
 from splitspec.token_penalties import TokenPenalties
+from splitspec.tokenizer import decode_output
 from splitspec.tracing import carrier_of
 from splitspec_protos import splitspec_v1_pb2 as pb
 
@@ -83,8 +84,8 @@ class GatewayCore:
             return traits.method
         return "ngram" if self.rounds.ngram_without_proposers and self.rounds.local_ngram else ""
 
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer is not None else ""
+    def decode(self, token_ids: list[int], params: SamplingParams) -> str:
+        return decode_output(self.tokenizer, token_ids, params) if self.tokenizer is not None else ""
 
     def num_drafts(self, req: Request, verifier: VerifierBackend, proposer: ProposerBackend | None) -> int:
         return num_drafts(req, verifier, proposer, self.max_model_len)
@@ -107,7 +108,7 @@ class GatewayCore:
         req = self._new_request(prompt, prompt_ids, params, num_speculative_tokens, deadline, span, session_id)
         seq, plan = req.seq, req.plan
         stop_checker = StopChecker(self.eos_token_ids, self.max_model_len, self.decode)
-        detokenizer = IncrementalDetokenizer(self.decode, params.stop_strings, len(prompt_ids))
+        detokenizer = IncrementalDetokenizer(lambda ids: self.decode(ids, params), params.stop_strings, len(prompt_ids))
         if plan.num_speculative_tokens > 0 and not req.local:
             req.slot.use(self.placement.next_proposer(affinity=req.slot.affinity))
         verifier: VerifierBackend | None = await self.placement.start_on_a_verifier(

@@ -385,19 +385,22 @@ class _Answer:
     def _text(self, token_ids: list[int]) -> str:
         return "".join(self.token_text(t) for t in token_ids)
 
-    def _echo(self, choice: Choice, part: dict) -> None:
-        """The prompt before the completion's text, and before its logprobs where they are asked for."""
+    def _echo(self, choice: Choice, part: dict) -> int:
+        """The prompt before the completion's text, and before its logprobs where they are asked for;
+        returns how far the echo moves the completion's text offsets."""
         prompt_ids = self.prompt_ids(choice.request)
         truncated = choice.request.sampling.HasField("truncate_prompt_tokens")
         echoed = choice.request.prompt if choice.request.prompt and not truncated else self._text(prompt_ids)
         part["text"] = echoed + part["text"]
-        if part["logprobs"] is not None:
-            top = choice.request.sampling.logprobs
-            head = echoed_logprobs(prompt_ids[0], choice.prompt_logprobs, top, self.token_text)
-            tail = part["logprobs"]
-            shift = sum(len(t) for t in head["tokens"])
-            tail["text_offset"] = [offset + shift for offset in tail["text_offset"]]
-            part["logprobs"] = {key: head[key] + tail[key] for key in head}
+        if part["logprobs"] is None:
+            return 0
+        top = choice.request.sampling.logprobs
+        head = echoed_logprobs(prompt_ids[0], choice.prompt_logprobs, top, self.token_text)
+        tail = part["logprobs"]
+        shift = sum(len(t) for t in head["tokens"])
+        tail["text_offset"] = [offset + shift for offset in tail["text_offset"]]
+        part["logprobs"] = {key: head[key] + tail[key] for key in head}
+        return shift
 
     def chunk(
         self,
@@ -407,17 +410,22 @@ class _Answer:
         usage_in_stream: UsageInStream,
         entries: list[pb.TokenLogprobs] | None = None,
     ) -> dict:
-        """entries: the logprobs of the tokens this chunk carries, the last of the choice's so far."""
+        """entries: the logprobs of the tokens this chunk carries, the last of the choice's so far. An
+        echoed completion's first chunk starts with its prompt (and the prompt's logprobs), as vLLM's."""
+        echo_now = not self.chat and choice.echo and choice.echo_shift is None
         logprobs = None
-        if entries:
-            earlier = choice.logprobs[: len(choice.logprobs) - len(entries)]
-            logprobs = self._logprobs(choice, entries, sum(len(self.token_text(e.token_ids[0])) for e in earlier))
+        if entries or echo_now:
+            earlier = choice.logprobs[: len(choice.logprobs) - len(entries or [])]
+            offset = sum(len(self.token_text(e.token_ids[0])) for e in earlier) + (choice.echo_shift or 0)
+            logprobs = self._logprobs(choice, entries or [], offset)
         if self.chat:
             part = {"index": choice.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             chunk = {**self._head("chat.completion.chunk"), "choices": [part]}
         else:
             part = {"index": choice.index, "text": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             chunk = {**self._head("text_completion"), "choices": [part]}
+            if echo_now:
+                choice.echo_shift = self._echo(choice, part)
         if usage_in_stream.at_end:
             chunk["usage"] = usage(self.choices) if usage_in_stream.every_chunk else None
         return chunk

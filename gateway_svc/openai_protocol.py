@@ -2,8 +2,8 @@
 
 Pure translation, no I/O: a request body becomes one GenerateRequest per choice (each prompt of a
 completion times `n`), and the gateway's responses become OpenAI's objects and stream chunks. What
-the OpenAI API has and splitspec does not (tools, logit_bias, echo) is refused by name,
-never silently ignored.
+the OpenAI API has and splitspec does not (beam search, best_of, suffix, tool_choice "auto") is
+refused by name, never silently ignored.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ COMMON_PARAMETERS = {
     "speculation",
     "user",
     "return_token_ids",
+    "min_p",
+    "logit_bias",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
 }
 COMPLETION_PARAMETERS = COMMON_PARAMETERS | {"prompt", "logprobs", "echo", "prompt_logprobs"}
 CHAT_PARAMETERS = COMMON_PARAMETERS | {
@@ -57,16 +61,12 @@ CHAT_PARAMETERS = COMMON_PARAMETERS | {
 }
 MAX_LOGPROBS = 20  # the most top tokens a request may ask for, as vLLM's default max_logprobs
 # values of unsupported parameters that ask for nothing, as some clients send them anyway (vLLM's
-# extensions at their defaults among them: splitspec's text always skips special tokens)
+# extensions at their defaults among them)
 NEUTRAL_VALUES = {
     "echo": (None, False),
     "best_of": (None, 1),
-    "skip_special_tokens": (None, True),
-    "spaces_between_special_tokens": (None, True),
-    "min_p": (None, 0, 0.0),
     "use_beam_search": (None, False),
     "length_penalty": (None, 1, 1.0),
-    "logit_bias": (None, {}),
     "tools": (None, []),
     "tool_choice": (None, "none"),
     "parallel_tool_calls": (None,),
@@ -98,6 +98,7 @@ class Choice:
     logprobs: list[pb.TokenLogprobs] = field(default_factory=list)
     tool_mode: ToolMode | None = None  # the answer is tool calls (gateway_svc.tool_calls)
     echo: bool = False  # a completion that starts with its prompt
+    echo_shift: int | None = None  # streamed: the echoed prompt's logprobs text length, once it has gone out
     prompt_logprobs: list[pb.TokenLogprobs] = field(default_factory=list)  # per prompt token after the first
 
 
@@ -113,8 +114,6 @@ def completion_choices(body: dict, default_max_tokens: int) -> list[Choice]:
     echo = body.get("echo") is True
     if body.get("echo") is not None and not isinstance(body["echo"], bool):
         raise InvalidRequest("echo must be true or false", "echo")
-    if echo and body.get("stream"):
-        raise InvalidRequest("echo is not supported with stream", "echo")
     if body.get("prompt_logprobs") is not None:
         template.sampling.prompt_logprobs = _integer(
             body["prompt_logprobs"], "prompt_logprobs", low=0, high=MAX_LOGPROBS
@@ -340,6 +339,15 @@ def _sampled(body: dict, max_tokens, default_max_tokens: int) -> pb.GenerateRequ
             setattr(s, name, _number(body[name], name))
     if body.get("repetition_penalty") is not None:
         s.repetition_penalty = _number(body["repetition_penalty"], "repetition_penalty")
+    if body.get("min_p") is not None:
+        s.min_p = _number(body["min_p"], "min_p")
+    if body.get("logit_bias") is not None:
+        s.logit_bias.update(_logit_bias(body["logit_bias"]))
+    for name in ("skip_special_tokens", "spaces_between_special_tokens"):
+        if body.get(name) is not None:
+            if not isinstance(body[name], bool):
+                raise InvalidRequest(f"{name} must be true or false", name)
+            setattr(s, name, body[name])
     structured = _structured_outputs(body)
     if structured is not None:
         s.structured_outputs.CopyFrom(structured)
@@ -456,6 +464,22 @@ def _token_ids(ids: list[int], name: str) -> list[int]:
     if bad is not None:
         raise InvalidRequest(f"{name}: token ids are integers in [0, 2^31), got {bad}", name)
     return list(ids)
+
+
+def _logit_bias(bias) -> dict[int, float]:
+    """OpenAI's logit_bias: {"token id": bias}; the bias's range and whether the model has the token,
+    the gateway's SamplingParams say."""
+    if not isinstance(bias, dict):
+        raise InvalidRequest(
+            'logit_bias must be an object of token ids to biases, such as {"50256": -100}', "logit_bias"
+        )
+    parsed = {}
+    for key, value in bias.items():
+        token = int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else None
+        if token is None or token >= 2**31:
+            raise InvalidRequest(f"logit_bias keys are token ids in [0, 2^31), got {_printable(key)!r}", "logit_bias")
+        parsed[token] = _number(value, f"logit_bias[{key}]")
+    return parsed
 
 
 def _printable(name: str) -> str:

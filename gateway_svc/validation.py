@@ -100,7 +100,14 @@ def validate(
             frequency_penalty=s.frequency_penalty,
             repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
             structured_outputs=wire.structured_outputs_from_proto(s.structured_outputs),
+            min_p=s.min_p,
+            logit_bias=dict(s.logit_bias),
+            skip_special_tokens=s.skip_special_tokens if s.HasField("skip_special_tokens") else True,
+            spaces_between_special_tokens=(
+                s.spaces_between_special_tokens if s.HasField("spaces_between_special_tokens") else True
+            ),
         )
+        params.check_vocabulary(vocab_size)
     except SplitspecError as exc:
         raise _invalid(f"sampling: {exc}") from None
 

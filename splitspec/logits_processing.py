@@ -1,6 +1,16 @@
-"""The target distribution p: temperature, then top-k, then top-p, as vLLM applies them."""
+"""The target distribution p: a request's logit bias and min-p on its logits, then temperature, then
+top-k, then top-p, as vLLM applies them.
+
+vLLM adds logit_bias with the min_tokens ban, before the penalties, and applies min-p after
+temperature, before top-k and top-p: a token is dropped when its probability is below min_p times
+the most likely token's. That test needs no probabilities: p_i < min_p * p_max holds exactly when
+logit_i / T < logit_max / T + ln(min_p), so min-p is a mask on the logits, applied before temperature
+with the same result, and greedy decoding (argmax) is never changed by it.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -50,3 +60,21 @@ def batched_target_probs(
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     probs = probs.masked_fill(drop, 0.0)
     return torch.where(nucleus, probs / probs.sum(dim=-1, keepdim=True), probs)
+
+
+def apply_logit_bias(logits: torch.Tensor, bias: dict[int, float]) -> None:
+    """logits [rows, vocab]: each biased token's logit moved by its bias, in place."""
+    ids = torch.tensor(list(bias), dtype=torch.int64, device=logits.device)
+    values = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    with torch.inference_mode():  # the runner's logits are inference tensors
+        logits[:, ids] += values
+
+
+def apply_min_p(logits: torch.Tensor, min_p: float, temperature: float) -> None:
+    """logits [rows, vocab]: tokens below min_p times the most likely one's probability at temperature
+    (> 0) masked to -inf, in place. min_p 0 masks nothing; 1 keeps only the most likely tokens."""
+    if min_p <= 0.0:
+        return
+    with torch.inference_mode():
+        floor = logits.max(dim=-1, keepdim=True).values + temperature * math.log(min_p)
+        logits.masked_fill_(logits < floor, float("-inf"))

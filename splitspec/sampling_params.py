@@ -25,6 +25,11 @@ class SamplingParams:
     presence_penalty, frequency_penalty (OpenAI's, in [-2, 2]) and repetition_penalty (vLLM's, > 0; 1 is
     off): applied to the target's logits as vLLM does (splitspec.token_penalties). structured_outputs:
     what the output must match (splitspec.structured_outputs); it ends at EOS once matched.
+    min_p (vLLM's, in [0, 1]; 0 is off): tokens less likely than min_p times the most likely one get no
+    probability. logit_bias (OpenAI's): {token id: bias in [-100, 100]} added to the target's logits.
+    Both apply as vLLM applies them (splitspec.logits_processing). skip_special_tokens (default true):
+    special tokens are left out of the text; spaces_between_special_tokens: as transformers' decode
+    takes it (fast tokenizers, the default model's included, put no spaces there either way).
     """
 
     temperature: float = 1.0
@@ -44,6 +49,10 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     structured_outputs: StructuredOutputsParams | None = None
+    min_p: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
     _stop_strings: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -79,6 +88,12 @@ class SamplingParams:
                 raise SplitspecError(f"{name} must be a number in [-2, 2], got {value!r}")
         if not _is_number(self.repetition_penalty) or not 0 < self.repetition_penalty < math.inf:
             raise SplitspecError(f"repetition_penalty must be a number > 0 (1 is off), got {self.repetition_penalty!r}")
+        if not _is_number(self.min_p) or not 0.0 <= self.min_p <= 1.0:
+            raise SplitspecError(f"min_p must be a number in [0, 1] (0 is off), got {self.min_p!r}")
+        self.logit_bias = _logit_bias(self.logit_bias)
+        for name in ("skip_special_tokens", "spaces_between_special_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                raise SplitspecError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.structured_outputs is not None:
             if not isinstance(self.structured_outputs, StructuredOutputsParams):
                 raise SplitspecError("structured_outputs must be a StructuredOutputsParams")
@@ -102,6 +117,12 @@ class SamplingParams:
         keep = self.truncate_prompt_tokens
         return prompt_token_ids[-keep:] if keep is not None else prompt_token_ids
 
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Raise SplitspecError unless every token id logit_bias names is in the vocabulary."""
+        bad = next((t for t in self.logit_bias or {} if t >= vocab_size), None)
+        if bad is not None:
+            raise SplitspecError(f"logit_bias token ids must be in [0, {vocab_size}); got {bad}")
+
     @property
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
@@ -117,3 +138,20 @@ class SamplingParams:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on a logit_bias value
+
+
+def _logit_bias(bias: object) -> dict[int, float] | None:
+    """None or {} as None; otherwise {non-negative token id: bias in [-100, 100]}, as floats."""
+    if not bias:
+        return None
+    if not isinstance(bias, dict):
+        raise SplitspecError(f"logit_bias must be a dict of token id to bias, got {bias!r}")
+    for token, value in bias.items():
+        if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+            raise SplitspecError(f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
+        if not _is_number(value) or not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise SplitspecError(f"logit_bias values must be numbers in [-100, 100], got {value!r} for token {token}")
+    return {token: float(value) for token, value in bias.items()}

@@ -6,16 +6,18 @@ from typing import Callable
 
 from splitspec.incremental_decoder import IncrementalDecoder
 from splitspec.outputs import FinishReason
+from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
+
+Detokenize = Callable[[list[int], SamplingParams], str]
+"""Output tokens as the user sees them, decoded as the request asks (splitspec.tokenizer.decode_output)."""
 
 
 class StopChecker:
-    """`detokenize` decodes output tokens as the user sees them (skipping special tokens); without one,
-    stop strings never match."""
+    """`detokenize` gives the output's text, in which stop strings are looked for; without one, stop
+    strings never match."""
 
-    def __init__(
-        self, eos_token_ids: set[int], max_model_len: int, detokenize: Callable[[list[int]], str] | None
-    ) -> None:
+    def __init__(self, eos_token_ids: set[int], max_model_len: int, detokenize: Detokenize | None) -> None:
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self.detokenize = detokenize
@@ -47,14 +49,22 @@ class StopChecker:
         return len(new_tokens)
 
     def output_text(self, seq: Sequence) -> str:
-        """A finished output's text: cut at the stop string that stopped it, else the whole output decoded."""
+        """A finished output's text: cut at the stop string that stopped it, else the whole output decoded
+        but for the EOS or stop token id that ended it, which is text only with include_stop_str_in_output
+        (vLLM's rule; it shows where special tokens are not skipped, or a stop token id is a word)."""
         if seq.stop_reason in seq.params.stop_strings:
             return seq.text
-        return self.detokenize(seq.output_token_ids) if self.detokenize is not None else ""
+        if self.detokenize is None:
+            return ""
+        ids = seq.output_token_ids
+        if seq.finish_reason == FinishReason.STOP and not seq.params.include_stop_str_in_output:
+            ids = ids[:-1]
+        return self.detokenize(ids, seq.params)
 
     def _decoder(self, seq: Sequence) -> IncrementalDecoder:
         if seq.decoded_output is None:
-            seq.decoded_output = IncrementalDecoder(self.detokenize, len(seq.prompt_token_ids))
+            detokenize, params = self.detokenize, seq.params
+            seq.decoded_output = IncrementalDecoder(lambda ids: detokenize(ids, params), len(seq.prompt_token_ids))
         return seq.decoded_output
 
     def _hit_stop_string(self, seq: Sequence) -> bool:

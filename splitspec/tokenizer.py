@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from splitspec.errors import SplitspecError
+from splitspec.sampling_params import SamplingParams
 
 
 def load_tokenizer(path: Path):
@@ -13,6 +14,16 @@ def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def decode_output(tokenizer, token_ids: list[int], params: SamplingParams) -> str:
+    """Output tokens as the request's text: special tokens left out unless params.skip_special_tokens
+    is false (vLLM's default and options)."""
+    return tokenizer.decode(
+        token_ids,
+        skip_special_tokens=params.skip_special_tokens,
+        spaces_between_special_tokens=params.spaces_between_special_tokens,
+    )
 
 
 def chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:

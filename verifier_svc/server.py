@@ -161,6 +161,8 @@ def _params(start: pb.StartSequence) -> SamplingParams:
             max_tokens=None,
             logprobs=start.logprobs if start.HasField("logprobs") else None,
             prompt_logprobs=start.prompt_logprobs if start.HasField("prompt_logprobs") else None,
+            min_p=start.min_p,
+            logit_bias=dict(start.logit_bias),
         )
     except (ValueError, SplitspecError) as exc:
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None

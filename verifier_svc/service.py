@@ -231,6 +231,7 @@ class VerifierService:
             raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"sequence {seq_id} is already running on this verifier")
         try:
             check_prompt(token_ids, self.runner.vocab_size, self.runner.max_model_len)
+            params.check_vocabulary(self.runner.vocab_size)
         except SplitspecError as exc:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         limit = check_time_limit("start.time_limit_s", time_limit_s)

@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 import torch
 
 from splitspec.drafts import Draft, HiddenStates
+from splitspec.logits_processing import apply_logit_bias, apply_min_p
 from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.output_grammar import GrammarPlan, GrammarState
 from splitspec.sampling_params import SamplingParams
@@ -137,7 +138,7 @@ class Verifier:
         plans: list[GrammarPlan | None],
         logits: torch.Tensor,
     ) -> list[VerifyRequest]:
-        """Each step's rows, with its ban, penalties and grammar mask applied, judging its draft: the fed
+        """Each step's rows, with its ban, logit bias, penalties, grammar mask and min-p applied, judging its draft: the fed
         part, then the forbidden token after it if any (GrammarPlan.judged). That token is judged at the
         last fed row and rejected for certain, so the row after it, which no pass computed, is never
         read: a copy of the last stands in for it."""
@@ -147,6 +148,8 @@ class Verifier:
             rows = logits[row : row + k + 1]
             if seq.token_ban is not None:
                 seq.token_ban.apply(rows, len(seq.tokens))
+            if seq.params.logit_bias is not None:
+                apply_logit_bias(rows, seq.params.logit_bias)
             if seq.penalties is not None:
                 seq.penalties.apply(rows, seq.tokens, fed_draft.token_ids)
             judged = fed_draft
@@ -155,6 +158,8 @@ class Verifier:
                 judged = _prefix(draft, plan.judged)
                 if plan.judged > k:
                     rows = torch.cat([rows, rows[-1:]])
+            if not seq.params.greedy:
+                apply_min_p(rows, seq.params.min_p, seq.params.temperature)
             requests.append(
                 VerifyRequest(
                     logits=rows,

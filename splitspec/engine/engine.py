@@ -69,6 +69,7 @@ class Engine:
         prompt_token_ids = params.truncated(prompt_token_ids)
         try:
             check_prompt(prompt_token_ids, self.runner.vocab_size, self.runner.max_model_len)
+            params.check_vocabulary(self.runner.vocab_size)
         except SplitspecError as exc:
             raise SplitspecError(f"request {seq_id}: {exc}") from None
         seq = Sequence(seq_id, prompt, list(prompt_token_ids), params, request_seed(params, self._rng))

@@ -12,6 +12,7 @@ from proposer_svc.proposer import Proposer
 from splitspec.draft_limits import max_drafts
 from splitspec.drafts import Draft, DraftRequest, HiddenStates
 from splitspec.errors import SplitspecError
+from splitspec.logits_processing import apply_logit_bias, apply_min_p
 from splitspec.models.runner import ForwardInput, ModelRunner
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
@@ -56,8 +57,12 @@ def generate_one(
             states = states[:, : len(layers) * states.shape[1] // (len(layers) + 1)] if layers else states
             if ban is not None:
                 ban.apply(logits, len(seq.tokens))
+            if params.logit_bias is not None:
+                apply_logit_bias(logits, params.logit_bias)
             if penalties is not None:
                 penalties.apply(logits, seq.tokens, draft.token_ids)
+            if not params.greedy:
+                apply_min_p(logits, params.min_p, params.temperature)
             result = verify(
                 VerifyRequest(
                     logits,

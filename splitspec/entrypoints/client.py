@@ -37,6 +37,10 @@ def build_request(
     frequency_penalty: float = 0.0,
     repetition_penalty: float | None = None,
     structured_outputs: StructuredOutputsParams | None = None,
+    min_p: float = 0.0,
+    logit_bias: dict[int, float] | None = None,
+    skip_special_tokens: bool | None = None,
+    spaces_between_special_tokens: bool | None = None,
 ) -> pb.GenerateRequest:
     """prompt: text, token ids, or a conversation ([{"role": ..., "content": ...}]) that the gateway puts
     through the model's chat template. session_id: keeps related requests on one proposer pod."""
@@ -58,6 +62,8 @@ def build_request(
         ("prompt_logprobs", prompt_logprobs),
         ("truncate_prompt_tokens", truncate_prompt_tokens),
         ("repetition_penalty", repetition_penalty),
+        ("skip_special_tokens", skip_special_tokens),
+        ("spaces_between_special_tokens", spaces_between_special_tokens),
     ):
         if value is not None:
             setattr(s, name, value)
@@ -67,6 +73,8 @@ def build_request(
     s.min_tokens = min_tokens
     s.include_stop_str_in_output = include_stop_str_in_output
     s.presence_penalty = presence_penalty
+    s.min_p = min_p
+    s.logit_bias.update(logit_bias or {})
     if structured_outputs is not None:
         s.structured_outputs.CopyFrom(wire.structured_outputs_to_proto(structured_outputs))
     s.frequency_penalty = frequency_penalty

@@ -22,7 +22,7 @@ from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
 from splitspec.stop_checker import StopChecker
 from splitspec.token_logprobs import Logprob
-from splitspec.tokenizer import chat_prompt, eos_token_ids, load_tokenizer
+from splitspec.tokenizer import chat_prompt, decode_output, eos_token_ids, load_tokenizer
 
 if TYPE_CHECKING:
     from proposer_svc.proposer import Proposer
@@ -261,10 +261,10 @@ class LLM:
             raise SplitspecError(f"{self.config.model_path} has no tokenizer files; pass token prompts instead")
         return self.engine.add_request(seq_id, prompt, self.tokenizer.encode(prompt), params)
 
-    def _detokenize(self, token_ids: list[int]) -> str:
+    def _detokenize(self, token_ids: list[int], params: SamplingParams) -> str:
         if self.tokenizer is None:
             return ""
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return decode_output(self.tokenizer, token_ids, params)
 
     def _decoded(self, logprobs: list[dict[int, Logprob]] | None) -> list[dict[int, Logprob]] | None:
         """Each entry with its token's own text, as vLLM gives it."""

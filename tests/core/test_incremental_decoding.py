@@ -93,7 +93,7 @@ def test_stop_strings_stop_where_decoding_the_whole_output_after_every_token_doe
     include = data.draw(st.booleans(), label="include_stop_str_in_output")
     round_sizes = data.draw(st.lists(st.integers(1, 8), min_size=1, max_size=5), label="round sizes")
 
-    checker = StopChecker(set(), 1 << 20, decode)
+    checker = StopChecker(set(), 1 << 20, lambda ids, params: decode(ids))
     seq = sequence(len(output), stops, include)
     for round_tokens in in_rounds(output, round_sizes):
         checker.commit(seq, round_tokens)
@@ -108,7 +108,7 @@ def test_stop_strings_stop_where_decoding_the_whole_output_after_every_token_doe
 def test_checking_stop_strings_decodes_as_few_tokens_per_token_at_4000_tokens_as_at_the_start(tokenizer):
     output = long_output(tokenizer, LONG_OUTPUT_TOKENS)
     counting = CountingTokenizer(tokenizer)
-    checker = StopChecker(set(), 1 << 20, user_decode(counting))
+    checker = StopChecker(set(), 1 << 20, lambda ids, params: user_decode(counting)(ids))
     seq = sequence(len(output), ["日本語のテキスト!", NEVER])  # both long, neither in the text
     round_costs = []
     for round_tokens in in_rounds(output, ROUND_SIZES):

@@ -154,7 +154,7 @@ def sequence(**params) -> Sequence:
 
 
 def checker(max_model_len: int = 64) -> StopChecker:
-    return StopChecker({EOS}, max_model_len, detokenize)
+    return StopChecker({EOS}, max_model_len, lambda ids, params: detokenize(ids))
 
 
 def test_commit_appends_every_token_when_nothing_stops():
@@ -175,6 +175,14 @@ def test_commit_stops_at_a_stop_token_in_the_middle_of_a_round():
     seq = sequence(stop_token_ids=[WOR])
     assert checker().commit(seq, [HE, LLO, WOR, LD, BANG]) == 3
     assert (seq.finish_reason, seq.stop_reason) == ("stop", WOR)
+
+
+def test_the_stop_token_that_ends_an_output_is_text_only_with_include_stop_str_in_output():
+    """vLLM's rule: the EOS or stop token id that stops an output is not part of its text."""
+    for include, text in ((False, "hello"), (True, "hello wor")):
+        seq, stops = sequence(stop_token_ids=[WOR], include_stop_str_in_output=include), checker()
+        stops.commit(seq, [HE, LLO, WOR, LD])
+        assert stops.output_text(seq) == text
 
 
 def test_commit_stops_at_eos_unless_ignored():

@@ -115,6 +115,48 @@ def test_penalties_are_in_process_penalties(client, in_process):
         client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, presence_penalty=2.5)
 
 
+def test_logit_bias_min_p_and_special_tokens_are_in_process(client, in_process):
+    """OpenAI's logit_bias, vLLM's min_p and skip_special_tokens, through the gateway to the verifier."""
+    plain = in_process.generate(PROMPT, _greedy(24), use_tqdm=False)[0].outputs[0]
+    bias = {plain.token_ids[3]: -100.0, plain.token_ids[8]: -100.0}
+    params = SamplingParams(temperature=0, max_tokens=24, logit_bias=bias)
+    expected = in_process.generate(PROMPT, params, use_tqdm=False)[0].outputs[0]
+    assert expected.token_ids != plain.token_ids  # the check below can fail
+    biased = {str(token): value for token, value in bias.items()}
+    answer = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0, logit_bias=biased)
+    assert answer.choices[0].text == expected.text
+    sampled = dict(temperature=1.3, max_tokens=24, seed=7)
+    loose = in_process.generate(PROMPT, SamplingParams(**sampled), use_tqdm=False)[0].outputs[0]
+    expected = in_process.generate(PROMPT, SamplingParams(min_p=0.3, **sampled), use_tqdm=False)[0].outputs[0]
+    assert expected.token_ids != loose.token_ids  # the check below can fail
+    answer = client.completions.create(model=MODEL, prompt=PROMPT, extra_body={"min_p": 0.3}, **sampled)
+    assert answer.choices[0].text == expected.text
+
+    im_start = in_process.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    forced = {"max_tokens": 3, "temperature": 0, "logit_bias": {str(im_start): 100}}
+    assert client.completions.create(model=MODEL, prompt=PROMPT, **forced).choices[0].text == ""
+    shown = client.completions.create(model=MODEL, prompt=PROMPT, extra_body={"skip_special_tokens": False}, **forced)
+    assert shown.choices[0].text == "<|im_start|>" * 3
+    params = SamplingParams(max_tokens=3, temperature=0, logit_bias={im_start: 100}, skip_special_tokens=False)
+    assert in_process.generate(PROMPT, params, use_tqdm=False)[0].outputs[0].text == "<|im_start|>" * 3
+    with pytest.raises(openai.BadRequestError, match="logit_bias token ids must be in"):
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, logit_bias={"99999999": 1})
+
+
+def test_the_eos_that_ends_an_answer_is_text_only_with_include_stop_str_in_output(client, in_process):
+    """With special tokens shown, the EOS that ended the answer stays out of its text, as vLLM's."""
+    messages = [{"role": "user", "content": "What is the capital of France? Answer with one word."}]
+    shown = SamplingParams(temperature=0, max_tokens=64, skip_special_tokens=False)
+    expected = in_process.chat(messages, shown, use_tqdm=False)[0].outputs[0]
+    hidden = in_process.chat(messages, _greedy(64), use_tqdm=False)[0].outputs[0]
+    assert expected.finish_reason == "stop" and expected.text == hidden.text and "<|im_end|>" not in expected.text
+    extra = {"skip_special_tokens": False, "include_stop_str_in_output": True}
+    answer = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=64, temperature=0, extra_body=extra
+    )
+    assert answer.choices[0].message.content == expected.text + "<|im_end|>"
+
+
 CITY = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
@@ -268,8 +310,18 @@ def test_echo_with_logprobs_scores_the_prompt_as_lm_evaluation_harness_asks(clie
     ).choices[0].model_extra["prompt_logprobs"]  # fmt: skip
     assert extra[0] is None and len(extra) == len(prompt_ids)
     assert [entry[str(t)]["logprob"] for entry, t in zip(extra[1:], prompt_ids[1:])] == pytest.approx(want, abs=1e-4)
-    with pytest.raises(openai.BadRequestError, match="echo is not supported with stream"):
-        client.completions.create(model=MODEL, prompt=context, max_tokens=1, echo=True, stream=True)
+    whole = client.completions.create(model=MODEL, prompt=context, max_tokens=6, temperature=0, logprobs=1, echo=True)
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt=context, max_tokens=6, temperature=0, logprobs=1, echo=True, stream=True
+        )
+    )  # the echo goes out with the first chunk, as vLLM's
+    assert chunks[0].choices[0].text.startswith(context)
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+    assert [t for lp in streamed for t in lp.tokens] == whole.choices[0].logprobs.tokens
+    assert [t for lp in streamed for t in lp.token_logprobs] == whole.choices[0].logprobs.token_logprobs
+    assert [t for lp in streamed for t in lp.text_offset] == whole.choices[0].logprobs.text_offset
 
 
 def test_logprobs_of_a_completion_and_a_chat_are_in_process_logprobs(client, in_process):

@@ -59,6 +59,10 @@ USUAL = {
     "presence_penalty": st.sampled_from([0, 0.5, -2]),
     "frequency_penalty": st.sampled_from([0, 1.5]),
     "repetition_penalty": st.sampled_from([1, 1.3]),
+    "min_p": st.sampled_from([0, 0.2, 1, -0.5, 2]),
+    "logit_bias": st.dictionaries(st.sampled_from(["0", "17", "-3", "999999999", "x"]), WILD, max_size=2),
+    "skip_special_tokens": st.booleans(),
+    "spaces_between_special_tokens": st.booleans(),
     "response_format": st.sampled_from(
         [{"type": "text"}, {"type": "json_object"}, {"type": "json_schema", "json_schema": {"schema": {}}}]
     ),

@@ -52,7 +52,13 @@ def test_chat_messages_join_text_parts_and_take_max_completion_tokens():
     "body, words",
     [
         ({"prompt": "a", "logprobs": 21}, "logprobs must be an integer in [0, 20]"),
-        ({"prompt": "a", "tools": [{"type": "function"}], "logit_bias": {"5": 1}}, "logit_bias, tools"),
+        ({"prompt": "a", "tools": [{"type": "function"}], "best_of": 2}, "best_of, tools"),
+        ({"prompt": "a", "logit_bias": {"x": 1}}, "logit_bias keys are token ids in [0, 2^31), got 'x'"),
+        ({"prompt": "a", "logit_bias": {"-3": 1}}, "logit_bias keys are token ids"),
+        ({"prompt": "a", "logit_bias": {"5": "up"}}, "logit_bias[5] must be a finite number"),
+        ({"prompt": "a", "logit_bias": [5]}, "logit_bias must be an object"),
+        ({"prompt": "a", "min_p": "low"}, "min_p must be a finite number"),
+        ({"prompt": "a", "skip_special_tokens": 0}, "skip_special_tokens must be true or false"),
         ({"prompt": "a", "presence_penalty": "high"}, "presence_penalty must be a finite number"),
         ({"prompt": "a", "n": 17}, "n must be an integer in [1, 16]"),
         ({"prompt": "a", "min_tokens": -1}, "min_tokens must be an integer in [0, "),
@@ -84,11 +90,20 @@ def test_the_user_is_the_session_that_keeps_requests_on_one_proposer():
 
 
 def test_neutral_values_of_unsupported_parameters_pass():
-    assert completion_choices({"prompt": "a", "logprobs": None, "logit_bias": {}, "echo": False}, 16)
-    vllm_defaults = {"skip_special_tokens": True, "spaces_between_special_tokens": True, "min_p": 0.0}
-    assert chat_choices({"messages": [{"role": "user", "content": "a"}], **vllm_defaults}, 16)
-    with pytest.raises(InvalidRequest, match="unsupported parameters: min_p, skip_special_tokens"):
-        completion_choices({"prompt": "a", "skip_special_tokens": False, "min_p": 0.1}, 16)
+    assert completion_choices({"prompt": "a", "logprobs": None, "best_of": 1, "echo": False}, 16)
+    assert chat_choices({"messages": [{"role": "user", "content": "a"}], "use_beam_search": False}, 16)
+    with pytest.raises(InvalidRequest, match="unsupported parameters: best_of, use_beam_search"):
+        completion_choices({"prompt": "a", "best_of": 2, "use_beam_search": True}, 16)
+
+
+def test_min_p_logit_bias_and_decoding_options_reach_the_request():
+    body = {"prompt": "a", "min_p": 0.25, "logit_bias": {"7": -100, "12": 3.5}, "skip_special_tokens": False}
+    s = completion_choices(body, 16)[0].request.sampling
+    assert (s.min_p, dict(s.logit_bias), s.skip_special_tokens) == (0.25, {7: -100.0, 12: 3.5}, False)
+    assert not s.HasField("spaces_between_special_tokens")
+    chat = {"messages": [{"role": "user", "content": "a"}], "spaces_between_special_tokens": False, "logit_bias": {}}
+    s = chat_choices(chat, 16)[0].request.sampling
+    assert not s.spaces_between_special_tokens and not s.logit_bias and not s.HasField("skip_special_tokens")
 
 
 def test_response_format_and_structured_outputs_reach_the_request():

@@ -224,6 +224,22 @@ def test_structured_outputs_through_the_gateway_are_in_process_output(gateway, p
         assert expected.text in structured.choice
 
 
+def test_min_p_logit_bias_and_shown_special_tokens_through_the_gateway_are_in_process_output(gateway, plain):
+    """min_p and logit_bias reach the verifier's rows; skip_special_tokens the gateway's text."""
+    im_end = plain.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    bias = {im_end: -100.0, plain.tokenizer.encode(" Paris")[0]: -5.0}
+    shaping = dict(min_p=0.2, logit_bias=bias, skip_special_tokens=False)
+    params = SamplingParams(temperature=1.2, seed=11, max_tokens=12, **shaping)
+    expected = plain.generate(ONE_WORD, params, use_tqdm=False)[0].outputs[0]
+    unshaped = plain.generate(ONE_WORD, SamplingParams(temperature=1.2, seed=11, max_tokens=12), use_tqdm=False)
+    assert expected.token_ids != unshaped[0].outputs[0].token_ids and im_end not in expected.token_ids
+    request = build_request(ONE_WORD, temperature=1.2, seed=11, max_tokens=12, **shaping)
+    with grpc.insecure_channel(gateway) as channel:
+        responses = list(pb_grpc.GatewayStub(channel).Generate(request, timeout=TIMEOUT_S))
+    assert [t for r in responses for t in r.token_ids] == expected.token_ids
+    assert "".join(r.text for r in responses) == expected.text
+
+
 def test_a_grammar_that_does_not_compile_is_invalid_argument_with_xgrammar_s_reason(gateway):
     request = build_request(ONE_WORD, max_tokens=4, structured_outputs=StructuredOutputsParams(regex="(ab"))
     with grpc.insecure_channel(gateway) as channel, pytest.raises(grpc.RpcError) as caught:
