@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shaped_logits import SMALL_KV, assert_speculation_is_plain_decoding, drafting_llms, outputs
 
 from splitspec import LLM, SamplingParams
 from splitspec.errors import SplitspecError
@@ -15,7 +16,6 @@ from splitspec.logits_processing import apply_logit_bias, apply_min_p
 
 VOCAB = 12
 MAX_TOKENS = 32
-SMALL_KV = 1 << 20
 PROMPTS = [[5, 9, 5, 9, 5, 9, 5], [17, 3, 88, 17, 3, 88, 17], [200, 201, 202, 203]]
 
 
@@ -72,11 +72,6 @@ def test_a_logit_bias_token_outside_the_vocabulary_is_refused(tiny_llama):
         llm.generate({"prompt_token_ids": [1, 2]}, SamplingParams(logit_bias={vocab: 1.0}), use_tqdm=False)
 
 
-def _outputs(llm: LLM, params: list[SamplingParams]) -> list[list[int]]:
-    requests = [{"prompt_token_ids": p} for p in PROMPTS]
-    return [o.outputs[0].token_ids for o in llm.generate(requests, params, use_tqdm=False)]
-
-
 @pytest.fixture(scope="module")
 def plain(tiny_llama) -> LLM:
     return LLM(str(tiny_llama), kv_cache_memory_bytes=SMALL_KV)
@@ -84,21 +79,15 @@ def plain(tiny_llama) -> LLM:
 
 @pytest.fixture(scope="module")
 def speculative(tiny_llama) -> dict[str, LLM]:
-    """n-grams, and the target drafting for itself without the bias or min-p: both propose tokens the
-    shaped target must judge."""
-    llms = {}
-    for method, extra in (("ngram", {"prompt_lookup_min": 1}), ("draft_model", {"model": str(tiny_llama)})):
-        spec = {"method": method, "num_speculative_tokens": 4, "adaptive": False, **extra}
-        llms[method] = LLM(str(tiny_llama), speculative_config=spec, kv_cache_memory_bytes=SMALL_KV)
-    return llms
+    return drafting_llms(tiny_llama)
 
 
 def test_speculation_with_logit_bias_and_min_p_is_plain_decoding_with_them(plain, speculative):
     greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    unbiased = _outputs(plain, [greedy] * 3)
+    unbiased = outputs(plain, PROMPTS, [greedy] * 3)
     favoured = {t: 4.0 for t in range(40, 60)}  # strong enough to win some positions, not all
     biased_params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logit_bias=favoured)
-    biased = _outputs(plain, [biased_params] * 3)
+    biased = outputs(plain, PROMPTS, [biased_params] * 3)
     assert biased != unbiased  # the check below can fail
     assert any(t in favoured for out in biased for t in out)
 
@@ -109,25 +98,16 @@ def test_speculation_with_logit_bias_and_min_p_is_plain_decoding_with_them(plain
         ]
 
     shaped = {"min_p": 0.3, "logit_bias": {7: 2.0, 8: -3.0}}
-    plain_seeded = _outputs(plain, seeded(**shaped))
-    assert plain_seeded != _outputs(plain, seeded(logit_bias=shaped["logit_bias"]))  # min_p changes draws
-    for method, llm in speculative.items():
-        outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], biased_params, use_tqdm=False)
-        assert [o.outputs[0].token_ids for o in outputs] == biased, method
-        drafted = sum(o.spec_stats.num_draft_tokens for o in outputs)
-        accepted = sum(o.spec_stats.num_accepted_tokens for o in outputs)
-        assert 0 < drafted if method == "ngram" else 0 < accepted < drafted, (method, accepted, drafted)
-        if method == "ngram":  # one-hot drafts: the target's own seeded draws decide every token
-            assert _outputs(llm, seeded(**shaped)) == plain_seeded
-        else:  # sampled drafts: the law is the target's, and seeds reproduce
-            assert _outputs(llm, seeded(**shaped)) == _outputs(llm, seeded(**shaped))
+    plain_seeded = outputs(plain, PROMPTS, seeded(**shaped))
+    assert plain_seeded != outputs(plain, PROMPTS, seeded(logit_bias=shaped["logit_bias"]))  # min_p changes draws
+    assert_speculation_is_plain_decoding(speculative, PROMPTS, biased_params, biased, seeded(**shaped), plain_seeded)
 
 
 def test_min_p_one_at_temperature_samples_only_the_greedy_tokens(plain, speculative):
     """min_p 1 keeps only the most likely token: sampling is then greedy decoding."""
-    greedy = _outputs(plain, [SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)] * 3)
+    greedy = outputs(plain, PROMPTS, [SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)] * 3)
     only_best = [
         SamplingParams(temperature=1.0, max_tokens=MAX_TOKENS, ignore_eos=True, seed=i, min_p=1.0) for i in range(3)
     ]
-    assert _outputs(plain, only_best) == greedy
-    assert _outputs(speculative["draft_model"], only_best) == greedy
+    assert outputs(plain, PROMPTS, only_best) == greedy
+    assert outputs(speculative["draft_model"], PROMPTS, only_best) == greedy

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shaped_logits import SMALL_KV, assert_speculation_is_plain_decoding, drafting_llms, outputs
 
 from splitspec import LLM, SamplingParams
 from splitspec.errors import SplitspecError
@@ -15,7 +16,6 @@ from splitspec.token_penalties import TokenPenalties
 
 VOCAB = 12
 MAX_TOKENS = 32
-SMALL_KV = 1 << 20
 
 penalty_cases = st.fixed_dictionaries(
     {
@@ -84,11 +84,6 @@ def test_penalties_out_of_range_are_refused_with_their_name(kwargs):
         SamplingParams(**kwargs)
 
 
-def _outputs(llm: LLM, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[int]]:
-    requests = [{"prompt_token_ids": p} for p in prompts]
-    return [o.outputs[0].token_ids for o in llm.generate(requests, params, use_tqdm=False)]
-
-
 PROMPTS = [[5, 9, 5, 9, 5, 9, 5], [17, 3, 88, 17, 3, 88, 17], [200, 201, 202, 203]]
 PENALTIES = [
     {"repetition_penalty": 1.6},
@@ -104,43 +99,27 @@ def plain(tiny_llama) -> LLM:
 
 @pytest.fixture(scope="module")
 def speculative(tiny_llama) -> dict[str, LLM]:
-    """n-grams, which draft the repetitions the penalties push down, and the target drafting for
-    itself without penalties: both propose tokens the penalised target must reject."""
-    llms = {}
-    for method, extra in (("ngram", {"prompt_lookup_min": 1}), ("draft_model", {"model": str(tiny_llama)})):
-        spec = {"method": method, "num_speculative_tokens": 4, "adaptive": False, **extra}
-        llms[method] = LLM(str(tiny_llama), speculative_config=spec, kv_cache_memory_bytes=SMALL_KV)
-    return llms
+    return drafting_llms(tiny_llama)
 
 
 @pytest.mark.parametrize("penalties", PENALTIES, ids=lambda p: ",".join(p))
 def test_speculation_with_penalties_is_plain_decoding_with_them(plain, speculative, penalties):
     greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, **penalties)
-    unpenalised = _outputs(plain, PROMPTS, [SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)] * 3)
-    penalised = _outputs(plain, PROMPTS, [greedy] * 3)
+    unpenalised = outputs(plain, PROMPTS, [SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)] * 3)
+    penalised = outputs(plain, PROMPTS, [greedy] * 3)
     assert penalised != unpenalised  # the penalties change what the target says
     seeded = [
         SamplingParams(temperature=0.8, max_tokens=MAX_TOKENS, ignore_eos=True, seed=40 + i, **penalties)
         for i in range(3)
     ]
-    plain_seeded = _outputs(plain, PROMPTS, seeded)
-    for method, llm in speculative.items():
-        outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy, use_tqdm=False)
-        assert [o.outputs[0].token_ids for o in outputs] == penalised, method
-        drafted = sum(o.spec_stats.num_draft_tokens for o in outputs)
-        accepted = sum(o.spec_stats.num_accepted_tokens for o in outputs)
-        # the n-grams' repetitions are what the penalties push down: they need only be drafted
-        assert 0 < drafted if method == "ngram" else 0 < accepted < drafted, (method, accepted, drafted)
-        if method == "ngram":  # one-hot drafts: the target's own seeded draws decide every token
-            assert _outputs(llm, PROMPTS, seeded) == plain_seeded
-        else:  # sampled drafts: the law is the target's, and seeds reproduce
-            assert _outputs(llm, PROMPTS, seeded) == _outputs(llm, PROMPTS, seeded)
+    plain_seeded = outputs(plain, PROMPTS, seeded)
+    assert_speculation_is_plain_decoding(speculative, PROMPTS, greedy, penalised, seeded, plain_seeded)
 
 
 def test_repetition_penalty_counts_the_prompt_and_presence_only_the_output(plain):
     """The first output token: only the repetition penalty can change it, since nothing is output yet."""
     first = SamplingParams(temperature=0, max_tokens=1)
-    base = _outputs(plain, PROMPTS, [first] * 3)
-    assert _outputs(plain, PROMPTS, [SamplingParams(temperature=0, max_tokens=1, presence_penalty=2.0)] * 3) == base
+    base = outputs(plain, PROMPTS, [first] * 3)
+    assert outputs(plain, PROMPTS, [SamplingParams(temperature=0, max_tokens=1, presence_penalty=2.0)] * 3) == base
     strong = SamplingParams(temperature=0, max_tokens=1, repetition_penalty=50.0)
-    assert all(out[0] not in prompt for out, prompt in zip(_outputs(plain, PROMPTS, [strong] * 3), PROMPTS))
+    assert all(out[0] not in prompt for out, prompt in zip(outputs(plain, PROMPTS, [strong] * 3), PROMPTS))
