@@ -201,6 +201,9 @@ class RunnerConfig:
     """Never replay CUDA graphs (by default the native runner captures its decode and verify passes on CUDA)."""
     quantization: str | None = None
     """Native runner: None, "int8", "int4" or "gguf" (splitspec.models.quantized_linear)."""
+    enable_prefix_caching: bool = True
+    """Native runner: keep full blocks of committed tokens for later sequences that start with them
+    (splitspec.models.prefix_cache; what a target's verify passes commit, Verifier.rollback)."""
 
 
 @dataclass(frozen=True)

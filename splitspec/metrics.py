@@ -74,6 +74,28 @@ def kv_cache_usage(runner) -> list[Observation]:
     return [Observation(1 - runner.num_free_blocks / allocator.num_blocks)]
 
 
+def observe_prefix_cache(meter: Meter, runner) -> None:
+    """vLLM's prefix cache series for a runner's KV cache: prompt tokens looked up, tokens found, and
+    blocks held under a key (none without a prefix cache)."""
+
+    def read(field: str):
+        def observe(_) -> list[Observation]:
+            cache = getattr(getattr(runner, "allocator", None), "prefix_cache", None)
+            return [] if cache is None else [Observation(getattr(cache, field))]
+
+        return observe
+
+    meter.create_observable_counter(
+        "splitspec_prefix_cache_queries", [read("queries")], description="Prompt tokens looked up in the prefix cache"
+    )
+    meter.create_observable_counter(
+        "splitspec_prefix_cache_hits", [read("hits")], description="Prompt tokens found in the prefix cache"
+    )
+    meter.create_observable_gauge(
+        "splitspec_prefix_cache_blocks", [read("num_cached")], description="KV blocks held in the prefix cache"
+    )
+
+
 @dataclass
 class RequestTimer:
     """One request's clock: time to first token, time between token-bearing messages, end to end."""

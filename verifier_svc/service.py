@@ -22,7 +22,7 @@ from splitspec.adaptive_k import PassCostModel
 from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_DRAFTS_PER_STEP
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import RunnerLost, ServiceError, SplitspecError
-from splitspec.metrics import kv_cache_usage, no_meter
+from splitspec.metrics import kv_cache_usage, no_meter, observe_prefix_cache
 from splitspec.models.runner import ModelRunner
 from splitspec.output_grammar import GrammarCompiler, GrammarState
 from splitspec.rpc.channels import Channels
@@ -104,6 +104,7 @@ class VerifierMetrics:
             [lambda _: kv_cache_usage(service.runner)],
             description="KV cache blocks in use, 0-1",
         )
+        observe_prefix_cache(meter, service.runner)
         self.preemptions = meter.create_counter(
             "splitspec_num_preemptions", description="Idle sequences whose KV blocks were evicted to make room"
         )

@@ -96,6 +96,9 @@ class Verifier:
         """
         modes = hidden_states if hidden_states is not None else [self.hidden_states] * len(steps)
         layers = hidden_layers if hidden_layers is not None else [self.hidden_layers] * len(steps)
+        for (seq, _), mode in zip(steps, modes):
+            if _may_reuse_prefix(seq, mode, self.runner.cached_length(seq.seq_id)):
+                self.runner.reuse_prefix(seq.seq_id, seq.tokens)
         plans = [seq.grammar.plan(draft.token_ids) if seq.grammar is not None else None for seq, draft in steps]
         fed = [(seq, draft if plan is None else _prefix(draft, plan.fed)) for (seq, draft), plan in zip(steps, plans)]
         inputs = self.forward_inputs(fed, modes)
@@ -176,11 +179,19 @@ class Verifier:
         return requests
 
     def rollback(self, seq: VerifiableSequence) -> None:
-        """Keep KV for every committed token but the last (it is fed again with the next drafts)."""
+        """Keep KV for every committed token but the last (it is fed again with the next drafts); the
+        full blocks of committed tokens join the prefix cache."""
         self.runner.truncate(seq.seq_id, len(seq.tokens) - 1)
+        self.runner.cache_prefix(seq.seq_id, seq.tokens)
 
     def free(self, seq_id: str) -> None:
         self.runner.free(seq_id)
+
+
+def _may_reuse_prefix(seq: VerifiableSequence, mode: HiddenStates, cached: int) -> bool:
+    """A sequence's first pass may start after cached blocks of its prefix, unless it needs a row for
+    every prompt token: its prompt's logprobs, or every hidden state (EAGLE heads attend over them)."""
+    return cached == 0 and mode != HiddenStates.ALL and not _wants_prompt_rows(seq, cached)
 
 
 def _wants_prompt_rows(seq: VerifiableSequence, cached: int) -> bool:

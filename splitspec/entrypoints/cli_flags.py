@@ -7,7 +7,7 @@ import argparse
 
 from splitspec.config import QUANTIZATIONS
 from splitspec.devices import DEVICE_HELP
-from splitspec.entrypoints.flag_table import Flag, add_flags, settings_from
+from splitspec.entrypoints.flag_table import ON_OFF, Flag, add_flags, settings_from
 from splitspec.errors import SplitspecError
 from splitspec.suffix_settings import SuffixSettings
 
@@ -30,6 +30,14 @@ ENFORCE_EAGER_FLAG = Flag(
     "--enforce-eager",
     action="store_true",
     help="never replay CUDA graphs: every pass of the target runs kernel by kernel (as in vLLM)",
+)
+
+PREFIX_CACHING_FLAG = Flag(
+    "--enable-prefix-caching",
+    action=ON_OFF,
+    default=True,
+    help="keep full KV blocks of committed tokens for later requests that start with them (as vLLM; on by "
+    "default: --no-enable-prefix-caching turns it off)",
 )
 
 

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 ENV_PREFIX = "SPLITSPEC_"
 SWITCHES = ("store_true", "store_false")
+ON_OFF = "on_off"
+"""The action of a flag given as --name or --no-name (argparse's BooleanOptionalAction), default `default`."""
 
 T = TypeVar("T")
 
@@ -43,7 +45,7 @@ class Flag:
     """"-k"."""
     choices: tuple[str, ...] | None = None
     action: str = "store"
-    """"store", "append", or a switch: "store_true" or "store_false"."""
+    """"store", "append", a switch: "store_true" or "store_false", or ON_OFF."""
     dest: str | None = None
     """The parsed attribute, when not the one argparse derives from the name."""
     negate: bool = False
@@ -56,6 +58,23 @@ class Flag:
     def __post_init__(self) -> None:
         if self.is_switch and (self.type is not None or self.env is not None or self.default is not None):
             raise ValueError(f"{self.name}: a switch takes no type, environment or default")
+        if self.action == ON_OFF and (
+            self.type is not None or self.env is not None or not isinstance(self.default, bool)
+        ):
+            raise ValueError(
+                f"{self.name}: an on/off flag takes a default of true or false, and no type or environment"
+            )
+
+    @property
+    def argparse_action(self) -> str | type[argparse.Action]:
+        return argparse.BooleanOptionalAction if self.action == ON_OFF else self.action
+
+    @property
+    def spellings(self) -> list[str]:
+        """As argparse lists them: the name, then the short form (or an on/off flag's --no- form)."""
+        if self.action == ON_OFF:
+            return [self.name, f"--no-{self.name[2:]}"]
+        return [self.name, self.short] if self.short else [self.name]
 
     @property
     def is_switch(self) -> bool:
@@ -79,6 +98,8 @@ class Flag:
         """The value when the flag is not given and its variable is unset."""
         if self.is_switch:
             return self.action == "store_false"
+        if self.action == ON_OFF:
+            return self.default
         return self.type(self.default) if isinstance(self.default, str) and self.type else self.default
 
     def value(self, args: argparse.Namespace) -> Any:
@@ -100,10 +121,12 @@ def passed(services: tuple[str, ...], rows: Iterable[Flag]) -> tuple[Flag, ...]:
 def add_flags(parser: argparse.ArgumentParser, rows: Iterable[Flag]) -> None:
     for row in rows:
         names = (row.name, row.short) if row.short else (row.name,)
-        kwargs: dict[str, Any] = {"action": row.action, "help": row.help}
+        kwargs: dict[str, Any] = {"action": row.argparse_action, "help": row.help}
         if row.dest is not None:
             kwargs["dest"] = row.dest
-        if not row.is_switch:
+        if row.action == ON_OFF:
+            kwargs["default"] = row.default
+        elif not row.is_switch:
             # an "append" flag's variable is read by the command: argparse would append to a default list
             reads_env = row.env is not None and row.action != "append"
             kwargs["default"] = env_default(row.env, row.default) if reads_env else row.default
@@ -167,6 +190,8 @@ def passed_on(args: argparse.Namespace, rows: Iterable[Flag], service: str) -> l
         value = getattr(args, row.attribute)
         if row.is_switch:
             argv += [row.name] if value != row.parsed_default else []
+        elif row.action == ON_OFF:
+            argv += [] if value == row.parsed_default else [row.name if value else f"--no-{row.name[2:]}"]
         elif value is not None and value != "" and (row.pass_default or value != row.parsed_default):
             argv += [row.name, str(value)]
     return argv

@@ -54,6 +54,8 @@ class LLM:
     quantization: the target's projections held as "int8" (per output row), "int4" (groups of 32; CPU)
     or "gguf" (the 4-bit blocks of the GGUF the checkpoint came from, as shipped; the default model's
     on the CPU); None keeps dtype. Speculation reproduces the target as loaded, quantized.
+    enable_prefix_caching (vLLM's, on by default): full KV blocks of committed tokens stay cached, and a
+    later request that starts with the same tokens skips computing them (splitspec.models.prefix_cache).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class LLM:
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
         quantization: str | None = None,
+        enable_prefix_caching: bool = True,
         speculative_model: str | None = None,
         num_speculative_tokens: int | None = None,
         ngram_prompt_lookup_max: int | None = None,
@@ -111,6 +114,7 @@ class LLM:
                 tensor_parallel_size=tensor_parallel_size,
                 enforce_eager=enforce_eager,
                 quantization=quantization,
+                enable_prefix_caching=enable_prefix_caching,
             ),
             scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens),
             speculative=spec,

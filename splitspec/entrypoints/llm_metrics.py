@@ -8,7 +8,15 @@ from opentelemetry.metrics import Observation
 from prometheus_client import CollectorRegistry
 
 from splitspec.engine import Engine
-from splitspec.metrics import Metric, RequestMetrics, RequestTimer, kv_cache_usage, meter_provider, read_metrics
+from splitspec.metrics import (
+    Metric,
+    RequestMetrics,
+    RequestTimer,
+    kv_cache_usage,
+    meter_provider,
+    observe_prefix_cache,
+    read_metrics,
+)
 from splitspec.sequence import Sequence
 
 
@@ -22,6 +30,7 @@ class InProcessMetrics:
         meter.create_observable_gauge(
             "splitspec_kv_cache_usage_perc", [lambda _: kv_cache_usage(runner)], description="KV cache in use, 0-1"
         )
+        observe_prefix_cache(meter, runner)
         meter.create_observable_counter(
             "splitspec_num_preemptions",
             [lambda _: [Observation(engine.num_preemptions)]],

@@ -15,6 +15,7 @@ from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
 from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_DRAFTS_PER_STEP
 from splitspec.entrypoints.cli_flags import (
     ENFORCE_EAGER_FLAG,
+    PREFIX_CACHING_FLAG,
     SUFFIX_FLAGS,
     TENSOR_PARALLEL_FLAG,
     device_flag,
@@ -226,7 +227,14 @@ VERIFIER_FLAGS = (
     ),
     *_client_certificate_flags("the verifier presents to proposers it asks for drafts (gateway --direct-drafts)"),
     *within(
-        "runner", (device_flag("the target"), TENSOR_PARALLEL_FLAG, ENFORCE_EAGER_FLAG, quantization_flag("the target"))
+        "runner",
+        (
+            device_flag("the target"),
+            TENSOR_PARALLEL_FLAG,
+            ENFORCE_EAGER_FLAG,
+            quantization_flag("the target"),
+            PREFIX_CACHING_FLAG,
+        ),
     ),
 )
 
@@ -437,7 +445,10 @@ UP_FLAGS = (
         "the target in the verifier (no proposer is started, no state crosses a network), or on a proposer "
         "that the verifier sends the states to",
     ),
-    *passed(("verifier",), (TENSOR_PARALLEL_FLAG, ENFORCE_EAGER_FLAG, quantization_flag("the verifier's target"))),
+    *passed(
+        ("verifier",),
+        (TENSOR_PARALLEL_FLAG, ENFORCE_EAGER_FLAG, quantization_flag("the verifier's target"), PREFIX_CACHING_FLAG),
+    ),
     Flag(
         "--metrics-port",
         type=int,

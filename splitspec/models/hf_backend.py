@@ -61,6 +61,13 @@ class HFRunner:
         self._caches.pop(seq_id, None)
         self._lengths.pop(seq_id, None)
 
+    def reuse_prefix(self, seq_id: str, token_ids: list[int]) -> int:
+        """transformers' caches are one per sequence: nothing is shared."""
+        return self.cached_length(seq_id)
+
+    def cache_prefix(self, seq_id: str, token_ids: list[int]) -> None:
+        pass
+
     def can_fit(self, inputs: list[ForwardInput]) -> bool:
         return True
 

@@ -116,6 +116,7 @@ class LlamaRunner:
         tp: TensorParallel | None = None,
         enforce_eager: bool = False,
         quantization: str | None = None,
+        prefix_caching: bool = False,
     ) -> None:
         """Weights come from the safetensors under `path`, or from `weights` (checkpoint names and
         layout) when given. kv_cache_memory_bytes None: on CUDA, what gpu_memory_utilization leaves
@@ -127,7 +128,8 @@ class LlamaRunner:
         enforce_eager: never replay CUDA graphs. Otherwise decode and verify passes on CUDA with the Triton
         kernels and one process are captured and replayed (splitspec.models.cuda_graphs).
         quantization: None, or how the projections' weights are held (splitspec.models.quantized_linear:
-        "int8", "int4", "fp8", or "gguf" for the 4-bit blocks of the GGUF file the checkpoint came from)."""
+        "int8", "int4", "fp8", or "gguf" for the 4-bit blocks of the GGUF file the checkpoint came from).
+        prefix_caching: full blocks of committed tokens stay for later sequences (reuse_prefix)."""
         self.config = config
         self.device = torch.device(device)
         try:
@@ -174,6 +176,7 @@ class LlamaRunner:
 
         self.graphs: PassGraphs | None = None  # set once the KV cache is allocated
         self.block_size = block_size
+        self.prefix_caching = prefix_caching
         self.bytes_per_block = (
             config.num_hidden_layers * 2 * block_size * self.kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
         )
@@ -204,7 +207,7 @@ class LlamaRunner:
         )
 
     def _allocate_kv_cache(self, num_blocks: int) -> None:
-        self.allocator = BlockAllocator(num_blocks, self.block_size)
+        self.allocator = BlockAllocator(num_blocks, self.block_size, self.prefix_caching)
         self.kv_cache_bytes = num_blocks * self.bytes_per_block
         # one block more than the allocator hands out: the scratch block padded graph passes write to
         shape = (num_blocks + 1, self.block_size, self.kv_heads, self.head_dim)
@@ -338,6 +341,12 @@ class LlamaRunner:
 
     def free(self, seq_id: str) -> None:
         self.allocator.free(seq_id)
+
+    def reuse_prefix(self, seq_id: str, token_ids: list[int]) -> int:
+        return self.allocator.reuse_prefix(seq_id, token_ids)
+
+    def cache_prefix(self, seq_id: str, token_ids: list[int]) -> None:
+        self.allocator.cache_prefix(seq_id, token_ids)
 
     def can_fit(self, inputs: list[ForwardInput]) -> bool:
         needed = sum(self.allocator.blocks_needed(i.seq_id, len(i.token_ids)) for i in inputs)

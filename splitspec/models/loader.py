@@ -80,6 +80,7 @@ def load_runner(path: Path, config: RunnerConfig = RunnerConfig(), tp: TensorPar
                 tp=tp,
                 enforce_eager=config.enforce_eager,
                 quantization=config.quantization,
+                prefix_caching=config.enable_prefix_caching,
             )
         if config.quantization is not None:
             raise SplitspecError(

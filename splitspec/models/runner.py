@@ -57,6 +57,17 @@ class ModelRunner(Protocol):
 
     def free(self, seq_id: str) -> None: ...
 
+    def reuse_prefix(self, seq_id: str, token_ids: list[int]) -> int:
+        """For a sequence with nothing cached: take the cached blocks that hold the longest prefix of
+        token_ids (all but the last token), and return how many tokens are now cached (0 without a
+        prefix cache)."""
+        ...
+
+    def cache_prefix(self, seq_id: str, token_ids: list[int]) -> None:
+        """token_ids are the sequence's committed tokens, through every cached position: its full
+        blocks become reusable by later sequences (nothing without a prefix cache)."""
+        ...
+
     def healthy(self) -> bool:
         """False when the runner can run no more passes (a tensor-parallel worker died)."""
         ...

@@ -19,7 +19,7 @@ import yaml
 
 from splitspec.entrypoints.cli import build_parser
 from splitspec.entrypoints.cli_services import up_commands
-from splitspec.entrypoints.flag_table import ENV_PREFIX, Flag, add_flags
+from splitspec.entrypoints.flag_table import ENV_PREFIX, ON_OFF, Flag, add_flags
 from splitspec.entrypoints.service_flags import OTHER_VARIABLES, SERVICE_FLAGS, UP_FLAGS
 from splitspec.rpc.throwaway_certs import make_stack_certificates
 
@@ -73,9 +73,9 @@ def drift(make_parser: Callable[[], argparse.ArgumentParser], rows: tuple[Flag, 
         action, with_env = actions[row.name], fresh[row.name]
         reads_env = row.env is not None and row.action != "append"
         expected = {
-            "spelling": [row.name, row.short] if row.short else [row.name],
+            "spelling": row.spellings,
             "attribute": row.attribute,
-            "action": type(argparse.ArgumentParser().add_argument("--x", action=row.action)).__name__,
+            "action": type(argparse.ArgumentParser().add_argument("--x", action=row.argparse_action)).__name__,
             "type": row.type,
             "choices": list(row.choices) if row.choices is not None else None,
             "default": expected_default(row),
@@ -200,6 +200,8 @@ GIVEN = {
 def _given(row: Flag) -> list[str]:
     if row.is_switch:
         return [row.name]
+    if row.action == ON_OFF:  # the spelling that is not its default
+        return [row.spellings[row.default]]
     if row.name in GIVEN:
         return [row.name, GIVEN[row.name]]
     if row.choices:
@@ -257,7 +259,7 @@ def _settings_default(cls: type, path: str):
 def unknown_flags(argv: list[str]) -> list[str]:
     """The flags of a service command that its rows do not have."""
     rows = COMMANDS[argv[0]]
-    known = {r.name for r in rows} | {r.short for r in rows if r.short}
+    known = {spelling for r in rows for spelling in r.spellings}
     return [f"{argv[0]} {a}" for a in argv[1:] if a.startswith("-") and a not in known]
 
 
@@ -340,7 +342,7 @@ def test_up_passes_each_of_its_rows_on_to_the_services_it_names(no_environment, 
             service = SERVICE_FLAGS[SERVICE_COMMANDS[name]]
             [taken] = [r for r in service if r.name == row.name]
             assert taken.type is row.type and taken.is_switch == row.is_switch, f"{name} takes {row.name} otherwise"
-            assert row.name in commands[name], f"up does not pass {row.name} on to the {name}"
+            assert set(row.spellings) & set(commands[name]), f"up does not pass {row.name} on to the {name}"
 
 
 @pytest.mark.parametrize(

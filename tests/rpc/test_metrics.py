@@ -43,6 +43,9 @@ EXPECTED = {
         "splitspec_num_requests_running": "gauge",
         "splitspec_kv_cache_usage_perc": "gauge",
         "splitspec_num_preemptions": "counter",
+        "splitspec_prefix_cache_queries": "counter",
+        "splitspec_prefix_cache_hits": "counter",
+        "splitspec_prefix_cache_blocks": "gauge",
         "splitspec_verify_pass_seconds": "histogram",
         "splitspec_verify_batch_tokens": "histogram",
         "splitspec_verify_batch_sequences": "histogram",
@@ -128,6 +131,9 @@ def test_every_service_serves_its_metrics_and_the_gateway_s_add_up_to_the_reques
     )
     assert (value(verifier["splitspec_verifier_draft_cuts"], "_total") > 0) == (stages["verified"] < stages["offered"])
     assert 0 <= value(verifier["splitspec_kv_cache_usage_perc"]) < 1
+    # every first pass looks its prompt up, and committed blocks stay cached
+    assert value(verifier["splitspec_prefix_cache_queries"], "_total") >= sum(len(p) for p in PROMPTS)
+    assert value(verifier["splitspec_prefix_cache_blocks"]) > 0
     proposer = families["proposer"]
     assert value(proposer["splitspec_draft_batch_sequences"], "_sum") >= drafts
     assert value(proposer["splitspec_proposer_sequences"]) == 0
