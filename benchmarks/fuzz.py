@@ -115,6 +115,9 @@ def messages(draw, cls: type[Message], overrides: Overrides, depth: int = 0) -> 
             continue
         if f.message_type is not None and f.message_type.full_name == "google.protobuf.Struct":
             getattr(message, f.name).CopyFrom(draw(structs()))
+        elif f.message_type is not None and f.message_type.GetOptions().map_entry:
+            key, value = (f.message_type.fields_by_name[name] for name in ("key", "value"))
+            getattr(message, f.name).update(draw(st.dictionaries(_scalar(key), _scalar(value), max_size=6)))
         elif f.message_type is not None:
             if depth >= 4:
                 continue
