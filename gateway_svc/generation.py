@@ -59,6 +59,8 @@ class GatewayCore:
     max_model_len: int
     proposer_timeout_s: float = 5.0
     verifier_wait_s: float = 30.0
+    prefix_routing: bool = True
+    """Sequences start on the verifier most likely to cache their prompt's beginning (gateway_svc.prefix_routing)."""
     """How long a request waits for a verifier when none is reachable (unless its deadline is sooner)."""
     rounds: RoundSettings = field(default_factory=RoundSettings)
     drafters: DrafterPool = field(default_factory=DrafterPool)
@@ -67,7 +69,9 @@ class GatewayCore:
     _rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
-        self.placement = Placement(self.verifiers, self.proposers, self.metrics, self.verifier_wait_s)
+        self.placement = Placement(
+            self.verifiers, self.proposers, self.metrics, self.verifier_wait_s, self.prefix_routing
+        )
         self.drafts = ProposerDrafts(self.placement, self.proposer_timeout_s)
 
     @property

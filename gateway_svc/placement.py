@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from gateway_svc.backends import ProposerBackend, VerifierBackend
+from gateway_svc.prefix_routing import prefix_key, verifier_order
 from gateway_svc.proposer_affinity import pick_pod
 from gateway_svc.request_state import Request
 from splitspec.drafts import HiddenStates
@@ -32,6 +33,8 @@ class Placement:
     metrics: RequestMetrics
     verifier_wait_s: float = 30.0
     """How long a request waits for a verifier when none is reachable (unless its deadline is sooner)."""
+    prefix_routing: bool = True
+    """Start a sequence where its prompt's beginning is most likely cached (gateway_svc.prefix_routing)."""
     _checking: asyncio.Future | None = field(default=None, init=False)
 
     async def start_on_a_verifier(
@@ -42,18 +45,21 @@ class Placement:
         hidden_states: HiddenStates = HiddenStates.NONE,
         hidden_layers: tuple[int, ...] = (),
     ) -> VerifierBackend:
-        """Start the sequence, with its committed tokens so far, on the least loaded live verifier (by
-        what it reports, so that gateways sharing it spread out too); one that is full or fails is
+        """Start the sequence, with its committed tokens so far, on a live verifier: with prefix routing,
+        the one its tokens' beginning prefers among those within load bounds, else the least loaded (by
+        what each reports, so that gateways sharing it spread out too); one that is full or fails is
         passed over for the next, with backoff while none is left. deadline: the client's; waiting for
         a verifier ends there or after `verifier_wait_s`, whichever comes first."""
         wait_until = min(deadline, time.monotonic() + self.verifier_wait_s)
         delay = 0.05
+        key = prefix_key(seq.tokens) if self.prefix_routing else None
         while True:
             full: list[ServiceError] = []
-            for verifier in sorted(
+            live = sorted(
                 (v for v in self.verifiers if v.info is not None and not v.superseded),
                 key=lambda v: (v.load, -v.kv_free_share),
-            ):
+            )
+            for verifier in verifier_order(live, key):
                 verifier.num_sequences += 1  # counted before the first await, so concurrent requests spread out
                 try:
                     await verifier.start(

@@ -30,7 +30,8 @@ def affinity_key(session_id: str, prompt_token_ids: list[int]) -> bytes:
     return b"prompt:" + array("i", prompt_token_ids[-PROMPT_TAIL_TOKENS:]).tobytes()
 
 
-def _rank(key: bytes, address: str) -> bytes:
+def rendezvous_rank(key: bytes, address: str) -> bytes:
+    """A pod's place for the key: the pods in descending order of it are the key's order of preference."""
     return hashlib.blake2b(key + b"\0" + address.encode(), digest_size=8).digest()
 
 
@@ -42,5 +43,5 @@ def pick_pod(pods: Sequence[P], key: bytes) -> P | None:
     if not pods:
         return None
     bound = 2 * min(p.num_sequences for p in pods) + 2
-    ranked = sorted(pods, key=lambda p: _rank(key, p.address), reverse=True)
+    ranked = sorted(pods, key=lambda p: rendezvous_rank(key, p.address), reverse=True)
     return next(p for p in ranked if p.num_sequences <= bound)

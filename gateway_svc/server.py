@@ -267,6 +267,9 @@ class GatewaySettings:
     """The model name HTTP clients use; None: `model` as given."""
     proposer_timeout_s: float = 5.0
     verifier_wait_s: float = 30.0
+    prefix_routing: bool = True
+    """A sequence starts on the verifier most likely to cache its prompt's beginning, within load bounds
+    (gateway_svc.prefix_routing); off: on the least loaded."""
     adaptive: bool = True
     local_ngram: bool = True
     """With method ngram: the verifiers draft by n-gram lookup themselves; no round waits for a proposer."""
@@ -334,6 +337,7 @@ def run_gateway(settings: GatewaySettings) -> None:
             max_model_len=1 << 30,
             proposer_timeout_s=settings.proposer_timeout_s,
             verifier_wait_s=settings.verifier_wait_s,
+            prefix_routing=settings.prefix_routing,
             rounds=rounds,
             drafters=drafters,
             metrics=RequestMetrics(meter),

@@ -21,7 +21,7 @@ from splitspec.entrypoints.cli_flags import (
     device_flag,
     quantization_flag,
 )
-from splitspec.entrypoints.flag_table import Flag, passed, within
+from splitspec.entrypoints.flag_table import ON_OFF, Flag, passed, within
 from splitspec.rpc.targets import Target, parse_targets
 
 OTHER_VARIABLES = {
@@ -398,6 +398,14 @@ GATEWAY_FLAGS = (
         env="VERIFIER_WAIT_S",
         help="how long a request whose verifier failed waits for another (or its deadline, if sooner) "
         "before UNAVAILABLE (env SPLITSPEC_VERIFIER_WAIT_S)",
+    ),
+    Flag(
+        "--prefix-routing",
+        action=ON_OFF,
+        default=True,
+        help="start each request on the verifier most likely to cache its prompt's beginning, within load "
+        "bounds (rendezvous hashing on its first 256 tokens: every gateway agrees); --no-prefix-routing: on "
+        "the least loaded",
     ),
     Flag(
         "--fixed-k",
