@@ -22,7 +22,7 @@ from splitspec.entrypoints.bench.runners import (
     SplitspecInProcess,
 )
 from splitspec.entrypoints.bench.timing import RequestTiming, Summary, summarise
-from splitspec.entrypoints.bench.workloads import build_prompts
+from splitspec.entrypoints.bench.workloads import SHARED_PREFIX, build_prompts
 from splitspec.entrypoints.service_processes import ServiceProcess, start_service
 from splitspec.net_ports import free_port
 from splitspec.suffix_settings import SuffixSettings
@@ -250,6 +250,8 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
 
     k = settings.num_speculative_tokens
     configs = [SplitspecInProcess("splitspec K=0", plain)]
+    if set(SHARED_PREFIX) & set(settings.workloads):  # the same, computing every prompt whole
+        configs.append(SplitspecInProcess("splitspec K=0 no prefix cache", _llm(path, settings, prefix_caching=False)))
     configs.append(
         SplitspecInProcess(
             f"splitspec ngram K={k}",
@@ -294,7 +296,13 @@ def _in_process_configs(plain, path: Path, settings: BenchSettings) -> list:
     return configs
 
 
-def _llm(path: Path, settings: BenchSettings, spec: dict | None = None, enforce_eager: bool | None = None):
+def _llm(
+    path: Path,
+    settings: BenchSettings,
+    spec: dict | None = None,
+    enforce_eager: bool | None = None,
+    prefix_caching: bool = True,
+):
     """An in-process configuration: the target as the settings load it, with this drafter."""
     from splitspec import LLM
 
@@ -304,6 +312,7 @@ def _llm(path: Path, settings: BenchSettings, spec: dict | None = None, enforce_
         device=settings.device,
         enforce_eager=settings.enforce_eager if enforce_eager is None else enforce_eager,
         quantization=settings.quantization,
+        enable_prefix_caching=prefix_caching,
     )
 
 

@@ -11,6 +11,12 @@
   ("repeats"), then each task again in a changed form ("add docstrings" to the same function) and
   asked again as it was ("repeats again"). Only a drafter that remembers earlier answers (suffix)
   can draft the second half from them.
+- agent: the same long instructions (~1,000 tokens: a coding agent's rules and the standard-library
+  functions it may call) before each of n different tasks, as an agent framework sends every call;
+- multiturn: one conversation over a long system document (~1,000 tokens), each prompt the whole
+  history so far (the document, the earlier questions and answers) and one more question.
+Those two share long beginnings between prompts: what the prefix cache serves (prompts of either
+after the first find the shared part cached).
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from pathlib import Path
 from splitspec.errors import SplitspecError
 from splitspec.structured_outputs import StructuredOutputsParams
 
-WORKLOADS = ("humaneval", "code_edit", "summarise", "chat", "json", "repeats")
+WORKLOADS = ("humaneval", "code_edit", "summarise", "chat", "json", "repeats", "agent", "multiturn")
+SHARED_PREFIX = ("agent", "multiturn")
+"""Workloads whose prompts share long beginnings: bench adds a row without the prefix cache for them."""
 DOCUMENT_FACTS = {
     "type": "object",
     "properties": {
@@ -175,6 +183,55 @@ def repeats(n: int, rng: random.Random) -> list[Prompt]:
     return first + again
 
 
+def _agent_instructions() -> str:
+    """A coding agent's rules and the functions it may call: the signatures and first docstring lines
+    of standard-library functions, about 1,000 tokens."""
+    lines = [
+        "You are a careful coding agent. Answer with code only, in one fenced block, and keep every line of",
+        "the original that the task does not change. You may call these library functions:",
+    ]
+    tools = [f for f in _functions(_TRAINING_MODULES) if f[0].split(".")[0] not in _CODE_MODULES]
+    for name, code in tools[:60]:
+        signature = code.split("\n", 1)[0].removeprefix("def ").rstrip(":")
+        lines.append(f"- {name.split('.')[0]}.{signature}")
+    return "\n".join(lines)
+
+
+def agent(n: int, rng: random.Random) -> list[Prompt]:
+    instructions = _agent_instructions()
+    functions = _functions(_CODE_MODULES)
+    functions = rng.sample(functions, min(n, len(functions)))
+    return [
+        Prompt(
+            "agent",
+            f"{name} (agent)",
+            f"{instructions}\n\nTask: add type hints to this function.\n\n```python\n{code}\n```",
+        )
+        for name, code in functions
+    ]
+
+
+def multiturn(n: int, rng: random.Random) -> list[Prompt]:
+    """n prompts of one conversation: the document, then turns 1..i (each earlier question with a short
+    answer written here, so the history is the same in every run)."""
+    (name, doc), (other, more) = rng.sample(_docs(_DOC_MODULES), 2)
+    history = f"Answer questions about this documentation of the {name} and {other} modules.\n\n{doc}\n\n{more}"
+    questions = [
+        f"What is the {name} module for?",
+        "Which function or class would I use first, and why?",
+        "Give a short example of using it.",
+        "What is a common mistake people make with it?",
+        "How does it compare with an alternative in the standard library?",
+        "Summarise our conversation in two sentences.",
+    ]
+    prompts = []
+    for i, question in enumerate(questions[:n]):
+        history += f"\n\nQuestion {i + 1}: {question}"
+        prompts.append(Prompt("multiturn", f"{name} turn {i + 1}", history))
+        history += f"\nAnswer {i + 1}: (see the documentation of {name} above, part {i + 1})"
+    return prompts
+
+
 def build_prompts(workloads: list[str], per_workload: int, seed: int) -> list[Prompt]:
     builders = {
         "humaneval": humaneval,
@@ -183,6 +240,8 @@ def build_prompts(workloads: list[str], per_workload: int, seed: int) -> list[Pr
         "chat": chat,
         "json": json_facts,
         "repeats": repeats,
+        "agent": agent,
+        "multiturn": multiturn,
     }
     prompts = []
     for name in workloads:
