@@ -69,16 +69,16 @@ class BlockAllocator:
         if not 0 <= length <= current:
             raise ValueError(f"cannot truncate sequence {seq_id} of length {current} to {length}")
         table = self._tables.get(seq_id, [])
-        keep = -(-length // self.block_size)
+        keep, kept_whole = -(-length // self.block_size), length // self.block_size
+        cut_into = table[kept_whole] if kept_whole < keep else None  # kept in part: its tail is written again
+        if cut_into is not None and self._holders[cut_into] > 1:
+            raise ValueError(f"cannot cut sequence {seq_id} into a block other sequences share")
         while len(table) > keep:
             self._release(table.pop())
-        kept_whole = length // self.block_size
         if seq_id in self._keys:
             del self._keys[seq_id][kept_whole:]
-        if kept_whole < keep and self.prefix_cache is not None and self.prefix_cache.holds(table[-1]):
-            if self._holders[table[-1]] > 1:
-                raise ValueError(f"cannot cut sequence {seq_id} into a block other sequences share")
-            self.prefix_cache.forget(table[-1])  # its tail will be written again
+        if cut_into is not None and self.prefix_cache is not None:
+            self.prefix_cache.forget(cut_into)
         self._lengths[seq_id] = length
 
     def free(self, seq_id: str) -> None:

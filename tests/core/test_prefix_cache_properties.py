@@ -91,10 +91,13 @@ class PrefixCacheMachine(RuleBasedStateMachine):
         bs, table = self.allocator.block_size, self.allocator.block_table(seq)
         cut_into = table[(keep - 1) // bs] if (keep - 1) % bs else None
         shared = cut_into is not None and sum(cut_into in self.allocator.block_table(s) for s in self.tokens) > 1
+        before = (self.allocator.length(seq), list(table), self.allocator.num_free_blocks)
         try:
             self.allocator.truncate(seq, keep - 1)
         except ValueError:
             assert shared, "a cut into a block no other sequence holds was refused"
+            after = (self.allocator.length(seq), self.allocator.block_table(seq), self.allocator.num_free_blocks)
+            assert after == before, "a refused cut changed the allocator"
             return
         assert not shared, "a block other sequences read was cut into"
         self.tokens[seq] = self.tokens[seq][:keep]
