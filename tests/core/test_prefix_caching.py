@@ -1,10 +1,13 @@
 """Automatic prefix caching in-process: a request that starts with tokens an earlier one committed skips
-computing their KV, and its output is what it is without the cache, greedy and seeded, with and
-without speculation (splitspec.models.prefix_cache)."""
+computing their KV, and its output is what it is without the cache, greedy and seeded, with every
+drafter (splitspec.models.prefix_cache)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from fitted_heads import write_fitted_mlp_speculator
 
 from splitspec import LLM, SamplingParams
 from splitspec.metrics import Counter
@@ -13,7 +16,21 @@ SHARED = [(7 * i) % 200 + 3 for i in range(45)]  # two full blocks of 16, and 13
 PROMPTS = [SHARED + [100 + i, 50 + i] for i in range(4)]
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 SEEDED = [SamplingParams(temperature=0.9, max_tokens=24, ignore_eos=True, seed=30 + i) for i in range(4)]
-SPECS = {"plain": None, "ngram": {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}}
+DRAFTERS = ["plain", "ngram", "draft_model", "suffix", "mlp_speculator", "eagle3"]
+
+
+def _spec(name: str, tiny_llama: Path, heads: dict[str, Path]) -> dict | None:
+    """Each drafter at a fixed K: n-grams and suffix trees draft the repeats, the target drafts for itself,
+    and the heads are fitted to the target's own text (EAGLE-3's to the 8-layer target it serves)."""
+    fixed = {"num_speculative_tokens": 3, "adaptive": False}
+    return {
+        "plain": None,
+        "ngram": {"method": "ngram", **fixed},
+        "draft_model": {"method": "draft_model", "model": str(tiny_llama), **fixed},
+        "suffix": {"method": "suffix", **fixed},
+        "mlp_speculator": {"model": str(heads.get("mlp_speculator")), "num_speculative_tokens": 3, "adaptive": False},
+        "eagle3": {"method": "eagle3", "model": str(heads.get("eagle3")), **fixed},
+    }[name]
 
 
 def _counter(llm: LLM, name: str) -> float | None:
@@ -35,23 +52,29 @@ def _outputs(llm: LLM, params) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def uncached(tiny_llama) -> dict[str, tuple[list[list[int]], list[list[int]]]]:
-    outputs = {}
-    for name, spec in SPECS.items():
-        llm = LLM(str(tiny_llama), speculative_config=spec, enable_prefix_caching=False)
-        outputs[name] = (_outputs(llm, GREEDY), _outputs(llm, SEEDED))
-        assert _counter(llm, "splitspec_prefix_cache_queries") is None  # no cache, no series
-    return outputs
+def heads(tiny_llama, eagle3_head, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("prefix_caching_heads")
+    greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    return {
+        "mlp_speculator": write_fitted_mlp_speculator(folder / "mlp", tiny_llama, PROMPTS, greedy),
+        "eagle3": eagle3_head,
+    }
 
 
-@pytest.mark.parametrize("name", list(SPECS))
-def test_output_with_the_prefix_cache_is_output_without_it(tiny_llama, uncached, name):
-    llm = LLM(str(tiny_llama), speculative_config=SPECS[name])
-    assert _outputs(llm, GREEDY) == uncached[name][0]
-    assert _outputs(llm, SEEDED) == uncached[name][1]
-    # each of the later prompts found the first's two full blocks, twice over
-    assert _counter(llm, "splitspec_prefix_cache_hits") >= 2 * 3 * 32
-    assert _counter(llm, "splitspec_prefix_cache_queries") == 2 * sum(len(p) for p in PROMPTS)
+@pytest.mark.parametrize("name", DRAFTERS)
+def test_output_with_the_prefix_cache_is_output_without_it(tiny_llama, tiny_llama_8_layers, heads, name):
+    target = tiny_llama_8_layers if name == "eagle3" else tiny_llama
+    spec = _spec(name, tiny_llama, heads)
+    uncached = LLM(str(target), speculative_config=spec, enable_prefix_caching=False)
+    expected = (_outputs(uncached, GREEDY), _outputs(uncached, SEEDED))
+    assert _counter(uncached, "splitspec_prefix_cache_queries") is None  # no cache, no series
+    llm = LLM(str(target), speculative_config=spec)
+    assert (_outputs(llm, GREEDY), _outputs(llm, SEEDED)) == expected
+    looked_up, found = (_counter(llm, f"splitspec_prefix_cache_{n}") for n in ("queries", "hits"))
+    if name != "eagle3":  # each later prompt found the first's two full blocks, twice over
+        assert looked_up == 2 * sum(len(p) for p in PROMPTS) and found >= 2 * 3 * 32
+    else:  # an EAGLE head attends over every state of the prompt: its first pass computes them all
+        assert looked_up == found == 0
 
 
 def test_a_repeated_prompt_is_found_block_for_block_and_counted(tiny_llama):
