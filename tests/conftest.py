@@ -156,3 +156,21 @@ def eagle3_head(tiny_llama_8_layers, tmp_path_factory) -> Path:
     greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     texts = target_texts(tiny_llama_8_layers, PROMPTS, greedy)
     return fit_eagle3(tmp_path_factory.mktemp("eagle3") / "head", tiny_llama_8_layers, texts, [2, 4, 5])
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_llama):
+    """tiny_llama in-process with a small KV cache, no drafter (tests/shaped_logits.py)."""
+    from shaped_logits import SMALL_KV
+
+    from splitspec import LLM
+
+    return LLM(str(tiny_llama), kv_cache_memory_bytes=SMALL_KV)
+
+
+@pytest.fixture(scope="module")
+def speculative(tiny_llama):
+    """tiny_llama drafting by n-grams and by itself (shaped_logits.drafting_llms)."""
+    from shaped_logits import drafting_llms
+
+    return drafting_llms(tiny_llama)

@@ -1,5 +1,6 @@
 """Speculation over a target whose logits a request shapes (penalties, logit bias, min-p): the engines
-that draft against it and the check that their output is plain decoding's, for the tests of each."""
+that draft against it (the `plain` and `speculative` fixtures of tests/conftest.py) and the check that
+their output is plain decoding's, for the tests of each."""
 
 from __future__ import annotations
 

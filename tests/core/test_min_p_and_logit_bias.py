@@ -8,9 +8,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shaped_logits import SMALL_KV, assert_speculation_is_plain_decoding, drafting_llms, outputs
+from shaped_logits import assert_speculation_is_plain_decoding, outputs
 
-from splitspec import LLM, SamplingParams
+from splitspec import SamplingParams
 from splitspec.errors import SplitspecError
 from splitspec.logits_processing import apply_logit_bias, apply_min_p
 
@@ -65,21 +65,10 @@ def test_bad_values_are_refused_with_their_name(kwargs, words):
     assert words in str(caught.value)
 
 
-def test_a_logit_bias_token_outside_the_vocabulary_is_refused(tiny_llama):
-    llm = LLM(str(tiny_llama), kv_cache_memory_bytes=SMALL_KV)
-    vocab = llm.runner.vocab_size
+def test_a_logit_bias_token_outside_the_vocabulary_is_refused(plain):
+    vocab = plain.runner.vocab_size
     with pytest.raises(SplitspecError, match=f"logit_bias token ids must be in \\[0, {vocab}\\); got {vocab}"):
-        llm.generate({"prompt_token_ids": [1, 2]}, SamplingParams(logit_bias={vocab: 1.0}), use_tqdm=False)
-
-
-@pytest.fixture(scope="module")
-def plain(tiny_llama) -> LLM:
-    return LLM(str(tiny_llama), kv_cache_memory_bytes=SMALL_KV)
-
-
-@pytest.fixture(scope="module")
-def speculative(tiny_llama) -> dict[str, LLM]:
-    return drafting_llms(tiny_llama)
+        plain.generate({"prompt_token_ids": [1, 2]}, SamplingParams(logit_bias={vocab: 1.0}), use_tqdm=False)
 
 
 def test_speculation_with_logit_bias_and_min_p_is_plain_decoding_with_them(plain, speculative):

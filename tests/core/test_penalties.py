@@ -8,9 +8,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shaped_logits import SMALL_KV, assert_speculation_is_plain_decoding, drafting_llms, outputs
+from shaped_logits import assert_speculation_is_plain_decoding, outputs
 
-from splitspec import LLM, SamplingParams
+from splitspec import SamplingParams
 from splitspec.errors import SplitspecError
 from splitspec.token_penalties import TokenPenalties
 
@@ -90,16 +90,6 @@ PENALTIES = [
     {"frequency_penalty": 1.2},
     {"presence_penalty": 1.5, "frequency_penalty": 0.4, "repetition_penalty": 1.2},
 ]
-
-
-@pytest.fixture(scope="module")
-def plain(tiny_llama) -> LLM:
-    return LLM(str(tiny_llama), kv_cache_memory_bytes=SMALL_KV)
-
-
-@pytest.fixture(scope="module")
-def speculative(tiny_llama) -> dict[str, LLM]:
-    return drafting_llms(tiny_llama)
 
 
 @pytest.mark.parametrize("penalties", PENALTIES, ids=lambda p: ",".join(p))
