@@ -13,6 +13,7 @@ from splitspec.logits_processing import batched_target_probs, target_probs
 from splitspec.models.loader import load_runner
 from splitspec.sampling_params import SamplingParams
 from splitspec.sequence import Sequence
+from splitspec.token_penalties import TokenPenalties
 from splitspec_kernels.rejection_sampling import rejection_sample_reference, rejection_sample_triton
 from splitspec_kernels.triton_support import triton_available
 from verifier_svc.rejection_sampler import verify
@@ -125,3 +126,28 @@ def test_states_come_back_in_the_target_s_dtype(tiny_llama_8_layers) -> None:
     sent = wire.tensor_to_proto(result.hidden_state)
     assert len(sent.data) == result.hidden_state.numel() * 2
     assert torch.equal(wire.tensor_from_proto(sent), result.hidden_state)
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+def test_shaped_logits_make_the_same_decisions_on_the_device_path(tiny_llama) -> None:
+    """logit_bias, min_p and penalties shape the rows before either path samples them: the batched path
+    decides as the per-sequence one does, greedy and sampled."""
+    prompts = [[5, 6, 7, 8, 9, 5, 6], [17, 3, 4], list(range(30, 50))]
+    drafts = [[5, 6, 7], [9, 10], [50, 51, 52]]
+    shaped = [
+        SamplingParams(temperature=0, max_tokens=8, logit_bias={5: 3.0, 9: -2.0}, frequency_penalty=0.5),
+        SamplingParams(temperature=0.9, max_tokens=8, min_p=0.2, logit_bias={10: 2.0}),
+        SamplingParams(temperature=1.3, max_tokens=8, min_p=0.05, repetition_penalty=1.3),
+    ]
+    results = {}
+    for backend in ("torch", "triton"):
+        verifier = Verifier(load_runner(tiny_llama, RunnerConfig(kernel_backend=backend)))
+        for seed in range(4):
+            steps = [(Sequence(f"s{i}", None, p, params, seed=seed), Draft(d, [None] * len(d)))
+                     for i, (p, d, params) in enumerate(zip(prompts, drafts, shaped))]  # fmt: skip
+            for seq, _ in steps:
+                seq.penalties = TokenPenalties.for_request(seq.params, len(seq.tokens))
+            results[backend, seed] = [(r.num_accepted, r.token_ids) for r in verifier.verify(steps)]
+            for seq, _ in steps:
+                verifier.free(seq.seq_id)
+    assert all(results["torch", s] == results["triton", s] for s in range(4))
