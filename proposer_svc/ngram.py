@@ -21,12 +21,15 @@ class NgramProposer(Proposer):
             index = self._indexes.setdefault(req.seq_id, NgramIndex(self.min_n, self.max_n))
             committed = len(req.token_ids) - req.num_assumed
             index.extend(req.token_ids[:committed])  # the index grows with committed tokens only
-            tokens = (
-                index.lookup(req.num_tokens, req.token_ids[committed:], req.excluded_first)
-                if req.num_tokens > 0
-                else []
-            )
-            drafts.append(Draft(tokens, [None] * len(tokens)))
+            tail = req.token_ids[committed:]
+            if req.num_tokens <= 0:
+                drafts.append(Draft())
+            elif req.tree_width > 1:
+                tokens, parents = index.lookup_tree(req.num_tokens, req.tree_width, tail, req.excluded_first)
+                drafts.append(Draft(tokens, [None] * len(tokens), parents))
+            else:
+                tokens = index.lookup(req.num_tokens, tail, req.excluded_first)
+                drafts.append(Draft(tokens, [None] * len(tokens)))
         return drafts
 
     def release(self, seq_id: str) -> None:

@@ -72,6 +72,9 @@ class SpeculativeConfig:
     suffix: SuffixSettings = field(default_factory=SuffixSettings)
     quantization: str | None = None
     """draft_model: how the draft model's projections are held (RunnerConfig.quantization)."""
+    tree_width: int = 1
+    """The most branches a drafted token may have: 1 drafts chains; more lets drafters that branch
+    (ngram for now) draft trees of num_speculative_tokens tokens, verified in one pass (splitspec.draft_tree)."""
 
     def __post_init__(self) -> None:
         if self.method not in SPECULATION_METHODS:
@@ -88,6 +91,8 @@ class SpeculativeConfig:
             raise SplitspecError(f'speculative method "{self.method}" takes no "model"; drop it or use "draft_model"')
         if self.method not in METHODS_WITHOUT_MODEL and not self.draft_model:
             raise SplitspecError(f'speculative method "{self.method}" needs "model": a checkpoint path')
+        if not isinstance(self.tree_width, int) or isinstance(self.tree_width, bool) or self.tree_width < 1:
+            raise SplitspecError(f"tree_width must be an integer >= 1, got {self.tree_width!r}")
         if self.draft_top_k < 1:
             raise SplitspecError(f"draft_top_k must be >= 1, got {self.draft_top_k}")
         if self.quantization is not None and self.method != SpeculationMethod.DRAFT_MODEL:
@@ -104,6 +109,7 @@ _SPEC_CONFIG_KEYS = {
     "draft_top_k",
     "adaptive",
     "quantization",
+    "tree_width",
     *SUFFIX_CONFIG_KEYS,
 }
 
@@ -171,6 +177,7 @@ def build_speculative_config(
         adaptive=bool(spec.get("adaptive", True)),
         suffix=suffix,
         quantization=spec.get("quantization"),
+        tree_width=spec.get("tree_width", 1),
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from splitspec import draft_tree
 from splitspec.sparse_distribution import SparseDistribution
 from splitspec.str_enum import StrEnum
 
@@ -49,11 +50,36 @@ class DraftRequest:
     excluded_first: tuple[int, ...] = ()
     """A draft ahead for an outcome where the verifier rejects these tokens right after `token_ids`: the
     first token drafted is none of them (a drafter guesses its next best, or drafts nothing)."""
+    tree_width: int = 1
+    """The most children a drafted token (or the last committed one) may have: 1 asks for a chain; more
+    allows a tree (Draft.parents) of at most `num_tokens` tokens. Drafters that cannot branch draft chains."""
 
 
 @dataclass
 class Draft:
-    """Proposed tokens; `q[i]` is the exact distribution token i was drawn from, None for one-hot."""
+    """Proposed tokens; `q[i]` is the exact distribution token i was drawn from, None for one-hot.
+    `parents`: a tree-shaped draft's parent of each token (splitspec.draft_tree); None for a chain."""
 
     token_ids: list[int] = field(default_factory=list)
     q: list[SparseDistribution | None] = field(default_factory=list)
+    parents: list[int] | None = None
+
+    @property
+    def is_tree(self) -> bool:
+        return self.parents is not None and not draft_tree.is_chain(self.parents)
+
+    def first(self, n: int) -> Draft:
+        """The draft's first n tokens (a tree stays a tree: parents come before their children)."""
+        if n >= len(self.token_ids):
+            return self
+        return Draft(self.token_ids[:n], self.q[:n], None if self.parents is None else self.parents[:n])
+
+    def main_chain(self) -> Draft:
+        """A tree's path through each node's first child: the chain it drafts when trees cannot be verified."""
+        if not self.is_tree:
+            return self
+        path, kids, node = [], draft_tree.children(self.parents), draft_tree.ROOT
+        while node in kids:
+            node = kids[node][0]
+            path.append(node)
+        return Draft([self.token_ids[i] for i in path], [self.q[i] for i in path])

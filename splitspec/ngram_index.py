@@ -15,6 +15,7 @@ class NgramIndex:
         self.min_n, self.max_n = min_n, max_n
         self.tokens: list[int] = []
         self.last_end: dict[tuple[int, ...], int] = {}
+        self.ends: dict[tuple[int, ...], list[int]] = {}  # every occurrence's end, oldest first
         self.indexed_until = 0  # every n-gram ending at or before this position is indexed
 
     def extend(self, tokens: list[int]) -> None:
@@ -25,7 +26,9 @@ class NgramIndex:
         for end in range(self.indexed_until + 1, len(self.tokens)):
             for n in range(self.min_n, self.max_n + 1):
                 if end - n >= 0:
-                    self.last_end[tuple(self.tokens[end - n : end])] = end
+                    gram = tuple(self.tokens[end - n : end])
+                    self.last_end[gram] = end
+                    self.ends.setdefault(gram, []).append(end)
         self.indexed_until = max(self.indexed_until, len(self.tokens) - 1)
 
     def lookup(self, num_tokens: int, tail: list[int] | None = None, excluded_first: tuple[int, ...] = ()) -> list[int]:
@@ -39,3 +42,53 @@ class NgramIndex:
             if end is not None and tokens[end] not in excluded_first:
                 return tokens[end : end + num_tokens]
         return []
+
+    def lookup_tree(
+        self, num_tokens: int, width: int, tail: list[int] | None = None, excluded_first: tuple[int, ...] = ()
+    ) -> tuple[list[int], list[int]]:
+        """(tokens, parents) of a tree of at most num_tokens tokens, each with at most `width` children:
+        the continuations of the context's longest indexed n-gram (and of shorter ones, until the first
+        token has `width` candidates), merged where they agree. Tokens are taken most frequent path first
+        (by how many continuations pass through them, then the most recent), so each token's first child
+        is its likeliest and a token comes after its parent."""
+        tokens = self.tokens + tail if tail else self.tokens
+        size = len(tokens)
+        starts: list[int] = []
+        for n in range(min(self.max_n, size - 1), self.min_n - 1, -1):
+            found = [e for e in self.ends.get(tuple(tokens[size - n :]), []) if tokens[e] not in excluded_first]
+            starts += [e for e in reversed(found[-_MOST_OCCURRENCES:]) if e not in starts]
+            if len({tokens[e] for e in starts}) >= width:
+                break
+        return _frequent_tree([tokens[e : e + num_tokens] for e in starts], num_tokens, width)
+
+
+_MOST_OCCURRENCES = 64
+"""The most recent occurrences of an n-gram whose continuations shape a tree."""
+
+
+def _frequent_tree(continuations: list[list[int]], budget: int, width: int) -> tuple[list[int], list[int]]:
+    """The trie of the continuations (most recent first), pruned best first to `budget` tokens and
+    `width` children per token."""
+    counts: dict[tuple[int, ...], int] = {}
+    recency: dict[tuple[int, ...], int] = {}
+    for rank, continuation in enumerate(continuations):
+        for depth in range(1, len(continuation) + 1):
+            path = tuple(continuation[:depth])
+            counts[path] = counts.get(path, 0) + 1
+            recency.setdefault(path, rank)
+    tokens: list[int] = []
+    parents: list[int] = []
+    index: dict[tuple[int, ...], int] = {(): -1}
+    kids: dict[tuple[int, ...], int] = {}
+    # a path never ranks before its prefix (counted at least as often, and seen no later), so one pass
+    # in rank order meets every parent before its children
+    for path in sorted(counts, key=lambda path: (-counts[path], recency[path], len(path))):
+        if len(tokens) == budget:
+            break
+        parent = path[:-1]
+        if parent in index and kids.get(parent, 0) < width:
+            index[path] = len(tokens)
+            kids[parent] = kids.get(parent, 0) + 1
+            tokens.append(path[-1])
+            parents.append(index[parent])
+    return tokens, parents

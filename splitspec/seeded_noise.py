@@ -21,6 +21,12 @@ DRAFT = 4
 """A draft model's sample from its q."""
 
 
+def sibling(purpose: int, index: int) -> int:
+    """The stream of a tree draft's sibling `index` at a position: the first sibling's is the chain's
+    (so a tree of one branch draws what a chain draws), each other one its own."""
+    return purpose if index == 0 else purpose + (index << 8)
+
+
 def _splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64

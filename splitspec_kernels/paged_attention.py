@@ -32,6 +32,10 @@ class AttentionBatch:
     query_lens: list[int]
     slot_mapping: torch.Tensor  # [num_tokens] int64 flat cache slot of each new token
     sliding_window: int | None = None
+    trees: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """Sequences whose new tokens end in a tree-shaped draft: index -> (which of its new tokens each new
+    token sees [n, n] bool, their positions [n] int64). `mask` reads it (so the reference and row-by-row
+    attention do); the Triton kernel does not."""
     _rowwise_chunks: tuple[int, list["RowwiseChunk"]] | None = field(default=None, init=False, repr=False)
 
     @staticmethod
@@ -42,6 +46,7 @@ class AttentionBatch:
         slot_mapping: list[int],
         sliding_window: int | None = None,
         device: torch.device | str = "cpu",
+        trees: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> "AttentionBatch":
         max_blocks = max(len(t) for t in block_tables)
         tables = torch.zeros(len(seq_lens), max_blocks, dtype=torch.int64)
@@ -55,6 +60,7 @@ class AttentionBatch:
             query_lens=list(query_lens),
             slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64, device=device),
             sliding_window=sliding_window,
+            trees=trees or {},
         )
 
     @property
@@ -90,6 +96,7 @@ class AttentionBatch:
                 query_lens=lens,
                 slot_mapping=self.slot_mapping[rows],
                 sliding_window=self.sliding_window,
+                trees={i: self.trees[b] for i, b in enumerate(seqs) if b in self.trees},
             )
             groups.append((rows, sub))
         return groups
@@ -125,8 +132,13 @@ class AttentionBatch:
         q_pos = (self.seq_lens - lens_q)[:, None] + torch.arange(self.max_query_len, device=device)[None, :]
         k_pos = torch.arange(int(self.seq_lens.max()), device=device)
         mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < self.seq_lens[:, None, None])
+        key_pos = k_pos[None, :].expand(len(self.query_lens), -1).clone()
+        for b, (sees, positions) in self.trees.items():
+            n, context = self.query_lens[b], int(self.seq_lens[b]) - self.query_lens[b]
+            mask[b, :n, context : context + n] = sees.to(device)
+            key_pos[b, context : context + n] = q_pos[b, :n] = positions.to(device)
         if self.sliding_window is not None:
-            mask &= k_pos[None, None, :] > q_pos[:, :, None] - self.sliding_window
+            mask &= key_pos[:, None, :] > q_pos[:, :, None] - self.sliding_window
         return mask[:, None]
 
 

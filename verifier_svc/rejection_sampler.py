@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from splitspec import seeded_noise
+from splitspec import draft_tree, seeded_noise
 from splitspec.devices import to_device
 from splitspec.logits_processing import batched_target_probs, target_probs
 from splitspec.sparse_distribution import SparseDistribution
@@ -65,12 +65,17 @@ class VerifyRequest:
     top_k: int
     top_p: float
     seed: int
+    parents: list[int] | None = None
+    """A tree-shaped draft's parents (splitspec.draft_tree): row 0 scores the root children, row 1 + i
+    the children of draft token i. None: a chain."""
 
 
 @dataclass
 class VerifyResult:
     num_accepted: int
     token_ids: list[int]  # the accepted drafts followed by the correction or bonus token
+    path: list[int] | None = None
+    """A tree's accepted draft tokens, by index in the draft (None for a chain: the first num_accepted)."""
     logprobs: list[dict[int, Logprob]] | None = None
     """When the request asks for them: per token, the target's log-probabilities (token_logprobs)."""
     prompt_logprobs: list[dict[int, Logprob]] | None = None
@@ -108,6 +113,79 @@ def verify(request: VerifyRequest) -> VerifyResult:
         return VerifyResult(i, out + [correction])
     bonus = sample_target(probs[len(drafts)], request.seed, request.first_position + len(drafts))
     return VerifyResult(len(drafts), out + [bonus])
+
+
+def verify_tree(request: VerifyRequest) -> VerifyResult:
+    """A tree-shaped draft: walk down from the last committed token, at each token choosing among its
+    children, and stop at the first token none of them is kept for, with its correction (or, at a
+    leaf, the bonus token).
+
+    Among a token's children, by how they were drafted:
+    - greedy: the child equal to the target's argmax, if any;
+    - one-hot children (distinct tokens, q None): the target draws its own sample y from the
+      position's TARGET stream, and the child equal to y is kept, if any; else y is the correction. Each
+      committed token is then exactly the target's sample, the token plain decoding draws there: seeded
+      output does not change with the tree's shape;
+    - children drawn independently from one q (x_1..x_m): recursive rejection sampling (SpecInfer,
+      Miao et al. 2023). With r_1 = p, child j is kept with probability min(1, r_j(x_j) / q(x_j)); if
+      not, r_{j+1} = normalize(max(0, r_j - q)) and the next child is tried; after the last, the
+      correction is drawn from r_{m+1}.
+
+    Why the last rule is exact: one step is plain speculative sampling of a target r with a draft
+    x ~ q, which keeps x with mass min(r(x), q(x)) and rejects with probability
+    beta = sum(max(0, r - q)); a token drawn from normalize(max(0, r - q)) after a rejection makes the
+    step's output exactly r, as min(r, q) + max(0, r - q) = r. Replacing that final draw by another such
+    step against the residual, with a fresh independent x_{j+1} ~ q (the siblings are i.i.d. and
+    independent of the coins, so rejecting x_1..x_j says nothing about x_{j+1}), outputs the residual
+    exactly, by induction from the last step, which draws from its residual directly. So the token kept
+    at each position is distributed as p, and the walk continues below it with the drafts drawn
+    conditionally on it, as the next position of plain sampling would. With one child per token every
+    rule is the chain's rule of `verify`, drawing from the same streams.
+    """
+    parents = request.parents or []
+    kids = draft_tree.children(parents)
+    greedy = request.temperature == 0
+    probs = None if greedy else target_probs(request.logits, request.temperature, request.top_k, request.top_p)
+    node, path, tokens = draft_tree.ROOT, [], []
+    while True:
+        row, position = node + 1, request.first_position + len(path)
+        options = kids.get(node, [])
+        if greedy:
+            best = int(torch.argmax(request.logits[row]).item())
+            chosen = next((c for c in options if request.draft_token_ids[c] == best), None)
+            token = best
+        elif not options or request.draft_q[options[0]] is None:
+            token = sample_target(probs[row], request.seed, position)
+            chosen = next((c for c in options if request.draft_token_ids[c] == token), None)
+        else:
+            chosen, token = _recursive_rejection(probs[row], options, request, position)
+        if chosen is None:
+            return VerifyResult(len(path), tokens + [token], path=path)
+        path.append(chosen)
+        tokens.append(token)
+        node = chosen
+
+
+def _recursive_rejection(
+    p: torch.Tensor, options: list[int], request: VerifyRequest, position: int
+) -> tuple[int | None, int]:
+    """(the sibling kept or None, the token committed) for siblings drawn i.i.d. from one q (verify_tree)."""
+    residual = p.to(torch.float64)  # r_j, normalized
+    for j, child in enumerate(options):
+        draft, q = request.draft_token_ids[child], request.draft_q[child]
+        q_dense = q.dense(p.shape[-1])
+        q_x = q_dense[draft].item()
+        if q_x <= 0:
+            raise ValueError(f"draft token {draft} has zero probability under its own q")
+        u = seeded_noise.uniform(request.seed, position, seeded_noise.sibling(seeded_noise.ACCEPT, j))
+        if u * q_x < residual[draft].item():
+            return child, draft
+        rest = torch.clamp(residual - q_dense, min=0.0)
+        total = rest.sum().item()
+        if total <= 0:
+            break
+        residual = rest / total
+    return None, _race(rest, request.seed, position, seeded_noise.RESIDUAL)
 
 
 def sample_target(probs: torch.Tensor, seed: int, position: int) -> int:

@@ -7,6 +7,7 @@ discards the rejected drafts' positions.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Protocol
 
 import torch
@@ -20,7 +21,7 @@ from splitspec.token_ban import TokenBan
 from splitspec.token_logprobs import token_logprobs
 from splitspec.token_penalties import TokenPenalties
 from splitspec_kernels.rejection_sampling import RejectionBatch
-from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, build_rejection_batch, verify
+from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, build_rejection_batch, verify, verify_tree
 
 RejectionSampler = Callable[[RejectionBatch], tuple[torch.Tensor, torch.Tensor]]
 
@@ -62,10 +63,11 @@ class Verifier:
             fed = seq.tokens[cached:] + draft.token_ids
             every_row = hidden_states is not None and hidden_states[i] == HiddenStates.ALL
             rows = len(draft.token_ids) + 1
+            tree = draft.parents if draft.is_tree else None
             if _wants_prompt_rows(seq, cached):
-                inputs.append(ForwardInput(seq.seq_id, fed, len(fed), len(fed) if every_row else rows))
+                inputs.append(ForwardInput(seq.seq_id, fed, len(fed), len(fed) if every_row else rows, tree))
             else:
-                inputs.append(ForwardInput(seq.seq_id, fed, rows, len(fed) if every_row else None))
+                inputs.append(ForwardInput(seq.seq_id, fed, rows, len(fed) if every_row else None, tree))
         return inputs
 
     def fits(self, steps: list[tuple[VerifiableSequence, Draft]]) -> bool:
@@ -96,6 +98,10 @@ class Verifier:
         """
         modes = hidden_states if hidden_states is not None else [self.hidden_states] * len(steps)
         layers = hidden_layers if hidden_layers is not None else [self.hidden_layers] * len(steps)
+        steps = [
+            (seq, draft if self._verifies_tree(seq, mode) else draft.main_chain())
+            for (seq, draft), mode in zip(steps, modes)
+        ]
         for (seq, _), mode in zip(steps, modes):
             if _may_reuse_prefix(seq, mode, self.runner.cached_length(seq.seq_id)):
                 self.runner.reuse_prefix(seq.seq_id, seq.tokens)
@@ -116,9 +122,15 @@ class Verifier:
         raw = _raw_rows_for_logprobs(fed, logits)  # before _requests bans tokens in place
         requests = self._requests(steps, fed, plans, logits)
         if logits.device.type == "cpu" and self.runner.kernels.name == "torch":
-            results = [verify(request) for request in requests]
+            results = [verify_tree(r) if r.parents else verify(r) for r in requests]
         else:
-            results = sample_on_device(requests, self.runner.kernels.rejection_sample)
+            results = _sample_trees_on_host(requests, self.runner.kernels.rejection_sample)
+        for inp, request, result in zip(inputs, requests, results):
+            if request.parents:  # the accepted path's KV moves into place; its siblings' is dropped
+                before_tree = len(inp.token_ids) - len(request.parents)
+                start = self.runner.cached_length(inp.seq_id) - len(inp.token_ids)
+                kept = list(range(before_tree)) + [before_tree + node for node in result.path]
+                self.runner.keep_rows(inp.seq_id, start, kept)
         for i, rows in raw.items():
             result, top = results[i], steps[i][0].params.logprobs
             results[i].logprobs = token_logprobs(rows[: result.num_accepted + 1], result.token_ids, top)
@@ -133,6 +145,21 @@ class Verifier:
             if seq.grammar is not None:
                 seq.grammar.advance(result.token_ids)
         return results
+
+    def _verifies_tree(self, seq: VerifiableSequence, mode: HiddenStates) -> bool:
+        """Whether a tree-shaped draft of this sequence is verified as a tree; otherwise its main chain
+        is. Trees are verified where every row's treatment depends on its position and the tokens
+        before it only through the draft's own path: not yet with a grammar, penalties, a token ban,
+        logprobs or hidden states, nor on a runner that cannot attend a tree."""
+        return (
+            self.runner.supports_trees
+            and mode == HiddenStates.NONE
+            and seq.grammar is None
+            and seq.penalties is None
+            and seq.token_ban is None
+            and seq.params.logprobs is None
+            and not _wants_prompt_rows(seq, self.runner.cached_length(seq.seq_id))
+        )
 
     @staticmethod
     def _requests(
@@ -173,6 +200,7 @@ class Verifier:
                     top_k=seq.params.top_k,
                     top_p=seq.params.top_p,
                     seed=seq.seed,
+                    parents=fed_draft.parents if fed_draft.is_tree else None,
                 )
             )
             row += k + 1
@@ -232,6 +260,13 @@ def _raw_rows_for_logprobs(
             rows[i] = logits[row : row + k + 1].clone()
         row += k + 1
     return rows
+
+
+def _sample_trees_on_host(requests: list[VerifyRequest], rejection_sample: RejectionSampler) -> list[VerifyResult]:
+    """The chains verified on the device as one batch; each tree on the host (verify_tree)."""
+    chains = [r for r in requests if not r.parents]
+    sampled = iter(sample_on_device(chains, rejection_sample) if chains else [])
+    return [verify_tree(replace(r, logits=r.logits.cpu())) if r.parents else next(sampled) for r in requests]
 
 
 def sample_on_device(requests: list[VerifyRequest], rejection_sample: RejectionSampler) -> list[VerifyResult]:

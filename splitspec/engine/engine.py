@@ -43,9 +43,11 @@ class Engine:
         seed: int = 0,
         cost_model: PassCostModel | None = None,
         grammars: GrammarCompiler | None = None,
+        tree_width: int = 1,
     ) -> None:
         """cost_model: when given, the number of drafts adapts per sequence (see adaptive_k.py).
-        grammars: compiles requests' structured outputs; without it they are refused."""
+        grammars: compiles requests' structured outputs; without it they are refused.
+        tree_width: the most branches per drafted token (DraftRequest.tree_width)."""
         self.verifier = verifier
         self.runner = verifier.runner
         self.proposer = proposer
@@ -54,6 +56,7 @@ class Engine:
         self.scheduler = Scheduler(config, self.runner, self.num_speculative_tokens)
         self.cost_model = cost_model
         self.grammars = grammars
+        self.tree_width = tree_width
         self._rng = random.Random(seed)
         self._acceptance: dict[str, PositionalAcceptance] = {}
         self._draft_token_s = Ewma(warm_up=2)  # the proposer's seconds per round, per draft of the longest draft
@@ -165,6 +168,7 @@ class Engine:
                 top_k=seq.params.top_k,
                 seed=seq.seed,
                 hidden_state=self._unread.pop(seq.seq_id, None) if budget else None,
+                tree_width=self.tree_width,
             )
             for seq, budget in zip(running, self._draft_budget(running))
         ]
@@ -173,7 +177,7 @@ class Engine:
         longest = max((r.num_tokens for r in requests), default=0)
         if longest:
             self._draft_token_s.add((time.perf_counter() - started) / longest)
-        return [Draft(d.token_ids[: r.num_tokens], d.q[: r.num_tokens]) for d, r in zip(drafts, requests)]
+        return [d.first(r.num_tokens) for d, r in zip(drafts, requests)]
 
     def _hold_states(self, seq_id: str, states: torch.Tensor | None) -> None:
         """Keep a pass's states for the proposer until a round drafts for the sequence: a round

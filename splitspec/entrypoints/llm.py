@@ -176,6 +176,7 @@ class LLM:
             seed=self.config.seed,
             cost_model=cost_model,
             grammars=GrammarCompiler(self.tokenizer, self.runner.vocab_size, eos),
+            tree_width=spec.tree_width if spec else 1,
         )
 
     def close(self) -> None:

@@ -57,6 +57,13 @@ class HFRunner:
         self._caches[seq_id].crop(length - current)  # a negative count drops that many from the end
         self._lengths[seq_id] = length
 
+    supports_trees = False  # transformers' causal cache: a verifier feeds a tree's main chain
+
+    def keep_rows(self, seq_id: str, start: int, kept: list[int]) -> None:
+        if kept != list(range(len(kept))):
+            raise ValueError(f"sequence {seq_id}: this runner keeps a prefix of the rows fed, not rows {kept}")
+        self.truncate(seq_id, start + len(kept))
+
     def free(self, seq_id: str) -> None:
         self._caches.pop(seq_id, None)
         self._lengths.pop(seq_id, None)

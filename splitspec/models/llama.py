@@ -11,11 +11,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from splitspec import draft_tree
 from splitspec.config import QUANTIZATIONS
 from splitspec.devices import to_device
 from splitspec.errors import OutOfKVBlocks, SplitspecError
@@ -31,7 +33,7 @@ from splitspec.models.runner import ForwardInput
 from splitspec.models.tensor_parallel import ShardPlan, TensorParallel, all_reduce, embed, gather_logits, min_over_ranks
 from splitspec.models.tp_workers import TensorParallelWorkerLost, WorkerGroup, broadcast_layout
 from splitspec_kernels.dispatch import KernelUnavailable, select_kernels
-from splitspec_kernels.paged_attention import AttentionBatch, paged_attention_rowwise
+from splitspec_kernels.paged_attention import AttentionBatch, paged_attention_reference, paged_attention_rowwise
 from splitspec_kernels.rms_norm import rms_norm_reference
 from splitspec_kernels.rotary import rotate_half
 
@@ -144,6 +146,9 @@ class LlamaRunner:
         # between passes of different shapes into different tokens at near-ties: attend the same in every pass
         rowwise = quantization is not None and self.device.type == "cpu"
         self._attention = paged_attention_rowwise if rowwise else self.kernels.paged_attention
+        # a tree's tokens lie at other slots than a decode step's, so row-by-row attention would not be
+        # exact across passes for them; the tensor-parallel ranks do not move KV (keep_rows)
+        self.supports_trees = not rowwise and tp is None
         self.workers: WorkerGroup | None = None  # the driver's; set by the loader
         self.hidden = config.hidden_size
         self.q_heads = config.num_attention_heads
@@ -342,6 +347,18 @@ class LlamaRunner:
     def free(self, seq_id: str) -> None:
         self.allocator.free(seq_id)
 
+    @torch.inference_mode()
+    def keep_rows(self, seq_id: str, start: int, kept: list[int]) -> None:
+        moves = [(start + offset, start + i) for i, offset in enumerate(kept) if offset != i]
+        if moves:  # destinations come before their sources and after every earlier source: copy in order
+            table, size = self.allocator.block_table(seq_id), self.block_size
+            sources = torch.tensor([table[src // size] * size + src % size for src, _ in moves], device=self.device)
+            targets = torch.tensor([table[dst // size] * size + dst % size for _, dst in moves], device=self.device)
+            for cache in (*self.key_cache, *self.value_cache):
+                flat = cache.view(-1, *cache.shape[2:])  # [slots, kv_heads, head_dim]
+                flat[targets] = flat[sources]
+        self.allocator.truncate(seq_id, start + len(kept))
+
     def reuse_prefix(self, seq_id: str, token_ids: list[int]) -> int:
         return self.allocator.reuse_prefix(seq_id, token_ids)
 
@@ -407,6 +424,11 @@ class LlamaRunner:
     def _layout(self, inputs: list[ForwardInput], aux_layers: tuple[int, ...] = ()) -> PassLayout:
         """Give the inputs their cache slots and say which rows come back."""
         layout = PassLayout([], [], [], [], [], [], [], [], list(aux_layers))
+        if any(i.tree for i in inputs) and not self.supports_trees:
+            raise SplitspecError(
+                "this runner verifies no tree-shaped drafts (quantized on the CPU, or tensor-parallel)"
+            )
+        rows_parents: list[int] = []
         for inp in inputs:
             start = self.allocator.length(inp.seq_id)
             n = len(inp.token_ids)
@@ -418,8 +440,12 @@ class LlamaRunner:
             layout.logit_rows.extend(range(row + n - inp.num_logits, row + n))
             layout.hidden_rows.extend(range(row + n - inp.hidden_rows, row + n))
             layout.tokens.extend(inp.token_ids)
-            layout.positions.extend(range(start, start + n))
+            parents = _rows_parents(inp)
+            rows_parents.extend(parents)
+            layout.positions.extend(start + depth - 1 for depth in draft_tree.depths(parents))
             layout.slots.extend(self.allocator.append(inp.seq_id, n))
+        if any(i.tree for i in inputs):
+            layout.parents = rows_parents
         for inp in inputs:
             layout.block_tables.append(self.allocator.block_table(inp.seq_id))
             layout.seq_lens.append(self.allocator.length(inp.seq_id))
@@ -430,7 +456,13 @@ class LlamaRunner:
     def compute(self, layout: PassLayout, extra_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one laid-out pass: writes the new tokens' KV, returns (logits, hidden) of the asked rows.
         Every rank of a tensor-parallel group runs it with the same layout."""
-        if self.graphs is not None and extra_input is None and not layout.aux_layers and self.graphs.fits(layout):
+        if (
+            self.graphs is not None
+            and extra_input is None
+            and not layout.aux_layers
+            and not layout.parents
+            and self.graphs.fits(layout)
+        ):
             logits, hidden = self.graphs.run(layout)  # every padded row: pick (and so copy) the asked ones
             logit_rows = to_device(layout.logit_rows, self.device)
             same = layout.hidden_rows == layout.logit_rows
@@ -445,11 +477,18 @@ class LlamaRunner:
     def _asked_rows(self, layout: PassLayout, extra_input: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The eager pass: (logits, final hidden) of the rows the layout asks for."""
         batch = AttentionBatch.build(
-            layout.block_tables, layout.seq_lens, layout.query_lens, layout.slots, self.sliding_window, self.device
+            layout.block_tables,
+            layout.seq_lens,
+            layout.query_lens,
+            layout.slots,
+            self.sliding_window,
+            self.device,
+            _trees(layout),
         )
         x = self._input_embeddings(torch.tensor(layout.tokens, device=self.device), extra_input)  # [tokens, hidden]
         captured: dict[int, torch.Tensor] = {i: x for i in layout.aux_layers}
-        x = self._decoder(x, torch.tensor(layout.positions, device=self.device), batch, captured)
+        attention = paged_attention_reference if layout.parents else self._attention  # the one that reads tree masks
+        x = self._decoder(x, torch.tensor(layout.positions, device=self.device), batch, captured, attention)
         logit_rows = torch.tensor(layout.logit_rows, device=self.device)
         if layout.hidden_rows == layout.logit_rows and not captured:
             hidden = self._final_hidden(x[logit_rows])
@@ -486,9 +525,11 @@ class LlamaRunner:
         positions: torch.Tensor,
         batch: AttentionBatch,
         captured: dict[int, torch.Tensor] | None = None,
+        attention: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The decoder layers over x [tokens, hidden]. captured: layer id -> filled with the residual
-        stream entering that layer (for EAGLE-3)."""
+        stream entering that layer (for EAGLE-3). attention: in place of the runner's own."""
+        attention = attention or self._attention
         freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]
         angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [tokens, 1, head_dim]
         cos = (angles.cos() * self.rope_attention_factor).to(self.dtype)
@@ -510,7 +551,7 @@ class LlamaRunner:
                 q = rotate_half(rms_norm_reference(q, layer.q_norm, self.eps), cos, sin)
                 k = rotate_half(rms_norm_reference(k, layer.k_norm, self.eps), cos, sin)
             self.kernels.write_kv_cache(k, v, self.key_cache[i], self.value_cache[i], batch.slot_mapping)
-            attn = self._attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
+            attn = attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
             x, h = self._add_rms_norm(x, self._scaled(layer.o(attn.reshape(num_tokens, q_size))), layer.post_norm)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             delta = self._scaled(layer.down(F.silu(gate) * up))
@@ -541,3 +582,27 @@ class LlamaRunner:
     def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
         """A row-parallel layer's output: the sum of every rank's part."""
         return partial if self.tp is None else all_reduce(partial)
+
+
+def _rows_parents(inp: ForwardInput) -> list[int]:
+    """Each fed token's parent among the input's tokens (-1: the cached context): a chain, then the tree."""
+    n = len(inp.token_ids)
+    if inp.tree is None:
+        return draft_tree.chain(n)
+    base = n - len(inp.tree)
+    problem = "nothing is fed before the tree" if base < 1 else draft_tree.check_parents(inp.tree, len(inp.tree))
+    if problem:
+        raise ValueError(f"sequence {inp.seq_id}: {problem}")
+    return draft_tree.chain(base) + [base - 1 if p == draft_tree.ROOT else base + p for p in inp.tree]
+
+
+def _trees(layout: PassLayout) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """AttentionBatch.trees of a pass: for each sequence fed a tree, which of its tokens each sees and
+    their positions."""
+    trees, row = {}, 0
+    for b, n in enumerate(layout.query_lens):
+        parents = layout.parents[row : row + n]
+        if parents and not draft_tree.is_chain(parents):
+            trees[b] = (draft_tree.ancestors_mask(parents), torch.tensor(layout.positions[row : row + n]))
+        row += n
+    return trees

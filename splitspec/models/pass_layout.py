@@ -19,3 +19,6 @@ class PassLayout:
     hidden_rows: list[int]  # rows whose final hidden states come back
     aux_layers: list[int] = field(default_factory=list)
     """Decoder layers whose inputs come back too, before the final state (EAGLE-3's target states)."""
+    parents: list[int] = field(default_factory=list)
+    """Empty, or per token the row of its parent among its sequence's tokens of this pass (-1: the
+    cached context): a pass with a tree-shaped draft (ForwardInput.tree)."""

@@ -19,6 +19,10 @@ class ForwardInput:
     token_ids: list[int]
     num_logits: int
     num_hidden: int | None = None
+    tree: list[int] | None = None
+    """A tree-shaped draft ending `token_ids`: its tokens' parents (splitspec.draft_tree), ROOT being the
+    fed token just before them. Each token then attends to the cache, the tokens fed before the tree and
+    its own ancestors, at the position of its depth. None: every token follows the one before."""
 
     @property
     def hidden_rows(self) -> int:
@@ -53,6 +57,14 @@ class ModelRunner(Protocol):
 
     def truncate(self, seq_id: str, length: int) -> None:
         """Drop cached positions at or after `length` (rollback of rejected drafts)."""
+        ...
+
+    supports_trees: bool
+    """Whether forward takes ForwardInput.tree; without, a verifier feeds a tree's main chain."""
+
+    def keep_rows(self, seq_id: str, start: int, kept: list[int]) -> None:
+        """After a tree's pass: the KV of the tokens fed at offsets `kept` (ascending) after cached
+        position `start` moves to start, start + 1, ...; everything after them is dropped."""
         ...
 
     def free(self, seq_id: str) -> None: ...

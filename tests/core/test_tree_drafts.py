@@ -1,0 +1,158 @@
+"""Tree-shaped drafts in the engine: one pass scores every branch as if each were fed alone, only the
+accepted path's KV stays, and output equals plain decoding, greedy and seeded."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from proposer_svc.proposer import Proposer
+from splitspec import LLM, SamplingParams, draft_tree
+from splitspec.drafts import Draft, DraftRequest
+from splitspec.models.runner import ForwardInput
+
+PROMPTS = [
+    [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6],
+    [17, 3],
+    list(range(30, 90)) + list(range(30, 50)),
+    [100, 101, 102, 100, 101, 102, 100, 101, 102, 100, 101, 102, 100, 101],
+]
+MAX_TOKENS = 40
+VOCAB = 256  # tiny_llama's
+GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+SEEDED = SamplingParams(temperature=0.9, seed=123, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+
+def _generate(llm: LLM, params: SamplingParams, batch_size: int = len(PROMPTS)) -> list[list[int]]:
+    outputs = []
+    for start in range(0, len(PROMPTS), batch_size):
+        batch = [{"prompt_token_ids": p} for p in PROMPTS[start : start + batch_size]]
+        outputs += [o.outputs[0].token_ids for o in llm.generate(batch, params, use_tqdm=False)]
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_llama) -> dict[str, list[list[int]]]:
+    llm = LLM(str(tiny_llama))
+    return {"greedy": _generate(llm, GREEDY), "seeded": _generate(llm, SEEDED)}
+
+
+class OracleTrees(Proposer):
+    """Trees around the known output: the true next tokens sit on a branch that is not always the first,
+    beside wrong siblings and a wrong subtree, so accepted paths jump over other branches' rows."""
+
+    method = "ngram"
+
+    def __init__(self, outputs: list[list[int]]) -> None:
+        self.full = [p + o for p, o in zip(PROMPTS, outputs)]
+        self.rng = random.Random(0)
+
+    def propose(self, requests: list[DraftRequest]) -> list[Draft]:
+        return [self._tree(r) for r in requests]
+
+    def _tree(self, request: DraftRequest) -> Draft:
+        full = next(f for f in self.full if f[: len(request.token_ids)] == request.token_ids)
+        truth = full[len(request.token_ids) : len(request.token_ids) + 4]
+        tokens, parents, parent = [], [], draft_tree.ROOT
+        for token in truth:
+            options = self.rng.sample([token, (token + 1) % VOCAB, (token + 2) % VOCAB], 3)
+            index = {}
+            for option in options:
+                index[option] = len(tokens)
+                tokens.append(option)
+                parents.append(parent)
+            tokens.append((token + 7) % VOCAB)  # below a wrong sibling: a subtree the walk never enters
+            parents.append(index[next(o for o in options if o != token)])
+            if self.rng.random() < 0.2:
+                break  # the rest of the truth is left out: the round ends with a correction
+            parent = index[token]
+        return Draft(tokens, [None] * len(tokens), parents).first(request.num_tokens)
+
+    def release(self, seq_id: str) -> None:
+        pass
+
+
+def _llm_with_trees(tiny_llama, proposer: Proposer | None = None, width: int = 3) -> LLM:
+    spec = {"method": "ngram", "num_speculative_tokens": 16, "adaptive": False, "tree_width": width}
+    llm = LLM(str(tiny_llama), speculative_config=spec)
+    if proposer is not None:
+        llm.engine.proposer = proposer
+    return llm
+
+
+def _record_paths(llm: LLM) -> list[tuple[Draft, list[int]]]:
+    """Every draft verified as a tree, with the path the verifier kept."""
+    seen: list[tuple[Draft, list[int]]] = []
+    verify = llm.engine.verifier.verify
+
+    def recording(steps, *args, **kwargs):
+        results = verify(steps, *args, **kwargs)
+        seen.extend((d, r.path) for (_, d), r in zip(steps, results) if r.path is not None)
+        return results
+
+    llm.engine.verifier.verify = recording
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["greedy", "seeded"])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_trees_whose_true_branch_moves_around_give_plain_output(tiny_llama, plain, mode, batch_size) -> None:
+    llm = _llm_with_trees(tiny_llama, OracleTrees(plain[mode]))
+    seen = _record_paths(llm)
+    assert _generate(llm, GREEDY if mode == "greedy" else SEEDED, batch_size) == plain[mode]
+    kids = [draft_tree.children(d.parents) for d, _ in seen]
+    off_main = [path for (d, path), k in zip(seen, kids) if path and path[0] != k[draft_tree.ROOT][0]]
+    moved = [path for _, path in seen if any(node != i for i, node in enumerate(path))]
+    assert len(off_main) >= 5 and len(moved) >= 5, "the test never accepted a branch but the first"
+    assert max(len(path) for _, path in seen) >= 3
+
+
+@pytest.mark.parametrize("width", [2, 3])
+@pytest.mark.parametrize("mode", ["greedy", "seeded"])
+def test_ngram_trees_give_plain_output(tiny_llama, plain, width, mode) -> None:
+    llm = _llm_with_trees(tiny_llama, width=width)
+    seen = _record_paths(llm)
+    assert _generate(llm, GREEDY if mode == "greedy" else SEEDED) == plain[mode]
+    assert any(len(draft_tree.children(d.parents).get(draft_tree.ROOT, [])) > 1 for d, _ in seen)
+
+
+def test_sequences_that_need_every_row_in_order_verify_the_main_chain(tiny_llama) -> None:
+    """Logprobs are read row by row along the draft: such a sequence's tree is verified as its main
+    chain, and its tokens and logprobs equal plain decoding's."""
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=2)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    expected = LLM(str(tiny_llama)).generate(prompts, params, use_tqdm=False)
+    llm = _llm_with_trees(tiny_llama)
+    seen = _record_paths(llm)
+    got = llm.generate(prompts, params, use_tqdm=False)
+    assert not seen
+    for a, b in zip(got, expected):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        for x, y in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
+            assert x.keys() == y.keys()
+            assert all(abs(x[t].logprob - y[t].logprob) < 1e-4 for t in x)
+
+
+def test_a_tree_pass_scores_each_token_as_its_path_fed_alone(tiny_llama) -> None:
+    """Every row of a tree pass equals the last row of a chain pass over the same context and that
+    token's path; after keep_rows the cache is the accepted path's, so the next step agrees too."""
+    llm = LLM(str(tiny_llama))
+    runner = llm.runner
+    context = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38]
+    tokens = [7, 8, 9, 10, 11, 12, 13, 14]
+    parents = [-1, -1, 0, 0, 1, 3, 2, -1]
+    runner.forward([ForwardInput("tree", context[:-1], 1)])
+    tree_logits = runner.forward([ForwardInput("tree", [context[-1], *tokens], len(tokens) + 1, tree=parents)])
+    for node in [draft_tree.ROOT, *range(len(tokens))]:
+        path = [tokens[i] for i in draft_tree.path_to(parents, node)]
+        alone = runner.forward([ForwardInput(f"path{node}", context + path, 1)])
+        runner.free(f"path{node}")
+        torch.testing.assert_close(tree_logits[node + 1], alone[0], atol=1e-4, rtol=1e-4)
+    kept = draft_tree.path_to(parents, 5)  # 0 -> 3 -> 5
+    runner.keep_rows("tree", len(context) - 1, [0] + [1 + node for node in kept])
+    assert runner.cached_length("tree") == len(context) + len(kept)
+    after = runner.forward([ForwardInput("tree", [42], 1)])
+    chain = runner.forward([ForwardInput("chain", context + [tokens[i] for i in kept] + [42], 1)])
+    torch.testing.assert_close(after, chain, atol=1e-4, rtol=1e-4)
