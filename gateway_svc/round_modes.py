@@ -257,7 +257,9 @@ def local_draft(plan: RequestPlan, num_tokens: int) -> pb.LocalDraft:
     if plan.local_speculator:
         return pb.LocalDraft(num_tokens=num_tokens, speculator=True)
     lookup_min, lookup_max = plan.local_ngram
-    return pb.LocalDraft(num_tokens=num_tokens, prompt_lookup_min=lookup_min, prompt_lookup_max=lookup_max)
+    return pb.LocalDraft(
+        num_tokens=num_tokens, prompt_lookup_min=lookup_min, prompt_lookup_max=lookup_max, tree_width=plan.tree_width
+    )
 
 
 def rounds_for(core: RoundServices, req: Request) -> Rounds:

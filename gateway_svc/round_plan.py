@@ -45,6 +45,8 @@ class RoundSettings:
     n-grams or its proposer, whichever is measured to yield more (gateway_svc.drafter_choice)."""
     prompt_lookup: tuple[int, int] = (1, 4)
     """(min, max) n-gram sizes of the verifiers' own drafts."""
+    tree_width: int = 1
+    """The verifiers' own n-gram drafts are trees with at most this many branches per token."""
     draft_ahead: bool = True
     pipeline_steps: bool = True
     direct_drafts: bool = False
@@ -70,6 +72,8 @@ class RequestPlan:
     """The verifier verifies every draft it is sent (VerifyStep.every_draft): the gateway's K is fixed."""
     local_ngram: tuple[int, int] | None
     """(min, max): the verifier may draft its rounds by n-gram lookup."""
+    tree_width: int
+    """The most branches per token of those n-gram drafts (1: chains)."""
     local_speculator: bool
     """The verifier drafts its rounds with the speculator beside its target (and keeps the states)."""
     starts_local: bool
@@ -143,6 +147,7 @@ def plan_request(
         adaptive=adaptive,
         every_draft=not settings.adaptive,
         local_ngram=local_ngram,
+        tree_width=settings.tree_width,
         local_speculator=False,
         starts_local=local_ngram is not None and (measured or not measures),
         measured=measured,
@@ -167,6 +172,7 @@ def _speculator_on_verifiers(
         adaptive=settings.adaptive and not traits.sizes_own_drafts,
         every_draft=not settings.adaptive,
         local_ngram=None,
+        tree_width=1,
         local_speculator=True,
         starts_local=True,
         measured=False,

@@ -279,6 +279,8 @@ class GatewaySettings:
     (gateway_svc.drafter_choice)."""
     prompt_lookup: tuple[int, int] = (1, 4)
     """(min, max) n-gram sizes of those drafts."""
+    tree_width: int = 1
+    """The verifiers' n-gram drafts are trees with at most this many branches per token (1: chains)."""
     draft_ahead: bool = True
     """Proposers draft the next round while the verifier checks this one (gateway_svc.draft_ahead)."""
     pipeline_steps: bool = True
@@ -304,6 +306,7 @@ def run_gateway(settings: GatewaySettings) -> None:
         local_ngram=settings.local_ngram,
         verifier_ngram=settings.verifier_ngram,
         prompt_lookup=settings.prompt_lookup,
+        tree_width=settings.tree_width,
         draft_ahead=settings.draft_ahead,
         pipeline_steps=settings.pipeline_steps,
         direct_drafts=settings.direct_drafts,

@@ -42,6 +42,10 @@ MAX_PROMPT_LOOKUP = 64
 """The longest n-gram a verifier drafting n-grams itself (VerifyStep.local_draft) will match."""
 
 
+MAX_TREE_WIDTH = 16
+"""The most branches per drafted token a request may ask for (tree_width)."""
+
+
 def check_prompt_lookup(lookup_min: int, lookup_max: int, limit: int | None = None) -> None:
     """The n-gram sizes of prompt lookup: 1 <= min <= max (<= limit, when given)."""
     if not 1 <= lookup_min <= lookup_max or (limit is not None and lookup_max > limit):
@@ -91,8 +95,10 @@ class SpeculativeConfig:
             raise SplitspecError(f'speculative method "{self.method}" takes no "model"; drop it or use "draft_model"')
         if self.method not in METHODS_WITHOUT_MODEL and not self.draft_model:
             raise SplitspecError(f'speculative method "{self.method}" needs "model": a checkpoint path')
-        if not isinstance(self.tree_width, int) or isinstance(self.tree_width, bool) or self.tree_width < 1:
-            raise SplitspecError(f"tree_width must be an integer >= 1, got {self.tree_width!r}")
+        if not isinstance(self.tree_width, int) or isinstance(self.tree_width, bool):
+            raise SplitspecError(f"tree_width must be an integer, got {self.tree_width!r}")
+        if not 1 <= self.tree_width <= MAX_TREE_WIDTH:
+            raise SplitspecError(f"tree_width must be 1 to {MAX_TREE_WIDTH}, got {self.tree_width}")
         if self.draft_top_k < 1:
             raise SplitspecError(f"draft_top_k must be >= 1, got {self.draft_top_k}")
         if self.quantization is not None and self.method != SpeculationMethod.DRAFT_MODEL:

@@ -47,42 +47,54 @@ class NgramIndex:
         self, num_tokens: int, width: int, tail: list[int] | None = None, excluded_first: tuple[int, ...] = ()
     ) -> tuple[list[int], list[int]]:
         """(tokens, parents) of a tree of at most num_tokens tokens, each with at most `width` children:
-        the continuations of the context's longest indexed n-gram (and of shorter ones, until the first
-        token has `width` candidates), merged where they agree. Tokens are taken most frequent path first
-        (by how many continuations pass through them, then the most recent), so each token's first child
-        is its likeliest and a token comes after its parent."""
+        the continuations of the context's longest indexed n-gram and of the shorter ones, merged where
+        they agree, pruned to the tokens likeliest to be accepted (_likeliest_tree). A token comes after
+        its parent, and its first child is its likeliest."""
         tokens = self.tokens + tail if tail else self.tokens
         size = len(tokens)
-        starts: list[int] = []
+        continuations: list[tuple[int, list[int]]] = []  # (n matched, continuation), most recent first
+        seen: set[int] = set()
         for n in range(min(self.max_n, size - 1), self.min_n - 1, -1):
             found = [e for e in self.ends.get(tuple(tokens[size - n :]), []) if tokens[e] not in excluded_first]
-            starts += [e for e in reversed(found[-_MOST_OCCURRENCES:]) if e not in starts]
-            if len({tokens[e] for e in starts}) >= width:
-                break
-        return _frequent_tree([tokens[e : e + num_tokens] for e in starts], num_tokens, width)
+            for end in reversed(found[-_MOST_OCCURRENCES:]):
+                if end not in seen:
+                    seen.add(end)
+                    continuations.append((n, tokens[end : end + num_tokens]))
+        return _likeliest_tree(continuations, num_tokens, width)
 
 
 _MOST_OCCURRENCES = 64
 """The most recent occurrences of an n-gram whose continuations shape a tree."""
+_MATCH_WEIGHT = 4.0
+"""A continuation counts _MATCH_WEIGHT ** n: one after a match one token longer counts four times as much."""
+_ACCEPTANCE = 0.5
+"""The chance a drafted token is accepted when every continuation agrees on it (EAGLE-2's path
+probability, with the continuations' shares as the drafter's distribution)."""
 
 
-def _frequent_tree(continuations: list[list[int]], budget: int, width: int) -> tuple[list[int], list[int]]:
-    """The trie of the continuations (most recent first), pruned best first to `budget` tokens and
-    `width` children per token."""
-    counts: dict[tuple[int, ...], int] = {}
+def _likeliest_tree(continuations: list[tuple[int, list[int]]], budget: int, width: int) -> tuple[list[int], list[int]]:
+    """The trie of the continuations, pruned to the `budget` tokens of highest estimated chance of being
+    reached and accepted: a token's chance is its parent's times _ACCEPTANCE times its share of the
+    continuations through its parent (weighted by match length); at most `width` children per token.
+    Ties go to the most recent continuation."""
+    weight: dict[tuple[int, ...], float] = {(): 0.0}
     recency: dict[tuple[int, ...], int] = {}
-    for rank, continuation in enumerate(continuations):
+    for rank, (n, continuation) in enumerate(continuations):
+        w = _MATCH_WEIGHT**n
+        weight[()] += w
         for depth in range(1, len(continuation) + 1):
             path = tuple(continuation[:depth])
-            counts[path] = counts.get(path, 0) + 1
+            weight[path] = weight.get(path, 0.0) + w
             recency.setdefault(path, rank)
+    chance: dict[tuple[int, ...], float] = {(): 1.0}
+    for path in sorted(recency, key=len):  # parents first
+        chance[path] = chance[path[:-1]] * _ACCEPTANCE * weight[path] / weight[path[:-1]]
     tokens: list[int] = []
     parents: list[int] = []
     index: dict[tuple[int, ...], int] = {(): -1}
     kids: dict[tuple[int, ...], int] = {}
-    # a path never ranks before its prefix (counted at least as often, and seen no later), so one pass
-    # in rank order meets every parent before its children
-    for path in sorted(counts, key=lambda path: (-counts[path], recency[path], len(path))):
+    # a token's chance is below its parent's, so in this order every parent comes before its children
+    for path in sorted(recency, key=lambda path: (-chance[path], recency[path], len(path))):
         if len(tokens) == budget:
             break
         parent = path[:-1]

@@ -193,12 +193,14 @@ class SparseQ(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DraftToken(_message.Message):
-    __slots__ = ("token_id", "q")
+    __slots__ = ("token_id", "q", "parent_distance")
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     Q_FIELD_NUMBER: _ClassVar[int]
+    PARENT_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     token_id: int
     q: SparseQ
-    def __init__(self, token_id: _Optional[int] = ..., q: _Optional[_Union[SparseQ, _Mapping]] = ...) -> None: ...
+    parent_distance: int
+    def __init__(self, token_id: _Optional[int] = ..., q: _Optional[_Union[SparseQ, _Mapping]] = ..., parent_distance: _Optional[int] = ...) -> None: ...
 
 class HiddenStates(_message.Message):
     __slots__ = ("data", "dtype", "shape")
@@ -320,16 +322,18 @@ class RemoteDraft(_message.Message):
     def __init__(self, num_tokens: _Optional[int] = ..., proposer: _Optional[str] = ..., server_name: _Optional[str] = ..., num_prompt_tokens: _Optional[int] = ..., timeout_s: _Optional[float] = ..., skip_rejection_drafts: _Optional[bool] = ...) -> None: ...
 
 class LocalDraft(_message.Message):
-    __slots__ = ("num_tokens", "prompt_lookup_min", "prompt_lookup_max", "speculator")
+    __slots__ = ("num_tokens", "prompt_lookup_min", "prompt_lookup_max", "speculator", "tree_width")
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOOKUP_MIN_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOOKUP_MAX_FIELD_NUMBER: _ClassVar[int]
     SPECULATOR_FIELD_NUMBER: _ClassVar[int]
+    TREE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     num_tokens: int
     prompt_lookup_min: int
     prompt_lookup_max: int
     speculator: bool
-    def __init__(self, num_tokens: _Optional[int] = ..., prompt_lookup_min: _Optional[int] = ..., prompt_lookup_max: _Optional[int] = ..., speculator: _Optional[bool] = ...) -> None: ...
+    tree_width: int
+    def __init__(self, num_tokens: _Optional[int] = ..., prompt_lookup_min: _Optional[int] = ..., prompt_lookup_max: _Optional[int] = ..., speculator: _Optional[bool] = ..., tree_width: _Optional[int] = ...) -> None: ...
 
 class TraceContext(_message.Message):
     __slots__ = ("traceparent", "tracestate")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 import torch
 
+from splitspec import draft_tree
 from splitspec.drafts import Draft
 from splitspec.errors import ServiceError
 
@@ -31,7 +32,9 @@ def check_seq_id(seq_id: str) -> None:
 def check_draft(draft: Draft, vocab_size: int) -> None:
     """Every draft token in the vocabulary; every sparse q a distribution over it (ids unique and in
     range, one probability per id, each finite and >= 0, summing to at most 1 + 1e-6) in which the
-    drafted token has probability > 0."""
+    drafted token has probability > 0; a tree's siblings verifiable together (check_siblings)."""
+    if draft.parents is not None:
+        check_siblings(draft)
     for i, (token, q) in enumerate(zip(draft.token_ids, draft.q)):
         if not 0 <= token < vocab_size:
             raise _refuse(f"drafts[{i}].token_id", f"{token} is outside the vocabulary [0, {vocab_size})")
@@ -54,3 +57,22 @@ def check_draft(draft: Draft, vocab_size: int) -> None:
         mass = probs[ids == token]
         if mass.numel() == 0 or float(mass[0]) <= 0:
             raise _refuse(f"drafts[{i}].q", f"gives the drafted token {token} no probability")
+
+
+def check_siblings(draft: Draft) -> None:
+    """The multi-draft rules are exact for siblings that are all one-hot with distinct tokens, or all
+    drawn independently from one q (verifier_svc.rejection_sampler.verify_tree); anything else is refused."""
+    for parent, kids in draft_tree.children(draft.parents).items():
+        if len(kids) < 2:
+            continue
+        where = f"drafts {kids} (siblings under {'the last committed token' if parent < 0 else f'drafts[{parent}]'})"
+        qs = [draft.q[k] for k in kids]
+        if all(q is None for q in qs):
+            if len({draft.token_ids[k] for k in kids}) != len(kids):
+                raise _refuse(where, "one-hot siblings must be distinct tokens")
+        elif any(q is None for q in qs) or any(not _same_q(qs[0], q) for q in qs[1:]):
+            raise _refuse(where, "siblings are all one-hot, or all drawn from one q")
+
+
+def _same_q(a, b) -> bool:
+    return torch.equal(a.token_ids, b.token_ids) and torch.equal(a.probs, b.probs)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from splitspec.config import MAX_PROMPT_LOOKUP, check_prompt_lookup
+from splitspec.config import MAX_PROMPT_LOOKUP, MAX_TREE_WIDTH, check_prompt_lookup
 from splitspec.drafts import Draft
 from splitspec.errors import ServiceError, SplitspecError
 from splitspec.ngram_index import NgramIndex
@@ -24,10 +24,17 @@ class LocalDraftSpec:
     prompt_lookup_max: int
     speculator: bool = False
     """Draft with the verifier's speculator instead (verifier_svc.local_speculator)."""
+    tree_width: int = 1
+    """n-grams: the most branches per drafted token (splitspec.ngram_index.NgramIndex.lookup_tree)."""
 
     def check(self) -> None:
         if self.speculator:
             return
+        if not 1 <= self.tree_width <= MAX_TREE_WIDTH:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"local_draft.tree_width: at most {MAX_TREE_WIDTH}, got {self.tree_width}",
+            )
         try:
             check_prompt_lookup(self.prompt_lookup_min, self.prompt_lookup_max, MAX_PROMPT_LOOKUP)
         except SplitspecError as exc:
@@ -46,7 +53,12 @@ class LocalDrafter:
         if index is None or (index.min_n, index.max_n) != (spec.prompt_lookup_min, spec.prompt_lookup_max):
             index = self._indexes[seq_id] = NgramIndex(spec.prompt_lookup_min, spec.prompt_lookup_max)
         index.extend(token_ids)
-        tokens = index.lookup(spec.num_tokens) if spec.num_tokens > 0 else []
+        if spec.num_tokens <= 0:
+            return Draft()
+        if spec.tree_width > 1:
+            tokens, parents = index.lookup_tree(spec.num_tokens, spec.tree_width)
+            return Draft(tokens, [None] * len(tokens), parents)
+        tokens = index.lookup(spec.num_tokens)
         return Draft(tokens, [None] * len(tokens))
 
     def release(self, seq_id: str) -> None:

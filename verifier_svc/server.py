@@ -101,6 +101,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                         step.local_draft.prompt_lookup_min,
                         step.local_draft.prompt_lookup_max,
                         step.local_draft.speculator,
+                        max(1, step.local_draft.tree_width),
                     )
                     if step.HasField("local_draft")
                     else None

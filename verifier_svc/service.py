@@ -125,9 +125,14 @@ class VerifierMetrics:
             "splitspec_verifier_draft_cuts",
             description="Steps whose drafts a pass verified only in part, or not at all",
         )
+        self.tree_drafts = meter.create_counter(
+            "splitspec_verifier_tree_drafts",
+            description="Steps whose drafts were verified as a tree (several continuations in one pass)",
+        )
         for stage in ("offered", "verified", "accepted"):
             self.draft_tokens.add(0, {"stage": stage})
         self.draft_cuts.add(0)
+        self.tree_drafts.add(0)
         meter.create_observable_counter(
             "splitspec_draft_ahead",
             [lambda _: [Observation(n, {"outcome": outcome}) for outcome, n in service.remote.ahead_outcomes.items()]],
@@ -367,8 +372,7 @@ class VerifierService:
             raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, f"sequence {seq.seq_id} has reached the model's context")
         if seq.tokens[sent_on:] != assumed:
             draft = Draft()
-        if len(draft.token_ids) > room:
-            draft = Draft(draft.token_ids[:room], draft.q[:room])
+        draft = draft.first(room)
         if local is not None and local.num_tokens > room:
             local = replace(local, num_tokens=room)
         return len(seq.tokens), draft, local
@@ -475,6 +479,8 @@ class VerifierService:
                     self.cuts.record(seq.seq_id, verified, result.num_accepted)
                 self.metrics.draft_tokens.add(verified, {"stage": "verified"})
                 self.metrics.draft_tokens.add(result.num_accepted, {"stage": "accepted"})
+                if result.path is not None:
+                    self.metrics.tree_drafts.add(1)
         return outcomes
 
     def _start_speculating(self, calls: list[_StepCall]) -> None:
@@ -508,7 +514,7 @@ class VerifierService:
             if call.speculate:
                 call.speculate = k
             else:
-                call.draft = Draft(call.draft.token_ids[:k], call.draft.q[:k])
+                call.draft = call.draft.first(k)
 
     def _speculate(self, calls: list[_StepCall]) -> None:
         """Draft the steps that ask the speculator, in one call of it."""

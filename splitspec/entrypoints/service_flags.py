@@ -11,7 +11,7 @@ import argparse
 import json
 from dataclasses import replace
 
-from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, SPECULATION_METHODS
+from splitspec.config import DEFAULT_NUM_SPECULATIVE_TOKENS, MAX_TREE_WIDTH, SPECULATION_METHODS
 from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_DRAFTS_PER_STEP
 from splitspec.entrypoints.cli_flags import (
     ENFORCE_EAGER_FLAG,
@@ -51,6 +51,14 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def within_tree_width(text: str) -> int:
+    """An argparse type: an integer from 1 to MAX_TREE_WIDTH."""
+    value = positive_int(text)
+    if value > MAX_TREE_WIDTH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_TREE_WIDTH}, got {text!r}")
     return value
 
 
@@ -328,6 +336,15 @@ API_KEY_FILE_FLAG = Flag(
     "--api-key-file", help="more keys, one per line ('#' starts a comment line)", fills=("api_keys",)
 )
 
+TREE_WIDTH_FLAG = Flag(
+    "--tree-width",
+    type=within_tree_width,
+    default=1,
+    env="TREE_WIDTH",
+    help=f"n-gram drafts made on the verifier are trees with at most this many branches per token (1 to "
+    f"{MAX_TREE_WIDTH}; 1: chains), of -k tokens verified in one pass (env SPLITSPEC_TREE_WIDTH)",
+)
+
 GATEWAY_FLAGS = (
     *_server(50051),
     Flag("--model", default="default", env="MODEL", help="checkpoint whose tokenizer to use (env SPLITSPEC_MODEL)"),
@@ -415,6 +432,7 @@ GATEWAY_FLAGS = (
         help="always draft -k tokens (no adaptive draft length)",
     ),
     *(replace(row, fills=("prompt_lookup",)) for row in PROMPT_LOOKUP_FLAGS),
+    TREE_WIDTH_FLAG,
     *ROUND_TRIP_FLAGS,
     API_KEY_FLAG,
     API_KEY_FILE_FLAG,
@@ -442,6 +460,7 @@ UP_FLAGS = (
     *passed(("proposer", "gateway"), (METHOD_FLAG, NUM_SPECULATIVE_TOKENS_FLAG)),
     *passed(("proposer",), (DRAFT_MODEL_FLAG,)),
     *passed(("proposer", "gateway"), PROMPT_LOOKUP_FLAGS),
+    *passed(("gateway",), (TREE_WIDTH_FLAG,)),
     *passed(("proposer",), (DRAFT_TOP_K_FLAG, *SUFFIX_FLAGS)),
     *passed(("verifier",), (device_flag("the verifier's target"),)),
     Flag("--proposer-device", help="where the proposer's drafter runs (default: --device)"),

@@ -7,6 +7,7 @@ import math
 import grpc
 import torch
 
+from splitspec import draft_tree
 from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
 from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import Draft, HiddenStates
@@ -48,8 +49,9 @@ def draft_step(
 
 def draft_to_proto(draft: Draft) -> list[pb.DraftToken]:
     tokens = []
-    for token, q in zip(draft.token_ids, draft.q):
-        msg = pb.DraftToken(token_id=token)
+    parents = draft.parents if draft.is_tree else draft_tree.chain(len(draft.token_ids))
+    for i, (token, q, parent) in enumerate(zip(draft.token_ids, draft.q, parents)):
+        msg = pb.DraftToken(token_id=token, parent_distance=0 if parent == i - 1 else i - parent)
         if q is not None:
             msg.q.token_ids.extend(q.token_ids.tolist())
             msg.q.probs.extend(q.probs.tolist())
@@ -58,8 +60,17 @@ def draft_to_proto(draft: Draft) -> list[pb.DraftToken]:
 
 
 def draft_from_proto(tokens) -> Draft:
-    draft = Draft()
-    for msg in tokens:
+    """A draft's tokens; a tree when any parent_distance says so. Raises ServiceError(INVALID_ARGUMENT)
+    for a parent before the last committed token."""
+    draft, parents = Draft(), []
+    for i, msg in enumerate(tokens):
+        distance = max(1, msg.parent_distance)
+        if distance > i + 1:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"drafts[{i}].parent_distance: {distance} reaches before the last committed token (at most {i + 1})",
+            )
+        parents.append(i - distance)
         draft.token_ids.append(msg.token_id)
         if msg.HasField("q"):
             draft.q.append(
@@ -70,6 +81,8 @@ def draft_from_proto(tokens) -> Draft:
             )
         else:
             draft.q.append(None)
+    if not draft_tree.is_chain(parents):
+        draft.parents = parents
     return draft
 
 

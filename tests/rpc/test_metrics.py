@@ -51,6 +51,7 @@ EXPECTED = {
         "splitspec_verify_batch_sequences": "histogram",
         "splitspec_verifier_draft_tokens": "counter",
         "splitspec_verifier_draft_cuts": "counter",
+        "splitspec_verifier_tree_drafts": "counter",
     },
     "proposer": {
         "splitspec_proposer_sequences": "gauge",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import grpc
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import given, settings
 
+from splitspec import draft_tree
 from splitspec.draft_limits import MAX_DRAFTS_PER_STEP
 from splitspec.drafter_traits import DrafterTraits
 from splitspec.drafts import Draft, HiddenStates
@@ -172,3 +175,25 @@ def test_drafter_traits_cross_the_wire_unchanged(traits):
 def test_a_proposer_from_before_the_k_bound_was_reported_takes_the_default_bound():
     old = pb.ProposerInfo(method="ngram", num_speculative_tokens=5, contract_version="v1")
     assert wire.traits_from_proto(old).max_num_speculative_tokens == MAX_DRAFTS_PER_STEP
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.data())
+def test_tree_drafts_round_trip_and_chains_carry_no_parents(data):
+    n = data.draw(st.integers(0, 12))
+    parents = [data.draw(st.integers(-1, i - 1)) for i in range(n)]
+    draft = Draft(list(range(7, 7 + n)), [None] * n, parents)
+    sent = draft_to_proto(draft)
+    received = over_the_wire_draft(draft)
+    assert received.token_ids == draft.token_ids
+    assert (received.parents or draft_tree.chain(n)) == parents
+    assert received.is_tree == draft.is_tree
+    if not draft.is_tree:
+        assert all(msg.parent_distance == 0 for msg in sent)
+
+
+def test_a_parent_before_the_last_committed_token_is_refused():
+    with pytest.raises(ServiceError) as refused:
+        draft_from_proto([pb.DraftToken(token_id=1), pb.DraftToken(token_id=2, parent_distance=3)])
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "drafts[1].parent_distance" in refused.value.message

@@ -137,3 +137,23 @@ def test_the_proposer_refuses_to_draft_more_than_its_setting_and_goes_on():
         "draft.num_tokens: at most 4"
     )
     assert outcome.draft.token_ids == [5, 6], "it drafts: the n-gram match ends where the context does"
+
+
+def test_tree_siblings_must_be_verifiable_together():
+    """One-hot siblings distinct, or all drawn from one q (verify_tree's two multi-draft rules)."""
+    shared = q([5, 6], [0.5, 0.5])
+    check_draft(Draft([5, 6, 7], [None, None, None], [-1, -1, 0]), VOCAB)
+    check_draft(Draft([5, 5, 6], [shared, q([5, 6], [0.5, 0.5]), None], [-1, -1, 0]), VOCAB)  # i.i.d. draws repeat
+    refusals = [
+        ("one-hot siblings must be distinct", Draft([5, 5], [None, None], [-1, -1])),
+        ("all one-hot, or all drawn from one q", Draft([5, 6], [None, shared], [-1, -1])),
+        ("all one-hot, or all drawn from one q", Draft([5, 6], [shared, q([5, 6], [0.4, 0.6])], [-1, -1])),
+    ]
+    for problem, draft in refusals:
+        with pytest.raises(ServiceError) as refused:
+            check_draft(draft, VOCAB)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            problem.strip() in refused.value.message
+            and "siblings under the last committed token" in refused.value.message
+        )

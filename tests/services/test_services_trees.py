@@ -1,0 +1,78 @@
+"""Token trees through the services: `serve-gateway --tree-width 3` has the verifier draft n-gram trees
+itself and verify each in one pass; output equals in-process plain decoding, greedy and seeded, and the
+verifier's /metrics count the steps verified as trees. A tree drafted elsewhere reaches the verifier in
+a VerifyStep's DraftToken.parent_distance; a malformed one is refused with INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from e2e_requests import (
+    PROMPTS,
+    assert_seeded_samples_are_plain_decoding_s,
+    generate_concurrently,
+    greedy_request,
+)
+from metrics_scrape import scrape, value
+from service_stack import running_stack
+
+from splitspec import LLM, SamplingParams
+from splitspec_protos import splitspec_v1_pb2 as pb
+from splitspec_protos import splitspec_v1_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.e2e
+
+MAX_TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def tree_stack(tiny_llama, tmp_path_factory):
+    with running_stack(
+        tiny_llama,
+        tmp_path_factory.mktemp("tree_logs"),
+        k=8,
+        ngram_on_proposers=False,
+        gateway_args=("--tree-width", "3", "--fixed-k"),
+        metrics=True,
+    ) as stack:
+        yield stack
+
+
+def test_greedy_and_seeded_output_through_tree_drafts_is_plain_decoding_s(tree_stack, tiny_llama) -> None:
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    requests = [greedy_request(p, MAX_TOKENS) for p in PROMPTS]
+    assert generate_concurrently(tree_stack.gateway.address, requests) == [o.outputs[0].token_ids for o in plain]
+    assert_seeded_samples_are_plain_decoding_s(tree_stack.gateway.address, tiny_llama, [41, 42, 43, 44])
+    trees = value(scrape(tree_stack.verifier.metrics_port)["splitspec_verifier_tree_drafts"], "_total")
+    assert trees > 0, "no step was verified as a tree"
+
+
+def _step(stub, seq_id: str, step: pb.VerifyStep) -> pb.VerifierResponse:
+    start = pb.VerifierRequest(call_id=1, seq_id=seq_id)
+    start.start.token_ids.extend([5, 6, 7, 8])
+    release = pb.VerifierRequest(call_id=3, seq_id=seq_id)
+    release.release.SetInParent()
+    responses = list(stub.Verify(iter([start, pb.VerifierRequest(call_id=2, seq_id=seq_id, step=step), release])))
+    return next(r for r in responses if r.call_id == 2)
+
+
+def test_a_tree_sent_in_a_step_is_verified_and_a_malformed_one_refused(tree_stack) -> None:
+    with grpc.insecure_channel(tree_stack.verifier.address) as channel:
+        stub = pb_grpc.VerifierStub(channel)
+        tree = pb.VerifyStep(committed_len=4, every_draft=True)
+        # 9 and 10 follow the last committed token, 11 follows 9: parents -1, -1, 0
+        tree.drafts.extend([pb.DraftToken(token_id=9), pb.DraftToken(token_id=10, parent_distance=2)])
+        tree.drafts.append(pb.DraftToken(token_id=11, parent_distance=2))
+        accepted = _step(stub, "tree", tree)
+        assert accepted.WhichOneof("kind") == "result", accepted.error.message
+        assert accepted.result.num_drafted == 3
+        bad = pb.VerifyStep(committed_len=4)
+        bad.drafts.extend([pb.DraftToken(token_id=9, parent_distance=2)])
+        refused = _step(stub, "bad", bad)
+        assert refused.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "parent_distance" in refused.error.message
+        twins = pb.VerifyStep(committed_len=4)
+        twins.drafts.extend([pb.DraftToken(token_id=9), pb.DraftToken(token_id=9, parent_distance=2)])
+        refused = _step(stub, "twins", twins)
+        assert "distinct" in refused.error.message
