@@ -5,6 +5,8 @@ a VerifyStep's DraftToken.parent_distance; a malformed one is refused with INVAL
 
 from __future__ import annotations
 
+import queue
+
 import grpc
 import pytest
 from e2e_requests import (
@@ -49,12 +51,22 @@ def test_greedy_and_seeded_output_through_tree_drafts_is_plain_decoding_s(tree_s
 
 
 def _step(stub, seq_id: str, step: pb.VerifyStep) -> pb.VerifierResponse:
+    """Start a sequence on [5, 6, 7, 8], send `step` once the start is acknowledged (a stream's calls run
+    concurrently), release it; the step's response."""
+    calls: queue.Queue = queue.Queue()
     start = pb.VerifierRequest(call_id=1, seq_id=seq_id)
     start.start.token_ids.extend([5, 6, 7, 8])
+    calls.put(start)
+    responses = stub.Verify(iter(calls.get, None))
+    assert next(responses).WhichOneof("kind") == "ack"
+    calls.put(pb.VerifierRequest(call_id=2, seq_id=seq_id, step=step))
+    response = next(responses)
     release = pb.VerifierRequest(call_id=3, seq_id=seq_id)
     release.release.SetInParent()
-    responses = list(stub.Verify(iter([start, pb.VerifierRequest(call_id=2, seq_id=seq_id, step=step), release])))
-    return next(r for r in responses if r.call_id == 2)
+    calls.put(release)
+    calls.put(None)
+    list(responses)
+    return response
 
 
 def test_a_tree_sent_in_a_step_is_verified_and_a_malformed_one_refused(tree_stack) -> None:
