@@ -3,7 +3,8 @@
 Each configuration drafts at most K tokens a round (a chain of K, or a tree of K tokens with at most
 --widths branches per token), adaptive K off, so every round verifies the same rows at most; greedy, one
 prompt at a time, the bench's prompts. Per workload: tokens per target pass (output tokens / rounds),
-tokens per second, and whether the output equals K=0's.
+rows per pass (1 + drafted tokens / rounds: a tree fills its budget more often than a chain, which
+stops where its one continuation does), tokens per second, and whether the output equals K=0's.
 
 Usage: python benchmarks/token_trees.py [--model default] [--k 8] [--widths 1,2,3]
                                         [--workloads code_edit,summarise,chat] [--prompts-per-workload 3]
@@ -19,16 +20,17 @@ from splitspec import LLM, SamplingParams
 from splitspec.entrypoints.bench.workloads import build_prompts
 
 
-def run(llm: LLM, prompts: list[str], params: SamplingParams) -> tuple[list[list[int]], int, float]:
-    """(outputs, rounds, seconds) of the prompts one at a time."""
-    outputs, rounds, seconds = [], 0, 0.0
+def run(llm: LLM, prompts: list[str], params: SamplingParams) -> tuple[list[list[int]], int, int, float]:
+    """(outputs, rounds, drafted tokens, seconds) of the prompts one at a time."""
+    outputs, rounds, drafted, seconds = [], 0, 0, 0.0
     for prompt in prompts:
         started = time.perf_counter()
         out = llm.generate(prompt, params, use_tqdm=False)[0]
         seconds += time.perf_counter() - started
         outputs.append(out.outputs[0].token_ids)
         rounds += out.spec_stats.num_rounds if out.spec_stats.num_rounds else len(out.outputs[0].token_ids)
-    return outputs, rounds, seconds
+        drafted += out.spec_stats.num_draft_tokens
+    return outputs, rounds, drafted, seconds
 
 
 def main() -> None:
@@ -51,11 +53,13 @@ def main() -> None:
         )
     for llm in llms.values():  # warm up: first passes of each shape
         llm.generate(prompts[workloads[0]][0], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
-    print(f"{'workload':<11} {'configuration':<26} {'tok/pass':>8} {'tok/s':>7} {'x chain':>8}  same as K=0")
+    print(
+        f"{'workload':<11} {'configuration':<26} {'tok/pass':>8} {'rows/pass':>9} {'tok/s':>7} {'x chain':>8}  same as K=0"
+    )
     for workload in workloads:
         reference, chain_rate = None, None
         for name, llm in llms.items():
-            outputs, rounds, seconds = run(llm, prompts[workload], params)
+            outputs, rounds, drafted, seconds = run(llm, prompts[workload], params)
             reference = reference or outputs
             tokens = sum(len(o) for o in outputs)
             per_pass = tokens / rounds
@@ -63,7 +67,11 @@ def main() -> None:
                 chain_rate = per_pass
             ratio = f"{per_pass / chain_rate:8.2f}" if chain_rate and name != "K=0" else f"{'-':>8}"
             same = sum(o == r for o, r in zip(outputs, reference))
-            print(f"{workload:<11} {name:<26} {per_pass:8.2f} {tokens / seconds:7.1f} {ratio}  {same}/{len(outputs)}")
+            rows = 1 + drafted / rounds
+            print(
+                f"{workload:<11} {name:<26} {per_pass:8.2f} {rows:9.1f} {tokens / seconds:7.1f} {ratio}  "
+                f"{same}/{len(outputs)}"
+            )
 
 
 if __name__ == "__main__":
