@@ -388,7 +388,8 @@ def _add_train_speculator(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a small run: 8 prompts, 48 tokens, 1 held-out prompt per workload, 1 epoch",
+        help="a small run: 8 prompts, 48 tokens, 1 epoch, served on 1 held-out prompt of each of the short "
+        "workloads (humaneval, code_edit, chat)",
     )
     p.set_defaults(func=_train_speculator)
 
@@ -412,6 +413,7 @@ def _train_speculator(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         distill=args.distill,
         held_out_per_workload=1 if args.quick else 3,
+        held_out_workloads=("humaneval", "code_edit", "chat") if args.quick else None,
         seed=args.seed,
         device=args.device,
     )

@@ -51,6 +51,9 @@ class TrainSpeculatorSettings:
     """EAGLE-3: train against the target's distribution at every position, prompts included
     (eagle3_training.TrainingSettings.distill); False: against the tokens it wrote."""
     held_out_per_workload: int = 3
+    held_out_workloads: tuple[str, ...] | None = None
+    """The bench workloads whose held-out prompts are served to report on the speculator; None: all.
+    Every workload's held-out prompts stay out of training either way."""
     seed: int = 0
     device: str = "auto"
 
@@ -145,7 +148,9 @@ def _target_texts(settings: TrainSpeculatorSettings, path: Path) -> _TargetTexts
     train_prompts = _chat_prompts(
         llm, training_prompts(settings.num_prompts, settings.seed, {p.name for p in held_out})
     )
-    test_prompts = _chat_prompts(llm, held_out)
+    test_prompts = _chat_prompts(
+        llm, [p for p in held_out if settings.held_out_workloads is None or p.workload in settings.held_out_workloads]
+    )
     _log(
         f"the target writes {len(train_prompts)} training and {len(test_prompts)} held-out texts of up to {settings.max_tokens} tokens"
     )

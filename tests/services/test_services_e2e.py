@@ -201,6 +201,9 @@ def test_speculation_override_zero_gives_the_same_tokens_without_drafts(ngram_st
 def test_cancelled_stream_frees_every_kv_block(ngram_stack):
     """The cancel reaches the gateway, which ends the request there (its own count, not the client's
     status, which the client sets itself) and releases the sequence: the verifier frees its blocks."""
+    # measured once the earlier tests' sequences are released: one still held would be freed later and
+    # leave more blocks free than at the start
+    assert wait_for(lambda: ngram_stack.verifier_info().num_sequences == 0)
     initial = ngram_stack.verifier_info()
     cancelled, finished = ended_requests(ngram_stack.gateway)
     with grpc.insecure_channel(ngram_stack.gateway.address) as channel:
