@@ -132,7 +132,9 @@ class AttentionBatch:
         q_pos = (self.seq_lens - lens_q)[:, None] + torch.arange(self.max_query_len, device=device)[None, :]
         k_pos = torch.arange(int(self.seq_lens.max()), device=device)
         mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < self.seq_lens[:, None, None])
-        key_pos = k_pos[None, :].expand(len(self.query_lens), -1).clone()
+        key_pos = k_pos[None, :].expand(len(self.query_lens), -1)
+        if self.trees:  # a tree's new tokens sit at the positions of their depths, not of their slots
+            key_pos = key_pos.clone()
         for b, (sees, positions) in self.trees.items():
             n, context = self.query_lens[b], int(self.seq_lens[b]) - self.query_lens[b]
             mask[b, :n, context : context + n] = sees.to(device)

@@ -174,3 +174,14 @@ def speculative(tiny_llama):
     from shaped_logits import drafting_llms
 
     return drafting_llms(tiny_llama)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module of tiny tensors: a thread pool only adds waits on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,16 +21,9 @@ from splitspec_kernels.paged_attention import AttentionBatch
 from splitspec_kernels.paged_attention import paged_attention_reference as paged_attention
 from splitspec_kernels.paged_attention import write_kv_cache_reference as write_kv_cache
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny tensors: a thread pool only adds waits
+
 SEQ_IDS = st.sampled_from(["a", "b", "c"])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: a thread pool only adds waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -7,18 +7,13 @@ import random
 
 import pytest
 import torch
+from e2e_requests import PROMPTS
 
 from proposer_svc.proposer import Proposer
 from splitspec import LLM, SamplingParams, draft_tree
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.models.runner import ForwardInput
 
-PROMPTS = [
-    [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6],
-    [17, 3],
-    list(range(30, 90)) + list(range(30, 50)),
-    [100, 101, 102, 100, 101, 102, 100, 101, 102, 100, 101, 102, 100, 101],
-]
 MAX_TOKENS = 40
 VOCAB = 256  # tiny_llama's
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)

@@ -29,6 +29,8 @@ from splitspec.logits_processing import target_probs
 from splitspec.sparse_distribution import SparseDistribution
 from verifier_svc.rejection_sampler import VerifyRequest, VerifyResult, sample_target, verify
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny tensors: a thread pool only adds waits
+
 ALPHA = 1e-3
 VOCAB = 6
 FIRST_POSITION = 7
@@ -61,15 +63,6 @@ Draft = SparseDistribution | int
 """How a position is drafted: drawn from a q, or a fixed token sent with q=None."""
 
 Sampler = Callable[[VerifyRequest], VerifyResult]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: a thread pool only adds waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _draw_drafts(drafts: list[Draft], seed: int) -> tuple[list[int], list[SparseDistribution | None]]:

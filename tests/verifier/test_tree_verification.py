@@ -24,6 +24,8 @@ from splitspec.sparse_distribution import SparseDistribution
 from verifier_svc import rejection_sampler
 from verifier_svc.rejection_sampler import VerifyRequest, verify, verify_tree
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny tensors: a thread pool only adds waits
+
 ALPHA = 1e-3
 VOCAB = 6
 FIRST_POSITION = 11
@@ -43,14 +45,6 @@ Q_ROOT = SparseDistribution(
     torch.arange(VOCAB), torch.tensor([0.05, 0.10, 0.15, 0.30, 0.25, 0.15], dtype=torch.float64)
 )
 Q_CHILD = SparseDistribution(torch.tensor([0, 1, 3]), torch.tensor([0.15, 0.55, 0.30], dtype=torch.float64))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _logits(tokens: list[int], parents: list[int]) -> torch.Tensor:
