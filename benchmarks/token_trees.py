@@ -1,14 +1,15 @@
-"""N-gram trees against n-gram chains at the same number of verified rows, in-process, side by side.
+"""Token trees against chains at the same number of verified rows, in-process, side by side.
 
 Each configuration drafts at most K tokens a round (a chain of K, or a tree of K tokens with at most
---widths branches per token), adaptive K off, so every round verifies the same rows at most; greedy, one
-prompt at a time, the bench's prompts. Per workload: tokens per target pass (output tokens / rounds),
+--widths branches per token), adaptive K off, so every round verifies the same rows at most; one prompt
+at a time, the bench's prompts, greedy (or sampled with a seed: --temperature). The drafter is the
+verifier's n-grams, or a draft model (--draft-model DIR: its EAGLE-2 top-k trees). Per workload: tokens per target pass (output tokens / rounds),
 rows per pass (1 + drafted tokens / rounds: a tree fills its budget more often than a chain, which
 stops where its one continuation does), tokens per second, and whether the output equals K=0's.
 
-Usage: python benchmarks/token_trees.py [--model default] [--k 8] [--widths 1,2,3]
+Usage: python benchmarks/token_trees.py [--model default] [--draft-model DIR] [--k 8] [--widths 1,2,3]
                                         [--workloads code_edit,summarise,chat] [--prompts-per-workload 3]
-                                        [--max-tokens 96]
+                                        [--max-tokens 96] [--temperature 0]
 """
 
 from __future__ import annotations
@@ -41,20 +42,25 @@ def main() -> None:
     parser.add_argument("--workloads", default="code_edit,summarise,chat")
     parser.add_argument("--prompts-per-workload", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--draft-model", help="a draft model's directory: its trees instead of n-grams")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sample (seed 0) instead of greedy")
     args = parser.parse_args()
-    params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
+    params = SamplingParams(temperature=args.temperature, seed=0, max_tokens=args.max_tokens)
+    method = "draft_model" if args.draft_model else "ngram"
     workloads = args.workloads.split(",")
     prompts = {w: [p.text for p in build_prompts([w], args.prompts_per_workload, seed=0)] for w in workloads}
     llms = {"K=0": LLM(args.model)}
     for width in [int(w) for w in args.widths.split(",")]:
-        spec = {"method": "ngram", "num_speculative_tokens": args.k, "adaptive": False, "tree_width": width}
-        llms[f"ngram K={args.k} " + ("chain" if width == 1 else f"tree width {width}")] = LLM(
+        spec = {"method": method, "num_speculative_tokens": args.k, "adaptive": False, "tree_width": width}
+        if args.draft_model:
+            spec["model"] = args.draft_model
+        llms[f"{method} K={args.k} " + ("chain" if width == 1 else f"tree width {width}")] = LLM(
             args.model, speculative_config=spec
         )
     for llm in llms.values():  # warm up: first passes of each shape
         llm.generate(prompts[workloads[0]][0], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
     print(
-        f"{'workload':<11} {'configuration':<26} {'tok/pass':>8} {'rows/pass':>9} {'tok/s':>7} {'x chain':>8}  same as K=0"
+        f"{'workload':<11} {'configuration':<30} {'tok/pass':>8} {'rows/pass':>9} {'tok/s':>7} {'x chain':>8}  same as K=0"
     )
     for workload in workloads:
         reference, chain_rate = None, None
@@ -69,7 +75,7 @@ def main() -> None:
             same = sum(o == r for o, r in zip(outputs, reference))
             rows = 1 + drafted / rounds
             print(
-                f"{workload:<11} {name:<26} {per_pass:8.2f} {rows:9.1f} {tokens / seconds:7.1f} {ratio}  "
+                f"{workload:<11} {name:<30} {per_pass:8.2f} {rows:9.1f} {tokens / seconds:7.1f} {ratio}  "
                 f"{same}/{len(outputs)}"
             )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -260,10 +261,12 @@ class ProposerBackend:
         timeout: float,
         trace: pb.TraceContext | None = None,
         deadline: float = math.inf,
+        tree_width: int = 1,
     ) -> pb.DraftResult:
-        """The draft after the sequence's committed tokens (ProposerClient.draft). deadline: the client's,
-        on time.monotonic(); the proposer forgets the sequence once it passes."""
-        call = self._call(seq, num_tokens, timeout, trace, deadline)
+        """The draft after the sequence's committed tokens (ProposerClient.draft), a tree where
+        tree_width > 1 and the drafter branches. deadline: the client's, on time.monotonic(); the
+        proposer forgets the sequence once it passes."""
+        call = replace(self._call(seq, num_tokens, timeout, trace, deadline), tree_width=tree_width)
         sent = time.perf_counter()
         result = await self.client.draft(seq.seq_id, seq.tokens, feed, call)
         if num_tokens > 0:

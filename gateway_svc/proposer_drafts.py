@@ -25,13 +25,16 @@ class ProposerDrafts:
     """How long a draft may take before its proposer counts as down."""
 
     async def draft(self, req: Request, k: int) -> Draft:
-        """Drafts from the sequence's proposer, failing over to another; no drafts if none answers."""
+        """Drafts from the sequence's proposer, failing over to another; no drafts if none answers. A tree
+        where the request's plan allows one and the drafter branches."""
         seq, slot = req.seq, req.slot
         for _ in range(len(self.placement.proposers)):
             if not self.placement.available_proposer(req):
                 return Draft()
             try:
-                result = await slot.backend.draft(seq, slot.feed, k, self.timeout_s, req.trace_context, slot.deadline)
+                result = await slot.backend.draft(
+                    seq, slot.feed, k, self.timeout_s, req.trace_context, slot.deadline, req.plan.tree_width
+                )
                 return wire.draft_from_proto(result.drafts[:k])
             except (ConnectionError, asyncio.TimeoutError, ServiceError):
                 slot.backend.mark_down()

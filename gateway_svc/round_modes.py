@@ -163,7 +163,7 @@ class AheadRounds(Rounds):
             every_draft=self.req.plan.every_draft,
         )
         self.pipe.steps.append(Sent(asyncio.create_task(step), made_ahead, len(draft.token_ids)))
-        self.pipe.prediction.sent(assumed, draft)
+        self.pipe.prediction.sent(assumed, draft.main_chain())
 
     def _send_ready(self, verifier: VerifierBackend) -> bool:
         """Send the draft made ahead as the next step if there is room and it still fits what the steps
@@ -214,12 +214,13 @@ class OneStepRounds(Rounds):
         draft = Draft()
         if k > 0 and local is None and not plan.direct_drafts:
             if self.pre_drafted is not None:
-                draft = Draft(self.pre_drafted.token_ids[:k], self.pre_drafted.q[:k])
+                draft = self.pre_drafted.first(k)
             else:
                 draft = await core.drafts.draft(req, k)
         self.pre_drafted = None
         if k > 0 and local is None and not plan.direct_drafts and core.drafts.drafts_ahead(req):
-            self.ahead_task = asyncio.create_task(core.drafts.draft_ahead(req, draft.token_ids, k))
+            assumed = draft.main_chain().token_ids  # a tree's drafted ahead as if its main chain is accepted
+            self.ahead_task = asyncio.create_task(core.drafts.draft_ahead(req, assumed, k))
         step = verifier.step(seq.seq_id, len(seq.tokens), draft, local, remote=remote, every_draft=req.plan.every_draft)
         return Sent(step, False, k, remote_drafter)
 

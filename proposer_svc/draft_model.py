@@ -4,6 +4,11 @@ The draft model keeps its own KV cache per sequence. Each round it rolls its cac
 prefix it shares with the committed context, feeds the rest, then drafts token by token for the whole
 batch at once. A sampling request draws each draft from the draft's temperature-scaled distribution
 truncated to its top-k; that truncated distribution is sent as q, so verification stays exact.
+
+A request with tree_width > 1 gets a tree (proposer_svc.tree_expansion) where the draft runner can
+score one (supports_trees): each expansion is one tree pass over the last committed token and the
+nodes on the paths to the nodes it expands, after which the draft cache is cut back to the committed
+context. Its siblings are the draft's likeliest distinct tokens, one-hot, greedy or sampled.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import torch
 
 from proposer_svc.proposer import Proposer
+from proposer_svc.tree_expansion import TreeExpansion
 from splitspec import seeded_noise
+from splitspec.draft_tree import ROOT
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.errors import OutOfKVBlocks
 from splitspec.logits_processing import target_probs
@@ -52,17 +59,21 @@ class DraftModelProposer(Proposer):
 
     def _propose_distinct(self, requests: list[DraftRequest]) -> list[Draft]:
         drafts = [Draft() for _ in requests]
-        active = [
+        fits = [
             i
             for i, r in enumerate(requests)
             if r.num_tokens > 0 and len(r.token_ids) + r.num_tokens <= self.runner.max_model_len
         ]
+        trees = [i for i in fits if requests[i].tree_width > 1 and self.runner.supports_trees]
+        for i, draft in zip(trees, self._propose_trees([requests[i] for i in trees])):
+            drafts[i] = draft
+        active = [i for i in fits if i not in trees]
         feeds: dict[int, list[int]] = {i: self._catch_up(requests[i]) for i in active}
         for step in range(max((requests[i].num_tokens for i in active), default=0)):
             active = [i for i in active if requests[i].num_tokens > step]
             inputs = [ForwardInput(requests[i].seq_id, feeds[i], 1) for i in active]
             try:
-                logits = self.runner.forward(inputs)[:, : self.target_vocab_size].cpu()  # [len(active), vocab]
+                logits = self._logits(inputs)  # [len(active), vocab]
             except OutOfKVBlocks:
                 for i in active:  # out of draft cache: stop drafting this round, lose no output
                     self.release(requests[i].seq_id)
@@ -79,6 +90,61 @@ class DraftModelProposer(Proposer):
                 drafts[i].q.append(q)
                 feeds[i] = [token]
         return drafts
+
+    def _propose_trees(self, requests: list[DraftRequest]) -> list[Draft]:
+        """A tree per request, every request's expansion in one tree pass per level."""
+        if not requests:
+            return []
+        feeds = [self._catch_up(req) for req in requests]
+        try:
+            logits = self._logits([ForwardInput(r.seq_id, f, 1) for r, f in zip(requests, feeds)])
+        except OutOfKVBlocks:
+            for req in requests:
+                self.release(req.seq_id)
+            return [Draft() for _ in requests]
+        trees = [TreeExpansion(r.num_tokens, r.tree_width) for r in requests]
+        for row, (req, feed, tree) in enumerate(zip(requests, feeds, trees)):
+            self._cached_tokens[req.seq_id].extend(feed)
+            tree.expand(ROOT, self._ranking(logits[row], req), req.excluded_first)
+        while True:
+            frontiers = [tree.frontier() for tree in trees]
+            expanding = [i for i, frontier in enumerate(frontiers) if frontier]
+            if not expanding:
+                break
+            inputs = []
+            for i in expanding:
+                req, tree = requests[i], trees[i]
+                fed = tree.path_nodes(frontiers[i])
+                self.runner.truncate(req.seq_id, len(req.token_ids) - 1)  # re-feed the last committed token
+                tokens = [req.token_ids[-1], *tree.tokens_of(fed)]
+                inputs.append(ForwardInput(req.seq_id, tokens, len(frontiers[i]), tree=tree.parents_within(fed)))
+            try:
+                logits = self._logits(inputs)
+            except OutOfKVBlocks:
+                for req in requests:  # out of draft cache: draft what was found so far
+                    self.release(req.seq_id)
+                break
+            row = 0
+            for i in expanding:
+                self.runner.truncate(requests[i].seq_id, len(requests[i].token_ids))
+                for node in frontiers[i]:
+                    trees[i].expand(node, self._ranking(logits[row], requests[i]))
+                    row += 1
+        drafts = []
+        for tree in trees:
+            tokens, parents = tree.draft()
+            drafts.append(Draft(tokens, [None] * len(tokens), parents))
+        return drafts
+
+    def _logits(self, inputs: list[ForwardInput]) -> torch.Tensor:
+        return self.runner.forward(inputs)[:, : self.target_vocab_size].cpu()
+
+    def _ranking(self, logits: torch.Tensor, req: DraftRequest) -> torch.Tensor:
+        """The distribution a tree ranks its nodes by: the draft's at the request's temperature (1 for
+        greedy requests, whose drafts are argmax chains otherwise) over its top-k."""
+        temperature = req.temperature if req.temperature > 0 else 1.0
+        top_k = self.draft_top_k if req.top_k <= 0 else min(req.top_k, self.draft_top_k)
+        return target_probs(logits[None], temperature, top_k, 1.0)[0]
 
     def _catch_up(self, req: DraftRequest) -> list[int]:
         """Roll the draft cache back to the prefix it shares with the context; return what to feed."""

@@ -53,6 +53,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
                 excluded_first_token_ids=list(step.excluded_first_token_ids),
                 num_prompt_tokens=step.num_prompt_tokens,
                 time_limit_s=step.time_limit_s,
+                tree_width=max(1, step.tree_width),
                 trace_context=(request.trace_context.traceparent, request.trace_context.tracestate),
             )
             response.draft.committed_len = step.committed_len

@@ -12,6 +12,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter, Observation
 
 from proposer_svc.proposer import Proposer
+from splitspec.config import MAX_TREE_WIDTH
 from splitspec.draft_limits import MAX_DRAFTS_PER_STEP, MAX_EXCLUDED_FIRST_TOKENS
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.errors import ServiceError
@@ -106,6 +107,7 @@ class ProposerService:
         num_prompt_tokens: int = 0,
         trace_context: tuple[str, str] = ("", ""),
         time_limit_s: float = 0.0,
+        tree_width: int = 1,
     ) -> DraftOutcome:
         """Append committed tokens [start, committed_len) and draft; ask for everything if out of step.
         Tokens from `start` that it holds already must be the same ones; it appends the rest.
@@ -114,8 +116,14 @@ class ProposerService:
         assumed ones: the first token drafted is none of them.
         num_prompt_tokens: how many of the committed tokens are the prompt (0: not known).
         trace_context: the client request's traceparent and tracestate, continued by a span per sequence.
-        time_limit_s: the client's time left (0: none); the sequence is forgotten once it has passed."""
+        time_limit_s: the client's time left (0: none); the sequence is forgotten once it has passed.
+        tree_width: the most children per drafted token; more than 1 lets a drafter that branches draft
+        a tree (drafts ahead stay chains)."""
         limit = check_time_limit("draft.time_limit_s", time_limit_s)
+        if not 1 <= tree_width <= MAX_TREE_WIDTH:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"draft.tree_width: at most {MAX_TREE_WIDTH}, got {tree_width}"
+            )
         if num_tokens > self.max_drafts_per_step:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -161,6 +169,7 @@ class ProposerService:
             num_prompt_tokens=min(num_prompt_tokens, committed_len),
             num_assumed=len(assumed),
             excluded_first=excluded,
+            tree_width=1 if assumed else tree_width,
         )
         draft = await self.batcher.submit(request)
         if draft.token_ids and draft.token_ids[0] in excluded:  # a drafter with no other guess drafts nothing

@@ -424,7 +424,7 @@ class VerifierInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., num_free_blocks: _Optional[int] = ..., num_total_blocks: _Optional[int] = ..., num_sequences: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., contract_version: _Optional[str] = ..., cost_rows: _Optional[_Iterable[int]] = ..., cost_seconds: _Optional[_Iterable[float]] = ..., speculator: _Optional[_Union[ProposerInfo, _Mapping]] = ...) -> None: ...
 
 class DraftStep(_message.Message):
-    __slots__ = ("committed_len", "start", "token_ids", "num_tokens", "temperature", "top_k", "seed", "hidden_state", "assumed_token_ids", "num_prompt_tokens", "time_limit_s", "excluded_first_token_ids")
+    __slots__ = ("committed_len", "start", "token_ids", "num_tokens", "temperature", "top_k", "seed", "hidden_state", "assumed_token_ids", "num_prompt_tokens", "time_limit_s", "excluded_first_token_ids", "tree_width")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -437,6 +437,7 @@ class DraftStep(_message.Message):
     NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIRST_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TREE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     start: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -449,7 +450,8 @@ class DraftStep(_message.Message):
     num_prompt_tokens: int
     time_limit_s: float
     excluded_first_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, committed_len: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., hidden_state: _Optional[_Union[HiddenStates, _Mapping]] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ..., num_prompt_tokens: _Optional[int] = ..., time_limit_s: _Optional[float] = ..., excluded_first_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    tree_width: int
+    def __init__(self, committed_len: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., hidden_state: _Optional[_Union[HiddenStates, _Mapping]] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ..., num_prompt_tokens: _Optional[int] = ..., time_limit_s: _Optional[float] = ..., excluded_first_token_ids: _Optional[_Iterable[int]] = ..., tree_width: _Optional[int] = ...) -> None: ...
 
 class ProposerRequest(_message.Message):
     __slots__ = ("call_id", "seq_id", "draft", "release", "trace_context")

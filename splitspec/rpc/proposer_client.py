@@ -58,6 +58,8 @@ class DraftCall:
     trace: pb.TraceContext | None = None
     time_limit_s: float = 0.0
     """The client's time left (0: none): the proposer forgets the sequence once it has passed."""
+    tree_width: int = 1
+    """DraftStep.tree_width: more than 1 lets the drafter answer a tree."""
 
 
 class ProposerClient:
@@ -101,7 +103,7 @@ class ProposerClient:
         what the proposer then holds is the caller's to note."""
         step = wire.draft_step(
             tokens, feed.sent, call.num_tokens, call.params, call.seed, call.num_prompt_tokens, hidden, assumed,
-            call.time_limit_s, excluded_first,
+            call.time_limit_s, excluded_first, call.tree_width,
         )  # fmt: skip
         request = pb.ProposerRequest(seq_id=seq_id, trace_context=call.trace, draft=step)
         response = await self.stream.call(request, timeout=call.timeout_s)

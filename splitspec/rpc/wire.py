@@ -30,14 +30,15 @@ def draft_step(
     assumed: list[int] | None = None,
     time_limit_s: float = 0.0,
     excluded_first: list[int] | None = None,
+    tree_width: int = 1,
 ) -> pb.DraftStep:
     """What a gateway or a verifier asks a proposer: the committed `tokens` from `sent` (what it holds
     already), and up to num_tokens drafts after them (after `assumed` too, for a draft made ahead, and
-    starting with none of `excluded_first`)."""
+    starting with none of `excluded_first`); a tree of them with tree_width > 1."""
     step = pb.DraftStep(
         committed_len=len(tokens), start=sent, num_tokens=num_tokens, temperature=params.temperature,
         top_k=params.top_k, seed=seed, num_prompt_tokens=min(num_prompt_tokens, len(tokens)),
-        time_limit_s=time_limit_s,
+        time_limit_s=time_limit_s, tree_width=tree_width,
     )  # fmt: skip
     step.token_ids.extend(tokens[sent:])
     if hidden_state is not None:

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 from e2e_requests import PROMPTS
+from tiny_checkpoints import write_perturbed_copy
 
 from proposer_svc.proposer import Proposer
 from splitspec import LLM, SamplingParams, draft_tree
@@ -151,3 +152,35 @@ def test_a_tree_pass_scores_each_token_as_its_path_fed_alone(tiny_llama) -> None
     after = runner.forward([ForwardInput("tree", [42], 1)])
     chain = runner.forward([ForwardInput("chain", context + [tokens[i] for i in kept] + [42], 1)])
     torch.testing.assert_close(after, chain, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def close_draft(tiny_llama, tmp_path_factory):
+    """A copy of the target with a little noise: its second and third guesses are often the target's."""
+    return write_perturbed_copy(tiny_llama, tmp_path_factory.mktemp("close_draft"), scale=0.1)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "seeded"])
+def test_draft_model_trees_give_plain_output_and_accept_other_branches(tiny_llama, close_draft, plain, mode) -> None:
+    """A noisy copy of the target drafts EAGLE-2 trees (top-k expansion): output equals plain decoding,
+    and some rounds keep a path that is not the draft's main chain (the one a chain would have drafted)."""
+    spec = {
+        "method": "draft_model",
+        "model": str(close_draft),
+        "num_speculative_tokens": 8,
+        "adaptive": False,
+        "tree_width": 3,
+    }
+    llm = LLM(str(tiny_llama), speculative_config=spec)
+    seen = _record_paths(llm)
+    assert _generate(llm, GREEDY if mode == "greedy" else SEEDED) == plain[mode]
+    main = [draft_tree.path_to(d.parents, _main_leaf(d)) for d, _ in seen]
+    off_main = [path for (_, path), chain in zip(seen, main) if path != chain[: len(path)]]
+    assert len(seen) > 10 and len(off_main) >= 3, "the trees never paid beyond their main chain"
+
+
+def _main_leaf(draft: Draft) -> int:
+    kids, node = draft_tree.children(draft.parents), draft_tree.ROOT
+    while node in kids:
+        node = kids[node][0]
+    return node

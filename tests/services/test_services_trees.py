@@ -1,6 +1,7 @@
 """Token trees through the services: `serve-gateway --tree-width 3` has the verifier draft n-gram trees
-itself and verify each in one pass; output equals in-process plain decoding, greedy and seeded, and the
-verifier's /metrics count the steps verified as trees. A tree drafted elsewhere reaches the verifier in
+itself, or a proposer pod draft a draft model's trees (DraftStep.tree_width), and the verifier verify
+each in one pass; output equals in-process plain decoding, greedy and seeded, and the verifier's
+/metrics count the steps verified as trees. A tree drafted elsewhere reaches the verifier in
 a VerifyStep's DraftToken.parent_distance; a malformed one is refused with INVALID_ARGUMENT."""
 
 from __future__ import annotations
@@ -40,13 +41,29 @@ def tree_stack(tiny_llama, tmp_path_factory):
         yield stack
 
 
-def test_greedy_and_seeded_output_through_tree_drafts_is_plain_decoding_s(tree_stack, tiny_llama) -> None:
+@pytest.fixture(scope="module")
+def proposer_tree_stack(tiny_llama, tiny_drafts, tmp_path_factory):
+    with running_stack(
+        tiny_llama,
+        tmp_path_factory.mktemp("proposer_tree_logs"),
+        method="draft_model",
+        draft_model=tiny_drafts["llama"],
+        k=8,
+        gateway_args=("--tree-width", "3", "--fixed-k", "--no-verifier-ngram"),
+        metrics=True,
+    ) as stack:
+        yield stack
+
+
+@pytest.mark.parametrize("stack", ["tree_stack", "proposer_tree_stack"])
+def test_greedy_and_seeded_output_through_tree_drafts_is_plain_decoding_s(stack, tiny_llama, request) -> None:
+    stack = request.getfixturevalue(stack)
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     requests = [greedy_request(p, MAX_TOKENS) for p in PROMPTS]
-    assert generate_concurrently(tree_stack.gateway.address, requests) == [o.outputs[0].token_ids for o in plain]
-    assert_seeded_samples_are_plain_decoding_s(tree_stack.gateway.address, tiny_llama, [41, 42, 43, 44])
-    trees = value(scrape(tree_stack.verifier.metrics_port)["splitspec_verifier_tree_drafts"], "_total")
+    assert generate_concurrently(stack.gateway.address, requests) == [o.outputs[0].token_ids for o in plain]
+    assert_seeded_samples_are_plain_decoding_s(stack.gateway.address, tiny_llama, [41, 42, 43, 44])
+    trees = value(scrape(stack.verifier.metrics_port)["splitspec_verifier_tree_drafts"], "_total")
     assert trees > 0, "no step was verified as a tree"
 
 
