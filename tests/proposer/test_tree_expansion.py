@@ -61,7 +61,7 @@ def test_the_draft_is_a_valid_tree_of_the_likeliest_found_paths(seed, budget, wi
     tokens, parents = tree.draft()
     assert 0 < len(tokens) <= budget
     assert draft_tree.check_parents(parents, len(tokens)) is None
-    for parent, kids in draft_tree.children(parents).items():
+    for kids in draft_tree.children(parents).values():
         assert len(kids) <= width
         assert len({tokens[k] for k in kids}) == len(kids), "siblings are distinct tokens"
     assert not {tokens[k] for k in draft_tree.children(parents)[ROOT]} & set(excluded)
