@@ -14,6 +14,10 @@ draft leads to (a match as long as the first, and a draft as justified by it), a
 reached so far, until the request's number of tokens: a remembered answer is then drafted K at a time
 (docs/benchmarks.md measures what that gains).
 
+With DraftRequest.tree_width > 1 it drafts the tree the suffix trees hold: the continuations of
+highest estimate, up to tree_width below each token (SuffixTree.speculate_tree). Where the text never
+branched that tree is a chain, and the chain above (which drafts on past the horizon) is drafted.
+
 In the proposer service the global tree is the pod's memory, shared by every sequence it serves.
 """
 
@@ -25,6 +29,7 @@ from itertools import count
 
 from proposer_svc.proposer import Proposer
 from proposer_svc.suffix_tree import Speculation, SuffixTree
+from splitspec import draft_tree
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.suffix_settings import SuffixSettings
 
@@ -79,6 +84,10 @@ class SuffixProposer(Proposer):
         if req.num_tokens <= 0:
             return Draft()
         context = req.token_ids[-self.settings.max_tree_depth :]
+        if req.tree_width > 1:
+            tree = self._speculate_tree(state, context, req.num_tokens, req.tree_width)
+            if tree.parents is not None and not draft_tree.is_chain(tree.parents):
+                return Draft(tree.token_ids, [None] * len(tree.token_ids), tree.parents)
         best = self._speculate(state, context, req.num_tokens, self.settings.min_token_prob)
         tokens, prob = best.token_ids, best.probs[-1] if best.probs else 1.0
         while best.cut and len(tokens) < req.num_tokens:
@@ -96,6 +105,17 @@ class SuffixProposer(Proposer):
         best = state.tree.speculate(*args)
         if self._cached:
             found = self.global_tree.speculate(*args)
+            if found.score > best.score:
+                best = found
+        return best
+
+    def _speculate_tree(self, state: _Active, context: list[int], num_tokens: int, width: int) -> Speculation:
+        """The higher scoring of the two trees' tree-shaped speculations."""
+        s = self.settings
+        args = (context, num_tokens, width, s.max_spec_factor, s.min_token_prob)
+        best = state.tree.speculate_tree(*args)
+        if self._cached:
+            found = self.global_tree.speculate_tree(*args)
             if found.score > best.score:
                 best = found
         return best

@@ -18,11 +18,14 @@ active nodes), and a new token extends each of them by one step. Three cases kee
 Speculation follows SuffixDecoding (Oliaro et al. 2024; Arctic Inference): for each match length, find
 the node the context's last tokens lead to and follow the most frequent child while the product of the
 frequency estimates stays at or above `min_token_prob`; the draft with the highest sum of those
-estimates wins.
+estimates wins. `speculate_tree` keeps up to `width` children per token instead of the most frequent
+one: the tokens of highest estimate below the matched node, best first (the tree Arctic Inference's
+suffix decoding drafts).
 """
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -62,6 +65,8 @@ class Speculation:
     match_len: int = 0
     cut: bool = False
     """It ended only because its path reached max_depth tokens: the text may well go on."""
+    parents: list[int] | None = None
+    """A tree's parent of each token (splitspec.draft_tree); None for a chain."""
 
 
 class SuffixTree:
@@ -213,6 +218,56 @@ class SuffixTree:
                 speculation.cut = drafted > 0 and match_len + drafted == self.max_depth
                 best = speculation
         return best
+
+    def speculate_tree(
+        self, context: Sequence[int], max_spec_tokens: int, width: int, max_spec_factor: float, min_token_prob: float
+    ) -> Speculation:
+        """As speculate, but a tree: for each match length, the at most min(max_spec_tokens, m *
+        max_spec_factor) continuations of highest estimate, at most `width` below each token."""
+        context = context[-self.max_depth :]
+        best = Speculation()
+        for match_len in range(1, len(context)):
+            node, offset = self._find(context[len(context) - match_len :])
+            if node is None:
+                break
+            limit = min(max_spec_tokens, int(match_len * max_spec_factor + 1e-6))
+            speculation = self._best_first(node, offset, limit, width, min_token_prob)
+            if speculation.score >= best.score:
+                speculation.match_len = match_len
+                best = speculation
+        return best
+
+    @staticmethod
+    def _best_first(node: _Node, offset: int, limit: int, width: int, min_token_prob: float) -> Speculation:
+        """The `limit` tokens of highest estimate below (node, offset), at most `width` children each. A
+        token's estimate is at most its parent's, so each comes after its parent, siblings likeliest first."""
+        speculation = Speculation(parents=[])
+        heap: list[tuple[float, int, int, _Node, int]] = []  # (-estimate, order, parent, node, offset)
+        order = 0
+
+        def push_next(parent: int, node: _Node, offset: int, prob: float) -> None:
+            nonlocal order
+            if offset < node.length:
+                nexts = [(prob, node, offset)]
+            else:
+                top = node.most_frequent_child()  # first, so that width 1 drafts speculate's chain
+                others = (c for c in node.children.values() if c is not top) if top is not None else ()
+                kids = ([top] if top is not None else []) + sorted(others, key=lambda c: -c.count)[: width - 1]
+                nexts = [(prob * kid.count / node.count, kid, 0) for kid in kids]
+            for p, at, off in nexts:
+                if p >= min_token_prob:
+                    heapq.heappush(heap, (-p, order, parent, at, off))
+                    order += 1
+
+        push_next(-1, node, offset, 1.0)
+        while heap and len(speculation.token_ids) < limit:
+            neg_prob, _, parent, at, off = heapq.heappop(heap)
+            speculation.token_ids.append(at.ref[at.start + off])
+            speculation.parents.append(parent)
+            speculation.probs.append(-neg_prob)
+            speculation.score -= neg_prob
+            push_next(len(speculation.token_ids) - 1, at, off + 1, -neg_prob)
+        return speculation
 
     def _find(self, pattern: Sequence[int]) -> tuple[_Node | None, int]:
         """The node where the path spelling `pattern` ends, and how far into its label."""

@@ -70,8 +70,8 @@ class OracleTrees(Proposer):
         pass
 
 
-def _llm_with_trees(tiny_llama, proposer: Proposer | None = None, width: int = 3) -> LLM:
-    spec = {"method": "ngram", "num_speculative_tokens": 16, "adaptive": False, "tree_width": width}
+def _llm_with_trees(tiny_llama, proposer: Proposer | None = None, width: int = 3, method: str = "ngram") -> LLM:
+    spec = {"method": method, "num_speculative_tokens": 16, "adaptive": False, "tree_width": width}
     llm = LLM(str(tiny_llama), speculative_config=spec)
     if proposer is not None:
         llm.engine.proposer = proposer
@@ -111,7 +111,21 @@ def test_ngram_trees_give_plain_output(tiny_llama, plain, width, mode) -> None:
     llm = _llm_with_trees(tiny_llama, width=width)
     seen = _record_paths(llm)
     assert _generate(llm, GREEDY if mode == "greedy" else SEEDED) == plain[mode]
-    assert any(len(draft_tree.children(d.parents).get(draft_tree.ROOT, [])) > 1 for d, _ in seen)
+    assert any(d.is_tree for d, _ in seen), "the drafter never branched"
+
+
+# each prompt's text went on three ways after its last tokens: a suffix tree drafts all three
+BRANCHING_PROMPTS = [[5, 6, 7, 20, 5, 6, 7, 21, 5, 6, 7, 22, 5, 6, 7], [9, 30, 31, 9, 40, 41, 9, 30, 32, 9]]
+
+
+@pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_suffix_trees_give_plain_output(tiny_llama, params) -> None:
+    prompts = [{"prompt_token_ids": p} for p in BRANCHING_PROMPTS]
+    expected = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate(prompts, params, use_tqdm=False)]
+    llm = _llm_with_trees(tiny_llama, method="suffix")
+    seen = _record_paths(llm)
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == expected
+    assert sum(len(draft_tree.children(d.parents)[draft_tree.ROOT]) == 3 for d, _ in seen) >= 1
 
 
 def test_sequences_that_need_every_row_in_order_verify_the_main_chain(tiny_llama) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from proposer_svc.service import ProposerService
 from proposer_svc.suffix import SuffixProposer
 from proposer_svc.suffix_tree import SuffixTree
-from splitspec import LLM, SamplingParams
+from splitspec import LLM, SamplingParams, draft_tree
 from splitspec.config import build_speculative_config
 from splitspec.drafts import DraftRequest
 from splitspec.errors import SplitspecError
@@ -109,6 +109,65 @@ def test_a_speculation_is_the_best_continuation_the_counts_justify(texts, contex
     assert got.score == pytest.approx(sum(got.probs))
     # no match length offers a draft whose every tie-break scores higher
     assert all(got.score >= min(sum(p) for _, p in drafts) - 1e-9 for drafts in by_match.values())
+
+
+def continuation_estimates(texts: list[list[int]], match: list[int], depth: int) -> list[tuple[list[int], float]]:
+    """Every continuation x of `match` the texts hold within the depth, with its estimate
+    occurrences(match + x) / occurrences(match) (the product of the tree's count ratios along x)."""
+    total, found, frontier = occurrences(texts, match), [], [[]]
+    while frontier:
+        x = frontier.pop()
+        for token in range(4):
+            longer = x + [token]
+            if len(match) + len(longer) <= depth and (n := occurrences(texts, match + longer)):
+                found.append((longer, n / total))
+                frontier.append(longer)
+    return found
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    texts=texts_strategy,
+    context=st.lists(st.integers(0, 3), min_size=1, max_size=8),
+    depth=st.integers(2, 7),
+    limit=st.integers(1, 8),
+    width=st.integers(1, 4),
+    factor=st.sampled_from([0.5, 1.0, 2.0]),
+    min_prob=st.sampled_from([0.0, 0.1, 0.5]),
+)
+def test_a_tree_speculation_holds_the_likeliest_continuations(texts, context, depth, limit, width, factor, min_prob):
+    """Each token's estimate is how often its path followed the match; parents come first, siblings are
+    distinct and at most `width`; with every child allowed (width 4, the vocabulary) the tree holds the
+    likeliest continuations of its match and no match length offers likelier ones; width 1 is the chain."""
+    tree = SuffixTree(depth)
+    for i, text in enumerate(texts):
+        tree.extend(i, text)
+    got = tree.speculate_tree(context, limit, width, factor, min_prob)
+    if width == 1:
+        assert got.token_ids == tree.speculate(context, limit, factor, min_prob).token_ids
+    if not got.token_ids:
+        return
+    match = context[-depth:][-got.match_len :]
+    assert draft_tree.check_parents(got.parents, len(got.token_ids)) is None
+    for kids in draft_tree.children(got.parents).values():
+        assert len(kids) <= width and len({got.token_ids[k] for k in kids}) == len(kids)
+    assert got.probs == sorted(got.probs, reverse=True) and min(got.probs) >= min_prob
+    assert len(got.token_ids) <= min(limit, int(got.match_len * factor + 1e-6))
+    for node, prob in enumerate(got.probs):
+        path = [got.token_ids[i] for i in draft_tree.path_to(got.parents, node)]
+        assert len(match) + len(path) <= depth
+        assert prob == pytest.approx(occurrences(texts, match + path) / occurrences(texts, match))
+    if width == 4:
+        context = context[-depth:]
+        for m in range(1, len(context)):
+            if not occurrences(texts, context[-m:]):
+                break
+            budget = min(limit, int(m * factor + 1e-6))
+            best = sorted((p for _, p in continuation_estimates(texts, context[-m:], depth) if p >= min_prob))
+            best = best[::-1][:budget]
+            assert got.score >= sum(best) - 1e-9
+            if m == got.match_len:
+                assert got.probs == pytest.approx(best)
 
 
 def request(seq_id: str, tokens: list[int], num_prompt_tokens: int, k: int = 8, assumed: int = 0) -> DraftRequest:
