@@ -5,10 +5,12 @@ prefix it shares with the committed context, feeds the rest, then drafts token b
 batch at once. A sampling request draws each draft from the draft's temperature-scaled distribution
 truncated to its top-k; that truncated distribution is sent as q, so verification stays exact.
 
-A request with tree_width > 1 gets a tree (proposer_svc.tree_expansion) where the draft runner can
-score one (supports_trees): each expansion is one tree pass over the last committed token and the
+A greedy request with tree_width > 1 gets a tree (proposer_svc.tree_expansion) where the draft runner
+can score one (supports_trees): each expansion is one tree pass over the last committed token and the
 nodes on the paths to the nodes it expands, after which the draft cache is cut back to the committed
-context. Its siblings are the draft's likeliest distinct tokens, one-hot, greedy or sampled.
+context. Its siblings are the draft's likeliest distinct tokens, one-hot. A sampled request keeps its
+chain drawn from q: one-hot siblings are kept only where the target's own sample is one of them, which
+on the bench's chat prompts accepted less than rejection sampling along a chain does (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -64,7 +66,11 @@ class DraftModelProposer(Proposer):
             for i, r in enumerate(requests)
             if r.num_tokens > 0 and len(r.token_ids) + r.num_tokens <= self.runner.max_model_len
         ]
-        trees = [i for i in fits if requests[i].tree_width > 1 and self.runner.supports_trees]
+        trees = [
+            i
+            for i in fits
+            if requests[i].tree_width > 1 and requests[i].temperature == 0 and self.runner.supports_trees
+        ]
         for i, draft in zip(trees, self._propose_trees([requests[i] for i in trees])):
             drafts[i] = draft
         active = [i for i in fits if i not in trees]
@@ -140,11 +146,9 @@ class DraftModelProposer(Proposer):
         return self.runner.forward(inputs)[:, : self.target_vocab_size].cpu()
 
     def _ranking(self, logits: torch.Tensor, req: DraftRequest) -> torch.Tensor:
-        """The distribution a tree ranks its nodes by: the draft's at the request's temperature (1 for
-        greedy requests, whose drafts are argmax chains otherwise) over its top-k."""
-        temperature = req.temperature if req.temperature > 0 else 1.0
+        """The distribution a tree ranks its nodes by: the draft's at temperature 1 over its top-k."""
         top_k = self.draft_top_k if req.top_k <= 0 else min(req.top_k, self.draft_top_k)
-        return target_probs(logits[None], temperature, top_k, 1.0)[0]
+        return target_probs(logits[None], 1.0, top_k, 1.0)[0]
 
     def _catch_up(self, req: DraftRequest) -> list[int]:
         """Roll the draft cache back to the prefix it shares with the context; return what to feed."""

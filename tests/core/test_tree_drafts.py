@@ -174,23 +174,31 @@ def close_draft(tiny_llama, tmp_path_factory):
     return write_perturbed_copy(tiny_llama, tmp_path_factory.mktemp("close_draft"), scale=0.1)
 
 
-@pytest.mark.parametrize("mode", ["greedy", "seeded"])
-def test_draft_model_trees_give_plain_output_and_accept_other_branches(tiny_llama, close_draft, plain, mode) -> None:
-    """A noisy copy of the target drafts EAGLE-2 trees (top-k expansion): output equals plain decoding,
-    and some rounds keep a path that is not the draft's main chain (the one a chain would have drafted)."""
-    spec = {
-        "method": "draft_model",
-        "model": str(close_draft),
-        "num_speculative_tokens": 8,
-        "adaptive": False,
-        "tree_width": 3,
-    }
-    llm = LLM(str(tiny_llama), speculative_config=spec)
+def _draft_model_llm(tiny_llama, draft, width: int) -> LLM:
+    spec = {"method": "draft_model", "model": str(draft), "num_speculative_tokens": 8, "adaptive": False}
+    return LLM(str(tiny_llama), speculative_config=dict(spec, tree_width=width))
+
+
+def test_draft_model_trees_give_plain_output_and_accept_other_branches(tiny_llama, close_draft, plain) -> None:
+    """A noisy copy of the target drafts EAGLE-2 trees (top-k expansion): greedy output equals plain
+    decoding, and some rounds keep a path that is not the draft's main chain (the one a chain would
+    have drafted)."""
+    llm = _draft_model_llm(tiny_llama, close_draft, 3)
     seen = _record_paths(llm)
-    assert _generate(llm, GREEDY if mode == "greedy" else SEEDED) == plain[mode]
+    assert _generate(llm, GREEDY) == plain["greedy"]
     main = [draft_tree.path_to(d.parents, _main_leaf(d)) for d, _ in seen]
     off_main = [path for (_, path), chain in zip(seen, main) if path != chain[: len(path)]]
     assert len(seen) > 10 and len(off_main) >= 3, "the trees never paid beyond their main chain"
+
+
+def test_sampled_requests_on_a_draft_model_keep_their_chains(tiny_llama, close_draft) -> None:
+    """A tree width changes nothing for sampled requests on a draft model: no tree is verified, and the
+    seeded output is the chain's."""
+    chain = _generate(_draft_model_llm(tiny_llama, close_draft, 1), SEEDED)
+    llm = _draft_model_llm(tiny_llama, close_draft, 3)
+    seen = _record_paths(llm)
+    assert _generate(llm, SEEDED) == chain
+    assert not seen
 
 
 def _main_leaf(draft: Draft) -> int:

@@ -55,16 +55,24 @@ def proposer_tree_stack(tiny_llama, tiny_drafts, tmp_path_factory):
         yield stack
 
 
-@pytest.mark.parametrize("stack", ["tree_stack", "proposer_tree_stack"])
-def test_greedy_and_seeded_output_through_tree_drafts_is_plain_decoding_s(stack, tiny_llama, request) -> None:
-    stack = request.getfixturevalue(stack)
+def _assert_greedy_is_plain_decoding_s_through_trees(stack, model) -> None:
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    plain = LLM(str(tiny_llama)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    plain = LLM(str(model)).generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     requests = [greedy_request(p, MAX_TOKENS) for p in PROMPTS]
     assert generate_concurrently(stack.gateway.address, requests) == [o.outputs[0].token_ids for o in plain]
-    assert_seeded_samples_are_plain_decoding_s(stack.gateway.address, tiny_llama, [41, 42, 43, 44])
     trees = value(scrape(stack.verifier.metrics_port)["splitspec_verifier_tree_drafts"], "_total")
     assert trees > 0, "no step was verified as a tree"
+
+
+def test_greedy_and_seeded_output_through_ngram_trees_is_plain_decoding_s(tree_stack, tiny_llama) -> None:
+    _assert_greedy_is_plain_decoding_s_through_trees(tree_stack, tiny_llama)
+    assert_seeded_samples_are_plain_decoding_s(tree_stack.gateway.address, tiny_llama, [41, 42, 43, 44])
+
+
+def test_a_proposer_pod_s_draft_model_trees_give_plain_greedy_output(proposer_tree_stack, tiny_llama) -> None:
+    """Sampled requests on a draft model draft chains (tests/core/test_tree_drafts.py), so only greedy
+    ones are verified as trees here."""
+    _assert_greedy_is_plain_decoding_s_through_trees(proposer_tree_stack, tiny_llama)
 
 
 def _step(stub, seq_id: str, step: pb.VerifyStep) -> pb.VerifierResponse:
