@@ -256,7 +256,7 @@ ROUNDS_BY_MODE: dict[RoundMode, type[Rounds]] = {
 def local_draft(plan: RequestPlan, num_tokens: int) -> pb.LocalDraft:
     """What a step drafted on the verifier asks it for: its speculator's drafts, or its n-grams'."""
     if plan.local_speculator:
-        return pb.LocalDraft(num_tokens=num_tokens, speculator=True)
+        return pb.LocalDraft(num_tokens=num_tokens, speculator=True, tree_width=plan.tree_width)
     lookup_min, lookup_max = plan.local_ngram
     return pb.LocalDraft(
         num_tokens=num_tokens, prompt_lookup_min=lookup_min, prompt_lookup_max=lookup_max, tree_width=plan.tree_width

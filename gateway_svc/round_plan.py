@@ -172,7 +172,7 @@ def _speculator_on_verifiers(
         adaptive=settings.adaptive and not traits.sizes_own_drafts,
         every_draft=not settings.adaptive,
         local_ngram=None,
-        tree_width=1,
+        tree_width=settings.tree_width,
         local_speculator=True,
         starts_local=True,
         measured=False,

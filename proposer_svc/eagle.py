@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from proposer_svc.proposer import Proposer
+from proposer_svc.tree_expansion import TreeExpansion
 from splitspec.checkpoint import read_embedding_and_head, read_tensors
 from splitspec.config import is_eagle3_dir
+from splitspec.draft_tree import ROOT
 from splitspec.drafts import Draft, DraftRequest, HiddenStates
 from splitspec.errors import SplitspecError
 from splitspec.models.linear import Linear
@@ -70,21 +72,40 @@ class EagleRunner(LlamaRunner):
     def _final_hidden(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def step(
+    def scores(
         self, inputs: list[ForwardInput], states: torch.Tensor, from_target: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """states [sum(len(token_ids)), hidden]: the state paired with each fed token, the target's or
-        (from_target False) one this runner predicted; both are read alike. -> (argmax token,
-        predicted next state) of each input's last row."""
-        logits, predicted = self._forward(inputs, states.to(self.device))
+        (from_target False) one this runner predicted; both are read alike. -> (logits, predicted next
+        state) of each input's logit rows."""
+        return self._forward(inputs, states.to(self.device))
+
+    def step(
+        self, inputs: list[ForwardInput], states: torch.Tensor, from_target: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(argmax token, predicted next state) of each input's last row."""
+        logits, predicted = self.scores(inputs, states, from_target)
         return logits.argmax(-1).cpu(), predicted
+
+    def fed_back(self, states: torch.Tensor) -> torch.Tensor:
+        """The target's states in the form a predicted one is fed (from_target False): the same here."""
+        return states.to(self.device)
+
+    def token_ids(self) -> torch.Tensor:
+        """The target token id of each logit column: the target's own vocabulary."""
+        return torch.arange(self.vocab_size)
 
 
 class EagleProposer(Proposer):
     """Argmax drafts (one-hot q). Each request brings the target's states behind the tokens committed
     since the last one; the drafter feeds them, then drafts from its own predicted states. A
     sequence whose states have a gap (a proposer that missed a step) gets no drafts rather than
-    drafts from garbage, until the verifier resends them all (a re-prefill)."""
+    drafts from garbage, until the verifier resends them all (a re-prefill).
+
+    A request with tree_width > 1 gets EAGLE-2's dynamic tree (proposer_svc.tree_expansion), greedy or
+    sampled (its siblings are one-hot, as its chains are): each expansion is one tree pass over the last
+    true input and the paths to the nodes it expands, every node paired with the state its parent
+    predicted; the cache is then cut back to the true inputs."""
 
     method = "eagle"
     hidden_states = HiddenStates.ALL
@@ -103,9 +124,16 @@ class EagleProposer(Proposer):
             for inp in inputs:  # no room: these sequences start over when the verifier resends their states
                 self.release(inp.seq_id)
             return drafts
-        tokens, states = self.runner.step(inputs, torch.cat([rows for _, (_, rows) in new]), from_target=True)
+        true_rows = [rows for _, (_, rows) in new]
+        logits, states = self.runner.scores(inputs, torch.cat(true_rows), from_target=True)
+        tokens = self.runner.token_ids()[logits.argmax(-1).cpu()]
         chains = [[t] for t in tokens.tolist()]
         wanted = [requests[i].num_tokens for i, _ in new]
+        trees = [a for a, (i, _) in enumerate(new) if requests[i].tree_width > 1 and self.runner.supports_trees]
+        for a in trees:
+            i = new[a][0]
+            drafts[i] = self._tree(requests[i], inputs[a].token_ids[-1], true_rows[a][-1:], logits[a], states[a])
+            wanted[a] = 0
         for step in range(1, max(wanted)):
             active = [a for a, k in enumerate(wanted) if k > step]
             step_inputs = [ForwardInput(inputs[a].seq_id, [chains[a][-1]], 1) for a in active]
@@ -117,8 +145,43 @@ class EagleProposer(Proposer):
             for a, t in zip(active, tokens.tolist()):
                 chains[a].append(t)
         for (i, _), chain, k in zip(new, chains, wanted):
-            drafts[i] = Draft(chain[:k], [None] * min(k, len(chain)))
+            if k > 0:
+                drafts[i] = Draft(chain[:k], [None] * min(k, len(chain)))
         return drafts
+
+    def _tree(
+        self,
+        req: DraftRequest,
+        last_token: int,
+        last_state: torch.Tensor,
+        logits: torch.Tensor,
+        predicted: torch.Tensor,
+    ) -> Draft:
+        """The request's tree, from the drafter's scores after its last true input (last_token paired with
+        last_state, the target's) and the state that input predicted."""
+        vocab, cached = self.runner.token_ids(), self.runner.cached_length(req.seq_id)
+        last_input = self.runner.fed_back(last_state)
+        tree = TreeExpansion(req.num_tokens, req.tree_width, self.runner.max_model_len - len(req.token_ids))
+        tree.expand(ROOT, torch.softmax(logits.float().cpu(), -1), vocab=vocab)
+        outputs = {ROOT: predicted}  # node -> the state it predicted, which its children are fed with
+        while frontier := tree.frontier():
+            fed = tree.path_nodes(frontier)
+            step = [
+                ForwardInput(
+                    req.seq_id, [last_token, *tree.tokens_of(fed)], len(frontier), tree=tree.parents_within(fed)
+                )
+            ]
+            if not self.runner.can_fit(step):  # asked with the last true input held: one row to spare
+                break
+            self.runner.truncate(req.seq_id, cached - 1)  # the last true input is fed again, as the tree's root
+            states = torch.cat([last_input, torch.stack([outputs[tree.nodes[n].parent] for n in fed])])
+            step_logits, step_predicted = self.runner.scores(step, states, from_target=False)
+            self.runner.truncate(req.seq_id, cached)
+            for row, node in enumerate(frontier):
+                outputs[node] = step_predicted[row]
+                tree.expand(node, torch.softmax(step_logits[row].float().cpu(), -1), vocab=vocab)
+        tokens, parents = tree.draft()
+        return Draft(tokens, [None] * len(tokens), parents)
 
     def _catch_up(self, r: DraftRequest) -> tuple[ForwardInput, torch.Tensor] | None:
         """The true (token, state) inputs this request adds, after cutting the cache back to the

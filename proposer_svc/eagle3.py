@@ -55,14 +55,29 @@ class Eagle3Runner(LlamaRunner):
     def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return super()._lm_head(self.kernels.rms_norm(hidden, self.norm, self.eps))
 
-    def step(
+    def scores(
         self, inputs: list[ForwardInput], states: torch.Tensor, from_target: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """states [sum(len(token_ids)), 3 Ht] from the target (fc applies), or [.., H] fed back
-        (from_target False). -> (argmax target token, state to feed back) of each input's last row."""
+        (from_target False). -> (logits over the draft vocabulary, state to feed back) of each input's
+        logit rows."""
         states = states.to(self.device, self.dtype)
-        logits, fed_back = self._forward(inputs, self.fc(states) if from_target else states)
+        return self._forward(inputs, self.fc(states) if from_target else states)
+
+    def step(
+        self, inputs: list[ForwardInput], states: torch.Tensor, from_target: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(argmax target token, state to feed back) of each input's last row."""
+        logits, fed_back = self.scores(inputs, states, from_target)
         return self.draft_to_target[logits.argmax(-1)].cpu(), fed_back
+
+    def fed_back(self, states: torch.Tensor) -> torch.Tensor:
+        """The target's states [n, 3 Ht] in the form a fed-back state takes: fc applied."""
+        return self.fc(states.to(self.device, self.dtype))
+
+    def token_ids(self) -> torch.Tensor:
+        """The target token id of each draft-vocabulary column."""
+        return self.draft_to_target.cpu()
 
 
 class Eagle3Proposer(EagleProposer):

@@ -36,9 +36,12 @@ class TreeExpansion:
         self.nodes: list[_Node] = []
         self._newest: list[int] = []
 
-    def expand(self, node: int, probs: torch.Tensor, excluded: tuple[int, ...] = ()) -> None:
+    def expand(
+        self, node: int, probs: torch.Tensor, excluded: tuple[int, ...] = (), vocab: torch.Tensor | None = None
+    ) -> None:
         """Add the `width` likeliest tokens under `probs` (the drafter's distribution after `node`, ROOT
-        for the last committed token), skipping `excluded` and tokens of probability 0."""
+        for the last committed token), skipping `excluded` and tokens of probability 0. vocab: the token
+        id of each entry of probs (a drafter with a vocabulary of its own); None: its index."""
         parent = None if node == ROOT else self.nodes[node]
         depth = 1 if parent is None else parent.depth + 1
         if depth > self.max_depth:
@@ -46,7 +49,8 @@ class TreeExpansion:
         chance = 1.0 if parent is None else parent.chance
         top = torch.topk(probs, min(self.width + len(excluded), probs.shape[-1]))
         taken = 0
-        for p, token in zip(top.values.tolist(), top.indices.tolist()):
+        ids = top.indices if vocab is None else vocab[top.indices]
+        for p, token in zip(top.values.tolist(), ids.tolist()):
             if taken == self.width or p <= 0:
                 break
             if token not in excluded:

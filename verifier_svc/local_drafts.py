@@ -25,16 +25,16 @@ class LocalDraftSpec:
     speculator: bool = False
     """Draft with the verifier's speculator instead (verifier_svc.local_speculator)."""
     tree_width: int = 1
-    """n-grams: the most branches per drafted token (splitspec.ngram_index.NgramIndex.lookup_tree)."""
+    """The most branches per drafted token (NgramIndex.lookup_tree; the speculator's top-k expansion)."""
 
     def check(self) -> None:
-        if self.speculator:
-            return
         if not 1 <= self.tree_width <= MAX_TREE_WIDTH:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"local_draft.tree_width: at most {MAX_TREE_WIDTH}, got {self.tree_width}",
             )
+        if self.speculator:
+            return
         try:
             check_prompt_lookup(self.prompt_lookup_min, self.prompt_lookup_max, MAX_PROMPT_LOOKUP)
         except SplitspecError as exc:

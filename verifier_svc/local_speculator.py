@@ -60,9 +60,9 @@ class LocalSpeculator:
     def hidden_layers(self) -> tuple[int, ...]:
         return self.proposer.hidden_layers
 
-    def draft(self, steps: list[tuple[str, list[int], SamplingParams, int, int]]) -> list[Draft]:
-        """steps: (seq_id, committed tokens, params, seed, drafts wanted) -> one draft each, in one
-        batched call of the head."""
+    def draft(self, steps: list[tuple[str, list[int], SamplingParams, int, int, int]]) -> list[Draft]:
+        """steps: (seq_id, committed tokens, params, seed, drafts wanted, tree width) -> one draft each
+        (a tree where the width is above 1 and the head branches), in one batched call of the head."""
         requests = [
             DraftRequest(
                 seq_id=seq_id,
@@ -72,11 +72,12 @@ class LocalSpeculator:
                 top_k=params.top_k,
                 seed=seed,
                 hidden_state=self._unread.pop(seq_id, None),
+                tree_width=tree_width,
             )
-            for seq_id, tokens, params, seed, num_tokens in steps
+            for seq_id, tokens, params, seed, num_tokens, tree_width in steps
         ]
         drafts = self.proposer.propose(requests)
-        return [Draft(d.token_ids[: r.num_tokens], d.q[: r.num_tokens]) for d, r in zip(drafts, requests)]
+        return [d.first(r.num_tokens) for d, r in zip(drafts, requests)]
 
     def received(self, seq_id: str, states: torch.Tensor | None) -> None:
         """A pass's states for the tokens it committed: every row kept until the next draft (ALL), or

@@ -72,6 +72,7 @@ class _StepCall:
     draft: Draft
     speculate: int = 0  # drafts to ask the verifier's speculator for, right before the pass
     every_draft: bool = False  # verified whole: the sender's K is fixed (VerifyStep.every_draft)
+    tree_width: int = 1  # the most branches per token the speculator may draft (LocalDraft.tree_width)
 
 
 @dataclass
@@ -302,6 +303,7 @@ class VerifierService:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "assumed_token_ids needs a pipelined step")
         self._check_num_drafts("drafts", len(draft.token_ids))
         if local is not None:
+            local.check()
             self._check_num_drafts("local_draft.num_tokens", local.num_tokens)
             if local.speculator and seq.hidden_states != HiddenStates.NONE:
                 raise ServiceError(
@@ -320,8 +322,9 @@ class VerifierService:
             if pipelined:
                 committed_len, draft, local = self._pipelined_on(seq, committed_len, draft, assumed or [], local)
             current = committed_len == len(seq.tokens)  # otherwise the step is refused as stale
-            speculate = 0
+            speculate, tree_width = 0, 1
             if local is not None and local.speculator:
+                tree_width = local.tree_width
                 speculate = local.num_tokens if self.speculator is not None else 0  # none here: no drafts
             elif local is not None and current:
                 draft = self.local_drafter.draft(seq_id, seq.tokens, local)
@@ -341,7 +344,9 @@ class VerifierService:
                     draft = fetched.draft
             if fetched is not None and not fetched.failed:  # asked now, made while the pass runs
                 self.remote.draft_ahead(seq_id, seq.tokens, draft.token_ids, seq.params, seq.seed, remote)
-            outcome = await self.batcher.submit(_StepCall(seq, committed_len, draft, speculate, every_draft))
+            outcome = await self.batcher.submit(
+                _StepCall(seq, committed_len, draft, speculate, every_draft, tree_width)
+            )
             if remote is not None:
                 self.remote.received(seq_id, outcome.hidden_state)
             if fetched is not None:
@@ -523,7 +528,14 @@ class VerifierService:
             return
         room = self.runner.max_model_len
         wanted = [
-            (c.seq.seq_id, c.seq.tokens, c.seq.params, c.seq.seed, max(0, min(c.speculate, room - len(c.seq.tokens))))
+            (
+                c.seq.seq_id,
+                c.seq.tokens,
+                c.seq.params,
+                c.seq.seed,
+                max(0, min(c.speculate, room - len(c.seq.tokens))),
+                c.tree_width,
+            )
             for c in asking
         ]
         started = time.perf_counter()
@@ -533,7 +545,7 @@ class VerifierService:
             print("splitspec verifier: the speculator failed to draft; verifying without drafts", file=sys.stderr)
             traceback.print_exc()
             return
-        longest = max(n for *_, n in wanted)
+        longest = max(n for *_, n, _ in wanted)
         if self.cuts is not None and longest:
             self.cuts.head_draft_s.add((time.perf_counter() - started) / longest)
         for call, draft in zip(asking, drafts):

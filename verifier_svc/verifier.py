@@ -98,10 +98,7 @@ class Verifier:
         """
         modes = hidden_states if hidden_states is not None else [self.hidden_states] * len(steps)
         layers = hidden_layers if hidden_layers is not None else [self.hidden_layers] * len(steps)
-        steps = [
-            (seq, draft if self._verifies_tree(seq, mode) else draft.main_chain())
-            for (seq, draft), mode in zip(steps, modes)
-        ]
+        steps = [(seq, draft if self._verifies_tree(seq) else draft.main_chain()) for seq, draft in steps]
         for (seq, _), mode in zip(steps, modes):
             if _may_reuse_prefix(seq, mode, self.runner.cached_length(seq.seq_id)):
                 self.runner.reuse_prefix(seq.seq_id, seq.tokens)
@@ -146,14 +143,13 @@ class Verifier:
                 seq.grammar.advance(result.token_ids)
         return results
 
-    def _verifies_tree(self, seq: VerifiableSequence, mode: HiddenStates) -> bool:
+    def _verifies_tree(self, seq: VerifiableSequence) -> bool:
         """Whether a tree-shaped draft of this sequence is verified as a tree; otherwise its main chain
         is. Trees are verified where every row's treatment depends on its position and the tokens
-        before it only through the draft's own path: not yet with a grammar, penalties, a token ban,
-        logprobs or hidden states, nor on a runner that cannot attend a tree."""
+        before it only through the draft's own path: not yet with a grammar, penalties, a token ban or
+        logprobs, nor on a runner that cannot attend a tree. Hidden states come from the kept path's rows."""
         return (
             self.runner.supports_trees
-            and mode == HiddenStates.NONE
             and seq.grammar is None
             and seq.penalties is None
             and seq.token_ban is None
@@ -296,15 +292,18 @@ def _attach_hidden_states(
 ) -> None:
     """Give each result the hidden states it asked for, gathered on the device and copied in one go
     per layer set: "last", the row behind its last committed token [width]; "all", the rows behind
-    every token committed in this step [n, width]."""
+    every token committed in this step [n, width]. A tree's committed drafts are its kept path's."""
     wanted: dict[tuple[int, ...], list[tuple[VerifyResult, HiddenStates, torch.Tensor]]] = {}
     row = 0
     for inp, mode, ids, result in zip(inputs, modes, layers, results):
-        if mode == HiddenStates.LAST:  # rows are the k + 1 logit rows
-            wanted.setdefault(ids, []).append((result, mode, torch.tensor([row + result.num_accepted])))
+        accepted = list(range(result.num_accepted)) if result.path is None else result.path
+        if mode == HiddenStates.LAST:  # rows are the k + 1 logit rows: the last committed token's, then each draft's
+            last = 1 + accepted[-1] if accepted else 0
+            wanted.setdefault(ids, []).append((result, mode, torch.tensor([row + last])))
         elif mode == HiddenStates.ALL:  # rows are every fed token's; keep the committed ones
-            committed = len(inp.token_ids) - inp.num_logits + 1 + result.num_accepted
-            wanted.setdefault(ids, []).append((result, mode, torch.arange(row, row + committed)))
+            before_drafts = len(inp.token_ids) - inp.num_logits + 1
+            kept = list(range(before_drafts)) + [before_drafts + node for node in accepted]
+            wanted.setdefault(ids, []).append((result, mode, row + torch.tensor(kept)))
         row += inp.hidden_rows
     for ids, picks in wanted.items():
         rows = torch.cat([rows for _, _, rows in picks]).to(hidden[ids].device)

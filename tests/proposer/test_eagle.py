@@ -186,10 +186,13 @@ def test_greedy_output_is_the_target_s_own(tiny_llama, eagle, batch_size) -> Non
     assert all(o.spec_stats.drafted_per_position[0] >= o.spec_stats.num_rounds - 2 for o in outputs)
 
 
-def test_the_drafter_receives_the_state_behind_every_committed_token(tiny_llama, eagle) -> None:
+@pytest.mark.parametrize("tree_width", [1, 3])
+def test_the_drafter_receives_the_state_behind_every_committed_token(tiny_llama, eagle, tree_width) -> None:
     """One row per token committed since the last request, several after a round that accepted
-    drafts, and together the states transformers computes for the whole text."""
-    llm = LLM(str(tiny_llama), speculative_config={"model": str(eagle), "num_speculative_tokens": 3, "adaptive": False})
+    drafts, and together the states transformers computes for the whole text; with trees too, whose
+    kept path's rows are the ones sent."""
+    spec = {"model": str(eagle), "num_speculative_tokens": 3, "adaptive": False, "tree_width": tree_width}
+    llm = LLM(str(tiny_llama), speculative_config=spec)
     seen: list[DraftRequest] = []
     original = llm.engine.proposer.propose
 
@@ -211,8 +214,8 @@ def test_the_drafter_receives_the_state_behind_every_committed_token(tiny_llama,
     assert max(committed) > 2  # a round accepted two drafts or more, and its rows all arrived
 
 
-@pytest.mark.parametrize("batch_size", [1, 4])
-def test_seeded_sampling_is_the_target_s_own_samples(tiny_llama, eagle, batch_size) -> None:
+@pytest.mark.parametrize(("batch_size", "tree_width"), [(1, 1), (4, 1), (4, 3)])
+def test_seeded_sampling_is_the_target_s_own_samples(tiny_llama, eagle, batch_size, tree_width) -> None:
     params = [
         SamplingParams(temperature=t, top_p=p, seed=s, max_tokens=30, ignore_eos=True)
         for t, p, s in ((0.3, 1.0, 1), (0.8, 0.95, 2), (1.0, 1.0, 3), (0.1, 0.9, 4))
@@ -221,7 +224,13 @@ def test_seeded_sampling_is_the_target_s_own_samples(tiny_llama, eagle, batch_si
     plain = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate(prompts, params, use_tqdm=False)]
     llm = LLM(
         str(tiny_llama),
-        speculative_config={"method": "eagle", "model": str(eagle), "num_speculative_tokens": 3, "adaptive": False},
+        speculative_config={
+            "method": "eagle",
+            "model": str(eagle),
+            "num_speculative_tokens": 3,
+            "adaptive": False,
+            "tree_width": tree_width,
+        },
     )
     outputs = []
     for start in range(0, len(PROMPTS), batch_size):

@@ -210,6 +210,29 @@ def test_seeded_sampling_is_the_target_s_own_samples(target, fitted, batch_size,
     assert_drafts_pass_often_but_not_always([o.spec_stats for o in outputs])
 
 
+@pytest.mark.parametrize("mode", ["greedy", "seeded"])
+def test_trees_from_the_head_give_the_target_s_own_output(target, fitted, mode) -> None:
+    """EAGLE-2's dynamic tree on the head (top-k expansion, tree_width 3): greedy and seeded output are
+    plain decoding's, with rounds verified as trees (the head, fitted to this text, is sure of most
+    tokens, so most of its trees keep their main chain)."""
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    params = GREEDY if mode == "greedy" else SEEDED
+    plain = [o.outputs[0].token_ids for o in LLM(str(target)).generate(prompts, params, use_tqdm=False)]
+    spec = {"method": "eagle3", "model": str(fitted), "num_speculative_tokens": 6, "adaptive": False}
+    llm = LLM(str(target), speculative_config=spec | {"tree_width": 3})
+    trees = []
+    verify = llm.engine.verifier.verify
+
+    def recording(steps, *args, **kwargs):
+        results = verify(steps, *args, **kwargs)
+        trees.extend(draft for (_, draft), result in zip(steps, results) if result.path is not None)
+        return results
+
+    llm.engine.verifier.verify = recording
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == plain
+    assert len(trees) >= 3, "no round was verified as a tree"
+
+
 def test_a_speculators_head_given_as_the_model_serves_the_target_it_names(target, fitted) -> None:
     llm = LLM(str(fitted))
     assert llm.config.model_path == str(target)

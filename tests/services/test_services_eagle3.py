@@ -67,10 +67,12 @@ def test_eagle3_on_a_proposer_pod_is_the_target_s_own(tiny_llama_8_layers, head,
         _assert_the_target_s_own_output(stack.gateway.address, tiny_llama_8_layers, plain_greedy)
 
 
+@pytest.mark.parametrize("tree_width", [1, 3])
 def test_eagle3_beside_the_target_in_the_verifier_is_the_target_s_own(
-    tiny_llama_8_layers, head, plain_greedy, tmp_path
+    tiny_llama_8_layers, head, plain_greedy, tmp_path, tree_width
 ):
-    """No proposer: the verifier reports its head, and the gateway has it draft every round there."""
+    """No proposer: the verifier reports its head, and the gateway has it draft every round there; with
+    --tree-width 3 the head drafts trees (its top-k expansion), verified as trees."""
     config = json.dumps({"model": str(head), "num_speculative_tokens": 3})
     with running_stack(
         tiny_llama_8_layers,
@@ -79,7 +81,7 @@ def test_eagle3_beside_the_target_in_the_verifier_is_the_target_s_own(
         k=3,
         num_proposers=0,
         verifier_args=("--speculative-config", config),
-        gateway_args=("--fixed-k",),
+        gateway_args=("--fixed-k", "--tree-width", str(tree_width)),
         metrics=True,
     ) as stack:
         from metrics_scrape import scrape, value
@@ -92,6 +94,9 @@ def test_eagle3_beside_the_target_in_the_verifier_is_the_target_s_own(
         rounds = scrape(stack.gateway.metrics_port)["splitspec_verify_rounds"]
         assert value(rounds, "_total", drafter="verifier") > 0
         assert value(rounds, "_total", drafter="proposer") == 0
+        trees = scrape(stack.verifier.metrics_port).get("splitspec_verifier_tree_drafts")
+        verified_as_trees = value(trees, "_total") if trees else 0
+        assert (verified_as_trees > 0) == (tree_width > 1)
 
 
 LONG_TOKENS = 160
