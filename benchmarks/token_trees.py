@@ -3,12 +3,13 @@
 Each configuration drafts at most K tokens a round (a chain of K, or a tree of K tokens with at most
 --widths branches per token), adaptive K off, so every round verifies the same rows at most; one prompt
 at a time, the bench's prompts, greedy (or sampled with a seed: --temperature). The drafter is
---method: n-grams, suffix decoding, or a draft model (--draft-model DIR: its EAGLE-2 top-k trees). Per workload: tokens per target pass (output tokens / rounds),
+--method: n-grams, suffix decoding, a draft model or an EAGLE-3 head (--drafter DIR: their EAGLE-2
+top-k trees). Per workload: tokens per target pass (output tokens / rounds),
 rows per pass (1 + drafted tokens / rounds: a tree fills its budget more often than a chain, which
 stops where its one continuation does), tokens per second, and whether the output equals K=0's.
 
-Usage: python benchmarks/token_trees.py [--model default] [--method ngram|suffix|draft_model]
-                                        [--draft-model DIR] [--k 8] [--widths 1,2,3]
+Usage: python benchmarks/token_trees.py [--model default] [--method ngram|suffix|draft_model|eagle3]
+                                        [--drafter DIR] [--k 8] [--widths 1,2,3]
                                         [--workloads code_edit,summarise,chat] [--prompts-per-workload 3]
                                         [--max-tokens 96] [--temperature 0]
 """
@@ -43,21 +44,21 @@ def main() -> None:
     parser.add_argument("--workloads", default="code_edit,summarise,chat")
     parser.add_argument("--prompts-per-workload", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--method", choices=["ngram", "suffix", "draft_model"], default="ngram")
-    parser.add_argument("--draft-model", help="the draft model's directory, for --method draft_model")
+    parser.add_argument("--method", choices=["ngram", "suffix", "draft_model", "eagle3"], default="ngram")
+    parser.add_argument("--drafter", help="the draft model's or EAGLE-3 head's directory")
     parser.add_argument("--temperature", type=float, default=0.0, help="sample (seed 0) instead of greedy")
     args = parser.parse_args()
     params = SamplingParams(temperature=args.temperature, seed=0, max_tokens=args.max_tokens)
     method = args.method
-    if (method == "draft_model") != bool(args.draft_model):
-        parser.error("--draft-model DIR goes with --method draft_model, and only with it")
+    if (method in ("draft_model", "eagle3")) != bool(args.drafter):
+        parser.error("--drafter DIR goes with --method draft_model or eagle3, and only with them")
     workloads = args.workloads.split(",")
     prompts = {w: [p.text for p in build_prompts([w], args.prompts_per_workload, seed=0)] for w in workloads}
     llms = {"K=0": LLM(args.model)}
     for width in [int(w) for w in args.widths.split(",")]:
         spec = {"method": method, "num_speculative_tokens": args.k, "adaptive": False, "tree_width": width}
-        if args.draft_model:
-            spec["model"] = args.draft_model
+        if args.drafter:
+            spec["model"] = args.drafter
         llms[f"{method} K={args.k} " + ("chain" if width == 1 else f"tree width {width}")] = LLM(
             args.model, speculative_config=spec
         )
