@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 from splitspec_kernels.triton_support import interpreting, tl, triton
 
+TREE_BITS = 64
+"""The most new tokens a sequence with a tree may have for the Triton kernel (one int64 of bits per row)."""
+
 
 @dataclass
 class AttentionBatch:
@@ -35,7 +38,7 @@ class AttentionBatch:
     trees: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     """Sequences whose new tokens end in a tree-shaped draft: index -> (which of its new tokens each new
     token sees [n, n] bool, their positions [n] int64). `mask` reads it (so the reference and row-by-row
-    attention do); the Triton kernel does not."""
+    attention do); the Triton kernel reads `tree_bits` (trees_fit_bits)."""
     _rowwise_chunks: tuple[int, list["RowwiseChunk"]] | None = field(default=None, init=False, repr=False)
 
     @staticmethod
@@ -112,6 +115,27 @@ class AttentionBatch:
         if self._rowwise_chunks is None or self._rowwise_chunks[0] != group:
             self._rowwise_chunks = (group, rowwise_chunks(self, group))
         return self._rowwise_chunks[1]
+
+    @property
+    def trees_fit_bits(self) -> bool:
+        """Every tree's sequence has at most TREE_BITS new tokens and no sliding window applies (a tree's
+        tokens sit at the positions of their depths, which the window would compare): the Triton kernel
+        attends such trees through `tree_bits`."""
+        return self.sliding_window is None and all(self.query_lens[b] <= TREE_BITS for b in self.trees)
+
+    @cached_property
+    def tree_bits(self) -> torch.Tensor:
+        """[num_tokens] int64: bit j of a tree sequence's new token says whether it sees that sequence's
+        new token j; -1 (every bit) for the rows of other sequences, which stay causal alone. Slots keep
+        draft order and a parent comes before its children, so causal by slot and these bits together
+        are the tree's mask."""
+        bits = torch.full((int(self.query_start[-1]),), -1, dtype=torch.int64)
+        starts = self.query_start.tolist()
+        weights = torch.tensor([1 << j for j in range(TREE_BITS - 1)] + [-(1 << (TREE_BITS - 1))], dtype=torch.int64)
+        for b, (sees, _) in self.trees.items():
+            n = self.query_lens[b]
+            bits[starts[b] : starts[b] + n] = (sees.to(torch.int64) * weights[:n]).sum(-1)
+        return bits.to(self.seq_lens.device)
 
     @cached_property
     def query_valid(self) -> torch.Tensor:  # [batch, max_query_len] bool
@@ -416,7 +440,11 @@ def paged_attention_triton(
     a decode or verify step's few query rows fill the tile's rows with the group's heads instead of
     padding. Online softmax in fp32 over the part's keys, 32 at a time, each key found through the block
     table. With more than one part (num_splits; default `context_splits`), each part writes its
-    unnormalised sum with its max and denominator, and a second kernel merges the parts of each row."""
+    unnormalised sum with its max and denominator, and a second kernel merges the parts of each row.
+    A sequence fed a tree (batch.trees) has each row's keys among its new tokens masked by
+    batch.tree_bits; a tree too large for them, or beside a sliding window, goes to the reference."""
+    if batch.trees and not batch.trees_fit_bits:
+        return paged_attention_reference(query, key_cache, value_cache, batch, scale, out)
     num_tokens, q_heads, head_dim = query.shape
     _, block_size, kv_heads, _ = key_cache.shape
     query = query.contiguous()
@@ -438,11 +466,12 @@ def paged_attention_triton(
     _paged_attention_kernel[(num_seqs, kv_heads, tiles * splits)](
         query, key_cache, value_cache, out, partial,
         batch.block_tables, batch.seq_lens, batch.query_start,
+        batch.tree_bits if batch.trees else batch.seq_lens,  # (not read without trees)
         scale, batch.block_tables.stride(0), block_size, group_size, q_heads,
         batch.sliding_window or 0,
         q_heads * head_dim, head_dim, kv_heads * head_dim,
         HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, NUM_SPLITS=splits,
+        BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, NUM_SPLITS=splits, HAS_TREES=bool(batch.trees),
         PRECISION="ieee" if query.dtype == torch.float32 or dot_in_fp32 else "tf32",  # no TF32 rounding of fp32
         DOT_IN_FP32=dot_in_fp32,
     )  # fmt: skip
@@ -459,12 +488,12 @@ if triton is not None:
     @triton.jit
     def _paged_attention_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_ptr,
-        block_tables_ptr, seq_lens_ptr, query_start_ptr,
+        block_tables_ptr, seq_lens_ptr, query_start_ptr, tree_bits_ptr,
         scale, table_stride, block_size, group_size, q_heads,
         window,
         q_token_stride, q_head_stride, kv_slot_stride,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+        NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr, HAS_TREES: tl.constexpr,
     ):  # fmt: skip
         seq = tl.program_id(0)
         kv_head = tl.program_id(1)
@@ -485,6 +514,8 @@ if triton is not None:
             q = tl.load(q_ptr + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
             if DOT_IN_FP32:
                 q = q.to(tl.float32)
+            if HAS_TREES:  # which of the sequence's new tokens each row sees (-1: all, causal alone)
+                row_bits = tl.load(tree_bits_ptr + q_begin + rows, mask=row_ok, other=-1)
 
             m = tl.full([BLOCK_M], float("-inf"), tl.float32)
             s = tl.zeros([BLOCK_M], tl.float32)
@@ -517,6 +548,11 @@ if triton is not None:
                 allowed = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
                 if window > 0:
                     allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
+                if HAS_TREES:
+                    new = k_pos - (seq_len - q_len)  # the key's index among the new tokens, < 0 for the context
+                    bit = tl.minimum(tl.maximum(new, 0), 63).to(tl.int64)
+                    seen = ((row_bits[:, None] >> bit[None, :]) & 1) != 0
+                    allowed = allowed & (seen | (new < 0)[None, :])
                 scores = tl.where(allowed, scores, float("-inf"))
                 m_new = tl.maximum(m, tl.max(scores, axis=1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet

@@ -11,7 +11,6 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,7 @@ from splitspec.models.runner import ForwardInput
 from splitspec.models.tensor_parallel import ShardPlan, TensorParallel, all_reduce, embed, gather_logits, min_over_ranks
 from splitspec.models.tp_workers import TensorParallelWorkerLost, WorkerGroup, broadcast_layout
 from splitspec_kernels.dispatch import KernelUnavailable, select_kernels
-from splitspec_kernels.paged_attention import AttentionBatch, paged_attention_reference, paged_attention_rowwise
+from splitspec_kernels.paged_attention import AttentionBatch, paged_attention_rowwise
 from splitspec_kernels.rms_norm import rms_norm_reference
 from splitspec_kernels.rotary import rotate_half
 
@@ -487,8 +486,7 @@ class LlamaRunner:
         )
         x = self._input_embeddings(torch.tensor(layout.tokens, device=self.device), extra_input)  # [tokens, hidden]
         captured: dict[int, torch.Tensor] = {i: x for i in layout.aux_layers}
-        attention = paged_attention_reference if layout.parents else self._attention  # the one that reads tree masks
-        x = self._decoder(x, torch.tensor(layout.positions, device=self.device), batch, captured, attention)
+        x = self._decoder(x, torch.tensor(layout.positions, device=self.device), batch, captured)
         logit_rows = torch.tensor(layout.logit_rows, device=self.device)
         if layout.hidden_rows == layout.logit_rows and not captured:
             hidden = self._final_hidden(x[logit_rows])
@@ -525,11 +523,9 @@ class LlamaRunner:
         positions: torch.Tensor,
         batch: AttentionBatch,
         captured: dict[int, torch.Tensor] | None = None,
-        attention: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The decoder layers over x [tokens, hidden]. captured: layer id -> filled with the residual
-        stream entering that layer (for EAGLE-3). attention: in place of the runner's own."""
-        attention = attention or self._attention
+        stream entering that layer (for EAGLE-3)."""
         freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [tokens, head_dim / 2]
         angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [tokens, 1, head_dim]
         cos = (angles.cos() * self.rope_attention_factor).to(self.dtype)
@@ -551,7 +547,7 @@ class LlamaRunner:
                 q = rotate_half(rms_norm_reference(q, layer.q_norm, self.eps), cos, sin)
                 k = rotate_half(rms_norm_reference(k, layer.k_norm, self.eps), cos, sin)
             self.kernels.write_kv_cache(k, v, self.key_cache[i], self.value_cache[i], batch.slot_mapping)
-            attn = attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
+            attn = self._attention(q, self.key_cache[i], self.value_cache[i], batch, self.attn_scale)
             x, h = self._add_rms_norm(x, self._scaled(layer.o(attn.reshape(num_tokens, q_size))), layer.post_norm)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             delta = self._scaled(layer.down(F.silu(gate) * up))

@@ -14,6 +14,7 @@ import pytest
 import torch
 from paged_layouts import _layout
 
+from splitspec import draft_tree
 from splitspec_kernels.dispatch import KernelUnavailable, select_kernels
 from splitspec_kernels.paged_attention import (
     AttentionBatch,
@@ -87,6 +88,48 @@ def test_paged_attention_sliding_window(window: int, splits: int) -> None:
         query, key_cache, value_cache, batch, 0.2, out=torch.full_like(query, float("nan")), num_splits=splits
     )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _tree_rows(rng: random.Random, before: int, nodes: int) -> list[int]:
+    """Parents of a sequence's new tokens: `before` in a chain, then a random tree of `nodes` below the last."""
+    tree = [rng.randrange(-1, i) for i in range(nodes)]
+    return draft_tree.chain(before) + [before - 1 if p == -1 else before + p for p in tree]
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize(
+    ("context_lens", "fed", "window"),
+    [
+        ([20, 9, 31], [(1, 8), (4, 0), (2, 13)], None),  # verify steps with trees beside a chain, GQA 3
+        ([5, 40], [(1, 63), (3, 12)], None),  # 64 new tokens: every bit of a row's int64
+        ([5, 40], [(1, 70), (3, 12)], None),  # past 64: the reference attends it
+        ([30, 12], [(1, 9), (2, 5)], 6),  # a sliding window: the reference too
+    ],
+)
+def test_paged_attention_over_token_trees_matches_reference(context_lens, fed, window, splits) -> None:
+    """Each new token of a tree sees the context, the tokens fed before the tree and its own ancestors."""
+    rng = random.Random(len(fed[0]) * 100 + fed[0][1])
+    generator = torch.Generator().manual_seed(7)
+    query_lens = [before + nodes for before, nodes in fed]
+    num_blocks = sum(-(-(c + q) // 8) for c, q in zip(context_lens, query_lens)) + 3
+    tables, seq_lens, slots = _layout(rng, context_lens, query_lens, 8, num_blocks)
+    trees = {}
+    for b, (before, nodes) in enumerate(fed):
+        if nodes:
+            parents = _tree_rows(rng, before, nodes)
+            positions = torch.tensor([context_lens[b] + d - 1 for d in draft_tree.depths(parents)])
+            trees[b] = (draft_tree.ancestors_mask(parents), positions)
+    batch = AttentionBatch.build(tables, seq_lens, query_lens, slots, sliding_window=window, trees=trees)
+    key_cache = torch.randn(num_blocks, 8, 2, 32, generator=generator)
+    value_cache = torch.randn(num_blocks, 8, 2, 32, generator=generator)
+    query = torch.randn(sum(query_lens), 6, 32, generator=generator)
+    want = paged_attention_reference(query, key_cache, value_cache, batch, 0.2)
+    got = paged_attention_triton(
+        query, key_cache, value_cache, batch, 0.2, out=torch.full_like(query, float("nan")), num_splits=splits
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    causal = AttentionBatch.build(tables, seq_lens, query_lens, slots, sliding_window=window)
+    assert not torch.allclose(got, paged_attention_reference(query, key_cache, value_cache, causal, 0.2))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
