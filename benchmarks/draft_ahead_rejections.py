@@ -1,6 +1,8 @@
 """Drafting ahead for a rejection, measured (issue 16): direct drafts with a draft model whose first
 draft is often rejected, the verifier drafting ahead for every draft accepted only (the default) and
-for the first draft's rejection too (`serve-verifier --draft-ahead-rejections 1`), stacks interleaved.
+for the first draft's rejection too (`serve-verifier --draft-ahead-rejections 1`), and, with
+--tree-width w, the draft model's token trees of the same K through the gateway instead (each round
+hedges inside its one pass rather than with a draft made ahead); stacks interleaved.
 
 The target is the tests' tiny llama; the draft models are noisy copies of it, closer or further (the
 noise scale), so acceptance goes from high to low. Each line gives the wall time for the requests and
@@ -8,6 +10,7 @@ the verifier's splitspec_draft_ahead_total: steps that found their draft ready, 
 accepted (hit) or after a rejection (hit_after_rejection), and the others (miss).
 
     python benchmarks/draft_ahead_rejections.py [--scales 0.02,0.05,0.1] [--repeats 2] [--delay-ms 3]
+                                                [--tree-width 0]
 """
 
 from __future__ import annotations
@@ -28,9 +31,14 @@ from tiny_checkpoints import write_perturbed_copy, write_tiny_checkpoint  # noqa
 OUTCOMES = ("hit", "hit_after_rejection", "miss")
 
 
-def measure(target: Path, draft: Path, rejections: int, workdir: Path, args: argparse.Namespace) -> str:
+def measure(
+    target: Path, draft: Path, rejections: int, tree_width: int, workdir: Path, args: argparse.Namespace
+) -> str:
+    """rejections: --draft-ahead-rejections of a stack with direct drafts; tree_width > 1: a stack that
+    drafts trees through the gateway instead."""
     metrics_port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    drafts = ("--tree-width", str(tree_width)) if tree_width > 1 else ("--direct-drafts",)
     with running_stack(
         target,
         workdir,
@@ -38,7 +46,7 @@ def measure(target: Path, draft: Path, rejections: int, workdir: Path, args: arg
         k=args.k,
         draft_model=draft,
         verifier_args=("--metrics-port", str(metrics_port), "--draft-ahead-rejections", str(rejections)),
-        gateway_args=("--direct-drafts", "--fixed-k", "--no-verifier-ngram"),
+        gateway_args=(*drafts, "--fixed-k", "--no-verifier-ngram"),
         network_delay_ms=args.delay_ms,
     ) as stack:
         requests = [greedy_request(p, max_tokens=args.max_tokens) for p in PROMPTS]
@@ -47,8 +55,8 @@ def measure(target: Path, draft: Path, rejections: int, workdir: Path, args: arg
         for _ in range(args.repeats):
             generate_concurrently(stack.gateway.address, requests)
         seconds = time.perf_counter() - started
-        ahead = scrape(metrics_port)["splitspec_draft_ahead"]
-        counts = {o: int(value(ahead, "_total", outcome=o)) for o in OUTCOMES}
+        ahead = scrape(metrics_port).get("splitspec_draft_ahead")
+        counts = {o: int(value(ahead, "_total", outcome=o)) if ahead else 0 for o in OUTCOMES}
     ready = (counts["hit"] + counts["hit_after_rejection"]) / max(1, sum(counts.values()))
     return f"{seconds:6.2f} s   ready {ready:5.1%}   " + "  ".join(f"{o} {counts[o]}" for o in OUTCOMES)
 
@@ -60,6 +68,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("-k", type=int, default=3)
     parser.add_argument("--delay-ms", type=float, default=3.0, help="one-way delay on every link")
+    parser.add_argument("--tree-width", type=int, default=0, help="also trees of this width (0: none)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="draft_ahead_rejections_"))
     target = write_tiny_checkpoint(root / "target", "llama", seed=0)
@@ -67,9 +76,11 @@ def main() -> None:
           f"{args.delay_ms:g} ms each way")  # fmt: skip
     for scale in (float(s) for s in args.scales.split(",")):
         draft = write_perturbed_copy(target, root / f"draft_{scale}", scale=scale)
-        for rejections in (0, 1, 0, 1):
-            line = measure(target, draft, rejections, root / f"stack_{scale}_{rejections}", args)
-            print(f"noise {scale:<5g} --draft-ahead-rejections {rejections}: {line}", flush=True)
+        configs = [(0, 1), (1, 1)] + ([(0, args.tree_width)] if args.tree_width > 1 else [])
+        for rejections, width in configs * 2:
+            line = measure(target, draft, rejections, width, root / f"stack_{scale}_{rejections}_{width}", args)
+            name = f"--tree-width {width}" if width > 1 else f"--draft-ahead-rejections {rejections}"
+            print(f"noise {scale:<5g} {name:<26}: {line}", flush=True)
 
 
 if __name__ == "__main__":
