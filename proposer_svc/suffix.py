@@ -15,8 +15,9 @@ reached so far, until the request's number of tokens: a remembered answer is the
 (docs/benchmarks.md measures what that gains).
 
 With DraftRequest.tree_width > 1 it drafts the tree the suffix trees hold: the continuations of
-highest estimate, up to tree_width below each token (SuffixTree.speculate_tree). Where the text never
-branched that tree is a chain, and the chain above (which drafts on past the horizon) is drafted.
+highest estimate, up to tree_width below each token (SuffixTree.speculate_tree), where that tree's
+score (the sum of its estimates: the tokens it expects accepted) beats the chain's above, which drafts
+on past the horizon.
 
 In the proposer service the global tree is the pod's memory, shared by every sequence it serves.
 """
@@ -84,19 +85,22 @@ class SuffixProposer(Proposer):
         if req.num_tokens <= 0:
             return Draft()
         context = req.token_ids[-self.settings.max_tree_depth :]
-        if req.tree_width > 1:
-            tree = self._speculate_tree(state, context, req.num_tokens, req.tree_width)
-            if tree.parents is not None and not draft_tree.is_chain(tree.parents):
-                return Draft(tree.token_ids, [None] * len(tree.token_ids), tree.parents)
         best = self._speculate(state, context, req.num_tokens, self.settings.min_token_prob)
-        tokens, prob = best.token_ids, best.probs[-1] if best.probs else 1.0
+        tokens, prob, score = best.token_ids, best.probs[-1] if best.probs else 1.0, best.score
         while best.cut and len(tokens) < req.num_tokens:
             # the trees hold paths of max_tree_depth tokens: where one was cut there, draft on from the
             # context it led to, at the probability reached so far
             context = (context + best.token_ids)[-self.settings.max_tree_depth :]
             best = self._speculate(state, context, req.num_tokens - len(tokens), self.settings.min_token_prob / prob)
             tokens = tokens + best.token_ids
+            score += prob * best.score
             prob *= best.probs[-1] if best.probs else 1.0
+        if req.tree_width > 1:  # a tree where it expects more accepted tokens than the chain
+            tree = self._speculate_tree(
+                state, req.token_ids[-self.settings.max_tree_depth :], req.num_tokens, req.tree_width
+            )
+            if tree.score > score and tree.parents is not None and not draft_tree.is_chain(tree.parents):
+                return Draft(tree.token_ids, [None] * len(tree.token_ids), tree.parents)
         return Draft(tokens, [None] * len(tokens))
 
     def _speculate(self, state: _Active, context: list[int], num_tokens: int, min_token_prob: float) -> Speculation:

@@ -114,8 +114,11 @@ def test_ngram_trees_give_plain_output(tiny_llama, plain, width, mode) -> None:
     assert any(d.is_tree for d, _ in seen), "the drafter never branched"
 
 
-# each prompt's text went on three ways after its last tokens: a suffix tree drafts all three
-BRANCHING_PROMPTS = [[5, 6, 7, 20, 5, 6, 7, 21, 5, 6, 7, 22, 5, 6, 7], [9, 30, 31, 9, 40, 41, 9, 30, 32, 9]]
+# after "5 6 7" the text went on with "20 8" three times (then 1, 2 or 3) and with "21" twice: the tree
+# 20 -> 8 beside 21 expects more accepted tokens (0.5 + 0.5 + 0.33) than the chain 20 -> 8 -> 1 (0.5 +
+# 0.5 + 0.17); "11 5 6 7" occurs only at the end, so no longer match decides alone
+BRANCHING = [5, 6, 7, 20, 8, 1, 5, 6, 7, 20, 8, 2, 5, 6, 7, 20, 8, 3, 5, 6, 7, 21, 4, 5, 6, 7, 21, 9, 11, 5, 6, 7]
+BRANCHING_PROMPTS = [BRANCHING, [t + 40 for t in BRANCHING]]
 
 
 @pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
@@ -125,7 +128,7 @@ def test_suffix_trees_give_plain_output(tiny_llama, params) -> None:
     llm = _llm_with_trees(tiny_llama, method="suffix")
     seen = _record_paths(llm)
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == expected
-    assert sum(len(draft_tree.children(d.parents)[draft_tree.ROOT]) == 3 for d, _ in seen) >= 1
+    assert sum(len(draft_tree.children(d.parents)[draft_tree.ROOT]) == 2 for d, _ in seen) >= 2
 
 
 def test_sequences_that_need_every_row_in_order_verify_the_main_chain(tiny_llama) -> None:

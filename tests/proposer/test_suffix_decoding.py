@@ -339,3 +339,16 @@ def test_repeated_requests_are_drafted_from_memory_and_equal_plain_decoding(tiny
         assert control_rounds >= 2 * rounds, (control_rounds, rounds)
     else:
         assert accepted > control_accepted, (accepted, control_accepted)
+
+
+def test_a_tree_is_drafted_only_where_it_expects_more_accepted_tokens_than_the_chain():
+    """Three continuations of one count each tie the chain (0.25 a token either way): the chain, which
+    can draft on past the horizon. Where one branch is likelier deeper down than the chain's tail, a tree."""
+    even = [5, 6, 7, 20, 5, 6, 7, 21, 5, 6, 7, 22, 5, 6, 7]
+    uneven = [5, 6, 7, 20, 8, 1, 5, 6, 7, 20, 8, 2, 5, 6, 7, 20, 8, 3, 5, 6, 7, 21, 4, 5, 6, 7, 21, 9, 11, 5, 6, 7]
+    drafts = [
+        SuffixProposer(SuffixSettings()).propose([DraftRequest("s", p, 8, num_prompt_tokens=len(p), tree_width=3)])[0]
+        for p in (even, uneven)
+    ]
+    assert drafts[0].token_ids == [20, 5, 6] and not drafts[0].is_tree
+    assert drafts[1].token_ids == [20, 8, 21] and drafts[1].parents == [-1, 0, -1]
