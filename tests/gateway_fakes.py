@@ -68,7 +68,7 @@ class ScriptedProposer:
     def mark_down(self) -> None:
         self.available = False
 
-    async def draft(self, seq, feed, num_tokens, timeout, trace=None, deadline=None) -> pb.DraftResult:
+    async def draft(self, seq, feed, num_tokens, timeout, trace=None, deadline=None, tree_width=1) -> pb.DraftResult:
         return await self._draft(seq, num_tokens, None)
 
     async def draft_after(self, seq, feed, num_tokens, timeout, assumed, trace=None, deadline=None) -> pb.DraftResult:

@@ -415,10 +415,11 @@ def test_gateway_without_a_reachable_verifier_is_not_serving_and_unavailable(tin
 def test_sigterm_drains_an_in_flight_stream(tiny_llama, tmp_path):
     """One token per round (speculation off for the request), each round crossing a 1 ms link to the
     verifier and back, keeps the stream running for seconds: SIGTERM then refuses new calls, the stream
-    in flight completes, and the gateway exits cleanly."""
+    in flight completes, and the gateway exits cleanly. Its grace period is long enough for the stream on
+    a busy machine (the default 10 s is not, with other tests beside it)."""
     max_tokens = 480
     plain = plain_greedy_tokens(tiny_llama, PROMPTS[0], max_tokens)
-    with running_stack(tiny_llama, tmp_path, network_delay_ms=1) as stack:
+    with running_stack(tiny_llama, tmp_path, network_delay_ms=1, gateway_args=("--grace-seconds", "60")) as stack:
         with grpc.insecure_channel(stack.gateway.address) as channel:
             slow = greedy_request(PROMPTS[0], max_tokens=max_tokens, num_speculative_tokens=0)
             call = pb_grpc.GatewayStub(channel).Generate(slow, timeout=60)
