@@ -25,6 +25,7 @@ In the proposer service the global tree is the pod's memory, shared by every seq
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
 
@@ -104,22 +105,20 @@ class SuffixProposer(Proposer):
         return Draft(tokens, [None] * len(tokens))
 
     def _speculate(self, state: _Active, context: list[int], num_tokens: int, min_token_prob: float) -> Speculation:
-        """The higher scoring of the request's own tree's speculation and the global tree's."""
-        args = (context, num_tokens, self.settings.max_spec_factor, min_token_prob)
-        best = state.tree.speculate(*args)
-        if self._cached:
-            found = self.global_tree.speculate(*args)
-            if found.score > best.score:
-                best = found
-        return best
+        factor = self.settings.max_spec_factor
+        return self._higher_scoring(state, lambda tree: tree.speculate(context, num_tokens, factor, min_token_prob))
 
     def _speculate_tree(self, state: _Active, context: list[int], num_tokens: int, width: int) -> Speculation:
-        """The higher scoring of the two trees' tree-shaped speculations."""
         s = self.settings
-        args = (context, num_tokens, width, s.max_spec_factor, s.min_token_prob)
-        best = state.tree.speculate_tree(*args)
+        return self._higher_scoring(
+            state, lambda tree: tree.speculate_tree(context, num_tokens, width, s.max_spec_factor, s.min_token_prob)
+        )
+
+    def _higher_scoring(self, state: _Active, speculate: Callable[[SuffixTree], Speculation]) -> Speculation:
+        """The higher scoring of the request's own tree's speculation and the global tree's."""
+        best = speculate(state.tree)
         if self._cached:
-            found = self.global_tree.speculate_tree(*args)
+            found = speculate(self.global_tree)
             if found.score > best.score:
                 best = found
         return best
