@@ -26,12 +26,13 @@ def _builds(dtype: str) -> list[tuple[str, object, dict[str, str], dict[str, obj
     attention = {
         **dict.fromkeys(["q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr"], pointer),
         "partial_ptr": "*fp32",
-        **dict.fromkeys(["block_tables_ptr", "seq_lens_ptr", "query_start_ptr"], "*i64"),
+        **dict.fromkeys(["block_tables_ptr", "seq_lens_ptr", "query_start_ptr", "tree_bits_ptr"], "*i64"),
         "scale": "fp32",
         **dict.fromkeys(["table_stride", "block_size", "group_size", "q_heads", "window"], "i32"),
         **dict.fromkeys(["q_token_stride", "q_head_stride", "kv_slot_stride"], "i32"),
         **dict.fromkeys(
-            ["HEAD_DIM", "BLOCK_D", "BLOCK_M", "BLOCK_N", "NUM_SPLITS", "PRECISION", "DOT_IN_FP32"], "constexpr"
+            ["HEAD_DIM", "BLOCK_D", "BLOCK_M", "BLOCK_N", "NUM_SPLITS", "PRECISION", "DOT_IN_FP32", "HAS_TREES"],
+            "constexpr",
         ),
     }
     merge = {
@@ -61,7 +62,7 @@ def _builds(dtype: str) -> list[tuple[str, object, dict[str, str], dict[str, obj
     return [
         *(
             (
-                f"paged attention {dtype}, {splits} part(s)",
+                f"paged attention {dtype}, {splits} part(s)" + (", token trees" if trees else ""),
                 _paged_attention_kernel,
                 attention,
                 {
@@ -72,9 +73,11 @@ def _builds(dtype: str) -> list[tuple[str, object, dict[str, str], dict[str, obj
                     "NUM_SPLITS": splits,
                     "PRECISION": precision,
                     "DOT_IN_FP32": False,
+                    "HAS_TREES": trees,
                 },  # fmt: skip
             )
             for splits in (1, 8)
+            for trees in (False, True)
         ),
         (
             f"split merge {dtype}",
