@@ -25,8 +25,8 @@ def num_drafts(req: Request, verifier: VerifierBackend, proposer: ProposerBacken
     rows, tokens = verifier.others_in_pass(seq.seq_id)
     rate = req.acceptance.rate
     trip = round_trip(req, verifier, req.local, proposer, rate)
-    chain = req.acceptance.chain(k)  # by position: n-gram drafts are kept more often deep in a draft
-    return choose_drafts([chain], rows + 1, verifier.cost_model, base_tokens=tokens, round_trip=trip)[0]
+    gains = req.draft_gains(k)  # by position: n-gram drafts are kept more often deep in a draft
+    return choose_drafts([gains], rows + 1, verifier.cost_model, base_tokens=tokens, round_trip=trip)[0]
 
 
 def round_trip(

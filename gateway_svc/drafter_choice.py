@@ -61,10 +61,11 @@ class DrafterChoice:
         """The estimate of the drafter in use, which sizes its drafts."""
         return self.local if self.uses_local else self.remote
 
-    def record(self, asked: int, drafted: int, accepted: int) -> None:
-        """A round drafted by the drafter in use: `asked` drafts wanted, `drafted` made, `accepted` kept."""
+    def record(self, asked: int, drafted: int, accepted: int, tree_path: list[int] | None = None) -> None:
+        """A round drafted by the drafter in use: `asked` drafts wanted, `drafted` made, `accepted` kept
+        (tree_path: which of a tree's, by index)."""
         self.rounds += 1
-        self.acceptance.update(drafted, accepted)
+        self.acceptance.update(drafted, accepted, tree_path)
         (self.remote if self.uses_local else self.local).update(0, 0)
         if self.uses_local and asked:
             self.matches.update(1, 1 if drafted else 0)

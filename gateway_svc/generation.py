@@ -222,7 +222,7 @@ class GatewayCore:
         if result.HasField("hidden_states") and not req.plan.direct_drafts:
             req.slot.feed.receive(result.hidden_states)
         self.drafts.heard_of_remote_draft(sent.remote, result, sent.asked)
-        req.drafters.record(sent.asked, result.num_drafted, result.num_accepted)
+        req.drafters.record(sent.asked, result.num_drafted, result.num_accepted, list(result.tree_path) or None)
         if req.measured:
             now = time.perf_counter()
             if last_result_at is not None:

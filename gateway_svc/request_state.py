@@ -124,6 +124,11 @@ class Request:
     def acceptance(self) -> PositionalAcceptance:
         return self.drafters.acceptance
 
+    def draft_gains(self, k: int) -> list[float]:
+        """The tokens each of k drafts is expected to add: by position for chains, by index in the draft
+        where drafts may be trees (PositionalAcceptance.node_gains)."""
+        return self.acceptance.node_gains(k) if self.plan.tree_width > 1 else self.acceptance.chain(k)
+
     @property
     def local(self) -> bool:
         """Whether its rounds are drafted by the verifier's n-gram lookup, not by a proposer."""
@@ -132,7 +137,7 @@ class Request:
 
 def plan_step(verifier: VerifierBackend, req: Request, k: int) -> None:
     """Tell the verifier's plan what the step brings to its pass: k drafts and the token after them."""
-    verifier.plan_step(req.seq.seq_id, k + 1, 1 + sum(req.acceptance.chain(k)))
+    verifier.plan_step(req.seq.seq_id, k + 1, 1 + sum(req.draft_gains(k)))
 
 
 def retrieve(task: asyncio.Task) -> None:

@@ -155,13 +155,20 @@ class PositionalAcceptance:
     accepted: list[float] = field(default_factory=list)
     tested: list[float] = field(default_factory=list)
     strength: float = 2.0
+    kept_by_rank: list[float] = field(default_factory=list)
+    drafted_by_rank: list[float] = field(default_factory=list)
+    """Tree drafts (node_gains): per index in a draft, how often that token was drafted and how often
+    it was on the kept path, forgetting at the same pace."""
 
     @property
     def rate(self) -> float:
         return self.pooled.rate
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, drafted: int, accepted: int, path: list[int] | None = None) -> None:
+        """One round: `drafted` tokens verified, `accepted` kept. path: a tree's kept tokens by index
+        in the draft (None: a chain's first `accepted`)."""
         decay = self.pooled.decay if drafted else self.pooled.idle_decay
+        self._update_ranks(drafted, set(range(accepted) if path is None else path), decay)
         self.pooled.update(drafted, accepted)
         tested = min(drafted, accepted + 1)  # a rejection ends the round: later positions were never tested
         grow = tested - len(self.tested)
@@ -186,6 +193,31 @@ class PositionalAcceptance:
             p *= self.conditional(j)
             out.append(p)
         return out
+
+    def node_gains(self, limit: int) -> list[float]:
+        """For a drafter that may draft trees: the chance that the draft's 1st, 2nd, ..., limit-th token
+        is on the kept path, i.e. the expected tokens it adds (choose_drafts' chains). Cutting a tree to
+        its first k tokens keeps a tree (parents come first), and a token's acceptance does not depend
+        on the tokens after it, so the first k bring the sum of the first k gains. A chain's gain at
+        position j is chain(limit)[j]; a tree's is lower for a token among siblings and nonzero far
+        past the longest path a chain of that many tokens would keep. Each index's record is shrunk
+        toward chain()'s estimate by `strength` pseudo-rounds."""
+        prior = self.chain(limit)
+        out = []
+        for j in range(limit):
+            kept = self.kept_by_rank[j] if j < len(self.kept_by_rank) else 0.0
+            drafted = self.drafted_by_rank[j] if j < len(self.drafted_by_rank) else 0.0
+            out.append((kept + self.strength * prior[j]) / (drafted + self.strength))
+        return out
+
+    def _update_ranks(self, drafted: int, kept: set[int], decay: float) -> None:
+        grow = drafted - len(self.drafted_by_rank)
+        if grow > 0:
+            self.drafted_by_rank.extend([0.0] * grow)
+            self.kept_by_rank.extend([0.0] * grow)
+        for j in range(len(self.drafted_by_rank)):
+            self.drafted_by_rank[j] = self.drafted_by_rank[j] * decay + (j < drafted)
+            self.kept_by_rank[j] = self.kept_by_rank[j] * decay + (j in kept)
 
 
 class Ewma:

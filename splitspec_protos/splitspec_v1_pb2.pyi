@@ -360,7 +360,7 @@ class VerifierRequest(_message.Message):
     def __init__(self, call_id: _Optional[int] = ..., seq_id: _Optional[str] = ..., start: _Optional[_Union[StartSequence, _Mapping]] = ..., step: _Optional[_Union[VerifyStep, _Mapping]] = ..., release: _Optional[_Union[ReleaseSequence, _Mapping]] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("committed_len", "num_accepted", "token_ids", "hidden_states", "num_drafted", "draft_wait_s", "proposer_failed", "logprobs", "prompt_logprobs")
+    __slots__ = ("committed_len", "num_accepted", "token_ids", "hidden_states", "num_drafted", "draft_wait_s", "proposer_failed", "logprobs", "prompt_logprobs", "tree_path")
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -370,6 +370,7 @@ class StepResult(_message.Message):
     PROPOSER_FAILED_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    TREE_PATH_FIELD_NUMBER: _ClassVar[int]
     committed_len: int
     num_accepted: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -379,7 +380,8 @@ class StepResult(_message.Message):
     proposer_failed: bool
     logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprobs]
     prompt_logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprobs]
-    def __init__(self, committed_len: _Optional[int] = ..., num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden_states: _Optional[_Union[HiddenStates, _Mapping]] = ..., num_drafted: _Optional[int] = ..., draft_wait_s: _Optional[float] = ..., proposer_failed: _Optional[bool] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., prompt_logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ...) -> None: ...
+    tree_path: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, committed_len: _Optional[int] = ..., num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden_states: _Optional[_Union[HiddenStates, _Mapping]] = ..., num_drafted: _Optional[int] = ..., draft_wait_s: _Optional[float] = ..., proposer_failed: _Optional[bool] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., prompt_logprobs: _Optional[_Iterable[_Union[TokenLogprobs, _Mapping]]] = ..., tree_path: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VerifierResponse(_message.Message):
     __slots__ = ("call_id", "seq_id", "ack", "result", "error")

@@ -36,6 +36,9 @@ class PlannedStep:
     cuttable: bool
     drafted_here: bool = False
     """Its drafts are made by the verifier's speculator for this pass (their time is priced)."""
+    tree: bool = False
+    """Its drafts are (or may be drafted as) a tree: sized by each token's chance to be on the kept
+    path (PositionalAcceptance.node_gains) rather than a chain's."""
 
 
 def may_cut(params: SamplingParams, draft: Draft) -> bool:
@@ -58,8 +61,8 @@ class DraftCuts:
         base_rows = sum(s.rows + (0 if s.cuttable else s.offered) for s in steps)
         cut = [i for i, s in enumerate(steps) if s.cuttable and s.offered]
         fixed = [s for s in steps if not s.cuttable]
-        base_tokens = sum(self._chain_sum(s.seq_id, s.offered) for s in fixed) + len(steps) - len(cut)
-        chains = [self._acceptance.get(steps[i].seq_id, PositionalAcceptance()).chain(steps[i].offered) for i in cut]
+        base_tokens = sum(sum(self._gains(s)) for s in fixed) + len(steps) - len(cut)
+        chains = [self._gains(steps[i]) for i in cut]
         drafting = RoundTrip(draft_token_s=self.head_draft_s.value or 0.0)
         chosen = choose_drafts(
             chains, base_rows, cost_model, base_tokens, drafting, [steps[i].drafted_here for i in cut]
@@ -69,11 +72,13 @@ class DraftCuts:
             verified[i] = k
         return verified
 
-    def record(self, seq_id: str, verified: int, accepted: int) -> None:
-        self._acceptance.setdefault(seq_id, PositionalAcceptance()).update(verified, accepted)
+    def record(self, seq_id: str, verified: int, accepted: int, path: list[int] | None = None) -> None:
+        """A step's outcome; path: a tree's kept tokens by index in the draft."""
+        self._acceptance.setdefault(seq_id, PositionalAcceptance()).update(verified, accepted, path)
 
     def release(self, seq_id: str) -> None:
         self._acceptance.pop(seq_id, None)
 
-    def _chain_sum(self, seq_id: str, drafts: int) -> float:
-        return sum(self._acceptance.get(seq_id, PositionalAcceptance()).chain(drafts))
+    def _gains(self, step: PlannedStep) -> list[float]:
+        acceptance = self._acceptance.get(step.seq_id, PositionalAcceptance())
+        return acceptance.node_gains(step.offered) if step.tree else acceptance.chain(step.offered)

@@ -135,6 +135,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                 response.result.draft_wait_s = outcome.draft_wait_s
                 response.result.proposer_failed = outcome.proposer_failed
                 response.result.token_ids.extend(outcome.token_ids)
+                response.result.tree_path.extend(outcome.tree_path or ())
                 if outcome.logprobs is not None:
                     response.result.logprobs.extend(wire.logprobs_to_proto(outcome.logprobs))
                 if outcome.prompt_logprobs is not None:

@@ -86,6 +86,7 @@ class StepOutcome:
     proposer_failed: bool = False  # with a remote draft: the proposer did not answer
     logprobs: list[dict[int, Logprob]] | None = None  # when the sequence asked for them
     prompt_logprobs: list[dict[int, Logprob]] | None = None  # on its first pass, when it asked for them
+    tree_path: list[int] | None = None  # a verified tree's accepted drafts, by index in the draft
 
 
 MODEL_FAILED = "this verifier's model has failed; use another verifier"
@@ -477,11 +478,12 @@ class VerifierService:
                     hidden = None
                 verified = len(calls[i].draft.token_ids)
                 outcomes[i] = StepOutcome(base, result.num_accepted, result.token_ids, hidden, verified)
+                outcomes[i].tree_path = result.path
                 outcomes[i].logprobs = result.logprobs
                 if result.prompt_logprobs is not None:
                     seq.prompt_logprobs = outcomes[i].prompt_logprobs = result.prompt_logprobs
                 if self.cuts is not None:
-                    self.cuts.record(seq.seq_id, verified, result.num_accepted)
+                    self.cuts.record(seq.seq_id, verified, result.num_accepted, result.path)
                 self.metrics.draft_tokens.add(verified, {"stage": "verified"})
                 self.metrics.draft_tokens.add(result.num_accepted, {"stage": "accepted"})
                 if result.path is not None:
@@ -506,6 +508,7 @@ class VerifierService:
                 c.speculate or len(c.draft.token_ids),
                 not c.every_draft and (c.seq.params.greedy if c.speculate else may_cut(c.seq.params, c.draft)),
                 drafted_here=bool(c.speculate),
+                tree=c.draft.is_tree or (bool(c.speculate) and c.tree_width > 1),
             )
             for c in calls
         ]

@@ -120,7 +120,7 @@ class Engine:
             seq.stats.record_round(len(draft.token_ids), result.num_accepted)
             if self.cost_model is not None:
                 self._acceptance.setdefault(seq.seq_id, PositionalAcceptance()).update(
-                    len(draft.token_ids), result.num_accepted
+                    len(draft.token_ids), result.num_accepted, result.path
                 )
             committed = self.stop_checker.commit(seq, result.token_ids)
             if seq.logprobs is not None and result.logprobs is not None:
@@ -148,7 +148,11 @@ class Engine:
         adaptive = [i for i, f in enumerate(fixed) if not f]
         base_rows = sum(len(seq.tokens) - self.runner.cached_length(seq.seq_id) for seq in running)
         base_rows += sum(limit for limit, f in zip(limits, fixed) if f)
-        chains = [self._acceptance.get(running[i].seq_id, PositionalAcceptance()).chain(limits[i]) for i in adaptive]
+        acceptance = [self._acceptance.get(running[i].seq_id, PositionalAcceptance()) for i in adaptive]
+        if self.tree_width > 1:
+            chains = [a.node_gains(limits[i]) for a, i in zip(acceptance, adaptive)]
+        else:
+            chains = [a.chain(limits[i]) for a, i in zip(acceptance, adaptive)]
         drafting = RoundTrip(draft_token_s=self._draft_token_s.value or 0.0)
         chosen = choose_drafts(chains, base_rows, self.cost_model, round_trip=drafting)
         for i, k in zip(adaptive, chosen):

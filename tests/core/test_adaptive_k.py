@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, RoundTrip, choose_num_drafts
+from splitspec.adaptive_k import AcceptanceEstimate, PassCostModel, PositionalAcceptance, RoundTrip, choose_num_drafts
 
 # shaped like the default model on 2 CPU cores: the first extra token is dear, later ones cheap
 CPU_LIKE = PassCostModel({1: 0.040, 2: 0.062, 3: 0.074, 4: 0.088, 6: 0.093, 8: 0.094, 16: 0.10, 32: 0.14, 64: 0.20})
@@ -98,6 +98,29 @@ def test_estimate_drops_after_rejections_and_drifts_back_when_idle():
     for _ in range(150):
         estimate.update(drafted=0, accepted=0)
     assert estimate.rate > 0.7  # ... but it happens
+
+
+def test_a_tree_s_tokens_are_priced_by_how_often_each_was_on_the_kept_path():
+    """Trees whose first token is always wrong and whose kept path runs through its sibling (index 1)
+    and that one's descendants (4, 6): the chain's estimate, by position, prices the first three tokens
+    as sure; the per-index one prices what was kept."""
+    acceptance = PositionalAcceptance()
+    assert acceptance.node_gains(5) == pytest.approx(acceptance.chain(5))  # nothing seen: the chain's
+    for _ in range(30):
+        acceptance.update(8, 3, path=[1, 4, 6])
+    gains = acceptance.node_gains(8)
+    assert min(gains[1], gains[4], gains[6]) > 0.8  # the prior, the chain's estimate, weighs 2 rounds of ~10
+    assert max(gains[j] for j in (0, 2, 3, 5, 7)) < 0.2
+    assert acceptance.chain(8)[0] > 0.9  # what a chain's estimate would have said of index 0
+
+
+def test_a_chain_recorded_as_a_tree_gives_its_positions_the_chain_s_estimate():
+    chain, tree = PositionalAcceptance(), PositionalAcceptance()
+    for accepted in [3, 1, 4, 4, 2, 0, 4, 3] * 4:
+        chain.update(4, accepted)
+        tree.update(4, accepted, path=list(range(accepted)))
+    assert tree.node_gains(4) == pytest.approx(chain.node_gains(4))
+    assert chain.node_gains(4) == pytest.approx(chain.chain(4), abs=0.15)
 
 
 class SleepingRunner:

@@ -70,8 +70,10 @@ class OracleTrees(Proposer):
         pass
 
 
-def _llm_with_trees(tiny_llama, proposer: Proposer | None = None, width: int = 3, method: str = "ngram") -> LLM:
-    spec = {"method": method, "num_speculative_tokens": 16, "adaptive": False, "tree_width": width}
+def _llm_with_trees(
+    tiny_llama, proposer: Proposer | None = None, width: int = 3, method: str = "ngram", adaptive: bool = False
+) -> LLM:
+    spec = {"method": method, "num_speculative_tokens": 16, "adaptive": adaptive, "tree_width": width}
     llm = LLM(str(tiny_llama), speculative_config=spec)
     if proposer is not None:
         llm.engine.proposer = proposer
@@ -103,6 +105,16 @@ def test_trees_whose_true_branch_moves_around_give_plain_output(tiny_llama, plai
     moved = [path for _, path in seen if any(node != i for i, node in enumerate(path))]
     assert len(off_main) >= 5 and len(moved) >= 5, "the test never accepted a branch but the first"
     assert max(len(path) for _, path in seen) >= 3
+
+
+@pytest.mark.parametrize("mode", ["greedy", "seeded"])
+def test_trees_sized_by_adaptive_k_give_plain_output(tiny_llama, plain, mode) -> None:
+    """Adaptive K sizes a tree by how often each of its tokens was kept (PositionalAcceptance.node_gains)
+    and the proposer drafts that many: a tree cut to its budget still verifies to plain output."""
+    llm = _llm_with_trees(tiny_llama, OracleTrees(plain[mode]), adaptive=True)
+    seen = _record_paths(llm)
+    assert _generate(llm, GREEDY if mode == "greedy" else SEEDED, 4) == plain[mode]
+    assert any(d.is_tree for d, _ in seen)
 
 
 @pytest.mark.parametrize("width", [2, 3])

@@ -235,3 +235,12 @@ def test_through_the_services_greedy_requests_start_on_the_verifier_s_ngrams_and
     else:
         assert value(rounds, "_total", drafter="verifier") == 0
     assert value(rounds, "_total", drafter="proposer") > 0
+
+
+def test_a_tree_s_kept_path_reaches_the_estimate_that_sizes_the_drafter_s_trees() -> None:
+    """StepResult.tree_path says which of a tree's tokens were kept: always the first token's sibling."""
+    choice = DrafterChoice(uses_local=False)
+    for _ in range(30):
+        choice.record(8, 8, 1, tree_path=[1])
+    gains = choice.acceptance.node_gains(8)
+    assert gains[1] > 0.8 and gains[0] < 0.2

@@ -94,7 +94,10 @@ def _step(stub, seq_id: str, step: pb.VerifyStep) -> pb.VerifierResponse:
     return response
 
 
-def test_a_tree_sent_in_a_step_is_verified_and_a_malformed_one_refused(tree_stack) -> None:
+def test_a_tree_sent_in_a_step_is_verified_and_a_malformed_one_refused(tree_stack, tiny_llama) -> None:
+    greedy = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    (plain,) = LLM(str(tiny_llama)).generate([{"prompt_token_ids": [5, 6, 7, 8]}], greedy, use_tqdm=False)
+    first, second, third = plain.outputs[0].token_ids
     with grpc.insecure_channel(tree_stack.verifier.address) as channel:
         stub = pb_grpc.VerifierStub(channel)
         tree = pb.VerifyStep(committed_len=4, every_draft=True)
@@ -104,6 +107,15 @@ def test_a_tree_sent_in_a_step_is_verified_and_a_malformed_one_refused(tree_stac
         accepted = _step(stub, "tree", tree)
         assert accepted.WhichOneof("kind") == "result", accepted.error.message
         assert accepted.result.num_drafted == 3
+        # the target's own continuation as the second branch: the result says which tokens were kept
+        branching = pb.VerifyStep(committed_len=4, every_draft=True)
+        branching.drafts.extend(
+            [pb.DraftToken(token_id=(first + 1) % 256), pb.DraftToken(token_id=first, parent_distance=2)]
+        )
+        branching.drafts.append(pb.DraftToken(token_id=second))
+        kept = _step(stub, "branching", branching)
+        assert list(kept.result.token_ids) == [first, second, third]
+        assert list(kept.result.tree_path) == [1, 2]
         bad = pb.VerifyStep(committed_len=4)
         bad.drafts.extend([pb.DraftToken(token_id=9, parent_distance=2)])
         refused = _step(stub, "bad", bad)

@@ -38,6 +38,20 @@ def test_a_sequence_whose_drafts_fail_is_cut_and_one_whose_drafts_land_is_not():
     assert cuts.plan([PlannedStep("good", 1, 4, True)], CPU_LIKE) == [4]
 
 
+def test_a_tree_is_cut_by_which_of_its_tokens_were_kept_not_by_the_length_of_its_paths():
+    """Rounds of 8-token trees whose kept path is always token 1 alone (the first token's sibling): by
+    position, as a chain, the first draft is always accepted and the second never, so a chain's
+    estimate would verify the first token only, which is never kept; sized as a tree, the first two
+    are verified, which brings the one kept. Paths through 1, 4 and 6 keep the first 7."""
+    cuts = DraftCuts()
+    for _ in range(30):
+        cuts.record("sibling", 8, 1, path=[1])
+        cuts.record("deep", 8, 3, path=[1, 4, 6])
+    assert cuts.plan([PlannedStep("sibling", 1, 8, True, tree=True)], CPU_LIKE) == [2]
+    assert cuts.plan([PlannedStep("sibling", 1, 8, True)], CPU_LIKE) == [1]
+    assert cuts.plan([PlannedStep("deep", 1, 8, True, tree=True)], CPU_LIKE) == [7]
+
+
 def test_drafts_that_may_not_be_cut_are_verified_whatever_they_cost():
     cuts = DraftCuts()
     _rejecting(cuts, "a")
