@@ -5,12 +5,13 @@ prefix it shares with the committed context, feeds the rest, then drafts token b
 batch at once. A sampling request draws each draft from the draft's temperature-scaled distribution
 truncated to its top-k; that truncated distribution is sent as q, so verification stays exact.
 
-A greedy request with tree_width > 1 gets a tree (proposer_svc.tree_expansion) where the draft runner
-can score one (supports_trees): each expansion is one tree pass over the last committed token and the
+A request with tree_width > 1 gets a tree (proposer_svc.tree_expansion) where the draft runner can
+score one (supports_trees): each expansion is one tree pass over the last committed token and the
 nodes on the paths to the nodes it expands, after which the draft cache is cut back to the committed
-context. Its siblings are the draft's likeliest distinct tokens, one-hot. A sampled request keeps its
-chain drawn from q: one-hot siblings are kept only where the target's own sample is one of them, which
-on the bench's chat prompts accepted less than rejection sampling along a chain does (docs/benchmarks.md).
+context. A greedy request's siblings are the draft's likeliest distinct tokens, one-hot. A sampled
+request's are drawn from q without replacement, each sent with the q it was drawn from, for recursive
+rejection sampling; one-hot siblings would be kept only where the target's own sample is one of them,
+which accepted less than rejection sampling along a chain does (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -66,11 +67,7 @@ class DraftModelProposer(Proposer):
             for i, r in enumerate(requests)
             if r.num_tokens > 0 and len(r.token_ids) + r.num_tokens <= self.runner.max_model_len
         ]
-        trees = [
-            i
-            for i in fits
-            if requests[i].tree_width > 1 and requests[i].temperature == 0 and self.runner.supports_trees
-        ]
+        trees = [i for i in fits if requests[i].tree_width > 1 and self.runner.supports_trees]
         for i, draft in zip(trees, self._propose_trees([requests[i] for i in trees])):
             drafts[i] = draft
         active = [i for i in fits if i not in trees]
@@ -111,7 +108,7 @@ class DraftModelProposer(Proposer):
         trees = [TreeExpansion(r.num_tokens, r.tree_width) for r in requests]
         for row, (req, feed, tree) in enumerate(zip(requests, feeds, trees)):
             self._cached_tokens[req.seq_id].extend(feed)
-            tree.expand(ROOT, self._ranking(logits[row], req), req.excluded_first)
+            self._expand(tree, ROOT, logits[row], req, req.excluded_first)
         while True:
             frontiers = [tree.frontier() for tree in trees]
             expanding = [i for i, frontier in enumerate(frontiers) if frontier]
@@ -134,21 +131,29 @@ class DraftModelProposer(Proposer):
             for i in expanding:
                 self.runner.truncate(requests[i].seq_id, len(requests[i].token_ids))
                 for node in frontiers[i]:
-                    trees[i].expand(node, self._ranking(logits[row], requests[i]))
+                    self._expand(trees[i], node, logits[row], requests[i])
                     row += 1
-        drafts = []
-        for tree in trees:
-            tokens, parents = tree.draft()
-            drafts.append(Draft(tokens, [None] * len(tokens), parents))
-        return drafts
+        return [tree.draft() for tree in trees]
 
     def _logits(self, inputs: list[ForwardInput]) -> torch.Tensor:
         return self.runner.forward(inputs)[:, : self.target_vocab_size].cpu()
 
-    def _ranking(self, logits: torch.Tensor, req: DraftRequest) -> torch.Tensor:
-        """The distribution a tree ranks its nodes by: the draft's at temperature 1 over its top-k."""
+    def _expand(
+        self, tree: TreeExpansion, node: int, logits: torch.Tensor, req: DraftRequest, excluded: tuple[int, ...] = ()
+    ) -> None:
+        """Greedy: the likeliest tokens under the draft at temperature 1 over its top-k, one-hot. Sampled:
+        tokens drawn without replacement from q, the chain's distribution (_draw), the first of them from
+        the chain's own stream, so a tree's first children are the chain the request would draft."""
         top_k = self.draft_top_k if req.top_k <= 0 else min(req.top_k, self.draft_top_k)
-        return target_probs(logits[None], 1.0, top_k, 1.0)[0]
+        excluded = tuple(t for t in excluded if 0 <= t < logits.shape[-1])
+        if excluded:
+            logits = logits.index_fill(0, torch.tensor(excluded), float("-inf"))
+        if req.temperature == 0:
+            tree.expand(node, target_probs(logits[None], 1.0, top_k, 1.0)[0])
+            return
+        position = len(req.token_ids) + (0 if node == ROOT else tree.nodes[node].depth)
+        noise = seeded_noise.exponentials(req.seed, position, seeded_noise.DRAFT, logits.shape[-1])
+        tree.expand_drawn(node, target_probs(logits[None], req.temperature, top_k, 1.0)[0], noise)
 
     def _catch_up(self, req: DraftRequest) -> list[int]:
         """Roll the draft cache back to the prefix it shares with the context; return what to feed."""

@@ -180,8 +180,7 @@ class EagleProposer(Proposer):
             for row, node in enumerate(frontier):
                 outputs[node] = step_predicted[row]
                 tree.expand(node, torch.softmax(step_logits[row].float().cpu(), -1), vocab=vocab)
-        tokens, parents = tree.draft()
-        return Draft(tokens, [None] * len(tokens), parents)
+        return tree.draft()
 
     def _catch_up(self, r: DraftRequest) -> tuple[ForwardInput, torch.Tensor] | None:
         """The true (token, state) inputs this request adds, after cutting the cache back to the

@@ -6,8 +6,15 @@ its `width` likeliest children; expansion stops once no node of the newest level
 `budget`-th likeliest node found (a child is never likelier than its parent, so nothing deeper could
 enter the draft). The draft is the `budget` likeliest nodes: a set that holds every node's parent, in
 order of decreasing chance, so parents come before their children and a node's first child is its
-likeliest. Siblings are distinct tokens, drafted one-hot (q None): the verifier then commits exactly the
-target's own draws (verifier_svc.rejection_sampler.verify_tree), greedy or seeded.
+likeliest.
+
+Siblings are distinct tokens, either
+- the likeliest ones (`expand`), drafted one-hot (q None): the verifier then commits exactly the
+  target's own draws (verifier_svc.rejection_sampler.verify_tree), greedy or seeded; or
+- drawn from the drafter's q without replacement (`expand_drawn`), each with the distribution it was
+  drawn from (q without the siblings drawn before it, renormalized), for recursive rejection sampling
+  (verify_tree). Those must be tried in the order drawn: a sibling's chance is capped at the one drawn
+  before it, so the draft keeps that order and never a sibling without the ones drawn before it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from splitspec.draft_tree import ROOT
+from splitspec.drafts import Draft
+from splitspec.sparse_distribution import SparseDistribution
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,7 @@ class _Node:
     parent: int
     chance: float
     depth: int
+    q: SparseDistribution | None = None
 
 
 class TreeExpansion:
@@ -58,6 +68,25 @@ class TreeExpansion:
                 self.nodes.append(_Node(token, node, chance * p, depth))
                 taken += 1
 
+    def expand_drawn(self, node: int, probs: torch.Tensor, noise: torch.Tensor) -> None:
+        """Add `width` tokens drawn from `probs` (the drafter's q after `node`) without replacement, in
+        the order of an exponential race (probs / noise, noise i.i.d. Exp(1)): the first is an exact
+        draw from q, each next one an exact draw from q without those before it."""
+        parent = None if node == ROOT else self.nodes[node]
+        depth = 1 if parent is None else parent.depth + 1
+        if depth > self.max_depth:
+            return
+        chance = 1.0 if parent is None else parent.chance
+        remaining = probs.to(torch.float64).clone()
+        drawn = torch.topk(remaining / noise, min(self.width, int((remaining > 0).sum()))).indices.tolist()
+        for token in drawn:
+            support = torch.nonzero(remaining > 0).flatten()
+            q = SparseDistribution(support, remaining[support] / remaining[support].sum())
+            chance = min(chance, (1.0 if parent is None else parent.chance) * float(probs[token]))
+            self._newest.append(len(self.nodes))
+            self.nodes.append(_Node(token, node, chance, depth, q))
+            remaining[token] = 0.0
+
     def frontier(self) -> list[int]:
         """The nodes to expand next, in draft order: the `width` likeliest of those the last expansions
         added, keeping only those that could still bring a child into the draft. Clears the newest level."""
@@ -87,8 +116,8 @@ class TreeExpansion:
     def tokens_of(self, fed: list[int]) -> list[int]:
         return [self.nodes[n].token for n in fed]
 
-    def draft(self) -> tuple[list[int], list[int]]:
-        """(tokens, parents) of the `budget` likeliest nodes, likeliest first."""
+    def draft(self) -> Draft:
+        """The `budget` likeliest nodes, likeliest first (siblings of equal chance in the order added)."""
         chosen = sorted(range(len(self.nodes)), key=lambda i: (-self.nodes[i].chance, self.nodes[i].depth, i))
         chosen = chosen[: self.budget]
-        return self.tokens_of(chosen), self.parents_within(chosen)
+        return Draft(self.tokens_of(chosen), [self.nodes[i].q for i in chosen], self.parents_within(chosen))

@@ -5,7 +5,8 @@ follows the sequence's last committed token (a root child). Parents come before 
 the first n tokens of a draft are a draft too. A linear draft is the chain [-1, 0, 1, ...].
 
 Siblings (tokens with one parent) are verified together (verifier_svc.rejection_sampler.verify_tree):
-either all one-hot (q None) with distinct tokens, or all drawn independently from one q.
+either all one-hot (q None) with distinct tokens, or all drawn from q, each with the q it was drawn
+from given the siblings drawn before it.
 """
 
 from __future__ import annotations

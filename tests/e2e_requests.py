@@ -88,7 +88,7 @@ def _seeded_in_process(model, spec: dict) -> list[list[int]]:
     params = [
         SamplingParams(temperature=0.8, top_p=0.95, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s) for s in SEEDS
     ]
-    llm = LLM(str(model), speculative_config={**spec, "num_speculative_tokens": 3})
+    llm = LLM(str(model), speculative_config={"num_speculative_tokens": 3, **spec})
     return [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)]
 
 

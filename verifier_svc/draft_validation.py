@@ -61,7 +61,8 @@ def check_draft(draft: Draft, vocab_size: int) -> None:
 
 def check_siblings(draft: Draft) -> None:
     """The multi-draft rules are exact for siblings that are all one-hot with distinct tokens, or all
-    drawn independently from one q (verifier_svc.rejection_sampler.verify_tree); anything else is refused."""
+    drawn from q, each sent with the q it was drawn from given the siblings before it (the same q for
+    i.i.d. draws; verifier_svc.rejection_sampler.verify_tree); a mix is refused."""
     for parent, kids in draft_tree.children(draft.parents).items():
         if len(kids) < 2:
             continue
@@ -70,9 +71,5 @@ def check_siblings(draft: Draft) -> None:
         if all(q is None for q in qs):
             if len({draft.token_ids[k] for k in kids}) != len(kids):
                 raise _refuse(where, "one-hot siblings must be distinct tokens")
-        elif any(q is None for q in qs) or any(not _same_q(qs[0], q) for q in qs[1:]):
-            raise _refuse(where, "siblings are all one-hot, or all drawn from one q")
-
-
-def _same_q(a, b) -> bool:
-    return torch.equal(a.token_ids, b.token_ids) and torch.equal(a.probs, b.probs)
+        elif any(q is None for q in qs):
+            raise _refuse(where, "siblings are all one-hot, or all drawn from q (each with its own q)")

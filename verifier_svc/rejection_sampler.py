@@ -126,18 +126,20 @@ def verify_tree(request: VerifyRequest) -> VerifyResult:
       position's TARGET stream, and the child equal to y is kept, if any; else y is the correction. Each
       committed token is then exactly the target's sample, the token plain decoding draws there: seeded
       output does not change with the tree's shape;
-    - children drawn independently from one q (x_1..x_m): recursive rejection sampling (SpecInfer,
-      Miao et al. 2023). With r_1 = p, child j is kept with probability min(1, r_j(x_j) / q(x_j)); if
-      not, r_{j+1} = normalize(max(0, r_j - q)) and the next child is tried; after the last, the
-      correction is drawn from r_{m+1}.
+    - children drawn from q (x_1..x_m, tried in the order drawn, x_j sent with q_j, the distribution
+      it was drawn from given x_1..x_{j-1}: q itself when drawn i.i.d. (SpecInfer, Miao et al. 2023),
+      q without x_1..x_{j-1}, renormalized, when drawn without replacement (as Jeon et al. 2024's
+      recursive speculative decoding)): recursive rejection sampling. With r_1 = p, child j is kept with
+      probability min(1, r_j(x_j) / q_j(x_j)); if not, r_{j+1} = normalize(max(0, r_j - q_j)) and the
+      next child is tried; after the last, the correction is drawn from r_{m+1}.
 
     Why the last rule is exact: one step is plain speculative sampling of a target r with a draft
     x ~ q, which keeps x with mass min(r(x), q(x)) and rejects with probability
     beta = sum(max(0, r - q)); a token drawn from normalize(max(0, r - q)) after a rejection makes the
     step's output exactly r, as min(r, q) + max(0, r - q) = r. Replacing that final draw by another such
-    step against the residual, with a fresh independent x_{j+1} ~ q (the siblings are i.i.d. and
-    independent of the coins, so rejecting x_1..x_j says nothing about x_{j+1}), outputs the residual
-    exactly, by induction from the last step, which draws from its residual directly. So the token kept
+    step against the residual, with x_{j+1} ~ q_{j+1} given x_1..x_j (the draws are independent of the
+    coins, so rejecting x_1..x_j says nothing more about x_{j+1}), outputs the residual exactly given
+    x_1..x_j, by induction from the last step, which draws from its residual directly. So the token kept
     at each position is distributed as p, and the walk continues below it with the drafts drawn
     conditionally on it, as the next position of plain sampling would. With one child per token every
     rule is the chain's rule of `verify`, drawing from the same streams.
@@ -169,7 +171,7 @@ def verify_tree(request: VerifyRequest) -> VerifyResult:
 def _recursive_rejection(
     p: torch.Tensor, options: list[int], request: VerifyRequest, position: int
 ) -> tuple[int | None, int]:
-    """(the sibling kept or None, the token committed) for siblings drawn i.i.d. from one q (verify_tree)."""
+    """(the sibling kept or None, the token committed) for siblings drawn from q, each with its own q_j (verify_tree)."""
     residual = p.to(torch.float64)  # r_j, normalized
     for j, child in enumerate(options):
         draft, q = request.draft_token_ids[child], request.draft_q[child]

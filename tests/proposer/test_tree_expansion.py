@@ -58,7 +58,8 @@ def test_the_draft_is_a_valid_tree_of_the_likeliest_found_paths(seed, budget, wi
     probs = _drafter(seed, peak)
     tree = TreeExpansion(budget, width)
     _grow(tree, probs, tuple(excluded))
-    tokens, parents = tree.draft()
+    draft = tree.draft()
+    tokens, parents = draft.token_ids, draft.parents
     assert 0 < len(tokens) <= budget
     assert draft_tree.check_parents(parents, len(tokens)) is None
     for kids in draft_tree.children(parents).values():
@@ -84,7 +85,8 @@ def test_a_certain_drafter_drafts_a_chain_of_the_budget() -> None:
 
     tree = TreeExpansion(budget=6, width=3)
     assert _grow(tree, certain) == 5
-    tokens, parents = tree.draft()
+    draft = tree.draft()
+    tokens, parents = draft.token_ids, draft.parents
     assert tokens == [0, 1, 2, 3, 4, 5] and draft_tree.is_chain(parents)
 
 
@@ -102,7 +104,7 @@ def test_an_unsure_first_token_gets_branches_and_expansion_stops_when_nothing_de
 
     tree = TreeExpansion(budget=8, width=2)
     levels = _grow(tree, split)
-    tokens, parents = tree.draft()
+    parents = tree.draft().parents
     assert len(draft_tree.children(parents)[ROOT]) == 2
     assert sorted(draft_tree.depths(parents)) == [1, 1, 2, 2, 3, 3, 4, 4]
     assert levels == 3
@@ -111,4 +113,61 @@ def test_an_unsure_first_token_gets_branches_and_expansion_stops_when_nothing_de
 def test_a_tree_never_grows_deeper_than_the_room_left() -> None:
     tree = TreeExpansion(budget=10, width=2, max_depth=3)
     _grow(tree, _drafter(1, 50.0))
-    assert max(draft_tree.depths(tree.draft()[1])) <= 3
+    assert max(draft_tree.depths(tree.draft().parents)) <= 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000), budget=st.integers(1, 16), width=st.integers(2, 4), peak=st.sampled_from([0.0, 50.0])
+)
+def test_drawn_siblings_come_in_the_order_drawn_each_with_the_q_it_was_drawn_from(seed, budget, width, peak) -> None:
+    """What recursive rejection sampling without replacement relies on (verify_tree): the k-th sibling
+    in the draft is the k-th drawn, its q is the drafter's without the k - 1 drawn before it, and the
+    draft never keeps a sibling without the ones drawn before it."""
+    probs = _drafter(seed, peak)
+    generator = torch.Generator().manual_seed(seed)
+    tree = TreeExpansion(budget, width)
+    tree.expand_drawn(ROOT, probs(()), torch.empty(VOCAB, dtype=torch.float64).exponential_(generator=generator))
+    while frontier := tree.frontier():
+        for node in frontier:
+            path = tuple(tree.tokens_of([n for n in _ancestry(tree, node)]))
+            noise = torch.empty(VOCAB, dtype=torch.float64).exponential_(generator=generator)
+            tree.expand_drawn(node, probs(path), noise)
+    draft = tree.draft()
+    assert draft_tree.check_parents(draft.parents, len(draft.token_ids)) is None
+    drawn_under: dict[int, list[int]] = {}
+    for i, n in enumerate(tree.nodes):
+        drawn_under.setdefault(n.parent, []).append(i)
+    behind = _draft_nodes(tree, draft)
+    assert [tree.nodes[n].token for n in behind] == draft.token_ids
+    in_draft = {ROOT: []} | {behind[i]: [] for i in range(len(behind))}
+    for i, parent in enumerate(draft.parents):
+        in_draft[ROOT if parent == ROOT else behind[parent]].append(behind[i])  # in draft order
+    for parent, siblings in drawn_under.items():
+        kept = in_draft.get(parent, [])
+        assert kept == siblings[: len(kept)], "siblings out of the order drawn, or one kept without those before"
+        path = () if parent == ROOT else tuple(tree.tokens_of(_ancestry(tree, parent)))
+        q = probs(path).clone()
+        for i in siblings:
+            expected = q / q.sum()
+            assert torch.allclose(tree.nodes[i].q.dense(VOCAB), expected)
+            assert expected[tree.nodes[i].token] > 0
+            q[tree.nodes[i].token] = 0.0
+    for kids in draft_tree.children(draft.parents).values():
+        assert len({draft.token_ids[k] for k in kids}) == len(kids) <= width
+
+
+def _ancestry(tree: TreeExpansion, node: int) -> list[int]:
+    """The nodes from the root's child down to `node`."""
+    out = []
+    while node != ROOT:
+        out.append(node)
+        node = tree.nodes[node].parent
+    return out[::-1]
+
+
+def _draft_nodes(tree: TreeExpansion, draft) -> list[int]:
+    """The tree's node behind each token of its draft (draft order is by chance, then depth, then index)."""
+    return sorted(range(len(tree.nodes)), key=lambda i: (-tree.nodes[i].chance, tree.nodes[i].depth, i))[
+        : len(draft.token_ids)
+    ]

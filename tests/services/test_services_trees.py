@@ -12,6 +12,8 @@ import grpc
 import pytest
 from e2e_requests import (
     PROMPTS,
+    _seeded,
+    _seeded_in_process,
     assert_seeded_samples_are_plain_decoding_s,
     generate_concurrently,
     greedy_request,
@@ -70,9 +72,18 @@ def test_greedy_and_seeded_output_through_ngram_trees_is_plain_decoding_s(tree_s
 
 
 def test_a_proposer_pod_s_draft_model_trees_give_plain_greedy_output(proposer_tree_stack, tiny_llama) -> None:
-    """Sampled requests on a draft model draft chains (tests/core/test_tree_drafts.py), so only greedy
-    ones are verified as trees here."""
     _assert_greedy_is_plain_decoding_s_through_trees(proposer_tree_stack, tiny_llama)
+
+
+def test_a_proposer_pod_s_sampled_trees_give_in_process_seeded_output(proposer_tree_stack, tiny_llama, tiny_drafts):
+    """Sampled trees carry each token's q (drawn without replacement: each sibling's differs), which
+    reaches the verifier intact: seeded output is the in-process engine's with the same drafter."""
+    trees = value(scrape(proposer_tree_stack.verifier.metrics_port)["splitspec_verifier_tree_drafts"], "_total")
+    spec = {"method": "draft_model", "model": str(tiny_drafts["llama"]), "num_speculative_tokens": 8}
+    in_process = _seeded_in_process(tiny_llama, {**spec, "adaptive": False, "tree_width": 3})
+    assert _seeded(proposer_tree_stack.gateway.address) == in_process
+    after = value(scrape(proposer_tree_stack.verifier.metrics_port)["splitspec_verifier_tree_drafts"], "_total")
+    assert after > trees, "no sampled step was verified as a tree"
 
 
 def _step(stub, seq_id: str, step: pb.VerifyStep) -> pb.VerifierResponse:

@@ -140,14 +140,14 @@ def test_the_proposer_refuses_to_draft_more_than_its_setting_and_goes_on():
 
 
 def test_tree_siblings_must_be_verifiable_together():
-    """One-hot siblings distinct, or all drawn from one q (verify_tree's two multi-draft rules)."""
+    """One-hot siblings distinct, or all drawn from q (verify_tree's two multi-draft rules)."""
     shared = q([5, 6], [0.5, 0.5])
     check_draft(Draft([5, 6, 7], [None, None, None], [-1, -1, 0]), VOCAB)
     check_draft(Draft([5, 5, 6], [shared, q([5, 6], [0.5, 0.5]), None], [-1, -1, 0]), VOCAB)  # i.i.d. draws repeat
+    check_draft(Draft([5, 6], [shared, q([6], [1.0])], [-1, -1]), VOCAB)  # drawn without replacement
     refusals = [
         ("one-hot siblings must be distinct", Draft([5, 5], [None, None], [-1, -1])),
-        ("all one-hot, or all drawn from one q", Draft([5, 6], [None, shared], [-1, -1])),
-        ("all one-hot, or all drawn from one q", Draft([5, 6], [shared, q([5, 6], [0.4, 0.6])], [-1, -1])),
+        ("all one-hot, or all drawn from q", Draft([5, 6], [None, shared], [-1, -1])),
     ]
     for problem, draft in refusals:
         with pytest.raises(ServiceError) as refused:

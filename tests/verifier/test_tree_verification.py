@@ -18,7 +18,9 @@ import torch
 from hypothesis import given, settings
 from scipy import stats
 
+from proposer_svc.tree_expansion import TreeExpansion
 from splitspec import draft_tree, seeded_noise
+from splitspec.draft_tree import ROOT
 from splitspec.logits_processing import target_probs
 from splitspec.sparse_distribution import SparseDistribution
 from verifier_svc import rejection_sampler
@@ -79,6 +81,31 @@ def _sampled_tree(seed: int) -> tuple[list[int], list[int], list[SparseDistribut
     return tokens, parents, qs
 
 
+def _drawn_without_replacement_tree(seed: int) -> tuple[list[int], list[int], list[SparseDistribution | None]]:
+    """As a draft model drafts a sampled tree (proposer_svc.tree_expansion.expand_drawn): three root
+    children drawn from Q_ROOT without replacement, two below each from Q_CHILD, each token sent with the
+    q it was drawn from; the drafter's streams, one per depth."""
+    tree = TreeExpansion(budget=9, width=3)
+    tree.expand_drawn(
+        ROOT, Q_ROOT.dense(VOCAB), seeded_noise.exponentials(seed, FIRST_POSITION, seeded_noise.DRAFT, VOCAB)
+    )
+    for node in range(3):
+        noise = seeded_noise.exponentials(seed, FIRST_POSITION + 1, seeded_noise.DRAFT, VOCAB)
+        tree.expand_drawn(node, Q_CHILD.dense(VOCAB), noise)
+    draft = tree.draft()
+    return draft.token_ids, draft.parents, draft.q
+
+
+def _sent_with_the_first_sibling_s_q(seed: int) -> tuple[list[int], list[int], list[SparseDistribution | None]]:
+    """The same tree, every sibling sent with q itself, as if drawn with replacement: a broken draft."""
+    tokens, parents, qs = _drawn_without_replacement_tree(seed)
+    kids = draft_tree.children(parents)
+    for siblings in kids.values():
+        for child in siblings:
+            qs[child] = qs[siblings[0]]
+    return tokens, parents, qs
+
+
 def _first_two(sampler, tree, n: int) -> list[tuple[int, int]]:
     completion = torch.Generator().manual_seed(2**20)
     outputs = []
@@ -122,7 +149,11 @@ def _judged_against_p(request: VerifyRequest) -> rejection_sampler.VerifyResult:
         rejection_sampler._recursive_rejection = original
 
 
-TREES = {"one-hot siblings": _one_hot_tree, "siblings drawn from q": _sampled_tree}
+TREES = {
+    "one-hot siblings": _one_hot_tree,
+    "siblings drawn from q": _sampled_tree,
+    "siblings drawn without replacement": _drawn_without_replacement_tree,
+}
 
 
 @pytest.mark.parametrize("tree", TREES.values(), ids=TREES.keys())
@@ -132,6 +163,10 @@ def test_the_first_two_tokens_follow_the_target_law(tree) -> None:
 
 def test_judging_every_sibling_against_p_fails_the_same_test() -> None:
     assert _p_value(_first_two(_judged_against_p, _sampled_tree, 12000)) < ALPHA
+
+
+def test_siblings_drawn_without_replacement_but_sent_with_q_itself_fail_the_same_test() -> None:
+    assert _p_value(_first_two(verify_tree, _sent_with_the_first_sibling_s_q, 12000)) < ALPHA
 
 
 def test_one_hot_siblings_commit_the_target_s_own_sample() -> None:
