@@ -76,6 +76,7 @@ class ProposerDrafts:
             num_prompt_tokens=len(req.seq.prompt_token_ids),
             timeout_s=min(self.timeout_s, MAX_REMOTE_DRAFT_TIMEOUT_S),
             skip_rejection_drafts=not req.plan.drafts_after_rejection,
+            tree_width=req.plan.tree_width,
         )
 
     @staticmethod

@@ -306,20 +306,22 @@ class VerifyStep(_message.Message):
     def __init__(self, committed_len: _Optional[int] = ..., drafts: _Optional[_Iterable[_Union[DraftToken, _Mapping]]] = ..., local_draft: _Optional[_Union[LocalDraft, _Mapping]] = ..., pipelined: _Optional[bool] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ..., remote_draft: _Optional[_Union[RemoteDraft, _Mapping]] = ..., every_draft: _Optional[bool] = ...) -> None: ...
 
 class RemoteDraft(_message.Message):
-    __slots__ = ("num_tokens", "proposer", "server_name", "num_prompt_tokens", "timeout_s", "skip_rejection_drafts")
+    __slots__ = ("num_tokens", "proposer", "server_name", "num_prompt_tokens", "timeout_s", "skip_rejection_drafts", "tree_width")
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROPOSER_FIELD_NUMBER: _ClassVar[int]
     SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     SKIP_REJECTION_DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    TREE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     num_tokens: int
     proposer: str
     server_name: str
     num_prompt_tokens: int
     timeout_s: float
     skip_rejection_drafts: bool
-    def __init__(self, num_tokens: _Optional[int] = ..., proposer: _Optional[str] = ..., server_name: _Optional[str] = ..., num_prompt_tokens: _Optional[int] = ..., timeout_s: _Optional[float] = ..., skip_rejection_drafts: _Optional[bool] = ...) -> None: ...
+    tree_width: int
+    def __init__(self, num_tokens: _Optional[int] = ..., proposer: _Optional[str] = ..., server_name: _Optional[str] = ..., num_prompt_tokens: _Optional[int] = ..., timeout_s: _Optional[float] = ..., skip_rejection_drafts: _Optional[bool] = ..., tree_width: _Optional[int] = ...) -> None: ...
 
 class LocalDraft(_message.Message):
     __slots__ = ("num_tokens", "prompt_lookup_min", "prompt_lookup_max", "speculator", "tree_width")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 import grpc
 import torch
 
+from splitspec.config import MAX_TREE_WIDTH
 from splitspec.draft_limits import DEFAULT_AHEAD_REJECTIONS, MAX_REMOTE_DRAFT_TIMEOUT_S
 from splitspec.drafts import Draft, HiddenStates
 from splitspec.errors import ServiceError
@@ -60,6 +61,8 @@ class RemoteDraftSpec:
     timeout_s: float = 1.0
     skip_rejection_drafts: bool = False
     """The proposer has no other guess after a rejection: draft ahead only for every draft accepted."""
+    tree_width: int = 1
+    """DraftStep.tree_width of the drafts fetched when the step runs; drafts ahead are chains."""
 
     def check(self) -> None:
         host, _, port = self.proposer.rpartition(":")
@@ -75,6 +78,8 @@ class RemoteDraftSpec:
             raise _refuse("server_name", f"must be at most {MAX_ADDRESS_CHARS} printable ASCII characters")
         if not math.isfinite(self.timeout_s) or not 0 < self.timeout_s <= MAX_REMOTE_DRAFT_TIMEOUT_S:
             raise _refuse("timeout_s", f"must be in (0, {MAX_REMOTE_DRAFT_TIMEOUT_S}] seconds, got {self.timeout_s}")
+        if not 1 <= self.tree_width <= MAX_TREE_WIDTH:
+            raise _refuse("tree_width", f"at most {MAX_TREE_WIDTH}, got {self.tree_width}")
 
 
 @dataclass
@@ -200,7 +205,7 @@ class ProposerLinks:
         link = self._link(held)
         if not link.client.up:
             return
-        ahead_spec = replace(spec, num_tokens=spec.num_tokens + 1)
+        ahead_spec = replace(spec, num_tokens=spec.num_tokens + 1, tree_width=1)
         loop = asyncio.get_running_loop()
         by_accepted = {}
         worth_it = (
@@ -327,4 +332,4 @@ class ProposerLinks:
 
 
 def _draft_call(params: SamplingParams, seed: int, spec: RemoteDraftSpec) -> DraftCall:
-    return DraftCall(spec.num_tokens, params, seed, spec.num_prompt_tokens, spec.timeout_s)
+    return DraftCall(spec.num_tokens, params, seed, spec.num_prompt_tokens, spec.timeout_s, tree_width=spec.tree_width)

@@ -115,6 +115,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
                         remote.num_prompt_tokens,
                         remote.timeout_s,
                         remote.skip_rejection_drafts,
+                        max(1, remote.tree_width),
                     )
                     if step.HasField("remote_draft")
                     else None

@@ -344,7 +344,8 @@ class VerifierService:
                         fetched = replace(fetched, draft=Draft(), failed=True)
                     draft = fetched.draft
             if fetched is not None and not fetched.failed:  # asked now, made while the pass runs
-                self.remote.draft_ahead(seq_id, seq.tokens, draft.token_ids, seq.params, seq.seed, remote)
+                chain = draft.main_chain().token_ids
+                self.remote.draft_ahead(seq_id, seq.tokens, chain, seq.params, seq.seed, remote)
             outcome = await self.batcher.submit(
                 _StepCall(seq, committed_len, draft, speculate, every_draft, tree_width)
             )

@@ -243,6 +243,33 @@ def test_drafts_made_ahead_after_a_rejection_are_used_and_keep_the_output_exact(
 
 
 @pytest.mark.e2e
+def test_trees_fetched_by_the_verifier_are_verified_as_trees_and_keep_the_output_exact(tiny_llama, tmp_path):
+    """--direct-drafts with --tree-width 3: the verifier asks the proposer for a draft model's trees
+    (RemoteDraft.tree_width) and drafts ahead after each tree's main chain; greedy output is plain
+    decoding's, seeded samples (siblings drawn from q) the in-process engine's with the same trees."""
+    metrics_port = free_port()
+    draft = write_perturbed_copy(tiny_llama, tmp_path / "draft", scale=0.1)
+    with running_stack(
+        tiny_llama,
+        tmp_path,
+        method="draft_model",
+        k=6,
+        draft_model=draft,
+        verifier_args=("--metrics-port", str(metrics_port)),
+        gateway_args=("--direct-drafts", "--fixed-k", "--no-verifier-ngram", "--tree-width", "3"),
+    ) as stack:
+        responses = generate_concurrently(stack.gateway.address, [greedy_request(p) for p in PROMPTS])
+        seeded = _seeded(stack.gateway.address)
+        scraped = scrape(metrics_port)
+    assert responses == _plain(tiny_llama)
+    spec = {"method": "draft_model", "model": str(draft), "num_speculative_tokens": 6, "tree_width": 3}
+    assert seeded == _seeded_in_process(tiny_llama, {**spec, "adaptive": False})
+    assert value(scraped["splitspec_verifier_tree_drafts"], "_total") > 0, "no fetched draft was a tree"
+    ahead = scraped["splitspec_draft_ahead"]
+    assert value(ahead, "_total", outcome="hit") + value(ahead, "_total", outcome="miss") > 0
+
+
+@pytest.mark.e2e
 def test_direct_drafts_cross_mutual_tls_between_verifier_and_proposer(tiny_llama, tmp_path):
     """The verifier calls the proposer as the gateway does: over TLS, presenting its client certificate."""
     certs = make_stack_certificates(tmp_path / "tls", [])
@@ -389,6 +416,7 @@ def test_a_remote_draft_that_is_not_a_distribution_is_dropped_and_the_step_goes_
         (dict(timeout_s=float("nan")), "remote_draft.timeout_s"),
         (dict(timeout_s=61.0), "remote_draft.timeout_s"),
         (dict(num_tokens=129), "remote_draft.num_tokens"),
+        (dict(tree_width=17), "remote_draft.tree_width"),
     ],
 )
 def test_a_malformed_remote_draft_is_refused_by_its_field(spec, field_name, tiny_llama):
