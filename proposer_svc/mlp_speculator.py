@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from proposer_svc.proposer import Proposer
+from proposer_svc.tree_expansion import TreeExpansion
+from splitspec.draft_tree import ROOT
 from splitspec.drafts import Draft, DraftRequest, HiddenStates
 from splitspec.errors import SplitspecError
 from splitspec.models.linear import Linear
@@ -123,16 +125,12 @@ class MLPSpeculator:
         the previous head's argmax token."""
         if num_tokens > self.n_predict:
             raise ValueError(f"the speculator predicts at most {self.n_predict} tokens, {num_tokens} asked")
-        state = hidden.to(self.proj[0].device, self.proj[0].dtype)
-        if self.config.scale_input:
-            state = _rms(state) / math.sqrt(2)
+        state = self.input_state(hidden)
         tokens = last_tokens.to(state.device)
         drafts, logits = [], []
-        emb_scale = self.emb_weight / self.state_weight
         for i in range(num_tokens):
-            state = self.proj_linear[i](state) + emb_scale * F.embedding(tokens, self.emb[i])
-            state = F.gelu(_rms(state) * self.ln_weight[i] + self.ln_bias[i])
-            logits.append(self.head_linear[i](state))
+            state, head_logits = self.head_step(i, state, tokens)
+            logits.append(head_logits)
             tokens = torch.argmax(logits[-1], dim=-1)
             drafts.append(tokens)
         if not drafts:
@@ -141,10 +139,28 @@ class MLPSpeculator:
             )
         return torch.stack(drafts, dim=1), torch.stack(logits, dim=1)
 
+    def input_state(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The first head's input state from the target's hidden states [batch, emb_dim]."""
+        state = hidden.to(self.proj[0].device, self.proj[0].dtype)
+        return _rms(state) / math.sqrt(2) if self.config.scale_input else state
+
+    @torch.inference_mode()
+    def head_step(self, i: int, state: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head i on [batch] states and the tokens before them: (its state for head i + 1, its logits)."""
+        emb_scale = self.emb_weight / self.state_weight
+        state = self.proj_linear[i](state) + emb_scale * F.embedding(tokens.to(state.device), self.emb[i])
+        state = F.gelu(_rms(state) * self.ln_weight[i] + self.ln_bias[i])
+        return state, self.head_linear[i](state)
+
 
 class MLPSpeculatorProposer(Proposer):
     """Argmax drafts from the speculator's heads (one-hot q, so sampled requests stay exact). A
-    sequence without the target's hidden state gets no drafts rather than drafts from garbage."""
+    sequence without the target's hidden state gets no drafts rather than drafts from garbage.
+
+    With tree_width > 1 the heads draft EAGLE-2's dynamic tree (proposer_svc.tree_expansion), at most
+    n_predict deep: head d scores the children of every node of depth d being expanded at once (all
+    the batch's trees grow level by level together), fed the state head d - 1 computed for the node's
+    parent and the node's own token."""
 
     method = "mlp_speculator"
     hidden_states = HiddenStates.LAST
@@ -157,14 +173,44 @@ class MLPSpeculatorProposer(Proposer):
         ready = [i for i, r in enumerate(requests) if r.hidden_state is not None and r.num_tokens > 0 and r.token_ids]
         if not ready:
             return drafts
-        n = min(self.speculator.n_predict, max(requests[i].num_tokens for i in ready))
-        hidden = torch.stack([requests[i].hidden_state for i in ready])
-        last = torch.tensor([requests[i].token_ids[-1] for i in ready])
+        trees = [i for i in ready if requests[i].tree_width > 1]
+        for i, draft in zip(trees, self._trees([requests[i] for i in trees])):
+            drafts[i] = draft
+        chains = [i for i in ready if requests[i].tree_width <= 1]
+        if not chains:
+            return drafts
+        n = min(self.speculator.n_predict, max(requests[i].num_tokens for i in chains))
+        hidden = torch.stack([requests[i].hidden_state for i in chains])
+        last = torch.tensor([requests[i].token_ids[-1] for i in chains])
         tokens = self.speculator.greedy_drafts(hidden, last, n).tolist()
-        for i, row in zip(ready, tokens):
+        for i, row in zip(chains, tokens):
             k = min(requests[i].num_tokens, n)
             drafts[i] = Draft(row[:k], [None] * k)
         return drafts
+
+    def _trees(self, requests: list[DraftRequest]) -> list[Draft]:
+        if not requests:
+            return []
+        trees = [TreeExpansion(r.num_tokens, r.tree_width, self.speculator.n_predict) for r in requests]
+        root_states = self.speculator.input_state(torch.stack([r.hidden_state for r in requests]))
+        last = torch.tensor([r.token_ids[-1] for r in requests])
+        states, logits = self.speculator.head_step(0, root_states, last)
+        for tree, row in zip(trees, logits):
+            tree.expand(ROOT, torch.softmax(row.float().cpu(), -1))
+        # the state each expanded node leaves for its children's head: the root's for depth-1 nodes
+        left: list[dict[int, torch.Tensor]] = [{ROOT: state} for state in states]
+        for depth in range(1, self.speculator.n_predict):
+            frontiers = [tree.frontier() for tree in trees]
+            expanding = [(t, node) for t, frontier in enumerate(frontiers) for node in frontier]
+            if not expanding:
+                break
+            parent_states = torch.stack([left[t][trees[t].nodes[node].parent] for t, node in expanding])
+            tokens = torch.tensor([trees[t].nodes[node].token for t, node in expanding])
+            states, logits = self.speculator.head_step(depth, parent_states, tokens)
+            for (t, node), state, row in zip(expanding, states, logits):
+                left[t][node] = state
+                trees[t].expand(node, torch.softmax(row.float().cpu(), -1))
+        return [tree.draft() for tree in trees]
 
     def release(self, seq_id: str) -> None:
         """Nothing per sequence: the hidden state comes with each request."""

@@ -12,7 +12,7 @@ from tiny_checkpoints import write_mlp_speculator
 from transformers import AutoModelForCausalLM
 
 from proposer_svc.mlp_speculator import MLPSpeculator, MLPSpeculatorProposer
-from splitspec import LLM, SamplingParams
+from splitspec import LLM, SamplingParams, draft_tree
 from splitspec.drafts import DraftRequest
 from splitspec.errors import SplitspecError
 
@@ -120,3 +120,52 @@ def test_seeded_sampling_is_the_target_s_own_samples(tiny_llama, speculator, bat
         outputs += llm.generate(prompts[start : start + batch_size], params[start : start + batch_size], use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == plain
     assert_drafts_pass_often_but_not_always([o.spec_stats for o in outputs])
+
+
+def test_a_tree_s_every_token_is_among_the_likeliest_of_its_head_fed_its_own_path(speculator) -> None:
+    """Each drafted token at depth d is among the tree width's likeliest tokens of head d - 1 fed the
+    tokens of its own path (so each node was fed its parent's state), and the tree's main chain is the
+    chain the heads draft."""
+    head = MLPSpeculator(speculator)
+    proposer = MLPSpeculatorProposer(head)
+    generator = torch.Generator().manual_seed(0)
+    for last in (5, 17, 100):
+        hidden = torch.randn(64, generator=generator)
+        (tree,) = proposer.propose([DraftRequest("t", [1, last], 6, hidden_state=hidden, tree_width=2)])
+        assert tree.is_tree and len(tree.token_ids) == 6
+        chain = head.greedy_drafts(hidden[None], torch.tensor([last]), head.n_predict)[0].tolist()
+        main = tree.main_chain().token_ids
+        assert main == chain[: len(main)]
+        for node in range(len(tree.token_ids)):
+            path = [tree.token_ids[i] for i in draft_tree.path_to(tree.parents, node)]
+            state, fed = head.input_state(hidden[None]), torch.tensor([last])
+            for depth, token in enumerate(path):
+                state, logits = head.head_step(depth, state, fed)
+                assert token in torch.topk(logits[0], 2).indices.tolist()
+                fed = torch.tensor([token])
+
+
+@pytest.mark.parametrize("mode", ["greedy", "seeded"])
+def test_trees_from_the_heads_give_the_target_s_own_output(tiny_llama, speculator, mode) -> None:
+    """EAGLE-2's dynamic tree on the heads (tree_width 3): greedy and seeded output are plain decoding's,
+    with rounds verified as trees, which pass the next state the kept path's last row."""
+    params = GREEDY if mode == "greedy" else SamplingParams(temperature=0.8, seed=7, max_tokens=30, ignore_eos=True)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    plain = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate(prompts, params, use_tqdm=False)]
+    spec = {"model": str(speculator), "num_speculative_tokens": 3, "adaptive": False, "tree_width": 3}
+    llm = LLM(str(tiny_llama), speculative_config=spec)
+    trees = []
+    verify = llm.engine.verifier.verify
+
+    def recording(steps, *args, **kwargs):
+        results = verify(steps, *args, **kwargs)
+        trees.extend((draft, result.path) for (_, draft), result in zip(steps, results) if result.path is not None)
+        return results
+
+    llm.engine.verifier.verify = recording
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == plain
+    assert len(trees) >= 5, "no round was verified as a tree"
+    if mode == "greedy":  # seeded, a branch is kept where the target's sample is its token: rarer
+        main = [draft.main_chain().token_ids for draft, _ in trees]
+        kept = [[draft.token_ids[i] for i in path] for draft, path in trees]
+        assert any(k != m[: len(k)] for k, m in zip(kept, main)), "no round kept a branch off the main chain"
