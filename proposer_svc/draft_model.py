@@ -20,7 +20,8 @@ import torch
 
 from proposer_svc.proposer import Proposer
 from proposer_svc.tree_expansion import TreeExpansion
-from splitspec import seeded_noise
+from splitspec import draft_tree, seeded_noise
+from splitspec.adaptive_k import AcceptanceEstimate
 from splitspec.draft_tree import ROOT
 from splitspec.drafts import Draft, DraftRequest
 from splitspec.errors import OutOfKVBlocks
@@ -39,10 +40,14 @@ class DraftModelProposer(Proposer):
         self.target_vocab_size = target_vocab_size
         self.draft_top_k = draft_top_k
         self._cached_tokens: dict[str, list[int]] = {}  # tokens whose KV the draft cache holds
+        self._acceptance: dict[str, AcceptanceEstimate] = {}  # of each sequence's sampled trees
+        self._last_tree: dict[str, tuple[int, Draft]] = {}  # (context length, tree) last drafted, sampled
 
     def release(self, seq_id: str) -> None:
         self.runner.free(seq_id)
         self._cached_tokens.pop(seq_id, None)
+        self._acceptance.pop(seq_id, None)
+        self._last_tree.pop(seq_id, None)
 
     def propose(self, requests: list[DraftRequest]) -> list[Draft]:
         """Requests for the same sequence (drafts ahead for several outcomes) go in separate batches,
@@ -106,9 +111,10 @@ class DraftModelProposer(Proposer):
                 self.release(req.seq_id)
             return [Draft() for _ in requests]
         trees = [TreeExpansion(r.num_tokens, r.tree_width) for r in requests]
+        acceptance = [self._measured_acceptance(r) for r in requests]
         for row, (req, feed, tree) in enumerate(zip(requests, feeds, trees)):
             self._cached_tokens[req.seq_id].extend(feed)
-            self._expand(tree, ROOT, logits[row], req, req.excluded_first)
+            self._expand(tree, ROOT, logits[row], req, acceptance[row], req.excluded_first)
         while True:
             frontiers = [tree.frontier() for tree in trees]
             expanding = [i for i, frontier in enumerate(frontiers) if frontier]
@@ -131,19 +137,45 @@ class DraftModelProposer(Proposer):
             for i in expanding:
                 self.runner.truncate(requests[i].seq_id, len(requests[i].token_ids))
                 for node in frontiers[i]:
-                    self._expand(trees[i], node, logits[row], requests[i])
+                    self._expand(trees[i], node, logits[row], requests[i], acceptance[i])
                     row += 1
-        return [tree.draft() for tree in trees]
+        drafts = [tree.draft() for tree in trees]
+        for req, draft in zip(requests, drafts):
+            if req.temperature > 0:
+                self._last_tree[req.seq_id] = (len(req.token_ids), draft)
+        return drafts
+
+    def _measured_acceptance(self, req: DraftRequest) -> float:
+        """How often the sequence's sampled trees were kept (expand_drawn's acceptance): the tokens
+        committed since its last tree, walked down that tree, tell how many of it were kept."""
+        estimate = self._acceptance.setdefault(req.seq_id, AcceptanceEstimate())
+        base, last = self._last_tree.pop(req.seq_id, (0, None))
+        if last is not None and len(req.token_ids) > base:
+            kids, node, kept = draft_tree.children(last.parents or []), ROOT, 0
+            for token in req.token_ids[base:]:
+                node = next((c for c in kids.get(node, []) if last.token_ids[c] == token), None)
+                if node is None:
+                    break
+                kept += 1
+            estimate.update(len(last.token_ids), kept)
+        return min(max(estimate.rate, 0.05), 0.95)
 
     def _logits(self, inputs: list[ForwardInput]) -> torch.Tensor:
         return self.runner.forward(inputs)[:, : self.target_vocab_size].cpu()
 
     def _expand(
-        self, tree: TreeExpansion, node: int, logits: torch.Tensor, req: DraftRequest, excluded: tuple[int, ...] = ()
+        self,
+        tree: TreeExpansion,
+        node: int,
+        logits: torch.Tensor,
+        req: DraftRequest,
+        acceptance: float,
+        excluded: tuple[int, ...] = (),
     ) -> None:
         """Greedy: the likeliest tokens under the draft at temperature 1 over its top-k, one-hot. Sampled:
         tokens drawn without replacement from q, the chain's distribution (_draw), the first of them from
-        the chain's own stream, so a tree's first children are the chain the request would draft."""
+        the chain's own stream, so a tree's first children are the chain the request would draft; ranked
+        by the sequence's measured acceptance."""
         top_k = self.draft_top_k if req.top_k <= 0 else min(req.top_k, self.draft_top_k)
         excluded = tuple(t for t in excluded if 0 <= t < logits.shape[-1])
         if excluded:
@@ -153,7 +185,7 @@ class DraftModelProposer(Proposer):
             return
         position = len(req.token_ids) + (0 if node == ROOT else tree.nodes[node].depth)
         noise = seeded_noise.exponentials(req.seed, position, seeded_noise.DRAFT, logits.shape[-1])
-        tree.expand_drawn(node, target_probs(logits[None], req.temperature, top_k, 1.0)[0], noise)
+        tree.expand_drawn(node, target_probs(logits[None], req.temperature, top_k, 1.0)[0], noise, acceptance)
 
     def _catch_up(self, req: DraftRequest) -> list[int]:
         """Roll the draft cache back to the prefix it shares with the context; return what to feed."""

@@ -13,7 +13,7 @@ Siblings are distinct tokens, either
   target's own draws (verifier_svc.rejection_sampler.verify_tree), greedy or seeded; or
 - drawn from the drafter's q without replacement (`expand_drawn`), each with the distribution it was
   drawn from (q without the siblings drawn before it, renormalized), for recursive rejection sampling
-  (verify_tree). Those must be tried in the order drawn: a sibling's chance is capped at the one drawn
+  (verify_tree). Those must be tried in the order drawn: a sibling's chance is below the one drawn
   before it, so the draft keeps that order and never a sibling without the ones drawn before it.
 """
 
@@ -68,24 +68,30 @@ class TreeExpansion:
                 self.nodes.append(_Node(token, node, chance * p, depth))
                 taken += 1
 
-    def expand_drawn(self, node: int, probs: torch.Tensor, noise: torch.Tensor) -> None:
+    def expand_drawn(self, node: int, probs: torch.Tensor, noise: torch.Tensor, acceptance: float) -> None:
         """Add `width` tokens drawn from `probs` (the drafter's q after `node`) without replacement, in
         the order of an exponential race (probs / noise, noise i.i.d. Exp(1)): the first is an exact
-        draw from q, each next one an exact draw from q without those before it."""
+        draw from q, each next one an exact draw from q without those before it.
+
+        A drawn token's chance is not its q: how likely rejection sampling keeps it depends on how close
+        the target's distribution is to q, which q alone does not tell (a flat q the target shares keeps
+        its first draw almost always). So each try is taken to be kept with the sequence's measured
+        `acceptance` a, the j-th drawn child then with a * (1 - a)^(j - 1) (Sequoia's model of acceptance
+        by sibling rank): a high rate grows a chain, a low one a bushy tree."""
         parent = None if node == ROOT else self.nodes[node]
         depth = 1 if parent is None else parent.depth + 1
         if depth > self.max_depth:
             return
-        chance = 1.0 if parent is None else parent.chance
+        chance = (1.0 if parent is None else parent.chance) * acceptance
         remaining = probs.to(torch.float64).clone()
         drawn = torch.topk(remaining / noise, min(self.width, int((remaining > 0).sum()))).indices.tolist()
         for token in drawn:
             support = torch.nonzero(remaining > 0).flatten()
             q = SparseDistribution(support, remaining[support] / remaining[support].sum())
-            chance = min(chance, (1.0 if parent is None else parent.chance) * float(probs[token]))
             self._newest.append(len(self.nodes))
             self.nodes.append(_Node(token, node, chance, depth, q))
             remaining[token] = 0.0
+            chance *= 1.0 - acceptance
 
     def frontier(self) -> list[int]:
         """The nodes to expand next, in draft order: the `width` likeliest of those the last expansions

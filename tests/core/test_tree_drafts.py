@@ -232,6 +232,24 @@ def test_a_draft_model_s_sampled_tree_holds_the_chain_and_pays_off_it(tiny_llama
     assert len(seen) > 10 and len(off_main) >= 3, "the trees never paid beyond their main chain"
 
 
+def test_a_sampled_tree_grows_bushier_as_its_sequence_s_drafts_are_rejected(tiny_llama, close_draft) -> None:
+    """A drawn token's chance of being kept is taken from the sequence's measured acceptance (q cannot
+    tell it): at the prior's 0.75 a tree of 6 is mostly its main chain; after rounds whose committed
+    token was none of the tree's first tokens, the budget goes to siblings."""
+    proposer = _draft_model_llm(tiny_llama, close_draft, 3).engine.proposer
+    context = list(PROMPTS[0])
+
+    def root_children() -> list[int]:
+        (tree,) = proposer.propose([DraftRequest("s", context, 6, temperature=0.9, seed=1, tree_width=3)])
+        return [tree.token_ids[i] for i in draft_tree.children(tree.parents)[draft_tree.ROOT]]
+
+    assert len(root_children()) <= 2
+    for _ in range(8):
+        first = root_children()
+        context.append(next(t for t in range(VOCAB) if t not in first))  # the round kept none of them
+    assert len(root_children()) == 3
+
+
 def _main_leaf(draft: Draft) -> int:
     kids, node = draft_tree.children(draft.parents), draft_tree.ROOT
     while node in kids:

@@ -118,21 +118,28 @@ def test_a_tree_never_grows_deeper_than_the_room_left() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    seed=st.integers(0, 10_000), budget=st.integers(1, 16), width=st.integers(2, 4), peak=st.sampled_from([0.0, 50.0])
+    seed=st.integers(0, 10_000),
+    budget=st.integers(1, 16),
+    width=st.integers(2, 4),
+    peak=st.sampled_from([0.0, 50.0]),
+    acceptance=st.sampled_from([0.05, 0.5, 0.95]),
 )
-def test_drawn_siblings_come_in_the_order_drawn_each_with_the_q_it_was_drawn_from(seed, budget, width, peak) -> None:
+def test_drawn_siblings_come_in_the_order_drawn_each_with_the_q_it_was_drawn_from(
+    seed, budget, width, peak, acceptance
+) -> None:
     """What recursive rejection sampling without replacement relies on (verify_tree): the k-th sibling
     in the draft is the k-th drawn, its q is the drafter's without the k - 1 drawn before it, and the
     draft never keeps a sibling without the ones drawn before it."""
     probs = _drafter(seed, peak)
     generator = torch.Generator().manual_seed(seed)
     tree = TreeExpansion(budget, width)
-    tree.expand_drawn(ROOT, probs(()), torch.empty(VOCAB, dtype=torch.float64).exponential_(generator=generator))
+    first_noise = torch.empty(VOCAB, dtype=torch.float64).exponential_(generator=generator)
+    tree.expand_drawn(ROOT, probs(()), first_noise, acceptance)
     while frontier := tree.frontier():
         for node in frontier:
             path = tuple(tree.tokens_of([n for n in _ancestry(tree, node)]))
             noise = torch.empty(VOCAB, dtype=torch.float64).exponential_(generator=generator)
-            tree.expand_drawn(node, probs(path), noise)
+            tree.expand_drawn(node, probs(path), noise, acceptance)
     draft = tree.draft()
     assert draft_tree.check_parents(draft.parents, len(draft.token_ids)) is None
     drawn_under: dict[int, list[int]] = {}

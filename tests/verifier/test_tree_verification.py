@@ -83,15 +83,15 @@ def _sampled_tree(seed: int) -> tuple[list[int], list[int], list[SparseDistribut
 
 def _drawn_without_replacement_tree(seed: int) -> tuple[list[int], list[int], list[SparseDistribution | None]]:
     """As a draft model drafts a sampled tree (proposer_svc.tree_expansion.expand_drawn): three root
-    children drawn from Q_ROOT without replacement, two below each from Q_CHILD, each token sent with the
-    q it was drawn from; the drafter's streams, one per depth."""
+    children drawn from Q_ROOT without replacement, three below each from Q_CHILD, the 9 likeliest kept
+    (acceptance 0.5), each token sent with the q it was drawn from; the drafter's streams, one per depth."""
     tree = TreeExpansion(budget=9, width=3)
     tree.expand_drawn(
-        ROOT, Q_ROOT.dense(VOCAB), seeded_noise.exponentials(seed, FIRST_POSITION, seeded_noise.DRAFT, VOCAB)
+        ROOT, Q_ROOT.dense(VOCAB), seeded_noise.exponentials(seed, FIRST_POSITION, seeded_noise.DRAFT, VOCAB), 0.5
     )
     for node in range(3):
         noise = seeded_noise.exponentials(seed, FIRST_POSITION + 1, seeded_noise.DRAFT, VOCAB)
-        tree.expand_drawn(node, Q_CHILD.dense(VOCAB), noise)
+        tree.expand_drawn(node, Q_CHILD.dense(VOCAB), noise, 0.5)
     draft = tree.draft()
     return draft.token_ids, draft.parents, draft.q
 
