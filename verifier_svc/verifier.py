@@ -130,7 +130,8 @@ class Verifier:
                 self.runner.keep_rows(inp.seq_id, start, kept)
         for i, rows in raw.items():
             result, top = results[i], steps[i][0].params.logprobs
-            results[i].logprobs = token_logprobs(rows[: result.num_accepted + 1], result.token_ids, top)
+            kept = rows[: result.num_accepted + 1] if result.path is None else rows[[0, *(1 + n for n in result.path)]]
+            results[i].logprobs = token_logprobs(kept, result.token_ids, top)
         for i, rows in prompt_rows.items():
             seq = steps[i][0]
             results[i].prompt_logprobs = token_logprobs(
@@ -146,14 +147,14 @@ class Verifier:
     def _verifies_tree(self, seq: VerifiableSequence) -> bool:
         """Whether a tree-shaped draft of this sequence is verified as a tree; otherwise its main chain
         is. Trees are verified where every row's treatment depends on its position and the tokens
-        before it only through the draft's own path: not yet with a grammar, penalties, a token ban or
-        logprobs, nor on a runner that cannot attend a tree. Hidden states come from the kept path's rows."""
+        before it only through the draft's own path: not yet with a grammar, penalties or a token ban,
+        nor on a runner that cannot attend a tree. Hidden states and logprobs come from the kept path's
+        rows."""
         return (
             self.runner.supports_trees
             and seq.grammar is None
             and seq.penalties is None
             and seq.token_ban is None
-            and seq.params.logprobs is None
             and not _wants_prompt_rows(seq, self.runner.cached_length(seq.seq_id))
         )
 

@@ -59,7 +59,10 @@ def plain(tiny_llama) -> LLM:
     [
         {"method": "ngram", "num_speculative_tokens": 4, "adaptive": False},
         {"method": "draft_model", "num_speculative_tokens": 4, "adaptive": False},  # the target drafts itself
+        # a tree's kept path is not its first rows: its tokens are ranked likeliest first, siblings between
+        {"method": "draft_model", "num_speculative_tokens": 6, "adaptive": False, "tree_width": 3},
     ],
+    ids=["ngram", "draft_model", "draft_model_trees"],
 )
 def test_speculation_gives_plain_decoding_s_logprobs_and_an_independent_pass_agrees(tiny_llama, plain, spec) -> None:
     if spec["method"] == "draft_model":
