@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from splitspec import draft_tree
 from splitspec.sampling_params import SamplingParams
 
 
@@ -31,11 +32,18 @@ class TokenBan:
         banned = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
         return TokenBan(tuple(sorted(banned)), prompt_length + params.min_tokens) if banned else None
 
-    def apply(self, logits: torch.Tensor, first_position: int) -> None:
-        """logits [rows, vocab], row i scoring the token at position first_position + i: banned in place.
-        Ids past the vocabulary (a stop token id the model cannot emit) need no ban."""
-        rows = min(logits.shape[0], self.until_length - first_position)
+    def apply(self, logits: torch.Tensor, first_position: int, parents: list[int] | None = None) -> None:
+        """logits [rows, vocab], row i scoring the token at position first_position + i (with `parents`,
+        a tree's: row i + 1 scores the position after draft token i, first_position + its depth): banned
+        in place. Ids past the vocabulary (a stop token id the model cannot emit) need no ban."""
         banned = [t for t in self.token_ids if t < logits.shape[1]]
-        if rows > 0 and banned:
+        if not banned:
+            return
+        if parents is None:
+            rows = list(range(min(logits.shape[0], self.until_length - first_position)))
+        else:
+            positions = [first_position, *(first_position + d for d in draft_tree.depths(parents))]
+            rows = [i for i, p in enumerate(positions[: logits.shape[0]]) if p < self.until_length]
+        if rows:
             with torch.inference_mode():  # the runner's logits are inference tensors
-                logits[:rows, banned] = float("-inf")
+                logits[torch.tensor(rows, dtype=torch.int64, device=logits.device)[:, None], banned] = float("-inf")

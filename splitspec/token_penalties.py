@@ -2,9 +2,10 @@
 
 Each verify row's logits are penalised by the tokens before the position it scores: the prompt and the
 committed output, and then the draft tokens before that row. Row j of a pass over a draft therefore
-gets exactly the penalties a plain decoding step would after committing the draft's first j tokens,
-so speculation with penalties is plain decoding with penalties, greedy and sampled: a draft the
-penalties make less likely is simply accepted less often. Drafters need not know of them.
+gets exactly the penalties a plain decoding step would after committing the draft's first j tokens
+(in a tree, the tokens on the path to the row's token), so speculation with penalties is plain
+decoding with penalties, greedy and sampled: a draft the penalties make less likely is simply accepted
+less often. Drafters need not know of them.
 
 The order is vLLM's: the repetition penalty divides positive logits (multiplies negative ones) of every
 token seen in the prompt or the output; then the frequency penalty is subtracted once per occurrence
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from splitspec import draft_tree
 from splitspec.sampling_params import SamplingParams
 
 
@@ -39,18 +41,22 @@ class TokenPenalties:
             params.presence_penalty, params.frequency_penalty, params.repetition_penalty, prompt_length
         )
 
-    def apply(self, logits: torch.Tensor, tokens: list[int], draft_token_ids: list[int]) -> None:
-        """logits [rows, vocab], row i scoring the position after tokens + draft_token_ids[:i]:
-        penalised in place."""
+    def apply(
+        self, logits: torch.Tensor, tokens: list[int], draft_token_ids: list[int], parents: list[int] | None = None
+    ) -> None:
+        """logits [rows, vocab], row i scoring the position after tokens + draft_token_ids[:i] (with
+        `parents`, a tree's: after the path to draft token i - 1): penalised in place."""
         rows, vocab = logits.shape
         device = logits.device
         output = torch.tensor(tokens[self.prompt_length :], dtype=torch.int64, device=device)
         counts = torch.bincount(output, minlength=vocab)[:vocab].to(logits.dtype).expand(rows, vocab).clone()
-        drafted = torch.tensor(draft_token_ids[: rows - 1], dtype=torch.int64, device=device)
-        if len(drafted):  # row i also counts the i drafts before it
-            seen_by_row = torch.zeros(len(drafted), vocab, dtype=logits.dtype, device=device)
-            seen_by_row[torch.arange(len(drafted), device=device), drafted] = 1.0
-            counts[1 : len(drafted) + 1] += seen_by_row.cumsum(0)
+        n = min(len(draft_token_ids), rows - 1)
+        if n:  # row i also counts the drafts on the path to it
+            one_hot = torch.zeros(n, vocab, dtype=logits.dtype, device=device)
+            one_hot[torch.arange(n, device=device), torch.tensor(draft_token_ids[:n], device=device)] = 1.0
+            chain = parents is None or draft_tree.is_chain(parents[:n])
+            on_path = torch.ones(n, n).tril() if chain else draft_tree.ancestors_mask(parents[:n]).to(torch.float32)
+            counts[1 : n + 1] += on_path.to(device, logits.dtype) @ one_hot
         with torch.inference_mode():  # the runner's logits are inference tensors
             if self.repetition != 1.0:
                 prompt = torch.tensor(tokens[: self.prompt_length], dtype=torch.int64, device=device)

@@ -13,11 +13,16 @@ SMALL_KV = 1 << 20
 
 def drafting_llms(target: Path) -> dict[str, LLM]:
     """n-grams, which draft the prompt's repetitions, and the target drafting for itself without the
-    request's shaping: both propose tokens the shaped target must judge."""
+    request's shaping, as chains and as trees (each row shaped by the tokens on its own path): all
+    propose tokens the shaped target must judge."""
     llms = {}
-    for method, extra in (("ngram", {"prompt_lookup_min": 1}), ("draft_model", {"model": str(target)})):
+    for name, method, extra in (
+        ("ngram", "ngram", {"prompt_lookup_min": 1}),
+        ("draft_model", "draft_model", {"model": str(target)}),
+        ("draft_model_trees", "draft_model", {"model": str(target), "tree_width": 3, "num_speculative_tokens": 6}),
+    ):
         spec = {"method": method, "num_speculative_tokens": 4, "adaptive": False, **extra}
-        llms[method] = LLM(str(target), speculative_config=spec, kv_cache_memory_bytes=SMALL_KV)
+        llms[name] = LLM(str(target), speculative_config=spec, kv_cache_memory_bytes=SMALL_KV)
     return llms
 
 

@@ -147,14 +147,12 @@ class Verifier:
     def _verifies_tree(self, seq: VerifiableSequence) -> bool:
         """Whether a tree-shaped draft of this sequence is verified as a tree; otherwise its main chain
         is. Trees are verified where every row's treatment depends on its position and the tokens
-        before it only through the draft's own path: not yet with a grammar, penalties or a token ban,
-        nor on a runner that cannot attend a tree. Hidden states and logprobs come from the kept path's
-        rows."""
+        before it only through the draft's own path (penalties and min_tokens bans read the row's path):
+        not yet with a grammar, whose state would have to fork at every branch, nor on a runner that
+        cannot attend a tree. Hidden states and logprobs come from the kept path's rows."""
         return (
             self.runner.supports_trees
             and seq.grammar is None
-            and seq.penalties is None
-            and seq.token_ban is None
             and not _wants_prompt_rows(seq, self.runner.cached_length(seq.seq_id))
         )
 
@@ -173,12 +171,13 @@ class Verifier:
         for (seq, draft), (_, fed_draft), plan in zip(steps, fed, plans):
             k = len(fed_draft.token_ids)
             rows = logits[row : row + k + 1]
+            tree = fed_draft.parents if fed_draft.is_tree else None
             if seq.token_ban is not None:
-                seq.token_ban.apply(rows, len(seq.tokens))
+                seq.token_ban.apply(rows, len(seq.tokens), tree)
             if seq.params.logit_bias is not None:
                 apply_logit_bias(rows, seq.params.logit_bias)
             if seq.penalties is not None:
-                seq.penalties.apply(rows, seq.tokens, fed_draft.token_ids)
+                seq.penalties.apply(rows, seq.tokens, fed_draft.token_ids, tree)
             judged = fed_draft
             if plan is not None:
                 GrammarState.apply(rows, plan.bitmask)
@@ -197,7 +196,7 @@ class Verifier:
                     top_k=seq.params.top_k,
                     top_p=seq.params.top_p,
                     seed=seq.seed,
-                    parents=fed_draft.parents if fed_draft.is_tree else None,
+                    parents=tree,
                 )
             )
             row += k + 1

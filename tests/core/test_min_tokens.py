@@ -34,6 +34,9 @@ def test_the_ban_covers_the_positions_before_min_tokens_and_nothing_else() -> No
     assert not logits[:, [0, 1, 3, 4, 5, 6, 8, 9]].isinf().any()  # 900 is past the vocabulary: nothing to ban
     assert TokenBan.for_request(SamplingParams(min_tokens=3, ignore_eos=True), 5, {EOS}) is None
     assert TokenBan.for_request(SamplingParams(), 5, {EOS}) is None
+    tree = torch.zeros(5, 10)  # a tree's rows score the position after each token's own path
+    ban.apply(tree, 6, [-1, -1, 0, 2])  # depths 1, 1, 2, 3: rows score positions 6, 7, 7, 8, 9
+    assert tree[:3, EOS].isinf().all() and not tree[3:].isinf().any()
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, 17])
@@ -55,9 +58,13 @@ def speculative(tiny_llama) -> dict[str, LLM]:
     """n-grams, and the target drafting for itself: it drafts EOS where the ban holds, which the
     target, banned, must reject."""
     llms = {}
-    for method, extra in (("ngram", {}), ("draft_model", {"model": str(tiny_llama)})):
+    for name, method, extra in (
+        ("ngram", "ngram", {}),
+        ("draft_model", "draft_model", {"model": str(tiny_llama)}),
+        ("draft_model_trees", "draft_model", {"model": str(tiny_llama), "tree_width": 3}),
+    ):
         spec = {"method": method, "num_speculative_tokens": 4, "adaptive": False, **extra}
-        llms[method] = LLM(str(tiny_llama), speculative_config=spec, kv_cache_memory_bytes=SMALL_KV)
+        llms[name] = LLM(str(tiny_llama), speculative_config=spec, kv_cache_memory_bytes=SMALL_KV)
     return llms
 
 
@@ -80,7 +87,7 @@ def test_eos_waits_for_min_tokens_and_speculation_gives_plain_decoding_s_output(
     for method, llm in speculative.items():
         outputs = llm.generate([token_prompt(prompt)], params, use_tqdm=False)
         assert outputs[0].outputs[0].token_ids == held, method
-        if method == "draft_model":
+        if method != "ngram":
             stats = outputs[0].spec_stats
             assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens
         if method == "ngram":  # one-hot drafts: the target's own seeded draws decide every token

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shaped_logits import assert_speculation_is_plain_decoding, outputs
 
-from splitspec import SamplingParams
+from splitspec import SamplingParams, draft_tree
 from splitspec.errors import SplitspecError
 from splitspec.token_penalties import TokenPenalties
 
@@ -57,6 +57,22 @@ def test_each_verify_row_is_penalised_as_the_plain_step_at_its_position(tokens, 
         history = tokens + draft[:j]
         expected = _vllm_formula(logits[j], history[:prompt_length], history[prompt_length:], penalties)
         torch.testing.assert_close(verified[j].to(torch.float64), expected, rtol=1e-6, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tokens=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=8), data=st.data(), penalties=penalty_cases)
+def test_each_row_of_a_tree_is_penalised_as_the_plain_step_after_its_own_path(tokens, data, penalties):
+    n = data.draw(st.integers(1, 6))
+    parents = [data.draw(st.integers(-1, i - 1)) for i in range(n)]
+    draft = data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=n, max_size=n))
+    rule = TokenPenalties(penalties["presence"], penalties["frequency"], penalties["repetition"], 1)
+    logits = torch.randn(n + 1, VOCAB, generator=torch.Generator().manual_seed(n))
+    verified = logits.clone()
+    rule.apply(verified, tokens, draft, parents)
+    for row, node in enumerate([draft_tree.ROOT, *range(n)]):
+        plain = logits[row : row + 1].clone()
+        rule.apply(plain, tokens + [draft[i] for i in draft_tree.path_to(parents, node)], [])
+        torch.testing.assert_close(verified[row], plain[0])
 
 
 def test_penalties_leave_banned_tokens_banned_and_are_off_at_their_neutral_values():
