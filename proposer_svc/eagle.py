@@ -130,9 +130,15 @@ class EagleProposer(Proposer):
         chains = [[t] for t in tokens.tolist()]
         wanted = [requests[i].num_tokens for i, _ in new]
         trees = [a for a, (i, _) in enumerate(new) if requests[i].tree_width > 1 and self.runner.supports_trees]
-        for a in trees:
-            i = new[a][0]
-            drafts[i] = self._tree(requests[i], inputs[a].token_ids[-1], true_rows[a][-1:], logits[a], states[a])
+        grown = self._trees(
+            [requests[new[a][0]] for a in trees],
+            [inputs[a].token_ids[-1] for a in trees],
+            [true_rows[a][-1:] for a in trees],
+            [logits[a] for a in trees],
+            [states[a] for a in trees],
+        )
+        for a, tree in zip(trees, grown):
+            drafts[new[a][0]] = tree
             wanted[a] = 0
         for step in range(1, max(wanted)):
             active = [a for a, k in enumerate(wanted) if k > step]
@@ -149,38 +155,60 @@ class EagleProposer(Proposer):
                 drafts[i] = Draft(chain[:k], [None] * min(k, len(chain)))
         return drafts
 
-    def _tree(
+    def _trees(
         self,
-        req: DraftRequest,
-        last_token: int,
-        last_state: torch.Tensor,
-        logits: torch.Tensor,
-        predicted: torch.Tensor,
-    ) -> Draft:
-        """The request's tree, from the drafter's scores after its last true input (last_token paired with
-        last_state, the target's) and the state that input predicted."""
-        vocab, cached = self.runner.token_ids(), self.runner.cached_length(req.seq_id)
-        last_input = self.runner.fed_back(last_state)
-        tree = TreeExpansion(req.num_tokens, req.tree_width, self.runner.max_model_len - len(req.token_ids))
-        tree.expand(ROOT, torch.softmax(logits.float().cpu(), -1), vocab=vocab)
-        outputs = {ROOT: predicted}  # node -> the state it predicted, which its children are fed with
-        while frontier := tree.frontier():
-            fed = tree.path_nodes(frontier)
+        requests: list[DraftRequest],
+        last_tokens: list[int],
+        last_states: list[torch.Tensor],
+        logits: list[torch.Tensor],
+        predicted: list[torch.Tensor],
+    ) -> list[Draft]:
+        """Each request's tree, from the drafter's scores after its last true input (its last token
+        paired with its last state, the target's) and the state that input predicted; every tree that
+        grows a level does so in one tree pass of the head."""
+        if not requests:
+            return []
+        vocab = self.runner.token_ids()
+        cached = [self.runner.cached_length(r.seq_id) for r in requests]
+        last_inputs = [self.runner.fed_back(state) for state in last_states]
+        trees = [
+            TreeExpansion(r.num_tokens, r.tree_width, self.runner.max_model_len - len(r.token_ids)) for r in requests
+        ]
+        outputs = [{ROOT: p} for p in predicted]  # node -> the state it predicted, which its children are fed
+        for tree, row in zip(trees, logits):
+            tree.expand(ROOT, torch.softmax(row.float().cpu(), -1), vocab=vocab)
+        while True:
+            frontiers = [tree.frontier() for tree in trees]
+            growing = [t for t, frontier in enumerate(frontiers) if frontier]
+            fed = {t: trees[t].path_nodes(frontiers[t]) for t in growing}
             step = [
                 ForwardInput(
-                    req.seq_id, [last_token, *tree.tokens_of(fed)], len(frontier), tree=tree.parents_within(fed)
+                    requests[t].seq_id,
+                    [last_tokens[t], *trees[t].tokens_of(fed[t])],
+                    len(frontiers[t]),
+                    tree=trees[t].parents_within(fed[t]),
                 )
+                for t in growing
             ]
-            if not self.runner.can_fit(step):  # asked with the last true input held: one row to spare
+            if not growing or not self.runner.can_fit(step):  # asked with the last true inputs held: a row to spare
                 break
-            self.runner.truncate(req.seq_id, cached - 1)  # the last true input is fed again, as the tree's root
-            states = torch.cat([last_input, torch.stack([outputs[tree.nodes[n].parent] for n in fed])])
+            for t in growing:  # the last true input is fed again, as the tree's root
+                self.runner.truncate(requests[t].seq_id, cached[t] - 1)
+            states = torch.cat(
+                [
+                    torch.cat([last_inputs[t], torch.stack([outputs[t][trees[t].nodes[n].parent] for n in fed[t]])])
+                    for t in growing
+                ]
+            )
             step_logits, step_predicted = self.runner.scores(step, states, from_target=False)
-            self.runner.truncate(req.seq_id, cached)
-            for row, node in enumerate(frontier):
-                outputs[node] = step_predicted[row]
-                tree.expand(node, torch.softmax(step_logits[row].float().cpu(), -1), vocab=vocab)
-        return tree.draft()
+            row = 0
+            for t in growing:
+                self.runner.truncate(requests[t].seq_id, cached[t])
+                for node in frontiers[t]:
+                    outputs[t][node] = step_predicted[row]
+                    trees[t].expand(node, torch.softmax(step_logits[row].float().cpu(), -1), vocab=vocab)
+                    row += 1
+        return [tree.draft() for tree in trees]
 
     def _catch_up(self, r: DraftRequest) -> tuple[ForwardInput, torch.Tensor] | None:
         """The true (token, state) inputs this request adds, after cutting the cache back to the

@@ -237,3 +237,17 @@ def test_seeded_sampling_is_the_target_s_own_samples(tiny_llama, eagle, batch_si
         outputs += llm.generate(prompts[start : start + batch_size], params[start : start + batch_size], use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == plain
     assert_drafts_pass_often_but_not_always([o.spec_stats for o in outputs])
+
+
+def test_trees_grown_for_a_batch_are_those_grown_one_at_a_time(tiny_llama, eagle) -> None:
+    """Every tree of a batch grows a level in one pass of the head: each request's rounds draft and keep
+    what they do when it runs alone (states or rows mixed up between requests would change them)."""
+    spec = {"method": "eagle", "model": str(eagle), "num_speculative_tokens": 5, "adaptive": False, "tree_width": 3}
+    llm = LLM(str(tiny_llama), speculative_config=spec)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    alone = [llm.generate([p], GREEDY, use_tqdm=False)[0].spec_stats for p in prompts]
+    together = [o.spec_stats for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
+    assert [(s.num_rounds, s.num_draft_tokens, s.num_accepted_tokens) for s in together] == [
+        (s.num_rounds, s.num_draft_tokens, s.num_accepted_tokens) for s in alone
+    ]
+    assert sum(s.num_accepted_tokens for s in alone) > 0
