@@ -424,7 +424,7 @@ class VerifierService:
             else:
                 ready.append(i)
         self._start_speculating([calls[i] for i in ready])
-        self._cut([calls[i] for i in ready])
+        offered = self._cut([calls[i] for i in ready])
         self._speculate([calls[i] for i in ready])
         steps = [(calls[i].seq, calls[i].draft) for i in ready]
         self._evict_idle_until_fits(steps, {calls[i].seq.seq_id for i in ready})
@@ -437,6 +437,8 @@ class VerifierService:
                 break
             outcomes[ready.pop()] = RETRY
             steps.pop()
+        # counted for the steps this pass verifies: one sent back to retry offers its drafts again then
+        self.metrics.draft_tokens.add(sum(offered[: len(ready)]), {"stage": "offered"})
         if steps:
             tokens = sum(len(seq.tokens) - self.runner.cached_length(seq.seq_id) + len(d.token_ids) for seq, d in steps)
             started = time.perf_counter()
@@ -499,9 +501,9 @@ class VerifierService:
                 call.seq.speculates = True
                 self.verifier.free(call.seq.seq_id)
 
-    def _cut(self, calls: list[_StepCall]) -> None:
+    def _cut(self, calls: list[_StepCall]) -> list[int]:
         """Shorten each step's drafts (or the drafts it asks the speculator for) to what pays for the
-        whole pass (verifier_svc.draft_cuts)."""
+        whole pass (verifier_svc.draft_cuts). Returns the drafts each step offered before the cut."""
         planned = [
             PlannedStep(
                 c.seq.seq_id,
@@ -513,9 +515,8 @@ class VerifierService:
             )
             for c in calls
         ]
-        self.metrics.draft_tokens.add(sum(p.offered for p in planned), {"stage": "offered"})
         if self.cuts is None:
-            return
+            return [p.offered for p in planned]
         for call, step, k in zip(calls, planned, self.cuts.plan(planned, self.cost_model)):
             if k == step.offered:
                 continue
@@ -524,6 +525,7 @@ class VerifierService:
                 call.speculate = k
             else:
                 call.draft = call.draft.first(k)
+        return [p.offered for p in planned]
 
     def _speculate(self, calls: list[_StepCall]) -> None:
         """Draft the steps that ask the speculator, in one call of it."""
