@@ -40,7 +40,7 @@ class DraftModelProposer(Proposer):
         self.target_vocab_size = target_vocab_size
         self.draft_top_k = draft_top_k
         self._cached_tokens: dict[str, list[int]] = {}  # tokens whose KV the draft cache holds
-        self._acceptance: dict[str, AcceptanceEstimate] = {}  # of each sequence's sampled trees
+        self._acceptance: dict[str, _SiblingAcceptance] = {}  # of each sequence's sampled trees
         self._last_tree: dict[str, tuple[int, Draft]] = {}  # (context length, tree) last drafted, sampled
 
     def release(self, seq_id: str) -> None:
@@ -145,20 +145,15 @@ class DraftModelProposer(Proposer):
                 self._last_tree[req.seq_id] = (len(req.token_ids), draft)
         return drafts
 
-    def _measured_acceptance(self, req: DraftRequest) -> float:
-        """How often the sequence's sampled trees were kept (expand_drawn's acceptance): the tokens
-        committed since its last tree, walked down that tree, tell how many of it were kept."""
-        estimate = self._acceptance.setdefault(req.seq_id, AcceptanceEstimate())
+    def _measured_acceptance(self, req: DraftRequest) -> tuple[float, float]:
+        """How often the sequence's sampled trees kept a first child, and a later one once those before
+        it failed (expand_drawn's acceptance): the tokens committed since its last tree, walked down that
+        tree, tell at each token reached which of its children was kept, if any."""
+        estimate = self._acceptance.setdefault(req.seq_id, _SiblingAcceptance())
         base, last = self._last_tree.pop(req.seq_id, (0, None))
         if last is not None and len(req.token_ids) > base:
-            kids, node, kept = draft_tree.children(last.parents or []), ROOT, 0
-            for token in req.token_ids[base:]:
-                node = next((c for c in kids.get(node, []) if last.token_ids[c] == token), None)
-                if node is None:
-                    break
-                kept += 1
-            estimate.update(len(last.token_ids), kept)
-        return min(max(estimate.rate, 0.05), 0.95)
+            estimate.record(last, req.token_ids[base:])
+        return estimate.rates()
 
     def _logits(self, inputs: list[ForwardInput]) -> torch.Tensor:
         return self.runner.forward(inputs)[:, : self.target_vocab_size].cpu()
@@ -209,3 +204,31 @@ class DraftModelProposer(Proposer):
         noise = seeded_noise.exponentials(req.seed, position, seeded_noise.DRAFT, probs.shape[-1])
         token = int(torch.argmax(probs / noise).item())
         return token, q
+
+
+class _SiblingAcceptance:
+    """A sequence's acceptance of sampled tree tokens by sibling rank: of a first child (prior 0.75, a
+    chain's), and of a later one, tried once the ones before it failed (prior 0.25: rejection sampling
+    leaves the residual where q is short, which q's next draws rarely hit)."""
+
+    def __init__(self) -> None:
+        self.first = AcceptanceEstimate()
+        self.later = AcceptanceEstimate(prior_accepted=1.0, prior_rejected=3.0)
+
+    def record(self, tree: Draft, committed: list[int]) -> None:
+        kids, node = draft_tree.children(tree.parents or []), ROOT
+        for token in committed:
+            options = kids.get(node, [])
+            if not options:
+                return
+            kept = next((j for j, c in enumerate(options) if tree.token_ids[c] == token), None)
+            tried = len(options) if kept is None else kept + 1
+            self.first.update(1, int(kept == 0))
+            for j in range(1, tried):
+                self.later.update(1, int(j == kept))
+            if kept is None:
+                return
+            node = options[kept]
+
+    def rates(self) -> tuple[float, float]:
+        return min(max(self.first.rate, 0.05), 0.95), min(max(self.later.rate, 0.05), 0.95)

@@ -68,21 +68,26 @@ class TreeExpansion:
                 self.nodes.append(_Node(token, node, chance * p, depth))
                 taken += 1
 
-    def expand_drawn(self, node: int, probs: torch.Tensor, noise: torch.Tensor, acceptance: float) -> None:
+    def expand_drawn(
+        self, node: int, probs: torch.Tensor, noise: torch.Tensor, acceptance: tuple[float, float]
+    ) -> None:
         """Add `width` tokens drawn from `probs` (the drafter's q after `node`) without replacement, in
         the order of an exponential race (probs / noise, noise i.i.d. Exp(1)): the first is an exact
         draw from q, each next one an exact draw from q without those before it.
 
         A drawn token's chance is not its q: how likely rejection sampling keeps it depends on how close
         the target's distribution is to q, which q alone does not tell (a flat q the target shares keeps
-        its first draw almost always). So each try is taken to be kept with the sequence's measured
-        `acceptance` a, the j-th drawn child then with a * (1 - a)^(j - 1) (Sequoia's model of acceptance
-        by sibling rank): a high rate grows a chain, a low one a bushy tree."""
+        its first draw almost always). So the chances come from the sequence's measured `acceptance`
+        (a1, a2): a first child is kept with a1, and each later one, tried once those before it failed,
+        with a2 (Sequoia's model of acceptance by sibling rank): the j-th child is kept with
+        a1 for j = 1, else (1 - a1)(1 - a2)^(j - 2) a2, capped at the chance of the one before it."""
         parent = None if node == ROOT else self.nodes[node]
         depth = 1 if parent is None else parent.depth + 1
         if depth > self.max_depth:
             return
-        chance = (1.0 if parent is None else parent.chance) * acceptance
+        first, later = acceptance
+        base = 1.0 if parent is None else parent.chance
+        chance, left = base * first, base * (1.0 - first)  # left: the chance every child so far failed
         remaining = probs.to(torch.float64).clone()
         drawn = torch.topk(remaining / noise, min(self.width, int((remaining > 0).sum()))).indices.tolist()
         for token in drawn:
@@ -91,7 +96,8 @@ class TreeExpansion:
             self._newest.append(len(self.nodes))
             self.nodes.append(_Node(token, node, chance, depth, q))
             remaining[token] = 0.0
-            chance *= 1.0 - acceptance
+            chance = min(chance, left * later)
+            left *= 1.0 - later
 
     def frontier(self) -> list[int]:
         """The nodes to expand next, in draft order: the `width` likeliest of those the last expansions

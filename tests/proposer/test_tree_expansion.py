@@ -134,12 +134,12 @@ def test_drawn_siblings_come_in_the_order_drawn_each_with_the_q_it_was_drawn_fro
     generator = torch.Generator().manual_seed(seed)
     tree = TreeExpansion(budget, width)
     first_noise = torch.empty(VOCAB, dtype=torch.float64).exponential_(generator=generator)
-    tree.expand_drawn(ROOT, probs(()), first_noise, acceptance)
+    tree.expand_drawn(ROOT, probs(()), first_noise, (acceptance, 1 - acceptance))
     while frontier := tree.frontier():
         for node in frontier:
             path = tuple(tree.tokens_of([n for n in _ancestry(tree, node)]))
             noise = torch.empty(VOCAB, dtype=torch.float64).exponential_(generator=generator)
-            tree.expand_drawn(node, probs(path), noise, acceptance)
+            tree.expand_drawn(node, probs(path), noise, (acceptance, 1 - acceptance))
     draft = tree.draft()
     assert draft_tree.check_parents(draft.parents, len(draft.token_ids)) is None
     drawn_under: dict[int, list[int]] = {}
