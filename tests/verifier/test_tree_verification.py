@@ -87,7 +87,10 @@ def _drawn_without_replacement_tree(seed: int) -> tuple[list[int], list[int], li
     (acceptance 0.5), each token sent with the q it was drawn from; the drafter's streams, one per depth."""
     tree = TreeExpansion(budget=9, width=3)
     tree.expand_drawn(
-        ROOT, Q_ROOT.dense(VOCAB), seeded_noise.exponentials(seed, FIRST_POSITION, seeded_noise.DRAFT, VOCAB), (0.5, 0.5)
+        ROOT,
+        Q_ROOT.dense(VOCAB),
+        seeded_noise.exponentials(seed, FIRST_POSITION, seeded_noise.DRAFT, VOCAB),
+        (0.5, 0.5),
     )
     for node in range(3):
         noise = seeded_noise.exponentials(seed, FIRST_POSITION + 1, seeded_noise.DRAFT, VOCAB)
