@@ -151,7 +151,12 @@ def plan_request(
         local_speculator=False,
         starts_local=local_ngram is not None and (measured or not measures),
         measured=measured,
-        draft_ahead=settings.draft_ahead and traits is not None and traits.drafts_ahead,
+        # drafts ahead are chains: a sampled request whose rounds draft trees from q would draw other
+        # samples in a round drafted ahead, and its seed must reproduce them
+        draft_ahead=settings.draft_ahead
+        and traits is not None
+        and traits.drafts_ahead
+        and not (settings.tree_width > 1 and fixed_k),
         drafts_after_rejection=traits is not None and traits.drafts_after_rejection,
         affinity=traits is not None and traits.remembers_outputs,
         pipeline_steps=settings.pipeline_steps,

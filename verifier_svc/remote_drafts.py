@@ -202,6 +202,8 @@ class ProposerLinks:
         held = self._held.get(seq_id)
         if held is None or held.feed.mode != HiddenStates.NONE or not drafts or held.ahead is not None:
             return
+        if spec.tree_width > 1 and not params.greedy:  # drafts ahead are chains; a seed must reproduce trees
+            return
         link = self._link(held)
         if not link.client.up:
             return

@@ -117,6 +117,15 @@ def test_rules_that_hold_for_every_combination():
     assert checked == len(DRAFTERS) * 2 ** len(FLAGS) * 2 * 2
 
 
+def test_a_sampled_request_drafting_trees_from_q_is_never_drafted_ahead():
+    """Drafts ahead are chains: a round of one would draw other samples than the tree it replaces."""
+    trees = RoundSettings(tree_width=3)
+    assert not plan_request(DRAFT_MODEL, trees, K, SAMPLED).draft_ahead
+    assert plan_request(DRAFT_MODEL, trees, K, GREEDY).draft_ahead
+    assert plan_request(NGRAM, trees, K, SAMPLED).draft_ahead  # one-hot drafts: the target's own draws
+    assert plan_request(DRAFT_MODEL, RoundSettings(), K, SAMPLED).draft_ahead
+
+
 def test_a_request_asks_no_more_than_the_proposers_take():
     small = DrafterTraits("draft_model", K, 3)
     plan = plan_request(small, RoundSettings(verifier_ngram=False), 10, GREEDY)
