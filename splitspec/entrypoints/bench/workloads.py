@@ -27,6 +27,7 @@ import importlib.util
 import itertools
 import json
 import random
+import re
 import sysconfig
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -116,12 +117,32 @@ def _functions(modules: tuple[str, ...]) -> list[tuple[str, str]]:
         if not path.is_file():
             continue
         source = path.read_text()
+        lines = _source_lines(source)
         for node in ast.parse(source).body:
             if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
-                text = ast.get_source_segment(source, node)
+                text = _segment(lines, node)
                 if text and 6 <= text.count("\n") <= 30 and node.returns is None:
                     functions.append((f"{module}.{node.name}", text))
     return functions
+
+
+def _source_lines(source: str) -> list[str]:
+    """The lines as the parser counts them (ast.get_source_segment's: ended by \\r\\n, \\r or \\n), with
+    their ends; split once per module, where get_source_segment splits the whole file per call."""
+    lines, start = [], 0
+    for end in re.finditer(r"\r\n|\r|\n", source):
+        lines.append(source[start : end.end()])
+        start = end.end()
+    return lines + [source[start:]] if start < len(source) else lines
+
+
+def _segment(lines: list[str], node: ast.AST) -> str:
+    """ast.get_source_segment(source, node) from the source's lines (column offsets count UTF-8 bytes)."""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if first == last:
+        return lines[first].encode()[node.col_offset : node.end_col_offset].decode()
+    head = lines[first].encode()[node.col_offset :].decode()
+    return head + "".join(lines[first + 1 : last]) + lines[last].encode()[: node.end_col_offset].decode()
 
 
 def _docs(modules: tuple[str, ...]) -> list[tuple[str, str]]:
