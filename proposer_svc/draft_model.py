@@ -145,7 +145,7 @@ class DraftModelProposer(Proposer):
                 self._last_tree[req.seq_id] = (len(req.token_ids), draft)
         return drafts
 
-    def _measured_acceptance(self, req: DraftRequest) -> tuple[float, float]:
+    def _measured_acceptance(self, req: DraftRequest) -> _SiblingAcceptance:
         """How often the sequence's sampled trees kept a first child, and a later one once those before
         it failed (expand_drawn's acceptance): the tokens committed since its last tree, walked down that
         tree, tell at each token reached which of its children was kept, if any."""
@@ -153,7 +153,7 @@ class DraftModelProposer(Proposer):
         base, last = self._last_tree.pop(req.seq_id, (0, None))
         if last is not None and len(req.token_ids) > base:
             estimate.record(last, req.token_ids[base:])
-        return estimate.rates()
+        return estimate
 
     def _logits(self, inputs: list[ForwardInput]) -> torch.Tensor:
         return self.runner.forward(inputs)[:, : self.target_vocab_size].cpu()
@@ -164,7 +164,7 @@ class DraftModelProposer(Proposer):
         node: int,
         logits: torch.Tensor,
         req: DraftRequest,
-        acceptance: float,
+        acceptance: _SiblingAcceptance,
         excluded: tuple[int, ...] = (),
     ) -> None:
         """Greedy: the likeliest tokens under the draft at temperature 1 over its top-k, one-hot. Sampled:
@@ -178,9 +178,10 @@ class DraftModelProposer(Proposer):
         if req.temperature == 0:
             tree.expand(node, target_probs(logits[None], 1.0, top_k, 1.0)[0])
             return
-        position = len(req.token_ids) + (0 if node == ROOT else tree.nodes[node].depth)
-        noise = seeded_noise.exponentials(req.seed, position, seeded_noise.DRAFT, logits.shape[-1])
-        tree.expand_drawn(node, target_probs(logits[None], req.temperature, top_k, 1.0)[0], noise, acceptance)
+        depth = 0 if node == ROOT else tree.nodes[node].depth
+        noise = seeded_noise.exponentials(req.seed, len(req.token_ids) + depth, seeded_noise.DRAFT, logits.shape[-1])
+        probs = target_probs(logits[None], req.temperature, top_k, 1.0)[0]
+        tree.expand_drawn(node, probs, noise, acceptance.rates(depth))
 
     def _catch_up(self, req: DraftRequest) -> list[int]:
         """Roll the draft cache back to the prefix it shares with the context; return what to feed."""
@@ -207,28 +208,48 @@ class DraftModelProposer(Proposer):
 
 
 class _SiblingAcceptance:
-    """A sequence's acceptance of sampled tree tokens by sibling rank: of a first child (prior 0.75, a
-    chain's), and of a later one, tried once the ones before it failed (prior 0.25: rejection sampling
-    leaves the residual where q is short, which q's next draws rarely hit)."""
+    """A sequence's acceptance of sampled tree tokens by sibling rank: of a first child, by its depth (a
+    draft that follows the target early tends to go on doing so, as a chain's acceptance by position
+    shows), shrunk toward its pooled rate (prior 0.75, a chain's); and of a later one, tried once the
+    ones before it failed (prior 0.25: rejection sampling leaves the residual where q is short, which q's
+    next draws rarely hit)."""
 
     def __init__(self) -> None:
         self.first = AcceptanceEstimate()
         self.later = AcceptanceEstimate(prior_accepted=1.0, prior_rejected=3.0)
+        self.first_kept: list[float] = []  # by depth, forgetting at the pooled estimate's pace
+        self.first_tried: list[float] = []
 
     def record(self, tree: Draft, committed: list[int]) -> None:
-        kids, node = draft_tree.children(tree.parents or []), ROOT
+        kids, node, outcomes = draft_tree.children(tree.parents or []), ROOT, []
         for token in committed:
             options = kids.get(node, [])
             if not options:
-                return
+                break
             kept = next((j for j, c in enumerate(options) if tree.token_ids[c] == token), None)
             tried = len(options) if kept is None else kept + 1
+            outcomes.append(kept == 0)
             self.first.update(1, int(kept == 0))
             for j in range(1, tried):
                 self.later.update(1, int(j == kept))
             if kept is None:
-                return
+                break
             node = options[kept]
+        grow = len(outcomes) - len(self.first_tried)
+        if grow > 0:
+            self.first_tried.extend([0.0] * grow)
+            self.first_kept.extend([0.0] * grow)
+        for depth in range(len(self.first_tried)):
+            self.first_tried[depth] = self.first_tried[depth] * self.first.decay + (depth < len(outcomes))
+            self.first_kept[depth] = self.first_kept[depth] * self.first.decay + (
+                depth < len(outcomes) and outcomes[depth]
+            )
 
-    def rates(self) -> tuple[float, float]:
-        return min(max(self.first.rate, 0.05), 0.95), min(max(self.later.rate, 0.05), 0.95)
+    def rates(self, depth: int) -> tuple[float, float]:
+        """(first child's, later one's) acceptance for the children of a node at `depth` (0: the root)."""
+        pooled = self.first.rate
+        if depth < len(self.first_tried):
+            first = (self.first_kept[depth] + 2.0 * pooled) / (self.first_tried[depth] + 2.0)
+        else:
+            first = pooled
+        return min(max(first, 0.05), 0.95), min(max(self.later.rate, 0.05), 0.95)
