@@ -1,8 +1,9 @@
 """Drafting ahead for a rejection, measured (issue 16): direct drafts with a draft model whose first
 draft is often rejected, the verifier drafting ahead for every draft accepted only (the default) and
 for the first draft's rejection too (`serve-verifier --draft-ahead-rejections 1`), and, with
---tree-width w, the draft model's token trees of the same K through the gateway instead (each round
-hedges inside its one pass rather than with a draft made ahead); stacks interleaved.
+--tree-width w, the draft model's token trees of the same K, fetched by the verifier too, with drafts
+ahead after each tree's main chain (each round hedges inside its one pass rather than with a draft made
+ahead); stacks interleaved.
 
 The target is the tests' tiny llama; the draft models are noisy copies of it, closer or further (the
 noise scale), so acceptance goes from high to low. Each line gives the wall time for the requests and
@@ -34,11 +35,11 @@ OUTCOMES = ("hit", "hit_after_rejection", "miss")
 def measure(
     target: Path, draft: Path, rejections: int, tree_width: int, workdir: Path, args: argparse.Namespace
 ) -> str:
-    """rejections: --draft-ahead-rejections of a stack with direct drafts; tree_width > 1: a stack that
-    drafts trees through the gateway instead."""
+    """rejections: --draft-ahead-rejections of a stack with direct drafts; tree_width > 1: its drafts are
+    trees."""
     metrics_port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    drafts = ("--tree-width", str(tree_width)) if tree_width > 1 else ("--direct-drafts",)
+    drafts = ("--direct-drafts", "--tree-width", str(tree_width)) if tree_width > 1 else ("--direct-drafts",)
     with running_stack(
         target,
         workdir,

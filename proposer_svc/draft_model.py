@@ -211,12 +211,12 @@ class _SiblingAcceptance:
     """A sequence's acceptance of sampled tree tokens by sibling rank: of a first child, by its depth (a
     draft that follows the target early tends to go on doing so, as a chain's acceptance by position
     shows), shrunk toward its pooled rate (prior 0.75, a chain's); and of a later one, tried once the
-    ones before it failed (prior 0.25: rejection sampling leaves the residual where q is short, which q's
+    ones before it failed (prior 0.1: rejection sampling leaves the residual where q is short, which q's
     next draws rarely hit)."""
 
     def __init__(self) -> None:
         self.first = AcceptanceEstimate()
-        self.later = AcceptanceEstimate(prior_accepted=1.0, prior_rejected=3.0)
+        self.later = AcceptanceEstimate(prior_accepted=1.0, prior_rejected=9.0)
         self.first_kept: list[float] = []  # by depth, forgetting at the pooled estimate's pace
         self.first_tried: list[float] = []
 
