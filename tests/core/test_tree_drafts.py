@@ -10,6 +10,7 @@ import pytest
 import torch
 from e2e_requests import PROMPTS
 from tiny_checkpoints import write_perturbed_copy
+from verified_trees import record_verified_trees
 
 from proposer_svc.proposer import Proposer
 from splitspec import LLM, SamplingParams, draft_tree
@@ -81,25 +82,11 @@ def _llm_with_trees(
     return llm
 
 
-def _record_paths(llm: LLM) -> list[tuple[Draft, list[int]]]:
-    """Every draft verified as a tree, with the path the verifier kept."""
-    seen: list[tuple[Draft, list[int]]] = []
-    verify = llm.engine.verifier.verify
-
-    def recording(steps, *args, **kwargs):
-        results = verify(steps, *args, **kwargs)
-        seen.extend((d, r.path) for (_, d), r in zip(steps, results) if r.path is not None)
-        return results
-
-    llm.engine.verifier.verify = recording
-    return seen
-
-
 @pytest.mark.parametrize("mode", ["greedy", "seeded"])
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_trees_whose_true_branch_moves_around_give_plain_output(tiny_llama, plain, mode, batch_size) -> None:
     llm = _llm_with_trees(tiny_llama, OracleTrees(plain[mode]))
-    seen = _record_paths(llm)
+    seen = record_verified_trees(llm)
     assert _generate(llm, GREEDY if mode == "greedy" else SEEDED, batch_size) == plain[mode]
     kids = [draft_tree.children(d.parents) for d, _ in seen]
     off_main = [path for (d, path), k in zip(seen, kids) if path and path[0] != k[draft_tree.ROOT][0]]
@@ -113,7 +100,7 @@ def test_trees_sized_by_adaptive_k_give_plain_output(tiny_llama, plain, mode) ->
     """Adaptive K sizes a tree by how often each of its tokens was kept (PositionalAcceptance.node_gains)
     and the proposer drafts that many: a tree cut to its budget still verifies to plain output."""
     llm = _llm_with_trees(tiny_llama, OracleTrees(plain[mode]), adaptive=True)
-    seen = _record_paths(llm)
+    seen = record_verified_trees(llm)
     assert _generate(llm, GREEDY if mode == "greedy" else SEEDED, 4) == plain[mode]
     assert any(d.is_tree for d, _ in seen)
 
@@ -122,7 +109,7 @@ def test_trees_sized_by_adaptive_k_give_plain_output(tiny_llama, plain, mode) ->
 @pytest.mark.parametrize("mode", ["greedy", "seeded"])
 def test_ngram_trees_give_plain_output(tiny_llama, plain, width, mode) -> None:
     llm = _llm_with_trees(tiny_llama, width=width)
-    seen = _record_paths(llm)
+    seen = record_verified_trees(llm)
     assert _generate(llm, GREEDY if mode == "greedy" else SEEDED) == plain[mode]
     assert any(d.is_tree for d, _ in seen), "the drafter never branched"
 
@@ -139,7 +126,7 @@ def test_suffix_trees_give_plain_output(tiny_llama, params) -> None:
     prompts = [{"prompt_token_ids": p} for p in BRANCHING_PROMPTS]
     expected = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate(prompts, params, use_tqdm=False)]
     llm = _llm_with_trees(tiny_llama, method="suffix")
-    seen = _record_paths(llm)
+    seen = record_verified_trees(llm)
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == expected
     assert sum(len(draft_tree.children(d.parents)[draft_tree.ROOT]) == 2 for d, _ in seen) >= 2
 
@@ -151,7 +138,7 @@ def test_a_sequence_asking_for_logprobs_verifies_trees_and_gets_its_kept_path_s(
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
     expected = LLM(str(tiny_llama)).generate(prompts, params, use_tqdm=False)
     llm = _llm_with_trees(tiny_llama, OracleTrees([o.outputs[0].token_ids for o in expected]))
-    seen = _record_paths(llm)
+    seen = record_verified_trees(llm)
     got = llm.generate(prompts, params, use_tqdm=False)
     assert any(path and path != list(range(len(path))) for _, path in seen), "no kept path skipped a row"
     for a, b in zip(got, expected):
@@ -200,7 +187,7 @@ def test_draft_model_trees_give_plain_output_and_accept_other_branches(tiny_llam
     decoding, and some rounds keep a path that is not the draft's main chain (the one a chain would
     have drafted)."""
     llm = _draft_model_llm(tiny_llama, close_draft, 3)
-    seen = _record_paths(llm)
+    seen = record_verified_trees(llm)
     assert _generate(llm, GREEDY) == plain["greedy"]
     main = [draft_tree.path_to(d.parents, _main_leaf(d)) for d, _ in seen]
     off_main = [path for (_, path), chain in zip(seen, main) if path != chain[: len(path)]]
@@ -223,7 +210,7 @@ def test_a_draft_model_s_sampled_tree_holds_the_chain_and_pays_off_it(tiny_llama
             assert torch.equal(in_tree.token_ids, in_chain.token_ids)
             torch.testing.assert_close(in_tree.probs, in_chain.probs, atol=1e-5, rtol=1e-4)
     llm.engine.proposer.release("probe")
-    seen = _record_paths(llm)
+    seen = record_verified_trees(llm)
     output = _generate(llm, SEEDED)
     assert output == _generate(_draft_model_llm(tiny_llama, close_draft, 3), SEEDED)
     assert all(q is not None for d, _ in seen for q in d.q)

@@ -12,6 +12,7 @@ import torch
 from eagle3_heads import Eagle3Reference, fit_eagle3, head_tensors, target_aux_states, target_texts, write_eagle3
 from fitted_heads import assert_drafts_pass_often_but_not_always
 from tiny_checkpoints import write_tiny_checkpoint
+from verified_trees import record_verified_trees
 
 from proposer_svc.eagle3 import Eagle3Proposer, Eagle3Runner
 from splitspec import LLM, SamplingParams
@@ -220,15 +221,7 @@ def test_trees_from_the_head_give_the_target_s_own_output(target, fitted, mode) 
     plain = [o.outputs[0].token_ids for o in LLM(str(target)).generate(prompts, params, use_tqdm=False)]
     spec = {"method": "eagle3", "model": str(fitted), "num_speculative_tokens": 6, "adaptive": False}
     llm = LLM(str(target), speculative_config=spec | {"tree_width": 3})
-    trees = []
-    verify = llm.engine.verifier.verify
-
-    def recording(steps, *args, **kwargs):
-        results = verify(steps, *args, **kwargs)
-        trees.extend(draft for (_, draft), result in zip(steps, results) if result.path is not None)
-        return results
-
-    llm.engine.verifier.verify = recording
+    trees = record_verified_trees(llm)
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == plain
     assert len(trees) >= 3, "no round was verified as a tree"
 

@@ -10,6 +10,7 @@ from fitted_heads import assert_drafts_pass_often_but_not_always, write_fitted_m
 from greedy_reference import assert_same_or_near_tie
 from tiny_checkpoints import write_mlp_speculator
 from transformers import AutoModelForCausalLM
+from verified_trees import record_verified_trees
 
 from proposer_svc.mlp_speculator import MLPSpeculator, MLPSpeculatorProposer
 from splitspec import LLM, SamplingParams, draft_tree
@@ -154,15 +155,7 @@ def test_trees_from_the_heads_give_the_target_s_own_output(tiny_llama, speculato
     plain = [o.outputs[0].token_ids for o in LLM(str(tiny_llama)).generate(prompts, params, use_tqdm=False)]
     spec = {"model": str(speculator), "num_speculative_tokens": 3, "adaptive": False, "tree_width": 3}
     llm = LLM(str(tiny_llama), speculative_config=spec)
-    trees = []
-    verify = llm.engine.verifier.verify
-
-    def recording(steps, *args, **kwargs):
-        results = verify(steps, *args, **kwargs)
-        trees.extend((draft, result.path) for (_, draft), result in zip(steps, results) if result.path is not None)
-        return results
-
-    llm.engine.verifier.verify = recording
+    trees = record_verified_trees(llm)
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == plain
     assert len(trees) >= 5, "no round was verified as a tree"
     if mode == "greedy":  # seeded, a branch is kept where the target's sample is its token: rarer
