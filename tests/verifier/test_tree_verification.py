@@ -164,12 +164,14 @@ def test_the_first_two_tokens_follow_the_target_law(tree) -> None:
     assert _p_value(_first_two(verify_tree, tree, 12000)) >= ALPHA
 
 
+# a third of the samples: these rules are off by far more than the test can tell apart (p below 1e-50
+# at 6000 samples), and the law tests above keep the full count
 def test_judging_every_sibling_against_p_fails_the_same_test() -> None:
-    assert _p_value(_first_two(_judged_against_p, _sampled_tree, 12000)) < ALPHA
+    assert _p_value(_first_two(_judged_against_p, _sampled_tree, 4000)) < ALPHA
 
 
 def test_siblings_drawn_without_replacement_but_sent_with_q_itself_fail_the_same_test() -> None:
-    assert _p_value(_first_two(verify_tree, _sent_with_the_first_sibling_s_q, 12000)) < ALPHA
+    assert _p_value(_first_two(verify_tree, _sent_with_the_first_sibling_s_q, 4000)) < ALPHA
 
 
 def test_one_hot_siblings_commit_the_target_s_own_sample() -> None:
