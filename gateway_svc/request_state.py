@@ -125,9 +125,8 @@ class Request:
         return self.drafters.acceptance
 
     def draft_gains(self, k: int) -> list[float]:
-        """The tokens each of k drafts is expected to add: by position for chains, by index in the draft
-        where drafts may be trees (PositionalAcceptance.node_gains)."""
-        return self.acceptance.node_gains(k) if self.plan.tree_width > 1 else self.acceptance.chain(k)
+        """The tokens each of k drafts is expected to add (PositionalAcceptance.gains)."""
+        return self.acceptance.gains(k, self.plan.tree_width > 1)
 
     @property
     def local(self) -> bool:

@@ -197,6 +197,11 @@ class PositionalAcceptance:
             out.append(p)
         return out
 
+    def gains(self, limit: int, tree: bool) -> list[float]:
+        """The tokens each of `limit` drafts is expected to add: by position for a chain (chain), by
+        index in the draft for a drafter that may draft trees (node_gains)."""
+        return self.node_gains(limit) if tree else self.chain(limit)
+
     def node_gains(self, limit: int) -> list[float]:
         """For a drafter that may draft trees: the chance that the draft's 1st, 2nd, ..., limit-th token
         is on the kept path, i.e. the expected tokens it adds (choose_drafts' chains). Cutting a tree to

@@ -39,11 +39,9 @@ class TokenBan:
         banned = [t for t in self.token_ids if t < logits.shape[1]]
         if not banned:
             return
-        if parents is None:
-            rows = list(range(min(logits.shape[0], self.until_length - first_position)))
-        else:
-            positions = [first_position, *(first_position + d for d in draft_tree.depths(parents))]
-            rows = [i for i, p in enumerate(positions[: logits.shape[0]]) if p < self.until_length]
+        parents = draft_tree.chain(logits.shape[0] - 1) if parents is None else parents
+        positions = [first_position, *(first_position + d for d in draft_tree.depths(parents))]
+        rows = [i for i, p in enumerate(positions[: logits.shape[0]]) if p < self.until_length]
         if rows:
             with torch.inference_mode():  # the runner's logits are inference tensors
                 logits[torch.tensor(rows, dtype=torch.int64, device=logits.device)[:, None], banned] = float("-inf")

@@ -54,8 +54,7 @@ class TokenPenalties:
         if n:  # row i also counts the drafts on the path to it
             one_hot = torch.zeros(n, vocab, dtype=logits.dtype, device=device)
             one_hot[torch.arange(n, device=device), torch.tensor(draft_token_ids[:n], device=device)] = 1.0
-            chain = parents is None or draft_tree.is_chain(parents[:n])
-            on_path = torch.ones(n, n).tril() if chain else draft_tree.ancestors_mask(parents[:n]).to(torch.float32)
+            on_path = draft_tree.ancestors_mask(draft_tree.chain(n) if parents is None else parents[:n])
             counts[1 : n + 1] += on_path.to(device, logits.dtype) @ one_hot
         with torch.inference_mode():  # the runner's logits are inference tensors
             if self.repetition != 1.0:

@@ -80,5 +80,4 @@ class DraftCuts:
         self._acceptance.pop(seq_id, None)
 
     def _gains(self, step: PlannedStep) -> list[float]:
-        acceptance = self._acceptance.get(step.seq_id, PositionalAcceptance())
-        return acceptance.node_gains(step.offered) if step.tree else acceptance.chain(step.offered)
+        return self._acceptance.get(step.seq_id, PositionalAcceptance()).gains(step.offered, step.tree)

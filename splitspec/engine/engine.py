@@ -148,11 +148,10 @@ class Engine:
         adaptive = [i for i, f in enumerate(fixed) if not f]
         base_rows = sum(len(seq.tokens) - self.runner.cached_length(seq.seq_id) for seq in running)
         base_rows += sum(limit for limit, f in zip(limits, fixed) if f)
-        acceptance = [self._acceptance.get(running[i].seq_id, PositionalAcceptance()) for i in adaptive]
-        if self.tree_width > 1:
-            chains = [a.node_gains(limits[i]) for a, i in zip(acceptance, adaptive)]
-        else:
-            chains = [a.chain(limits[i]) for a, i in zip(acceptance, adaptive)]
+        chains = [
+            self._acceptance.get(running[i].seq_id, PositionalAcceptance()).gains(limits[i], self.tree_width > 1)
+            for i in adaptive
+        ]
         drafting = RoundTrip(draft_token_s=self._draft_token_s.value or 0.0)
         chosen = choose_drafts(chains, base_rows, self.cost_model, round_trip=drafting)
         for i, k in zip(adaptive, chosen):
